@@ -1,0 +1,328 @@
+//! KernelConfig: the arch profile, the emulated geometry, batch sizes and one
+//! switch per historical fix.
+//!
+//! Every switch defaults to ON (the fixed kernel).  Turning one off makes the
+//! code behave as it did before the named commit, so the old bug can be
+//! reproduced and the fix's cost measured.
+
+use serde::Serialize;
+use std::fmt;
+use std::str::FromStr;
+
+/// How TLB invalidation reaches other CPUs (and whether ranges exist).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+pub enum Arch {
+    /// arch/x86/mm/tlb.c: IPIs, mm_cpumask, lazy TLB, tlb_gen, 33-page ceiling.
+    #[default]
+    X86,
+    /// arm64: hardware-broadcast TLBI; does not interrupt or wait for
+    /// IRQs-off CPUs.  `tlb_remove_table_sync_one` still uses IPIs.
+    Arm64,
+    /// CONFIG_MMU_GATHER_NO_RANGE (alpha, m68k, ...): every flush is flush_tlb_mm.
+    GenericNoRange,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 3] = [Arch::X86, Arch::Arm64, Arch::GenericNoRange];
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86 => "x86",
+            Arch::Arm64 => "arm64",
+            Arch::GenericNoRange => "generic",
+        }
+    }
+}
+
+impl FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Arch::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| format!("unknown arch '{s}'; allowed: x86, arm64, generic"))
+    }
+}
+
+/// The historical fixes, one switch each (DESIGN.md "Fixes as switches").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Fix {
+    KhugepagedGupFastIpi,
+    DelayRmap,
+    HugetlbUnshareSync,
+    HugetlbUnshareBatched,
+    SecondaryTlbOnFlush,
+    FolioPagesBatching,
+    NestedFlushDetect,
+    LazyTlbFreedTables,
+    GupPmdRecheck,
+}
+
+impl Fix {
+    pub const ALL: [Fix; 9] = [
+        Fix::KhugepagedGupFastIpi,
+        Fix::DelayRmap,
+        Fix::HugetlbUnshareSync,
+        Fix::HugetlbUnshareBatched,
+        Fix::SecondaryTlbOnFlush,
+        Fix::FolioPagesBatching,
+        Fix::NestedFlushDetect,
+        Fix::LazyTlbFreedTables,
+        Fix::GupPmdRecheck,
+    ];
+
+    /// Kebab-case switch name (CLI `--revert NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Fix::KhugepagedGupFastIpi => "khugepaged-gup-fast-ipi",
+            Fix::DelayRmap => "delay-rmap",
+            Fix::HugetlbUnshareSync => "hugetlb-unshare-sync",
+            Fix::HugetlbUnshareBatched => "hugetlb-unshare-batched",
+            Fix::SecondaryTlbOnFlush => "secondary-tlb-on-flush",
+            Fix::FolioPagesBatching => "folio-pages-batching",
+            Fix::NestedFlushDetect => "nested-flush-detect",
+            Fix::LazyTlbFreedTables => "lazy-tlb-freed-tables",
+            Fix::GupPmdRecheck => "gup-pmd-recheck",
+        }
+    }
+
+    /// The kernel commit that introduced the fix.
+    pub fn commit(self) -> &'static str {
+        match self {
+            Fix::KhugepagedGupFastIpi => "2ba99c5e0881",
+            Fix::DelayRmap => "5df397dec7c4",
+            Fix::HugetlbUnshareSync => "1013af4f585f",
+            Fix::HugetlbUnshareBatched => "8ce720d5bd91",
+            Fix::SecondaryTlbOnFlush => "6bbd42e2df8f",
+            Fix::FolioPagesBatching => "d7f861b9c43a",
+            Fix::NestedFlushDetect => "99baac21e458",
+            Fix::LazyTlbFreedTables => "016c4d92cd16",
+            Fix::GupPmdRecheck => "70cbc3cc78a9",
+        }
+    }
+
+    /// What the code does with the switch off.
+    pub fn off_means(self) -> &'static str {
+        match self {
+            Fix::KhugepagedGupFastIpi => {
+                "collapse frees/reuses the PTE table without tlb_remove_table_sync_one"
+            }
+            Fix::DelayRmap => "zap removes rmap before the TLB flush",
+            Fix::HugetlbUnshareSync => "huge_pmd_unshare sends no IPI at all",
+            Fix::HugetlbUnshareBatched => {
+                "one sync IPI broadcast per unshared table, even when not the last sharer"
+            }
+            Fix::SecondaryTlbOnFlush => "TLB flushes do not invalidate the secondary (IOMMU) TLB",
+            Fix::FolioPagesBatching => "large folios gathered page by page",
+            Fix::NestedFlushDetect => {
+                "tlb_finish_mmu trusts its own range even when a parallel zap is pending"
+            }
+            Fix::LazyTlbFreedTables => {
+                "lazy-TLB CPUs are skipped even when page tables were freed"
+            }
+            Fix::GupPmdRecheck => "gup_fast_pte_range does not re-check the PMD after the grab",
+        }
+    }
+}
+
+impl fmt::Display for Fix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Fix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Fix::ALL.into_iter().find(|x| x.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Fix::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown switch '{s}'; allowed: {}", names.join(", "))
+        })
+    }
+}
+
+/// The set of fixes that are switched on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Fixes(u32);
+
+impl Default for Fixes {
+    fn default() -> Self {
+        Self::all()
+    }
+}
+
+impl Fixes {
+    pub fn all() -> Self {
+        Fixes(Fix::ALL.iter().fold(0, |m, f| m | (1 << *f as u32)))
+    }
+    pub fn none() -> Self {
+        Fixes(0)
+    }
+    #[inline]
+    pub fn on(self, f: Fix) -> bool {
+        self.0 & (1 << f as u32) != 0
+    }
+    pub fn set(&mut self, f: Fix, on: bool) {
+        if on {
+            self.0 |= 1 << f as u32;
+        } else {
+            self.0 &= !(1 << f as u32);
+        }
+    }
+    /// Builder form: the same set with `f` switched off.
+    pub fn revert(mut self, f: Fix) -> Self {
+        self.set(f, false);
+        self
+    }
+    pub fn reverted(self) -> Vec<Fix> {
+        Fix::ALL.into_iter().filter(|f| !self.on(*f)).collect()
+    }
+}
+
+/// Emulated page-table geometry: 4 levels (PGD → PUD → PMD → PTE; P4D
+/// folded, as on 4-level x86-64) of `1 << pt_bits` entries each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Geometry {
+    /// PAGE_SHIFT.
+    pub page_shift: u32,
+    /// log2(PTRS_PER_PTE) (= PTRS_PER_PMD = PTRS_PER_PUD = PTRS_PER_PGD).
+    pub pt_bits: u32,
+}
+
+impl Geometry {
+    /// x86-64: 4 KiB pages, 512 entries per table, 2 MiB PMD leaves.
+    pub const X86_64: Geometry = Geometry { page_shift: 12, pt_bits: 9 };
+    /// Model-checking geometry: 4 entries per table (a "PMD" maps 16 KiB).
+    pub const SMALL: Geometry = Geometry { page_shift: 12, pt_bits: 2 };
+
+    pub const fn page_size(self) -> u64 {
+        1 << self.page_shift
+    }
+    pub const fn ptrs_per_table(self) -> usize {
+        1 << self.pt_bits
+    }
+    /// Shift of the range one entry at `level` maps (PAGE_SHIFT, PMD_SHIFT, ...).
+    pub const fn level_shift(self, level: crate::hw::pte::Level) -> u32 {
+        self.page_shift + self.pt_bits * level as u32
+    }
+    pub const fn pmd_size(self) -> u64 {
+        1 << (self.page_shift + self.pt_bits)
+    }
+    pub const fn pud_size(self) -> u64 {
+        1 << (self.page_shift + 2 * self.pt_bits)
+    }
+    /// Pages in a PMD-mapped (huge) folio: HPAGE_PMD_NR.
+    pub const fn hpage_pmd_nr(self) -> u64 {
+        1 << self.pt_bits
+    }
+    /// HPAGE_PMD_ORDER.
+    pub const fn hpage_pmd_order(self) -> u32 {
+        self.pt_bits
+    }
+    /// TASK_SIZE: the user half covered by the 4 levels.
+    pub const fn task_size(self) -> u64 {
+        1 << (self.page_shift + 4 * self.pt_bits)
+    }
+}
+
+/// Software TLB shape (per CPU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TlbShape {
+    /// Sets of the 4 KiB-page array (power of two).
+    pub sets: usize,
+    /// Ways per set.
+    pub ways: usize,
+    /// Sets of the huge-page array (power of two).
+    pub huge_sets: usize,
+    /// Entries of each paging-structure-cache level (fully associative).
+    pub psc_entries: usize,
+}
+
+impl TlbShape {
+    /// Roughly a modern x86 L1 dTLB + STLB slice: 64×4 small, 8×4 huge.
+    pub const DEFAULT: TlbShape = TlbShape { sets: 64, ways: 4, huge_sets: 8, psc_entries: 16 };
+    pub const SMALL: TlbShape = TlbShape { sets: 2, ways: 2, huge_sets: 1, psc_entries: 2 };
+}
+
+/// Everything that shapes one emulated kernel.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelConfig {
+    pub arch: Arch,
+    pub geometry: Geometry,
+    pub tlb: TlbShape,
+    /// Emulated RAM in page frames.
+    pub ram_frames: usize,
+    /// Number of emulated CPUs (the `Smp` implementation must agree).
+    pub nr_cpus: usize,
+    /// CONFIG_MMU_GATHER_RCU_TABLE_FREE: page tables are freed after an RCU
+    /// grace period (crossbeam-epoch); off means freed right after the flush.
+    pub rcu_table_free: bool,
+    /// x86 `tlb_single_page_flush_ceiling` (pages).
+    pub tlb_single_page_flush_ceiling: u64,
+    /// CONFIG_PAGE_POISONING / init_on_free: the free-chunk cap counts pages.
+    pub init_on_free: bool,
+    /// Sanitizer: also check at free time that no CPU running the mm still
+    /// caches a translation to the freed frame ("freed before flushed").
+    pub strict_free_check: bool,
+    /// The fix switches.
+    pub fixes: Fixes,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            arch: Arch::X86,
+            geometry: Geometry::X86_64,
+            tlb: TlbShape::DEFAULT,
+            ram_frames: 1 << 14,
+            nr_cpus: 1,
+            rcu_table_free: true,
+            tlb_single_page_flush_ceiling: 33,
+            init_on_free: false,
+            strict_free_check: true,
+            fixes: Fixes::all(),
+        }
+    }
+}
+
+impl KernelConfig {
+    /// A tiny configuration for loom models: small geometry, small TLB, few frames.
+    pub fn small() -> Self {
+        Self {
+            geometry: Geometry::SMALL,
+            tlb: TlbShape::SMALL,
+            ram_frames: 64,
+            ..Self::default()
+        }
+    }
+
+    /// Check the values make sense; the message says what is wrong and what is allowed.
+    pub fn validate(&self) -> Result<(), String> {
+        let g = self.geometry;
+        if !(1..=9).contains(&g.pt_bits) {
+            return Err(format!("geometry.pt_bits = {}: allowed 1..=9", g.pt_bits));
+        }
+        if !(12..=16).contains(&g.page_shift) {
+            return Err(format!("geometry.page_shift = {}: allowed 12..=16", g.page_shift));
+        }
+        if self.nr_cpus == 0 || self.nr_cpus > crate::types::NR_CPUS {
+            return Err(format!(
+                "nr_cpus = {}: allowed 1..={}",
+                self.nr_cpus,
+                crate::types::NR_CPUS
+            ));
+        }
+        if self.ram_frames < 16 || self.ram_frames > (1 << 24) {
+            return Err(format!("ram_frames = {}: allowed 16..=16777216", self.ram_frames));
+        }
+        let t = self.tlb;
+        if !t.sets.is_power_of_two() || !t.huge_sets.is_power_of_two() || t.ways == 0 || t.psc_entries == 0 {
+            return Err(format!(
+                "tlb shape {t:?}: sets and huge_sets must be powers of two, ways and psc_entries ≥ 1"
+            ));
+        }
+        if self.tlb_single_page_flush_ceiling == 0 {
+            return Err("tlb_single_page_flush_ceiling must be ≥ 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,320 @@
+//! Per-CPU software TLB and paging-structure cache (PSC).
+//!
+//! The TLB is set-associative, one array for base pages and one for PMD-sized
+//! pages, every entry tagged with an address-space id (the mm's id; 0 is
+//! init_mm).  The PSC caches upper-level entries — "the PUD/PMD/PTE table for
+//! this VA prefix is frame T" — so a later walk can start below the top.
+//!
+//! Every entry remembers the generation of the frame it points to at fill
+//! time; `mmu.rs` compares it with RAM's current generation on use.
+//!
+//! Invalidation contract (what each op drops), x86 semantics:
+//! - `flush_one(asid, va)`  — INVLPG: leaf entries for `va` *and every PSC
+//!   entry* of `asid` (Intel SDM: INVLPG invalidates all paging-structure
+//!   caches associated with the current PCID).
+//! - `flush_range(asid, start, end)` — INVLPG for each page of the range.
+//! - `flush_asid(asid)` — everything tagged `asid` (leaf and PSC).
+//! - `flush_all()` — every non-global entry (we have no global entries).
+
+use crate::config::{Geometry, TlbShape};
+use crate::hw::pte::Level;
+use crate::types::Pfn;
+
+/// One cached leaf translation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlbEntry {
+    pub valid: bool,
+    pub asid: u64,
+    /// Virtual page number at the entry's size (va >> PAGE_SHIFT or PMD_SHIFT).
+    pub vpn: u64,
+    /// First frame of the mapping.
+    pub pfn: Pfn,
+    pub writable: bool,
+    /// The dirty bit was set in the PTE when this entry was filled: writes go
+    /// straight to memory without touching the PTE again.
+    pub dirty: bool,
+    pub huge: bool,
+    /// Generation of `pfn` (head frame) when filled.
+    pub gen: u64,
+}
+
+/// One cached upper-level entry: the table that maps `prefix` at `level`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PscEntry {
+    pub valid: bool,
+    pub asid: u64,
+    /// va >> level_shift(level + 1): the VA prefix the cached entry covers.
+    pub prefix: u64,
+    /// Frame of the table (whose entries are at `level`).
+    pub table: Pfn,
+    pub gen: u64,
+}
+
+/// The three PSC levels: tables of PTEs, of PMDs and of PUDs.
+const PSC_LEVELS: [Level; 3] = [Level::Pte, Level::Pmd, Level::Pud];
+
+pub struct Tlb {
+    geo: Geometry,
+    shape: TlbShape,
+    small: Box<[TlbEntry]>,
+    huge: Box<[TlbEntry]>,
+    small_victim: Box<[u8]>,
+    huge_victim: Box<[u8]>,
+    /// psc[i] caches tables whose entries are at PSC_LEVELS[i].
+    psc: [Box<[PscEntry]>; 3],
+    psc_victim: [usize; 3],
+}
+
+impl Tlb {
+    pub fn new(geo: Geometry, shape: TlbShape) -> Self {
+        let e = |n| vec![TlbEntry::default(); n].into_boxed_slice();
+        let p = || vec![PscEntry::default(); shape.psc_entries].into_boxed_slice();
+        Self {
+            geo,
+            shape,
+            small: e(shape.sets * shape.ways),
+            huge: e(shape.huge_sets * shape.ways),
+            small_victim: vec![0; shape.sets].into_boxed_slice(),
+            huge_victim: vec![0; shape.huge_sets].into_boxed_slice(),
+            psc: [p(), p(), p()],
+            psc_victim: [0; 3],
+        }
+    }
+
+    #[inline]
+    fn set_range(&self, huge: bool, vpn: u64) -> std::ops::Range<usize> {
+        let sets = if huge { self.shape.huge_sets } else { self.shape.sets };
+        let set = (vpn as usize) & (sets - 1);
+        set * self.shape.ways..(set + 1) * self.shape.ways
+    }
+
+    /// Find the leaf entry translating `va` in `asid`.
+    #[inline]
+    pub fn lookup(&mut self, asid: u64, va: u64) -> Option<&mut TlbEntry> {
+        let vpn = va >> self.geo.page_shift;
+        let r = self.set_range(false, vpn);
+        if let Some(i) = r.clone().find(|&i| {
+            let e = &self.small[i];
+            e.valid && e.vpn == vpn && e.asid == asid
+        }) {
+            return Some(&mut self.small[i]);
+        }
+        let hvpn = va >> self.geo.level_shift(Level::Pmd);
+        let r = self.set_range(true, hvpn);
+        let i = r.clone().find(|&i| {
+            let e = &self.huge[i];
+            e.valid && e.vpn == hvpn && e.asid == asid
+        })?;
+        Some(&mut self.huge[i])
+    }
+
+    /// Insert (or replace) the translation for `va`.
+    pub fn insert(&mut self, asid: u64, va: u64, pfn: Pfn, writable: bool, dirty: bool, huge: bool, gen: u64) {
+        let shift = if huge { self.geo.level_shift(Level::Pmd) } else { self.geo.page_shift };
+        let vpn = va >> shift;
+        let r = self.set_range(huge, vpn);
+        let ways = self.shape.ways;
+        let set = r.start / ways;
+        let (arr, victims) = if huge {
+            (&mut self.huge, &mut self.huge_victim)
+        } else {
+            (&mut self.small, &mut self.small_victim)
+        };
+        let slot = r
+            .clone()
+            .find(|&i| arr[i].valid && arr[i].vpn == vpn && arr[i].asid == asid)
+            .or_else(|| r.clone().find(|&i| !arr[i].valid))
+            .unwrap_or_else(|| {
+                let v = victims[set] as usize % ways;
+                victims[set] = ((v + 1) % ways) as u8;
+                r.start + v
+            });
+        arr[slot] = TlbEntry { valid: true, asid, vpn, pfn, writable, dirty, huge, gen };
+    }
+
+    fn psc_index(level: Level) -> usize {
+        match level {
+            Level::Pte => 0,
+            Level::Pmd => 1,
+            Level::Pud => 2,
+            Level::Pgd => unreachable!("the PGD is reached through CR3, not the PSC"),
+        }
+    }
+
+    fn psc_prefix(&self, level: Level, va: u64) -> u64 {
+        va >> self.geo.level_shift(level).saturating_add(self.geo.pt_bits)
+    }
+
+    /// Deepest cached table for `va`: (level of its entries, table frame, gen).
+    pub fn lookup_psc(&self, asid: u64, va: u64) -> Option<(Level, Pfn, u64)> {
+        for (i, level) in PSC_LEVELS.iter().enumerate() {
+            let prefix = self.psc_prefix(*level, va);
+            if let Some(e) = self.psc[i].iter().find(|e| e.valid && e.asid == asid && e.prefix == prefix) {
+                return Some((*level, e.table, e.gen));
+            }
+        }
+        None
+    }
+
+    /// Remember that the table whose entries are at `level` for `va` is `table`.
+    pub fn insert_psc(&mut self, asid: u64, level: Level, va: u64, table: Pfn, gen: u64) {
+        let i = Self::psc_index(level);
+        let prefix = self.psc_prefix(level, va);
+        let arr = &mut self.psc[i];
+        let slot = arr
+            .iter()
+            .position(|e| e.valid && e.asid == asid && e.prefix == prefix)
+            .or_else(|| arr.iter().position(|e| !e.valid))
+            .unwrap_or_else(|| {
+                let v = self.psc_victim[i] % arr.len();
+                self.psc_victim[i] = v + 1;
+                v
+            });
+        arr[slot] = PscEntry { valid: true, asid, prefix, table, gen };
+    }
+
+    fn drop_psc_asid(&mut self, asid: u64) -> usize {
+        let mut n = 0;
+        for arr in self.psc.iter_mut() {
+            for e in arr.iter_mut().filter(|e| e.valid && e.asid == asid) {
+                e.valid = false;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// INVLPG: drop the leaf entries for `va` and every PSC entry of `asid`.
+    /// Returns the number of leaf entries dropped.
+    pub fn flush_one(&mut self, asid: u64, va: u64) -> usize {
+        self.drop_psc_asid(asid);
+        self.drop_leaf(asid, va, va + 1)
+    }
+
+    fn drop_leaf(&mut self, asid: u64, start: u64, end: u64) -> usize {
+        let ps = self.geo.page_shift;
+        let hs = self.geo.level_shift(Level::Pmd);
+        let mut n = 0;
+        for e in self.small.iter_mut().chain(self.huge.iter_mut()) {
+            if !e.valid || e.asid != asid {
+                continue;
+            }
+            let shift = if e.huge { hs } else { ps };
+            let (s, t) = (e.vpn << shift, (e.vpn + 1) << shift);
+            if s < end && start < t {
+                e.valid = false;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// INVLPG over every page of [start, end): leaf entries in the range and
+    /// all PSC entries of `asid`.
+    pub fn flush_range(&mut self, asid: u64, start: u64, end: u64) -> usize {
+        self.drop_psc_asid(asid);
+        self.drop_leaf(asid, start, end)
+    }
+
+    /// Last-level-only invalidation (arm64 TLBI VALE1IS): leaf entries in
+    /// [start, end); walk-cache entries survive.
+    pub fn flush_range_leaf(&mut self, asid: u64, start: u64, end: u64) -> usize {
+        self.drop_leaf(asid, start, end)
+    }
+
+    /// Drop everything tagged `asid` (leaf and PSC).
+    pub fn flush_asid(&mut self, asid: u64) -> usize {
+        self.drop_psc_asid(asid);
+        self.drop_leaf(asid, 0, u64::MAX)
+    }
+
+    /// Drop every entry (a CR3 write without PCID / a full flush).
+    pub fn flush_all(&mut self) {
+        for e in self.small.iter_mut().chain(self.huge.iter_mut()) {
+            e.valid = false;
+        }
+        for arr in self.psc.iter_mut() {
+            for e in arr.iter_mut() {
+                e.valid = false;
+            }
+        }
+    }
+
+    /// Valid leaf entries (for the sanitizer and tests).
+    pub fn leaf_entries(&self) -> impl Iterator<Item = &TlbEntry> {
+        self.small.iter().chain(self.huge.iter()).filter(|e| e.valid)
+    }
+
+    /// Valid PSC entries with the level of their table's entries.
+    pub fn psc_entries(&self) -> impl Iterator<Item = (Level, &PscEntry)> {
+        self.psc
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| a.iter().filter(|e| e.valid).map(move |e| (PSC_LEVELS[i], e)))
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tlb() -> Tlb {
+        Tlb::new(Geometry::X86_64, TlbShape::DEFAULT)
+    }
+
+    #[test]
+    fn insert_lookup_and_asid_tagging() {
+        let mut t = tlb();
+        t.insert(1, 0x4000, Pfn(7), true, false, false, 3);
+        assert_eq!(t.lookup(1, 0x4123).unwrap().pfn, Pfn(7));
+        assert!(t.lookup(2, 0x4123).is_none(), "other address space must miss");
+        assert!(t.lookup(1, 0x5000).is_none());
+    }
+
+    #[test]
+    fn huge_entries_cover_pmd_range() {
+        let mut t = tlb();
+        t.insert(1, 0x20_0000, Pfn(512), true, true, true, 0);
+        assert!(t.lookup(1, 0x3f_f000).unwrap().huge);
+        assert!(t.lookup(1, 0x40_0000).is_none());
+        assert_eq!(t.flush_one(1, 0x21_0000), 1);
+        assert!(t.lookup(1, 0x20_0000).is_none());
+    }
+
+    #[test]
+    fn invlpg_drops_all_psc_of_asid() {
+        let mut t = tlb();
+        t.insert_psc(1, Level::Pte, 0x20_0000, Pfn(9), 0);
+        t.insert_psc(2, Level::Pte, 0x20_0000, Pfn(10), 0);
+        assert_eq!(t.lookup_psc(1, 0x20_1000).unwrap().1, Pfn(9));
+        t.flush_one(1, 0x7000_0000);
+        assert!(t.lookup_psc(1, 0x20_1000).is_none());
+        assert_eq!(t.lookup_psc(2, 0x20_1000).unwrap().1, Pfn(10));
+    }
+
+    #[test]
+    fn set_conflicts_evict_round_robin() {
+        let mut t = tlb();
+        let stride = (TlbShape::DEFAULT.sets as u64) << 12;
+        for i in 0..5 {
+            t.insert(1, i * stride, Pfn(i), false, false, false, 0);
+        }
+        let present = (0..5).filter(|i| t.lookup(1, i * stride).is_some()).count();
+        assert_eq!(present, TlbShape::DEFAULT.ways);
+    }
+
+    #[test]
+    fn range_flush_only_hits_range() {
+        let mut t = tlb();
+        for i in 0..8u64 {
+            t.insert(1, i << 12, Pfn(i), false, false, false, 0);
+        }
+        assert_eq!(t.flush_range(1, 2 << 12, 5 << 12), 3);
+        assert_eq!(t.leaf_entries().count(), 5);
+        assert_eq!(t.flush_asid(1), 5);
+    }
+}

@@ -1,0 +1,274 @@
+//! `Kernel`: one emulated machine's kernel state — hardware, memory map,
+//! page allocator, per-CPU TLB state, RCU, sanitizer and counters — and the
+//! small services every other module uses (allocate / free frames, IRQ
+//! masking as an RCU read-side section, user accesses with fault handling).
+
+use crate::config::KernelConfig;
+use crate::hw::mmu::{Access, Fault, Hw};
+use crate::mm::{AddressSpace, MmStruct};
+use crate::page::alloc::{PageAllocator, PageKind};
+use crate::page::{Folio, MemMap};
+use crate::rcu::{Rcu, RcuReadGuard};
+use crate::sanitizer::{Sanitizer, Violation, ViolationKind};
+use crate::smp::{IrqFlags, Smp};
+use crate::stats::{Stat, Stats};
+use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
+use crate::tlb::CpuTlbState;
+use crate::types::{CpuId, Pfn};
+
+/// Allocation failures injected into GFP_NOWAIT allocations, for tests of
+/// the fallback paths (`tlb_next_batch` failing, `tlb_remove_table_one`).
+#[derive(Default)]
+pub struct FaultInject {
+    /// Fail this many upcoming gather page-batch allocations.
+    pub fail_page_batch: AtomicU32,
+    /// Fail this many upcoming table-batch allocations.
+    pub fail_table_batch: AtomicU32,
+}
+
+impl FaultInject {
+    /// Consume one injected failure from `counter`; true if it fired.
+    pub fn take(counter: &AtomicU32) -> bool {
+        let mut cur = counter.load(Ordering::SeqCst);
+        while cur > 0 {
+            match counter.compare_exchange(cur, cur - 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+        false
+    }
+}
+
+pub struct Kernel {
+    pub cfg: KernelConfig,
+    pub hw: Hw,
+    pub mem: MemMap,
+    pub alloc: PageAllocator,
+    pub san: Sanitizer,
+    pub stats: Stats,
+    pub rcu: Rcu,
+    pub smp: Box<dyn Smp>,
+    /// x86 `cpu_tlbstate` / `cpu_tlbstate_shared`, per CPU.
+    pub cpus: Box<[CpuTlbState]>,
+    pub inject: FaultInject,
+    next_id: AtomicU64,
+}
+
+/// An IRQs-off region on this CPU (`local_irq_save` .. `local_irq_restore`),
+/// which is also an RCU read-side critical section.
+#[must_use = "IRQs stay off until this guard is dropped"]
+pub struct IrqOff<'a> {
+    k: &'a Kernel,
+    flags: Option<IrqFlags>,
+    _rcu: RcuReadGuard,
+}
+
+impl Drop for IrqOff<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.flags.take() {
+            self.k.smp.local_irq_restore(f);
+        }
+    }
+}
+
+/// A user access that could not be satisfied: SIGSEGV.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segv {
+    pub va: u64,
+    pub fault: Fault,
+}
+
+impl Kernel {
+    /// Build a kernel on the given `Smp`.  The config is validated.
+    pub fn new(cfg: KernelConfig, smp: Box<dyn Smp>) -> Result<Arc<Kernel>, String> {
+        cfg.validate()?;
+        if smp.nr_cpus() != cfg.nr_cpus {
+            return Err(format!(
+                "config says {} CPUs but the machine has {}",
+                cfg.nr_cpus,
+                smp.nr_cpus()
+            ));
+        }
+        let n = cfg.nr_cpus;
+        Ok(Arc::new(Kernel {
+            hw: Hw::new(cfg.geometry, cfg.tlb, cfg.ram_frames, n),
+            mem: MemMap::new(cfg.ram_frames),
+            alloc: PageAllocator::new(cfg.ram_frames, n),
+            san: Sanitizer::new(),
+            stats: Stats::new(n),
+            rcu: Rcu::new(),
+            smp,
+            cpus: (0..n).map(|_| CpuTlbState::default()).collect(),
+            inject: FaultInject::default(),
+            next_id: AtomicU64::new(1),
+            cfg,
+        }))
+    }
+
+    /// A single-CPU kernel on the synchronous reference `Smp` (tests).
+    pub fn new_sync(mut cfg: KernelConfig, nr_cpus: usize) -> Arc<Kernel> {
+        cfg.nr_cpus = nr_cpus;
+        Kernel::new(cfg, Box::new(crate::smp::SyncSmp::new(nr_cpus))).expect("valid test config")
+    }
+
+    #[inline]
+    pub fn this_cpu(&self) -> CpuId {
+        self.smp.this_cpu()
+    }
+
+    /// Fresh id for an mm or address_space (never 0: 0 is init_mm's tag).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// `local_irq_save()`: IRQs off on this CPU, RCU read side entered.
+    pub fn local_irq_save(&self) -> IrqOff<'_> {
+        let rcu = self.rcu.read_lock();
+        IrqOff { k: self, flags: Some(self.smp.local_irq_save()), _rcu: rcu }
+    }
+
+    /// Allocate a folio of `order` for `kind` on this CPU.
+    pub fn alloc_pages(&self, order: u32, kind: PageKind) -> Option<Pfn> {
+        let pfn = self.alloc.alloc(&self.mem, self.this_cpu(), order, kind)?;
+        Some(pfn)
+    }
+
+    /// Allocate a zeroed folio.
+    pub fn alloc_zeroed(&self, order: u32, kind: PageKind) -> Option<Pfn> {
+        let pfn = self.alloc_pages(order, kind)?;
+        for i in 0..1u64 << order {
+            self.hw.ram.clear_frame(pfn.add(i));
+        }
+        Some(pfn)
+    }
+
+    /// Free a folio whose refcount reached zero: bump every frame's
+    /// generation (so stale users are caught), check that no CPU still
+    /// caches it (strict mode), and return it to the allocator.
+    pub fn free_folio(&self, folio: Folio) {
+        let pfn = folio.pfn();
+        let nr = self.mem.folio_nr_pages(folio);
+        let is_table = self.mem.page(pfn).test(crate::page::flags::PG_TABLE);
+        if self.cfg.strict_free_check {
+            self.check_not_cached(pfn, nr, is_table);
+        }
+        for i in 0..nr {
+            self.hw.ram.bump_gen(pfn.add(i));
+        }
+        self.alloc.free(&self.mem, self.this_cpu(), pfn);
+    }
+
+    /// `folio_put`: drop a reference, freeing on the last one.
+    pub fn folio_put(&self, folio: Folio) {
+        if self.mem.folio_put_testzero(folio, 1) {
+            self.free_folio(folio);
+        }
+    }
+
+    /// Sanitizer, free time: no non-lazy CPU may still cache a translation
+    /// to (or a walk-cache pointer at) a frame being freed.
+    fn check_not_cached(&self, pfn: Pfn, nr: u64, is_table: bool) {
+        for c in 0..self.hw.nr_cpus() {
+            let cpu = CpuId(c as u32);
+            let st = &self.cpus[c];
+            let loaded = st.loaded_mm.load(Ordering::SeqCst);
+            if loaded == 0 || st.is_lazy.load(Ordering::SeqCst) {
+                continue;
+            }
+            let tlb = self.hw.tlb(cpu);
+            let within = |p: Pfn, span: u64| pfn.0 < p.0 + span && p.0 < pfn.0 + nr;
+            let hpn = self.cfg.geometry.hpage_pmd_nr();
+            if is_table {
+                if let Some((_, e)) = tlb.psc_entries().find(|(_, e)| e.asid == loaded && within(e.table, 1)) {
+                    self.san.record(Violation {
+                        kind: ViolationKind::TableFreedBeforeFlush,
+                        cpu: Some(cpu),
+                        mm: loaded,
+                        va: e.prefix,
+                        pfn: e.table,
+                        cached_gen: e.gen,
+                        frame_gen: self.hw.ram.gen(e.table) + 1,
+                    });
+                }
+            } else if let Some(e) = tlb
+                .leaf_entries()
+                .find(|e| e.asid == loaded && within(e.pfn, if e.huge { hpn } else { 1 }) && e.gen == self.hw.ram.gen(e.pfn))
+            {
+                let shift = if e.huge { self.cfg.geometry.level_shift(crate::hw::pte::Level::Pmd) } else { self.cfg.geometry.page_shift };
+                self.san.record(Violation {
+                    kind: ViolationKind::FreedBeforeFlush,
+                    cpu: Some(cpu),
+                    mm: loaded,
+                    va: e.vpn << shift,
+                    pfn: e.pfn,
+                    cached_gen: e.gen,
+                    frame_gen: e.gen + 1,
+                });
+            }
+        }
+    }
+
+    /// RCU callback processing (`rcu_core`): free tables whose grace period ended.
+    pub fn rcu_process_callbacks(&self) {
+        self.rcu.poke();
+        for pfn in self.rcu.take_ready() {
+            crate::pgtable::free_table_frame(self, pfn);
+        }
+    }
+
+    /// `rcu_barrier()`: wait until every queued RCU callback ran.
+    pub fn rcu_barrier(&self) {
+        let mut spins = 0u64;
+        while self.rcu.pending() > 0 {
+            self.rcu_process_callbacks();
+            spins += 1;
+            if spins % 64 == 0 {
+                crate::sync::yield_now();
+            }
+            assert!(spins < 10_000_000, "rcu_barrier: grace period never ended (a CPU stuck with IRQs off?)");
+        }
+    }
+
+    /// Create a new address space (`mm_alloc` + `pgd_alloc`).
+    pub fn mm_alloc(&self) -> Arc<MmStruct> {
+        let pgd = crate::pgtable::alloc_table_frame(self).expect("out of memory for a pgd");
+        let mm = Arc::new(MmStruct::new(self.next_id(), pgd));
+        mm.nr_ptes.fetch_add(1, Ordering::SeqCst);
+        mm
+    }
+
+    /// A new file of `nr_pages` pages.
+    pub fn new_file(&self, nr_pages: u64) -> Arc<AddressSpace> {
+        Arc::new(AddressSpace::new(self.next_id(), nr_pages))
+    }
+
+    /// A user load/store by the task running `mm` on this CPU; page faults
+    /// are handled (`handle_mm_fault`) and the access retried.  The CPU must
+    /// have switched to `mm` (`tlb::switch_mm`).
+    pub fn user_access(&self, mm: &Arc<MmStruct>, va: u64, op: Access) -> Result<u64, Segv> {
+        let cpu = self.this_cpu();
+        for _ in 0..8 {
+            match self.hw.access(cpu, va, op, &self.san) {
+                Ok(v) => return Ok(v),
+                Err(fault) => {
+                    self.stats.inc(cpu, Stat::PageFaults);
+                    let write = matches!(op, Access::Write(_));
+                    crate::ops::fault::handle_mm_fault(self, mm, va, write)
+                        .map_err(|_| Segv { va, fault })?;
+                }
+            }
+        }
+        panic!("user access at {va:#x} on {cpu} kept faulting after the fault was handled");
+    }
+
+    /// `user_access` read.
+    pub fn read_user(&self, mm: &Arc<MmStruct>, va: u64) -> Result<u64, Segv> {
+        self.user_access(mm, va, Access::Read)
+    }
+
+    /// `user_access` write.
+    pub fn write_user(&self, mm: &Arc<MmStruct>, va: u64, val: u64) -> Result<u64, Segv> {
+        self.user_access(mm, va, Access::Write(val))
+    }
+}

@@ -1,0 +1,33 @@
+//! mm-core: the model.  Emulated MMU hardware (`hw`) and a port of the Linux
+//! kernel's TLB-invalidation machinery: the mmu_gather (`gather`), page-table
+//! freeing through RCU (`rcu`), the arch flush policies (`tlb`), and the
+//! single-address-space operations that run through them (`ops`).
+//!
+//! mm-core has no threads of its own: the machine (emu-cpu) or the
+//! synchronous reference `SyncSmp` drives it through the `Smp` seam.
+//!
+//! The ordering the whole subsystem exists for (include/asm-generic/tlb.h):
+//! **unhook → invalidate → free.**  Clear entries under the page-table lock,
+//! flush every TLB / walk cache that may hold them, and only then free the
+//! pages and page tables (tables after an RCU grace period or a synchronous
+//! IPI).  The sanitizer (frame generations) catches every violation.
+
+pub mod config;
+pub mod gather;
+pub mod hw;
+pub mod kernel;
+pub mod mm;
+pub mod ops;
+pub mod page;
+pub mod pgtable;
+pub mod rcu;
+pub mod sanitizer;
+pub mod smp;
+pub mod stats;
+pub mod sync;
+pub mod tlb;
+pub mod types;
+
+pub use config::{Arch, Fix, Fixes, Geometry, KernelConfig};
+pub use kernel::Kernel;
+pub use types::{CpuId, CpuMask, Pfn, Vaddr};

@@ -1,0 +1,66 @@
+//! `struct address_space`: the page cache of one file, its i_mmap (who maps
+//! it, for rmap walks such as folio_mkclean) and a backing store ("disk").
+
+use super::MmStruct;
+use crate::page::Folio;
+use crate::sync::{Arc, Mutex, RwLock};
+use std::collections::BTreeMap;
+
+/// One mapping of the file: (mm, VMA start, VMA end, pgoff at start).
+#[derive(Clone)]
+pub struct IMmapEntry {
+    pub mm: Arc<MmStruct>,
+    pub start: u64,
+    pub end: u64,
+    pub pgoff: u64,
+}
+
+pub struct AddressSpace {
+    pub id: u64,
+    /// File size in pages.
+    pub nr_pages: u64,
+    /// `i_pages`: page index → folio (holding one reference).
+    pub i_pages: Mutex<BTreeMap<u64, Folio>>,
+    /// `i_mmap` under `i_mmap_rwsem`.
+    pub i_mmap: RwLock<Vec<IMmapEntry>>,
+    /// Backing store: page index → first data word written back.
+    pub disk: Mutex<BTreeMap<u64, Vec<u64>>>,
+}
+
+impl AddressSpace {
+    pub fn new(id: u64, nr_pages: u64) -> Self {
+        Self {
+            id,
+            nr_pages,
+            i_pages: Mutex::new(BTreeMap::new()),
+            i_mmap: RwLock::new(Vec::new()),
+            disk: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// `vma_interval_tree_insert`
+    pub fn i_mmap_insert(&self, e: IMmapEntry) {
+        self.i_mmap.write().push(e);
+    }
+
+    /// `vma_interval_tree_remove` for [start, end) of `mm`.
+    pub fn i_mmap_remove(&self, mm_id: u64, start: u64, end: u64, page_shift: u32) {
+        let mut v = self.i_mmap.write();
+        let mut out = Vec::new();
+        for e in v.drain(..) {
+            if e.mm.id != mm_id || e.end <= start || e.start >= end {
+                out.push(e);
+                continue;
+            }
+            if e.start < start {
+                out.push(IMmapEntry { end: start, ..e.clone() });
+            }
+            if e.end > end {
+                let shift = (end - e.start) >> page_shift;
+                out.push(IMmapEntry { start: end, pgoff: e.pgoff + shift, ..e.clone() });
+            }
+        }
+        *v = out;
+    }
+}
+

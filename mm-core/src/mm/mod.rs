@@ -1,0 +1,209 @@
+//! mm_struct, VMAs and address_space (page cache + i_mmap for rmap).
+//!
+//! Locking (as the kernel's, simplified to what the model needs):
+//! - `mmap_lock` (rw) protects the VMA tree.  Page-table *teardown*
+//!   (free_pgtables) runs with it held for write; faults and
+//!   madvise(DONTNEED) with it held for read.
+//! - `page_table_lock` protects populating upper-level entries; the split
+//!   PTL of each PTE table (`Page::ptl`) protects its entries.
+//! - `tlb_flush_pending` counts gathers in flight on this mm (incremented by
+//!   `__tlb_gather_mmu` before any PTE changes, decremented by
+//!   `tlb_finish_mmu` after the flush).
+//! - `tlb_gen` is x86's `mm->context.tlb_gen`: bumped by every flush request.
+
+pub mod address_space;
+
+pub use address_space::AddressSpace;
+
+use crate::sync::{Arc, AtomicI32, AtomicU64, Mutex, Ordering, RwLock};
+use crate::types::{AtomicCpuMask, Pfn};
+use std::collections::BTreeMap;
+
+/// VMA flags (subset of vm_flags).
+pub mod vm {
+    pub const VM_READ: u64 = 1 << 0;
+    pub const VM_WRITE: u64 = 1 << 1;
+    pub const VM_EXEC: u64 = 1 << 2;
+    pub const VM_SHARED: u64 = 1 << 3;
+    pub const VM_MAYWRITE: u64 = 1 << 5;
+    pub const VM_PFNMAP: u64 = 1 << 10;
+    pub const VM_HUGETLB: u64 = 1 << 22;
+}
+
+/// What backs a VMA.
+#[derive(Clone)]
+pub enum Backing {
+    /// Private anonymous memory.
+    Anon,
+    /// A file mapping: `pgoff` is the file page at `start`.
+    File { mapping: Arc<AddressSpace>, pgoff: u64 },
+}
+
+/// `struct vm_area_struct`
+#[derive(Clone)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub flags: u64,
+    pub backing: Backing,
+}
+
+impl Vma {
+    pub fn is_anon(&self) -> bool {
+        matches!(self.backing, Backing::Anon)
+    }
+    pub fn is_shared(&self) -> bool {
+        self.flags & vm::VM_SHARED != 0
+    }
+    pub fn is_hugetlb(&self) -> bool {
+        self.flags & vm::VM_HUGETLB != 0
+    }
+    pub fn writable(&self) -> bool {
+        self.flags & vm::VM_WRITE != 0
+    }
+    /// File page index for `addr` (`linear_page_index`).
+    pub fn pgoff_of(&self, addr: u64, page_shift: u32) -> u64 {
+        match &self.backing {
+            Backing::File { pgoff, .. } => pgoff + ((addr - self.start) >> page_shift),
+            Backing::Anon => addr >> page_shift,
+        }
+    }
+    pub fn mapping(&self) -> Option<&Arc<AddressSpace>> {
+        match &self.backing {
+            Backing::File { mapping, .. } => Some(mapping),
+            Backing::Anon => None,
+        }
+    }
+}
+
+/// The VMA tree (maple tree in the kernel; a BTreeMap keyed by start here).
+#[derive(Clone, Default)]
+pub struct VmaTree {
+    map: BTreeMap<u64, Vma>,
+}
+
+impl VmaTree {
+    /// `find_vma`-like exact lookup: the VMA containing `addr`.
+    pub fn find(&self, addr: u64) -> Option<&Vma> {
+        self.map.range(..=addr).next_back().map(|(_, v)| v).filter(|v| addr < v.end)
+    }
+    /// VMAs intersecting [start, end).
+    pub fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = &Vma> {
+        let first = self.map.range(..=start).next_back().map(|(k, _)| *k).unwrap_or(0);
+        self.map.range(first..end).map(|(_, v)| v).filter(move |v| v.end > start && v.start < end)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Vma> {
+        self.map.values()
+    }
+    pub fn insert(&mut self, vma: Vma) {
+        debug_assert!(self.overlapping(vma.start, vma.end).next().is_none(), "overlapping VMA");
+        self.map.insert(vma.start, vma);
+    }
+    /// Remove [start, end) from the tree, splitting VMAs at the edges.
+    /// Returns the removed pieces.
+    pub fn remove_range(&mut self, start: u64, end: u64, page_shift: u32) -> Vec<Vma> {
+        let hit: Vec<u64> = self.overlapping(start, end).map(|v| v.start).collect();
+        let mut removed = Vec::new();
+        for k in hit {
+            let v = self.map.remove(&k).expect("listed");
+            if v.start < start {
+                let mut left = v.clone();
+                left.end = start;
+                self.map.insert(left.start, left);
+            }
+            if v.end > end {
+                let mut right = v.clone();
+                right.start = end;
+                if let Backing::File { pgoff, .. } = &mut right.backing {
+                    *pgoff += (end - v.start) >> page_shift;
+                }
+                self.map.insert(right.start, right);
+            }
+            let mut mid = v.clone();
+            mid.start = v.start.max(start);
+            mid.end = v.end.min(end);
+            if let Backing::File { pgoff, .. } = &mut mid.backing {
+                *pgoff += (mid.start - v.start) >> page_shift;
+            }
+            removed.push(mid);
+        }
+        removed
+    }
+    /// Change flags of [start, end), splitting at the edges (mprotect).
+    pub fn change_flags(&mut self, start: u64, end: u64, page_shift: u32, f: impl Fn(u64) -> u64) -> Vec<Vma> {
+        let mut pieces = self.remove_range(start, end, page_shift);
+        for p in pieces.iter_mut() {
+            p.flags = f(p.flags);
+            self.map.insert(p.start, p.clone());
+        }
+        pieces
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// `struct mm_struct`
+pub struct MmStruct {
+    /// Unique id; also the address-space tag of its TLB entries.
+    pub id: u64,
+    /// Top-level table frame.
+    pub pgd: Pfn,
+    pub mmap_lock: RwLock<VmaTree>,
+    pub page_table_lock: Mutex<()>,
+    /// `mm_cpumask(mm)`: CPUs that may cache translations of this mm.
+    pub cpumask: AtomicCpuMask,
+    /// `mm->tlb_flush_pending`
+    pub tlb_flush_pending: AtomicI32,
+    /// x86 `mm->context.tlb_gen`
+    pub tlb_gen: AtomicU64,
+    /// Resident pages (MM_ANONPAGES + MM_FILEPAGES).
+    pub rss: AtomicU64,
+    /// Page tables allocated (`mm->pgtables_bytes` in pages).
+    pub nr_ptes: AtomicU64,
+}
+
+impl MmStruct {
+    pub(crate) fn new(id: u64, pgd: Pfn) -> Self {
+        Self {
+            id,
+            pgd,
+            mmap_lock: RwLock::new(VmaTree::default()),
+            page_table_lock: Mutex::new(()),
+            cpumask: AtomicCpuMask::default(),
+            tlb_flush_pending: AtomicI32::new(0),
+            tlb_gen: AtomicU64::new(1),
+            rss: AtomicU64::new(0),
+            nr_ptes: AtomicU64::new(0),
+        }
+    }
+
+    /// `inc_tlb_flush_pending`
+    pub fn inc_tlb_flush_pending(&self) {
+        self.tlb_flush_pending.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// `dec_tlb_flush_pending`
+    pub fn dec_tlb_flush_pending(&self) {
+        let old = self.tlb_flush_pending.fetch_sub(1, Ordering::SeqCst);
+        assert!(old > 0, "tlb_flush_pending underflow on mm {}", self.id);
+    }
+
+    /// `mm_tlb_flush_pending`
+    pub fn mm_tlb_flush_pending(&self) -> bool {
+        self.tlb_flush_pending.load(Ordering::SeqCst) > 0
+    }
+
+    /// `mm_tlb_flush_nested`: more than one gather of this mm in flight.
+    pub fn mm_tlb_flush_nested(&self) -> bool {
+        self.tlb_flush_pending.load(Ordering::SeqCst) > 1
+    }
+
+    /// `inc_mm_tlb_gen`: returns the new generation.
+    pub fn inc_mm_tlb_gen(&self) -> u64 {
+        self.tlb_gen.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}

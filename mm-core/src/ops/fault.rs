@@ -1,0 +1,226 @@
+//! Page faults (mm/memory.c): `handle_mm_fault` → anonymous zero-fill
+//! (`do_anonymous_page`), file read from the page cache (`do_read_fault`),
+//! private-file write (`do_cow_fault`), shared-file write (`do_shared_fault`
+//! / `wp_page_shared`), and write-protect faults (`do_wp_page`: reuse an
+//! exclusive anon page, or copy — `wp_page_copy` with `ptep_clear_flush`).
+//!
+//! Every present PTE holds one folio reference and one mapcount.  Runs with
+//! `mmap_lock` held for read and the PTE table's PTL held around the PTE
+//! update.  A read fault on anonymous memory maps a fresh zeroed page (no
+//! shared zero page in this model).
+
+use crate::hw::pte::{Level, Pte};
+use crate::kernel::Kernel;
+use crate::mm::{MmStruct, Vma};
+use crate::page::alloc::PageKind;
+use crate::page::{flags, Folio};
+use crate::pgtable;
+use crate::stats::Stat;
+use crate::sync::{Arc, Ordering};
+
+/// Why a fault could not be handled (the access gets SIGSEGV / VM_FAULT_OOM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultError {
+    /// No VMA, or the VMA does not allow the access.
+    Segv,
+    /// Out of memory.
+    Oom,
+    /// A mapping kind this model does not fault in through this path.
+    Unsupported,
+}
+
+/// User PTE bits for a mapping.
+fn user_pte(pfn: crate::types::Pfn, writable: bool, dirty: bool) -> Pte {
+    let mut f = Pte::PRESENT | Pte::USER | Pte::ACCESSED;
+    if writable {
+        f |= Pte::RW;
+    }
+    if dirty {
+        f |= Pte::DIRTY;
+    }
+    Pte::new(pfn, f)
+}
+
+/// `handle_mm_fault(vma, address, flags)`: takes `mmap_lock` for read.
+pub fn handle_mm_fault(k: &Kernel, mm: &Arc<MmStruct>, va: u64, write: bool) -> Result<(), FaultError> {
+    let vmas = mm.mmap_lock.read();
+    let vma = vmas.find(va).ok_or(FaultError::Segv)?;
+    if write && !vma.writable() {
+        return Err(FaultError::Segv);
+    }
+    if vma.is_hugetlb() {
+        return Err(FaultError::Unsupported);
+    }
+    let table = pgtable::alloc_table(k, mm, va, Level::Pte).ok_or(FaultError::Oom)?;
+    handle_pte_fault(k, mm, vma, table, va, write)
+}
+
+/// `handle_pte_fault` with the PTE table known.
+pub fn handle_pte_fault(
+    k: &Kernel,
+    mm: &MmStruct,
+    vma: &Vma,
+    table: crate::types::Pfn,
+    va: u64,
+    write: bool,
+) -> Result<(), FaultError> {
+    let page_mask = !(k.cfg.geometry.page_size() - 1);
+    let va = va & page_mask;
+    let ptl = pgtable::ptl(k, table);
+    let pte = pgtable::read(k, table, Level::Pte, va);
+    if pte.present() {
+        if write && !pte.write() {
+            return do_wp_page(k, mm, vma, table, va, pte, ptl);
+        }
+        // Spurious: another CPU already resolved it, or the TLB entry that
+        // faulted was stale; the MMU re-walks on retry.
+        return Ok(());
+    }
+    drop(ptl);
+    match vma.mapping() {
+        None => do_anonymous_page(k, mm, table, va, vma.writable()),
+        Some(_) if !write => do_read_fault(k, mm, vma, table, va),
+        Some(_) if vma.is_shared() => do_shared_fault(k, mm, vma, table, va),
+        Some(_) => do_cow_fault(k, mm, vma, table, va),
+    }
+}
+
+/// Install `new` at `va` if the PTE is still none; false if we lost the race.
+fn install(k: &Kernel, mm: &MmStruct, table: crate::types::Pfn, va: u64, new: Pte) -> bool {
+    let _ptl = pgtable::ptl(k, table);
+    if !pgtable::read(k, table, Level::Pte, va).is_none() {
+        return false;
+    }
+    k.mem.add_rmap_ptes(new.pfn(), 1);
+    pgtable::write(k, table, Level::Pte, va, new);
+    mm.rss.fetch_add(1, Ordering::SeqCst);
+    true
+}
+
+/// `do_anonymous_page`
+fn do_anonymous_page(k: &Kernel, mm: &MmStruct, table: crate::types::Pfn, va: u64, writable: bool) -> Result<(), FaultError> {
+    let pfn = k.alloc_zeroed(0, PageKind::Anon).ok_or(FaultError::Oom)?;
+    let page = k.mem.page(pfn);
+    page.mapping.store(mm.id, Ordering::SeqCst);
+    page.index.store(va >> k.cfg.geometry.page_shift, Ordering::SeqCst);
+    if !install(k, mm, table, va, user_pte(pfn, writable, writable)) {
+        k.folio_put(Folio(pfn));
+    }
+    Ok(())
+}
+
+/// `filemap_fault`: find or read the page-cache folio for `pgoff`; returns
+/// it with an extra reference for the caller.
+pub fn filemap_get_folio(k: &Kernel, mapping: &crate::mm::AddressSpace, pgoff: u64) -> Result<Folio, FaultError> {
+    let mut pages = mapping.i_pages.lock();
+    if let Some(f) = pages.get(&pgoff) {
+        k.mem.folio_get(*f);
+        return Ok(*f);
+    }
+    let pfn = k.alloc_zeroed(0, PageKind::File).ok_or(FaultError::Oom)?;
+    if let Some(words) = mapping.disk.lock().get(&pgoff) {
+        for (i, w) in words.iter().enumerate() {
+            k.hw.ram.word(pfn, i).store(*w, Ordering::SeqCst);
+        }
+    }
+    let page = k.mem.page(pfn);
+    page.mapping.store(mapping.id, Ordering::SeqCst);
+    page.index.store(pgoff, Ordering::SeqCst);
+    page.set(flags::PG_UPTODATE);
+    let f = Folio(pfn);
+    pages.insert(pgoff, f); // the page cache's reference
+    k.mem.folio_get(f); // the caller's
+    Ok(f)
+}
+
+/// `do_read_fault`: map the page-cache page read-only (a later write to a
+/// shared mapping faults again for dirty tracking).
+fn do_read_fault(k: &Kernel, mm: &MmStruct, vma: &Vma, table: crate::types::Pfn, va: u64) -> Result<(), FaultError> {
+    let mapping = vma.mapping().expect("file vma");
+    let f = filemap_get_folio(k, mapping, vma.pgoff_of(va, k.cfg.geometry.page_shift))?;
+    if !install(k, mm, table, va, user_pte(f.pfn(), false, false)) {
+        k.folio_put(f);
+    }
+    Ok(())
+}
+
+/// `do_shared_fault`: map writable and dirty, mark the folio dirty
+/// (`fault_dirty_shared_page`).
+fn do_shared_fault(k: &Kernel, mm: &MmStruct, vma: &Vma, table: crate::types::Pfn, va: u64) -> Result<(), FaultError> {
+    let mapping = vma.mapping().expect("file vma");
+    let f = filemap_get_folio(k, mapping, vma.pgoff_of(va, k.cfg.geometry.page_shift))?;
+    if install(k, mm, table, va, user_pte(f.pfn(), true, true)) {
+        k.mem.folio(f).set(flags::PG_DIRTY);
+    } else {
+        k.folio_put(f);
+    }
+    Ok(())
+}
+
+/// `do_cow_fault`: private write to a file page — copy into a new anon page.
+fn do_cow_fault(k: &Kernel, mm: &MmStruct, vma: &Vma, table: crate::types::Pfn, va: u64) -> Result<(), FaultError> {
+    let mapping = vma.mapping().expect("file vma");
+    let src = filemap_get_folio(k, mapping, vma.pgoff_of(va, k.cfg.geometry.page_shift))?;
+    let new = k.alloc_pages(0, PageKind::Anon);
+    let Some(new) = new else {
+        k.folio_put(src);
+        return Err(FaultError::Oom);
+    };
+    k.hw.ram.copy_frame(new, src.pfn());
+    k.folio_put(src);
+    k.mem.page(new).mapping.store(mm.id, Ordering::SeqCst);
+    k.stats.inc(k.this_cpu(), Stat::CowFaults);
+    if !install(k, mm, table, va, user_pte(new, true, true)) {
+        k.folio_put(Folio(new));
+    }
+    Ok(())
+}
+
+/// `do_wp_page`: a write to a present read-only PTE in a writable VMA.
+fn do_wp_page(
+    k: &Kernel,
+    mm: &MmStruct,
+    vma: &Vma,
+    table: crate::types::Pfn,
+    va: u64,
+    pte: Pte,
+    ptl: crate::sync::MutexGuard<'_, ()>,
+) -> Result<(), FaultError> {
+    let old = k.mem.page_folio(pte.pfn());
+    if vma.is_shared() {
+        // wp_page_shared: dirty tracking of a shared file page.
+        pgtable::write(k, table, Level::Pte, va, pte.mkwrite().mkdirty());
+        k.mem.folio(old).set(flags::PG_DIRTY);
+        return Ok(());
+    }
+    let page = k.mem.folio(old);
+    let exclusive = page.test(flags::PG_ANON) && k.mem.folio_mapcount(old) == 1 && page.refcount() == 1;
+    if exclusive {
+        // wp_page_reuse: upgrading permissions needs no flush (a stale
+        // read-only entry just faults again and re-walks).
+        pgtable::write(k, table, Level::Pte, va, pte.mkwrite().mkdirty());
+        return Ok(());
+    }
+    // wp_page_copy
+    drop(ptl);
+    let new = k.alloc_pages(0, PageKind::Anon).ok_or(FaultError::Oom)?;
+    k.hw.ram.copy_frame(new, pte.pfn());
+    k.mem.page(new).mapping.store(mm.id, Ordering::SeqCst);
+    k.mem.page(new).index.store(va >> k.cfg.geometry.page_shift, Ordering::SeqCst);
+    let ptl = pgtable::ptl(k, table);
+    if pgtable::read(k, table, Level::Pte, va) != pte {
+        drop(ptl);
+        k.folio_put(Folio(new));
+        return Ok(());
+    }
+    k.stats.inc(k.this_cpu(), Stat::CowFaults);
+    // ptep_clear_flush: unhook and invalidate before the new page goes in.
+    pgtable::get_and_clear(k, table, Level::Pte, va);
+    crate::tlb::flush_tlb_page(k, mm, va);
+    k.mem.add_rmap_ptes(new, 1);
+    pgtable::write(k, table, Level::Pte, va, user_pte(new, true, true));
+    k.mem.remove_rmap_ptes(pte.pfn(), 1);
+    drop(ptl);
+    k.folio_put(old);
+    Ok(())
+}

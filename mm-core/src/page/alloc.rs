@@ -1,0 +1,281 @@
+//! The page allocator: a binary buddy allocator (one zone) with per-CPU
+//! lists for order-0 pages, and leak accounting.
+//!
+//! Contract:
+//! - `alloc` returns a frame with refcount 1 and the `kind` recorded, or
+//!   `None` when memory is exhausted or a failure was injected (the
+//!   GFP_NOWAIT allocations of mmu_gather must cope with that).
+//! - `free` takes a frame whose refcount already reached 0.  The caller has
+//!   bumped the frame generations (see `Kernel::free_frames`).
+//! - Frames sitting on per-CPU lists count as free; `in_use()` is what a run
+//!   leaked if it is non-zero after every mm exited.
+//! - pfn 0 is reserved, so a zero page-table entry never names a real frame.
+
+use super::{flags, MemMap};
+use crate::sync::{AtomicI64, Mutex, Ordering};
+use crate::types::{CpuId, Pfn};
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+/// MAX_PAGE_ORDER
+pub const MAX_PAGE_ORDER: u32 = 10;
+/// Per-CPU list refill batch (`pcp->batch`).
+pub const PCP_BATCH: usize = 31;
+/// Per-CPU list high watermark (`pcp->high`), drained back to the zone above it.
+pub const PCP_HIGH: usize = 6 * PCP_BATCH;
+
+/// What a frame is used for (leak accounting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PageKind {
+    Anon,
+    File,
+    PageTable,
+    /// Kernel objects: mmu_gather batch pages, table batches.
+    Kernel,
+    Hugetlb,
+}
+
+const KINDS: usize = 5;
+
+impl PageKind {
+    pub const ALL: [PageKind; KINDS] =
+        [PageKind::Anon, PageKind::File, PageKind::PageTable, PageKind::Kernel, PageKind::Hugetlb];
+    fn idx(self) -> usize {
+        self as usize
+    }
+    fn flag(self) -> u64 {
+        match self {
+            PageKind::Anon => flags::PG_ANON | flags::PG_SWAPBACKED,
+            PageKind::File => 0,
+            PageKind::PageTable => flags::PG_TABLE,
+            PageKind::Kernel => flags::PG_KERNEL,
+            PageKind::Hugetlb => flags::PG_HUGETLB,
+        }
+    }
+}
+
+struct Zone {
+    free_area: Vec<BTreeSet<u64>>,
+    /// Order of the free block headed here, or -1.
+    free_order: Vec<i8>,
+    nr_free: usize,
+}
+
+pub struct PageAllocator {
+    zone: Mutex<Zone>,
+    pcp: Box<[Mutex<Vec<Pfn>>]>,
+    in_use: [AtomicI64; KINDS],
+    nr_frames: usize,
+}
+
+/// Frames in use by kind (leak report).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InUse {
+    pub anon: i64,
+    pub file: i64,
+    pub page_table: i64,
+    pub kernel: i64,
+    pub hugetlb: i64,
+}
+
+impl InUse {
+    pub fn total(&self) -> i64 {
+        self.anon + self.file + self.page_table + self.kernel + self.hugetlb
+    }
+}
+
+impl PageAllocator {
+    pub fn new(nr_frames: usize, nr_cpus: usize) -> Self {
+        let mut zone = Zone {
+            free_area: (0..=MAX_PAGE_ORDER).map(|_| BTreeSet::new()).collect(),
+            free_order: vec![-1; nr_frames],
+            nr_free: 0,
+        };
+        // Hand every frame but pfn 0 to the buddy lists, largest aligned blocks first.
+        let mut pfn = 1u64;
+        while (pfn as usize) < nr_frames {
+            let mut order = 0;
+            while order < MAX_PAGE_ORDER
+                && pfn % (1 << (order + 1)) == 0
+                && pfn as usize + (1 << (order + 1)) <= nr_frames
+            {
+                order += 1;
+            }
+            zone.free_area[order as usize].insert(pfn);
+            zone.free_order[pfn as usize] = order as i8;
+            zone.nr_free += 1 << order;
+            pfn += 1 << order;
+        }
+        Self {
+            zone: Mutex::new(zone),
+            pcp: (0..nr_cpus).map(|_| Mutex::new(Vec::new())).collect(),
+            in_use: Default::default(),
+            nr_frames,
+        }
+    }
+
+    fn zone_alloc(zone: &mut Zone, order: u32) -> Option<u64> {
+        let from = (order..=MAX_PAGE_ORDER).find(|o| !zone.free_area[*o as usize].is_empty())?;
+        let pfn = zone.free_area[from as usize].pop_first()?;
+        zone.free_order[pfn as usize] = -1;
+        // Split down to the requested order, returning upper halves.
+        let mut o = from;
+        while o > order {
+            o -= 1;
+            let buddy = pfn + (1 << o);
+            zone.free_area[o as usize].insert(buddy);
+            zone.free_order[buddy as usize] = o as i8;
+        }
+        zone.nr_free -= 1 << order;
+        Some(pfn)
+    }
+
+    fn zone_free(zone: &mut Zone, mut pfn: u64, mut order: u32) {
+        zone.nr_free += 1 << order;
+        while order < MAX_PAGE_ORDER {
+            let buddy = pfn ^ (1 << order);
+            if buddy == 0
+                || buddy as usize >= zone.free_order.len()
+                || zone.free_order[buddy as usize] != order as i8
+            {
+                break;
+            }
+            zone.free_area[order as usize].remove(&buddy);
+            zone.free_order[buddy as usize] = -1;
+            pfn = pfn.min(buddy);
+            order += 1;
+        }
+        zone.free_area[order as usize].insert(pfn);
+        zone.free_order[pfn as usize] = order as i8;
+    }
+
+    /// `alloc_pages(gfp, order)`: a (compound, if order > 0) folio of `kind`.
+    pub fn alloc(&self, mem: &MemMap, cpu: CpuId, order: u32, kind: PageKind) -> Option<Pfn> {
+        assert!(order <= MAX_PAGE_ORDER, "alloc_pages: order {order} > MAX_PAGE_ORDER");
+        let pfn = if order == 0 {
+            let mut pcp = self.pcp[cpu.idx()].lock();
+            if pcp.is_empty() {
+                let mut zone = self.zone.lock();
+                for _ in 0..PCP_BATCH {
+                    match Self::zone_alloc(&mut zone, 0) {
+                        Some(p) => pcp.push(Pfn(p)),
+                        None => break,
+                    }
+                }
+            }
+            pcp.pop()?
+        } else {
+            Pfn(Self::zone_alloc(&mut self.zone.lock(), order)?)
+        };
+        let nr = 1u64 << order;
+        for i in 0..nr {
+            let p = mem.page(pfn.add(i));
+            debug_assert_eq!(p.refcount(), 0, "allocating a frame in use: {:?}", pfn.add(i));
+            p.flags.store(kind.flag() | if i == 0 && order > 0 { flags::PG_HEAD } else { 0 }, Ordering::SeqCst);
+            p.head.store(pfn.0, Ordering::SeqCst);
+            p.mapcount.store(0, Ordering::SeqCst);
+            p.mapping.store(0, Ordering::SeqCst);
+            p.index.store(0, Ordering::SeqCst);
+            p.pt_share_count.store(0, Ordering::SeqCst);
+        }
+        let head = mem.page(pfn);
+        head.order.store(order, Ordering::SeqCst);
+        head.entire_mapcount.store(0, Ordering::SeqCst);
+        head.refcount.store(1, Ordering::SeqCst);
+        self.in_use[kind.idx()].fetch_add(nr as i64, Ordering::SeqCst);
+        Some(pfn)
+    }
+
+    /// Return a folio whose refcount reached zero (`free_unref_folios` /
+    /// `__free_pages`).  The kind is read from the page flags.
+    pub fn free(&self, mem: &MemMap, cpu: CpuId, pfn: Pfn) {
+        let head = mem.page(pfn);
+        let order = head.order.load(Ordering::SeqCst);
+        let f = head.flags.load(Ordering::SeqCst);
+        let kind = PageKind::ALL
+            .into_iter()
+            .rev()
+            .find(|k| k.flag() != 0 && f & k.flag() == k.flag())
+            .unwrap_or(PageKind::File);
+        assert!(head.refcount() == 0, "freeing {:?} with refcount {}", pfn, head.refcount());
+        let nr = 1u64 << order;
+        for i in 0..nr {
+            let p = mem.page(pfn.add(i));
+            p.flags.store(flags::PG_BUDDY, Ordering::SeqCst);
+            p.mapping.store(0, Ordering::SeqCst);
+        }
+        head.order.store(0, Ordering::SeqCst);
+        self.in_use[kind.idx()].fetch_sub(nr as i64, Ordering::SeqCst);
+        if order == 0 {
+            let mut pcp = self.pcp[cpu.idx()].lock();
+            pcp.push(pfn);
+            if pcp.len() > PCP_HIGH {
+                let mut zone = self.zone.lock();
+                for p in pcp.drain(..PCP_BATCH) {
+                    Self::zone_free(&mut zone, p.0, 0);
+                }
+            }
+        } else {
+            Self::zone_free(&mut self.zone.lock(), pfn.0, order);
+        }
+    }
+
+    /// Frames in use, by kind.
+    pub fn in_use(&self) -> InUse {
+        let g = |k: PageKind| self.in_use[k.idx()].load(Ordering::SeqCst);
+        InUse {
+            anon: g(PageKind::Anon),
+            file: g(PageKind::File),
+            page_table: g(PageKind::PageTable),
+            kernel: g(PageKind::Kernel),
+            hugetlb: g(PageKind::Hugetlb),
+        }
+    }
+
+    /// Free frames (zone + per-CPU lists).
+    pub fn nr_free(&self) -> usize {
+        let pcp: usize = self.pcp.iter().map(|p| p.lock().len()).sum();
+        self.zone.lock().nr_free + pcp
+    }
+
+    pub fn nr_frames(&self) -> usize {
+        self.nr_frames
+    }
+}
+
+#[cfg(all(test, not(mmemu_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buddy_split_merge_and_accounting() {
+        let mem = MemMap::new(4096);
+        let a = PageAllocator::new(4096, 2);
+        let total = a.nr_free();
+        assert_eq!(total, 4095);
+        let big = a.alloc(&mem, CpuId(0), 9, PageKind::Hugetlb).unwrap();
+        assert_eq!(big.0 % 512, 0, "order-9 block is naturally aligned");
+        let small: Vec<_> = (0..100).map(|i| a.alloc(&mem, CpuId(i % 2), 0, PageKind::Anon).unwrap()).collect();
+        assert_eq!(a.in_use().anon, 100);
+        assert_eq!(a.in_use().hugetlb, 512);
+        for p in &small {
+            mem.page(*p).refcount.store(0, Ordering::SeqCst);
+            a.free(&mem, CpuId(0), *p);
+        }
+        mem.page(big).refcount.store(0, Ordering::SeqCst);
+        a.free(&mem, CpuId(1), big);
+        assert_eq!(a.in_use().total(), 0);
+        assert_eq!(a.nr_free(), total);
+        // After draining, a fresh order-10 allocation is still possible.
+        assert!(a.alloc(&mem, CpuId(0), 10, PageKind::Kernel).is_some());
+    }
+
+    #[test]
+    fn exhaustion_returns_none() {
+        let mem = MemMap::new(64);
+        let a = PageAllocator::new(64, 1);
+        let n = (0..100).filter_map(|_| a.alloc(&mem, CpuId(0), 0, PageKind::Anon)).count();
+        assert_eq!(n, 63);
+    }
+}

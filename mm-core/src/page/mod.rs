@@ -1,0 +1,220 @@
+//! struct page / folio / ptdesc metadata, and the page allocator.
+//!
+//! One `Page` per RAM frame.  A folio is named by its head frame (`Folio`);
+//! tail pages point at the head.  Page-table frames use the same struct as
+//! `struct ptdesc`: the split page-table lock (`ptl`) and the hugetlb PMD
+//! share count (`pt_share_count`).
+//!
+//! Refcount rules (as the kernel's): the allocator hands out a folio with
+//! refcount 1; `folio_put` to 0 frees it; `folio_try_get` (the speculative
+//! grab of GUP-fast) fails on a refcount of 0, so a freed data page can never
+//! be pinned — but a *reused* one can, which is what the races are about.
+
+pub mod alloc;
+
+use crate::sync::{AtomicI32, AtomicU32, AtomicU64, Mutex, Ordering};
+use crate::types::Pfn;
+
+/// Page flags (subset of enum pageflags).
+pub mod flags {
+    pub const PG_LOCKED: u64 = 1 << 0;
+    pub const PG_DIRTY: u64 = 1 << 1;
+    pub const PG_WRITEBACK: u64 = 1 << 2;
+    pub const PG_HEAD: u64 = 1 << 3;
+    pub const PG_UPTODATE: u64 = 1 << 4;
+    pub const PG_SWAPBACKED: u64 = 1 << 5;
+    /// Frame is a page table (PageTable / page_type PGTY_table).
+    pub const PG_TABLE: u64 = 1 << 6;
+    /// Frame backs a kernel object (an mmu_gather batch page).
+    pub const PG_KERNEL: u64 = 1 << 7;
+    /// Frame is on the allocator's free lists (PageBuddy / pcp).
+    pub const PG_BUDDY: u64 = 1 << 8;
+    /// Anonymous folio (mapping has PAGE_MAPPING_ANON).
+    pub const PG_ANON: u64 = 1 << 9;
+    /// hugetlb folio.
+    pub const PG_HUGETLB: u64 = 1 << 10;
+}
+
+/// `struct page` (+ the `struct ptdesc` fields when the frame is a table).
+pub struct Page {
+    pub flags: AtomicU64,
+    /// `_refcount`
+    pub refcount: AtomicI32,
+    /// Number of page-table entries mapping this page (`_mapcount + 1`).
+    pub mapcount: AtomicI32,
+    /// PMD-level mappings of the whole folio (`_entire_mapcount + 1`, head only).
+    pub entire_mapcount: AtomicI32,
+    /// Folio order (head only).
+    pub order: AtomicU32,
+    /// Head frame (self for order-0 and for heads).
+    pub head: AtomicU64,
+    /// Owner id: address_space id for file pages, mm id for anon, 0 none.
+    pub mapping: AtomicU64,
+    /// Page offset in the file (`index`), or the anon linear page index.
+    pub index: AtomicU64,
+    /// ptdesc: `pt_share_count` (hugetlb PMD sharing).
+    pub pt_share_count: AtomicI32,
+    /// ptdesc: split page-table lock (`ptl`, USE_SPLIT_PTE_PTLOCKS).
+    pub ptl: Mutex<()>,
+}
+
+impl Page {
+    pub(crate) fn new() -> Self {
+        Self {
+            flags: AtomicU64::new(0),
+            refcount: AtomicI32::new(0),
+            mapcount: AtomicI32::new(0),
+            entire_mapcount: AtomicI32::new(0),
+            order: AtomicU32::new(0),
+            head: AtomicU64::new(0),
+            mapping: AtomicU64::new(0),
+            index: AtomicU64::new(0),
+            pt_share_count: AtomicI32::new(0),
+            ptl: Mutex::new(()),
+        }
+    }
+
+    #[inline]
+    pub fn test(&self, f: u64) -> bool {
+        self.flags.load(Ordering::SeqCst) & f != 0
+    }
+    #[inline]
+    pub fn set(&self, f: u64) {
+        self.flags.fetch_or(f, Ordering::SeqCst);
+    }
+    #[inline]
+    pub fn clear(&self, f: u64) {
+        self.flags.fetch_and(!f, Ordering::SeqCst);
+    }
+    /// Clear `f` and say whether it was set (`TestClearPageDirty`).
+    pub fn test_and_clear(&self, f: u64) -> bool {
+        self.flags.fetch_and(!f, Ordering::SeqCst) & f != 0
+    }
+    pub fn refcount(&self) -> i32 {
+        self.refcount.load(Ordering::SeqCst)
+    }
+    pub fn mapcount(&self) -> i32 {
+        self.mapcount.load(Ordering::SeqCst)
+    }
+}
+
+/// A folio, named by its head frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Folio(pub Pfn);
+
+impl Folio {
+    pub fn pfn(self) -> Pfn {
+        self.0
+    }
+}
+
+/// The `mem_map`: metadata of every frame.
+pub struct MemMap {
+    pages: Box<[Page]>,
+}
+
+impl MemMap {
+    pub fn new(nr_frames: usize) -> Self {
+        Self { pages: (0..nr_frames).map(|_| Page::new()).collect() }
+    }
+
+    /// `pfn_to_page`
+    #[inline]
+    pub fn page(&self, pfn: Pfn) -> &Page {
+        &self.pages[pfn.idx()]
+    }
+
+    /// `page_folio`
+    #[inline]
+    pub fn page_folio(&self, pfn: Pfn) -> Folio {
+        Folio(Pfn(self.page(pfn).head.load(Ordering::SeqCst)))
+    }
+
+    pub fn folio(&self, f: Folio) -> &Page {
+        self.page(f.0)
+    }
+
+    /// `folio_nr_pages`
+    pub fn folio_nr_pages(&self, f: Folio) -> u64 {
+        1 << self.folio(f).order.load(Ordering::SeqCst)
+    }
+
+    /// `folio_get`
+    pub fn folio_get(&self, f: Folio) {
+        let old = self.folio(f).refcount.fetch_add(1, Ordering::SeqCst);
+        assert!(old > 0, "folio_get on a free folio {:?}", f.0);
+    }
+
+    /// `folio_ref_add`
+    pub fn folio_ref_add(&self, f: Folio, nr: i32) {
+        let old = self.folio(f).refcount.fetch_add(nr, Ordering::SeqCst);
+        assert!(old > 0, "folio_ref_add on a free folio {:?}", f.0);
+    }
+
+    /// `folio_try_get` (`page_ref_add_unless(page, 1, 0)`): the speculative
+    /// reference used by lockless lookups; fails if the folio is free.
+    pub fn folio_try_get(&self, f: Folio) -> bool {
+        let rc = &self.folio(f).refcount;
+        let mut cur = rc.load(Ordering::SeqCst);
+        loop {
+            if cur <= 0 {
+                return false;
+            }
+            match rc.compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Drop `nr` references; true when that was the last one (the caller
+    /// frees the folio: `folio_put` → `__folio_put`).
+    #[must_use = "a folio whose refcount hit zero must be freed"]
+    pub fn folio_put_testzero(&self, f: Folio, nr: i32) -> bool {
+        let old = self.folio(f).refcount.fetch_sub(nr, Ordering::SeqCst);
+        assert!(old >= nr, "folio refcount underflow on {:?}: {old} - {nr}", f.0);
+        old == nr
+    }
+
+    /// `folio_mapcount`: PTE mappings of all pages plus PMD mappings.
+    pub fn folio_mapcount(&self, f: Folio) -> i32 {
+        let n = self.folio_nr_pages(f);
+        let ptes: i32 = (0..n).map(|i| self.page(f.0.add(i)).mapcount()).sum();
+        ptes + self.folio(f).entire_mapcount.load(Ordering::SeqCst)
+    }
+
+    /// `folio_mapped`
+    pub fn folio_mapped(&self, f: Folio) -> bool {
+        self.folio_mapcount(f) > 0
+    }
+
+    /// Add `nr` PTE mappings starting at page `pfn` (`folio_add_*_rmap_ptes`).
+    pub fn add_rmap_ptes(&self, pfn: Pfn, nr: u64) {
+        for i in 0..nr {
+            self.page(pfn.add(i)).mapcount.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Remove `nr` PTE mappings starting at page `pfn` (`folio_remove_rmap_ptes`).
+    pub fn remove_rmap_ptes(&self, pfn: Pfn, nr: u64) {
+        for i in 0..nr {
+            let old = self.page(pfn.add(i)).mapcount.fetch_sub(1, Ordering::SeqCst);
+            assert!(old > 0, "mapcount underflow on {:?}", pfn.add(i));
+        }
+    }
+
+    /// `folio_add_*_rmap_pmd`
+    pub fn add_rmap_pmd(&self, f: Folio) {
+        self.folio(f).entire_mapcount.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// `folio_remove_rmap_pmd`
+    pub fn remove_rmap_pmd(&self, f: Folio) {
+        let old = self.folio(f).entire_mapcount.fetch_sub(1, Ordering::SeqCst);
+        assert!(old > 0, "entire mapcount underflow on {:?}", f.0);
+    }
+
+    pub fn nr_frames(&self) -> usize {
+        self.pages.len()
+    }
+}

@@ -1,0 +1,146 @@
+//! Page-table pages: allocation, population, lookup and the split PTL.
+//!
+//! Tables are RAM frames whose words are entries (`hw::pte::Pte`).  A table
+//! frame's `struct page` doubles as its `ptdesc` (share count, PTL).
+//! Upper levels are populated under `mm.page_table_lock`
+//! (`__pte_alloc`/`__pmd_alloc` with the recheck-under-lock pattern); PTE
+//! entries are changed under the PTE table's split lock.
+
+use crate::hw::pte::{Level, Pte};
+use crate::kernel::Kernel;
+use crate::mm::MmStruct;
+use crate::page::alloc::PageKind;
+use crate::page::Folio;
+use crate::stats::Stat;
+use crate::sync::{AtomicU64, MutexGuard, Ordering};
+use crate::types::Pfn;
+
+/// Allocate a zeroed page-table frame (`pagetable_alloc` + ctor).
+pub fn alloc_table_frame(k: &Kernel) -> Option<Pfn> {
+    k.alloc_zeroed(0, PageKind::PageTable)
+}
+
+/// Free a page-table frame (`pagetable_free`).  Its refcount is the
+/// allocator's single reference.
+pub fn free_table_frame(k: &Kernel, pfn: Pfn) {
+    let f = Folio(pfn);
+    debug_assert!(k.mem.page(pfn).test(crate::page::flags::PG_TABLE), "freeing a non-table {pfn:?} as a table");
+    k.stats.inc(k.this_cpu(), Stat::TablesFreed);
+    k.folio_put(f);
+}
+
+/// Index of `va` in a table whose entries are at `level`.
+#[inline]
+pub fn index(k: &Kernel, level: Level, va: u64) -> usize {
+    let g = k.cfg.geometry;
+    ((va >> g.level_shift(level)) as usize) & (g.ptrs_per_table() - 1)
+}
+
+/// The entry slot for `va` in `table` (entries at `level`).
+#[inline]
+pub fn slot(k: &Kernel, table: Pfn, level: Level, va: u64) -> &AtomicU64 {
+    k.hw.ram.word(table, index(k, level, va))
+}
+
+/// `READ_ONCE(*entry)`
+#[inline]
+pub fn read(k: &Kernel, table: Pfn, level: Level, va: u64) -> Pte {
+    Pte(slot(k, table, level, va).load(Ordering::SeqCst))
+}
+
+/// `set_pte` / `set_pmd` / ... (`WRITE_ONCE`)
+#[inline]
+pub fn write(k: &Kernel, table: Pfn, level: Level, va: u64, e: Pte) {
+    slot(k, table, level, va).store(e.0, Ordering::SeqCst);
+}
+
+/// `ptep_get_and_clear` & co: atomically clear, returning the old entry
+/// (with whatever A/D bits the hardware set until now).
+#[inline]
+pub fn get_and_clear(k: &Kernel, table: Pfn, level: Level, va: u64) -> Pte {
+    Pte(slot(k, table, level, va).swap(0, Ordering::SeqCst))
+}
+
+/// Atomically replace an entry, returning the old one (A/D preserved in the
+/// return value: `ptep_modify_prot_start`/`commit`).
+#[inline]
+pub fn exchange(k: &Kernel, table: Pfn, level: Level, va: u64, e: Pte) -> Pte {
+    Pte(slot(k, table, level, va).swap(e.0, Ordering::SeqCst))
+}
+
+/// The split PTL of a PTE (or PMD) table: `pte_lockptr`.
+pub fn ptl(k: &Kernel, table: Pfn) -> MutexGuard<'_, ()> {
+    k.mem.page(table).ptl.lock()
+}
+
+/// Descend from the PGD to the table whose entries are at `level`, without
+/// allocating.  None if a level above is not present, or is a huge leaf.
+pub fn lookup_table(k: &Kernel, mm: &MmStruct, va: u64, level: Level) -> Option<Pfn> {
+    let mut table = mm.pgd;
+    let mut l = Level::Pgd;
+    while l != level {
+        let e = read(k, table, l, va);
+        if !e.present() || e.huge() {
+            return None;
+        }
+        table = e.pfn();
+        l = l.below().expect("level above PTE");
+    }
+    Some(table)
+}
+
+/// Descend to the table at `level`, allocating missing tables
+/// (`__pud_alloc`, `__pmd_alloc`, `__pte_alloc`).  Populates under
+/// `page_table_lock`, re-checking after allocation like the kernel.
+/// None on out-of-memory or when a huge leaf sits in the way.
+pub fn alloc_table(k: &Kernel, mm: &MmStruct, va: u64, level: Level) -> Option<Pfn> {
+    let mut table = mm.pgd;
+    let mut l = Level::Pgd;
+    while l != level {
+        let mut e = read(k, table, l, va);
+        if !e.present() {
+            let new = alloc_table_frame(k)?;
+            let lock = mm.page_table_lock.lock();
+            e = read(k, table, l, va);
+            if e.present() {
+                drop(lock);
+                k.folio_put(Folio(new));
+            } else {
+                // smp_wmb() in pmd_install: the zeroed table is visible
+                // before the entry that points at it (SeqCst stores).
+                e = Pte::table(new);
+                write(k, table, l, va, e);
+                mm.nr_ptes.fetch_add(1, Ordering::SeqCst);
+                drop(lock);
+            }
+        }
+        if e.huge() {
+            return None;
+        }
+        table = e.pfn();
+        l = l.below().expect("level above PTE");
+    }
+    Some(table)
+}
+
+/// Number of entries per table.
+pub fn ptrs(k: &Kernel) -> u64 {
+    k.cfg.geometry.ptrs_per_table() as u64
+}
+
+/// Address range one entry at `level` covers (`PAGE_SIZE`, `PMD_SIZE`, ...).
+pub fn level_size(k: &Kernel, level: Level) -> u64 {
+    1u64 << k.cfg.geometry.level_shift(level)
+}
+
+/// `pXd_addr_end(addr, end)`: the end of the entry at `level` containing
+/// `addr`, clamped to `end`.
+pub fn addr_end(k: &Kernel, level: Level, addr: u64, end: u64) -> u64 {
+    let size = level_size(k, level);
+    let boundary = (addr & !(size - 1)).wrapping_add(size);
+    if boundary.wrapping_sub(1) < end.wrapping_sub(1) {
+        boundary
+    } else {
+        end
+    }
+}

@@ -1,0 +1,84 @@
+//! RCU for page-table freeing, on crossbeam-epoch.
+//!
+//! Contract:
+//! - A read-side critical section is a pinned epoch guard.  Every IRQs-off
+//!   region of an emulated CPU is one (`Kernel::local_irq_save` pins), which
+//!   is what makes `call_rcu`-freed page tables safe for GUP-fast: since RCU
+//!   flavour consolidation, disabling interrupts is an RCU read-side section.
+//! - `call_rcu(tables)` queues the frames; they are freed by
+//!   `Kernel::rcu_process_callbacks` only after crossbeam-epoch ran the
+//!   deferred marker, i.e. after every guard pinned at queue time is gone
+//!   (a grace period).  Callbacks run in kernel context (like RCU softirq
+//!   processing) so the free goes through the normal page-free path.
+//! - `rcu_barrier` waits until every queued callback ran; it must not be
+//!   called inside a read-side section.
+
+use crate::sync::{epoch, Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
+use crate::types::Pfn;
+
+struct Callback {
+    done: Arc<AtomicBool>,
+    frames: Vec<Pfn>,
+}
+
+#[derive(Default)]
+pub struct Rcu {
+    queue: Mutex<Vec<Callback>>,
+    pending: AtomicUsize,
+}
+
+/// An RCU read-side critical section (`rcu_read_lock` .. `rcu_read_unlock`).
+pub struct RcuReadGuard {
+    _guard: epoch::Guard,
+}
+
+impl Rcu {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `rcu_read_lock()`
+    pub fn read_lock(&self) -> RcuReadGuard {
+        RcuReadGuard { _guard: epoch::pin() }
+    }
+
+    /// `call_rcu(head, tlb_remove_table_rcu)`: free `frames` after a grace period.
+    pub fn call_rcu(&self, frames: Vec<Pfn>) {
+        let done = Arc::new(AtomicBool::new(false));
+        let marker = done.clone();
+        let guard = epoch::pin();
+        // SAFETY-free: `defer` (not `defer_unchecked`) requires 'static + Send,
+        // which the Arc'd flag is; it runs after a grace period.
+        guard.defer(move || marker.store(true, Ordering::SeqCst));
+        guard.flush();
+        drop(guard);
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        self.queue.lock().push(Callback { done, frames });
+    }
+
+    /// Take the callbacks whose grace period has ended.
+    pub(crate) fn take_ready(&self) -> Vec<Pfn> {
+        let mut q = self.queue.lock();
+        let mut out = Vec::new();
+        q.retain_mut(|cb| {
+            if cb.done.load(Ordering::SeqCst) {
+                out.append(&mut cb.frames);
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+
+    /// Try to end a grace period: advance and collect the epoch.
+    pub(crate) fn poke(&self) {
+        epoch::pin().flush();
+    }
+
+    /// Callbacks queued and not yet run.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,141 @@
+//! The sanitizer: records every use of a freed or reused frame.
+//!
+//! Frames carry generations (`hw::ram`); whatever caches a pointer to a frame
+//! (TLB entry, paging-structure-cache entry, a lockless walker's snapshot, a
+//! secondary TLB) remembers the generation it saw.  A mismatch on use is a
+//! violation.  With every fix on, a run has zero violations; with a fix off,
+//! the matching violation appears.
+//!
+//! In loom models `set_panic(true)` turns the first violation into a panic
+//! whose message starts with `sanitizer: <kind>`, so a `*_reverted` test can
+//! match exactly the violation it expects.
+
+use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering};
+use crate::types::{CpuId, Pfn};
+use serde::Serialize;
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ViolationKind {
+    /// A load/store hit a TLB entry whose frame was freed since the fill.
+    StaleTlbAccess,
+    /// A hardware walk started from a paging-structure-cache entry whose
+    /// table frame was freed since it was cached.
+    WalkIntoFreedTable,
+    /// A data frame was freed while a CPU running the mm still cached a
+    /// translation to it (the free overtook the flush).
+    FreedBeforeFlush,
+    /// A table frame was freed while a CPU running the mm still cached it in
+    /// its paging-structure cache.
+    TableFreedBeforeFlush,
+    /// A lockless walker (GUP-fast) read a table frame that was freed or
+    /// reused under it.
+    GupFastFreedTable,
+    /// GUP returned a page never mapped at that address during the call.
+    GupOracle,
+    /// A secondary (IOMMU) TLB used a stale translation.
+    SecondaryTlbStale,
+    /// Data written was neither written back nor still dirty.
+    LostDirtyData,
+    /// A device access kept faulting past its retry bound.
+    SecondaryLivelock,
+    /// A zap returned while some CPU still cached a translation in its range.
+    StaleAfterZap,
+}
+
+impl ViolationKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ViolationKind::StaleTlbAccess => "stale-tlb-access",
+            ViolationKind::WalkIntoFreedTable => "walk-into-freed-table",
+            ViolationKind::FreedBeforeFlush => "freed-before-flush",
+            ViolationKind::TableFreedBeforeFlush => "table-freed-before-flush",
+            ViolationKind::GupFastFreedTable => "gup-fast-freed-table",
+            ViolationKind::GupOracle => "gup-oracle",
+            ViolationKind::SecondaryTlbStale => "secondary-tlb-stale",
+            ViolationKind::LostDirtyData => "lost-dirty-data",
+            ViolationKind::SecondaryLivelock => "secondary-livelock",
+            ViolationKind::StaleAfterZap => "stale-after-zap",
+        }
+    }
+}
+
+impl fmt::Display for ViolationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One recorded violation: kind, CPU, address, frame and both generations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub kind: ViolationKind,
+    pub cpu: Option<CpuId>,
+    pub mm: u64,
+    pub va: u64,
+    pub pfn: Pfn,
+    /// Generation the cached pointer remembered.
+    pub cached_gen: u64,
+    /// Generation of the frame now.
+    pub frame_gen: u64,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sanitizer: {} ", self.kind)?;
+        match self.cpu {
+            Some(c) => write!(f, "on {c} ")?,
+            None => write!(f, "on - ")?,
+        }
+        write!(
+            f,
+            "mm {} va {:#x} {:?} cached gen {} frame gen {}",
+            self.mm, self.va, self.pfn, self.cached_gen, self.frame_gen
+        )
+    }
+}
+
+/// Keep at most this many violation records (the count keeps going).
+const MAX_RECORDS: usize = 256;
+
+#[derive(Default)]
+pub struct Sanitizer {
+    count: AtomicU64,
+    records: Mutex<Vec<Violation>>,
+    panic: AtomicBool,
+}
+
+impl Sanitizer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Panic on the first violation (loom models).
+    pub fn set_panic(&self, on: bool) {
+        self.panic.store(on, Ordering::SeqCst);
+    }
+
+    pub fn record(&self, v: Violation) {
+        if self.panic.load(Ordering::SeqCst) {
+            panic!("{v}");
+        }
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let mut r = self.records.lock();
+        if r.len() < MAX_RECORDS {
+            r.push(v);
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    pub fn count_kind(&self, kind: ViolationKind) -> usize {
+        self.records.lock().iter().filter(|v| v.kind == kind).count()
+    }
+
+    pub fn violations(&self) -> Vec<Violation> {
+        self.records.lock().clone()
+    }
+}

@@ -1,0 +1,186 @@
+//! The seam to the machine: CPU ids, "this CPU", cross-CPU function calls
+//! with wait, and interrupt masking.
+//!
+//! mm-core never names a thread or a channel; the kernel code calls these
+//! operations, and the machine (emu-cpu) implements them with real threads.
+//! `SyncSmp` is the synchronous reference implementation: one host thread
+//! plays every CPU, so all of mm-core is testable deterministically.
+//!
+//! Contract (kernel/smp.c):
+//! - `smp_call_function_many(mask, func)` runs `func(target)` on every online
+//!   CPU of `mask` other than the caller and returns only when all of them
+//!   ran it (wait = true; the kernel's TLB and table-sync callers all wait).
+//!   Targets run it from their IPI handler, i.e. only while their IRQs are
+//!   on.  Calling it with IRQs off is a bug (two CPUs waiting for each other
+//!   deadlock) and panics with a message saying so.
+//! - `local_irq_save` / `local_irq_restore` mask and unmask this CPU's
+//!   interrupts; an IRQs-off region is an RCU read-side critical section
+//!   (see `rcu.rs`).
+
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use crate::types::{CpuId, CpuMask};
+
+/// Saved interrupt state (`unsigned long flags`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "restore the IRQ state with local_irq_restore"]
+pub struct IrqFlags {
+    pub was_disabled: bool,
+}
+
+pub trait Smp: Send + Sync {
+    fn nr_cpus(&self) -> usize;
+    /// `smp_processor_id()`
+    fn this_cpu(&self) -> CpuId;
+    /// `cpu_online_mask`
+    fn online_mask(&self) -> CpuMask {
+        CpuMask::first_n(self.nr_cpus())
+    }
+    /// `smp_call_function_many(mask, func, info, wait = true)`.
+    fn smp_call_function_many(&self, mask: &CpuMask, func: &(dyn Fn(CpuId) + Sync));
+    /// `local_irq_save`
+    fn local_irq_save(&self) -> IrqFlags;
+    /// `local_irq_restore`
+    fn local_irq_restore(&self, flags: IrqFlags);
+    /// `irqs_disabled()`
+    fn irqs_disabled(&self) -> bool;
+    /// An interrupt point outside any IRQs-off region (`cond_resched()` in
+    /// long loops): the machine may service pending IPIs here.
+    fn cond_resched(&self) {}
+    /// CAL interrupts received by `cpu` so far (/proc/interrupts "CAL").
+    fn call_interrupts(&self, cpu: CpuId) -> u64;
+}
+
+/// `smp_call_function(func, wait=1)`: every online CPU but this one.
+pub fn smp_call_function(smp: &dyn Smp, func: &(dyn Fn(CpuId) + Sync)) {
+    let mut mask = smp.online_mask();
+    mask.clear(smp.this_cpu());
+    smp.smp_call_function_many(&mask, func);
+}
+
+/// `on_each_cpu_mask(mask, func, info, wait = true)`: the mask's other CPUs
+/// by IPI, and this CPU (if in the mask) directly with IRQs off.
+pub fn on_each_cpu_mask(smp: &dyn Smp, mask: &CpuMask, func: &(dyn Fn(CpuId) + Sync)) {
+    let me = smp.this_cpu();
+    smp.smp_call_function_many(mask, func);
+    if mask.test(me) {
+        let f = smp.local_irq_save();
+        func(me);
+        smp.local_irq_restore(f);
+    }
+}
+
+/// The synchronous reference `Smp`: one host thread plays all CPUs.
+///
+/// `set_cpu` says which CPU the running code is on (a migration).  A cross
+/// call runs each target's handler inline, with "this CPU" switched to the
+/// target for its duration.  A target that has IRQs off could never
+/// acknowledge, so that case panics instead of hanging.
+pub struct SyncSmp {
+    nr: usize,
+    current: AtomicU32,
+    irq_off: Box<[AtomicBool]>,
+    cal: Box<[AtomicU64]>,
+}
+
+impl SyncSmp {
+    pub fn new(nr_cpus: usize) -> Self {
+        assert!(nr_cpus >= 1 && nr_cpus <= crate::types::NR_CPUS, "SyncSmp: bad CPU count {nr_cpus}");
+        Self {
+            nr: nr_cpus,
+            current: AtomicU32::new(0),
+            irq_off: (0..nr_cpus).map(|_| AtomicBool::new(false)).collect(),
+            cal: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Run the following code on `cpu`.
+    pub fn set_cpu(&self, cpu: CpuId) {
+        assert!(cpu.idx() < self.nr, "SyncSmp: no {cpu}");
+        self.current.store(cpu.0, Ordering::SeqCst);
+    }
+}
+
+impl Smp for SyncSmp {
+    fn nr_cpus(&self) -> usize {
+        self.nr
+    }
+
+    fn this_cpu(&self) -> CpuId {
+        CpuId(self.current.load(Ordering::SeqCst))
+    }
+
+    fn smp_call_function_many(&self, mask: &CpuMask, func: &(dyn Fn(CpuId) + Sync)) {
+        let me = self.this_cpu();
+        assert!(
+            !self.irqs_disabled(),
+            "smp_call_function_many called on {me} with IRQs disabled: it would wait forever"
+        );
+        for target in mask.iter().filter(|c| *c != me && c.idx() < self.nr) {
+            assert!(
+                !self.irq_off[target.idx()].load(Ordering::SeqCst),
+                "smp_call_function_many from {me}: {target} has IRQs disabled and cannot acknowledge (would hang)"
+            );
+            self.cal[target.idx()].fetch_add(1, Ordering::SeqCst);
+            self.current.store(target.0, Ordering::SeqCst);
+            self.irq_off[target.idx()].store(true, Ordering::SeqCst);
+            func(target);
+            self.irq_off[target.idx()].store(false, Ordering::SeqCst);
+            self.current.store(me.0, Ordering::SeqCst);
+        }
+    }
+
+    fn local_irq_save(&self) -> IrqFlags {
+        let c = self.this_cpu();
+        IrqFlags { was_disabled: self.irq_off[c.idx()].swap(true, Ordering::SeqCst) }
+    }
+
+    fn local_irq_restore(&self, flags: IrqFlags) {
+        let c = self.this_cpu();
+        self.irq_off[c.idx()].store(flags.was_disabled, Ordering::SeqCst);
+    }
+
+    fn irqs_disabled(&self) -> bool {
+        self.irq_off[self.this_cpu().idx()].load(Ordering::SeqCst)
+    }
+
+    fn call_interrupts(&self, cpu: CpuId) -> u64 {
+        self.cal[cpu.idx()].load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(all(test, not(mmemu_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn call_runs_on_targets_with_this_cpu_switched() {
+        let smp = SyncSmp::new(4);
+        smp.set_cpu(CpuId(1));
+        let seen = Mutex::new(Vec::new());
+        smp_call_function(&smp, &|c| seen.lock().unwrap().push((c, smp.this_cpu())));
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen, vec![(CpuId(0), CpuId(0)), (CpuId(2), CpuId(2)), (CpuId(3), CpuId(3))]);
+        assert_eq!(smp.this_cpu(), CpuId(1));
+        assert_eq!(smp.call_interrupts(CpuId(1)), 0);
+        assert_eq!(smp.call_interrupts(CpuId(2)), 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "IRQs disabled")]
+    fn waiting_with_irqs_off_panics() {
+        let smp = SyncSmp::new(2);
+        let _f = smp.local_irq_save();
+        smp_call_function(&smp, &|_| {});
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot acknowledge")]
+    fn target_with_irqs_off_is_reported() {
+        let smp = SyncSmp::new(2);
+        smp.set_cpu(CpuId(1));
+        let _f = smp.local_irq_save();
+        smp.set_cpu(CpuId(0));
+        smp_call_function(&smp, &|_| {});
+    }
+}

@@ -1,0 +1,137 @@
+//! Counters with the kernel's names (vmstat items, /proc/interrupts rows,
+//! tlb_flush trace reasons) plus the gather's own accounting, kept per CPU.
+//!
+//! `Stats::inc(cpu, item)` is cheap (one relaxed add on the CPU's own line);
+//! `snapshot()` sums them.  An optional trace hook receives every tlb_flush
+//! trace event (emu-cpu / the CLI use it for Perfetto traces).
+
+use crate::sync::{HookCell, Ordering, StatCounter};
+use crate::types::CpuId;
+use serde::Serialize;
+
+macro_rules! stat_items {
+    ($($item:ident => $name:literal, $doc:literal;)*) => {
+        /// One counter.  Names are the kernel's where the kernel has one.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[allow(non_camel_case_types)]
+        pub enum Stat { $(#[doc = $doc] $item,)* }
+        impl Stat {
+            pub const ALL: &'static [Stat] = &[$(Stat::$item,)*];
+            pub fn name(self) -> &'static str { match self { $(Stat::$item => $name,)* } }
+        }
+    };
+}
+
+stat_items! {
+    NrTlbRemoteFlush => "nr_tlb_remote_flush", "vmstat NR_TLB_REMOTE_FLUSH: flush_tlb_multi calls (sender side)";
+    NrTlbRemoteFlushReceived => "nr_tlb_remote_flush_received", "vmstat NR_TLB_REMOTE_FLUSH_RECEIVED: flush_tlb_func run for a remote sender";
+    NrTlbLocalFlushAll => "nr_tlb_local_flush_all", "vmstat NR_TLB_LOCAL_FLUSH_ALL";
+    NrTlbLocalFlushOne => "nr_tlb_local_flush_one", "vmstat NR_TLB_LOCAL_FLUSH_ONE (per page)";
+    IrqTlbCount => "irq_tlb_count", "/proc/interrupts TLB row: TLB shootdown interrupts handled";
+    TraceOnTaskSwitch => "TLB_FLUSH_ON_TASK_SWITCH", "tlb_flush trace reason";
+    TraceRemoteShootdown => "TLB_REMOTE_SHOOTDOWN", "tlb_flush trace reason";
+    TraceLocalShootdown => "TLB_LOCAL_SHOOTDOWN", "tlb_flush trace reason";
+    TraceLocalMmShootdown => "TLB_LOCAL_MM_SHOOTDOWN", "tlb_flush trace reason";
+    TraceRemoteSendIpi => "TLB_REMOTE_SEND_IPI", "tlb_flush trace reason";
+    TlbRemoveTableSyncOne => "tlb_remove_table_sync_one", "empty-IPI broadcasts to every other CPU";
+    Arm64BroadcastTlbi => "arm64_tlbi_broadcast", "hardware-broadcast invalidations (arm64 profile)";
+    LazySwitchToInitMm => "lazy_switch_to_init_mm", "lazy CPUs that left the mm on a flush IPI";
+    CpumaskTrimmed => "mm_cpumask_trimmed", "CPUs dropped from mm_cpumask by flush_tlb_func";
+    TlbFlushRanged => "tlb_flush_ranged", "arch tlb_flush of a range (mmu_gather)";
+    TlbFlushFull => "tlb_flush_full", "arch tlb_flush of the whole mm (mmu_gather)";
+    GatherBatchAlloc => "gather_batch_alloc", "tlb_next_batch allocated a page-sized batch";
+    GatherBatchAllocFail => "gather_batch_alloc_fail", "tlb_next_batch allocation failed";
+    GatherPagesFreed => "gather_pages_freed", "pages freed by tlb_batch_pages_flush";
+    GatherFlushes => "gather_flushes", "tlb_flush_mmu calls that flushed something";
+    DelayedRmaps => "delayed_rmaps", "rmaps removed by tlb_flush_rmaps after the flush";
+    TablesQueued => "tables_queued", "page tables handed to tlb_remove_table";
+    TablesFreed => "tables_freed", "page tables freed (after RCU or sync)";
+    TableBatchAllocFail => "table_batch_alloc_fail", "table batch allocation failed: tlb_remove_table_one path";
+    NestedFlushForced => "nested_flush_forced", "tlb_finish_mmu forced a full flush (mm_tlb_flush_nested)";
+    PageFaults => "pgfault", "page faults handled";
+    CowFaults => "cow_faults", "copy-on-write faults";
+}
+
+/// Per-CPU counters.
+pub struct Stats {
+    per_cpu: Box<[Box<[StatCounter]>]>,
+    trace: HookCell<Box<dyn Fn(TraceEvent) + Send + Sync>>,
+}
+
+/// A tlb_flush trace event (include/trace/events/tlb.h): reason and pages
+/// (TLB_FLUSH_ALL = u64::MAX).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TraceEvent {
+    pub cpu: CpuId,
+    pub reason: &'static str,
+    pub pages: u64,
+}
+
+/// `TLB_FLUSH_ALL` in trace events.
+pub const TLB_FLUSH_ALL: u64 = u64::MAX;
+
+/// Summed counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    pub totals: Vec<(&'static str, u64)>,
+    /// (counter name, per-CPU values) for the per-CPU table.
+    pub per_cpu: Vec<(&'static str, Vec<u64>)>,
+}
+
+impl StatsSnapshot {
+    pub fn get(&self, name: &str) -> u64 {
+        self.totals.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)
+    }
+}
+
+impl Stats {
+    pub fn new(nr_cpus: usize) -> Self {
+        Self {
+            per_cpu: (0..nr_cpus)
+                .map(|_| (0..Stat::ALL.len()).map(|_| StatCounter::new(0)).collect())
+                .collect(),
+            trace: HookCell::new(),
+        }
+    }
+
+    #[inline]
+    pub fn add(&self, cpu: CpuId, s: Stat, n: u64) {
+        self.per_cpu[cpu.idx()][s as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn inc(&self, cpu: CpuId, s: Stat) {
+        self.add(cpu, s, 1);
+    }
+
+    pub fn get(&self, s: Stat) -> u64 {
+        self.per_cpu.iter().map(|c| c[s as usize].load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn get_cpu(&self, cpu: CpuId, s: Stat) -> u64 {
+        self.per_cpu[cpu.idx()][s as usize].load(Ordering::Relaxed)
+    }
+
+    /// `trace_tlb_flush(reason, pages)`: count it and pass it to the hook.
+    pub fn trace_tlb_flush(&self, cpu: CpuId, reason: Stat, pages: u64) {
+        self.inc(cpu, reason);
+        if let Some(hook) = self.trace.get() {
+            hook(TraceEvent { cpu, reason: reason.name(), pages });
+        }
+    }
+
+    /// Install the trace hook (once; later calls are ignored and return false).
+    pub fn set_trace_hook(&self, hook: Box<dyn Fn(TraceEvent) + Send + Sync>) -> bool {
+        self.trace.set(hook).is_ok()
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            totals: Stat::ALL.iter().map(|s| (s.name(), self.get(*s))).collect(),
+            per_cpu: Stat::ALL
+                .iter()
+                .map(|s| (s.name(), self.per_cpu.iter().map(|c| c[*s as usize].load(Ordering::Relaxed)).collect()))
+                .collect(),
+        }
+    }
+}
