@@ -112,6 +112,11 @@ impl Kernel {
         Kernel::new(cfg, Box::new(crate::smp::SyncSmp::new(nr_cpus))).expect("valid test config")
     }
 
+    /// Move the running code to `cpu` (synchronous reference `Smp` only).
+    pub fn set_cpu(&self, cpu: CpuId) {
+        self.smp.as_sync().expect("set_cpu needs the synchronous SyncSmp").set_cpu(cpu);
+    }
+
     #[inline]
     pub fn this_cpu(&self) -> CpuId {
         self.smp.this_cpu()

@@ -48,6 +48,11 @@ pub trait Smp: Send + Sync {
     fn cond_resched(&self) {}
     /// CAL interrupts received by `cpu` so far (/proc/interrupts "CAL").
     fn call_interrupts(&self, cpu: CpuId) -> u64;
+    /// The synchronous reference implementation, if this is it (tests use it
+    /// to move the running code between CPUs).
+    fn as_sync(&self) -> Option<&SyncSmp> {
+        None
+    }
 }
 
 /// `smp_call_function(func, wait=1)`: every online CPU but this one.
@@ -145,6 +150,10 @@ impl Smp for SyncSmp {
 
     fn call_interrupts(&self, cpu: CpuId) -> u64 {
         self.cal[cpu.idx()].load(Ordering::SeqCst)
+    }
+
+    fn as_sync(&self) -> Option<&SyncSmp> {
+        Some(self)
     }
 }
 

@@ -2,4 +2,20 @@
 //! free_pgtables, munmap, exit_mmap, fork (dup_mmap + COW), madvise
 //! (MADV_DONTNEED), mprotect and writeback (folio_mkclean).
 
+pub mod check;
 pub mod fault;
+pub mod fork;
+pub mod madvise;
+pub mod mmap;
+pub mod mprotect;
+pub mod writeback;
+pub mod zap;
+
+pub use fork::dup_mmap;
+pub use madvise::madvise_dontneed;
+pub use mmap::{exit_mm, exit_mmap, mmap_anon, mmap_file, mmdrop, munmap, MmError};
+pub use mprotect::mprotect;
+pub use writeback::{folio_mkclean, truncate_inode_pages, writeback_mapping};
+
+#[cfg(all(test, not(mmemu_loom)))]
+mod tests;

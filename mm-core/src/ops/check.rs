@@ -1,0 +1,89 @@
+//! Consistency checks for tests and runs: page tables vs struct page
+//! accounting.  Call only when no gather is in flight (quiescent).
+//!
+//! For every present PTE of the given mms: the page is allocated (not on
+//! the free lists), its mapcount equals the number of PTEs mapping it, its
+//! folio's refcount equals those mappings plus the page cache's reference,
+//! and each mm's rss equals its present PTEs.
+
+use crate::hw::pte::{Level, Pte};
+use crate::kernel::Kernel;
+use crate::mm::{AddressSpace, MmStruct};
+use crate::page::{flags, Folio};
+use crate::pgtable;
+use crate::sync::{Arc, Ordering};
+use crate::types::Pfn;
+use std::collections::HashMap;
+
+/// Visit every present 4 KiB leaf PTE of `mm` as (va, pte).
+pub fn for_each_pte(k: &Kernel, mm: &MmStruct, mut f: impl FnMut(u64, Pte)) {
+    let n = pgtable::ptrs(k);
+    let g = k.cfg.geometry;
+    let children = |table: Pfn, level: Level, base: u64| {
+        (0..n).filter_map(move |i| {
+            let va = base + (i << g.level_shift(level));
+            let e = pgtable::read(k, table, level, va);
+            e.present().then_some((va, e))
+        })
+    };
+    for (va3, e3) in children(mm.pgd, Level::Pgd, 0) {
+        for (va2, e2) in children(e3.pfn(), Level::Pud, va3) {
+            for (va1, e1) in children(e2.pfn(), Level::Pmd, va2) {
+                if e1.huge() {
+                    continue;
+                }
+                for (va0, e0) in children(e1.pfn(), Level::Pte, va1) {
+                    f(va0, e0);
+                }
+            }
+        }
+    }
+}
+
+/// Check refcounts, mapcounts and rss of the pages mapped by `mms`, with
+/// `files` the address_spaces whose page caches hold references.
+pub fn check_consistency(k: &Kernel, mms: &[&Arc<MmStruct>], files: &[&Arc<AddressSpace>]) -> Result<(), String> {
+    let mut maps: HashMap<Pfn, i32> = HashMap::new();
+    for mm in mms {
+        let mut rss = 0;
+        for_each_pte(k, mm, |va, pte| {
+            rss += 1;
+            *maps.entry(pte.pfn()).or_default() += 1;
+            let _ = va;
+        });
+        let want = mm.rss.load(Ordering::SeqCst);
+        if rss != want {
+            return Err(format!("mm {}: rss counter {want} but {rss} present PTEs", mm.id));
+        }
+    }
+    let mut cached: HashMap<Folio, i32> = HashMap::new();
+    for f in files {
+        for folio in f.i_pages.lock().values() {
+            *cached.entry(*folio).or_default() += 1;
+        }
+    }
+    let mut folio_maps: HashMap<Folio, i32> = HashMap::new();
+    for (pfn, n) in &maps {
+        let page = k.mem.page(*pfn);
+        if page.test(flags::PG_BUDDY) {
+            return Err(format!("{pfn:?} is mapped {n} times but is free"));
+        }
+        if page.mapcount() != *n {
+            return Err(format!("{pfn:?}: mapcount {} but mapped by {n} PTEs", page.mapcount()));
+        }
+        *folio_maps.entry(k.mem.page_folio(*pfn)).or_default() += n;
+    }
+    for (folio, n) in &folio_maps {
+        let want = n + cached.get(folio).copied().unwrap_or(0);
+        let rc = k.mem.folio(*folio).refcount();
+        if rc != want {
+            return Err(format!("{:?}: refcount {rc} but {n} mappings + page cache", folio.pfn()));
+        }
+    }
+    for (folio, c) in &cached {
+        if !folio_maps.contains_key(folio) && k.mem.folio(*folio).refcount() != *c {
+            return Err(format!("unmapped page-cache {:?}: refcount {}", folio.pfn(), k.mem.folio(*folio).refcount()));
+        }
+    }
+    Ok(())
+}

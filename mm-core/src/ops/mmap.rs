@@ -1,0 +1,178 @@
+//! Address-space lifetime: mmap (fixed address), munmap, exit_mmap and the
+//! final mmdrop (mm/mmap.c, mm/vma.c, kernel/fork.c).
+//!
+//! munmap = detach the VMAs → `tlb_gather_mmu` → `unmap_vmas` →
+//! `free_pgtables(floor = prev end, ceiling = next start)` →
+//! `tlb_finish_mmu` (mmap_lock held for write throughout).
+//! exit_mmap = `tlb_gather_mmu_fullmm` → `unmap_vmas` over everything →
+//! `free_pgtables` → `tlb_finish_mmu`.  The PGD goes at `mmdrop`, after
+//! every CPU left the mm (lazy CPUs are shot down first, as with
+//! CONFIG_MMU_LAZY_TLB_SHOOTDOWN).
+
+use super::zap::{free_pgtables, unmap_vmas};
+use crate::gather::MmuGather;
+use crate::kernel::Kernel;
+use crate::mm::address_space::IMmapEntry;
+use crate::mm::{vm, AddressSpace, Backing, MmStruct, Vma};
+use crate::sync::{Arc, Ordering};
+use crate::types::CpuMask;
+use std::fmt;
+
+/// A rejected memory-management call (EINVAL / ENOMEM / EEXIST).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MmError {
+    Inval(String),
+    Exists(u64),
+    NoMem,
+}
+
+impl fmt::Display for MmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MmError::Inval(s) => write!(f, "EINVAL: {s}"),
+            MmError::Exists(a) => write!(f, "EEXIST: a mapping already covers {a:#x}"),
+            MmError::NoMem => write!(f, "ENOMEM"),
+        }
+    }
+}
+
+impl std::error::Error for MmError {}
+
+/// Check page alignment and the user address range.
+pub fn check_range(k: &Kernel, addr: u64, len: u64) -> Result<u64, MmError> {
+    let ps = k.cfg.geometry.page_size();
+    if len == 0 || addr % ps != 0 || len % ps != 0 {
+        return Err(MmError::Inval(format!(
+            "addr {addr:#x} / len {len:#x} must be non-empty multiples of the page size {ps:#x}"
+        )));
+    }
+    let end = addr.checked_add(len).filter(|e| *e <= k.cfg.geometry.task_size()).ok_or_else(|| {
+        MmError::Inval(format!("range {addr:#x}+{len:#x} exceeds TASK_SIZE {:#x}", k.cfg.geometry.task_size()))
+    })?;
+    if addr == 0 {
+        return Err(MmError::Inval("address 0 is below FIRST_USER_ADDRESS".into()));
+    }
+    Ok(end)
+}
+
+fn insert_vma(k: &Kernel, mm: &Arc<MmStruct>, vma: Vma) -> Result<(), MmError> {
+    let mut vmas = mm.mmap_lock.write();
+    if let Some(v) = vmas.overlapping(vma.start, vma.end).next() {
+        return Err(MmError::Exists(v.start));
+    }
+    if let Backing::File { mapping, pgoff } = &vma.backing {
+        let pages = (vma.end - vma.start) >> k.cfg.geometry.page_shift;
+        if pgoff + pages > mapping.nr_pages {
+            return Err(MmError::Inval(format!(
+                "file mapping pages {pgoff}..{} beyond the file's {} pages",
+                pgoff + pages,
+                mapping.nr_pages
+            )));
+        }
+        mapping.i_mmap_insert(IMmapEntry { mm: mm.clone(), start: vma.start, end: vma.end, pgoff: *pgoff });
+    }
+    vmas.insert(vma);
+    Ok(())
+}
+
+/// `mmap(addr, len, PROT_READ|PROT_WRITE?, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE)`
+pub fn mmap_anon(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64, writable: bool) -> Result<(), MmError> {
+    let end = check_range(k, addr, len)?;
+    let mut flags = vm::VM_READ | vm::VM_MAYWRITE;
+    if writable {
+        flags |= vm::VM_WRITE;
+    }
+    insert_vma(k, mm, Vma { start: addr, end, flags, backing: Backing::Anon })
+}
+
+/// `mmap(addr, len, prot, MAP_SHARED or MAP_PRIVATE, file, pgoff)` at a fixed address.
+pub fn mmap_file(
+    k: &Kernel,
+    mm: &Arc<MmStruct>,
+    addr: u64,
+    len: u64,
+    writable: bool,
+    shared: bool,
+    file: &Arc<AddressSpace>,
+    pgoff: u64,
+) -> Result<(), MmError> {
+    let end = check_range(k, addr, len)?;
+    let mut flags = vm::VM_READ | vm::VM_MAYWRITE;
+    if writable {
+        flags |= vm::VM_WRITE;
+    }
+    if shared {
+        flags |= vm::VM_SHARED;
+    }
+    insert_vma(k, mm, Vma { start: addr, end, flags, backing: Backing::File { mapping: file.clone(), pgoff } })
+}
+
+/// Unlink file VMAs from their address_space's i_mmap.
+fn unlink_file_vmas(k: &Kernel, mm: &MmStruct, vmas: &[Vma]) {
+    for v in vmas {
+        if let Some(m) = v.mapping() {
+            m.i_mmap_remove(mm.id, v.start, v.end, k.cfg.geometry.page_shift);
+        }
+    }
+}
+
+/// `munmap(addr, len)` (`do_vmi_align_munmap` → `vms_clear_ptes`).
+pub fn munmap(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(), MmError> {
+    let end = check_range(k, addr, len)?;
+    let mut vmas = mm.mmap_lock.write();
+    let ps = k.cfg.geometry.page_shift;
+    let detached = vmas.remove_range(addr, end, ps);
+    if detached.is_empty() {
+        return Ok(());
+    }
+    // unmap_start / unmap_end: the neighbours bound which tables may go.
+    let floor = vmas.iter().filter(|v| v.end <= addr).map(|v| v.end).max().unwrap_or(0);
+    let ceiling = vmas.iter().filter(|v| v.start >= end).map(|v| v.start).min().unwrap_or(0);
+    let mut tlb = MmuGather::tlb_gather_mmu(k, mm);
+    unmap_vmas(&mut tlb, detached.iter(), addr, end);
+    free_pgtables(&mut tlb, &detached, floor, ceiling);
+    tlb.tlb_finish_mmu();
+    unlink_file_vmas(k, mm, &detached);
+    drop(vmas);
+    Ok(())
+}
+
+/// `exit_mmap`: tear down every mapping and page table but the PGD.
+pub fn exit_mmap(k: &Kernel, mm: &Arc<MmStruct>) {
+    let mut vmas = mm.mmap_lock.write();
+    let all: Vec<Vma> = vmas.iter().cloned().collect();
+    let mut tlb = MmuGather::tlb_gather_mmu_fullmm(k, mm);
+    unmap_vmas(&mut tlb, all.iter(), 0, u64::MAX);
+    free_pgtables(&mut tlb, &all, 0, 0);
+    tlb.tlb_finish_mmu();
+    unlink_file_vmas(k, mm, &all);
+    *vmas = Default::default();
+}
+
+/// The task running `mm` on this CPU exits: `exit_mm` (drop to lazy TLB)
+/// then, as the last user, `exit_mmap` and `mmdrop`.
+pub fn exit_mm(k: &Kernel, mm: &Arc<MmStruct>) {
+    crate::tlb::enter_lazy_tlb(k);
+    exit_mmap(k, mm);
+    mmdrop(k, mm);
+}
+
+/// `__mmdrop`: make every CPU leave the mm (lazy CPUs included, by IPI),
+/// then free the PGD (`pgd_free`).
+pub fn mmdrop(k: &Kernel, mm: &Arc<MmStruct>) {
+    let me = k.this_cpu();
+    let mut users = CpuMask::new();
+    for c in 0..k.hw.nr_cpus() {
+        if k.cpus[c].loaded_mm.load(Ordering::SeqCst) == mm.id {
+            users.set(crate::types::CpuId(c as u32));
+        }
+    }
+    let leave = |cpu| {
+        if k.cpus[crate::types::CpuId::idx(cpu)].loaded_mm.load(Ordering::SeqCst) == mm.id {
+            crate::tlb::switch_to_init_mm(k, cpu);
+        }
+    };
+    crate::smp::on_each_cpu_mask(&*k.smp, &users, &leave);
+    debug_assert!(!users.test(me) || k.cpus[me.idx()].loaded_mm.load(Ordering::SeqCst) != mm.id);
+    crate::pgtable::free_table_frame(k, mm.pgd);
+}

@@ -1,0 +1,94 @@
+//! Writeback of file pages: `folio_clear_dirty_for_io` → `folio_mkclean`
+//! (rmap walk over i_mmap under i_mmap_rwsem for read →
+//! `page_vma_mkclean_one`: `ptep_clear_flush`, write-protect, clean), then
+//! the data goes to the backing store ("disk").
+//!
+//! Contract: when `folio_mkclean` returns, no CPU holds a writable or dirty
+//! translation of the folio through any mapping it found — later writes
+//! fault and re-dirty the folio.  Mappings the rmap walk cannot find (a zap
+//! removed the rmap before flushing: delay-rmap off) are exactly how dirty
+//! data gets lost (5df397dec7c4).
+
+use crate::hw::pte::Level;
+use crate::kernel::Kernel;
+use crate::mm::AddressSpace;
+use crate::page::{flags, Folio};
+use crate::pgtable;
+use crate::sync::Ordering;
+
+/// `folio_mkclean`: returns how many mappings were cleaned.
+pub fn folio_mkclean(k: &Kernel, mapping: &AddressSpace, folio: Folio) -> usize {
+    let pgoff = k.mem.folio(folio).index.load(Ordering::SeqCst);
+    let shift = k.cfg.geometry.page_shift;
+    let mut cleaned = 0;
+    let i_mmap = mapping.i_mmap.read();
+    for e in i_mmap.iter() {
+        let pages = (e.end - e.start) >> shift;
+        if pgoff < e.pgoff || pgoff >= e.pgoff + pages {
+            continue;
+        }
+        let va = e.start + ((pgoff - e.pgoff) << shift);
+        let Some(table) = pgtable::lookup_table(k, &e.mm, va, Level::Pte) else { continue };
+        let _ptl = pgtable::ptl(k, table);
+        let pte = pgtable::read(k, table, Level::Pte, va);
+        if !pte.present() || pte.pfn() != folio.pfn() || (!pte.dirty() && !pte.write()) {
+            continue;
+        }
+        // page_vma_mkclean_one: ptep_clear_flush, then a clean read-only entry.
+        let old = pgtable::get_and_clear(k, table, Level::Pte, va);
+        crate::tlb::flush_tlb_page(k, &e.mm, va);
+        pgtable::write(k, table, Level::Pte, va, old.wrprotect().mkclean());
+        cleaned += 1;
+    }
+    cleaned
+}
+
+/// `folio_clear_dirty_for_io`: transfer PTE dirtiness to the folio, then
+/// test-and-clear the folio's dirty flag.
+pub fn folio_clear_dirty_for_io(k: &Kernel, mapping: &AddressSpace, folio: Folio) -> bool {
+    if folio_mkclean(k, mapping, folio) > 0 {
+        k.mem.folio(folio).set(flags::PG_DIRTY);
+    }
+    k.mem.folio(folio).test_and_clear(flags::PG_DIRTY)
+}
+
+/// Write back every dirty page of `mapping` (`filemap_write_and_wait`).
+/// Returns the number of pages written.
+pub fn writeback_mapping(k: &Kernel, mapping: &AddressSpace) -> usize {
+    let folios: Vec<(u64, Folio)> = mapping.i_pages.lock().iter().map(|(i, f)| (*i, *f)).collect();
+    let mut written = 0;
+    for (pgoff, folio) in folios {
+        let page = k.mem.folio(folio);
+        // folio_lock
+        while page.flags.fetch_or(flags::PG_LOCKED, Ordering::SeqCst) & flags::PG_LOCKED != 0 {
+            crate::sync::spin_loop();
+        }
+        if folio_clear_dirty_for_io(k, mapping, folio) {
+            page.set(flags::PG_WRITEBACK);
+            let words: Vec<u64> =
+                (0..k.hw.ram.words_per_frame()).map(|i| k.hw.ram.word(folio.pfn(), i).load(Ordering::SeqCst)).collect();
+            mapping.disk.lock().insert(pgoff, words);
+            page.clear(flags::PG_WRITEBACK);
+            written += 1;
+        }
+        page.clear(flags::PG_LOCKED);
+    }
+    written
+}
+
+/// `truncate_inode_pages`: drop every page-cache page of `mapping`.  Pages
+/// still mapped are a caller bug (returns their count and keeps them).
+pub fn truncate_inode_pages(k: &Kernel, mapping: &AddressSpace) -> usize {
+    let mut pages = mapping.i_pages.lock();
+    let mut still_mapped = 0;
+    let all: Vec<(u64, Folio)> = pages.iter().map(|(i, f)| (*i, *f)).collect();
+    for (i, f) in all {
+        if k.mem.folio_mapped(f) {
+            still_mapped += 1;
+            continue;
+        }
+        pages.remove(&i);
+        k.folio_put(f);
+    }
+    still_mapped
+}

@@ -1,0 +1,338 @@
+//! Unmapping through the gather (mm/memory.c): `unmap_vmas` →
+//! `unmap_single_vma` → `unmap_page_range` → `zap_pud_range` →
+//! `zap_pmd_range` → `zap_pte_range` → `zap_present_ptes`; and page-table
+//! teardown, `free_pgtables` → `free_pgd_range` → `free_pud_range` →
+//! `free_pmd_range` → `free_pte_range` (mm/memory.c, 4 levels, P4D folded).
+//!
+//! Contract of `zap_pte_range` (the heart of it):
+//! - Entries are cleared under the PTE table's PTL, the range recorded in
+//!   the gather, and each page handed to the gather with its reference.
+//! - A dirty file page is marked dirty at zap time; with delay-rmap its rmap
+//!   is removed only after the TLB flush and still under the PTL
+//!   (`tlb_flush_mmu_tlbonly` + `tlb_flush_rmaps` before unlocking), so
+//!   folio_mkclean can still find — and flush — the stale writable mapping.
+//! - If the gather is full, the TLB is flushed before the PTL is dropped and
+//!   the pages are freed right after (`force_flush`).
+//!
+//! `free_pgd_range` frees a table only when the whole range it maps lies
+//! inside [floor, ceiling), so tables shared with neighbouring VMAs survive.
+
+use crate::config::Fix;
+use crate::gather::MmuGather;
+use crate::hw::pte::{Level, Pte};
+use crate::kernel::Kernel;
+use crate::mm::Vma;
+use crate::page::flags;
+use crate::pgtable;
+use crate::sync::Ordering;
+use crate::types::Pfn;
+
+/// `unmap_vmas(tlb, vmas, start, end)`
+pub fn unmap_vmas<'v>(tlb: &mut MmuGather<'_>, vmas: impl IntoIterator<Item = &'v Vma>, start: u64, end: u64) {
+    for vma in vmas {
+        unmap_single_vma(tlb, vma, start, end);
+    }
+}
+
+/// `unmap_single_vma`
+pub fn unmap_single_vma(tlb: &mut MmuGather<'_>, vma: &Vma, start_addr: u64, end_addr: u64) {
+    let start = vma.start.max(start_addr);
+    let end = vma.end.min(end_addr);
+    if start >= end {
+        return;
+    }
+    unmap_page_range(tlb, vma, start, end);
+}
+
+/// `unmap_page_range`: the walk between `tlb_start_vma` and `tlb_end_vma`.
+pub fn unmap_page_range(tlb: &mut MmuGather<'_>, vma: &Vma, addr: u64, end: u64) {
+    let k = tlb.kernel();
+    let mm = tlb.mm();
+    tlb.tlb_start_vma(vma);
+    let mut a = addr;
+    while a < end {
+        let next = pgtable::addr_end(k, Level::Pgd, a, end);
+        let e = pgtable::read(k, mm.pgd, Level::Pgd, a);
+        if e.present() {
+            zap_pud_range(tlb, vma, e.pfn(), a, next);
+        }
+        a = next;
+    }
+    tlb.tlb_end_vma(vma);
+}
+
+fn zap_pud_range(tlb: &mut MmuGather<'_>, vma: &Vma, pud_table: Pfn, addr: u64, end: u64) {
+    let k = tlb.kernel();
+    let mut a = addr;
+    while a < end {
+        let next = pgtable::addr_end(k, Level::Pud, a, end);
+        let e = pgtable::read(k, pud_table, Level::Pud, a);
+        if e.present() {
+            zap_pmd_range(tlb, vma, e.pfn(), a, next);
+        }
+        a = next;
+    }
+}
+
+fn zap_pmd_range(tlb: &mut MmuGather<'_>, vma: &Vma, pmd_table: Pfn, addr: u64, end: u64) {
+    let k = tlb.kernel();
+    let mut a = addr;
+    while a < end {
+        let next = pgtable::addr_end(k, Level::Pmd, a, end);
+        let e = pgtable::read(k, pmd_table, Level::Pmd, a);
+        // PMD leaves (THP, hugetlb) are created only by the race-features
+        // paths; they are zapped there, never through this PTE walk.
+        if e.present() && !e.huge() {
+            let mut at = a;
+            while at < next {
+                at = zap_pte_range(tlb, vma, e.pfn(), at, next);
+                k.smp.cond_resched();
+            }
+        }
+        a = next;
+    }
+}
+
+/// `zap_pte_range`: returns the address it got to (less than `end` when
+/// the gather filled up and it stopped early, like the kernel).
+pub fn zap_pte_range(tlb: &mut MmuGather<'_>, vma: &Vma, pte_table: Pfn, addr: u64, end: u64) -> u64 {
+    let k = tlb.kernel();
+    let mm = tlb.mm();
+    let ps = k.cfg.geometry.page_size();
+    let mut force_flush = false;
+    let mut rss: u64 = 0;
+    let ptl = pgtable::ptl(k, pte_table);
+    let mut a = addr;
+    while a < end {
+        let ptent = pgtable::read(k, pte_table, Level::Pte, a);
+        if !ptent.present() {
+            a += ps;
+            continue;
+        }
+        let (nr, force_break) = zap_present_ptes(tlb, vma, pte_table, ptent, a, end, &mut force_flush);
+        rss += nr;
+        a += nr * ps;
+        if force_break {
+            break;
+        }
+    }
+    mm.rss.fetch_sub(rss, Ordering::SeqCst);
+    // Do the actual TLB flush before dropping the PTL.
+    if force_flush {
+        tlb.tlb_flush_mmu_tlbonly();
+        tlb.tlb_flush_rmaps(vma);
+    }
+    drop(ptl);
+    // If we forced a flush (batch full, or dirty pages with delayed rmap),
+    // free the batched memory too.
+    if force_flush {
+        tlb.tlb_flush_mmu();
+    }
+    a
+}
+
+/// `folio_pte_batch`: how many consecutive PTEs from `addr` map consecutive
+/// pages of the same large folio with the same permission bits.
+fn folio_pte_batch(k: &Kernel, pte_table: Pfn, first: Pte, addr: u64, end: u64) -> u64 {
+    let folio = k.mem.page_folio(first.pfn());
+    let nr_pages = k.mem.folio_nr_pages(folio);
+    if nr_pages == 1 {
+        return 1;
+    }
+    let ps = k.cfg.geometry.page_size();
+    let folio_end = folio.pfn().0 + nr_pages;
+    let same = |p: Pte| p.flags() & (Pte::PRESENT | Pte::RW | Pte::USER) == first.flags() & (Pte::PRESENT | Pte::RW | Pte::USER);
+    let mut nr = 1;
+    // Stay within this PTE table.
+    let table_end = pgtable::addr_end(k, Level::Pmd, addr, end);
+    while addr + nr * ps < table_end && first.pfn().0 + nr < folio_end {
+        let p = pgtable::read(k, pte_table, Level::Pte, addr + nr * ps);
+        if !p.present() || p.pfn().0 != first.pfn().0 + nr || !same(p) {
+            break;
+        }
+        nr += 1;
+    }
+    nr
+}
+
+/// `zap_present_ptes` + `zap_present_folio_ptes`: returns (ptes zapped,
+/// force_break).
+fn zap_present_ptes(
+    tlb: &mut MmuGather<'_>,
+    vma: &Vma,
+    pte_table: Pfn,
+    ptent: Pte,
+    addr: u64,
+    end: u64,
+    force_flush: &mut bool,
+) -> (u64, bool) {
+    let k = tlb.kernel();
+    let ps = k.cfg.geometry.page_size();
+    let page = ptent.pfn();
+    let folio = k.mem.page_folio(page);
+    let nr = folio_pte_batch(k, pte_table, ptent, addr, end);
+    let mut delay_rmap = false;
+    let anon = k.mem.folio(folio).test(flags::PG_ANON);
+    // get_and_clear_full_ptes: collect the A/D bits the hardware set.
+    let mut dirty = false;
+    for i in 0..nr {
+        let old = pgtable::get_and_clear(k, pte_table, Level::Pte, addr + i * ps);
+        dirty |= old.dirty();
+    }
+    if !anon && dirty {
+        // folio_mark_dirty
+        k.mem.folio(folio).set(flags::PG_DIRTY);
+        if tlb.tlb_delay_rmap() {
+            delay_rmap = true;
+            *force_flush = true;
+        } else if !k.cfg.fixes.on(Fix::DelayRmap) {
+            // Pre-5df397dec7c4: flush before dropping the PTL, but the rmap
+            // goes right now (below), before that flush.
+            *force_flush = true;
+        }
+    }
+    tlb.tlb_remove_tlb_entries(addr, nr);
+    if !delay_rmap {
+        k.mem.remove_rmap_ptes(page, nr);
+    }
+    if tlb.__tlb_remove_folio_pages(page, nr, delay_rmap) {
+        *force_flush = true;
+        return (nr, true);
+    }
+    (nr, false)
+}
+
+/// `free_pgtables(tlb, vmas, floor, ceiling)`: free the page tables under
+/// the (already zapped, detached) `vmas`, sorted by address.  `floor` is the
+/// end of the previous remaining VMA (or 0), `ceiling` the start of the next
+/// (or 0 = top of the address space).
+pub fn free_pgtables(tlb: &mut MmuGather<'_>, vmas: &[Vma], floor: u64, ceiling: u64) {
+    let pmd_size = pgtable::level_size(tlb.kernel(), Level::Pmd);
+    let mut i = 0;
+    while i < vmas.len() {
+        let start = vmas[i].start;
+        let mut last = i;
+        // Optimisation: gather nearby VMAs into one call down.
+        while last + 1 < vmas.len() && vmas[last + 1].start <= vmas[last].end + pmd_size {
+            last += 1;
+        }
+        let next_start = vmas.get(last + 1).map_or(ceiling, |v| v.start);
+        free_pgd_range(tlb, start, vmas[last].end, floor, next_start);
+        i = last + 1;
+    }
+}
+
+/// `free_pgd_range`
+pub fn free_pgd_range(tlb: &mut MmuGather<'_>, mut addr: u64, mut end: u64, floor: u64, mut ceiling: u64) {
+    let k = tlb.kernel();
+    let pmd_mask = !(pgtable::level_size(k, Level::Pmd) - 1);
+    let pmd_size = pgtable::level_size(k, Level::Pmd);
+    // Only whole PTE tables (PMD-sized ranges) strictly inside
+    // [floor, ceiling) can go.
+    addr &= pmd_mask;
+    if addr < floor {
+        addr = addr.wrapping_add(pmd_size);
+        if addr == 0 {
+            return;
+        }
+    }
+    if ceiling != 0 {
+        ceiling &= pmd_mask;
+        if ceiling == 0 {
+            return;
+        }
+    }
+    if end.wrapping_sub(1) > ceiling.wrapping_sub(1) {
+        end = end.wrapping_sub(pmd_size);
+    }
+    if addr > end.wrapping_sub(1) {
+        return;
+    }
+    let mm = tlb.mm();
+    let mut a = addr;
+    loop {
+        let next = pgtable::addr_end(k, Level::Pgd, a, end);
+        let e = pgtable::read(k, mm.pgd, Level::Pgd, a);
+        if e.present() {
+            free_pud_range(tlb, mm.pgd, e.pfn(), a, next, floor, ceiling);
+        }
+        a = next;
+        if a == end {
+            break;
+        }
+    }
+}
+
+/// `free_pud_range` (with the folded `free_p4d_range`): frees the PUD table
+/// itself when its whole PGDIR-sized range is inside [floor, ceiling).
+fn free_pud_range(tlb: &mut MmuGather<'_>, pgd: Pfn, pud_table: Pfn, addr: u64, end: u64, floor: u64, ceiling: u64) {
+    let k = tlb.kernel();
+    let mut a = addr;
+    loop {
+        let next = pgtable::addr_end(k, Level::Pud, a, end);
+        let e = pgtable::read(k, pud_table, Level::Pud, a);
+        if e.present() {
+            free_pmd_range(tlb, pud_table, e.pfn(), a, next, floor, ceiling);
+        }
+        a = next;
+        if a == end {
+            break;
+        }
+    }
+    if let Some(start) = table_fully_inside(k, Level::Pgd, addr, end, floor, ceiling) {
+        pgtable::get_and_clear(k, pgd, Level::Pgd, start);
+        tlb.mm().nr_ptes.fetch_sub(1, Ordering::SeqCst);
+        tlb.pud_free_tlb(pud_table, start);
+    }
+}
+
+/// `free_pmd_range`
+fn free_pmd_range(tlb: &mut MmuGather<'_>, pud_table: Pfn, pmd_table: Pfn, addr: u64, end: u64, floor: u64, ceiling: u64) {
+    let k = tlb.kernel();
+    let mut a = addr;
+    loop {
+        let next = pgtable::addr_end(k, Level::Pmd, a, end);
+        let e = pgtable::read(k, pmd_table, Level::Pmd, a);
+        if e.present() && !e.huge() {
+            free_pte_range(tlb, pmd_table, e.pfn(), a);
+        }
+        a = next;
+        if a == end {
+            break;
+        }
+    }
+    if let Some(start) = table_fully_inside(k, Level::Pud, addr, end, floor, ceiling) {
+        pgtable::get_and_clear(k, pud_table, Level::Pud, start);
+        tlb.mm().nr_ptes.fetch_sub(1, Ordering::SeqCst);
+        tlb.pmd_free_tlb(pmd_table, start);
+    }
+}
+
+/// `free_pte_range`: `pmd_clear` + `pte_free_tlb`.
+fn free_pte_range(tlb: &mut MmuGather<'_>, pmd_table: Pfn, pte_table: Pfn, addr: u64) {
+    let k = tlb.kernel();
+    pgtable::get_and_clear(k, pmd_table, Level::Pmd, addr);
+    tlb.mm().nr_ptes.fetch_sub(1, Ordering::SeqCst);
+    tlb.pte_free_tlb(pte_table, addr);
+}
+
+/// The floor/ceiling test at the end of `free_pXd_range`: the table that the
+/// entry at `level` points to covers `start &= level mask`; it may go only if
+/// that whole range is inside [floor, ceiling).  Returns the aligned start.
+fn table_fully_inside(k: &Kernel, level: Level, addr: u64, end: u64, floor: u64, ceiling: u64) -> Option<u64> {
+    let mask = !(pgtable::level_size(k, level) - 1);
+    let start = addr & mask;
+    if start < floor {
+        return None;
+    }
+    if ceiling != 0 {
+        let c = ceiling & mask;
+        if c == 0 {
+            return None;
+        }
+        if end.wrapping_sub(1) > c.wrapping_sub(1) {
+            return None;
+        }
+    }
+    Some(start)
+}
