@@ -109,7 +109,7 @@ pub fn zap_pte_range(tlb: &mut MmuGather<'_>, vma: &Vma, pte_table: Pfn, addr: u
             a += ps;
             continue;
         }
-        let (nr, force_break) = zap_present_ptes(tlb, vma, pte_table, ptent, a, end, &mut force_flush);
+        let (nr, force_break) = zap_present_ptes(tlb, pte_table, ptent, a, end, &mut force_flush);
         rss += nr;
         a += nr * ps;
         if force_break {
@@ -159,7 +159,6 @@ fn folio_pte_batch(k: &Kernel, pte_table: Pfn, first: Pte, addr: u64, end: u64) 
 /// force_break).
 fn zap_present_ptes(
     tlb: &mut MmuGather<'_>,
-    vma: &Vma,
     pte_table: Pfn,
     ptent: Pte,
     addr: u64,

@@ -28,6 +28,10 @@ use crate::types::CpuId;
 /// `TLB_FLUSH_ALL` as an end address.
 pub const FLUSH_ALL: u64 = u64::MAX;
 
+/// `TLB_NR_DYN_ASIDS`: address spaces whose translations a CPU keeps
+/// across switches (x86 PCID slots).
+pub const TLB_NR_DYN_ASIDS: usize = 6;
+
 /// x86 `cpu_tlbstate` + `cpu_tlbstate_shared` for one CPU.
 #[derive(Default)]
 pub struct CpuTlbState {
@@ -38,6 +42,31 @@ pub struct CpuTlbState {
     /// `ctxs[loaded_mm_asid].tlb_gen`: the loaded mm's generation this CPU
     /// has caught up to.
     pub tlb_gen: AtomicU64,
+    /// `ctxs[]`: (ctx_id = mm id, tlb_gen) of recently run mms, whose
+    /// tagged TLB entries survive a switch away and back.
+    ctx_id: [AtomicU64; TLB_NR_DYN_ASIDS],
+    ctx_gen: [AtomicU64; TLB_NR_DYN_ASIDS],
+    next_asid: AtomicU64,
+}
+
+impl CpuTlbState {
+    /// `choose_new_asid`: the slot remembering `mm` and whether its TLB
+    /// entries must be flushed (unknown mm, or its tlb_gen moved on).
+    fn choose_new_asid(&self, mm: u64, next_gen: u64) -> (usize, bool) {
+        if let Some(i) = (0..TLB_NR_DYN_ASIDS).find(|i| self.ctx_id[*i].load(Ordering::SeqCst) == mm) {
+            return (i, self.ctx_gen[i].load(Ordering::SeqCst) < next_gen);
+        }
+        let i = (self.next_asid.fetch_add(1, Ordering::SeqCst) as usize) % TLB_NR_DYN_ASIDS;
+        self.ctx_id[i].store(mm, Ordering::SeqCst);
+        (i, true)
+    }
+
+    /// Remember the generation the loaded mm's entries are valid for.
+    fn save_ctx(&self, mm: u64) {
+        if let Some(i) = (0..TLB_NR_DYN_ASIDS).find(|i| self.ctx_id[*i].load(Ordering::SeqCst) == mm) {
+            self.ctx_gen[i].store(self.tlb_gen.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+    }
 }
 
 /// `struct flush_tlb_info`
@@ -58,8 +87,9 @@ pub struct FlushTlbInfo {
 /// Sets this CPU in `mm_cpumask(next)` before reading `next`'s tlb_gen (so
 /// a concurrent flusher either sees the bit or we see its generation), then
 /// loads CR3.  Returning to the mm left lazily only flushes if the
-/// generation moved; switching to a different mm flushes its tag (a fresh
-/// ASID).  Reason: TLB_FLUSH_ON_TASK_SWITCH.
+/// generation moved; switching to a different mm reuses its PCID slot and
+/// flushes only if its generation moved since this CPU last ran it (or the
+/// slot was recycled).  Reason: TLB_FLUSH_ON_TASK_SWITCH.
 pub fn switch_mm(k: &Kernel, next: &MmStruct) {
     let cpu = k.this_cpu();
     let irq = k.local_irq_save();
@@ -77,14 +107,20 @@ pub fn switch_mm(k: &Kernel, next: &MmStruct) {
             k.stats.trace_tlb_flush(cpu, Stat::TraceOnTaskSwitch, TLB_FLUSH_ALL);
         }
     } else {
+        if prev != 0 {
+            st.save_ctx(prev);
+        }
         next.cpumask.set(cpu);
         let gen = next.tlb_gen.load(Ordering::SeqCst);
-        k.hw.tlb(cpu).flush_asid(next.id);
+        let (_, need_flush) = st.choose_new_asid(next.id, gen);
+        if need_flush {
+            k.hw.tlb(cpu).flush_asid(next.id);
+            k.stats.trace_tlb_flush(cpu, Stat::TraceOnTaskSwitch, TLB_FLUSH_ALL);
+        }
         st.tlb_gen.store(gen, Ordering::SeqCst);
         k.hw.load_cr3(cpu, Some(next.pgd), next.id);
         st.loaded_mm.store(next.id, Ordering::SeqCst);
         st.is_lazy.store(false, Ordering::SeqCst);
-        k.stats.trace_tlb_flush(cpu, Stat::TraceOnTaskSwitch, TLB_FLUSH_ALL);
     }
     drop(irq);
 }
@@ -93,6 +129,10 @@ pub fn switch_mm(k: &Kernel, next: &MmStruct) {
 /// kernel's own tables; user translations can no longer be used).
 pub fn switch_to_init_mm(k: &Kernel, cpu: CpuId) {
     let st = &k.cpus[cpu.idx()];
+    let prev = st.loaded_mm.load(Ordering::SeqCst);
+    if prev != 0 {
+        st.save_ctx(prev);
+    }
     k.hw.load_cr3(cpu, None, 0);
     st.loaded_mm.store(0, Ordering::SeqCst);
     st.is_lazy.store(false, Ordering::SeqCst);
