@@ -1,0 +1,131 @@
+//! Encoded pages (include/linux/mm_types.h, `struct encoded_page`).
+//!
+//! Contract: a gathered slot is either
+//! - a *page entry*: the page (here its pfn, standing for the `struct page *`)
+//!   with flag bits in the low bits that a page pointer never uses, or
+//! - a *count entry*: `nr_pages << 2`, which only ever follows a page entry
+//!   carrying `ENCODED_PAGE_BIT_NR_PAGES_NEXT`.
+//!
+//! Flags (`ENCODED_PAGE_BITS` is the kernel's *mask* of usable low bits, 3):
+//! - `ENCODED_PAGE_BIT_DELAY_RMAP` (1): remove this page's rmap only after the
+//!   TLB flush (`tlb_flush_rmaps`), never before.
+//! - `ENCODED_PAGE_BIT_NR_PAGES_NEXT` (2): the next slot is a count entry; the
+//!   two slots are one folio fragment and must never be separated (a batch
+//!   is "full" while one slot is left, and the free path extends a chunk by
+//!   one to keep the count with its page).
+//!
+//! Representation: a `struct page *` is at least 8-byte aligned, so its low
+//! `PAGE_PTR_ALIGN_SHIFT` = 3 bits are free; the emulator's "pointer" is
+//! therefore `pfn << 3`, and an entry is `(pfn << 3) | flags` (the brief's
+//! `(pfn << ENCODED_PAGE_BITS) | flags`: the numbers coincide, 3 = 3).  The
+//! bit budget is checked at compile time below.
+
+/// Mask of the low bits usable for flags (`ENCODED_PAGE_BITS`, 3ul).
+pub const ENCODED_PAGE_BITS: u64 = 3;
+/// `ENCODED_PAGE_BIT_DELAY_RMAP`
+pub const ENCODED_PAGE_BIT_DELAY_RMAP: u64 = 1;
+/// `ENCODED_PAGE_BIT_NR_PAGES_NEXT`
+pub const ENCODED_PAGE_BIT_NR_PAGES_NEXT: u64 = 2;
+/// log2 of the alignment of a `struct page *`: the emulated pointer is
+/// `pfn << PAGE_PTR_ALIGN_SHIFT`.
+pub const PAGE_PTR_ALIGN_SHIFT: u32 = 3;
+/// Shift of a count entry (`encode_nr_pages`: `nr << 2`).
+pub const ENCODED_NR_PAGES_SHIFT: u32 = 2;
+/// Largest pfn the emulator can have (KernelConfig::validate caps RAM at 2^24 frames).
+const MAX_PFN: u64 = 1 << 24;
+
+// The bit budget, checked at compile time.
+const _: () = assert!(
+    (ENCODED_PAGE_BIT_DELAY_RMAP | ENCODED_PAGE_BIT_NR_PAGES_NEXT) & !ENCODED_PAGE_BITS == 0,
+    "every flag must live inside ENCODED_PAGE_BITS"
+);
+const _: () = assert!(
+    ENCODED_PAGE_BIT_DELAY_RMAP & ENCODED_PAGE_BIT_NR_PAGES_NEXT == 0,
+    "flags must be distinct bits"
+);
+const _: () = assert!(
+    ENCODED_PAGE_BITS < (1 << PAGE_PTR_ALIGN_SHIFT),
+    "flag bits must fit below the page pointer's alignment"
+);
+const _: () = assert!(
+    ENCODED_PAGE_BITS >> ENCODED_NR_PAGES_SHIFT == 0,
+    "a count entry's low bits must read as 'no flags'"
+);
+const _: () = assert!(
+    (MAX_PFN << PAGE_PTR_ALIGN_SHIFT) >> PAGE_PTR_ALIGN_SHIFT == MAX_PFN,
+    "every pfn must survive the shift"
+);
+
+/// One gathered slot (`struct encoded_page *`): opaque; build it with
+/// `encode_page` / `encode_nr_pages`, read it with the accessors.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct EncodedPage(u64);
+
+/// `encode_page(page, flags)`
+#[inline]
+pub const fn encode_page(pfn: crate::types::Pfn, flags: u64) -> EncodedPage {
+    debug_assert!(flags & !ENCODED_PAGE_BITS == 0);
+    debug_assert!(pfn.0 < MAX_PFN);
+    EncodedPage((pfn.0 << PAGE_PTR_ALIGN_SHIFT) | flags)
+}
+
+/// `encoded_page_flags(page)`
+#[inline]
+pub const fn encoded_page_flags(page: EncodedPage) -> u64 {
+    page.0 & ENCODED_PAGE_BITS
+}
+
+/// `encoded_page_ptr(page)`: the page (its pfn).
+#[inline]
+pub const fn encoded_page_ptr(page: EncodedPage) -> crate::types::Pfn {
+    crate::types::Pfn((page.0 & !ENCODED_PAGE_BITS) >> PAGE_PTR_ALIGN_SHIFT)
+}
+
+/// `encode_nr_pages(nr)`: the count entry that follows an
+/// `ENCODED_PAGE_BIT_NR_PAGES_NEXT` page entry.
+#[inline]
+pub const fn encode_nr_pages(nr: u64) -> EncodedPage {
+    debug_assert!((nr << ENCODED_NR_PAGES_SHIFT) >> ENCODED_NR_PAGES_SHIFT == nr);
+    EncodedPage(nr << ENCODED_NR_PAGES_SHIFT)
+}
+
+/// `encoded_nr_pages(page)`
+#[inline]
+pub const fn encoded_nr_pages(page: EncodedPage) -> u64 {
+    page.0 >> ENCODED_NR_PAGES_SHIFT
+}
+
+impl EncodedPage {
+    /// The raw word (diagnostics and tests only).
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+    /// True for a page entry carrying `ENCODED_PAGE_BIT_DELAY_RMAP`.
+    pub const fn delay_rmap(self) -> bool {
+        encoded_page_flags(self) & ENCODED_PAGE_BIT_DELAY_RMAP != 0
+    }
+    /// True for a page entry whose next slot is a count entry.
+    pub const fn nr_pages_next(self) -> bool {
+        encoded_page_flags(self) & ENCODED_PAGE_BIT_NR_PAGES_NEXT != 0
+    }
+}
+
+#[cfg(all(test, not(mmemu_loom)))]
+mod tests {
+    use super::*;
+    use crate::types::Pfn;
+
+    #[test]
+    fn round_trip() {
+        for flags in 0..=ENCODED_PAGE_BITS {
+            let e = encode_page(Pfn(0xabcde), flags);
+            assert_eq!(encoded_page_ptr(e), Pfn(0xabcde));
+            assert_eq!(encoded_page_flags(e), flags);
+        }
+        let c = encode_nr_pages(512);
+        assert_eq!(encoded_nr_pages(c), 512);
+        assert_eq!(encoded_page_flags(c), 0, "a count slot carries no flags");
+        assert!(encode_page(Pfn(1), ENCODED_PAGE_BIT_DELAY_RMAP).delay_rmap());
+        assert!(encode_page(Pfn(1), ENCODED_PAGE_BIT_NR_PAGES_NEXT).nr_pages_next());
+    }
+}

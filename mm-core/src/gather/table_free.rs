@@ -1,0 +1,147 @@
+//! Page-table freeing through the gather (MMU_GATHER_TABLE_FREE /
+//! MMU_GATHER_RCU_TABLE_FREE, mm/mmu_gather.c).
+//!
+//! Contract (unhook → invalidate → free, for page-table pages):
+//! - `pte_free_tlb` / `pmd_free_tlb` / `pud_free_tlb`: the caller has already
+//!   cleared the upper entry that pointed at `table` (unhook).  The range is
+//!   recorded one level up, `freed_tables` is set (walk caches must be
+//!   dropped; x86 then also interrupts lazy CPUs), and the table is queued.
+//! - `tlb_table_flush`: first `tlb_table_invalidate` (a TLB flush including
+//!   the walk caches, since `tlb_needs_table_invalidate()` holds for every
+//!   modelled arch), then with `rcu_table_free` the tables go to `call_rcu`
+//!   and are freed after a grace period (IRQs-off walkers — GUP-fast — are
+//!   RCU readers); without it they are freed at once (the IPI flush already
+//!   waited for IRQs-off CPUs).  When it returns the table batch is empty.
+//! - Table-batch allocation is GFP_NOWAIT and may fail (inject with
+//!   `k.inject.fail_table_batch`): then the table is invalidated, a
+//!   `tlb_remove_table_sync_one` IPI waits out every IRQs-off walker, and the
+//!   table is freed immediately (`tlb_remove_table_one`).
+//!
+//! Emulator note: the RCU callback here frees table frames only, so the
+//! batch page is returned as soon as its tables are handed to `call_rcu`
+//! (the kernel frees it in the callback; the tables are what matter).
+
+use super::batch::{MmuTableBatch, MAX_TABLE_BATCH};
+use super::MmuGather;
+use crate::kernel::{FaultInject, Kernel};
+use crate::page::alloc::PageKind;
+use crate::page::Folio;
+use crate::stats::Stat;
+use crate::types::Pfn;
+
+/// `tlb_remove_table_sync_one`: an empty IPI to every other online CPU,
+/// waiting for all.  Not a grace period, but enough for software walkers
+/// that rely on IRQs being off (GUP-fast).  A no-op without
+/// MMU_GATHER_RCU_TABLE_FREE, as in the kernel.
+pub fn tlb_remove_table_sync_one(k: &Kernel) {
+    if !k.cfg.rcu_table_free {
+        return;
+    }
+    k.stats.inc(k.this_cpu(), Stat::TlbRemoveTableSyncOne);
+    // tlb_remove_table_smp_sync: simply deliver the interrupt.
+    crate::smp::smp_call_function(&*k.smp, &|_| {});
+}
+
+/// `__tlb_remove_table`: free one table frame.
+fn __tlb_remove_table(k: &Kernel, table: Pfn) {
+    crate::pgtable::free_table_frame(k, table);
+}
+
+/// `tlb_remove_table_one`: sync with IRQs-off walkers, then free at once.
+fn tlb_remove_table_one(k: &Kernel, table: Pfn) {
+    tlb_remove_table_sync_one(k);
+    __tlb_remove_table(k, table);
+}
+
+/// `tlb_needs_table_invalidate`: true unless the arch's walkers never cache
+/// tables (powerpc hash); true for every modelled arch.
+pub fn tlb_needs_table_invalidate() -> bool {
+    true
+}
+
+impl MmuGather<'_> {
+    /// `tlb_table_invalidate`: drop hardware walk caches before the tables
+    /// go (software walkers are waited for by RCU / the sync IPI).
+    fn tlb_table_invalidate(&mut self) {
+        if tlb_needs_table_invalidate() {
+            self.tlb_flush_mmu_tlbonly();
+        }
+    }
+
+    /// `tlb_remove_table_free`: RCU-deferred (or immediate) free of a batch.
+    fn tlb_remove_table_free(&mut self, batch: MmuTableBatch) {
+        let k = self.k;
+        if k.cfg.rcu_table_free {
+            k.rcu.call_rcu(batch.tables);
+        } else {
+            for t in batch.tables {
+                __tlb_remove_table(k, t);
+            }
+        }
+        k.folio_put(Folio(batch.page));
+    }
+
+    /// `tlb_table_flush`: invalidate, then hand the table batch to RCU.
+    pub fn tlb_table_flush(&mut self) {
+        if self.batch.is_some() {
+            self.tlb_table_invalidate();
+            let batch = self.batch.take().expect("checked");
+            self.tlb_remove_table_free(batch);
+        }
+    }
+
+    /// `tlb_remove_table`: queue an unhooked page-table page for freeing
+    /// after the flush (and grace period).
+    pub fn tlb_remove_table(&mut self, table: Pfn) {
+        let k = self.k;
+        k.stats.inc(k.this_cpu(), Stat::TablesQueued);
+        if self.batch.is_none() {
+            let page = if FaultInject::take(&k.inject.fail_table_batch) {
+                None
+            } else {
+                k.alloc_pages(0, PageKind::Kernel)
+            };
+            match page {
+                Some(p) => self.batch = Some(MmuTableBatch::new(p)),
+                None => {
+                    k.stats.inc(k.this_cpu(), Stat::TableBatchAllocFail);
+                    self.tlb_table_invalidate();
+                    tlb_remove_table_one(k, table);
+                    return;
+                }
+            }
+        }
+        let batch = self.batch.as_mut().expect("allocated above");
+        batch.tables.push(table);
+        if batch.tables.len() == MAX_TABLE_BATCH {
+            self.tlb_table_flush();
+        }
+    }
+
+    /// `pte_free_tlb`: the PMD entry at `addr` pointing at PTE table `table`
+    /// was cleared.
+    pub fn pte_free_tlb(&mut self, table: Pfn, addr: u64) {
+        let ps = self.k.cfg.geometry.page_size();
+        self.tlb_flush_pmd_range(addr, ps);
+        self.freed_tables = true;
+        self.tlb_remove_table(table);
+    }
+
+    /// `pmd_free_tlb`: the PUD entry at `addr` pointing at PMD table `table`
+    /// was cleared.
+    pub fn pmd_free_tlb(&mut self, table: Pfn, addr: u64) {
+        let ps = self.k.cfg.geometry.page_size();
+        self.tlb_flush_pud_range(addr, ps);
+        self.freed_tables = true;
+        self.tlb_remove_table(table);
+    }
+
+    /// `pud_free_tlb`: the P4D/PGD entry at `addr` pointing at PUD table
+    /// `table` was cleared.
+    pub fn pud_free_tlb(&mut self, table: Pfn, addr: u64) {
+        let ps = self.k.cfg.geometry.page_size();
+        self.tlb_flush_p4d_range(addr, ps);
+        self.freed_tables = true;
+        self.tlb_remove_table(table);
+    }
+}

@@ -1,0 +1,612 @@
+//! Tests of the mmu_gather port against KERNEL-MAP.md §10.
+
+use super::batch::{free_encoded_pages, MmuGatherBatch};
+use super::*;
+use crate::config::{Arch, Fix, KernelConfig};
+use crate::mm::{Backing, Vma};
+use crate::page::alloc::PageKind;
+use crate::page::Folio;
+use crate::stats::Stat;
+use crate::sync::{Arc, Ordering};
+use crate::types::{CpuId, Pfn};
+
+fn kernel_with(n: usize, f: impl FnOnce(&mut KernelConfig)) -> Arc<Kernel> {
+    let mut cfg = KernelConfig::default();
+    f(&mut cfg);
+    Kernel::new_sync(cfg, n)
+}
+
+fn kernel(n: usize) -> Arc<Kernel> {
+    kernel_with(n, |_| {})
+}
+
+/// An anon folio of `order` holding one reference per page (as if every
+/// page were mapped by one PTE), each page with mapcount 1.
+fn mapped_folio(k: &Kernel, order: u32) -> Pfn {
+    let pfn = k.alloc_pages(order, PageKind::Anon).expect("memory");
+    let nr = 1u64 << order;
+    if nr > 1 {
+        k.mem.folio_ref_add(Folio(pfn), (nr - 1) as i32);
+    }
+    k.mem.add_rmap_ptes(pfn, nr);
+    pfn
+}
+
+fn anon_vma(start: u64, end: u64, flags: u64) -> Vma {
+    Vma { start, end, flags, backing: Backing::Anon }
+}
+
+fn is_free(k: &Kernel, pfn: Pfn) -> bool {
+    k.mem.page(pfn).refcount() == 0
+}
+
+const VA: u64 = 0x40_0000;
+
+// ---- §10.1 constants -------------------------------------------------------
+
+#[test]
+fn constants_are_the_kernels() {
+    assert_eq!(MMU_GATHER_BUNDLE, 8);
+    assert_eq!(MAX_GATHER_BATCH, 510);
+    assert_eq!(MAX_GATHER_BATCH_COUNT, 19);
+    assert_eq!(MAX_TABLE_BATCH, 509);
+    assert_eq!(MAX_NR_FOLIOS_PER_FREE, 512);
+    assert_eq!(KernelConfig::default().tlb_single_page_flush_ceiling, 33);
+    assert_eq!(ENCODED_PAGE_BITS, 3);
+    assert_eq!(ENCODED_PAGE_BIT_DELAY_RMAP, 1);
+    assert_eq!(ENCODED_PAGE_BIT_NR_PAGES_NEXT, 2);
+}
+
+#[test]
+fn gather_raises_and_finish_drops_flush_pending() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    assert!(mm.mm_tlb_flush_pending());
+    assert_eq!(tlb.range(), (k.cfg.geometry.task_size(), 0));
+    tlb.tlb_finish_mmu();
+    assert!(!mm.mm_tlb_flush_pending());
+    let tlb = MmuGather::tlb_gather_mmu_fullmm(&k, &mm);
+    assert!(tlb.fullmm());
+    assert_eq!(tlb.range(), (u64::MAX, u64::MAX));
+    tlb.tlb_finish_mmu();
+}
+
+#[test]
+#[should_panic(expected = "without tlb_finish_mmu")]
+fn dropping_an_unfinished_gather_panics() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let _tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+}
+
+// ---- §10.2 count slots, full gathers ---------------------------------------
+
+#[test]
+fn single_slot_left_means_full() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let base = k.alloc.in_use();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    tlb.tlb_remove_tlb_entries(VA, 7);
+    k.inject.fail_page_batch.store(1, Ordering::SeqCst);
+    let pages: Vec<Pfn> = (0..7).map(|_| mapped_folio(&k, 0)).collect();
+    for (i, p) in pages.iter().enumerate() {
+        k.mem.remove_rmap_ptes(*p, 1);
+        let full = tlb.__tlb_remove_page(*p, false);
+        // The 7th entry leaves exactly one slot: full, since a fragment
+        // (page + count) would not fit.
+        assert_eq!(full, i == 6, "entry {i}");
+    }
+    assert_eq!(tlb.active_fill(), (7, MMU_GATHER_BUNDLE));
+    assert_eq!(k.stats.get(Stat::GatherBatchAllocFail), 1);
+    tlb.tlb_flush_mmu();
+    assert!(pages.iter().all(|p| is_free(&k, *p)));
+    tlb.tlb_finish_mmu();
+    assert_eq!(k.alloc.in_use(), base);
+}
+
+#[test]
+fn folio_fragment_keeps_its_count_slot() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let base = k.alloc.in_use();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    tlb.tlb_remove_tlb_entries(VA, 8);
+    let singles: Vec<Pfn> = (0..6).map(|_| mapped_folio(&k, 0)).collect();
+    for p in &singles {
+        k.mem.remove_rmap_ptes(*p, 1);
+        assert!(!tlb.__tlb_remove_page(*p, false));
+    }
+    // Two slots left; the next batch cannot be allocated.
+    k.inject.fail_page_batch.store(1, Ordering::SeqCst);
+    let frag = mapped_folio(&k, 1);
+    k.mem.remove_rmap_ptes(frag, 2);
+    assert!(tlb.__tlb_remove_folio_pages(frag, 2, false), "full after the fragment");
+    let e = tlb.active_entries();
+    assert_eq!(e.len(), 8);
+    assert_eq!(encoded_page_ptr(e[6]), frag);
+    assert!(e[6].nr_pages_next());
+    assert_eq!(encoded_nr_pages(e[7]), 2, "the count slot stayed with its page");
+    tlb.tlb_finish_mmu();
+    assert!(singles.iter().all(|p| is_free(&k, *p)));
+    assert!(is_free(&k, frag));
+    assert_eq!(k.stats.get(Stat::GatherPagesFreed), 8);
+    assert_eq!(k.alloc.in_use(), base);
+}
+
+#[test]
+fn full_gather_flushes_never_drops() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let base = k.alloc.in_use();
+    let n = MMU_GATHER_BUNDLE + MAX_GATHER_BATCH * MAX_GATHER_BATCH_COUNT + 100;
+    let ps = k.cfg.geometry.page_size();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    let mut pages = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let p = mapped_folio(&k, 0);
+        k.mem.remove_rmap_ptes(p, 1);
+        tlb.tlb_remove_tlb_entry(VA + i * ps);
+        tlb.tlb_remove_page(p);
+        assert!(tlb.batch_count() <= MAX_GATHER_BATCH_COUNT);
+        pages.push(p);
+    }
+    assert_eq!(tlb.batch_count(), MAX_GATHER_BATCH_COUNT);
+    assert!(k.stats.get(Stat::GatherFlushes) >= 1, "the full gather flushed by itself");
+    tlb.tlb_finish_mmu();
+    assert!(pages.iter().all(|p| is_free(&k, *p)));
+    assert_eq!(k.stats.get(Stat::GatherPagesFreed), n as u64);
+    assert_eq!(k.stats.get(Stat::GatherBatchAlloc), MAX_GATHER_BATCH_COUNT as u64);
+    assert_eq!(k.alloc.in_use(), base, "batch pages returned, data pages freed");
+}
+
+#[test]
+fn chunked_free_never_separates_a_count_slot() {
+    // A batch wider than one chunk, with a fragment straddling entry 512.
+    for init_on_free in [false, true] {
+        let k = kernel_with(1, |c| c.init_on_free = init_on_free);
+        let base = k.alloc.in_use();
+        let mut b = MmuGatherBatch::local();
+        b.max = 1200;
+        b.encoded_pages.reserve(1200);
+        let mut pages = Vec::new();
+        for _ in 0..511 {
+            let p = mapped_folio(&k, 0);
+            k.mem.remove_rmap_ptes(p, 1);
+            b.push(encode_page(p, 0));
+            pages.push(p);
+        }
+        for _ in 0..200 {
+            let f = mapped_folio(&k, 2);
+            k.mem.remove_rmap_ptes(f, 4);
+            b.push(encode_page(f, ENCODED_PAGE_BIT_NR_PAGES_NEXT));
+            b.push(encode_nr_pages(4));
+            pages.push(f);
+        }
+        free_encoded_pages(&k, &mut b);
+        assert_eq!(b.nr, 0);
+        assert!(pages.iter().all(|p| is_free(&k, *p)));
+        assert_eq!(k.stats.get(Stat::GatherPagesFreed), 511 + 800);
+        assert_eq!(k.alloc.in_use(), base);
+    }
+}
+
+#[test]
+fn large_gather_with_fragments_frees_everything() {
+    let k = kernel_with(1, |c| c.init_on_free = true);
+    let mm = k.mm_alloc();
+    let base = k.alloc.in_use();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    let mut folios = Vec::new();
+    for i in 0..600u64 {
+        let f = mapped_folio(&k, 2);
+        k.mem.remove_rmap_ptes(f, 4);
+        tlb.tlb_remove_tlb_entries(VA + i * 4 * k.cfg.geometry.page_size(), 4);
+        if tlb.__tlb_remove_folio_pages(f, 4, false) {
+            tlb.tlb_flush_mmu();
+        }
+        folios.push(f);
+    }
+    assert!(tlb.nr_gathered() > 0);
+    tlb.tlb_finish_mmu();
+    assert!(folios.iter().all(|f| is_free(&k, *f)));
+    assert_eq!(k.stats.get(Stat::GatherPagesFreed), 2400);
+    assert_eq!(k.alloc.in_use(), base);
+}
+
+#[test]
+fn folio_pages_batching_off_takes_one_slot_per_page() {
+    for on in [true, false] {
+        let k = kernel_with(1, |c| c.fixes.set(Fix::FolioPagesBatching, on));
+        let mm = k.mm_alloc();
+        let base = k.alloc.in_use();
+        let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+        let f = mapped_folio(&k, 2);
+        k.mem.remove_rmap_ptes(f, 4);
+        tlb.tlb_remove_tlb_entries(VA, 4);
+        assert!(!tlb.__tlb_remove_folio_pages(f, 4, false));
+        let e = tlb.active_entries().to_vec();
+        if on {
+            assert_eq!(e, vec![encode_page(f, ENCODED_PAGE_BIT_NR_PAGES_NEXT), encode_nr_pages(4)]);
+        } else {
+            assert_eq!(e, (0..4).map(|i| encode_page(f.add(i), 0)).collect::<Vec<_>>());
+        }
+        tlb.tlb_finish_mmu();
+        assert!(is_free(&k, f));
+        assert_eq!(k.alloc.in_use(), base);
+    }
+}
+
+#[test]
+fn folio_pages_batching_off_flushes_mid_fragment_instead_of_dropping() {
+    let k = kernel_with(1, |c| c.fixes.set(Fix::FolioPagesBatching, false));
+    let mm = k.mm_alloc();
+    let base = k.alloc.in_use();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    // No batch can be allocated: only `local` (7 usable slots).
+    k.inject.fail_page_batch.store(100, Ordering::SeqCst);
+    let f = mapped_folio(&k, 4); // 16 pages
+    tlb.tlb_remove_tlb_entries(VA, 16);
+    let full = tlb.__tlb_remove_folio_pages(f, 16, true);
+    assert!(tlb.delayed_rmap() || !full);
+    assert!(k.stats.get(Stat::GatherFlushes) >= 2, "flushed in the middle");
+    tlb.tlb_flush_mmu_tlbonly();
+    tlb.tlb_flush_rmaps(&anon_vma(VA, VA + 0x10000, 0));
+    assert_eq!(k.mem.folio_mapcount(Folio(f)), 0);
+    tlb.tlb_finish_mmu();
+    assert!(is_free(&k, f));
+    assert_eq!(k.alloc.in_use(), base);
+    k.inject.fail_page_batch.store(0, Ordering::SeqCst);
+}
+
+// ---- §10.3 delayed rmaps ---------------------------------------------------
+
+#[test]
+fn delayed_rmaps_stay_in_local_and_active() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let base = k.alloc.in_use();
+    let vma = anon_vma(VA, VA + (1 << 30), 0);
+    let ps = k.cfg.geometry.page_size();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    tlb.tlb_start_vma(&vma);
+    let mut pages = Vec::new();
+    let mut i = 0u64;
+    loop {
+        let p = mapped_folio(&k, 0);
+        tlb.tlb_remove_tlb_entry(VA + i * ps);
+        i += 1;
+        pages.push(p);
+        assert!(tlb.tlb_delay_rmap());
+        if tlb.__tlb_remove_page(p, true) {
+            break;
+        }
+        assert!(pages.len() < 2 * MAX_GATHER_BATCH, "never refused");
+    }
+    // local filled, then one batch; a second would hold delayed rmaps
+    // outside local/active, so tlb_next_batch refused.
+    assert_eq!(tlb.batch_count(), 1);
+    assert!(!tlb.active_is_local());
+    assert_eq!(pages.len(), (MMU_GATHER_BUNDLE - 1) + (MAX_GATHER_BATCH - 1));
+    assert!(!tlb.tlb_next_batch());
+    assert!(pages.iter().all(|p| k.mem.page(*p).mapcount() == 1), "rmap still there before the flush");
+    // zap_pte_range's force-flush sequence, under the PTL.
+    tlb.tlb_flush_mmu_tlbonly();
+    tlb.tlb_flush_rmaps(&vma);
+    assert!(!tlb.delayed_rmap());
+    assert!(pages.iter().all(|p| k.mem.page(*p).mapcount() == 0));
+    assert_eq!(k.stats.get(Stat::DelayedRmaps), pages.len() as u64);
+    assert!(pages.iter().all(|p| !is_free(&k, *p)), "still held until the free phase");
+    tlb.tlb_flush_mmu();
+    assert!(pages.iter().all(|p| is_free(&k, *p)));
+    tlb.tlb_end_vma(&vma);
+    tlb.tlb_finish_mmu();
+    assert_eq!(k.alloc.in_use(), base);
+}
+
+#[test]
+fn delay_rmap_reverted_is_never_delayed() {
+    let k = kernel_with(1, |c| c.fixes.set(Fix::DelayRmap, false));
+    let mm = k.mm_alloc();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    assert!(!tlb.tlb_delay_rmap());
+    assert!(!tlb.delayed_rmap());
+    tlb.tlb_finish_mmu();
+}
+
+#[test]
+fn delayed_rmap_fragment_removes_all_its_pages() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let vma = anon_vma(VA, VA + 0x100000, 0);
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    let f = mapped_folio(&k, 3);
+    tlb.tlb_remove_tlb_entries(VA, 8);
+    assert!(!tlb.__tlb_remove_folio_pages(f, 8, true));
+    assert!(tlb.delayed_rmap());
+    assert_eq!(k.mem.folio_mapcount(Folio(f)), 8);
+    tlb.tlb_flush_mmu_tlbonly();
+    tlb.tlb_flush_rmaps(&vma);
+    assert_eq!(k.mem.folio_mapcount(Folio(f)), 0);
+    assert_eq!(k.stats.get(Stat::DelayedRmaps), 1);
+    tlb.tlb_finish_mmu();
+    assert!(is_free(&k, f));
+}
+
+// ---- §10.5 table freeing ---------------------------------------------------
+
+#[test]
+fn table_batch_alloc_failure_takes_the_sync_one_path() {
+    let k = kernel(2);
+    let mm = k.mm_alloc();
+    let table = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    k.inject.fail_table_batch.store(1, Ordering::SeqCst);
+    tlb.pte_free_tlb(table, VA);
+    assert_eq!(k.stats.get(Stat::TableBatchAllocFail), 1);
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 1);
+    assert_eq!(k.smp.call_interrupts(CpuId(1)), 1, "one empty IPI to the other CPU");
+    assert!(is_free(&k, table), "freed immediately after the sync");
+    assert_eq!(k.stats.get(Stat::TablesFreed), 1);
+    // The table was invalidated before the free.
+    assert_eq!(k.stats.get(Stat::TlbFlushRanged), 1);
+    assert!(!tlb.freed_tables());
+    tlb.tlb_finish_mmu();
+    assert_eq!(k.rcu.pending(), 0);
+}
+
+#[test]
+fn tables_wait_for_flush_and_grace_period() {
+    let k = kernel(2);
+    let mm = k.mm_alloc();
+    let base = k.alloc.in_use();
+    let t1 = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let t2 = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    tlb.pte_free_tlb(t1, VA);
+    tlb.pmd_free_tlb(t2, VA);
+    assert!(tlb.freed_tables());
+    assert_eq!(tlb.cleared_levels(), (false, true, true, false));
+    assert_eq!(tlb.nr_tables_queued(), 2);
+    assert_eq!(k.stats.get(Stat::TablesQueued), 2);
+    tlb.tlb_finish_mmu();
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 0);
+    assert!(!is_free(&k, t1) || k.rcu.pending() == 0);
+    k.rcu_barrier();
+    assert!(is_free(&k, t1) && is_free(&k, t2));
+    assert_eq!(k.alloc.in_use().page_table, base.page_table);
+    assert_eq!(k.alloc.in_use().kernel, base.kernel, "table batch page returned");
+}
+
+#[test]
+fn full_table_batch_is_flushed_at_once() {
+    let k = kernel_with(1, |c| c.rcu_table_free = false);
+    let mm = k.mm_alloc();
+    let tables: Vec<Pfn> = (0..MAX_TABLE_BATCH).map(|_| crate::pgtable::alloc_table_frame(&k).unwrap()).collect();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    for (i, t) in tables.iter().enumerate() {
+        tlb.pte_free_tlb(*t, VA + i as u64 * k.cfg.geometry.pmd_size());
+    }
+    // Without RCU table free the batch is freed right after the invalidation.
+    assert_eq!(tlb.nr_tables_queued(), 0);
+    assert!(tables.iter().all(|t| is_free(&k, *t)));
+    assert_eq!(k.stats.get(Stat::TlbFlushRanged), 1);
+    tlb.tlb_finish_mmu();
+    // No sync IPI without rcu_table_free (a no-op, as in the kernel).
+    tlb_remove_table_sync_one(&k);
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 0);
+}
+
+// ---- §10.6 flush kinds -----------------------------------------------------
+
+/// Kernel on `arch`, CPU 0 running `mm`, TLB holding VA and a far VA.
+fn tlb_setup(arch: Arch) -> (Arc<Kernel>, Arc<crate::mm::MmStruct>, u64) {
+    tlb_setup_with(arch, |_| {})
+}
+
+fn cached(k: &Kernel, mm: &crate::mm::MmStruct, va: u64) -> bool {
+    k.hw.tlb(CpuId(0)).lookup(mm.id, va).is_some()
+}
+
+#[test]
+fn ranged_flush_x86_and_arm64() {
+    for arch in [Arch::X86, Arch::Arm64] {
+        let (k, mm, far) = tlb_setup(arch);
+        let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+        tlb.tlb_remove_tlb_entry(VA);
+        assert_eq!(tlb.range(), (VA, VA + 4096));
+        assert_eq!(tlb.tlb_get_unmap_size(), 4096);
+        tlb.tlb_finish_mmu();
+        assert_eq!(k.stats.get(Stat::TlbFlushRanged), 1, "{arch:?}");
+        assert_eq!(k.stats.get(Stat::TlbFlushFull), 0, "{arch:?}");
+        assert!(!cached(&k, &mm, VA), "{arch:?}: the gathered page is gone");
+        assert!(cached(&k, &mm, far), "{arch:?}: outside the range survives");
+        if arch == Arch::X86 {
+            assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 1);
+        } else {
+            assert_eq!(k.stats.get(Stat::Arm64BroadcastTlbi), 1);
+        }
+    }
+}
+
+#[test]
+fn fullmm_and_need_flush_all_flush_the_whole_mm() {
+    for arch in Arch::ALL {
+        for mode in ["fullmm", "need_flush_all"] {
+            let (k, mm, far) = tlb_setup(arch);
+            let mut tlb = if mode == "fullmm" {
+                MmuGather::tlb_gather_mmu_fullmm(&k, &mm)
+            } else {
+                let mut t = MmuGather::tlb_gather_mmu(&k, &mm);
+                t.set_need_flush_all();
+                t
+            };
+            tlb.tlb_remove_tlb_entry(VA);
+            tlb.tlb_finish_mmu();
+            assert_eq!(k.stats.get(Stat::TlbFlushFull), 1, "{arch:?} {mode}");
+            assert_eq!(k.stats.get(Stat::TlbFlushRanged), 0, "{arch:?} {mode}");
+            assert!(!cached(&k, &mm, VA) && !cached(&k, &mm, far), "{arch:?} {mode}");
+        }
+    }
+}
+
+#[test]
+fn no_range_arch_flushes_the_whole_mm() {
+    let (k, mm, far) = tlb_setup(Arch::GenericNoRange);
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    tlb.tlb_remove_tlb_entry(VA);
+    tlb.tlb_finish_mmu();
+    assert_eq!(k.stats.get(Stat::TlbFlushFull), 1);
+    assert_eq!(k.stats.get(Stat::NrTlbLocalFlushAll), 1);
+    assert!(!cached(&k, &mm, VA) && !cached(&k, &mm, far));
+}
+
+#[test]
+fn empty_gather_flushes_nothing() {
+    for arch in Arch::ALL {
+        let (k, mm, far) = tlb_setup(arch);
+        let vma = anon_vma(VA, VA + 0x1000, 0);
+        let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+        tlb.tlb_start_vma(&vma);
+        tlb.tlb_end_vma(&vma);
+        tlb.tlb_finish_mmu();
+        assert_eq!(k.stats.get(Stat::TlbFlushFull) + k.stats.get(Stat::TlbFlushRanged), 0);
+        assert_eq!(k.stats.get(Stat::GatherFlushes), 0);
+        assert!(cached(&k, &mm, VA) && cached(&k, &mm, far));
+    }
+}
+
+#[test]
+fn end_vma_flushes_and_unmap_shift_follows_levels() {
+    let (k, mm, far) = tlb_setup(Arch::X86);
+    let g = k.cfg.geometry;
+    let vma = anon_vma(VA, VA + 0x1000, crate::mm::vm::VM_EXEC | crate::mm::vm::VM_PFNMAP);
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    tlb.tlb_start_vma(&vma);
+    assert_eq!(tlb.vma_flags(), (true, false, true));
+    tlb.tlb_remove_pmd_tlb_entry(VA);
+    assert_eq!(tlb.tlb_get_unmap_shift(), g.level_shift(crate::hw::pte::Level::Pmd));
+    tlb.tlb_flush_pud_range(VA, 4096);
+    assert_eq!(tlb.tlb_get_unmap_shift(), g.level_shift(crate::hw::pte::Level::Pmd));
+    tlb.tlb_remove_tlb_entry(VA);
+    assert_eq!(tlb.tlb_get_unmap_shift(), g.page_shift);
+    tlb.tlb_end_vma(&vma);
+    assert_eq!(k.stats.get(Stat::TlbFlushRanged), 1, "flushed at the VMA boundary");
+    assert_eq!(tlb.range(), (g.task_size(), 0), "range reset");
+    assert_eq!(tlb.vma_flags(), (true, false, true), "vma bits survive the reset");
+    tlb.tlb_finish_mmu();
+    // 2 MiB range > 33-page ceiling: x86 made it a full flush.
+    assert!(!cached(&k, &mm, VA) && !cached(&k, &mm, far));
+}
+
+// ---- §10.7 nested gathers ----------------------------------------------------
+
+#[test]
+fn nested_gathers_force_a_full_flush_with_freed_tables() {
+    for fix in [true, false] {
+        let (k, mm, far) = tlb_setup_with(Arch::X86, |c| c.fixes.set(Fix::NestedFlushDetect, fix));
+        let mut a = MmuGather::tlb_gather_mmu(&k, &mm);
+        // b (e.g. a parallel MADV_DONTNEED) is still pending when a finishes.
+        let b = MmuGather::tlb_gather_mmu(&k, &mm);
+        a.tlb_remove_tlb_entry(VA);
+        a.tlb_finish_mmu();
+        if fix {
+            assert_eq!(k.stats.get(Stat::NestedFlushForced), 1);
+            assert_eq!(k.stats.get(Stat::TlbFlushFull), 1, "forced full flush");
+            assert_eq!(k.stats.get(Stat::TlbFlushRanged), 0);
+            assert!(!cached(&k, &mm, far), "everything of the mm flushed");
+        } else {
+            assert_eq!(k.stats.get(Stat::NestedFlushForced), 0);
+            assert_eq!(k.stats.get(Stat::TlbFlushFull), 0);
+            assert_eq!(k.stats.get(Stat::TlbFlushRanged), 1);
+            assert!(cached(&k, &mm, far), "only its own range flushed");
+        }
+        b.tlb_finish_mmu();
+        assert!(!mm.mm_tlb_flush_pending());
+    }
+}
+
+fn tlb_setup_with(arch: Arch, f: impl FnOnce(&mut KernelConfig)) -> (Arc<Kernel>, Arc<crate::mm::MmStruct>, u64) {
+    let k = kernel_with(1, |c| {
+        c.arch = arch;
+        f(c)
+    });
+    let mm = k.mm_alloc();
+    crate::tlb::switch_mm(&k, &mm);
+    let far = VA + 0x1000_0000;
+    {
+        let mut t = k.hw.tlb(CpuId(0));
+        t.insert(mm.id, VA, Pfn(100), true, true, false, 0);
+        t.insert(mm.id, far, Pfn(101), true, true, false, 0);
+    }
+    (k, mm, far)
+}
+
+#[test]
+fn nested_forced_flush_sets_freed_tables_on_x86() {
+    // freed_tables makes x86 interrupt lazy CPUs too: with CPU 1 lazy on the
+    // mm, the forced flush reaches it (it switches to init_mm).
+    let k = kernel(2);
+    let mm = k.mm_alloc();
+    crate::tlb::switch_mm(&k, &mm);
+    mm.cpumask.set(CpuId(1));
+    k.cpus[1].loaded_mm.store(mm.id, Ordering::SeqCst);
+    k.cpus[1].is_lazy.store(true, Ordering::SeqCst);
+    let a = MmuGather::tlb_gather_mmu(&k, &mm);
+    let b = MmuGather::tlb_gather_mmu(&k, &mm);
+    a.tlb_finish_mmu();
+    assert_eq!(k.stats.get(Stat::LazySwitchToInitMm), 1);
+    b.tlb_finish_mmu();
+}
+
+// ---- §10.8 hugetlb unsharing -------------------------------------------------
+
+#[test]
+fn unshare_syncs_once_and_only_for_the_last_sharer() {
+    let k = kernel(2);
+    let mm = k.mm_alloc();
+    let g = k.cfg.geometry;
+    let vma = anon_vma(0, g.pud_size() * 4, crate::mm::vm::VM_HUGETLB);
+    let pt1 = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let pt2 = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let pt3 = crate::pgtable::alloc_table_frame(&k).unwrap();
+    k.mem.page(pt1).pt_share_count.store(2, Ordering::SeqCst);
+    k.mem.page(pt2).pt_share_count.store(1, Ordering::SeqCst);
+    k.mem.page(pt3).pt_share_count.store(1, Ordering::SeqCst);
+
+    let mut tlb = MmuGather::tlb_gather_mmu_vma(&k, &mm, &vma);
+    assert_eq!(tlb.page_size(), g.pmd_size());
+    assert_eq!(tlb.vma_flags(), (false, true, false));
+    // Not the last sharer: flush, but no sync IPI.
+    tlb.tlb_unshare_pmd_ptdesc(pt1, g.pud_size() + 0x5000);
+    assert_eq!(tlb.range(), (g.pud_size(), 2 * g.pud_size()));
+    assert!(tlb.unshared_tables() && !tlb.fully_unshared_tables());
+    tlb.tlb_flush_unshared_tables();
+    assert_eq!(k.stats.get(Stat::TlbFlushRanged), 1);
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 0);
+    assert!(!tlb.unshared_tables());
+    // Two tables become exclusive in one gather: one sync.
+    tlb.tlb_unshare_pmd_ptdesc(pt2, 2 * g.pud_size());
+    tlb.tlb_unshare_pmd_ptdesc(pt3, 3 * g.pud_size());
+    assert!(tlb.fully_unshared_tables());
+    tlb.tlb_flush_unshared_tables();
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 1);
+    assert_eq!(k.smp.call_interrupts(CpuId(1)), 1);
+    assert!(!tlb.fully_unshared_tables());
+    assert_eq!(k.mem.page(pt2).pt_share_count.load(Ordering::SeqCst), 0);
+    tlb.tlb_finish_mmu();
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 1);
+}
+
+#[test]
+#[should_panic(expected = "fully_unshared_tables")]
+fn finish_with_fully_unshared_tables_is_a_bug() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let pt = crate::pgtable::alloc_table_frame(&k).unwrap();
+    k.mem.page(pt).pt_share_count.store(1, Ordering::SeqCst);
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    tlb.tlb_unshare_pmd_ptdesc(pt, 0);
+    tlb.tlb_finish_mmu();
+}
