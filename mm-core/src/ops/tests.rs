@@ -191,6 +191,26 @@ fn shared_file_write_writeback_and_redirty() {
 }
 
 #[test]
+fn zap_of_dirty_file_page_delays_rmap_and_keeps_data() {
+    let k = kernel(1);
+    let file = k.new_file(4);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_file(&k, &mm, BASE, 4 * PS, true, true, &file, 0).unwrap();
+    k.write_user(&mm, BASE + 2 * PS, 55).unwrap();
+    munmap(&k, &mm, BASE, 4 * PS).unwrap();
+    assert_eq!(k.stats.get(Stat::DelayedRmaps), 1, "the dirty file PTE's rmap went after the flush");
+    let folio = *file.i_pages.lock().get(&2).unwrap();
+    assert!(k.mem.folio(folio).test(crate::page::flags::PG_DIRTY), "zap moved the PTE dirty bit to the folio");
+    assert_eq!(writeback_mapping(&k, &file), 1);
+    assert_eq!(file.disk.lock().get(&2).unwrap()[0], 55);
+    exit_mm(&k, &mm);
+    assert_eq!(truncate_inode_pages(&k, &file), 0);
+    assert_no_leaks(&k);
+    assert_eq!(k.san.count(), 0);
+}
+
+#[test]
 fn x86_remote_flush_reaches_running_cpu() {
     let k = kernel(2);
     let mm = k.mm_alloc();
