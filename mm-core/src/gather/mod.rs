@@ -445,13 +445,11 @@ impl<'a> MmuGather<'a> {
             batch.push(encode_nr_pages(nr_pages));
         }
         // Make sure another page + nr_pages (two slots) always fits.
-        if batch.nr >= batch.max - 1 {
-            if !self.tlb_next_batch() {
-                return true;
-            }
+        if batch.nr >= batch.max - 1 && !self.tlb_next_batch() {
+            return true;
         }
         let b = &self.batches[self.active];
-        debug_assert!(b.nr <= b.max - 1, "VM_BUG_ON_PAGE(batch->nr > batch->max - 1)");
+        debug_assert!(b.nr < b.max, "VM_BUG_ON_PAGE(batch->nr > batch->max - 1)");
         false
     }
 
