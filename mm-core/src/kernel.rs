@@ -228,7 +228,7 @@ impl Kernel {
         while self.rcu.pending() > 0 {
             self.rcu_process_callbacks();
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 crate::sync::yield_now();
             }
             assert!(spins < 10_000_000, "rcu_barrier: grace period never ended (a CPU stuck with IRQs off?)");

@@ -89,7 +89,7 @@ pub struct SyncSmp {
 
 impl SyncSmp {
     pub fn new(nr_cpus: usize) -> Self {
-        assert!(nr_cpus >= 1 && nr_cpus <= crate::types::NR_CPUS, "SyncSmp: bad CPU count {nr_cpus}");
+        assert!((1..=crate::types::NR_CPUS).contains(&nr_cpus), "SyncSmp: bad CPU count {nr_cpus}");
         Self {
             nr: nr_cpus,
             current: AtomicU32::new(0),

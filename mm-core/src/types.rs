@@ -21,6 +21,7 @@ impl Pfn {
         self.0 as usize
     }
     #[inline]
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, n: u64) -> Pfn {
         Pfn(self.0 + n)
     }

@@ -109,6 +109,7 @@ impl Tlb {
     }
 
     /// Insert (or replace) the translation for `va`.
+    #[allow(clippy::too_many_arguments)]
     pub fn insert(&mut self, asid: u64, va: u64, pfn: Pfn, writable: bool, dirty: bool, huge: bool, gen: u64) {
         let shift = if huge { self.geo.level_shift(Level::Pmd) } else { self.geo.page_shift };
         let vpn = va >> shift;

@@ -41,7 +41,7 @@ impl std::error::Error for MmError {}
 /// Check page alignment and the user address range.
 pub fn check_range(k: &Kernel, addr: u64, len: u64) -> Result<u64, MmError> {
     let ps = k.cfg.geometry.page_size();
-    if len == 0 || addr % ps != 0 || len % ps != 0 {
+    if len == 0 || !addr.is_multiple_of(ps) || !len.is_multiple_of(ps) {
         return Err(MmError::Inval(format!(
             "addr {addr:#x} / len {len:#x} must be non-empty multiples of the page size {ps:#x}"
         )));
@@ -86,6 +86,7 @@ pub fn mmap_anon(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64, writable: 
 }
 
 /// `mmap(addr, len, prot, MAP_SHARED or MAP_PRIVATE, file, pgoff)` at a fixed address.
+#[allow(clippy::too_many_arguments)]
 pub fn mmap_file(
     k: &Kernel,
     mm: &Arc<MmStruct>,

@@ -282,8 +282,7 @@ fn x86_ceiling_turns_big_ranges_into_full_flushes() {
 
 #[test]
 fn arm64_broadcast_invalidates_cpu_with_irqs_off() {
-    let mut cfg = KernelConfig::default();
-    cfg.arch = Arch::Arm64;
+    let cfg = KernelConfig { arch: Arch::Arm64, ..KernelConfig::default() };
     let k = Kernel::new_sync(cfg, 2);
     let mm = k.mm_alloc();
     run_on(&k, 1, &mm);

@@ -97,7 +97,7 @@ impl PageAllocator {
         while (pfn as usize) < nr_frames {
             let mut order = 0;
             while order < MAX_PAGE_ORDER
-                && pfn % (1 << (order + 1)) == 0
+                && pfn.is_multiple_of(1 << (order + 1))
                 && pfn as usize + (1 << (order + 1)) <= nr_frames
             {
                 order += 1;
