@@ -173,7 +173,7 @@ impl Shared {
         };
         if spin {
             *spins = spins.wrapping_add(1);
-            if *spins % 64 == 0 {
+            if *spins & 63 == 0 {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
