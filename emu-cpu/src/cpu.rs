@@ -1,0 +1,349 @@
+//! Per-CPU state, the IPI mailbox, interrupt masking and the `Smp` handle.
+//!
+//! Contract:
+//! - Every emulated CPU is one OS thread with two mailboxes: `ipi` (cross
+//!   calls and wake-ups, serviced only at interrupt points with IRQs on) and
+//!   `task` (work items, run only from the CPU's main loop).
+//! - Interrupt points: the main loop between tasks and while idle, the wait
+//!   inside this CPU's own `smp_call_function_many`, `local_irq_restore` that
+//!   re-enables IRQs, and `cond_resched` with IRQs on.
+//! - An IPI handler runs with this CPU's IRQs off, counts one CAL interrupt,
+//!   and never lets a panic escape (the panic is reported to the sender).
+//! - `smp_call_function_many` returns (or panics) only once no target is
+//!   running or can still start the borrowed closure: each target's slot
+//!   goes PENDING -> RUNNING -> DONE, and on watchdog timeout the sender
+//!   flips PENDING -> CANCELLED and waits for RUNNING ones to finish.
+//! - `this_cpu()` outside a CPU thread of this machine panics.
+
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, Select, Sender};
+use mm_core::smp::{IrqFlags, Smp};
+use mm_core::sync::{Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
+use mm_core::types::{CpuId, CpuMask};
+
+use crate::WaitPolicy;
+
+/// Spins before an adaptive waiter parks.
+const ADAPTIVE_SPINS: u32 = 200;
+/// Longest single park; waiters re-check their state at least this often.
+const MAX_PARK: Duration = Duration::from_millis(50);
+
+thread_local! {
+    /// (machine id, cpu) of the emulated CPU this OS thread plays.
+    static CURRENT: Cell<Option<(u64, u32)>> = const { Cell::new(None) };
+}
+
+pub(crate) fn set_current(machine: u64, cpu: u32) {
+    CURRENT.with(|c| c.set(Some((machine, cpu))));
+}
+
+pub(crate) enum Ipi {
+    Call(Arc<CallData>),
+    /// "Your cross call completed": only wakes a parked sender.
+    Wake,
+}
+
+pub(crate) enum Task {
+    Run(Box<dyn FnOnce() + Send>),
+    Stop,
+}
+
+const NOT_TARGET: u32 = 0;
+const PENDING: u32 = 1;
+const RUNNING: u32 = 2;
+const DONE: u32 = 3;
+const CANCELLED: u32 = 4;
+
+/// One `smp_call_function_many` (the kernel's per-call csd set).
+pub(crate) struct CallData {
+    /// The sender's borrowed closure; see the SAFETY note in
+    /// `smp_call_function_many` for why `'static` is sound here.
+    func: &'static (dyn Fn(CpuId) + Sync),
+    from: CpuId,
+    /// Per CPU index: NOT_TARGET / PENDING / RUNNING / DONE / CANCELLED.
+    state: Box<[AtomicU32]>,
+    remaining: AtomicUsize,
+    panic: Mutex<Option<String>>,
+}
+
+pub(crate) struct CpuSlot {
+    pub(crate) ipi_tx: Sender<Ipi>,
+    pub(crate) ipi_rx: Receiver<Ipi>,
+    pub(crate) task_tx: Sender<Task>,
+    pub(crate) task_rx: Receiver<Task>,
+    irq_off: AtomicBool,
+    cal: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) id: u64,
+    pub(crate) cpus: Box<[CpuSlot]>,
+    pub(crate) wait: WaitPolicy,
+    pub(crate) watchdog: Duration,
+}
+
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic payload>".to_string()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(id: u64, n: usize, wait: WaitPolicy, watchdog: Duration) -> Self {
+        let cpus = (0..n)
+            .map(|_| {
+                let (ipi_tx, ipi_rx) = crossbeam::channel::unbounded();
+                let (task_tx, task_rx) = crossbeam::channel::unbounded();
+                CpuSlot {
+                    ipi_tx,
+                    ipi_rx,
+                    task_tx,
+                    task_rx,
+                    irq_off: AtomicBool::new(false),
+                    cal: AtomicU64::new(0),
+                }
+            })
+            .collect();
+        Shared { id, cpus, wait, watchdog }
+    }
+
+    fn current(&self) -> Option<CpuId> {
+        match CURRENT.with(|c| c.get()) {
+            Some((m, c)) if m == self.id => Some(CpuId(c)),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn this_cpu(&self) -> CpuId {
+        self.current().unwrap_or_else(|| {
+            panic!(
+                "emu-cpu: this_cpu() called from a thread that is not an emulated CPU of machine {} \
+                 (run kernel code through Machine::run_on / spawn_on)",
+                self.id
+            )
+        })
+    }
+
+    /// Interrupt point: run every pending IPI if this CPU's IRQs are on.
+    pub(crate) fn poll_ipis(&self, me: CpuId) {
+        let slot = &self.cpus[me.idx()];
+        while !slot.irq_off.load(Ordering::SeqCst) {
+            match slot.ipi_rx.try_recv() {
+                Ok(msg) => self.handle_ipi(me, msg),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn handle_ipi(&self, me: CpuId, msg: Ipi) {
+        let Ipi::Call(cd) = msg else { return };
+        let i = me.idx();
+        if cd.state[i].compare_exchange(PENDING, RUNNING, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            return; // cancelled by the sender's watchdog
+        }
+        let slot = &self.cpus[i];
+        let was_off = slot.irq_off.swap(true, Ordering::SeqCst);
+        slot.cal.fetch_add(1, Ordering::SeqCst);
+        let r = catch_unwind(AssertUnwindSafe(|| (cd.func)(me)));
+        slot.irq_off.store(was_off, Ordering::SeqCst);
+        if let Err(p) = r {
+            *cd.panic.lock() = Some(format!("IPI handler panicked on {me}: {}", panic_message(&*p)));
+        }
+        // After this store the sender may return: `cd.func` is not touched again.
+        cd.state[i].store(DONE, Ordering::SeqCst);
+        if cd.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let _ = self.cpus[cd.from.idx()].ipi_tx.send(Ipi::Wake);
+        }
+    }
+
+    /// Block (per policy) until something may be in `rxs`, at most `max`.
+    pub(crate) fn idle_wait(&self, spins: &mut u32, rxs: &[&Receiver<Ipi>], task: Option<&Receiver<Task>>, max: Duration) {
+        let ready = || rxs.iter().any(|r| !r.is_empty()) || task.is_some_and(|t| !t.is_empty());
+        let spin = match self.wait {
+            WaitPolicy::Spin => true,
+            WaitPolicy::Park => false,
+            WaitPolicy::Adaptive => *spins < ADAPTIVE_SPINS,
+        };
+        if spin {
+            *spins = spins.wrapping_add(1);
+            if *spins & 63 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+            return;
+        }
+        if ready() {
+            return;
+        }
+        let mut sel = Select::new();
+        for r in rxs {
+            sel.recv(r);
+        }
+        if let Some(t) = task {
+            sel.recv(t);
+        }
+        let _ = sel.ready_timeout(max.min(MAX_PARK));
+    }
+
+    fn smp_call_function_many(&self, mask: &CpuMask, func: &(dyn Fn(CpuId) + Sync)) {
+        let me = self.this_cpu();
+        let n = self.cpus.len();
+        assert!(
+            !self.cpus[me.idx()].irq_off.load(Ordering::SeqCst),
+            "smp_call_function_many called on {me} with IRQs disabled: it would wait forever"
+        );
+        let targets: Vec<CpuId> = mask.iter().filter(|c| *c != me && c.idx() < n).collect();
+        if targets.is_empty() {
+            return;
+        }
+        // SAFETY: the reference is extended to 'static only to travel through
+        // the mailboxes.  Targets call it only after winning PENDING->RUNNING
+        // on their slot and never touch it after storing DONE.  This function
+        // does not return or unwind before every target slot is DONE or
+        // CANCELLED (normal path: `remaining == 0`; watchdog path: every
+        // PENDING slot is CANCELLED and every RUNNING slot is waited for
+        // before panicking), so no call outlives the borrow.
+        let func: &'static (dyn Fn(CpuId) + Sync) = unsafe { std::mem::transmute(func) };
+        let cd = Arc::new(CallData {
+            func,
+            from: me,
+            state: (0..n).map(|i| AtomicU32::new(if mask.test(CpuId(i as u32)) && i != me.idx() { PENDING } else { NOT_TARGET })).collect(),
+            remaining: AtomicUsize::new(targets.len()),
+            panic: Mutex::new(None),
+        });
+        for t in &targets {
+            // The receiver lives in `self`, so send cannot fail.
+            let _ = self.cpus[t.idx()].ipi_tx.send(Ipi::Call(cd.clone()));
+        }
+        let own = &self.cpus[me.idx()].ipi_rx;
+        let deadline = Instant::now() + self.watchdog;
+        let mut spins = 0;
+        loop {
+            self.poll_ipis(me);
+            if cd.remaining.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.watchdog_fire(me, &cd);
+            }
+            self.idle_wait(&mut spins, &[own], None, deadline - now);
+        }
+        let p = cd.panic.lock().take();
+        if let Some(p) = p {
+            panic!("smp_call_function_many from {me}: {p}");
+        }
+    }
+
+    /// CSD-lock timeout: cancel what has not started, wait for what runs,
+    /// then panic naming the sender, the stuck targets and their IRQ state.
+    fn watchdog_fire(&self, me: CpuId, cd: &CallData) -> ! {
+        let mut stuck = Vec::new();
+        for (i, s) in cd.state.iter().enumerate() {
+            if s.compare_exchange(PENDING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                let off = self.cpus[i].irq_off.load(Ordering::SeqCst);
+                stuck.push(format!("CPU{i} (IRQs {})", if off { "off" } else { "on" }));
+            }
+        }
+        // Handlers already running must finish before the borrow ends.
+        let mut spins = 0;
+        while cd.state.iter().any(|s| s.load(Ordering::SeqCst) == RUNNING) {
+            self.poll_ipis(me);
+            self.idle_wait(&mut spins, &[&self.cpus[me.idx()].ipi_rx], None, Duration::from_millis(1));
+        }
+        panic!(
+            "CSD lock timeout: {me} waited {:?} in smp_call_function_many for {} to acknowledge",
+            self.watchdog,
+            if stuck.is_empty() { "<targets that finished late>".to_string() } else { stuck.join(", ") }
+        );
+    }
+}
+
+/// The machine's `Smp`: what the kernel owns (`Box<dyn Smp>`).  Cheap to
+/// clone; every clone talks to the same machine.
+#[derive(Clone)]
+pub struct MachineSmp {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MachineSmp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MachineSmp").field("machine", &self.shared.id).field("cpus", &self.shared.cpus.len()).finish()
+    }
+}
+
+impl Smp for MachineSmp {
+    fn nr_cpus(&self) -> usize {
+        self.shared.cpus.len()
+    }
+
+    fn this_cpu(&self) -> CpuId {
+        self.shared.this_cpu()
+    }
+
+    fn smp_call_function_many(&self, mask: &CpuMask, func: &(dyn Fn(CpuId) + Sync)) {
+        self.shared.smp_call_function_many(mask, func);
+    }
+
+    fn local_irq_save(&self) -> IrqFlags {
+        let me = self.this_cpu();
+        IrqFlags { was_disabled: self.shared.cpus[me.idx()].irq_off.swap(true, Ordering::SeqCst) }
+    }
+
+    fn local_irq_restore(&self, flags: IrqFlags) {
+        let me = self.this_cpu();
+        self.shared.cpus[me.idx()].irq_off.store(flags.was_disabled, Ordering::SeqCst);
+        if !flags.was_disabled {
+            self.shared.poll_ipis(me); // re-enable is an interrupt point
+        }
+    }
+
+    fn irqs_disabled(&self) -> bool {
+        let me = self.this_cpu();
+        self.shared.cpus[me.idx()].irq_off.load(Ordering::SeqCst)
+    }
+
+    fn cond_resched(&self) {
+        if let Some(me) = self.shared.current() {
+            self.shared.poll_ipis(me);
+        }
+    }
+
+    fn call_interrupts(&self, cpu: CpuId) -> u64 {
+        self.shared.cpus[cpu.idx()].cal.load(Ordering::SeqCst)
+    }
+}
+
+/// The CPU thread's main loop.
+pub(crate) fn cpu_main(shared: Arc<Shared>, me: CpuId) {
+    set_current(shared.id, me.0);
+    let slot = &shared.cpus[me.idx()];
+    let mut spins = 0;
+    loop {
+        shared.poll_ipis(me);
+        match slot.task_rx.try_recv() {
+            Ok(Task::Run(f)) => {
+                spins = 0;
+                // Tasks report their own panics (see Machine::spawn_on); this
+                // guard only keeps the CPU alive if one slips through.
+                let _ = catch_unwind(AssertUnwindSafe(f));
+                // Between tasks IRQs are on (a task that leaked an
+                // IRQs-off region does not wedge the CPU).
+                slot.irq_off.store(false, Ordering::SeqCst);
+            }
+            Ok(Task::Stop) => break,
+            Err(crossbeam::channel::TryRecvError::Disconnected) => break,
+            Err(crossbeam::channel::TryRecvError::Empty) => {
+                shared.idle_wait(&mut spins, &[&slot.ipi_rx], Some(&slot.task_rx), MAX_PARK);
+            }
+        }
+    }
+}

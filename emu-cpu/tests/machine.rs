@@ -1,0 +1,219 @@
+//! Machine tests: cross calls, mutual shootdowns, many CPUs, the CSD-lock
+//! watchdog, panics reported with their CPU, and the real kernel on top.
+//! Every wait is bounded; each test finishes in seconds on 2 host cores.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use emu_cpu::{Machine, MachineConfig, MachineError, WaitPolicy};
+use mm_core::smp::{smp_call_function, Smp};
+use mm_core::stats::Stat;
+use mm_core::types::{CpuId, CpuMask};
+
+fn cfg(wait: WaitPolicy) -> MachineConfig {
+    MachineConfig { pin: false, wait, watchdog: Duration::from_secs(5), task_timeout: Duration::from_secs(20) }
+}
+
+fn cross_call_reaches_each_other_cpu_once(n: usize, wait: WaitPolicy, pin: bool) {
+    let m = Machine::new(n, MachineConfig { pin, ..cfg(wait) });
+    let smp = Arc::new(m.smp());
+    for sender in [0, n - 1] {
+        let hits: Arc<Vec<AtomicUsize>> = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
+        let before: Vec<u64> = (0..n).map(|c| smp.call_interrupts(CpuId(c as u32))).collect();
+        let (s, h) = (smp.clone(), hits.clone());
+        m.run_on(CpuId(sender as u32), move || {
+            let s2 = s.clone();
+            smp_call_function(&*s, &|c| {
+                assert_eq!(s2.this_cpu(), c, "handler runs on its target");
+                assert!(s2.irqs_disabled(), "handlers run with IRQs off");
+                h[c.idx()].fetch_add(1, Ordering::SeqCst);
+            });
+        })
+        .unwrap();
+        for c in 0..n {
+            let want = usize::from(c != sender);
+            assert_eq!(hits[c].load(Ordering::SeqCst), want, "CPU{c} ran the call {want} time(s)");
+            let cal = smp.call_interrupts(CpuId(c as u32)) - before[c];
+            assert_eq!(cal, want as u64, "CAL count of CPU{c}");
+        }
+    }
+    let total: u64 = (0..n).map(|c| smp.call_interrupts(CpuId(c as u32))).sum();
+    assert_eq!(total, 2 * (n as u64 - 1));
+}
+
+#[test]
+fn a_cross_call_2_4_16_cpus() {
+    for n in [2, 4, 16] {
+        cross_call_reaches_each_other_cpu_once(n, WaitPolicy::Adaptive, false);
+        cross_call_reaches_each_other_cpu_once(n, WaitPolicy::Park, true);
+    }
+    cross_call_reaches_each_other_cpu_once(2, WaitPolicy::Spin, true);
+    cross_call_reaches_each_other_cpu_once(4, WaitPolicy::Spin, false);
+}
+
+#[test]
+fn b_mutual_shootdown_no_deadlock_1000() {
+    const ROUNDS: usize = 1000;
+    for wait in [WaitPolicy::Adaptive, WaitPolicy::Park] {
+        let m = Machine::new(2, cfg(wait));
+        let smp = Arc::new(m.smp());
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..2u32)
+            .map(|me| {
+                let (s, arrived) = (smp.clone(), arrived.clone());
+                m.spawn_on(CpuId(me), move || {
+                    let mut mask = CpuMask::new();
+                    mask.set(CpuId(1 - me));
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    for round in 0..ROUNDS {
+                        // Rendezvous at an interrupt point so both calls overlap.
+                        arrived.fetch_add(1, Ordering::SeqCst);
+                        while arrived.load(Ordering::SeqCst) < 2 * (round + 1) {
+                            s.cond_resched();
+                            assert!(Instant::now() < deadline, "rendezvous timed out");
+                            std::thread::yield_now(); // 2-core CI: let the other CPU thread run
+                        }
+                        s.smp_call_function_many(&mask, &|_| {});
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join(Duration::from_secs(20)).unwrap();
+        }
+        assert_eq!(smp.call_interrupts(CpuId(0)), ROUNDS as u64);
+        assert_eq!(smp.call_interrupts(CpuId(1)), ROUNDS as u64);
+    }
+}
+
+#[test]
+fn c_64_cpus_unpinned_adaptive_call_to_all() {
+    let m = Machine::new(64, cfg(WaitPolicy::Adaptive));
+    let smp = Arc::new(m.smp());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (s, seen2) = (smp.clone(), seen.clone());
+    m.run_on(CpuId(5), move || smp_call_function(&*s, &|c| seen2.lock().unwrap().push(c))).unwrap();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    let want: Vec<CpuId> = (0..64u32).filter(|&c| c != 5).map(CpuId).collect();
+    assert_eq!(seen, want);
+}
+
+#[test]
+fn d_watchdog_names_target_with_irqs_off() {
+    let m = Machine::new(2, MachineConfig { watchdog: Duration::from_millis(200), ..cfg(WaitPolicy::Adaptive) });
+    let smp = Arc::new(m.smp());
+    let release = Arc::new(AtomicBool::new(false));
+    let irqs_off = Arc::new(AtomicBool::new(false));
+    let (s, rel, off) = (smp.clone(), release.clone(), irqs_off.clone());
+    let stuck = m.spawn_on(CpuId(1), move || {
+        let f = s.local_irq_save();
+        off.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !rel.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        s.local_irq_restore(f);
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !irqs_off.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "CPU1 never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let s = smp.clone();
+    let t0 = Instant::now();
+    let err = m.run_on(CpuId(0), move || smp_call_function(&*s, &|_| {})).unwrap_err();
+    let waited = t0.elapsed();
+    release.store(true, Ordering::SeqCst);
+    stuck.join(Duration::from_secs(5)).unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, MachineError::Panicked { cpu: CpuId(0), .. }), "{msg}");
+    assert!(msg.contains("CSD lock timeout") && msg.contains("CPU1 (IRQs off)"), "{msg}");
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(5), "{waited:?}");
+    // The cancelled call never ran on CPU1, and the machine still works.
+    assert_eq!(smp.call_interrupts(CpuId(1)), 0);
+    let s = smp.clone();
+    m.run_on(CpuId(0), move || smp_call_function(&*s, &|_| {})).unwrap();
+    assert_eq!(smp.call_interrupts(CpuId(1)), 1);
+}
+
+#[test]
+fn e_task_panic_reports_cpu() {
+    let m = Machine::new(4, cfg(WaitPolicy::Park));
+    let err = m.run_on(CpuId(3), || -> u32 { panic!("boom") }).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("CPU3") && msg.contains("boom"), "{msg}");
+    // The CPU survives its task's panic.
+    assert_eq!(m.run_on(CpuId(3), || 7).unwrap(), 7);
+    // A handler panic is reported to the sender, not lost.
+    let smp = Arc::new(m.smp());
+    let s = smp.clone();
+    let err = m
+        .run_on(CpuId(0), move || {
+            let mut mask = CpuMask::new();
+            mask.set(CpuId(2));
+            s.smp_call_function_many(&mask, &|_| panic!("handler oops"));
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("CPU0") && err.contains("CPU2") && err.contains("handler oops"), "{err}");
+    // Non-existent CPU: an error, not a hang.
+    assert!(matches!(m.run_on(CpuId(9), || ()), Err(MachineError::Stopped { .. })));
+}
+
+#[test]
+fn waiting_with_irqs_off_panics_clearly() {
+    let m = Machine::new(2, cfg(WaitPolicy::Adaptive));
+    let s = m.smp();
+    let err = m
+        .run_on(CpuId(1), move || {
+            let _f = s.local_irq_save();
+            smp_call_function(&s, &|_| {});
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("IRQs disabled") && err.contains("CPU1"), "{err}");
+}
+
+#[test]
+#[should_panic(expected = "not an emulated CPU")]
+fn this_cpu_off_machine_panics() {
+    let m = Machine::new(1, cfg(WaitPolicy::Park));
+    let _ = m.smp().this_cpu();
+}
+
+#[test]
+fn f_real_kernel_remote_flush() {
+    use mm_core::ops::{madvise_dontneed, mmap_anon};
+    use mm_core::tlb::switch_mm;
+    use mm_core::{Kernel, KernelConfig};
+    const BASE: u64 = 0x4000_0000;
+    const PS: u64 = 4096;
+
+    let m = Machine::new(2, cfg(WaitPolicy::Adaptive));
+    let kc = KernelConfig { nr_cpus: 2, ..KernelConfig::default() };
+    let k = Kernel::new(kc, Box::new(m.smp())).unwrap();
+    let kk = k.clone();
+    let mm = m
+        .run_on(CpuId(1), move || {
+            let mm = kk.mm_alloc();
+            switch_mm(&kk, &mm);
+            mmap_anon(&kk, &mm, BASE, 4 * PS, true).unwrap();
+            kk.write_user(&mm, BASE, 1).unwrap();
+            mm
+        })
+        .unwrap();
+    let (kk, mm0) = (k.clone(), mm.clone());
+    m.run_on(CpuId(0), move || {
+        switch_mm(&kk, &mm0);
+        madvise_dontneed(&kk, &mm0, BASE, PS).unwrap();
+    })
+    .unwrap();
+    assert_eq!(k.stats.get_cpu(CpuId(1), Stat::NrTlbRemoteFlushReceived), 1);
+    assert_eq!(k.smp.call_interrupts(CpuId(1)), 1);
+    let (kk, mm1) = (k.clone(), mm.clone());
+    let v = m.run_on(CpuId(1), move || kk.read_user(&mm1, BASE).unwrap()).unwrap();
+    assert_eq!(v, 0, "CPU1 does not see the freed page");
+    assert_eq!(k.san.count(), 0, "violations: {:?}", k.san.violations());
+}
