@@ -41,8 +41,7 @@ struct Args {
 fn main() {
     let args = Args::parse();
     const BASE: u64 = 0x10_0000_0000;
-    let mut cfg = KernelConfig::default();
-    cfg.arch = args.arch;
+    let mut cfg = KernelConfig { arch: args.arch, ..KernelConfig::default() };
     let ps = cfg.geometry.page_size();
     let pages = args.mib * (1 << 20) / ps;
     cfg.ram_frames = (pages as usize * 2 + 8192).next_power_of_two();
