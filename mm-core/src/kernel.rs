@@ -135,8 +135,7 @@ impl Kernel {
 
     /// Allocate a folio of `order` for `kind` on this CPU.
     pub fn alloc_pages(&self, order: u32, kind: PageKind) -> Option<Pfn> {
-        let pfn = self.alloc.alloc(&self.mem, self.this_cpu(), order, kind)?;
-        Some(pfn)
+        self.alloc.alloc(&self.mem, self.this_cpu(), order, kind)
     }
 
     /// Allocate a zeroed folio.

@@ -46,10 +46,9 @@ pub fn check_consistency(k: &Kernel, mms: &[&Arc<MmStruct>], files: &[&Arc<Addre
     let mut maps: HashMap<Pfn, i32> = HashMap::new();
     for mm in mms {
         let mut rss = 0;
-        for_each_pte(k, mm, |va, pte| {
+        for_each_pte(k, mm, |_, pte| {
             rss += 1;
             *maps.entry(pte.pfn()).or_default() += 1;
-            let _ = va;
         });
         let want = mm.rss.load(Ordering::SeqCst);
         if rss != want {

@@ -168,8 +168,8 @@ pub fn mmdrop(k: &Kernel, mm: &Arc<MmStruct>) {
             users.set(crate::types::CpuId(c as u32));
         }
     }
-    let leave = |cpu| {
-        if k.cpus[crate::types::CpuId::idx(cpu)].loaded_mm.load(Ordering::SeqCst) == mm.id {
+    let leave = |cpu: crate::types::CpuId| {
+        if k.cpus[cpu.idx()].loaded_mm.load(Ordering::SeqCst) == mm.id {
             crate::tlb::switch_to_init_mm(k, cpu);
         }
     };

@@ -18,7 +18,7 @@
 
 pub mod x86;
 
-use crate::config::{Arch, Fix};
+use crate::config::Arch;
 use crate::kernel::Kernel;
 use crate::mm::MmStruct;
 use crate::stats::{Stat, TLB_FLUSH_ALL};
@@ -239,9 +239,7 @@ fn generic_flush_tlb_mm(k: &Kernel, mm: &MmStruct) {
 /// `mmu_notifier_arch_invalidate_secondary_tlbs(mm, start, end)`: called from
 /// inside the arch flush (6bbd42e2df8f).  Secondary TLBs arrive with the
 /// race-features work; with no subscriber this is a no-op.
-pub fn secondary_invalidate(_k: &Kernel, _mm: &MmStruct, _start: u64, _end: u64) {
-    let _ = Fix::SecondaryTlbOnFlush;
-}
+pub fn secondary_invalidate(_k: &Kernel, _mm: &MmStruct, _start: u64, _end: u64) {}
 
 /// `flush_tlb_all`-style whole-TLB flush of one CPU (reason TLB_LOCAL_SHOOTDOWN).
 pub fn flush_tlb_local_all(k: &Kernel, cpu: CpuId) {
