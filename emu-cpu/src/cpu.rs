@@ -78,11 +78,15 @@ pub(crate) struct CpuSlot {
     cal: AtomicU64,
 }
 
+/// Work an idle CPU does between waits (the kernel's softirq / RCU core).
+pub(crate) type IdleHook = Box<dyn Fn(CpuId) + Send + Sync>;
+
 pub(crate) struct Shared {
     pub(crate) id: u64,
     pub(crate) cpus: Box<[CpuSlot]>,
     pub(crate) wait: WaitPolicy,
     pub(crate) watchdog: Duration,
+    idle_hook: std::sync::OnceLock<IdleHook>,
 }
 
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -111,7 +115,12 @@ impl Shared {
                 }
             })
             .collect();
-        Shared { id, cpus, wait, watchdog }
+        Shared { id, cpus, wait, watchdog, idle_hook: std::sync::OnceLock::new() }
+    }
+
+    /// Install the idle-loop hook (once; later calls are ignored).
+    pub(crate) fn set_idle_hook(&self, hook: IdleHook) {
+        let _ = self.idle_hook.set(hook);
     }
 
     fn current(&self) -> Option<CpuId> {
@@ -342,6 +351,13 @@ pub(crate) fn cpu_main(shared: Arc<Shared>, me: CpuId) {
             Ok(Task::Stop) => break,
             Err(crossbeam::channel::TryRecvError::Disconnected) => break,
             Err(crossbeam::channel::TryRecvError::Empty) => {
+                if let Some(h) = shared.idle_hook.get() {
+                    // Idle with IRQs on: softirq work (RCU callbacks).  A
+                    // panic here would kill the CPU; report and go on.
+                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| h(me))) {
+                        eprintln!("emu-cpu: idle hook panicked on {me}: {}", panic_message(&*p));
+                    }
+                }
                 shared.idle_wait(&mut spins, &[&slot.ipi_rx], Some(&slot.task_rx), MAX_PARK);
             }
         }

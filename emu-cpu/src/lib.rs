@@ -17,6 +17,7 @@
 //!   than hanging the caller.
 
 mod cpu;
+mod system;
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -28,6 +29,7 @@ use mm_core::sync::{Arc, AtomicU64, Ordering};
 use mm_core::types::CpuId;
 
 pub use cpu::MachineSmp;
+pub use system::System;
 use cpu::{panic_message, Shared, Task};
 
 /// How an idle CPU (or a sender waiting for acknowledgements) waits.

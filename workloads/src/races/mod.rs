@@ -1,0 +1,63 @@
+//! Race stress drivers (KERNEL-RACES.md), one module per race.
+//!
+//! Contract of every driver `run(p: &RaceParams) -> Result<RaceOutcome, String>`:
+//! - boots its own `emu_cpu::System` from `p.kcfg` / `p.machine` (the
+//!   driver may require an arch profile or CPU count and says so in its
+//!   `Err`), runs up to `p.iterations` rounds of the race, and stops early
+//!   at the first violation when `p.stop_on_violation`;
+//! - never hangs (all waits go through the machine's timeouts) and turns a
+//!   machine error into `Err` naming the CPU;
+//! - returns the kernel so the caller can read counters and violations.
+
+use emu_cpu::MachineConfig;
+use mm_core::sanitizer::ViolationKind;
+use mm_core::sync::Arc;
+use mm_core::{Kernel, KernelConfig};
+
+/// What a driver is asked to do.
+#[derive(Clone, Debug)]
+pub struct RaceParams {
+    pub kcfg: KernelConfig,
+    pub machine: MachineConfig,
+    /// Upper bound on rounds of the race.
+    pub iterations: u64,
+    pub seed: u64,
+    /// Stop at the first round that produced a violation.
+    pub stop_on_violation: bool,
+}
+
+/// What a driver found.
+pub struct RaceOutcome {
+    /// Rounds actually run.
+    pub iterations: u64,
+    /// 1-based round in which the first violation appeared.
+    pub first_violation_at: Option<u64>,
+    /// Every kind of violation recorded, in order of first appearance.
+    pub kinds: Vec<ViolationKind>,
+    /// The kernel after the run (counters, sanitizer records).
+    pub kernel: Arc<Kernel>,
+}
+
+impl std::fmt::Debug for RaceOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaceOutcome")
+            .field("iterations", &self.iterations)
+            .field("first_violation_at", &self.first_violation_at)
+            .field("kinds", &self.kinds)
+            .field("violations", &self.kernel.san.count())
+            .finish()
+    }
+}
+
+impl RaceOutcome {
+    /// Build from a finished run: kinds are read from the sanitizer.
+    pub fn new(kernel: Arc<Kernel>, iterations: u64, first_violation_at: Option<u64>) -> Self {
+        let mut kinds = Vec::new();
+        for v in kernel.san.violations() {
+            if !kinds.contains(&v.kind) {
+                kinds.push(v.kind);
+            }
+        }
+        RaceOutcome { iterations, first_violation_at, kinds, kernel }
+    }
+}
