@@ -60,3 +60,6 @@ pub fn hw_read(k: &Kernel, va: u64) -> u64 {
 pub fn bare_kernel(cfg: KernelConfig) -> Arc<Kernel> {
     Kernel::new_sync(cfg, 1)
 }
+
+pub mod emu;
+pub mod host;
