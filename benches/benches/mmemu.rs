@@ -628,5 +628,23 @@ fn rounded(v: &[f64]) -> Vec<f64> {
     v.iter().map(|x| (x * 10.0).round() / 10.0).collect()
 }
 
-criterion_group!(benches, mmu, page_alloc, gather, table, munmap, ipi, host_anchors, ratios);
+/// Quick mode (`-- --quick`) must finish in under 3 minutes on a loaded
+/// 2-core host: most of a quick bench's wall time is not measuring but the
+/// bootstrap (100k resamples) and the KDE plots over it, so quick mode runs
+/// without plots and with 10k resamples.  Full runs keep criterion's
+/// defaults (HTML report in target/criterion/report/).
+fn config() -> Criterion {
+    let c = Criterion::default();
+    if mode().quick {
+        c.without_plots().nresamples(10_000)
+    } else {
+        c
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = mmu, page_alloc, gather, table, munmap, ipi, host_anchors, ratios
+}
 criterion_main!(benches);
