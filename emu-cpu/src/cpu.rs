@@ -85,6 +85,10 @@ pub(crate) struct Shared {
     pub(crate) id: u64,
     pub(crate) cpus: Box<[CpuSlot]>,
     pub(crate) wait: WaitPolicy,
+    /// More emulated CPUs than host cores: spinners must yield now and then
+    /// or the CPU they wait for may not run for a whole time slice.  With a
+    /// core each, a yield only hands the core to unrelated host work.
+    oversubscribed: bool,
     pub(crate) watchdog: Duration,
     idle_hook: std::sync::OnceLock<IdleHook>,
 }
@@ -115,7 +119,8 @@ impl Shared {
                 }
             })
             .collect();
-        Shared { id, cpus, wait, watchdog, idle_hook: std::sync::OnceLock::new() }
+        let host = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Shared { id, cpus, wait, watchdog, oversubscribed: n > host, idle_hook: std::sync::OnceLock::new() }
     }
 
     /// Install the idle-loop hook (once; later calls are ignored).
@@ -167,22 +172,28 @@ impl Shared {
         }
         // After this store the sender may return: `cd.func` is not touched again.
         cd.state[i].store(DONE, Ordering::SeqCst);
-        if cd.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+        // A Spin sender never blocks, so it needs no wake-up message.
+        if cd.remaining.fetch_sub(1, Ordering::SeqCst) == 1 && self.wait != WaitPolicy::Spin {
             let _ = self.cpus[cd.from.idx()].ipi_tx.send(Ipi::Wake);
+        }
+    }
+
+    /// Will the next `idle_wait` spin (rather than park)?
+    #[inline]
+    fn spins_next(&self, spins: u32) -> bool {
+        match self.wait {
+            WaitPolicy::Spin => true,
+            WaitPolicy::Park => false,
+            WaitPolicy::Adaptive => spins < ADAPTIVE_SPINS,
         }
     }
 
     /// Block (per policy) until something may be in `rxs`, at most `max`.
     pub(crate) fn idle_wait(&self, spins: &mut u32, rxs: &[&Receiver<Ipi>], task: Option<&Receiver<Task>>, max: Duration) {
         let ready = || rxs.iter().any(|r| !r.is_empty()) || task.is_some_and(|t| !t.is_empty());
-        let spin = match self.wait {
-            WaitPolicy::Spin => true,
-            WaitPolicy::Park => false,
-            WaitPolicy::Adaptive => *spins < ADAPTIVE_SPINS,
-        };
-        if spin {
+        if self.spins_next(*spins) {
             *spins = spins.wrapping_add(1);
-            if *spins & 63 == 0 {
+            if self.oversubscribed && *spins & 63 == 0 {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -209,8 +220,9 @@ impl Shared {
             !self.cpus[me.idx()].irq_off.load(Ordering::SeqCst),
             "smp_call_function_many called on {me} with IRQs disabled: it would wait forever"
         );
-        let targets: Vec<CpuId> = mask.iter().filter(|c| *c != me && c.idx() < n).collect();
-        if targets.is_empty() {
+        let is_target = |i: usize| i != me.idx() && mask.test(CpuId(i as u32));
+        let nr_targets = (0..n).filter(|i| is_target(*i)).count();
+        if nr_targets == 0 {
             return;
         }
         // SAFETY: the reference is extended to 'static only to travel through
@@ -224,27 +236,36 @@ impl Shared {
         let cd = Arc::new(CallData {
             func,
             from: me,
-            state: (0..n).map(|i| AtomicU32::new(if mask.test(CpuId(i as u32)) && i != me.idx() { PENDING } else { NOT_TARGET })).collect(),
-            remaining: AtomicUsize::new(targets.len()),
+            state: (0..n).map(|i| AtomicU32::new(if is_target(i) { PENDING } else { NOT_TARGET })).collect(),
+            remaining: AtomicUsize::new(nr_targets),
             panic: Mutex::new(None),
         });
-        for t in &targets {
+        for i in (0..n).filter(|i| is_target(*i)) {
             // The receiver lives in `self`, so send cannot fail.
-            let _ = self.cpus[t.idx()].ipi_tx.send(Ipi::Call(cd.clone()));
+            let _ = self.cpus[i].ipi_tx.send(Ipi::Call(cd.clone()));
         }
         let own = &self.cpus[me.idx()].ipi_rx;
         let deadline = Instant::now() + self.watchdog;
+        let mut left = self.watchdog;
         let mut spins = 0;
+        let mut polls = 0u32;
         loop {
             self.poll_ipis(me);
             if cd.remaining.load(Ordering::SeqCst) == 0 {
                 break;
             }
-            let now = Instant::now();
-            if now >= deadline {
-                self.watchdog_fire(me, &cd);
+            // Reading the clock costs about as much as a poll: while
+            // spinning look at it every 64 polls only, and always before
+            // parking (so the park never outlasts the watchdog).
+            polls = polls.wrapping_add(1);
+            if polls & 63 == 0 || !self.spins_next(spins) {
+                let now = Instant::now();
+                if now >= deadline {
+                    self.watchdog_fire(me, &cd);
+                }
+                left = deadline - now;
             }
-            self.idle_wait(&mut spins, &[own], None, deadline - now);
+            self.idle_wait(&mut spins, &[own], None, left);
         }
         let p = cd.panic.lock().take();
         if let Some(p) = p {
