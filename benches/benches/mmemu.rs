@@ -13,14 +13,15 @@
 //! page / a folio fragment, batch free per page), `table` (table batch + RCU
 //! free per table), `munmap` (1 GiB of 4 KiB pages, one CPU), `ipi` (1-target
 //! round trip and all-target shootdown for 2/4/8/16 CPUs × spin/park/
-//! adaptive), `host` (membarrier IPI, munmap, touch + MADV_DONTNEED alone and
-//! with a sibling thread).  Then `ratios`: emulated and host measured in
+//! adaptive), `host` (membarrier IPI round trip), `dontneed` (touch +
+//! MADV_DONTNEED of a page alone and with a sibling thread on the other CPU,
+//! emulated and host).  Then `ratios`: emulated and host measured in
 //! alternating rounds (A, B, A, B, ...), medians, written to
 //! `target/criterion/mmemu-ratios.txt`.
 
 use std::time::{Duration, Instant};
 
-use benches::emu::{median, policy_name, EmuIpi, EmuMunmap, Targets};
+use benches::emu::{median, policy_name, EmuDontneed, EmuIpi, EmuMunmap, Targets};
 use benches::host::{self, HostDontneed, HostIpi};
 use benches::{bare_kernel, hw_read, mapped_kernel, page_va, CPU0, USER_BASE};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -407,12 +408,30 @@ fn host_anchors(c: &mut Criterion) {
         }
         Err(e) => eprintln!("host/membarrier_private_expedited: skipped: {e}"),
     }
-    for (name, sibling) in [("touch+dontneed/alone", false), ("touch+dontneed/sibling", true)] {
+    g.finish();
+}
+
+/// Touch one page + madvise(MADV_DONTNEED) it, alone and with a sibling
+/// thread of the same mm running on the other (emulated / host) CPU, so the
+/// zap's flush is a real cross-CPU shootdown.  Emulated: 2-CPU `System`,
+/// spin policy.
+fn dontneed(c: &mut Criterion) {
+    let mut g = c.benchmark_group("dontneed");
+    g.measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(300));
+    g.throughput(Throughput::Elements(1));
+    for (name, sibling) in [("alone", false), ("sibling", true)] {
+        {
+            let e = EmuDontneed::new(sibling, WaitPolicy::Spin);
+            g.bench_function(format!("emu_{name}"), |b| b.iter_custom(|iters| e.time(iters)));
+        }
         match HostDontneed::start(sibling) {
             Ok(h) => {
-                g.bench_function(name, |b| b.iter_custom(|iters| h.time(iters).unwrap_or_else(|e| panic!("{e}"))));
+                g.bench_function(format!("host_{name}"), |b| {
+                    b.iter_custom(|iters| h.time(iters).unwrap_or_else(|e| panic!("{e}")))
+                });
             }
-            Err(e) => eprintln!("host/{name}: skipped: {e}"),
+            Err(e) => eprintln!("dontneed/host_{name}: skipped: {e}"),
         }
     }
     g.finish();
@@ -534,13 +553,21 @@ fn ratios(_c: &mut Criterion) {
         }
     }
 
-    // 4. Host shootdown cost, for reference: touch + DONTNEED alone / with sibling.
+    // 4. The real shootdown, for reference: touch + DONTNEED alone / with a
+    // sibling thread, emulated (2-CPU System, spin) and host, alternating.
+    let dn_iters = ipi_calls / 5;
     let mut dn = [Vec::new(), Vec::new()];
+    let mut edn = [Vec::new(), Vec::new()];
     for _ in 0..rounds {
         for (i, sib) in [false, true].into_iter().enumerate() {
+            {
+                let e = EmuDontneed::new(sib, WaitPolicy::Spin);
+                e.time(dn_iters / 10);
+                edn[i].push(e.time(dn_iters).as_nanos() as f64 / dn_iters as f64);
+            }
             if let Ok(h) = HostDontneed::start(sib) {
-                if let Ok(d) = h.time(ipi_calls / 2) {
-                    dn[i].push(d.as_nanos() as f64 / (ipi_calls / 2) as f64);
+                if let Ok(d) = h.time(dn_iters) {
+                    dn[i].push(d.as_nanos() as f64 / dn_iters as f64);
                 }
             }
         }
@@ -566,6 +593,8 @@ fn ratios(_c: &mut Criterion) {
     ];
     let dn_alone = med(&mut dn[0]);
     let dn_sib = med(&mut dn[1]);
+    let edn_alone = med(&mut edn[0]);
+    let edn_sib = med(&mut edn[1]);
 
     let mut out = String::new();
     use std::fmt::Write as _;
@@ -597,16 +626,14 @@ fn ratios(_c: &mut Criterion) {
         );
     }
     let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "host touch+MADV_DONTNEED per page: alone {} ns, sibling thread spinning on the other core {} ns (the real shootdown adds {} ns)",
-        fmt_opt(dn_alone),
-        fmt_opt(dn_sib),
-        match (dn_alone, dn_sib) {
-            (Some(a), Some(s)) => format!("{:.1}", s - a),
-            _ => "n/a".into(),
-        }
-    );
+    let diff = |a: Option<f64>, s: Option<f64>| match (a, s) {
+        (Some(a), Some(s)) => format!("{:.1}", s - a),
+        _ => "n/a".into(),
+    };
+    let _ = writeln!(out, "reference, no target: touch + MADV_DONTNEED of one page, ns per pair");
+    let _ = writeln!(out, "{:<24} {:>10} {:>10} {:>12}", "", "alone", "sibling", "shootdown");
+    let _ = writeln!(out, "{:<24} {:>10} {:>10} {:>12}", "emulated (spin, 2 CPUs)", fmt_opt(edn_alone), fmt_opt(edn_sib), diff(edn_alone, edn_sib));
+    let _ = writeln!(out, "{:<24} {:>10} {:>10} {:>12}", "host", fmt_opt(dn_alone), fmt_opt(dn_sib), diff(dn_alone, dn_sib));
     let _ = writeln!(out, "raw rounds (ns): emu ipi {:?}", rounded(&emu_ipi));
     let _ = writeln!(out, "                 host ipi {:?}", rounded(&host_ipi));
     let _ = writeln!(out, "                 emu munmap/page {:?}", rounded(&emu_mu));
@@ -645,6 +672,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = mmu, page_alloc, gather, table, munmap, ipi, host_anchors, ratios
+    targets = mmu, page_alloc, gather, table, munmap, ipi, host_anchors, dontneed, ratios
 }
 criterion_main!(benches);

@@ -4,6 +4,7 @@
 //! cargo run --release -p benches --example scaling -- cpus    # IPI cost vs emulated CPUs 2..64 × policy
 //! cargo run --release -p benches --example scaling -- range   # munmap ns/page vs range size, emu vs host
 //! cargo run --release -p benches --example scaling -- rtt 2 spin 1000000 [one|all]
+//! cargo run --release -p benches --example scaling -- dontneed sibling spin 200000
 //!                                                             # one timed loop (perf record target)
 //! ```
 //!
@@ -96,6 +97,14 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("cpus") => cpus_table(),
         Some("range") => range_table(),
+        Some("dontneed") => {
+            let sib = args.get(1).map(String::as_str) == Some("sibling");
+            let p = parse_policy(args.get(2).map_or("spin", String::as_str));
+            let iters: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(200_000);
+            let e = benches::emu::EmuDontneed::new(sib, p);
+            let d = e.time(iters);
+            println!("touch+DONTNEED, sibling {sib}, {}: {:.1} ns per pair", policy_name(p), d.as_nanos() as f64 / iters as f64);
+        }
         Some("rtt") => {
             let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2);
             let p = parse_policy(args.get(2).map_or("spin", String::as_str));

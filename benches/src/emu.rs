@@ -148,3 +148,75 @@ pub fn median(v: &mut [f64]) -> f64 {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
+
+/// Touch + madvise(MADV_DONTNEED) of one page on a 2-CPU `System`, CPU0
+/// doing the work; with `sibling`, a thread of the same mm runs on CPU1
+/// (not lazy, polling for interrupts like a user thread in a loop), so
+/// every zap's flush is a real cross-CPU shootdown through
+/// `flush_tlb_mm_range` → `native_flush_tlb_multi` → `flush_tlb_func`.
+/// The emulated counterpart of `host::HostDontneed`.
+pub struct EmuDontneed {
+    sys: emu_cpu::System,
+    mm: Arc<mm_core::mm::MmStruct>,
+    stop: Arc<mm_core::sync::AtomicBool>,
+    sibling: Option<emu_cpu::TaskHandle<()>>,
+}
+
+impl EmuDontneed {
+    pub fn new(sibling: bool, wait: WaitPolicy) -> Self {
+        let kcfg = KernelConfig { nr_cpus: 2, ..KernelConfig::default() };
+        let mcfg = MachineConfig {
+            pin: true,
+            wait,
+            watchdog: Duration::from_secs(20),
+            task_timeout: Duration::from_secs(300),
+        };
+        let sys = emu_cpu::System::new(kcfg, mcfg).expect("boot the System");
+        let mm = sys.mm_alloc().expect("mm_alloc");
+        let ps = sys.kernel().cfg.geometry.page_size();
+        sys.run_user(CpuId(0), &mm, move |k, mm| ops::mmap_anon(k, mm, MUNMAP_BASE, ps, true))
+            .expect("mmap task")
+            .expect("mmap_anon");
+        let stop = Arc::new(mm_core::sync::AtomicBool::new(false));
+        let sibling = sibling.then(|| {
+            let stop = stop.clone();
+            sys.spawn_user(CpuId(1), &mm, move |k, _mm| {
+                while !stop.load(mm_core::sync::Ordering::Relaxed) {
+                    k.smp.cond_resched();
+                    std::hint::spin_loop();
+                }
+            })
+        });
+        EmuDontneed { sys, mm, stop, sibling }
+    }
+
+    /// Time `iters` (touch, DONTNEED) pairs inside a task on CPU0.
+    pub fn time(&self, iters: u64) -> Duration {
+        let ps = self.sys.kernel().cfg.geometry.page_size();
+        self.sys
+            .run_user(CpuId(0), &self.mm, move |k, mm| {
+                let t0 = Instant::now();
+                for i in 0..iters {
+                    k.write_user(mm, MUNMAP_BASE, i).expect("touch");
+                    ops::madvise_dontneed(k, mm, MUNMAP_BASE, ps).expect("madvise");
+                }
+                t0.elapsed()
+            })
+            .unwrap_or_else(|e| panic!("touch+dontneed task: {e}"))
+    }
+}
+
+impl Drop for EmuDontneed {
+    fn drop(&mut self) {
+        self.stop.store(true, mm_core::sync::Ordering::Relaxed);
+        if let Some(h) = self.sibling.take() {
+            let _ = h.join(Duration::from_secs(10));
+        }
+        let _ = self.sys.run_user(CpuId(0), &self.mm, |k, mm| ops::exit_mm(k, mm));
+        let _ = self.sys.quiesce(Duration::from_secs(10));
+        let v = self.sys.kernel().san.count();
+        if v != 0 && !std::thread::panicking() {
+            panic!("touch+dontneed bench: {v} sanitizer violations");
+        }
+    }
+}
