@@ -6,6 +6,8 @@ pub mod check;
 pub mod fault;
 pub mod fork;
 pub mod gup;
+pub mod huge_memory;
+pub mod khugepaged;
 pub mod madvise;
 pub mod mmap;
 pub mod mprotect;
