@@ -9,6 +9,9 @@
 //!   machine error into `Err` naming the CPU;
 //! - returns the kernel so the caller can read counters and violations.
 
+pub mod gup_table_free;
+pub mod khugepaged_gup;
+
 use emu_cpu::MachineConfig;
 use mm_core::sanitizer::ViolationKind;
 use mm_core::sync::Arc;
