@@ -76,6 +76,7 @@ pub(crate) struct CpuSlot {
     pub(crate) task_rx: Receiver<Task>,
     irq_off: AtomicBool,
     cal: AtomicU64,
+    sent: AtomicU64,
 }
 
 /// Work an idle CPU does between waits (the kernel's softirq / RCU core).
@@ -112,6 +113,7 @@ impl Shared {
                     task_rx,
                     irq_off: AtomicBool::new(false),
                     cal: AtomicU64::new(0),
+                    sent: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -228,6 +230,7 @@ impl Shared {
             remaining: AtomicUsize::new(targets.len()),
             panic: Mutex::new(None),
         });
+        self.cpus[me.idx()].sent.fetch_add(targets.len() as u64, Ordering::SeqCst);
         for t in &targets {
             // The receiver lives in `self`, so send cannot fail.
             let _ = self.cpus[t.idx()].ipi_tx.send(Ipi::Call(cd.clone()));
@@ -329,11 +332,18 @@ impl Smp for MachineSmp {
     fn call_interrupts(&self, cpu: CpuId) -> u64 {
         self.shared.cpus[cpu.idx()].cal.load(Ordering::SeqCst)
     }
+
+    fn ipis_sent(&self, cpu: CpuId) -> u64 {
+        self.shared.cpus[cpu.idx()].sent.load(Ordering::SeqCst)
+    }
 }
 
 /// The CPU thread's main loop.
 pub(crate) fn cpu_main(shared: Arc<Shared>, me: CpuId) {
     set_current(shared.id, me.0);
+    // Waiting for a contended kernel lock with IRQs on is an interrupt point.
+    let hook_shared = shared.clone();
+    mm_core::sync::set_lock_wait_hook(Box::new(move || hook_shared.poll_ipis(me)));
     let slot = &shared.cpus[me.idx()];
     let mut spins = 0;
     loop {

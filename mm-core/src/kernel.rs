@@ -226,6 +226,7 @@ impl Kernel {
         let mut spins = 0u64;
         while self.rcu.pending() > 0 {
             self.rcu_process_callbacks();
+            self.smp.cond_resched();
             spins += 1;
             if spins.is_multiple_of(64) {
                 crate::sync::yield_now();

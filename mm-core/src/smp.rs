@@ -48,6 +48,9 @@ pub trait Smp: Send + Sync {
     fn cond_resched(&self) {}
     /// CAL interrupts received by `cpu` so far (/proc/interrupts "CAL").
     fn call_interrupts(&self, cpu: CpuId) -> u64;
+    /// Cross-call IPIs sent by `cpu` so far, one per target CPU (the
+    /// sender side of the CAL row: over all CPUs the two sums are equal).
+    fn ipis_sent(&self, cpu: CpuId) -> u64;
     /// The synchronous reference implementation, if this is it (tests use it
     /// to move the running code between CPUs).
     fn as_sync(&self) -> Option<&SyncSmp> {
@@ -85,6 +88,7 @@ pub struct SyncSmp {
     current: AtomicU32,
     irq_off: Box<[AtomicBool]>,
     cal: Box<[AtomicU64]>,
+    sent: Box<[AtomicU64]>,
 }
 
 impl SyncSmp {
@@ -95,6 +99,7 @@ impl SyncSmp {
             current: AtomicU32::new(0),
             irq_off: (0..nr_cpus).map(|_| AtomicBool::new(false)).collect(),
             cal: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
+            sent: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -126,6 +131,7 @@ impl Smp for SyncSmp {
                 "smp_call_function_many from {me}: {target} has IRQs disabled and cannot acknowledge (would hang)"
             );
             self.cal[target.idx()].fetch_add(1, Ordering::SeqCst);
+            self.sent[me.idx()].fetch_add(1, Ordering::SeqCst);
             self.current.store(target.0, Ordering::SeqCst);
             self.irq_off[target.idx()].store(true, Ordering::SeqCst);
             func(target);
@@ -150,6 +156,10 @@ impl Smp for SyncSmp {
 
     fn call_interrupts(&self, cpu: CpuId) -> u64 {
         self.cal[cpu.idx()].load(Ordering::SeqCst)
+    }
+
+    fn ipis_sent(&self, cpu: CpuId) -> u64 {
+        self.sent[cpu.idx()].load(Ordering::SeqCst)
     }
 
     fn as_sync(&self) -> Option<&SyncSmp> {
