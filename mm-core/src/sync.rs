@@ -155,6 +155,10 @@ mod imp {
 
     /// True when running under loom (lets code shrink its sizes).
     pub const LOOM: bool = false;
+
+    /// Thread-local storage of the model's threads (std here, loom's under
+    /// loom, where every loom thread is a coroutine on one OS thread).
+    pub use std::thread_local;
 }
 
 #[cfg(mmemu_loom)]
@@ -217,6 +221,8 @@ mod imp {
     }
 
     pub const LOOM: bool = true;
+
+    pub use loom::thread_local;
 
     /// Under loom there are no emulated-CPU threads and no IPIs to serve.
     pub fn set_lock_wait_hook(_hook: Box<dyn Fn()>) {}
