@@ -20,10 +20,11 @@
 //!   that led to the page); a page reached through a freed-and-reused table
 //!   (§1, §2B) or pinned after khugepaged detached its table (§2A) fails it:
 //!   violation `gup-oracle`.
-//! - Owners: which mm a table frame belongs to is learnt when it is linked
-//!   under an entry of a table whose owner is known (the PGD's is set at
-//!   `mm_alloc`).  A table linked into several mms (hugetlb PMD sharing) is
-//!   attributed to the last one that linked it.
+//! - Owners: which mms a table frame is linked into is learnt when it is
+//!   linked under an entry of a table whose owners are known (the PGD's is
+//!   set at `mm_alloc`), and forgotten when that entry is cleared.  A table
+//!   linked into several mms (a shared hugetlb PMD table) records its leaf
+//!   changes for each of them.
 //! - Cost: nothing when off (a config bool).  When on, closed intervals are
 //!   dropped as soon as no GUP call in flight can still need them.
 
@@ -53,8 +54,9 @@ struct Interval {
 
 #[derive(Default)]
 struct History {
-    /// Table frame → owning mm id.
-    owners: HashMap<Pfn, u64>,
+    /// Table frame → ids of the mms it is linked into (several for a
+    /// shared hugetlb PMD table).
+    owners: HashMap<Pfn, Vec<u64>>,
     /// (mm id, PMD-aligned va) → leaf intervals under that PMD entry.
     groups: HashMap<(u64, u64), Vec<Interval>>,
 }
@@ -90,7 +92,7 @@ impl GupOracle {
     /// `mm_alloc`: the PGD frame belongs to `mm`.
     pub fn set_owner(&self, table: Pfn, mm: u64) {
         if self.enabled {
-            self.hist.lock().owners.insert(table, mm);
+            self.hist.lock().owners.insert(table, vec![mm]);
         }
     }
 
@@ -101,28 +103,41 @@ impl GupOracle {
     }
 
     /// Perform the store `op` (returning the old and new entry) on the slot
-    /// for `va` in `table` (entries at `level`) and record what changed.
+    /// for `va` in `table` (entries at `level`) and record what changed,
+    /// for every mm the table is linked into.
     pub fn update(&self, k: &Kernel, table: Pfn, level: Level, va: u64, op: impl FnOnce() -> (Pte, Pte)) -> Pte {
         let mut h = self.hist.lock();
         let before = self.tick();
         let (old, new) = op();
         let after = self.tick();
-        let Some(&mm) = h.owners.get(&table) else { return old };
-        let g = k.cfg.geometry;
-        let pmd_mask = !(g.pmd_size() - 1);
-        let page_va = va & !(g.page_size() - 1);
         let same_target = old.present() && new.present() && old.pfn() == new.pfn() && old.huge() == new.huge();
         if same_target {
             return old; // permission / A / D change only
         }
+        let owners = match h.owners.get(&table) {
+            Some(v) if !v.is_empty() => v.clone(),
+            _ => return old,
+        };
         let keep_from = self.oldest_active();
+        let t = Ticks { before, after, keep_from };
+        for mm in owners {
+            self.record(k, &mut h, mm, level, va, old, new, t);
+        }
+        old
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(&self, k: &Kernel, h: &mut History, mm: u64, level: Level, va: u64, old: Pte, new: Pte, t: Ticks) {
+        let g = k.cfg.geometry;
+        let pmd_mask = !(g.pmd_size() - 1);
+        let page_va = va & !(g.page_size() - 1);
         match level {
             Level::Pte => {
                 if old.present() {
-                    close(&mut h, mm, va & pmd_mask, |i| !i.huge && i.va == page_va && i.pfn == old.pfn(), after, keep_from);
+                    close(h, mm, va & pmd_mask, |i| !i.huge && i.va == page_va && i.pfn == old.pfn(), t.after, t.keep_from);
                 }
                 if new.present() {
-                    open(&mut h, mm, va & pmd_mask, Interval { va: page_va, pfn: new.pfn(), huge: false, from: before, to: OPEN });
+                    open(h, mm, va & pmd_mask, Interval { va: page_va, pfn: new.pfn(), huge: false, from: t.before, to: OPEN });
                 }
             }
             Level::Pmd => {
@@ -130,43 +145,49 @@ impl GupOracle {
                 if old.present() {
                     // A huge leaf goes, or a whole PTE table is unlinked.
                     let huge = old.huge();
-                    close(&mut h, mm, pmd_va, |i| i.huge == huge, after, keep_from);
+                    close(h, mm, pmd_va, |i| i.huge == huge, t.after, t.keep_from);
+                    if !huge {
+                        unlink(k, h, mm, old.pfn(), Level::Pte);
+                    }
                 }
                 if new.present() && new.huge() {
-                    open(&mut h, mm, pmd_va, Interval { va: pmd_va, pfn: new.pfn(), huge: true, from: before, to: OPEN });
+                    open(h, mm, pmd_va, Interval { va: pmd_va, pfn: new.pfn(), huge: true, from: t.before, to: OPEN });
                 } else if new.present() {
-                    self.link(k, &mut h, mm, new.pfn(), Level::Pte, pmd_va, before);
+                    self.link(k, h, mm, new.pfn(), Level::Pte, pmd_va, t.before);
                 }
             }
             Level::Pud | Level::Pgd => {
                 let span = 1u64 << g.level_shift(level);
                 let base = va & !(span - 1);
+                let below = level.below().expect("upper level");
                 if old.present() {
                     let keys: Vec<_> =
                         h.groups.keys().filter(|(m, v)| *m == mm && (base..base.wrapping_add(span)).contains(v)).copied().collect();
                     for (m, v) in keys {
-                        close(&mut h, m, v, |_| true, after, keep_from);
+                        close(h, m, v, |_| true, t.after, t.keep_from);
                     }
+                    unlink(k, h, mm, old.pfn(), below);
                 }
                 if new.present() {
-                    let below = level.below().expect("upper level");
-                    self.link(k, &mut h, mm, new.pfn(), below, base, before);
+                    self.link(k, h, mm, new.pfn(), below, base, t.before);
                 }
             }
         }
-        old
     }
 
     /// A table (entries at `level`) mapping from `base` became reachable in
     /// `mm`: own it and open an interval for every leaf already in it.
     #[allow(clippy::too_many_arguments)]
     fn link(&self, k: &Kernel, h: &mut History, mm: u64, table: Pfn, level: Level, base: u64, at: u64) {
-        h.owners.insert(table, mm);
+        let owners = h.owners.entry(table).or_default();
+        if !owners.contains(&mm) {
+            owners.push(mm);
+        }
         let g = k.cfg.geometry;
         for i in 0..g.ptrs_per_table() as u64 {
             let va = base + (i << g.level_shift(level));
             let e = Pte(k.hw.ram.word(table, i as usize).load(Ordering::SeqCst));
-            if !e.present() {
+            if !e.present() || (e.pfn().0 as usize) >= k.mem.nr_frames() {
                 continue;
             }
             let pmd_va = va & !(g.pmd_size() - 1);
@@ -220,6 +241,35 @@ impl GupOracle {
             }
         }
         self.active[cpu.idx()].store(IDLE, Ordering::SeqCst);
+    }
+}
+
+/// Ticks of one store: before it, after it, and the oldest GUP call in flight.
+#[derive(Clone, Copy)]
+struct Ticks {
+    before: u64,
+    after: u64,
+    keep_from: Option<u64>,
+}
+
+/// A table (entries at `level`) is no longer reachable in `mm`: drop `mm`
+/// from its owners and from those of the tables below it.
+fn unlink(k: &Kernel, h: &mut History, mm: u64, table: Pfn, level: Level) {
+    if let Some(v) = h.owners.get_mut(&table) {
+        v.retain(|m| *m != mm);
+        if v.is_empty() {
+            h.owners.remove(&table);
+        }
+    }
+    if level == Level::Pte {
+        return;
+    }
+    let below = level.below().expect("upper level");
+    for i in 0..k.cfg.geometry.ptrs_per_table() {
+        let e = Pte(k.hw.ram.word(table, i).load(Ordering::SeqCst));
+        if e.present() && !e.huge() && (e.pfn().0 as usize) < k.mem.nr_frames() {
+            unlink(k, h, mm, e.pfn(), below);
+        }
     }
 }
 
