@@ -6,13 +6,16 @@ use crate::page::Folio;
 use crate::sync::{Arc, Mutex, RwLock};
 use std::collections::BTreeMap;
 
-/// One mapping of the file: (mm, VMA start, VMA end, pgoff at start).
+/// One mapping of the file: (mm, VMA start, VMA end, pgoff at start, and
+/// the VMA's `vm_flags`, which hugetlb PMD sharing compares:
+/// `page_table_shareable`).
 #[derive(Clone)]
 pub struct IMmapEntry {
     pub mm: Arc<MmStruct>,
     pub start: u64,
     pub end: u64,
     pub pgoff: u64,
+    pub flags: u64,
 }
 
 pub struct AddressSpace {
@@ -21,7 +24,12 @@ pub struct AddressSpace {
     pub nr_pages: u64,
     /// `i_pages`: page index → folio (holding one reference).
     pub i_pages: Mutex<BTreeMap<u64, Folio>>,
-    /// `i_mmap` under `i_mmap_rwsem`.
+    /// `i_mmap` under `i_mmap_rwsem`: this lock *is* the i_mmap_rwsem
+    /// (`i_mmap_lock_read` = `.read()`, `i_mmap_lock_write` = `.write()`).
+    /// hugetlb holds it for write across PMD unsharing and its flush
+    /// (`huge_pmd_unshare_flush`), so an unshared table cannot be reused
+    /// before every walker is gone.
+    #[doc(alias = "i_mmap_rwsem")]
     pub i_mmap: RwLock<Vec<IMmapEntry>>,
     /// Backing store: page index → first data word written back.
     pub disk: Mutex<BTreeMap<u64, Vec<u64>>>,
@@ -46,6 +54,11 @@ impl AddressSpace {
     /// `vma_interval_tree_remove` for [start, end) of `mm`.
     pub fn i_mmap_remove(&self, mm_id: u64, start: u64, end: u64, page_shift: u32) {
         let mut v = self.i_mmap.write();
+        Self::i_mmap_remove_locked(&mut v, mm_id, start, end, page_shift);
+    }
+
+    /// `i_mmap_remove` with i_mmap_rwsem already held for write.
+    pub fn i_mmap_remove_locked(v: &mut Vec<IMmapEntry>, mm_id: u64, start: u64, end: u64, page_shift: u32) {
         let mut out = Vec::new();
         for e in v.drain(..) {
             if e.mm.id != mm_id || e.end <= start || e.start >= end {
