@@ -5,6 +5,7 @@
 pub mod check;
 pub mod fault;
 pub mod fork;
+pub mod gup;
 pub mod hugetlb;
 pub mod madvise;
 pub mod mmap;

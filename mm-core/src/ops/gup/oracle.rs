@@ -1,0 +1,242 @@
+//! The GUP oracle (KERNEL-RACES.md §0.4 "mapping history"): ghost state,
+//! never read by the modelled kernel code.
+//!
+//! Contract:
+//! - While `KernelConfig::gup_oracle` is on, every page-table store made
+//!   through `pgtable::{write, exchange, get_and_clear}` is passed through
+//!   `GupOracle::update`, which performs the store under the oracle's lock
+//!   and records what became *reachable* at which (mm, va): a leaf PTE or
+//!   huge PMD installed or cleared, a PTE table linked or unlinked under a
+//!   PMD (all its leaves appear / vanish at once: `pmdp_collapse_flush`), an
+//!   upper table unlinked (`free_pgtables`, `huge_pmd_unshare`).
+//! - Time is a logical clock.  A mapping's interval starts with a tick taken
+//!   *before* its store and ends with a tick taken *after* its clear, so the
+//!   interval covers every instant the entry was in memory (no false
+//!   positives from the ghost bookkeeping itself).
+//! - GUP takes its tick *before* each speculative grab.  The check at the end
+//!   of the call: every returned page must have been mapped at (mm, va) at
+//!   some instant in [tick before its grab, end of call].  That is the
+//!   guarantee GUP-fast gives its callers (grab, then re-validate the entries
+//!   that led to the page); a page reached through a freed-and-reused table
+//!   (§1, §2B) or pinned after khugepaged detached its table (§2A) fails it:
+//!   violation `gup-oracle`.
+//! - Owners: which mm a table frame belongs to is learnt when it is linked
+//!   under an entry of a table whose owner is known (the PGD's is set at
+//!   `mm_alloc`).  A table linked into several mms (hugetlb PMD sharing) is
+//!   attributed to the last one that linked it.
+//! - Cost: nothing when off (a config bool).  When on, closed intervals are
+//!   dropped as soon as no GUP call in flight can still need them.
+
+use crate::hw::pte::{Level, Pte};
+use crate::kernel::Kernel;
+use crate::sanitizer::{Violation, ViolationKind};
+use crate::sync::{AtomicU64, Mutex, Ordering};
+use crate::types::{CpuId, Pfn};
+use std::collections::HashMap;
+
+/// `to` of an interval that is still open.
+const OPEN: u64 = u64::MAX;
+/// A CPU's slot while it is between "announced" and "start tick taken".
+const STARTING: u64 = 0;
+/// A CPU's slot when no GUP call is in flight on it.
+const IDLE: u64 = u64::MAX;
+
+#[derive(Clone, Copy, Debug)]
+struct Interval {
+    va: u64,
+    pfn: Pfn,
+    /// A PMD leaf: maps `pfn..pfn + HPAGE_PMD_NR` from `va`.
+    huge: bool,
+    from: u64,
+    to: u64,
+}
+
+#[derive(Default)]
+struct History {
+    /// Table frame → owning mm id.
+    owners: HashMap<Pfn, u64>,
+    /// (mm id, PMD-aligned va) → leaf intervals under that PMD entry.
+    groups: HashMap<(u64, u64), Vec<Interval>>,
+}
+
+pub struct GupOracle {
+    enabled: bool,
+    clock: AtomicU64,
+    /// Per CPU: start tick of the GUP call in flight, STARTING or IDLE.
+    active: Box<[AtomicU64]>,
+    hist: Mutex<History>,
+}
+
+impl GupOracle {
+    pub fn new(enabled: bool, nr_cpus: usize) -> Self {
+        Self {
+            enabled,
+            clock: AtomicU64::new(1),
+            active: (0..nr_cpus).map(|_| AtomicU64::new(IDLE)).collect(),
+            hist: Mutex::new(History::default()),
+        }
+    }
+
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// One tick of the logical clock.
+    pub fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// `mm_alloc`: the PGD frame belongs to `mm`.
+    pub fn set_owner(&self, table: Pfn, mm: u64) {
+        if self.enabled {
+            self.hist.lock().owners.insert(table, mm);
+        }
+    }
+
+    /// Oldest start tick of a GUP call in flight (STARTING counts as 0:
+    /// keep everything), or None.
+    fn oldest_active(&self) -> Option<u64> {
+        self.active.iter().map(|a| a.load(Ordering::SeqCst)).filter(|t| *t != IDLE).min()
+    }
+
+    /// Perform the store `op` (returning the old and new entry) on the slot
+    /// for `va` in `table` (entries at `level`) and record what changed.
+    pub fn update(&self, k: &Kernel, table: Pfn, level: Level, va: u64, op: impl FnOnce() -> (Pte, Pte)) -> Pte {
+        let mut h = self.hist.lock();
+        let before = self.tick();
+        let (old, new) = op();
+        let after = self.tick();
+        let Some(&mm) = h.owners.get(&table) else { return old };
+        let g = k.cfg.geometry;
+        let pmd_mask = !(g.pmd_size() - 1);
+        let page_va = va & !(g.page_size() - 1);
+        let same_target = old.present() && new.present() && old.pfn() == new.pfn() && old.huge() == new.huge();
+        if same_target {
+            return old; // permission / A / D change only
+        }
+        let keep_from = self.oldest_active();
+        match level {
+            Level::Pte => {
+                if old.present() {
+                    close(&mut h, mm, va & pmd_mask, |i| !i.huge && i.va == page_va && i.pfn == old.pfn(), after, keep_from);
+                }
+                if new.present() {
+                    open(&mut h, mm, va & pmd_mask, Interval { va: page_va, pfn: new.pfn(), huge: false, from: before, to: OPEN });
+                }
+            }
+            Level::Pmd => {
+                let pmd_va = va & pmd_mask;
+                if old.present() {
+                    // A huge leaf goes, or a whole PTE table is unlinked.
+                    let huge = old.huge();
+                    close(&mut h, mm, pmd_va, |i| i.huge == huge, after, keep_from);
+                }
+                if new.present() && new.huge() {
+                    open(&mut h, mm, pmd_va, Interval { va: pmd_va, pfn: new.pfn(), huge: true, from: before, to: OPEN });
+                } else if new.present() {
+                    self.link(k, &mut h, mm, new.pfn(), Level::Pte, pmd_va, before);
+                }
+            }
+            Level::Pud | Level::Pgd => {
+                let span = 1u64 << g.level_shift(level);
+                let base = va & !(span - 1);
+                if old.present() {
+                    let keys: Vec<_> =
+                        h.groups.keys().filter(|(m, v)| *m == mm && (base..base.wrapping_add(span)).contains(v)).copied().collect();
+                    for (m, v) in keys {
+                        close(&mut h, m, v, |_| true, after, keep_from);
+                    }
+                }
+                if new.present() {
+                    let below = level.below().expect("upper level");
+                    self.link(k, &mut h, mm, new.pfn(), below, base, before);
+                }
+            }
+        }
+        old
+    }
+
+    /// A table (entries at `level`) mapping from `base` became reachable in
+    /// `mm`: own it and open an interval for every leaf already in it.
+    #[allow(clippy::too_many_arguments)]
+    fn link(&self, k: &Kernel, h: &mut History, mm: u64, table: Pfn, level: Level, base: u64, at: u64) {
+        h.owners.insert(table, mm);
+        let g = k.cfg.geometry;
+        for i in 0..g.ptrs_per_table() as u64 {
+            let va = base + (i << g.level_shift(level));
+            let e = Pte(k.hw.ram.word(table, i as usize).load(Ordering::SeqCst));
+            if !e.present() {
+                continue;
+            }
+            let pmd_va = va & !(g.pmd_size() - 1);
+            match level {
+                Level::Pte => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: false, from: at, to: OPEN }),
+                Level::Pmd if e.huge() => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: true, from: at, to: OPEN }),
+                _ => self.link(k, h, mm, e.pfn(), level.below().expect("upper level"), va, at),
+            }
+        }
+    }
+
+    /// A GUP call starts on `cpu`: returns its start tick.
+    pub fn call_start(&self, cpu: CpuId) -> u64 {
+        let slot = &self.active[cpu.idx()];
+        slot.store(STARTING, Ordering::SeqCst);
+        let t = self.tick();
+        slot.store(t, Ordering::SeqCst);
+        t
+    }
+
+    /// Check the pages a GUP call returned (`(va, page, tick before its
+    /// grab)`), then end the call.
+    pub fn call_end(&self, k: &Kernel, cpu: CpuId, mm: u64, got: &[(u64, Pfn, u64)]) {
+        let end = self.tick();
+        let g = k.cfg.geometry;
+        let pmd_mask = !(g.pmd_size() - 1);
+        {
+            let h = self.hist.lock();
+            for &(va, page, grab) in got {
+                let ok = h.groups.get(&(mm, va & pmd_mask)).is_some_and(|v| {
+                    v.iter().any(|i| {
+                        let covers = if i.huge {
+                            page.0 >= i.pfn.0 && page.0 - i.pfn.0 == (va - i.va) >> g.page_shift
+                        } else {
+                            i.va == va && i.pfn == page
+                        };
+                        covers && i.from <= end && grab <= i.to
+                    })
+                });
+                if !ok {
+                    k.san.record(Violation {
+                        kind: ViolationKind::GupOracle,
+                        cpu: Some(cpu),
+                        mm,
+                        va,
+                        pfn: page,
+                        cached_gen: grab,
+                        frame_gen: k.hw.ram.gen(page),
+                    });
+                }
+            }
+        }
+        self.active[cpu.idx()].store(IDLE, Ordering::SeqCst);
+    }
+}
+
+fn open(h: &mut History, mm: u64, pmd_va: u64, i: Interval) {
+    h.groups.entry((mm, pmd_va)).or_default().push(i);
+}
+
+/// Close the open intervals of group (mm, pmd_va) matching `pred` at `at`;
+/// drop closed intervals no GUP call in flight can need (closed before the
+/// oldest call started).
+fn close(h: &mut History, mm: u64, pmd_va: u64, pred: impl Fn(&Interval) -> bool, at: u64, keep_from: Option<u64>) {
+    let Some(v) = h.groups.get_mut(&(mm, pmd_va)) else { return };
+    for i in v.iter_mut().filter(|i| i.to == OPEN && pred(i)) {
+        i.to = at;
+    }
+    v.retain(|i| i.to == OPEN || keep_from.is_some_and(|t| i.to >= t));
+    if v.is_empty() {
+        h.groups.remove(&(mm, pmd_va));
+    }
+}
