@@ -20,10 +20,12 @@
 //!   that led to the page); a page reached through a freed-and-reused table
 //!   (§1, §2B) or pinned after khugepaged detached its table (§2A) fails it:
 //!   violation `gup-oracle`.
-//! - Owners: which mm a table frame belongs to is learnt when it is linked
-//!   under an entry of a table whose owner is known (the PGD's is set at
-//!   `mm_alloc`).  A table linked into several mms (hugetlb PMD sharing) is
-//!   attributed to the last one that linked it.
+//! - Owners: which mms a table frame is reachable from, and at which address,
+//!   is learnt when it is linked under an entry of a table whose owners are
+//!   known (the PGD's is set at `mm_alloc`), and forgotten when that entry is
+//!   cleared (recursively for the tables below).  A table linked into several
+//!   mms (hugetlb PMD sharing) has one owner per link: a store into it is a
+//!   mapping change in every mm that can reach it, at that mm's address.
 //! - Cost: nothing when off (a config bool).  When on, closed intervals are
 //!   dropped as soon as no GUP call in flight can still need them.
 
@@ -53,8 +55,9 @@ struct Interval {
 
 #[derive(Default)]
 struct History {
-    /// Table frame → owning mm id.
-    owners: HashMap<Pfn, u64>,
+    /// Table frame → (mm id, va its first entry maps in that mm) of every
+    /// link to it.
+    owners: HashMap<Pfn, Vec<(u64, u64)>>,
     /// (mm id, PMD-aligned va) → leaf intervals under that PMD entry.
     groups: HashMap<(u64, u64), Vec<Interval>>,
 }
@@ -90,7 +93,7 @@ impl GupOracle {
     /// `mm_alloc`: the PGD frame belongs to `mm`.
     pub fn set_owner(&self, table: Pfn, mm: u64) {
         if self.enabled {
-            self.hist.lock().owners.insert(table, mm);
+            self.hist.lock().owners.insert(table, vec![(mm, 0)]);
         }
     }
 
@@ -107,22 +110,49 @@ impl GupOracle {
         let before = self.tick();
         let (old, new) = op();
         let after = self.tick();
-        let Some(&mm) = h.owners.get(&table) else { return old };
+        let Some(owners) = h.owners.get(&table).cloned() else { return old };
         let g = k.cfg.geometry;
-        let pmd_mask = !(g.pmd_size() - 1);
-        let page_va = va & !(g.page_size() - 1);
         let same_target = old.present() && new.present() && old.pfn() == new.pfn() && old.huge() == new.huge();
         if same_target {
             return old; // permission / A / D change only
         }
         let keep_from = self.oldest_active();
+        let span = 1u64 << g.level_shift(level);
+        let idx = crate::pgtable::index(k, level, va) as u64;
+        for (mm, tbase) in owners {
+            // The entry's address in this owner's address space.
+            let va = tbase + idx * span + (va & (span - 1));
+            self.update_one(k, &mut h, mm, level, va, old, new, before, after, keep_from);
+        }
+        old
+    }
+
+    /// `update` for one owner `mm` of the table, the entry mapping `va` there.
+    #[allow(clippy::too_many_arguments)]
+    fn update_one(
+        &self,
+        k: &Kernel,
+        h: &mut History,
+        mm: u64,
+        level: Level,
+        va: u64,
+        old: Pte,
+        new: Pte,
+        before: u64,
+        after: u64,
+        keep_from: Option<u64>,
+    ) {
+        let g = k.cfg.geometry;
+        let pmd_mask = !(g.pmd_size() - 1);
+        let page_va = va & !(g.page_size() - 1);
+        let h = &mut *h;
         match level {
             Level::Pte => {
                 if old.present() {
-                    close(&mut h, mm, va & pmd_mask, |i| !i.huge && i.va == page_va && i.pfn == old.pfn(), after, keep_from);
+                    close(h, mm, va & pmd_mask, |i| !i.huge && i.va == page_va && i.pfn == old.pfn(), after, keep_from);
                 }
                 if new.present() {
-                    open(&mut h, mm, va & pmd_mask, Interval { va: page_va, pfn: new.pfn(), huge: false, from: before, to: OPEN });
+                    open(h, mm, va & pmd_mask, Interval { va: page_va, pfn: new.pfn(), huge: false, from: before, to: OPEN });
                 }
             }
             Level::Pmd => {
@@ -130,12 +160,15 @@ impl GupOracle {
                 if old.present() {
                     // A huge leaf goes, or a whole PTE table is unlinked.
                     let huge = old.huge();
-                    close(&mut h, mm, pmd_va, |i| i.huge == huge, after, keep_from);
+                    close(h, mm, pmd_va, |i| i.huge == huge, after, keep_from);
+                    if !huge {
+                        unlink(k, h, mm, old.pfn(), Level::Pte, pmd_va);
+                    }
                 }
                 if new.present() && new.huge() {
-                    open(&mut h, mm, pmd_va, Interval { va: pmd_va, pfn: new.pfn(), huge: true, from: before, to: OPEN });
+                    open(h, mm, pmd_va, Interval { va: pmd_va, pfn: new.pfn(), huge: true, from: before, to: OPEN });
                 } else if new.present() {
-                    self.link(k, &mut h, mm, new.pfn(), Level::Pte, pmd_va, before);
+                    self.link(k, h, mm, new.pfn(), Level::Pte, pmd_va, before);
                 }
             }
             Level::Pud | Level::Pgd => {
@@ -145,23 +178,26 @@ impl GupOracle {
                     let keys: Vec<_> =
                         h.groups.keys().filter(|(m, v)| *m == mm && (base..base.wrapping_add(span)).contains(v)).copied().collect();
                     for (m, v) in keys {
-                        close(&mut h, m, v, |_| true, after, keep_from);
+                        close(h, m, v, |_| true, after, keep_from);
                     }
+                    unlink(k, h, mm, old.pfn(), level.below().expect("upper level"), base);
                 }
                 if new.present() {
                     let below = level.below().expect("upper level");
-                    self.link(k, &mut h, mm, new.pfn(), below, base, before);
+                    self.link(k, h, mm, new.pfn(), below, base, before);
                 }
             }
         }
-        old
     }
 
     /// A table (entries at `level`) mapping from `base` became reachable in
     /// `mm`: own it and open an interval for every leaf already in it.
     #[allow(clippy::too_many_arguments)]
     fn link(&self, k: &Kernel, h: &mut History, mm: u64, table: Pfn, level: Level, base: u64, at: u64) {
-        h.owners.insert(table, mm);
+        let links = h.owners.entry(table).or_default();
+        if !links.contains(&(mm, base)) {
+            links.push((mm, base));
+        }
         let g = k.cfg.geometry;
         for i in 0..g.ptrs_per_table() as u64 {
             let va = base + (i << g.level_shift(level));
@@ -220,6 +256,29 @@ impl GupOracle {
             }
         }
         self.active[cpu.idx()].store(IDLE, Ordering::SeqCst);
+    }
+}
+
+/// The link of `table` (entries at `level`, first entry mapping `base`) into
+/// `mm` was cleared: forget it, and the links of the tables below it that
+/// were reachable in `mm` only through it.
+fn unlink(k: &Kernel, h: &mut History, mm: u64, table: Pfn, level: Level, base: u64) {
+    let Some(links) = h.owners.get_mut(&table) else { return };
+    let before = links.len();
+    links.retain(|l| *l != (mm, base));
+    if links.len() == before {
+        return;
+    }
+    if links.is_empty() {
+        h.owners.remove(&table);
+    }
+    let Some(below) = level.below() else { return };
+    let g = k.cfg.geometry;
+    for i in 0..g.ptrs_per_table() as u64 {
+        let e = Pte(k.hw.ram.word(table, i as usize).load(Ordering::SeqCst));
+        if e.present() && !(level == Level::Pmd && e.huge()) && (e.pfn().0 as usize) < k.mem.nr_frames() {
+            unlink(k, h, mm, e.pfn(), below, base + (i << g.level_shift(level)));
+        }
     }
 }
 

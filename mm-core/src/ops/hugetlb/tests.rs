@@ -497,3 +497,119 @@ fn gather_ends_with_fully_unshared_tables_clear() {
         .unwrap_or_default();
     assert!(msg.contains("fully_unshared_tables"), "{msg}");
 }
+
+// ---- GUP-fast through shared tables (KERNEL-RACES.md §3.1) -------------------
+
+use crate::ops::gup::{gup_fast, put_user_pages, Foll, GupFastPoint};
+use crate::sanitizer::ViolationKind;
+use crate::sync::AtomicBool;
+
+fn kernel_oracle(cpus: usize, fixes: Fixes, arch: Arch) -> Arc<Kernel> {
+    Kernel::new_sync(KernelConfig { fixes, arch, gup_oracle: true, ..KernelConfig::default() }, cpus)
+}
+
+#[test]
+fn gup_fast_through_a_shared_table_sees_every_sharers_mappings() {
+    // The oracle must know a shared table is reachable from both mms: a
+    // page the *other* sharer faulted in is legitimately mapped here too.
+    let k = kernel_oracle(2, Fixes::all(), Arch::X86);
+    let f = hfile(&k, 1);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, 1, 0);
+    let b = dup_mmap(&k, &a).unwrap();
+    run_on(&k, 1, &b);
+    k.write_user(&b, HBASE + 7 * MIB2, 70).unwrap(); // installed by b, seen by a
+    run_on(&k, 0, &a);
+    k.write_user(&a, HBASE + 9 * MIB2, 90).unwrap(); // installed by a, seen by b
+    let got_a = gup_fast(&k, &a, HBASE + 7 * MIB2, 4, Foll::GET | Foll::WRITE);
+    assert_eq!(got_a.len(), 4);
+    run_on(&k, 1, &b);
+    let got_b = gup_fast(&k, &b, HBASE + 9 * MIB2, 2, Foll::GET);
+    assert_eq!(got_b.len(), 2);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+    put_user_pages(&k, &got_a);
+    put_user_pages(&k, &got_b);
+    // After b unshares, b's GUP-fast finds nothing there any more.
+    munmap(&k, &b, HBASE, GIB).unwrap();
+    mmap_hugetlb(&k, &b, HBASE, GIB, true, &f, 0).unwrap();
+    run_on(&k, 0, &a);
+    let got = gup_fast(&k, &a, HBASE + 9 * MIB2, 1, Foll::GET);
+    assert_eq!(got, vec![f.i_pages.lock()[&9].pfn()]);
+    put_user_pages(&k, &got);
+    teardown(&k, &[&a, &b], &[&f]);
+}
+
+/// The §3.1 interleaving, deterministically: P2's walker (CPU0) has read
+/// P2's PUD entry (→ shared table S) and stalls there with IRQs off; P2's
+/// munmap (CPU1) unshares; P1 (CPU2) splits its VMA, unmaps the first 2 MiB
+/// and faults an anonymous page Q there, which hangs a PTE table of P1 into
+/// S.  Then the walker continues into S.  Returns the walker's pages.
+fn unshare_race(k: &Arc<Kernel>) -> (Vec<Pfn>, Arc<MmStruct>, Arc<MmStruct>, Arc<AddressSpace>) {
+    let f = hfile(k, 1);
+    let p1 = k.mm_alloc();
+    run_on(k, 2, &p1);
+    map_and_touch(k, &p1, &f, 1, 0x11);
+    let p2 = dup_mmap(k, &p1).unwrap();
+    run_on(k, 0, &p2);
+    assert_eq!(k.read_user(&p2, HBASE + 8).unwrap(), 0x11);
+    let fired = Arc::new(AtomicBool::new(false));
+    let (hp1, hp2, fired2) = (p1.clone(), p2.clone(), fired.clone());
+    k.race_hooks.set_gup_fast(move |k, point, va| {
+        if point != GupFastPoint::PudRead || va != HBASE || fired2.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // B: P2's munmap on CPU1.
+        run_on(k, 1, &hp2);
+        munmap(k, &hp2, HBASE, GIB).unwrap();
+        // C: P1 reuses S on CPU2.
+        run_on(k, 2, &hp1);
+        munmap(k, &hp1, HBASE, MIB2).unwrap();
+        mmap_anon(k, &hp1, HBASE, MIB2, true).unwrap();
+        k.write_user(&hp1, HBASE + 8, 0x51).unwrap();
+        // Back to the walker's CPU (its IRQs-off guard restores there).
+        k.set_cpu(CpuId(0));
+    });
+    let got = gup_fast(k, &p2, HBASE, 1, Foll::GET);
+    assert!(fired.load(Ordering::SeqCst));
+    (got, p1, p2, f)
+}
+
+#[test]
+fn unshare_race_without_the_sync_lets_gup_fast_pin_another_process_page() {
+    // arm64: the TLB flush is a hardware broadcast that does not wait for
+    // the walker; hugetlb-unshare-sync reverted: nothing else does either.
+    let k = kernel_oracle(3, Fixes::all().revert(Fix::HugetlbUnshareSync), Arch::Arm64);
+    let (got, p1, p2, f) = unshare_race(&k);
+    assert_eq!(got.len(), 1, "the walker got a page through S");
+    let q = got[0];
+    assert!(k.mem.page(q).test(flags::PG_ANON), "... P1's anonymous page Q, not the hugetlb page");
+    assert_eq!(k.hw.ram.word(q, 1).load(Ordering::SeqCst), 0x51);
+    assert!(k.san.count_kind(ViolationKind::GupOracle) >= 1, "{:?}", k.san.violations());
+    put_user_pages(&k, &got);
+    run_on(&k, 2, &p1);
+    exit_mm(&k, &p1);
+    run_on(&k, 0, &p2);
+    exit_mm(&k, &p2);
+    assert_eq!(truncate_inode_pages(&k, &f), 0);
+    assert_no_leaks(&k);
+}
+
+#[test]
+#[should_panic(expected = "cannot acknowledge")]
+fn unshare_race_with_the_sync_makes_the_unsharer_wait_for_the_walker() {
+    // With 1013af4f585f the unsharer's tlb_remove_table_sync_one (while it
+    // still holds i_mmap_rwsem, so P1 cannot reuse S yet) needs the walker's
+    // CPU to take the IPI: on the synchronous Smp that is reported as the
+    // hang it would be until the walker re-enables IRQs.
+    let k = kernel_oracle(3, Fixes::all(), Arch::Arm64);
+    unshare_race(&k);
+}
+
+#[test]
+#[should_panic(expected = "cannot acknowledge")]
+fn unshare_race_on_x86_the_flush_ipi_alone_waits_for_the_walker() {
+    // Jann: it can't happen where TLB synchronisation always uses IPIs.
+    let k = kernel_oracle(3, Fixes::all().revert(Fix::HugetlbUnshareSync), Arch::X86);
+    unshare_race(&k);
+}
