@@ -9,6 +9,9 @@
 //!   machine error into `Err` naming the CPU;
 //! - returns the kernel so the caller can read counters and violations.
 
+pub mod fork_exit_hugetlb;
+pub mod hugetlb_unshare_gup;
+
 use emu_cpu::MachineConfig;
 use mm_core::sanitizer::ViolationKind;
 use mm_core::sync::Arc;

@@ -19,7 +19,11 @@
 //!   guarantee GUP-fast gives its callers (grab, then re-validate the entries
 //!   that led to the page); a page reached through a freed-and-reused table
 //!   (§1, §2B) or pinned after khugepaged detached its table (§2A) fails it:
-//!   violation `gup-oracle`.
+//!   violation `gup-oracle`.  One exception, because GUP-fast never
+//!   re-checks a PUD: a mapping that went away by an entry above the PMD
+//!   being cleared (hugetlb `huge_pmd_unshare`) only has to overlap
+//!   [start of call, end of call]; a page reached through a PMD table that
+//!   was unshared *and then reused* by its new owner (§3.1) still fails.
 //! - Owners: which mms a table frame is reachable from, and at which address,
 //!   is learnt when it is linked under an entry of a table whose owners are
 //!   known (the PGD's is set at `mm_alloc`), and forgotten when that entry is
@@ -51,6 +55,12 @@ struct Interval {
     huge: bool,
     from: u64,
     to: u64,
+    /// Closed by clearing an entry *above* the PMD level (a PUD/PGD entry:
+    /// `huge_pmd_unshare`, `free_pgtables`).  GUP-fast re-checks the PTE and
+    /// the PMD after its grab but never the PUD, so for such a close its
+    /// guarantee is the weaker "mapped at some instant of the call" (8ce720d5bd91:
+    /// no different from a GUP-fast that finished just before the unmap).
+    upper: bool,
 }
 
 #[derive(Default)]
@@ -152,7 +162,7 @@ impl GupOracle {
                     close(h, mm, va & pmd_mask, |i| !i.huge && i.va == page_va && i.pfn == old.pfn(), after, keep_from);
                 }
                 if new.present() {
-                    open(h, mm, va & pmd_mask, Interval { va: page_va, pfn: new.pfn(), huge: false, from: before, to: OPEN });
+                    open(h, mm, va & pmd_mask, Interval { va: page_va, pfn: new.pfn(), huge: false, from: before, to: OPEN, upper: false });
                 }
             }
             Level::Pmd => {
@@ -166,7 +176,7 @@ impl GupOracle {
                     }
                 }
                 if new.present() && new.huge() {
-                    open(h, mm, pmd_va, Interval { va: pmd_va, pfn: new.pfn(), huge: true, from: before, to: OPEN });
+                    open(h, mm, pmd_va, Interval { va: pmd_va, pfn: new.pfn(), huge: true, from: before, to: OPEN, upper: false });
                 } else if new.present() {
                     self.link(k, h, mm, new.pfn(), Level::Pte, pmd_va, before);
                 }
@@ -178,7 +188,7 @@ impl GupOracle {
                     let keys: Vec<_> =
                         h.groups.keys().filter(|(m, v)| *m == mm && (base..base.wrapping_add(span)).contains(v)).copied().collect();
                     for (m, v) in keys {
-                        close(h, m, v, |_| true, after, keep_from);
+                        close_upper(h, m, v, after, keep_from);
                     }
                     unlink(k, h, mm, old.pfn(), level.below().expect("upper level"), base);
                 }
@@ -207,8 +217,8 @@ impl GupOracle {
             }
             let pmd_va = va & !(g.pmd_size() - 1);
             match level {
-                Level::Pte => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: false, from: at, to: OPEN }),
-                Level::Pmd if e.huge() => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: true, from: at, to: OPEN }),
+                Level::Pte => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: false, from: at, to: OPEN, upper: false }),
+                Level::Pmd if e.huge() => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: true, from: at, to: OPEN, upper: false }),
                 _ => self.link(k, h, mm, e.pfn(), level.below().expect("upper level"), va, at),
             }
         }
@@ -226,6 +236,7 @@ impl GupOracle {
     /// Check the pages a GUP call returned (`(va, page, tick before its
     /// grab)`), then end the call.
     pub fn call_end(&self, k: &Kernel, cpu: CpuId, mm: u64, got: &[(u64, Pfn, u64)]) {
+        let start = self.active[cpu.idx()].load(Ordering::SeqCst);
         let end = self.tick();
         let g = k.cfg.geometry;
         let pmd_mask = !(g.pmd_size() - 1);
@@ -239,7 +250,7 @@ impl GupOracle {
                         } else {
                             i.va == va && i.pfn == page
                         };
-                        covers && i.from <= end && grab <= i.to
+                        covers && i.from <= end && (grab <= i.to || (i.upper && start <= i.to))
                     })
                 });
                 if !ok {
@@ -289,6 +300,17 @@ fn open(h: &mut History, mm: u64, pmd_va: u64, i: Interval) {
 /// Close the open intervals of group (mm, pmd_va) matching `pred` at `at`;
 /// drop closed intervals no GUP call in flight can need (closed before the
 /// oldest call started).
+/// `close` for an unlink above the PMD level: every open interval of the
+/// group, marked `upper`.
+fn close_upper(h: &mut History, mm: u64, pmd_va: u64, at: u64, keep_from: Option<u64>) {
+    if let Some(v) = h.groups.get_mut(&(mm, pmd_va)) {
+        for i in v.iter_mut().filter(|i| i.to == OPEN) {
+            i.upper = true;
+        }
+    }
+    close(h, mm, pmd_va, |_| true, at, keep_from);
+}
+
 fn close(h: &mut History, mm: u64, pmd_va: u64, pred: impl Fn(&Interval) -> bool, at: u64, keep_from: Option<u64>) {
     let Some(v) = h.groups.get_mut(&(mm, pmd_va)) else { return };
     for i in v.iter_mut().filter(|i| i.to == OPEN && pred(i)) {
