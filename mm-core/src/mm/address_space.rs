@@ -54,11 +54,6 @@ impl AddressSpace {
     /// `vma_interval_tree_remove` for [start, end) of `mm`.
     pub fn i_mmap_remove(&self, mm_id: u64, start: u64, end: u64, page_shift: u32) {
         let mut v = self.i_mmap.write();
-        Self::i_mmap_remove_locked(&mut v, mm_id, start, end, page_shift);
-    }
-
-    /// `i_mmap_remove` with i_mmap_rwsem already held for write.
-    pub fn i_mmap_remove_locked(v: &mut Vec<IMmapEntry>, mm_id: u64, start: u64, end: u64, page_shift: u32) {
         let mut out = Vec::new();
         for e in v.drain(..) {
             if e.mm.id != mm_id || e.end <= start || e.start >= end {

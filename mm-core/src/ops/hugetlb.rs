@@ -83,34 +83,17 @@ use crate::types::Pfn;
 /// (`i_mmap_assert_write_locked`).
 pub type IMmapWriteGuard<'a> = RwLockWriteGuard<'a, Vec<IMmapEntry>>;
 
-/// How long a sleeping-lock waiter polls before declaring a deadlock.
-const SLEEPING_LOCK_MAX_POLLS: u64 = 50_000_000;
-
-/// Wait for a sleeping lock (rwsem) the kernel way: the waiter sleeps with
-/// IRQs on, so its CPU keeps answering IPIs — the holder may be waiting for
-/// exactly that (`tlb_remove_table_sync_one` under i_mmap_rwsem).  Here: try,
-/// and between tries take an interrupt point.
-fn sleeping_lock<G>(k: &Kernel, what: &str, mut try_lock: impl FnMut() -> Option<G>) -> G {
-    let mut polls = 0u64;
-    loop {
-        if let Some(g) = try_lock() {
-            return g;
-        }
-        k.smp.cond_resched();
-        crate::sync::yield_now();
-        polls += 1;
-        assert!(polls < SLEEPING_LOCK_MAX_POLLS, "{what}: still not acquired on {} (deadlock?)", k.this_cpu());
-    }
+/// `i_mmap_lock_write(mapping)`.  i_mmap_rwsem is a sleeping lock: a
+/// contended wait is an interrupt point (the sync facade's lock-wait hook),
+/// so a waiter keeps answering IPIs — the holder may be waiting for exactly
+/// that (`tlb_remove_table_sync_one` under i_mmap_rwsem).
+pub fn i_mmap_lock_write<'a>(_k: &Kernel, mapping: &'a AddressSpace) -> IMmapWriteGuard<'a> {
+    mapping.i_mmap.write()
 }
 
-/// `i_mmap_lock_write(mapping)` (sleeping; see `sleeping_lock`).
-pub fn i_mmap_lock_write<'a>(k: &Kernel, mapping: &'a AddressSpace) -> IMmapWriteGuard<'a> {
-    sleeping_lock(k, "i_mmap_lock_write", || mapping.i_mmap.try_write())
-}
-
-/// `i_mmap_lock_read(mapping)` (sleeping; see `sleeping_lock`).
-pub fn i_mmap_lock_read<'a>(k: &Kernel, mapping: &'a AddressSpace) -> RwLockReadGuard<'a, Vec<IMmapEntry>> {
-    sleeping_lock(k, "i_mmap_lock_read", || mapping.i_mmap.try_read())
+/// `i_mmap_lock_read(mapping)` (see `i_mmap_lock_write`).
+pub fn i_mmap_lock_read<'a>(_k: &Kernel, mapping: &'a AddressSpace) -> RwLockReadGuard<'a, Vec<IMmapEntry>> {
+    mapping.i_mmap.read()
 }
 
 /// Which unshare flushing the configured kernel does (see the module doc).

@@ -118,9 +118,7 @@ pub fn mmap_file(
 fn unlink_file_vmas(k: &Kernel, mm: &MmStruct, vmas: &[Vma]) {
     for v in vmas {
         if let Some(m) = v.mapping() {
-            // i_mmap_rwsem is a sleeping lock: wait with IRQs on.
-            let mut i_mmap = super::hugetlb::i_mmap_lock_write(k, m);
-            AddressSpace::i_mmap_remove_locked(&mut i_mmap, mm.id, v.start, v.end, k.cfg.geometry.page_shift);
+            m.i_mmap_remove(mm.id, v.start, v.end, k.cfg.geometry.page_shift);
         }
     }
 }
