@@ -502,7 +502,7 @@ fn gather_ends_with_fully_unshared_tables_clear() {
 
 use crate::ops::gup::{gup_fast, put_user_pages, Foll, GupFastPoint};
 use crate::sanitizer::ViolationKind;
-use crate::sync::AtomicBool;
+use crate::sync::{AtomicBool, AtomicU64};
 
 fn kernel_oracle(cpus: usize, fixes: Fixes, arch: Arch) -> Arc<Kernel> {
     Kernel::new_sync(KernelConfig { fixes, arch, gup_oracle: true, ..KernelConfig::default() }, cpus)
@@ -612,4 +612,43 @@ fn unshare_race_on_x86_the_flush_ipi_alone_waits_for_the_walker() {
     // Jann: it can't happen where TLB synchronisation always uses IPIs.
     let k = kernel_oracle(3, Fixes::all().revert(Fix::HugetlbUnshareSync), Arch::X86);
     unshare_race(&k);
+}
+
+
+#[test]
+fn three_sharers_the_final_unshare_drains_a_walker_that_entered_through_an_earlier_sharer() {
+    // KERNEL-RACES §3.2 subtlety: P3's walker is inside S (entered through
+    // P3's PUD); P3 unshares first (2 -> 1: no sync, and on arm64 its flush
+    // does not wait for the walker); P2 unshares last (1 -> 0).  P2's one
+    // sync must reach the walker of the *other* process before S can be
+    // reused.  On the synchronous Smp "must wait for it" is reported as the
+    // hang it would be.
+    let k = kernel_oracle(4, Fixes::all(), Arch::Arm64);
+    let f = hfile(&k, 1);
+    let p1 = k.mm_alloc();
+    run_on(&k, 3, &p1);
+    map_and_touch(&k, &p1, &f, 1, 0x11);
+    let p2 = dup_mmap(&k, &p1).unwrap();
+    let p3 = dup_mmap(&k, &p1).unwrap();
+    run_on(&k, 1, &p2);
+    run_on(&k, 0, &p3);
+    let syncs_after_p3 = Arc::new(AtomicU64::new(u64::MAX));
+    let (hp2, hp3, rec) = (p2.clone(), p3.clone(), syncs_after_p3.clone());
+    k.race_hooks.set_gup_fast(move |k, point, va| {
+        if point != GupFastPoint::PudRead || va != HBASE || rec.load(Ordering::SeqCst) != u64::MAX {
+            return;
+        }
+        let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
+        run_on(k, 2, &hp3);
+        munmap(k, &hp3, HBASE, GIB).unwrap();
+        rec.store(k.stats.get(Stat::TlbRemoveTableSyncOne) - s0, Ordering::SeqCst);
+        run_on(k, 1, &hp2);
+        munmap(k, &hp2, HBASE, GIB).unwrap(); // 1 -> 0: the sync needs CPU0
+        k.set_cpu(CpuId(0));
+    });
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gup_fast(&k, &p3, HBASE, 1, Foll::GET)));
+    assert_eq!(syncs_after_p3.load(Ordering::SeqCst), 0, "P3 was not the last sharer: no sync");
+    let err = r.expect_err("P2's final unshare must wait for P3's walker");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("cannot acknowledge") && msg.contains("CPU0"), "{msg}");
 }
