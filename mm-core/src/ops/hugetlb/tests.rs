@@ -55,9 +55,11 @@ fn assert_no_leaks(k: &Kernel) {
     assert_eq!(used.total(), 0, "leaked frames: {used:?}");
 }
 
-/// Tear everything down: exit every mm (each on its own CPU slot 0), drop
+/// Check refcounts / mapcounts (shared entries count once), then tear
+/// everything down: exit every mm (each on its own CPU slot 0), drop
 /// the page cache, check leaks and the sanitizer.
 fn teardown(k: &Kernel, mms: &[&Arc<MmStruct>], files: &[&Arc<AddressSpace>]) {
+    crate::ops::check::check_consistency(k, mms, files).unwrap();
     for mm in mms {
         run_on(k, 0, mm);
         exit_mm(k, mm);
