@@ -67,6 +67,7 @@ pub fn for_each_huge_pmd(k: &Kernel, mm: &MmStruct, mut f: impl FnMut(u64, Pte))
 pub fn check_consistency(k: &Kernel, mms: &[&Arc<MmStruct>], files: &[&Arc<AddressSpace>]) -> Result<(), String> {
     let mut maps: HashMap<Pfn, i32> = HashMap::new();
     let mut huge_maps: HashMap<Folio, i32> = HashMap::new();
+    let mut hugetlb_seen: std::collections::HashSet<(Pfn, usize)> = std::collections::HashSet::new();
     for mm in mms {
         let mut rss = 0;
         for_each_pte(k, mm, |_, pte| {
@@ -74,7 +75,16 @@ pub fn check_consistency(k: &Kernel, mms: &[&Arc<MmStruct>], files: &[&Arc<Addre
             *maps.entry(pte.pfn()).or_default() += 1;
         });
         let mut huge = 0;
-        for_each_huge_pmd(k, mm, |_, pmd| {
+        for_each_huge_pmd(k, mm, |va, pmd| {
+            if k.mem.folio(k.mem.page_folio(pmd.pfn())).test(flags::PG_HUGETLB) {
+                // hugetlb: not in rss, no deposited table, and a PMD table
+                // shared by several mms holds its entries once.
+                let table = pgtable::lookup_table(k, mm, va, Level::Pmd).expect("walked");
+                if hugetlb_seen.insert((table, pgtable::index(k, Level::Pmd, va))) {
+                    *huge_maps.entry(k.mem.page_folio(pmd.pfn())).or_default() += 1;
+                }
+                return;
+            }
             rss += k.cfg.geometry.hpage_pmd_nr();
             *huge_maps.entry(k.mem.page_folio(pmd.pfn())).or_default() += 1;
             huge += 1;

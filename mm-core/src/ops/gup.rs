@@ -105,6 +105,10 @@ impl std::error::Error for GupError {}
 /// the walker being stalled there (an NMI, a vCPU preempted by the host).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GupFastPoint {
+    /// The PUD entry was read (copy taken); the PMD table below it not read
+    /// yet.  Nothing re-checks a PUD: this is where the hugetlb unshare race
+    /// (1013af4f585f) needs its walker.
+    PudRead,
     /// The PMD entry was read (copy taken); nothing below read yet.
     PmdRead,
     /// The PTE was read (copy taken); the folio not yet grabbed.
@@ -374,6 +378,7 @@ fn gup_fast_pud_range(w: &mut Walker<'_>, pud_table: Pfn, pud_gen: u64, addr: u6
     loop {
         let next = pgtable::addr_end(k, Level::Pud, a, end);
         let (pud, pmd_gen) = w.read(pud_table, pud_gen, Level::Pud, a);
+        k.race_hooks.gup_fast(k, GupFastPoint::PudRead, a);
         // PUD leaves (1 GiB pages) are not modelled.
         if !pud.present() || pud.huge() || !w.pfn_valid(pud.pfn()) {
             return false;

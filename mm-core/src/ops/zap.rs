@@ -41,6 +41,11 @@ pub fn unmap_single_vma(tlb: &mut MmuGather<'_>, vma: &Vma, start_addr: u64, end
     if start >= end {
         return;
     }
+    if vma.is_hugetlb() {
+        // __hugetlb_zap_begin / __unmap_hugepage_range / __hugetlb_zap_end
+        super::hugetlb::unmap_hugepage_range(tlb, vma, start, end);
+        return;
+    }
     unmap_page_range(tlb, vma, start, end);
 }
 

@@ -9,7 +9,9 @@
 //!   machine error into `Err` naming the CPU;
 //! - returns the kernel so the caller can read counters and violations.
 
+pub mod fork_exit_hugetlb;
 pub mod gup_table_free;
+pub mod hugetlb_unshare_gup;
 pub mod khugepaged_gup;
 
 use emu_cpu::MachineConfig;

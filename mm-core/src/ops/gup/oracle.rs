@@ -19,12 +19,17 @@
 //!   guarantee GUP-fast gives its callers (grab, then re-validate the entries
 //!   that led to the page); a page reached through a freed-and-reused table
 //!   (§1, §2B) or pinned after khugepaged detached its table (§2A) fails it:
-//!   violation `gup-oracle`.
-//! - Owners: which mms a table frame is linked into is learnt when it is
-//!   linked under an entry of a table whose owners are known (the PGD's is
-//!   set at `mm_alloc`), and forgotten when that entry is cleared.  A table
-//!   linked into several mms (a shared hugetlb PMD table) records its leaf
-//!   changes for each of them.
+//!   violation `gup-oracle`.  One exception, because GUP-fast never
+//!   re-checks a PUD: a mapping that went away by an entry above the PMD
+//!   being cleared (hugetlb `huge_pmd_unshare`) only has to overlap
+//!   [start of call, end of call]; a page reached through a PMD table that
+//!   was unshared *and then reused* by its new owner (§3.1) still fails.
+//! - Owners: which mms a table frame is reachable from, and at which address,
+//!   is learnt when it is linked under an entry of a table whose owners are
+//!   known (the PGD's is set at `mm_alloc`), and forgotten when that entry is
+//!   cleared (recursively for the tables below).  A table linked into several
+//!   mms (hugetlb PMD sharing) has one owner per link: a store into it is a
+//!   mapping change in every mm that can reach it, at that mm's address.
 //! - Cost: nothing when off (a config bool).  When on, closed intervals are
 //!   dropped as soon as no GUP call in flight can still need them.
 
@@ -50,13 +55,19 @@ struct Interval {
     huge: bool,
     from: u64,
     to: u64,
+    /// Closed by clearing an entry *above* the PMD level (a PUD/PGD entry:
+    /// `huge_pmd_unshare`, `free_pgtables`).  GUP-fast re-checks the PTE and
+    /// the PMD after its grab but never the PUD, so for such a close its
+    /// guarantee is the weaker "mapped at some instant of the call" (8ce720d5bd91:
+    /// no different from a GUP-fast that finished just before the unmap).
+    upper: bool,
 }
 
 #[derive(Default)]
 struct History {
-    /// Table frame → ids of the mms it is linked into (several for a
-    /// shared hugetlb PMD table).
-    owners: HashMap<Pfn, Vec<u64>>,
+    /// Table frame → (mm id, va its first entry maps in that mm) of every
+    /// link to it.
+    owners: HashMap<Pfn, Vec<(u64, u64)>>,
     /// (mm id, PMD-aligned va) → leaf intervals under that PMD entry.
     groups: HashMap<(u64, u64), Vec<Interval>>,
 }
@@ -92,7 +103,7 @@ impl GupOracle {
     /// `mm_alloc`: the PGD frame belongs to `mm`.
     pub fn set_owner(&self, table: Pfn, mm: u64) {
         if self.enabled {
-            self.hist.lock().owners.insert(table, vec![mm]);
+            self.hist.lock().owners.insert(table, vec![(mm, 0)]);
         }
     }
 
@@ -103,41 +114,55 @@ impl GupOracle {
     }
 
     /// Perform the store `op` (returning the old and new entry) on the slot
-    /// for `va` in `table` (entries at `level`) and record what changed,
-    /// for every mm the table is linked into.
+    /// for `va` in `table` (entries at `level`) and record what changed.
     pub fn update(&self, k: &Kernel, table: Pfn, level: Level, va: u64, op: impl FnOnce() -> (Pte, Pte)) -> Pte {
         let mut h = self.hist.lock();
         let before = self.tick();
         let (old, new) = op();
         let after = self.tick();
+        let Some(owners) = h.owners.get(&table).cloned() else { return old };
+        let g = k.cfg.geometry;
         let same_target = old.present() && new.present() && old.pfn() == new.pfn() && old.huge() == new.huge();
         if same_target {
             return old; // permission / A / D change only
         }
-        let owners = match h.owners.get(&table) {
-            Some(v) if !v.is_empty() => v.clone(),
-            _ => return old,
-        };
         let keep_from = self.oldest_active();
-        let t = Ticks { before, after, keep_from };
-        for mm in owners {
-            self.record(k, &mut h, mm, level, va, old, new, t);
+        let span = 1u64 << g.level_shift(level);
+        let idx = crate::pgtable::index(k, level, va) as u64;
+        for (mm, tbase) in owners {
+            // The entry's address in this owner's address space.
+            let va = tbase + idx * span + (va & (span - 1));
+            self.update_one(k, &mut h, mm, level, va, old, new, before, after, keep_from);
         }
         old
     }
 
+    /// `update` for one owner `mm` of the table, the entry mapping `va` there.
     #[allow(clippy::too_many_arguments)]
-    fn record(&self, k: &Kernel, h: &mut History, mm: u64, level: Level, va: u64, old: Pte, new: Pte, t: Ticks) {
+    fn update_one(
+        &self,
+        k: &Kernel,
+        h: &mut History,
+        mm: u64,
+        level: Level,
+        va: u64,
+        old: Pte,
+        new: Pte,
+        before: u64,
+        after: u64,
+        keep_from: Option<u64>,
+    ) {
         let g = k.cfg.geometry;
         let pmd_mask = !(g.pmd_size() - 1);
         let page_va = va & !(g.page_size() - 1);
+        let h = &mut *h;
         match level {
             Level::Pte => {
                 if old.present() {
-                    close(h, mm, va & pmd_mask, |i| !i.huge && i.va == page_va && i.pfn == old.pfn(), t.after, t.keep_from);
+                    close(h, mm, va & pmd_mask, |i| !i.huge && i.va == page_va && i.pfn == old.pfn(), after, keep_from);
                 }
                 if new.present() {
-                    open(h, mm, va & pmd_mask, Interval { va: page_va, pfn: new.pfn(), huge: false, from: t.before, to: OPEN });
+                    open(h, mm, va & pmd_mask, Interval { va: page_va, pfn: new.pfn(), huge: false, from: before, to: OPEN, upper: false });
                 }
             }
             Level::Pmd => {
@@ -145,31 +170,31 @@ impl GupOracle {
                 if old.present() {
                     // A huge leaf goes, or a whole PTE table is unlinked.
                     let huge = old.huge();
-                    close(h, mm, pmd_va, |i| i.huge == huge, t.after, t.keep_from);
+                    close(h, mm, pmd_va, |i| i.huge == huge, after, keep_from);
                     if !huge {
-                        unlink(k, h, mm, old.pfn(), Level::Pte);
+                        unlink(k, h, mm, old.pfn(), Level::Pte, pmd_va);
                     }
                 }
                 if new.present() && new.huge() {
-                    open(h, mm, pmd_va, Interval { va: pmd_va, pfn: new.pfn(), huge: true, from: t.before, to: OPEN });
+                    open(h, mm, pmd_va, Interval { va: pmd_va, pfn: new.pfn(), huge: true, from: before, to: OPEN, upper: false });
                 } else if new.present() {
-                    self.link(k, h, mm, new.pfn(), Level::Pte, pmd_va, t.before);
+                    self.link(k, h, mm, new.pfn(), Level::Pte, pmd_va, before);
                 }
             }
             Level::Pud | Level::Pgd => {
                 let span = 1u64 << g.level_shift(level);
                 let base = va & !(span - 1);
-                let below = level.below().expect("upper level");
                 if old.present() {
                     let keys: Vec<_> =
                         h.groups.keys().filter(|(m, v)| *m == mm && (base..base.wrapping_add(span)).contains(v)).copied().collect();
                     for (m, v) in keys {
-                        close(h, m, v, |_| true, t.after, t.keep_from);
+                        close_upper(h, m, v, after, keep_from);
                     }
-                    unlink(k, h, mm, old.pfn(), below);
+                    unlink(k, h, mm, old.pfn(), level.below().expect("upper level"), base);
                 }
                 if new.present() {
-                    self.link(k, h, mm, new.pfn(), below, base, t.before);
+                    let below = level.below().expect("upper level");
+                    self.link(k, h, mm, new.pfn(), below, base, before);
                 }
             }
         }
@@ -179,21 +204,21 @@ impl GupOracle {
     /// `mm`: own it and open an interval for every leaf already in it.
     #[allow(clippy::too_many_arguments)]
     fn link(&self, k: &Kernel, h: &mut History, mm: u64, table: Pfn, level: Level, base: u64, at: u64) {
-        let owners = h.owners.entry(table).or_default();
-        if !owners.contains(&mm) {
-            owners.push(mm);
+        let links = h.owners.entry(table).or_default();
+        if !links.contains(&(mm, base)) {
+            links.push((mm, base));
         }
         let g = k.cfg.geometry;
         for i in 0..g.ptrs_per_table() as u64 {
             let va = base + (i << g.level_shift(level));
             let e = Pte(k.hw.ram.word(table, i as usize).load(Ordering::SeqCst));
-            if !e.present() || (e.pfn().0 as usize) >= k.mem.nr_frames() {
+            if !e.present() {
                 continue;
             }
             let pmd_va = va & !(g.pmd_size() - 1);
             match level {
-                Level::Pte => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: false, from: at, to: OPEN }),
-                Level::Pmd if e.huge() => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: true, from: at, to: OPEN }),
+                Level::Pte => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: false, from: at, to: OPEN, upper: false }),
+                Level::Pmd if e.huge() => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: true, from: at, to: OPEN, upper: false }),
                 _ => self.link(k, h, mm, e.pfn(), level.below().expect("upper level"), va, at),
             }
         }
@@ -211,6 +236,7 @@ impl GupOracle {
     /// Check the pages a GUP call returned (`(va, page, tick before its
     /// grab)`), then end the call.
     pub fn call_end(&self, k: &Kernel, cpu: CpuId, mm: u64, got: &[(u64, Pfn, u64)]) {
+        let start = self.active[cpu.idx()].load(Ordering::SeqCst);
         let end = self.tick();
         let g = k.cfg.geometry;
         let pmd_mask = !(g.pmd_size() - 1);
@@ -224,7 +250,7 @@ impl GupOracle {
                         } else {
                             i.va == va && i.pfn == page
                         };
-                        covers && i.from <= end && grab <= i.to
+                        covers && i.from <= end && (grab <= i.to || (i.upper && start <= i.to))
                     })
                 });
                 if !ok {
@@ -244,31 +270,25 @@ impl GupOracle {
     }
 }
 
-/// Ticks of one store: before it, after it, and the oldest GUP call in flight.
-#[derive(Clone, Copy)]
-struct Ticks {
-    before: u64,
-    after: u64,
-    keep_from: Option<u64>,
-}
-
-/// A table (entries at `level`) is no longer reachable in `mm`: drop `mm`
-/// from its owners and from those of the tables below it.
-fn unlink(k: &Kernel, h: &mut History, mm: u64, table: Pfn, level: Level) {
-    if let Some(v) = h.owners.get_mut(&table) {
-        v.retain(|m| *m != mm);
-        if v.is_empty() {
-            h.owners.remove(&table);
-        }
-    }
-    if level == Level::Pte {
+/// The link of `table` (entries at `level`, first entry mapping `base`) into
+/// `mm` was cleared: forget it, and the links of the tables below it that
+/// were reachable in `mm` only through it.
+fn unlink(k: &Kernel, h: &mut History, mm: u64, table: Pfn, level: Level, base: u64) {
+    let Some(links) = h.owners.get_mut(&table) else { return };
+    let before = links.len();
+    links.retain(|l| *l != (mm, base));
+    if links.len() == before {
         return;
     }
-    let below = level.below().expect("upper level");
-    for i in 0..k.cfg.geometry.ptrs_per_table() {
-        let e = Pte(k.hw.ram.word(table, i).load(Ordering::SeqCst));
-        if e.present() && !e.huge() && (e.pfn().0 as usize) < k.mem.nr_frames() {
-            unlink(k, h, mm, e.pfn(), below);
+    if links.is_empty() {
+        h.owners.remove(&table);
+    }
+    let Some(below) = level.below() else { return };
+    let g = k.cfg.geometry;
+    for i in 0..g.ptrs_per_table() as u64 {
+        let e = Pte(k.hw.ram.word(table, i as usize).load(Ordering::SeqCst));
+        if e.present() && !(level == Level::Pmd && e.huge()) && (e.pfn().0 as usize) < k.mem.nr_frames() {
+            unlink(k, h, mm, e.pfn(), below, base + (i << g.level_shift(level)));
         }
     }
 }
@@ -280,6 +300,17 @@ fn open(h: &mut History, mm: u64, pmd_va: u64, i: Interval) {
 /// Close the open intervals of group (mm, pmd_va) matching `pred` at `at`;
 /// drop closed intervals no GUP call in flight can need (closed before the
 /// oldest call started).
+/// `close` for an unlink above the PMD level: every open interval of the
+/// group, marked `upper`.
+fn close_upper(h: &mut History, mm: u64, pmd_va: u64, at: u64, keep_from: Option<u64>) {
+    if let Some(v) = h.groups.get_mut(&(mm, pmd_va)) {
+        for i in v.iter_mut().filter(|i| i.to == OPEN) {
+            i.upper = true;
+        }
+    }
+    close(h, mm, pmd_va, |_| true, at, keep_from);
+}
+
 fn close(h: &mut History, mm: u64, pmd_va: u64, pred: impl Fn(&Interval) -> bool, at: u64, keep_from: Option<u64>) {
     let Some(v) = h.groups.get_mut(&(mm, pmd_va)) else { return };
     for i in v.iter_mut().filter(|i| i.to == OPEN && pred(i)) {
