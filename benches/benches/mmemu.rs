@@ -508,6 +508,8 @@ fn ratios(_c: &mut Criterion) {
     }
     drop(host_ipi);
     let (mut emu_ipi, mut host_ipi) = (Vec::new(), Vec::new());
+    // membarrier with no sibling running: the syscall alone, no IPI.
+    let mut host_noipi = Vec::new();
     for _ in 0..rounds {
         {
             // A fresh machine per round, dropped before the host half: its
@@ -523,33 +525,49 @@ fn ratios(_c: &mut Criterion) {
                 Err(e) => eprintln!("ratios: membarrier failed: {e}"),
             }
         }
+        if let Ok(h) = HostIpi::start_with(false) {
+            if let Ok(d) = h.time(ipi_calls) {
+                host_noipi.push(d.as_nanos() as f64 / ipi_calls as f64);
+            }
+        }
     }
 
     // 2. munmap of 1 GiB: emulated (one CPU) vs host, alternating.
+    // Wall time and this thread's CPU time (immune to preemption by other
+    // jobs) of the same munmap.
     let (mut emu_mu, mut host_mu) = (Vec::new(), Vec::new());
+    let (mut emu_mu_cpu, mut host_mu_cpu) = (Vec::new(), Vec::new());
     {
         let em = EmuMunmap::new(KernelConfig::default(), munmap_bytes);
+        let pages = em.pages() as f64;
         for _ in 0..rounds {
-            emu_mu.push(em.ns_per_page());
-            match host::host_munmap_ns_per_page(munmap_bytes as usize) {
-                Ok(ns) => host_mu.push(ns),
+            let t = em.round_timed();
+            emu_mu.push(t.wall.as_nanos() as f64 / pages);
+            emu_mu_cpu.push(t.cpu_ns as f64 / pages);
+            match host::host_munmap_timed(munmap_bytes as usize) {
+                Ok(t) => {
+                    host_mu.push(t.wall.as_nanos() as f64 / pages);
+                    host_mu_cpu.push(t.cpu_ns as f64 / pages);
+                }
                 Err(e) => eprintln!("ratios: host munmap failed: {e}"),
             }
         }
     }
 
     // 3. TLB hit (no host counterpart: a target in ns).
-    let mut hit = Vec::new();
+    let (mut hit, mut hit_cpu) = (Vec::new(), Vec::new());
     {
         let (k, _mm) = mapped_kernel(KernelConfig::default(), 1);
         let va = page_va(&k, 0);
         hw_read(&k, va);
         for _ in 0..rounds {
-            let t0 = Instant::now();
-            for _ in 0..hits {
-                black_box(hw_read(&k, black_box(va)));
-            }
-            hit.push(t0.elapsed().as_nanos() as f64 / hits as f64);
+            let ((), t) = host::Timed::measure(|| {
+                for _ in 0..hits {
+                    black_box(hw_read(&k, black_box(va)));
+                }
+            });
+            hit.push(t.wall.as_nanos() as f64 / hits as f64);
+            hit_cpu.push(t.cpu_ns as f64 / hits as f64);
         }
     }
 
@@ -590,6 +608,14 @@ fn ratios(_c: &mut Criterion) {
             target: 1.0,
         },
         Row { what: "TLB hit (emulated read)", emu: med(&mut hit), host: None, unit: "ns", target: 10.0 },
+        Row {
+            what: "munmap per page, thread CPU time (preemption excluded)",
+            emu: med(&mut emu_mu_cpu),
+            host: med(&mut host_mu_cpu),
+            unit: "ns/page",
+            target: 1.0,
+        },
+        Row { what: "TLB hit, thread CPU time (preemption excluded)", emu: med(&mut hit_cpu), host: None, unit: "ns", target: 10.0 },
     ];
     let dn_alone = med(&mut dn[0]);
     let dn_sib = med(&mut dn[1]);
@@ -634,11 +660,17 @@ fn ratios(_c: &mut Criterion) {
     let _ = writeln!(out, "{:<24} {:>10} {:>10} {:>12}", "", "alone", "sibling", "shootdown");
     let _ = writeln!(out, "{:<24} {:>10} {:>10} {:>12}", "emulated (spin, 2 CPUs)", fmt_opt(edn_alone), fmt_opt(edn_sib), diff(edn_alone, edn_sib));
     let _ = writeln!(out, "{:<24} {:>10} {:>10} {:>12}", "host", fmt_opt(dn_alone), fmt_opt(dn_sib), diff(dn_alone, dn_sib));
+    let _ = writeln!(
+        out,
+        "host membarrier with no sibling running (syscall only, no IPI): median {} ns",
+        fmt_opt(med(&mut host_noipi.clone()))
+    );
     let _ = writeln!(out, "raw rounds (ns): emu ipi {:?}", rounded(&emu_ipi));
     let _ = writeln!(out, "                 host ipi {:?}", rounded(&host_ipi));
     let _ = writeln!(out, "                 emu munmap/page {:?}", rounded(&emu_mu));
     let _ = writeln!(out, "                 host munmap/page {:?}", rounded(&host_mu));
     let _ = writeln!(out, "                 tlb hit {:?}", rounded(&hit));
+    let _ = writeln!(out, "  (CPU-time rows: CLOCK_THREAD_CPUTIME_ID of the measuring thread; the wall-time rows are the targets' definition)");
     let _ = writeln!(out, "ratio step took {:.1} s", t_start.elapsed().as_secs_f64());
     println!("\n{out}");
     let path = ratios_path();

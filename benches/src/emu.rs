@@ -113,6 +113,11 @@ impl EmuMunmap {
     /// timed munmap of the whole region.  The mm then exits; the check that
     /// nothing leaked and no violation happened is not timed either.
     pub fn round(&self) -> Duration {
+        self.round_timed().wall
+    }
+
+    /// `round`, with this thread's CPU time of the munmap as well.
+    pub fn round_timed(&self) -> crate::host::Timed {
         let k = &self.k;
         let mm = k.mm_alloc();
         mm_core::tlb::switch_mm(k, &mm);
@@ -121,9 +126,7 @@ impl EmuMunmap {
         for p in 0..self.pages() {
             k.write_user(&mm, MUNMAP_BASE + p * ps, p).expect("touch");
         }
-        let t0 = Instant::now();
-        ops::munmap(k, &mm, MUNMAP_BASE, self.bytes).expect("munmap");
-        let dt = t0.elapsed();
+        let ((), dt) = crate::host::Timed::measure(|| ops::munmap(k, &mm, MUNMAP_BASE, self.bytes).expect("munmap"));
         ops::exit_mm(k, &mm);
         k.rcu_barrier();
         assert_eq!(k.san.count(), 0, "sanitizer violations in the munmap bench");

@@ -49,6 +49,38 @@ fn check_page_size() -> Result<(), String> {
     Ok(())
 }
 
+/// CPU time consumed by the calling thread so far (user + system), in ns.
+/// Unlike wall time it does not grow while the thread is preempted, so on a
+/// shared host it isolates single-threaded work from other jobs (they still
+/// share caches and memory bandwidth).
+pub fn thread_cpu_ns() -> u64 {
+    // SAFETY: all-zero is a valid timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(r, 0, "{}", errno_msg("clock_gettime(CLOCK_THREAD_CPUTIME_ID)"));
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Wall time and this thread's CPU time of one measured section.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timed {
+    pub wall: Duration,
+    pub cpu_ns: u64,
+}
+
+impl Timed {
+    /// Run `f`, measuring both clocks.
+    pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Timed) {
+        let c0 = thread_cpu_ns();
+        let t0 = Instant::now();
+        let r = f();
+        let wall = t0.elapsed();
+        let cpu_ns = thread_cpu_ns() - c0;
+        (r, Timed { wall, cpu_ns })
+    }
+}
+
 /// Saves this thread's CPU affinity and restores it on drop.
 pub struct AffinityGuard {
     saved: libc::cpu_set_t,
@@ -158,14 +190,21 @@ impl Drop for Spinner {
 /// core 1, membarrier registered.  Drop restores the affinity and stops the
 /// sibling.
 pub struct HostIpi {
-    _spinner: Spinner,
+    _spinner: Option<Spinner>,
     _pin: AffinityGuard,
 }
 
 impl HostIpi {
     /// Check membarrier support, register, pin and start the sibling.
     pub fn start() -> Result<Self, String> {
-        if host_cores() < 2 {
+        Self::start_with(true)
+    }
+
+    /// `start`, or with `sibling == false` no other thread runs: membarrier
+    /// then interrupts nobody, which gives the syscall's own cost (the
+    /// baseline the IPI round trip adds to).
+    pub fn start_with(sibling: bool) -> Result<Self, String> {
+        if sibling && host_cores() < 2 {
             return Err("host has one core: membarrier would send no IPI".into());
         }
         let q = membarrier(MEMBARRIER_CMD_QUERY);
@@ -179,7 +218,7 @@ impl HostIpi {
             return Err(errno_msg("membarrier(REGISTER_PRIVATE_EXPEDITED)"));
         }
         let pin = AffinityGuard::pin(0)?;
-        let spinner = Spinner::start(1)?;
+        let spinner = if sibling { Some(Spinner::start(1)?) } else { None };
         let me = HostIpi { _spinner: spinner, _pin: pin };
         me.call()?; // first call: fail early, warm up
         Ok(me)
@@ -242,17 +281,15 @@ impl Region {
     }
 
     /// munmap the whole region; returns how long the syscall took.
-    fn munmap(mut self) -> Result<Duration, String> {
+    fn munmap(mut self) -> Result<Timed, String> {
         let (p, len) = (self.ptr, self.len);
         self.len = 0; // Drop does nothing now
-        let t0 = Instant::now();
         // SAFETY: [p, p+len) is this region's mapping and nothing borrows it.
-        let r = unsafe { libc::munmap(p.cast(), len) };
-        let dt = t0.elapsed();
+        let (r, t) = Timed::measure(|| unsafe { libc::munmap(p.cast(), len) });
         if r != 0 {
             return Err(errno_msg("munmap"));
         }
-        Ok(dt)
+        Ok(t)
     }
 }
 
@@ -268,9 +305,13 @@ impl Drop for Region {
 /// Host munmap of `bytes` of touched 4 KiB pages: ns per page (the touch
 /// is not timed).
 pub fn host_munmap_ns_per_page(bytes: usize) -> Result<f64, String> {
-    let r = Region::touched(bytes)?;
-    let dt = r.munmap()?;
-    Ok(dt.as_nanos() as f64 / (bytes / HOST_PAGE) as f64)
+    Ok(host_munmap_timed(bytes)?.wall.as_nanos() as f64 / (bytes / HOST_PAGE) as f64)
+}
+
+/// Host munmap of `bytes` of touched 4 KiB pages: wall and CPU time of the
+/// syscall alone.
+pub fn host_munmap_timed(bytes: usize) -> Result<Timed, String> {
+    Region::touched(bytes)?.munmap()
 }
 
 /// Touch + madvise(MADV_DONTNEED) of one page, in a loop.
