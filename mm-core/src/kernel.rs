@@ -40,6 +40,16 @@ impl FaultInject {
     }
 }
 
+/// Test hooks: forced interleavings for deterministic tests on `SyncSmp`
+/// (set once; never part of a modelled race).
+#[derive(Default)]
+pub struct TestHooks {
+    /// Called by `zap_pte_range` after its PTE loop, with the PTL still held
+    /// and before the force-flush (`tlb_flush_mmu_tlbonly` + `tlb_flush_rmaps`):
+    /// the window of 5df397dec7c4.
+    pub zap_pte_range_locked: crate::sync::HookCell<Box<dyn Fn(&Kernel) + Send + Sync>>,
+}
+
 pub struct Kernel {
     pub cfg: KernelConfig,
     pub hw: Hw,
@@ -52,6 +62,7 @@ pub struct Kernel {
     /// x86 `cpu_tlbstate` / `cpu_tlbstate_shared`, per CPU.
     pub cpus: Box<[CpuTlbState]>,
     pub inject: FaultInject,
+    pub hooks: TestHooks,
     next_id: AtomicU64,
 }
 
@@ -101,6 +112,7 @@ impl Kernel {
             smp,
             cpus: (0..n).map(|_| CpuTlbState::default()).collect(),
             inject: FaultInject::default(),
+            hooks: TestHooks::default(),
             next_id: AtomicU64::new(1),
             cfg,
         }))
@@ -264,6 +276,17 @@ impl Kernel {
             }
         }
         panic!("user access at {va:#x} on {cpu} kept faulting after the fault was handled");
+    }
+
+    /// Counters plus the /proc/interrupts "CAL" row (function-call IPIs
+    /// received per CPU, from the `Smp`) as `irq_call_count`; the "TLB" row
+    /// is `irq_tlb_count`.
+    pub fn stats_snapshot(&self) -> crate::stats::StatsSnapshot {
+        let mut s = self.stats.snapshot();
+        let cal: Vec<u64> = (0..self.hw.nr_cpus()).map(|c| self.smp.call_interrupts(CpuId(c as u32))).collect();
+        s.totals.push(("irq_call_count", cal.iter().sum()));
+        s.per_cpu.push(("irq_call_count", cal));
+        s
     }
 
     /// `user_access` read.

@@ -164,6 +164,8 @@ pub struct MmStruct {
     pub rss: AtomicU64,
     /// Page tables allocated (`mm->pgtables_bytes` in pages).
     pub nr_ptes: AtomicU64,
+    /// `mm->notifier_subscriptions`: secondary MMUs (`notifier.rs`).
+    pub notifier_subscriptions: crate::notifier::MmuNotifierSubscriptions,
 }
 
 impl MmStruct {
@@ -178,6 +180,7 @@ impl MmStruct {
             tlb_gen: AtomicU64::new(1),
             rss: AtomicU64::new(0),
             nr_ptes: AtomicU64::new(0),
+            notifier_subscriptions: crate::notifier::MmuNotifierSubscriptions::new(),
         }
     }
 

@@ -17,7 +17,16 @@ use crate::pgtable;
 use crate::sync::Ordering;
 
 /// `folio_mkclean`: returns how many mappings were cleaned.
+///
+/// Like the kernel it first checks `folio_mapped`: a folio with no rmap left
+/// has nothing to clean, and the walk does not even look at i_mmap — which is
+/// why a zap must not drop the rmap before its TLB flush (5df397dec7c4).
+/// Each mapping is then visited under its PTL (`page_vma_mapped_walk` with
+/// PVMW_SYNC), so a zap holding that PTL is waited for.
 pub fn folio_mkclean(k: &Kernel, mapping: &AddressSpace, folio: Folio) -> usize {
+    if !k.mem.folio_mapped(folio) {
+        return 0;
+    }
     let pgoff = k.mem.folio(folio).index.load(Ordering::SeqCst);
     let shift = k.cfg.geometry.page_shift;
     let mut cleaned = 0;
@@ -28,18 +37,29 @@ pub fn folio_mkclean(k: &Kernel, mapping: &AddressSpace, folio: Folio) -> usize 
             continue;
         }
         let va = e.start + ((pgoff - e.pgoff) << shift);
-        let Some(table) = pgtable::lookup_table(k, &e.mm, va, Level::Pte) else { continue };
+        cleaned += page_vma_mkclean_one(k, &e.mm, folio, va);
+    }
+    cleaned
+}
+
+/// `page_vma_mkclean_one` for one PTE mapping: under the PTL,
+/// `ptep_clear_flush`, then a clean read-only entry; then
+/// `mmu_notifier_invalidate_range_end` (after the PTL is dropped).
+fn page_vma_mkclean_one(k: &Kernel, mm: &crate::mm::MmStruct, folio: Folio, va: u64) -> usize {
+    let Some(table) = pgtable::lookup_table(k, mm, va, Level::Pte) else { return 0 };
+    let cleaned = {
         let _ptl = pgtable::ptl(k, table);
         let pte = pgtable::read(k, table, Level::Pte, va);
         if !pte.present() || pte.pfn() != folio.pfn() || (!pte.dirty() && !pte.write()) {
-            continue;
+            0
+        } else {
+            let old = pgtable::get_and_clear(k, table, Level::Pte, va);
+            crate::tlb::flush_tlb_page(k, mm, va);
+            pgtable::write(k, table, Level::Pte, va, old.wrprotect().mkclean());
+            1
         }
-        // page_vma_mkclean_one: ptep_clear_flush, then a clean read-only entry.
-        let old = pgtable::get_and_clear(k, table, Level::Pte, va);
-        crate::tlb::flush_tlb_page(k, &e.mm, va);
-        pgtable::write(k, table, Level::Pte, va, old.wrprotect().mkclean());
-        cleaned += 1;
-    }
+    };
+    crate::notifier::mmu_notifier_invalidate_range_end(k, mm, va, va + k.cfg.geometry.page_size());
     cleaned
 }
 
