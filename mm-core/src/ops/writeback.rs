@@ -75,7 +75,14 @@ pub fn folio_clear_dirty_for_io(k: &Kernel, mapping: &AddressSpace, folio: Folio
 /// Write back every dirty page of `mapping` (`filemap_write_and_wait`).
 /// Returns the number of pages written.
 pub fn writeback_mapping(k: &Kernel, mapping: &AddressSpace) -> usize {
-    let folios: Vec<(u64, Folio)> = mapping.i_pages.lock().iter().map(|(i, f)| (*i, *f)).collect();
+    filemap_fdatawrite_range(k, mapping, 0, u64::MAX)
+}
+
+/// `filemap_fdatawrite_range` (msync / fdatasync of file pages
+/// [start, end)): write back every dirty page in the range.  Returns the
+/// number of pages written.
+pub fn filemap_fdatawrite_range(k: &Kernel, mapping: &AddressSpace, start: u64, end: u64) -> usize {
+    let folios: Vec<(u64, Folio)> = mapping.i_pages.lock().range(start..end).map(|(i, f)| (*i, *f)).collect();
     let mut written = 0;
     for (pgoff, folio) in folios {
         let page = k.mem.folio(folio);
@@ -94,6 +101,40 @@ pub fn writeback_mapping(k: &Kernel, mapping: &AddressSpace) -> usize {
         page.clear(flags::PG_LOCKED);
     }
     written
+}
+
+/// `invalidate_mapping_pages(mapping, start, end)` (POSIX_FADV_DONTNEED):
+/// evict the clean, unmapped, unlocked page-cache pages of [start, end) that
+/// nobody else holds (`mapping_evict_folio`).  Returns how many went.  A
+/// clean page whose contents never reached the disk is forgotten here —
+/// that is how lost dirty data becomes visible to the next reader.
+pub fn invalidate_mapping_pages(k: &Kernel, mapping: &AddressSpace, start: u64, end: u64) -> usize {
+    let mut pages = mapping.i_pages.lock();
+    let candidates: Vec<(u64, Folio)> = pages.range(start..end).map(|(i, f)| (*i, *f)).collect();
+    let mut evicted = 0;
+    for (i, f) in candidates {
+        let page = k.mem.folio(f);
+        if page.test(flags::PG_LOCKED) || page.test(flags::PG_WRITEBACK) || k.mem.folio_mapped(f) {
+            continue;
+        }
+        // __remove_mapping: freeze the refcount at "page cache only" (every
+        // mapping and every gather holds its own reference), then re-check
+        // dirty — a zap marks the folio dirty before it drops its reference,
+        // so a frozen, clean folio really has nothing unwritten.
+        let nr = k.mem.folio_nr_pages(f) as i32;
+        if page.refcount.compare_exchange(nr, 0, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            continue;
+        }
+        if page.test(flags::PG_DIRTY) || k.mem.folio_mapped(f) {
+            page.refcount.store(nr, Ordering::SeqCst); // folio_ref_unfreeze
+            continue;
+        }
+        page.refcount.store(nr, Ordering::SeqCst);
+        pages.remove(&i);
+        k.folio_put(f);
+        evicted += 1;
+    }
+    evicted
 }
 
 /// `truncate_inode_pages`: drop every page-cache page of `mapping`.  Pages
