@@ -40,6 +40,9 @@ impl FaultInject {
     }
 }
 
+/// A test hook called with the kernel.
+pub type KernelHook = Box<dyn Fn(&Kernel) + Send + Sync>;
+
 /// Test hooks: forced interleavings for deterministic tests on `SyncSmp`
 /// (set once; never part of a modelled race).
 #[derive(Default)]
@@ -47,7 +50,7 @@ pub struct TestHooks {
     /// Called by `zap_pte_range` after its PTE loop, with the PTL still held
     /// and before the force-flush (`tlb_flush_mmu_tlbonly` + `tlb_flush_rmaps`):
     /// the window of 5df397dec7c4.
-    pub zap_pte_range_locked: crate::sync::HookCell<Box<dyn Fn(&Kernel) + Send + Sync>>,
+    pub zap_pte_range_locked: crate::sync::HookCell<KernelHook>,
 }
 
 pub struct Kernel {

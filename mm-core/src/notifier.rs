@@ -37,6 +37,7 @@
 //! - `mmu_notifier_invalidate_range_end` (`__mmu_notifier_invalidate_range_end`
 //!   with `only_end == false`), i.e. after the PTL is dropped (folio_mkclean's
 //!   `page_vma_mkclean_one`, fork's `copy_page_range`).
+//!
 //! A path that calls the arch flush directly — arm64 `ptep_set_access_flags`
 //! → `flush_tlb_page` on a permission upgrade — reached no subscriber, and a
 //! device holding the old read-only translation faulted forever (the SMMU

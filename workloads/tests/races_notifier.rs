@@ -50,9 +50,9 @@ fn writeback_race_delay_rmap_off_loses_data() {
 
 #[test]
 fn writeback_race_delay_rmap_on_is_clean() {
-    let o = writeback_race::run(&params(2, None, 300)).unwrap();
-    expect_clean("writeback_race", &o, 300);
-    assert!(o.kernel.stats.get(mm_core::stats::Stat::DelayedRmaps) >= 300);
+    let o = writeback_race::run(&params(2, None, 100)).unwrap();
+    expect_clean("writeback_race", &o, 100);
+    assert!(o.kernel.stats.get(mm_core::stats::Stat::DelayedRmaps) >= 100 * writeback_race::PAGES);
 }
 
 #[test]
@@ -63,8 +63,8 @@ fn nested_zap_detect_off_leaves_stale_entries() {
 
 #[test]
 fn nested_zap_detect_on_is_clean() {
-    let o = nested_zap::run(&params(2, None, 100)).unwrap();
-    expect_clean("nested_zap", &o, 100);
+    let o = nested_zap::run(&params(2, None, 60)).unwrap();
+    expect_clean("nested_zap", &o, 60);
 }
 
 #[test]

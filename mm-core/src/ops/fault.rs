@@ -129,7 +129,7 @@ pub fn do_anonymous_page_mthp(k: &Kernel, mm: &Arc<MmStruct>, va: u64, order: u3
     let nr = 1u64 << order;
     let ps = k.cfg.geometry.page_size();
     let size = nr * ps;
-    if va % size != 0 || order > k.cfg.geometry.pt_bits {
+    if !va.is_multiple_of(size) || order > k.cfg.geometry.pt_bits {
         return Err(FaultError::Unsupported);
     }
     let vmas = mm.mmap_lock.read();

@@ -10,6 +10,7 @@
 //!   `RETRY_BOUND` times;
 //! - a thread of the mm (CPU0) writes the page: `wp_page_shared` upgrades the
 //!   PTE in place with `ptep_set_access_flags` → arm64 `flush_tlb_page`.
+//!
 //! With the fix reverted that flush never reaches the device, whose stale
 //! read-only entry makes every retry fault again: `secondary-livelock`.
 //! Requires the arm64 profile (x86 `ptep_set_access_flags` does not flush at
@@ -63,7 +64,7 @@ fn check(p: &RaceParams) -> Result<(), String> {
 /// The permission-upgrade livelock race.
 pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     check(p)?;
-    let sys = System::new(p.kcfg.clone(), p.machine.clone())?;
+    let sys = System::new(p.kcfg.clone(), p.machine)?;
     let k = sys.kernel().clone();
     let ps = k.cfg.geometry.page_size();
     let file = k.new_file(FILE_PAGES);
@@ -134,7 +135,7 @@ pub const DMA_PAGES: u64 = 16;
 /// Device DMA concurrent with MADV_DONTNEED + re-fault of the same range.
 pub fn run_dma_vs_zap(p: &RaceParams) -> Result<RaceOutcome, String> {
     check(p)?;
-    let sys = System::new(p.kcfg.clone(), p.machine.clone())?;
+    let sys = System::new(p.kcfg.clone(), p.machine)?;
     let k = sys.kernel().clone();
     let ps = k.cfg.geometry.page_size();
     let mm = sys.mm_alloc().map_err(|e| e.to_string())?;

@@ -26,7 +26,7 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     if kcfg.ram_frames < need {
         kcfg.ram_frames = need.next_power_of_two();
     }
-    let sys = System::new(kcfg, p.machine.clone())?;
+    let sys = System::new(kcfg, p.machine)?;
     let k = sys.kernel().clone();
     let pmd = g.pmd_size();
     let mm = sys.mm_alloc().map_err(|e| e.to_string())?;

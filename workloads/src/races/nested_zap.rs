@@ -10,6 +10,7 @@
 //!   driver to line the two up) and after a random delay, MADV_DONTNEED of
 //!   S — if it runs while T1 is in B it finds every PTE of S already none,
 //!   gathers nothing and returns.
+//!
 //! With the fix reverted T2's `tlb_finish_mmu` trusts its empty range, so
 //! when madvise returns CPU0 and CPU1 still cache S: the sanitizer's
 //! return-time check reports `stale-after-zap`.  With the fix T2 sees
@@ -45,7 +46,7 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     if p.kcfg.nr_cpus < 2 {
         return Err(format!("nested_zap needs 2 CPUs; got {}", p.kcfg.nr_cpus));
     }
-    let sys = System::new(p.kcfg.clone(), p.machine.clone())?;
+    let sys = System::new(p.kcfg.clone(), p.machine)?;
     let k = sys.kernel().clone();
     let ps = k.cfg.geometry.page_size();
     let pmd = k.cfg.geometry.pmd_size();

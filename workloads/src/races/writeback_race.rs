@@ -57,7 +57,7 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     if p.kcfg.nr_cpus < 2 {
         return Err(format!("writeback_race needs 2 CPUs (writer, zapper); got {}", p.kcfg.nr_cpus));
     }
-    let sys = System::new(p.kcfg.clone(), p.machine.clone())?;
+    let sys = System::new(p.kcfg.clone(), p.machine)?;
     let k = sys.kernel().clone();
     let ps = k.cfg.geometry.page_size();
     let words = k.hw.ram.words_per_frame() as u64;
