@@ -66,6 +66,10 @@ pub struct Kernel {
     pub cpus: Box<[CpuTlbState]>,
     pub inject: FaultInject,
     pub hooks: TestHooks,
+    /// GUP oracle: mapping history per (mm, va) (`ops::gup::oracle`).
+    pub gup_oracle: crate::ops::gup::oracle::GupOracle,
+    /// Injection points inside gup_fast / collapse_huge_page (tests, stress).
+    pub race_hooks: crate::ops::gup::RaceHooks,
     next_id: AtomicU64,
 }
 
@@ -116,6 +120,8 @@ impl Kernel {
             cpus: (0..n).map(|_| CpuTlbState::default()).collect(),
             inject: FaultInject::default(),
             hooks: TestHooks::default(),
+            gup_oracle: crate::ops::gup::oracle::GupOracle::new(cfg.gup_oracle, n),
+            race_hooks: Default::default(),
             next_id: AtomicU64::new(1),
             cfg,
         }))
@@ -127,9 +133,10 @@ impl Kernel {
         Kernel::new(cfg, Box::new(crate::smp::SyncSmp::new(nr_cpus))).expect("valid test config")
     }
 
-    /// Move the running code to `cpu` (synchronous reference `Smp` only).
+    /// Move the running code (this thread) to `cpu`: `SyncSmp` and
+    /// `ModelSmp` only; a machine whose threads are CPUs panics.
     pub fn set_cpu(&self, cpu: CpuId) {
-        self.smp.as_sync().expect("set_cpu needs the synchronous SyncSmp").set_cpu(cpu);
+        self.smp.bind_current_thread(cpu);
     }
 
     #[inline]
@@ -241,6 +248,7 @@ impl Kernel {
         let mut spins = 0u64;
         while self.rcu.pending() > 0 {
             self.rcu_process_callbacks();
+            self.smp.cond_resched();
             spins += 1;
             if spins.is_multiple_of(64) {
                 crate::sync::yield_now();
@@ -253,6 +261,7 @@ impl Kernel {
     pub fn mm_alloc(&self) -> Arc<MmStruct> {
         let pgd = crate::pgtable::alloc_table_frame(self).expect("out of memory for a pgd");
         let mm = Arc::new(MmStruct::new(self.next_id(), pgd));
+        self.gup_oracle.set_owner(pgd, mm.id);
         mm.nr_ptes.fetch_add(1, Ordering::SeqCst);
         mm
     }

@@ -28,6 +28,7 @@ stat_items! {
     NrTlbLocalFlushAll => "nr_tlb_local_flush_all", "vmstat NR_TLB_LOCAL_FLUSH_ALL";
     NrTlbLocalFlushOne => "nr_tlb_local_flush_one", "vmstat NR_TLB_LOCAL_FLUSH_ONE (per page)";
     IrqTlbCount => "irq_tlb_count", "/proc/interrupts TLB row: TLB shootdown interrupts handled";
+    TlbIpiSent => "tlb_ipi_sent", "TLB shootdown IPIs sent, one per target CPU (sender side of irq_tlb_count)";
     TraceOnTaskSwitch => "TLB_FLUSH_ON_TASK_SWITCH", "tlb_flush trace reason";
     TraceRemoteShootdown => "TLB_REMOTE_SHOOTDOWN", "tlb_flush trace reason";
     TraceLocalShootdown => "TLB_LOCAL_SHOOTDOWN", "tlb_flush trace reason";
@@ -50,6 +51,10 @@ stat_items! {
     NestedFlushForced => "nested_flush_forced", "tlb_finish_mmu forced a full flush (mm_tlb_flush_nested)";
     SecondaryTlbInvalidations => "secondary_tlb_invalidations", "mmu_notifier secondary-TLB invalidations (one per subscriber)";
     IommuPageFaults => "iommu_page_faults", "device faults handled by iommu_sva_handle_iopf";
+    ThpCollapseAlloc => "thp_collapse_alloc", "vmstat THP_COLLAPSE_ALLOC: huge pages allocated by khugepaged collapse";
+    ThpCollapseAllocFailed => "thp_collapse_alloc_failed", "vmstat THP_COLLAPSE_ALLOC_FAILED";
+    ThpCollapsed => "pages_collapsed", "khugepaged pages_collapsed: PMD ranges collapsed into a THP";
+    ThpTablesRetracted => "thp_tables_retracted", "retract_page_tables: empty file PTE tables removed";
     PageFaults => "pgfault", "page faults handled";
     CowFaults => "cow_faults", "copy-on-write faults";
 }

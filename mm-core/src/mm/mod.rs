@@ -166,6 +166,9 @@ pub struct MmStruct {
     pub nr_ptes: AtomicU64,
     /// `mm->notifier_subscriptions`: secondary MMUs (`notifier.rs`).
     pub notifier_subscriptions: crate::notifier::MmuNotifierSubscriptions,
+    /// `pmd_huge_pte`: PTE tables deposited under huge PMDs (anon THP),
+    /// keyed by the PMD-aligned address (`pgtable_trans_huge_deposit`).
+    pub pmd_huge_pte: Mutex<BTreeMap<u64, Pfn>>,
 }
 
 impl MmStruct {
@@ -181,6 +184,7 @@ impl MmStruct {
             rss: AtomicU64::new(0),
             nr_ptes: AtomicU64::new(0),
             notifier_subscriptions: crate::notifier::MmuNotifierSubscriptions::new(),
+            pmd_huge_pte: Mutex::new(BTreeMap::new()),
         }
     }
 

@@ -6,6 +6,10 @@ pub mod check;
 pub mod dirty_oracle;
 pub mod fault;
 pub mod fork;
+pub mod gup;
+pub mod huge_memory;
+pub mod hugetlb;
+pub mod khugepaged;
 pub mod madvise;
 pub mod mmap;
 pub mod mprotect;
@@ -13,6 +17,7 @@ pub mod writeback;
 pub mod zap;
 
 pub use fork::dup_mmap;
+pub use hugetlb::mmap_hugetlb;
 pub use madvise::madvise_dontneed;
 pub use mmap::{exit_mm, exit_mmap, mmap_anon, mmap_file, mmdrop, munmap, MmError};
 pub use mprotect::mprotect;
