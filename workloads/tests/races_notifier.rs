@@ -44,8 +44,8 @@ fn expect_clean(name: &str, o: &RaceOutcome, rounds: u64) {
 
 #[test]
 fn writeback_race_delay_rmap_off_loses_data() {
-    let o = writeback_race::run(&params(2, Some(Fix::DelayRmap), 400)).unwrap();
-    expect_found("writeback_race", &o, ViolationKind::LostDirtyData, 400);
+    let o = writeback_race::run(&params(2, Some(Fix::DelayRmap), 1000)).unwrap();
+    expect_found("writeback_race", &o, ViolationKind::LostDirtyData, 1000);
 }
 
 #[test]
@@ -57,8 +57,8 @@ fn writeback_race_delay_rmap_on_is_clean() {
 
 #[test]
 fn nested_zap_detect_off_leaves_stale_entries() {
-    let o = nested_zap::run(&params(2, Some(Fix::NestedFlushDetect), 400)).unwrap();
-    expect_found("nested_zap", &o, ViolationKind::StaleAfterZap, 400);
+    let o = nested_zap::run(&params(2, Some(Fix::NestedFlushDetect), 1000)).unwrap();
+    expect_found("nested_zap", &o, ViolationKind::StaleAfterZap, 1000);
 }
 
 #[test]
