@@ -66,3 +66,9 @@ impl RaceOutcome {
         RaceOutcome { iterations, first_violation_at, kinds, kernel }
     }
 }
+
+pub mod iommu_sva;
+pub mod large_folio_zap;
+pub mod lazy_tlb;
+pub mod nested_zap;
+pub mod writeback_race;
