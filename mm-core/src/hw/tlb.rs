@@ -203,7 +203,28 @@ impl Tlb {
     /// Returns the number of leaf entries dropped.
     pub fn flush_one(&mut self, asid: u64, va: u64) -> usize {
         self.drop_psc_asid(asid);
-        self.drop_leaf(asid, va, va + 1)
+        // Same result as drop_leaf(asid, va, va + 1), but only the two sets
+        // `va` indexes can hold a translation of it (insert places entries
+        // by set), so look there only: flush_tlb_func issues one of these
+        // per page up to the 33-page ceiling.  `leaf_asids` stays a superset.
+        let mut n = 0;
+        let vpn = va >> self.geo.page_shift;
+        for i in self.set_range(false, vpn) {
+            let e = &mut self.small[i];
+            if e.valid && e.asid == asid && e.vpn == vpn {
+                e.valid = false;
+                n += 1;
+            }
+        }
+        let hvpn = va >> self.geo.level_shift(Level::Pmd);
+        for i in self.set_range(true, hvpn) {
+            let e = &mut self.huge[i];
+            if e.valid && e.asid == asid && e.vpn == hvpn {
+                e.valid = false;
+                n += 1;
+            }
+        }
+        n
     }
 
     fn drop_leaf(&mut self, asid: u64, start: u64, end: u64) -> usize {
