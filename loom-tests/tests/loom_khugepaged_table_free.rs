@@ -16,6 +16,7 @@
 //!   an empty PTE table and frees it at once (`collapse_and_free_pmd`);
 //!   with `pte_free_defer` (v6.6+) it waits for a grace period and needs
 //!   no sync.
+//!
 //! With the sync, CPU0's `tlb_remove_table_sync_one` right after
 //! `pmdp_collapse_flush` waits for CPU1's IRQs-off walk.
 #![cfg(mmemu_loom)]
