@@ -68,10 +68,10 @@ struct MachineArgs {
 #[derive(Args, Debug, Clone)]
 struct BudgetArgs {
     /// Run for this many seconds (0 < S <= 86400).
-    #[arg(long, value_name = "S", value_parser = parse_seconds, conflicts_with = "iterations")]
+    #[arg(long, value_name = "S", value_parser = parse_seconds, conflicts_with = "iterations", allow_negative_numbers = true)]
     seconds: Option<f64>,
     /// Run this many rounds (per thread for native scenarios; 1..=1000000000).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    #[arg(long, value_name = "N", value_parser = parse_iterations, allow_negative_numbers = true)]
     iterations: Option<u64>,
 }
 
@@ -81,7 +81,7 @@ struct RunArgs {
     #[arg(value_parser = parse_scenario)]
     scenario: &'static Scenario,
     /// Emulated CPUs (1..=256; default 4).
-    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
     cpus: Option<usize>,
     /// Arch profile (default: the scenario's).
     #[arg(long, value_name = "x86|arm64|generic", value_parser = parse_arch)]
@@ -102,6 +102,9 @@ struct RunArgs {
     /// Write a Chrome trace-event JSON file (open it in ui.perfetto.dev).
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
+    /// Testing the error path: the first syscall on this CPU panics.
+    #[arg(long, value_name = "CPU", hide = true)]
+    inject_panic: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -110,7 +113,7 @@ struct ReproArgs {
     #[arg(value_parser = parse_fix)]
     switch: Fix,
     /// Emulated CPUs (1..=256; default 4).
-    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
     cpus: Option<usize>,
     #[command(flatten)]
     budget: BudgetArgs,
@@ -127,13 +130,13 @@ struct ReproArgs {
 #[derive(Args, Debug)]
 struct StressArgs {
     /// Emulated CPUs (1..=256; default: the host's cores).
-    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
     cpus: Option<usize>,
     /// Total seconds (0 < S <= 86400; default 10).
-    #[arg(long, value_name = "S", value_parser = parse_seconds, default_value = "10")]
+    #[arg(long, value_name = "S", value_parser = parse_seconds, default_value = "10", allow_negative_numbers = true)]
     seconds: f64,
     /// Longest single scenario run inside the stress, in seconds.
-    #[arg(long, value_name = "S", value_parser = parse_seconds, default_value = "2")]
+    #[arg(long, value_name = "S", value_parser = parse_seconds, default_value = "2", allow_negative_numbers = true)]
     slice: f64,
     #[command(flatten)]
     machine: MachineArgs,
@@ -157,6 +160,14 @@ fn parse_cpus(s: &str) -> Result<usize, String> {
         return Err(format!("{n} CPUs: allowed 1..={MAX_CPUS}"));
     }
     Ok(n)
+}
+
+fn parse_iterations(s: &str) -> Result<u64, String> {
+    const MAX: u64 = 1_000_000_000;
+    match s.parse::<u64>() {
+        Ok(n) if (1..=MAX).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' rounds: allowed 1..={MAX}")),
+    }
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -445,6 +456,9 @@ fn list(json: bool) -> Result<i32, CliError> {
 fn run(a: RunArgs) -> Result<i32, CliError> {
     let s = a.scenario;
     let params = s.parse_params(&a.params).map_err(CliError::Usage)?;
+    if let Some(c) = a.inject_panic {
+        scenarios::inject_panic_on(c);
+    }
     let spec = RunSpec {
         scenario: s,
         cpus: a.cpus.unwrap_or(4.max(s.min_cpus)),

@@ -22,7 +22,7 @@ pub(super) const SCENARIO: Scenario = Scenario {
     exposes: &[],
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 1,
-    default_iterations: 10,
+    default_iterations: 500,
     run,
 };
 

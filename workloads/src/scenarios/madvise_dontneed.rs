@@ -20,7 +20,7 @@ pub(super) const SCENARIO: Scenario = Scenario {
     exposes: &[],
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 1,
-    default_iterations: 20,
+    default_iterations: 50,
     run,
 };
 

@@ -348,36 +348,56 @@ impl Rng {
     }
 }
 
+static INJECT_PANIC: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+
+/// Make the next syscall of a native scenario on `cpu` panic (tests of the
+/// error path: `mmemu run --inject-panic CPU`).
+pub fn inject_panic_on(cpu: u32) {
+    INJECT_PANIC.store(cpu, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Syscall entry of the native scenarios: the injected panic, if armed for
+/// this CPU, and a trace span (free when no trace is recorded).
+fn syscall_entry(k: &Kernel, name: &'static str) -> Option<emu_cpu::trace::Span> {
+    let cpu = k.this_cpu();
+    if INJECT_PANIC.load(std::sync::atomic::Ordering::Relaxed) == cpu.0
+        && INJECT_PANIC.compare_exchange(cpu.0, u32::MAX, std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst).is_ok()
+    {
+        panic!("injected panic in {name} (--inject-panic {})", cpu.0);
+    }
+    emu_cpu::trace::syscall(cpu, name)
+}
+
 /// Syscalls with a trace span each (the scenarios' syscall entry).
 pub(crate) mod sys {
-    use emu_cpu::trace;
+    use super::syscall_entry;
     use mm_core::mm::MmStruct;
     use mm_core::ops::{self, MmError};
     use mm_core::sync::Arc;
     use mm_core::Kernel;
 
     pub fn mmap_anon(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(), MmError> {
-        let _t = trace::syscall(k.this_cpu(), "mmap");
+        let _t = syscall_entry(k, "mmap");
         ops::mmap_anon(k, mm, addr, len, true)
     }
     pub fn munmap(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(), MmError> {
-        let _t = trace::syscall(k.this_cpu(), "munmap");
+        let _t = syscall_entry(k, "munmap");
         ops::munmap(k, mm, addr, len)
     }
     pub fn mprotect(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64, write: bool) -> Result<(), MmError> {
-        let _t = trace::syscall(k.this_cpu(), "mprotect");
+        let _t = syscall_entry(k, "mprotect");
         ops::mprotect(k, mm, addr, len, true, write)
     }
     pub fn madvise_dontneed(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(), MmError> {
-        let _t = trace::syscall(k.this_cpu(), "madvise");
+        let _t = syscall_entry(k, "madvise");
         ops::madvise_dontneed(k, mm, addr, len)
     }
     pub fn fork(k: &Kernel, mm: &Arc<MmStruct>) -> Result<Arc<MmStruct>, MmError> {
-        let _t = trace::syscall(k.this_cpu(), "fork");
+        let _t = syscall_entry(k, "fork");
         ops::dup_mmap(k, mm)
     }
     pub fn exit(k: &Kernel, mm: &Arc<MmStruct>) {
-        let _t = trace::syscall(k.this_cpu(), "exit");
+        let _t = syscall_entry(k, "exit");
         ops::exit_mm(k, mm)
     }
 }
