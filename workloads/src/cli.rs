@@ -572,6 +572,11 @@ pub fn side_by_side(fix: Fix, e: &scenarios::Exposer, off: &Report, on: &Report,
     row("gather batches", off.gather.batches.to_string(), on.gather.batches.to_string());
     row("pages freed", off.gather.pages_freed.to_string(), on.gather.pages_freed.to_string());
     row("tables freed", off.gather.tables_freed.to_string(), on.gather.tables_freed.to_string());
+    let metrics: std::collections::BTreeSet<_> = off.metrics.keys().chain(on.metrics.keys()).cloned().collect();
+    for m in metrics {
+        let g = |r: &Report| r.metrics.get(&m).map_or("-".to_string(), |v| v.to_string());
+        row(&m, g(off), g(on));
+    }
     let leak = |r: &Report| r.leaked_frames.as_ref().map_or("-".to_string(), |l| l.total.to_string());
     row("leaked frames", leak(off), leak(on));
     row("verdict", off.verdict.to_string(), on.verdict.to_string());

@@ -207,6 +207,9 @@ pub struct Report {
     pub error: Option<String>,
     /// ok | violations | leak | hang | panic
     pub verdict: &'static str,
+    /// Scenario-specific numbers (see `mmemu list`: e.g. fork-exit-hugetlb's
+    /// sync broadcasts per exiting child).
+    pub metrics: BTreeMap<String, f64>,
     pub trace: Option<TraceInfo>,
 }
 
@@ -288,6 +291,7 @@ impl Report {
             }),
             error: o.error.clone(),
             verdict,
+            metrics: o.metrics.clone(),
             trace: None,
         }
     }
@@ -351,6 +355,10 @@ impl Report {
             "  gather: {} flushes, {} batches ({} alloc failures), {} pages freed, {} tables freed ({} queued)",
             g.flushes, g.batches, g.batch_alloc_failures, g.pages_freed, g.tables_freed, g.tables_queued
         );
+        if !self.metrics.is_empty() {
+            let m: Vec<_> = self.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(s, "  {}: {}", self.scenario, m.join(" "));
+        }
         let r: Vec<_> = self.tlb_flush_reasons.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(s, "  tlb_flush: {}", r.join(" "));
         let _ = write!(s, "  violations: {}", self.violations.count);

@@ -134,6 +134,9 @@ pub struct Outcome {
     pub hang: bool,
     /// Race scenarios: 1-based round of the first violation.
     pub first_violation_at: Option<u64>,
+    /// Scenario-specific numbers (e.g. sync broadcasts per exiting child),
+    /// reported as `metrics`.
+    pub metrics: BTreeMap<String, f64>,
 }
 
 pub type RunFn = fn(&Ctx) -> Result<Outcome, String>;
@@ -314,6 +317,7 @@ where
         error: err.map(|e| e.to_string()),
         hang,
         first_violation_at: None,
+        metrics: BTreeMap::new(),
     }
 }
 
@@ -425,6 +429,7 @@ pub fn race_adapter(ctx: &Ctx, chunk: u64, run: fn(&RaceParams) -> Result<RaceOu
         error: None,
         hang: false,
         first_violation_at: None,
+        metrics: BTreeMap::new(),
     };
     let until = Until::new(ctx.budget);
     let mut round = 0u64;
