@@ -40,9 +40,6 @@ impl FaultInject {
     }
 }
 
-/// How long `lock_wait` waits before declaring a deadlock.
-pub const LOCK_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
-
 pub struct Kernel {
     pub cfg: KernelConfig,
     pub hw: Hw,
@@ -235,44 +232,6 @@ impl Kernel {
             }
             assert!(spins < 10_000_000, "rcu_barrier: grace period never ended (a CPU stuck with IRQs off?)");
         }
-    }
-
-    /// Wait for a lock the way a CPU with IRQs on waits in the kernel
-    /// (`spin_lock` on a split PTL, `down_read`/`down_write` on mmap_lock):
-    /// the waiting CPU keeps taking interrupts, so a holder that waits for
-    /// this CPU's IPI acknowledgement (a flush under the PTL or under
-    /// mmap_lock) makes progress.  Here: try, and between tries take an
-    /// interrupt point (`cond_resched`: no-op with IRQs off or on `SyncSmp`).
-    /// Panics after `LOCK_WAIT_LIMIT` (a real deadlock names the CPU).
-    /// Under loom it simply blocks (`lock`).
-    pub fn lock_wait<G>(&self, what: &str, mut try_lock: impl FnMut() -> Option<G>, lock: impl FnOnce() -> G) -> G {
-        if crate::sync::LOOM {
-            return lock();
-        }
-        let mut t0 = None;
-        loop {
-            if let Some(g) = try_lock() {
-                return g;
-            }
-            self.smp.cond_resched();
-            crate::sync::yield_now();
-            let start = *t0.get_or_insert_with(std::time::Instant::now);
-            assert!(
-                start.elapsed() < LOCK_WAIT_LIMIT,
-                "{what}: not acquired on {} within {LOCK_WAIT_LIMIT:?} (deadlock?)",
-                self.this_cpu()
-            );
-        }
-    }
-
-    /// `mmap_read_lock(mm)` (see `lock_wait`).
-    pub fn mmap_read_lock<'a>(&self, mm: &'a MmStruct) -> crate::sync::RwLockReadGuard<'a, crate::mm::VmaTree> {
-        self.lock_wait("mmap_read_lock", || mm.mmap_lock.try_read(), || mm.mmap_lock.read())
-    }
-
-    /// `mmap_write_lock(mm)` (see `lock_wait`).
-    pub fn mmap_write_lock<'a>(&self, mm: &'a MmStruct) -> crate::sync::RwLockWriteGuard<'a, crate::mm::VmaTree> {
-        self.lock_wait("mmap_write_lock", || mm.mmap_lock.try_write(), || mm.mmap_lock.write())
     }
 
     /// Create a new address space (`mm_alloc` + `pgd_alloc`).

@@ -43,7 +43,7 @@ fn user_pte(pfn: crate::types::Pfn, writable: bool, dirty: bool) -> Pte {
 
 /// `handle_mm_fault(vma, address, flags)`: takes `mmap_lock` for read.
 pub fn handle_mm_fault(k: &Kernel, mm: &Arc<MmStruct>, va: u64, write: bool) -> Result<(), FaultError> {
-    let vmas = k.mmap_read_lock(mm);
+    let vmas = mm.mmap_lock.read();
     let vma = vmas.find(va).ok_or(FaultError::Segv)?;
     if (write && !vma.writable()) || vma.flags & crate::mm::vm::VM_READ == 0 {
         return Err(FaultError::Segv);

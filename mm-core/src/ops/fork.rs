@@ -19,7 +19,7 @@ use super::mmap::MmError;
 
 /// `dup_mmap`: returns the child mm.
 pub fn dup_mmap(k: &Kernel, oldmm: &Arc<MmStruct>) -> Result<Arc<MmStruct>, MmError> {
-    let old_vmas = k.mmap_write_lock(oldmm);
+    let old_vmas = oldmm.mmap_lock.write();
     let mm = k.mm_alloc();
     {
         let mut new_vmas = mm.mmap_lock.write();

@@ -14,7 +14,7 @@ use crate::sync::Arc;
 /// `madvise(addr, len, MADV_DONTNEED)`
 pub fn madvise_dontneed(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(), MmError> {
     let end = check_range(k, addr, len)?;
-    let vmas = k.mmap_read_lock(mm);
+    let vmas = mm.mmap_lock.read();
     let hit: Vec<_> = vmas.overlapping(addr, end).cloned().collect();
     if hit.is_empty() {
         return Err(MmError::NoMem);

@@ -56,7 +56,7 @@ pub fn check_range(k: &Kernel, addr: u64, len: u64) -> Result<u64, MmError> {
 }
 
 fn insert_vma(k: &Kernel, mm: &Arc<MmStruct>, vma: Vma) -> Result<(), MmError> {
-    let mut vmas = k.mmap_write_lock(mm);
+    let mut vmas = mm.mmap_lock.write();
     if let Some(v) = vmas.overlapping(vma.start, vma.end).next() {
         return Err(MmError::Exists(v.start));
     }
@@ -120,7 +120,7 @@ fn unlink_file_vmas(k: &Kernel, mm: &MmStruct, vmas: &[Vma]) {
 /// `munmap(addr, len)` (`do_vmi_align_munmap` → `vms_clear_ptes`).
 pub fn munmap(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(), MmError> {
     let end = check_range(k, addr, len)?;
-    let mut vmas = k.mmap_write_lock(mm);
+    let mut vmas = mm.mmap_lock.write();
     let ps = k.cfg.geometry.page_shift;
     let detached = vmas.remove_range(addr, end, ps);
     if detached.is_empty() {
@@ -140,7 +140,7 @@ pub fn munmap(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(),
 
 /// `exit_mmap`: tear down every mapping and page table but the PGD.
 pub fn exit_mmap(k: &Kernel, mm: &Arc<MmStruct>) {
-    let mut vmas = k.mmap_write_lock(mm);
+    let mut vmas = mm.mmap_lock.write();
     let all: Vec<Vma> = vmas.iter().cloned().collect();
     let mut tlb = MmuGather::tlb_gather_mmu_fullmm(k, mm);
     unmap_vmas(&mut tlb, all.iter(), 0, u64::MAX);

@@ -19,7 +19,7 @@ use crate::sync::{Arc, Ordering};
 /// `mprotect(addr, len, prot)` with PROT_READ / PROT_WRITE as booleans.
 pub fn mprotect(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64, read: bool, write: bool) -> Result<(), MmError> {
     let end = check_range(k, addr, len)?;
-    let mut vmas = k.mmap_write_lock(mm);
+    let mut vmas = mm.mmap_lock.write();
     // Every page of the range must be mapped (ENOMEM otherwise).
     let mut covered = addr;
     for v in vmas.overlapping(addr, end) {

@@ -70,8 +70,7 @@ pub fn exchange(k: &Kernel, table: Pfn, level: Level, va: u64, e: Pte) -> Pte {
 
 /// The split PTL of a PTE (or PMD) table: `pte_lockptr`.
 pub fn ptl(k: &Kernel, table: Pfn) -> MutexGuard<'_, ()> {
-    let ptl = &k.mem.page(table).ptl;
-    k.lock_wait("pte_lockptr", || ptl.try_lock(), || ptl.lock())
+    k.mem.page(table).ptl.lock()
 }
 
 /// Descend from the PGD to the table whose entries are at `level`, without
