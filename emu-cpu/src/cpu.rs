@@ -58,6 +58,14 @@ const RUNNING: u32 = 2;
 const DONE: u32 = 3;
 const CANCELLED: u32 = 4;
 
+/// What a CPU is doing, for the watchdog's report.
+const ACT_IDLE: u32 = 0;
+const ACT_TASK: u32 = 1;
+const ACT_CSD_WAIT: u32 = 2;
+
+/// A lock-wait hook call this recent means the CPU is spinning on a lock.
+const LOCK_WAIT_RECENT: Duration = Duration::from_millis(100);
+
 /// One `smp_call_function_many` (the kernel's per-call csd set).
 pub(crate) struct CallData {
     /// The sender's borrowed closure; see the SAFETY note in
@@ -79,6 +87,11 @@ pub(crate) struct CpuSlot {
     pub(crate) task_rx: Receiver<Task>,
     irq_off: AtomicBool,
     cal: AtomicU64,
+    sent: AtomicU64,
+    /// ACT_* : idle, running a task, waiting in smp_call_function_many.
+    activity: AtomicU32,
+    /// Machine-relative µs of the last contended-lock wait slice (0 = never).
+    last_lock_wait_us: AtomicU64,
     /// Trace: `trace::now_us()` bits when IRQs went off (tracing only).
     irq_off_since: AtomicU64,
 }
@@ -88,6 +101,7 @@ pub(crate) type IdleHook = Box<dyn Fn(CpuId) + Send + Sync>;
 
 pub(crate) struct Shared {
     pub(crate) id: u64,
+    boot: Instant,
     pub(crate) cpus: Box<[CpuSlot]>,
     pub(crate) wait: WaitPolicy,
     pub(crate) watchdog: Duration,
@@ -117,11 +131,38 @@ impl Shared {
                     task_rx,
                     irq_off: AtomicBool::new(false),
                     cal: AtomicU64::new(0),
+                    sent: AtomicU64::new(0),
+                    activity: AtomicU32::new(ACT_IDLE),
+                    last_lock_wait_us: AtomicU64::new(0),
                     irq_off_since: AtomicU64::new(0),
                 }
             })
             .collect();
-        Shared { id, cpus, wait, watchdog, idle_hook: std::sync::OnceLock::new() }
+        Shared { id, boot: Instant::now(), cpus, wait, watchdog, idle_hook: std::sync::OnceLock::new() }
+    }
+
+    /// The lock-wait hook of `me`'s thread: note the wait, take interrupts.
+    pub(crate) fn lock_wait(&self, me: CpuId) {
+        let us = self.boot.elapsed().as_micros().max(1) as u64;
+        self.cpus[me.idx()].last_lock_wait_us.store(us, Ordering::Relaxed);
+        self.poll_ipis(me);
+    }
+
+    /// "what it was doing", for the CSD-lock report.
+    fn describe(&self, cpu: usize) -> String {
+        let slot = &self.cpus[cpu];
+        let irqs = if slot.irq_off.load(Ordering::SeqCst) { "IRQs off" } else { "IRQs on" };
+        let last = slot.last_lock_wait_us.load(Ordering::Relaxed);
+        let now = self.boot.elapsed().as_micros() as u64;
+        let doing = match slot.activity.load(Ordering::SeqCst) {
+            ACT_IDLE => "idle",
+            ACT_CSD_WAIT => "itself waiting in smp_call_function_many",
+            _ if last != 0 && now.saturating_sub(last) < LOCK_WAIT_RECENT.as_micros() as u64 => {
+                "running a task, spinning on a contended lock"
+            }
+            _ => "running a task",
+        };
+        format!("CPU{cpu} ({irqs}, {doing})")
     }
 
     /// Install the idle-loop hook (once; later calls are ignored).
@@ -252,6 +293,7 @@ impl Shared {
             panic: Mutex::new(None),
             trace_id,
         });
+        self.cpus[me.idx()].sent.fetch_add(targets.len() as u64, Ordering::SeqCst);
         for t in &targets {
             if let Some(ts_us) = t0 {
                 trace::emit(trace::Event {
@@ -267,6 +309,7 @@ impl Shared {
             let _ = self.cpus[t.idx()].ipi_tx.send(Ipi::Call(cd.clone()));
         }
         let own = &self.cpus[me.idx()].ipi_rx;
+        let prev_act = self.cpus[me.idx()].activity.swap(ACT_CSD_WAIT, Ordering::SeqCst);
         let deadline = Instant::now() + self.watchdog;
         let mut spins = 0;
         loop {
@@ -276,10 +319,12 @@ impl Shared {
             }
             let now = Instant::now();
             if now >= deadline {
+                self.cpus[me.idx()].activity.store(prev_act, Ordering::SeqCst);
                 self.watchdog_fire(me, &cd);
             }
             self.idle_wait(&mut spins, &[own], None, deadline - now);
         }
+        self.cpus[me.idx()].activity.store(prev_act, Ordering::SeqCst);
         if let Some(t0) = t0 {
             let names: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
             trace::slice(me.0, "smp_call_function_many", "ipi", t0, vec![("targets", names.join(","))]);
@@ -296,8 +341,7 @@ impl Shared {
         let mut stuck = Vec::new();
         for (i, s) in cd.state.iter().enumerate() {
             if s.compare_exchange(PENDING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-                let off = self.cpus[i].irq_off.load(Ordering::SeqCst);
-                stuck.push(format!("CPU{i} (IRQs {})", if off { "off" } else { "on" }));
+                stuck.push(self.describe(i));
             }
         }
         // Handlers already running must finish before the borrow ends.
@@ -377,11 +421,18 @@ impl Smp for MachineSmp {
     fn call_interrupts(&self, cpu: CpuId) -> u64 {
         self.shared.cpus[cpu.idx()].cal.load(Ordering::SeqCst)
     }
+
+    fn ipis_sent(&self, cpu: CpuId) -> u64 {
+        self.shared.cpus[cpu.idx()].sent.load(Ordering::SeqCst)
+    }
 }
 
 /// The CPU thread's main loop.
 pub(crate) fn cpu_main(shared: Arc<Shared>, me: CpuId) {
     set_current(shared.id, me.0);
+    // Waiting for a contended kernel lock with IRQs on is an interrupt point.
+    let hook_shared = shared.clone();
+    mm_core::sync::set_lock_wait_hook(Box::new(move || hook_shared.lock_wait(me)));
     let slot = &shared.cpus[me.idx()];
     let mut spins = 0;
     loop {
@@ -389,12 +440,14 @@ pub(crate) fn cpu_main(shared: Arc<Shared>, me: CpuId) {
         match slot.task_rx.try_recv() {
             Ok(Task::Run(f)) => {
                 spins = 0;
+                slot.activity.store(ACT_TASK, Ordering::SeqCst);
                 // Tasks report their own panics (see Machine::spawn_on); this
                 // guard only keeps the CPU alive if one slips through.
                 let _ = catch_unwind(AssertUnwindSafe(f));
                 // Between tasks IRQs are on (a task that leaked an
                 // IRQs-off region does not wedge the CPU).
                 slot.irq_off.store(false, Ordering::SeqCst);
+                slot.activity.store(ACT_IDLE, Ordering::SeqCst);
             }
             Ok(Task::Stop) => break,
             Err(crossbeam::channel::TryRecvError::Disconnected) => break,

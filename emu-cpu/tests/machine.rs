@@ -129,7 +129,7 @@ fn d_watchdog_names_target_with_irqs_off() {
     stuck.join(Duration::from_secs(5)).unwrap();
     let msg = err.to_string();
     assert!(matches!(err, MachineError::Panicked { cpu: CpuId(0), .. }), "{msg}");
-    assert!(msg.contains("CSD lock timeout") && msg.contains("CPU1 (IRQs off)"), "{msg}");
+    assert!(msg.contains("CSD lock timeout") && msg.contains("CPU1 (IRQs off, running a task)"), "{msg}");
     assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(5), "{waited:?}");
     // The cancelled call never ran on CPU1, and the machine still works.
     assert_eq!(smp.call_interrupts(CpuId(1)), 0);
@@ -216,4 +216,41 @@ fn f_real_kernel_remote_flush() {
     let v = m.run_on(CpuId(1), move || kk.read_user(&mm1, BASE).unwrap()).unwrap();
     assert_eq!(v, 0, "CPU1 does not see the freed page");
     assert_eq!(k.san.count(), 0, "violations: {:?}", k.san.violations());
+}
+
+/// The classic deadlock, made finite: CPU0 holds a spinlock and shoots
+/// down CPU1, which spins on that lock with IRQs off (spin_lock_irqsave).
+/// The watchdog names CPU1, its IRQ state and that it spins on a lock.
+#[test]
+fn g_watchdog_reports_irqs_off_lock_spinner() {
+    use mm_core::sync::Mutex;
+    let m = Machine::new(2, MachineConfig { watchdog: Duration::from_millis(300), ..cfg(WaitPolicy::Adaptive) });
+    let smp = Arc::new(m.smp());
+    let lock = Arc::new(Mutex::new(0u32));
+    let held = Arc::new(AtomicBool::new(false));
+    let (s0, l0, h0) = (smp.clone(), lock.clone(), held.clone());
+    let holder = m.spawn_on(CpuId(0), move || {
+        let g = l0.lock();
+        h0.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50)); // let CPU1 start spinning
+        smp_call_function(&*s0, &|_| {});
+        drop(g);
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !held.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "CPU0 never took the lock");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (s1, l1) = (smp.clone(), lock.clone());
+    let spinner = m.spawn_on(CpuId(1), move || {
+        let f = s1.local_irq_save();
+        *l1.lock() += 1;
+        s1.local_irq_restore(f);
+    });
+    let err = holder.join(Duration::from_secs(10)).unwrap_err().to_string();
+    assert!(err.contains("CSD lock timeout"), "{err}");
+    assert!(err.contains("CPU1 (IRQs off, running a task, spinning on a contended lock)"), "{err}");
+    // The holder's panic released the lock: the spinner finishes.
+    spinner.join(Duration::from_secs(10)).unwrap();
+    assert_eq!(*lock.lock(), 1);
 }

@@ -112,9 +112,10 @@ impl Kernel {
         Kernel::new(cfg, Box::new(crate::smp::SyncSmp::new(nr_cpus))).expect("valid test config")
     }
 
-    /// Move the running code to `cpu` (synchronous reference `Smp` only).
+    /// Move the running code (this thread) to `cpu`: `SyncSmp` and
+    /// `ModelSmp` only; a machine whose threads are CPUs panics.
     pub fn set_cpu(&self, cpu: CpuId) {
-        self.smp.as_sync().expect("set_cpu needs the synchronous SyncSmp").set_cpu(cpu);
+        self.smp.bind_current_thread(cpu);
     }
 
     #[inline]
@@ -226,6 +227,7 @@ impl Kernel {
         let mut spins = 0u64;
         while self.rcu.pending() > 0 {
             self.rcu_process_callbacks();
+            self.smp.cond_resched();
             spins += 1;
             if spins.is_multiple_of(64) {
                 crate::sync::yield_now();

@@ -48,10 +48,18 @@ pub trait Smp: Send + Sync {
     fn cond_resched(&self) {}
     /// CAL interrupts received by `cpu` so far (/proc/interrupts "CAL").
     fn call_interrupts(&self, cpu: CpuId) -> u64;
+    /// Cross-call IPIs sent by `cpu` so far, one per target CPU (the
+    /// sender side of the CAL row: over all CPUs the two sums are equal).
+    fn ipis_sent(&self, cpu: CpuId) -> u64;
     /// The synchronous reference implementation, if this is it (tests use it
     /// to move the running code between CPUs).
     fn as_sync(&self) -> Option<&SyncSmp> {
         None
+    }
+    /// Make the calling thread run as `cpu` from now on (test and model
+    /// set-up; a migration).  Machines whose threads *are* CPUs refuse.
+    fn bind_current_thread(&self, cpu: CpuId) {
+        panic!("this Smp does not let a caller choose its CPU (asked for {cpu})");
     }
 }
 
@@ -85,6 +93,7 @@ pub struct SyncSmp {
     current: AtomicU32,
     irq_off: Box<[AtomicBool]>,
     cal: Box<[AtomicU64]>,
+    sent: Box<[AtomicU64]>,
 }
 
 impl SyncSmp {
@@ -95,6 +104,7 @@ impl SyncSmp {
             current: AtomicU32::new(0),
             irq_off: (0..nr_cpus).map(|_| AtomicBool::new(false)).collect(),
             cal: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
+            sent: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -126,6 +136,7 @@ impl Smp for SyncSmp {
                 "smp_call_function_many from {me}: {target} has IRQs disabled and cannot acknowledge (would hang)"
             );
             self.cal[target.idx()].fetch_add(1, Ordering::SeqCst);
+            self.sent[me.idx()].fetch_add(1, Ordering::SeqCst);
             self.current.store(target.0, Ordering::SeqCst);
             self.irq_off[target.idx()].store(true, Ordering::SeqCst);
             func(target);
@@ -152,8 +163,150 @@ impl Smp for SyncSmp {
         self.cal[cpu.idx()].load(Ordering::SeqCst)
     }
 
+    fn ipis_sent(&self, cpu: CpuId) -> u64 {
+        self.sent[cpu.idx()].load(Ordering::SeqCst)
+    }
+
     fn as_sync(&self) -> Option<&SyncSmp> {
         Some(self)
+    }
+
+    fn bind_current_thread(&self, cpu: CpuId) {
+        self.set_cpu(cpu);
+    }
+}
+
+// Not `const`-initialised: loom's `thread_local!` does not accept that form.
+#[allow(clippy::missing_const_for_thread_local)]
+mod model_tls {
+    crate::sync::thread_local! {
+        /// The CPU the calling (loom or std) thread plays in a `ModelSmp`.
+        pub(super) static MODEL_CPU: core::cell::Cell<Option<u32>> = core::cell::Cell::new(None);
+        /// The code running on this thread has IRQs off (its own IRQs-off
+        /// region, or an IPI handler it runs on a target's behalf).
+        pub(super) static MODEL_IRQS_OFF: core::cell::Cell<bool> = core::cell::Cell::new(false);
+    }
+}
+use model_tls::{MODEL_CPU, MODEL_IRQS_OFF};
+
+fn model_cpu() -> Option<CpuId> {
+    MODEL_CPU.with(|c| c.get()).map(CpuId)
+}
+
+fn set_model_cpu(cpu: CpuId) {
+    MODEL_CPU.with(|c| c.set(Some(cpu.0)));
+}
+
+fn model_irqs_off() -> bool {
+    MODEL_IRQS_OFF.with(|c| c.get())
+}
+
+fn set_model_irqs_off(off: bool) {
+    MODEL_IRQS_OFF.with(|c| c.set(off));
+}
+
+/// The model-checking `Smp`: each thread (a loom thread in the models) is
+/// one CPU, chosen with `bind_current_thread`.
+///
+/// Real hardware takes an interrupt at any instruction boundary where IRQs
+/// are on.  A model thread cannot be interrupted, so the handler runs on
+/// the *sender's* thread instead, as the target CPU: the sender first takes
+/// the target's `irq_off` flag (as if the target had entered its handler,
+/// which runs with IRQs off), runs `func(target)` with "this CPU" switched
+/// to the target, and releases the flag.  A target inside an IRQs-off
+/// region holds its own flag, so the handler waits until that region ends —
+/// exactly what `tlb_remove_table_sync_one` relies on — and nothing else
+/// ever delays it.  `local_irq_save` on a CPU whose handler is running
+/// waits for the handler (the CPU is busy in it).  Every wait yields, so
+/// loom sees progress.
+pub struct ModelSmp {
+    nr: usize,
+    irq_off: Box<[AtomicBool]>,
+    cal: Box<[AtomicU64]>,
+    sent: Box<[AtomicU64]>,
+}
+
+impl ModelSmp {
+    pub fn new(nr_cpus: usize) -> Self {
+        assert!((1..=crate::types::NR_CPUS).contains(&nr_cpus), "ModelSmp: bad CPU count {nr_cpus}");
+        Self {
+            nr: nr_cpus,
+            irq_off: (0..nr_cpus).map(|_| AtomicBool::new(false)).collect(),
+            cal: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
+            sent: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Take `cpu`'s IRQs-off flag, waiting while someone else holds it.
+    fn take_irq_flag(&self, cpu: CpuId) {
+        let flag = &self.irq_off[cpu.idx()];
+        while flag.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            crate::sync::spin_loop();
+        }
+    }
+}
+
+impl Smp for ModelSmp {
+    fn nr_cpus(&self) -> usize {
+        self.nr
+    }
+
+    fn this_cpu(&self) -> CpuId {
+        model_cpu().expect("ModelSmp: this thread has no CPU (call bind_current_thread first)")
+    }
+
+    fn smp_call_function_many(&self, mask: &CpuMask, func: &(dyn Fn(CpuId) + Sync)) {
+        let me = self.this_cpu();
+        assert!(
+            !self.irqs_disabled(),
+            "smp_call_function_many called on {me} with IRQs disabled: it would wait forever"
+        );
+        for target in mask.iter().filter(|c| *c != me && c.idx() < self.nr) {
+            self.sent[me.idx()].fetch_add(1, Ordering::SeqCst);
+            self.take_irq_flag(target);
+            self.cal[target.idx()].fetch_add(1, Ordering::SeqCst);
+            set_model_cpu(target);
+            set_model_irqs_off(true);
+            func(target);
+            set_model_irqs_off(false);
+            set_model_cpu(me);
+            self.irq_off[target.idx()].store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn local_irq_save(&self) -> IrqFlags {
+        let me = self.this_cpu();
+        if model_irqs_off() {
+            return IrqFlags { was_disabled: true };
+        }
+        self.take_irq_flag(me);
+        set_model_irqs_off(true);
+        IrqFlags { was_disabled: false }
+    }
+
+    fn local_irq_restore(&self, flags: IrqFlags) {
+        if !flags.was_disabled {
+            set_model_irqs_off(false);
+            self.irq_off[self.this_cpu().idx()].store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn irqs_disabled(&self) -> bool {
+        model_irqs_off()
+    }
+
+    fn call_interrupts(&self, cpu: CpuId) -> u64 {
+        self.cal[cpu.idx()].load(Ordering::SeqCst)
+    }
+
+    fn ipis_sent(&self, cpu: CpuId) -> u64 {
+        self.sent[cpu.idx()].load(Ordering::SeqCst)
+    }
+
+    fn bind_current_thread(&self, cpu: CpuId) {
+        assert!(cpu.idx() < self.nr, "ModelSmp: no {cpu}");
+        assert!(!model_irqs_off(), "ModelSmp: migrating with IRQs off");
+        set_model_cpu(cpu);
     }
 }
 
@@ -173,6 +326,39 @@ mod tests {
         assert_eq!(smp.this_cpu(), CpuId(1));
         assert_eq!(smp.call_interrupts(CpuId(1)), 0);
         assert_eq!(smp.call_interrupts(CpuId(2)), 1);
+    }
+
+    #[test]
+    fn model_smp_handler_runs_as_target_and_waits_for_irqs_off_region() {
+        use std::sync::atomic::AtomicBool as StdBool;
+        use std::sync::Arc;
+        let smp = Arc::new(ModelSmp::new(2));
+        let in_region = Arc::new(StdBool::new(false));
+        let region_done = Arc::new(StdBool::new(false));
+        let (s1, r1, d1) = (smp.clone(), in_region.clone(), region_done.clone());
+        let cpu1 = std::thread::spawn(move || {
+            s1.bind_current_thread(CpuId(1));
+            let f = s1.local_irq_save();
+            r1.store(true, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            d1.store(true, Ordering::SeqCst);
+            s1.local_irq_restore(f);
+        });
+        smp.bind_current_thread(CpuId(0));
+        while !in_region.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        let seen = std::sync::Mutex::new(Vec::new());
+        smp_call_function(&*smp, &|c| {
+            // The handler runs as the target, with IRQs off, after the
+            // target's IRQs-off region ended.
+            seen.lock().unwrap().push((c, smp.this_cpu(), smp.irqs_disabled(), region_done.load(Ordering::SeqCst)));
+        });
+        cpu1.join().unwrap();
+        assert_eq!(seen.into_inner().unwrap(), vec![(CpuId(1), CpuId(1), true, true)]);
+        assert_eq!(smp.this_cpu(), CpuId(0));
+        assert!(!smp.irqs_disabled());
+        assert_eq!((smp.call_interrupts(CpuId(1)), smp.ipis_sent(CpuId(0))), (1, 1));
     }
 
     #[test]

@@ -28,6 +28,7 @@ stat_items! {
     NrTlbLocalFlushAll => "nr_tlb_local_flush_all", "vmstat NR_TLB_LOCAL_FLUSH_ALL";
     NrTlbLocalFlushOne => "nr_tlb_local_flush_one", "vmstat NR_TLB_LOCAL_FLUSH_ONE (per page)";
     IrqTlbCount => "irq_tlb_count", "/proc/interrupts TLB row: TLB shootdown interrupts handled";
+    TlbIpiSent => "tlb_ipi_sent", "TLB shootdown IPIs sent, one per target CPU (sender side of irq_tlb_count)";
     TraceOnTaskSwitch => "TLB_FLUSH_ON_TASK_SWITCH", "tlb_flush trace reason";
     TraceRemoteShootdown => "TLB_REMOTE_SHOOTDOWN", "tlb_flush trace reason";
     TraceLocalShootdown => "TLB_LOCAL_SHOOTDOWN", "tlb_flush trace reason";

@@ -24,9 +24,117 @@ pub use crossbeam_epoch as epoch;
 
 #[cfg(not(mmemu_loom))]
 mod imp {
-    pub use parking_lot::{
-        Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
-    };
+    pub use parking_lot::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    thread_local! {
+        /// What this host thread does while it waits for a contended lock:
+        /// emu-cpu installs "service my pending IPIs if IRQs are on" on
+        /// every CPU thread (see `set_lock_wait_hook`).
+        static LOCK_WAIT_HOOK: RefCell<Option<Box<dyn Fn()>>> = const { RefCell::new(None) };
+    }
+
+    /// Install the calling thread's lock-wait hook.  A CPU spinning on a
+    /// spinlock (or sleeping on an rwsem) with IRQs on still takes
+    /// interrupts: without this, CPU A holding the PTL while it waits for
+    /// CPU B to acknowledge a shootdown, and B waiting for that PTL, would
+    /// deadlock — which the real kernel does not.
+    pub fn set_lock_wait_hook(hook: Box<dyn Fn()>) {
+        LOCK_WAIT_HOOK.with(|h| *h.borrow_mut() = Some(hook));
+    }
+
+    /// How long a contended locker blocks before it runs the wait hook.
+    const LOCK_WAIT_SLICE: Duration = Duration::from_micros(50);
+
+    fn lock_wait_hook() {
+        LOCK_WAIT_HOOK.with(|h| {
+            // A hook re-entered from inside itself (an IPI handler that
+            // waits for a lock) does nothing: handlers only take locks
+            // nobody holds across a cross call.
+            if let Ok(h) = h.try_borrow() {
+                if let Some(f) = h.as_ref() {
+                    f();
+                }
+            }
+        });
+    }
+
+    /// A kernel spinlock / mutex: parking_lot underneath; a contended
+    /// `lock()` is an interrupt point (see `set_lock_wait_hook`).
+    #[derive(Debug, Default)]
+    pub struct Mutex<T>(parking_lot::Mutex<T>);
+
+    impl<T> Mutex<T> {
+        pub const fn new(v: T) -> Self {
+            Self(parking_lot::Mutex::new(v))
+        }
+        #[inline]
+        pub fn lock(&self) -> MutexGuard<'_, T> {
+            if let Some(g) = self.0.try_lock() {
+                return g;
+            }
+            loop {
+                if let Some(g) = self.0.try_lock_for(LOCK_WAIT_SLICE) {
+                    return g;
+                }
+                lock_wait_hook();
+            }
+        }
+        pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+            self.0.try_lock()
+        }
+        pub fn get_mut(&mut self) -> &mut T {
+            self.0.get_mut()
+        }
+        pub fn into_inner(self) -> T {
+            self.0.into_inner()
+        }
+    }
+
+    /// A kernel rwsem / rwlock (mmap_lock, i_mmap_rwsem): parking_lot
+    /// underneath; a contended `read()`/`write()` is an interrupt point.
+    #[derive(Debug, Default)]
+    pub struct RwLock<T>(parking_lot::RwLock<T>);
+
+    impl<T> RwLock<T> {
+        pub const fn new(v: T) -> Self {
+            Self(parking_lot::RwLock::new(v))
+        }
+        #[inline]
+        pub fn read(&self) -> RwLockReadGuard<'_, T> {
+            if let Some(g) = self.0.try_read() {
+                return g;
+            }
+            loop {
+                if let Some(g) = self.0.try_read_for(LOCK_WAIT_SLICE) {
+                    return g;
+                }
+                lock_wait_hook();
+            }
+        }
+        #[inline]
+        pub fn write(&self) -> RwLockWriteGuard<'_, T> {
+            if let Some(g) = self.0.try_write() {
+                return g;
+            }
+            loop {
+                if let Some(g) = self.0.try_write_for(LOCK_WAIT_SLICE) {
+                    return g;
+                }
+                lock_wait_hook();
+            }
+        }
+        pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
+            self.0.try_write()
+        }
+        pub fn get_mut(&mut self) -> &mut T {
+            self.0.get_mut()
+        }
+        pub fn into_inner(self) -> T {
+            self.0.into_inner()
+        }
+    }
     pub use std::sync::atomic::{
         fence, AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering,
     };
@@ -47,6 +155,10 @@ mod imp {
 
     /// True when running under loom (lets code shrink its sizes).
     pub const LOOM: bool = false;
+
+    /// Thread-local storage of the model's threads (std here, loom's under
+    /// loom, where every loom thread is a coroutine on one OS thread).
+    pub use std::thread_local;
 }
 
 #[cfg(mmemu_loom)]
@@ -109,6 +221,11 @@ mod imp {
     }
 
     pub const LOOM: bool = true;
+
+    pub use loom::thread_local;
+
+    /// Under loom there are no emulated-CPU threads and no IPIs to serve.
+    pub fn set_lock_wait_hook(_hook: Box<dyn Fn()>) {}
 }
 
 pub use imp::*;

@@ -562,6 +562,7 @@ pub fn side_by_side(fix: Fix, e: &scenarios::Exposer, off: &Report, on: &Report,
     row("first violation in round", fv(off), fv(on));
     row("rounds", off.iterations.to_string(), on.iterations.to_string());
     let sum = |v: &[u64]| v.iter().sum::<u64>().to_string();
+    row("IPIs sent", sum(&off.interrupts.sent), sum(&on.interrupts.sent));
     row("IPIs handled (CAL)", sum(&off.interrupts.cal), sum(&on.interrupts.cal));
     row("TLB shootdowns (TLB)", sum(&off.interrupts.tlb), sum(&on.interrupts.tlb));
     for (name, v) in &off.vmstat {

@@ -30,6 +30,8 @@ const SHOWN_RECORDS: usize = 10;
 pub struct Measure {
     /// /proc/interrupts CAL row: function-call IPIs handled, per CPU.
     pub cal: Vec<u64>,
+    /// Cross-call IPIs sent, one per target, per sending CPU.
+    pub ipis_sent: Vec<u64>,
     /// Every mm-core counter (kernel name) per CPU.
     pub per_cpu: BTreeMap<&'static str, Vec<u64>>,
     pub violations: u64,
@@ -43,6 +45,7 @@ impl Measure {
     pub fn empty(nr_cpus: usize) -> Measure {
         Measure {
             cal: vec![0; nr_cpus],
+            ipis_sent: vec![0; nr_cpus],
             per_cpu: Stat::ALL.iter().map(|s| (s.name(), vec![0; nr_cpus])).collect(),
             violations: 0,
             records: Vec::new(),
@@ -54,6 +57,7 @@ impl Measure {
         let n = k.cfg.nr_cpus;
         Measure {
             cal: (0..n).map(|c| k.smp.call_interrupts(CpuId(c as u32))).collect(),
+            ipis_sent: (0..n).map(|c| k.smp.ipis_sent(CpuId(c as u32))).collect(),
             per_cpu: k.stats.snapshot().per_cpu.into_iter().collect(),
             violations: k.san.count(),
             records: k.san.violations(),
@@ -70,6 +74,7 @@ impl Measure {
             a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
         }
         addv(&mut self.cal, &o.cal);
+        addv(&mut self.ipis_sent, &o.ipis_sent);
         for (name, v) in &o.per_cpu {
             addv(self.per_cpu.entry(name).or_default(), v);
         }
@@ -122,6 +127,8 @@ pub struct Interrupts {
     /// TLB shootdowns handled, per CPU.
     #[serde(rename = "TLB")]
     pub tlb: Vec<u64>,
+    /// Cross-call IPIs sent (one per target), per sending CPU.
+    pub sent: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -261,7 +268,7 @@ impl Report {
             ops: o.ops,
             elapsed_s: secs,
             ops_per_sec: if secs > 0.0 { o.ops as f64 / secs } else { 0.0 },
-            interrupts: Interrupts { cal: m.cal.clone(), tlb: m.cpu(Stat::IrqTlbCount).to_vec() },
+            interrupts: Interrupts { cal: m.cal.clone(), tlb: m.cpu(Stat::IrqTlbCount).to_vec(), sent: m.ipis_sent.clone() },
             vmstat: VMSTAT.iter().map(|s| (s.name(), m.total(*s))).collect(),
             per_cpu: VMSTAT.iter().map(|s| (s.name(), m.cpu(*s).to_vec())).collect(),
             sync_one_broadcasts: m.total(Stat::TlbRemoveTableSyncOne),
@@ -341,6 +348,7 @@ impl Report {
         };
         row(&mut s, "CAL:", &self.interrupts.cal, "Function call interrupts");
         row(&mut s, "TLB:", &self.interrupts.tlb, "TLB shootdowns");
+        row(&mut s, "IPIs sent", &self.interrupts.sent, "cross-call IPIs sent (one per target)");
         for (name, v) in &self.per_cpu {
             row(&mut s, name, v, "");
         }

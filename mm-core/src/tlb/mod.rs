@@ -215,6 +215,7 @@ fn generic_flush_tlb_mm(k: &Kernel, mm: &MmStruct) {
     others.clear(me);
     if !others.is_empty() {
         k.stats.inc(me, Stat::NrTlbRemoteFlush);
+        k.stats.add(me, Stat::TlbIpiSent, others.iter().filter(|c| c.idx() < k.hw.nr_cpus()).count() as u64);
         k.stats.trace_tlb_flush(me, Stat::TraceRemoteSendIpi, TLB_FLUSH_ALL);
     }
     let func = |cpu: CpuId| {

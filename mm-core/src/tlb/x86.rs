@@ -72,6 +72,8 @@ fn native_flush_tlb_multi(k: &Kernel, mm: &MmStruct, mask: &CpuMask, info: &Flus
             targets.set(c);
         }
     }
+    let remote = targets.iter().filter(|c| *c != me).count() as u64;
+    k.stats.add(me, Stat::TlbIpiSent, remote);
     let func = |cpu: CpuId| flush_tlb_func(k, mm, cpu, info);
     crate::smp::on_each_cpu_mask(&*k.smp, &targets, &func);
 }
