@@ -265,6 +265,16 @@ pub struct KernelConfig {
     pub strict_free_check: bool,
     /// The fix switches.
     pub fixes: Fixes,
+    /// GUP oracle (ops/gup/oracle.rs): record every leaf mapping change per
+    /// (mm, va) so a page returned by GUP-fast that was not mapped there
+    /// during the call is reported (`gup-oracle`).  Off by default: it takes
+    /// a lock on every page-table store.
+    pub gup_oracle: bool,
+    /// File THP collapse (`retract_page_tables`, `collapse_pte_mapped_thp`)
+    /// frees the retracted PTE table with `pte_free_defer` (RCU, v6.6+).
+    /// Off: the 2022-era `collapse_and_free_pmd` frees it at once with
+    /// `pte_free` (after the khugepaged-gup-fast-ipi sync, if that is on).
+    pub pte_free_defer: bool,
 }
 
 impl Default for KernelConfig {
@@ -280,6 +290,8 @@ impl Default for KernelConfig {
             init_on_free: false,
             strict_free_check: true,
             fixes: Fixes::all(),
+            gup_oracle: false,
+            pte_free_defer: true,
         }
     }
 }

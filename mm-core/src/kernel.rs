@@ -52,6 +52,10 @@ pub struct Kernel {
     /// x86 `cpu_tlbstate` / `cpu_tlbstate_shared`, per CPU.
     pub cpus: Box<[CpuTlbState]>,
     pub inject: FaultInject,
+    /// GUP oracle: mapping history per (mm, va) (`ops::gup::oracle`).
+    pub gup_oracle: crate::ops::gup::oracle::GupOracle,
+    /// Injection points inside gup_fast / collapse_huge_page (tests, stress).
+    pub race_hooks: crate::ops::gup::RaceHooks,
     next_id: AtomicU64,
 }
 
@@ -101,6 +105,8 @@ impl Kernel {
             smp,
             cpus: (0..n).map(|_| CpuTlbState::default()).collect(),
             inject: FaultInject::default(),
+            gup_oracle: crate::ops::gup::oracle::GupOracle::new(cfg.gup_oracle, n),
+            race_hooks: Default::default(),
             next_id: AtomicU64::new(1),
             cfg,
         }))
@@ -240,6 +246,7 @@ impl Kernel {
     pub fn mm_alloc(&self) -> Arc<MmStruct> {
         let pgd = crate::pgtable::alloc_table_frame(self).expect("out of memory for a pgd");
         let mm = Arc::new(MmStruct::new(self.next_id(), pgd));
+        self.gup_oracle.set_owner(pgd, mm.id);
         mm.nr_ptes.fetch_add(1, Ordering::SeqCst);
         mm
     }

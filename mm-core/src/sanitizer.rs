@@ -127,6 +127,31 @@ impl Sanitizer {
         }
     }
 
+    /// The one generation check every cached-pointer user shares (the
+    /// hardware walker starting from a paging-structure-cache entry, GUP-fast
+    /// reading a table through its snapshot of the entry above): the pointer
+    /// to `pfn` was taken when the frame had generation `cached_gen`; it now
+    /// has `frame_gen`.  A mismatch means the frame was freed (and perhaps
+    /// reused) since: record `kind`.  Returns true when the pointer is still
+    /// good.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_gen(
+        &self,
+        kind: ViolationKind,
+        cpu: Option<CpuId>,
+        mm: u64,
+        va: u64,
+        pfn: Pfn,
+        cached_gen: u64,
+        frame_gen: u64,
+    ) -> bool {
+        if cached_gen == frame_gen {
+            return true;
+        }
+        self.record(Violation { kind, cpu, mm, va, pfn, cached_gen, frame_gen });
+        false
+    }
+
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::SeqCst)
     }

@@ -193,18 +193,7 @@ impl Hw {
         let geo = self.geo;
         let (mut level, mut table) = match tlb.lookup_psc(asid, va) {
             Some((level, table, gen)) => {
-                let now = self.ram.gen(table);
-                if now != gen {
-                    san.record(Violation {
-                        kind: ViolationKind::WalkIntoFreedTable,
-                        cpu: Some(cpu),
-                        mm: asid,
-                        va,
-                        pfn: table,
-                        cached_gen: gen,
-                        frame_gen: now,
-                    });
-                }
+                san.check_gen(ViolationKind::WalkIntoFreedTable, Some(cpu), asid, va, table, gen, self.ram.gen(table));
                 (level, table)
             }
             None => (Level::Pgd, root),

@@ -6,13 +6,16 @@ use crate::page::Folio;
 use crate::sync::{Arc, Mutex, RwLock};
 use std::collections::BTreeMap;
 
-/// One mapping of the file: (mm, VMA start, VMA end, pgoff at start).
+/// One mapping of the file: (mm, VMA start, VMA end, pgoff at start, and
+/// the VMA's `vm_flags`, which hugetlb PMD sharing compares:
+/// `page_table_shareable`).
 #[derive(Clone)]
 pub struct IMmapEntry {
     pub mm: Arc<MmStruct>,
     pub start: u64,
     pub end: u64,
     pub pgoff: u64,
+    pub flags: u64,
 }
 
 pub struct AddressSpace {
@@ -21,7 +24,12 @@ pub struct AddressSpace {
     pub nr_pages: u64,
     /// `i_pages`: page index → folio (holding one reference).
     pub i_pages: Mutex<BTreeMap<u64, Folio>>,
-    /// `i_mmap` under `i_mmap_rwsem`.
+    /// `i_mmap` under `i_mmap_rwsem`: this lock *is* the i_mmap_rwsem
+    /// (`i_mmap_lock_read` = `.read()`, `i_mmap_lock_write` = `.write()`).
+    /// hugetlb holds it for write across PMD unsharing and its flush
+    /// (`huge_pmd_unshare_flush`), so an unshared table cannot be reused
+    /// before every walker is gone.
+    #[doc(alias = "i_mmap_rwsem")]
     pub i_mmap: RwLock<Vec<IMmapEntry>>,
     /// Backing store: page index → first data word written back.
     pub disk: Mutex<BTreeMap<u64, Vec<u64>>>,

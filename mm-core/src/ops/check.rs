@@ -40,16 +40,59 @@ pub fn for_each_pte(k: &Kernel, mm: &MmStruct, mut f: impl FnMut(u64, Pte)) {
     }
 }
 
+/// Visit every huge PMD (THP) of `mm` as (va, pmd).
+pub fn for_each_huge_pmd(k: &Kernel, mm: &MmStruct, mut f: impl FnMut(u64, Pte)) {
+    let n = pgtable::ptrs(k);
+    let g = k.cfg.geometry;
+    let children = |table: Pfn, level: Level, base: u64| {
+        (0..n).filter_map(move |i| {
+            let va = base + (i << g.level_shift(level));
+            let e = pgtable::read(k, table, level, va);
+            e.present().then_some((va, e))
+        })
+    };
+    for (va3, e3) in children(mm.pgd, Level::Pgd, 0) {
+        for (va2, e2) in children(e3.pfn(), Level::Pud, va3) {
+            for (va1, e1) in children(e2.pfn(), Level::Pmd, va2) {
+                if e1.huge() {
+                    f(va1, e1);
+                }
+            }
+        }
+    }
+}
+
 /// Check refcounts, mapcounts and rss of the pages mapped by `mms`, with
 /// `files` the address_spaces whose page caches hold references.
 pub fn check_consistency(k: &Kernel, mms: &[&Arc<MmStruct>], files: &[&Arc<AddressSpace>]) -> Result<(), String> {
     let mut maps: HashMap<Pfn, i32> = HashMap::new();
+    let mut huge_maps: HashMap<Folio, i32> = HashMap::new();
+    let mut hugetlb_seen: std::collections::HashSet<(Pfn, usize)> = std::collections::HashSet::new();
     for mm in mms {
         let mut rss = 0;
         for_each_pte(k, mm, |_, pte| {
             rss += 1;
             *maps.entry(pte.pfn()).or_default() += 1;
         });
+        let mut huge = 0;
+        for_each_huge_pmd(k, mm, |va, pmd| {
+            if k.mem.folio(k.mem.page_folio(pmd.pfn())).test(flags::PG_HUGETLB) {
+                // hugetlb: not in rss, no deposited table, and a PMD table
+                // shared by several mms holds its entries once.
+                let table = pgtable::lookup_table(k, mm, va, Level::Pmd).expect("walked");
+                if hugetlb_seen.insert((table, pgtable::index(k, Level::Pmd, va))) {
+                    *huge_maps.entry(k.mem.page_folio(pmd.pfn())).or_default() += 1;
+                }
+                return;
+            }
+            rss += k.cfg.geometry.hpage_pmd_nr();
+            *huge_maps.entry(k.mem.page_folio(pmd.pfn())).or_default() += 1;
+            huge += 1;
+        });
+        let deposited = mm.pmd_huge_pte.lock().len();
+        if deposited != huge {
+            return Err(format!("mm {}: {huge} huge PMDs but {deposited} deposited tables", mm.id));
+        }
         let want = mm.rss.load(Ordering::SeqCst);
         if rss != want {
             return Err(format!("mm {}: rss counter {want} but {rss} present PTEs", mm.id));
@@ -71,6 +114,13 @@ pub fn check_consistency(k: &Kernel, mms: &[&Arc<MmStruct>], files: &[&Arc<Addre
             return Err(format!("{pfn:?}: mapcount {} but mapped by {n} PTEs", page.mapcount()));
         }
         *folio_maps.entry(k.mem.page_folio(*pfn)).or_default() += n;
+    }
+    for (folio, n) in &huge_maps {
+        let em = k.mem.folio(*folio).entire_mapcount.load(Ordering::SeqCst);
+        if em != *n {
+            return Err(format!("{:?}: entire mapcount {em} but mapped by {n} huge PMDs", folio.pfn()));
+        }
+        *folio_maps.entry(*folio).or_default() += n;
     }
     for (folio, n) in &folio_maps {
         let want = n + cached.get(folio).copied().unwrap_or(0);

@@ -49,7 +49,7 @@ pub fn handle_mm_fault(k: &Kernel, mm: &Arc<MmStruct>, va: u64, write: bool) -> 
         return Err(FaultError::Segv);
     }
     if vma.is_hugetlb() {
-        return Err(FaultError::Unsupported);
+        return super::hugetlb::hugetlb_fault(k, mm, vma, va, write);
     }
     let table = pgtable::alloc_table(k, mm, va, Level::Pte).ok_or(FaultError::Oom)?;
     handle_pte_fault(k, mm, vma, table, va, write)

@@ -31,9 +31,12 @@ pub fn dup_mmap(k: &Kernel, oldmm: &Arc<MmStruct>) -> Result<Arc<MmStruct>, MmEr
                     start: vma.start,
                     end: vma.end,
                     pgoff: vma.pgoff_of(vma.start, k.cfg.geometry.page_shift),
+                    flags: vma.flags,
                 });
             }
-            if !vma.is_shared() {
+            if vma.is_hugetlb() {
+                super::hugetlb::copy_hugetlb_page_range(k, &mm, oldmm, vma)?;
+            } else if !vma.is_shared() {
                 copy_page_range(k, &mm, oldmm, vma)?;
             }
         }

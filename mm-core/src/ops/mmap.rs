@@ -55,7 +55,7 @@ pub fn check_range(k: &Kernel, addr: u64, len: u64) -> Result<u64, MmError> {
     Ok(end)
 }
 
-fn insert_vma(k: &Kernel, mm: &Arc<MmStruct>, vma: Vma) -> Result<(), MmError> {
+pub(crate) fn insert_vma(k: &Kernel, mm: &Arc<MmStruct>, vma: Vma) -> Result<(), MmError> {
     let mut vmas = mm.mmap_lock.write();
     if let Some(v) = vmas.overlapping(vma.start, vma.end).next() {
         return Err(MmError::Exists(v.start));
@@ -69,7 +69,13 @@ fn insert_vma(k: &Kernel, mm: &Arc<MmStruct>, vma: Vma) -> Result<(), MmError> {
                 mapping.nr_pages
             )));
         }
-        mapping.i_mmap_insert(IMmapEntry { mm: mm.clone(), start: vma.start, end: vma.end, pgoff: *pgoff });
+        mapping.i_mmap_insert(IMmapEntry {
+            mm: mm.clone(),
+            start: vma.start,
+            end: vma.end,
+            pgoff: *pgoff,
+            flags: vma.flags,
+        });
     }
     vmas.insert(vma);
     Ok(())
@@ -122,6 +128,9 @@ pub fn munmap(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(),
     let end = check_range(k, addr, len)?;
     let mut vmas = mm.mmap_lock.write();
     let ps = k.cfg.geometry.page_shift;
+    // __split_vma → hugetlb_vm_op_split / hugetlb_split (unshare around a
+    // non-PUD-aligned boundary) before the tree changes.
+    super::hugetlb::hugetlb_split_range(k, mm, &vmas, addr, end)?;
     let detached = vmas.remove_range(addr, end, ps);
     if detached.is_empty() {
         return Ok(());
@@ -131,9 +140,12 @@ pub fn munmap(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(),
     let ceiling = vmas.iter().filter(|v| v.start >= end).map(|v| v.start).min().unwrap_or(0);
     let mut tlb = MmuGather::tlb_gather_mmu(k, mm);
     unmap_vmas(&mut tlb, detached.iter(), addr, end);
+    // free_pgtables unlinks file VMAs from i_mmap (unlink_file_vma) before
+    // freeing their tables, so huge_pmd_share can never pick up a table
+    // that is about to be freed.
+    unlink_file_vmas(k, mm, &detached);
     free_pgtables(&mut tlb, &detached, floor, ceiling);
     tlb.tlb_finish_mmu();
-    unlink_file_vmas(k, mm, &detached);
     drop(vmas);
     Ok(())
 }
@@ -144,9 +156,9 @@ pub fn exit_mmap(k: &Kernel, mm: &Arc<MmStruct>) {
     let all: Vec<Vma> = vmas.iter().cloned().collect();
     let mut tlb = MmuGather::tlb_gather_mmu_fullmm(k, mm);
     unmap_vmas(&mut tlb, all.iter(), 0, u64::MAX);
+    unlink_file_vmas(k, mm, &all); // in free_pgtables, as in munmap
     free_pgtables(&mut tlb, &all, 0, 0);
     tlb.tlb_finish_mmu();
-    unlink_file_vmas(k, mm, &all);
     *vmas = Default::default();
 }
 

@@ -5,6 +5,10 @@
 pub mod check;
 pub mod fault;
 pub mod fork;
+pub mod gup;
+pub mod huge_memory;
+pub mod hugetlb;
+pub mod khugepaged;
 pub mod madvise;
 pub mod mmap;
 pub mod mprotect;
@@ -12,6 +16,7 @@ pub mod writeback;
 pub mod zap;
 
 pub use fork::dup_mmap;
+pub use hugetlb::mmap_hugetlb;
 pub use madvise::madvise_dontneed;
 pub use mmap::{exit_mm, exit_mmap, mmap_anon, mmap_file, mmdrop, munmap, MmError};
 pub use mprotect::mprotect;

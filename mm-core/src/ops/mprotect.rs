@@ -34,6 +34,7 @@ pub fn mprotect(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64, read: bool,
     if write && vmas.overlapping(addr, end).any(|v| v.flags & vm::VM_MAYWRITE == 0) {
         return Err(MmError::Inval("PROT_WRITE on a mapping without VM_MAYWRITE".into()));
     }
+    super::hugetlb::hugetlb_split_range(k, mm, &vmas, addr, end)?;
     let pieces = vmas.change_flags(addr, end, k.cfg.geometry.page_shift, |f| {
         let mut f = f & !(vm::VM_READ | vm::VM_WRITE);
         if read || write {
@@ -44,10 +45,15 @@ pub fn mprotect(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64, read: bool,
         }
         f
     });
+    super::hugetlb::hugetlb_update_i_mmap_flags(k, mm, &pieces);
     let mut tlb = MmuGather::tlb_gather_mmu(k, mm);
     for vma in &pieces {
         tlb.tlb_start_vma(vma);
-        change_protection(k, &mut tlb, mm, vma);
+        if vma.is_hugetlb() {
+            super::hugetlb::hugetlb_change_protection(&mut tlb, vma);
+        } else {
+            change_protection(k, &mut tlb, mm, vma);
+        }
         tlb.tlb_end_vma(vma);
     }
     tlb.tlb_finish_mmu();

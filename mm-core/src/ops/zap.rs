@@ -41,6 +41,11 @@ pub fn unmap_single_vma(tlb: &mut MmuGather<'_>, vma: &Vma, start_addr: u64, end
     if start >= end {
         return;
     }
+    if vma.is_hugetlb() {
+        // __hugetlb_zap_begin / __unmap_hugepage_range / __hugetlb_zap_end
+        super::hugetlb::unmap_hugepage_range(tlb, vma, start, end);
+        return;
+    }
     unmap_page_range(tlb, vma, start, end);
 }
 
@@ -79,9 +84,20 @@ fn zap_pmd_range(tlb: &mut MmuGather<'_>, vma: &Vma, pmd_table: Pfn, addr: u64, 
     let mut a = addr;
     while a < end {
         let next = pgtable::addr_end(k, Level::Pmd, a, end);
-        let e = pgtable::read(k, pmd_table, Level::Pmd, a);
-        // PMD leaves (THP, hugetlb) are created only by the race-features
-        // paths; they are zapped there, never through this PTE walk.
+        let mut e = pgtable::read(k, pmd_table, Level::Pmd, a);
+        if e.present() && e.huge() && !vma.is_hugetlb() {
+            // A THP (ops/huge_memory.rs): zapped whole, or split first.
+            if next - a == pgtable::level_size(k, Level::Pmd) {
+                if super::huge_memory::zap_huge_pmd(tlb, vma, pmd_table, a) {
+                    a = next;
+                    continue;
+                }
+            } else {
+                super::huge_memory::__split_huge_pmd(k, tlb.mm(), vma, pmd_table, a);
+            }
+            e = pgtable::read(k, pmd_table, Level::Pmd, a);
+        }
+        // hugetlb PMD leaves are zapped by the hugetlb code, never here.
         if e.present() && !e.huge() {
             let mut at = a;
             while at < next {

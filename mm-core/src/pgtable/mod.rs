@@ -51,21 +51,30 @@ pub fn read(k: &Kernel, table: Pfn, level: Level, va: u64) -> Pte {
 /// `set_pte` / `set_pmd` / ... (`WRITE_ONCE`)
 #[inline]
 pub fn write(k: &Kernel, table: Pfn, level: Level, va: u64, e: Pte) {
-    slot(k, table, level, va).store(e.0, Ordering::SeqCst);
+    let s = slot(k, table, level, va);
+    if k.gup_oracle.enabled() {
+        k.gup_oracle.update(k, table, level, va, || (Pte(s.swap(e.0, Ordering::SeqCst)), e));
+        return;
+    }
+    s.store(e.0, Ordering::SeqCst);
 }
 
 /// `ptep_get_and_clear` & co: atomically clear, returning the old entry
 /// (with whatever A/D bits the hardware set until now).
 #[inline]
 pub fn get_and_clear(k: &Kernel, table: Pfn, level: Level, va: u64) -> Pte {
-    Pte(slot(k, table, level, va).swap(0, Ordering::SeqCst))
+    exchange(k, table, level, va, Pte::NONE)
 }
 
 /// Atomically replace an entry, returning the old one (A/D preserved in the
 /// return value: `ptep_modify_prot_start`/`commit`).
 #[inline]
 pub fn exchange(k: &Kernel, table: Pfn, level: Level, va: u64, e: Pte) -> Pte {
-    Pte(slot(k, table, level, va).swap(e.0, Ordering::SeqCst))
+    let s = slot(k, table, level, va);
+    if k.gup_oracle.enabled() {
+        return k.gup_oracle.update(k, table, level, va, || (Pte(s.swap(e.0, Ordering::SeqCst)), e));
+    }
+    Pte(s.swap(e.0, Ordering::SeqCst))
 }
 
 /// The split PTL of a PTE (or PMD) table: `pte_lockptr`.

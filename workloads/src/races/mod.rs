@@ -9,6 +9,11 @@
 //!   machine error into `Err` naming the CPU;
 //! - returns the kernel so the caller can read counters and violations.
 
+pub mod fork_exit_hugetlb;
+pub mod gup_table_free;
+pub mod hugetlb_unshare_gup;
+pub mod khugepaged_gup;
+
 use emu_cpu::MachineConfig;
 use mm_core::sanitizer::ViolationKind;
 use mm_core::sync::Arc;

@@ -1,0 +1,323 @@
+//! The GUP oracle (KERNEL-RACES.md §0.4 "mapping history"): ghost state,
+//! never read by the modelled kernel code.
+//!
+//! Contract:
+//! - While `KernelConfig::gup_oracle` is on, every page-table store made
+//!   through `pgtable::{write, exchange, get_and_clear}` is passed through
+//!   `GupOracle::update`, which performs the store under the oracle's lock
+//!   and records what became *reachable* at which (mm, va): a leaf PTE or
+//!   huge PMD installed or cleared, a PTE table linked or unlinked under a
+//!   PMD (all its leaves appear / vanish at once: `pmdp_collapse_flush`), an
+//!   upper table unlinked (`free_pgtables`, `huge_pmd_unshare`).
+//! - Time is a logical clock.  A mapping's interval starts with a tick taken
+//!   *before* its store and ends with a tick taken *after* its clear, so the
+//!   interval covers every instant the entry was in memory (no false
+//!   positives from the ghost bookkeeping itself).
+//! - GUP takes its tick *before* each speculative grab.  The check at the end
+//!   of the call: every returned page must have been mapped at (mm, va) at
+//!   some instant in [tick before its grab, end of call].  That is the
+//!   guarantee GUP-fast gives its callers (grab, then re-validate the entries
+//!   that led to the page); a page reached through a freed-and-reused table
+//!   (§1, §2B) or pinned after khugepaged detached its table (§2A) fails it:
+//!   violation `gup-oracle`.  One exception, because GUP-fast never
+//!   re-checks a PUD: a mapping that went away by an entry above the PMD
+//!   being cleared (hugetlb `huge_pmd_unshare`) only has to overlap
+//!   [start of call, end of call]; a page reached through a PMD table that
+//!   was unshared *and then reused* by its new owner (§3.1) still fails.
+//! - Owners: which mms a table frame is reachable from, and at which address,
+//!   is learnt when it is linked under an entry of a table whose owners are
+//!   known (the PGD's is set at `mm_alloc`), and forgotten when that entry is
+//!   cleared (recursively for the tables below).  A table linked into several
+//!   mms (hugetlb PMD sharing) has one owner per link: a store into it is a
+//!   mapping change in every mm that can reach it, at that mm's address.
+//! - Cost: nothing when off (a config bool).  When on, closed intervals are
+//!   dropped as soon as no GUP call in flight can still need them.
+
+use crate::hw::pte::{Level, Pte};
+use crate::kernel::Kernel;
+use crate::sanitizer::{Violation, ViolationKind};
+use crate::sync::{AtomicU64, Mutex, Ordering};
+use crate::types::{CpuId, Pfn};
+use std::collections::HashMap;
+
+/// `to` of an interval that is still open.
+const OPEN: u64 = u64::MAX;
+/// A CPU's slot while it is between "announced" and "start tick taken".
+const STARTING: u64 = 0;
+/// A CPU's slot when no GUP call is in flight on it.
+const IDLE: u64 = u64::MAX;
+
+#[derive(Clone, Copy, Debug)]
+struct Interval {
+    va: u64,
+    pfn: Pfn,
+    /// A PMD leaf: maps `pfn..pfn + HPAGE_PMD_NR` from `va`.
+    huge: bool,
+    from: u64,
+    to: u64,
+    /// Closed by clearing an entry *above* the PMD level (a PUD/PGD entry:
+    /// `huge_pmd_unshare`, `free_pgtables`).  GUP-fast re-checks the PTE and
+    /// the PMD after its grab but never the PUD, so for such a close its
+    /// guarantee is the weaker "mapped at some instant of the call" (8ce720d5bd91:
+    /// no different from a GUP-fast that finished just before the unmap).
+    upper: bool,
+}
+
+#[derive(Default)]
+struct History {
+    /// Table frame → (mm id, va its first entry maps in that mm) of every
+    /// link to it.
+    owners: HashMap<Pfn, Vec<(u64, u64)>>,
+    /// (mm id, PMD-aligned va) → leaf intervals under that PMD entry.
+    groups: HashMap<(u64, u64), Vec<Interval>>,
+}
+
+pub struct GupOracle {
+    enabled: bool,
+    clock: AtomicU64,
+    /// Per CPU: start tick of the GUP call in flight, STARTING or IDLE.
+    active: Box<[AtomicU64]>,
+    hist: Mutex<History>,
+}
+
+impl GupOracle {
+    pub fn new(enabled: bool, nr_cpus: usize) -> Self {
+        Self {
+            enabled,
+            clock: AtomicU64::new(1),
+            active: (0..nr_cpus).map(|_| AtomicU64::new(IDLE)).collect(),
+            hist: Mutex::new(History::default()),
+        }
+    }
+
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// One tick of the logical clock.
+    pub fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// `mm_alloc`: the PGD frame belongs to `mm`.
+    pub fn set_owner(&self, table: Pfn, mm: u64) {
+        if self.enabled {
+            self.hist.lock().owners.insert(table, vec![(mm, 0)]);
+        }
+    }
+
+    /// Oldest start tick of a GUP call in flight (STARTING counts as 0:
+    /// keep everything), or None.
+    fn oldest_active(&self) -> Option<u64> {
+        self.active.iter().map(|a| a.load(Ordering::SeqCst)).filter(|t| *t != IDLE).min()
+    }
+
+    /// Perform the store `op` (returning the old and new entry) on the slot
+    /// for `va` in `table` (entries at `level`) and record what changed.
+    pub fn update(&self, k: &Kernel, table: Pfn, level: Level, va: u64, op: impl FnOnce() -> (Pte, Pte)) -> Pte {
+        let mut h = self.hist.lock();
+        let before = self.tick();
+        let (old, new) = op();
+        let after = self.tick();
+        let Some(owners) = h.owners.get(&table).cloned() else { return old };
+        let g = k.cfg.geometry;
+        let same_target = old.present() && new.present() && old.pfn() == new.pfn() && old.huge() == new.huge();
+        if same_target {
+            return old; // permission / A / D change only
+        }
+        let keep_from = self.oldest_active();
+        let span = 1u64 << g.level_shift(level);
+        let idx = crate::pgtable::index(k, level, va) as u64;
+        for (mm, tbase) in owners {
+            // The entry's address in this owner's address space.
+            let va = tbase + idx * span + (va & (span - 1));
+            self.update_one(k, &mut h, mm, level, va, old, new, before, after, keep_from);
+        }
+        old
+    }
+
+    /// `update` for one owner `mm` of the table, the entry mapping `va` there.
+    #[allow(clippy::too_many_arguments)]
+    fn update_one(
+        &self,
+        k: &Kernel,
+        h: &mut History,
+        mm: u64,
+        level: Level,
+        va: u64,
+        old: Pte,
+        new: Pte,
+        before: u64,
+        after: u64,
+        keep_from: Option<u64>,
+    ) {
+        let g = k.cfg.geometry;
+        let pmd_mask = !(g.pmd_size() - 1);
+        let page_va = va & !(g.page_size() - 1);
+        let h = &mut *h;
+        match level {
+            Level::Pte => {
+                if old.present() {
+                    close(h, mm, va & pmd_mask, |i| !i.huge && i.va == page_va && i.pfn == old.pfn(), after, keep_from);
+                }
+                if new.present() {
+                    open(h, mm, va & pmd_mask, Interval { va: page_va, pfn: new.pfn(), huge: false, from: before, to: OPEN, upper: false });
+                }
+            }
+            Level::Pmd => {
+                let pmd_va = va & pmd_mask;
+                if old.present() {
+                    // A huge leaf goes, or a whole PTE table is unlinked.
+                    let huge = old.huge();
+                    close(h, mm, pmd_va, |i| i.huge == huge, after, keep_from);
+                    if !huge {
+                        unlink(k, h, mm, old.pfn(), Level::Pte, pmd_va);
+                    }
+                }
+                if new.present() && new.huge() {
+                    open(h, mm, pmd_va, Interval { va: pmd_va, pfn: new.pfn(), huge: true, from: before, to: OPEN, upper: false });
+                } else if new.present() {
+                    self.link(k, h, mm, new.pfn(), Level::Pte, pmd_va, before);
+                }
+            }
+            Level::Pud | Level::Pgd => {
+                let span = 1u64 << g.level_shift(level);
+                let base = va & !(span - 1);
+                if old.present() {
+                    let keys: Vec<_> =
+                        h.groups.keys().filter(|(m, v)| *m == mm && (base..base.wrapping_add(span)).contains(v)).copied().collect();
+                    for (m, v) in keys {
+                        close_upper(h, m, v, after, keep_from);
+                    }
+                    unlink(k, h, mm, old.pfn(), level.below().expect("upper level"), base);
+                }
+                if new.present() {
+                    let below = level.below().expect("upper level");
+                    self.link(k, h, mm, new.pfn(), below, base, before);
+                }
+            }
+        }
+    }
+
+    /// A table (entries at `level`) mapping from `base` became reachable in
+    /// `mm`: own it and open an interval for every leaf already in it.
+    #[allow(clippy::too_many_arguments)]
+    fn link(&self, k: &Kernel, h: &mut History, mm: u64, table: Pfn, level: Level, base: u64, at: u64) {
+        let links = h.owners.entry(table).or_default();
+        if !links.contains(&(mm, base)) {
+            links.push((mm, base));
+        }
+        let g = k.cfg.geometry;
+        for i in 0..g.ptrs_per_table() as u64 {
+            let va = base + (i << g.level_shift(level));
+            let e = Pte(k.hw.ram.word(table, i as usize).load(Ordering::SeqCst));
+            if !e.present() {
+                continue;
+            }
+            let pmd_va = va & !(g.pmd_size() - 1);
+            match level {
+                Level::Pte => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: false, from: at, to: OPEN, upper: false }),
+                Level::Pmd if e.huge() => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: true, from: at, to: OPEN, upper: false }),
+                _ => self.link(k, h, mm, e.pfn(), level.below().expect("upper level"), va, at),
+            }
+        }
+    }
+
+    /// A GUP call starts on `cpu`: returns its start tick.
+    pub fn call_start(&self, cpu: CpuId) -> u64 {
+        let slot = &self.active[cpu.idx()];
+        slot.store(STARTING, Ordering::SeqCst);
+        let t = self.tick();
+        slot.store(t, Ordering::SeqCst);
+        t
+    }
+
+    /// Check the pages a GUP call returned (`(va, page, tick before its
+    /// grab)`), then end the call.
+    pub fn call_end(&self, k: &Kernel, cpu: CpuId, mm: u64, got: &[(u64, Pfn, u64)]) {
+        let start = self.active[cpu.idx()].load(Ordering::SeqCst);
+        let end = self.tick();
+        let g = k.cfg.geometry;
+        let pmd_mask = !(g.pmd_size() - 1);
+        {
+            let h = self.hist.lock();
+            for &(va, page, grab) in got {
+                let ok = h.groups.get(&(mm, va & pmd_mask)).is_some_and(|v| {
+                    v.iter().any(|i| {
+                        let covers = if i.huge {
+                            page.0 >= i.pfn.0 && page.0 - i.pfn.0 == (va - i.va) >> g.page_shift
+                        } else {
+                            i.va == va && i.pfn == page
+                        };
+                        covers && i.from <= end && (grab <= i.to || (i.upper && start <= i.to))
+                    })
+                });
+                if !ok {
+                    k.san.record(Violation {
+                        kind: ViolationKind::GupOracle,
+                        cpu: Some(cpu),
+                        mm,
+                        va,
+                        pfn: page,
+                        cached_gen: grab,
+                        frame_gen: k.hw.ram.gen(page),
+                    });
+                }
+            }
+        }
+        self.active[cpu.idx()].store(IDLE, Ordering::SeqCst);
+    }
+}
+
+/// The link of `table` (entries at `level`, first entry mapping `base`) into
+/// `mm` was cleared: forget it, and the links of the tables below it that
+/// were reachable in `mm` only through it.
+fn unlink(k: &Kernel, h: &mut History, mm: u64, table: Pfn, level: Level, base: u64) {
+    let Some(links) = h.owners.get_mut(&table) else { return };
+    let before = links.len();
+    links.retain(|l| *l != (mm, base));
+    if links.len() == before {
+        return;
+    }
+    if links.is_empty() {
+        h.owners.remove(&table);
+    }
+    let Some(below) = level.below() else { return };
+    let g = k.cfg.geometry;
+    for i in 0..g.ptrs_per_table() as u64 {
+        let e = Pte(k.hw.ram.word(table, i as usize).load(Ordering::SeqCst));
+        if e.present() && !(level == Level::Pmd && e.huge()) && (e.pfn().0 as usize) < k.mem.nr_frames() {
+            unlink(k, h, mm, e.pfn(), below, base + (i << g.level_shift(level)));
+        }
+    }
+}
+
+fn open(h: &mut History, mm: u64, pmd_va: u64, i: Interval) {
+    h.groups.entry((mm, pmd_va)).or_default().push(i);
+}
+
+/// Close the open intervals of group (mm, pmd_va) matching `pred` at `at`;
+/// drop closed intervals no GUP call in flight can need (closed before the
+/// oldest call started).
+/// `close` for an unlink above the PMD level: every open interval of the
+/// group, marked `upper`.
+fn close_upper(h: &mut History, mm: u64, pmd_va: u64, at: u64, keep_from: Option<u64>) {
+    if let Some(v) = h.groups.get_mut(&(mm, pmd_va)) {
+        for i in v.iter_mut().filter(|i| i.to == OPEN) {
+            i.upper = true;
+        }
+    }
+    close(h, mm, pmd_va, |_| true, at, keep_from);
+}
+
+fn close(h: &mut History, mm: u64, pmd_va: u64, pred: impl Fn(&Interval) -> bool, at: u64, keep_from: Option<u64>) {
+    let Some(v) = h.groups.get_mut(&(mm, pmd_va)) else { return };
+    for i in v.iter_mut().filter(|i| i.to == OPEN && pred(i)) {
+        i.to = at;
+    }
+    v.retain(|i| i.to == OPEN || keep_from.is_some_and(|t| i.to >= t));
+    if v.is_empty() {
+        h.groups.remove(&(mm, pmd_va));
+    }
+}

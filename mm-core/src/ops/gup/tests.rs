@@ -1,0 +1,168 @@
+//! GUP-fast and the slow path on the synchronous Smp; the §1 interleaving
+//! (GUP-fast vs munmap/free_pgtables) forced through the PmdRead hook.
+
+use super::*;
+use crate::config::{Arch, KernelConfig};
+use crate::ops::{exit_mm, mmap_anon, munmap};
+use crate::sanitizer::ViolationKind;
+use crate::sync::{Arc, AtomicBool};
+use crate::tlb::switch_mm;
+
+const BASE: u64 = 0x4000_0000;
+const PS: u64 = 4096;
+
+fn cfg() -> KernelConfig {
+    KernelConfig { gup_oracle: true, ..KernelConfig::default() }
+}
+
+fn run_on(k: &Kernel, cpu: u32, mm: &MmStruct) {
+    k.set_cpu(CpuId(cpu));
+    switch_mm(k, mm);
+}
+
+fn assert_no_leaks(k: &Kernel) {
+    k.rcu_barrier();
+    let used = k.alloc.in_use();
+    assert_eq!(used.total(), 0, "leaked frames: {used:?}");
+}
+
+fn pte_pfn(k: &Kernel, mm: &MmStruct, va: u64) -> Pfn {
+    let t = pgtable::lookup_table(k, mm, va, Level::Pte).expect("mapped");
+    pgtable::read(k, t, Level::Pte, va).pfn()
+}
+
+#[test]
+fn gup_fast_pins_the_mapped_pages_and_unpin_releases() {
+    let k = Kernel::new_sync(cfg(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 8 * PS, true).unwrap();
+    for i in 0..8 {
+        k.write_user(&mm, BASE + i * PS, i + 1).unwrap();
+    }
+    let pages = gup_fast(&k, &mm, BASE, 8, Foll::PIN | Foll::WRITE);
+    assert_eq!(pages.len(), 8);
+    for (i, p) in pages.iter().enumerate() {
+        assert_eq!(*p, pte_pfn(&k, &mm, BASE + i as u64 * PS));
+        assert_eq!(k.mem.page(*p).refcount(), 1 + GUP_PIN_COUNTING_BIAS, "mapping + one pin");
+        assert_eq!(k.hw.ram.word(*p, 0).load(Ordering::SeqCst), i as u64 + 1);
+    }
+    unpin_user_pages(&k, &pages);
+    for p in &pages {
+        assert_eq!(k.mem.page(*p).refcount(), 1);
+    }
+    let got = gup_fast(&k, &mm, BASE + 2 * PS, 3, Foll::GET);
+    assert_eq!(got.len(), 3);
+    assert_eq!(k.mem.page(got[0]).refcount(), 2);
+    put_user_pages(&k, &got);
+    crate::ops::check::check_consistency(&k, &[&mm], &[]).unwrap();
+    exit_mm(&k, &mm);
+    assert_no_leaks(&k);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+}
+
+#[test]
+fn gup_fast_stops_at_unmapped_or_readonly_and_the_slow_path_faults_in() {
+    let k = Kernel::new_sync(cfg(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 4 * PS, true).unwrap();
+    mmap_anon(&k, &mm, BASE + 4 * PS, 2 * PS, false).unwrap();
+    k.write_user(&mm, BASE, 5).unwrap();
+    // Page 1 not faulted in: the fast path stops after page 0.
+    let fast = gup_fast(&k, &mm, BASE, 4, Foll::GET);
+    assert_eq!(fast.len(), 1);
+    put_user_pages(&k, &fast);
+    // The fallback faults the rest in under mmap_lock.
+    let pages = get_user_pages_fast(&k, &mm, BASE, 4, Foll::PIN | Foll::WRITE).unwrap();
+    assert_eq!(pages.len(), 4);
+    for (i, p) in pages.iter().enumerate() {
+        assert_eq!(*p, pte_pfn(&k, &mm, BASE + i as u64 * PS));
+    }
+    unpin_user_pages(&k, &pages);
+    // Read-only VMA: a read pin works, a write pin is EFAULT.
+    k.read_user(&mm, BASE + 4 * PS).unwrap();
+    assert!(gup_fast(&k, &mm, BASE + 4 * PS, 1, Foll::GET | Foll::WRITE).is_empty(), "pte not writable");
+    assert_eq!(get_user_pages_fast(&k, &mm, BASE + 4 * PS, 1, Foll::GET | Foll::WRITE), Err(GupError::Fault(BASE + 4 * PS)));
+    let ro = get_user_pages_fast(&k, &mm, BASE + 4 * PS, 2, Foll::GET).unwrap();
+    assert_eq!(ro.len(), 2);
+    put_user_pages(&k, &ro);
+    // No VMA at all.
+    assert_eq!(get_user_pages(&k, &mm, BASE + 64 * PS, 1, Foll::GET), Err(GupError::Fault(BASE + 64 * PS)));
+    crate::ops::check::check_consistency(&k, &[&mm], &[]).unwrap();
+    exit_mm(&k, &mm);
+    assert_no_leaks(&k);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+}
+
+#[test]
+fn try_grab_folio_fast_fails_on_a_free_folio() {
+    let k = Kernel::new_sync(cfg(), 1);
+    let p = k.alloc_pages(0, crate::page::alloc::PageKind::Anon).unwrap();
+    k.folio_put(Folio(p));
+    assert!(try_grab_folio_fast(&k, p, 1, Foll::GET).is_none(), "refcount 0: no speculative reference");
+    let q = k.alloc_pages(0, crate::page::alloc::PageKind::Anon).unwrap();
+    let f = try_grab_folio_fast(&k, q, 1, Foll::PIN).unwrap();
+    assert_eq!(k.mem.folio(f).refcount(), 1 + GUP_PIN_COUNTING_BIAS);
+    gup_put_folio(&k, f, 1, Foll::PIN);
+    k.folio_put(f);
+    assert_no_leaks(&k);
+}
+
+/// §1: the walker (CPU1) read the PMD and stalls; CPU0 munmaps the range
+/// (zap, free_pgtables) while CPU1's IRQs are off.  Returns the kernel
+/// after the walker finished.
+fn section1(arch: Arch, rcu_table_free: bool) -> Arc<Kernel> {
+    let k = Kernel::new_sync(KernelConfig { arch, rcu_table_free, ..cfg() }, 2);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 4 * PS, true).unwrap();
+    run_on(&k, 1, &mm);
+    for i in 0..4 {
+        k.write_user(&mm, BASE + i * PS, i).unwrap();
+    }
+    let armed = Arc::new(AtomicBool::new(true));
+    let (a, m) = (armed.clone(), mm.clone());
+    k.race_hooks.set_gup_fast(move |k, p, _va| {
+        if p == GupFastPoint::PmdRead && a.swap(false, Ordering::SeqCst) {
+            k.set_cpu(CpuId(0));
+            munmap(k, &m, BASE, 4 * PS).unwrap();
+            k.rcu_process_callbacks();
+            // Reuse the freed frames: a new mapping elsewhere.
+            mmap_anon(k, &m, BASE + (1 << 30), 4 * PS, true).unwrap();
+            for i in 0..4 {
+                k.write_user(&m, BASE + (1 << 30) + i * PS, 0xdead).unwrap();
+            }
+            k.set_cpu(CpuId(1));
+        }
+    });
+    let pages = gup_fast(&k, &mm, BASE, 4, Foll::PIN);
+    unpin_user_pages(&k, &pages);
+    k.set_cpu(CpuId(0));
+    exit_mm(&k, &mm);
+    k.set_cpu(CpuId(1));
+    crate::tlb::enter_lazy_tlb(&k);
+    assert_no_leaks(&k);
+    k
+}
+
+#[test]
+fn section1_broadcast_flush_and_immediate_free_walks_a_freed_table() {
+    let k = section1(Arch::Arm64, false);
+    assert!(k.san.count_kind(ViolationKind::GupFastFreedTable) >= 1, "{:?}", k.san.violations());
+}
+
+#[test]
+fn section1_broadcast_flush_with_rcu_table_free_is_safe() {
+    let k = section1(Arch::Arm64, true);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+}
+
+/// x86 without RCU table freeing: the munmap's flush IPI must wait for the
+/// walker's CPU, which has IRQs off — the synchronous Smp reports the wait
+/// it cannot perform, i.e. the free can never overtake the walker.
+#[test]
+#[should_panic(expected = "cannot acknowledge")]
+fn section1_x86_ipi_flush_waits_for_the_walker() {
+    section1(Arch::X86, false);
+}

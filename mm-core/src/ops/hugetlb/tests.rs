@@ -1,0 +1,656 @@
+//! hugetlb PMD sharing on the synchronous reference Smp: share on fault and
+//! fork, unshare on munmap / mprotect / exit / split, share counts, the
+//! hardware walking shared tables with 2 MiB TLB entries, and the IPI story
+//! of 1013af4f585f / 8ce720d5bd91 (issue 4 acceptance).
+
+use super::*;
+use crate::config::{Arch, Fixes, KernelConfig};
+use crate::ops::{dup_mmap, exit_mm, mmap_anon, mprotect, munmap, truncate_inode_pages};
+use crate::stats::Stat;
+use crate::tlb::switch_mm;
+use crate::types::CpuId;
+
+const GIB: u64 = 1 << 30;
+const MIB2: u64 = 2 << 20;
+/// Start of the hugetlb area: PGD-aligned (512 GiB), so one PUD table.
+const HBASE: u64 = 512 * GIB;
+/// An anonymous neighbour in the same PGD region, keeping the PUD table
+/// alive when the hugetlb area goes (so a munmap frees no table).
+const NEIGHBOUR: u64 = HBASE + 256 * GIB;
+
+fn kernel_with(cpus: usize, fixes: Fixes, arch: Arch) -> Arc<Kernel> {
+    Kernel::new_sync(KernelConfig { fixes, arch, ..KernelConfig::default() }, cpus)
+}
+
+fn kernel(cpus: usize) -> Arc<Kernel> {
+    kernel_with(cpus, Fixes::all(), Arch::X86)
+}
+
+fn run_on(k: &Kernel, cpu: u32, mm: &MmStruct) {
+    k.set_cpu(CpuId(cpu));
+    switch_mm(k, mm);
+}
+
+/// A hugetlbfs file of `gib` GiB.
+fn hfile(k: &Kernel, gib: u64) -> Arc<AddressSpace> {
+    k.new_file(gib * GIB / k.cfg.geometry.page_size())
+}
+
+/// mmap `n` GiB of `file` at HBASE in `mm` and touch one huge page per GiB
+/// (writing `tag + i` there), so the mm has a PMD table for every region.
+fn map_and_touch(k: &Kernel, mm: &Arc<MmStruct>, file: &Arc<AddressSpace>, n: u64, tag: u64) {
+    mmap_hugetlb(k, mm, HBASE, n * GIB, true, file, 0).unwrap();
+    for i in 0..n {
+        k.write_user(mm, HBASE + i * GIB + 8, tag + i).unwrap();
+    }
+}
+
+fn pmd_table(k: &Kernel, mm: &MmStruct, va: u64) -> Option<Pfn> {
+    huge_pte_offset(k, mm, va)
+}
+
+fn assert_no_leaks(k: &Kernel) {
+    k.rcu_barrier();
+    let used = k.alloc.in_use();
+    assert_eq!(used.total(), 0, "leaked frames: {used:?}");
+}
+
+/// Check refcounts / mapcounts (shared entries count once), then tear
+/// everything down: exit every mm (each on its own CPU slot 0), drop
+/// the page cache, check leaks and the sanitizer.
+fn teardown(k: &Kernel, mms: &[&Arc<MmStruct>], files: &[&Arc<AddressSpace>]) {
+    crate::ops::check::check_consistency(k, mms, files).unwrap();
+    for mm in mms {
+        run_on(k, 0, mm);
+        exit_mm(k, mm);
+    }
+    for f in files {
+        assert_eq!(truncate_inode_pages(k, f), 0, "hugetlb pages still mapped after every exit");
+    }
+    assert_no_leaks(k);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+}
+
+#[test]
+fn mmap_hugetlb_checks_alignment() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let f = hfile(&k, 1);
+    assert!(matches!(mmap_hugetlb(&k, &mm, HBASE + 4096, MIB2, true, &f, 0), Err(MmError::Inval(_))));
+    assert!(matches!(mmap_hugetlb(&k, &mm, HBASE, MIB2 + 4096, true, &f, 0), Err(MmError::Inval(_))));
+    assert!(matches!(mmap_hugetlb(&k, &mm, HBASE, MIB2, true, &f, 1), Err(MmError::Inval(_))));
+    mmap_hugetlb(&k, &mm, HBASE, MIB2, true, &f, 0).unwrap();
+    teardown(&k, &[&mm], &[&f]);
+}
+
+#[test]
+fn fault_maps_a_2m_page_and_the_mmu_uses_a_huge_tlb_entry() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let f = hfile(&k, 1);
+    run_on(&k, 0, &mm);
+    mmap_hugetlb(&k, &mm, HBASE, 2 * MIB2, true, &f, 0).unwrap();
+    k.write_user(&mm, HBASE + 8, 11).unwrap();
+    // Another 4 KiB page of the same 2 MiB page: no new fault, TLB hit.
+    let faults = k.stats.get(Stat::PageFaults);
+    k.write_user(&mm, HBASE + 5 * 4096 + 16, 12).unwrap();
+    assert_eq!(k.stats.get(Stat::PageFaults), faults, "one fault maps the whole 2 MiB");
+    let tlb = k.hw.tlb(CpuId(0));
+    assert!(tlb.leaf_entries().any(|e| e.huge && e.asid == mm.id), "a 2 MiB TLB entry was filled");
+    drop(tlb);
+    assert_eq!(k.alloc.in_use().hugetlb, 512);
+    let folio = f.i_pages.lock()[&0];
+    assert_eq!(k.mem.folio(folio).refcount(), 2, "page cache + one mapping");
+    assert_eq!(k.mem.folio_mapcount(folio), 1);
+    assert_eq!(k.read_user(&mm, HBASE + 5 * 4096 + 16).unwrap(), 12);
+    teardown(&k, &[&mm], &[&f]);
+}
+
+#[test]
+fn second_mm_shares_the_pmd_table_on_fault() {
+    let k = kernel(2);
+    let f = hfile(&k, 1);
+    let a = k.mm_alloc();
+    let b = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, 1, 100);
+    let tables_before = k.alloc.in_use().page_table;
+    run_on(&k, 1, &b);
+    mmap_hugetlb(&k, &b, HBASE, GIB, true, &f, 0).unwrap();
+    // b's first access faults only to find a's table: it then reads a's data.
+    assert_eq!(k.read_user(&b, HBASE + 8).unwrap(), 100);
+    let ta = pmd_table(&k, &a, HBASE).unwrap();
+    assert_eq!(pmd_table(&k, &b, HBASE), Some(ta), "b's PUD points at a's PMD table");
+    assert_eq!(ptdesc_pmd_pts_count(&k, ta), 1);
+    // b needed a PGD's PUD table of its own, but no PMD table.
+    assert_eq!(k.alloc.in_use().page_table, tables_before + 1);
+    // Writes through either mm land in the same 2 MiB page; a page faulted
+    // by b appears in a without a fault.
+    k.write_user(&b, HBASE + 3 * MIB2 + 8, 7).unwrap();
+    run_on(&k, 0, &a);
+    let faults = k.stats.get(Stat::PageFaults);
+    assert_eq!(k.read_user(&a, HBASE + 3 * MIB2 + 8).unwrap(), 7);
+    assert_eq!(k.stats.get(Stat::PageFaults), faults, "the entry b installed is in a's table");
+    // Entries are counted once: one mapping each.
+    let folio = f.i_pages.lock()[&3];
+    assert_eq!(k.mem.folio_mapcount(folio), 1);
+    teardown(&k, &[&a, &b], &[&f]);
+}
+
+#[test]
+fn no_sharing_without_a_whole_pud_region_or_with_other_flags() {
+    let k = kernel(1);
+    let f = hfile(&k, 2);
+    let a = k.mm_alloc();
+    let b = k.mm_alloc();
+    let c = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, 1, 0);
+    // b maps only half of the region: cannot share.
+    run_on(&k, 0, &b);
+    mmap_hugetlb(&k, &b, HBASE, GIB / 2, true, &f, 0).unwrap();
+    assert_eq!(k.read_user(&b, HBASE + 8).unwrap(), 0);
+    assert_ne!(pmd_table(&k, &b, HBASE), pmd_table(&k, &a, HBASE));
+    // c maps the whole region read-only: flags differ, no sharing.
+    run_on(&k, 0, &c);
+    mmap_hugetlb(&k, &c, HBASE, GIB, false, &f, 0).unwrap();
+    assert_eq!(k.read_user(&c, HBASE + 8).unwrap(), 0);
+    assert_ne!(pmd_table(&k, &c, HBASE), pmd_table(&k, &a, HBASE));
+    assert!(k.write_user(&c, HBASE + 8, 1).is_err(), "read-only mapping");
+    let ta = pmd_table(&k, &a, HBASE).unwrap();
+    assert_eq!(ptdesc_pmd_pts_count(&k, ta), 0);
+    // A different file offset at the same address: a different table.
+    let d = k.mm_alloc();
+    run_on(&k, 0, &d);
+    mmap_hugetlb(&k, &d, HBASE, GIB, true, &f, GIB / 4096).unwrap();
+    k.read_user(&d, HBASE + 8).unwrap();
+    assert_ne!(pmd_table(&k, &d, HBASE), Some(ta));
+    teardown(&k, &[&a, &b, &c, &d], &[&f]);
+}
+
+#[test]
+fn fork_shares_every_pmd_table_with_the_child() {
+    let k = kernel(2);
+    let f = hfile(&k, 3);
+    let parent = k.mm_alloc();
+    run_on(&k, 0, &parent);
+    map_and_touch(&k, &parent, &f, 3, 10);
+    let tables = k.alloc.in_use().page_table;
+    let child = dup_mmap(&k, &parent).unwrap();
+    for i in 0..3 {
+        let t = pmd_table(&k, &parent, HBASE + i * GIB).unwrap();
+        assert_eq!(pmd_table(&k, &child, HBASE + i * GIB), Some(t));
+        assert_eq!(ptdesc_pmd_pts_count(&k, t), 1);
+    }
+    // The child got a PGD and a PUD table, no PMD tables.
+    assert_eq!(k.alloc.in_use().page_table, tables + 2);
+    run_on(&k, 1, &child);
+    let faults = k.stats.get(Stat::PageFaults);
+    for i in 0..3 {
+        assert_eq!(k.read_user(&child, HBASE + i * GIB + 8).unwrap(), 10 + i);
+    }
+    assert_eq!(k.stats.get(Stat::PageFaults), faults, "the child walks the parent's tables");
+    // A second child: three sharers.
+    run_on(&k, 0, &parent);
+    let child2 = dup_mmap(&k, &parent).unwrap();
+    assert_eq!(ptdesc_pmd_pts_count(&k, pmd_table(&k, &parent, HBASE).unwrap()), 2);
+    teardown(&k, &[&child, &child2, &parent], &[&f]);
+}
+
+#[test]
+fn munmap_unshares_and_the_last_owner_frees_the_table() {
+    let k = kernel(2);
+    let f = hfile(&k, 1);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, 1, 5);
+    let b = dup_mmap(&k, &a).unwrap();
+    let t = pmd_table(&k, &a, HBASE).unwrap();
+    run_on(&k, 1, &b);
+    assert_eq!(k.read_user(&b, HBASE + 8).unwrap(), 5);
+    let b_tables = b.nr_ptes.load(Ordering::SeqCst);
+    munmap(&k, &b, HBASE, GIB).unwrap();
+    assert_eq!(ptdesc_pmd_pts_count(&k, t), 0, "a owns the table alone now");
+    assert_eq!(pmd_table(&k, &b, HBASE), None);
+    assert!(k.read_user(&b, HBASE + 8).is_err(), "b's mapping is gone (its TLB was flushed)");
+    assert_eq!(b.nr_ptes.load(Ordering::SeqCst), b_tables - 2, "mm_dec_nr_pmds, and the PUD table went");
+    // a is untouched and still maps the page through the same table.
+    run_on(&k, 0, &a);
+    assert_eq!(k.read_user(&a, HBASE + 8).unwrap(), 5);
+    assert_eq!(pmd_table(&k, &a, HBASE), Some(t));
+    let folio = f.i_pages.lock()[&0];
+    assert_eq!(k.mem.folio(folio).refcount(), 2, "one mapping (the shared entry) + page cache");
+    // a's munmap zaps the entries and frees the table.
+    let freed = k.stats.get(Stat::TablesFreed);
+    munmap(&k, &a, HBASE, GIB).unwrap();
+    k.rcu_barrier();
+    assert!(k.stats.get(Stat::TablesFreed) > freed);
+    assert_eq!(k.mem.folio(folio).refcount(), 1, "only the page cache");
+    assert_eq!(k.mem.folio_mapcount(folio), 0);
+    teardown(&k, &[&a, &b], &[&f]);
+}
+
+#[test]
+fn mprotect_unshares_and_other_sharers_keep_their_protection() {
+    let k = kernel(2);
+    let f = hfile(&k, 1);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, 1, 1);
+    let b = dup_mmap(&k, &a).unwrap();
+    let t = pmd_table(&k, &a, HBASE).unwrap();
+    run_on(&k, 1, &b);
+    k.write_user(&b, HBASE + 8, 2).unwrap(); // b caches a writable 2 MiB entry
+    mprotect(&k, &b, HBASE, GIB, true, false).unwrap();
+    assert_eq!(ptdesc_pmd_pts_count(&k, t), 0, "mprotect unshared b");
+    assert!(k.write_user(&b, HBASE + 8, 3).is_err(), "b's writable TLB entry was flushed");
+    assert_eq!(k.read_user(&b, HBASE + 8).unwrap(), 2, "b refaults read-only into a table of its own");
+    let tb = pmd_table(&k, &b, HBASE).unwrap();
+    assert_ne!(tb, t);
+    assert!(!pgtable::read(&k, tb, Level::Pmd, HBASE).write());
+    // a keeps its writable mapping through its (now exclusive) table.
+    run_on(&k, 0, &a);
+    k.write_user(&a, HBASE + 8, 4).unwrap();
+    assert!(pgtable::read(&k, t, Level::Pmd, HBASE).write());
+    // Back to read-write: b's flags match a's again, new regions share again.
+    run_on(&k, 1, &b);
+    mprotect(&k, &b, HBASE, GIB, true, true).unwrap();
+    k.write_user(&b, HBASE + 8, 5).unwrap();
+    run_on(&k, 0, &a);
+    assert_eq!(k.read_user(&a, HBASE + 8).unwrap(), 5);
+    // A partial mprotect must be huge-page aligned.
+    assert!(matches!(mprotect(&k, &a, HBASE, 4096, true, false), Err(MmError::Inval(_))));
+    teardown(&k, &[&a, &b], &[&f]);
+}
+
+#[test]
+fn exit_unshares_and_the_last_exit_frees_everything() {
+    let k = kernel(3);
+    let f = hfile(&k, 2);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, 2, 0);
+    let b = dup_mmap(&k, &a).unwrap();
+    let c = dup_mmap(&k, &a).unwrap();
+    let t0 = pmd_table(&k, &a, HBASE).unwrap();
+    assert_eq!(ptdesc_pmd_pts_count(&k, t0), 2);
+    // The original owner exits first: the children keep the tables.
+    run_on(&k, 0, &a);
+    exit_mm(&k, &a);
+    assert_eq!(ptdesc_pmd_pts_count(&k, t0), 1);
+    run_on(&k, 1, &b);
+    assert_eq!(k.read_user(&b, HBASE + GIB + 8).unwrap(), 1);
+    exit_mm(&k, &b);
+    assert_eq!(ptdesc_pmd_pts_count(&k, t0), 0);
+    run_on(&k, 2, &c);
+    assert_eq!(k.read_user(&c, HBASE + 8).unwrap(), 0);
+    exit_mm(&k, &c);
+    assert_eq!(truncate_inode_pages(&k, &f), 0);
+    assert_no_leaks(&k);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+}
+
+#[test]
+fn split_at_a_non_pud_boundary_unshares_the_region() {
+    let k = kernel(2);
+    let f = hfile(&k, 1);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, 1, 9);
+    let b = dup_mmap(&k, &a).unwrap();
+    let t = pmd_table(&k, &a, HBASE).unwrap();
+    run_on(&k, 1, &b);
+    // Unmap one 2 MiB page in the middle of b's VMA: hugetlb_split unshares.
+    munmap(&k, &b, HBASE + 4 * MIB2, MIB2).unwrap();
+    assert_eq!(ptdesc_pmd_pts_count(&k, t), 0);
+    assert_eq!(b.mmap_lock.read().len(), 2);
+    // The pieces no longer cover the PUD region: b refaults into a private table.
+    assert_eq!(k.read_user(&b, HBASE + 8).unwrap(), 9);
+    assert_ne!(pmd_table(&k, &b, HBASE), Some(t));
+    assert!(k.read_user(&b, HBASE + 4 * MIB2).is_err());
+    // a still maps that page.
+    run_on(&k, 0, &a);
+    k.read_user(&a, HBASE + 4 * MIB2).unwrap();
+    // A boundary inside a huge page is refused.
+    assert!(matches!(munmap(&k, &a, HBASE + 4096, 4096), Err(MmError::Inval(_))));
+    teardown(&k, &[&a, &b], &[&f]);
+}
+
+// ---- the IPI story (issue 4 acceptance) --------------------------------------
+
+const N: u64 = 4;
+
+/// Counters around one munmap of the hugetlb area by `victim`.
+struct Measured {
+    syncs: u64,
+    /// tlb_gen bumps of the unsharer's mm: one per flush_tlb_mm_range.
+    flushes_of_mm: u64,
+    cal_cpu1: u64,
+}
+
+/// `sharers` mms share N PMD tables (the first faulted them, the others
+/// were forked from it); the last one munmaps the whole area on CPU0 while
+/// CPU1..3 run the others.  Returns the counters of that munmap.
+fn unshare_n_tables(fixes: Fixes, sharers: usize) -> Measured {
+    let k = kernel_with(4, fixes, Arch::X86);
+    let f = hfile(&k, N);
+    let owner = k.mm_alloc();
+    run_on(&k, 1, &owner);
+    map_and_touch(&k, &owner, &f, N, 0);
+    mmap_anon(&k, &owner, NEIGHBOUR, 4096, true).unwrap();
+    let mut mms = vec![owner.clone()];
+    for _ in 1..sharers {
+        mms.push(dup_mmap(&k, &owner).unwrap());
+    }
+    for (i, mm) in mms.iter().enumerate().take(sharers - 1).skip(1) {
+        run_on(&k, 1 + i as u32, mm);
+        k.read_user(mm, HBASE + 8).unwrap();
+    }
+    let victim = mms.last().unwrap().clone();
+    run_on(&k, 0, &victim);
+    for i in 0..N {
+        assert_eq!(k.read_user(&victim, HBASE + i * GIB + 8).unwrap(), i);
+    }
+    let t = pmd_table(&k, &owner, HBASE).unwrap();
+    assert_eq!(ptdesc_pmd_pts_count(&k, t), sharers as i32 - 1);
+    let syncs = k.stats.get(Stat::TlbRemoveTableSyncOne);
+    let gen = victim.tlb_gen.load(Ordering::SeqCst);
+    let cal = k.smp.call_interrupts(CpuId(1));
+    munmap(&k, &victim, HBASE, N * GIB).unwrap();
+    let m = Measured {
+        syncs: k.stats.get(Stat::TlbRemoveTableSyncOne) - syncs,
+        flushes_of_mm: victim.tlb_gen.load(Ordering::SeqCst) - gen,
+        cal_cpu1: k.smp.call_interrupts(CpuId(1)) - cal,
+    };
+    assert_eq!(ptdesc_pmd_pts_count(&k, t), sharers as i32 - 2);
+    assert!(k.read_user(&victim, HBASE + 8).is_err());
+    let refs: Vec<&Arc<MmStruct>> = mms.iter().collect();
+    teardown(&k, &refs, &[&f]);
+    m
+}
+
+#[test]
+fn last_sharer_unsharing_n_tables_syncs_once_batched_and_n_times_not() {
+    let on = unshare_n_tables(Fixes::all(), 2);
+    assert_eq!(on.syncs, 1, "8ce720d5bd91: one tlb_remove_table_sync_one per gather");
+    assert_eq!(on.flushes_of_mm, 1);
+    assert_eq!(on.cal_cpu1, 1, "the one sync reached CPU1 (not running the unsharer's mm)");
+    let off = unshare_n_tables(Fixes::all().revert(Fix::HugetlbUnshareBatched), 2);
+    assert_eq!(off.syncs, N, "1013af4f585f: one broadcast per unshared table");
+    assert_eq!(off.flushes_of_mm, 1);
+    assert_eq!(off.cal_cpu1, N);
+    let none = unshare_n_tables(Fixes::all().revert(Fix::HugetlbUnshareSync), 2);
+    assert_eq!(none.syncs, 0, "before 1013af4f585f: no IPI at all");
+    assert_eq!(none.flushes_of_mm, 1, "only the unsharer's own TLB flush");
+    assert_eq!(none.cal_cpu1, 0);
+}
+
+#[test]
+fn unsharing_while_another_sharer_remains_sends_no_sync_but_flushes_once() {
+    let on = unshare_n_tables(Fixes::all(), 3);
+    assert_eq!(on.syncs, 0, "not the last sharer: the table stays a hugetlb table");
+    assert_eq!(on.flushes_of_mm, 1, "exactly one TLB flush of the unsharer's mm");
+    assert_eq!(on.cal_cpu1, 0);
+    let off = unshare_n_tables(Fixes::all().revert(Fix::HugetlbUnshareBatched), 3);
+    assert_eq!(off.syncs, N, "1013af4f585f broadcasts even when not the last sharer");
+    assert_eq!(off.flushes_of_mm, 1);
+}
+
+#[test]
+fn three_sharers_only_the_final_unshare_broadcasts() {
+    // P3 unshares first (2 -> 1, no sync), then P2 (1 -> 0: one sync that
+    // also drains walkers that came in through P3's old PUD).
+    let k = kernel(3);
+    let f = hfile(&k, 2);
+    let p1 = k.mm_alloc();
+    run_on(&k, 0, &p1);
+    map_and_touch(&k, &p1, &f, 2, 0);
+    let p2 = dup_mmap(&k, &p1).unwrap();
+    let p3 = dup_mmap(&k, &p1).unwrap();
+    let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
+    run_on(&k, 2, &p3);
+    exit_mm(&k, &p3);
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), s0);
+    run_on(&k, 1, &p2);
+    exit_mm(&k, &p2);
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), s0 + 1, "one sync for two tables");
+    assert_eq!(ptdesc_pmd_pts_count(&k, pmd_table(&k, &p1, HBASE).unwrap()), 0);
+    teardown(&k, &[&p1], &[&f]);
+}
+
+#[test]
+fn mprotect_and_split_unshare_through_one_gather() {
+    // mprotect of N shared regions as the last sharer: one sync.
+    let k = kernel(2);
+    let f = hfile(&k, N);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, N, 0);
+    let b = dup_mmap(&k, &a).unwrap();
+    run_on(&k, 1, &b);
+    let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
+    mprotect(&k, &b, HBASE, N * GIB, true, false).unwrap();
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), s0 + 1);
+    teardown(&k, &[&a, &b], &[&f]);
+    // The same with batching reverted: N.
+    let k = kernel_with(2, Fixes::all().revert(Fix::HugetlbUnshareBatched), Arch::X86);
+    let f = hfile(&k, N);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, N, 0);
+    let b = dup_mmap(&k, &a).unwrap();
+    run_on(&k, 1, &b);
+    let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
+    mprotect(&k, &b, HBASE, N * GIB, true, false).unwrap();
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), s0 + N);
+    // Split (munmap of one 2 MiB page inside a shared-then-exclusive
+    // region): the table is exclusive now, nothing to unshare, no sync.
+    run_on(&k, 0, &a);
+    let s1 = k.stats.get(Stat::TlbRemoveTableSyncOne);
+    munmap(&k, &a, HBASE + MIB2, MIB2).unwrap();
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), s1);
+    teardown(&k, &[&a, &b], &[&f]);
+}
+
+#[test]
+fn arm64_profile_unshares_with_a_broadcast_flush() {
+    let k = kernel_with(2, Fixes::all(), Arch::Arm64);
+    let f = hfile(&k, 2);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, 2, 3);
+    let b = dup_mmap(&k, &a).unwrap();
+    run_on(&k, 1, &b);
+    assert_eq!(k.read_user(&b, HBASE + GIB + 8).unwrap(), 4);
+    let tlbi = k.stats.get(Stat::Arm64BroadcastTlbi);
+    let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
+    munmap(&k, &b, HBASE, 2 * GIB).unwrap();
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), s0 + 1);
+    assert!(k.stats.get(Stat::Arm64BroadcastTlbi) > tlbi);
+    assert!(k.read_user(&b, HBASE + 8).is_err());
+    teardown(&k, &[&a, &b], &[&f]);
+}
+
+#[test]
+fn gather_ends_with_fully_unshared_tables_clear() {
+    // The finish-time check is a debug assertion in tlb_finish_mmu; every
+    // unsharing path above ran through it.  Here: a direct unshare without
+    // huge_pmd_unshare_flush trips it.
+    let k = kernel(1);
+    let f = hfile(&k, 1);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, 1, 0);
+    let b = dup_mmap(&k, &a).unwrap();
+    let t = pmd_table(&k, &b, HBASE).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut tlb = MmuGather::tlb_gather_mmu(&k, &b);
+        let i_mmap = f.i_mmap.write();
+        let _ptl = pgtable::ptl(&k, t);
+        assert!(huge_pmd_unshare(&mut tlb, HBASE, t, &i_mmap));
+        drop(i_mmap);
+        tlb.tlb_finish_mmu();
+    }));
+    let msg = r.expect_err("tlb_finish_mmu must catch the missing huge_pmd_unshare_flush");
+    let msg = msg
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| msg.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(msg.contains("fully_unshared_tables"), "{msg}");
+}
+
+// ---- GUP-fast through shared tables (KERNEL-RACES.md §3.1) -------------------
+
+use crate::ops::gup::{gup_fast, put_user_pages, Foll, GupFastPoint};
+use crate::sanitizer::ViolationKind;
+use crate::sync::{AtomicBool, AtomicU64};
+
+fn kernel_oracle(cpus: usize, fixes: Fixes, arch: Arch) -> Arc<Kernel> {
+    Kernel::new_sync(KernelConfig { fixes, arch, gup_oracle: true, ..KernelConfig::default() }, cpus)
+}
+
+#[test]
+fn gup_fast_through_a_shared_table_sees_every_sharers_mappings() {
+    // The oracle must know a shared table is reachable from both mms: a
+    // page the *other* sharer faulted in is legitimately mapped here too.
+    let k = kernel_oracle(2, Fixes::all(), Arch::X86);
+    let f = hfile(&k, 1);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, 1, 0);
+    let b = dup_mmap(&k, &a).unwrap();
+    run_on(&k, 1, &b);
+    k.write_user(&b, HBASE + 7 * MIB2, 70).unwrap(); // installed by b, seen by a
+    run_on(&k, 0, &a);
+    k.write_user(&a, HBASE + 9 * MIB2, 90).unwrap(); // installed by a, seen by b
+    let got_a = gup_fast(&k, &a, HBASE + 7 * MIB2, 4, Foll::GET | Foll::WRITE);
+    assert_eq!(got_a.len(), 4);
+    run_on(&k, 1, &b);
+    let got_b = gup_fast(&k, &b, HBASE + 9 * MIB2, 2, Foll::GET);
+    assert_eq!(got_b.len(), 2);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+    put_user_pages(&k, &got_a);
+    put_user_pages(&k, &got_b);
+    // After b unshares, b's GUP-fast finds nothing there any more.
+    munmap(&k, &b, HBASE, GIB).unwrap();
+    mmap_hugetlb(&k, &b, HBASE, GIB, true, &f, 0).unwrap();
+    run_on(&k, 0, &a);
+    let got = gup_fast(&k, &a, HBASE + 9 * MIB2, 1, Foll::GET);
+    assert_eq!(got, vec![f.i_pages.lock()[&9].pfn()]);
+    put_user_pages(&k, &got);
+    teardown(&k, &[&a, &b], &[&f]);
+}
+
+/// The §3.1 interleaving, deterministically: P2's walker (CPU0) has read
+/// P2's PUD entry (→ shared table S) and stalls there with IRQs off; P2's
+/// munmap (CPU1) unshares; P1 (CPU2) splits its VMA, unmaps the first 2 MiB
+/// and faults an anonymous page Q there, which hangs a PTE table of P1 into
+/// S.  Then the walker continues into S.  Returns the walker's pages.
+fn unshare_race(k: &Arc<Kernel>) -> (Vec<Pfn>, Arc<MmStruct>, Arc<MmStruct>, Arc<AddressSpace>) {
+    let f = hfile(k, 1);
+    let p1 = k.mm_alloc();
+    run_on(k, 2, &p1);
+    map_and_touch(k, &p1, &f, 1, 0x11);
+    let p2 = dup_mmap(k, &p1).unwrap();
+    run_on(k, 0, &p2);
+    assert_eq!(k.read_user(&p2, HBASE + 8).unwrap(), 0x11);
+    let fired = Arc::new(AtomicBool::new(false));
+    let (hp1, hp2, fired2) = (p1.clone(), p2.clone(), fired.clone());
+    k.race_hooks.set_gup_fast(move |k, point, va| {
+        if point != GupFastPoint::PudRead || va != HBASE || fired2.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // B: P2's munmap on CPU1.
+        run_on(k, 1, &hp2);
+        munmap(k, &hp2, HBASE, GIB).unwrap();
+        // C: P1 reuses S on CPU2.
+        run_on(k, 2, &hp1);
+        munmap(k, &hp1, HBASE, MIB2).unwrap();
+        mmap_anon(k, &hp1, HBASE, MIB2, true).unwrap();
+        k.write_user(&hp1, HBASE + 8, 0x51).unwrap();
+        // Back to the walker's CPU (its IRQs-off guard restores there).
+        k.set_cpu(CpuId(0));
+    });
+    let got = gup_fast(k, &p2, HBASE, 1, Foll::GET);
+    assert!(fired.load(Ordering::SeqCst));
+    (got, p1, p2, f)
+}
+
+#[test]
+fn unshare_race_without_the_sync_lets_gup_fast_pin_another_process_page() {
+    // arm64: the TLB flush is a hardware broadcast that does not wait for
+    // the walker; hugetlb-unshare-sync reverted: nothing else does either.
+    let k = kernel_oracle(3, Fixes::all().revert(Fix::HugetlbUnshareSync), Arch::Arm64);
+    let (got, p1, p2, f) = unshare_race(&k);
+    assert_eq!(got.len(), 1, "the walker got a page through S");
+    let q = got[0];
+    assert!(k.mem.page(q).test(flags::PG_ANON), "... P1's anonymous page Q, not the hugetlb page");
+    assert_eq!(k.hw.ram.word(q, 1).load(Ordering::SeqCst), 0x51);
+    assert!(k.san.count_kind(ViolationKind::GupOracle) >= 1, "{:?}", k.san.violations());
+    put_user_pages(&k, &got);
+    run_on(&k, 2, &p1);
+    exit_mm(&k, &p1);
+    run_on(&k, 0, &p2);
+    exit_mm(&k, &p2);
+    assert_eq!(truncate_inode_pages(&k, &f), 0);
+    assert_no_leaks(&k);
+}
+
+#[test]
+#[should_panic(expected = "cannot acknowledge")]
+fn unshare_race_with_the_sync_makes_the_unsharer_wait_for_the_walker() {
+    // With 1013af4f585f the unsharer's tlb_remove_table_sync_one (while it
+    // still holds i_mmap_rwsem, so P1 cannot reuse S yet) needs the walker's
+    // CPU to take the IPI: on the synchronous Smp that is reported as the
+    // hang it would be until the walker re-enables IRQs.
+    let k = kernel_oracle(3, Fixes::all(), Arch::Arm64);
+    unshare_race(&k);
+}
+
+#[test]
+#[should_panic(expected = "cannot acknowledge")]
+fn unshare_race_on_x86_the_flush_ipi_alone_waits_for_the_walker() {
+    // Jann: it can't happen where TLB synchronisation always uses IPIs.
+    let k = kernel_oracle(3, Fixes::all().revert(Fix::HugetlbUnshareSync), Arch::X86);
+    unshare_race(&k);
+}
+
+
+#[test]
+fn three_sharers_the_final_unshare_drains_a_walker_that_entered_through_an_earlier_sharer() {
+    // KERNEL-RACES §3.2 subtlety: P3's walker is inside S (entered through
+    // P3's PUD); P3 unshares first (2 -> 1: no sync, and on arm64 its flush
+    // does not wait for the walker); P2 unshares last (1 -> 0).  P2's one
+    // sync must reach the walker of the *other* process before S can be
+    // reused.  On the synchronous Smp "must wait for it" is reported as the
+    // hang it would be.
+    let k = kernel_oracle(4, Fixes::all(), Arch::Arm64);
+    let f = hfile(&k, 1);
+    let p1 = k.mm_alloc();
+    run_on(&k, 3, &p1);
+    map_and_touch(&k, &p1, &f, 1, 0x11);
+    let p2 = dup_mmap(&k, &p1).unwrap();
+    let p3 = dup_mmap(&k, &p1).unwrap();
+    run_on(&k, 1, &p2);
+    run_on(&k, 0, &p3);
+    let syncs_after_p3 = Arc::new(AtomicU64::new(u64::MAX));
+    let (hp2, hp3, rec) = (p2.clone(), p3.clone(), syncs_after_p3.clone());
+    k.race_hooks.set_gup_fast(move |k, point, va| {
+        if point != GupFastPoint::PudRead || va != HBASE || rec.load(Ordering::SeqCst) != u64::MAX {
+            return;
+        }
+        let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
+        run_on(k, 2, &hp3);
+        munmap(k, &hp3, HBASE, GIB).unwrap();
+        rec.store(k.stats.get(Stat::TlbRemoveTableSyncOne) - s0, Ordering::SeqCst);
+        run_on(k, 1, &hp2);
+        munmap(k, &hp2, HBASE, GIB).unwrap(); // 1 -> 0: the sync needs CPU0
+        k.set_cpu(CpuId(0));
+    });
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gup_fast(&k, &p3, HBASE, 1, Foll::GET)));
+    assert_eq!(syncs_after_p3.load(Ordering::SeqCst), 0, "P3 was not the last sharer: no sync");
+    let err = r.expect_err("P2's final unshare must wait for P3's walker");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("cannot acknowledge") && msg.contains("CPU0"), "{msg}");
+}

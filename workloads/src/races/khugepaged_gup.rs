@@ -1,0 +1,105 @@
+//! KERNEL-RACES §2: khugepaged collapse versus GUP-fast, on the arm64
+//! profile (the TLB flush in `pmdp_collapse_flush` is a hardware broadcast
+//! that does not wait for the walker's IRQs-off section).
+//!
+//! - §2A, 70cbc3cc78a9 (`gup-pmd-recheck`): W stalls after reading a PTE;
+//!   khugepaged (K) clears the PMD and checks refcounts meanwhile; W grabs
+//!   the old page after the check, and only a PMD re-check makes it back
+//!   off.  Run with `khugepaged-gup-fast-ipi` off (either fix closes §2A);
+//!   the violation is `gup-oracle` (W returns a page that was no longer
+//!   mapped when it was grabbed; the collapse discarded it).
+//! - §2B anon, 2ba99c5e0881 (`khugepaged-gup-fast-ipi`): W stalls after
+//!   reading the PMD; K collapses (the PTE table is deposited under the THP)
+//!   and munmaps the THP (`zap_deposited_table` frees the table at once);
+//!   W reads on from the freed table: `gup-fast-freed-table`.  Needs
+//!   `rcu_table_free` (without it `tlb_remove_table_sync_one` is a no-op).
+//! - §2B file: as §2B with `retract_page_tables` freeing an empty file PTE
+//!   table at once (`pte_free_defer = false`, the 2022 path); with
+//!   `pte_free_defer` the table waits for a grace period and the sync does
+//!   not matter.
+//!
+//! The driver forces `arch = arm64` and the GUP oracle on; the switches,
+//! `rcu_table_free`, `pte_free_defer` and the geometry come from `p.kcfg`
+//! (a smaller geometry, e.g. 64-entry tables, makes each collapse cheap and
+//! so lets more rounds run per second; the race is the same).
+
+use std::time::Duration;
+
+use mm_core::ops::gup::GupFastPoint;
+use mm_core::ops::khugepaged::{collapse_huge_page, retract_page_tables, ScanResult};
+use mm_core::ops::{madvise_dontneed, mmap_anon, mmap_file, munmap, truncate_inode_pages};
+use mm_core::Arch;
+
+use super::gup_table_free::{boot, finish, install_stall, run_rounds};
+use super::{RaceOutcome, RaceParams};
+
+/// The raced PMD range (2 MiB aligned).
+pub const BASE: u64 = 0x4000_0000;
+/// Pages faulted in before each collapse (the rest are holes).
+pub const NR_PAGES: u64 = 8;
+
+/// Which §2 race to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// §2A: stale-page pin (70cbc3cc78a9).
+    A,
+    /// §2B, anon collapse + deposit + zap_deposited_table (2ba99c5e0881).
+    BAnon,
+    /// §2B, file retract_page_tables with an immediate free.
+    BFile,
+}
+
+/// `run_scenario(p, Scenario::BAnon)`: the race-driver contract's entry.
+pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
+    run_scenario(p, Scenario::BAnon)
+}
+
+pub fn run_scenario(p: &RaceParams, sc: Scenario) -> Result<RaceOutcome, String> {
+    let mut p = p.clone();
+    p.kcfg.arch = Arch::Arm64;
+    let s = boot(&p)?;
+    let k = s.kernel().clone();
+    let ps = k.cfg.geometry.page_size();
+    let hpage = k.cfg.geometry.pmd_size();
+    let (point, stall) = match sc {
+        // Long enough to span K's isolate-to-release window.
+        Scenario::A => (GupFastPoint::PteRead, Duration::from_micros(300)),
+        // Long enough to span K's collapse + munmap (or retract).
+        Scenario::BAnon | Scenario::BFile => (GupFastPoint::PmdRead, Duration::from_micros(600)),
+    };
+    install_stall(&k, point, stall, p.seed);
+    let mm = s.mm_alloc().map_err(|e| e.to_string())?;
+    let file = k.new_file(hpage / ps);
+    let (rounds, first) = match sc {
+        Scenario::A | Scenario::BAnon => run_rounds(&s, &p, &mm, (BASE, NR_PAGES), move |k, mm, _| {
+            mmap_anon(k, mm, BASE, hpage, true).expect("mmap");
+            for i in 0..NR_PAGES {
+                k.write_user(mm, BASE + i * ps, i + 1).expect("fault in");
+            }
+            let r = collapse_huge_page(k, mm, BASE);
+            assert!(matches!(r, ScanResult::Succeed | ScanResult::PageCount), "collapse: {r:?}");
+            munmap(k, mm, BASE, hpage).expect("munmap");
+            // Reuse freed frames.
+            mmap_anon(k, mm, BASE + hpage, NR_PAGES * ps, true).expect("mmap");
+            for i in 0..NR_PAGES {
+                k.write_user(mm, BASE + hpage + i * ps, 0xbad).expect("fault in");
+            }
+            munmap(k, mm, BASE + hpage, NR_PAGES * ps).expect("munmap");
+        })?,
+        Scenario::BFile => {
+            let f = file.clone();
+            run_rounds(&s, &p, &mm, (BASE, NR_PAGES), move |k, mm, _| {
+                mmap_file(k, mm, BASE, hpage, false, true, &f, 0).expect("mmap");
+                for i in 0..NR_PAGES {
+                    k.read_user(mm, BASE + i * ps).expect("fault in");
+                }
+                madvise_dontneed(k, mm, BASE, hpage).expect("madvise");
+                retract_page_tables(k, &f, 0);
+                munmap(k, mm, BASE, hpage).expect("munmap");
+            })?
+        }
+    };
+    finish(&s, &mm)?;
+    s.run_kthread(mm_core::CpuId(0), move |k| truncate_inode_pages(k, &file)).map_err(|e| e.to_string())?;
+    Ok(RaceOutcome::new(k, rounds, first))
+}

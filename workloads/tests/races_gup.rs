@@ -1,0 +1,149 @@
+//! Stress drivers for KERNEL-RACES §1 and §2 on the threaded machine: with
+//! the protection off the driver finds the violation within a bounded number
+//! of rounds; with it on, none in a fixed number of rounds.  Each test
+//! prints the rounds it needed (`cargo test -p workloads --test races_gup
+//! -- --nocapture`).
+
+use std::time::Instant;
+
+use emu_cpu::MachineConfig;
+use mm_core::sanitizer::ViolationKind;
+use mm_core::{Arch, Fix, Fixes, Geometry, KernelConfig};
+
+/// 64-entry tables: a THP is 64 pages, so each collapse copies 64 frames
+/// instead of 512 (cheaper rounds, same race).
+const KHUGEPAGED_GEOMETRY: Geometry = Geometry { page_shift: 12, pt_bits: 6 };
+use workloads::races::khugepaged_gup::{self, Scenario};
+use workloads::races::{gup_table_free, RaceOutcome, RaceParams};
+
+/// Rounds a reverted protection may need at most before the test fails.
+const FIND_BOUND: u64 = 3000;
+/// Rounds a protected configuration must run clean (several times the
+/// rounds the reverted configurations needed; see the printed numbers).
+const CLEAN_ROUNDS: u64 = 100;
+/// The same for configurations whose every round waits for IPIs to a CPU
+/// that is stalled with IRQs off (slow on an oversubscribed host).
+const CLEAN_ROUNDS_IPI: u64 = 60;
+
+fn params(kcfg: KernelConfig, iterations: u64) -> RaceParams {
+    RaceParams {
+        kcfg: KernelConfig { nr_cpus: 2, ..kcfg },
+        machine: MachineConfig::default(),
+        iterations,
+        seed: 0x5eed,
+        stop_on_violation: true,
+    }
+}
+
+fn report(name: &str, t: Instant, o: &RaceOutcome) {
+    println!(
+        "{name}: {} rounds, first violation at {:?}, kinds {:?}, {:.2?}",
+        o.iterations,
+        o.first_violation_at,
+        o.kinds,
+        t.elapsed()
+    );
+}
+
+fn expect_found(name: &str, r: Result<RaceOutcome, String>, kind: ViolationKind, t: Instant) {
+    let o = r.expect("driver");
+    report(name, t, &o);
+    assert!(o.first_violation_at.is_some(), "{name}: no violation in {FIND_BOUND} rounds");
+    assert!(o.kinds.contains(&kind), "{name}: expected {kind}, got {:?}", o.kernel.san.violations());
+}
+
+fn expect_clean(name: &str, r: Result<RaceOutcome, String>, rounds: u64, t: Instant) {
+    let o = r.expect("driver");
+    report(name, t, &o);
+    assert_eq!(o.iterations, rounds);
+    assert_eq!(o.kernel.san.count(), 0, "{name}: {:?}", o.kernel.san.violations());
+    assert_eq!(o.kernel.alloc.in_use().total(), 0, "{name}: leaked {:?}", o.kernel.alloc.in_use());
+}
+
+// ---- §1 -------------------------------------------------------------------
+
+#[test]
+fn gup_table_free_arm64_immediate_free_finds_the_walk_into_a_freed_table() {
+    let t = Instant::now();
+    let kcfg = KernelConfig { arch: Arch::Arm64, rcu_table_free: false, ..KernelConfig::default() };
+    expect_found("§1 arm64 immediate free", gup_table_free::run(&params(kcfg, FIND_BOUND)), ViolationKind::GupFastFreedTable, t);
+}
+
+#[test]
+fn gup_table_free_x86_ipi_flush_immediate_free_is_clean() {
+    let t = Instant::now();
+    let kcfg = KernelConfig { arch: Arch::X86, rcu_table_free: false, ..KernelConfig::default() };
+    expect_clean("§1 x86 IPI + immediate free", gup_table_free::run(&params(kcfg, CLEAN_ROUNDS_IPI)), CLEAN_ROUNDS_IPI, t);
+}
+
+#[test]
+fn gup_table_free_arm64_rcu_table_free_is_clean() {
+    let t = Instant::now();
+    let kcfg = KernelConfig { arch: Arch::Arm64, rcu_table_free: true, ..KernelConfig::default() };
+    expect_clean("§1 arm64 RCU free", gup_table_free::run(&params(kcfg, CLEAN_ROUNDS)), CLEAN_ROUNDS, t);
+}
+
+// ---- §2A: gup-pmd-recheck (70cbc3cc78a9) ------------------------------------
+
+fn cfg_2a(pmd_recheck: bool) -> KernelConfig {
+    let mut fixes = Fixes::all().revert(Fix::KhugepagedGupFastIpi);
+    fixes.set(Fix::GupPmdRecheck, pmd_recheck);
+    KernelConfig { fixes, geometry: KHUGEPAGED_GEOMETRY, ..KernelConfig::default() }
+}
+
+#[test]
+fn khugepaged_2a_without_pmd_recheck_finds_the_stale_pin() {
+    let t = Instant::now();
+    let r = khugepaged_gup::run_scenario(&params(cfg_2a(false), FIND_BOUND), Scenario::A);
+    expect_found("§2A gup-pmd-recheck off", r, ViolationKind::GupOracle, t);
+}
+
+#[test]
+fn khugepaged_2a_with_pmd_recheck_is_clean() {
+    let t = Instant::now();
+    let r = khugepaged_gup::run_scenario(&params(cfg_2a(true), CLEAN_ROUNDS), Scenario::A);
+    expect_clean("§2A gup-pmd-recheck on", r, CLEAN_ROUNDS, t);
+}
+
+// ---- §2B: khugepaged-gup-fast-ipi (2ba99c5e0881) ---------------------------
+
+fn cfg_2b(sync_ipi: bool, pte_free_defer: bool) -> KernelConfig {
+    let mut fixes = Fixes::all();
+    fixes.set(Fix::KhugepagedGupFastIpi, sync_ipi);
+    KernelConfig { fixes, rcu_table_free: true, pte_free_defer, geometry: KHUGEPAGED_GEOMETRY, ..KernelConfig::default() }
+}
+
+#[test]
+fn khugepaged_2b_anon_without_sync_ipi_finds_the_freed_deposited_table() {
+    let t = Instant::now();
+    let r = khugepaged_gup::run_scenario(&params(cfg_2b(false, true), FIND_BOUND), Scenario::BAnon);
+    expect_found("§2B anon khugepaged-gup-fast-ipi off", r, ViolationKind::GupFastFreedTable, t);
+}
+
+#[test]
+fn khugepaged_2b_anon_with_sync_ipi_is_clean() {
+    let t = Instant::now();
+    let r = khugepaged_gup::run_scenario(&params(cfg_2b(true, true), CLEAN_ROUNDS_IPI), Scenario::BAnon);
+    expect_clean("§2B anon khugepaged-gup-fast-ipi on", r, CLEAN_ROUNDS_IPI, t);
+}
+
+#[test]
+fn khugepaged_2b_file_immediate_free_without_sync_ipi_finds_the_freed_table() {
+    let t = Instant::now();
+    let r = khugepaged_gup::run_scenario(&params(cfg_2b(false, false), FIND_BOUND), Scenario::BFile);
+    expect_found("§2B file khugepaged-gup-fast-ipi off", r, ViolationKind::GupFastFreedTable, t);
+}
+
+#[test]
+fn khugepaged_2b_file_immediate_free_with_sync_ipi_is_clean() {
+    let t = Instant::now();
+    let r = khugepaged_gup::run_scenario(&params(cfg_2b(true, false), CLEAN_ROUNDS_IPI), Scenario::BFile);
+    expect_clean("§2B file khugepaged-gup-fast-ipi on", r, CLEAN_ROUNDS_IPI, t);
+}
+
+#[test]
+fn khugepaged_2b_file_pte_free_defer_is_clean_without_sync_ipi() {
+    let t = Instant::now();
+    let r = khugepaged_gup::run_scenario(&params(cfg_2b(false, true), CLEAN_ROUNDS), Scenario::BFile);
+    expect_clean("§2B file pte_free_defer", r, CLEAN_ROUNDS, t);
+}

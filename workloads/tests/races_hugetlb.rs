@@ -1,0 +1,127 @@
+//! Stress drivers of KERNEL-RACES.md §3 on the threaded machine (emu-cpu):
+//! hugetlb PMD unsharing versus GUP-fast (1013af4f585f) and the fork+exit
+//! IPI regression workload (8ce720d5bd91).
+
+use std::time::Duration;
+
+use emu_cpu::{MachineConfig, WaitPolicy};
+use mm_core::sanitizer::ViolationKind;
+use mm_core::{Arch, Fix, Fixes, KernelConfig};
+use workloads::races::fork_exit_hugetlb::{self, ForkExitParams};
+use workloads::races::{hugetlb_unshare_gup, RaceParams};
+
+/// Upper bound on rounds for the switch-off run (the issue's "bounded
+/// number of iterations").
+const MAX_ROUNDS_OFF: u64 = 50;
+/// Rounds the switch-on run must survive.
+const ROUNDS_ON: u64 = 40;
+
+fn machine() -> MachineConfig {
+    MachineConfig {
+        wait: WaitPolicy::Adaptive,
+        watchdog: Duration::from_secs(5),
+        task_timeout: Duration::from_secs(20),
+        ..MachineConfig::default()
+    }
+}
+
+fn params(arch: Arch, fixes: Fixes, iterations: u64) -> RaceParams {
+    RaceParams {
+        kcfg: KernelConfig { arch, fixes, nr_cpus: 3, ..KernelConfig::default() },
+        machine: machine(),
+        iterations,
+        seed: 0x5eed,
+        stop_on_violation: true,
+    }
+}
+
+fn assert_no_leaks(k: &mm_core::Kernel) {
+    let used = k.alloc.in_use();
+    assert_eq!(used.total(), 0, "leaked frames: {used:?}");
+}
+
+#[test]
+fn hugetlb_unshare_sync_off_on_arm64_lets_gup_fast_pin_a_foreign_page() {
+    let out = hugetlb_unshare_gup::run(&params(Arch::Arm64, Fixes::all().revert(Fix::HugetlbUnshareSync), MAX_ROUNDS_OFF))
+        .expect("driver");
+    println!("hugetlb-unshare-sync off, arm64: {out:?}");
+    let at = out.first_violation_at.expect("the §3.1 race must show within the bound with the sync reverted");
+    assert!(at <= MAX_ROUNDS_OFF);
+    assert!(out.kinds.contains(&ViolationKind::GupOracle), "{:?}", out.kernel.san.violations());
+    assert_no_leaks(&out.kernel);
+}
+
+#[test]
+fn hugetlb_unshare_sync_on_arm64_is_clean() {
+    let out = hugetlb_unshare_gup::run(&params(Arch::Arm64, Fixes::all(), ROUNDS_ON)).expect("driver");
+    println!("hugetlb-unshare-sync on, arm64: {out:?}");
+    assert_eq!(out.iterations, ROUNDS_ON);
+    assert_eq!(out.first_violation_at, None, "{:?}", out.kernel.san.violations());
+    assert_eq!(out.kernel.san.count(), 0);
+    // Every round's last-sharer unshare paid exactly one sync broadcast.
+    assert_eq!(out.kernel.stats.get(mm_core::stats::Stat::TlbRemoveTableSyncOne), ROUNDS_ON);
+    assert_no_leaks(&out.kernel);
+}
+
+#[test]
+fn hugetlb_unshare_batched_off_is_still_safe_on_arm64() {
+    let out = hugetlb_unshare_gup::run(&params(Arch::Arm64, Fixes::all().revert(Fix::HugetlbUnshareBatched), 15))
+        .expect("driver");
+    assert_eq!(out.kernel.san.count(), 0, "{:?}", out.kernel.san.violations());
+    assert_no_leaks(&out.kernel);
+}
+
+#[test]
+fn hugetlb_unshare_sync_off_on_x86_is_saved_by_the_flush_ipi() {
+    let out = hugetlb_unshare_gup::run(&params(Arch::X86, Fixes::all().revert(Fix::HugetlbUnshareSync), 15))
+        .expect("driver");
+    assert_eq!(out.kernel.san.count(), 0, "{:?}", out.kernel.san.violations());
+    assert_no_leaks(&out.kernel);
+}
+
+fn fork_exit(fixes: Fixes) -> fork_exit_hugetlb::ForkExitReport {
+    let p = ForkExitParams {
+        kcfg: KernelConfig { fixes, nr_cpus: 3, ..KernelConfig::default() },
+        machine: machine(),
+        tables: 6,
+        children: 4,
+        touch: 3,
+        seed: 7,
+    };
+    let r = fork_exit_hugetlb::run(&p).expect("fork-exit-hugetlb");
+    println!("{:?}: {r:?}", fixes.reverted());
+    assert_eq!(r.kernel.san.count(), 0, "{:?}", r.kernel.san.violations());
+    assert_no_leaks(&r.kernel);
+    r
+}
+
+#[test]
+fn fork_exit_hugetlb_batched_one_sync_for_the_last_sharer_none_for_the_others() {
+    let r = fork_exit(Fixes::all());
+    let n = r.per_child.len();
+    for c in &r.per_child[..n - 1] {
+        assert!(!c.last_sharer);
+        assert_eq!(c.sync_broadcasts, 0, "child {} is not the last sharer", c.child);
+    }
+    let last = &r.per_child[n - 1];
+    assert!(last.last_sharer);
+    assert_eq!(last.sync_broadcasts, 1, "one broadcast for all {} tables", r.tables);
+    assert_eq!(last.call_interrupts, 2, "the broadcast reached the 2 other CPUs");
+    assert_eq!(r.parent_exit_syncs, 0);
+}
+
+#[test]
+fn fork_exit_hugetlb_unbatched_one_sync_per_table_for_every_child() {
+    let r = fork_exit(Fixes::all().revert(Fix::HugetlbUnshareBatched));
+    for c in &r.per_child {
+        assert_eq!(c.sync_broadcasts, r.tables, "child {}: one broadcast per unshared table", c.child);
+        assert_eq!(c.call_interrupts, 2 * r.tables);
+    }
+    assert!(r.per_child.last().unwrap().last_sharer);
+}
+
+#[test]
+fn fork_exit_hugetlb_before_the_sync_fix_sends_nothing() {
+    let r = fork_exit(Fixes::all().revert(Fix::HugetlbUnshareSync));
+    assert!(r.per_child.iter().all(|c| c.sync_broadcasts == 0));
+}
