@@ -568,6 +568,8 @@ pub fn side_by_side(fix: Fix, e: &scenarios::Exposer, off: &Report, on: &Report,
     for (name, v) in &off.vmstat {
         row(name, v.to_string(), on.vmstat.get(name).copied().unwrap_or(0).to_string());
     }
+    let c = |r: &Report, n: &str| r.counters.get(n).copied().unwrap_or(0).to_string();
+    row("arm64 broadcast TLBIs", c(off, "arm64_tlbi_broadcast"), c(on, "arm64_tlbi_broadcast"));
     row("sync-one broadcasts", off.sync_one_broadcasts.to_string(), on.sync_one_broadcasts.to_string());
     row("gather flushes", off.gather.flushes.to_string(), on.gather.flushes.to_string());
     row("gather batches", off.gather.batches.to_string(), on.gather.batches.to_string());

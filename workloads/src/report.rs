@@ -357,6 +357,9 @@ impl Report {
             let _ = writeln!(s, "    {name:<32}{v:>12}");
         }
         let _ = writeln!(s, "    {:<32}{:>12}", "tlb_remove_table_sync_one", self.sync_one_broadcasts);
+        if let Some(n) = self.counters.get("arm64_tlbi_broadcast").filter(|n| **n > 0) {
+            let _ = writeln!(s, "    {:<32}{:>12}", "arm64_tlbi_broadcast", n);
+        }
         let g = &self.gather;
         let _ = writeln!(
             s,

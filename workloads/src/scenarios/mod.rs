@@ -21,6 +21,7 @@ mod exit_storm;
 mod madvise_dontneed;
 mod mprotect_pingpong;
 mod munmap_storm;
+mod races;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -244,6 +245,8 @@ static REGISTRY: &[Scenario] = &[
     mprotect_pingpong::SCENARIO,
     madvise_dontneed::SCENARIO,
     exit_storm::SCENARIO,
+    races::FORK_EXIT_HUGETLB,
+    races::HUGETLB_UNSHARE_GUP,
 ];
 
 // ---------------------------------------------------------------------------
@@ -411,16 +414,36 @@ pub(crate) mod sys {
 
 /// Run a race driver under `ctx`: one call for `--iterations`, repeated
 /// chunks of `chunk` rounds (each on a fresh machine) for `--seconds`.
-/// Counters of all chunks are summed.
+/// Counters of all chunks are summed; a driver `Err` ends the run as a
+/// failure (it names the CPU or the round).
 pub fn race_adapter(ctx: &Ctx, chunk: u64, run: fn(&RaceParams) -> Result<RaceOutcome, String>) -> Result<Outcome, String> {
+    Ok(chunked(ctx, chunk, |iterations, seed| {
+        let o = run(&RaceParams {
+            kcfg: ctx.kcfg.clone(),
+            machine: ctx.machine,
+            iterations,
+            seed,
+            stop_on_violation: ctx.stop_on_violation,
+        })?;
+        Ok(Chunk { kernels: vec![o.kernel], iterations: o.iterations, first_violation_at: o.first_violation_at })
+    }))
+}
+
+/// One call of a driver: its kernels (after the driver exited every mm and
+/// quiesced its machine; one per machine it booted), rounds run, first
+/// violating round.
+pub struct Chunk {
+    pub kernels: Vec<Arc<Kernel>>,
+    pub iterations: u64,
+    pub first_violation_at: Option<u64>,
+}
+
+/// Call `f(rounds, seed)` once (`--iterations`) or in chunks until the
+/// time is up (`--seconds`), summing what the kernels measured.  Frames
+/// still in use after a chunk are leaks (drivers clean up before
+/// returning).
+pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64) -> Result<Chunk, String>) -> Outcome {
     let t0 = Instant::now();
-    let params = |iterations, seed| RaceParams {
-        kcfg: ctx.kcfg.clone(),
-        machine: ctx.machine,
-        iterations,
-        seed,
-        stop_on_violation: ctx.stop_on_violation,
-    };
     let mut out = Outcome {
         iterations: 0,
         ops: 0,
@@ -432,21 +455,23 @@ pub fn race_adapter(ctx: &Ctx, chunk: u64, run: fn(&RaceParams) -> Result<RaceOu
         metrics: BTreeMap::new(),
     };
     let until = Until::new(ctx.budget);
-    let mut round = 0u64;
+    let mut call = 0u64;
     loop {
         let n = match ctx.budget {
             Budget::Iterations(n) => n,
             Budget::Seconds(_) => chunk.max(1),
         };
-        match run(&params(n, ctx.seed.wrapping_add(round))) {
-            Ok(o) => {
+        match f(n, ctx.seed.wrapping_add(call)) {
+            Ok(c) => {
                 if out.first_violation_at.is_none() {
-                    out.first_violation_at = o.first_violation_at.map(|r| r + out.iterations);
+                    out.first_violation_at = c.first_violation_at.map(|r| r + out.iterations);
                 }
-                out.iterations += o.iterations;
-                out.ops += o.iterations;
-                let leaked = (o.kernel.rcu.pending() == 0).then(|| o.kernel.alloc.in_use());
-                out.measure.add(&Measure::from_kernel(&o.kernel, leaked));
+                out.iterations += c.iterations;
+                out.ops += c.iterations;
+                for k in &c.kernels {
+                    let leaked = (k.rcu.pending() == 0).then(|| k.alloc.in_use());
+                    out.measure.add(&Measure::from_kernel(k, leaked));
+                }
             }
             Err(e) => {
                 out.hang = e.contains("no result within");
@@ -454,16 +479,16 @@ pub fn race_adapter(ctx: &Ctx, chunk: u64, run: fn(&RaceParams) -> Result<RaceOu
                 break;
             }
         }
-        round += 1;
+        call += 1;
         let stop = matches!(ctx.budget, Budget::Iterations(_))
             || (ctx.stop_on_violation && out.first_violation_at.is_some())
-            || !until.more(round);
+            || !until.more(call);
         if stop {
             break;
         }
     }
     out.elapsed = t0.elapsed();
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

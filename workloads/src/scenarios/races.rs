@@ -1,0 +1,83 @@
+//! Race scenarios: one small adapter per race driver (`races::<x>::run`).
+//!
+//! Each adapter only names the driver, the switch it exposes, the arch and
+//! CPU count it needs and a default round count; `race_adapter` /
+//! `chunked` do the budget, the summing of counters over machines and the
+//! leak check (drivers exit every mm and quiesce before returning).
+
+use std::collections::BTreeMap;
+
+use mm_core::config::{Arch, Fix};
+
+use super::{chunked, race_adapter, ArchReq, Chunk, Ctx, Outcome, ParamSpec, Scenario};
+use crate::races::fork_exit_hugetlb::{self, ForkExitParams};
+use crate::races::hugetlb_unshare_gup;
+
+pub(super) const HUGETLB_UNSHARE_GUP: Scenario = Scenario {
+    name: "hugetlb-unshare-gup",
+    about: "GUP-fast stalled in a shared hugetlb PMD table while it is unshared and reused (CVE-2025-38085)",
+    params: &[],
+    exposes: &[Fix::HugetlbUnshareSync],
+    arch: ArchReq::Default(Arch::Arm64),
+    min_cpus: 3,
+    default_iterations: 40,
+    run: |ctx| race_adapter(ctx, 10, hugetlb_unshare_gup::run),
+};
+
+pub(super) const FORK_EXIT_HUGETLB: Scenario = Scenario {
+    name: "fork-exit-hugetlb",
+    about: "a parent maps a large shared hugetlb area, forks children that touch a few pages and exit (2025 regression)",
+    params: &[
+        ParamSpec { key: "tables", default: 8, min: 1, max: 64, help: "PUD regions of the area = shared PMD tables per child (N)" },
+        ParamSpec { key: "children", default: 4, min: 1, max: 256, help: "children forked per round" },
+        ParamSpec { key: "touch", default: 4, min: 0, max: 1024, help: "huge pages each child writes" },
+    ],
+    exposes: &[Fix::HugetlbUnshareBatched],
+    arch: ArchReq::Default(Arch::X86),
+    min_cpus: 2,
+    default_iterations: 2,
+    run: fork_exit,
+};
+
+/// fork-exit-hugetlb: a round is one parent with `children` children.
+/// Metrics: sync broadcasts per exiting child, split by whether its exit
+/// left the tables exclusive to the parent (last sharer) or not.
+fn fork_exit(ctx: &Ctx) -> Result<Outcome, String> {
+    let (mut last, mut other, mut syncs_last, mut syncs_other, mut parent) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let tables = ctx.param("tables");
+    let mut out = chunked(ctx, 1, |rounds, seed| {
+        let mut kernels = Vec::new();
+        for r in 0..rounds {
+            let rep = fork_exit_hugetlb::run(&ForkExitParams {
+                kcfg: ctx.kcfg.clone(),
+                machine: ctx.machine,
+                tables,
+                children: ctx.param("children") as usize,
+                touch: ctx.param("touch"),
+                seed: seed.wrapping_add(r),
+            })?;
+            for c in &rep.per_child {
+                if c.last_sharer {
+                    last += 1;
+                    syncs_last += c.sync_broadcasts;
+                } else {
+                    other += 1;
+                    syncs_other += c.sync_broadcasts;
+                }
+            }
+            parent += rep.parent_exit_syncs;
+            kernels.push(rep.kernel);
+        }
+        Ok(Chunk { kernels, iterations: rounds, first_violation_at: None })
+    });
+    let avg = |s: u64, n: u64| if n == 0 { 0.0 } else { s as f64 / n as f64 };
+    out.metrics = BTreeMap::from([
+        ("shared_tables_per_child".to_string(), tables as f64),
+        ("last_sharer_exits".to_string(), last as f64),
+        ("syncs_per_last_sharer_exit".to_string(), avg(syncs_last, last)),
+        ("other_exits".to_string(), other as f64),
+        ("syncs_per_other_exit".to_string(), avg(syncs_other, other)),
+        ("parent_exit_syncs".to_string(), parent as f64),
+    ]);
+    Ok(out)
+}
