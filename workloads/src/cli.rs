@@ -558,6 +558,10 @@ pub fn side_by_side(fix: Fix, e: &scenarios::Exposer, off: &Report, on: &Report,
         let g = |r: &Report| r.violations.by_kind.get(&k).copied().unwrap_or(0).to_string();
         row(&format!("  {k}"), g(off), g(on));
     }
+    let kept = |r: &Report| r.violations.by_kind.values().sum::<u64>();
+    if off.violations.count > kept(off) || on.violations.count > kept(on) {
+        row("  (kinds: of the records kept)", kept(off).to_string(), kept(on).to_string());
+    }
     let fv = |r: &Report| r.violations.first_violation_at.map_or("-".to_string(), |x| x.to_string());
     row("first violation in round", fv(off), fv(on));
     row("rounds", off.iterations.to_string(), on.iterations.to_string());

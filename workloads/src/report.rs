@@ -381,8 +381,18 @@ impl Report {
             let _ = write!(s, ", first in round {r}");
         }
         let _ = writeln!(s);
+        // Identical records (the same stale entry used again and again)
+        // are printed once with a count.
+        let mut shown: Vec<(String, usize)> = Vec::new();
         for v in &self.violations.records {
-            let _ = writeln!(s, "    {v}");
+            let line = v.to_string();
+            match shown.last_mut() {
+                Some((l, n)) if *l == line => *n += 1,
+                _ => shown.push((line, 1)),
+            }
+        }
+        for (line, n) in shown {
+            let _ = if n > 1 { writeln!(s, "    {line} (x{n})") } else { writeln!(s, "    {line}") };
         }
         match &self.leaked_frames {
             Some(l) => {

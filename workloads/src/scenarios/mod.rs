@@ -18,6 +18,7 @@
 //!   (`emu_cpu::trace::syscall`), free when no trace is recorded.
 
 mod exit_storm;
+mod lazy_tlb_walk;
 mod madvise_dontneed;
 mod mprotect_pingpong;
 mod munmap_storm;
@@ -223,14 +224,14 @@ pub struct Exposer {
 /// Switch → exposing scenario (DESIGN.md "Fixes as switches").
 pub const EXPOSERS: &[Exposer] = &[
     Exposer { fix: Fix::KhugepagedGupFastIpi, scenario: "khugepaged-gup", arch: Arch::Arm64, correctness: true },
-    Exposer { fix: Fix::GupPmdRecheck, scenario: "khugepaged-gup", arch: Arch::Arm64, correctness: true },
+    Exposer { fix: Fix::GupPmdRecheck, scenario: "khugepaged-gup-pin", arch: Arch::Arm64, correctness: true },
     Exposer { fix: Fix::DelayRmap, scenario: "writeback-race", arch: Arch::X86, correctness: true },
     Exposer { fix: Fix::HugetlbUnshareSync, scenario: "hugetlb-unshare-gup", arch: Arch::Arm64, correctness: true },
     Exposer { fix: Fix::HugetlbUnshareBatched, scenario: "fork-exit-hugetlb", arch: Arch::X86, correctness: false },
     Exposer { fix: Fix::SecondaryTlbOnFlush, scenario: "iommu-sva", arch: Arch::X86, correctness: true },
     Exposer { fix: Fix::FolioPagesBatching, scenario: "large-folio-zap", arch: Arch::X86, correctness: false },
     Exposer { fix: Fix::NestedFlushDetect, scenario: "nested-zap", arch: Arch::X86, correctness: true },
-    Exposer { fix: Fix::LazyTlbFreedTables, scenario: "gup-table-free", arch: Arch::X86, correctness: true },
+    Exposer { fix: Fix::LazyTlbFreedTables, scenario: "lazy-tlb-walk", arch: Arch::X86, correctness: true },
 ];
 
 pub fn exposer(fix: Fix) -> &'static Exposer {
@@ -245,8 +246,13 @@ static REGISTRY: &[Scenario] = &[
     mprotect_pingpong::SCENARIO,
     madvise_dontneed::SCENARIO,
     exit_storm::SCENARIO,
-    races::FORK_EXIT_HUGETLB,
+    lazy_tlb_walk::SCENARIO,
+    races::GUP_TABLE_FREE,
+    races::KHUGEPAGED_GUP,
+    races::KHUGEPAGED_GUP_FILE,
+    races::KHUGEPAGED_GUP_PIN,
     races::HUGETLB_UNSHARE_GUP,
+    races::FORK_EXIT_HUGETLB,
 ];
 
 // ---------------------------------------------------------------------------

@@ -11,7 +11,87 @@ use mm_core::config::{Arch, Fix};
 
 use super::{chunked, race_adapter, ArchReq, Chunk, Ctx, Outcome, ParamSpec, Scenario};
 use crate::races::fork_exit_hugetlb::{self, ForkExitParams};
-use crate::races::hugetlb_unshare_gup;
+use crate::races::khugepaged_gup::{self, Scenario as Khp};
+use crate::races::{gup_table_free, hugetlb_unshare_gup, RaceOutcome, RaceParams};
+use mm_core::config::Geometry;
+
+/// The khugepaged drivers' geometry: 64-entry tables make each collapse
+/// cheap (more rounds per second); the race is the same.
+const KHUGEPAGED_GEOMETRY: Geometry = Geometry { page_shift: 12, pt_bits: 6 };
+
+pub(super) const GUP_TABLE_FREE: Scenario = Scenario {
+    name: "gup-table-free",
+    about: "GUP-fast stalled with IRQs off while munmap frees the tables it walks (KERNEL-RACES §1)",
+    params: &[ParamSpec {
+        key: "rcu-table-free",
+        default: 1,
+        min: 0,
+        max: 1,
+        help: "CONFIG_MMU_GATHER_RCU_TABLE_FREE; 0 on arm64 shows the walk into a freed table",
+    }],
+    exposes: &[],
+    arch: ArchReq::Default(Arch::Arm64),
+    min_cpus: 2,
+    default_iterations: 300,
+    run: |ctx| {
+        let mut ctx = ctx.clone();
+        ctx.kcfg.rcu_table_free = ctx.param("rcu-table-free") == 1;
+        race_adapter(&ctx, 100, gup_table_free::run)
+    },
+};
+
+fn khugepaged(ctx: &Ctx, sc: Khp, tweak: impl Fn(&mut mm_core::KernelConfig)) -> Result<Outcome, String> {
+    let mut ctx = ctx.clone();
+    ctx.kcfg.geometry = KHUGEPAGED_GEOMETRY;
+    tweak(&mut ctx.kcfg);
+    Ok(chunked(&ctx, 100, |iterations, seed| {
+        let o: RaceOutcome = khugepaged_gup::run_scenario(
+            &RaceParams { kcfg: ctx.kcfg.clone(), machine: ctx.machine, iterations, seed, stop_on_violation: ctx.stop_on_violation },
+            sc,
+        )?;
+        Ok(Chunk { kernels: vec![o.kernel], iterations: o.iterations, first_violation_at: o.first_violation_at })
+    }))
+}
+
+pub(super) const KHUGEPAGED_GUP: Scenario = Scenario {
+    name: "khugepaged-gup",
+    about: "khugepaged collapses (anon) and zaps the THP while GUP-fast walks the old PTE table (§2B, 2ba99c5e0881)",
+    params: &[],
+    exposes: &[Fix::KhugepagedGupFastIpi],
+    arch: ArchReq::Requires(Arch::Arm64),
+    min_cpus: 2,
+    default_iterations: 1000,
+    run: |ctx| khugepaged(ctx, Khp::BAnon, |k| k.rcu_table_free = true),
+};
+
+pub(super) const KHUGEPAGED_GUP_FILE: Scenario = Scenario {
+    name: "khugepaged-gup-file",
+    about: "retract_page_tables frees a file PTE table while GUP-fast walks it (§2B file, 2022 path without pte_free_defer)",
+    params: &[],
+    exposes: &[Fix::KhugepagedGupFastIpi],
+    arch: ArchReq::Requires(Arch::Arm64),
+    min_cpus: 2,
+    default_iterations: 1000,
+    run: |ctx| {
+        khugepaged(ctx, Khp::BFile, |k| {
+            k.rcu_table_free = true;
+            k.pte_free_defer = false;
+        })
+    },
+};
+
+pub(super) const KHUGEPAGED_GUP_PIN: Scenario = Scenario {
+    name: "khugepaged-gup-pin",
+    about: "GUP-fast pins a page khugepaged is collapsing away (§2A, 70cbc3cc78a9; runs with khugepaged-gup-fast-ipi off)",
+    params: &[],
+    exposes: &[Fix::GupPmdRecheck],
+    arch: ArchReq::Requires(Arch::Arm64),
+    min_cpus: 2,
+    default_iterations: 1000,
+    // Either fix closes §2A: the sync IPI is switched off so the PMD
+    // re-check is what the run measures.
+    run: |ctx| khugepaged(ctx, Khp::A, |k| k.fixes.set(Fix::KhugepagedGupFastIpi, false)),
+};
 
 pub(super) const HUGETLB_UNSHARE_GUP: Scenario = Scenario {
     name: "hugetlb-unshare-gup",
