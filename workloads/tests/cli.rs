@@ -37,7 +37,7 @@ fn scenario_names() -> Vec<String> {
 #[test]
 fn list_shows_scenarios_and_switches() {
     let out = ok(&["list"]);
-    for name in ["munmap-storm", "mprotect-pingpong", "madvise-dontneed", "exit-storm"] {
+    for name in ["munmap-storm", "mprotect-pingpong", "madvise-dontneed", "exit-storm", "lazy-tlb-walk"] {
         assert!(out.contains(name), "{name} missing from list:\n{out}");
     }
     for fix in mm_core::Fix::ALL {
@@ -120,10 +120,25 @@ fn run_json_schema() {
 
 #[test]
 fn every_native_scenario_runs_clean() {
-    for s in ["munmap-storm", "mprotect-pingpong", "madvise-dontneed", "exit-storm"] {
+    for s in ["munmap-storm", "mprotect-pingpong", "madvise-dontneed", "exit-storm", "lazy-tlb-walk"] {
         let v = json(&["run", s, "--cpus", "2", "--iterations", "1", "--json", "--param", "pages=16"]);
         assert_eq!(v["verdict"], "ok", "{s}: {v}");
         assert!(v["ops"].as_u64().unwrap() > 0, "{s}");
+    }
+}
+
+/// Every scenario of the registry (race adapters included) runs clean with
+/// every fix on, at its own arch and smallest CPU count.
+#[test]
+fn every_scenario_runs_clean_with_fixes_on() {
+    let list = json(&["list", "--json"]);
+    for s in list["scenarios"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        let cpus = s["min_cpus"].as_u64().unwrap().max(2).to_string();
+        let v = json(&["run", name, "--cpus", &cpus, "--iterations", "2", "--json", "--no-pin"]);
+        assert_eq!(v["verdict"], "ok", "{name}: {v}");
+        assert_eq!(v["arch"], s["arch"], "{name}");
+        assert_eq!(v["leaked_frames"]["total"], 0, "{name}");
     }
 }
 
@@ -185,7 +200,9 @@ fn reproduce_every_available_switch() {
             assert!(err.contains("not merged") || err.contains("does not have"), "{err}");
             continue;
         }
-        let v = json(&["reproduce", name, "--json", "--no-pin"]);
+        // The fix-off run stops at its first violation; the fix-on run
+        // gets the same second.
+        let v = json(&["reproduce", name, "--json", "--no-pin", "--seconds", "1", "--cpus", "3"]);
         assert_eq!(v["switch"], name);
         assert_eq!(v["reproduced"], true, "reproduce {name}: {v}");
         assert!(v["fix_off"]["reverted"].as_array().unwrap().iter().any(|r| r == name));
@@ -242,6 +259,9 @@ fn bad_inputs_exit_2_with_one_clear_line() {
         (&["run", "munmap-storm", "--param", "pages"], "expected KEY=VALUE"),
         (&["run"], "required"),
         (&["reproduce", "nope"], "unknown switch 'nope'"),
+        (&["run", "khugepaged-gup", "--arch", "x86"], "scenario khugepaged-gup needs --arch arm64"),
+        (&["run", "hugetlb-unshare-gup", "--cpus", "2"], "needs at least 3 CPUs; allowed --cpus 3..=256"),
+        (&["run", "fork-exit-hugetlb", "--param", "tables=0"], "allowed 1..=64"),
         (&["stress", "--cpus", "0"], "allowed 1..=256"),
         (&["stress", "--seconds", "0"], "allowed 0 < S <= 86400"),
         (&["frobnicate"], "unrecognized subcommand"),
