@@ -44,7 +44,7 @@ fn khugepaged(ctx: &Ctx, sc: Khp, tweak: impl Fn(&mut mm_core::KernelConfig)) ->
     let mut ctx = ctx.clone();
     ctx.kcfg.geometry = KHUGEPAGED_GEOMETRY;
     tweak(&mut ctx.kcfg);
-    Ok(chunked(&ctx, 100, |iterations, seed| {
+    Ok(chunked(&ctx, 20, |iterations, seed| {
         let o: RaceOutcome = khugepaged_gup::run_scenario(
             &RaceParams { kcfg: ctx.kcfg.clone(), machine: ctx.machine, iterations, seed, stop_on_violation: ctx.stop_on_violation },
             sc,
