@@ -166,3 +166,53 @@ fn section1_broadcast_flush_with_rcu_table_free_is_safe() {
 fn section1_x86_ipi_flush_waits_for_the_walker() {
     section1(Arch::X86, false);
 }
+
+/// The oracle on its own: a page is accepted only if it was mapped at
+/// (mm, va) at some instant between the grab tick and the end of the call.
+#[test]
+fn oracle_accepts_only_pages_mapped_during_the_window() {
+    let k = Kernel::new_sync(cfg(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 4 * PS, true).unwrap();
+    k.write_user(&mm, BASE, 1).unwrap();
+    k.write_user(&mm, BASE + PS, 2).unwrap();
+    let (p0, p1) = (pte_pfn(&k, &mm, BASE), pte_pfn(&k, &mm, BASE + PS));
+    let o = &k.gup_oracle;
+    let cpu = CpuId(0);
+    // Mapped now: accepted.
+    o.call_start(cpu);
+    let t = o.tick();
+    o.call_end(&k, cpu, mm.id, &[(BASE, p0, t), (BASE + PS, p1, t)]);
+    assert_eq!(k.san.count(), 0);
+    // The right pfn at the wrong address: never mapped there.
+    o.call_start(cpu);
+    let t = o.tick();
+    o.call_end(&k, cpu, mm.id, &[(BASE + PS, p0, t)]);
+    assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 1);
+    // Grabbed before the unmap, checked after: accepted (the unmap is
+    // kept for the call in flight).
+    o.call_start(cpu);
+    let t = o.tick();
+    crate::ops::madvise_dontneed(&k, &mm, BASE, PS).unwrap();
+    o.call_end(&k, cpu, mm.id, &[(BASE, p0, t)]);
+    assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 1);
+    // Grabbed after the unmap: rejected.
+    crate::ops::madvise_dontneed(&k, &mm, BASE + PS, PS).unwrap();
+    o.call_start(cpu);
+    let t = o.tick();
+    o.call_end(&k, cpu, mm.id, &[(BASE + PS, p1, t)]);
+    assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 2);
+    // A forked child's tables are linked (owned) and recorded too.
+    k.write_user(&mm, BASE + 2 * PS, 3).unwrap();
+    let child = crate::ops::dup_mmap(&k, &mm).unwrap();
+    let c2 = pte_pfn(&k, &child, BASE + 2 * PS);
+    o.call_start(cpu);
+    let t = o.tick();
+    o.call_end(&k, cpu, child.id, &[(BASE + 2 * PS, c2, t)]);
+    assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 2, "{:?}", k.san.violations());
+    exit_mm(&k, &mm);
+    run_on(&k, 0, &child);
+    exit_mm(&k, &child);
+    assert_no_leaks(&k);
+}

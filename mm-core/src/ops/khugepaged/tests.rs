@@ -68,6 +68,8 @@ fn collapse_anon_maps_a_thp_and_munmap_frees_the_deposited_table() {
     k.write_user(&mm, BASE + 300 * PS, 7).unwrap();
     assert_eq!(k.read_user(&mm, BASE + 300 * PS).unwrap(), 7);
     assert_eq!(collapse_huge_page(&k, &mm, BASE), ScanResult::PmdMapped);
+    assert_eq!((k.stats.get(Stat::ThpCollapseAlloc), k.stats.get(Stat::ThpCollapsed)), (1, 1));
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 1, "one sync IPI per collapse that got past the flush");
     // GUP through the huge PMD (gup_fast_pmd_leaf).
     let pages = gup_fast(&k, &mm, BASE + 510 * PS, 2, Foll::PIN);
     assert_eq!(pages, vec![pmd.pfn().add(510), pmd.pfn().add(511)]);
