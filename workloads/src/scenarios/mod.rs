@@ -228,7 +228,7 @@ pub const EXPOSERS: &[Exposer] = &[
     Exposer { fix: Fix::DelayRmap, scenario: "writeback-race", arch: Arch::X86, correctness: true },
     Exposer { fix: Fix::HugetlbUnshareSync, scenario: "hugetlb-unshare-gup", arch: Arch::Arm64, correctness: true },
     Exposer { fix: Fix::HugetlbUnshareBatched, scenario: "fork-exit-hugetlb", arch: Arch::X86, correctness: false },
-    Exposer { fix: Fix::SecondaryTlbOnFlush, scenario: "iommu-sva", arch: Arch::X86, correctness: true },
+    Exposer { fix: Fix::SecondaryTlbOnFlush, scenario: "iommu-sva", arch: Arch::Arm64, correctness: true },
     Exposer { fix: Fix::FolioPagesBatching, scenario: "large-folio-zap", arch: Arch::X86, correctness: false },
     Exposer { fix: Fix::NestedFlushDetect, scenario: "nested-zap", arch: Arch::X86, correctness: true },
     Exposer { fix: Fix::LazyTlbFreedTables, scenario: "lazy-tlb-walk", arch: Arch::X86, correctness: true },
