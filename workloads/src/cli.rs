@@ -265,16 +265,17 @@ impl RunSpec {
     }
 }
 
-/// Set while a scenario runs: the panic hook stays quiet for panics on
-/// emulated CPUs (they come back as `MachineError`s naming the CPU).
+/// Set while a scenario runs: the panic hook stays quiet.  Panics on
+/// emulated CPUs come back as `MachineError`s naming the CPU; a panic of
+/// the scenario's own thread is caught by `run_scenario` and reported as
+/// one error line.
 static RUN_ACTIVE: AtomicBool = AtomicBool::new(false);
 
 /// Install the panic hook (once per process; `main()` does it).
 pub fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let on_cpu = std::thread::current().name().is_some_and(|n| n.starts_with("emu-cpu"));
-        if RUN_ACTIVE.load(Ordering::SeqCst) && on_cpu {
+        if RUN_ACTIVE.load(Ordering::SeqCst) {
             return;
         }
         default(info)
@@ -298,9 +299,17 @@ pub fn run_scenario(spec: &RunSpec) -> Result<Report, CliError> {
         emu_cpu::trace::start();
     }
     RUN_ACTIVE.store(true, Ordering::SeqCst);
-    let r = (spec.scenario.run)(&ctx);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (spec.scenario.run)(&ctx)));
     RUN_ACTIVE.store(false, Ordering::SeqCst);
     let traced = spec.trace.as_ref().map(|_| emu_cpu::trace::stop());
+    let r = r.map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "<non-string panic payload>".into());
+        CliError::Failed(format!("scenario {} panicked outside the emulated CPUs: {msg}", spec.scenario.name))
+    })?;
     let outcome = r.map_err(|e| CliError::Usage(format!("scenario {}: {e}", spec.scenario.name)))?;
     let mut report = Report::new(spec.setup(), &outcome);
     if let (Some(path), Some((events, dropped))) = (&spec.trace, traced) {

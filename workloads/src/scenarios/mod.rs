@@ -316,7 +316,11 @@ where
     }
     let k = b.sys.kernel().clone();
     let leaked = if err.is_none() { Some(sub(k.alloc.in_use(), b.baseline)) } else { None };
-    let hang = matches!(err, Some(MachineError::Timeout { .. }));
+    let hang = match &err {
+        Some(MachineError::Timeout { .. }) => true,
+        Some(MachineError::Panicked { msg, .. }) => msg.contains("CSD lock timeout"),
+        _ => false,
+    };
     let measure = Measure::from_kernel(&k, leaked);
     Outcome {
         iterations: work.rounds,
@@ -480,7 +484,7 @@ pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64) -> Result<Chun
                 }
             }
             Err(e) => {
-                out.hang = e.contains("no result within");
+                out.hang = e.contains("no result within") || e.contains("CSD lock timeout");
                 out.error = Some(e);
                 break;
             }
