@@ -16,6 +16,9 @@ use serde_json::{json, Map, Value};
 
 pub const PID: u32 = 1;
 
+/// 1 ns, in µs.
+const FLOW_NUDGE_US: f64 = 0.001;
+
 fn args(a: &[(&'static str, String)]) -> Value {
     Value::Object(a.iter().map(|(k, v)| (k.to_string(), Value::String(v.clone()))).collect::<Map<_, _>>())
 }
@@ -30,10 +33,16 @@ pub fn to_json(title: &str, nr_cpus: usize, events: &[Event]) -> Value {
         out.push(json!({"ph": "M", "pid": PID, "tid": c, "name": "thread_sort_index", "args": {"sort_index": c}}));
     }
     for e in events {
+        // A flow point sits 1 ns inside the slice it starts or ends in, so
+        // the importer binds it to that slice and not to its parent.
+        let ts = match e.kind {
+            Kind::FlowStart { .. } | Kind::FlowEnd { .. } => e.ts_us + FLOW_NUDGE_US,
+            _ => e.ts_us,
+        };
         let mut o = json!({
             "pid": PID,
             "tid": e.cpu,
-            "ts": e.ts_us,
+            "ts": ts,
             "name": e.name,
             "cat": e.cat,
         });
