@@ -66,3 +66,8 @@ impl RaceOutcome {
         RaceOutcome { iterations, first_violation_at, kinds, kernel }
     }
 }
+
+pub mod iommu_sva;
+pub mod large_folio_zap;
+pub mod nested_zap;
+pub mod writeback_race;
