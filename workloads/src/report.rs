@@ -208,8 +208,11 @@ pub struct Report {
     /// Every counter mm-core keeps, summed over CPUs.
     pub counters: BTreeMap<&'static str, u64>,
     pub violations: Violations,
-    /// `null` when the run ended early and no leak check was possible.
+    /// `null` when there was no leak check (see `leak_not_checked`).
     pub leaked_frames: Option<Leaked>,
+    /// Why there was no leak check: the run ended early, or a race driver
+    /// returns with its mm still mapped.
+    pub leak_not_checked: Option<String>,
     /// The machine error that ended the run (names the CPU), if any.
     pub error: Option<String>,
     /// ok | violations | leak | hang | panic
@@ -297,6 +300,7 @@ impl Report {
                 total: l.total(),
             }),
             error: o.error.clone(),
+            leak_not_checked: o.leak_not_checked.clone(),
             verdict,
             metrics: o.metrics.clone(),
             trace: None,
@@ -403,7 +407,8 @@ impl Report {
                 );
             }
             None => {
-                let _ = writeln!(s, "  leaked frames: not checked (the run ended early)");
+                let why = self.leak_not_checked.as_deref().unwrap_or("the run ended early");
+                let _ = writeln!(s, "  leaked frames: not checked ({why})");
             }
         }
         if let Some(t) = &self.trace {

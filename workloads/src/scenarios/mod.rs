@@ -139,6 +139,8 @@ pub struct Outcome {
     /// Scenario-specific numbers (e.g. sync broadcasts per exiting child),
     /// reported as `metrics`.
     pub metrics: BTreeMap<String, f64>,
+    /// Why there was no leak check (`measure.leaked` is `None`).
+    pub leak_not_checked: Option<String>,
 }
 
 pub type RunFn = fn(&Ctx) -> Result<Outcome, String>;
@@ -253,6 +255,11 @@ static REGISTRY: &[Scenario] = &[
     races::KHUGEPAGED_GUP_PIN,
     races::HUGETLB_UNSHARE_GUP,
     races::FORK_EXIT_HUGETLB,
+    races::WRITEBACK_RACE,
+    races::NESTED_ZAP,
+    races::IOMMU_SVA,
+    races::IOMMU_SVA_DMA,
+    races::LARGE_FOLIO_ZAP,
 ];
 
 // ---------------------------------------------------------------------------
@@ -316,6 +323,7 @@ where
     }
     let k = b.sys.kernel().clone();
     let leaked = if err.is_none() { Some(sub(k.alloc.in_use(), b.baseline)) } else { None };
+    let leak_not_checked = leaked.is_none().then(|| "the run ended early".to_string());
     let hang = match &err {
         Some(MachineError::Timeout { .. }) => true,
         Some(MachineError::Panicked { msg, .. }) => msg.contains("CSD lock timeout"),
@@ -331,6 +339,7 @@ where
         hang,
         first_violation_at: None,
         metrics: BTreeMap::new(),
+        leak_not_checked,
     }
 }
 
@@ -439,6 +448,16 @@ pub fn race_adapter(ctx: &Ctx, chunk: u64, run: fn(&RaceParams) -> Result<RaceOu
     }))
 }
 
+/// `race_adapter` for a driver that returns without exiting its mm and
+/// quiescing its machine: frames still in use are not leaks, so there is
+/// no leak check.
+pub fn race_adapter_keeps_mm(ctx: &Ctx, chunk: u64, run: fn(&RaceParams) -> Result<RaceOutcome, String>) -> Result<Outcome, String> {
+    let mut out = race_adapter(ctx, chunk, run)?;
+    out.measure.leaked = None;
+    out.leak_not_checked = Some("the race driver returns with its mm still mapped".to_string());
+    Ok(out)
+}
+
 /// One call of a driver: its kernels (after the driver exited every mm and
 /// quiesced its machine; one per machine it booted), rounds run, first
 /// violating round.
@@ -463,6 +482,7 @@ pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64) -> Result<Chun
         hang: false,
         first_violation_at: None,
         metrics: BTreeMap::new(),
+        leak_not_checked: None,
     };
     let until = Until::new(ctx.budget);
     let mut call = 0u64;

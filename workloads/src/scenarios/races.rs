@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 
 use mm_core::config::{Arch, Fix};
 
-use super::{chunked, race_adapter, ArchReq, Chunk, Ctx, Outcome, ParamSpec, Scenario};
+use super::{chunked, race_adapter, race_adapter_keeps_mm, ArchReq, Chunk, Ctx, Outcome, ParamSpec, Scenario};
 use crate::races::fork_exit_hugetlb::{self, ForkExitParams};
 use crate::races::khugepaged_gup::{self, Scenario as Khp};
-use crate::races::{gup_table_free, hugetlb_unshare_gup, RaceOutcome, RaceParams};
+use crate::races::{gup_table_free, hugetlb_unshare_gup, iommu_sva, large_folio_zap, nested_zap, writeback_race, RaceOutcome, RaceParams};
 use mm_core::config::Geometry;
 
 /// The khugepaged drivers' geometry: 64-entry tables make each collapse
@@ -161,3 +161,58 @@ fn fork_exit(ctx: &Ctx) -> Result<Outcome, String> {
     ]);
     Ok(out)
 }
+
+pub(super) const WRITEBACK_RACE: Scenario = Scenario {
+    name: "writeback-race",
+    about: "MADV_DONTNEED of dirty shared file pages while msync cleans and fadvise evicts them (§4, delayed rmap)",
+    params: &[],
+    exposes: &[Fix::DelayRmap],
+    arch: ArchReq::Default(Arch::X86),
+    min_cpus: 2,
+    default_iterations: 300,
+    run: |ctx| race_adapter_keeps_mm(ctx, 50, writeback_race::run),
+};
+
+pub(super) const IOMMU_SVA: Scenario = Scenario {
+    name: "iommu-sva",
+    about: "an SVA device's write retries vs a CPU's permission upgrade that must invalidate the IOMMU TLB (§5)",
+    params: &[],
+    exposes: &[Fix::SecondaryTlbOnFlush],
+    arch: ArchReq::Requires(Arch::Arm64),
+    min_cpus: 2,
+    default_iterations: 100,
+    run: |ctx| race_adapter_keeps_mm(ctx, 20, iommu_sva::run),
+};
+
+pub(super) const IOMMU_SVA_DMA: Scenario = Scenario {
+    name: "iommu-sva-dma",
+    about: "an SVA device DMAs over a range while a thread MADV_DONTNEEDs and re-faults it (§5, freed frames)",
+    params: &[],
+    exposes: &[],
+    arch: ArchReq::Requires(Arch::Arm64),
+    min_cpus: 2,
+    default_iterations: 100,
+    run: |ctx| race_adapter_keeps_mm(ctx, 20, iommu_sva::run_dma_vs_zap),
+};
+
+pub(super) const NESTED_ZAP: Scenario = Scenario {
+    name: "nested-zap",
+    about: "two MADV_DONTNEEDs of one mm under mmap_lock read; the one that finds nothing must still flush (§6)",
+    params: &[],
+    exposes: &[Fix::NestedFlushDetect],
+    arch: ArchReq::Default(Arch::X86),
+    min_cpus: 2,
+    default_iterations: 300,
+    run: |ctx| race_adapter_keeps_mm(ctx, 50, nested_zap::run),
+};
+
+pub(super) const LARGE_FOLIO_ZAP: Scenario = Scenario {
+    name: "large-folio-zap",
+    about: "map PTE-mapped 2 MiB anonymous folios and MADV_DONTNEED them (gather slots per folio vs per page)",
+    params: &[],
+    exposes: &[Fix::FolioPagesBatching],
+    arch: ArchReq::Default(Arch::X86),
+    min_cpus: 1,
+    default_iterations: 20,
+    run: |ctx| race_adapter_keeps_mm(ctx, 5, large_folio_zap::run),
+};
