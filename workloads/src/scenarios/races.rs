@@ -191,8 +191,10 @@ pub(super) const IOMMU_SVA_DMA: Scenario = Scenario {
     exposes: &[],
     arch: ArchReq::Requires(Arch::Arm64),
     min_cpus: 2,
-    default_iterations: 100,
-    run: |ctx| race_adapter_keeps_mm(ctx, 20, iommu_sva::run_dma_vs_zap),
+    default_iterations: 200,
+    // 200-round chunks: the driver fails a call in which its device thread
+    // never got to run, which short calls on a loaded host can hit.
+    run: |ctx| race_adapter_keeps_mm(ctx, 200, iommu_sva::run_dma_vs_zap),
 };
 
 pub(super) const NESTED_ZAP: Scenario = Scenario {
