@@ -18,7 +18,6 @@
 //!   (`emu_cpu::trace::syscall`), free when no trace is recorded.
 
 mod exit_storm;
-mod lazy_tlb_walk;
 mod madvise_dontneed;
 mod mprotect_pingpong;
 mod munmap_storm;
@@ -233,7 +232,7 @@ pub const EXPOSERS: &[Exposer] = &[
     Exposer { fix: Fix::SecondaryTlbOnFlush, scenario: "iommu-sva", arch: Arch::Arm64, correctness: true },
     Exposer { fix: Fix::FolioPagesBatching, scenario: "large-folio-zap", arch: Arch::X86, correctness: false },
     Exposer { fix: Fix::NestedFlushDetect, scenario: "nested-zap", arch: Arch::X86, correctness: true },
-    Exposer { fix: Fix::LazyTlbFreedTables, scenario: "lazy-tlb-walk", arch: Arch::X86, correctness: true },
+    Exposer { fix: Fix::LazyTlbFreedTables, scenario: "lazy-tlb", arch: Arch::X86, correctness: true },
 ];
 
 pub fn exposer(fix: Fix) -> &'static Exposer {
@@ -248,7 +247,7 @@ static REGISTRY: &[Scenario] = &[
     mprotect_pingpong::SCENARIO,
     madvise_dontneed::SCENARIO,
     exit_storm::SCENARIO,
-    lazy_tlb_walk::SCENARIO,
+    races::LAZY_TLB,
     races::GUP_TABLE_FREE,
     races::KHUGEPAGED_GUP,
     races::KHUGEPAGED_GUP_FILE,
@@ -500,6 +499,9 @@ pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64) -> Result<Chun
                 out.ops += c.iterations;
                 for k in &c.kernels {
                     let leaked = (k.rcu.pending() == 0).then(|| k.alloc.in_use());
+                    if leaked.is_none() {
+                        out.leak_not_checked = Some("RCU callbacks were still pending when the driver returned".into());
+                    }
                     out.measure.add(&Measure::from_kernel(k, leaked));
                 }
             }

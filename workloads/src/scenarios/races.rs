@@ -12,12 +12,23 @@ use mm_core::config::{Arch, Fix};
 use super::{chunked, race_adapter, race_adapter_keeps_mm, ArchReq, Chunk, Ctx, Outcome, ParamSpec, Scenario};
 use crate::races::fork_exit_hugetlb::{self, ForkExitParams};
 use crate::races::khugepaged_gup::{self, Scenario as Khp};
-use crate::races::{gup_table_free, hugetlb_unshare_gup, iommu_sva, large_folio_zap, nested_zap, writeback_race, RaceOutcome, RaceParams};
+use crate::races::{gup_table_free, hugetlb_unshare_gup, lazy_tlb, iommu_sva, large_folio_zap, nested_zap, writeback_race, RaceOutcome, RaceParams};
 use mm_core::config::Geometry;
 
 /// The khugepaged drivers' geometry: 64-entry tables make each collapse
 /// cheap (more rounds per second); the race is the same.
 const KHUGEPAGED_GEOMETRY: Geometry = Geometry { page_shift: 12, pt_bits: 6 };
+
+pub(super) const LAZY_TLB: Scenario = Scenario {
+    name: "lazy-tlb",
+    about: "a lazy CPU's speculative page walks while another CPU's munmap frees the tables (x86 lazy TLB, §7)",
+    params: &[],
+    exposes: &[Fix::LazyTlbFreedTables],
+    arch: ArchReq::Requires(Arch::X86),
+    min_cpus: 2,
+    default_iterations: 60,
+    run: |ctx| race_adapter(ctx, 20, lazy_tlb::run),
+};
 
 pub(super) const GUP_TABLE_FREE: Scenario = Scenario {
     name: "gup-table-free",
