@@ -202,10 +202,12 @@ pub(super) const IOMMU_SVA_DMA: Scenario = Scenario {
     exposes: &[],
     arch: ArchReq::Requires(Arch::Arm64),
     min_cpus: 2,
-    default_iterations: 200,
-    // 200-round chunks: the driver fails a call in which its device thread
-    // never got to run, which short calls on a loaded host can hit.
-    run: |ctx| race_adapter_keeps_mm(ctx, 200, iommu_sva::run_dma_vs_zap),
+    default_iterations: 5000,
+    // Long calls: the driver fails a call in which its device thread never
+    // got to run (it does not wait for the device to start), which short
+    // calls hit when the host is oversubscribed (8 CPUs on 2 cores: ~50 µs
+    // per round, so 200 rounds can finish before CPU1's thread runs).
+    run: |ctx| race_adapter_keeps_mm(ctx, 5000, iommu_sva::run_dma_vs_zap),
 };
 
 pub(super) const NESTED_ZAP: Scenario = Scenario {
