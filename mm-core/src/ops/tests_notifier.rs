@@ -4,6 +4,7 @@
 //! Each race is forced into its bad interleaving; with the switch off the
 //! matching violation appears, with it on none does.
 
+use crate::ops::test_util::{assert_no_leaks, run_on};
 use super::dirty_oracle::DirtyDataOracle;
 use super::*;
 use crate::config::{Arch, Fix, KernelConfig};
@@ -11,13 +12,11 @@ use crate::gather::{encode_nr_pages, encode_page, MmuGather, ENCODED_PAGE_BIT_NR
 use crate::hw::pte::Level;
 use crate::iommu::{iommu_sva_bind_device, incoherent_entries, DmaError};
 use crate::kernel::Kernel;
-use crate::mm::MmStruct;
 use crate::page::Folio;
 use crate::pgtable;
 use crate::sanitizer::ViolationKind;
 use crate::stats::Stat;
 use crate::sync::{Arc, Mutex, Ordering};
-use crate::tlb::switch_mm;
 use crate::types::CpuId;
 
 const BASE: u64 = 0x4000_0000;
@@ -29,16 +28,7 @@ fn kernel_with(cpus: usize, arch: Arch, f: impl FnOnce(&mut KernelConfig)) -> Ar
     Kernel::new_sync(cfg, cpus)
 }
 
-fn run_on(k: &Kernel, cpu: u32, mm: &MmStruct) {
-    k.set_cpu(CpuId(cpu));
-    switch_mm(k, mm);
-}
 
-fn assert_no_leaks(k: &Kernel) {
-    k.rcu_barrier();
-    let used = k.alloc.in_use();
-    assert_eq!(used.total(), 0, "leaked frames: {used:?}");
-}
 
 // ---- delay-rmap: writeback vs zap vs a writer with a dirty TLB entry ----------
 
