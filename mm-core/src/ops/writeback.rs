@@ -86,10 +86,7 @@ pub fn filemap_fdatawrite_range(k: &Kernel, mapping: &AddressSpace, start: u64, 
     let mut written = 0;
     for (pgoff, folio) in folios {
         let page = k.mem.folio(folio);
-        // folio_lock
-        while page.flags.fetch_or(flags::PG_LOCKED, Ordering::SeqCst) & flags::PG_LOCKED != 0 {
-            crate::sync::spin_loop();
-        }
+        k.folio_lock(folio);
         if folio_clear_dirty_for_io(k, mapping, folio) {
             page.set(flags::PG_WRITEBACK);
             let words: Vec<u64> =
@@ -98,7 +95,7 @@ pub fn filemap_fdatawrite_range(k: &Kernel, mapping: &AddressSpace, start: u64, 
             page.clear(flags::PG_WRITEBACK);
             written += 1;
         }
-        page.clear(flags::PG_LOCKED);
+        k.folio_unlock(folio);
     }
     written
 }
