@@ -13,7 +13,8 @@
 //! (`sanitize_stale_after_zap`): `stale-after-zap`.  With the fix, T2's
 //! `tlb_finish_mmu` sees `mm_tlb_flush_nested` (T1 raised
 //! `tlb_flush_pending` before touching the PTE and drops it only after its
-//! flush) and flushes the whole mm itself.
+//! flush) and flushes the whole mm itself.  Run on arm64 (broadcast TLBI)
+//! and on x86 (IPI shootdowns: the `_x86_` pair).
 #![cfg(mmemu_loom)]
 
 use loom_tests::model::{check_fixed, check_reverted, model_kernel, violation};
@@ -24,9 +25,9 @@ use mm_core::CpuId;
 
 const BASE: u64 = 0x4_0000;
 
-fn model(fix: bool) -> Option<String> {
+fn model(arch: Arch, fix: bool) -> Option<String> {
     let k = model_kernel(2, |c| {
-        c.arch = Arch::Arm64;
+        c.arch = arch;
         c.fixes.set(Fix::NestedFlushDetect, fix);
     });
     let ps = k.cfg.geometry.page_size();
@@ -52,10 +53,21 @@ fn model(fix: bool) -> Option<String> {
 
 #[test]
 fn nested_zap_fixed() {
-    check_fixed("nested_zap_fixed", || model(true));
+    check_fixed("nested_zap_fixed", || model(Arch::Arm64, true));
 }
 
 #[test]
 fn nested_zap_reverted() {
-    check_reverted("nested_zap_reverted", "sanitizer: stale-after-zap", || model(false));
+    check_reverted("nested_zap_reverted", "sanitizer: stale-after-zap", || model(Arch::Arm64, false));
+}
+
+/// The same race with x86 IPI shootdowns (T1's flush interrupts CPU1).
+#[test]
+fn nested_zap_x86_fixed() {
+    check_fixed("nested_zap_x86_fixed", || model(Arch::X86, true));
+}
+
+#[test]
+fn nested_zap_x86_reverted() {
+    check_reverted("nested_zap_x86_reverted", "sanitizer: stale-after-zap", || model(Arch::X86, false));
 }
