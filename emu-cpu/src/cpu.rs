@@ -24,6 +24,7 @@ use mm_core::smp::{IrqFlags, Smp};
 use mm_core::sync::{Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
 use mm_core::types::{CpuId, CpuMask};
 
+use crate::trace;
 use crate::WaitPolicy;
 
 /// Spins before an adaptive waiter parks.
@@ -75,6 +76,8 @@ pub(crate) struct CallData {
     state: Box<[AtomicU32]>,
     remaining: AtomicUsize,
     panic: Mutex<Option<String>>,
+    /// Trace flow id base (0: not traced); target i's flow is `id << 8 | i`.
+    trace_id: u64,
 }
 
 pub(crate) struct CpuSlot {
@@ -89,6 +92,8 @@ pub(crate) struct CpuSlot {
     activity: AtomicU32,
     /// Machine-relative µs of the last contended-lock wait slice (0 = never).
     last_lock_wait_us: AtomicU64,
+    /// Trace: `trace::now_us()` bits when IRQs went off (tracing only).
+    irq_off_since: AtomicU64,
 }
 
 /// Work an idle CPU does between waits (the kernel's softirq / RCU core).
@@ -129,6 +134,7 @@ impl Shared {
                     sent: AtomicU64::new(0),
                     activity: AtomicU32::new(ACT_IDLE),
                     last_lock_wait_us: AtomicU64::new(0),
+                    irq_off_since: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -201,7 +207,22 @@ impl Shared {
         let slot = &self.cpus[i];
         let was_off = slot.irq_off.swap(true, Ordering::SeqCst);
         slot.cal.fetch_add(1, Ordering::SeqCst);
+        let traced = (cd.trace_id != 0 && trace::enabled()).then(|| {
+            let t0 = trace::now_us();
+            trace::emit(trace::Event {
+                cpu: me.0,
+                ts_us: t0,
+                name: "ipi".into(),
+                cat: "ipi",
+                kind: trace::Kind::FlowEnd { id: cd.trace_id << 8 | i as u64 },
+                args: Vec::new(),
+            });
+            t0
+        });
         let r = catch_unwind(AssertUnwindSafe(|| (cd.func)(me)));
+        if let Some(t0) = traced {
+            trace::slice(me.0, "IPI: call_function", "irq", t0, vec![("from", cd.from.to_string())]);
+        }
         slot.irq_off.store(was_off, Ordering::SeqCst);
         if let Err(p) = r {
             *cd.panic.lock() = Some(format!("IPI handler panicked on {me}: {}", panic_message(&*p)));
@@ -262,15 +283,28 @@ impl Shared {
         // PENDING slot is CANCELLED and every RUNNING slot is waited for
         // before panicking), so no call outlives the borrow.
         let func: &'static (dyn Fn(CpuId) + Sync) = unsafe { std::mem::transmute(func) };
+        let t0 = trace::enabled().then(trace::now_us);
+        let trace_id = if t0.is_some() { trace::next_id() } else { 0 };
         let cd = Arc::new(CallData {
             func,
             from: me,
             state: (0..n).map(|i| AtomicU32::new(if mask.test(CpuId(i as u32)) && i != me.idx() { PENDING } else { NOT_TARGET })).collect(),
             remaining: AtomicUsize::new(targets.len()),
             panic: Mutex::new(None),
+            trace_id,
         });
         self.cpus[me.idx()].sent.fetch_add(targets.len() as u64, Ordering::SeqCst);
         for t in &targets {
+            if let Some(ts_us) = t0 {
+                trace::emit(trace::Event {
+                    cpu: me.0,
+                    ts_us,
+                    name: "ipi".into(),
+                    cat: "ipi",
+                    kind: trace::Kind::FlowStart { id: trace_id << 8 | t.idx() as u64 },
+                    args: Vec::new(),
+                });
+            }
             // The receiver lives in `self`, so send cannot fail.
             let _ = self.cpus[t.idx()].ipi_tx.send(Ipi::Call(cd.clone()));
         }
@@ -291,6 +325,10 @@ impl Shared {
             self.idle_wait(&mut spins, &[own], None, deadline - now);
         }
         self.cpus[me.idx()].activity.store(prev_act, Ordering::SeqCst);
+        if let Some(t0) = t0 {
+            let names: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+            trace::slice(me.0, "smp_call_function_many", "ipi", t0, vec![("targets", names.join(","))]);
+        }
         let p = cd.panic.lock().take();
         if let Some(p) = p {
             panic!("smp_call_function_many from {me}: {p}");
@@ -348,12 +386,22 @@ impl Smp for MachineSmp {
 
     fn local_irq_save(&self) -> IrqFlags {
         let me = self.this_cpu();
-        IrqFlags { was_disabled: self.shared.cpus[me.idx()].irq_off.swap(true, Ordering::SeqCst) }
+        let slot = &self.shared.cpus[me.idx()];
+        let was_disabled = slot.irq_off.swap(true, Ordering::SeqCst);
+        if !was_disabled && trace::enabled() {
+            slot.irq_off_since.store(trace::now_us().to_bits(), Ordering::Relaxed);
+        }
+        IrqFlags { was_disabled }
     }
 
     fn local_irq_restore(&self, flags: IrqFlags) {
         let me = self.this_cpu();
-        self.shared.cpus[me.idx()].irq_off.store(flags.was_disabled, Ordering::SeqCst);
+        let slot = &self.shared.cpus[me.idx()];
+        if !flags.was_disabled && trace::enabled() && slot.irq_off.load(Ordering::SeqCst) {
+            let t0 = f64::from_bits(slot.irq_off_since.load(Ordering::Relaxed));
+            trace::slice(me.0, "irqs_off", "irq", t0, Vec::new());
+        }
+        slot.irq_off.store(flags.was_disabled, Ordering::SeqCst);
         if !flags.was_disabled {
             self.shared.poll_ipis(me); // re-enable is an interrupt point
         }

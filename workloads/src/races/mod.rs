@@ -69,5 +69,6 @@ impl RaceOutcome {
 
 pub mod iommu_sva;
 pub mod large_folio_zap;
+pub mod lazy_tlb;
 pub mod nested_zap;
 pub mod writeback_race;

@@ -216,3 +216,44 @@ fn oracle_accepts_only_pages_mapped_during_the_window() {
     exit_mm(&k, &child);
     assert_no_leaks(&k);
 }
+
+/// The oracle's detach rule: a page grabbed after its PTE table was
+/// detached from the PMD is accepted if the same table is put back with
+/// the page in it (khugepaged aborting on the pin), and reported when the
+/// slot gets anything else — whether that happens before or after the end
+/// of the call.
+#[test]
+fn oracle_judges_a_detached_table_when_the_pmd_slot_is_written_again() {
+    for (put_back_before_end, put_back) in [(false, true), (true, true), (false, false), (true, false)] {
+        let k = Kernel::new_sync(cfg(), 1);
+        let mm = k.mm_alloc();
+        run_on(&k, 0, &mm);
+        mmap_anon(&k, &mm, BASE, 4 * PS, true).unwrap();
+        k.write_user(&mm, BASE, 1).unwrap();
+        let p0 = pte_pfn(&k, &mm, BASE);
+        let pmd_table = pgtable::lookup_table(&k, &mm, BASE, Level::Pmd).unwrap();
+        let o = &k.gup_oracle;
+        let cpu = CpuId(0);
+        o.call_start(cpu);
+        let old = pgtable::get_and_clear(&k, pmd_table, Level::Pmd, BASE);
+        let t = o.tick();
+        let other = crate::pgtable::alloc_table_frame(&k).unwrap();
+        let new = if put_back { old } else { Pte::table(other) };
+        if put_back_before_end {
+            pgtable::write(&k, pmd_table, Level::Pmd, BASE, new);
+        }
+        o.call_end(&k, cpu, mm.id, &[(BASE, p0, t)]);
+        if !put_back_before_end {
+            assert_eq!(k.san.count(), 0, "undecided until the slot is written");
+            pgtable::write(&k, pmd_table, Level::Pmd, BASE, new);
+        }
+        let want = usize::from(!put_back);
+        assert_eq!(k.san.count_kind(ViolationKind::GupOracle), want, "put back {put_back}, before end {put_back_before_end}: {:?}", k.san.violations());
+        if !put_back {
+            pgtable::write(&k, pmd_table, Level::Pmd, BASE, old);
+        }
+        crate::pgtable::free_table_frame(&k, other);
+        exit_mm(&k, &mm);
+        assert_no_leaks(&k);
+    }
+}
