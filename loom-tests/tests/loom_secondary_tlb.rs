@@ -8,13 +8,16 @@
 //! device's write keeps hitting its stale read-only entry, and each IOPF
 //! finds the PTE already writable+dirty (nothing to flush): livelock.
 //!
-//! Threads: the device (main, its IOPF handler on CPU1: DMA read of v, then
-//! DMA write of v) and a thread of the mm (spawned, CPU0: a store to v — a
-//! write fault on the read-only shared file PTE, `wp_page_shared`).  The
-//! retry bound is 1 (one resolved fault per access), so the livelock shows
-//! as `secondary-livelock` after one useless IOPF.  With the fix the arch
-//! flush itself invalidates the device TLB (under the device TLB lock, so a
-//! concurrent ATS walk either sees the new PTE or is invalidated after).
+//! Threads: a thread of the mm (main, CPU0: a store to v — a write fault on
+//! the read-only shared file PTE, `wp_page_shared`) and the device
+//! (spawned, its IOPF handler on CPU1: DMA read of v, then DMA write of v).
+//! loom's first schedule runs the upgrade before the device starts (the
+//! device caches v writable: passes); the failing ones have the device's
+//! ATS walk cache v read-only first.  The retry bound is 1 (one resolved
+//! fault per access), so the livelock shows as `secondary-livelock` after
+//! one useless IOPF.  With the fix the arch flush itself invalidates the
+//! device TLB (under the device TLB lock, so a concurrent ATS walk either
+//! sees the new PTE or is invalidated after).
 #![cfg(mmemu_loom)]
 
 use loom_tests::model::{check_fixed, check_reverted, model_kernel, violation};
@@ -43,21 +46,22 @@ fn model(fix: bool) -> Option<String> {
     k.read_user(&mm, BASE).unwrap();
     let dev = iommu_sva_bind_device(&k, &mm, RETRY_BOUND);
 
-    let (k0, mm0) = (k.clone(), mm.clone());
-    let cpu = loom::thread::spawn(move || {
-        k0.set_cpu(CpuId(0));
-        k0.write_user(&mm0, BASE, 1).unwrap();
+    let (kd, devd) = (k.clone(), dev.clone());
+    let device = loom::thread::spawn(move || {
+        // The device; its IOPF handler runs on CPU1.
+        kd.set_cpu(CpuId(1));
+        let r = devd.dma_read(&kd, BASE);
+        let w = devd.dma_write(&kd, BASE + 8, 2);
+        (r, w)
     });
-    // The device (this thread; its IOPF handler runs on CPU1).
-    k.set_cpu(CpuId(1));
-    let r = dev.dma_read(&k, BASE);
-    let w = dev.dma_write(&k, BASE + 8, 2);
-    cpu.join().unwrap();
+    // A thread of the mm (this thread, CPU0): write fault on the read-only
+    // shared PTE, upgraded in place.
+    k.write_user(&mm, BASE, 1).unwrap();
+    let (r, w) = device.join().unwrap();
     let v = violation(&k);
     // Break the Arc cycles (device ↔ mm notifier list, mm ↔ file i_mmap)
     // so loom's leak check stays quiet.
     dev.iommu_sva_unbind_device();
-    k.set_cpu(CpuId(0));
     mm_core::ops::munmap(&k, &mm, BASE, ps).unwrap();
     match (r, w) {
         (Ok(_), Ok(_)) | (Ok(_), Err(DmaError::Livelock)) => v,
