@@ -236,8 +236,8 @@ impl Kernel {
                     });
                 }
             } else if let Some(e) = tlb
-                .leaf_entries()
-                .find(|e| e.asid == loaded && within(e.pfn, if e.huge { hpn } else { 1 }) && e.gen == self.hw.ram.gen(e.pfn))
+                .leaf_entries_of(loaded)
+                .find(|e| within(e.pfn, if e.huge { hpn } else { 1 }) && e.gen == self.hw.ram.gen(e.pfn))
             {
                 let shift = if e.huge { self.cfg.geometry.level_shift(crate::hw::pte::Level::Pmd) } else { self.cfg.geometry.page_shift };
                 self.san.record(Violation {

@@ -126,6 +126,7 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
         }
     }
     dev.iommu_sva_unbind_device();
+    super::teardown(&sys, &[mm], &[file])?;
     Ok(RaceOutcome::new(k, rounds, first))
 }
 
@@ -144,11 +145,14 @@ pub fn run_dma_vs_zap(p: &RaceParams) -> Result<RaceOutcome, String> {
         .map_err(|e| format!("mmap: {e:?}"))?;
     let dev = iommu_sva_bind_device(&k, &mm, RETRY_BOUND);
     let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
     let device = {
-        let (stop, dev) = (stop.clone(), dev.clone());
+        let (stop, started, dev) = (stop.clone(), started.clone(), dev.clone());
         sys.spawn_kthread(CpuId(1), move |k| {
+            started.store(true, Ordering::SeqCst);
             let mut n = 0u64;
-            while !stop.load(Ordering::SeqCst) {
+            // At least one DMA per call, however quickly the CPU side ends.
+            while n == 0 || !stop.load(Ordering::SeqCst) {
                 let va = BASE + (n % DMA_PAGES) * ps;
                 // Faults are resolved by re-faulting; a failure means the
                 // page was never there (no VMA) — not expected here.
@@ -161,6 +165,14 @@ pub fn run_dma_vs_zap(p: &RaceParams) -> Result<RaceOutcome, String> {
             Ok(n)
         })
     };
+    // The rounds only race with DMA once the device thread is running.
+    let t0 = std::time::Instant::now();
+    while !started.load(Ordering::SeqCst) {
+        if t0.elapsed() > sys.machine.config().task_timeout {
+            return Err("the device thread on CPU1 never started".into());
+        }
+        std::thread::yield_now();
+    }
     let mut first = None;
     let mut rounds = 0;
     for round in 1..=p.iterations {
@@ -188,5 +200,6 @@ pub fn run_dma_vs_zap(p: &RaceParams) -> Result<RaceOutcome, String> {
         return Err("the device never ran".into());
     }
     dev.iommu_sva_unbind_device();
+    super::teardown(&sys, &[mm], &[])?;
     Ok(RaceOutcome::new(k, rounds, first))
 }

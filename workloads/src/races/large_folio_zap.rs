@@ -53,5 +53,6 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
             }
         }
     }
+    super::teardown(&sys, &[mm], &[])?;
     Ok(RaceOutcome::new(k, rounds, first))
 }

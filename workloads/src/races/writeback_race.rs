@@ -147,5 +147,6 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     if first.is_none() && k.san.count() > 0 {
         first = Some(rounds);
     }
+    super::teardown(&sys, &[mm], &[file])?;
     Ok(RaceOutcome::new(k, rounds, first))
 }

@@ -447,16 +447,6 @@ pub fn race_adapter(ctx: &Ctx, chunk: u64, run: fn(&RaceParams) -> Result<RaceOu
     }))
 }
 
-/// `race_adapter` for a driver that returns without exiting its mm and
-/// quiescing its machine: frames still in use are not leaks, so there is
-/// no leak check.
-pub fn race_adapter_keeps_mm(ctx: &Ctx, chunk: u64, run: fn(&RaceParams) -> Result<RaceOutcome, String>) -> Result<Outcome, String> {
-    let mut out = race_adapter(ctx, chunk, run)?;
-    out.measure.leaked = None;
-    out.leak_not_checked = Some("the race driver returns with its mm still mapped".to_string());
-    Ok(out)
-}
-
 /// One call of a driver: its kernels (after the driver exited every mm and
 /// quiesced its machine; one per machine it booted), rounds run, first
 /// violating round.

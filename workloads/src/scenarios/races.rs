@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use mm_core::config::{Arch, Fix};
 
-use super::{chunked, race_adapter, race_adapter_keeps_mm, ArchReq, Chunk, Ctx, Outcome, ParamSpec, Scenario};
+use super::{chunked, race_adapter, ArchReq, Chunk, Ctx, Outcome, ParamSpec, Scenario};
 use crate::races::fork_exit_hugetlb::{self, ForkExitParams};
 use crate::races::khugepaged_gup::{self, Scenario as Khp};
 use crate::races::{gup_table_free, hugetlb_unshare_gup, lazy_tlb, iommu_sva, large_folio_zap, nested_zap, writeback_race, RaceOutcome, RaceParams};
@@ -181,7 +181,7 @@ pub(super) const WRITEBACK_RACE: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 2,
     default_iterations: 300,
-    run: |ctx| race_adapter_keeps_mm(ctx, 50, writeback_race::run),
+    run: |ctx| race_adapter(ctx, 50, writeback_race::run),
 };
 
 pub(super) const IOMMU_SVA: Scenario = Scenario {
@@ -192,7 +192,7 @@ pub(super) const IOMMU_SVA: Scenario = Scenario {
     arch: ArchReq::Requires(Arch::Arm64),
     min_cpus: 2,
     default_iterations: 100,
-    run: |ctx| race_adapter_keeps_mm(ctx, 20, iommu_sva::run),
+    run: |ctx| race_adapter(ctx, 20, iommu_sva::run),
 };
 
 pub(super) const IOMMU_SVA_DMA: Scenario = Scenario {
@@ -207,7 +207,7 @@ pub(super) const IOMMU_SVA_DMA: Scenario = Scenario {
     // got to run (it does not wait for the device to start), which short
     // calls hit when the host is oversubscribed (8 CPUs on 2 cores: ~50 µs
     // per round, so 200 rounds can finish before CPU1's thread runs).
-    run: |ctx| race_adapter_keeps_mm(ctx, 5000, iommu_sva::run_dma_vs_zap),
+    run: |ctx| race_adapter(ctx, 200, iommu_sva::run_dma_vs_zap),
 };
 
 pub(super) const NESTED_ZAP: Scenario = Scenario {
@@ -218,7 +218,7 @@ pub(super) const NESTED_ZAP: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 2,
     default_iterations: 300,
-    run: |ctx| race_adapter_keeps_mm(ctx, 50, nested_zap::run),
+    run: |ctx| race_adapter(ctx, 50, nested_zap::run),
 };
 
 pub(super) const LARGE_FOLIO_ZAP: Scenario = Scenario {
@@ -229,5 +229,5 @@ pub(super) const LARGE_FOLIO_ZAP: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 1,
     default_iterations: 20,
-    run: |ctx| race_adapter_keeps_mm(ctx, 5, large_folio_zap::run),
+    run: |ctx| race_adapter(ctx, 5, large_folio_zap::run),
 };
