@@ -163,6 +163,45 @@ fn dirty_oracle_flags_clean_page_with_unwritten_data() {
     assert_no_leaks(&k);
 }
 
+/// A write fault on a write-protected shared file PTE (`wp_page_shared`)
+/// marks the folio dirty under the folio lock (`fault_dirty_shared_page`):
+/// while writeback holds the lock between `folio_mkclean` and its PG_dirty
+/// test-and-clear, the writer cannot return to user space and store through
+/// its new writable entry (the loom model `delayed_rmap_fixed` found the
+/// lost store when the fault path did not take the lock).
+#[test]
+fn shared_write_fault_waits_for_the_folio_lock() {
+    use std::sync::atomic::AtomicBool as StdBool;
+    let k = kernel_with(1, Arch::Arm64, |_| {});
+    let file = k.new_file(1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_file(&k, &mm, BASE, PS, true, true, &file, 0).unwrap();
+    k.read_user(&mm, BASE).unwrap();
+    let folio = *file.i_pages.lock().get(&0).unwrap();
+    assert!(!k.mem.folio(folio).test(crate::page::flags::PG_DIRTY));
+    k.folio_lock(folio); // writeback in progress
+    let done = Arc::new(StdBool::new(false));
+    let writer = {
+        let (k, mm, done) = (k.clone(), mm.clone(), done.clone());
+        std::thread::spawn(move || {
+            k.write_user(&mm, BASE, 7).unwrap();
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(!done.load(Ordering::SeqCst), "the write fault returned while writeback held the folio lock");
+    assert!(!k.mem.folio(folio).test(crate::page::flags::PG_DIRTY));
+    k.folio_unlock(folio);
+    writer.join().unwrap();
+    assert!(k.mem.folio(folio).test(crate::page::flags::PG_DIRTY));
+    assert!(!k.mem.folio(folio).test(crate::page::flags::PG_LOCKED));
+    assert_eq!(k.read_user(&mm, BASE).unwrap(), 7);
+    exit_mm(&k, &mm);
+    truncate_inode_pages(&k, &file);
+    assert_no_leaks(&k);
+}
+
 // ---- nested-flush-detect: two MADV_DONTNEEDs under mmap_lock read --------------
 
 /// KERNEL-RACES §6 (c), forced: T1 (CPU0) has cleared the PTEs of the range
