@@ -21,6 +21,13 @@
 //! store faults the page back in from disk — the store in between is gone.
 //! The oracle checks every recorded store after each round.  With the fix,
 //! msync's rmap walk finds Z's mapping and waits on Z's PTL until the flush.
+//! Z is a *stalled* zapper: after its PTE loop, still holding the PTL and
+//! before its flush (the window of 5df397dec7c4), it takes a long interrupt
+//! — it waits (serving IPIs) until A has done two more store/msync/fadvise
+//! steps, or `STALL` at most.  That is a hypervisor preemption or an IRQ
+//! storm on a real machine; here it makes the window wide enough that a
+//! debug build on a loaded 2-core host hits it in a few rounds.  With the
+//! fix A's msync waits for Z's PTL, so the stall just times out.
 //! Needs 2 CPUs; any arch (arm64 broadcast makes Z's flush independent of
 //! A's interrupt points).
 
@@ -39,6 +46,8 @@ pub const PAGES: u64 = 512;
 pub const STORES: u64 = 256;
 /// Interrupt points A passes between msync and fadvise.
 pub const PAUSE: u32 = 512;
+/// Longest stall of the zapper inside its window.
+pub const STALL: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     if p.kcfg.nr_cpus < 2 {
@@ -61,10 +70,31 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("mmap: {e:?}"))?;
     }
+    // The stalled zapper: armed once per round, fires on CPU1 only.
+    let armed = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(AtomicU64::new(0));
+    {
+        let (armed, progress) = (armed.clone(), progress.clone());
+        let hook = move |k: &mm_core::Kernel| {
+            if k.this_cpu() != CpuId(1) || armed.swap(0, Ordering::SeqCst) == 0 {
+                return;
+            }
+            let target = progress.load(Ordering::SeqCst) + 2;
+            let t0 = std::time::Instant::now();
+            while progress.load(Ordering::SeqCst) < target && t0.elapsed() < STALL {
+                k.smp.cond_resched();
+                mm_core::sync::spin_loop();
+            }
+        };
+        if k.hooks.zap_pte_range_locked.set(Box::new(hook)).is_err() {
+            return Err("writeback_race: the zap hook is already taken".into());
+        }
+    }
     let mut first = None;
     let mut rounds = 0;
     for round in 1..=p.iterations {
         rounds = round;
+        armed.store(1, Ordering::SeqCst);
         // Setup: every page dirty in the mapping, page 0 cached dirty on CPU0.
         let o = oracle.clone();
         sys.run_user(CpuId(0), &mm, move |k, mm| {
@@ -77,7 +107,7 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
         .map_err(|e| e.to_string())?;
         let go = Arc::new(AtomicU64::new(0));
         let a = {
-            let (go, o, file) = (go.clone(), oracle.clone(), file.clone());
+            let (go, o, file, progress) = (go.clone(), oracle.clone(), file.clone(), progress.clone());
             sys.spawn_user(CpuId(0), &mm, move |k, mm| {
                 go.fetch_add(1, Ordering::SeqCst);
                 wait_for(&go, 2, k);
@@ -97,6 +127,7 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
                         k.smp.cond_resched();
                     }
                     invalidate_mapping_pages(k, &file, 0, 1);
+                    progress.fetch_add(1, Ordering::SeqCst);
                     k.smp.cond_resched();
                 }
             })
