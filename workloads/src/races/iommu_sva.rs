@@ -105,11 +105,8 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
                 return Err(format!("round {round}: device write failed: {e:?}"));
             }
         }
-        if k.san.count() > 0 && first.is_none() {
-            first = Some(round);
-            if p.stop_on_violation {
-                break;
-            }
+        if super::violation_seen(&k, round, &mut first, p) {
+            break;
         }
     }
     dev.iommu_sva_unbind_device();
@@ -174,11 +171,8 @@ pub fn run_dma_vs_zap(p: &RaceParams) -> Result<RaceOutcome, String> {
             stop.store(true, Ordering::SeqCst);
             return Err(e.to_string());
         }
-        if k.san.count() > 0 && first.is_none() {
-            first = Some(round);
-            if p.stop_on_violation {
-                break;
-            }
+        if super::violation_seen(&k, round, &mut first, p) {
+            break;
         }
     }
     stop.store(true, Ordering::SeqCst);

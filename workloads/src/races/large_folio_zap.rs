@@ -46,11 +46,8 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
             madvise_dontneed(k, mm, BASE, FOLIOS * pmd).expect("madvise");
         })
         .map_err(|e| e.to_string())?;
-        if k.san.count() > 0 && first.is_none() {
-            first = Some(round);
-            if p.stop_on_violation {
-                break;
-            }
+        if super::violation_seen(&k, round, &mut first, p) {
+            break;
         }
     }
     super::teardown(&sys, &[mm], &[])?;

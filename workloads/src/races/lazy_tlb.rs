@@ -79,11 +79,8 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
             d.store(true, Ordering::SeqCst);
         });
         sys.join_all(vec![walker, freer]).map_err(|e| e.to_string())?;
-        if k.san.count() > 0 && first.is_none() {
-            first = Some(round);
-            if p.stop_on_violation {
-                break;
-            }
+        if super::violation_seen(&k, round, &mut first, p) {
+            break;
         }
     }
     sys.run_user(CpuId(0), &mm, |k, mm| mm_core::ops::exit_mm(k, mm)).map_err(|e| e.to_string())?;

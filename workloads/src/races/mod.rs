@@ -114,3 +114,12 @@ pub fn wait_for(flag: &mm_core::sync::AtomicU64, at_least: u64, k: &Kernel) {
         }
     }
 }
+
+/// End of round `round`: remember the first round whose run left a
+/// sanitizer record; true when the driver should stop (`stop_on_violation`).
+pub fn violation_seen(k: &Kernel, round: u64, first: &mut Option<u64>, p: &RaceParams) -> bool {
+    if first.is_none() && k.san.count() > 0 {
+        *first = Some(round);
+    }
+    first.is_some() && p.stop_on_violation
+}
