@@ -661,7 +661,7 @@ fn three_sharers_the_final_unshare_drains_a_walker_that_entered_through_an_earli
 fn small_geometry_shares_unshares_and_reuses_a_pmd_table() {
     // KernelConfig::small(): 4-entry tables, so a huge page is PMD_SIZE =
     // 16 KiB (order 2) and a PUD region 64 KiB; 64 frames of RAM.
-    let k = Kernel::new_sync(KernelConfig { gup_oracle: true, ..KernelConfig::small() }, 3);
+    let k = Kernel::new_sync(KernelConfig { gup_oracle: true, arch: Arch::Arm64, ..KernelConfig::small() }, 3);
     let g = k.cfg.geometry;
     let (hs, pud) = (g.pmd_size(), g.pud_size());
     assert_eq!((hs, pud), (16 << 10, 64 << 10));
@@ -682,12 +682,14 @@ fn small_geometry_shares_unshares_and_reuses_a_pmd_table() {
     let got = gup_fast(&k, &p2, base, 1, Foll::GET);
     assert_eq!(got, vec![f.i_pages.lock()[&0].pfn()]);
     put_user_pages(&k, &got);
-    // P2 unshares; P1 splits at a huge-page boundary, unmaps the first huge
-    // page and maps anonymous memory there: S now holds a PTE table of P1.
+    // P2 unshares; P1 (on a third CPU, as in the loom model: its first
+    // allocations find the free frames on the other CPUs' lists) splits at a
+    // huge-page boundary, unmaps the first huge page and maps anonymous
+    // memory there: S now holds a PTE table of P1.
     munmap(&k, &p2, base, pud).unwrap();
     assert_eq!(ptdesc_pmd_pts_count(&k, s), 0);
     assert_eq!(pmd_table(&k, &p2, base), None);
-    run_on(&k, 0, &p1);
+    run_on(&k, 2, &p1);
     munmap(&k, &p1, base, hs).unwrap();
     mmap_anon(&k, &p1, base, hs, true).unwrap();
     k.write_user(&p1, base + 8, 0x51).unwrap();
@@ -697,3 +699,4 @@ fn small_geometry_shares_unshares_and_reuses_a_pmd_table() {
     assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
     teardown(&k, &[&p1, &p2], &[&f]);
 }
+
