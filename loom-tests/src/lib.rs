@@ -29,11 +29,23 @@ pub mod model {
     /// loom's own `Builder::new()` also reads `LOOM_MAX_PREEMPTIONS`, but
     /// leaves the bound unset (exhaustive search) when the variable is
     /// missing; the project default is 2.
+    ///
+    /// `max_branches` (scheduling points and loads of one execution) is
+    /// raised from loom's 1,000 to `MAX_BRANCHES` unless
+    /// `LOOM_MAX_BRANCHES` is set: a model whose set-up runs real kernel
+    /// paths (mmap, faults, fork) passes a few thousand before its threads
+    /// even start.
     pub fn builder() -> loom::model::Builder {
         let mut b = loom::model::Builder::new();
         b.preemption_bound = Some(preemption_bound());
+        if std::env::var_os("LOOM_MAX_BRANCHES").is_none() {
+            b.max_branches = MAX_BRANCHES;
+        }
         b
     }
+
+    /// Project default for `loom::model::Builder::max_branches`.
+    pub const MAX_BRANCHES: usize = 100_000;
 
     /// Run `f` under `builder()`, counting loom executions; prints
     /// `loom model <name>: <n> executions, bound <b>, <t> ms` to stderr
