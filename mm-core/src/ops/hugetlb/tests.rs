@@ -700,3 +700,32 @@ fn small_geometry_shares_unshares_and_reuses_a_pmd_table() {
     teardown(&k, &[&p1, &p2], &[&f]);
 }
 
+
+
+#[test]
+fn sync_after_unlock_knob_still_sends_one_sync_per_last_sharer_gather() {
+    // The broken placement the loom model loom_hugetlb_unshare_batched uses
+    // (the sync moves to tlb_finish_mmu, after i_mmap_rwsem is dropped; the
+    // model shows why that is wrong): the counts are those of 8ce720d5bd91 —
+    // none for a non-last sharer, one for the last sharer's two tables — and
+    // tlb_finish_mmu does not trip over the pending fully_unshared_tables.
+    let cfg = KernelConfig { hugetlb_unshare_sync_after_unlock: true, ..KernelConfig::default() };
+    let k = Kernel::new_sync(cfg, 2);
+    let f = hfile(&k, 2);
+    let p1 = k.mm_alloc();
+    run_on(&k, 0, &p1);
+    map_and_touch(&k, &p1, &f, 2, 0);
+    let p2 = dup_mmap(&k, &p1).unwrap();
+    let p3 = dup_mmap(&k, &p1).unwrap();
+    run_on(&k, 1, &p3);
+    let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
+    munmap(&k, &p3, HBASE, 2 * GIB).unwrap();
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), s0, "not the last sharer");
+    run_on(&k, 1, &p2);
+    let ipis = k.smp.call_interrupts(CpuId(0));
+    munmap(&k, &p2, HBASE, 2 * GIB).unwrap();
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), s0 + 1, "one sync for two tables");
+    assert_eq!(k.smp.call_interrupts(CpuId(0)) - ipis, 1);
+    assert_eq!(ptdesc_pmd_pts_count(&k, pmd_table(&k, &p1, HBASE).unwrap()), 0);
+    teardown(&k, &[&p1, &p2, &p3], &[&f]);
+}
