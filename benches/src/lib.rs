@@ -1,8 +1,10 @@
-//! Shared setup for the criterion benches (`benches/gather.rs`).
+//! Shared setup for the criterion benches (`benches/mmemu.rs`) and the
+//! `scaling` example.
 //!
-//! Everything here builds a kernel on the synchronous reference `Smp`
-//! (`Kernel::new_sync`), so a bench measures mm-core code on the calling
-//! host thread only: no emulated-CPU threads, no IPIs.
+//! The helpers in this file build a kernel on the synchronous reference
+//! `Smp` (`Kernel::new_sync`), so a bench measures mm-core code on the
+//! calling host thread only: no emulated-CPU threads, no IPIs.  `emu` holds
+//! the threaded-machine and munmap setups, `host` the host-kernel anchors.
 
 use mm_core::hw::mmu::Access;
 use mm_core::mm::{vm, Backing, MmStruct, Vma};
@@ -60,3 +62,6 @@ pub fn hw_read(k: &Kernel, va: u64) -> u64 {
 pub fn bare_kernel(cfg: KernelConfig) -> Arc<Kernel> {
     Kernel::new_sync(cfg, 1)
 }
+
+pub mod emu;
+pub mod host;

@@ -24,6 +24,7 @@ use mm_core::smp::{IrqFlags, Smp};
 use mm_core::sync::{Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
 use mm_core::types::{CpuId, CpuMask};
 
+use crate::trace;
 use crate::WaitPolicy;
 
 /// Spins before an adaptive waiter parks.
@@ -75,6 +76,8 @@ pub(crate) struct CallData {
     state: Box<[AtomicU32]>,
     remaining: AtomicUsize,
     panic: Mutex<Option<String>>,
+    /// Trace flow id base (0: not traced); target i's flow is `id << 8 | i`.
+    trace_id: u64,
 }
 
 pub(crate) struct CpuSlot {
@@ -89,6 +92,8 @@ pub(crate) struct CpuSlot {
     activity: AtomicU32,
     /// Machine-relative µs of the last contended-lock wait slice (0 = never).
     last_lock_wait_us: AtomicU64,
+    /// Trace: `trace::now_us()` bits when IRQs went off (tracing only).
+    irq_off_since: AtomicU64,
 }
 
 /// Work an idle CPU does between waits (the kernel's softirq / RCU core).
@@ -99,6 +104,11 @@ pub(crate) struct Shared {
     boot: Instant,
     pub(crate) cpus: Box<[CpuSlot]>,
     pub(crate) wait: WaitPolicy,
+    /// More emulated CPUs than host cores: spinners must yield often or the
+    /// CPU they wait for may not run for a whole time slice.  With a core
+    /// each, a frequent yield mostly hands the core to unrelated host work
+    /// (and costs a syscall per 64 polls on the IPI round trip).
+    oversubscribed: bool,
     pub(crate) watchdog: Duration,
     idle_hook: std::sync::OnceLock<IdleHook>,
 }
@@ -129,10 +139,20 @@ impl Shared {
                     sent: AtomicU64::new(0),
                     activity: AtomicU32::new(ACT_IDLE),
                     last_lock_wait_us: AtomicU64::new(0),
+                    irq_off_since: AtomicU64::new(0),
                 }
             })
             .collect();
-        Shared { id, boot: Instant::now(), cpus, wait, watchdog, idle_hook: std::sync::OnceLock::new() }
+        let host = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Shared {
+            id,
+            boot: Instant::now(),
+            cpus,
+            wait,
+            oversubscribed: n > host,
+            watchdog,
+            idle_hook: std::sync::OnceLock::new(),
+        }
     }
 
     /// The lock-wait hook of `me`'s thread: note the wait, take interrupts.
@@ -201,29 +221,55 @@ impl Shared {
         let slot = &self.cpus[i];
         let was_off = slot.irq_off.swap(true, Ordering::SeqCst);
         slot.cal.fetch_add(1, Ordering::SeqCst);
+        let traced = (cd.trace_id != 0 && trace::enabled()).then(|| {
+            let t0 = trace::now_us();
+            trace::emit(trace::Event {
+                cpu: me.0,
+                ts_us: t0,
+                name: "ipi".into(),
+                cat: "ipi",
+                kind: trace::Kind::FlowEnd { id: cd.trace_id << 8 | i as u64 },
+                args: Vec::new(),
+            });
+            t0
+        });
         let r = catch_unwind(AssertUnwindSafe(|| (cd.func)(me)));
+        if let Some(t0) = traced {
+            trace::slice(me.0, "IPI: call_function", "irq", t0, vec![("from", cd.from.to_string())]);
+        }
         slot.irq_off.store(was_off, Ordering::SeqCst);
         if let Err(p) = r {
             *cd.panic.lock() = Some(format!("IPI handler panicked on {me}: {}", panic_message(&*p)));
         }
         // After this store the sender may return: `cd.func` is not touched again.
         cd.state[i].store(DONE, Ordering::SeqCst);
-        if cd.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+        // A Spin sender never blocks, so it needs no wake-up message.
+        if cd.remaining.fetch_sub(1, Ordering::SeqCst) == 1 && self.wait != WaitPolicy::Spin {
             let _ = self.cpus[cd.from.idx()].ipi_tx.send(Ipi::Wake);
+        }
+    }
+
+    /// Will the next `idle_wait` spin (rather than park)?
+    #[inline]
+    fn spins_next(&self, spins: u32) -> bool {
+        match self.wait {
+            WaitPolicy::Spin => true,
+            WaitPolicy::Park => false,
+            WaitPolicy::Adaptive => spins < ADAPTIVE_SPINS,
         }
     }
 
     /// Block (per policy) until something may be in `rxs`, at most `max`.
     pub(crate) fn idle_wait(&self, spins: &mut u32, rxs: &[&Receiver<Ipi>], task: Option<&Receiver<Task>>, max: Duration) {
         let ready = || rxs.iter().any(|r| !r.is_empty()) || task.is_some_and(|t| !t.is_empty());
-        let spin = match self.wait {
-            WaitPolicy::Spin => true,
-            WaitPolicy::Park => false,
-            WaitPolicy::Adaptive => *spins < ADAPTIVE_SPINS,
-        };
-        if spin {
+        if self.spins_next(*spins) {
             *spins = spins.wrapping_add(1);
-            if *spins & 63 == 0 {
+            // Oversubscribed: yield every 64 spins.  Otherwise only every
+            // 4096 (a few µs), in case the host is busy with other work
+            // (parallel test threads, other machines): then the CPU we wait
+            // for may be queued behind us.
+            let every = if self.oversubscribed { 63 } else { 4095 };
+            if *spins & every == 0 {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -250,8 +296,9 @@ impl Shared {
             !self.cpus[me.idx()].irq_off.load(Ordering::SeqCst),
             "smp_call_function_many called on {me} with IRQs disabled: it would wait forever"
         );
-        let targets: Vec<CpuId> = mask.iter().filter(|c| *c != me && c.idx() < n).collect();
-        if targets.is_empty() {
+        let is_target = |i: usize| i != me.idx() && mask.test(CpuId(i as u32));
+        let nr_targets = (0..n).filter(|i| is_target(*i)).count();
+        if nr_targets == 0 {
             return;
         }
         // SAFETY: the reference is extended to 'static only to travel through
@@ -262,35 +309,61 @@ impl Shared {
         // PENDING slot is CANCELLED and every RUNNING slot is waited for
         // before panicking), so no call outlives the borrow.
         let func: &'static (dyn Fn(CpuId) + Sync) = unsafe { std::mem::transmute(func) };
+        let t0 = trace::enabled().then(trace::now_us);
+        let trace_id = if t0.is_some() { trace::next_id() } else { 0 };
         let cd = Arc::new(CallData {
             func,
             from: me,
-            state: (0..n).map(|i| AtomicU32::new(if mask.test(CpuId(i as u32)) && i != me.idx() { PENDING } else { NOT_TARGET })).collect(),
-            remaining: AtomicUsize::new(targets.len()),
+            state: (0..n).map(|i| AtomicU32::new(if is_target(i) { PENDING } else { NOT_TARGET })).collect(),
+            remaining: AtomicUsize::new(nr_targets),
             panic: Mutex::new(None),
+            trace_id,
         });
-        self.cpus[me.idx()].sent.fetch_add(targets.len() as u64, Ordering::SeqCst);
-        for t in &targets {
+        self.cpus[me.idx()].sent.fetch_add(nr_targets as u64, Ordering::SeqCst);
+        for i in (0..n).filter(|i| is_target(*i)) {
+            if let Some(ts_us) = t0 {
+                trace::emit(trace::Event {
+                    cpu: me.0,
+                    ts_us,
+                    name: "ipi".into(),
+                    cat: "ipi",
+                    kind: trace::Kind::FlowStart { id: trace_id << 8 | i as u64 },
+                    args: Vec::new(),
+                });
+            }
             // The receiver lives in `self`, so send cannot fail.
-            let _ = self.cpus[t.idx()].ipi_tx.send(Ipi::Call(cd.clone()));
+            let _ = self.cpus[i].ipi_tx.send(Ipi::Call(cd.clone()));
         }
         let own = &self.cpus[me.idx()].ipi_rx;
         let prev_act = self.cpus[me.idx()].activity.swap(ACT_CSD_WAIT, Ordering::SeqCst);
         let deadline = Instant::now() + self.watchdog;
+        let mut left = self.watchdog;
         let mut spins = 0;
+        let mut polls = 0u32;
         loop {
             self.poll_ipis(me);
             if cd.remaining.load(Ordering::SeqCst) == 0 {
                 break;
             }
-            let now = Instant::now();
-            if now >= deadline {
-                self.cpus[me.idx()].activity.store(prev_act, Ordering::SeqCst);
-                self.watchdog_fire(me, &cd);
+            // Reading the clock costs about as much as a poll: while
+            // spinning look at it every 64 polls only, and always before
+            // parking (so the park never outlasts the watchdog).
+            polls = polls.wrapping_add(1);
+            if polls & 63 == 0 || !self.spins_next(spins) {
+                let now = Instant::now();
+                if now >= deadline {
+                    self.cpus[me.idx()].activity.store(prev_act, Ordering::SeqCst);
+                    self.watchdog_fire(me, &cd);
+                }
+                left = deadline - now;
             }
-            self.idle_wait(&mut spins, &[own], None, deadline - now);
+            self.idle_wait(&mut spins, &[own], None, left);
         }
         self.cpus[me.idx()].activity.store(prev_act, Ordering::SeqCst);
+        if let Some(t0) = t0 {
+            let names: Vec<String> = (0..n).filter(|i| is_target(*i)).map(|i| CpuId(i as u32).to_string()).collect();
+            trace::slice(me.0, "smp_call_function_many", "ipi", t0, vec![("targets", names.join(","))]);
+        }
         let p = cd.panic.lock().take();
         if let Some(p) = p {
             panic!("smp_call_function_many from {me}: {p}");
@@ -348,12 +421,22 @@ impl Smp for MachineSmp {
 
     fn local_irq_save(&self) -> IrqFlags {
         let me = self.this_cpu();
-        IrqFlags { was_disabled: self.shared.cpus[me.idx()].irq_off.swap(true, Ordering::SeqCst) }
+        let slot = &self.shared.cpus[me.idx()];
+        let was_disabled = slot.irq_off.swap(true, Ordering::SeqCst);
+        if !was_disabled && trace::enabled() {
+            slot.irq_off_since.store(trace::now_us().to_bits(), Ordering::Relaxed);
+        }
+        IrqFlags { was_disabled }
     }
 
     fn local_irq_restore(&self, flags: IrqFlags) {
         let me = self.this_cpu();
-        self.shared.cpus[me.idx()].irq_off.store(flags.was_disabled, Ordering::SeqCst);
+        let slot = &self.shared.cpus[me.idx()];
+        if !flags.was_disabled && trace::enabled() && slot.irq_off.load(Ordering::SeqCst) {
+            let t0 = f64::from_bits(slot.irq_off_since.load(Ordering::Relaxed));
+            trace::slice(me.0, "irqs_off", "irq", t0, Vec::new());
+        }
+        slot.irq_off.store(flags.was_disabled, Ordering::SeqCst);
         if !flags.was_disabled {
             self.shared.poll_ipis(me); // re-enable is an interrupt point
         }

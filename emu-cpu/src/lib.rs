@@ -18,6 +18,7 @@
 
 mod cpu;
 mod system;
+pub mod trace;
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -47,6 +47,12 @@ impl System {
         kcfg.validate()?;
         let machine = Machine::new(kcfg.nr_cpus, mcfg);
         let kernel = Kernel::new(kcfg, Box::new(machine.smp()))?;
+        if crate::trace::enabled() {
+            kernel.stats.set_trace_hook(Box::new(|e| {
+                let pages = if e.pages == mm_core::stats::TLB_FLUSH_ALL { "TLB_FLUSH_ALL".to_string() } else { e.pages.to_string() };
+                crate::trace::instant(e.cpu.0, "tlb_flush", "tlb", vec![("reason", e.reason.to_string()), ("pages", pages)]);
+            }));
+        }
         let k = kernel.clone();
         machine.shared.set_idle_hook(Box::new(move |_cpu| {
             if k.rcu.pending() > 0 {

@@ -285,6 +285,17 @@ pub struct KernelConfig {
     #[doc(hidden)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub hugetlb_unshare_sync_after_unlock: bool,
+    /// `tlb_remove_table_one` (the table-batch allocation failure path of
+    /// MMU_GATHER_RCU_TABLE_FREE) sends `tlb_remove_table_sync_one` before
+    /// the immediate free.  On (default) is every kernel: powerpc's
+    /// `pgtable_free_now` (`pte_free_smp_sync`) had it before the code went
+    /// generic in 267239116987 (2011), d86564a2f085 (2018) only added the
+    /// `tlb_table_invalidate` in front of it, and the 2026 follow-ups replace
+    /// the IPI with `synchronize_rcu` (another wait for IRQs-off walkers).
+    /// Off is an ablation, not a historical kernel: the fallback frees the
+    /// table right after the (broadcast) invalidation, which is the §1
+    /// "broadcast flush + immediate free" bug on the fallback path.
+    pub table_free_one_sync: bool,
 }
 
 impl Default for KernelConfig {
@@ -303,6 +314,7 @@ impl Default for KernelConfig {
             gup_oracle: false,
             pte_free_defer: true,
             hugetlb_unshare_sync_after_unlock: false,
+            table_free_one_sync: true,
         }
     }
 }

@@ -40,6 +40,19 @@ impl FaultInject {
     }
 }
 
+/// A test hook called with the kernel.
+pub type KernelHook = Box<dyn Fn(&Kernel) + Send + Sync>;
+
+/// Test hooks: forced interleavings for deterministic tests on `SyncSmp`
+/// (set once; never part of a modelled race).
+#[derive(Default)]
+pub struct TestHooks {
+    /// Called by `zap_pte_range` after its PTE loop, with the PTL still held
+    /// and before the force-flush (`tlb_flush_mmu_tlbonly` + `tlb_flush_rmaps`):
+    /// the window of 5df397dec7c4.
+    pub zap_pte_range_locked: crate::sync::HookCell<KernelHook>,
+}
+
 pub struct Kernel {
     pub cfg: KernelConfig,
     pub hw: Hw,
@@ -52,6 +65,7 @@ pub struct Kernel {
     /// x86 `cpu_tlbstate` / `cpu_tlbstate_shared`, per CPU.
     pub cpus: Box<[CpuTlbState]>,
     pub inject: FaultInject,
+    pub hooks: TestHooks,
     /// GUP oracle: mapping history per (mm, va) (`ops::gup::oracle`).
     pub gup_oracle: crate::ops::gup::oracle::GupOracle,
     /// Injection points inside gup_fast / collapse_huge_page (tests, stress).
@@ -105,6 +119,7 @@ impl Kernel {
             smp,
             cpus: (0..n).map(|_| CpuTlbState::default()).collect(),
             inject: FaultInject::default(),
+            hooks: TestHooks::default(),
             gup_oracle: crate::ops::gup::oracle::GupOracle::new(cfg.gup_oracle, n),
             race_hooks: Default::default(),
             next_id: AtomicU64::new(1),
@@ -203,8 +218,8 @@ impl Kernel {
                     });
                 }
             } else if let Some(e) = tlb
-                .leaf_entries()
-                .find(|e| e.asid == loaded && within(e.pfn, if e.huge { hpn } else { 1 }) && e.gen == self.hw.ram.gen(e.pfn))
+                .leaf_entries_of(loaded)
+                .find(|e| within(e.pfn, if e.huge { hpn } else { 1 }) && e.gen == self.hw.ram.gen(e.pfn))
             {
                 let shift = if e.huge { self.cfg.geometry.level_shift(crate::hw::pte::Level::Pmd) } else { self.cfg.geometry.page_shift };
                 self.san.record(Violation {
@@ -273,6 +288,17 @@ impl Kernel {
             }
         }
         panic!("user access at {va:#x} on {cpu} kept faulting after the fault was handled");
+    }
+
+    /// Counters plus the /proc/interrupts "CAL" row (function-call IPIs
+    /// received per CPU, from the `Smp`) as `irq_call_count`; the "TLB" row
+    /// is `irq_tlb_count`.
+    pub fn stats_snapshot(&self) -> crate::stats::StatsSnapshot {
+        let mut s = self.stats.snapshot();
+        let cal: Vec<u64> = (0..self.hw.nr_cpus()).map(|c| self.smp.call_interrupts(CpuId(c as u32))).collect();
+        s.totals.push(("irq_call_count", cal.iter().sum()));
+        s.per_cpu.push(("irq_call_count", cal));
+        s
     }
 
     /// `user_access` read.

@@ -49,6 +49,12 @@ stat_items! {
     TablesFreed => "tables_freed", "page tables freed (after RCU or sync)";
     TableBatchAllocFail => "table_batch_alloc_fail", "table batch allocation failed: tlb_remove_table_one path";
     NestedFlushForced => "nested_flush_forced", "tlb_finish_mmu forced a full flush (mm_tlb_flush_nested)";
+    SecondaryTlbInvalidations => "secondary_tlb_invalidations", "mmu_notifier secondary-TLB invalidations (one per subscriber)";
+    IommuPageFaults => "iommu_page_faults", "device faults handled by iommu_sva_handle_iopf";
+    ThpCollapseAlloc => "thp_collapse_alloc", "vmstat THP_COLLAPSE_ALLOC: huge pages allocated by khugepaged collapse";
+    ThpCollapseAllocFailed => "thp_collapse_alloc_failed", "vmstat THP_COLLAPSE_ALLOC_FAILED";
+    ThpCollapsed => "pages_collapsed", "khugepaged pages_collapsed: PMD ranges collapsed into a THP";
+    ThpTablesRetracted => "thp_tables_retracted", "retract_page_tables: empty file PTE tables removed";
     PageFaults => "pgfault", "page faults handled";
     CowFaults => "cow_faults", "copy-on-write faults";
 }

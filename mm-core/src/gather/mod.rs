@@ -613,6 +613,11 @@ impl<'a> MmuGather<'a> {
             return;
         }
         self.tlb_flush();
+        // Pre-6bbd42e2df8f the secondary TLBs were invalidated here, right
+        // after the arch flush (a no-op with the fix on: the flush did it).
+        let (start, end) =
+            if self.fullmm || self.need_flush_all { (0, FLUSH_ALL) } else { (self.start, self.end) };
+        crate::notifier::mmu_notifier_invalidate_range(self.k, self.mm, start, end);
         self.__tlb_reset_range();
     }
 

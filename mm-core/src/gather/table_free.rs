@@ -15,7 +15,9 @@
 //! - Table-batch allocation is GFP_NOWAIT and may fail (inject with
 //!   `k.inject.fail_table_batch`): then the table is invalidated, a
 //!   `tlb_remove_table_sync_one` IPI waits out every IRQs-off walker, and the
-//!   table is freed immediately (`tlb_remove_table_one`).
+//!   table is freed immediately (`tlb_remove_table_one`).  The sync can be
+//!   switched off (`KernelConfig::table_free_one_sync`, an ablation: no
+//!   kernel ever shipped without it) to show what it protects.
 //!
 //! Emulator note: the RCU callback here frees table frames only, so the
 //! batch page is returned as soon as its tables are handed to `call_rcu`
@@ -48,8 +50,12 @@ fn __tlb_remove_table(k: &Kernel, table: Pfn) {
 }
 
 /// `tlb_remove_table_one`: sync with IRQs-off walkers, then free at once.
+/// (`KernelConfig::table_free_one_sync` off: no sync — an ablation knob
+/// for the loom model, see the field's doc.)
 fn tlb_remove_table_one(k: &Kernel, table: Pfn) {
-    tlb_remove_table_sync_one(k);
+    if k.cfg.table_free_one_sync {
+        tlb_remove_table_sync_one(k);
+    }
     __tlb_remove_table(k, table);
 }
 

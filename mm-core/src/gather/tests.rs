@@ -356,6 +356,23 @@ fn table_batch_alloc_failure_takes_the_sync_one_path() {
     assert_eq!(k.rcu.pending(), 0);
 }
 
+/// The ablation knob: without the sync the fallback frees right after the
+/// invalidation, with no IPI.
+#[test]
+fn table_batch_alloc_failure_without_sync_one_frees_at_once() {
+    let k = kernel_with(2, |c| c.table_free_one_sync = false);
+    let mm = k.mm_alloc();
+    let table = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    k.inject.fail_table_batch.store(1, Ordering::SeqCst);
+    tlb.pte_free_tlb(table, VA);
+    assert_eq!(k.stats.get(Stat::TableBatchAllocFail), 1);
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 0);
+    assert_eq!(k.smp.call_interrupts(CpuId(1)), 0, "no IPI");
+    assert!(is_free(&k, table));
+    tlb.tlb_finish_mmu();
+}
+
 #[test]
 fn tables_wait_for_flush_and_grace_period() {
     let k = kernel(2);

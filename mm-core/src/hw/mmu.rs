@@ -68,6 +68,15 @@ pub struct Hw {
 /// No root table loaded.
 pub const NO_CR3: u64 = u64::MAX;
 
+/// Count one hit or walk.  Only `Hw::access`, holding the CPU's TLB lock,
+/// writes a CPU's counters, so a load + store suffices: no locked
+/// read-modify-write on the TLB-hit path (readers may see a slightly old
+/// value, as with any statistics counter).
+#[inline]
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
 impl Hw {
     pub fn new(geo: Geometry, shape: TlbShape, nr_frames: usize, nr_cpus: usize) -> Self {
         Self {
@@ -141,7 +150,7 @@ impl Hw {
         };
         let entry = match hit {
             Some(e) => {
-                self.counters[cpu.idx()][0].fetch_add(1, Ordering::Relaxed);
+                bump(&self.counters[cpu.idx()][0]);
                 let now = self.ram.gen(e.pfn);
                 if now != e.gen {
                     san.record(Violation {
@@ -157,7 +166,7 @@ impl Hw {
                 e
             }
             None => {
-                self.counters[cpu.idx()][1].fetch_add(1, Ordering::Relaxed);
+                bump(&self.counters[cpu.idx()][1]);
                 let root = c.cr3.load(Ordering::Relaxed);
                 if root == NO_CR3 {
                     return Err(Fault::NotPresent { level: Level::Pgd });

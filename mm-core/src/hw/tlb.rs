@@ -63,6 +63,18 @@ pub struct Tlb {
     /// psc[i] caches tables whose entries are at PSC_LEVELS[i].
     psc: [Box<[PscEntry]>; 3],
     psc_victim: [usize; 3],
+    /// Superset of the tags of valid leaf entries, one bit per `asid % 64`:
+    /// set by `insert`, recomputed exactly by every `drop_leaf` scan (all
+    /// flushes but `flush_all`, which clears it).  Entries invalidated any
+    /// other way keep their bit (still a superset).  Lets `leaf_entries_of`
+    /// — the sanitizer's free-time scan, run once per freed page — skip a
+    /// TLB that holds nothing of that mm, e.g. after a munmap's flush.
+    leaf_asids: u64,
+}
+
+#[inline]
+fn asid_bit(asid: u64) -> u64 {
+    1 << (asid % 64)
 }
 
 impl Tlb {
@@ -78,6 +90,7 @@ impl Tlb {
             huge_victim: vec![0; shape.huge_sets].into_boxed_slice(),
             psc: [p(), p(), p()],
             psc_victim: [0; 3],
+            leaf_asids: 0,
         }
     }
 
@@ -131,6 +144,7 @@ impl Tlb {
                 r.start + v
             });
         arr[slot] = TlbEntry { valid: true, asid, vpn, pfn, writable, dirty, huge, gen };
+        self.leaf_asids |= asid_bit(asid);
     }
 
     fn psc_index(level: Level) -> usize {
@@ -189,24 +203,51 @@ impl Tlb {
     /// Returns the number of leaf entries dropped.
     pub fn flush_one(&mut self, asid: u64, va: u64) -> usize {
         self.drop_psc_asid(asid);
-        self.drop_leaf(asid, va, va + 1)
+        // Same result as drop_leaf(asid, va, va + 1), but only the two sets
+        // `va` indexes can hold a translation of it (insert places entries
+        // by set), so look there only: flush_tlb_func issues one of these
+        // per page up to the 33-page ceiling.  `leaf_asids` stays a superset.
+        let mut n = 0;
+        let vpn = va >> self.geo.page_shift;
+        for i in self.set_range(false, vpn) {
+            let e = &mut self.small[i];
+            if e.valid && e.asid == asid && e.vpn == vpn {
+                e.valid = false;
+                n += 1;
+            }
+        }
+        let hvpn = va >> self.geo.level_shift(Level::Pmd);
+        for i in self.set_range(true, hvpn) {
+            let e = &mut self.huge[i];
+            if e.valid && e.asid == asid && e.vpn == hvpn {
+                e.valid = false;
+                n += 1;
+            }
+        }
+        n
     }
 
     fn drop_leaf(&mut self, asid: u64, start: u64, end: u64) -> usize {
         let ps = self.geo.page_shift;
         let hs = self.geo.level_shift(Level::Pmd);
         let mut n = 0;
+        let mut left = 0;
         for e in self.small.iter_mut().chain(self.huge.iter_mut()) {
-            if !e.valid || e.asid != asid {
+            if !e.valid {
                 continue;
             }
-            let shift = if e.huge { hs } else { ps };
-            let (s, t) = (e.vpn << shift, (e.vpn + 1) << shift);
-            if s < end && start < t {
-                e.valid = false;
-                n += 1;
+            if e.asid == asid {
+                let shift = if e.huge { hs } else { ps };
+                let (s, t) = (e.vpn << shift, (e.vpn + 1) << shift);
+                if s < end && start < t {
+                    e.valid = false;
+                    n += 1;
+                    continue;
+                }
             }
+            left |= asid_bit(e.asid);
         }
+        self.leaf_asids = left;
         n
     }
 
@@ -234,6 +275,7 @@ impl Tlb {
         for e in self.small.iter_mut().chain(self.huge.iter_mut()) {
             e.valid = false;
         }
+        self.leaf_asids = 0;
         for arr in self.psc.iter_mut() {
             for e in arr.iter_mut() {
                 e.valid = false;
@@ -244,6 +286,13 @@ impl Tlb {
     /// Valid leaf entries (for the sanitizer and tests).
     pub fn leaf_entries(&self) -> impl Iterator<Item = &TlbEntry> {
         self.small.iter().chain(self.huge.iter()).filter(|e| e.valid)
+    }
+
+    /// Valid leaf entries tagged `asid`; a TLB known to hold none of that
+    /// tag yields nothing without a scan (see `leaf_asids`).
+    pub fn leaf_entries_of(&self, asid: u64) -> impl Iterator<Item = &TlbEntry> {
+        let n = if self.leaf_asids & asid_bit(asid) != 0 { usize::MAX } else { 0 };
+        self.small.iter().chain(self.huge.iter()).take(n).filter(move |e| e.valid && e.asid == asid)
     }
 
     /// Valid PSC entries with the level of their table's entries.

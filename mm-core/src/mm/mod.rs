@@ -164,6 +164,8 @@ pub struct MmStruct {
     pub rss: AtomicU64,
     /// Page tables allocated (`mm->pgtables_bytes` in pages).
     pub nr_ptes: AtomicU64,
+    /// `mm->notifier_subscriptions`: secondary MMUs (`notifier.rs`).
+    pub notifier_subscriptions: crate::notifier::MmuNotifierSubscriptions,
     /// `pmd_huge_pte`: PTE tables deposited under huge PMDs (anon THP),
     /// keyed by the PMD-aligned address (`pgtable_trans_huge_deposit`).
     pub pmd_huge_pte: Mutex<BTreeMap<u64, Pfn>>,
@@ -181,6 +183,7 @@ impl MmStruct {
             tlb_gen: AtomicU64::new(1),
             rss: AtomicU64::new(0),
             nr_ptes: AtomicU64::new(0),
+            notifier_subscriptions: crate::notifier::MmuNotifierSubscriptions::new(),
             pmd_huge_pte: Mutex::new(BTreeMap::new()),
         }
     }

@@ -73,7 +73,16 @@ pub fn handle_pte_fault(
             return do_wp_page(k, mm, vma, table, va, pte, ptl);
         }
         // Spurious: another CPU already resolved it, or the TLB entry that
-        // faulted was stale; the MMU re-walks on retry.
+        // faulted was stale (handle_pte_fault's tail): make it young (and
+        // dirty for a write); if nothing changed, flush_tlb_fix_spurious_fault
+        // for a write.  x86's MMU re-walks on retry anyway.
+        let mut entry = Pte(pte.0 | Pte::ACCESSED);
+        if write {
+            entry = entry.mkdirty();
+        }
+        if !pgtable::ptep_set_access_flags(k, mm, table, va, entry, write) && write {
+            pgtable::flush_tlb_fix_spurious_fault(k, mm, va);
+        }
         return Ok(());
     }
     drop(ptl);
@@ -107,6 +116,50 @@ fn do_anonymous_page(k: &Kernel, mm: &MmStruct, table: crate::types::Pfn, va: u6
         k.folio_put(Folio(pfn));
     }
     Ok(())
+}
+
+/// `do_anonymous_page` with a large folio (mTHP: `alloc_anon_folio` of
+/// `order`, `folio_ref_add(nr - 1)`, `folio_add_new_anon_rmap`, `set_ptes`):
+/// map `1 << order` consecutive pages of one new folio at the
+/// `order`-aligned `va` by PTEs, writable and dirty.  Takes `mmap_lock` for
+/// read.  `Segv` if `va` is not in a writable anonymous VMA covering the
+/// whole folio; `Unsupported` if a PTE of the range is already present or
+/// the folio would cross a PTE table.
+pub fn do_anonymous_page_mthp(k: &Kernel, mm: &Arc<MmStruct>, va: u64, order: u32) -> Result<Folio, FaultError> {
+    let nr = 1u64 << order;
+    let ps = k.cfg.geometry.page_size();
+    let size = nr * ps;
+    if !va.is_multiple_of(size) || order > k.cfg.geometry.pt_bits {
+        return Err(FaultError::Unsupported);
+    }
+    let vmas = mm.mmap_lock.read();
+    let vma = vmas.find(va).ok_or(FaultError::Segv)?;
+    if !vma.is_anon() || !vma.writable() || va + size > vma.end {
+        return Err(FaultError::Segv);
+    }
+    let table = pgtable::alloc_table(k, mm, va, Level::Pte).ok_or(FaultError::Oom)?;
+    let pfn = k.alloc_zeroed(order, PageKind::Anon).ok_or(FaultError::Oom)?;
+    for i in 0..nr {
+        let page = k.mem.page(pfn.add(i));
+        page.mapping.store(mm.id, Ordering::SeqCst);
+        page.index.store((va >> k.cfg.geometry.page_shift) + i, Ordering::SeqCst);
+    }
+    let f = Folio(pfn);
+    let ptl = pgtable::ptl(k, table);
+    if (0..nr).any(|i| !pgtable::read(k, table, Level::Pte, va + i * ps).is_none()) {
+        drop(ptl);
+        k.folio_put(f);
+        return Err(FaultError::Unsupported);
+    }
+    if nr > 1 {
+        k.mem.folio_ref_add(f, (nr - 1) as i32);
+    }
+    k.mem.add_rmap_ptes(pfn, nr);
+    for i in 0..nr {
+        pgtable::write(k, table, Level::Pte, va + i * ps, user_pte(pfn.add(i), true, true));
+    }
+    mm.rss.fetch_add(nr, Ordering::SeqCst);
+    Ok(f)
 }
 
 /// `filemap_fault`: find or read the page-cache folio for `pgoff`; returns
@@ -188,17 +241,22 @@ fn do_wp_page(
 ) -> Result<(), FaultError> {
     let old = k.mem.page_folio(pte.pfn());
     if vma.is_shared() {
-        // wp_page_shared: dirty tracking of a shared file page.
-        pgtable::write(k, table, Level::Pte, va, pte.mkwrite().mkdirty());
+        // wp_page_shared → finish_mkwrite_fault → wp_page_reuse: dirty
+        // tracking of a shared file page; the arch decides whether the
+        // upgrade needs a flush (arm64: flush_tlb_page).
+        let entry = Pte(pte.0 | Pte::ACCESSED).mkwrite().mkdirty();
+        pgtable::ptep_set_access_flags(k, mm, table, va, entry, true);
         k.mem.folio(old).set(flags::PG_DIRTY);
         return Ok(());
     }
     let page = k.mem.folio(old);
     let exclusive = page.test(flags::PG_ANON) && k.mem.folio_mapcount(old) == 1 && page.refcount() == 1;
     if exclusive {
-        // wp_page_reuse: upgrading permissions needs no flush (a stale
-        // read-only entry just faults again and re-walks).
-        pgtable::write(k, table, Level::Pte, va, pte.mkwrite().mkdirty());
+        // wp_page_reuse: ptep_set_access_flags (x86: no flush, a stale
+        // read-only entry just faults again and re-walks; arm64:
+        // flush_tlb_page).
+        let entry = Pte(pte.0 | Pte::ACCESSED).mkwrite().mkdirty();
+        pgtable::ptep_set_access_flags(k, mm, table, va, entry, true);
         return Ok(());
     }
     // wp_page_copy
@@ -214,9 +272,9 @@ fn do_wp_page(
         return Ok(());
     }
     k.stats.inc(k.this_cpu(), Stat::CowFaults);
-    // ptep_clear_flush: unhook and invalidate before the new page goes in.
-    pgtable::get_and_clear(k, table, Level::Pte, va);
-    crate::tlb::flush_tlb_page(k, mm, va);
+    // ptep_clear_flush_notify: unhook and invalidate (CPU and, before
+    // 6bbd42e2df8f, secondary TLBs explicitly) before the new page goes in.
+    crate::notifier::ptep_clear_flush_notify(k, mm, table, va);
     k.mem.add_rmap_ptes(new, 1);
     pgtable::write(k, table, Level::Pte, va, user_pte(new, true, true));
     k.mem.remove_rmap_ptes(pte.pfn(), 1);

@@ -43,6 +43,9 @@ pub fn dup_mmap(k: &Kernel, oldmm: &Arc<MmStruct>) -> Result<Arc<MmStruct>, MmEr
     }
     // The parent's writable entries were write-protected: flush them.
     crate::tlb::flush_tlb_mm(k, oldmm);
+    // copy_page_range's mmu_notifier_invalidate_range_end (pre-6bbd42e2df8f
+    // the secondary invalidation of the write-protected parent).
+    crate::notifier::mmu_notifier_invalidate_range_end(k, oldmm, 0, crate::tlb::FLUSH_ALL);
     drop(old_vmas);
     Ok(mm)
 }

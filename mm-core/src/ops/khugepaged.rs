@@ -51,6 +51,7 @@ use crate::ops::gup::CollapsePoint;
 use crate::page::alloc::PageKind;
 use crate::page::{flags, Folio};
 use crate::pgtable;
+use crate::stats::Stat;
 use crate::sync::{Arc, Ordering};
 use crate::types::Pfn;
 
@@ -148,10 +149,23 @@ fn __collapse_huge_page_copy(k: &Kernel, pte_table: Pfn, haddr: u64, hpage: Pfn)
 pub fn collapse_huge_page(k: &Kernel, mm: &Arc<MmStruct>, address: u64) -> ScanResult {
     let g = k.cfg.geometry;
     let haddr = address & !(g.pmd_size() - 1);
-    // alloc_charge_folio (the kernel drops mmap_lock around it).
+    // hpage_collapse_scan_pmd (mmap_lock read): find_pmd_or_thp_or_none
+    // before anything is allocated.
+    {
+        let _vmas = mm.mmap_lock.read();
+        match pgtable::lookup_table(k, mm, haddr, Level::Pmd).map(|t| pgtable::read(k, t, Level::Pmd, haddr)) {
+            None => return ScanResult::PmdNull,
+            Some(pmd) if !pmd.present() => return ScanResult::PmdNull,
+            Some(pmd) if pmd.huge() => return ScanResult::PmdMapped,
+            Some(_) => {}
+        }
+    }
+    // alloc_charge_folio (with mmap_lock dropped, as in the kernel).
     let Some(hpage) = k.alloc_pages(g.hpage_pmd_order(), PageKind::Anon) else {
+        k.stats.inc(k.this_cpu(), Stat::ThpCollapseAllocFailed);
         return ScanResult::AllocHugePageFail;
     };
+    k.stats.inc(k.this_cpu(), Stat::ThpCollapseAlloc);
     let put_hpage = || k.folio_put(Folio(hpage));
     let vmas = mm.mmap_lock.write();
     // hugepage_vma_revalidate
@@ -218,6 +232,7 @@ pub fn collapse_huge_page(k: &Kernel, mm: &Arc<MmStruct>, address: u64) -> ScanR
     drop(pml);
     mm.rss.fetch_add(holes, Ordering::SeqCst);
     drop(vmas);
+    k.stats.inc(k.this_cpu(), Stat::ThpCollapsed);
     ScanResult::Succeed
 }
 
@@ -252,6 +267,7 @@ pub fn retract_page_tables(k: &Kernel, mapping: &AddressSpace, pgoff: u64) -> us
         drop(ptl);
         drop(pml);
         mm.nr_ptes.fetch_sub(1, Ordering::SeqCst);
+        k.stats.inc(k.this_cpu(), Stat::ThpTablesRetracted);
         retracted += 1;
         if k.cfg.pte_free_defer {
             // v6.6+: pmdp_get_lockless_sync() is a no-op on 64-bit.

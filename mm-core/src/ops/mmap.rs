@@ -152,6 +152,7 @@ pub fn munmap(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(),
 
 /// `exit_mmap`: tear down every mapping and page table but the PGD.
 pub fn exit_mmap(k: &Kernel, mm: &Arc<MmStruct>) {
+    crate::notifier::mmu_notifier_release(k, mm);
     let mut vmas = mm.mmap_lock.write();
     let all: Vec<Vma> = vmas.iter().cloned().collect();
     let mut tlb = MmuGather::tlb_gather_mmu_fullmm(k, mm);

@@ -3,6 +3,7 @@
 //! (MADV_DONTNEED), mprotect and writeback (folio_mkclean).
 
 pub mod check;
+pub mod dirty_oracle;
 pub mod fault;
 pub mod fork;
 pub mod gup;
@@ -24,3 +25,5 @@ pub use writeback::{folio_mkclean, truncate_inode_pages, writeback_mapping};
 
 #[cfg(all(test, not(mmemu_loom)))]
 mod tests;
+#[cfg(all(test, not(mmemu_loom)))]
+mod tests_notifier;

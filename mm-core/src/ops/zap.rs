@@ -133,6 +133,9 @@ pub fn zap_pte_range(tlb: &mut MmuGather<'_>, vma: &Vma, pte_table: Pfn, addr: u
         }
     }
     mm.rss.fetch_sub(rss, Ordering::SeqCst);
+    if let Some(hook) = k.hooks.zap_pte_range_locked.get() {
+        hook(k);
+    }
     // Do the actual TLB flush before dropping the PTL.
     if force_flush {
         tlb.tlb_flush_mmu_tlbonly();
@@ -185,7 +188,9 @@ fn zap_present_ptes(
     let ps = k.cfg.geometry.page_size();
     let page = ptent.pfn();
     let folio = k.mem.page_folio(page);
-    let nr = folio_pte_batch(k, pte_table, ptent, addr, end);
+    // Pre-d7f861b9c43a (folio-pages-batching off) zap_pte_range went PTE by
+    // PTE: no folio batching, one gather slot and one rmap call per page.
+    let nr = if k.cfg.fixes.on(Fix::FolioPagesBatching) { folio_pte_batch(k, pte_table, ptent, addr, end) } else { 1 };
     let mut delay_rmap = false;
     let anon = k.mem.folio(folio).test(flags::PG_ANON);
     // get_and_clear_full_ptes: collect the A/D bits the hardware set.

@@ -15,7 +15,6 @@ use super::{flags, MemMap};
 use crate::sync::{AtomicI64, Mutex, Ordering};
 use crate::types::{CpuId, Pfn};
 use serde::Serialize;
-use std::collections::BTreeSet;
 
 /// MAX_PAGE_ORDER
 pub const MAX_PAGE_ORDER: u32 = 10;
@@ -55,8 +54,92 @@ impl PageKind {
     }
 }
 
+/// End of a free list.
+const NIL: u32 = u32::MAX;
+
+/// The buddy free lists (`zone->free_area[order].free_list`): one doubly
+/// linked list per order threaded through per-frame `next`/`prev` arrays
+/// (a frame heads at most one free block), so insert, remove and pop are
+/// O(1) as in the kernel.  Freed blocks go to the head and allocation pops
+/// the head (cache-hot first); boot hands blocks out in address order.
+struct FreeArea {
+    head: [u32; MAX_PAGE_ORDER as usize + 1],
+    tail: [u32; MAX_PAGE_ORDER as usize + 1],
+    next: Vec<u32>,
+    prev: Vec<u32>,
+}
+
+impl FreeArea {
+    fn new(nr_frames: usize) -> Self {
+        assert!(nr_frames < NIL as usize, "pfns must fit the u32 free-list links");
+        FreeArea {
+            head: [NIL; MAX_PAGE_ORDER as usize + 1],
+            tail: [NIL; MAX_PAGE_ORDER as usize + 1],
+            next: vec![NIL; nr_frames],
+            prev: vec![NIL; nr_frames],
+        }
+    }
+
+    fn is_empty(&self, order: u32) -> bool {
+        self.head[order as usize] == NIL
+    }
+
+    fn push_head(&mut self, order: u32, pfn: u64) {
+        let (o, p) = (order as usize, pfn as u32);
+        let h = self.head[o];
+        self.next[p as usize] = h;
+        self.prev[p as usize] = NIL;
+        if h == NIL {
+            self.tail[o] = p;
+        } else {
+            self.prev[h as usize] = p;
+        }
+        self.head[o] = p;
+    }
+
+    fn push_tail(&mut self, order: u32, pfn: u64) {
+        let (o, p) = (order as usize, pfn as u32);
+        let t = self.tail[o];
+        self.prev[p as usize] = t;
+        self.next[p as usize] = NIL;
+        if t == NIL {
+            self.head[o] = p;
+        } else {
+            self.next[t as usize] = p;
+        }
+        self.tail[o] = p;
+    }
+
+    fn remove(&mut self, order: u32, pfn: u64) {
+        let (o, p) = (order as usize, pfn as usize);
+        let (n, pr) = (self.next[p], self.prev[p]);
+        if pr == NIL {
+            debug_assert_eq!(self.head[o], p as u32, "free-list remove of a block not on the order-{order} list");
+            self.head[o] = n;
+        } else {
+            self.next[pr as usize] = n;
+        }
+        if n == NIL {
+            self.tail[o] = pr;
+        } else {
+            self.prev[n as usize] = pr;
+        }
+        self.next[p] = NIL;
+        self.prev[p] = NIL;
+    }
+
+    fn pop(&mut self, order: u32) -> Option<u64> {
+        let h = self.head[order as usize];
+        if h == NIL {
+            return None;
+        }
+        self.remove(order, u64::from(h));
+        Some(u64::from(h))
+    }
+}
+
 struct Zone {
-    free_area: Vec<BTreeSet<u64>>,
+    free_area: FreeArea,
     /// Order of the free block headed here, or -1.
     free_order: Vec<i8>,
     nr_free: usize,
@@ -88,7 +171,7 @@ impl InUse {
 impl PageAllocator {
     pub fn new(nr_frames: usize, nr_cpus: usize) -> Self {
         let mut zone = Zone {
-            free_area: (0..=MAX_PAGE_ORDER).map(|_| BTreeSet::new()).collect(),
+            free_area: FreeArea::new(nr_frames),
             free_order: vec![-1; nr_frames],
             nr_free: 0,
         };
@@ -102,7 +185,7 @@ impl PageAllocator {
             {
                 order += 1;
             }
-            zone.free_area[order as usize].insert(pfn);
+            zone.free_area.push_tail(order, pfn);
             zone.free_order[pfn as usize] = order as i8;
             zone.nr_free += 1 << order;
             pfn += 1 << order;
@@ -116,15 +199,15 @@ impl PageAllocator {
     }
 
     fn zone_alloc(zone: &mut Zone, order: u32) -> Option<u64> {
-        let from = (order..=MAX_PAGE_ORDER).find(|o| !zone.free_area[*o as usize].is_empty())?;
-        let pfn = zone.free_area[from as usize].pop_first()?;
+        let from = (order..=MAX_PAGE_ORDER).find(|o| !zone.free_area.is_empty(*o))?;
+        let pfn = zone.free_area.pop(from)?;
         zone.free_order[pfn as usize] = -1;
         // Split down to the requested order, returning upper halves.
         let mut o = from;
         while o > order {
             o -= 1;
             let buddy = pfn + (1 << o);
-            zone.free_area[o as usize].insert(buddy);
+            zone.free_area.push_head(o, buddy);
             zone.free_order[buddy as usize] = o as i8;
         }
         zone.nr_free -= 1 << order;
@@ -141,12 +224,12 @@ impl PageAllocator {
             {
                 break;
             }
-            zone.free_area[order as usize].remove(&buddy);
+            zone.free_area.remove(order, buddy);
             zone.free_order[buddy as usize] = -1;
             pfn = pfn.min(buddy);
             order += 1;
         }
-        zone.free_area[order as usize].insert(pfn);
+        zone.free_area.push_head(order, pfn);
         zone.free_order[pfn as usize] = order as i8;
     }
 

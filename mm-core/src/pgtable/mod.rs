@@ -6,6 +6,10 @@
 //! (`__pte_alloc`/`__pmd_alloc` with the recheck-under-lock pattern); PTE
 //! entries are changed under the PTE table's split lock.
 
+pub mod access_flags;
+
+pub use access_flags::{flush_tlb_fix_spurious_fault, ptep_set_access_flags};
+
 use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
 use crate::mm::MmStruct;

@@ -238,9 +238,14 @@ fn generic_flush_tlb_mm(k: &Kernel, mm: &MmStruct) {
 }
 
 /// `mmu_notifier_arch_invalidate_secondary_tlbs(mm, start, end)`: called from
-/// inside the arch flush (6bbd42e2df8f).  Secondary TLBs arrive with the
-/// race-features work; with no subscriber this is a no-op.
-pub fn secondary_invalidate(_k: &Kernel, _mm: &MmStruct, _start: u64, _end: u64) {}
+/// inside the arch flush (6bbd42e2df8f).  With `Fix::SecondaryTlbOnFlush`
+/// off the arch flush reaches no secondary TLB (pre-6.6: the generic
+/// wrappers in `notifier.rs` did it instead).
+pub fn secondary_invalidate(k: &Kernel, mm: &MmStruct, start: u64, end: u64) {
+    if k.cfg.fixes.on(crate::config::Fix::SecondaryTlbOnFlush) {
+        crate::notifier::mmu_notifier_arch_invalidate_secondary_tlbs(k, mm, start, end);
+    }
+}
 
 /// `flush_tlb_all`-style whole-TLB flush of one CPU (reason TLB_LOCAL_SHOOTDOWN).
 pub fn flush_tlb_local_all(k: &Kernel, cpu: CpuId) {

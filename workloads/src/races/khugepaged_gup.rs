@@ -7,7 +7,8 @@
 //!   the old page after the check, and only a PMD re-check makes it back
 //!   off.  Run with `khugepaged-gup-fast-ipi` off (either fix closes §2A);
 //!   the violation is `gup-oracle` (W returns a page that was no longer
-//!   mapped when it was grabbed; the collapse discarded it).
+//!   mapped when it was grabbed; the collapse discarded it).  The driver
+//!   keeps §2B out of this run (see the harness sync in the actor).
 //! - §2B anon, 2ba99c5e0881 (`khugepaged-gup-fast-ipi`): W stalls after
 //!   reading the PMD; K collapses (the PTE table is deposited under the THP)
 //!   and munmaps the THP (`zap_deposited_table` frees the table at once);
@@ -78,6 +79,15 @@ pub fn run_scenario(p: &RaceParams, sc: Scenario) -> Result<RaceOutcome, String>
             }
             let r = collapse_huge_page(k, mm, BASE);
             assert!(matches!(r, ScanResult::Succeed | ScanResult::PageCount), "collapse: {r:?}");
+            if sc == Scenario::A {
+                // Harness, not kernel: §2A runs with khugepaged-gup-fast-ipi
+                // off, so the munmap below could free the deposited table
+                // under a walker still stalled in it — that is §2B.  Wait
+                // out every IRQs-off section first (after the collapse, so
+                // §2A's window inside it is untouched) to keep the two races
+                // apart.
+                mm_core::smp::smp_call_function(&*k.smp, &|_| {});
+            }
             munmap(k, mm, BASE, hpage).expect("munmap");
             // Reuse freed frames.
             mmap_anon(k, mm, BASE + hpage, NR_PAGES * ps, true).expect("mmap");

@@ -7,6 +7,9 @@
 //!   at the first violation when `p.stop_on_violation`;
 //! - never hangs (all waits go through the machine's timeouts) and turns a
 //!   machine error into `Err` naming the CPU;
+//! - before returning `Ok`, exits every mm it created, truncates every file
+//!   it created and quiesces the machine (`teardown`), so frames still in
+//!   use afterwards are leaks;
 //! - returns the kernel so the caller can read counters and violations.
 
 pub mod fork_exit_hugetlb;
@@ -14,7 +17,9 @@ pub mod gup_table_free;
 pub mod hugetlb_unshare_gup;
 pub mod khugepaged_gup;
 
-use emu_cpu::MachineConfig;
+use emu_cpu::{MachineConfig, System};
+use mm_core::mm::{AddressSpace, MmStruct};
+use mm_core::CpuId;
 use mm_core::sanitizer::ViolationKind;
 use mm_core::sync::Arc;
 use mm_core::{Kernel, KernelConfig};
@@ -65,4 +70,32 @@ impl RaceOutcome {
         }
         RaceOutcome { iterations, first_violation_at, kinds, kernel }
     }
+}
+
+pub mod iommu_sva;
+pub mod large_folio_zap;
+pub mod lazy_tlb;
+pub mod nested_zap;
+pub mod writeback_race;
+
+/// How long `teardown` waits for the machine to drain.
+const TEARDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// End of a driver: every mm exits (last thread, on CPU0), every file's
+/// page cache is truncated, the machine drains its queues and RCU
+/// callbacks.  Anything still allocated after this is a leak.
+pub fn teardown(sys: &System, mms: &[Arc<MmStruct>], files: &[Arc<AddressSpace>]) -> Result<(), String> {
+    for mm in mms {
+        sys.run_user(CpuId(0), mm, |k, mm| mm_core::ops::exit_mm(k, mm)).map_err(|e| e.to_string())?;
+    }
+    for f in files {
+        let f = f.clone();
+        let still = sys
+            .run_kthread(CpuId(0), move |k| mm_core::ops::writeback::truncate_inode_pages(k, &f))
+            .map_err(|e| e.to_string())?;
+        if still != 0 {
+            return Err(format!("teardown: {still} page-cache folios still mapped after every mm exited"));
+        }
+    }
+    sys.quiesce(TEARDOWN_TIMEOUT).map_err(|e| e.to_string())
 }

@@ -24,6 +24,16 @@
 //!   being cleared (hugetlb `huge_pmd_unshare`) only has to overlap
 //!   [start of call, end of call]; a page reached through a PMD table that
 //!   was unshared *and then reused* by its new owner (§3.1) still fails.
+//! - A PTE table detached from its PMD (`pmdp_collapse_flush`) may be put
+//!   back unchanged (khugepaged aborts the collapse when it sees a pin).  A
+//!   page grabbed through such a table after the detach, whose call ended
+//!   before the PMD slot was written again, is judged at that write: the
+//!   same table frame (same generation) put back with the page still at va
+//!   means the page never left va — accepted (the §2A pin that
+//!   2ba99c5e0881's sync IPI makes khugepaged see, without 70cbc3cc78a9's
+//!   PMD re-check); a huge PMD, another table, or the page gone from the
+//!   table — `gup-oracle`, reported then.  A slot never written again leaves
+//!   the page unjudged (a conservative miss).
 //! - Owners: which mms a table frame is reachable from, and at which address,
 //!   is learnt when it is linked under an entry of a table whose owners are
 //!   known (the PGD's is set at `mm_alloc`), and forgotten when that entry is
@@ -61,6 +71,26 @@ struct Interval {
     /// guarantee is the weaker "mapped at some instant of the call" (8ce720d5bd91:
     /// no different from a GUP-fast that finished just before the unmap).
     upper: bool,
+    /// Closed by unlinking the PTE table (frame, generation) it was in from
+    /// its PMD (a detach that may be undone).
+    detached: Option<(Pfn, u64)>,
+    /// For a detached interval: at the next present store into the PMD
+    /// slot, was the same table put back with this page still in it?
+    /// (None: no such store yet.)
+    put_back: Option<bool>,
+}
+
+/// A page whose judgement waits for the next write of its PMD slot (see
+/// the module doc).
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    cpu: CpuId,
+    mm: u64,
+    va: u64,
+    page: Pfn,
+    grab: u64,
+    table: Pfn,
+    table_gen: u64,
 }
 
 #[derive(Default)]
@@ -70,6 +100,9 @@ struct History {
     owners: HashMap<Pfn, Vec<(u64, u64)>>,
     /// (mm id, PMD-aligned va) → leaf intervals under that PMD entry.
     groups: HashMap<(u64, u64), Vec<Interval>>,
+    /// Pages returned through a detached PTE table, judged at the next
+    /// store into their PMD slot.
+    pending: Vec<Pending>,
 }
 
 pub struct GupOracle {
@@ -162,21 +195,32 @@ impl GupOracle {
                     close(h, mm, va & pmd_mask, |i| !i.huge && i.va == page_va && i.pfn == old.pfn(), after, keep_from);
                 }
                 if new.present() {
-                    open(h, mm, va & pmd_mask, Interval { va: page_va, pfn: new.pfn(), huge: false, from: before, to: OPEN, upper: false });
+                    open(h, mm, va & pmd_mask, Interval { va: page_va, pfn: new.pfn(), huge: false, from: before, to: OPEN, upper: false, detached: None, put_back: None });
                 }
             }
             Level::Pmd => {
                 let pmd_va = va & pmd_mask;
+                if new.present() {
+                    judge_detached(k, h, mm, pmd_va, new);
+                }
                 if old.present() {
                     // A huge leaf goes, or a whole PTE table is unlinked.
                     let huge = old.huge();
+                    if !huge {
+                        let d = Some((old.pfn(), k.hw.ram.gen(old.pfn())));
+                        if let Some(v) = h.groups.get_mut(&(mm, pmd_va)) {
+                            for i in v.iter_mut().filter(|i| i.to == OPEN && !i.huge) {
+                                i.detached = d;
+                            }
+                        }
+                    }
                     close(h, mm, pmd_va, |i| i.huge == huge, after, keep_from);
                     if !huge {
                         unlink(k, h, mm, old.pfn(), Level::Pte, pmd_va);
                     }
                 }
                 if new.present() && new.huge() {
-                    open(h, mm, pmd_va, Interval { va: pmd_va, pfn: new.pfn(), huge: true, from: before, to: OPEN, upper: false });
+                    open(h, mm, pmd_va, Interval { va: pmd_va, pfn: new.pfn(), huge: true, from: before, to: OPEN, upper: false, detached: None, put_back: None });
                 } else if new.present() {
                     self.link(k, h, mm, new.pfn(), Level::Pte, pmd_va, before);
                 }
@@ -217,8 +261,8 @@ impl GupOracle {
             }
             let pmd_va = va & !(g.pmd_size() - 1);
             match level {
-                Level::Pte => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: false, from: at, to: OPEN, upper: false }),
-                Level::Pmd if e.huge() => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: true, from: at, to: OPEN, upper: false }),
+                Level::Pte => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: false, from: at, to: OPEN, upper: false, detached: None, put_back: None }),
+                Level::Pmd if e.huge() => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: true, from: at, to: OPEN, upper: false, detached: None, put_back: None }),
                 _ => self.link(k, h, mm, e.pfn(), level.below().expect("upper level"), va, at),
             }
         }
@@ -241,7 +285,7 @@ impl GupOracle {
         let g = k.cfg.geometry;
         let pmd_mask = !(g.pmd_size() - 1);
         {
-            let h = self.hist.lock();
+            let mut h = self.hist.lock();
             for &(va, page, grab) in got {
                 let ok = h.groups.get(&(mm, va & pmd_mask)).is_some_and(|v| {
                     v.iter().any(|i| {
@@ -253,7 +297,17 @@ impl GupOracle {
                         covers && i.from <= end && (grab <= i.to || (i.upper && start <= i.to))
                     })
                 });
-                if !ok {
+                // Reached through a PTE table detached before the grab, and
+                // the slot not written since: judge at the next write.
+                let detached = (!ok)
+                    .then(|| h.groups.get(&(mm, va & pmd_mask)))
+                    .flatten()
+                    .and_then(|v| v.iter().rev().find(|i| !i.huge && i.va == va && i.pfn == page && i.to < grab && i.detached.is_some()))
+                    .map(|d| (d.detached.expect("checked"), d.put_back));
+                let ok = ok || matches!(detached, Some((_, Some(true))));
+                if let Some(((table, table_gen), None)) = detached {
+                    h.pending.push(Pending { cpu, mm, va, page, grab, table, table_gen });
+                } else if !ok {
                     k.san.record(Violation {
                         kind: ViolationKind::GupOracle,
                         cpu: Some(cpu),
@@ -289,6 +343,45 @@ fn unlink(k: &Kernel, h: &mut History, mm: u64, table: Pfn, level: Level, base: 
         let e = Pte(k.hw.ram.word(table, i as usize).load(Ordering::SeqCst));
         if e.present() && !(level == Level::Pmd && e.huge()) && (e.pfn().0 as usize) < k.mem.nr_frames() {
             unlink(k, h, mm, e.pfn(), below, base + (i << g.level_shift(level)));
+        }
+    }
+}
+
+/// Whether the present PMD `new` puts the detached `table` (generation
+/// `table_gen`) back with `page` still mapped at `va`.
+fn puts_back(k: &Kernel, new: Pte, table: Pfn, table_gen: u64, va: u64, page: Pfn) -> bool {
+    !new.huge() && new.pfn() == table && k.hw.ram.gen(table) == table_gen && {
+        let pte = crate::pgtable::read(k, table, Level::Pte, va);
+        pte.present() && pte.pfn() == page
+    }
+}
+
+/// The PMD slot (mm, pmd_va) is written with the present entry `new`:
+/// decide the intervals detached from it, and judge the pages waiting for
+/// it (see the module doc).
+fn judge_detached(k: &Kernel, h: &mut History, mm: u64, pmd_va: u64, new: Pte) {
+    let g = k.cfg.geometry;
+    let pmd_mask = !(g.pmd_size() - 1);
+    if let Some(v) = h.groups.get_mut(&(mm, pmd_va)) {
+        for i in v.iter_mut().filter(|i| i.put_back.is_none()) {
+            if let Some((table, table_gen)) = i.detached {
+                i.put_back = Some(puts_back(k, new, table, table_gen, i.va, i.pfn));
+            }
+        }
+    }
+    let (mine, rest): (Vec<Pending>, Vec<Pending>) = h.pending.drain(..).partition(|p| p.mm == mm && p.va & pmd_mask == pmd_va);
+    h.pending = rest;
+    for p in mine {
+        if !puts_back(k, new, p.table, p.table_gen, p.va, p.page) {
+            k.san.record(Violation {
+                kind: ViolationKind::GupOracle,
+                cpu: Some(p.cpu),
+                mm,
+                va: p.va,
+                pfn: p.page,
+                cached_gen: p.grab,
+                frame_gen: k.hw.ram.gen(p.page),
+            });
         }
     }
 }

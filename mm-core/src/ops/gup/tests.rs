@@ -166,3 +166,94 @@ fn section1_broadcast_flush_with_rcu_table_free_is_safe() {
 fn section1_x86_ipi_flush_waits_for_the_walker() {
     section1(Arch::X86, false);
 }
+
+/// The oracle on its own: a page is accepted only if it was mapped at
+/// (mm, va) at some instant between the grab tick and the end of the call.
+#[test]
+fn oracle_accepts_only_pages_mapped_during_the_window() {
+    let k = Kernel::new_sync(cfg(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 4 * PS, true).unwrap();
+    k.write_user(&mm, BASE, 1).unwrap();
+    k.write_user(&mm, BASE + PS, 2).unwrap();
+    let (p0, p1) = (pte_pfn(&k, &mm, BASE), pte_pfn(&k, &mm, BASE + PS));
+    let o = &k.gup_oracle;
+    let cpu = CpuId(0);
+    // Mapped now: accepted.
+    o.call_start(cpu);
+    let t = o.tick();
+    o.call_end(&k, cpu, mm.id, &[(BASE, p0, t), (BASE + PS, p1, t)]);
+    assert_eq!(k.san.count(), 0);
+    // The right pfn at the wrong address: never mapped there.
+    o.call_start(cpu);
+    let t = o.tick();
+    o.call_end(&k, cpu, mm.id, &[(BASE + PS, p0, t)]);
+    assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 1);
+    // Grabbed before the unmap, checked after: accepted (the unmap is
+    // kept for the call in flight).
+    o.call_start(cpu);
+    let t = o.tick();
+    crate::ops::madvise_dontneed(&k, &mm, BASE, PS).unwrap();
+    o.call_end(&k, cpu, mm.id, &[(BASE, p0, t)]);
+    assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 1);
+    // Grabbed after the unmap: rejected.
+    crate::ops::madvise_dontneed(&k, &mm, BASE + PS, PS).unwrap();
+    o.call_start(cpu);
+    let t = o.tick();
+    o.call_end(&k, cpu, mm.id, &[(BASE + PS, p1, t)]);
+    assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 2);
+    // A forked child's tables are linked (owned) and recorded too.
+    k.write_user(&mm, BASE + 2 * PS, 3).unwrap();
+    let child = crate::ops::dup_mmap(&k, &mm).unwrap();
+    let c2 = pte_pfn(&k, &child, BASE + 2 * PS);
+    o.call_start(cpu);
+    let t = o.tick();
+    o.call_end(&k, cpu, child.id, &[(BASE + 2 * PS, c2, t)]);
+    assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 2, "{:?}", k.san.violations());
+    exit_mm(&k, &mm);
+    run_on(&k, 0, &child);
+    exit_mm(&k, &child);
+    assert_no_leaks(&k);
+}
+
+/// The oracle's detach rule: a page grabbed after its PTE table was
+/// detached from the PMD is accepted if the same table is put back with
+/// the page in it (khugepaged aborting on the pin), and reported when the
+/// slot gets anything else — whether that happens before or after the end
+/// of the call.
+#[test]
+fn oracle_judges_a_detached_table_when_the_pmd_slot_is_written_again() {
+    for (put_back_before_end, put_back) in [(false, true), (true, true), (false, false), (true, false)] {
+        let k = Kernel::new_sync(cfg(), 1);
+        let mm = k.mm_alloc();
+        run_on(&k, 0, &mm);
+        mmap_anon(&k, &mm, BASE, 4 * PS, true).unwrap();
+        k.write_user(&mm, BASE, 1).unwrap();
+        let p0 = pte_pfn(&k, &mm, BASE);
+        let pmd_table = pgtable::lookup_table(&k, &mm, BASE, Level::Pmd).unwrap();
+        let o = &k.gup_oracle;
+        let cpu = CpuId(0);
+        o.call_start(cpu);
+        let old = pgtable::get_and_clear(&k, pmd_table, Level::Pmd, BASE);
+        let t = o.tick();
+        let other = crate::pgtable::alloc_table_frame(&k).unwrap();
+        let new = if put_back { old } else { Pte::table(other) };
+        if put_back_before_end {
+            pgtable::write(&k, pmd_table, Level::Pmd, BASE, new);
+        }
+        o.call_end(&k, cpu, mm.id, &[(BASE, p0, t)]);
+        if !put_back_before_end {
+            assert_eq!(k.san.count(), 0, "undecided until the slot is written");
+            pgtable::write(&k, pmd_table, Level::Pmd, BASE, new);
+        }
+        let want = usize::from(!put_back);
+        assert_eq!(k.san.count_kind(ViolationKind::GupOracle), want, "put back {put_back}, before end {put_back_before_end}: {:?}", k.san.violations());
+        if !put_back {
+            pgtable::write(&k, pmd_table, Level::Pmd, BASE, old);
+        }
+        crate::pgtable::free_table_frame(&k, other);
+        exit_mm(&k, &mm);
+        assert_no_leaks(&k);
+    }
+}

@@ -68,6 +68,8 @@ fn collapse_anon_maps_a_thp_and_munmap_frees_the_deposited_table() {
     k.write_user(&mm, BASE + 300 * PS, 7).unwrap();
     assert_eq!(k.read_user(&mm, BASE + 300 * PS).unwrap(), 7);
     assert_eq!(collapse_huge_page(&k, &mm, BASE), ScanResult::PmdMapped);
+    assert_eq!((k.stats.get(Stat::ThpCollapseAlloc), k.stats.get(Stat::ThpCollapsed)), (1, 1));
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 1, "one sync IPI per collapse that got past the flush");
     // GUP through the huge PMD (gup_fast_pmd_leaf).
     let pages = gup_fast(&k, &mm, BASE + 510 * PS, 2, Foll::PIN);
     assert_eq!(pages, vec![pmd.pfn().add(510), pmd.pfn().add(511)]);
@@ -323,4 +325,47 @@ fn section2b_file_pte_free_defer_is_safe_without_the_sync() {
 #[should_panic(expected = "cannot acknowledge")]
 fn section2b_file_immediate_free_with_sync_waits_for_the_walker() {
     section2b_file(false, true);
+}
+
+/// The loom geometry (`KernelConfig::small()`: 4-entry tables, 64 frames):
+/// a THP is 4 pages (order 2); collapse, GUP through the huge PMD, zap of
+/// the deposited table and the file retraction all work there too.
+#[test]
+fn collapse_and_retract_work_on_the_small_geometry() {
+    let k = Kernel::new_sync(KernelConfig { gup_oracle: true, ..KernelConfig::small() }, 1);
+    let g = k.cfg.geometry;
+    let (ps, hpage) = (g.page_size(), g.pmd_size());
+    assert_eq!(g.hpage_pmd_nr(), 4);
+    let base = 0x4_0000;
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, base, hpage, true).unwrap();
+    k.write_user(&mm, base + ps, 7).unwrap();
+    assert_eq!(collapse_huge_page(&k, &mm, base), ScanResult::Succeed);
+    let pmd = pmd_of(&k, &mm, base);
+    assert!(pmd.huge());
+    assert_eq!(k.read_user(&mm, base + ps).unwrap(), 7);
+    assert_eq!(k.read_user(&mm, base + 3 * ps).unwrap(), 0, "a hole reads zero");
+    let pages = gup_fast(&k, &mm, base, 4, Foll::PIN);
+    assert_eq!(pages, (0..4).map(|i| pmd.pfn().add(i)).collect::<Vec<_>>());
+    unpin_user_pages(&k, &pages);
+    let freed = k.stats.get(Stat::TablesFreed);
+    munmap(&k, &mm, base, hpage).unwrap();
+    assert!(k.stats.get(Stat::TablesFreed) > freed, "the deposited table was freed");
+    // File retraction with the immediate (2022) free.
+    let k2 = Kernel::new_sync(KernelConfig { pte_free_defer: false, ..KernelConfig::small() }, 1);
+    let mm2 = k2.mm_alloc();
+    run_on(&k2, 0, &mm2);
+    let file = k2.new_file(8);
+    mmap_file(&k2, &mm2, base, hpage, false, true, &file, 0).unwrap();
+    k2.read_user(&mm2, base).unwrap();
+    madvise_dontneed(&k2, &mm2, base, hpage).unwrap();
+    assert_eq!(retract_page_tables(&k2, &file, 0), 1);
+    assert!(pmd_of(&k2, &mm2, base).is_none());
+    exit_mm(&k2, &mm2);
+    drop_file(&k2, &file);
+    assert_no_leaks(&k2);
+    exit_mm(&k, &mm);
+    assert_no_leaks(&k);
+    assert_eq!(k.san.count() + k2.san.count(), 0, "{:?} {:?}", k.san.violations(), k2.san.violations());
 }

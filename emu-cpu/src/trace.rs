@@ -1,0 +1,146 @@
+//! Trace hooks: what the machine did, per emulated CPU, for Perfetto.
+//!
+//! Contract:
+//! - Off by default.  Every hook starts with one relaxed load of a global
+//!   flag (`enabled()`), so a run without `--trace` pays nothing else.
+//! - `start()` clears the buffer, sets time zero and turns recording on
+//!   for every machine in the process (race drivers boot their own
+//!   `System`s; they are traced too).  `stop()` turns it off and returns
+//!   the events in the order they were recorded.
+//! - Timestamps are microseconds since `start()` (fractional).
+//! - What is recorded: IRQs-off regions (`local_irq_save` ..
+//!   `local_irq_restore` that re-enables) and IPI handlers as slices on the
+//!   CPU that ran them; each cross call as a slice on the sender plus one
+//!   flow per target (sender → handler); tlb_flush trace events (mm-core's
+//!   `Stats` hook, installed by `System::new` when tracing is on) as
+//!   instants; syscalls as slices (`syscall()`, called by the workloads).
+//! - At most `MAX_EVENTS` are kept; the rest are counted in `dropped`.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+/// Cap on recorded events (a few hundred MB of JSON at most).
+pub const MAX_EVENTS: usize = 4_000_000;
+
+static ON: AtomicBool = AtomicBool::new(false);
+/// Nanoseconds from `base()` to the current trace's time zero.
+static EPOCH_NS: AtomicU64 = AtomicU64::new(0);
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+static BUF: Mutex<Buf> = Mutex::new(Buf { events: Vec::new(), dropped: 0 });
+
+struct Buf {
+    events: Vec<Event>,
+    dropped: u64,
+}
+
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// What kind of trace event (Chrome trace-event phases).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kind {
+    /// A complete slice ("X") of `dur_us` starting at `ts_us`.
+    Slice { dur_us: f64 },
+    /// An instant event ("i", thread scope).
+    Instant,
+    /// Flow start ("s") on the sender.
+    FlowStart { id: u64 },
+    /// Flow end ("f", bound to the enclosing slice) on the target.
+    FlowEnd { id: u64 },
+}
+
+/// One recorded event on one emulated CPU's track.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub cpu: u32,
+    pub ts_us: f64,
+    pub name: Cow<'static, str>,
+    pub cat: &'static str,
+    pub kind: Kind,
+    pub args: Vec<(&'static str, String)>,
+}
+
+/// Is a trace being recorded?  One relaxed load.
+#[inline]
+pub fn enabled() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
+/// Start recording (time zero is now); clears anything recorded before.
+pub fn start() {
+    let mut b = BUF.lock().unwrap_or_else(|e| e.into_inner());
+    b.events.clear();
+    b.dropped = 0;
+    EPOCH_NS.store(base().elapsed().as_nanos() as u64, Ordering::SeqCst);
+    ON.store(true, Ordering::SeqCst);
+}
+
+/// Stop recording; returns the events and how many were dropped at the cap.
+pub fn stop() -> (Vec<Event>, u64) {
+    ON.store(false, Ordering::SeqCst);
+    let mut b = BUF.lock().unwrap_or_else(|e| e.into_inner());
+    let d = b.dropped;
+    b.dropped = 0;
+    (std::mem::take(&mut b.events), d)
+}
+
+/// Microseconds since `start()`.
+#[inline]
+pub fn now_us() -> f64 {
+    let ns = (base().elapsed().as_nanos() as u64).saturating_sub(EPOCH_NS.load(Ordering::Relaxed));
+    ns as f64 / 1000.0
+}
+
+/// A fresh id for flows.
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Record one event (no-op when tracing is off).
+pub fn emit(ev: Event) {
+    if !enabled() {
+        return;
+    }
+    let mut b = BUF.lock().unwrap_or_else(|e| e.into_inner());
+    if b.events.len() < MAX_EVENTS {
+        b.events.push(ev);
+    } else {
+        b.dropped += 1;
+    }
+}
+
+/// A slice from `start_us` to now on `cpu`.
+pub fn slice(cpu: u32, name: impl Into<Cow<'static, str>>, cat: &'static str, start_us: f64, args: Vec<(&'static str, String)>) {
+    let dur_us = (now_us() - start_us).max(0.0);
+    emit(Event { cpu, ts_us: start_us, name: name.into(), cat, kind: Kind::Slice { dur_us }, args });
+}
+
+/// An instant event now on `cpu`.
+pub fn instant(cpu: u32, name: impl Into<Cow<'static, str>>, cat: &'static str, args: Vec<(&'static str, String)>) {
+    emit(Event { cpu, ts_us: now_us(), name: name.into(), cat, kind: Kind::Instant, args });
+}
+
+/// A slice recorded when dropped (syscalls).  Create it with `syscall`.
+#[must_use = "the slice ends when this guard is dropped"]
+pub struct Span {
+    cpu: u32,
+    name: &'static str,
+    start_us: f64,
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        slice(self.cpu, self.name, "syscall", self.start_us, Vec::new());
+    }
+}
+
+/// A syscall slice on `cpu` lasting until the returned guard drops; `None`
+/// (free) when tracing is off.
+#[inline]
+pub fn syscall(cpu: mm_core::CpuId, name: &'static str) -> Option<Span> {
+    enabled().then(|| Span { cpu: cpu.0, name, start_us: now_us() })
+}

@@ -1,0 +1,709 @@
+//! The `mmemu` command line: argument parsing (clap) and the four
+//! subcommands.  `src/bin/mmemu.rs` only calls `main()`.
+//!
+//! Exit status: 0 success; 1 the run found something (violation, leak,
+//! hang, a panic on an emulated CPU; `reproduce`: the fix-on run failed or
+//! the fix-off run did not show the bug); 2 bad usage (one line on stderr
+//! saying what is wrong and what is allowed).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc as StdArc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use emu_cpu::{MachineConfig, WaitPolicy};
+use mm_core::config::{Arch, Fix, KernelConfig};
+use serde::Serialize;
+
+use crate::report::{BudgetJson, Report, Setup, TraceInfo};
+use crate::scenarios::{self, ArchReq, Budget, Ctx, Scenario, MAX_CPUS};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mmemu",
+    version,
+    about = "Userspace emulator of the Linux kernel's TLB-invalidation machinery",
+    long_about = "Userspace emulator of the Linux kernel's TLB-invalidation machinery: emulated CPUs with \
+                  stale-until-flushed TLBs, the kernel's mmu_gather, RCU table freeing and x86/arm64/generic \
+                  flush policies, with every historical fix switchable.\n\nExit status: 0 ok, 1 the run found \
+                  a violation, leak, hang or panic, 2 bad usage."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// List scenarios (name, arch, CPUs, exposed switches, parameters) and switches.
+    List {
+        /// Print the registry as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one scenario and print its report.
+    Run(RunArgs),
+    /// Run the scenario that exposes SWITCH with the fix off and on, side by side.
+    Reproduce(ReproArgs),
+    /// All scenarios mixed until the time is up; exit 1 on any violation, hang or leak.
+    Stress(StressArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct MachineArgs {
+    /// Wait policy of idle CPUs and IPI senders.
+    #[arg(long, value_name = "spin|park|adaptive", default_value = "adaptive", value_parser = parse_wait)]
+    wait: WaitPolicy,
+    /// Do not pin emulated CPUs to host cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Seed of the scenario's choices (same seed, same program).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct BudgetArgs {
+    /// Run for this many seconds (0 < S <= 86400).
+    #[arg(long, value_name = "S", value_parser = parse_seconds, conflicts_with = "iterations", allow_negative_numbers = true)]
+    seconds: Option<f64>,
+    /// Run this many rounds (per thread for native scenarios; 1..=1000000000).
+    #[arg(long, value_name = "N", value_parser = parse_iterations, allow_negative_numbers = true)]
+    iterations: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Scenario name (see `mmemu list`).
+    #[arg(value_parser = parse_scenario)]
+    scenario: &'static Scenario,
+    /// Emulated CPUs (1..=256; default 4).
+    #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
+    cpus: Option<usize>,
+    /// Arch profile (default: the scenario's).
+    #[arg(long, value_name = "x86|arm64|generic", value_parser = parse_arch)]
+    arch: Option<Arch>,
+    /// Switch a fix off (repeatable; see `mmemu list`).
+    #[arg(long = "revert", value_name = "SWITCH", value_parser = parse_fix)]
+    revert: Vec<Fix>,
+    #[command(flatten)]
+    budget: BudgetArgs,
+    #[command(flatten)]
+    machine: MachineArgs,
+    /// Scenario parameter (repeatable; see `mmemu list` for keys and ranges).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// Print one JSON report instead of the human summary.
+    #[arg(long)]
+    json: bool,
+    /// Write a Chrome trace-event JSON file (open it in ui.perfetto.dev).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Testing the error path: the first syscall on this CPU panics.
+    #[arg(long, value_name = "CPU", hide = true)]
+    inject_panic: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+struct ReproArgs {
+    /// The switch whose bug to reproduce (see `mmemu list`).
+    #[arg(value_parser = parse_fix)]
+    switch: Fix,
+    /// Emulated CPUs (1..=256; default 4).
+    #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
+    cpus: Option<usize>,
+    #[command(flatten)]
+    budget: BudgetArgs,
+    #[command(flatten)]
+    machine: MachineArgs,
+    /// Scenario parameter (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// Print both reports as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct StressArgs {
+    /// Emulated CPUs (1..=256; default: the host's cores).
+    #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
+    cpus: Option<usize>,
+    /// Total seconds (0 < S <= 86400; default 10).
+    #[arg(long, value_name = "S", value_parser = parse_seconds, default_value = "10", allow_negative_numbers = true)]
+    seconds: f64,
+    /// Longest single scenario run inside the stress, in seconds.
+    #[arg(long, value_name = "S", value_parser = parse_seconds, default_value = "2", allow_negative_numbers = true)]
+    slice: f64,
+    #[command(flatten)]
+    machine: MachineArgs,
+}
+
+fn parse_scenario(s: &str) -> Result<&'static Scenario, String> {
+    scenarios::find(s)
+}
+
+fn parse_fix(s: &str) -> Result<Fix, String> {
+    s.parse()
+}
+
+fn parse_arch(s: &str) -> Result<Arch, String> {
+    s.parse()
+}
+
+fn parse_cpus(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("'{s}' is not a CPU count; allowed 1..={MAX_CPUS}"))?;
+    if !(1..=MAX_CPUS).contains(&n) {
+        return Err(format!("{n} CPUs: allowed 1..={MAX_CPUS}"));
+    }
+    Ok(n)
+}
+
+fn parse_iterations(s: &str) -> Result<u64, String> {
+    const MAX: u64 = 1_000_000_000;
+    match s.parse::<u64>() {
+        Ok(n) if (1..=MAX).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' rounds: allowed 1..={MAX}")),
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let x: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds; allowed 0 < S <= 86400"))?;
+    if !(x > 0.0 && x <= 86400.0) {
+        return Err(format!("{s} seconds: allowed 0 < S <= 86400"));
+    }
+    Ok(x)
+}
+
+fn parse_wait(s: &str) -> Result<WaitPolicy, String> {
+    match s {
+        "spin" => Ok(WaitPolicy::Spin),
+        "park" => Ok(WaitPolicy::Park),
+        "adaptive" => Ok(WaitPolicy::Adaptive),
+        _ => Err(format!("unknown wait policy '{s}'; allowed: spin, park, adaptive")),
+    }
+}
+
+fn wait_name(w: WaitPolicy) -> &'static str {
+    match w {
+        WaitPolicy::Spin => "spin",
+        WaitPolicy::Park => "park",
+        WaitPolicy::Adaptive => "adaptive",
+    }
+}
+
+/// Why a command did not produce a verdict.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad usage: exit 2.
+    Usage(String),
+    /// Could not complete (cannot write the trace file, ...): exit 1.
+    Failed(String),
+}
+
+/// Everything one scenario run needs.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub scenario: &'static Scenario,
+    pub cpus: usize,
+    pub arch: Arch,
+    pub reverted: Vec<Fix>,
+    pub budget: Budget,
+    pub seed: u64,
+    pub machine: MachineConfig,
+    pub params: BTreeMap<&'static str, u64>,
+    pub trace: Option<PathBuf>,
+    pub stop_on_violation: bool,
+}
+
+impl RunSpec {
+    /// Check the combination (CPU count, arch) against the scenario.
+    pub fn validate(&self) -> Result<(), String> {
+        let s = self.scenario;
+        if self.cpus < s.min_cpus {
+            return Err(format!("scenario {} needs at least {} CPUs; allowed --cpus {}..={MAX_CPUS}", s.name, s.min_cpus, s.min_cpus));
+        }
+        if let ArchReq::Requires(a) = s.arch {
+            if a != self.arch {
+                return Err(format!(
+                    "scenario {} needs --arch {} (the race only exists there); got --arch {}",
+                    s.name,
+                    a.name(),
+                    self.arch.name()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn kcfg(&self) -> KernelConfig {
+        let mut k = KernelConfig { arch: self.arch, nr_cpus: self.cpus, ..KernelConfig::default() };
+        for f in &self.reverted {
+            k.fixes.set(*f, false);
+        }
+        k
+    }
+
+    fn setup(&self) -> Setup {
+        Setup {
+            scenario: self.scenario.name.to_string(),
+            arch: self.arch.name(),
+            cpus: self.cpus,
+            reverted: self.reverted.iter().map(|f| f.name()).collect(),
+            seed: self.seed,
+            wait: wait_name(self.machine.wait),
+            pin: self.machine.pin,
+            budget: match self.budget {
+                Budget::Iterations(n) => BudgetJson { iterations: Some(n), seconds: None },
+                Budget::Seconds(s) => BudgetJson { iterations: None, seconds: Some(s) },
+            },
+            params: self.params.clone(),
+        }
+    }
+}
+
+/// Set while a scenario runs: the panic hook stays quiet.  Panics on
+/// emulated CPUs come back as `MachineError`s naming the CPU; a panic of
+/// the scenario's own thread is caught by `run_scenario` and reported as
+/// one error line.
+static RUN_ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// Install the panic hook (once per process; `main()` does it).
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if RUN_ACTIVE.load(Ordering::SeqCst) {
+            return;
+        }
+        default(info)
+    }));
+}
+
+/// Run one scenario: validate, boot, run, leak check, report (and trace).
+pub fn run_scenario(spec: &RunSpec) -> Result<Report, CliError> {
+    spec.validate().map_err(CliError::Usage)?;
+    let kcfg = spec.kcfg();
+    kcfg.validate().map_err(CliError::Usage)?;
+    let ctx = Ctx {
+        kcfg,
+        machine: spec.machine,
+        budget: spec.budget,
+        seed: spec.seed,
+        params: spec.params.clone(),
+        stop_on_violation: spec.stop_on_violation,
+    };
+    if spec.trace.is_some() {
+        emu_cpu::trace::start();
+    }
+    RUN_ACTIVE.store(true, Ordering::SeqCst);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (spec.scenario.run)(&ctx)));
+    RUN_ACTIVE.store(false, Ordering::SeqCst);
+    let traced = spec.trace.as_ref().map(|_| emu_cpu::trace::stop());
+    let r = r.map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "<non-string panic payload>".into());
+        CliError::Failed(format!("scenario {} panicked outside the emulated CPUs: {msg}", spec.scenario.name))
+    })?;
+    let outcome = r.map_err(|e| CliError::Usage(format!("scenario {}: {e}", spec.scenario.name)))?;
+    let mut report = Report::new(spec.setup(), &outcome);
+    if let (Some(path), Some((events, dropped))) = (&spec.trace, traced) {
+        let title = format!("mmemu {} ({} CPUs, {})", spec.scenario.name, spec.cpus, spec.arch.name());
+        crate::trace_json::write(path, &title, spec.cpus, &events).map_err(CliError::Failed)?;
+        report.trace = Some(TraceInfo { file: path.display().to_string(), events: events.len(), dropped });
+    }
+    Ok(report)
+}
+
+fn machine_config(m: &MachineArgs) -> MachineConfig {
+    MachineConfig { pin: !m.no_pin, wait: m.wait, ..MachineConfig::default() }
+}
+
+fn budget(b: &BudgetArgs, s: &Scenario) -> Budget {
+    match (b.seconds, b.iterations) {
+        (Some(x), _) => Budget::Seconds(x),
+        (None, Some(n)) => Budget::Iterations(n),
+        (None, None) => Budget::Iterations(s.default_iterations),
+    }
+}
+
+fn print_json<T: Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("reports serialize"));
+}
+
+/// Parse the command line and run; returns the process exit status.
+pub fn main() -> i32 {
+    install_panic_hook();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let r = match cli.cmd {
+        Cmd::List { json } => list(json),
+        Cmd::Run(a) => run(a),
+        Cmd::Reproduce(a) => reproduce(a),
+        Cmd::Stress(a) => stress(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(CliError::Usage(msg)) => {
+            eprintln!("error: {msg}");
+            2
+        }
+        Err(CliError::Failed(msg)) => {
+            eprintln!("error: {msg}");
+            1
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ParamJson {
+    key: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+    help: &'static str,
+}
+
+#[derive(Serialize)]
+struct ScenarioJson {
+    name: &'static str,
+    about: &'static str,
+    arch: &'static str,
+    arch_required: bool,
+    min_cpus: usize,
+    default_iterations: u64,
+    exposes: Vec<&'static str>,
+    params: Vec<ParamJson>,
+}
+
+#[derive(Serialize)]
+struct SwitchJson {
+    name: &'static str,
+    commit: &'static str,
+    off_means: &'static str,
+    scenario: &'static str,
+    arch: &'static str,
+    available: bool,
+}
+
+fn exposed_by(s: &Scenario) -> Vec<&'static str> {
+    let mut v: Vec<_> = s.exposes.iter().map(|f| f.name()).collect();
+    for e in scenarios::EXPOSERS.iter().filter(|e| e.scenario == s.name) {
+        if !v.contains(&e.fix.name()) {
+            v.push(e.fix.name());
+        }
+    }
+    v
+}
+
+fn list(json: bool) -> Result<i32, CliError> {
+    if json {
+        let sc: Vec<_> = scenarios::all()
+            .iter()
+            .map(|s| ScenarioJson {
+                name: s.name,
+                about: s.about,
+                arch: s.arch.arch().name(),
+                arch_required: matches!(s.arch, ArchReq::Requires(_)),
+                min_cpus: s.min_cpus,
+                default_iterations: s.default_iterations,
+                exposes: exposed_by(s),
+                params: s
+                    .params
+                    .iter()
+                    .map(|p| ParamJson { key: p.key, default: p.default, min: p.min, max: p.max, help: p.help })
+                    .collect(),
+            })
+            .collect();
+        let sw: Vec<_> = scenarios::EXPOSERS
+            .iter()
+            .map(|e| SwitchJson {
+                name: e.fix.name(),
+                commit: e.fix.commit(),
+                off_means: e.fix.off_means(),
+                scenario: e.scenario,
+                arch: e.arch.name(),
+                available: scenarios::find(e.scenario).is_ok(),
+            })
+            .collect();
+        print_json(&serde_json::json!({"scenarios": sc, "switches": sw}));
+        return Ok(0);
+    }
+    println!("Scenarios (mmemu run NAME [--param KEY=VALUE]...):");
+    for s in scenarios::all() {
+        println!("  {:<22}{}", s.name, s.about);
+        let arch = match s.arch {
+            ArchReq::Default(a) => format!("arch {} (default)", a.name()),
+            ArchReq::Requires(a) => format!("arch {} (required)", a.name()),
+        };
+        let ex = exposed_by(s);
+        let ex = if ex.is_empty() { String::new() } else { format!(", exposes {}", ex.join(", ")) };
+        println!("  {:<22}{arch}, {}+ CPUs, {} rounds by default{ex}", "", s.min_cpus, s.default_iterations);
+        for p in s.params {
+            println!("  {:<24}{}={} ({}..={}): {}", "", p.key, p.default, p.min, p.max, p.help);
+        }
+    }
+    println!("\nSwitches (mmemu run --revert SWITCH, mmemu reproduce SWITCH):");
+    for e in scenarios::EXPOSERS {
+        let avail = if scenarios::find(e.scenario).is_ok() { "" } else { " [scenario not built yet]" };
+        println!("  {:<26}{}  off: {}", e.fix.name(), e.fix.commit(), e.fix.off_means());
+        println!("  {:<26}reproduce: {} on {}{avail}", "", e.scenario, e.arch.name());
+    }
+    Ok(0)
+}
+
+fn run(a: RunArgs) -> Result<i32, CliError> {
+    let s = a.scenario;
+    let params = s.parse_params(&a.params).map_err(CliError::Usage)?;
+    if let Some(c) = a.inject_panic {
+        scenarios::inject_panic_on(c);
+    }
+    let spec = RunSpec {
+        scenario: s,
+        cpus: a.cpus.unwrap_or(4.max(s.min_cpus)),
+        arch: a.arch.unwrap_or(s.arch.arch()),
+        reverted: a.revert.clone(),
+        budget: budget(&a.budget, s),
+        seed: a.machine.seed,
+        machine: machine_config(&a.machine),
+        params,
+        trace: a.trace.clone(),
+        stop_on_violation: false,
+    };
+    let report = run_scenario(&spec)?;
+    if a.json {
+        print_json(&report);
+    } else {
+        print!("{}", report.human());
+    }
+    Ok(if report.failed() { 1 } else { 0 })
+}
+
+#[derive(Serialize)]
+struct ReproJson<'a> {
+    switch: &'static str,
+    commit: &'static str,
+    off_means: &'static str,
+    scenario: &'static str,
+    correctness: bool,
+    reproduced: bool,
+    fix_off: &'a Report,
+    fix_on: &'a Report,
+}
+
+fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
+    let e = scenarios::exposer(a.switch);
+    let s = scenarios::find(e.scenario).map_err(|_| {
+        CliError::Usage(format!(
+            "switch {} is exposed by scenario {}, which this build does not have yet (its race driver is not merged); \
+             available scenarios: {}",
+            a.switch.name(),
+            e.scenario,
+            scenarios::all().iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    let params = s.parse_params(&a.params).map_err(CliError::Usage)?;
+    let mut spec = RunSpec {
+        scenario: s,
+        cpus: a.cpus.unwrap_or(4.max(s.min_cpus)),
+        arch: e.arch,
+        reverted: vec![a.switch],
+        budget: budget(&a.budget, s),
+        seed: a.machine.seed,
+        machine: machine_config(&a.machine),
+        params,
+        trace: None,
+        stop_on_violation: e.correctness,
+    };
+    let off = run_scenario(&spec)?;
+    spec.reverted.clear();
+    spec.stop_on_violation = false;
+    let on = run_scenario(&spec)?;
+    let reproduced = if e.correctness {
+        off.violations.count > 0 && on.violations.count == 0 && !on.failed()
+    } else {
+        !on.failed() && !off.failed()
+    };
+    if a.json {
+        print_json(&ReproJson {
+            switch: a.switch.name(),
+            commit: a.switch.commit(),
+            off_means: a.switch.off_means(),
+            scenario: s.name,
+            correctness: e.correctness,
+            reproduced,
+            fix_off: &off,
+            fix_on: &on,
+        });
+    } else {
+        print!("{}", side_by_side(a.switch, e, &off, &on, reproduced));
+    }
+    Ok(if reproduced { 0 } else { 1 })
+}
+
+/// The `reproduce` table.
+pub fn side_by_side(fix: Fix, e: &scenarios::Exposer, off: &Report, on: &Report, reproduced: bool) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "mmemu reproduce {} (commit {}): scenario {} on {}, {} CPUs", fix.name(), fix.commit(), e.scenario, e.arch.name(), off.cpus);
+    let _ = writeln!(s, "  fix off means: {}", fix.off_means());
+    let _ = writeln!(s, "\n  {:<34}{:>14}{:>14}", "", "fix off", "fix on");
+    let mut row = |label: &str, a: String, b: String| {
+        let _ = writeln!(s, "  {label:<34}{a:>14}{b:>14}");
+    };
+    row("violations", off.violations.count.to_string(), on.violations.count.to_string());
+    let kinds: std::collections::BTreeSet<_> = off.violations.by_kind.keys().chain(on.violations.by_kind.keys()).cloned().collect();
+    for k in kinds {
+        let g = |r: &Report| r.violations.by_kind.get(&k).copied().unwrap_or(0).to_string();
+        row(&format!("  {k}"), g(off), g(on));
+    }
+    let kept = |r: &Report| r.violations.by_kind.values().sum::<u64>();
+    if off.violations.count > kept(off) || on.violations.count > kept(on) {
+        row("  (kinds: of the records kept)", kept(off).to_string(), kept(on).to_string());
+    }
+    let fv = |r: &Report| r.violations.first_violation_at.map_or("-".to_string(), |x| x.to_string());
+    row("first violation in round", fv(off), fv(on));
+    row("rounds", off.iterations.to_string(), on.iterations.to_string());
+    let sum = |v: &[u64]| v.iter().sum::<u64>().to_string();
+    row("IPIs sent", sum(&off.interrupts.sent), sum(&on.interrupts.sent));
+    row("IPIs handled (CAL)", sum(&off.interrupts.cal), sum(&on.interrupts.cal));
+    row("TLB shootdowns (TLB)", sum(&off.interrupts.tlb), sum(&on.interrupts.tlb));
+    for (name, v) in &off.vmstat {
+        row(name, v.to_string(), on.vmstat.get(name).copied().unwrap_or(0).to_string());
+    }
+    let c = |r: &Report, n: &str| r.counters.get(n).copied().unwrap_or(0).to_string();
+    row("arm64 broadcast TLBIs", c(off, "arm64_tlbi_broadcast"), c(on, "arm64_tlbi_broadcast"));
+    row("sync-one broadcasts", off.sync_one_broadcasts.to_string(), on.sync_one_broadcasts.to_string());
+    row("gather flushes", off.gather.flushes.to_string(), on.gather.flushes.to_string());
+    row("gather batches", off.gather.batches.to_string(), on.gather.batches.to_string());
+    row("pages freed", off.gather.pages_freed.to_string(), on.gather.pages_freed.to_string());
+    row("tables freed", off.gather.tables_freed.to_string(), on.gather.tables_freed.to_string());
+    let metrics: std::collections::BTreeSet<_> = off.metrics.keys().chain(on.metrics.keys()).cloned().collect();
+    for m in metrics {
+        let g = |r: &Report| r.metrics.get(&m).map_or("-".to_string(), |v| v.to_string());
+        row(&m, g(off), g(on));
+    }
+    let leak = |r: &Report| r.leaked_frames.as_ref().map_or("-".to_string(), |l| l.total.to_string());
+    row("leaked frames", leak(off), leak(on));
+    row("verdict", off.verdict.to_string(), on.verdict.to_string());
+    for (name, r) in [("fix off", off), ("fix on", on)] {
+        if let Some(v) = r.violations.records.first() {
+            let _ = writeln!(s, "  {name}: first {v}");
+        }
+        if let Some(err) = &r.error {
+            let _ = writeln!(s, "  {name}: error: {err}");
+        }
+    }
+    let verdict = match (e.correctness, reproduced) {
+        (true, true) => format!("reproduced: {} violations with the fix off, none with it on", off.violations.count),
+        (true, false) => "NOT reproduced: expected violations with the fix off and none with it on".to_string(),
+        (false, true) => "compared: the switch changes counts, not correctness (see the rows above)".to_string(),
+        (false, false) => "FAILED: a run ended with a violation, leak, hang or panic".to_string(),
+    };
+    let _ = writeln!(s, "\n  {verdict}");
+    s
+}
+
+#[derive(Default, Clone, Debug)]
+struct Tally {
+    runs: u64,
+    rounds: u64,
+    ops: u64,
+    violations: u64,
+    leaked: i64,
+    failures: u64,
+}
+
+fn stress(a: StressArgs) -> Result<i32, CliError> {
+    let cpus = a.cpus.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).min(MAX_CPUS));
+    let machine = machine_config(&a.machine);
+    let total = Duration::from_secs_f64(a.seconds);
+    let t0 = Instant::now();
+    let pb = indicatif::ProgressBar::new(total.as_millis() as u64);
+    if std::io::stderr().is_terminal() {
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {percent:>3}% {msg}")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+    } else {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let done = StdArc::new(AtomicBool::new(false));
+    let ticker = {
+        let (pb, done) = (pb.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                pb.set_position(t0.elapsed().as_millis() as u64);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let all = scenarios::all();
+    let mut tallies: Vec<Tally> = vec![Tally::default(); all.len()];
+    let mut rng = scenarios::Rng::new(a.machine.seed, 0x57);
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    let mut failed = false;
+    'outer: loop {
+        // A fresh shuffle per pass: every scenario once, mixed.
+        for i in (1..order.len()).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            order.swap(i, j);
+        }
+        for &i in &order {
+            let left = total.saturating_sub(t0.elapsed());
+            if left < Duration::from_millis(50) {
+                break 'outer;
+            }
+            let s = &all[i];
+            let spec = RunSpec {
+                scenario: s,
+                cpus: cpus.max(s.min_cpus),
+                arch: s.arch.arch(),
+                reverted: Vec::new(),
+                budget: Budget::Seconds(left.as_secs_f64().min(a.slice)),
+                seed: rng.next(),
+                machine,
+                params: s.parse_params(&[]).map_err(CliError::Usage)?,
+                trace: None,
+                stop_on_violation: false,
+            };
+            pb.set_message(format!("{} ({} CPUs)", s.name, spec.cpus));
+            let r = run_scenario(&spec)?;
+            let t = &mut tallies[i];
+            t.runs += 1;
+            t.rounds += r.iterations;
+            t.ops += r.ops;
+            t.violations += r.violations.count;
+            t.leaked += r.leaked_frames.as_ref().map_or(0, |l| l.total);
+            if r.failed() {
+                t.failures += 1;
+                failed = true;
+                pb.suspend(|| eprint!("{}", r.human()));
+            }
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    let _ = ticker.join();
+    pb.finish_and_clear();
+    println!("mmemu stress: {cpus} CPUs, {:.1} s, seed {}", t0.elapsed().as_secs_f64(), a.machine.seed);
+    println!("  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}", "scenario", "runs", "rounds", "ops", "violations", "leaked", "failures");
+    for (s, t) in all.iter().zip(&tallies) {
+        println!(
+            "  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}",
+            s.name, t.runs, t.rounds, t.ops, t.violations, t.leaked, t.failures
+        );
+    }
+    println!("  verdict: {}", if failed { "FAILED" } else { "ok" });
+    Ok(if failed { 1 } else { 0 })
+}

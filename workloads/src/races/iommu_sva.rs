@@ -1,0 +1,205 @@
+//! Stress drivers for KERNEL-RACES §5: a secondary MMU (an SVA device behind
+//! an SMMU-like IOMMU, `mm_core::iommu`) sharing an mm with CPU threads
+//! (6bbd42e2df8f, switch `secondary-tlb-on-flush`).
+//!
+//! `run` — the permission-upgrade livelock.  Each round uses a fresh page of
+//! a shared file mapping, first mapped read-only by a CPU read fault:
+//! - the device (a kernel thread on CPU1: the DMA engine and its IOPF
+//!   handler) reads the page — caching a read-only translation if it comes
+//!   first — then writes it, retrying after each resolved fault up to
+//!   `RETRY_BOUND` times;
+//! - a thread of the mm (CPU0) writes the page: `wp_page_shared` upgrades the
+//!   PTE in place with `ptep_set_access_flags` → arm64 `flush_tlb_page`.
+//!
+//! With the fix reverted that flush never reaches the device, whose stale
+//! read-only entry makes every retry fault again: `secondary-livelock`.
+//! Requires the arm64 profile (x86 `ptep_set_access_flags` does not flush at
+//! all; the SMMU story is arm64's) and 2 CPUs.
+//!
+//! `run_dma_vs_zap` — freed frames.  The device DMAs over a range in a loop
+//! while a thread of the mm MADV_DONTNEEDs and re-faults it; every zap frees
+//! the pages after the gather's flush.  Both placements of the secondary
+//! invalidation (inside the arch flush, or pre-6bbd42e2df8f right after it
+//! in `tlb_flush_mmu_tlbonly`) precede the free, so the device never touches
+//! a freed frame either way; a missing invalidation would show up as
+//! `secondary-tlb-stale`.
+
+use super::{RaceOutcome, RaceParams};
+use emu_cpu::System;
+use mm_core::config::Arch;
+use mm_core::iommu::{iommu_sva_bind_device, DmaError};
+use mm_core::ops::{madvise_dontneed, mmap_anon, mmap_file};
+use mm_core::sync::{Arc, AtomicBool, AtomicU64, Ordering};
+use mm_core::CpuId;
+
+const BASE: u64 = 0x4000_0000;
+/// Resolved device faults allowed per access before it is a livelock.
+pub const RETRY_BOUND: u32 = 8;
+/// Pages of the shared file (one per round, reused cyclically).
+const FILE_PAGES: u64 = 256;
+
+fn wait_for(flag: &AtomicU64, at_least: u64, k: &mm_core::Kernel) {
+    let mut spins = 0u32;
+    while flag.load(Ordering::SeqCst) < at_least {
+        k.smp.cond_resched();
+        spins += 1;
+        if spins.is_multiple_of(32) {
+            mm_core::sync::yield_now();
+        } else {
+            mm_core::sync::spin_loop();
+        }
+    }
+}
+
+fn check(p: &RaceParams) -> Result<(), String> {
+    if p.kcfg.arch != Arch::Arm64 {
+        return Err(format!("iommu_sva models an SMMU on arm64; got arch {}", p.kcfg.arch.name()));
+    }
+    if p.kcfg.nr_cpus < 2 {
+        return Err(format!("iommu_sva needs 2 CPUs; got {}", p.kcfg.nr_cpus));
+    }
+    Ok(())
+}
+
+/// The permission-upgrade livelock race.
+pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
+    check(p)?;
+    let sys = System::new(p.kcfg.clone(), p.machine)?;
+    let k = sys.kernel().clone();
+    let ps = k.cfg.geometry.page_size();
+    let file = k.new_file(FILE_PAGES);
+    let mm = sys.mm_alloc().map_err(|e| e.to_string())?;
+    let dev = iommu_sva_bind_device(&k, &mm, RETRY_BOUND);
+    let mut first = None;
+    let mut rounds = 0;
+    for round in 1..=p.iterations {
+        rounds = round;
+        let va = BASE + ((round - 1) % FILE_PAGES) * ps;
+        // A fresh read-only mapping of the round's page.
+        let f = file.clone();
+        sys.run_user(CpuId(0), &mm, move |k, mm| {
+            let _ = mm_core::ops::munmap(k, mm, va, ps);
+            mmap_file(k, mm, va, ps, true, true, &f, (va - BASE) / ps).expect("mmap");
+            k.read_user(mm, va).expect("read fault");
+        })
+        .map_err(|e| e.to_string())?;
+        let go = Arc::new(AtomicU64::new(0));
+        let delay = p.seed.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % 512;
+        let cpu = {
+            let go = go.clone();
+            sys.spawn_user(CpuId(0), &mm, move |k, mm| {
+                go.fetch_add(1, Ordering::SeqCst);
+                wait_for(&go, 2, k);
+                for _ in 0..delay {
+                    mm_core::sync::spin_loop();
+                }
+                k.write_user(mm, va, round).expect("CPU write");
+            })
+        };
+        let device = {
+            let (go, dev) = (go.clone(), dev.clone());
+            sys.spawn_kthread(CpuId(1), move |k| {
+                go.fetch_add(1, Ordering::SeqCst);
+                wait_for(&go, 2, k);
+                let r = dev.dma_read(k, va);
+                k.smp.cond_resched();
+                let w = dev.dma_write(k, va + 8, round);
+                (r, w)
+            })
+        };
+        let res = sys.join_all(vec![cpu]).map_err(|e| e.to_string());
+        let (r, w) = device.join(sys.machine.config().task_timeout).map_err(|e| e.to_string())?;
+        res?;
+        if let Err(e) = r {
+            return Err(format!("round {round}: device read failed: {e:?}"));
+        }
+        if let Err(e) = w {
+            if e != DmaError::Livelock {
+                return Err(format!("round {round}: device write failed: {e:?}"));
+            }
+        }
+        if k.san.count() > 0 && first.is_none() {
+            first = Some(round);
+            if p.stop_on_violation {
+                break;
+            }
+        }
+    }
+    dev.iommu_sva_unbind_device();
+    super::teardown(&sys, &[mm], &[file])?;
+    Ok(RaceOutcome::new(k, rounds, first))
+}
+
+/// Pages the device and the zapper share in `run_dma_vs_zap`.
+pub const DMA_PAGES: u64 = 16;
+
+/// Device DMA concurrent with MADV_DONTNEED + re-fault of the same range.
+pub fn run_dma_vs_zap(p: &RaceParams) -> Result<RaceOutcome, String> {
+    check(p)?;
+    let sys = System::new(p.kcfg.clone(), p.machine)?;
+    let k = sys.kernel().clone();
+    let ps = k.cfg.geometry.page_size();
+    let mm = sys.mm_alloc().map_err(|e| e.to_string())?;
+    sys.run_user(CpuId(0), &mm, move |k, mm| mmap_anon(k, mm, BASE, DMA_PAGES * ps, true))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("mmap: {e:?}"))?;
+    let dev = iommu_sva_bind_device(&k, &mm, RETRY_BOUND);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let device = {
+        let (stop, started, dev) = (stop.clone(), started.clone(), dev.clone());
+        sys.spawn_kthread(CpuId(1), move |k| {
+            started.store(true, Ordering::SeqCst);
+            let mut n = 0u64;
+            // At least one DMA per call, however quickly the CPU side ends.
+            while n == 0 || !stop.load(Ordering::SeqCst) {
+                let va = BASE + (n % DMA_PAGES) * ps;
+                // Faults are resolved by re-faulting; a failure means the
+                // page was never there (no VMA) — not expected here.
+                if let Err(e) = dev.dma_read(k, va) {
+                    return Err(format!("device read {va:#x}: {e:?}"));
+                }
+                n += 1;
+                k.smp.cond_resched();
+            }
+            Ok(n)
+        })
+    };
+    // The rounds only race with DMA once the device thread is running.
+    let t0 = std::time::Instant::now();
+    while !started.load(Ordering::SeqCst) {
+        if t0.elapsed() > sys.machine.config().task_timeout {
+            return Err("the device thread on CPU1 never started".into());
+        }
+        std::thread::yield_now();
+    }
+    let mut first = None;
+    let mut rounds = 0;
+    for round in 1..=p.iterations {
+        rounds = round;
+        let r = sys.run_user(CpuId(0), &mm, move |k, mm| {
+            for i in 0..DMA_PAGES {
+                k.write_user(mm, BASE + i * ps, round).expect("touch");
+            }
+            madvise_dontneed(k, mm, BASE, DMA_PAGES * ps).expect("madvise");
+        });
+        if let Err(e) = r {
+            stop.store(true, Ordering::SeqCst);
+            return Err(e.to_string());
+        }
+        if k.san.count() > 0 && first.is_none() {
+            first = Some(round);
+            if p.stop_on_violation {
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let n = device.join(sys.machine.config().task_timeout).map_err(|e| e.to_string())??;
+    if n == 0 {
+        return Err("the device never ran".into());
+    }
+    dev.iommu_sva_unbind_device();
+    super::teardown(&sys, &[mm], &[])?;
+    Ok(RaceOutcome::new(k, rounds, first))
+}

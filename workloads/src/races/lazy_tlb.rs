@@ -1,0 +1,91 @@
+//! Stress driver for KERNEL-RACES §7: x86 lazy TLB and freed page tables
+//! (the freed_tables rule, 016c4d92cd16; switch `lazy-tlb-freed-tables`).
+//!
+//! Every round CPU1 runs a thread of the mm that touches the first page of
+//! a fresh PTE table's worth of mapping (its paging-structure cache now
+//! points at that table), then a kernel thread on CPU1 — lazy, the mm still
+//! loaded — performs speculative hardware walks of the next page (never
+//! faulted, so no leaf TLB entry: every walk starts from the cached
+//! paging-structure entry), each with IRQs off, interrupt points between.
+//! Meanwhile CPU0 unmaps the whole table's range (free_pgtables frees the
+//! table) and reuses the freed frames.
+//!
+//! With the rule, the flush IPIs the lazy CPU (tables were freed) and it
+//! switches to init_mm before the table can be freed: its later walks find
+//! no page tables at all.  Reverted, the lazy CPU is skipped and a walk
+//! lands in the freed frame: `walk-into-freed-table`.  x86 only (arm64's
+//! broadcast invalidation reaches every CPU's walk cache).
+
+use super::{RaceOutcome, RaceParams};
+use emu_cpu::System;
+use mm_core::config::Arch;
+use mm_core::hw::mmu::Access;
+use mm_core::ops::{mmap_anon, munmap};
+use mm_core::page::alloc::PageKind;
+use mm_core::page::Folio;
+use mm_core::sync::{Arc, AtomicBool, Ordering};
+use mm_core::CpuId;
+
+const BASE: u64 = 0x4000_0000;
+/// Speculative walks per round, at most (the walker stops once CPU0 is done).
+const MAX_WALKS: u32 = 20_000;
+
+pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
+    if p.kcfg.nr_cpus < 2 {
+        return Err(format!("lazy_tlb needs 2 CPUs; got {}", p.kcfg.nr_cpus));
+    }
+    if p.kcfg.arch != Arch::X86 {
+        return Err(format!("lazy_tlb is an x86 race (lazy CPUs skipped by flush IPIs); got arch {:?}", p.kcfg.arch));
+    }
+    let sys = System::new(p.kcfg.clone(), p.machine)?;
+    let k = sys.kernel().clone();
+    let g = k.cfg.geometry;
+    let (ps, pmd) = (g.page_size(), g.pmd_size());
+    let mm = sys.mm_alloc().map_err(|e| e.to_string())?;
+    let mut first = None;
+    let mut rounds = 0;
+    for round in 1..=p.iterations {
+        rounds = round;
+        sys.run_user(CpuId(1), &mm, move |k, mm| {
+            mmap_anon(k, mm, BASE, pmd, true).expect("mmap");
+            k.write_user(mm, BASE, round).expect("touch");
+        })
+        .map_err(|e| e.to_string())?;
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let walker = sys.spawn_kthread(CpuId(1), move |k| {
+            // Walk while CPU0 unmaps, and once more after it is done: a
+            // lazy CPU may walk speculatively at any later time.
+            let mut n = 0;
+            let mut after = 0;
+            while n < MAX_WALKS && after < 2 {
+                if d.load(Ordering::SeqCst) {
+                    after += 1;
+                }
+                let irq = k.local_irq_save();
+                let _ = k.hw.access(CpuId(1), BASE + ps, Access::Read, &k.san);
+                drop(irq); // interrupt point: a pending flush IPI lands here
+                n += 1;
+            }
+        });
+        let d = done.clone();
+        let freer = sys.spawn_user(CpuId(0), &mm, move |k, mm| {
+            munmap(k, mm, BASE, pmd).expect("munmap");
+            // Reuse what was freed (the table frames among them).
+            let pages: Vec<_> = (0..4).filter_map(|_| k.alloc_pages(0, PageKind::Kernel)).collect();
+            for p in pages {
+                k.folio_put(Folio(p));
+            }
+            d.store(true, Ordering::SeqCst);
+        });
+        sys.join_all(vec![walker, freer]).map_err(|e| e.to_string())?;
+        if k.san.count() > 0 && first.is_none() {
+            first = Some(round);
+            if p.stop_on_violation {
+                break;
+            }
+        }
+    }
+    sys.run_user(CpuId(0), &mm, |k, mm| mm_core::ops::exit_mm(k, mm)).map_err(|e| e.to_string())?;
+    Ok(RaceOutcome::new(k, rounds, first))
+}

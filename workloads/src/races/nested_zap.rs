@@ -1,0 +1,114 @@
+//! Stress driver for KERNEL-RACES §6: two MADV_DONTNEEDs of one mm under
+//! mmap_lock read (99baac21e458, switch `nested-flush-detect`).
+//!
+//! Layout: a small range S (`SMALL` pages at the start of PTE table A) and a
+//! big range B (`BIG_TABLES` full PTE tables right after A).  Every round
+//! both CPUs touch S (so both TLBs cache it) and CPU0 touches B.  Then:
+//! - T1 (CPU0): MADV_DONTNEED of S ∪ B — it clears S's PTEs, drops A's PTL,
+//!   walks all of B, and only then flushes (`tlb_end_vma`);
+//! - T2 (CPU1): once T1's gather exists (`tlb_flush_pending`, polled by the
+//!   driver to line the two up) and after a random delay, MADV_DONTNEED of
+//!   S — if it runs while T1 is in B it finds every PTE of S already none,
+//!   gathers nothing and returns.
+//!
+//! With the fix reverted T2's `tlb_finish_mmu` trusts its empty range, so
+//! when madvise returns CPU0 and CPU1 still cache S: the sanitizer's
+//! return-time check reports `stale-after-zap`.  With the fix T2 sees
+//! `mm_tlb_flush_nested` and flushes the whole mm.
+//! Needs 2 CPUs; any arch (arm64's broadcast keeps T1 from having to wait
+//! for interrupt points).
+
+use super::{RaceOutcome, RaceParams};
+use emu_cpu::System;
+use mm_core::ops::{madvise_dontneed, mmap_anon};
+use mm_core::sync::{Arc, AtomicU64, Ordering};
+use mm_core::CpuId;
+
+const BASE: u64 = 0x4000_0000;
+pub const SMALL: u64 = 8;
+/// PTE tables of B: T1's walk over them is the window.
+pub const BIG_TABLES: u64 = 4;
+
+fn wait_for(flag: &AtomicU64, at_least: u64, k: &mm_core::Kernel) {
+    let mut spins = 0u32;
+    while flag.load(Ordering::SeqCst) < at_least {
+        k.smp.cond_resched();
+        spins += 1;
+        if spins.is_multiple_of(32) {
+            mm_core::sync::yield_now();
+        } else {
+            mm_core::sync::spin_loop();
+        }
+    }
+}
+
+pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
+    if p.kcfg.nr_cpus < 2 {
+        return Err(format!("nested_zap needs 2 CPUs; got {}", p.kcfg.nr_cpus));
+    }
+    let sys = System::new(p.kcfg.clone(), p.machine)?;
+    let k = sys.kernel().clone();
+    let ps = k.cfg.geometry.page_size();
+    let pmd = k.cfg.geometry.pmd_size();
+    let big = k.cfg.geometry.hpage_pmd_nr() * BIG_TABLES;
+    let mm = sys.mm_alloc().map_err(|e| e.to_string())?;
+    sys.run_user(CpuId(0), &mm, move |k, mm| mmap_anon(k, mm, BASE, (1 + BIG_TABLES) * pmd, true))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("mmap: {e:?}"))?;
+    let mut first = None;
+    let mut rounds = 0;
+    for round in 1..=p.iterations {
+        rounds = round;
+        sys.run_user(CpuId(0), &mm, move |k, mm| {
+            for i in 0..SMALL {
+                k.write_user(mm, BASE + i * ps, round).expect("touch S");
+            }
+            for i in 0..big {
+                k.write_user(mm, BASE + pmd + i * ps, round).expect("touch B");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        sys.run_user(CpuId(1), &mm, move |k, mm| {
+            for i in 0..SMALL {
+                k.read_user(mm, BASE + i * ps).expect("touch S");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        let go = Arc::new(AtomicU64::new(0));
+        let delay = (p.seed.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 7) % 4096;
+        let t1 = {
+            let go = go.clone();
+            sys.spawn_user(CpuId(0), &mm, move |k, mm| {
+                go.fetch_add(1, Ordering::SeqCst);
+                wait_for(&go, 2, k);
+                madvise_dontneed(k, mm, BASE, pmd + big * ps).expect("T1 madvise");
+                k.smp.cond_resched();
+            })
+        };
+        let t2 = {
+            let go = go.clone();
+            sys.spawn_user(CpuId(1), &mm, move |k, mm| {
+                go.fetch_add(1, Ordering::SeqCst);
+                wait_for(&go, 2, k);
+                let mut spins = 0u32;
+                while !mm.mm_tlb_flush_pending() && spins < 1 << 20 {
+                    mm_core::sync::spin_loop();
+                    spins += 1;
+                }
+                for _ in 0..delay {
+                    mm_core::sync::spin_loop();
+                }
+                madvise_dontneed(k, mm, BASE, SMALL * ps).expect("T2 madvise");
+            })
+        };
+        sys.join_all(vec![t1, t2]).map_err(|e| e.to_string())?;
+        if k.san.count() > 0 && first.is_none() {
+            first = Some(round);
+            if p.stop_on_violation {
+                break;
+            }
+        }
+    }
+    super::teardown(&sys, &[mm], &[])?;
+    Ok(RaceOutcome::new(k, rounds, first))
+}

@@ -1,0 +1,152 @@
+//! Stress driver for KERNEL-RACES §4: delayed rmap removal vs writeback
+//! (5df397dec7c4, switch `delay-rmap`).
+//!
+//! Actors, one round each (Nadav Amit's PoC, scaled down):
+//! - A (CPU0, a thread of the mm): loops over `STORES` distinct words of
+//!   file page 0: store through its cached writable+dirty TLB entry (recorded
+//!   in the lost-dirty-data oracle once it completed), then msync(MS_SYNC) of
+//!   the page (`filemap_fdatawrite_range` → `folio_clear_dirty_for_io` →
+//!   `folio_mkclean`), then POSIX_FADV_DONTNEED (`invalidate_mapping_pages`).
+//!   (The PoC ran msync + fadvise in a child process; doing it from the
+//!   writer keeps the race to two host threads, which a small, loaded host
+//!   can actually run in parallel.)
+//! - Z (CPU1, another thread of the mm): MADV_DONTNEED over the whole shared
+//!   mapping of `PAGES` dirty file pages, page 0 first, so with the fix
+//!   reverted page 0's rmap is gone while Z still walks the other PTEs under
+//!   the PTL and has not flushed.
+//!
+//! The bad round: msync finds no mapping (`folio_mapped` is false), cleans
+//! and writes the page; A's next store goes through the stale entry; Z
+//! flushes and drops its reference; fadvise evicts the clean page; A's next
+//! store faults the page back in from disk — the store in between is gone.
+//! The oracle checks every recorded store after each round.  With the fix,
+//! msync's rmap walk finds Z's mapping and waits on Z's PTL until the flush.
+//! Needs 2 CPUs; any arch (arm64 broadcast makes Z's flush independent of
+//! A's interrupt points).
+
+use super::{RaceOutcome, RaceParams};
+use emu_cpu::System;
+use mm_core::ops::dirty_oracle::DirtyDataOracle;
+use mm_core::ops::writeback::{filemap_fdatawrite_range, invalidate_mapping_pages};
+use mm_core::ops::{madvise_dontneed, mmap_file, writeback_mapping};
+use mm_core::sync::{Arc, AtomicU64, Ordering};
+use mm_core::CpuId;
+
+const BASE: u64 = 0x4000_0000;
+/// Dirty pages Z zaps per round (one PTE table; page 0 is the contended one).
+pub const PAGES: u64 = 512;
+/// Stores A makes per round (distinct words of page 0, fewer than a page holds).
+pub const STORES: u64 = 256;
+/// Interrupt points A passes between msync and fadvise.
+pub const PAUSE: u32 = 512;
+
+fn wait_for(flag: &AtomicU64, at_least: u64, k: &mm_core::Kernel) {
+    let mut spins = 0u32;
+    while flag.load(Ordering::SeqCst) < at_least {
+        k.smp.cond_resched();
+        spins += 1;
+        if spins.is_multiple_of(32) {
+            mm_core::sync::yield_now();
+        } else {
+            mm_core::sync::spin_loop();
+        }
+    }
+}
+
+pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
+    if p.kcfg.nr_cpus < 2 {
+        return Err(format!("writeback_race needs 2 CPUs (writer, zapper); got {}", p.kcfg.nr_cpus));
+    }
+    let sys = System::new(p.kcfg.clone(), p.machine)?;
+    let k = sys.kernel().clone();
+    let ps = k.cfg.geometry.page_size();
+    let words = k.hw.ram.words_per_frame() as u64;
+    let pages = PAGES.min(k.cfg.geometry.hpage_pmd_nr());
+    if STORES >= words {
+        return Err(format!("a page holds only {words} words; the driver stores {STORES}"));
+    }
+    let file = k.new_file(pages);
+    let oracle = Arc::new(DirtyDataOracle::new(&file));
+    let mm = sys.mm_alloc().map_err(|e| e.to_string())?;
+    {
+        let file = file.clone();
+        sys.run_user(CpuId(0), &mm, move |k, mm| mmap_file(k, mm, BASE, pages * ps, true, true, &file, 0))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("mmap: {e:?}"))?;
+    }
+    let mut first = None;
+    let mut rounds = 0;
+    for round in 1..=p.iterations {
+        rounds = round;
+        // Setup: every page dirty in the mapping, page 0 cached dirty on CPU0.
+        let o = oracle.clone();
+        sys.run_user(CpuId(0), &mm, move |k, mm| {
+            for pg in (0..pages).rev() {
+                let v = (round << 32) | pg;
+                k.write_user(mm, BASE + pg * ps + 8 * (words - 1), v).expect("setup store");
+                o.record_store(pg, (words - 1) as usize, v);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        let go = Arc::new(AtomicU64::new(0));
+        let a = {
+            let (go, o, file) = (go.clone(), oracle.clone(), file.clone());
+            sys.spawn_user(CpuId(0), &mm, move |k, mm| {
+                go.fetch_add(1, Ordering::SeqCst);
+                wait_for(&go, 2, k);
+                // Line A up with Z: start storing once Z's gather exists.
+                let mut spins = 0u32;
+                while !mm.mm_tlb_flush_pending() && spins < 1 << 20 {
+                    mm_core::sync::spin_loop();
+                    spins += 1;
+                }
+                for i in 0..STORES {
+                    let v = (round << 32) | (1 << 20) | i;
+                    k.write_user(mm, BASE + 8 * i, v).expect("A's store");
+                    o.record_store(0, i as usize, v);
+                    filemap_fdatawrite_range(k, &file, 0, 1);
+                    // The PoC's read-back between msync and fadvise.
+                    for _ in 0..PAUSE {
+                        k.smp.cond_resched();
+                    }
+                    invalidate_mapping_pages(k, &file, 0, 1);
+                    k.smp.cond_resched();
+                }
+            })
+        };
+        let z = {
+            let go = go.clone();
+            sys.spawn_user(CpuId(1), &mm, move |k, mm| {
+                go.fetch_add(1, Ordering::SeqCst);
+                wait_for(&go, 2, k);
+                madvise_dontneed(k, mm, BASE, pages * ps).expect("madvise");
+            })
+        };
+        sys.join_all(vec![a, z]).map_err(|e| e.to_string())?;
+        // A is done: whatever it stored must be on disk or in a dirty page;
+        // and the accounting (mapcount, refcount, rss) must be consistent.
+        let (o, m, f) = (oracle.clone(), mm.clone(), file.clone());
+        let (lost, acct) = sys
+            .run_kthread(CpuId(1), move |k| (o.check(k), mm_core::ops::check::check_consistency(k, &[&m], &[&f])))
+            .map_err(|e| e.to_string())?;
+        acct.map_err(|e| format!("round {round}: accounting: {e}"))?;
+        if lost > 0 && first.is_none() {
+            first = Some(round);
+            if p.stop_on_violation {
+                break;
+            }
+        }
+    }
+    // Final: everything written back; the oracle must still agree.
+    let (o, f) = (oracle.clone(), file.clone());
+    sys.run_kthread(CpuId(1), move |k| {
+        writeback_mapping(k, &f);
+        o.check(k)
+    })
+    .map_err(|e| e.to_string())?;
+    if first.is_none() && k.san.count() > 0 {
+        first = Some(rounds);
+    }
+    super::teardown(&sys, &[mm], &[file])?;
+    Ok(RaceOutcome::new(k, rounds, first))
+}

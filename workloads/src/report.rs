@@ -1,0 +1,423 @@
+//! Reports: what a run measured, as a human summary and as JSON.
+//!
+//! `Measure` is read from a kernel after a run (and summed over the
+//! machines of a race scenario run in chunks).  `Report` is the run's
+//! description plus its measure, in the shape `--json` prints; the README
+//! documents its fields ("JSON report").  The human summary prints the same
+//! fields: a /proc/interrupts-style per-CPU table (CAL, TLB), the vmstat
+//! counters per CPU, sync-one broadcasts, gather accounting, tlb_flush
+//! reasons, violations with details, leaked frames and ops/s.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use mm_core::page::alloc::InUse;
+use mm_core::sanitizer::Violation;
+use mm_core::stats::Stat;
+use mm_core::{CpuId, Kernel};
+use serde::Serialize;
+
+/// JSON schema id; bump on incompatible changes.
+pub const SCHEMA: &str = "mmemu-report/1";
+
+/// Violation records kept per measure (the count keeps going).
+const MAX_RECORDS: usize = 256;
+/// Violation records printed in the human summary / put in the JSON.
+const SHOWN_RECORDS: usize = 10;
+
+/// Counters, violations and leaks of one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measure {
+    /// /proc/interrupts CAL row: function-call IPIs handled, per CPU.
+    pub cal: Vec<u64>,
+    /// Cross-call IPIs sent, one per target, per sending CPU.
+    pub ipis_sent: Vec<u64>,
+    /// Every mm-core counter (kernel name) per CPU.
+    pub per_cpu: BTreeMap<&'static str, Vec<u64>>,
+    pub violations: u64,
+    pub records: Vec<Violation>,
+    /// Frames still allocated after every mm exited and the machine went
+    /// quiet, by kind; `None` when the run ended early (no leak check).
+    pub leaked: Option<InUse>,
+}
+
+impl Measure {
+    pub fn empty(nr_cpus: usize) -> Measure {
+        Measure {
+            cal: vec![0; nr_cpus],
+            ipis_sent: vec![0; nr_cpus],
+            per_cpu: Stat::ALL.iter().map(|s| (s.name(), vec![0; nr_cpus])).collect(),
+            violations: 0,
+            records: Vec::new(),
+            leaked: Some(InUse::default()),
+        }
+    }
+
+    pub fn from_kernel(k: &Kernel, leaked: Option<InUse>) -> Measure {
+        let n = k.cfg.nr_cpus;
+        Measure {
+            cal: (0..n).map(|c| k.smp.call_interrupts(CpuId(c as u32))).collect(),
+            ipis_sent: (0..n).map(|c| k.smp.ipis_sent(CpuId(c as u32))).collect(),
+            per_cpu: k.stats.snapshot().per_cpu.into_iter().collect(),
+            violations: k.san.count(),
+            records: k.san.violations(),
+            leaked,
+        }
+    }
+
+    /// Sum `o` into `self` (race scenarios run on several machines).
+    pub fn add(&mut self, o: &Measure) {
+        fn addv(a: &mut Vec<u64>, b: &[u64]) {
+            if a.len() < b.len() {
+                a.resize(b.len(), 0);
+            }
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        }
+        addv(&mut self.cal, &o.cal);
+        addv(&mut self.ipis_sent, &o.ipis_sent);
+        for (name, v) in &o.per_cpu {
+            addv(self.per_cpu.entry(name).or_default(), v);
+        }
+        self.violations += o.violations;
+        let room = MAX_RECORDS.saturating_sub(self.records.len());
+        self.records.extend(o.records.iter().take(room).cloned());
+        self.leaked = match (self.leaked, o.leaked) {
+            (Some(a), Some(b)) => Some(InUse {
+                anon: a.anon + b.anon,
+                file: a.file + b.file,
+                page_table: a.page_table + b.page_table,
+                kernel: a.kernel + b.kernel,
+                hugetlb: a.hugetlb + b.hugetlb,
+            }),
+            _ => None,
+        };
+    }
+
+    pub fn cpu(&self, s: Stat) -> &[u64] {
+        self.per_cpu.get(s.name()).map_or(&[], |v| v.as_slice())
+    }
+
+    pub fn total(&self, s: Stat) -> u64 {
+        self.cpu(s).iter().sum()
+    }
+
+    pub fn leaked_total(&self) -> Option<i64> {
+        self.leaked.map(|l| l.total())
+    }
+}
+
+/// The vmstat counters reported by name, in /proc/vmstat order.
+pub const VMSTAT: [Stat; 4] =
+    [Stat::NrTlbRemoteFlush, Stat::NrTlbRemoteFlushReceived, Stat::NrTlbLocalFlushAll, Stat::NrTlbLocalFlushOne];
+
+/// tlb_flush trace reasons (include/linux/mm_types.h `enum tlb_flush_reason`).
+pub const REASONS: [Stat; 5] = [
+    Stat::TraceOnTaskSwitch,
+    Stat::TraceRemoteShootdown,
+    Stat::TraceLocalShootdown,
+    Stat::TraceLocalMmShootdown,
+    Stat::TraceRemoteSendIpi,
+];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Interrupts {
+    /// Function call interrupts handled, per CPU.
+    #[serde(rename = "CAL")]
+    pub cal: Vec<u64>,
+    /// TLB shootdowns handled, per CPU.
+    #[serde(rename = "TLB")]
+    pub tlb: Vec<u64>,
+    /// Cross-call IPIs sent (one per target), per sending CPU.
+    pub sent: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Gather {
+    /// tlb_flush_mmu calls that flushed something.
+    pub flushes: u64,
+    /// Page-sized batches allocated by tlb_next_batch.
+    pub batches: u64,
+    pub batch_alloc_failures: u64,
+    pub pages_freed: u64,
+    pub tables_queued: u64,
+    pub tables_freed: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Violations {
+    pub count: u64,
+    /// Per kind, counted over the kept records (at most 256).
+    pub by_kind: BTreeMap<String, u64>,
+    /// Race scenarios: 1-based round of the first violation.
+    pub first_violation_at: Option<u64>,
+    /// The first few records.
+    pub records: Vec<Violation>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Leaked {
+    pub anon: i64,
+    pub file: i64,
+    pub page_table: i64,
+    pub kernel: i64,
+    pub hugetlb: i64,
+    pub total: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TraceInfo {
+    pub file: String,
+    pub events: usize,
+    pub dropped: u64,
+}
+
+/// The run's budget as given (one of the two is set).
+#[derive(Clone, Debug, Serialize)]
+pub struct BudgetJson {
+    pub iterations: Option<u64>,
+    pub seconds: Option<f64>,
+}
+
+/// One run, as `--json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub scenario: String,
+    pub arch: &'static str,
+    pub cpus: usize,
+    pub reverted: Vec<&'static str>,
+    pub seed: u64,
+    pub wait: &'static str,
+    pub pin: bool,
+    pub budget: BudgetJson,
+    pub params: BTreeMap<&'static str, u64>,
+    pub iterations: u64,
+    pub ops: u64,
+    pub elapsed_s: f64,
+    pub ops_per_sec: f64,
+    pub interrupts: Interrupts,
+    /// The four vmstat counters, summed over CPUs.
+    pub vmstat: BTreeMap<&'static str, u64>,
+    /// The four vmstat counters per CPU.
+    pub per_cpu: BTreeMap<&'static str, Vec<u64>>,
+    /// tlb_remove_table_sync_one broadcasts (empty IPI to every other CPU).
+    pub sync_one_broadcasts: u64,
+    pub gather: Gather,
+    /// tlb_flush trace events by reason.
+    pub tlb_flush_reasons: BTreeMap<&'static str, u64>,
+    /// Every counter mm-core keeps, summed over CPUs.
+    pub counters: BTreeMap<&'static str, u64>,
+    pub violations: Violations,
+    /// `null` when there was no leak check (see `leak_not_checked`).
+    pub leaked_frames: Option<Leaked>,
+    /// Why there was no leak check: the run ended early, or a race driver
+    /// returns with its mm still mapped.
+    pub leak_not_checked: Option<String>,
+    /// The machine error that ended the run (names the CPU), if any.
+    pub error: Option<String>,
+    /// ok | violations | leak | hang | panic
+    pub verdict: &'static str,
+    /// Scenario-specific numbers (see `mmemu list`: e.g. fork-exit-hugetlb's
+    /// sync broadcasts per exiting child).
+    pub metrics: BTreeMap<String, f64>,
+    pub trace: Option<TraceInfo>,
+}
+
+/// How the run was set up (the non-measured half of a report).
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub scenario: String,
+    pub arch: &'static str,
+    pub cpus: usize,
+    pub reverted: Vec<&'static str>,
+    pub seed: u64,
+    pub wait: &'static str,
+    pub pin: bool,
+    pub budget: BudgetJson,
+    pub params: BTreeMap<&'static str, u64>,
+}
+
+impl Report {
+    pub fn new(s: Setup, o: &crate::scenarios::Outcome) -> Report {
+        let m = &o.measure;
+        let secs = o.elapsed.as_secs_f64();
+        let mut by_kind = BTreeMap::new();
+        for v in &m.records {
+            *by_kind.entry(v.kind.name().to_string()).or_insert(0) += 1;
+        }
+        let verdict = if o.hang {
+            "hang"
+        } else if o.error.is_some() {
+            "panic"
+        } else if m.violations > 0 {
+            "violations"
+        } else if m.leaked_total().is_some_and(|t| t != 0) {
+            "leak"
+        } else {
+            "ok"
+        };
+        Report {
+            schema: SCHEMA,
+            scenario: s.scenario,
+            arch: s.arch,
+            cpus: s.cpus,
+            reverted: s.reverted,
+            seed: s.seed,
+            wait: s.wait,
+            pin: s.pin,
+            budget: s.budget,
+            params: s.params,
+            iterations: o.iterations,
+            ops: o.ops,
+            elapsed_s: secs,
+            ops_per_sec: if secs > 0.0 { o.ops as f64 / secs } else { 0.0 },
+            interrupts: Interrupts { cal: m.cal.clone(), tlb: m.cpu(Stat::IrqTlbCount).to_vec(), sent: m.ipis_sent.clone() },
+            vmstat: VMSTAT.iter().map(|s| (s.name(), m.total(*s))).collect(),
+            per_cpu: VMSTAT.iter().map(|s| (s.name(), m.cpu(*s).to_vec())).collect(),
+            sync_one_broadcasts: m.total(Stat::TlbRemoveTableSyncOne),
+            gather: Gather {
+                flushes: m.total(Stat::GatherFlushes),
+                batches: m.total(Stat::GatherBatchAlloc),
+                batch_alloc_failures: m.total(Stat::GatherBatchAllocFail),
+                pages_freed: m.total(Stat::GatherPagesFreed),
+                tables_queued: m.total(Stat::TablesQueued),
+                tables_freed: m.total(Stat::TablesFreed),
+            },
+            tlb_flush_reasons: REASONS.iter().map(|s| (s.name(), m.total(*s))).collect(),
+            counters: Stat::ALL.iter().map(|s| (s.name(), m.total(*s))).collect(),
+            violations: Violations {
+                count: m.violations,
+                by_kind,
+                first_violation_at: o.first_violation_at,
+                records: m.records.iter().take(SHOWN_RECORDS).cloned().collect(),
+            },
+            leaked_frames: m.leaked.map(|l| Leaked {
+                anon: l.anon,
+                file: l.file,
+                page_table: l.page_table,
+                kernel: l.kernel,
+                hugetlb: l.hugetlb,
+                total: l.total(),
+            }),
+            error: o.error.clone(),
+            leak_not_checked: o.leak_not_checked.clone(),
+            verdict,
+            metrics: o.metrics.clone(),
+            trace: None,
+        }
+    }
+
+    /// Did the run fail (exit status 1)?
+    pub fn failed(&self) -> bool {
+        self.verdict != "ok"
+    }
+
+    /// The human summary.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let reverted = if self.reverted.is_empty() { "none".to_string() } else { self.reverted.join(",") };
+        let _ = writeln!(
+            s,
+            "mmemu run {}: {} CPUs, arch {}, reverted: {}, seed {}, wait {}, {}",
+            self.scenario,
+            self.cpus,
+            self.arch,
+            reverted,
+            self.seed,
+            self.wait,
+            if self.pin { "pinned" } else { "not pinned" }
+        );
+        if !self.params.is_empty() {
+            let p: Vec<_> = self.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(s, "  params: {}", p.join(" "));
+        }
+        let _ = writeln!(
+            s,
+            "  {} rounds, {} ops in {:.3} s: {:.0} ops/s",
+            self.iterations, self.ops, self.elapsed_s, self.ops_per_sec
+        );
+        // /proc/interrupts style.
+        let w = 10;
+        let _ = write!(s, "\n  {:<30}", "");
+        for c in 0..self.cpus {
+            let _ = write!(s, "{:>w$}", format!("CPU{c}"));
+        }
+        let _ = writeln!(s);
+        let row = |s: &mut String, label: &str, v: &[u64], tail: &str| {
+            let _ = write!(s, "  {label:<30}");
+            for x in v {
+                let _ = write!(s, "{x:>w$}");
+            }
+            let _ = writeln!(s, "   {tail}");
+        };
+        row(&mut s, "CAL:", &self.interrupts.cal, "Function call interrupts");
+        row(&mut s, "TLB:", &self.interrupts.tlb, "TLB shootdowns");
+        row(&mut s, "IPIs sent", &self.interrupts.sent, "cross-call IPIs sent (one per target)");
+        for (name, v) in &self.per_cpu {
+            row(&mut s, name, v, "");
+        }
+        let _ = writeln!(s, "\n  vmstat:");
+        for (name, v) in &self.vmstat {
+            let _ = writeln!(s, "    {name:<32}{v:>12}");
+        }
+        let _ = writeln!(s, "    {:<32}{:>12}", "tlb_remove_table_sync_one", self.sync_one_broadcasts);
+        if let Some(n) = self.counters.get("arm64_tlbi_broadcast").filter(|n| **n > 0) {
+            let _ = writeln!(s, "    {:<32}{:>12}", "arm64_tlbi_broadcast", n);
+        }
+        let g = &self.gather;
+        let _ = writeln!(
+            s,
+            "  gather: {} flushes, {} batches ({} alloc failures), {} pages freed, {} tables freed ({} queued)",
+            g.flushes, g.batches, g.batch_alloc_failures, g.pages_freed, g.tables_freed, g.tables_queued
+        );
+        if !self.metrics.is_empty() {
+            let m: Vec<_> = self.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(s, "  {}: {}", self.scenario, m.join(" "));
+        }
+        let r: Vec<_> = self.tlb_flush_reasons.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(s, "  tlb_flush: {}", r.join(" "));
+        let _ = write!(s, "  violations: {}", self.violations.count);
+        if !self.violations.by_kind.is_empty() {
+            let k: Vec<_> = self.violations.by_kind.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = write!(s, " ({})", k.join(" "));
+        }
+        if let Some(r) = self.violations.first_violation_at {
+            let _ = write!(s, ", first in round {r}");
+        }
+        let _ = writeln!(s);
+        // Identical records (the same stale entry used again and again)
+        // are printed once with a count.
+        let mut shown: Vec<(String, usize)> = Vec::new();
+        for v in &self.violations.records {
+            let line = v.to_string();
+            match shown.last_mut() {
+                Some((l, n)) if *l == line => *n += 1,
+                _ => shown.push((line, 1)),
+            }
+        }
+        for (line, n) in shown {
+            let _ = if n > 1 { writeln!(s, "    {line} (x{n})") } else { writeln!(s, "    {line}") };
+        }
+        match &self.leaked_frames {
+            Some(l) => {
+                let _ = writeln!(
+                    s,
+                    "  leaked frames: {} (anon {}, file {}, page-table {}, kernel {}, hugetlb {})",
+                    l.total, l.anon, l.file, l.page_table, l.kernel, l.hugetlb
+                );
+            }
+            None => {
+                let why = self.leak_not_checked.as_deref().unwrap_or("the run ended early");
+                let _ = writeln!(s, "  leaked frames: not checked ({why})");
+            }
+        }
+        if let Some(t) = &self.trace {
+            let _ = writeln!(s, "  trace: {} ({} events, {} dropped) — open in ui.perfetto.dev", t.file, t.events, t.dropped);
+        }
+        if let Some(e) = &self.error {
+            let _ = writeln!(s, "  error: {e}");
+        }
+        let _ = writeln!(s, "  verdict: {}", self.verdict);
+        s
+    }
+}

@@ -1,0 +1,66 @@
+//! madvise-dontneed: will-it-scale's tlb_flush2 pattern — threads of one
+//! process on every CPU each touch a page of their own region and drop it
+//! with MADV_DONTNEED, one page (or `batch` pages) at a time.  Every
+//! madvise is zap_page_range_single with its own gather, mmap_lock held
+//! for read, so zaps of different threads run concurrently (the nested
+//! gather case of mm_tlb_flush_nested).
+
+use mm_core::config::Arch;
+use mm_core::CpuId;
+
+use super::{boot, finish, join_into, sys, ArchReq, Ctx, Outcome, ParamSpec, Scenario, Until, Work};
+
+pub(super) const SCENARIO: Scenario = Scenario {
+    name: "madvise-dontneed",
+    about: "will-it-scale tlb_flush2: touch + MADV_DONTNEED one page at a time, threads on every CPU",
+    params: &[
+        ParamSpec { key: "pages", default: 128, min: 1, max: 65536, help: "pages in each thread's region" },
+        ParamSpec { key: "batch", default: 1, min: 1, max: 65536, help: "pages touched per madvise call" },
+    ],
+    exposes: &[],
+    arch: ArchReq::Default(Arch::X86),
+    min_cpus: 1,
+    default_iterations: 50,
+    run,
+};
+
+const BASE: u64 = 0x30_0000_0000;
+/// Threads 1 GiB apart: separate PMD tables, so zaps share no table.
+const STRIDE: u64 = 1 << 30;
+
+fn run(ctx: &Ctx) -> Result<Outcome, String> {
+    let n = ctx.nr_cpus();
+    let (pages, batch) = (ctx.param("pages"), ctx.param("batch"));
+    let b = boot(ctx, n * (pages as usize + 64) * 2 + 8192)?;
+    let mm = b.sys.mm_alloc().map_err(|e| e.to_string())?;
+    let ps = b.sys.kernel().cfg.geometry.page_size();
+    let until = Until::new(ctx.budget);
+    let hs = (0..n)
+        .map(|c| {
+            b.sys.spawn_user(CpuId(c as u32), &mm, move |k, mm| {
+                let mut w = Work::default();
+                let base = BASE + c as u64 * STRIDE;
+                sys::mmap_anon(k, mm, base, pages * ps).expect("mmap of the thread's region");
+                w.ops += 1;
+                while until.more(w.rounds) {
+                    let mut p = 0;
+                    while p < pages {
+                        let len = batch.min(pages - p);
+                        for i in 0..len {
+                            k.write_user(mm, base + (p + i) * ps, w.rounds).expect("touch");
+                        }
+                        sys::madvise_dontneed(k, mm, base + p * ps, len * ps).expect("madvise(MADV_DONTNEED)");
+                        w.ops += 1;
+                        p += len;
+                    }
+                    w.rounds += 1;
+                }
+                w
+            })
+        })
+        .collect();
+    let mut work = Work::default();
+    let mut err = None;
+    join_into(&b, hs, &mut work, &mut err);
+    Ok(finish(b, work, err, move |k| sys::exit(k, &mm)))
+}

@@ -1,0 +1,548 @@
+//! Scenarios: the programs `mmemu run` / `reproduce` / `stress` execute.
+//!
+//! Contract:
+//! - A `Scenario` is a name, a one-line description, its parameters (each
+//!   an integer with a default and an allowed range), the fixes it exposes,
+//!   the arch it defaults to or requires, and a `run` function.
+//! - `run(&Ctx)` boots its own emu-cpu `System` from `ctx.kcfg` /
+//!   `ctx.machine`, runs user threads and syscalls on every CPU until
+//!   `ctx.budget` is spent, exits every mm, quiesces the machine and
+//!   returns an `Outcome`: counters, violations and leaked frames as a
+//!   `Measure`, plus a machine error (panic, hang) naming the CPU if one
+//!   ended the run early.  `Err` means the scenario could not start (bad
+//!   configuration); the message says what is wrong.
+//! - Native scenarios (munmap-storm, mprotect-pingpong, madvise-dontneed,
+//!   exit-storm) are written here; race scenarios are one small adapter
+//!   around a race driver `races::<x>::run` (see `race_adapter`).
+//! - Every syscall a native scenario makes is wrapped in a trace span
+//!   (`emu_cpu::trace::syscall`), free when no trace is recorded.
+
+mod exit_storm;
+mod madvise_dontneed;
+mod mprotect_pingpong;
+mod munmap_storm;
+mod races;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use emu_cpu::{MachineConfig, MachineError, System, TaskHandle};
+use mm_core::config::{Arch, Fix, KernelConfig};
+use mm_core::page::alloc::InUse;
+use mm_core::sync::Arc;
+use mm_core::Kernel;
+
+use crate::races::{RaceOutcome, RaceParams};
+use crate::report::Measure;
+
+/// One integer parameter of a scenario (`--param key=value`).
+#[derive(Clone, Copy, Debug)]
+pub struct ParamSpec {
+    pub key: &'static str,
+    pub default: u64,
+    pub min: u64,
+    pub max: u64,
+    pub help: &'static str,
+}
+
+/// Which arch profile a scenario runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchReq {
+    /// Runs on any profile; this one unless `--arch` says otherwise.
+    Default(Arch),
+    /// The race only exists on this profile (e.g. arm64's broadcast TLBI
+    /// that does not wait for IRQs-off CPUs).
+    Requires(Arch),
+}
+
+impl ArchReq {
+    pub fn arch(self) -> Arch {
+        match self {
+            ArchReq::Default(a) | ArchReq::Requires(a) => a,
+        }
+    }
+}
+
+/// How long a scenario runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    /// Rounds: per user thread for the native scenarios, rounds of the
+    /// race for race scenarios.
+    Iterations(u64),
+    /// Wall-clock seconds.
+    Seconds(f64),
+}
+
+/// Decides when a thread stops (Copy: every task gets its own).
+#[derive(Clone, Copy, Debug)]
+pub struct Until {
+    rounds: Option<u64>,
+    deadline: Option<Instant>,
+}
+
+impl Until {
+    pub fn new(b: Budget) -> Until {
+        match b {
+            Budget::Iterations(n) => Until { rounds: Some(n), deadline: None },
+            Budget::Seconds(s) => Until { rounds: None, deadline: Some(Instant::now() + Duration::from_secs_f64(s)) },
+        }
+    }
+    /// May round `r` (0-based) start?
+    pub fn more(&self, r: u64) -> bool {
+        match (self.rounds, self.deadline) {
+            (Some(n), _) => r < n,
+            (None, Some(d)) => Instant::now() < d,
+            (None, None) => false,
+        }
+    }
+}
+
+/// Everything a scenario run is given.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub kcfg: KernelConfig,
+    pub machine: MachineConfig,
+    pub budget: Budget,
+    pub seed: u64,
+    /// Every parameter of the scenario, validated (defaults filled in).
+    pub params: BTreeMap<&'static str, u64>,
+    /// Race scenarios: stop at the first round with a violation.
+    pub stop_on_violation: bool,
+}
+
+impl Ctx {
+    pub fn param(&self, key: &str) -> u64 {
+        *self.params.get(key).unwrap_or_else(|| panic!("scenario parameter '{key}' was not validated"))
+    }
+    pub fn nr_cpus(&self) -> usize {
+        self.kcfg.nr_cpus
+    }
+}
+
+/// What a scenario run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Rounds run (summed over threads for native scenarios).
+    pub iterations: u64,
+    /// Syscalls made (race scenarios: rounds).
+    pub ops: u64,
+    pub elapsed: Duration,
+    pub measure: Measure,
+    /// A machine error (panic on a CPU, task that never returned) that
+    /// ended the run early; names the CPU.
+    pub error: Option<String>,
+    /// The error was a hang (task timeout) rather than a panic.
+    pub hang: bool,
+    /// Race scenarios: 1-based round of the first violation.
+    pub first_violation_at: Option<u64>,
+    /// Scenario-specific numbers (e.g. sync broadcasts per exiting child),
+    /// reported as `metrics`.
+    pub metrics: BTreeMap<String, f64>,
+    /// Why there was no leak check (`measure.leaked` is `None`).
+    pub leak_not_checked: Option<String>,
+}
+
+pub type RunFn = fn(&Ctx) -> Result<Outcome, String>;
+
+/// One entry of the registry.
+#[derive(Clone, Copy)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub params: &'static [ParamSpec],
+    /// Fixes whose reverted form this scenario shows (violations or counts).
+    pub exposes: &'static [Fix],
+    pub arch: ArchReq,
+    /// Fewest CPUs the scenario makes sense on.
+    pub min_cpus: usize,
+    /// Rounds when neither `--iterations` nor `--seconds` is given.
+    pub default_iterations: u64,
+    pub run: RunFn,
+}
+
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scenario").field("name", &self.name).finish()
+    }
+}
+
+impl Scenario {
+    /// Validate `key=value` pairs against this scenario's parameters and
+    /// fill in defaults.  The error names the key and the allowed range.
+    pub fn parse_params(&self, pairs: &[String]) -> Result<BTreeMap<&'static str, u64>, String> {
+        let mut out: BTreeMap<&'static str, u64> = self.params.iter().map(|p| (p.key, p.default)).collect();
+        let keys = || {
+            if self.params.is_empty() {
+                "it takes none".to_string()
+            } else {
+                format!("allowed: {}", self.params.iter().map(|p| p.key).collect::<Vec<_>>().join(", "))
+            }
+        };
+        for pair in pairs {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("--param '{pair}': expected KEY=VALUE (scenario {}: {})", self.name, keys()))?;
+            let spec = self
+                .params
+                .iter()
+                .find(|p| p.key == k)
+                .ok_or_else(|| format!("scenario {} has no parameter '{k}'; {}", self.name, keys()))?;
+            let n: u64 = v
+                .parse()
+                .map_err(|_| format!("--param {k}={v}: not a whole number; allowed {}..={}", spec.min, spec.max))?;
+            if n < spec.min || n > spec.max {
+                return Err(format!("--param {k}={n}: out of range; allowed {}..={}", spec.min, spec.max));
+            }
+            out.insert(spec.key, n);
+        }
+        Ok(out)
+    }
+}
+
+/// Every scenario, in `mmemu list` order.
+pub fn all() -> &'static [Scenario] {
+    REGISTRY
+}
+
+/// Look a scenario up by name; the error lists the names.
+pub fn find(name: &str) -> Result<&'static Scenario, String> {
+    all().iter().find(|s| s.name == name).ok_or_else(|| {
+        format!("unknown scenario '{name}'; allowed: {}", all().iter().map(|s| s.name).collect::<Vec<_>>().join(", "))
+    })
+}
+
+/// Which scenario (and arch) shows a switch reverted: `mmemu reproduce`.
+#[derive(Clone, Copy, Debug)]
+pub struct Exposer {
+    pub fix: Fix,
+    pub scenario: &'static str,
+    pub arch: Arch,
+    /// A correctness fix: reverted must give violations, on must give none.
+    /// Otherwise the difference is in the counters (IPIs, batches).
+    pub correctness: bool,
+}
+
+/// Switch → exposing scenario (DESIGN.md "Fixes as switches").
+pub const EXPOSERS: &[Exposer] = &[
+    Exposer { fix: Fix::KhugepagedGupFastIpi, scenario: "khugepaged-gup", arch: Arch::Arm64, correctness: true },
+    Exposer { fix: Fix::GupPmdRecheck, scenario: "khugepaged-gup-pin", arch: Arch::Arm64, correctness: true },
+    Exposer { fix: Fix::DelayRmap, scenario: "writeback-race", arch: Arch::X86, correctness: true },
+    Exposer { fix: Fix::HugetlbUnshareSync, scenario: "hugetlb-unshare-gup", arch: Arch::Arm64, correctness: true },
+    Exposer { fix: Fix::HugetlbUnshareBatched, scenario: "fork-exit-hugetlb", arch: Arch::X86, correctness: false },
+    Exposer { fix: Fix::SecondaryTlbOnFlush, scenario: "iommu-sva", arch: Arch::Arm64, correctness: true },
+    Exposer { fix: Fix::FolioPagesBatching, scenario: "large-folio-zap", arch: Arch::X86, correctness: false },
+    Exposer { fix: Fix::NestedFlushDetect, scenario: "nested-zap", arch: Arch::X86, correctness: true },
+    Exposer { fix: Fix::LazyTlbFreedTables, scenario: "lazy-tlb", arch: Arch::X86, correctness: true },
+];
+
+pub fn exposer(fix: Fix) -> &'static Exposer {
+    EXPOSERS.iter().find(|e| e.fix == fix).expect("every Fix has an exposer (test `every_fix_has_an_exposer`)")
+}
+
+/// `mm_core::types::NR_CPUS`: the largest `--cpus`.
+pub const MAX_CPUS: usize = mm_core::types::NR_CPUS;
+
+static REGISTRY: &[Scenario] = &[
+    munmap_storm::SCENARIO,
+    mprotect_pingpong::SCENARIO,
+    madvise_dontneed::SCENARIO,
+    exit_storm::SCENARIO,
+    races::LAZY_TLB,
+    races::GUP_TABLE_FREE,
+    races::KHUGEPAGED_GUP,
+    races::KHUGEPAGED_GUP_FILE,
+    races::KHUGEPAGED_GUP_PIN,
+    races::HUGETLB_UNSHARE_GUP,
+    races::FORK_EXIT_HUGETLB,
+    races::WRITEBACK_RACE,
+    races::NESTED_ZAP,
+    races::IOMMU_SVA,
+    races::IOMMU_SVA_DMA,
+    races::LARGE_FOLIO_ZAP,
+];
+
+// ---------------------------------------------------------------------------
+// Helpers shared by the native scenarios.
+
+/// A booted system and what the allocator held before any mm existed.
+pub(crate) struct Booted {
+    pub sys: System,
+    pub baseline: InUse,
+    pub t0: Instant,
+}
+
+pub(crate) fn boot(ctx: &Ctx, min_frames: usize) -> Result<Booted, String> {
+    let mut kcfg = ctx.kcfg.clone();
+    kcfg.ram_frames = kcfg.ram_frames.max(min_frames.next_power_of_two()).min(1 << 24);
+    let sys = System::new(kcfg, ctx.machine)?;
+    let baseline = sys.kernel().alloc.in_use();
+    Ok(Booted { sys, baseline, t0: Instant::now() })
+}
+
+/// What the threads of a native scenario return.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Work {
+    pub rounds: u64,
+    pub ops: u64,
+}
+
+impl std::ops::AddAssign for Work {
+    fn add_assign(&mut self, o: Work) {
+        self.rounds += o.rounds;
+        self.ops += o.ops;
+    }
+}
+
+/// Join `hs`, sum the work; the first machine error is kept in `err`.
+pub(crate) fn join_into(b: &Booted, hs: Vec<TaskHandle<Work>>, total: &mut Work, err: &mut Option<MachineError>) {
+    match b.sys.join_all(hs) {
+        Ok(ws) => ws.into_iter().for_each(|w| *total += w),
+        Err(e) => {
+            err.get_or_insert(e);
+        }
+    }
+}
+
+/// End of a native run: `cleanup` (exit every mm) on CPU0, quiesce, leak
+/// check against the boot baseline, counters.
+pub(crate) fn finish<F>(b: Booted, work: Work, mut err: Option<MachineError>, cleanup: F) -> Outcome
+where
+    F: FnOnce(&Arc<Kernel>) + Send + 'static,
+{
+    let elapsed = b.t0.elapsed();
+    if err.is_none() {
+        if let Err(e) = b.sys.run_kthread(mm_core::CpuId(0), cleanup) {
+            err = Some(e);
+        }
+    }
+    if err.is_none() {
+        if let Err(e) = b.sys.quiesce(b.sys.machine.config().task_timeout) {
+            err = Some(e);
+        }
+    }
+    let k = b.sys.kernel().clone();
+    let leaked = if err.is_none() { Some(sub(k.alloc.in_use(), b.baseline)) } else { None };
+    let leak_not_checked = leaked.is_none().then(|| "the run ended early".to_string());
+    let hang = match &err {
+        Some(MachineError::Timeout { .. }) => true,
+        Some(MachineError::Panicked { msg, .. }) => msg.contains("CSD lock timeout"),
+        _ => false,
+    };
+    let measure = Measure::from_kernel(&k, leaked);
+    Outcome {
+        iterations: work.rounds,
+        ops: work.ops,
+        elapsed,
+        measure,
+        error: err.map(|e| e.to_string()),
+        hang,
+        first_violation_at: None,
+        metrics: BTreeMap::new(),
+        leak_not_checked,
+    }
+}
+
+fn sub(a: InUse, b: InUse) -> InUse {
+    InUse {
+        anon: a.anon - b.anon,
+        file: a.file - b.file,
+        page_table: a.page_table - b.page_table,
+        kernel: a.kernel - b.kernel,
+        hugetlb: a.hugetlb - b.hugetlb,
+    }
+}
+
+/// splitmix64: a tiny deterministic generator (one per thread, seeded from
+/// `--seed` and the CPU).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64, stream: u64) -> Rng {
+        Rng(seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+static INJECT_PANIC: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+
+/// Make the next syscall of a native scenario on `cpu` panic (tests of the
+/// error path: `mmemu run --inject-panic CPU`).
+pub fn inject_panic_on(cpu: u32) {
+    INJECT_PANIC.store(cpu, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Syscall entry of the native scenarios: the injected panic, if armed for
+/// this CPU, and a trace span (free when no trace is recorded).
+fn syscall_entry(k: &Kernel, name: &'static str) -> Option<emu_cpu::trace::Span> {
+    let cpu = k.this_cpu();
+    if INJECT_PANIC.load(std::sync::atomic::Ordering::Relaxed) == cpu.0
+        && INJECT_PANIC.compare_exchange(cpu.0, u32::MAX, std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst).is_ok()
+    {
+        panic!("injected panic in {name} (--inject-panic {})", cpu.0);
+    }
+    emu_cpu::trace::syscall(cpu, name)
+}
+
+/// Syscalls with a trace span each (the scenarios' syscall entry).
+pub(crate) mod sys {
+    use super::syscall_entry;
+    use mm_core::mm::MmStruct;
+    use mm_core::ops::{self, MmError};
+    use mm_core::sync::Arc;
+    use mm_core::Kernel;
+
+    pub fn mmap_anon(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(), MmError> {
+        let _t = syscall_entry(k, "mmap");
+        ops::mmap_anon(k, mm, addr, len, true)
+    }
+    pub fn munmap(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(), MmError> {
+        let _t = syscall_entry(k, "munmap");
+        ops::munmap(k, mm, addr, len)
+    }
+    pub fn mprotect(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64, write: bool) -> Result<(), MmError> {
+        let _t = syscall_entry(k, "mprotect");
+        ops::mprotect(k, mm, addr, len, true, write)
+    }
+    pub fn madvise_dontneed(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(), MmError> {
+        let _t = syscall_entry(k, "madvise");
+        ops::madvise_dontneed(k, mm, addr, len)
+    }
+    pub fn fork(k: &Kernel, mm: &Arc<MmStruct>) -> Result<Arc<MmStruct>, MmError> {
+        let _t = syscall_entry(k, "fork");
+        ops::dup_mmap(k, mm)
+    }
+    pub fn exit(k: &Kernel, mm: &Arc<MmStruct>) {
+        let _t = syscall_entry(k, "exit");
+        ops::exit_mm(k, mm)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Race scenarios.
+
+/// Run a race driver under `ctx`: one call for `--iterations`, repeated
+/// chunks of `chunk` rounds (each on a fresh machine) for `--seconds`.
+/// Counters of all chunks are summed; a driver `Err` ends the run as a
+/// failure (it names the CPU or the round).
+pub fn race_adapter(ctx: &Ctx, chunk: u64, run: fn(&RaceParams) -> Result<RaceOutcome, String>) -> Result<Outcome, String> {
+    Ok(chunked(ctx, chunk, |iterations, seed| {
+        let o = run(&RaceParams {
+            kcfg: ctx.kcfg.clone(),
+            machine: ctx.machine,
+            iterations,
+            seed,
+            stop_on_violation: ctx.stop_on_violation,
+        })?;
+        Ok(Chunk { kernels: vec![o.kernel], iterations: o.iterations, first_violation_at: o.first_violation_at })
+    }))
+}
+
+/// One call of a driver: its kernels (after the driver exited every mm and
+/// quiesced its machine; one per machine it booted), rounds run, first
+/// violating round.
+pub struct Chunk {
+    pub kernels: Vec<Arc<Kernel>>,
+    pub iterations: u64,
+    pub first_violation_at: Option<u64>,
+}
+
+/// Call `f(rounds, seed)` once (`--iterations`) or in chunks until the
+/// time is up (`--seconds`), summing what the kernels measured.  Frames
+/// still in use after a chunk are leaks (drivers clean up before
+/// returning).
+pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64) -> Result<Chunk, String>) -> Outcome {
+    let t0 = Instant::now();
+    let mut out = Outcome {
+        iterations: 0,
+        ops: 0,
+        elapsed: Duration::ZERO,
+        measure: Measure::empty(ctx.nr_cpus()),
+        error: None,
+        hang: false,
+        first_violation_at: None,
+        metrics: BTreeMap::new(),
+        leak_not_checked: None,
+    };
+    let until = Until::new(ctx.budget);
+    let mut call = 0u64;
+    loop {
+        let n = match ctx.budget {
+            Budget::Iterations(n) => n,
+            Budget::Seconds(_) => chunk.max(1),
+        };
+        match f(n, ctx.seed.wrapping_add(call)) {
+            Ok(c) => {
+                if out.first_violation_at.is_none() {
+                    out.first_violation_at = c.first_violation_at.map(|r| r + out.iterations);
+                }
+                out.iterations += c.iterations;
+                out.ops += c.iterations;
+                for k in &c.kernels {
+                    let leaked = (k.rcu.pending() == 0).then(|| k.alloc.in_use());
+                    if leaked.is_none() {
+                        out.leak_not_checked = Some("RCU callbacks were still pending when the driver returned".into());
+                    }
+                    out.measure.add(&Measure::from_kernel(k, leaked));
+                }
+            }
+            Err(e) => {
+                out.hang = e.contains("no result within") || e.contains("CSD lock timeout");
+                out.error = Some(e);
+                break;
+            }
+        }
+        call += 1;
+        let stop = matches!(ctx.budget, Budget::Iterations(_))
+            || (ctx.stop_on_violation && out.first_violation_at.is_some())
+            || !until.more(call);
+        if stop {
+            break;
+        }
+    }
+    out.elapsed = t0.elapsed();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fix_has_an_exposer() {
+        for f in Fix::ALL {
+            assert_eq!(exposer(f).fix, f);
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_params_have_sane_defaults() {
+        let mut names: Vec<_> = all().iter().map(|s| s.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all().len());
+        for s in all() {
+            for p in s.params {
+                assert!(p.min <= p.default && p.default <= p.max, "{} {}", s.name, p.key);
+            }
+        }
+    }
+
+    #[test]
+    fn param_validation_messages() {
+        let s = find("munmap-storm").unwrap();
+        assert!(s.parse_params(&["nope=1".into()]).unwrap_err().contains("allowed: "));
+        assert!(s.parse_params(&["pages=0".into()]).unwrap_err().contains("allowed 1..="));
+        assert!(s.parse_params(&["pages".into()]).unwrap_err().contains("KEY=VALUE"));
+        assert_eq!(s.parse_params(&["pages=8".into()]).unwrap()["pages"], 8);
+    }
+}
