@@ -75,14 +75,14 @@ fn model(sync_before_unlock: bool) -> Option<String> {
     k.write_user(&p1, base + 8, 0x11).unwrap();
     let p2 = dup_mmap(&k, &p1).unwrap();
     let p3 = dup_mmap(&k, &p1).unwrap();
-    let mut pud_of = Vec::new();
+    let mut p2_pud = None;
     for mm in [&p2, &p3] {
         switch_mm(&k, mm);
         // Untouched neighbours keep the PUD tables: the munmaps free none.
         mmap_anon(&k, mm, base + pud, g.page_size(), true).unwrap();
-        pud_of.push(lookup_table(&k, mm, base, Level::Pud).unwrap());
+        p2_pud.get_or_insert(lookup_table(&k, mm, base, Level::Pud).unwrap());
     }
-    let (p2_pud, p3_pud) = (pud_of[0], pud_of[1]);
+    let p2_pud = p2_pud.unwrap();
     for (cpu, mm) in [(1, &p3), (2, &p2), (3, &p1), (0, &p3)] {
         k.set_cpu(CpuId(cpu));
         switch_mm(&k, mm);
