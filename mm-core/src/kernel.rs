@@ -185,6 +185,24 @@ impl Kernel {
         self.alloc.free(&self.mem, self.this_cpu(), pfn);
     }
 
+    /// `folio_lock`: take PG_locked, waiting while another task holds it.
+    /// A sleeping lock: never call it holding a PTL.  The wait is an
+    /// interrupt point (`cond_resched`), so a holder that waits for this
+    /// CPU to acknowledge a TLB-flush IPI (writeback's `folio_mkclean`) is
+    /// not deadlocked; under loom it yields.
+    pub fn folio_lock(&self, folio: Folio) {
+        let page = self.mem.folio(folio);
+        while page.flags.fetch_or(crate::page::flags::PG_LOCKED, Ordering::SeqCst) & crate::page::flags::PG_LOCKED != 0 {
+            self.smp.cond_resched();
+            crate::sync::spin_loop();
+        }
+    }
+
+    /// `folio_unlock`
+    pub fn folio_unlock(&self, folio: Folio) {
+        self.mem.folio(folio).clear(crate::page::flags::PG_LOCKED);
+    }
+
     /// `folio_put`: drop a reference, freeing on the last one.
     pub fn folio_put(&self, folio: Folio) {
         if self.mem.folio_put_testzero(folio, 1) {

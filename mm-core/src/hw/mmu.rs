@@ -73,6 +73,32 @@ pub const NO_CR3: u64 = u64::MAX;
 /// read-modify-write on the TLB-hit path (readers may see a slightly old
 /// value, as with any statistics counter).
 #[inline]
+/// A hardware walker's leaf step (CPU MMU and IOMMU alike): check the
+/// entry's permissions, then set Accessed (and Dirty for a write) with a
+/// compare-and-swap, re-checking if the entry changed under us.  Returns
+/// the entry as it now is.
+pub fn set_accessed_dirty(slot: &AtomicU64, mut cur: Pte, write: bool, level: Level) -> Result<Pte, Fault> {
+    loop {
+        if !cur.present() {
+            return Err(Fault::NotPresent { level });
+        }
+        if !cur.user() || (write && !cur.write()) {
+            return Err(Fault::Protection);
+        }
+        let mut new = cur.0 | Pte::ACCESSED;
+        if write {
+            new |= Pte::DIRTY;
+        }
+        if new == cur.0 {
+            return Ok(cur);
+        }
+        match slot.compare_exchange(cur.0, new, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return Ok(Pte(new)),
+            Err(now) => cur = Pte(now),
+        }
+    }
+}
+
 fn bump(c: &AtomicU64) {
     c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
@@ -223,30 +249,7 @@ impl Hw {
                 level = below;
                 continue;
             }
-            // Leaf: check permissions, then set A (and D) atomically.
-            let mut cur = e;
-            loop {
-                if !cur.present() {
-                    return Err(Fault::NotPresent { level });
-                }
-                if !cur.user() || (write && !cur.write()) {
-                    return Err(Fault::Protection);
-                }
-                let mut new = cur.0 | Pte::ACCESSED;
-                if write {
-                    new |= Pte::DIRTY;
-                }
-                if new == cur.0 {
-                    break;
-                }
-                match slot.compare_exchange(cur.0, new, Ordering::SeqCst, Ordering::SeqCst) {
-                    Ok(_) => {
-                        cur = Pte(new);
-                        break;
-                    }
-                    Err(now) => cur = Pte(now),
-                }
-            }
+            let cur = set_accessed_dirty(slot, e, write, level)?;
             let huge = level == Level::Pmd;
             let pfn = cur.pfn();
             tlb.insert(asid, va, pfn, cur.write(), cur.dirty(), huge, self.ram.gen(pfn));

@@ -202,12 +202,27 @@ fn do_read_fault(k: &Kernel, mm: &MmStruct, vma: &Vma, table: crate::types::Pfn,
 fn do_shared_fault(k: &Kernel, mm: &MmStruct, vma: &Vma, table: crate::types::Pfn, va: u64) -> Result<(), FaultError> {
     let mapping = vma.mapping().expect("file vma");
     let f = filemap_get_folio(k, mapping, vma.pgoff_of(va, k.cfg.geometry.page_shift))?;
+    // __do_fault: filemap_fault hands the folio back locked; it stays
+    // locked across finish_fault until fault_dirty_shared_page.
+    k.folio_lock(f);
     if install(k, mm, table, va, user_pte(f.pfn(), true, true)) {
-        k.mem.folio(f).set(flags::PG_DIRTY);
+        fault_dirty_shared_page(k, f);
     } else {
+        k.folio_unlock(f);
         k.folio_put(f);
     }
     Ok(())
+}
+
+/// `fault_dirty_shared_page`: mark the (locked) folio dirty and unlock it.
+/// The folio lock is what orders a write fault on a shared file page with
+/// writeback (`folio_clear_dirty_for_io` runs under it): the task cannot
+/// return to user space and store through the new writable entry while a
+/// writeback between its `folio_mkclean` and its `PG_dirty` test-and-clear
+/// is in progress.
+fn fault_dirty_shared_page(k: &Kernel, f: Folio) {
+    k.mem.folio(f).set(flags::PG_DIRTY);
+    k.folio_unlock(f);
 }
 
 /// `do_cow_fault`: private write to a file page — copy into a new anon page.
@@ -244,9 +259,13 @@ fn do_wp_page(
         // wp_page_shared → finish_mkwrite_fault → wp_page_reuse: dirty
         // tracking of a shared file page; the arch decides whether the
         // upgrade needs a flush (arm64: flush_tlb_page).
+        // (No ->page_mkwrite here: wp_page_reuse under the PTL, then
+        // folio_lock after dropping it, then fault_dirty_shared_page.)
         let entry = Pte(pte.0 | Pte::ACCESSED).mkwrite().mkdirty();
         pgtable::ptep_set_access_flags(k, mm, table, va, entry, true);
-        k.mem.folio(old).set(flags::PG_DIRTY);
+        drop(ptl);
+        k.folio_lock(old);
+        fault_dirty_shared_page(k, old);
         return Ok(());
     }
     let page = k.mem.folio(old);

@@ -3,6 +3,7 @@
 //! writeback, multi-CPU flushes, and the sanitizer firing when a flush is
 //! skipped on purpose.
 
+use crate::ops::test_util::{assert_no_leaks, run_on};
 use super::*;
 use crate::config::{Arch, KernelConfig};
 use crate::hw::pte::Level;
@@ -22,17 +23,7 @@ fn kernel(cpus: usize) -> Arc<Kernel> {
     Kernel::new_sync(KernelConfig::default(), cpus)
 }
 
-fn run_on(k: &Kernel, cpu: u32, mm: &MmStruct) {
-    k.set_cpu(CpuId(cpu));
-    switch_mm(k, mm);
-}
 
-/// Everything is freed (after RCU) once every mm exited and files dropped.
-fn assert_no_leaks(k: &Kernel) {
-    k.rcu_barrier();
-    let used = k.alloc.in_use();
-    assert_eq!(used.total(), 0, "leaked frames: {used:?}");
-}
 
 #[test]
 fn anon_fault_zero_fill_and_write() {

@@ -4,6 +4,7 @@
 //! Each race is forced into its bad interleaving; with the switch off the
 //! matching violation appears, with it on none does.
 
+use crate::ops::test_util::{assert_no_leaks, run_on};
 use super::dirty_oracle::DirtyDataOracle;
 use super::*;
 use crate::config::{Arch, Fix, KernelConfig};
@@ -11,13 +12,11 @@ use crate::gather::{encode_nr_pages, encode_page, MmuGather, ENCODED_PAGE_BIT_NR
 use crate::hw::pte::Level;
 use crate::iommu::{iommu_sva_bind_device, incoherent_entries, DmaError};
 use crate::kernel::Kernel;
-use crate::mm::MmStruct;
 use crate::page::Folio;
 use crate::pgtable;
 use crate::sanitizer::ViolationKind;
 use crate::stats::Stat;
 use crate::sync::{Arc, Mutex, Ordering};
-use crate::tlb::switch_mm;
 use crate::types::CpuId;
 
 const BASE: u64 = 0x4000_0000;
@@ -29,16 +28,7 @@ fn kernel_with(cpus: usize, arch: Arch, f: impl FnOnce(&mut KernelConfig)) -> Ar
     Kernel::new_sync(cfg, cpus)
 }
 
-fn run_on(k: &Kernel, cpu: u32, mm: &MmStruct) {
-    k.set_cpu(CpuId(cpu));
-    switch_mm(k, mm);
-}
 
-fn assert_no_leaks(k: &Kernel) {
-    k.rcu_barrier();
-    let used = k.alloc.in_use();
-    assert_eq!(used.total(), 0, "leaked frames: {used:?}");
-}
 
 // ---- delay-rmap: writeback vs zap vs a writer with a dirty TLB entry ----------
 
@@ -168,6 +158,45 @@ fn dirty_oracle_flags_clean_page_with_unwritten_data() {
     assert!(k.mem.folio(folio).test_and_clear(crate::page::flags::PG_DIRTY));
     assert_eq!(oracle.check(&k), 1);
     assert_eq!(k.san.count_kind(ViolationKind::LostDirtyData), 1);
+    exit_mm(&k, &mm);
+    truncate_inode_pages(&k, &file);
+    assert_no_leaks(&k);
+}
+
+/// A write fault on a write-protected shared file PTE (`wp_page_shared`)
+/// marks the folio dirty under the folio lock (`fault_dirty_shared_page`):
+/// while writeback holds the lock between `folio_mkclean` and its PG_dirty
+/// test-and-clear, the writer cannot return to user space and store through
+/// its new writable entry (the loom model `delayed_rmap_fixed` found the
+/// lost store when the fault path did not take the lock).
+#[test]
+fn shared_write_fault_waits_for_the_folio_lock() {
+    use std::sync::atomic::AtomicBool as StdBool;
+    let k = kernel_with(1, Arch::Arm64, |_| {});
+    let file = k.new_file(1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_file(&k, &mm, BASE, PS, true, true, &file, 0).unwrap();
+    k.read_user(&mm, BASE).unwrap();
+    let folio = *file.i_pages.lock().get(&0).unwrap();
+    assert!(!k.mem.folio(folio).test(crate::page::flags::PG_DIRTY));
+    k.folio_lock(folio); // writeback in progress
+    let done = Arc::new(StdBool::new(false));
+    let writer = {
+        let (k, mm, done) = (k.clone(), mm.clone(), done.clone());
+        std::thread::spawn(move || {
+            k.write_user(&mm, BASE, 7).unwrap();
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(!done.load(Ordering::SeqCst), "the write fault returned while writeback held the folio lock");
+    assert!(!k.mem.folio(folio).test(crate::page::flags::PG_DIRTY));
+    k.folio_unlock(folio);
+    writer.join().unwrap();
+    assert!(k.mem.folio(folio).test(crate::page::flags::PG_DIRTY));
+    assert!(!k.mem.folio(folio).test(crate::page::flags::PG_LOCKED));
+    assert_eq!(k.read_user(&mm, BASE).unwrap(), 7);
     exit_mm(&k, &mm);
     truncate_inode_pages(&k, &file);
     assert_no_leaks(&k);

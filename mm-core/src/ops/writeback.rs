@@ -86,19 +86,23 @@ pub fn filemap_fdatawrite_range(k: &Kernel, mapping: &AddressSpace, start: u64, 
     let mut written = 0;
     for (pgoff, folio) in folios {
         let page = k.mem.folio(folio);
-        // folio_lock
-        while page.flags.fetch_or(flags::PG_LOCKED, Ordering::SeqCst) & flags::PG_LOCKED != 0 {
-            crate::sync::spin_loop();
-        }
+        k.folio_lock(folio);
         if folio_clear_dirty_for_io(k, mapping, folio) {
             page.set(flags::PG_WRITEBACK);
-            let words: Vec<u64> =
-                (0..k.hw.ram.words_per_frame()).map(|i| k.hw.ram.word(folio.pfn(), i).load(Ordering::SeqCst)).collect();
+            // The I/O reads the page's current contents.  Memory is
+            // multi-copy atomic (x86, arm64): a store some CPU completed
+            // before is visible here.  An RMW read gives exactly that under
+            // loom too (a plain load there may return an older store when
+            // no lock or RMW chain orders the two threads, which no real
+            // machine does).
+            let words: Vec<u64> = (0..k.hw.ram.words_per_frame())
+                .map(|i| k.hw.ram.word(folio.pfn(), i).fetch_add(0, Ordering::SeqCst))
+                .collect();
             mapping.disk.lock().insert(pgoff, words);
             page.clear(flags::PG_WRITEBACK);
             written += 1;
         }
-        page.clear(flags::PG_LOCKED);
+        k.folio_unlock(folio);
     }
     written
 }

@@ -24,7 +24,7 @@
 //! a freed frame either way; a missing invalidation would show up as
 //! `secondary-tlb-stale`.
 
-use super::{RaceOutcome, RaceParams};
+use super::{wait_for, RaceOutcome, RaceParams};
 use emu_cpu::System;
 use mm_core::config::Arch;
 use mm_core::iommu::{iommu_sva_bind_device, DmaError};
@@ -37,19 +37,6 @@ const BASE: u64 = 0x4000_0000;
 pub const RETRY_BOUND: u32 = 8;
 /// Pages of the shared file (one per round, reused cyclically).
 const FILE_PAGES: u64 = 256;
-
-fn wait_for(flag: &AtomicU64, at_least: u64, k: &mm_core::Kernel) {
-    let mut spins = 0u32;
-    while flag.load(Ordering::SeqCst) < at_least {
-        k.smp.cond_resched();
-        spins += 1;
-        if spins.is_multiple_of(32) {
-            mm_core::sync::yield_now();
-        } else {
-            mm_core::sync::spin_loop();
-        }
-    }
-}
 
 fn check(p: &RaceParams) -> Result<(), String> {
     if p.kcfg.arch != Arch::Arm64 {

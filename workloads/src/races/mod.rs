@@ -99,3 +99,18 @@ pub fn teardown(sys: &System, mms: &[Arc<MmStruct>], files: &[Arc<AddressSpace>]
     }
     sys.quiesce(TEARDOWN_TIMEOUT).map_err(|e| e.to_string())
 }
+
+/// Spin (an interrupt point each time round: pending IPIs are served) until
+/// `flag >= at_least`; drivers line their racing threads up with it.
+pub fn wait_for(flag: &mm_core::sync::AtomicU64, at_least: u64, k: &Kernel) {
+    let mut spins = 0u32;
+    while flag.load(mm_core::sync::Ordering::SeqCst) < at_least {
+        k.smp.cond_resched();
+        spins += 1;
+        if spins.is_multiple_of(32) {
+            mm_core::sync::yield_now();
+        } else {
+            mm_core::sync::spin_loop();
+        }
+    }
+}

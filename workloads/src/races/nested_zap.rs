@@ -18,7 +18,7 @@
 //! Needs 2 CPUs; any arch (arm64's broadcast keeps T1 from having to wait
 //! for interrupt points).
 
-use super::{RaceOutcome, RaceParams};
+use super::{wait_for, RaceOutcome, RaceParams};
 use emu_cpu::System;
 use mm_core::ops::{madvise_dontneed, mmap_anon};
 use mm_core::sync::{Arc, AtomicU64, Ordering};
@@ -28,19 +28,6 @@ const BASE: u64 = 0x4000_0000;
 pub const SMALL: u64 = 8;
 /// PTE tables of B: T1's walk over them is the window.
 pub const BIG_TABLES: u64 = 4;
-
-fn wait_for(flag: &AtomicU64, at_least: u64, k: &mm_core::Kernel) {
-    let mut spins = 0u32;
-    while flag.load(Ordering::SeqCst) < at_least {
-        k.smp.cond_resched();
-        spins += 1;
-        if spins.is_multiple_of(32) {
-            mm_core::sync::yield_now();
-        } else {
-            mm_core::sync::spin_loop();
-        }
-    }
-}
 
 pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     if p.kcfg.nr_cpus < 2 {

@@ -24,7 +24,7 @@
 //! Needs 2 CPUs; any arch (arm64 broadcast makes Z's flush independent of
 //! A's interrupt points).
 
-use super::{RaceOutcome, RaceParams};
+use super::{wait_for, RaceOutcome, RaceParams};
 use emu_cpu::System;
 use mm_core::ops::dirty_oracle::DirtyDataOracle;
 use mm_core::ops::writeback::{filemap_fdatawrite_range, invalidate_mapping_pages};
@@ -39,19 +39,6 @@ pub const PAGES: u64 = 512;
 pub const STORES: u64 = 256;
 /// Interrupt points A passes between msync and fadvise.
 pub const PAUSE: u32 = 512;
-
-fn wait_for(flag: &AtomicU64, at_least: u64, k: &mm_core::Kernel) {
-    let mut spins = 0u32;
-    while flag.load(Ordering::SeqCst) < at_least {
-        k.smp.cond_resched();
-        spins += 1;
-        if spins.is_multiple_of(32) {
-            mm_core::sync::yield_now();
-        } else {
-            mm_core::sync::spin_loop();
-        }
-    }
-}
 
 pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     if p.kcfg.nr_cpus < 2 {

@@ -1,12 +1,12 @@
 //! GUP-fast and the slow path on the synchronous Smp; the §1 interleaving
 //! (GUP-fast vs munmap/free_pgtables) forced through the PmdRead hook.
 
+use crate::ops::test_util::{assert_no_leaks, run_on};
 use super::*;
 use crate::config::{Arch, KernelConfig};
 use crate::ops::{exit_mm, mmap_anon, munmap};
 use crate::sanitizer::ViolationKind;
 use crate::sync::{Arc, AtomicBool};
-use crate::tlb::switch_mm;
 
 const BASE: u64 = 0x4000_0000;
 const PS: u64 = 4096;
@@ -15,16 +15,7 @@ fn cfg() -> KernelConfig {
     KernelConfig { gup_oracle: true, ..KernelConfig::default() }
 }
 
-fn run_on(k: &Kernel, cpu: u32, mm: &MmStruct) {
-    k.set_cpu(CpuId(cpu));
-    switch_mm(k, mm);
-}
 
-fn assert_no_leaks(k: &Kernel) {
-    k.rcu_barrier();
-    let used = k.alloc.in_use();
-    assert_eq!(used.total(), 0, "leaked frames: {used:?}");
-}
 
 fn pte_pfn(k: &Kernel, mm: &MmStruct, va: u64) -> Pfn {
     let t = pgtable::lookup_table(k, mm, va, Level::Pte).expect("mapped");

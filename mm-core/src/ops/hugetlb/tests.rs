@@ -3,11 +3,11 @@
 //! hardware walking shared tables with 2 MiB TLB entries, and the IPI story
 //! of 1013af4f585f / 8ce720d5bd91 (issue 4 acceptance).
 
+use crate::ops::test_util::{assert_no_leaks, run_on};
 use super::*;
 use crate::config::{Arch, Fixes, KernelConfig};
 use crate::ops::{dup_mmap, exit_mm, mmap_anon, mprotect, munmap, truncate_inode_pages};
 use crate::stats::Stat;
-use crate::tlb::switch_mm;
 use crate::types::CpuId;
 
 const GIB: u64 = 1 << 30;
@@ -26,10 +26,6 @@ fn kernel(cpus: usize) -> Arc<Kernel> {
     kernel_with(cpus, Fixes::all(), Arch::X86)
 }
 
-fn run_on(k: &Kernel, cpu: u32, mm: &MmStruct) {
-    k.set_cpu(CpuId(cpu));
-    switch_mm(k, mm);
-}
 
 /// A hugetlbfs file of `gib` GiB.
 fn hfile(k: &Kernel, gib: u64) -> Arc<AddressSpace> {
@@ -49,11 +45,6 @@ fn pmd_table(k: &Kernel, mm: &MmStruct, va: u64) -> Option<Pfn> {
     huge_pte_offset(k, mm, va)
 }
 
-fn assert_no_leaks(k: &Kernel) {
-    k.rcu_barrier();
-    let used = k.alloc.in_use();
-    assert_eq!(used.total(), 0, "leaked frames: {used:?}");
-}
 
 /// Check refcounts / mapcounts (shared entries count once), then tear
 /// everything down: exit every mm (each on its own CPU slot 0), drop

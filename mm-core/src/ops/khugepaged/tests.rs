@@ -1,6 +1,7 @@
 //! khugepaged collapse, zap_huge_pmd / split, retract_page_tables, and the
 //! §2A / §2B interleavings forced through the gup_fast and collapse hooks.
 
+use crate::ops::test_util::{assert_no_leaks, run_on};
 use super::*;
 use crate::config::{Arch, KernelConfig};
 use crate::ops::check::check_consistency;
@@ -9,7 +10,6 @@ use crate::ops::{exit_mm, madvise_dontneed, mmap_anon, mmap_file, munmap};
 use crate::sanitizer::ViolationKind;
 use crate::stats::Stat;
 use crate::sync::{AtomicBool, Mutex};
-use crate::tlb::switch_mm;
 use crate::types::CpuId;
 use std::sync::mpsc;
 
@@ -21,16 +21,7 @@ fn cfg() -> KernelConfig {
     KernelConfig { gup_oracle: true, ..KernelConfig::default() }
 }
 
-fn run_on(k: &Kernel, cpu: u32, mm: &MmStruct) {
-    k.set_cpu(CpuId(cpu));
-    switch_mm(k, mm);
-}
 
-fn assert_no_leaks(k: &Kernel) {
-    k.rcu_barrier();
-    let used = k.alloc.in_use();
-    assert_eq!(used.total(), 0, "leaked frames: {used:?}");
-}
 
 fn pmd_of(k: &Kernel, mm: &MmStruct, va: u64) -> Pte {
     let t = pgtable::lookup_table(k, mm, va, Level::Pmd).unwrap();

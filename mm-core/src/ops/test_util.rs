@@ -1,0 +1,19 @@
+//! Helpers shared by the ops test modules (synchronous `Smp`).
+
+use crate::kernel::Kernel;
+use crate::mm::MmStruct;
+use crate::tlb::switch_mm;
+use crate::types::CpuId;
+
+/// Move the running code to `cpu` and run `mm` there (a context switch).
+pub(crate) fn run_on(k: &Kernel, cpu: u32, mm: &MmStruct) {
+    k.set_cpu(CpuId(cpu));
+    switch_mm(k, mm);
+}
+
+/// Everything is freed (after RCU) once every mm exited and files dropped.
+pub(crate) fn assert_no_leaks(k: &Kernel) {
+    k.rcu_barrier();
+    let used = k.alloc.in_use();
+    assert_eq!(used.total(), 0, "leaked frames: {used:?}");
+}
