@@ -705,7 +705,12 @@ impl<'a> MmuGather<'a> {
     /// `tlb_finish_mmu`: flush and free everything, return the batch pages,
     /// drop `tlb_flush_pending`.
     pub fn tlb_finish_mmu(mut self) {
-        // huge_pmd_unshare_flush must have sorted this out already.
+        // huge_pmd_unshare_flush must have sorted this out already — unless
+        // the test knob moved the sync here, after i_mmap_rwsem was dropped
+        // (the broken placement; see `KernelConfig::hugetlb_unshare_sync_after_unlock`).
+        if self.k.cfg.hugetlb_unshare_sync_after_unlock && self.fully_unshared_tables {
+            self.tlb_flush_unshared_tables();
+        }
         debug_assert!(
             !self.fully_unshared_tables,
             "tlb_finish_mmu with fully_unshared_tables set: tlb_flush_unshared_tables was not called"

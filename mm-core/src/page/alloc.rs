@@ -234,8 +234,40 @@ impl PageAllocator {
     }
 
     /// `alloc_pages(gfp, order)`: a (compound, if order > 0) folio of `kind`.
+    ///
+    /// When the zone cannot serve the request, the other CPUs' per-CPU
+    /// lists are drained back into it and the allocation is retried once
+    /// (`__alloc_pages_direct_reclaim`: "pages are pinned on the per-cpu
+    /// lists … drain them"; remote pcp lists are drained under their own
+    /// locks since 443c2accd1b6).  Without this, a small machine whose
+    /// CPUs each pulled a `PCP_BATCH` refill could fail with most of its
+    /// memory free.
     pub fn alloc(&self, mem: &MemMap, cpu: CpuId, order: u32, kind: PageKind) -> Option<Pfn> {
         assert!(order <= MAX_PAGE_ORDER, "alloc_pages: order {order} > MAX_PAGE_ORDER");
+        match self.try_alloc(mem, cpu, order, kind) {
+            Some(p) => Some(p),
+            None => {
+                self.drain_all_pages();
+                self.try_alloc(mem, cpu, order, kind)
+            }
+        }
+    }
+
+    /// `drain_all_pages`: return every CPU's per-CPU list to the zone.
+    pub fn drain_all_pages(&self) {
+        for pcp in self.pcp.iter() {
+            let mut pcp = pcp.lock();
+            if pcp.is_empty() {
+                continue;
+            }
+            let mut zone = self.zone.lock();
+            for p in pcp.drain(..) {
+                Self::zone_free(&mut zone, p.0, 0);
+            }
+        }
+    }
+
+    fn try_alloc(&self, mem: &MemMap, cpu: CpuId, order: u32, kind: PageKind) -> Option<Pfn> {
         let pfn = if order == 0 {
             let mut pcp = self.pcp[cpu.idx()].lock();
             if pcp.is_empty() {
@@ -360,5 +392,25 @@ mod tests {
         let a = PageAllocator::new(64, 1);
         let n = (0..100).filter_map(|_| a.alloc(&mem, CpuId(0), 0, PageKind::Anon)).count();
         assert_eq!(n, 63);
+    }
+
+    #[test]
+    fn a_cpu_finds_the_frames_other_cpus_hold_on_their_lists() {
+        // 64 frames, three CPUs: CPU0 and CPU1 each refill a PCP_BATCH list
+        // (62 of the 63 frames), give them back (they stay on their lists),
+        // and CPU2 still gets both an order-0 page and an order-2 block.
+        let mem = MemMap::new(64);
+        let a = PageAllocator::new(64, 3);
+        for c in 0..2 {
+            let p = a.alloc(&mem, CpuId(c), 0, PageKind::Anon).unwrap();
+            mem.page(p).refcount.store(0, Ordering::SeqCst);
+            a.free(&mem, CpuId(c), p);
+        }
+        assert_eq!(a.zone.lock().nr_free, 63 - 2 * PCP_BATCH);
+        assert!(a.alloc(&mem, CpuId(2), 2, PageKind::Hugetlb).is_some(), "order-2 after draining");
+        assert!(a.alloc(&mem, CpuId(2), 0, PageKind::PageTable).is_some());
+        assert_eq!(a.nr_free(), 63 - 5);
+        let n = (0..100).filter_map(|_| a.alloc(&mem, CpuId(0), 0, PageKind::Anon)).count();
+        assert_eq!(n, 63 - 5, "every remaining frame is reachable from any CPU");
     }
 }

@@ -645,3 +645,78 @@ fn three_sharers_the_final_unshare_drains_a_walker_that_entered_through_an_earli
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("cannot acknowledge") && msg.contains("CPU0"), "{msg}");
 }
+
+// ---- the loom models' geometry (KernelConfig::small()) ---------------------
+
+#[test]
+fn small_geometry_shares_unshares_and_reuses_a_pmd_table() {
+    // KernelConfig::small(): 4-entry tables, so a huge page is PMD_SIZE =
+    // 16 KiB (order 2) and a PUD region 64 KiB; 64 frames of RAM.
+    let k = Kernel::new_sync(KernelConfig { gup_oracle: true, arch: Arch::Arm64, ..KernelConfig::small() }, 3);
+    let g = k.cfg.geometry;
+    let (hs, pud) = (g.pmd_size(), g.pud_size());
+    assert_eq!((hs, pud), (16 << 10, 64 << 10));
+    let base = g.task_size() / 4; // PGD-aligned: one PUD table
+    let f = k.new_file(pud / g.page_size());
+    let p1 = k.mm_alloc();
+    run_on(&k, 0, &p1);
+    mmap_hugetlb(&k, &p1, base, pud, true, &f, 0).unwrap();
+    k.write_user(&p1, base + 8, 0x11).unwrap();
+    k.write_user(&p1, base + 3 * hs + 8, 0x13).unwrap();
+    assert_eq!(k.alloc.in_use().hugetlb, 2 * g.hpage_pmd_nr() as i64);
+    let p2 = dup_mmap(&k, &p1).unwrap();
+    let s = pmd_table(&k, &p1, base).unwrap();
+    assert_eq!(pmd_table(&k, &p2, base), Some(s));
+    assert_eq!(ptdesc_pmd_pts_count(&k, s), 1);
+    run_on(&k, 1, &p2);
+    assert_eq!(k.read_user(&p2, base + 3 * hs + 8).unwrap(), 0x13);
+    let got = gup_fast(&k, &p2, base, 1, Foll::GET);
+    assert_eq!(got, vec![f.i_pages.lock()[&0].pfn()]);
+    put_user_pages(&k, &got);
+    // P2 unshares; P1 (on a third CPU, as in the loom model: its first
+    // allocations find the free frames on the other CPUs' lists) splits at a
+    // huge-page boundary, unmaps the first huge page and maps anonymous
+    // memory there: S now holds a PTE table of P1.
+    munmap(&k, &p2, base, pud).unwrap();
+    assert_eq!(ptdesc_pmd_pts_count(&k, s), 0);
+    assert_eq!(pmd_table(&k, &p2, base), None);
+    run_on(&k, 2, &p1);
+    munmap(&k, &p1, base, hs).unwrap();
+    mmap_anon(&k, &p1, base, hs, true).unwrap();
+    k.write_user(&p1, base + 8, 0x51).unwrap();
+    assert_eq!(pmd_table(&k, &p1, base), Some(s), "the formerly shared table, reused");
+    assert!(!pgtable::read(&k, s, Level::Pmd, base).huge(), "a PTE table pointer now");
+    assert_eq!(k.read_user(&p1, base + 3 * hs + 8).unwrap(), 0x13);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+    teardown(&k, &[&p1, &p2], &[&f]);
+}
+
+
+
+#[test]
+fn sync_after_unlock_knob_still_sends_one_sync_per_last_sharer_gather() {
+    // The broken placement the loom model loom_hugetlb_unshare_batched uses
+    // (the sync moves to tlb_finish_mmu, after i_mmap_rwsem is dropped; the
+    // model shows why that is wrong): the counts are those of 8ce720d5bd91 —
+    // none for a non-last sharer, one for the last sharer's two tables — and
+    // tlb_finish_mmu does not trip over the pending fully_unshared_tables.
+    let cfg = KernelConfig { hugetlb_unshare_sync_after_unlock: true, ..KernelConfig::default() };
+    let k = Kernel::new_sync(cfg, 2);
+    let f = hfile(&k, 2);
+    let p1 = k.mm_alloc();
+    run_on(&k, 0, &p1);
+    map_and_touch(&k, &p1, &f, 2, 0);
+    let p2 = dup_mmap(&k, &p1).unwrap();
+    let p3 = dup_mmap(&k, &p1).unwrap();
+    run_on(&k, 1, &p3);
+    let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
+    munmap(&k, &p3, HBASE, 2 * GIB).unwrap();
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), s0, "not the last sharer");
+    run_on(&k, 1, &p2);
+    let ipis = k.smp.call_interrupts(CpuId(0));
+    munmap(&k, &p2, HBASE, 2 * GIB).unwrap();
+    assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), s0 + 1, "one sync for two tables");
+    assert_eq!(k.smp.call_interrupts(CpuId(0)) - ipis, 1);
+    assert_eq!(ptdesc_pmd_pts_count(&k, pmd_table(&k, &p1, HBASE).unwrap()), 0);
+    teardown(&k, &[&p1, &p2, &p3], &[&f]);
+}
