@@ -52,7 +52,10 @@ fn writeback_race_delay_rmap_off_loses_data() {
 fn writeback_race_delay_rmap_on_is_clean() {
     let o = writeback_race::run(&params(2, None, 100)).unwrap();
     expect_clean("writeback_race", &o, 100);
-    assert!(o.kernel.stats.get(mm_core::stats::Stat::DelayedRmaps) >= 100 * writeback_race::PAGES);
+    // Every dirty file page of every zap is a delayed rmap — except page 0,
+    // which A's msync may have cleaned before Z reached it (then it is not
+    // dirty at zap time and its rmap goes at once, correctly).
+    assert!(o.kernel.stats.get(mm_core::stats::Stat::DelayedRmaps) >= 100 * (writeback_race::PAGES - 1));
 }
 
 #[test]
