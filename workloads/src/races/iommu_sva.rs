@@ -72,11 +72,15 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
         .map_err(|e| e.to_string())?;
         let go = Arc::new(AtomicU64::new(0));
         let delay = p.seed.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % 512;
+        // Odd rounds line the CPU's write up after the device's read (the
+        // commit's sequence: the device caches the read-only entry, then the
+        // CPU upgrades it); even rounds race freely after a random delay.
+        let ordered = round % 2 == 1;
         let cpu = {
             let go = go.clone();
             sys.spawn_user(CpuId(0), &mm, move |k, mm| {
                 go.fetch_add(1, Ordering::SeqCst);
-                wait_for(&go, 2, k);
+                wait_for(&go, if ordered { 3 } else { 2 }, k);
                 for _ in 0..delay {
                     mm_core::sync::spin_loop();
                 }
@@ -89,6 +93,7 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
                 go.fetch_add(1, Ordering::SeqCst);
                 wait_for(&go, 2, k);
                 let r = dev.dma_read(k, va);
+                go.fetch_add(1, Ordering::SeqCst);
                 k.smp.cond_resched();
                 let w = dev.dma_write(k, va + 8, round);
                 (r, w)
