@@ -15,51 +15,45 @@ use crate::sync::{Arc, Ordering};
 use crate::types::Pfn;
 use std::collections::HashMap;
 
-/// Visit every present 4 KiB leaf PTE of `mm` as (va, pte).
-pub fn for_each_pte(k: &Kernel, mm: &MmStruct, mut f: impl FnMut(u64, Pte)) {
-    let n = pgtable::ptrs(k);
-    let g = k.cfg.geometry;
-    let children = |table: Pfn, level: Level, base: u64| {
-        (0..n).filter_map(move |i| {
-            let va = base + (i << g.level_shift(level));
-            let e = pgtable::read(k, table, level, va);
-            e.present().then_some((va, e))
-        })
-    };
-    for (va3, e3) in children(mm.pgd, Level::Pgd, 0) {
-        for (va2, e2) in children(e3.pfn(), Level::Pud, va3) {
-            for (va1, e1) in children(e2.pfn(), Level::Pmd, va2) {
-                if e1.huge() {
-                    continue;
-                }
-                for (va0, e0) in children(e1.pfn(), Level::Pte, va1) {
-                    f(va0, e0);
-                }
+/// Present entries of `table` (at `level`, covering from `base`) as (va, entry).
+fn present_children(k: &Kernel, table: Pfn, level: Level, base: u64) -> impl Iterator<Item = (u64, Pte)> + '_ {
+    let shift = k.cfg.geometry.level_shift(level);
+    (0..pgtable::ptrs(k)).filter_map(move |i| {
+        let va = base + (i << shift);
+        let e = pgtable::read(k, table, level, va);
+        e.present().then_some((va, e))
+    })
+}
+
+/// Visit every present PMD entry of `mm` (table pointer or huge leaf) as (va, pmd).
+fn for_each_pmd(k: &Kernel, mm: &MmStruct, mut f: impl FnMut(u64, Pte)) {
+    for (va3, e3) in present_children(k, mm.pgd, Level::Pgd, 0) {
+        for (va2, e2) in present_children(k, e3.pfn(), Level::Pud, va3) {
+            for (va1, e1) in present_children(k, e2.pfn(), Level::Pmd, va2) {
+                f(va1, e1);
             }
         }
     }
 }
 
-/// Visit every huge PMD (THP) of `mm` as (va, pmd).
-pub fn for_each_huge_pmd(k: &Kernel, mm: &MmStruct, mut f: impl FnMut(u64, Pte)) {
-    let n = pgtable::ptrs(k);
-    let g = k.cfg.geometry;
-    let children = |table: Pfn, level: Level, base: u64| {
-        (0..n).filter_map(move |i| {
-            let va = base + (i << g.level_shift(level));
-            let e = pgtable::read(k, table, level, va);
-            e.present().then_some((va, e))
-        })
-    };
-    for (va3, e3) in children(mm.pgd, Level::Pgd, 0) {
-        for (va2, e2) in children(e3.pfn(), Level::Pud, va3) {
-            for (va1, e1) in children(e2.pfn(), Level::Pmd, va2) {
-                if e1.huge() {
-                    f(va1, e1);
-                }
+/// Visit every present 4 KiB leaf PTE of `mm` as (va, pte).
+pub fn for_each_pte(k: &Kernel, mm: &MmStruct, mut f: impl FnMut(u64, Pte)) {
+    for_each_pmd(k, mm, |va1, e1| {
+        if !e1.huge() {
+            for (va0, e0) in present_children(k, e1.pfn(), Level::Pte, va1) {
+                f(va0, e0);
             }
         }
-    }
+    });
+}
+
+/// Visit every huge PMD (THP) of `mm` as (va, pmd).
+pub fn for_each_huge_pmd(k: &Kernel, mm: &MmStruct, mut f: impl FnMut(u64, Pte)) {
+    for_each_pmd(k, mm, |va1, e1| {
+        if e1.huge() {
+            f(va1, e1);
+        }
+    });
 }
 
 /// Check refcounts, mapcounts and rss of the pages mapped by `mms`, with
