@@ -82,6 +82,44 @@ pub fn on_each_cpu_mask(smp: &dyn Smp, mask: &CpuMask, func: &(dyn Fn(CpuId) + S
     }
 }
 
+/// Per-CPU interrupt state both reference `Smp`s keep: the IRQs-off flag,
+/// CAL interrupts received and cross-call IPIs sent.
+struct SmpCpus {
+    irq_off: Box<[AtomicBool]>,
+    cal: Box<[AtomicU64]>,
+    sent: Box<[AtomicU64]>,
+}
+
+impl SmpCpus {
+    /// `who` names the `Smp` in the message for a bad CPU count.
+    fn new(who: &str, nr_cpus: usize) -> Self {
+        assert!((1..=crate::types::NR_CPUS).contains(&nr_cpus), "{who}: bad CPU count {nr_cpus}");
+        Self {
+            irq_off: (0..nr_cpus).map(|_| AtomicBool::new(false)).collect(),
+            cal: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
+            sent: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn nr(&self) -> usize {
+        self.irq_off.len()
+    }
+
+    /// One IPI from `from` handled by `to` (both sides of the CAL row).
+    fn count_ipi(&self, from: CpuId, to: CpuId) {
+        self.sent[from.idx()].fetch_add(1, Ordering::SeqCst);
+        self.cal[to.idx()].fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn call_interrupts(&self, cpu: CpuId) -> u64 {
+        self.cal[cpu.idx()].load(Ordering::SeqCst)
+    }
+
+    fn ipis_sent(&self, cpu: CpuId) -> u64 {
+        self.sent[cpu.idx()].load(Ordering::SeqCst)
+    }
+}
+
 /// The synchronous reference `Smp`: one host thread plays all CPUs.
 ///
 /// `set_cpu` says which CPU the running code is on (a migration).  A cross
@@ -89,35 +127,25 @@ pub fn on_each_cpu_mask(smp: &dyn Smp, mask: &CpuMask, func: &(dyn Fn(CpuId) + S
 /// target for its duration.  A target that has IRQs off could never
 /// acknowledge, so that case panics instead of hanging.
 pub struct SyncSmp {
-    nr: usize,
     current: AtomicU32,
-    irq_off: Box<[AtomicBool]>,
-    cal: Box<[AtomicU64]>,
-    sent: Box<[AtomicU64]>,
+    cpus: SmpCpus,
 }
 
 impl SyncSmp {
     pub fn new(nr_cpus: usize) -> Self {
-        assert!((1..=crate::types::NR_CPUS).contains(&nr_cpus), "SyncSmp: bad CPU count {nr_cpus}");
-        Self {
-            nr: nr_cpus,
-            current: AtomicU32::new(0),
-            irq_off: (0..nr_cpus).map(|_| AtomicBool::new(false)).collect(),
-            cal: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
-            sent: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
-        }
+        Self { current: AtomicU32::new(0), cpus: SmpCpus::new("SyncSmp", nr_cpus) }
     }
 
     /// Run the following code on `cpu`.
     pub fn set_cpu(&self, cpu: CpuId) {
-        assert!(cpu.idx() < self.nr, "SyncSmp: no {cpu}");
+        assert!(cpu.idx() < self.cpus.nr(), "SyncSmp: no {cpu}");
         self.current.store(cpu.0, Ordering::SeqCst);
     }
 }
 
 impl Smp for SyncSmp {
     fn nr_cpus(&self) -> usize {
-        self.nr
+        self.cpus.nr()
     }
 
     fn this_cpu(&self) -> CpuId {
@@ -130,41 +158,40 @@ impl Smp for SyncSmp {
             !self.irqs_disabled(),
             "smp_call_function_many called on {me} with IRQs disabled: it would wait forever"
         );
-        for target in mask.iter().filter(|c| *c != me && c.idx() < self.nr) {
+        for target in mask.iter().filter(|c| *c != me && c.idx() < self.cpus.nr()) {
             assert!(
-                !self.irq_off[target.idx()].load(Ordering::SeqCst),
+                !self.cpus.irq_off[target.idx()].load(Ordering::SeqCst),
                 "smp_call_function_many from {me}: {target} has IRQs disabled and cannot acknowledge (would hang)"
             );
-            self.cal[target.idx()].fetch_add(1, Ordering::SeqCst);
-            self.sent[me.idx()].fetch_add(1, Ordering::SeqCst);
+            self.cpus.count_ipi(me, target);
             self.current.store(target.0, Ordering::SeqCst);
-            self.irq_off[target.idx()].store(true, Ordering::SeqCst);
+            self.cpus.irq_off[target.idx()].store(true, Ordering::SeqCst);
             func(target);
-            self.irq_off[target.idx()].store(false, Ordering::SeqCst);
+            self.cpus.irq_off[target.idx()].store(false, Ordering::SeqCst);
             self.current.store(me.0, Ordering::SeqCst);
         }
     }
 
     fn local_irq_save(&self) -> IrqFlags {
         let c = self.this_cpu();
-        IrqFlags { was_disabled: self.irq_off[c.idx()].swap(true, Ordering::SeqCst) }
+        IrqFlags { was_disabled: self.cpus.irq_off[c.idx()].swap(true, Ordering::SeqCst) }
     }
 
     fn local_irq_restore(&self, flags: IrqFlags) {
         let c = self.this_cpu();
-        self.irq_off[c.idx()].store(flags.was_disabled, Ordering::SeqCst);
+        self.cpus.irq_off[c.idx()].store(flags.was_disabled, Ordering::SeqCst);
     }
 
     fn irqs_disabled(&self) -> bool {
-        self.irq_off[self.this_cpu().idx()].load(Ordering::SeqCst)
+        self.cpus.irq_off[self.this_cpu().idx()].load(Ordering::SeqCst)
     }
 
     fn call_interrupts(&self, cpu: CpuId) -> u64 {
-        self.cal[cpu.idx()].load(Ordering::SeqCst)
+        self.cpus.call_interrupts(cpu)
     }
 
     fn ipis_sent(&self, cpu: CpuId) -> u64 {
-        self.sent[cpu.idx()].load(Ordering::SeqCst)
+        self.cpus.ipis_sent(cpu)
     }
 
     fn as_sync(&self) -> Option<&SyncSmp> {
@@ -220,26 +247,17 @@ fn set_model_irqs_off(off: bool) {
 /// waits for the handler (the CPU is busy in it).  Every wait yields, so
 /// loom sees progress.
 pub struct ModelSmp {
-    nr: usize,
-    irq_off: Box<[AtomicBool]>,
-    cal: Box<[AtomicU64]>,
-    sent: Box<[AtomicU64]>,
+    cpus: SmpCpus,
 }
 
 impl ModelSmp {
     pub fn new(nr_cpus: usize) -> Self {
-        assert!((1..=crate::types::NR_CPUS).contains(&nr_cpus), "ModelSmp: bad CPU count {nr_cpus}");
-        Self {
-            nr: nr_cpus,
-            irq_off: (0..nr_cpus).map(|_| AtomicBool::new(false)).collect(),
-            cal: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
-            sent: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
-        }
+        Self { cpus: SmpCpus::new("ModelSmp", nr_cpus) }
     }
 
     /// Take `cpu`'s IRQs-off flag, waiting while someone else holds it.
     fn take_irq_flag(&self, cpu: CpuId) {
-        let flag = &self.irq_off[cpu.idx()];
+        let flag = &self.cpus.irq_off[cpu.idx()];
         while flag.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
             crate::sync::spin_loop();
         }
@@ -248,7 +266,7 @@ impl ModelSmp {
 
 impl Smp for ModelSmp {
     fn nr_cpus(&self) -> usize {
-        self.nr
+        self.cpus.nr()
     }
 
     fn this_cpu(&self) -> CpuId {
@@ -261,16 +279,15 @@ impl Smp for ModelSmp {
             !self.irqs_disabled(),
             "smp_call_function_many called on {me} with IRQs disabled: it would wait forever"
         );
-        for target in mask.iter().filter(|c| *c != me && c.idx() < self.nr) {
-            self.sent[me.idx()].fetch_add(1, Ordering::SeqCst);
+        for target in mask.iter().filter(|c| *c != me && c.idx() < self.cpus.nr()) {
             self.take_irq_flag(target);
-            self.cal[target.idx()].fetch_add(1, Ordering::SeqCst);
+            self.cpus.count_ipi(me, target);
             set_model_cpu(target);
             set_model_irqs_off(true);
             func(target);
             set_model_irqs_off(false);
             set_model_cpu(me);
-            self.irq_off[target.idx()].store(false, Ordering::SeqCst);
+            self.cpus.irq_off[target.idx()].store(false, Ordering::SeqCst);
         }
     }
 
@@ -287,7 +304,7 @@ impl Smp for ModelSmp {
     fn local_irq_restore(&self, flags: IrqFlags) {
         if !flags.was_disabled {
             set_model_irqs_off(false);
-            self.irq_off[self.this_cpu().idx()].store(false, Ordering::SeqCst);
+            self.cpus.irq_off[self.this_cpu().idx()].store(false, Ordering::SeqCst);
         }
     }
 
@@ -296,15 +313,15 @@ impl Smp for ModelSmp {
     }
 
     fn call_interrupts(&self, cpu: CpuId) -> u64 {
-        self.cal[cpu.idx()].load(Ordering::SeqCst)
+        self.cpus.call_interrupts(cpu)
     }
 
     fn ipis_sent(&self, cpu: CpuId) -> u64 {
-        self.sent[cpu.idx()].load(Ordering::SeqCst)
+        self.cpus.ipis_sent(cpu)
     }
 
     fn bind_current_thread(&self, cpu: CpuId) {
-        assert!(cpu.idx() < self.nr, "ModelSmp: no {cpu}");
+        assert!(cpu.idx() < self.cpus.nr(), "ModelSmp: no {cpu}");
         assert!(!model_irqs_off(), "ModelSmp: migrating with IRQs off");
         set_model_cpu(cpu);
     }
