@@ -53,10 +53,15 @@ impl System {
                 crate::trace::instant(e.cpu.0, "tlb_flush", "tlb", vec![("reason", e.reason.to_string()), ("pages", pages)]);
             }));
         }
-        let k = kernel.clone();
+        // The hook holds the kernel weakly: the kernel owns the machine's
+        // `Smp`, which owns the hook, and a strong reference here would be a
+        // cycle that keeps every booted kernel (and its emulated RAM) alive.
+        let k = Arc::downgrade(&kernel);
         machine.shared.set_idle_hook(Box::new(move |_cpu| {
-            if k.rcu.pending() > 0 {
-                k.rcu_process_callbacks();
+            if let Some(k) = k.upgrade() {
+                if k.rcu.pending() > 0 {
+                    k.rcu_process_callbacks();
+                }
             }
         }));
         Ok(System { machine, kernel })
