@@ -52,7 +52,7 @@ impl EmuIpi {
             pin: true,
             wait,
             watchdog: Duration::from_secs(20),
-            task_timeout: Duration::from_secs(300),
+            hang_timeout: Duration::from_secs(300),
         };
         EmuIpi { machine: Machine::new(n, cfg) }
     }
@@ -172,7 +172,7 @@ impl EmuDontneed {
             pin: true,
             wait,
             watchdog: Duration::from_secs(20),
-            task_timeout: Duration::from_secs(300),
+            hang_timeout: Duration::from_secs(300),
         };
         let sys = emu_cpu::System::new(kcfg, mcfg).expect("boot the System");
         let mm = sys.mm_alloc().expect("mm_alloc");

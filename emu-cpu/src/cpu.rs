@@ -6,7 +6,18 @@
 //!   `task` (work items, run only from the CPU's main loop).
 //! - Interrupt points: the main loop between tasks and while idle, the wait
 //!   inside this CPU's own `smp_call_function_many`, `local_irq_restore` that
-//!   re-enables IRQs, and `cond_resched` with IRQs on.
+//!   re-enables IRQs, `cond_resched` / `cpu_relax` with IRQs on, and every
+//!   user-mode instruction boundary (`user_irq_window`, one load when
+//!   nothing is pending).
+//! - The timer tick: a machine thread advances `jiffies` every `TICK`; a
+//!   CPU takes the tick at its next user-mode boundary (or in its idle
+//!   loop) and runs the tick hook there — softirq work such as RCU
+//!   callbacks, so a CPU that never idles still frees RCU-deferred tables.
+//! - Progress: every CPU counts the work it gets done (IPIs acknowledged,
+//!   tasks finished, `cond_resched` in long kernel loops, ticks that found
+//!   it in user code).  Waiting (`cpu_relax`, a contended lock, idling)
+//!   is not progress.  A machine none of whose CPUs makes progress for the
+//!   hang timeout is hung; a long task that keeps working never is.
 //! - An IPI handler runs with this CPU's IRQs off, counts one CAL interrupt,
 //!   and never lets a panic escape (the panic is reported to the sender).
 //! - `smp_call_function_many` returns (or panics) only once no target is
@@ -20,6 +31,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Select, Sender};
+use crossbeam::utils::CachePadded;
 use mm_core::smp::{IrqFlags, Smp};
 use mm_core::sync::{Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
 use mm_core::types::{CpuId, CpuMask};
@@ -94,6 +106,18 @@ pub(crate) struct CpuSlot {
     last_lock_wait_us: AtomicU64,
     /// Trace: `trace::now_us()` bits when IRQs went off (tracing only).
     irq_off_since: AtomicU64,
+    /// Something may be waiting for this CPU at its next user-mode
+    /// instruction boundary: set by an IPI sender after queueing the call
+    /// and by the timer tick; cleared by `user_irq_window`'s slow path.
+    /// The nothing-pending check of every user access is this one load.
+    attention: AtomicBool,
+    /// The last jiffy whose tick this CPU took.
+    seen_jiffies: AtomicU64,
+    /// Work done: IPIs acknowledged, tasks finished, `cond_resched` in long
+    /// kernel loops, ticks taken while running user code.  The hang
+    /// detector (`TaskHandle::join`) looks for a machine where no CPU's
+    /// count moves.
+    pub(crate) progress: AtomicU64,
 }
 
 /// Work an idle CPU does between waits (the kernel's softirq / RCU core).
@@ -102,7 +126,9 @@ pub(crate) type IdleHook = Box<dyn Fn(CpuId) + Send + Sync>;
 pub(crate) struct Shared {
     pub(crate) id: u64,
     boot: Instant,
-    pub(crate) cpus: Box<[CpuSlot]>,
+    /// One cache line (or more) per CPU: a sender's stores into its
+    /// target's slot do not bounce the lines of its neighbours.
+    pub(crate) cpus: Box<[CachePadded<CpuSlot>]>,
     pub(crate) wait: WaitPolicy,
     /// More emulated CPUs than host cores: spinners must yield often or the
     /// CPU they wait for may not run for a whole time slice.  With a core
@@ -111,7 +137,22 @@ pub(crate) struct Shared {
     oversubscribed: bool,
     pub(crate) watchdog: Duration,
     idle_hook: std::sync::OnceLock<IdleHook>,
+    /// Timer-tick softirq work (`run_local_timers` → RCU_SOFTIRQ), run on a
+    /// CPU the first time it reaches a user-mode instruction boundary in a
+    /// new jiffy.  Without it a CPU that never idles never runs its RCU
+    /// callbacks, and tables freed through RCU pile up until RAM runs out.
+    tick_hook: std::sync::OnceLock<IdleHook>,
+    /// `jiffies`: advanced every `TICK` by the machine's timer thread.
+    pub(crate) jiffies: AtomicU64,
+    /// Tells the timer thread to exit (machine shutdown).
+    pub(crate) stopping: AtomicBool,
 }
+
+/// `CONFIG_HZ=250` (Debian's and most distributions' x86 and arm64
+/// configs): one timer tick every 4 ms.
+pub const HZ: u64 = 250;
+/// The period of the machine's timer tick.
+pub const TICK: Duration = Duration::from_micros(1_000_000 / HZ);
 
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -140,8 +181,12 @@ impl Shared {
                     activity: AtomicU32::new(ACT_IDLE),
                     last_lock_wait_us: AtomicU64::new(0),
                     irq_off_since: AtomicU64::new(0),
+                    attention: AtomicBool::new(false),
+                    seen_jiffies: AtomicU64::new(0),
+                    progress: AtomicU64::new(0),
                 }
             })
+            .map(CachePadded::new)
             .collect();
         let host = std::thread::available_parallelism().map_or(1, |n| n.get());
         Shared {
@@ -152,7 +197,77 @@ impl Shared {
             oversubscribed: n > host,
             watchdog,
             idle_hook: std::sync::OnceLock::new(),
+            tick_hook: std::sync::OnceLock::new(),
+            jiffies: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
         }
+    }
+
+    /// One timer tick (`tick_periodic`): `jiffies++`, and every CPU is told
+    /// to look at it at its next user-mode instruction boundary.
+    pub(crate) fn timer_tick(&self) {
+        self.jiffies.fetch_add(1, Ordering::SeqCst);
+        for slot in self.cpus.iter() {
+            slot.attention.store(true, Ordering::Release);
+        }
+    }
+
+    /// Sum of every CPU's progress count.
+    pub(crate) fn progress_sum(&self) -> u64 {
+        self.cpus.iter().map(|s| s.progress.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Work done on `me` (see `CpuSlot::progress`).
+    #[inline]
+    pub(crate) fn note_progress(&self, me: CpuId) {
+        self.cpus[me.idx()].progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `user_irq_window`'s slow path: something was flagged for `me`.
+    #[cold]
+    fn user_irq_slow(&self, me: CpuId) {
+        let slot = &self.cpus[me.idx()];
+        if slot.irq_off.load(Ordering::SeqCst) {
+            return; // not user mode after all: keep the flag for later
+        }
+        slot.attention.store(false, Ordering::SeqCst);
+        self.poll_ipis(me);
+        let j = self.jiffies.load(Ordering::SeqCst);
+        if slot.seen_jiffies.swap(j, Ordering::SeqCst) != j {
+            // A tick that found this CPU running user code.
+            self.note_progress(me);
+            if let Some(h) = self.tick_hook.get() {
+                h(me);
+            }
+        }
+    }
+
+    /// Install the timer-tick hook (once; later calls are ignored).
+    pub(crate) fn set_tick_hook(&self, hook: IdleHook) {
+        let _ = self.tick_hook.set(hook);
+    }
+
+    /// What every CPU is doing, for a hang report: the busy ones by name,
+    /// the idle ones counted.
+    pub(crate) fn describe_all(&self) -> String {
+        let mut busy = Vec::new();
+        let mut idle = 0;
+        for i in 0..self.cpus.len() {
+            if self.cpus[i].activity.load(Ordering::SeqCst) == ACT_IDLE {
+                idle += 1;
+            } else {
+                busy.push(self.describe(i));
+            }
+        }
+        let shown = busy.len().min(8);
+        let mut s = busy[..shown].join(", ");
+        if busy.len() > shown {
+            s += &format!(" and {} more busy", busy.len() - shown);
+        }
+        if idle > 0 {
+            s += &format!("{}{idle} idle", if s.is_empty() { "" } else { "; " });
+        }
+        s
     }
 
     /// The lock-wait hook of `me`'s thread: note the wait, take interrupts.
@@ -241,6 +356,7 @@ impl Shared {
         if let Err(p) = r {
             *cd.panic.lock() = Some(format!("IPI handler panicked on {me}: {}", panic_message(&*p)));
         }
+        self.note_progress(me);
         // After this store the sender may return: `cd.func` is not touched again.
         cd.state[i].store(DONE, Ordering::SeqCst);
         // A Spin sender never blocks, so it needs no wake-up message.
@@ -333,6 +449,7 @@ impl Shared {
             }
             // The receiver lives in `self`, so send cannot fail.
             let _ = self.cpus[i].ipi_tx.send(Ipi::Call(cd.clone()));
+            self.cpus[i].attention.store(true, Ordering::Release);
         }
         let own = &self.cpus[me.idx()].ipi_rx;
         let prev_act = self.cpus[me.idx()].activity.swap(ACT_CSD_WAIT, Ordering::SeqCst);
@@ -449,7 +566,21 @@ impl Smp for MachineSmp {
 
     fn cond_resched(&self) {
         if let Some(me) = self.shared.current() {
+            self.shared.note_progress(me);
             self.shared.poll_ipis(me);
+        }
+    }
+
+    fn cpu_relax(&self) {
+        if let Some(me) = self.shared.current() {
+            self.shared.poll_ipis(me);
+        }
+    }
+
+    #[inline]
+    fn user_irq_window(&self, cpu: CpuId) {
+        if self.shared.cpus[cpu.idx()].attention.load(Ordering::Relaxed) {
+            self.shared.user_irq_slow(cpu);
         }
     }
 
@@ -479,6 +610,7 @@ pub(crate) fn cpu_main(shared: Arc<Shared>, me: CpuId) {
                 // Tasks report their own panics (see Machine::spawn_on); this
                 // guard only keeps the CPU alive if one slips through.
                 let _ = catch_unwind(AssertUnwindSafe(f));
+                shared.note_progress(me);
                 // Between tasks IRQs are on (a task that leaked an
                 // IRQs-off region does not wedge the CPU).
                 slot.irq_off.store(false, Ordering::SeqCst);

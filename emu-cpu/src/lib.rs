@@ -10,8 +10,10 @@
 //!   acknowledge within `cfg.watchdog` makes the sender panic naming sender,
 //!   target and the target's IRQ state (CSD-lock timeout).
 //! - `Machine::run_on(cpu, f)` runs `f` as a task on `cpu` and returns its
-//!   result, or an error naming the CPU on panic / timeout / stopped machine.
-//!   It never hangs past `cfg.task_timeout`.
+//!   result, or an error naming the CPU on panic / hang / stopped machine.
+//!   A hang is a machine none of whose CPUs made progress (see cpu.rs) for
+//!   `cfg.hang_timeout`: a task may run as long as it keeps working.
+//! - A timer thread per machine advances `jiffies` every `TICK` (HZ=250).
 //! - `Machine::shutdown()` (also on Drop) stops and joins every CPU thread;
 //!   a CPU that is stuck in a task is detached after a grace period rather
 //!   than hanging the caller.
@@ -29,7 +31,7 @@ use crossbeam::channel::{Receiver, RecvTimeoutError};
 use mm_core::sync::{Arc, AtomicU64, Ordering};
 use mm_core::types::CpuId;
 
-pub use cpu::MachineSmp;
+pub use cpu::{MachineSmp, HZ, TICK};
 pub use system::System;
 use cpu::{panic_message, Shared, Task};
 
@@ -51,9 +53,13 @@ pub struct MachineConfig {
     pub wait: WaitPolicy,
     /// CSD-lock timeout: how long a sender waits for each cross call.
     pub watchdog: Duration,
-    /// How long `run_on` waits for a task's result.
-    pub task_timeout: Duration,
+    /// Hang detector: a task's `join` gives up when no CPU of the machine
+    /// made progress for this long (never because the task is long).
+    pub hang_timeout: Duration,
 }
+
+/// Default of `MachineConfig::hang_timeout` (`mmemu --hang-timeout`).
+pub const DEFAULT_HANG_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Default for MachineConfig {
     fn default() -> Self {
@@ -61,7 +67,7 @@ impl Default for MachineConfig {
             pin: false,
             wait: WaitPolicy::Adaptive,
             watchdog: Duration::from_secs(5),
-            task_timeout: Duration::from_secs(30),
+            hang_timeout: DEFAULT_HANG_TIMEOUT,
         }
     }
 }
@@ -71,8 +77,9 @@ impl Default for MachineConfig {
 pub enum MachineError {
     /// The task panicked (including a watchdog panic inside it).
     Panicked { cpu: CpuId, msg: String },
-    /// No result within the timeout.
-    Timeout { cpu: CpuId, after: Duration },
+    /// No CPU of the machine made progress for `after` while waiting for
+    /// the task's result; `state` says what each CPU was doing.
+    Hang { cpu: CpuId, after: Duration, state: String },
     /// The CPU is stopped (or does not exist) and will never run the task.
     Stopped { cpu: CpuId },
 }
@@ -81,7 +88,9 @@ impl fmt::Display for MachineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MachineError::Panicked { cpu, msg } => write!(f, "{cpu}: task panicked: {msg}"),
-            MachineError::Timeout { cpu, after } => write!(f, "{cpu}: task gave no result within {after:?}"),
+            MachineError::Hang { cpu, after, state } => {
+                write!(f, "{cpu}: hang: no CPU made progress for {after:?} while its task ran ({state})")
+            }
             MachineError::Stopped { cpu } => write!(f, "{cpu}: CPU is stopped or does not exist"),
         }
     }
@@ -94,15 +103,40 @@ impl std::error::Error for MachineError {}
 pub struct TaskHandle<R> {
     cpu: CpuId,
     rx: Receiver<Result<R, String>>,
+    shared: Arc<Shared>,
 }
 
+/// How often a joiner looks at the machine's progress.
+const JOIN_SLICE: Duration = Duration::from_millis(50);
+
 impl<R> TaskHandle<R> {
-    pub fn join(self, timeout: Duration) -> Result<R, MachineError> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(msg)) => Err(MachineError::Panicked { cpu: self.cpu, msg }),
-            Err(RecvTimeoutError::Timeout) => Err(MachineError::Timeout { cpu: self.cpu, after: timeout }),
-            Err(RecvTimeoutError::Disconnected) => Err(MachineError::Stopped { cpu: self.cpu }),
+    /// Wait for the task's result.  `hang_after`: give up (`Hang`) once no
+    /// CPU of the machine has made progress for that long; a task that
+    /// keeps working is waited for however long it takes.
+    pub fn join(self, hang_after: Duration) -> Result<R, MachineError> {
+        let mut seen = self.shared.progress_sum();
+        let mut since = Instant::now();
+        loop {
+            let left = hang_after.saturating_sub(since.elapsed());
+            match self.rx.recv_timeout(left.min(JOIN_SLICE)) {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(msg)) => return Err(MachineError::Panicked { cpu: self.cpu, msg }),
+                Err(RecvTimeoutError::Disconnected) => return Err(MachineError::Stopped { cpu: self.cpu }),
+                Err(RecvTimeoutError::Timeout) => {
+                    let now = self.shared.progress_sum();
+                    if now != seen {
+                        seen = now;
+                        since = Instant::now();
+                    } else if since.elapsed() >= hang_after {
+                        // One last look: the result may have just arrived.
+                        if let Ok(r) = self.rx.try_recv() {
+                            return r.map_err(|msg| MachineError::Panicked { cpu: self.cpu, msg });
+                        }
+                        let state = self.shared.describe_all();
+                        return Err(MachineError::Hang { cpu: self.cpu, after: hang_after, state });
+                    }
+                }
+            }
         }
     }
 }
@@ -116,6 +150,7 @@ pub struct Machine {
     shared: Arc<Shared>,
     cfg: MachineConfig,
     threads: Vec<JoinHandle<()>>,
+    timer: Option<JoinHandle<()>>,
 }
 
 impl fmt::Debug for Machine {
@@ -149,7 +184,24 @@ impl Machine {
                     .expect("spawn CPU thread")
             })
             .collect();
-        Machine { shared, cfg, threads }
+        let timer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("emu-timer".into())
+                .spawn(move || {
+                    while !shared.stopping.load(Ordering::SeqCst) {
+                        std::thread::sleep(cpu::TICK);
+                        shared.timer_tick();
+                    }
+                })
+                .expect("spawn the timer thread")
+        };
+        Machine { shared, cfg, threads, timer: Some(timer) }
+    }
+
+    /// `jiffies` of this machine (ticks of `TICK` since boot).
+    pub fn jiffies(&self) -> u64 {
+        self.shared.jiffies.load(Ordering::SeqCst)
     }
 
     pub fn nr_cpus(&self) -> usize {
@@ -180,21 +232,26 @@ impl Machine {
             // If the CPU is gone the job (and `tx`) is dropped: join sees Stopped.
             let _ = slot.task_tx.send(Task::Run(job));
         }
-        TaskHandle { cpu, rx }
+        TaskHandle { cpu, rx, shared: self.shared.clone() }
     }
 
-    /// Run `f` on `cpu` and wait (at most `cfg.task_timeout`) for its result.
+    /// Run `f` on `cpu` and wait for its result (a hang: no progress for
+    /// `cfg.hang_timeout`).
     pub fn run_on<R, F>(&self, cpu: CpuId, f: F) -> Result<R, MachineError>
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.spawn_on(cpu, f).join(self.cfg.task_timeout)
+        self.spawn_on(cpu, f).join(self.cfg.hang_timeout)
     }
 
     /// Stop every CPU after its queued tasks and join the threads.  A CPU
     /// still busy after the grace period is detached (reported on stderr).
     pub fn shutdown(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        if let Some(t) = self.timer.take() {
+            let _ = t.join();
+        }
         for slot in self.shared.cpus.iter() {
             let _ = slot.task_tx.send(Task::Stop);
         }

@@ -3,9 +3,10 @@
 //! Contract:
 //! - `System::new(kcfg, mcfg)` builds the machine with `kcfg.nr_cpus` CPUs
 //!   and a `Kernel` whose `Smp` is that machine.  Every CPU's idle loop then
-//!   runs RCU callback processing (`rcu_core` in softirq context), so tables
-//!   freed with `call_rcu` are returned without anyone calling
-//!   `rcu_barrier`.
+//!   runs RCU callback processing (`rcu_core` in softirq context), and so
+//!   does the timer tick on a CPU busy with user code, so tables freed with
+//!   `call_rcu` are returned without anyone calling `rcu_barrier` even on
+//!   a machine whose CPUs never idle.
 //! - A *user task* is a thread of an mm: `spawn_user(cpu, mm, f)` queues it
 //!   on `cpu`; when it is scheduled the CPU context-switches to it
 //!   (`switch_mm`: mm_cpumask set, tlb_gen catch-up / PCID-slot reuse), runs
@@ -57,13 +58,16 @@ impl System {
         // `Smp`, which owns the hook, and a strong reference here would be a
         // cycle that keeps every booted kernel (and its emulated RAM) alive.
         let k = Arc::downgrade(&kernel);
-        machine.shared.set_idle_hook(Box::new(move |_cpu| {
+        let softirq = move |_cpu| {
             if let Some(k) = k.upgrade() {
                 if k.rcu.pending() > 0 {
                     k.rcu_process_callbacks();
                 }
             }
-        }));
+        };
+        let tick = softirq.clone();
+        machine.shared.set_idle_hook(Box::new(softirq));
+        machine.shared.set_tick_hook(Box::new(tick));
         Ok(System { machine, kernel })
     }
 
@@ -103,7 +107,7 @@ impl System {
         F: FnOnce(&Arc<Kernel>, &Arc<MmStruct>) -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.spawn_user(cpu, mm, f).join(self.machine.config().task_timeout)
+        self.spawn_user(cpu, mm, f).join(self.machine.config().hang_timeout)
     }
 
     /// Queue a kernel thread on `cpu` (lazy TLB: the loaded mm stays).
@@ -125,13 +129,13 @@ impl System {
         F: FnOnce(&Arc<Kernel>) -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.spawn_kthread(cpu, f).join(self.machine.config().task_timeout)
+        self.spawn_kthread(cpu, f).join(self.machine.config().hang_timeout)
     }
 
     /// Join every handle; the first error (in order) wins, but all are
     /// waited for so no task is left running.
     pub fn join_all<R>(&self, handles: Vec<TaskHandle<R>>) -> Result<Vec<R>, MachineError> {
-        let t = self.machine.config().task_timeout;
+        let t = self.machine.config().hang_timeout;
         let mut out = Vec::with_capacity(handles.len());
         let mut err = None;
         for h in handles {

@@ -12,7 +12,7 @@ use mm_core::stats::Stat;
 use mm_core::types::{CpuId, CpuMask};
 
 fn cfg(wait: WaitPolicy) -> MachineConfig {
-    MachineConfig { pin: false, wait, watchdog: Duration::from_secs(5), task_timeout: Duration::from_secs(20) }
+    MachineConfig { pin: false, wait, watchdog: Duration::from_secs(5), hang_timeout: Duration::from_secs(20) }
 }
 
 fn cross_call_reaches_each_other_cpu_once(n: usize, wait: WaitPolicy, pin: bool) {
@@ -253,4 +253,85 @@ fn g_watchdog_reports_irqs_off_lock_spinner() {
     // The holder's panic released the lock: the spinner finishes.
     spinner.join(Duration::from_secs(10)).unwrap();
     assert_eq!(*lock.lock(), 1);
+}
+
+/// A hang is no progress, not a long task: a task that runs three times the
+/// hang timeout but keeps working (cond_resched in a long kernel loop) is
+/// waited for; one that waits for a flag nobody sets is reported as a hang
+/// naming its CPU and what it was doing, after about the timeout.
+#[test]
+fn hang_means_no_progress_not_a_long_task() {
+    let hang = Duration::from_millis(300);
+    let m = Machine::new(2, MachineConfig { hang_timeout: hang, ..cfg(WaitPolicy::Adaptive) });
+    let smp = Arc::new(m.smp());
+    let s = smp.clone();
+    let t0 = Instant::now();
+    let r = m.run_on(CpuId(1), move || {
+        let t = Instant::now();
+        let mut n = 0u64;
+        while t.elapsed() < 3 * hang {
+            s.cond_resched();
+            n += 1;
+        }
+        n
+    });
+    assert!(r.is_ok(), "a long task that keeps working is not a hang: {r:?}");
+    assert!(t0.elapsed() >= 3 * hang);
+
+    let s = smp.clone();
+    let never = Arc::new(AtomicBool::new(false));
+    let n2 = never.clone();
+    let t0 = Instant::now();
+    let h = m.spawn_on(CpuId(0), move || {
+        while !n2.load(Ordering::SeqCst) {
+            s.cpu_relax();
+            std::hint::spin_loop();
+        }
+    });
+    let err = h.join(hang).unwrap_err();
+    let waited = t0.elapsed();
+    never.store(true, Ordering::SeqCst); // let the CPU go for shutdown
+    match &err {
+        MachineError::Hang { cpu, after, state } => {
+            assert_eq!(*cpu, CpuId(0));
+            assert_eq!(*after, hang);
+            assert!(state.contains("CPU0 (IRQs on, running a task)") && state.contains("1 idle"), "{state}");
+        }
+        e => panic!("expected a hang, got {e}"),
+    }
+    assert!(waited >= hang && waited < 20 * hang, "reported after {waited:?}");
+    assert!(err.to_string().starts_with("CPU0: hang: no CPU made progress for 300ms"), "{err}");
+}
+
+/// The timer tick reaches a CPU that runs user code and never idles: its
+/// RCU callbacks run there.  Before the tick existed, a one-CPU machine
+/// busy in one task freed no RCU-deferred table until the task ended, and
+/// munmap-storm ran out of RAM after 5375 rounds.
+#[test]
+fn a_cpu_that_never_idles_still_frees_rcu_tables() {
+    use emu_cpu::System;
+    use mm_core::ops::{mmap_anon, munmap};
+    let s = System::new(mm_core::KernelConfig { nr_cpus: 1, ..mm_core::KernelConfig::default() }, cfg(WaitPolicy::Adaptive))
+        .unwrap();
+    let mm = s.mm_alloc().unwrap();
+    let freed = s
+        .run_user(CpuId(0), &mm, |k, mm| {
+            let t = Instant::now();
+            let base = 0x4000_0000u64;
+            // One page per round: every munmap frees its PTE, PMD and PUD
+            // tables through RCU.
+            while t.elapsed() < Duration::from_secs(5) {
+                mmap_anon(k, mm, base, 4096, true).unwrap();
+                k.write_user(mm, base, 1).unwrap();
+                munmap(k, mm, base, 4096).unwrap();
+                let freed = k.stats.get(Stat::TablesFreed);
+                if freed > 0 {
+                    return freed;
+                }
+            }
+            0
+        })
+        .unwrap();
+    assert!(freed > 0, "no RCU callback ran on a CPU busy with user code for 5 s");
+    s.run_user(CpuId(0), &mm, |k, mm| mm_core::ops::exit_mm(k, mm)).unwrap();
 }

@@ -118,7 +118,7 @@ fn stress(n_cpus: usize, arch: Arch, n_mms: usize, rounds: u32) {
         pin: true,
         wait: WaitPolicy::Adaptive,
         watchdog: Duration::from_secs(10),
-        task_timeout: Duration::from_secs(60),
+        hang_timeout: Duration::from_secs(60),
     };
     let sys = System::new(kc, mc).unwrap();
     let k = sys.kernel().clone();

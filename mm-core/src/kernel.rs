@@ -193,7 +193,7 @@ impl Kernel {
     pub fn folio_lock(&self, folio: Folio) {
         let page = self.mem.folio(folio);
         while page.flags.fetch_or(crate::page::flags::PG_LOCKED, Ordering::SeqCst) & crate::page::flags::PG_LOCKED != 0 {
-            self.smp.cond_resched();
+            self.smp.cpu_relax();
             crate::sync::spin_loop();
         }
     }
@@ -266,7 +266,7 @@ impl Kernel {
         let mut spins = 0u64;
         while self.rcu.pending() > 0 {
             self.rcu_process_callbacks();
-            self.smp.cond_resched();
+            self.smp.cpu_relax();
             spins += 1;
             if spins.is_multiple_of(64) {
                 crate::sync::yield_now();
@@ -294,6 +294,9 @@ impl Kernel {
     /// have switched to `mm` (`tlb::switch_mm`).
     pub fn user_access(&self, mm: &Arc<MmStruct>, va: u64, op: Access) -> Result<u64, Segv> {
         let cpu = self.this_cpu();
+        // User code runs with IRQs on: between two accesses the CPU takes
+        // IPIs and the timer tick.
+        self.smp.user_irq_window(cpu);
         for _ in 0..8 {
             match self.hw.access(cpu, va, op, &self.san) {
                 Ok(v) => return Ok(v),

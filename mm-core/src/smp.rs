@@ -44,8 +44,23 @@ pub trait Smp: Send + Sync {
     /// `irqs_disabled()`
     fn irqs_disabled(&self) -> bool;
     /// An interrupt point outside any IRQs-off region (`cond_resched()` in
-    /// long loops): the machine may service pending IPIs here.
+    /// long loops): the machine may service pending IPIs here.  The caller
+    /// is getting work done: the machine counts it as this CPU's progress
+    /// (its hang detector looks for CPUs that make none).
     fn cond_resched(&self) {}
+    /// One turn of a wait loop with IRQs on (`cpu_relax()` in a loop that
+    /// polls a flag another CPU sets): an interrupt point like
+    /// `cond_resched`, but waiting is not progress.
+    fn cpu_relax(&self) {}
+    /// An instruction boundary of user code on `cpu` (user mode runs with
+    /// IRQs on): the machine may deliver pending IPIs and the timer tick
+    /// here (the tick runs softirq work: RCU callbacks).  Called on every
+    /// user access, so an implementation must make the nothing-pending
+    /// case one load.
+    #[inline]
+    fn user_irq_window(&self, cpu: CpuId) {
+        let _ = cpu;
+    }
     /// CAL interrupts received by `cpu` so far (/proc/interrupts "CAL").
     fn call_interrupts(&self, cpu: CpuId) -> u64;
     /// Cross-call IPIs sent by `cpu` so far, one per target CPU (the

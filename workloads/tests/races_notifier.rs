@@ -20,7 +20,7 @@ fn params(cpus: usize, revert: Option<Fix>, iterations: u64) -> RaceParams {
         machine: MachineConfig {
             wait: WaitPolicy::Adaptive,
             watchdog: Duration::from_secs(5),
-            task_timeout: Duration::from_secs(20),
+            hang_timeout: Duration::from_secs(20),
             ..MachineConfig::default()
         },
         iterations,

@@ -101,7 +101,7 @@ where
             // latency is longer than one pass of the actor).
             let t0 = Instant::now();
             while !st.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_millis(200) {
-                k.smp.cond_resched();
+                k.smp.cpu_relax();
                 std::hint::spin_loop();
             }
             for _ in 0..CYCLES {

@@ -78,7 +78,7 @@ impl Round {
 fn wait_flag(k: &Kernel, flag: &AtomicBool, timeout: Duration) -> bool {
     let t0 = Instant::now();
     while !flag.load(Ordering::SeqCst) {
-        k.smp.cond_resched();
+        k.smp.cpu_relax();
         yield_now();
         if t0.elapsed() > timeout {
             return false;

@@ -100,7 +100,7 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
             })
         };
         let res = sys.join_all(vec![cpu]).map_err(|e| e.to_string());
-        let (r, w) = device.join(sys.machine.config().task_timeout).map_err(|e| e.to_string())?;
+        let (r, w) = device.join(sys.machine.config().hang_timeout).map_err(|e| e.to_string())?;
         res?;
         if let Err(e) = r {
             return Err(format!("round {round}: device read failed: {e:?}"));
@@ -157,7 +157,7 @@ pub fn run_dma_vs_zap(p: &RaceParams) -> Result<RaceOutcome, String> {
     // The rounds only race with DMA once the device thread is running.
     let t0 = std::time::Instant::now();
     while !started.load(Ordering::SeqCst) {
-        if t0.elapsed() > sys.machine.config().task_timeout {
+        if t0.elapsed() > sys.machine.config().hang_timeout {
             return Err("the device thread on CPU1 never started".into());
         }
         std::thread::yield_now();
@@ -181,7 +181,7 @@ pub fn run_dma_vs_zap(p: &RaceParams) -> Result<RaceOutcome, String> {
         }
     }
     stop.store(true, Ordering::SeqCst);
-    let n = device.join(sys.machine.config().task_timeout).map_err(|e| e.to_string())??;
+    let n = device.join(sys.machine.config().hang_timeout).map_err(|e| e.to_string())??;
     if n == 0 {
         return Err("the device never ran".into());
     }

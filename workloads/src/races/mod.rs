@@ -105,7 +105,7 @@ pub fn teardown(sys: &System, mms: &[Arc<MmStruct>], files: &[Arc<AddressSpace>]
 pub fn wait_for(flag: &mm_core::sync::AtomicU64, at_least: u64, k: &Kernel) {
     let mut spins = 0u32;
     while flag.load(mm_core::sync::Ordering::SeqCst) < at_least {
-        k.smp.cond_resched();
+        k.smp.cpu_relax();
         spins += 1;
         if spins.is_multiple_of(32) {
             mm_core::sync::yield_now();

@@ -82,7 +82,7 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
             let target = progress.load(Ordering::SeqCst) + 2;
             let t0 = std::time::Instant::now();
             while progress.load(Ordering::SeqCst) < target && t0.elapsed() < STALL {
-                k.smp.cond_resched();
+                k.smp.cpu_relax();
                 mm_core::sync::spin_loop();
             }
         };
@@ -124,7 +124,7 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
                     filemap_fdatawrite_range(k, &file, 0, 1);
                     // The PoC's read-back between msync and fadvise.
                     for _ in 0..PAUSE {
-                        k.smp.cond_resched();
+                        k.smp.cpu_relax();
                     }
                     invalidate_mapping_pages(k, &file, 0, 1);
                     progress.fetch_add(1, Ordering::SeqCst);

@@ -316,7 +316,7 @@ where
         }
     }
     if err.is_none() {
-        if let Err(e) = b.sys.quiesce(b.sys.machine.config().task_timeout) {
+        if let Err(e) = b.sys.quiesce(b.sys.machine.config().hang_timeout) {
             err = Some(e);
         }
     }
@@ -324,7 +324,7 @@ where
     let leaked = if err.is_none() { Some(sub(k.alloc.in_use(), b.baseline)) } else { None };
     let leak_not_checked = leaked.is_none().then(|| "the run ended early".to_string());
     let hang = match &err {
-        Some(MachineError::Timeout { .. }) => true,
+        Some(MachineError::Hang { .. }) => true,
         Some(MachineError::Panicked { msg, .. }) => msg.contains("CSD lock timeout"),
         _ => false,
     };
@@ -496,7 +496,7 @@ pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64) -> Result<Chun
                 }
             }
             Err(e) => {
-                out.hang = e.contains("no result within") || e.contains("CSD lock timeout");
+                out.hang = e.contains(": hang: ") || e.contains("CSD lock timeout");
                 out.error = Some(e);
                 break;
             }
