@@ -332,3 +332,41 @@ impl Kernel {
         self.user_access(mm, va, Access::Write(val))
     }
 }
+
+/// Host memory a kernel built from a configuration can use, by part (bytes).
+/// `Kernel::new` allocates the metadata and per-CPU parts at once; emulated
+/// RAM is zero-filled on demand by the host, so it costs only as the run
+/// touches it — the estimate counts all of it, as a run may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostMemory {
+    /// Emulated RAM: every frame's words.
+    pub emulated_ram: u64,
+    /// Per frame: generation, `struct page`, allocator lists.
+    pub frame_metadata: u64,
+    /// Per CPU: TLB and paging-structure caches, counters, TLB state.
+    pub per_cpu: u64,
+}
+
+impl HostMemory {
+    /// What a kernel of `cfg` can use at most.
+    pub fn of(cfg: &KernelConfig) -> HostMemory {
+        use std::mem::size_of;
+        let frames = cfg.ram_frames as u64;
+        let words = cfg.geometry.ptrs_per_table() as u64;
+        let t = cfg.tlb;
+        let tlb = ((t.sets + t.huge_sets) * t.ways) as u64 * size_of::<crate::hw::tlb::TlbEntry>() as u64
+            + (t.sets + t.huge_sets) as u64
+            + 3 * t.psc_entries as u64 * size_of::<crate::hw::tlb::PscEntry>() as u64;
+        let counters = crate::stats::Stat::ALL.len() as u64 * 8;
+        HostMemory {
+            emulated_ram: frames * words * 8,
+            // gen (8) + struct page + free_order (1) + next/prev links (8).
+            frame_metadata: frames * (8 + size_of::<crate::page::Page>() as u64 + 1 + 8),
+            per_cpu: cfg.nr_cpus as u64 * (tlb + counters + size_of::<CpuTlbState>() as u64 + 64),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.emulated_ram + self.frame_metadata + self.per_cpu
+    }
+}

@@ -18,7 +18,7 @@ use emu_cpu::{MachineConfig, WaitPolicy};
 use mm_core::config::{Arch, Fix, KernelConfig};
 use serde::Serialize;
 
-use crate::report::{BudgetJson, Report, Setup, TraceInfo};
+use crate::report::{BudgetJson, MemoryJson, Report, Setup, TraceInfo};
 use crate::scenarios::{self, ArchReq, Budget, Ctx, Scenario, MAX_CPUS};
 
 #[derive(Parser, Debug)]
@@ -261,8 +261,43 @@ impl RunSpec {
                 Budget::Seconds(s) => BudgetJson { iterations: None, seconds: Some(s) },
             },
             params: self.params.clone(),
+            memory: None,
         }
     }
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes (None off Linux).
+fn host_mem_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// What a run of `spec` will allocate, checked before anything is: more
+/// emulated RAM than a kernel config allows, or more host memory than the
+/// host has available, is refused with the parameters that asked for it.
+fn plan_memory(spec: &RunSpec, ctx: &Ctx) -> Result<MemoryJson, CliError> {
+    let s = spec.scenario;
+    let frames = scenarios::ram_frames(ctx, (s.frames)(ctx)).map_err(|e| CliError::Usage(format!("scenario {}: {e}", s.name)))?;
+    let kcfg = KernelConfig { ram_frames: frames, ..ctx.kcfg.clone() };
+    let est = mm_core::kernel::HostMemory::of(&kcfg);
+    let host = est.total() + spec.cpus as u64 * emu_cpu::HOST_BYTES_PER_CPU;
+    if let Some(avail) = host_mem_available() {
+        if host > avail {
+            return Err(CliError::Usage(format!(
+                "scenario {} with --cpus {} and {} needs up to {} of host memory (emulated RAM {}: {frames} frames); \
+                 this host has {} available: lower --cpus or the parameters",
+                s.name,
+                spec.cpus,
+                scenarios::describe_params(ctx),
+                crate::report::human_bytes(host),
+                crate::report::human_bytes(est.emulated_ram),
+                crate::report::human_bytes(avail)
+            )));
+        }
+    }
+    Ok(MemoryJson { emulated_ram_frames: frames as u64, emulated_ram_bytes: est.emulated_ram, host_estimate_bytes: host })
 }
 
 /// Set while a scenario runs: the panic hook stays quiet.  Panics on
@@ -270,6 +305,42 @@ impl RunSpec {
 /// the scenario's own thread is caught by `run_scenario` and reported as
 /// one error line.
 static RUN_ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// The signal that ended the budget early (0: none), for the exit status.
+fn stop_signal() -> &'static StdArc<std::sync::atomic::AtomicUsize> {
+    static SIG: std::sync::OnceLock<StdArc<std::sync::atomic::AtomicUsize>> = std::sync::OnceLock::new();
+    SIG.get_or_init(Default::default)
+}
+
+/// SIGINT / SIGTERM: the first one ends the budget (every thread stops at
+/// its next step, the run tears down, leak-checks and prints its report,
+/// marked `interrupted`, and writes its trace); a second one exits at once
+/// with status 128 + the signal's number, printing nothing more.
+pub fn install_signal_handlers() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = scenarios::interrupt_flag();
+    for sig in [SIGINT, SIGTERM] {
+        // Registered first, so it sees the flag as it was before this
+        // signal: set means this is the second one.
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, flag.clone());
+        let _ = signal_hook::flag::register_usize(sig, stop_signal().clone(), sig as usize);
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+}
+
+/// Exit status of a command whose runs `failed` or not: 1 for a finding;
+/// else 128 + the signal if one cut the budget short (130 SIGINT, 143
+/// SIGTERM); else 0.
+pub fn exit_status(failed: bool) -> i32 {
+    let sig = stop_signal().load(Ordering::SeqCst);
+    if failed {
+        1
+    } else if sig != 0 || scenarios::interrupted() {
+        128 + if sig == 0 { 2 } else { sig as i32 }
+    } else {
+        0
+    }
+}
 
 /// Install the panic hook (once per process; `main()` does it).
 pub fn install_panic_hook() {
@@ -295,6 +366,7 @@ pub fn run_scenario(spec: &RunSpec) -> Result<Report, CliError> {
         params: spec.params.clone(),
         stop_on_violation: spec.stop_on_violation,
     };
+    let memory = plan_memory(spec, &ctx)?;
     if spec.trace.is_some() {
         emu_cpu::trace::start();
     }
@@ -311,7 +383,7 @@ pub fn run_scenario(spec: &RunSpec) -> Result<Report, CliError> {
         CliError::Failed(format!("scenario {} panicked outside the emulated CPUs: {msg}", spec.scenario.name))
     })?;
     let outcome = r.map_err(|e| CliError::Usage(format!("scenario {}: {e}", spec.scenario.name)))?;
-    let mut report = Report::new(spec.setup(), &outcome);
+    let mut report = Report::new(Setup { memory: Some(memory), ..spec.setup() }, &outcome);
     if let (Some(path), Some((events, dropped))) = (&spec.trace, traced) {
         let title = format!("mmemu {} ({} CPUs, {})", spec.scenario.name, spec.cpus, spec.arch.name());
         crate::trace_json::write(path, &title, spec.cpus, &events).map_err(CliError::Failed)?;
@@ -339,6 +411,7 @@ fn print_json<T: Serialize>(v: &T) {
 /// Parse the command line and run; returns the process exit status.
 pub fn main() -> i32 {
     install_panic_hook();
+    install_signal_handlers();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -486,7 +559,7 @@ fn run(a: RunArgs) -> Result<i32, CliError> {
     } else {
         print!("{}", report.human());
     }
-    Ok(if report.failed() { 1 } else { 0 })
+    Ok(exit_status(report.failed()))
 }
 
 #[derive(Serialize)]
@@ -548,7 +621,11 @@ fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
     } else {
         print!("{}", side_by_side(a.switch, e, &off, &on, reproduced));
     }
-    Ok(if reproduced { 0 } else { 1 })
+    // Interrupted: the verdict is not meaningful, but a run that failed
+    // still says so.
+    let interrupted = off.interrupted || on.interrupted;
+    let broke = on.failed() || (off.failed() && off.verdict != "violations");
+    Ok(if interrupted { exit_status(broke) } else if reproduced { 0 } else { 1 })
 }
 
 /// The `reproduce` table.
@@ -662,7 +739,7 @@ fn stress(a: StressArgs) -> Result<i32, CliError> {
         }
         for &i in &order {
             let left = total.saturating_sub(t0.elapsed());
-            if left < Duration::from_millis(50) {
+            if left < Duration::from_millis(50) || scenarios::interrupted() {
                 break 'outer;
             }
             let s = &all[i];
@@ -704,6 +781,9 @@ fn stress(a: StressArgs) -> Result<i32, CliError> {
             s.name, t.runs, t.rounds, t.ops, t.violations, t.leaked, t.failures
         );
     }
+    if scenarios::interrupted() {
+        println!("  interrupted: stopped early by a signal; the table is what ran until then");
+    }
     println!("  verdict: {}", if failed { "FAILED" } else { "ok" });
-    Ok(if failed { 1 } else { 0 })
+    Ok(exit_status(failed))
 }

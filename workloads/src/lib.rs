@@ -11,8 +11,10 @@
 //!   within its iteration bound; with the fix on it must find none.
 //! - `report`: counters, violations and leaks as a human summary or JSON.
 //! - `trace_json`: Chrome trace-event JSON for ui.perfetto.dev.
+//! - `budget`: rounds or seconds, and the SIGINT / SIGTERM stop request.
 //! - `cli`: argument parsing and the subcommands (`src/bin/mmemu.rs` is thin).
 
+pub mod budget;
 pub mod cli;
 pub mod races;
 pub mod report;

@@ -178,6 +178,15 @@ pub struct BudgetJson {
     pub seconds: Option<f64>,
 }
 
+/// What the run's configuration costs: emulated RAM and the host memory
+/// estimated for it before booting (`mm_core::kernel::HostMemory`).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct MemoryJson {
+    pub emulated_ram_frames: u64,
+    pub emulated_ram_bytes: u64,
+    pub host_estimate_bytes: u64,
+}
+
 /// One run, as `--json` prints it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -191,10 +200,22 @@ pub struct Report {
     pub pin: bool,
     pub budget: BudgetJson,
     pub params: BTreeMap<&'static str, u64>,
+    /// Emulated RAM and the host memory the configuration may use.
+    pub memory: Option<MemoryJson>,
     pub iterations: u64,
     pub ops: u64,
     pub elapsed_s: f64,
     pub ops_per_sec: f64,
+    /// `--seconds`: how long after the deadline the last thread stopped.
+    pub overshoot_s: Option<f64>,
+    /// Exiting every mm, quiescing the machine and the leak check.
+    pub teardown_s: f64,
+    /// The budget was cut short by SIGINT / SIGTERM: the counters are what
+    /// was measured until then (the run still tore down and leak-checked).
+    pub interrupted: bool,
+    /// Digest of the choices the scenario drew from `seed` ("0x…"): the
+    /// same seed gives the same digest; `null` when it draws none.
+    pub program_digest: Option<String>,
     pub interrupts: Interrupts,
     /// The four vmstat counters, summed over CPUs.
     pub vmstat: BTreeMap<&'static str, u64>,
@@ -235,6 +256,7 @@ pub struct Setup {
     pub pin: bool,
     pub budget: BudgetJson,
     pub params: BTreeMap<&'static str, u64>,
+    pub memory: Option<MemoryJson>,
 }
 
 impl Report {
@@ -267,10 +289,15 @@ impl Report {
             pin: s.pin,
             budget: s.budget,
             params: s.params,
+            memory: s.memory,
             iterations: o.iterations,
             ops: o.ops,
             elapsed_s: secs,
             ops_per_sec: if secs > 0.0 { o.ops as f64 / secs } else { 0.0 },
+            overshoot_s: o.overshoot.map(|d| d.as_secs_f64()),
+            teardown_s: o.teardown.as_secs_f64(),
+            interrupted: o.interrupted,
+            program_digest: (o.program_digest != 0).then(|| format!("{:#018x}", o.program_digest)),
             interrupts: Interrupts { cal: m.cal.clone(), tlb: m.cpu(Stat::IrqTlbCount).to_vec(), sent: m.ipis_sent.clone() },
             vmstat: VMSTAT.iter().map(|s| (s.name(), m.total(*s))).collect(),
             per_cpu: VMSTAT.iter().map(|s| (s.name(), m.cpu(*s).to_vec())).collect(),
@@ -331,11 +358,30 @@ impl Report {
             let p: Vec<_> = self.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(s, "  params: {}", p.join(" "));
         }
-        let _ = writeln!(
+        if let Some(m) = &self.memory {
+            let _ = writeln!(
+                s,
+                "  emulated RAM: {} ({} frames); host memory: up to {}",
+                human_bytes(m.emulated_ram_bytes),
+                m.emulated_ram_frames,
+                human_bytes(m.host_estimate_bytes)
+            );
+        }
+        let _ = write!(
             s,
             "  {} rounds, {} ops in {:.3} s: {:.0} ops/s",
             self.iterations, self.ops, self.elapsed_s, self.ops_per_sec
         );
+        if let (Some(b), Some(o)) = (self.budget.seconds, self.overshoot_s) {
+            let _ = write!(s, " (budget {b} s, stopped {:.1} ms after it)", o * 1e3);
+        }
+        let _ = writeln!(s, "; teardown {:.3} s", self.teardown_s);
+        if let Some(d) = &self.program_digest {
+            let _ = writeln!(s, "  program: {d} (digest of the seed's choices)");
+        }
+        if self.interrupted {
+            let _ = writeln!(s, "  interrupted: stopped early by a signal; counters are what ran until then");
+        }
         // /proc/interrupts style.
         let w = 10;
         let _ = write!(s, "\n  {:<30}", "");
@@ -419,5 +465,21 @@ impl Report {
         }
         let _ = writeln!(s, "  verdict: {}", self.verdict);
         s
+    }
+}
+
+/// `1.5 GiB`-style sizes for the human report.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = b as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
     }
 }

@@ -44,6 +44,7 @@ fn params(kcfg: KernelConfig, iterations: u64) -> RaceParams {
         iterations,
         seed: 0x5eed,
         stop_on_violation: true,
+        stop: workloads::budget::Until::forever(),
     }
 }
 

@@ -32,6 +32,7 @@ fn params(arch: Arch, fixes: Fixes, iterations: u64) -> RaceParams {
         iterations,
         seed: 0x5eed,
         stop_on_violation: true,
+        stop: workloads::budget::Until::forever(),
     }
 }
 

@@ -25,6 +25,7 @@ fn params(revert: bool, iterations: u64) -> RaceParams {
         iterations,
         seed: 0x5eed,
         stop_on_violation: true,
+        stop: workloads::budget::Until::forever(),
     }
 }
 

@@ -26,6 +26,7 @@ fn params(cpus: usize, revert: Option<Fix>, iterations: u64) -> RaceParams {
         iterations,
         seed: 0x5eed,
         stop_on_violation: true,
+        stop: workloads::budget::Until::forever(),
     }
 }
 

@@ -79,6 +79,9 @@ where
     let mut first = None;
     let mut rounds = 0;
     for round in 1..=p.iterations {
+        if p.stop.expired() {
+            break;
+        }
         rounds = round;
         let done = Arc::new(AtomicBool::new(false));
         let started = Arc::new(AtomicBool::new(false));

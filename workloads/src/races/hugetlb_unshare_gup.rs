@@ -140,6 +140,9 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     let mut first = None;
     let mut done = 0;
     for it in 1..=p.iterations {
+        if p.stop.expired() {
+            break;
+        }
         done = it;
         let stall = Duration::from_nanos(20_000 + next_rand(&mut rng) % MAX_STALL.as_nanos() as u64);
         let file = k.new_file(pud / g.page_size());

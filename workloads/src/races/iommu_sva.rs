@@ -60,6 +60,9 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     let mut first = None;
     let mut rounds = 0;
     for round in 1..=p.iterations {
+        if p.stop.expired() {
+            break;
+        }
         rounds = round;
         let va = BASE + ((round - 1) % FILE_PAGES) * ps;
         // A fresh read-only mapping of the round's page.
@@ -165,6 +168,9 @@ pub fn run_dma_vs_zap(p: &RaceParams) -> Result<RaceOutcome, String> {
     let mut first = None;
     let mut rounds = 0;
     for round in 1..=p.iterations {
+        if p.stop.expired() {
+            break;
+        }
         rounds = round;
         let r = sys.run_user(CpuId(0), &mm, move |k, mm| {
             for i in 0..DMA_PAGES {

@@ -36,6 +36,9 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     let mut first = None;
     let mut rounds = 0;
     for round in 1..=p.iterations {
+        if p.stop.expired() {
+            break;
+        }
         rounds = round;
         let cpu = CpuId((round % p.kcfg.nr_cpus as u64) as u32);
         sys.run_user(cpu, &mm, move |k, mm| {

@@ -4,7 +4,8 @@
 //! - boots its own `emu_cpu::System` from `p.kcfg` / `p.machine` (the
 //!   driver may require an arch profile or CPU count and says so in its
 //!   `Err`), runs up to `p.iterations` rounds of the race, and stops early
-//!   at the first violation when `p.stop_on_violation`;
+//!   at the first violation when `p.stop_on_violation`, and before a round
+//!   when `p.stop.expired()` (the run's time is up or it was interrupted);
 //! - never hangs (all waits go through the machine's timeouts) and turns a
 //!   machine error into `Err` naming the CPU;
 //! - before returning `Ok`, exits every mm it created, truncates every file
@@ -24,6 +25,8 @@ use mm_core::sanitizer::ViolationKind;
 use mm_core::sync::Arc;
 use mm_core::{Kernel, KernelConfig};
 
+use crate::budget::Until;
+
 /// What a driver is asked to do.
 #[derive(Clone, Debug)]
 pub struct RaceParams {
@@ -34,6 +37,10 @@ pub struct RaceParams {
     pub seed: u64,
     /// Stop at the first round that produced a violation.
     pub stop_on_violation: bool,
+    /// The run's deadline and the interrupt request: a driver asks
+    /// `p.stop.expired()` before each round and ends early when it says so
+    /// (tearing down as usual).
+    pub stop: Until,
 }
 
 /// What a driver found.

@@ -45,6 +45,9 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     let mut first = None;
     let mut rounds = 0;
     for round in 1..=p.iterations {
+        if p.stop.expired() {
+            break;
+        }
         rounds = round;
         sys.run_user(CpuId(0), &mm, move |k, mm| {
             for i in 0..SMALL {

@@ -93,6 +93,9 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     let mut first = None;
     let mut rounds = 0;
     for round in 1..=p.iterations {
+        if p.stop.expired() {
+            break;
+        }
         rounds = round;
         armed.store(1, Ordering::SeqCst);
         // Setup: every page dirty in the mapping, page 0 cached dirty on CPU0.

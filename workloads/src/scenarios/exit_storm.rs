@@ -10,7 +10,7 @@ use mm_core::config::Arch;
 use mm_core::tlb::switch_mm;
 use mm_core::CpuId;
 
-use super::{boot, finish, sys, ArchReq, Ctx, Outcome, ParamSpec, Scenario, Until, Work};
+use super::{boot, finish, sys, ArchReq, Ctx, Outcome, ParamSpec, Rng, Scenario, Work};
 
 pub(super) const SCENARIO: Scenario = Scenario {
     name: "exit-storm",
@@ -23,17 +23,26 @@ pub(super) const SCENARIO: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 1,
     default_iterations: 500,
+    frames,
     run,
 };
 
 const BASE: u64 = 0x40_0000_0000;
 
+/// Emulated RAM: every process, its child's copies and their tables.
+fn frames(ctx: &Ctx) -> usize {
+    ctx.nr_cpus() * (ctx.param("pages") as usize + 64) * 3 + 8192
+}
+
 fn run(ctx: &Ctx) -> Result<Outcome, String> {
     let n = ctx.nr_cpus();
     let (pages, fork) = (ctx.param("pages"), ctx.param("fork") == 1);
-    let b = boot(ctx, n * (pages as usize + 64) * 3 + 8192)?;
+    let b = boot(ctx, frames(ctx))?;
     let ps = b.sys.kernel().cfg.geometry.page_size();
-    let until = Until::new(ctx.budget);
+    let until = b.until;
+    // Seed-drawn, per process and round: the CPU its second thread runs
+    // on, which pages that thread reads and which the child writes.
+    let mut rng = Rng::new(ctx.seed, 0);
     let mut work = Work::default();
     let mut err = None;
     let cpu = |c: usize| CpuId(c as u32);
@@ -47,6 +56,18 @@ fn run(ctx: &Ctx) -> Result<Outcome, String> {
                 break;
             }
         };
+        let picks: Vec<(usize, Vec<u64>, Vec<u64>)> = (0..n)
+            .map(|c| {
+                let other = if n == 1 { c } else { (c + 1 + rng.below(n as u64 - 1) as usize) % n };
+                let mut reads = rng.permutation(pages);
+                reads.truncate(pages.div_ceil(2) as usize);
+                let mut writes = rng.permutation(pages);
+                writes.truncate(pages.div_ceil(4) as usize);
+                (other, reads, writes)
+            })
+            .collect();
+        // Once the time is up, the processes skip to their exit (step 3
+        // without the fork): every mm still exits.
         let steps: [&dyn Fn(usize) -> emu_cpu::TaskHandle<u64>; 3] = [
             &|c| {
                 b.sys.spawn_user(cpu(c), &mms[c], move |k, mm| {
@@ -57,10 +78,11 @@ fn run(ctx: &Ctx) -> Result<Outcome, String> {
                     1
                 })
             },
-            // Step 2: a second thread on the next CPU reads half the pages.
+            // Step 2: a second thread on another CPU reads half the pages.
             &|c| {
-                b.sys.spawn_user(cpu((c + 1) % n), &mms[c], move |k, mm| {
-                    for p in (0..pages).step_by(2) {
+                let reads = picks[c].1.clone();
+                b.sys.spawn_user(cpu(picks[c].0), &mms[c], move |k, mm| {
+                    for p in reads {
                         k.read_user(mm, BASE + p * ps).expect("second thread reads");
                     }
                     0
@@ -68,12 +90,14 @@ fn run(ctx: &Ctx) -> Result<Outcome, String> {
             },
             // Step 3: fork + child writes and exits; the process exits.
             &|c| {
+                let writes = picks[c].2.clone();
+                let fork = fork && !until.expired();
                 b.sys.spawn_user(cpu(c), &mms[c], move |k, mm| {
                     let mut ops = 0;
                     if fork {
                         let child = sys::fork(k, mm).expect("fork");
                         switch_mm(k, &child);
-                        for p in (0..pages).step_by(4) {
+                        for p in writes {
                             k.write_user(&child, BASE + p * ps, !p).expect("child writes (COW)");
                         }
                         sys::exit(k, &child);
@@ -85,7 +109,10 @@ fn run(ctx: &Ctx) -> Result<Outcome, String> {
                 })
             },
         ];
-        for step in steps {
+        for (i, step) in steps.iter().enumerate() {
+            if i == 1 && until.expired() {
+                continue;
+            }
             let hs = (0..n).map(step).collect();
             match b.sys.join_all(hs) {
                 Ok(v) => work.ops += v.iter().sum::<u64>(),
@@ -97,5 +124,6 @@ fn run(ctx: &Ctx) -> Result<Outcome, String> {
         }
         work.rounds += n as u64;
     }
+    work.digest = rng.digest();
     Ok(finish(b, work, err, |_| ()))
 }

@@ -8,7 +8,7 @@
 use mm_core::config::Arch;
 use mm_core::CpuId;
 
-use super::{boot, finish, join_into, sys, ArchReq, Ctx, Outcome, ParamSpec, Scenario, Until, Work};
+use super::{boot, finish, join_into, sys, ArchReq, Ctx, Outcome, ParamSpec, Rng, Scenario, WorkLog};
 
 pub(super) const SCENARIO: Scenario = Scenario {
     name: "madvise-dontneed",
@@ -21,6 +21,7 @@ pub(super) const SCENARIO: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 1,
     default_iterations: 50,
+    frames,
     run,
 };
 
@@ -28,39 +29,48 @@ const BASE: u64 = 0x30_0000_0000;
 /// Threads 1 GiB apart: separate PMD tables, so zaps share no table.
 const STRIDE: u64 = 1 << 30;
 
+/// Emulated RAM: every thread's region and its tables, twice over.
+fn frames(ctx: &Ctx) -> usize {
+    ctx.nr_cpus() * (ctx.param("pages") as usize + 64) * 2 + 8192
+}
+
 fn run(ctx: &Ctx) -> Result<Outcome, String> {
     let n = ctx.nr_cpus();
     let (pages, batch) = (ctx.param("pages"), ctx.param("batch"));
-    let b = boot(ctx, n * (pages as usize + 64) * 2 + 8192)?;
+    let b = boot(ctx, frames(ctx))?;
     let mm = b.sys.mm_alloc().map_err(|e| e.to_string())?;
     let ps = b.sys.kernel().cfg.geometry.page_size();
-    let until = Until::new(ctx.budget);
+    let until = b.until;
+    let seed = ctx.seed;
+    let log = WorkLog::new(n);
     let hs = (0..n)
         .map(|c| {
+            let mut w = log.thread(c);
             b.sys.spawn_user(CpuId(c as u32), &mm, move |k, mm| {
-                let mut w = Work::default();
+                // Seed-drawn: the order the batches are visited in each round.
+                let mut rng = Rng::new(seed, c as u64);
                 let base = BASE + c as u64 * STRIDE;
                 sys::mmap_anon(k, mm, base, pages * ps).expect("mmap of the thread's region");
-                w.ops += 1;
-                while until.more(w.rounds) {
-                    let mut p = 0;
-                    while p < pages {
+                w.op();
+                'run: while until.more(w.rounds()) {
+                    for i in rng.permutation(pages.div_ceil(batch)) {
+                        if until.expired() {
+                            break 'run;
+                        }
+                        let p = i * batch;
                         let len = batch.min(pages - p);
-                        for i in 0..len {
-                            k.write_user(mm, base + (p + i) * ps, w.rounds).expect("touch");
+                        for j in 0..len {
+                            k.write_user(mm, base + (p + j) * ps, w.rounds()).expect("touch");
                         }
                         sys::madvise_dontneed(k, mm, base + p * ps, len * ps).expect("madvise(MADV_DONTNEED)");
-                        w.ops += 1;
-                        p += len;
+                        w.op();
                     }
-                    w.rounds += 1;
+                    w.round(&rng);
                 }
-                w
             })
         })
         .collect();
-    let mut work = Work::default();
     let mut err = None;
-    join_into(&b, hs, &mut work, &mut err);
-    Ok(finish(b, work, err, move |k| sys::exit(k, &mm)))
+    join_into(&b, hs, &mut err);
+    Ok(finish(b, log.total(), err, move |k| sys::exit(k, &mm)))
 }

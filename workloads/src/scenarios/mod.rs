@@ -32,6 +32,7 @@ use mm_core::page::alloc::InUse;
 use mm_core::sync::Arc;
 use mm_core::Kernel;
 
+pub use crate::budget::{interrupt_flag, interrupted, Budget, Until};
 use crate::races::{RaceOutcome, RaceParams};
 use crate::report::Measure;
 
@@ -59,40 +60,6 @@ impl ArchReq {
     pub fn arch(self) -> Arch {
         match self {
             ArchReq::Default(a) | ArchReq::Requires(a) => a,
-        }
-    }
-}
-
-/// How long a scenario runs.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Budget {
-    /// Rounds: per user thread for the native scenarios, rounds of the
-    /// race for race scenarios.
-    Iterations(u64),
-    /// Wall-clock seconds.
-    Seconds(f64),
-}
-
-/// Decides when a thread stops (Copy: every task gets its own).
-#[derive(Clone, Copy, Debug)]
-pub struct Until {
-    rounds: Option<u64>,
-    deadline: Option<Instant>,
-}
-
-impl Until {
-    pub fn new(b: Budget) -> Until {
-        match b {
-            Budget::Iterations(n) => Until { rounds: Some(n), deadline: None },
-            Budget::Seconds(s) => Until { rounds: None, deadline: Some(Instant::now() + Duration::from_secs_f64(s)) },
-        }
-    }
-    /// May round `r` (0-based) start?
-    pub fn more(&self, r: u64) -> bool {
-        match (self.rounds, self.deadline) {
-            (Some(n), _) => r < n,
-            (None, Some(d)) => Instant::now() < d,
-            (None, None) => false,
         }
     }
 }
@@ -126,7 +93,16 @@ pub struct Outcome {
     pub iterations: u64,
     /// Syscalls made (race scenarios: rounds).
     pub ops: u64,
+    /// From boot to the end of the budget (every thread stopped).
     pub elapsed: Duration,
+    /// `--seconds`: how far past the deadline the last thread stopped.
+    pub overshoot: Option<Duration>,
+    /// Exiting every mm, quiescing and the leak check.
+    pub teardown: Duration,
+    /// The budget ended early on SIGINT / SIGTERM (`interrupt_flag`).
+    pub interrupted: bool,
+    /// Digest of the choices the scenario drew from the seed (0: none).
+    pub program_digest: u64,
     pub measure: Measure,
     /// A machine error (panic on a CPU, task that never returned) that
     /// ended the run early; names the CPU.
@@ -157,7 +133,15 @@ pub struct Scenario {
     pub min_cpus: usize,
     /// Rounds when neither `--iterations` nor `--seconds` is given.
     pub default_iterations: u64,
+    /// Emulated RAM (page frames) a run of this scenario asks for, before
+    /// rounding (`ram_frames`); the CLI checks it against the host first.
+    pub frames: fn(&Ctx) -> usize,
     pub run: RunFn,
+}
+
+/// `Scenario::frames` of the race scenarios: the configuration's RAM.
+pub(crate) fn config_frames(ctx: &Ctx) -> usize {
+    ctx.kcfg.ram_frames
 }
 
 impl std::fmt::Debug for Scenario {
@@ -264,42 +248,129 @@ static REGISTRY: &[Scenario] = &[
 // ---------------------------------------------------------------------------
 // Helpers shared by the native scenarios.
 
-/// A booted system and what the allocator held before any mm existed.
+/// The largest emulated RAM a run may have: `KernelConfig::validate`'s
+/// bound (2^24 frames, 64 GiB of 4 KiB pages).
+pub const MAX_RAM_FRAMES: usize = 1 << 24;
+
+/// The emulated RAM a native scenario boots with: what it asked for,
+/// rounded up to a power of two, at least the configuration's default.
+/// More than `MAX_RAM_FRAMES` is refused with the parameters that asked
+/// for it (never silently capped: the run would then fail for lack of RAM).
+pub(crate) fn ram_frames(ctx: &Ctx, min_frames: usize) -> Result<usize, String> {
+    let frames = ctx.kcfg.ram_frames.max(min_frames.next_power_of_two());
+    if frames > MAX_RAM_FRAMES {
+        return Err(format!(
+            "--cpus {} with {} needs {frames} emulated page frames; at most {MAX_RAM_FRAMES} \
+             (lower --cpus or the parameters)",
+            ctx.nr_cpus(),
+            describe_params(ctx)
+        ));
+    }
+    Ok(frames)
+}
+
+/// `key=value ...` of the run's parameters, for messages.
+pub fn describe_params(ctx: &Ctx) -> String {
+    if ctx.params.is_empty() {
+        return "no parameters".to_string();
+    }
+    ctx.params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+}
+
+/// A booted system, what the allocator held before any mm existed, and
+/// the budget (which starts once the machine is up).
 pub(crate) struct Booted {
     pub sys: System,
     pub baseline: InUse,
     pub t0: Instant,
+    pub until: Until,
 }
 
 pub(crate) fn boot(ctx: &Ctx, min_frames: usize) -> Result<Booted, String> {
     let mut kcfg = ctx.kcfg.clone();
-    kcfg.ram_frames = kcfg.ram_frames.max(min_frames.next_power_of_two()).min(1 << 24);
+    kcfg.ram_frames = ram_frames(ctx, min_frames)?;
     let sys = System::new(kcfg, ctx.machine)?;
     let baseline = sys.kernel().alloc.in_use();
-    Ok(Booted { sys, baseline, t0: Instant::now() })
+    Ok(Booted { sys, baseline, t0: Instant::now(), until: Until::new(ctx.budget) })
 }
 
-/// What the threads of a native scenario return.
+/// Rounds, ops and the digest of the seed-drawn choices of a native
+/// scenario (summed over its threads).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Work {
     pub rounds: u64,
     pub ops: u64,
+    pub digest: u64,
 }
 
 impl std::ops::AddAssign for Work {
     fn add_assign(&mut self, o: Work) {
         self.rounds += o.rounds;
         self.ops += o.ops;
+        self.digest ^= o.digest;
     }
 }
 
-/// Join `hs`, sum the work; the first machine error is kept in `err`.
-pub(crate) fn join_into(b: &Booted, hs: Vec<TaskHandle<Work>>, total: &mut Work, err: &mut Option<MachineError>) {
-    match b.sys.join_all(hs) {
-        Ok(ws) => ws.into_iter().for_each(|w| *total += w),
-        Err(e) => {
-            err.get_or_insert(e);
+#[derive(Default)]
+struct WorkSlot {
+    rounds: std::sync::atomic::AtomicU64,
+    ops: std::sync::atomic::AtomicU64,
+    digest: std::sync::atomic::AtomicU64,
+}
+
+/// Every thread's `Work`, published as it happens: the work of a thread
+/// that panics or hangs stays in the report.  One cache line per thread.
+#[derive(Clone)]
+pub(crate) struct WorkLog(Arc<[crossbeam::utils::CachePadded<WorkSlot>]>);
+
+impl WorkLog {
+    pub fn new(threads: usize) -> WorkLog {
+        WorkLog((0..threads).map(|_| Default::default()).collect())
+    }
+    /// Thread `i`'s counter: `op()` / `round()` publish at once.
+    pub fn thread(&self, i: usize) -> ThreadWork {
+        ThreadWork { log: self.clone(), i, w: Work::default() }
+    }
+    pub fn total(&self) -> Work {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut t = Work::default();
+        for s in self.0.iter() {
+            t += Work { rounds: s.rounds.load(Relaxed), ops: s.ops.load(Relaxed), digest: s.digest.load(Relaxed) };
         }
+        t
+    }
+}
+
+/// One thread's side of a `WorkLog`.
+pub(crate) struct ThreadWork {
+    log: WorkLog,
+    i: usize,
+    w: Work,
+}
+
+impl ThreadWork {
+    pub fn op(&mut self) {
+        self.w.ops += 1;
+        self.log.0[self.i].ops.store(self.w.ops, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// A round is done; `rng` is the thread's generator (its digest so far).
+    pub fn round(&mut self, rng: &Rng) {
+        self.w.rounds += 1;
+        self.w.digest = rng.digest();
+        let s = &self.log.0[self.i];
+        s.rounds.store(self.w.rounds, std::sync::atomic::Ordering::Relaxed);
+        s.digest.store(self.w.digest, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn rounds(&self) -> u64 {
+        self.w.rounds
+    }
+}
+
+/// Join `hs` (every one, even after an error); the first machine error is
+/// kept in `err`.  The work is in the threads' `WorkLog`.
+pub(crate) fn join_into(b: &Booted, hs: Vec<TaskHandle<()>>, err: &mut Option<MachineError>) {
+    if let Err(e) = b.sys.join_all(hs) {
+        err.get_or_insert(e);
     }
 }
 
@@ -310,6 +381,8 @@ where
     F: FnOnce(&Arc<Kernel>) + Send + 'static,
 {
     let elapsed = b.t0.elapsed();
+    let overshoot = b.until.overshoot();
+    let t_teardown = Instant::now();
     if err.is_none() {
         if let Err(e) = b.sys.run_kthread(mm_core::CpuId(0), cleanup) {
             err = Some(e);
@@ -333,6 +406,10 @@ where
         iterations: work.rounds,
         ops: work.ops,
         elapsed,
+        overshoot,
+        teardown: t_teardown.elapsed(),
+        interrupted: interrupted(),
+        program_digest: work.digest,
         measure,
         error: err.map(|e| e.to_string()),
         hang,
@@ -353,23 +430,43 @@ fn sub(a: InUse, b: InUse) -> InUse {
 }
 
 /// splitmix64: a tiny deterministic generator (one per thread, seeded from
-/// `--seed` and the CPU).
+/// `--seed` and the CPU).  It also folds every value it hands out into a
+/// digest, so a report can show which program the seed chose.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Rng(u64);
+pub(crate) struct Rng {
+    state: u64,
+    digest: u64,
+}
 
 impl Rng {
     pub fn new(seed: u64, stream: u64) -> Rng {
-        Rng(seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        Rng { state: seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15), digest: 0 }
     }
     pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        let z = z ^ (z >> 31);
+        // FNV-1a style fold: order-sensitive, cheap.
+        self.digest = (self.digest ^ z).wrapping_mul(0x0000_0100_0000_01b3);
+        z
     }
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
+    }
+    /// `0..n` in an order drawn from the generator (Fisher-Yates).
+    pub fn permutation(&mut self, n: u64) -> Vec<u64> {
+        let mut v: Vec<u64> = (0..n).collect();
+        for i in (1..v.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
+        v
+    }
+    /// Digest of every value handed out so far.
+    pub fn digest(&self) -> u64 {
+        self.digest
     }
 }
 
@@ -435,13 +532,14 @@ pub(crate) mod sys {
 /// Counters of all chunks are summed; a driver `Err` ends the run as a
 /// failure (it names the CPU or the round).
 pub fn race_adapter(ctx: &Ctx, chunk: u64, run: fn(&RaceParams) -> Result<RaceOutcome, String>) -> Result<Outcome, String> {
-    Ok(chunked(ctx, chunk, |iterations, seed| {
+    Ok(chunked(ctx, chunk, |iterations, seed, stop| {
         let o = run(&RaceParams {
             kcfg: ctx.kcfg.clone(),
             machine: ctx.machine,
             iterations,
             seed,
             stop_on_violation: ctx.stop_on_violation,
+            stop,
         })?;
         Ok(Chunk { kernels: vec![o.kernel], iterations: o.iterations, first_violation_at: o.first_violation_at })
     }))
@@ -456,16 +554,21 @@ pub struct Chunk {
     pub first_violation_at: Option<u64>,
 }
 
-/// Call `f(rounds, seed)` once (`--iterations`) or in chunks until the
-/// time is up (`--seconds`), summing what the kernels measured.  Frames
-/// still in use after a chunk are leaks (drivers clean up before
+/// Call `f(rounds, seed, stop)` once (`--iterations`) or in chunks until
+/// the time is up (`--seconds`), summing what the kernels measured.  `stop`
+/// is the run's deadline and interrupt: drivers check it between rounds.
+/// Frames still in use after a chunk are leaks (drivers clean up before
 /// returning).
-pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64) -> Result<Chunk, String>) -> Outcome {
+pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64, Until) -> Result<Chunk, String>) -> Outcome {
     let t0 = Instant::now();
     let mut out = Outcome {
         iterations: 0,
         ops: 0,
         elapsed: Duration::ZERO,
+        overshoot: None,
+        teardown: Duration::ZERO,
+        interrupted: false,
+        program_digest: 0,
         measure: Measure::empty(ctx.nr_cpus()),
         error: None,
         hang: false,
@@ -480,7 +583,7 @@ pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64) -> Result<Chun
             Budget::Iterations(n) => n,
             Budget::Seconds(_) => chunk.max(1),
         };
-        match f(n, ctx.seed.wrapping_add(call)) {
+        match f(n, ctx.seed.wrapping_add(call), until.deadline_only()) {
             Ok(c) => {
                 if out.first_violation_at.is_none() {
                     out.first_violation_at = c.first_violation_at.map(|r| r + out.iterations);
@@ -510,6 +613,8 @@ pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64) -> Result<Chun
         }
     }
     out.elapsed = t0.elapsed();
+    out.overshoot = until.overshoot();
+    out.interrupted = interrupted();
     out
 }
 

@@ -7,7 +7,7 @@
 use mm_core::config::Arch;
 use mm_core::CpuId;
 
-use super::{boot, finish, join_into, sys, ArchReq, Ctx, Outcome, ParamSpec, Scenario, Until, Work};
+use super::{boot, finish, join_into, sys, ArchReq, Ctx, Outcome, ParamSpec, Rng, Scenario, Work, WorkLog};
 
 pub(super) const SCENARIO: Scenario = Scenario {
     name: "mprotect-pingpong",
@@ -20,15 +20,21 @@ pub(super) const SCENARIO: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 1,
     default_iterations: 400,
+    frames,
     run,
 };
 
 const BASE: u64 = 0x20_0000_0000;
 
+/// Emulated RAM: the shared region and its tables, twice over.
+fn frames(ctx: &Ctx) -> usize {
+    ctx.nr_cpus() * ctx.param("pages") as usize * 2 + 8192
+}
+
 fn run(ctx: &Ctx) -> Result<Outcome, String> {
     let n = ctx.nr_cpus();
     let (pages, flips) = (ctx.param("pages"), ctx.param("flips"));
-    let b = boot(ctx, n * pages as usize * 2 + 8192)?;
+    let b = boot(ctx, frames(ctx))?;
     let mm = b.sys.mm_alloc().map_err(|e| e.to_string())?;
     let ps = b.sys.kernel().cfg.geometry.page_size();
     let total = pages * n as u64;
@@ -40,35 +46,45 @@ fn run(ctx: &Ctx) -> Result<Outcome, String> {
             }
         })
         .map_err(|e| e.to_string())?;
-    let until = Until::new(ctx.budget);
+    let until = b.until;
+    let seed = ctx.seed;
+    let log = WorkLog::new(n);
     let hs = (0..n)
         .map(|c| {
+            let mut w = log.thread(c);
             b.sys.spawn_user(CpuId(c as u32), &mm, move |k, mm| {
-                let mut w = Work { ops: 0, rounds: 0 };
+                // Seed-drawn: the order the shared region is read in.
+                let mut rng = Rng::new(seed, c as u64);
                 let mine = BASE + c as u64 * pages * ps;
-                while until.more(w.rounds) {
-                    for p in 0..total {
+                'run: while until.more(w.rounds()) {
+                    for p in rng.permutation(total) {
                         k.read_user(mm, BASE + p * ps).expect("read the shared region");
                     }
                     for f in 0..flips {
+                        if until.expired() {
+                            break 'run;
+                        }
                         sys::mprotect(k, mm, mine, pages * ps, false).expect("mprotect PROT_READ");
+                        w.op();
                         for p in 0..pages {
                             k.read_user(mm, mine + p * ps).expect("read own read-only slice");
                         }
                         sys::mprotect(k, mm, mine, pages * ps, true).expect("mprotect PROT_READ|PROT_WRITE");
+                        w.op();
                         for p in 0..pages {
                             k.write_user(mm, mine + p * ps, f).expect("write own slice");
                         }
-                        w.ops += 2;
                     }
-                    w.rounds += 1;
+                    w.round(&rng);
                 }
-                w
             })
         })
         .collect();
-    let mut work = Work { ops: 1, rounds: 0 };
     let mut err = None;
-    join_into(&b, hs, &mut work, &mut err);
-    Ok(finish(b, work, err, move |k| sys::exit(k, &mm)))
+    join_into(&b, hs, &mut err);
+    // The populating mmap on CPU0 is one more syscall.
+    let work = Work { ops: 1, ..Default::default() };
+    let mut total = log.total();
+    total += work;
+    Ok(finish(b, total, err, move |k| sys::exit(k, &mm)))
 }

@@ -7,7 +7,7 @@
 use mm_core::config::Arch;
 use mm_core::CpuId;
 
-use super::{boot, finish, join_into, sys, ArchReq, Ctx, Outcome, ParamSpec, Rng, Scenario, Until, Work};
+use super::{boot, finish, join_into, sys, ArchReq, Ctx, Outcome, ParamSpec, Rng, Scenario, WorkLog};
 
 pub(super) const SCENARIO: Scenario = Scenario {
     name: "munmap-storm",
@@ -21,6 +21,7 @@ pub(super) const SCENARIO: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 1,
     default_iterations: 200,
+    frames,
     run,
 };
 
@@ -28,25 +29,41 @@ pub(super) const SCENARIO: Scenario = Scenario {
 pub(super) const BASE: u64 = 0x10_0000_0000;
 pub(super) const STRIDE: u64 = 1 << 30;
 
+/// Emulated RAM: every thread's region and its tables, twice over (frames
+/// freed through RCU come back a tick later).
+fn frames(ctx: &Ctx) -> usize {
+    ctx.nr_cpus() * (ctx.param("pages") as usize + 64) * 2 + 8192
+}
+
+/// Touches between two looks at the clock.
+const TOUCHES_PER_CHECK: u64 = 64;
+
 fn run(ctx: &Ctx) -> Result<Outcome, String> {
     let n = ctx.nr_cpus();
     let (pages, chunk, peek) = (ctx.param("pages"), ctx.param("chunk"), ctx.param("peek"));
-    let b = boot(ctx, n * (pages as usize + 64) * 2 + 8192)?;
+    let b = boot(ctx, frames(ctx))?;
     let mm = b.sys.mm_alloc().map_err(|e| e.to_string())?;
     let ps = b.sys.kernel().cfg.geometry.page_size();
-    let until = Until::new(ctx.budget);
+    let until = b.until;
     let seed = ctx.seed;
+    let log = WorkLog::new(n);
     let hs = (0..n)
         .map(|c| {
+            let mut w = log.thread(c);
             b.sys.spawn_user(CpuId(c as u32), &mm, move |k, mm| {
+                // Seed-drawn: which neighbour pages are peeked at, and the
+                // order the chunks are unmapped in (which munmap frees a
+                // table depends on it).
                 let mut rng = Rng::new(seed, c as u64);
-                let mut w = Work::default();
                 let base = BASE + c as u64 * STRIDE;
                 let next = BASE + ((c + 1) % n) as u64 * STRIDE;
-                while until.more(w.rounds) {
+                'run: while until.more(w.rounds()) {
                     sys::mmap_anon(k, mm, base, pages * ps).expect("mmap of the thread's own region");
-                    w.ops += 1;
+                    w.op();
                     for p in 0..pages {
+                        if p % TOUCHES_PER_CHECK == TOUCHES_PER_CHECK - 1 && until.expired() {
+                            break 'run;
+                        }
                         k.write_user(mm, base + p * ps, p ^ c as u64).expect("touch own region");
                     }
                     // The neighbour's region may be mapped or not: SIGSEGV
@@ -54,21 +71,20 @@ fn run(ctx: &Ctx) -> Result<Outcome, String> {
                     for _ in 0..peek {
                         let _ = k.read_user(mm, next + rng.below(pages) * ps);
                     }
-                    let mut p = 0;
-                    while p < pages {
-                        let len = chunk.min(pages - p);
-                        sys::munmap(k, mm, base + p * ps, len * ps).expect("munmap");
-                        w.ops += 1;
-                        p += len;
+                    for i in rng.permutation(pages.div_ceil(chunk)) {
+                        if until.expired() {
+                            break 'run;
+                        }
+                        let p = i * chunk;
+                        sys::munmap(k, mm, base + p * ps, chunk.min(pages - p) * ps).expect("munmap");
+                        w.op();
                     }
-                    w.rounds += 1;
+                    w.round(&rng);
                 }
-                w
             })
         })
         .collect();
-    let mut work = Work::default();
     let mut err = None;
-    join_into(&b, hs, &mut work, &mut err);
-    Ok(finish(b, work, err, move |k| sys::exit(k, &mm)))
+    join_into(&b, hs, &mut err);
+    Ok(finish(b, log.total(), err, move |k| sys::exit(k, &mm)))
 }

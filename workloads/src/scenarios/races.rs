@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use mm_core::config::{Arch, Fix};
 
-use super::{chunked, race_adapter, ArchReq, Chunk, Ctx, Outcome, ParamSpec, Scenario};
+use super::{chunked, config_frames, race_adapter, ArchReq, Chunk, Ctx, Outcome, ParamSpec, Scenario};
 use crate::races::fork_exit_hugetlb::{self, ForkExitParams};
 use crate::races::khugepaged_gup::{self, Scenario as Khp};
 use crate::races::{gup_table_free, hugetlb_unshare_gup, lazy_tlb, iommu_sva, large_folio_zap, nested_zap, writeback_race, RaceOutcome, RaceParams};
@@ -27,6 +27,7 @@ pub(super) const LAZY_TLB: Scenario = Scenario {
     arch: ArchReq::Requires(Arch::X86),
     min_cpus: 2,
     default_iterations: 60,
+    frames: config_frames,
     run: |ctx| race_adapter(ctx, 20, lazy_tlb::run),
 };
 
@@ -44,6 +45,7 @@ pub(super) const GUP_TABLE_FREE: Scenario = Scenario {
     arch: ArchReq::Default(Arch::Arm64),
     min_cpus: 2,
     default_iterations: 300,
+    frames: config_frames,
     run: |ctx| {
         let mut ctx = ctx.clone();
         ctx.kcfg.rcu_table_free = ctx.param("rcu-table-free") == 1;
@@ -55,9 +57,9 @@ fn khugepaged(ctx: &Ctx, sc: Khp, tweak: impl Fn(&mut mm_core::KernelConfig)) ->
     let mut ctx = ctx.clone();
     ctx.kcfg.geometry = KHUGEPAGED_GEOMETRY;
     tweak(&mut ctx.kcfg);
-    Ok(chunked(&ctx, 20, |iterations, seed| {
+    Ok(chunked(&ctx, 20, |iterations, seed, stop| {
         let o: RaceOutcome = khugepaged_gup::run_scenario(
-            &RaceParams { kcfg: ctx.kcfg.clone(), machine: ctx.machine, iterations, seed, stop_on_violation: ctx.stop_on_violation },
+            &RaceParams { kcfg: ctx.kcfg.clone(), machine: ctx.machine, iterations, seed, stop_on_violation: ctx.stop_on_violation, stop },
             sc,
         )?;
         Ok(Chunk { kernels: vec![o.kernel], iterations: o.iterations, first_violation_at: o.first_violation_at })
@@ -72,6 +74,7 @@ pub(super) const KHUGEPAGED_GUP: Scenario = Scenario {
     arch: ArchReq::Requires(Arch::Arm64),
     min_cpus: 2,
     default_iterations: 1000,
+    frames: config_frames,
     run: |ctx| khugepaged(ctx, Khp::BAnon, |k| k.rcu_table_free = true),
 };
 
@@ -83,6 +86,7 @@ pub(super) const KHUGEPAGED_GUP_FILE: Scenario = Scenario {
     arch: ArchReq::Requires(Arch::Arm64),
     min_cpus: 2,
     default_iterations: 1000,
+    frames: config_frames,
     run: |ctx| {
         khugepaged(ctx, Khp::BFile, |k| {
             k.rcu_table_free = true;
@@ -101,6 +105,7 @@ pub(super) const KHUGEPAGED_GUP_PIN: Scenario = Scenario {
     default_iterations: 1000,
     // Either fix closes §2A: the sync IPI is switched off so the PMD
     // re-check is what the run measures.
+    frames: config_frames,
     run: |ctx| khugepaged(ctx, Khp::A, |k| k.fixes.set(Fix::KhugepagedGupFastIpi, false)),
 };
 
@@ -112,6 +117,7 @@ pub(super) const HUGETLB_UNSHARE_GUP: Scenario = Scenario {
     arch: ArchReq::Default(Arch::Arm64),
     min_cpus: 3,
     default_iterations: 40,
+    frames: config_frames,
     run: |ctx| race_adapter(ctx, 10, hugetlb_unshare_gup::run),
 };
 
@@ -127,6 +133,7 @@ pub(super) const FORK_EXIT_HUGETLB: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 2,
     default_iterations: 2,
+    frames: config_frames,
     run: fork_exit,
 };
 
@@ -136,9 +143,14 @@ pub(super) const FORK_EXIT_HUGETLB: Scenario = Scenario {
 fn fork_exit(ctx: &Ctx) -> Result<Outcome, String> {
     let (mut last, mut other, mut syncs_last, mut syncs_other, mut parent) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let tables = ctx.param("tables");
-    let mut out = chunked(ctx, 1, |rounds, seed| {
+    let mut out = chunked(ctx, 1, |rounds, seed, stop| {
         let mut kernels = Vec::new();
+        let mut done = 0;
         for r in 0..rounds {
+            if stop.expired() {
+                break;
+            }
+            done += 1;
             let rep = fork_exit_hugetlb::run(&ForkExitParams {
                 kcfg: ctx.kcfg.clone(),
                 machine: ctx.machine,
@@ -159,7 +171,7 @@ fn fork_exit(ctx: &Ctx) -> Result<Outcome, String> {
             parent += rep.parent_exit_syncs;
             kernels.push(rep.kernel);
         }
-        Ok(Chunk { kernels, iterations: rounds, first_violation_at: None })
+        Ok(Chunk { kernels, iterations: done, first_violation_at: None })
     });
     let avg = |s: u64, n: u64| if n == 0 { 0.0 } else { s as f64 / n as f64 };
     out.metrics = BTreeMap::from([
@@ -181,6 +193,7 @@ pub(super) const WRITEBACK_RACE: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 2,
     default_iterations: 300,
+    frames: config_frames,
     run: |ctx| race_adapter(ctx, 50, writeback_race::run),
 };
 
@@ -192,6 +205,7 @@ pub(super) const IOMMU_SVA: Scenario = Scenario {
     arch: ArchReq::Requires(Arch::Arm64),
     min_cpus: 2,
     default_iterations: 100,
+    frames: config_frames,
     run: |ctx| race_adapter(ctx, 20, iommu_sva::run),
 };
 
@@ -207,6 +221,7 @@ pub(super) const IOMMU_SVA_DMA: Scenario = Scenario {
     // got to run (it does not wait for the device to start), which short
     // calls hit when the host is oversubscribed (8 CPUs on 2 cores: ~50 µs
     // per round, so 200 rounds can finish before CPU1's thread runs).
+    frames: config_frames,
     run: |ctx| race_adapter(ctx, 200, iommu_sva::run_dma_vs_zap),
 };
 
@@ -218,6 +233,7 @@ pub(super) const NESTED_ZAP: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 2,
     default_iterations: 300,
+    frames: config_frames,
     run: |ctx| race_adapter(ctx, 50, nested_zap::run),
 };
 
@@ -229,5 +245,6 @@ pub(super) const LARGE_FOLIO_ZAP: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 1,
     default_iterations: 20,
+    frames: config_frames,
     run: |ctx| race_adapter(ctx, 5, large_folio_zap::run),
 };
