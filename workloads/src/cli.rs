@@ -4,7 +4,15 @@
 //! Exit status: 0 success; 1 the run found something (violation, leak,
 //! hang, a panic on an emulated CPU; `reproduce`: the fix-on run failed or
 //! the fix-off run did not show the bug); 2 bad usage (one line on stderr
-//! saying what is wrong and what is allowed).
+//! saying what is wrong and what is allowed); 3 the output could not be
+//! written to stdout: the reader went away (EPIPE, e.g. `| head -c 10`:
+//! silent, like a tool killed by SIGPIPE, but an exit status instead of
+//! the shell's 141) or the write failed (ENOSPC, EIO, ...: one line on
+//! stderr).  3 and not 0 because the status is the verdict: a run whose
+//! report was cut short must not look like a clean one.
+//!
+//! Nothing here writes to stdout with `print!`/`println!` (they panic on a
+//! write error); every report goes through `emit`.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -29,7 +37,7 @@ use crate::scenarios::{self, ArchReq, Budget, Ctx, Scenario, MAX_CPUS};
     long_about = "Userspace emulator of the Linux kernel's TLB-invalidation machinery: emulated CPUs with \
                   stale-until-flushed TLBs, the kernel's mmu_gather, RCU table freeing and x86/arm64/generic \
                   flush policies, with every historical fix switchable.\n\nExit status: 0 ok, 1 the run found \
-                  a violation, leak, hang or panic, 2 bad usage."
+                  a violation, leak, hang or panic, 2 bad usage, 3 stdout closed or not writable."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -202,6 +210,19 @@ pub enum CliError {
     Usage(String),
     /// Could not complete (cannot write the trace file, ...): exit 1.
     Failed(String),
+    /// Writing to stdout failed: exit 3 (silent for EPIPE).
+    Stdout(std::io::Error),
+}
+
+/// Exit status when stdout could not be written (see the module comment).
+pub const EXIT_STDOUT: i32 = 3;
+
+/// Write `s` to stdout and flush; a write error (EPIPE, ENOSPC, ...) is
+/// returned, never a panic.
+fn emit(s: &str) -> Result<(), CliError> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(s.as_bytes()).and_then(|()| out.flush()).map_err(CliError::Stdout)
 }
 
 /// Everything one scenario run needs.
@@ -332,8 +353,22 @@ fn budget(b: &BudgetArgs, s: &Scenario) -> Budget {
     }
 }
 
-fn print_json<T: Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).expect("reports serialize"));
+fn print_json<T: Serialize>(v: &T) -> Result<(), CliError> {
+    emit(&format!("{}\n", serde_json::to_string_pretty(v).expect("reports serialize")))
+}
+
+/// `error: MSG` on stderr (`eprintln!` would panic if stderr fails too).
+fn error_line(msg: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "error: {msg}");
+}
+
+/// The exit status and stderr line for a failed write to stdout.
+fn stdout_failed(e: &std::io::Error) -> i32 {
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        error_line(&format!("cannot write the report to stdout: {e}"));
+    }
+    EXIT_STDOUT
 }
 
 /// Parse the command line and run; returns the process exit status.
@@ -341,6 +376,14 @@ pub fn main() -> i32 {
     install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version: clap's text on stdout, exit 0.
+            use std::io::Write as _;
+            return match e.print().and_then(|()| std::io::stdout().flush()) {
+                Ok(()) => 0,
+                Err(err) => stdout_failed(&err),
+            };
+        }
         Err(e) => {
             let _ = e.print();
             return e.exit_code();
@@ -355,13 +398,14 @@ pub fn main() -> i32 {
     match r {
         Ok(code) => code,
         Err(CliError::Usage(msg)) => {
-            eprintln!("error: {msg}");
+            error_line(&msg);
             2
         }
         Err(CliError::Failed(msg)) => {
-            eprintln!("error: {msg}");
+            error_line(&msg);
             1
         }
+        Err(CliError::Stdout(e)) => stdout_failed(&e),
     }
 }
 
@@ -436,29 +480,32 @@ fn list(json: bool) -> Result<i32, CliError> {
                 available: scenarios::find(e.scenario).is_ok(),
             })
             .collect();
-        print_json(&serde_json::json!({"scenarios": sc, "switches": sw}));
+        print_json(&serde_json::json!({"scenarios": sc, "switches": sw}))?;
         return Ok(0);
     }
-    println!("Scenarios (mmemu run NAME [--param KEY=VALUE]...):");
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "Scenarios (mmemu run NAME [--param KEY=VALUE]...):");
     for s in scenarios::all() {
-        println!("  {:<22}{}", s.name, s.about);
+        let _ = writeln!(out, "  {:<22}{}", s.name, s.about);
         let arch = match s.arch {
             ArchReq::Default(a) => format!("arch {} (default)", a.name()),
             ArchReq::Requires(a) => format!("arch {} (required)", a.name()),
         };
         let ex = exposed_by(s);
         let ex = if ex.is_empty() { String::new() } else { format!(", exposes {}", ex.join(", ")) };
-        println!("  {:<22}{arch}, {}+ CPUs, {} rounds by default{ex}", "", s.min_cpus, s.default_iterations);
+        let _ = writeln!(out, "  {:<22}{arch}, {}+ CPUs, {} rounds by default{ex}", "", s.min_cpus, s.default_iterations);
         for p in s.params {
-            println!("  {:<24}{}={} ({}..={}): {}", "", p.key, p.default, p.min, p.max, p.help);
+            let _ = writeln!(out, "  {:<24}{}={} ({}..={}): {}", "", p.key, p.default, p.min, p.max, p.help);
         }
     }
-    println!("\nSwitches (mmemu run --revert SWITCH, mmemu reproduce SWITCH):");
+    let _ = writeln!(out, "\nSwitches (mmemu run --revert SWITCH, mmemu reproduce SWITCH):");
     for e in scenarios::EXPOSERS {
         let avail = if scenarios::find(e.scenario).is_ok() { "" } else { " [scenario not built yet]" };
-        println!("  {:<26}{}  off: {}", e.fix.name(), e.fix.commit(), e.fix.off_means());
-        println!("  {:<26}reproduce: {} on {}{avail}", "", e.scenario, e.arch.name());
+        let _ = writeln!(out, "  {:<26}{}  off: {}", e.fix.name(), e.fix.commit(), e.fix.off_means());
+        let _ = writeln!(out, "  {:<26}reproduce: {} on {}{avail}", "", e.scenario, e.arch.name());
     }
+    emit(&out)?;
     Ok(0)
 }
 
@@ -482,9 +529,9 @@ fn run(a: RunArgs) -> Result<i32, CliError> {
     };
     let report = run_scenario(&spec)?;
     if a.json {
-        print_json(&report);
+        print_json(&report)?;
     } else {
-        print!("{}", report.human());
+        emit(&report.human())?;
     }
     Ok(if report.failed() { 1 } else { 0 })
 }
@@ -544,9 +591,9 @@ fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
             reproduced,
             fix_off: &off,
             fix_on: &on,
-        });
+        })?;
     } else {
-        print!("{}", side_by_side(a.switch, e, &off, &on, reproduced));
+        emit(&side_by_side(a.switch, e, &off, &on, reproduced))?;
     }
     Ok(if reproduced { 0 } else { 1 })
 }
@@ -696,14 +743,18 @@ fn stress(a: StressArgs) -> Result<i32, CliError> {
     done.store(true, Ordering::SeqCst);
     let _ = ticker.join();
     pb.finish_and_clear();
-    println!("mmemu stress: {cpus} CPUs, {:.1} s, seed {}", t0.elapsed().as_secs_f64(), a.machine.seed);
-    println!("  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}", "scenario", "runs", "rounds", "ops", "violations", "leaked", "failures");
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "mmemu stress: {cpus} CPUs, {:.1} s, seed {}", t0.elapsed().as_secs_f64(), a.machine.seed);
+    let _ = writeln!(out, "  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}", "scenario", "runs", "rounds", "ops", "violations", "leaked", "failures");
     for (s, t) in all.iter().zip(&tallies) {
-        println!(
+        let _ = writeln!(
+            out,
             "  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}",
             s.name, t.runs, t.rounds, t.ops, t.violations, t.leaked, t.failures
         );
     }
-    println!("  verdict: {}", if failed { "FAILED" } else { "ok" });
+    let _ = writeln!(out, "  verdict: {}", if failed { "FAILED" } else { "ok" });
+    emit(&out)?;
     Ok(if failed { 1 } else { 0 })
 }

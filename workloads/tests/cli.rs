@@ -2,7 +2,7 @@
 //! the Perfetto trace file, and every bad-input case (exit 2, one clear
 //! line, no panic trace).  Runs are kept tiny (debug build, 2-core host).
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -305,5 +305,56 @@ fn bad_inputs_exit_2_with_one_clear_line() {
         assert!(first.starts_with("error: "), "mmemu {args:?}: first line {first:?}");
         assert!(err.contains(want), "mmemu {args:?}: want {want:?} in\n{err}");
         no_panic_spew(&err);
+    }
+}
+
+/// Where a test sends the binary's stdout.
+enum Sink {
+    /// A pipe whose read end is already closed: every write is EPIPE.
+    ClosedPipe,
+    /// /dev/full: every write is ENOSPC.
+    Full,
+}
+
+fn mmemu_into(args: &[&str], sink: Sink) -> Output {
+    let stdout: Stdio = match sink {
+        Sink::ClosedPipe => {
+            let (r, w) = std::io::pipe().expect("pipe");
+            drop(r);
+            w.into()
+        }
+        Sink::Full => std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full").into(),
+    };
+    Command::new(env!("CARGO_BIN_EXE_mmemu")).args(args).stdout(stdout).output().expect("run mmemu")
+}
+
+/// Every command that prints: a closed stdout (`| head -c 10` after head
+/// exited) exits 3 silently, a full one exits 3 with one line; never a
+/// panic (exit 101).
+#[test]
+fn stdout_closed_or_full_exits_3_without_panic() {
+    let cmds: &[&[&str]] = &[
+        &["list"],
+        &["list", "--json"],
+        &["run", "munmap-storm", "--cpus", "2", "--iterations", "1", "--no-pin"],
+        &["run", "munmap-storm", "--cpus", "2", "--iterations", "1", "--no-pin", "--json"],
+        &["reproduce", "nested-flush-detect", "--cpus", "2", "--iterations", "1", "--no-pin"],
+        &["reproduce", "nested-flush-detect", "--cpus", "2", "--iterations", "1", "--no-pin", "--json"],
+        &["stress", "--cpus", "2", "--seconds", "0.2", "--slice", "0.1", "--no-pin"],
+        &["--help"],
+        &["run", "--help"],
+        &["--version"],
+    ];
+    for args in cmds {
+        let o = mmemu_into(args, Sink::ClosedPipe);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(3), "mmemu {args:?} > closed pipe: stderr {err}");
+        assert_eq!(err, "", "mmemu {args:?} > closed pipe: EPIPE is silent");
+        if std::path::Path::new("/dev/full").exists() {
+            let o = mmemu_into(args, Sink::Full);
+            let (_, err) = text(&o);
+            assert_eq!(o.status.code(), Some(3), "mmemu {args:?} > /dev/full: stderr {err}");
+            assert_eq!(err, "error: cannot write the report to stdout: No space left on device (os error 28)\n", "mmemu {args:?} > /dev/full");
+        }
     }
 }
