@@ -170,18 +170,23 @@ fn parse_cpus(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// Largest `--iterations`.
+const MAX_ITERATIONS: u64 = 1_000_000_000;
+/// Largest `--seconds` / `--slice` (one day).
+const MAX_SECONDS: f64 = 86400.0;
+const SECONDS_ALLOWED: &str = "0 < S <= 86400";
+
 fn parse_iterations(s: &str) -> Result<u64, String> {
-    const MAX: u64 = 1_000_000_000;
     match s.parse::<u64>() {
-        Ok(n) if (1..=MAX).contains(&n) => Ok(n),
-        _ => Err(format!("'{s}' rounds: allowed 1..={MAX}")),
+        Ok(n) if (1..=MAX_ITERATIONS).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' rounds: allowed 1..={MAX_ITERATIONS}")),
     }
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
-    let x: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds; allowed 0 < S <= 86400"))?;
-    if !(x > 0.0 && x <= 86400.0) {
-        return Err(format!("{s} seconds: allowed 0 < S <= 86400"));
+    let x: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds; allowed {SECONDS_ALLOWED}"))?;
+    if !(x > 0.0 && x <= MAX_SECONDS) {
+        return Err(format!("{s} seconds: allowed {SECONDS_ALLOWED}"));
     }
     Ok(x)
 }
@@ -200,6 +205,170 @@ fn wait_name(w: WaitPolicy) -> &'static str {
         WaitPolicy::Spin => "spin",
         WaitPolicy::Park => "park",
         WaitPolicy::Adaptive => "adaptive",
+    }
+}
+
+/// What an option accepts, as the usage-error lines say it.
+fn value_allowed(flag: &str) -> String {
+    match flag {
+        "--cpus" => format!("1..={MAX_CPUS}"),
+        "--iterations" => format!("1..={MAX_ITERATIONS}"),
+        "--seconds" | "--slice" => SECONDS_ALLOWED.to_string(),
+        "--seed" => format!("0..={}", u64::MAX),
+        "--wait" => "spin, park, adaptive".to_string(),
+        "--arch" => Arch::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", "),
+        "--revert" => switch_names().join(", "),
+        "--param" => "KEY=VALUE (keys and ranges: mmemu list)".to_string(),
+        "--trace" => "a file path".to_string(),
+        "--inject-panic" => format!("a CPU number 0..{MAX_CPUS}"),
+        _ => "see --help".to_string(),
+    }
+}
+
+fn switch_names() -> Vec<&'static str> {
+    Fix::ALL.iter().map(|f| f.name()).collect()
+}
+
+fn scenario_names() -> Vec<&'static str> {
+    scenarios::all().iter().map(|s| s.name).collect()
+}
+
+/// ` (did you mean 'a'?)`, ` (did you mean 'a' or 'b'?)`, or nothing.
+fn did_you_mean<S: AsRef<str>>(names: &[S]) -> String {
+    let q: Vec<String> = names.iter().map(|n| format!("'{}'", n.as_ref())).collect();
+    match q.split_last() {
+        None => String::new(),
+        Some((last, [])) => format!(" (did you mean {last}?)"),
+        Some((last, rest)) => format!(" (did you mean {} or {last}?)", rest.join(", ")),
+    }
+}
+
+/// The one line (after `error: `) for a clap parse error: what was wrong;
+/// what is allowed.  clap's own rendering is 3-7 lines (usage, tips,
+/// "for more information"); this keeps its facts (the argument, the
+/// value, the suggestion) and says what the command accepts instead.
+fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
+    use clap::error::{ContextKind as K, ContextValue as V, ErrorKind};
+    use clap::CommandFactory as _;
+    let mut root = Cli::command();
+    root.build();
+    let subs: Vec<&str> = root.get_subcommands().map(|c| c.get_name()).collect();
+    let subs = subs.join(", ");
+    // The subcommand being parsed: the first argument (mmemu has no
+    // options before it but --help / --version).
+    let sub = args.get(1).and_then(|a| a.to_str()).and_then(|n| root.find_subcommand(n));
+    let label = sub.map_or("mmemu".to_string(), |c| format!("mmemu {}", c.get_name()));
+    let cmd = sub.unwrap_or(&root);
+    let opts: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| !a.is_positional() && !a.is_hide_set())
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    let opts = opts.join(", ");
+    let all = |k: K| match e.get(k) {
+        Some(V::String(s)) => vec![s.clone()],
+        Some(V::Strings(v)) => v.clone(),
+        _ => Vec::new(),
+    };
+    let one = |k: K| all(k).into_iter().next().unwrap_or_default();
+    // "--cpus <N>" -> "--cpus"; "<SCENARIO>" stays.
+    let flag = |s: &str| s.split(' ').next().unwrap_or_default().to_string();
+    match e.kind() {
+        ErrorKind::InvalidSubcommand => {
+            let x = one(K::InvalidSubcommand);
+            format!("unknown subcommand '{x}'{}; allowed: {subs}", did_you_mean(&all(K::SuggestedSubcommand)))
+        }
+        ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            format!("missing subcommand; allowed: {subs} (see 'mmemu --help')")
+        }
+        ErrorKind::UnknownArgument => {
+            let x = one(K::InvalidArg);
+            let dym = did_you_mean(&all(K::SuggestedArg));
+            let is_option = x.len() > 1 && x.starts_with('-') && x.parse::<f64>().is_err();
+            match (is_option, sub) {
+                (true, Some(_)) => format!("unknown option '{x}' for {label}{dym}; allowed: {opts}"),
+                (true, None) => format!("unknown option '{x}'{dym}; allowed: a subcommand ({subs}), {opts}"),
+                (false, None) => format!("unexpected argument '{x}'; allowed: a subcommand ({subs}), {opts}"),
+                (false, Some(c)) => {
+                    let pos: Vec<String> = c
+                        .get_positionals()
+                        .map(|a| {
+                            let v = a.get_value_names().and_then(|v| v.first()).map(|v| v.to_string());
+                            format!("<{}>", v.unwrap_or_else(|| a.get_id().to_string().to_uppercase()))
+                        })
+                        .collect();
+                    if pos.is_empty() {
+                        format!("unexpected argument '{x}'; {label} takes no positional arguments, only the options {opts}")
+                    } else {
+                        format!("unexpected argument '{x}'; {label} takes one {} and the options {opts}", pos.join(" "))
+                    }
+                }
+            }
+        }
+        ErrorKind::ValueValidation => {
+            let a = one(K::InvalidArg);
+            let msg = std::error::Error::source(e).map_or_else(|| format!("invalid value '{}'", one(K::InvalidValue)), |s| s.to_string());
+            if a.starts_with('-') {
+                format!("{}: {msg}", flag(&a))
+            } else {
+                msg
+            }
+        }
+        ErrorKind::InvalidValue => {
+            let a = flag(&one(K::InvalidArg));
+            let v = one(K::InvalidValue);
+            if v.is_empty() {
+                format!("missing value for {a}; allowed: {}", value_allowed(&a))
+            } else {
+                let valid = all(K::ValidValue);
+                let allowed = if valid.is_empty() { value_allowed(&a) } else { valid.join(", ") };
+                format!("{a}: invalid value '{v}'{}; allowed: {allowed}", did_you_mean(&all(K::SuggestedValue)))
+            }
+        }
+        ErrorKind::MissingRequiredArgument => {
+            let x = one(K::InvalidArg);
+            let allowed = match x.as_str() {
+                "<SCENARIO>" => scenario_names().join(", "),
+                "<SWITCH>" => switch_names().join(", "),
+                _ => format!("see '{label} --help'"),
+            };
+            format!("{label} needs {x}; allowed: {allowed}")
+        }
+        ErrorKind::ArgumentConflict => {
+            let a = flag(&one(K::InvalidArg));
+            let prior: Vec<String> = all(K::PriorArg).iter().map(|p| flag(p)).collect();
+            if prior.is_empty() || prior == [a.clone()] {
+                format!("{a} given more than once; allowed once")
+            } else {
+                format!("{a} cannot be used with {}; allowed: one of them", prior.join(", "))
+            }
+        }
+        ErrorKind::TooManyValues => {
+            let a = flag(&one(K::InvalidArg));
+            let v = one(K::InvalidValue);
+            let is_flag = cmd
+                .get_arguments()
+                .find(|x| x.get_long().is_some_and(|l| a == format!("--{l}")))
+                .is_some_and(|x| !x.get_action().takes_values());
+            if is_flag {
+                format!("{a} takes no value, got '{v}'; allowed: {a} alone")
+            } else {
+                format!("{a}: unexpected extra value '{v}'; allowed: one value ({})", value_allowed(&a))
+            }
+        }
+        ErrorKind::InvalidUtf8 => {
+            let bad = args.iter().skip(1).find(|a| a.to_str().is_none()).map(|a| a.to_string_lossy().into_owned());
+            format!(
+                "argument '{}' is not valid UTF-8; allowed: UTF-8 text (only --trace FILE may be any path)",
+                bad.unwrap_or_default()
+            )
+        }
+        _ => {
+            // Not produced by mmemu's arguments today; keep clap's first line.
+            let r = e.render().to_string();
+            let first = r.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+            format!("{first}; see '{label} --help'")
+        }
     }
 }
 
@@ -374,7 +543,8 @@ fn stdout_failed(e: &std::io::Error) -> i32 {
 /// Parse the command line and run; returns the process exit status.
 pub fn main() -> i32 {
     install_panic_hook();
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {
             // --help, --version: clap's text on stdout, exit 0.
@@ -385,8 +555,8 @@ pub fn main() -> i32 {
             };
         }
         Err(e) => {
-            let _ = e.print();
-            return e.exit_code();
+            error_line(&usage_line(&e, &args));
+            return 2;
         }
     };
     let r = match cli.cmd {

@@ -266,46 +266,115 @@ fn panic_on_an_emulated_cpu_names_it_and_exits_1() {
     no_panic_spew(&err);
 }
 
-#[test]
-fn bad_inputs_exit_2_with_one_clear_line() {
-    let cases: &[(&[&str], &str)] = &[
-        (&["run", "nope"], "unknown scenario 'nope'; allowed: munmap-storm"),
-        (&["run", "munmap-storm", "--revert", "nope"], "unknown switch 'nope'; allowed: khugepaged-gup-fast-ipi"),
-        (&["run", "munmap-storm", "--arch", "sparc"], "unknown arch 'sparc'; allowed: x86, arm64, generic"),
-        (&["run", "munmap-storm", "--cpus", "0"], "allowed 1..=256"),
-        (&["run", "munmap-storm", "--cpus", "257"], "allowed 1..=256"),
-        (&["run", "munmap-storm", "--cpus", "-3"], "allowed 1..=256"),
-        (&["run", "munmap-storm", "--cpus", "many"], "allowed 1..=256"),
-        (&["run", "munmap-storm", "--seconds", "1", "--iterations", "2"], "cannot be used with"),
-        (&["run", "munmap-storm", "--seconds", "0"], "allowed 0 < S <= 86400"),
-        (&["run", "munmap-storm", "--seconds", "-1"], "allowed 0 < S <= 86400"),
-        (&["run", "munmap-storm", "--seconds", "soon"], "allowed 0 < S <= 86400"),
-        (&["run", "munmap-storm", "--iterations", "0"], "allowed 1..=1000000000"),
-        (&["run", "munmap-storm", "--iterations", "1e3"], "allowed 1..=1000000000"),
-        (&["run", "munmap-storm", "--seed", "x"], "invalid value 'x' for '--seed"),
-        (&["run", "munmap-storm", "--wait", "sleepy"], "allowed: spin, park, adaptive"),
-        (&["run", "munmap-storm", "--param", "nope=1"], "scenario munmap-storm has no parameter 'nope'; allowed: pages"),
-        (&["run", "munmap-storm", "--param", "pages=0"], "--param pages=0: out of range; allowed 1..=65536"),
-        (&["run", "munmap-storm", "--param", "pages=lots"], "not a whole number; allowed 1..=65536"),
-        (&["run", "munmap-storm", "--param", "pages"], "expected KEY=VALUE"),
-        (&["run"], "required"),
-        (&["reproduce", "nope"], "unknown switch 'nope'"),
-        (&["run", "khugepaged-gup", "--arch", "x86"], "scenario khugepaged-gup needs --arch arm64"),
-        (&["run", "hugetlb-unshare-gup", "--cpus", "2"], "needs at least 3 CPUs; allowed --cpus 3..=256"),
-        (&["run", "fork-exit-hugetlb", "--param", "tables=0"], "allowed 1..=64"),
-        (&["stress", "--cpus", "0"], "allowed 1..=256"),
-        (&["stress", "--seconds", "0"], "allowed 0 < S <= 86400"),
-        (&["frobnicate"], "unrecognized subcommand"),
-    ];
+const RUN_OPTIONS: &str = "--cpus, --arch, --revert, --seconds, --iterations, --wait, --no-pin, --seed, --param, --json, --trace, --help";
+const SUBCOMMANDS: &str = "list, run, reproduce, stress, help";
+
+/// Every bad input: exit 2, nothing on stdout, and exactly one line on
+/// stderr: `error: ` + the expected text, where `{scenarios}`,
+/// `{switches}`, `{run-options}` and `{params:SCENARIO}` stand for the
+/// lists the binary has.
+fn assert_usage_errors(cases: &[(&[&str], &str)]) {
+    let list = json(&["list", "--json"]);
+    let scenarios = list["scenarios"].as_array().unwrap();
+    let names: Vec<&str> = scenarios.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let switches: Vec<&str> = mm_core::Fix::ALL.iter().map(|f| f.name()).collect();
     for (args, want) in cases {
+        let mut want = want.replace("{scenarios}", &names.join(", ")).replace("{switches}", &switches.join(", ")).replace("{run-options}", RUN_OPTIONS);
+        for s in scenarios {
+            let keys: Vec<&str> = s["params"].as_array().unwrap().iter().map(|p| p["key"].as_str().unwrap()).collect();
+            want = want.replace(&format!("{{params:{}}}", s["name"].as_str().unwrap()), &keys.join(", "));
+        }
+        let want = format!("error: {want}\n");
         let o = mmemu(args);
         let (out, err) = text(&o);
         assert_eq!(o.status.code(), Some(2), "mmemu {args:?}: stdout {out} stderr {err}");
-        let first = err.lines().next().unwrap_or("");
-        assert!(first.starts_with("error: "), "mmemu {args:?}: first line {first:?}");
-        assert!(err.contains(want), "mmemu {args:?}: want {want:?} in\n{err}");
-        no_panic_spew(&err);
+        assert_eq!(out, "", "mmemu {args:?}: nothing on stdout");
+        assert_eq!(err, want, "mmemu {args:?}");
     }
+}
+
+/// clap's errors, one line each (clap prints 3-7: usage, tips, help hint).
+#[test]
+fn parse_errors_are_one_line() {
+    let sub = format!("allowed: {SUBCOMMANDS}");
+    let cases: Vec<(&[&str], String)> = vec![
+        (&[], format!("missing subcommand; {sub} (see 'mmemu --help')")),
+        (&["frobnicate"], format!("unknown subcommand 'frobnicate'; {sub}")),
+        (&["help", "frobnicate"], format!("unknown subcommand 'frobnicate'; {sub}")),
+        (&["--foo"], format!("unknown option '--foo'; allowed: a subcommand ({SUBCOMMANDS}), --help, --version")),
+        (&["run", "munmap-storm", "--frob"], "unknown option '--frob' for mmemu run; allowed: {run-options}".into()),
+        (&["run", "munmap-storm", "--iteration", "3"], "unknown option '--iteration' for mmemu run (did you mean '--iterations'?); allowed: {run-options}".into()),
+        (&["run", "munmap-storm", "--iteration=3"], "unknown option '--iteration' for mmemu run (did you mean '--iterations'?); allowed: {run-options}".into()),
+        (&["run", "munmap-storm", "--no_pin"], "unknown option '--no_pin' for mmemu run (did you mean '--no-pin'?); allowed: {run-options}".into()),
+        (&["stress", "--revert", "delay-rmap"], "unknown option '--revert' for mmemu stress; allowed: --cpus, --seconds, --slice, --wait, --no-pin, --seed, --help".into()),
+        (&["run", "munmap-storm", "--cpus"], "missing value for --cpus; allowed: 1..=256".into()),
+        (&["run", "munmap-storm", "--wait"], "missing value for --wait; allowed: spin, park, adaptive".into()),
+        (&["stress", "--slice"], "missing value for --slice; allowed: 0 < S <= 86400".into()),
+        (&["run"], "mmemu run needs <SCENARIO>; allowed: {scenarios}".into()),
+        (&["reproduce"], "mmemu reproduce needs <SWITCH>; allowed: {switches}".into()),
+        (&["run", "munmap-storm", "--seconds", "1", "--iterations", "2"], "--seconds cannot be used with --iterations; allowed: one of them".into()),
+        (&["reproduce", "delay-rmap", "--iterations", "2", "--seconds", "1"], "--iterations cannot be used with --seconds; allowed: one of them".into()),
+        (&["run", "munmap-storm", "--cpus", "2", "--cpus", "3"], "--cpus given more than once; allowed once".into()),
+        (&["run", "munmap-storm", "extra"], "unexpected argument 'extra'; mmemu run takes one <SCENARIO> and the options {run-options}".into()),
+        (&["list", "extra"], "unexpected argument 'extra'; mmemu list takes no positional arguments, only the options --json, --help".into()),
+        (&["run", "munmap-storm", "--json=1"], "--json takes no value, got '1'; allowed: --json alone".into()),
+        (&["run", "nope"], "unknown scenario 'nope'; allowed: {scenarios}".into()),
+        (&["reproduce", "nope"], "unknown switch 'nope'; allowed: {switches}".into()),
+        (&["run", "munmap-storm", "--revert", "nope"], "--revert: unknown switch 'nope'; allowed: {switches}".into()),
+        (&["run", "munmap-storm", "--arch", "sparc"], "--arch: unknown arch 'sparc'; allowed: x86, arm64, generic".into()),
+        (&["run", "munmap-storm", "--wait", "sleepy"], "--wait: unknown wait policy 'sleepy'; allowed: spin, park, adaptive".into()),
+    ];
+    let cases: Vec<(&[&str], &str)> = cases.iter().map(|(a, w)| (*a, w.as_str())).collect();
+    assert_usage_errors(&cases);
+}
+
+/// Arguments that are not UTF-8 (only `--trace FILE` may be any path).
+#[test]
+fn non_utf8_argument_is_one_line() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let bad = std::ffi::OsStr::from_bytes(b"munmap-\xffstorm");
+    let o = Command::new(env!("CARGO_BIN_EXE_mmemu")).arg("run").arg(bad).output().expect("run mmemu");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err, "error: argument 'munmap-\u{fffd}storm' is not valid UTF-8; allowed: UTF-8 text (only --trace FILE may be any path)\n");
+}
+
+#[test]
+fn help_and_version_go_to_stdout_and_exit_0() {
+    for args in [&["--help"][..], &["-h"], &["run", "--help"], &["help", "stress"], &["--version"], &["-V"]] {
+        let o = mmemu(args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(0), "mmemu {args:?}: {err}");
+        assert_eq!(err, "", "mmemu {args:?}");
+        assert!(out.contains("mmemu"), "mmemu {args:?}: {out}");
+    }
+    assert!(ok(&["run", "--help"]).contains("Usage: mmemu run [OPTIONS] <SCENARIO>"));
+}
+
+#[test]
+fn bad_inputs_exit_2_with_one_clear_line() {
+    assert_usage_errors(&[
+        (&["run", "munmap-storm", "--cpus", "0"], "--cpus: 0 CPUs: allowed 1..=256"),
+        (&["run", "munmap-storm", "--cpus", "257"], "--cpus: 257 CPUs: allowed 1..=256"),
+        (&["run", "munmap-storm", "--cpus", "-3"], "--cpus: '-3' is not a CPU count; allowed 1..=256"),
+        (&["run", "munmap-storm", "--cpus", "many"], "--cpus: 'many' is not a CPU count; allowed 1..=256"),
+        (&["run", "munmap-storm", "--seconds", "0"], "--seconds: 0 seconds: allowed 0 < S <= 86400"),
+        (&["run", "munmap-storm", "--seconds", "-1"], "--seconds: -1 seconds: allowed 0 < S <= 86400"),
+        (&["run", "munmap-storm", "--seconds", "soon"], "--seconds: 'soon' is not a number of seconds; allowed 0 < S <= 86400"),
+        (&["run", "munmap-storm", "--iterations", "0"], "--iterations: '0' rounds: allowed 1..=1000000000"),
+        (&["run", "munmap-storm", "--iterations", "1e3"], "--iterations: '1e3' rounds: allowed 1..=1000000000"),
+        (&["run", "munmap-storm", "--seed", "x"], "--seed: invalid digit found in string"),
+        (&["run", "munmap-storm", "--param", "nope=1"], "scenario munmap-storm has no parameter 'nope'; allowed: {params:munmap-storm}"),
+        (&["run", "munmap-storm", "--param", "pages=0"], "--param pages=0: out of range; allowed 1..=65536"),
+        (&["run", "munmap-storm", "--param", "pages=lots"], "--param pages=lots: not a whole number; allowed 1..=65536"),
+        (&["run", "munmap-storm", "--param", "pages"], "--param 'pages': expected KEY=VALUE (scenario munmap-storm: allowed: {params:munmap-storm})"),
+        (&["run", "khugepaged-gup", "--arch", "x86"], "scenario khugepaged-gup needs --arch arm64 (the race only exists there); got --arch x86"),
+        (&["run", "hugetlb-unshare-gup", "--cpus", "2"], "scenario hugetlb-unshare-gup needs at least 3 CPUs; allowed --cpus 3..=256"),
+        (&["run", "fork-exit-hugetlb", "--param", "tables=0"], "--param tables=0: out of range; allowed 1..=64"),
+        (&["stress", "--cpus", "0"], "--cpus: 0 CPUs: allowed 1..=256"),
+        (&["stress", "--seconds", "0"], "--seconds: 0 seconds: allowed 0 < S <= 86400"),
+        (&["stress", "--slice", "0"], "--slice: 0 seconds: allowed 0 < S <= 86400"),
+    ]);
 }
 
 /// Where a test sends the binary's stdout.
