@@ -68,8 +68,8 @@ struct MachineArgs {
     /// Do not pin emulated CPUs to host cores.
     #[arg(long)]
     no_pin: bool,
-    /// Seed of the scenario's choices (same seed, same program).
-    #[arg(long, default_value_t = 1)]
+    /// Seed of the scenario's choices (same seed, same program; 0..=18446744073709551615).
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_seed, allow_negative_numbers = true)]
     seed: u64,
 }
 
@@ -111,7 +111,7 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
     /// Testing the error path: the first syscall on this CPU panics.
-    #[arg(long, value_name = "CPU", hide = true)]
+    #[arg(long, value_name = "CPU", hide = true, value_parser = parse_cpu_index)]
     inject_panic: Option<u32>,
 }
 
@@ -162,12 +162,51 @@ fn parse_arch(s: &str) -> Result<Arch, String> {
     s.parse()
 }
 
-fn parse_cpus(s: &str) -> Result<usize, String> {
-    let n: usize = s.parse().map_err(|_| format!("'{s}' is not a CPU count; allowed 1..={MAX_CPUS}"))?;
-    if !(1..=MAX_CPUS).contains(&n) {
-        return Err(format!("{n} CPUs: allowed 1..={MAX_CPUS}"));
+/// Why a string is not a decimal integer in range (`parse_decimal`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadNumber {
+    Empty,
+    NotDecimal,
+    OutOfRange,
+}
+
+impl BadNumber {
+    pub fn what(self) -> &'static str {
+        match self {
+            BadNumber::Empty => "empty value",
+            BadNumber::NotDecimal => "not a decimal number (digits only, no sign or spaces)",
+            BadNumber::OutOfRange => "out of range",
+        }
     }
-    Ok(n)
+}
+
+/// A decimal integer in `min..=max`: ASCII digits only, so `+4`, ` 4`,
+/// `4 ` and `0x4` are refused rather than read as (or next to) 4; too many
+/// digits for a u64 is out of range.
+pub fn parse_decimal(s: &str, min: u64, max: u64) -> Result<u64, BadNumber> {
+    if s.is_empty() {
+        return Err(BadNumber::Empty);
+    }
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(BadNumber::NotDecimal);
+    }
+    match s.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(BadNumber::OutOfRange),
+    }
+}
+
+/// An integer option's value: the error (after clap's `--option: `) names
+/// the value and the allowed range.
+fn parse_int_arg(s: &str, min: u64, max: u64) -> Result<u64, String> {
+    parse_decimal(s, min, max).map_err(|e| match e {
+        BadNumber::Empty => format!("{}; allowed {min}..={max}", e.what()),
+        _ => format!("'{s}' is {}; allowed {min}..={max}", e.what()),
+    })
+}
+
+fn parse_cpus(s: &str) -> Result<usize, String> {
+    parse_int_arg(s, 1, MAX_CPUS as u64).map(|n| n as usize)
 }
 
 /// Largest `--iterations`.
@@ -177,18 +216,33 @@ const MAX_SECONDS: f64 = 86400.0;
 const SECONDS_ALLOWED: &str = "0 < S <= 86400";
 
 fn parse_iterations(s: &str) -> Result<u64, String> {
-    match s.parse::<u64>() {
-        Ok(n) if (1..=MAX_ITERATIONS).contains(&n) => Ok(n),
-        _ => Err(format!("'{s}' rounds: allowed 1..={MAX_ITERATIONS}")),
-    }
+    parse_int_arg(s, 1, MAX_ITERATIONS)
 }
 
+fn parse_seed(s: &str) -> Result<u64, String> {
+    parse_int_arg(s, 0, u64::MAX)
+}
+
+fn parse_cpu_index(s: &str) -> Result<u32, String> {
+    parse_int_arg(s, 0, MAX_CPUS as u64 - 1).map(|n| n as u32)
+}
+
+/// Seconds: a finite decimal (`0.5`, `10`, `1e3`) in 0 < S <= 86400; no
+/// sign, no `nan` / `inf`.
 fn parse_seconds(s: &str) -> Result<f64, String> {
-    let x: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds; allowed {SECONDS_ALLOWED}"))?;
-    if !(x > 0.0 && x <= MAX_SECONDS) {
-        return Err(format!("{s} seconds: allowed {SECONDS_ALLOWED}"));
+    if s.is_empty() {
+        return Err(format!("empty value; allowed {SECONDS_ALLOWED}"));
     }
-    Ok(x)
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && !s.starts_with('+') => {
+            if x > 0.0 && x <= MAX_SECONDS {
+                Ok(x)
+            } else {
+                Err(format!("'{s}' is out of range; allowed {SECONDS_ALLOWED}"))
+            }
+        }
+        _ => Err(format!("'{s}' is not a number of seconds (a decimal such as 0.5 or 10); allowed {SECONDS_ALLOWED}")),
+    }
 }
 
 fn parse_wait(s: &str) -> Result<WaitPolicy, String> {

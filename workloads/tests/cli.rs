@@ -351,30 +351,62 @@ fn help_and_version_go_to_stdout_and_exit_0() {
     assert!(ok(&["run", "--help"]).contains("Usage: mmemu run [OPTIONS] <SCENARIO>"));
 }
 
+/// Bad values: integers are ASCII digits in range (no sign, spaces, `_`,
+/// hex or fractions), seconds are finite and in range.
 #[test]
 fn bad_inputs_exit_2_with_one_clear_line() {
-    assert_usage_errors(&[
-        (&["run", "munmap-storm", "--cpus", "0"], "--cpus: 0 CPUs: allowed 1..=256"),
-        (&["run", "munmap-storm", "--cpus", "257"], "--cpus: 257 CPUs: allowed 1..=256"),
-        (&["run", "munmap-storm", "--cpus", "-3"], "--cpus: '-3' is not a CPU count; allowed 1..=256"),
-        (&["run", "munmap-storm", "--cpus", "many"], "--cpus: 'many' is not a CPU count; allowed 1..=256"),
-        (&["run", "munmap-storm", "--seconds", "0"], "--seconds: 0 seconds: allowed 0 < S <= 86400"),
-        (&["run", "munmap-storm", "--seconds", "-1"], "--seconds: -1 seconds: allowed 0 < S <= 86400"),
-        (&["run", "munmap-storm", "--seconds", "soon"], "--seconds: 'soon' is not a number of seconds; allowed 0 < S <= 86400"),
-        (&["run", "munmap-storm", "--iterations", "0"], "--iterations: '0' rounds: allowed 1..=1000000000"),
-        (&["run", "munmap-storm", "--iterations", "1e3"], "--iterations: '1e3' rounds: allowed 1..=1000000000"),
-        (&["run", "munmap-storm", "--seed", "x"], "--seed: invalid digit found in string"),
-        (&["run", "munmap-storm", "--param", "nope=1"], "scenario munmap-storm has no parameter 'nope'; allowed: {params:munmap-storm}"),
-        (&["run", "munmap-storm", "--param", "pages=0"], "--param pages=0: out of range; allowed 1..=65536"),
-        (&["run", "munmap-storm", "--param", "pages=lots"], "--param pages=lots: not a whole number; allowed 1..=65536"),
-        (&["run", "munmap-storm", "--param", "pages"], "--param 'pages': expected KEY=VALUE (scenario munmap-storm: allowed: {params:munmap-storm})"),
-        (&["run", "khugepaged-gup", "--arch", "x86"], "scenario khugepaged-gup needs --arch arm64 (the race only exists there); got --arch x86"),
-        (&["run", "hugetlb-unshare-gup", "--cpus", "2"], "scenario hugetlb-unshare-gup needs at least 3 CPUs; allowed --cpus 3..=256"),
-        (&["run", "fork-exit-hugetlb", "--param", "tables=0"], "--param tables=0: out of range; allowed 1..=64"),
-        (&["stress", "--cpus", "0"], "--cpus: 0 CPUs: allowed 1..=256"),
-        (&["stress", "--seconds", "0"], "--seconds: 0 seconds: allowed 0 < S <= 86400"),
-        (&["stress", "--slice", "0"], "--slice: 0 seconds: allowed 0 < S <= 86400"),
-    ]);
+    const DIGITS: &str = "is not a decimal number (digits only, no sign or spaces)";
+    let cases: Vec<(&[&str], String)> = vec![
+        (&["run", "munmap-storm", "--cpus", "0"], "--cpus: '0' is out of range; allowed 1..=256".into()),
+        (&["run", "munmap-storm", "--cpus", "257"], "--cpus: '257' is out of range; allowed 1..=256".into()),
+        (&["run", "munmap-storm", "--cpus", "99999999999999999999999"], "--cpus: '99999999999999999999999' is out of range; allowed 1..=256".into()),
+        (&["run", "munmap-storm", "--cpus", "-3"], format!("--cpus: '-3' {DIGITS}; allowed 1..=256")),
+        (&["run", "munmap-storm", "--cpus", "+4"], format!("--cpus: '+4' {DIGITS}; allowed 1..=256")),
+        (&["run", "munmap-storm", "--cpus", " 4"], format!("--cpus: ' 4' {DIGITS}; allowed 1..=256")),
+        (&["run", "munmap-storm", "--cpus", "4 "], format!("--cpus: '4 ' {DIGITS}; allowed 1..=256")),
+        (&["run", "munmap-storm", "--cpus", "0x4"], format!("--cpus: '0x4' {DIGITS}; allowed 1..=256")),
+        (&["run", "munmap-storm", "--cpus", "many"], format!("--cpus: 'many' {DIGITS}; allowed 1..=256")),
+        (&["run", "munmap-storm", "--cpus="], "--cpus: empty value; allowed 1..=256".into()),
+        (&["run", "munmap-storm", "--iterations", "0"], "--iterations: '0' is out of range; allowed 1..=1000000000".into()),
+        (&["run", "munmap-storm", "--iterations", "1000000001"], "--iterations: '1000000001' is out of range; allowed 1..=1000000000".into()),
+        (&["run", "munmap-storm", "--iterations", "1e3"], format!("--iterations: '1e3' {DIGITS}; allowed 1..=1000000000")),
+        (&["run", "munmap-storm", "--iterations", "1.5"], format!("--iterations: '1.5' {DIGITS}; allowed 1..=1000000000")),
+        (&["run", "munmap-storm", "--iterations", "+2"], format!("--iterations: '+2' {DIGITS}; allowed 1..=1000000000")),
+        (&["run", "munmap-storm", "--seed", "x"], format!("--seed: 'x' {DIGITS}; allowed 0..=18446744073709551615")),
+        (&["run", "munmap-storm", "--seed", "-1"], format!("--seed: '-1' {DIGITS}; allowed 0..=18446744073709551615")),
+        (&["run", "munmap-storm", "--seed", "+1"], format!("--seed: '+1' {DIGITS}; allowed 0..=18446744073709551615")),
+        (&["run", "munmap-storm", "--seed", "18446744073709551616"], "--seed: '18446744073709551616' is out of range; allowed 0..=18446744073709551615".into()),
+        (&["stress", "--seed", "-1"], format!("--seed: '-1' {DIGITS}; allowed 0..=18446744073709551615")),
+        (&["run", "munmap-storm", "--inject-panic", "x"], format!("--inject-panic: 'x' {DIGITS}; allowed 0..=255")),
+        (&["run", "munmap-storm", "--seconds", "0"], "--seconds: '0' is out of range; allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--seconds", "-1"], "--seconds: '-1' is out of range; allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--seconds", "86401"], "--seconds: '86401' is out of range; allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--seconds", "1e-400"], "--seconds: '1e-400' is out of range; allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--seconds", "soon"], "--seconds: 'soon' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--seconds", "nan"], "--seconds: 'nan' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--seconds", "inf"], "--seconds: 'inf' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--seconds", "+1"], "--seconds: '+1' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into()),
+        (&["stress", "--cpus", "0"], "--cpus: '0' is out of range; allowed 1..=256".into()),
+        (&["stress", "--seconds", "0"], "--seconds: '0' is out of range; allowed 0 < S <= 86400".into()),
+        (&["stress", "--slice", "0"], "--slice: '0' is out of range; allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--param", "nope=1"], "scenario munmap-storm has no parameter 'nope'; allowed: {params:munmap-storm}".into()),
+        (&["run", "lazy-tlb", "--param", "pages=1"], "--param pages=1: scenario lazy-tlb takes no parameters".into()),
+        (&["run", "munmap-storm", "--param", "pages=0"], "--param pages=0: out of range; allowed 1..=65536".into()),
+        (&["run", "munmap-storm", "--param", "pages=65537"], "--param pages=65537: out of range; allowed 1..=65536".into()),
+        (&["run", "munmap-storm", "--param", "pages=99999999999999999999999"], "--param pages=99999999999999999999999: out of range; allowed 1..=65536".into()),
+        (&["run", "munmap-storm", "--param", "pages=lots"], "--param pages=lots: not a decimal number (digits only, no sign or spaces); allowed 1..=65536".into()),
+        (&["run", "munmap-storm", "--param", "pages=+8"], "--param pages=+8: not a decimal number (digits only, no sign or spaces); allowed 1..=65536".into()),
+        (&["run", "munmap-storm", "--param", "pages= 8"], "--param pages= 8: not a decimal number (digits only, no sign or spaces); allowed 1..=65536".into()),
+        (&["run", "munmap-storm", "--param", "pages="], "--param pages=: empty value; allowed 1..=65536".into()),
+        (&["run", "munmap-storm", "--param", "pages"], "--param 'pages': expected KEY=VALUE; allowed keys for munmap-storm: {params:munmap-storm}".into()),
+        (&["run", "munmap-storm", "--param", "=8"], "--param '=8': expected KEY=VALUE; allowed keys for munmap-storm: {params:munmap-storm}".into()),
+        (&["run", "munmap-storm", "--param", ""], "--param '': expected KEY=VALUE; allowed keys for munmap-storm: {params:munmap-storm}".into()),
+        (&["run", "fork-exit-hugetlb", "--param", "tables=0"], "--param tables=0: out of range; allowed 1..=64".into()),
+        (&["run", "khugepaged-gup", "--arch", "x86"], "scenario khugepaged-gup needs --arch arm64 (the race only exists there); got --arch x86".into()),
+        (&["run", "hugetlb-unshare-gup", "--cpus", "2"], "scenario hugetlb-unshare-gup needs at least 3 CPUs; allowed --cpus 3..=256".into()),
+    ];
+    let cases: Vec<(&[&str], &str)> = cases.iter().map(|(a, w)| (*a, w.as_str())).collect();
+    assert_usage_errors(&cases);
 }
 
 /// Where a test sends the binary's stdout.

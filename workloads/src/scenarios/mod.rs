@@ -173,26 +173,29 @@ impl Scenario {
         let mut out: BTreeMap<&'static str, u64> = self.params.iter().map(|p| (p.key, p.default)).collect();
         let keys = || {
             if self.params.is_empty() {
-                "it takes none".to_string()
+                format!("scenario {} takes no parameters", self.name)
             } else {
-                format!("allowed: {}", self.params.iter().map(|p| p.key).collect::<Vec<_>>().join(", "))
+                format!("allowed keys for {}: {}", self.name, self.params.iter().map(|p| p.key).collect::<Vec<_>>().join(", "))
             }
         };
         for pair in pairs {
             let (k, v) = pair
                 .split_once('=')
-                .ok_or_else(|| format!("--param '{pair}': expected KEY=VALUE (scenario {}: {})", self.name, keys()))?;
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| format!("--param '{pair}': expected KEY=VALUE; {}", keys()))?;
             let spec = self
                 .params
                 .iter()
                 .find(|p| p.key == k)
-                .ok_or_else(|| format!("scenario {} has no parameter '{k}'; {}", self.name, keys()))?;
-            let n: u64 = v
-                .parse()
-                .map_err(|_| format!("--param {k}={v}: not a whole number; allowed {}..={}", spec.min, spec.max))?;
-            if n < spec.min || n > spec.max {
-                return Err(format!("--param {k}={n}: out of range; allowed {}..={}", spec.min, spec.max));
-            }
+                .ok_or_else(|| {
+                    if self.params.is_empty() {
+                        format!("--param {pair}: {}", keys())
+                    } else {
+                        format!("scenario {} has no parameter '{k}'; allowed: {}", self.name, self.params.iter().map(|p| p.key).collect::<Vec<_>>().join(", "))
+                    }
+                })?;
+            let n = crate::cli::parse_decimal(v, spec.min, spec.max)
+                .map_err(|e| format!("--param {k}={v}: {}; allowed {}..={}", e.what(), spec.min, spec.max))?;
             out.insert(spec.key, n);
         }
         Ok(out)
