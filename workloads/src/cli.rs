@@ -155,11 +155,47 @@ fn parse_scenario(s: &str) -> Result<&'static Scenario, String> {
 }
 
 fn parse_fix(s: &str) -> Result<Fix, String> {
-    s.parse()
+    s.parse().map_err(|_| unknown_name("switch", s, &switch_names()))
 }
 
 fn parse_arch(s: &str) -> Result<Arch, String> {
-    s.parse()
+    s.parse().map_err(|_| unknown_name("arch", s, &Arch::ALL.map(|a| a.name())))
+}
+
+/// Near misses of `input` among `names` (at most 3, best first), for
+/// "did you mean": the same name up to case and `_`/`-` (which are
+/// suggested, never accepted); else the names it is a prefix of (or that
+/// are a prefix of it), if no more than 3; else the closest by
+/// Damerau-Levenshtein distance (a transposition is one edit), within one
+/// edit per 5 characters.
+pub fn suggest<'a>(input: &str, names: &[&'a str]) -> Vec<&'a str> {
+    let norm = |s: &str| s.to_lowercase().replace('_', "-");
+    let n = norm(input);
+    if n.is_empty() {
+        return Vec::new();
+    }
+    let cands: Vec<(String, &'a str)> = names.iter().map(|c| (norm(c), *c)).collect();
+    if let Some((_, c)) = cands.iter().find(|(c, _)| *c == n) {
+        return vec![*c];
+    }
+    let dist = |c: &str| strsim::damerau_levenshtein(&n, c);
+    let mut prefix: Vec<&(String, &'a str)> =
+        cands.iter().filter(|(c, _)| c.starts_with(&n) || (c.len() >= 3 && n.starts_with(c.as_str()))).collect();
+    if (1..=3).contains(&prefix.len()) {
+        prefix.sort_by_key(|(c, _)| dist(c));
+        return prefix.iter().map(|(_, c)| *c).collect();
+    }
+    let limit = (1 + n.chars().count() / 5).min(3);
+    let best = match cands.iter().map(|(c, _)| dist(c)).min() {
+        Some(d) if d <= limit => d,
+        _ => return Vec::new(),
+    };
+    cands.iter().filter(|(c, _)| dist(c) == best).take(3).map(|(_, c)| *c).collect()
+}
+
+/// `unknown WHAT 'INPUT' (did you mean 'X'?); allowed: NAMES`.
+pub fn unknown_name(what: &str, input: &str, names: &[&str]) -> String {
+    format!("unknown {what} '{input}'{}; allowed: {}", did_you_mean(&suggest(input, names)), names.join(", "))
 }
 
 /// Why a string is not a decimal integer in range (`parse_decimal`).
@@ -250,7 +286,7 @@ fn parse_wait(s: &str) -> Result<WaitPolicy, String> {
         "spin" => Ok(WaitPolicy::Spin),
         "park" => Ok(WaitPolicy::Park),
         "adaptive" => Ok(WaitPolicy::Adaptive),
-        _ => Err(format!("unknown wait policy '{s}'; allowed: spin, park, adaptive")),
+        _ => Err(unknown_name("wait policy", s, &["spin", "park", "adaptive"])),
     }
 }
 
@@ -288,7 +324,7 @@ fn scenario_names() -> Vec<&'static str> {
 }
 
 /// ` (did you mean 'a'?)`, ` (did you mean 'a' or 'b'?)`, or nothing.
-fn did_you_mean<S: AsRef<str>>(names: &[S]) -> String {
+pub fn did_you_mean<S: AsRef<str>>(names: &[S]) -> String {
     let q: Vec<String> = names.iter().map(|n| format!("'{}'", n.as_ref())).collect();
     match q.split_last() {
         None => String::new(),
@@ -330,14 +366,24 @@ fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
     match e.kind() {
         ErrorKind::InvalidSubcommand => {
             let x = one(K::InvalidSubcommand);
-            format!("unknown subcommand '{x}'{}; allowed: {subs}", did_you_mean(&all(K::SuggestedSubcommand)))
+            let mut dym = all(K::SuggestedSubcommand);
+            if dym.is_empty() {
+                let names: Vec<&str> = root.get_subcommands().map(|c| c.get_name()).collect();
+                dym = suggest(&x, &names).into_iter().map(String::from).collect();
+            }
+            format!("unknown subcommand '{x}'{}; allowed: {subs}", did_you_mean(&dym))
         }
         ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             format!("missing subcommand; allowed: {subs} (see 'mmemu --help')")
         }
         ErrorKind::UnknownArgument => {
             let x = one(K::InvalidArg);
-            let dym = did_you_mean(&all(K::SuggestedArg));
+            let mut dym = all(K::SuggestedArg);
+            if dym.is_empty() && x.starts_with("--") {
+                let longs: Vec<&str> = cmd.get_arguments().filter(|a| !a.is_hide_set()).filter_map(|a| a.get_long()).collect();
+                dym = suggest(&x[2..], &longs).into_iter().map(|l| format!("--{l}")).collect();
+            }
+            let dym = did_you_mean(&dym);
             let is_option = x.len() > 1 && x.starts_with('-') && x.parse::<f64>().is_err();
             match (is_option, sub) {
                 (true, Some(_)) => format!("unknown option '{x}' for {label}{dym}; allowed: {opts}"),
@@ -981,4 +1027,39 @@ fn stress(a: StressArgs) -> Result<i32, CliError> {
     let _ = writeln!(out, "  verdict: {}", if failed { "FAILED" } else { "ok" });
     emit(&out)?;
     Ok(if failed { 1 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggest_matches_case_underscore_prefix_and_typos() {
+        let names = ["munmap-storm", "mprotect-pingpong", "khugepaged-gup", "khugepaged-gup-file", "x86", "arm64"];
+        assert_eq!(suggest("munmap_storm", &names), ["munmap-storm"]);
+        assert_eq!(suggest("MUNMAP-STORM", &names), ["munmap-storm"]);
+        assert_eq!(suggest("munmap-strom", &names), ["munmap-storm"]);
+        assert_eq!(suggest("mprotect", &names), ["mprotect-pingpong"]);
+        assert_eq!(suggest("khugepaged", &names), ["khugepaged-gup", "khugepaged-gup-file"]);
+        assert_eq!(suggest("x68", &names), ["x86"]);
+        assert_eq!(suggest("arm", &names), ["arm64"]);
+        assert!(suggest("", &names).is_empty());
+        assert!(suggest("zzz", &names).is_empty());
+        assert!(suggest("sparc", &names).is_empty());
+        // More than 3 names start with "m": no prefix guess, and too far for a typo.
+        assert!(suggest("m", &["madvise", "mmap", "mprotect", "munmap"]).is_empty());
+    }
+
+    #[test]
+    fn parse_decimal_is_digits_in_range() {
+        assert_eq!(parse_decimal("42", 1, 100), Ok(42));
+        assert_eq!(parse_decimal("007", 1, 100), Ok(7));
+        assert_eq!(parse_decimal("18446744073709551615", 0, u64::MAX), Ok(u64::MAX));
+        assert_eq!(parse_decimal("18446744073709551616", 0, u64::MAX), Err(BadNumber::OutOfRange));
+        assert_eq!(parse_decimal("0", 1, 100), Err(BadNumber::OutOfRange));
+        assert_eq!(parse_decimal("", 1, 100), Err(BadNumber::Empty));
+        for bad in ["+4", "-4", " 4", "4 ", "4_0", "0x4", "4.0", "\u{0664}"] {
+            assert_eq!(parse_decimal(bad, 0, 100), Err(BadNumber::NotDecimal), "{bad:?}");
+        }
+    }
 }

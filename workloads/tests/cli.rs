@@ -328,6 +328,40 @@ fn parse_errors_are_one_line() {
     assert_usage_errors(&cases);
 }
 
+/// Near misses get a suggestion on the same line (underscores, case,
+/// prefixes, typos); the near miss itself is still refused.
+#[test]
+fn near_misses_suggest_the_name() {
+    let sub = format!("allowed: {SUBCOMMANDS}");
+    let cases: Vec<(&[&str], String)> = vec![
+        (&["run", "munmap-strom"], "unknown scenario 'munmap-strom' (did you mean 'munmap-storm'?); allowed: {scenarios}".into()),
+        (&["run", "munmap_storm"], "unknown scenario 'munmap_storm' (did you mean 'munmap-storm'?); allowed: {scenarios}".into()),
+        (&["run", "Munmap-Storm"], "unknown scenario 'Munmap-Storm' (did you mean 'munmap-storm'?); allowed: {scenarios}".into()),
+        (&["run", "munmap"], "unknown scenario 'munmap' (did you mean 'munmap-storm'?); allowed: {scenarios}".into()),
+        (&["run", "munmap-storms"], "unknown scenario 'munmap-storms' (did you mean 'munmap-storm'?); allowed: {scenarios}".into()),
+        (&["run", "iommu"], "unknown scenario 'iommu' (did you mean 'iommu-sva' or 'iommu-sva-dma'?); allowed: {scenarios}".into()),
+        (&["run", "zzz"], "unknown scenario 'zzz'; allowed: {scenarios}".into()),
+        (&["run", "munmap-storm", "--revert", "delay_rmap"], "--revert: unknown switch 'delay_rmap' (did you mean 'delay-rmap'?); allowed: {switches}".into()),
+        (&["run", "munmap-storm", "--revert", "delay-rmpa"], "--revert: unknown switch 'delay-rmpa' (did you mean 'delay-rmap'?); allowed: {switches}".into()),
+        (&["reproduce", "delay_rmap"], "unknown switch 'delay_rmap' (did you mean 'delay-rmap'?); allowed: {switches}".into()),
+        (&["reproduce", "hugetlb-unshare"], "unknown switch 'hugetlb-unshare' (did you mean 'hugetlb-unshare-sync' or 'hugetlb-unshare-batched'?); allowed: {switches}".into()),
+        (&["run", "munmap-storm", "--arch", "x68"], "--arch: unknown arch 'x68' (did you mean 'x86'?); allowed: x86, arm64, generic".into()),
+        (&["run", "munmap-storm", "--arch", "arm"], "--arch: unknown arch 'arm' (did you mean 'arm64'?); allowed: x86, arm64, generic".into()),
+        (&["run", "munmap-storm", "--arch", "X86"], "--arch: unknown arch 'X86' (did you mean 'x86'?); allowed: x86, arm64, generic".into()),
+        (&["run", "munmap-storm", "--wait", "spn"], "--wait: unknown wait policy 'spn' (did you mean 'spin'?); allowed: spin, park, adaptive".into()),
+        (&["run", "munmap-storm", "--wait", "adaptiv"], "--wait: unknown wait policy 'adaptiv' (did you mean 'adaptive'?); allowed: spin, park, adaptive".into()),
+        (&["run", "munmap-storm", "--param", "page=8"], "scenario munmap-storm has no parameter 'page' (did you mean 'pages'?); allowed: {params:munmap-storm}".into()),
+        (&["run", "munmap-storm", "--param", "PAGES=8"], "scenario munmap-storm has no parameter 'PAGES' (did you mean 'pages'?); allowed: {params:munmap-storm}".into()),
+        (&["run", "munmap-storm", "--seeds", "3"], "unknown option '--seeds' for mmemu run (did you mean '--seed'?); allowed: {run-options}".into()),
+        (&["run", "munmap-storm", "--Cpus", "3"], "unknown option '--Cpus' for mmemu run (did you mean '--cpus'?); allowed: {run-options}".into()),
+        (&["lst"], format!("unknown subcommand 'lst' (did you mean 'list'?); {sub}")),
+        (&["Run", "munmap-storm"], format!("unknown subcommand 'Run' (did you mean 'run'?); {sub}")),
+        (&["repro", "delay-rmap"], format!("unknown subcommand 'repro' (did you mean 'reproduce'?); {sub}")),
+    ];
+    let cases: Vec<(&[&str], &str)> = cases.iter().map(|(a, w)| (*a, w.as_str())).collect();
+    assert_usage_errors(&cases);
+}
+
 /// Arguments that are not UTF-8 (only `--trace FILE` may be any path).
 #[test]
 fn non_utf8_argument_is_one_line() {

@@ -191,7 +191,9 @@ impl Scenario {
                     if self.params.is_empty() {
                         format!("--param {pair}: {}", keys())
                     } else {
-                        format!("scenario {} has no parameter '{k}'; allowed: {}", self.name, self.params.iter().map(|p| p.key).collect::<Vec<_>>().join(", "))
+                        let names: Vec<&str> = self.params.iter().map(|p| p.key).collect();
+                        let dym = crate::cli::did_you_mean(&crate::cli::suggest(k, &names));
+                        format!("scenario {} has no parameter '{k}'{dym}; allowed: {}", self.name, names.join(", "))
                     }
                 })?;
             let n = crate::cli::parse_decimal(v, spec.min, spec.max)
@@ -210,7 +212,7 @@ pub fn all() -> &'static [Scenario] {
 /// Look a scenario up by name; the error lists the names.
 pub fn find(name: &str) -> Result<&'static Scenario, String> {
     all().iter().find(|s| s.name == name).ok_or_else(|| {
-        format!("unknown scenario '{name}'; allowed: {}", all().iter().map(|s| s.name).collect::<Vec<_>>().join(", "))
+        crate::cli::unknown_name("scenario", name, &all().iter().map(|s| s.name).collect::<Vec<_>>())
     })
 }
 
