@@ -779,8 +779,18 @@ fn list(json: bool) -> Result<i32, CliError> {
     Ok(0)
 }
 
+/// `--revert X --revert X` is a mistake (a typo for another switch?), not
+/// a no-op.
+fn no_repeated_switch(revert: &[Fix]) -> Result<(), CliError> {
+    match revert.iter().enumerate().find(|(i, f)| revert[..*i].contains(f)) {
+        Some((_, f)) => Err(CliError::Usage(format!("--revert {f} given twice; allowed once per switch"))),
+        None => Ok(()),
+    }
+}
+
 fn run(a: RunArgs) -> Result<i32, CliError> {
     let s = a.scenario;
+    no_repeated_switch(&a.revert)?;
     let params = s.parse_params(&a.params).map_err(CliError::Usage)?;
     if let Some(c) = a.inject_panic {
         scenarios::inject_panic_on(c);

@@ -436,6 +436,11 @@ fn bad_inputs_exit_2_with_one_clear_line() {
         (&["run", "munmap-storm", "--param", "=8"], "--param '=8': expected KEY=VALUE; allowed keys for munmap-storm: {params:munmap-storm}".into()),
         (&["run", "munmap-storm", "--param", ""], "--param '': expected KEY=VALUE; allowed keys for munmap-storm: {params:munmap-storm}".into()),
         (&["run", "fork-exit-hugetlb", "--param", "tables=0"], "--param tables=0: out of range; allowed 1..=64".into()),
+        (&["run", "munmap-storm", "--param", "pages=4", "--param", "pages=8"], "--param pages given twice (pages=4, pages=8); allowed once per key".into()),
+        (&["run", "munmap-storm", "--param", "pages=4", "--param", "chunk=1", "--param", "pages=4"], "--param pages given twice (pages=4, pages=4); allowed once per key".into()),
+        (&["reproduce", "hugetlb-unshare-batched", "--param", "tables=1", "--param", "tables=2"], "--param tables given twice (tables=1, tables=2); allowed once per key".into()),
+        (&["run", "munmap-storm", "--revert", "delay-rmap", "--revert", "delay-rmap"], "--revert delay-rmap given twice; allowed once per switch".into()),
+        (&["run", "munmap-storm", "--revert", "delay-rmap", "--revert", "gup-pmd-recheck", "--revert", "delay-rmap"], "--revert delay-rmap given twice; allowed once per switch".into()),
         (&["run", "khugepaged-gup", "--arch", "x86"], "scenario khugepaged-gup needs --arch arm64 (the race only exists there); got --arch x86".into()),
         (&["run", "hugetlb-unshare-gup", "--cpus", "2"], "scenario hugetlb-unshare-gup needs at least 3 CPUs; allowed --cpus 3..=256".into()),
     ];

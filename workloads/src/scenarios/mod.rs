@@ -198,6 +198,9 @@ impl Scenario {
                 })?;
             let n = crate::cli::parse_decimal(v, spec.min, spec.max)
                 .map_err(|e| format!("--param {k}={v}: {}; allowed {}..={}", e.what(), spec.min, spec.max))?;
+            if let Some(first) = pairs.iter().find(|p| p.split_once('=').is_some_and(|(pk, _)| pk == k)).filter(|p| !std::ptr::eq(*p, pair)) {
+                return Err(format!("--param {k} given twice ({first}, {pair}); allowed once per key"));
+            }
             out.insert(spec.key, n);
         }
         Ok(out)
