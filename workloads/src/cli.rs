@@ -953,6 +953,16 @@ struct Tally {
 
 fn stress(a: StressArgs) -> Result<i32, CliError> {
     let cpus = a.cpus.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).min(MAX_CPUS));
+    // An explicit --cpus N is honoured: scenarios that need more CPUs are
+    // skipped (the table says so).  Without it (the host's cores) each
+    // scenario gets at least its minimum, as before.
+    let skipped = |s: &Scenario| a.cpus.is_some() && s.min_cpus > cpus;
+    if scenarios::all().iter().all(skipped) {
+        let least = scenarios::all().iter().map(|s| s.min_cpus).min().unwrap_or(1);
+        return Err(CliError::Usage(format!(
+            "--cpus {cpus}: no scenario runs on {cpus} CPU(s); allowed --cpus {least}..={MAX_CPUS}"
+        )));
+    }
     let machine = machine_config(&a.machine);
     let total = Duration::from_secs_f64(a.seconds);
     let t0 = Instant::now();
@@ -979,7 +989,7 @@ fn stress(a: StressArgs) -> Result<i32, CliError> {
     let all = scenarios::all();
     let mut tallies: Vec<Tally> = vec![Tally::default(); all.len()];
     let mut rng = scenarios::Rng::new(a.machine.seed, 0x57);
-    let mut order: Vec<usize> = (0..all.len()).collect();
+    let mut order: Vec<usize> = (0..all.len()).filter(|&i| !skipped(&all[i])).collect();
     let mut failed = false;
     'outer: loop {
         // A fresh shuffle per pass: every scenario once, mixed.
@@ -1026,13 +1036,20 @@ fn stress(a: StressArgs) -> Result<i32, CliError> {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "mmemu stress: {cpus} CPUs, {:.1} s, seed {}", t0.elapsed().as_secs_f64(), a.machine.seed);
-    let _ = writeln!(out, "  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}", "scenario", "runs", "rounds", "ops", "violations", "leaked", "failures");
+    let _ = writeln!(out, "  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}  note", "scenario", "runs", "rounds", "ops", "violations", "leaked", "failures");
     for (s, t) in all.iter().zip(&tallies) {
-        let _ = writeln!(
-            out,
-            "  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}",
+        let note = if skipped(s) {
+            format!("skipped: needs {}+ CPUs", s.min_cpus)
+        } else if s.min_cpus > cpus {
+            format!("ran on {} CPUs (needs {}+)", s.min_cpus, s.min_cpus)
+        } else {
+            String::new()
+        };
+        let row = format!(
+            "  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}  {note}",
             s.name, t.runs, t.rounds, t.ops, t.violations, t.leaked, t.failures
         );
+        let _ = writeln!(out, "{}", row.trim_end());
     }
     let _ = writeln!(out, "  verdict: {}", if failed { "FAILED" } else { "ok" });
     emit(&out)?;

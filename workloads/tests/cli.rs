@@ -256,6 +256,33 @@ fn stress_short() {
     }
 }
 
+/// `stress --cpus 1` runs only what fits on 1 CPU; the others are rows
+/// with 0 runs and a note (they used to be raised to their minimum).
+#[test]
+fn stress_skips_scenarios_that_need_more_cpus() {
+    let o = mmemu(&["stress", "--seconds", "1.5", "--cpus", "1", "--slice", "0.2", "--no-pin"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.starts_with("mmemu stress: 1 CPUs,"), "{out}");
+    assert!(out.lines().nth(1).unwrap().ends_with("failures  note"), "{out}");
+    let list = json(&["list", "--json"]);
+    let mut skipped = 0;
+    for s in list["scenarios"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        let min = s["min_cpus"].as_u64().unwrap();
+        let row = out.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("no row for {name}:\n{out}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        if min > 1 {
+            skipped += 1;
+            assert_eq!(cols[1..], ["0", "0", "0", "0", "0", "0", "skipped:", "needs", &format!("{min}+"), "CPUs"], "{row}");
+        } else {
+            assert_eq!(cols.len(), 7, "{name} fits on 1 CPU: no note: {row}");
+        }
+    }
+    assert!(skipped > 0, "some scenario needs 2+ CPUs");
+    assert!(out.contains("verdict: ok"), "{out}");
+}
+
 #[test]
 fn panic_on_an_emulated_cpu_names_it_and_exits_1() {
     let o = mmemu(&["run", "munmap-storm", "--cpus", "2", "--iterations", "2", "--inject-panic", "1"]);
