@@ -309,7 +309,7 @@ fn value_allowed(flag: &str) -> String {
         "--arch" => Arch::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", "),
         "--revert" => switch_names().join(", "),
         "--param" => "KEY=VALUE (keys and ranges: mmemu list)".to_string(),
-        "--trace" => "a file path".to_string(),
+        "--trace" => "a file path in a writable directory".to_string(),
         "--inject-panic" => format!("a CPU number 0..{MAX_CPUS}"),
         _ => "see --help".to_string(),
     }
@@ -807,6 +807,14 @@ fn run(a: RunArgs) -> Result<i32, CliError> {
         trace: a.trace.clone(),
         stop_on_violation: false,
     };
+    if let Some(path) = &spec.trace {
+        // Find an unwritable --trace before the run, not after it (the
+        // report would be lost); a refused run leaves no empty file.
+        spec.validate().map_err(CliError::Usage)?;
+        std::fs::File::create(path).map_err(|e| {
+            CliError::Usage(format!("--trace '{}': cannot create the file: {e}; allowed: a file path in a writable directory", path.display()))
+        })?;
+    }
     let report = run_scenario(&spec)?;
     if a.json {
         print_json(&report)?;

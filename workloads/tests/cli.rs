@@ -190,6 +190,39 @@ fn trace_file_is_chrome_json_with_events_per_cpu() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An unwritable --trace is refused before the run (exit 2, one line),
+/// not found after it with the report thrown away.
+#[test]
+fn unwritable_trace_is_refused_before_the_run() {
+    let dir = std::env::temp_dir().join(format!("mmemu-trace-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let missing = format!("{d}/no/such/dir/t.json");
+    // A long budget: if the run started, the test would take minutes.
+    let run = |trace: &str| ["run", "munmap-storm", "--cpus", "2", "--seconds", "600", "--trace", trace].map(String::from);
+    let cases: Vec<([String; 8], String)> = vec![
+        (run(&missing), format!("--trace '{missing}': cannot create the file: No such file or directory (os error 2); allowed: a file path in a writable directory")),
+        (run(d), format!("--trace '{d}': cannot create the file: Is a directory (os error 21); allowed: a file path in a writable directory")),
+        (run(""), "missing value for --trace; allowed: a file path in a writable directory".into()),
+    ];
+    for (args, want) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let t0 = std::time::Instant::now();
+        let o = mmemu(&args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "mmemu {args:?}: {err}");
+        assert_eq!(out, "");
+        assert_eq!(err, format!("error: {want}\n"), "mmemu {args:?}");
+        assert!(t0.elapsed().as_secs() < 60, "the run must not start");
+    }
+    // A run that is refused for another reason leaves no empty trace file.
+    let path = dir.join("refused.json");
+    let o = mmemu(&["run", "hugetlb-unshare-gup", "--cpus", "2", "--trace", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!path.exists(), "refused run created {}", path.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Every switch: `reproduce` runs its scenario with the fix off and on.
 /// The fix-on run must be clean; a fix-off run that found the bug must be
 /// reported as reproduced (exit 0).  The races whose first violation comes
