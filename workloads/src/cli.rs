@@ -193,8 +193,12 @@ pub fn suggest<'a>(input: &str, names: &[&'a str]) -> Vec<&'a str> {
     cands.iter().filter(|(c, _)| dist(c) == best).take(3).map(|(_, c)| *c).collect()
 }
 
-/// `unknown WHAT 'INPUT' (did you mean 'X'?); allowed: NAMES`.
+/// `unknown WHAT 'INPUT' (did you mean 'X'?); allowed: NAMES` (or
+/// `empty WHAT name; ...`).
 pub fn unknown_name(what: &str, input: &str, names: &[&str]) -> String {
+    if input.is_empty() {
+        return format!("empty {what} name; allowed: {}", names.join(", "));
+    }
     format!("unknown {what} '{input}'{}; allowed: {}", did_you_mean(&suggest(input, names)), names.join(", "))
 }
 
@@ -378,13 +382,17 @@ fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
         }
         ErrorKind::UnknownArgument => {
             let x = one(K::InvalidArg);
+            // After `--` everything is a positional argument, dashes or not.
+            let after_dashes =
+                args.iter().position(|a| a == "--").is_some_and(|p| args[p + 1..].iter().any(|a| a.to_str() == Some(x.as_str())));
+            let is_option = x.len() > 1 && x.starts_with('-') && x.parse::<f64>().is_err() && !after_dashes;
             let mut dym = all(K::SuggestedArg);
-            if dym.is_empty() && x.starts_with("--") {
+            if dym.is_empty() && is_option {
+                // Also `-c` / `-cpus` (clap reads the latter as -c -p -u -s).
                 let longs: Vec<&str> = cmd.get_arguments().filter(|a| !a.is_hide_set()).filter_map(|a| a.get_long()).collect();
-                dym = suggest(&x[2..], &longs).into_iter().map(|l| format!("--{l}")).collect();
+                dym = suggest(x.trim_start_matches('-'), &longs).into_iter().map(|l| format!("--{l}")).collect();
             }
             let dym = did_you_mean(&dym);
-            let is_option = x.len() > 1 && x.starts_with('-') && x.parse::<f64>().is_err();
             match (is_option, sub) {
                 (true, Some(_)) => format!("unknown option '{x}' for {label}{dym}; allowed: {opts}"),
                 (true, None) => format!("unknown option '{x}'{dym}; allowed: a subcommand ({subs}), {opts}"),
