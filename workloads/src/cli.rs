@@ -94,14 +94,14 @@ struct RunArgs {
     /// Arch profile (default: the scenario's).
     #[arg(long, value_name = "x86|arm64|generic", value_parser = parse_arch)]
     arch: Option<Arch>,
-    /// Switch a fix off (repeatable; see `mmemu list`).
+    /// Switch a fix off (repeatable, once per switch; see `mmemu list`).
     #[arg(long = "revert", value_name = "SWITCH", value_parser = parse_fix)]
     revert: Vec<Fix>,
     #[command(flatten)]
     budget: BudgetArgs,
     #[command(flatten)]
     machine: MachineArgs,
-    /// Scenario parameter (repeatable; see `mmemu list` for keys and ranges).
+    /// Scenario parameter (repeatable, once per key; see `mmemu list` for keys and ranges).
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
     /// Print one JSON report instead of the human summary.
@@ -127,7 +127,7 @@ struct ReproArgs {
     budget: BudgetArgs,
     #[command(flatten)]
     machine: MachineArgs,
-    /// Scenario parameter (repeatable).
+    /// Scenario parameter (repeatable, once per key).
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
     /// Print both reports as one JSON object.
@@ -137,7 +137,7 @@ struct ReproArgs {
 
 #[derive(Args, Debug)]
 struct StressArgs {
-    /// Emulated CPUs (1..=256; default: the host's cores).
+    /// Emulated CPUs (1..=256; default: the host's cores); scenarios that need more are skipped.
     #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
     cpus: Option<usize>,
     /// Total seconds (0 < S <= 86400; default 10).

@@ -178,6 +178,7 @@ impl Scenario {
                 format!("allowed keys for {}: {}", self.name, self.params.iter().map(|p| p.key).collect::<Vec<_>>().join(", "))
             }
         };
+        let mut seen: BTreeMap<&'static str, &String> = BTreeMap::new();
         for pair in pairs {
             let (k, v) = pair
                 .split_once('=')
@@ -198,7 +199,7 @@ impl Scenario {
                 })?;
             let n = crate::cli::parse_decimal(v, spec.min, spec.max)
                 .map_err(|e| format!("--param {k}={v}: {}; allowed {}..={}", e.what(), spec.min, spec.max))?;
-            if let Some(first) = pairs.iter().find(|p| p.split_once('=').is_some_and(|(pk, _)| pk == k)).filter(|p| !std::ptr::eq(*p, pair)) {
+            if let Some(first) = seen.insert(spec.key, pair) {
                 return Err(format!("--param {k} given twice ({first}, {pair}); allowed once per key"));
             }
             out.insert(spec.key, n);
