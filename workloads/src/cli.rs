@@ -314,7 +314,7 @@ fn value_allowed(flag: &str) -> String {
         "--revert" => switch_names().join(", "),
         "--param" => "KEY=VALUE (keys and ranges: mmemu list)".to_string(),
         "--trace" => "a file path in a writable directory".to_string(),
-        "--inject-panic" => format!("a CPU number 0..{MAX_CPUS}"),
+        "--inject-panic" => format!("0..={}", MAX_CPUS - 1),
         _ => "see --help".to_string(),
     }
 }

@@ -384,6 +384,7 @@ fn parse_errors_are_one_line() {
         (&["run", "munmap-storm", "-cpus", "3"], "unknown option '-c' for mmemu run (did you mean '--cpus'?); allowed: {run-options}".into()),
         (&["run", "munmap-storm", "--param"], "missing value for --param; allowed: KEY=VALUE (keys and ranges: mmemu list)".into()),
         (&["run", "munmap-storm", "--trace"], "missing value for --trace; allowed: a file path in a writable directory".into()),
+        (&["run", "munmap-storm", "--inject-panic"], "missing value for --inject-panic; allowed: 0..=255".into()),
         (&["run", ""], "empty scenario name; allowed: {scenarios}".into()),
         (&["reproduce", ""], "empty switch name; allowed: {switches}".into()),
         (&["run", "munmap-storm", "--arch="], "--arch: empty arch name; allowed: x86, arm64, generic".into()),
