@@ -4,7 +4,15 @@
 //! Exit status: 0 success; 1 the run found something (violation, leak,
 //! hang, a panic on an emulated CPU; `reproduce`: the fix-on run failed or
 //! the fix-off run did not show the bug); 2 bad usage (one line on stderr
-//! saying what is wrong and what is allowed).
+//! saying what is wrong and what is allowed); 3 the output could not be
+//! written to stdout: the reader went away (EPIPE, e.g. `| head -c 10`:
+//! silent, like a tool killed by SIGPIPE, but an exit status instead of
+//! the shell's 141) or the write failed (ENOSPC, EIO, ...: one line on
+//! stderr).  3 and not 0 because the status is the verdict: a run whose
+//! report was cut short must not look like a clean one.
+//!
+//! Nothing here writes to stdout with `print!`/`println!` (they panic on a
+//! write error); every report goes through `emit`.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -29,7 +37,7 @@ use crate::scenarios::{self, ArchReq, Budget, Ctx, Scenario, MAX_CPUS};
     long_about = "Userspace emulator of the Linux kernel's TLB-invalidation machinery: emulated CPUs with \
                   stale-until-flushed TLBs, the kernel's mmu_gather, RCU table freeing and x86/arm64/generic \
                   flush policies, with every historical fix switchable.\n\nExit status: 0 ok, 1 the run found \
-                  a violation, leak, hang or panic, 2 bad usage."
+                  a violation, leak, hang or panic, 2 bad usage, 3 stdout closed or not writable."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -60,8 +68,8 @@ struct MachineArgs {
     /// Do not pin emulated CPUs to host cores.
     #[arg(long)]
     no_pin: bool,
-    /// Seed of the scenario's choices (same seed, same program).
-    #[arg(long, default_value_t = 1)]
+    /// Seed of the scenario's choices (same seed, same program; 0..=18446744073709551615).
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_seed, allow_negative_numbers = true)]
     seed: u64,
 }
 
@@ -86,14 +94,14 @@ struct RunArgs {
     /// Arch profile (default: the scenario's).
     #[arg(long, value_name = "x86|arm64|generic", value_parser = parse_arch)]
     arch: Option<Arch>,
-    /// Switch a fix off (repeatable; see `mmemu list`).
+    /// Switch a fix off (repeatable, once per switch; see `mmemu list`).
     #[arg(long = "revert", value_name = "SWITCH", value_parser = parse_fix)]
     revert: Vec<Fix>,
     #[command(flatten)]
     budget: BudgetArgs,
     #[command(flatten)]
     machine: MachineArgs,
-    /// Scenario parameter (repeatable; see `mmemu list` for keys and ranges).
+    /// Scenario parameter (repeatable, once per key; see `mmemu list` for keys and ranges).
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
     /// Print one JSON report instead of the human summary.
@@ -103,7 +111,7 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
     /// Testing the error path: the first syscall on this CPU panics.
-    #[arg(long, value_name = "CPU", hide = true)]
+    #[arg(long, value_name = "CPU", hide = true, value_parser = parse_cpu_index)]
     inject_panic: Option<u32>,
 }
 
@@ -119,7 +127,7 @@ struct ReproArgs {
     budget: BudgetArgs,
     #[command(flatten)]
     machine: MachineArgs,
-    /// Scenario parameter (repeatable).
+    /// Scenario parameter (repeatable, once per key).
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
     /// Print both reports as one JSON object.
@@ -129,7 +137,7 @@ struct ReproArgs {
 
 #[derive(Args, Debug)]
 struct StressArgs {
-    /// Emulated CPUs (1..=256; default: the host's cores).
+    /// Emulated CPUs (1..=256; default: the host's cores); scenarios that need more are skipped.
     #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
     cpus: Option<usize>,
     /// Total seconds (0 < S <= 86400; default 10).
@@ -147,35 +155,134 @@ fn parse_scenario(s: &str) -> Result<&'static Scenario, String> {
 }
 
 fn parse_fix(s: &str) -> Result<Fix, String> {
-    s.parse()
+    s.parse().map_err(|_| unknown_name("switch", s, &switch_names()))
 }
 
 fn parse_arch(s: &str) -> Result<Arch, String> {
-    s.parse()
+    s.parse().map_err(|_| unknown_name("arch", s, &Arch::ALL.map(|a| a.name())))
+}
+
+/// Near misses of `input` among `names` (at most 3, best first), for
+/// "did you mean": the same name up to case and `_`/`-` (which are
+/// suggested, never accepted); else the names it is a prefix of (or that
+/// are a prefix of it), if no more than 3; else the closest by
+/// Damerau-Levenshtein distance (a transposition is one edit), within one
+/// edit per 5 characters.
+pub fn suggest<'a>(input: &str, names: &[&'a str]) -> Vec<&'a str> {
+    let norm = |s: &str| s.to_lowercase().replace('_', "-");
+    let n = norm(input);
+    if n.is_empty() {
+        return Vec::new();
+    }
+    let cands: Vec<(String, &'a str)> = names.iter().map(|c| (norm(c), *c)).collect();
+    if let Some((_, c)) = cands.iter().find(|(c, _)| *c == n) {
+        return vec![*c];
+    }
+    let dist = |c: &str| strsim::damerau_levenshtein(&n, c);
+    let mut prefix: Vec<&(String, &'a str)> =
+        cands.iter().filter(|(c, _)| c.starts_with(&n) || (c.len() >= 3 && n.starts_with(c.as_str()))).collect();
+    if (1..=3).contains(&prefix.len()) {
+        prefix.sort_by_key(|(c, _)| dist(c));
+        return prefix.iter().map(|(_, c)| *c).collect();
+    }
+    let limit = (1 + n.chars().count() / 5).min(3);
+    let best = match cands.iter().map(|(c, _)| dist(c)).min() {
+        Some(d) if d <= limit => d,
+        _ => return Vec::new(),
+    };
+    cands.iter().filter(|(c, _)| dist(c) == best).take(3).map(|(_, c)| *c).collect()
+}
+
+/// `unknown WHAT 'INPUT' (did you mean 'X'?); allowed: NAMES` (or
+/// `empty WHAT name; ...`).
+pub fn unknown_name(what: &str, input: &str, names: &[&str]) -> String {
+    if input.is_empty() {
+        return format!("empty {what} name; allowed: {}", names.join(", "));
+    }
+    format!("unknown {what} '{input}'{}; allowed: {}", did_you_mean(&suggest(input, names)), names.join(", "))
+}
+
+/// Why a string is not a decimal integer in range (`parse_decimal`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadNumber {
+    Empty,
+    NotDecimal,
+    OutOfRange,
+}
+
+impl BadNumber {
+    pub fn what(self) -> &'static str {
+        match self {
+            BadNumber::Empty => "empty value",
+            BadNumber::NotDecimal => "not a decimal number (digits only, no sign or spaces)",
+            BadNumber::OutOfRange => "out of range",
+        }
+    }
+}
+
+/// A decimal integer in `min..=max`: ASCII digits only, so `+4`, ` 4`,
+/// `4 ` and `0x4` are refused rather than read as (or next to) 4; too many
+/// digits for a u64 is out of range.
+pub fn parse_decimal(s: &str, min: u64, max: u64) -> Result<u64, BadNumber> {
+    if s.is_empty() {
+        return Err(BadNumber::Empty);
+    }
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(BadNumber::NotDecimal);
+    }
+    match s.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(BadNumber::OutOfRange),
+    }
+}
+
+/// An integer option's value: the error (after clap's `--option: `) names
+/// the value and the allowed range.
+fn parse_int_arg(s: &str, min: u64, max: u64) -> Result<u64, String> {
+    parse_decimal(s, min, max).map_err(|e| match e {
+        BadNumber::Empty => format!("{}; allowed {min}..={max}", e.what()),
+        _ => format!("'{s}' is {}; allowed {min}..={max}", e.what()),
+    })
 }
 
 fn parse_cpus(s: &str) -> Result<usize, String> {
-    let n: usize = s.parse().map_err(|_| format!("'{s}' is not a CPU count; allowed 1..={MAX_CPUS}"))?;
-    if !(1..=MAX_CPUS).contains(&n) {
-        return Err(format!("{n} CPUs: allowed 1..={MAX_CPUS}"));
-    }
-    Ok(n)
+    parse_int_arg(s, 1, MAX_CPUS as u64).map(|n| n as usize)
 }
+
+/// Largest `--iterations`.
+const MAX_ITERATIONS: u64 = 1_000_000_000;
+/// Largest `--seconds` / `--slice` (one day).
+const MAX_SECONDS: f64 = 86400.0;
+const SECONDS_ALLOWED: &str = "0 < S <= 86400";
 
 fn parse_iterations(s: &str) -> Result<u64, String> {
-    const MAX: u64 = 1_000_000_000;
-    match s.parse::<u64>() {
-        Ok(n) if (1..=MAX).contains(&n) => Ok(n),
-        _ => Err(format!("'{s}' rounds: allowed 1..={MAX}")),
-    }
+    parse_int_arg(s, 1, MAX_ITERATIONS)
 }
 
+fn parse_seed(s: &str) -> Result<u64, String> {
+    parse_int_arg(s, 0, u64::MAX)
+}
+
+fn parse_cpu_index(s: &str) -> Result<u32, String> {
+    parse_int_arg(s, 0, MAX_CPUS as u64 - 1).map(|n| n as u32)
+}
+
+/// Seconds: a finite decimal (`0.5`, `10`, `1e3`) in 0 < S <= 86400; no
+/// sign, no `nan` / `inf`.
 fn parse_seconds(s: &str) -> Result<f64, String> {
-    let x: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds; allowed 0 < S <= 86400"))?;
-    if !(x > 0.0 && x <= 86400.0) {
-        return Err(format!("{s} seconds: allowed 0 < S <= 86400"));
+    if s.is_empty() {
+        return Err(format!("empty value; allowed {SECONDS_ALLOWED}"));
     }
-    Ok(x)
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && !s.starts_with('+') => {
+            if x > 0.0 && x <= MAX_SECONDS {
+                Ok(x)
+            } else {
+                Err(format!("'{s}' is out of range; allowed {SECONDS_ALLOWED}"))
+            }
+        }
+        _ => Err(format!("'{s}' is not a number of seconds (a decimal such as 0.5 or 10); allowed {SECONDS_ALLOWED}")),
+    }
 }
 
 fn parse_wait(s: &str) -> Result<WaitPolicy, String> {
@@ -183,7 +290,7 @@ fn parse_wait(s: &str) -> Result<WaitPolicy, String> {
         "spin" => Ok(WaitPolicy::Spin),
         "park" => Ok(WaitPolicy::Park),
         "adaptive" => Ok(WaitPolicy::Adaptive),
-        _ => Err(format!("unknown wait policy '{s}'; allowed: spin, park, adaptive")),
+        _ => Err(unknown_name("wait policy", s, &["spin", "park", "adaptive"])),
     }
 }
 
@@ -195,6 +302,184 @@ fn wait_name(w: WaitPolicy) -> &'static str {
     }
 }
 
+/// What an option accepts, as the usage-error lines say it.
+fn value_allowed(flag: &str) -> String {
+    match flag {
+        "--cpus" => format!("1..={MAX_CPUS}"),
+        "--iterations" => format!("1..={MAX_ITERATIONS}"),
+        "--seconds" | "--slice" => SECONDS_ALLOWED.to_string(),
+        "--seed" => format!("0..={}", u64::MAX),
+        "--wait" => "spin, park, adaptive".to_string(),
+        "--arch" => Arch::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", "),
+        "--revert" => switch_names().join(", "),
+        "--param" => "KEY=VALUE (keys and ranges: mmemu list)".to_string(),
+        "--trace" => "a file path in a writable directory".to_string(),
+        "--inject-panic" => format!("0..={}", MAX_CPUS - 1),
+        _ => "see --help".to_string(),
+    }
+}
+
+fn switch_names() -> Vec<&'static str> {
+    Fix::ALL.iter().map(|f| f.name()).collect()
+}
+
+fn scenario_names() -> Vec<&'static str> {
+    scenarios::all().iter().map(|s| s.name).collect()
+}
+
+/// ` (did you mean 'a'?)`, ` (did you mean 'a' or 'b'?)`, or nothing.
+pub fn did_you_mean<S: AsRef<str>>(names: &[S]) -> String {
+    let q: Vec<String> = names.iter().map(|n| format!("'{}'", n.as_ref())).collect();
+    match q.split_last() {
+        None => String::new(),
+        Some((last, [])) => format!(" (did you mean {last}?)"),
+        Some((last, rest)) => format!(" (did you mean {} or {last}?)", rest.join(", ")),
+    }
+}
+
+/// The one line (after `error: `) for a clap parse error: what was wrong;
+/// what is allowed.  clap's own rendering is 3-7 lines (usage, tips,
+/// "for more information"); this keeps its facts (the argument, the
+/// value, the suggestion) and says what the command accepts instead.
+fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
+    use clap::error::{ContextKind as K, ContextValue as V, ErrorKind};
+    use clap::CommandFactory as _;
+    let mut root = Cli::command();
+    root.build();
+    let subs: Vec<&str> = root.get_subcommands().map(|c| c.get_name()).collect();
+    let subs = subs.join(", ");
+    // The subcommand being parsed: the first argument (mmemu has no
+    // options before it but --help / --version).
+    let sub = args.get(1).and_then(|a| a.to_str()).and_then(|n| root.find_subcommand(n));
+    let label = sub.map_or("mmemu".to_string(), |c| format!("mmemu {}", c.get_name()));
+    let cmd = sub.unwrap_or(&root);
+    let opts: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| !a.is_positional() && !a.is_hide_set())
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    let opts = opts.join(", ");
+    let all = |k: K| match e.get(k) {
+        Some(V::String(s)) => vec![s.clone()],
+        Some(V::Strings(v)) => v.clone(),
+        _ => Vec::new(),
+    };
+    let one = |k: K| all(k).into_iter().next().unwrap_or_default();
+    // "--cpus <N>" -> "--cpus"; "<SCENARIO>" stays.
+    let flag = |s: &str| s.split(' ').next().unwrap_or_default().to_string();
+    match e.kind() {
+        ErrorKind::InvalidSubcommand => {
+            let x = one(K::InvalidSubcommand);
+            let mut dym = all(K::SuggestedSubcommand);
+            if dym.is_empty() {
+                let names: Vec<&str> = root.get_subcommands().map(|c| c.get_name()).collect();
+                dym = suggest(&x, &names).into_iter().map(String::from).collect();
+            }
+            format!("unknown subcommand '{x}'{}; allowed: {subs}", did_you_mean(&dym))
+        }
+        ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            format!("missing subcommand; allowed: {subs} (see 'mmemu --help')")
+        }
+        ErrorKind::UnknownArgument => {
+            let x = one(K::InvalidArg);
+            // After `--` everything is a positional argument, dashes or not.
+            let after_dashes =
+                args.iter().position(|a| a == "--").is_some_and(|p| args[p + 1..].iter().any(|a| a.to_str() == Some(x.as_str())));
+            let is_option = x.len() > 1 && x.starts_with('-') && x.parse::<f64>().is_err() && !after_dashes;
+            let mut dym = all(K::SuggestedArg);
+            if dym.is_empty() && is_option {
+                // Also `-c` / `-cpus` (clap reads the latter as -c -p -u -s).
+                let longs: Vec<&str> = cmd.get_arguments().filter(|a| !a.is_hide_set()).filter_map(|a| a.get_long()).collect();
+                dym = suggest(x.trim_start_matches('-'), &longs).into_iter().map(|l| format!("--{l}")).collect();
+            }
+            let dym = did_you_mean(&dym);
+            match (is_option, sub) {
+                (true, Some(_)) => format!("unknown option '{x}' for {label}{dym}; allowed: {opts}"),
+                (true, None) => format!("unknown option '{x}'{dym}; allowed: a subcommand ({subs}), {opts}"),
+                (false, None) => format!("unexpected argument '{x}'; allowed: a subcommand ({subs}), {opts}"),
+                (false, Some(c)) => {
+                    let pos: Vec<String> = c
+                        .get_positionals()
+                        .map(|a| {
+                            let v = a.get_value_names().and_then(|v| v.first()).map(|v| v.to_string());
+                            format!("<{}>", v.unwrap_or_else(|| a.get_id().to_string().to_uppercase()))
+                        })
+                        .collect();
+                    if pos.is_empty() {
+                        format!("unexpected argument '{x}'; {label} takes no positional arguments, only the options {opts}")
+                    } else {
+                        format!("unexpected argument '{x}'; {label} takes one {} and the options {opts}", pos.join(" "))
+                    }
+                }
+            }
+        }
+        ErrorKind::ValueValidation => {
+            let a = one(K::InvalidArg);
+            let msg = std::error::Error::source(e).map_or_else(|| format!("invalid value '{}'", one(K::InvalidValue)), |s| s.to_string());
+            if a.starts_with('-') {
+                format!("{}: {msg}", flag(&a))
+            } else {
+                msg
+            }
+        }
+        ErrorKind::InvalidValue => {
+            let a = flag(&one(K::InvalidArg));
+            let v = one(K::InvalidValue);
+            if v.is_empty() {
+                format!("missing value for {a}; allowed: {}", value_allowed(&a))
+            } else {
+                let valid = all(K::ValidValue);
+                let allowed = if valid.is_empty() { value_allowed(&a) } else { valid.join(", ") };
+                format!("{a}: invalid value '{v}'{}; allowed: {allowed}", did_you_mean(&all(K::SuggestedValue)))
+            }
+        }
+        ErrorKind::MissingRequiredArgument => {
+            let x = one(K::InvalidArg);
+            let allowed = match x.as_str() {
+                "<SCENARIO>" => scenario_names().join(", "),
+                "<SWITCH>" => switch_names().join(", "),
+                _ => format!("see '{label} --help'"),
+            };
+            format!("{label} needs {x}; allowed: {allowed}")
+        }
+        ErrorKind::ArgumentConflict => {
+            let a = flag(&one(K::InvalidArg));
+            let prior: Vec<String> = all(K::PriorArg).iter().map(|p| flag(p)).collect();
+            if prior.is_empty() || prior == [a.clone()] {
+                format!("{a} given more than once; allowed once")
+            } else {
+                format!("{a} cannot be used with {}; allowed: one of them", prior.join(", "))
+            }
+        }
+        ErrorKind::TooManyValues => {
+            let a = flag(&one(K::InvalidArg));
+            let v = one(K::InvalidValue);
+            let is_flag = cmd
+                .get_arguments()
+                .find(|x| x.get_long().is_some_and(|l| a == format!("--{l}")))
+                .is_some_and(|x| !x.get_action().takes_values());
+            if is_flag {
+                format!("{a} takes no value, got '{v}'; allowed: {a} alone")
+            } else {
+                format!("{a}: unexpected extra value '{v}'; allowed: one value ({})", value_allowed(&a))
+            }
+        }
+        ErrorKind::InvalidUtf8 => {
+            let bad = args.iter().skip(1).find(|a| a.to_str().is_none()).map(|a| a.to_string_lossy().into_owned());
+            format!(
+                "argument '{}' is not valid UTF-8; allowed: UTF-8 text (only --trace FILE may be any path)",
+                bad.unwrap_or_default()
+            )
+        }
+        _ => {
+            // Not produced by mmemu's arguments today; keep clap's first line.
+            let r = e.render().to_string();
+            let first = r.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+            format!("{first}; see '{label} --help'")
+        }
+    }
+}
+
 /// Why a command did not produce a verdict.
 #[derive(Debug)]
 pub enum CliError {
@@ -202,6 +487,19 @@ pub enum CliError {
     Usage(String),
     /// Could not complete (cannot write the trace file, ...): exit 1.
     Failed(String),
+    /// Writing to stdout failed: exit 3 (silent for EPIPE).
+    Stdout(std::io::Error),
+}
+
+/// Exit status when stdout could not be written (see the module comment).
+pub const EXIT_STDOUT: i32 = 3;
+
+/// Write `s` to stdout and flush; a write error (EPIPE, ENOSPC, ...) is
+/// returned, never a panic.
+fn emit(s: &str) -> Result<(), CliError> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(s.as_bytes()).and_then(|()| out.flush()).map_err(CliError::Stdout)
 }
 
 /// Everything one scenario run needs.
@@ -404,19 +702,42 @@ fn budget(b: &BudgetArgs, s: &Scenario) -> Budget {
     }
 }
 
-fn print_json<T: Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).expect("reports serialize"));
+fn print_json<T: Serialize>(v: &T) -> Result<(), CliError> {
+    emit(&format!("{}\n", serde_json::to_string_pretty(v).expect("reports serialize")))
+}
+
+/// `error: MSG` on stderr (`eprintln!` would panic if stderr fails too).
+fn error_line(msg: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "error: {msg}");
+}
+
+/// The exit status and stderr line for a failed write to stdout.
+fn stdout_failed(e: &std::io::Error) -> i32 {
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        error_line(&format!("cannot write the report to stdout: {e}"));
+    }
+    EXIT_STDOUT
 }
 
 /// Parse the command line and run; returns the process exit status.
 pub fn main() -> i32 {
     install_panic_hook();
     install_signal_handlers();
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version: clap's text on stdout, exit 0.
+            use std::io::Write as _;
+            return match e.print().and_then(|()| std::io::stdout().flush()) {
+                Ok(()) => 0,
+                Err(err) => stdout_failed(&err),
+            };
+        }
         Err(e) => {
-            let _ = e.print();
-            return e.exit_code();
+            error_line(&usage_line(&e, &args));
+            return 2;
         }
     };
     let r = match cli.cmd {
@@ -428,13 +749,14 @@ pub fn main() -> i32 {
     match r {
         Ok(code) => code,
         Err(CliError::Usage(msg)) => {
-            eprintln!("error: {msg}");
+            error_line(&msg);
             2
         }
         Err(CliError::Failed(msg)) => {
-            eprintln!("error: {msg}");
+            error_line(&msg);
             1
         }
+        Err(CliError::Stdout(e)) => stdout_failed(&e),
     }
 }
 
@@ -509,34 +831,47 @@ fn list(json: bool) -> Result<i32, CliError> {
                 available: scenarios::find(e.scenario).is_ok(),
             })
             .collect();
-        print_json(&serde_json::json!({"scenarios": sc, "switches": sw}));
+        print_json(&serde_json::json!({"scenarios": sc, "switches": sw}))?;
         return Ok(0);
     }
-    println!("Scenarios (mmemu run NAME [--param KEY=VALUE]...):");
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "Scenarios (mmemu run NAME [--param KEY=VALUE]...):");
     for s in scenarios::all() {
-        println!("  {:<22}{}", s.name, s.about);
+        let _ = writeln!(out, "  {:<22}{}", s.name, s.about);
         let arch = match s.arch {
             ArchReq::Default(a) => format!("arch {} (default)", a.name()),
             ArchReq::Requires(a) => format!("arch {} (required)", a.name()),
         };
         let ex = exposed_by(s);
         let ex = if ex.is_empty() { String::new() } else { format!(", exposes {}", ex.join(", ")) };
-        println!("  {:<22}{arch}, {}+ CPUs, {} rounds by default{ex}", "", s.min_cpus, s.default_iterations);
+        let _ = writeln!(out, "  {:<22}{arch}, {}+ CPUs, {} rounds by default{ex}", "", s.min_cpus, s.default_iterations);
         for p in s.params {
-            println!("  {:<24}{}={} ({}..={}): {}", "", p.key, p.default, p.min, p.max, p.help);
+            let _ = writeln!(out, "  {:<24}{}={} ({}..={}): {}", "", p.key, p.default, p.min, p.max, p.help);
         }
     }
-    println!("\nSwitches (mmemu run --revert SWITCH, mmemu reproduce SWITCH):");
+    let _ = writeln!(out, "\nSwitches (mmemu run --revert SWITCH, mmemu reproduce SWITCH):");
     for e in scenarios::EXPOSERS {
         let avail = if scenarios::find(e.scenario).is_ok() { "" } else { " [scenario not built yet]" };
-        println!("  {:<26}{}  off: {}", e.fix.name(), e.fix.commit(), e.fix.off_means());
-        println!("  {:<26}reproduce: {} on {}{avail}", "", e.scenario, e.arch.name());
+        let _ = writeln!(out, "  {:<26}{}  off: {}", e.fix.name(), e.fix.commit(), e.fix.off_means());
+        let _ = writeln!(out, "  {:<26}reproduce: {} on {}{avail}", "", e.scenario, e.arch.name());
     }
+    emit(&out)?;
     Ok(0)
+}
+
+/// `--revert X --revert X` is a mistake (a typo for another switch?), not
+/// a no-op.
+fn no_repeated_switch(revert: &[Fix]) -> Result<(), CliError> {
+    match revert.iter().enumerate().find(|(i, f)| revert[..*i].contains(f)) {
+        Some((_, f)) => Err(CliError::Usage(format!("--revert {f} given twice; allowed once per switch"))),
+        None => Ok(()),
+    }
 }
 
 fn run(a: RunArgs) -> Result<i32, CliError> {
     let s = a.scenario;
+    no_repeated_switch(&a.revert)?;
     let params = s.parse_params(&a.params).map_err(CliError::Usage)?;
     if let Some(c) = a.inject_panic {
         scenarios::inject_panic_on(c);
@@ -553,11 +888,19 @@ fn run(a: RunArgs) -> Result<i32, CliError> {
         trace: a.trace.clone(),
         stop_on_violation: false,
     };
+    if let Some(path) = &spec.trace {
+        // Find an unwritable --trace before the run, not after it (the
+        // report would be lost); a refused run leaves no empty file.
+        spec.validate().map_err(CliError::Usage)?;
+        std::fs::File::create(path).map_err(|e| {
+            CliError::Usage(format!("--trace '{}': cannot create the file: {e}; allowed: a file path in a writable directory", path.display()))
+        })?;
+    }
     let report = run_scenario(&spec)?;
     if a.json {
-        print_json(&report);
+        print_json(&report)?;
     } else {
-        print!("{}", report.human());
+        emit(&report.human())?;
     }
     Ok(exit_status(report.failed()))
 }
@@ -617,9 +960,9 @@ fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
             reproduced,
             fix_off: &off,
             fix_on: &on,
-        });
+        })?;
     } else {
-        print!("{}", side_by_side(a.switch, e, &off, &on, reproduced));
+        emit(&side_by_side(a.switch, e, &off, &on, reproduced))?;
     }
     // Interrupted: the verdict is not meaningful, but a run that failed
     // still says so.
@@ -703,6 +1046,16 @@ struct Tally {
 
 fn stress(a: StressArgs) -> Result<i32, CliError> {
     let cpus = a.cpus.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).min(MAX_CPUS));
+    // An explicit --cpus N is honoured: scenarios that need more CPUs are
+    // skipped (the table says so).  Without it (the host's cores) each
+    // scenario gets at least its minimum, as before.
+    let skipped = |s: &Scenario| a.cpus.is_some() && s.min_cpus > cpus;
+    if scenarios::all().iter().all(skipped) {
+        let least = scenarios::all().iter().map(|s| s.min_cpus).min().unwrap_or(1);
+        return Err(CliError::Usage(format!(
+            "--cpus {cpus}: no scenario runs on {cpus} CPU(s); allowed --cpus {least}..={MAX_CPUS}"
+        )));
+    }
     let machine = machine_config(&a.machine);
     let total = Duration::from_secs_f64(a.seconds);
     let t0 = Instant::now();
@@ -729,7 +1082,7 @@ fn stress(a: StressArgs) -> Result<i32, CliError> {
     let all = scenarios::all();
     let mut tallies: Vec<Tally> = vec![Tally::default(); all.len()];
     let mut rng = scenarios::Rng::new(a.machine.seed, 0x57);
-    let mut order: Vec<usize> = (0..all.len()).collect();
+    let mut order: Vec<usize> = (0..all.len()).filter(|&i| !skipped(&all[i])).collect();
     let mut failed = false;
     'outer: loop {
         // A fresh shuffle per pass: every scenario once, mixed.
@@ -773,17 +1126,63 @@ fn stress(a: StressArgs) -> Result<i32, CliError> {
     done.store(true, Ordering::SeqCst);
     let _ = ticker.join();
     pb.finish_and_clear();
-    println!("mmemu stress: {cpus} CPUs, {:.1} s, seed {}", t0.elapsed().as_secs_f64(), a.machine.seed);
-    println!("  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}", "scenario", "runs", "rounds", "ops", "violations", "leaked", "failures");
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "mmemu stress: {cpus} CPUs, {:.1} s, seed {}", t0.elapsed().as_secs_f64(), a.machine.seed);
+    let _ = writeln!(out, "  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}  note", "scenario", "runs", "rounds", "ops", "violations", "leaked", "failures");
     for (s, t) in all.iter().zip(&tallies) {
-        println!(
-            "  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}",
+        let note = if skipped(s) {
+            format!("skipped: needs {}+ CPUs", s.min_cpus)
+        } else if s.min_cpus > cpus {
+            format!("ran on {} CPUs (needs {}+)", s.min_cpus, s.min_cpus)
+        } else {
+            String::new()
+        };
+        let row = format!(
+            "  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}  {note}",
             s.name, t.runs, t.rounds, t.ops, t.violations, t.leaked, t.failures
         );
+        let _ = writeln!(out, "{}", row.trim_end());
     }
     if scenarios::interrupted() {
-        println!("  interrupted: stopped early by a signal; the table is what ran until then");
+        let _ = writeln!(out, "  interrupted: stopped early by a signal; the table is what ran until then");
     }
-    println!("  verdict: {}", if failed { "FAILED" } else { "ok" });
+    let _ = writeln!(out, "  verdict: {}", if failed { "FAILED" } else { "ok" });
+    emit(&out)?;
     Ok(exit_status(failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggest_matches_case_underscore_prefix_and_typos() {
+        let names = ["munmap-storm", "mprotect-pingpong", "khugepaged-gup", "khugepaged-gup-file", "x86", "arm64"];
+        assert_eq!(suggest("munmap_storm", &names), ["munmap-storm"]);
+        assert_eq!(suggest("MUNMAP-STORM", &names), ["munmap-storm"]);
+        assert_eq!(suggest("munmap-strom", &names), ["munmap-storm"]);
+        assert_eq!(suggest("mprotect", &names), ["mprotect-pingpong"]);
+        assert_eq!(suggest("khugepaged", &names), ["khugepaged-gup", "khugepaged-gup-file"]);
+        assert_eq!(suggest("x68", &names), ["x86"]);
+        assert_eq!(suggest("arm", &names), ["arm64"]);
+        assert!(suggest("", &names).is_empty());
+        assert!(suggest("zzz", &names).is_empty());
+        assert!(suggest("sparc", &names).is_empty());
+        // More than 3 names start with "m": no prefix guess, and too far for a typo.
+        assert!(suggest("m", &["madvise", "mmap", "mprotect", "munmap"]).is_empty());
+    }
+
+    #[test]
+    fn parse_decimal_is_digits_in_range() {
+        assert_eq!(parse_decimal("42", 1, 100), Ok(42));
+        assert_eq!(parse_decimal("007", 1, 100), Ok(7));
+        assert_eq!(parse_decimal("18446744073709551615", 0, u64::MAX), Ok(u64::MAX));
+        assert_eq!(parse_decimal("18446744073709551616", 0, u64::MAX), Err(BadNumber::OutOfRange));
+        assert_eq!(parse_decimal("0", 1, 100), Err(BadNumber::OutOfRange));
+        assert_eq!(parse_decimal("", 1, 100), Err(BadNumber::Empty));
+        for bad in ["+4", "-4", " 4", "4 ", "4_0", "0x4", "4.0", "\u{0664}"] {
+            assert_eq!(parse_decimal(bad, 0, 100), Err(BadNumber::NotDecimal), "{bad:?}");
+        }
+    }
 }

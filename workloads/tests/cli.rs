@@ -2,7 +2,7 @@
 //! the Perfetto trace file, and every bad-input case (exit 2, one clear
 //! line, no panic trace).  Runs are kept tiny (debug build, 2-core host).
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -190,6 +190,39 @@ fn trace_file_is_chrome_json_with_events_per_cpu() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An unwritable --trace is refused before the run (exit 2, one line),
+/// not found after it with the report thrown away.
+#[test]
+fn unwritable_trace_is_refused_before_the_run() {
+    let dir = std::env::temp_dir().join(format!("mmemu-trace-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let missing = format!("{d}/no/such/dir/t.json");
+    // A long budget: if the run started, the test would take minutes.
+    let run = |trace: &str| ["run", "munmap-storm", "--cpus", "2", "--seconds", "600", "--trace", trace].map(String::from);
+    let cases: Vec<([String; 8], String)> = vec![
+        (run(&missing), format!("--trace '{missing}': cannot create the file: No such file or directory (os error 2); allowed: a file path in a writable directory")),
+        (run(d), format!("--trace '{d}': cannot create the file: Is a directory (os error 21); allowed: a file path in a writable directory")),
+        (run(""), "missing value for --trace; allowed: a file path in a writable directory".into()),
+    ];
+    for (args, want) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let t0 = std::time::Instant::now();
+        let o = mmemu(&args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "mmemu {args:?}: {err}");
+        assert_eq!(out, "");
+        assert_eq!(err, format!("error: {want}\n"), "mmemu {args:?}");
+        assert!(t0.elapsed().as_secs() < 60, "the run must not start");
+    }
+    // A run that is refused for another reason leaves no empty trace file.
+    let path = dir.join("refused.json");
+    let o = mmemu(&["run", "hugetlb-unshare-gup", "--cpus", "2", "--trace", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!path.exists(), "refused run created {}", path.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Every switch: `reproduce` runs its scenario with the fix off and on.
 /// The fix-on run must be clean; a fix-off run that found the bug must be
 /// reported as reproduced (exit 0).  The races whose first violation comes
@@ -256,6 +289,33 @@ fn stress_short() {
     }
 }
 
+/// `stress --cpus 1` runs only what fits on 1 CPU; the others are rows
+/// with 0 runs and a note (they used to be raised to their minimum).
+#[test]
+fn stress_skips_scenarios_that_need_more_cpus() {
+    let o = mmemu(&["stress", "--seconds", "1.5", "--cpus", "1", "--slice", "0.2", "--no-pin"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.starts_with("mmemu stress: 1 CPUs,"), "{out}");
+    assert!(out.lines().nth(1).unwrap().ends_with("failures  note"), "{out}");
+    let list = json(&["list", "--json"]);
+    let mut skipped = 0;
+    for s in list["scenarios"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        let min = s["min_cpus"].as_u64().unwrap();
+        let row = out.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("no row for {name}:\n{out}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        if min > 1 {
+            skipped += 1;
+            assert_eq!(cols[1..], ["0", "0", "0", "0", "0", "0", "skipped:", "needs", &format!("{min}+"), "CPUs"], "{row}");
+        } else {
+            assert_eq!(cols.len(), 7, "{name} fits on 1 CPU: no note: {row}");
+        }
+    }
+    assert!(skipped > 0, "some scenario needs 2+ CPUs");
+    assert!(out.contains("verdict: ok"), "{out}");
+}
+
 #[test]
 fn panic_on_an_emulated_cpu_names_it_and_exits_1() {
     let o = mmemu(&["run", "munmap-storm", "--cpus", "2", "--iterations", "2", "--inject-panic", "1"]);
@@ -266,44 +326,247 @@ fn panic_on_an_emulated_cpu_names_it_and_exits_1() {
     no_panic_spew(&err);
 }
 
-#[test]
-fn bad_inputs_exit_2_with_one_clear_line() {
-    let cases: &[(&[&str], &str)] = &[
-        (&["run", "nope"], "unknown scenario 'nope'; allowed: munmap-storm"),
-        (&["run", "munmap-storm", "--revert", "nope"], "unknown switch 'nope'; allowed: khugepaged-gup-fast-ipi"),
-        (&["run", "munmap-storm", "--arch", "sparc"], "unknown arch 'sparc'; allowed: x86, arm64, generic"),
-        (&["run", "munmap-storm", "--cpus", "0"], "allowed 1..=256"),
-        (&["run", "munmap-storm", "--cpus", "257"], "allowed 1..=256"),
-        (&["run", "munmap-storm", "--cpus", "-3"], "allowed 1..=256"),
-        (&["run", "munmap-storm", "--cpus", "many"], "allowed 1..=256"),
-        (&["run", "munmap-storm", "--seconds", "1", "--iterations", "2"], "cannot be used with"),
-        (&["run", "munmap-storm", "--seconds", "0"], "allowed 0 < S <= 86400"),
-        (&["run", "munmap-storm", "--seconds", "-1"], "allowed 0 < S <= 86400"),
-        (&["run", "munmap-storm", "--seconds", "soon"], "allowed 0 < S <= 86400"),
-        (&["run", "munmap-storm", "--iterations", "0"], "allowed 1..=1000000000"),
-        (&["run", "munmap-storm", "--iterations", "1e3"], "allowed 1..=1000000000"),
-        (&["run", "munmap-storm", "--seed", "x"], "invalid value 'x' for '--seed"),
-        (&["run", "munmap-storm", "--wait", "sleepy"], "allowed: spin, park, adaptive"),
-        (&["run", "munmap-storm", "--param", "nope=1"], "scenario munmap-storm has no parameter 'nope'; allowed: pages"),
-        (&["run", "munmap-storm", "--param", "pages=0"], "--param pages=0: out of range; allowed 1..=65536"),
-        (&["run", "munmap-storm", "--param", "pages=lots"], "not a whole number; allowed 1..=65536"),
-        (&["run", "munmap-storm", "--param", "pages"], "expected KEY=VALUE"),
-        (&["run"], "required"),
-        (&["reproduce", "nope"], "unknown switch 'nope'"),
-        (&["run", "khugepaged-gup", "--arch", "x86"], "scenario khugepaged-gup needs --arch arm64"),
-        (&["run", "hugetlb-unshare-gup", "--cpus", "2"], "needs at least 3 CPUs; allowed --cpus 3..=256"),
-        (&["run", "fork-exit-hugetlb", "--param", "tables=0"], "allowed 1..=64"),
-        (&["stress", "--cpus", "0"], "allowed 1..=256"),
-        (&["stress", "--seconds", "0"], "allowed 0 < S <= 86400"),
-        (&["frobnicate"], "unrecognized subcommand"),
-    ];
+const RUN_OPTIONS: &str = "--cpus, --arch, --revert, --seconds, --iterations, --wait, --no-pin, --seed, --param, --json, --trace, --help";
+const SUBCOMMANDS: &str = "list, run, reproduce, stress, help";
+
+/// Every bad input: exit 2, nothing on stdout, and exactly one line on
+/// stderr: `error: ` + the expected text, where `{scenarios}`,
+/// `{switches}`, `{run-options}` and `{params:SCENARIO}` stand for the
+/// lists the binary has.
+fn assert_usage_errors(cases: &[(&[&str], &str)]) {
+    let list = json(&["list", "--json"]);
+    let scenarios = list["scenarios"].as_array().unwrap();
+    let names: Vec<&str> = scenarios.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let switches: Vec<&str> = mm_core::Fix::ALL.iter().map(|f| f.name()).collect();
     for (args, want) in cases {
+        let mut want = want.replace("{scenarios}", &names.join(", ")).replace("{switches}", &switches.join(", ")).replace("{run-options}", RUN_OPTIONS);
+        for s in scenarios {
+            let keys: Vec<&str> = s["params"].as_array().unwrap().iter().map(|p| p["key"].as_str().unwrap()).collect();
+            want = want.replace(&format!("{{params:{}}}", s["name"].as_str().unwrap()), &keys.join(", "));
+        }
+        let want = format!("error: {want}\n");
         let o = mmemu(args);
         let (out, err) = text(&o);
         assert_eq!(o.status.code(), Some(2), "mmemu {args:?}: stdout {out} stderr {err}");
-        let first = err.lines().next().unwrap_or("");
-        assert!(first.starts_with("error: "), "mmemu {args:?}: first line {first:?}");
-        assert!(err.contains(want), "mmemu {args:?}: want {want:?} in\n{err}");
-        no_panic_spew(&err);
+        assert_eq!(out, "", "mmemu {args:?}: nothing on stdout");
+        assert_eq!(err, want, "mmemu {args:?}");
+    }
+}
+
+/// clap's errors, one line each (clap prints 3-7: usage, tips, help hint).
+#[test]
+fn parse_errors_are_one_line() {
+    let sub = format!("allowed: {SUBCOMMANDS}");
+    let cases: Vec<(&[&str], String)> = vec![
+        (&[], format!("missing subcommand; {sub} (see 'mmemu --help')")),
+        (&["frobnicate"], format!("unknown subcommand 'frobnicate'; {sub}")),
+        (&["help", "frobnicate"], format!("unknown subcommand 'frobnicate'; {sub}")),
+        (&["--foo"], format!("unknown option '--foo'; allowed: a subcommand ({SUBCOMMANDS}), --help, --version")),
+        (&["run", "munmap-storm", "--frob"], "unknown option '--frob' for mmemu run; allowed: {run-options}".into()),
+        (&["run", "munmap-storm", "--iteration", "3"], "unknown option '--iteration' for mmemu run (did you mean '--iterations'?); allowed: {run-options}".into()),
+        (&["run", "munmap-storm", "--iteration=3"], "unknown option '--iteration' for mmemu run (did you mean '--iterations'?); allowed: {run-options}".into()),
+        (&["run", "munmap-storm", "--no_pin"], "unknown option '--no_pin' for mmemu run (did you mean '--no-pin'?); allowed: {run-options}".into()),
+        (&["stress", "--revert", "delay-rmap"], "unknown option '--revert' for mmemu stress; allowed: --cpus, --seconds, --slice, --wait, --no-pin, --seed, --help".into()),
+        (&["run", "munmap-storm", "--cpus"], "missing value for --cpus; allowed: 1..=256".into()),
+        (&["run", "munmap-storm", "--wait"], "missing value for --wait; allowed: spin, park, adaptive".into()),
+        (&["stress", "--slice"], "missing value for --slice; allowed: 0 < S <= 86400".into()),
+        (&["run"], "mmemu run needs <SCENARIO>; allowed: {scenarios}".into()),
+        (&["reproduce"], "mmemu reproduce needs <SWITCH>; allowed: {switches}".into()),
+        (&["run", "munmap-storm", "--seconds", "1", "--iterations", "2"], "--seconds cannot be used with --iterations; allowed: one of them".into()),
+        (&["reproduce", "delay-rmap", "--iterations", "2", "--seconds", "1"], "--iterations cannot be used with --seconds; allowed: one of them".into()),
+        (&["run", "munmap-storm", "--cpus", "2", "--cpus", "3"], "--cpus given more than once; allowed once".into()),
+        (&["run", "munmap-storm", "extra"], "unexpected argument 'extra'; mmemu run takes one <SCENARIO> and the options {run-options}".into()),
+        (&["list", "extra"], "unexpected argument 'extra'; mmemu list takes no positional arguments, only the options --json, --help".into()),
+        (&["run", "munmap-storm", "--json=1"], "--json takes no value, got '1'; allowed: --json alone".into()),
+        (&["run", "munmap-storm", "--json", "--json"], "--json given more than once; allowed once".into()),
+        (&["run", "munmap-storm", "--", "--cpus"], "unexpected argument '--cpus'; mmemu run takes one <SCENARIO> and the options {run-options}".into()),
+        (&["run", "munmap-storm", "-c", "3"], "unknown option '-c' for mmemu run (did you mean '--cpus'?); allowed: {run-options}".into()),
+        (&["run", "munmap-storm", "-cpus", "3"], "unknown option '-c' for mmemu run (did you mean '--cpus'?); allowed: {run-options}".into()),
+        (&["run", "munmap-storm", "--param"], "missing value for --param; allowed: KEY=VALUE (keys and ranges: mmemu list)".into()),
+        (&["run", "munmap-storm", "--trace"], "missing value for --trace; allowed: a file path in a writable directory".into()),
+        (&["run", "munmap-storm", "--inject-panic"], "missing value for --inject-panic; allowed: 0..=255".into()),
+        (&["run", ""], "empty scenario name; allowed: {scenarios}".into()),
+        (&["reproduce", ""], "empty switch name; allowed: {switches}".into()),
+        (&["run", "munmap-storm", "--arch="], "--arch: empty arch name; allowed: x86, arm64, generic".into()),
+        (&["run", "munmap-storm", "--wait="], "--wait: empty wait policy name; allowed: spin, park, adaptive".into()),
+        (&["run", "munmap-storm", "--revert="], "--revert: empty switch name; allowed: {switches}".into()),
+        (&["run", "nope"], "unknown scenario 'nope'; allowed: {scenarios}".into()),
+        (&["reproduce", "nope"], "unknown switch 'nope'; allowed: {switches}".into()),
+        (&["run", "munmap-storm", "--revert", "nope"], "--revert: unknown switch 'nope'; allowed: {switches}".into()),
+        (&["run", "munmap-storm", "--arch", "sparc"], "--arch: unknown arch 'sparc'; allowed: x86, arm64, generic".into()),
+        (&["run", "munmap-storm", "--wait", "sleepy"], "--wait: unknown wait policy 'sleepy'; allowed: spin, park, adaptive".into()),
+    ];
+    let cases: Vec<(&[&str], &str)> = cases.iter().map(|(a, w)| (*a, w.as_str())).collect();
+    assert_usage_errors(&cases);
+}
+
+/// Near misses get a suggestion on the same line (underscores, case,
+/// prefixes, typos); the near miss itself is still refused.
+#[test]
+fn near_misses_suggest_the_name() {
+    let sub = format!("allowed: {SUBCOMMANDS}");
+    let cases: Vec<(&[&str], String)> = vec![
+        (&["run", "munmap-strom"], "unknown scenario 'munmap-strom' (did you mean 'munmap-storm'?); allowed: {scenarios}".into()),
+        (&["run", "munmap_storm"], "unknown scenario 'munmap_storm' (did you mean 'munmap-storm'?); allowed: {scenarios}".into()),
+        (&["run", "Munmap-Storm"], "unknown scenario 'Munmap-Storm' (did you mean 'munmap-storm'?); allowed: {scenarios}".into()),
+        (&["run", "munmap"], "unknown scenario 'munmap' (did you mean 'munmap-storm'?); allowed: {scenarios}".into()),
+        (&["run", "munmap-storms"], "unknown scenario 'munmap-storms' (did you mean 'munmap-storm'?); allowed: {scenarios}".into()),
+        (&["run", "iommu"], "unknown scenario 'iommu' (did you mean 'iommu-sva' or 'iommu-sva-dma'?); allowed: {scenarios}".into()),
+        (&["run", "zzz"], "unknown scenario 'zzz'; allowed: {scenarios}".into()),
+        (&["run", "munmap-storm", "--revert", "delay_rmap"], "--revert: unknown switch 'delay_rmap' (did you mean 'delay-rmap'?); allowed: {switches}".into()),
+        (&["run", "munmap-storm", "--revert", "delay-rmpa"], "--revert: unknown switch 'delay-rmpa' (did you mean 'delay-rmap'?); allowed: {switches}".into()),
+        (&["reproduce", "delay_rmap"], "unknown switch 'delay_rmap' (did you mean 'delay-rmap'?); allowed: {switches}".into()),
+        (&["reproduce", "hugetlb-unshare"], "unknown switch 'hugetlb-unshare' (did you mean 'hugetlb-unshare-sync' or 'hugetlb-unshare-batched'?); allowed: {switches}".into()),
+        (&["run", "munmap-storm", "--arch", "x68"], "--arch: unknown arch 'x68' (did you mean 'x86'?); allowed: x86, arm64, generic".into()),
+        (&["run", "munmap-storm", "--arch", "arm"], "--arch: unknown arch 'arm' (did you mean 'arm64'?); allowed: x86, arm64, generic".into()),
+        (&["run", "munmap-storm", "--arch", "X86"], "--arch: unknown arch 'X86' (did you mean 'x86'?); allowed: x86, arm64, generic".into()),
+        (&["run", "munmap-storm", "--wait", "spn"], "--wait: unknown wait policy 'spn' (did you mean 'spin'?); allowed: spin, park, adaptive".into()),
+        (&["run", "munmap-storm", "--wait", "adaptiv"], "--wait: unknown wait policy 'adaptiv' (did you mean 'adaptive'?); allowed: spin, park, adaptive".into()),
+        (&["run", "munmap-storm", "--param", "page=8"], "scenario munmap-storm has no parameter 'page' (did you mean 'pages'?); allowed: {params:munmap-storm}".into()),
+        (&["run", "munmap-storm", "--param", "PAGES=8"], "scenario munmap-storm has no parameter 'PAGES' (did you mean 'pages'?); allowed: {params:munmap-storm}".into()),
+        (&["run", "munmap-storm", "--seeds", "3"], "unknown option '--seeds' for mmemu run (did you mean '--seed'?); allowed: {run-options}".into()),
+        (&["run", "munmap-storm", "--Cpus", "3"], "unknown option '--Cpus' for mmemu run (did you mean '--cpus'?); allowed: {run-options}".into()),
+        (&["lst"], format!("unknown subcommand 'lst' (did you mean 'list'?); {sub}")),
+        (&["Run", "munmap-storm"], format!("unknown subcommand 'Run' (did you mean 'run'?); {sub}")),
+        (&["repro", "delay-rmap"], format!("unknown subcommand 'repro' (did you mean 'reproduce'?); {sub}")),
+    ];
+    let cases: Vec<(&[&str], &str)> = cases.iter().map(|(a, w)| (*a, w.as_str())).collect();
+    assert_usage_errors(&cases);
+}
+
+/// Arguments that are not UTF-8 (only `--trace FILE` may be any path).
+#[test]
+fn non_utf8_argument_is_one_line() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let bad = std::ffi::OsStr::from_bytes(b"munmap-\xffstorm");
+    let o = Command::new(env!("CARGO_BIN_EXE_mmemu")).arg("run").arg(bad).output().expect("run mmemu");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err, "error: argument 'munmap-\u{fffd}storm' is not valid UTF-8; allowed: UTF-8 text (only --trace FILE may be any path)\n");
+}
+
+#[test]
+fn help_and_version_go_to_stdout_and_exit_0() {
+    for args in [&["--help"][..], &["-h"], &["run", "--help"], &["help", "stress"], &["--version"], &["-V"]] {
+        let o = mmemu(args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(0), "mmemu {args:?}: {err}");
+        assert_eq!(err, "", "mmemu {args:?}");
+        assert!(out.contains("mmemu"), "mmemu {args:?}: {out}");
+    }
+    assert!(ok(&["run", "--help"]).contains("Usage: mmemu run [OPTIONS] <SCENARIO>"));
+}
+
+/// Bad values: integers are ASCII digits in range (no sign, spaces, `_`,
+/// hex or fractions), seconds are finite and in range.
+#[test]
+fn bad_inputs_exit_2_with_one_clear_line() {
+    const DIGITS: &str = "is not a decimal number (digits only, no sign or spaces)";
+    let cases: Vec<(&[&str], String)> = vec![
+        (&["run", "munmap-storm", "--cpus", "0"], "--cpus: '0' is out of range; allowed 1..=256".into()),
+        (&["run", "munmap-storm", "--cpus", "257"], "--cpus: '257' is out of range; allowed 1..=256".into()),
+        (&["run", "munmap-storm", "--cpus", "99999999999999999999999"], "--cpus: '99999999999999999999999' is out of range; allowed 1..=256".into()),
+        (&["run", "munmap-storm", "--cpus", "-3"], format!("--cpus: '-3' {DIGITS}; allowed 1..=256")),
+        (&["run", "munmap-storm", "--cpus", "+4"], format!("--cpus: '+4' {DIGITS}; allowed 1..=256")),
+        (&["run", "munmap-storm", "--cpus", " 4"], format!("--cpus: ' 4' {DIGITS}; allowed 1..=256")),
+        (&["run", "munmap-storm", "--cpus", "4 "], format!("--cpus: '4 ' {DIGITS}; allowed 1..=256")),
+        (&["run", "munmap-storm", "--cpus", "0x4"], format!("--cpus: '0x4' {DIGITS}; allowed 1..=256")),
+        (&["run", "munmap-storm", "--cpus", "many"], format!("--cpus: 'many' {DIGITS}; allowed 1..=256")),
+        (&["run", "munmap-storm", "--cpus="], "--cpus: empty value; allowed 1..=256".into()),
+        (&["run", "munmap-storm", "--iterations", "0"], "--iterations: '0' is out of range; allowed 1..=1000000000".into()),
+        (&["run", "munmap-storm", "--iterations", "1000000001"], "--iterations: '1000000001' is out of range; allowed 1..=1000000000".into()),
+        (&["run", "munmap-storm", "--iterations", "1e3"], format!("--iterations: '1e3' {DIGITS}; allowed 1..=1000000000")),
+        (&["run", "munmap-storm", "--iterations", "1.5"], format!("--iterations: '1.5' {DIGITS}; allowed 1..=1000000000")),
+        (&["run", "munmap-storm", "--iterations", "+2"], format!("--iterations: '+2' {DIGITS}; allowed 1..=1000000000")),
+        (&["run", "munmap-storm", "--seed", "x"], format!("--seed: 'x' {DIGITS}; allowed 0..=18446744073709551615")),
+        (&["run", "munmap-storm", "--seed", "-1"], format!("--seed: '-1' {DIGITS}; allowed 0..=18446744073709551615")),
+        (&["run", "munmap-storm", "--seed", "+1"], format!("--seed: '+1' {DIGITS}; allowed 0..=18446744073709551615")),
+        (&["run", "munmap-storm", "--seed", "18446744073709551616"], "--seed: '18446744073709551616' is out of range; allowed 0..=18446744073709551615".into()),
+        (&["stress", "--seed", "-1"], format!("--seed: '-1' {DIGITS}; allowed 0..=18446744073709551615")),
+        (&["run", "munmap-storm", "--inject-panic", "x"], format!("--inject-panic: 'x' {DIGITS}; allowed 0..=255")),
+        (&["run", "munmap-storm", "--seconds", "0"], "--seconds: '0' is out of range; allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--seconds", "-1"], "--seconds: '-1' is out of range; allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--seconds", "86401"], "--seconds: '86401' is out of range; allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--seconds", "1e-400"], "--seconds: '1e-400' is out of range; allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--seconds", "soon"], "--seconds: 'soon' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--seconds", "nan"], "--seconds: 'nan' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--seconds", "inf"], "--seconds: 'inf' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--seconds", "+1"], "--seconds: '+1' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into()),
+        (&["stress", "--cpus", "0"], "--cpus: '0' is out of range; allowed 1..=256".into()),
+        (&["stress", "--seconds", "0"], "--seconds: '0' is out of range; allowed 0 < S <= 86400".into()),
+        (&["stress", "--slice", "0"], "--slice: '0' is out of range; allowed 0 < S <= 86400".into()),
+        (&["run", "munmap-storm", "--param", "nope=1"], "scenario munmap-storm has no parameter 'nope'; allowed: {params:munmap-storm}".into()),
+        (&["run", "lazy-tlb", "--param", "pages=1"], "--param pages=1: scenario lazy-tlb takes no parameters".into()),
+        (&["run", "munmap-storm", "--param", "pages=0"], "--param pages=0: out of range; allowed 1..=65536".into()),
+        (&["run", "munmap-storm", "--param", "pages=65537"], "--param pages=65537: out of range; allowed 1..=65536".into()),
+        (&["run", "munmap-storm", "--param", "pages=99999999999999999999999"], "--param pages=99999999999999999999999: out of range; allowed 1..=65536".into()),
+        (&["run", "munmap-storm", "--param", "pages=lots"], "--param pages=lots: not a decimal number (digits only, no sign or spaces); allowed 1..=65536".into()),
+        (&["run", "munmap-storm", "--param", "pages=+8"], "--param pages=+8: not a decimal number (digits only, no sign or spaces); allowed 1..=65536".into()),
+        (&["run", "munmap-storm", "--param", "pages= 8"], "--param pages= 8: not a decimal number (digits only, no sign or spaces); allowed 1..=65536".into()),
+        (&["run", "munmap-storm", "--param", "pages="], "--param pages=: empty value; allowed 1..=65536".into()),
+        (&["run", "munmap-storm", "--param", "pages"], "--param 'pages': expected KEY=VALUE; allowed keys for munmap-storm: {params:munmap-storm}".into()),
+        (&["run", "munmap-storm", "--param", "=8"], "--param '=8': expected KEY=VALUE; allowed keys for munmap-storm: {params:munmap-storm}".into()),
+        (&["run", "munmap-storm", "--param", ""], "--param '': expected KEY=VALUE; allowed keys for munmap-storm: {params:munmap-storm}".into()),
+        (&["run", "fork-exit-hugetlb", "--param", "tables=0"], "--param tables=0: out of range; allowed 1..=64".into()),
+        (&["run", "munmap-storm", "--param", "pages=4", "--param", "pages=8"], "--param pages given twice (pages=4, pages=8); allowed once per key".into()),
+        (&["run", "munmap-storm", "--param", "pages=4", "--param", "chunk=1", "--param", "pages=4"], "--param pages given twice (pages=4, pages=4); allowed once per key".into()),
+        (&["reproduce", "hugetlb-unshare-batched", "--param", "tables=1", "--param", "tables=2"], "--param tables given twice (tables=1, tables=2); allowed once per key".into()),
+        (&["run", "munmap-storm", "--revert", "delay-rmap", "--revert", "delay-rmap"], "--revert delay-rmap given twice; allowed once per switch".into()),
+        (&["run", "munmap-storm", "--revert", "delay-rmap", "--revert", "gup-pmd-recheck", "--revert", "delay-rmap"], "--revert delay-rmap given twice; allowed once per switch".into()),
+        (&["run", "khugepaged-gup", "--arch", "x86"], "scenario khugepaged-gup needs --arch arm64 (the race only exists there); got --arch x86".into()),
+        (&["run", "hugetlb-unshare-gup", "--cpus", "2"], "scenario hugetlb-unshare-gup needs at least 3 CPUs; allowed --cpus 3..=256".into()),
+    ];
+    let cases: Vec<(&[&str], &str)> = cases.iter().map(|(a, w)| (*a, w.as_str())).collect();
+    assert_usage_errors(&cases);
+}
+
+/// Where a test sends the binary's stdout.
+enum Sink {
+    /// A pipe whose read end is already closed: every write is EPIPE.
+    ClosedPipe,
+    /// /dev/full: every write is ENOSPC.
+    Full,
+}
+
+fn mmemu_into(args: &[&str], sink: Sink) -> Output {
+    let stdout: Stdio = match sink {
+        Sink::ClosedPipe => {
+            let (r, w) = std::io::pipe().expect("pipe");
+            drop(r);
+            w.into()
+        }
+        Sink::Full => std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full").into(),
+    };
+    Command::new(env!("CARGO_BIN_EXE_mmemu")).args(args).stdout(stdout).output().expect("run mmemu")
+}
+
+/// Every command that prints: a closed stdout (`| head -c 10` after head
+/// exited) exits 3 silently, a full one exits 3 with one line; never a
+/// panic (exit 101).
+#[test]
+fn stdout_closed_or_full_exits_3_without_panic() {
+    let cmds: &[&[&str]] = &[
+        &["list"],
+        &["list", "--json"],
+        &["run", "munmap-storm", "--cpus", "2", "--iterations", "1", "--no-pin"],
+        &["run", "munmap-storm", "--cpus", "2", "--iterations", "1", "--no-pin", "--json"],
+        &["reproduce", "nested-flush-detect", "--cpus", "2", "--iterations", "1", "--no-pin"],
+        &["reproduce", "nested-flush-detect", "--cpus", "2", "--iterations", "1", "--no-pin", "--json"],
+        &["stress", "--cpus", "2", "--seconds", "0.2", "--slice", "0.1", "--no-pin"],
+        &["--help"],
+        &["run", "--help"],
+        &["--version"],
+    ];
+    for args in cmds {
+        let o = mmemu_into(args, Sink::ClosedPipe);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(3), "mmemu {args:?} > closed pipe: stderr {err}");
+        assert_eq!(err, "", "mmemu {args:?} > closed pipe: EPIPE is silent");
+        if std::path::Path::new("/dev/full").exists() {
+            let o = mmemu_into(args, Sink::Full);
+            let (_, err) = text(&o);
+            assert_eq!(o.status.code(), Some(3), "mmemu {args:?} > /dev/full: stderr {err}");
+            assert_eq!(err, "error: cannot write the report to stdout: No space left on device (os error 28)\n", "mmemu {args:?} > /dev/full");
+        }
     }
 }

@@ -157,25 +157,34 @@ impl Scenario {
         let mut out: BTreeMap<&'static str, u64> = self.params.iter().map(|p| (p.key, p.default)).collect();
         let keys = || {
             if self.params.is_empty() {
-                "it takes none".to_string()
+                format!("scenario {} takes no parameters", self.name)
             } else {
-                format!("allowed: {}", self.params.iter().map(|p| p.key).collect::<Vec<_>>().join(", "))
+                format!("allowed keys for {}: {}", self.name, self.params.iter().map(|p| p.key).collect::<Vec<_>>().join(", "))
             }
         };
+        let mut seen: BTreeMap<&'static str, &String> = BTreeMap::new();
         for pair in pairs {
             let (k, v) = pair
                 .split_once('=')
-                .ok_or_else(|| format!("--param '{pair}': expected KEY=VALUE (scenario {}: {})", self.name, keys()))?;
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| format!("--param '{pair}': expected KEY=VALUE; {}", keys()))?;
             let spec = self
                 .params
                 .iter()
                 .find(|p| p.key == k)
-                .ok_or_else(|| format!("scenario {} has no parameter '{k}'; {}", self.name, keys()))?;
-            let n: u64 = v
-                .parse()
-                .map_err(|_| format!("--param {k}={v}: not a whole number; allowed {}..={}", spec.min, spec.max))?;
-            if n < spec.min || n > spec.max {
-                return Err(format!("--param {k}={n}: out of range; allowed {}..={}", spec.min, spec.max));
+                .ok_or_else(|| {
+                    if self.params.is_empty() {
+                        format!("--param {pair}: {}", keys())
+                    } else {
+                        let names: Vec<&str> = self.params.iter().map(|p| p.key).collect();
+                        let dym = crate::cli::did_you_mean(&crate::cli::suggest(k, &names));
+                        format!("scenario {} has no parameter '{k}'{dym}; allowed: {}", self.name, names.join(", "))
+                    }
+                })?;
+            let n = crate::cli::parse_decimal(v, spec.min, spec.max)
+                .map_err(|e| format!("--param {k}={v}: {}; allowed {}..={}", e.what(), spec.min, spec.max))?;
+            if let Some(first) = seen.insert(spec.key, pair) {
+                return Err(format!("--param {k} given twice ({first}, {pair}); allowed once per key"));
             }
             out.insert(spec.key, n);
         }
@@ -191,7 +200,7 @@ pub fn all() -> &'static [Scenario] {
 /// Look a scenario up by name; the error lists the names.
 pub fn find(name: &str) -> Result<&'static Scenario, String> {
     all().iter().find(|s| s.name == name).ok_or_else(|| {
-        format!("unknown scenario '{name}'; allowed: {}", all().iter().map(|s| s.name).collect::<Vec<_>>().join(", "))
+        crate::cli::unknown_name("scenario", name, &all().iter().map(|s| s.name).collect::<Vec<_>>())
     })
 }
 
