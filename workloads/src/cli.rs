@@ -71,6 +71,11 @@ struct MachineArgs {
     /// Seed of the scenario's choices (same seed, same program; 0..=18446744073709551615).
     #[arg(long, value_name = "N", default_value = "1", value_parser = parse_seed, allow_negative_numbers = true)]
     seed: u64,
+    /// Report a hang when no emulated CPU made progress for S seconds
+    /// (0.1 <= S <= 86400; default 20).  A long task that keeps working is
+    /// never a hang.
+    #[arg(long, value_name = "S", default_value = "20", value_parser = parse_hang_timeout, allow_negative_numbers = true)]
+    hang_timeout: f64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -113,6 +118,9 @@ struct RunArgs {
     /// Testing the error path: the first syscall on this CPU panics.
     #[arg(long, value_name = "CPU", hide = true, value_parser = parse_cpu_index)]
     inject_panic: Option<u32>,
+    /// Testing the error path: that CPU's syscalls before the panicking one.
+    #[arg(long, value_name = "N", hide = true, default_value = "0", value_parser = parse_seed)]
+    inject_panic_after: u64,
 }
 
 #[derive(Args, Debug)]
@@ -283,6 +291,15 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
         }
         _ => Err(format!("'{s}' is not a number of seconds (a decimal such as 0.5 or 10); allowed {SECONDS_ALLOWED}")),
     }
+}
+
+fn parse_hang_timeout(s: &str) -> Result<f64, String> {
+    const ALLOWED: &str = "0.1 <= S <= 86400";
+    let x = parse_seconds(s).map_err(|e| e.replace(SECONDS_ALLOWED, ALLOWED))?;
+    if x < 0.1 {
+        return Err(format!("'{s}' is out of range; allowed {ALLOWED}"));
+    }
+    Ok(x)
 }
 
 fn parse_wait(s: &str) -> Result<WaitPolicy, String> {
@@ -651,8 +668,8 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// Run one scenario: validate, boot, run, leak check, report (and trace).
-pub fn run_scenario(spec: &RunSpec) -> Result<Report, CliError> {
+/// Validate `spec` and plan its memory (nothing is allocated yet).
+pub fn plan(spec: &RunSpec) -> Result<(Ctx, MemoryJson), CliError> {
     spec.validate().map_err(CliError::Usage)?;
     let kcfg = spec.kcfg();
     kcfg.validate().map_err(CliError::Usage)?;
@@ -665,6 +682,12 @@ pub fn run_scenario(spec: &RunSpec) -> Result<Report, CliError> {
         stop_on_violation: spec.stop_on_violation,
     };
     let memory = plan_memory(spec, &ctx)?;
+    Ok((ctx, memory))
+}
+
+/// Run one scenario: validate, boot, run, leak check, report (and trace).
+pub fn run_scenario(spec: &RunSpec) -> Result<Report, CliError> {
+    let (ctx, memory) = plan(spec)?;
     if spec.trace.is_some() {
         emu_cpu::trace::start();
     }
@@ -691,7 +714,12 @@ pub fn run_scenario(spec: &RunSpec) -> Result<Report, CliError> {
 }
 
 fn machine_config(m: &MachineArgs) -> MachineConfig {
-    MachineConfig { pin: !m.no_pin, wait: m.wait, ..MachineConfig::default() }
+    MachineConfig {
+        pin: !m.no_pin,
+        wait: m.wait,
+        hang_timeout: Duration::from_secs_f64(m.hang_timeout),
+        ..MachineConfig::default()
+    }
 }
 
 fn budget(b: &BudgetArgs, s: &Scenario) -> Budget {
@@ -708,8 +736,13 @@ fn print_json<T: Serialize>(v: &T) -> Result<(), CliError> {
 
 /// `error: MSG` on stderr (`eprintln!` would panic if stderr fails too).
 fn error_line(msg: &str) {
+    error_line_raw(&format!("error: {msg}"));
+}
+
+/// One line on stderr, ignoring write errors.
+fn error_line_raw(line: &str) {
     use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "error: {msg}");
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// The exit status and stderr line for a failed write to stdout.
@@ -874,7 +907,7 @@ fn run(a: RunArgs) -> Result<i32, CliError> {
     no_repeated_switch(&a.revert)?;
     let params = s.parse_params(&a.params).map_err(CliError::Usage)?;
     if let Some(c) = a.inject_panic {
-        scenarios::inject_panic_on(c);
+        scenarios::inject_panic_on(c, a.inject_panic_after);
     }
     let spec = RunSpec {
         scenario: s,
@@ -895,6 +928,18 @@ fn run(a: RunArgs) -> Result<i32, CliError> {
         std::fs::File::create(path).map_err(|e| {
             CliError::Usage(format!("--trace '{}': cannot create the file: {e}; allowed: a file path in a writable directory", path.display()))
         })?;
+    }
+    if std::io::stderr().is_terminal() {
+        // What the run will cost, before it starts (the report repeats it).
+        let (_, m) = plan(&spec)?;
+        error_line_raw(&format!(
+            "mmemu: {} on {} CPUs: emulated RAM {} ({} frames), host memory up to {}; Ctrl-C ends the run early and keeps its report",
+            s.name,
+            spec.cpus,
+            crate::report::human_bytes(m.emulated_ram_bytes),
+            m.emulated_ram_frames,
+            crate::report::human_bytes(m.host_estimate_bytes)
+        ));
     }
     let report = run_scenario(&spec)?;
     if a.json {

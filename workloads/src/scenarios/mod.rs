@@ -480,19 +480,25 @@ impl Rng {
 }
 
 static INJECT_PANIC: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+/// Syscalls of the armed CPU that still go through before the panic.
+static INJECT_SKIP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Make the next syscall of a native scenario on `cpu` panic (tests of the
-/// error path: `mmemu run --inject-panic CPU`).
-pub fn inject_panic_on(cpu: u32) {
+/// Make a syscall of a native scenario on `cpu` panic — the one after the
+/// first `after` (tests of the error path: `mmemu run --inject-panic CPU
+/// [--inject-panic-after N]`).
+pub fn inject_panic_on(cpu: u32, after: u64) {
+    INJECT_SKIP.store(after, std::sync::atomic::Ordering::SeqCst);
     INJECT_PANIC.store(cpu, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// Syscall entry of the native scenarios: the injected panic, if armed for
 /// this CPU, and a trace span (free when no trace is recorded).
 fn syscall_entry(k: &Kernel, name: &'static str) -> Option<emu_cpu::trace::Span> {
+    use std::sync::atomic::Ordering::SeqCst;
     let cpu = k.this_cpu();
     if INJECT_PANIC.load(std::sync::atomic::Ordering::Relaxed) == cpu.0
-        && INJECT_PANIC.compare_exchange(cpu.0, u32::MAX, std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst).is_ok()
+        && INJECT_SKIP.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_err()
+        && INJECT_PANIC.compare_exchange(cpu.0, u32::MAX, SeqCst, SeqCst).is_ok()
     {
         panic!("injected panic in {name} (--inject-panic {})", cpu.0);
     }
