@@ -1129,6 +1129,7 @@ fn stress(a: StressArgs) -> Result<i32, CliError> {
     let mut rng = scenarios::Rng::new(a.machine.seed, 0x57);
     let mut order: Vec<usize> = (0..all.len()).filter(|&i| !skipped(&all[i])).collect();
     let mut failed = false;
+    let mut rss_first = None;
     'outer: loop {
         // A fresh shuffle per pass: every scenario once, mixed.
         for i in (1..order.len()).rev() {
@@ -1155,6 +1156,7 @@ fn stress(a: StressArgs) -> Result<i32, CliError> {
             };
             pb.set_message(format!("{} ({} CPUs)", s.name, spec.cpus));
             let r = run_scenario(&spec)?;
+            rss_first.get_or_insert_with(|| proc_status_bytes("VmRSS"));
             let t = &mut tallies[i];
             t.runs += 1;
             t.rounds += r.iterations;
@@ -1189,12 +1191,28 @@ fn stress(a: StressArgs) -> Result<i32, CliError> {
         );
         let _ = writeln!(out, "{}", row.trim_end());
     }
+    let mib = |b: Option<u64>| b.map_or("?".to_string(), crate::report::human_bytes);
+    let _ = writeln!(
+        out,
+        "  host memory: RSS {} after the first run, {} at the end, peak {}",
+        mib(rss_first.flatten()),
+        mib(proc_status_bytes("VmRSS")),
+        mib(proc_status_bytes("VmHWM"))
+    );
     if scenarios::interrupted() {
         let _ = writeln!(out, "  interrupted: stopped early by a signal; the table is what ran until then");
     }
     let _ = writeln!(out, "  verdict: {}", if failed { "FAILED" } else { "ok" });
     emit(&out)?;
     Ok(exit_status(failed))
+}
+
+/// A `/proc/self/status` size field (`VmRSS`, `VmHWM`) in bytes.
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let st = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = st.lines().find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 #[cfg(test)]
