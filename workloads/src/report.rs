@@ -421,3 +421,25 @@ impl Report {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mm_core::sanitizer::{Violation, ViolationKind};
+    use mm_core::{CpuId, Pfn};
+    use serde_json::json;
+
+    /// JSON records: `kind` is the kebab name; a debug-vm-warning also
+    /// carries its kernel `check`, other kinds have no such key.
+    #[test]
+    fn violation_records_name_their_kind_and_a_warnings_check() {
+        let v = |kind| Violation { kind, cpu: Some(CpuId(2)), mm: 3, va: 0x1000, pfn: Pfn(7), cached_gen: 4, frame_gen: 5 };
+        let stale = serde_json::to_value(v(ViolationKind::StaleTlbAccess)).unwrap();
+        assert_eq!(stale, json!({"kind": "stale-tlb-access", "cpu": 2, "mm": 3, "va": 4096, "pfn": 7, "cached_gen": 4, "frame_gen": 5}));
+        let check = "VM_WARN_ON_ONCE(tlb->fully_unshared_tables) in tlb_finish_mmu";
+        let warn = serde_json::to_value(v(ViolationKind::DebugVmWarning(check))).unwrap();
+        assert_eq!(warn["kind"], "debug-vm-warning");
+        assert_eq!(warn["check"], check);
+        assert_eq!(warn["cpu"], 2);
+        assert_eq!(ViolationKind::DebugVmWarning(check).name(), "debug-vm-warning");
+    }
+}

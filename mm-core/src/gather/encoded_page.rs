@@ -82,11 +82,19 @@ pub const fn encoded_page_ptr(page: EncodedPage) -> crate::types::Pfn {
 }
 
 /// `encode_nr_pages(nr)`: the count entry that follows an
-/// `ENCODED_PAGE_BIT_NR_PAGES_NEXT` page entry.
+/// `ENCODED_PAGE_BIT_NR_PAGES_NEXT` page entry.  The kernel's
+/// `VM_WARN_ON_ONCE` that `nr` survives the shift is done by the gather
+/// before it calls this (`nr_pages_encodable`), where the `debug_vm`
+/// switch is at hand.
 #[inline]
 pub const fn encode_nr_pages(nr: u64) -> EncodedPage {
-    debug_assert!((nr << ENCODED_NR_PAGES_SHIFT) >> ENCODED_NR_PAGES_SHIFT == nr);
     EncodedPage(nr << ENCODED_NR_PAGES_SHIFT)
+}
+
+/// Does `nr` survive `encode_nr_pages`' shift?
+#[inline]
+pub const fn nr_pages_encodable(nr: u64) -> bool {
+    (nr << ENCODED_NR_PAGES_SHIFT) >> ENCODED_NR_PAGES_SHIFT == nr
 }
 
 /// `encoded_nr_pages(page)`

@@ -68,6 +68,7 @@
 use super::fault::FaultError;
 use super::mmap::{check_range, insert_vma, MmError};
 use crate::config::Fix;
+use crate::debug_vm::{vm_bug_on, vm_warn_on};
 use crate::gather::{tlb_remove_table_sync_one, MmuGather};
 use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
@@ -464,7 +465,9 @@ pub fn __unmap_hugepage_range(tlb: &mut MmuGather<'_>, vma: &Vma, start: u64, en
     let sz = hsz(k);
     let last_addr_mask = hugetlb_mask_last_page(k);
     let mode = UnshareFlush::of(k);
-    debug_assert!(vma.is_hugetlb() && start.is_multiple_of(sz) && end.is_multiple_of(sz));
+    vm_warn_on!(k, !vma.is_hugetlb(), "WARN_ON(!is_vm_hugetlb_page(vma)) in __unmap_hugepage_range", mm.id, start, Pfn(0));
+    vm_bug_on!(k, !start.is_multiple_of(sz), "BUG_ON(start & ~huge_page_mask(h)) in __unmap_hugepage_range", "start {start:#x}");
+    vm_bug_on!(k, !end.is_multiple_of(sz), "BUG_ON(end & ~huge_page_mask(h)) in __unmap_hugepage_range", "end {end:#x}");
     tlb.tlb_change_page_size(sz);
     tlb.tlb_start_vma(vma);
     let mut force_flush = false;
