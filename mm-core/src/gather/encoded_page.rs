@@ -64,6 +64,10 @@ pub struct EncodedPage(u64);
 /// `encode_page(page, flags)`
 #[inline]
 pub const fn encode_page(pfn: crate::types::Pfn, flags: u64) -> EncodedPage {
+    // The emulator's own, on the per-page gather path, so debug only: the
+    // kernel checks the flags at build time (BUILD_BUG_ON(flags >
+    // ENCODED_PAGE_BITS)), callers pass the flag constants, and every pfn
+    // is below ram_frames <= MAX_PFN (KernelConfig::validate).
     debug_assert!(flags & !ENCODED_PAGE_BITS == 0);
     debug_assert!(pfn.0 < MAX_PFN);
     EncodedPage((pfn.0 << PAGE_PTR_ALIGN_SHIFT) | flags)

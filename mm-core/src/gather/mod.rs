@@ -30,7 +30,7 @@
 //! - `tlb_finish_mmu`: everything is flushed and freed (a nested gather of the
 //!   same mm forces a full flush with freed_tables), batch pages are returned,
 //!   and `tlb_flush_pending` is dropped.  A gather must be finished: it is
-//!   `#[must_use]`, and dropping one unfinished is a debug panic.
+//!   `#[must_use]`, and dropping one unfinished panics.
 //!
 //! # Options
 //!
@@ -462,7 +462,8 @@ impl<'a> MmuGather<'a> {
     /// when the gather is full: the caller must flush now.
     pub fn __tlb_remove_folio_pages_size(&mut self, page: Pfn, nr_pages: u64, delay_rmap: bool, page_size: u64) -> bool {
         vm_bug_on!(self.k, self.end == 0, "VM_BUG_ON(!tlb->end) in __tlb_remove_folio_pages_size", "{page:?} gathered before its range was recorded");
-        debug_assert!(nr_pages >= 1);
+        // The emulator's own: a fragment has pages (one compare per call).
+        assert!(nr_pages >= 1, "__tlb_remove_folio_pages_size of 0 pages at {page:?}");
         // (The kernel checks the next two under CONFIG_MMU_GATHER_PAGE_SIZE;
         // page_size 0 here means the caller never set one.)
         vm_warn_on!(self.k, self.page_size != 0 && self.page_size != page_size, "VM_WARN_ON(tlb->page_size != page_size) in __tlb_remove_folio_pages_size", self.mm.id, 0, page);
@@ -625,7 +626,9 @@ impl<'a> MmuGather<'a> {
     /// `active = &local`.  Must only run after the TLB flush and after
     /// `tlb_flush_rmaps`.
     pub fn tlb_batch_pages_flush(&mut self) {
-        debug_assert!(
+        // The emulator's own ordering check (the kernel has none here; it
+        // would report "Bad page state" later, freeing a mapped page).
+        assert!(
             !self.delayed_rmap,
             "freeing gathered pages with delayed rmaps pending: tlb_flush_rmaps must run first"
         );
@@ -640,7 +643,7 @@ impl<'a> MmuGather<'a> {
 
     /// `tlb_batch_list_free`: return the page-sized batches.
     pub fn tlb_batch_list_free(&mut self) {
-        debug_assert!(self.batches.iter().all(|b| b.nr == 0), "batch list freed with pages pending");
+        assert!(self.batches.iter().all(|b| b.nr == 0), "batch list freed with pages pending");
         for b in self.batches.drain(LOCAL + 1..) {
             let page = b.page.expect("page-sized batch has its page");
             self.k.folio_put(crate::page::Folio(page));
@@ -731,8 +734,9 @@ impl<'a> MmuGather<'a> {
 
 impl Drop for MmuGather<'_> {
     fn drop(&mut self) {
+        // The emulator's own (a C gather has no destructor): always checked.
         if !self.finished && !std::thread::panicking() {
-            debug_assert!(false, "mmu_gather of mm {} dropped without tlb_finish_mmu", self.mm.id);
+            panic!("mmu_gather of mm {} dropped without tlb_finish_mmu", self.mm.id);
         }
     }
 }

@@ -115,7 +115,7 @@ impl FreeArea {
         let (o, p) = (order as usize, pfn as usize);
         let (n, pr) = (self.next[p], self.prev[p]);
         if pr == NIL {
-            debug_assert_eq!(self.head[o], p as u32, "free-list remove of a block not on the order-{order} list");
+            assert_eq!(self.head[o], p as u32, "free-list remove of a block not on the order-{order} list");
             self.head[o] = n;
         } else {
             self.next[pr as usize] = n;
