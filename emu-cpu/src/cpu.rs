@@ -341,16 +341,16 @@ impl Shared {
             trace::emit(trace::Event {
                 cpu: me.0,
                 ts_us: t0,
-                name: "ipi".into(),
-                cat: "ipi",
+                name: "ipi",
+                cat: trace::Cat::Ipi,
                 kind: trace::Kind::FlowEnd { id: cd.trace_id << 8 | i as u64 },
-                args: Vec::new(),
+                args: trace::Args::None,
             });
             t0
         });
         let r = catch_unwind(AssertUnwindSafe(|| (cd.func)(me)));
         if let Some(t0) = traced {
-            trace::slice(me.0, "IPI: call_function", "irq", t0, vec![("from", cd.from.to_string())]);
+            trace::slice(me.0, "IPI: call_function", trace::Cat::Irq, t0, trace::Args::From(cd.from));
         }
         slot.irq_off.store(was_off, Ordering::SeqCst);
         if let Err(p) = r {
@@ -441,10 +441,10 @@ impl Shared {
                 trace::emit(trace::Event {
                     cpu: me.0,
                     ts_us,
-                    name: "ipi".into(),
-                    cat: "ipi",
+                    name: "ipi",
+                    cat: trace::Cat::Ipi,
                     kind: trace::Kind::FlowStart { id: trace_id << 8 | i as u64 },
-                    args: Vec::new(),
+                    args: trace::Args::None,
                 });
             }
             // The receiver lives in `self`, so send cannot fail.
@@ -478,8 +478,7 @@ impl Shared {
         }
         self.cpus[me.idx()].activity.store(prev_act, Ordering::SeqCst);
         if let Some(t0) = t0 {
-            let names: Vec<String> = (0..n).filter(|i| is_target(*i)).map(|i| CpuId(i as u32).to_string()).collect();
-            trace::slice(me.0, "smp_call_function_many", "ipi", t0, vec![("targets", names.join(","))]);
+            trace::slice(me.0, "smp_call_function_many", trace::Cat::Ipi, t0, trace::Args::Targets { call: trace_id });
         }
         let p = cd.panic.lock().take();
         if let Some(p) = p {
@@ -551,7 +550,7 @@ impl Smp for MachineSmp {
         let slot = &self.shared.cpus[me.idx()];
         if !flags.was_disabled && trace::enabled() && slot.irq_off.load(Ordering::SeqCst) {
             let t0 = f64::from_bits(slot.irq_off_since.load(Ordering::Relaxed));
-            trace::slice(me.0, "irqs_off", "irq", t0, Vec::new());
+            trace::slice(me.0, "irqs_off", trace::Cat::Irq, t0, trace::Args::None);
         }
         slot.irq_off.store(flags.was_disabled, Ordering::SeqCst);
         if !flags.was_disabled {

@@ -50,8 +50,8 @@ impl System {
         let kernel = Kernel::new(kcfg, Box::new(machine.smp()))?;
         if crate::trace::enabled() {
             kernel.stats.set_trace_hook(Box::new(|e| {
-                let pages = if e.pages == mm_core::stats::TLB_FLUSH_ALL { "TLB_FLUSH_ALL".to_string() } else { e.pages.to_string() };
-                crate::trace::instant(e.cpu.0, "tlb_flush", "tlb", vec![("reason", e.reason.to_string()), ("pages", pages)]);
+                let args = crate::trace::Args::TlbFlush { reason: e.stat, pages: e.pages };
+                crate::trace::instant(e.cpu.0, "tlb_flush", crate::trace::Cat::Tlb, args);
             }));
         }
         // The hook holds the kernel weakly: the kernel owns the machine's

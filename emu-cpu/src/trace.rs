@@ -15,14 +15,27 @@
 //!   `Stats` hook, installed by `System::new` when tracing is on) as
 //!   instants; syscalls as slices (`syscall()`, called by the workloads).
 //! - At most `MAX_EVENTS` are kept; the rest are counted in `dropped`.
+//! - Memory: an `Event` is a fixed-size `Copy` record (64 bytes: names
+//!   are `&'static str`, categories and args small enums, no heap data),
+//!   and `start()` reserves the whole buffer once, so recording never
+//!   allocates and the cap costs at most `MAX_EVENTS * 64` bytes (256 MB),
+//!   touched only as events arrive.  Strings (CPU names, the IPI targets,
+//!   reasons) are formatted only when the trace is written
+//!   (workloads' `trace_json`).
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use mm_core::stats::Stat;
+use mm_core::CpuId;
+
 /// Cap on recorded events (a few hundred MB of JSON at most).
 pub const MAX_EVENTS: usize = 4_000_000;
+
+/// Bound on `size_of::<Event>()` (pinned by a test): the cap costs at most
+/// `MAX_EVENTS * EVENT_BYTES` of host memory.
+pub const EVENT_BYTES: usize = 64;
 
 static ON: AtomicBool = AtomicBool::new(false);
 /// Nanoseconds from `base()` to the current trace's time zero.
@@ -41,7 +54,7 @@ fn base() -> Instant {
 }
 
 /// What kind of trace event (Chrome trace-event phases).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
     /// A complete slice ("X") of `dur_us` starting at `ts_us`.
     Slice { dur_us: f64 },
@@ -53,15 +66,52 @@ pub enum Kind {
     FlowEnd { id: u64 },
 }
 
+/// Category ("cat") of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cat {
+    Ipi,
+    Irq,
+    Tlb,
+    Syscall,
+}
+
+impl Cat {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cat::Ipi => "ipi",
+            Cat::Irq => "irq",
+            Cat::Tlb => "tlb",
+            Cat::Syscall => "syscall",
+        }
+    }
+}
+
+/// An event's args, kept as integers; the writer turns them into the
+/// trace's string args.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Args {
+    None,
+    /// tlb_flush: `"reason"` (the Stat's name) and `"pages"` (a number, or
+    /// `TLB_FLUSH_ALL` for `mm_core::stats::TLB_FLUSH_ALL`).
+    TlbFlush { reason: Stat, pages: u64 },
+    /// IPI handler: `"from"`, the sending CPU.
+    From(CpuId),
+    /// smp_call_function_many: `"targets"`, the CPUs of cross call `call`
+    /// (`next_id()`), comma-separated.  Not stored: they are the targets of
+    /// the call's `FlowStart` events (`id = call << 8 | cpu`), which are
+    /// recorded before the slice and so are kept whenever it is.
+    Targets { call: u64 },
+}
+
 /// One recorded event on one emulated CPU's track.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Event {
-    pub cpu: u32,
     pub ts_us: f64,
-    pub name: Cow<'static, str>,
-    pub cat: &'static str,
     pub kind: Kind,
-    pub args: Vec<(&'static str, String)>,
+    pub name: &'static str,
+    pub args: Args,
+    pub cpu: u32,
+    pub cat: Cat,
 }
 
 /// Is a trace being recorded?  One relaxed load.
@@ -74,6 +124,9 @@ pub fn enabled() -> bool {
 pub fn start() {
     let mut b = BUF.lock().unwrap_or_else(|e| e.into_inner());
     b.events.clear();
+    // All of it now, so `emit` never reallocates under the lock (pages are
+    // touched only as events arrive).
+    b.events.reserve_exact(MAX_EVENTS);
     b.dropped = 0;
     EPOCH_NS.store(base().elapsed().as_nanos() as u64, Ordering::SeqCst);
     ON.store(true, Ordering::SeqCst);
@@ -114,14 +167,14 @@ pub fn emit(ev: Event) {
 }
 
 /// A slice from `start_us` to now on `cpu`.
-pub fn slice(cpu: u32, name: impl Into<Cow<'static, str>>, cat: &'static str, start_us: f64, args: Vec<(&'static str, String)>) {
+pub fn slice(cpu: u32, name: &'static str, cat: Cat, start_us: f64, args: Args) {
     let dur_us = (now_us() - start_us).max(0.0);
-    emit(Event { cpu, ts_us: start_us, name: name.into(), cat, kind: Kind::Slice { dur_us }, args });
+    emit(Event { cpu, ts_us: start_us, name, cat, kind: Kind::Slice { dur_us }, args });
 }
 
 /// An instant event now on `cpu`.
-pub fn instant(cpu: u32, name: impl Into<Cow<'static, str>>, cat: &'static str, args: Vec<(&'static str, String)>) {
-    emit(Event { cpu, ts_us: now_us(), name: name.into(), cat, kind: Kind::Instant, args });
+pub fn instant(cpu: u32, name: &'static str, cat: Cat, args: Args) {
+    emit(Event { cpu, ts_us: now_us(), name, cat, kind: Kind::Instant, args });
 }
 
 /// A slice recorded when dropped (syscalls).  Create it with `syscall`.
@@ -134,13 +187,25 @@ pub struct Span {
 
 impl Drop for Span {
     fn drop(&mut self) {
-        slice(self.cpu, self.name, "syscall", self.start_us, Vec::new());
+        slice(self.cpu, self.name, Cat::Syscall, self.start_us, Args::None);
     }
 }
 
 /// A syscall slice on `cpu` lasting until the returned guard drops; `None`
 /// (free) when tracing is off.
 #[inline]
-pub fn syscall(cpu: mm_core::CpuId, name: &'static str) -> Option<Span> {
+pub fn syscall(cpu: CpuId, name: &'static str) -> Option<Span> {
     enabled().then(|| Span { cpu: cpu.0, name, start_us: now_us() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_a_small_fixed_size_record() {
+        assert!(std::mem::size_of::<Event>() <= EVENT_BYTES, "Event is {} bytes", std::mem::size_of::<Event>());
+        // No heap data: dropping a buffer of events runs no destructors.
+        assert!(!std::mem::needs_drop::<Event>());
+    }
 }

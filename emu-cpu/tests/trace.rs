@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use emu_cpu::trace::{self, Kind};
+use emu_cpu::trace::{self, Args, Kind};
 use emu_cpu::{MachineConfig, System};
 use mm_core::ops::{mmap_anon, munmap};
 use mm_core::{CpuId, KernelConfig};
@@ -55,7 +55,12 @@ fn records_ipis_flows_irqs_off_and_tlb_flush_only_when_started() {
     let starts: Vec<u64> = evs.iter().filter_map(|e| if let Kind::FlowStart { id } = e.kind { Some(id) } else { None }).collect();
     let ends: Vec<u64> = evs.iter().filter_map(|e| if let Kind::FlowEnd { id } = e.kind { Some(id) } else { None }).collect();
     assert!(!ends.is_empty() && ends.iter().all(|id| starts.contains(id)), "flows sender -> target");
-    assert!(evs.iter().any(|e| e.name == "tlb_flush" && e.args.iter().any(|(k, v)| *k == "reason" && v.starts_with("TLB_"))));
+    assert!(evs.iter().any(|e| e.name == "tlb_flush" && matches!(e.args, Args::TlbFlush { reason, .. } if reason.name().starts_with("TLB_"))));
+    // Each cross call's slice names the call whose flows start on the sender.
+    for e in evs.iter().filter(|e| e.name == "smp_call_function_many") {
+        let Args::Targets { call } = e.args else { panic!("{e:?}") };
+        assert!(starts.iter().any(|id| id >> 8 == call), "{e:?}: no flow of call {call}");
+    }
     for e in &evs {
         assert!(e.ts_us >= 0.0);
         if let Kind::Slice { dur_us } = e.kind {

@@ -296,6 +296,13 @@ pub struct KernelConfig {
     /// table right after the (broadcast) invalidation, which is the §1
     /// "broadcast flush + immediate free" bug on the fallback path.
     pub table_free_one_sync: bool,
+    /// CONFIG_DEBUG_VM: the kernel's own VM_BUG_ON / VM_WARN_ON checks that
+    /// mm-core ports (`debug_vm`): a BUG panics naming the check, a WARN
+    /// records a `debug-vm-warning` violation and goes on.  On by default,
+    /// like a debug kernel, in release builds too.  Off is for measuring
+    /// without the checks (each then costs one predictable branch); the
+    /// emulator's own invariants stay checked either way.
+    pub debug_vm: bool,
 }
 
 impl Default for KernelConfig {
@@ -315,6 +322,7 @@ impl Default for KernelConfig {
             pte_free_defer: true,
             hugetlb_unshare_sync_after_unlock: false,
             table_free_one_sync: true,
+            debug_vm: true,
         }
     }
 }

@@ -112,7 +112,7 @@ impl Kernel {
         Ok(Arc::new(Kernel {
             hw: Hw::new(cfg.geometry, cfg.tlb, cfg.ram_frames, n),
             mem: MemMap::new(cfg.ram_frames),
-            alloc: PageAllocator::new(cfg.ram_frames, n),
+            alloc: PageAllocator::new(cfg.ram_frames, n).with_debug_vm(cfg.debug_vm),
             san: Sanitizer::new(),
             stats: Stats::new(n),
             rcu: Rcu::new(),

@@ -13,6 +13,7 @@
 //! IPI).  The sanitizer (frame generations) catches every violation.
 
 pub mod config;
+pub mod debug_vm;
 pub mod gather;
 pub mod hw;
 pub mod kernel;

@@ -15,8 +15,8 @@ use crate::types::{CpuId, Pfn};
 use serde::Serialize;
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// Serialized as its kebab-case `name()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ViolationKind {
     /// A load/store hit a TLB entry whose frame was freed since the fill.
     StaleTlbAccess,
@@ -42,6 +42,10 @@ pub enum ViolationKind {
     SecondaryLivelock,
     /// A zap returned while some CPU still cached a translation in its range.
     StaleAfterZap,
+    /// A ported kernel VM_WARN_ON-class check fired (`KernelConfig::debug_vm`);
+    /// the payload is the check, e.g.
+    /// `"VM_WARN_ON_ONCE(tlb->fully_unshared_tables) in tlb_finish_mmu"`.
+    DebugVmWarning(&'static str),
 }
 
 impl ViolationKind {
@@ -57,7 +61,22 @@ impl ViolationKind {
             ViolationKind::LostDirtyData => "lost-dirty-data",
             ViolationKind::SecondaryLivelock => "secondary-livelock",
             ViolationKind::StaleAfterZap => "stale-after-zap",
+            ViolationKind::DebugVmWarning(_) => "debug-vm-warning",
         }
+    }
+
+    /// The kernel check of a `DebugVmWarning`.
+    pub fn check(self) -> Option<&'static str> {
+        match self {
+            ViolationKind::DebugVmWarning(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for ViolationKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -68,7 +87,9 @@ impl fmt::Display for ViolationKind {
 }
 
 /// One recorded violation: kind, CPU, address, frame and both generations.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// Serialized with its fields in order, `kind` by name, plus `check` (the
+/// kernel check) for a `debug-vm-warning`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
     pub kind: ViolationKind,
     pub cpu: Option<CpuId>,
@@ -81,9 +102,32 @@ pub struct Violation {
     pub frame_gen: u64,
 }
 
+impl Serialize for Violation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let check = self.kind.check();
+        let mut st = s.serialize_struct("Violation", 7 + check.is_some() as usize)?;
+        st.serialize_field("kind", &self.kind)?;
+        match check {
+            Some(c) => st.serialize_field("check", c)?,
+            None => st.skip_field("check")?,
+        }
+        st.serialize_field("cpu", &self.cpu)?;
+        st.serialize_field("mm", &self.mm)?;
+        st.serialize_field("va", &self.va)?;
+        st.serialize_field("pfn", &self.pfn)?;
+        st.serialize_field("cached_gen", &self.cached_gen)?;
+        st.serialize_field("frame_gen", &self.frame_gen)?;
+        st.end()
+    }
+}
+
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "sanitizer: {} ", self.kind)?;
+        if let Some(c) = self.kind.check() {
+            write!(f, "{c} ")?;
+        }
         match self.cpu {
             Some(c) => write!(f, "on {c} ")?,
             None => write!(f, "on - ")?,

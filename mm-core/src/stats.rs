@@ -71,6 +71,10 @@ pub struct Stats {
 pub struct TraceEvent {
     pub cpu: CpuId,
     pub reason: &'static str,
+    /// The same reason as a `Stat` (one byte: what a trace recorder keeps,
+    /// naming it only when it writes the trace).
+    #[serde(skip)]
+    pub stat: Stat,
     pub pages: u64,
 }
 
@@ -123,7 +127,7 @@ impl Stats {
     pub fn trace_tlb_flush(&self, cpu: CpuId, reason: Stat, pages: u64) {
         self.inc(cpu, reason);
         if let Some(hook) = self.trace.get() {
-            hook(TraceEvent { cpu, reason: reason.name(), pages });
+            hook(TraceEvent { cpu, reason: reason.name(), stat: reason, pages });
         }
     }
 

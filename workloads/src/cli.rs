@@ -76,6 +76,10 @@ struct MachineArgs {
     /// never a hang.
     #[arg(long, value_name = "S", default_value = "20", value_parser = parse_hang_timeout, allow_negative_numbers = true)]
     hang_timeout: f64,
+    /// Skip the kernel's own VM_BUG_ON / VM_WARN_ON checks (on by default,
+    /// like CONFIG_DEBUG_VM): for measuring without their cost.
+    #[arg(long)]
+    no_debug_vm: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -532,6 +536,8 @@ pub struct RunSpec {
     pub params: BTreeMap<&'static str, u64>,
     pub trace: Option<PathBuf>,
     pub stop_on_violation: bool,
+    /// `KernelConfig::debug_vm` (`--no-debug-vm` turns it off).
+    pub debug_vm: bool,
 }
 
 impl RunSpec {
@@ -555,7 +561,7 @@ impl RunSpec {
     }
 
     fn kcfg(&self) -> KernelConfig {
-        let mut k = KernelConfig { arch: self.arch, nr_cpus: self.cpus, ..KernelConfig::default() };
+        let mut k = KernelConfig { arch: self.arch, nr_cpus: self.cpus, debug_vm: self.debug_vm, ..KernelConfig::default() };
         for f in &self.reverted {
             k.fixes.set(*f, false);
         }
@@ -576,6 +582,7 @@ impl RunSpec {
                 Budget::Seconds(s) => BudgetJson { iterations: None, seconds: Some(s) },
             },
             params: self.params.clone(),
+            debug_vm: self.debug_vm,
             memory: None,
         }
     }
@@ -707,8 +714,10 @@ pub fn run_scenario(spec: &RunSpec) -> Result<Report, CliError> {
     let mut report = Report::new(Setup { memory: Some(memory), ..spec.setup() }, &outcome);
     if let (Some(path), Some((events, dropped))) = (&spec.trace, traced) {
         let title = format!("mmemu {} ({} CPUs, {})", spec.scenario.name, spec.cpus, spec.arch.name());
-        crate::trace_json::write(path, &title, spec.cpus, &events).map_err(CliError::Failed)?;
-        report.trace = Some(TraceInfo { file: path.display().to_string(), events: events.len(), dropped });
+        // A trace that cannot be written (a full disk) does not cost the
+        // report: it says so, and the command exits 1.
+        let error = crate::trace_json::write(path, &title, spec.cpus, &events).err();
+        report.trace = Some(TraceInfo { file: path.display().to_string(), events: events.len(), dropped, error });
     }
     Ok(report)
 }
@@ -920,6 +929,7 @@ fn run(a: RunArgs) -> Result<i32, CliError> {
         params,
         trace: a.trace.clone(),
         stop_on_violation: false,
+        debug_vm: !a.machine.no_debug_vm,
     };
     if let Some(path) = &spec.trace {
         // Find an unwritable --trace before the run, not after it (the
@@ -985,6 +995,7 @@ fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
         params,
         trace: None,
         stop_on_violation: e.correctness,
+        debug_vm: !a.machine.no_debug_vm,
     };
     let off = run_scenario(&spec)?;
     spec.reverted.clear();
@@ -1153,6 +1164,7 @@ fn stress(a: StressArgs) -> Result<i32, CliError> {
                 params: s.parse_params(&[]).map_err(CliError::Usage)?,
                 trace: None,
                 stop_on_violation: false,
+                debug_vm: !a.machine.no_debug_vm,
             };
             pb.set_message(format!("{} ({} CPUs)", s.name, spec.cpus));
             let r = run_scenario(&spec)?;

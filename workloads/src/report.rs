@@ -169,6 +169,9 @@ pub struct TraceInfo {
     pub file: String,
     pub events: usize,
     pub dropped: u64,
+    /// Why the file could not be written (the run's report is still whole;
+    /// the command exits 1).
+    pub error: Option<String>,
 }
 
 /// The run's budget as given (one of the two is set).
@@ -200,6 +203,8 @@ pub struct Report {
     pub pin: bool,
     pub budget: BudgetJson,
     pub params: BTreeMap<&'static str, u64>,
+    /// The kernel's VM_BUG_ON / VM_WARN_ON checks ran (`--no-debug-vm`: false).
+    pub debug_vm: bool,
     /// Emulated RAM and the host memory the configuration may use.
     pub memory: Option<MemoryJson>,
     pub iterations: u64,
@@ -256,6 +261,7 @@ pub struct Setup {
     pub pin: bool,
     pub budget: BudgetJson,
     pub params: BTreeMap<&'static str, u64>,
+    pub debug_vm: bool,
     pub memory: Option<MemoryJson>,
 }
 
@@ -289,6 +295,7 @@ impl Report {
             pin: s.pin,
             budget: s.budget,
             params: s.params,
+            debug_vm: s.debug_vm,
             memory: s.memory,
             iterations: o.iterations,
             ops: o.ops,
@@ -336,7 +343,7 @@ impl Report {
 
     /// Did the run fail (exit status 1)?
     pub fn failed(&self) -> bool {
-        self.verdict != "ok"
+        self.verdict != "ok" || self.trace.as_ref().is_some_and(|t| t.error.is_some())
     }
 
     /// The human summary.
@@ -357,6 +364,9 @@ impl Report {
         if !self.params.is_empty() {
             let p: Vec<_> = self.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(s, "  params: {}", p.join(" "));
+        }
+        if !self.debug_vm {
+            let _ = writeln!(s, "  debug_vm: off (the kernel's VM_BUG_ON / VM_WARN_ON checks did not run)");
         }
         if let Some(m) = &self.memory {
             let _ = writeln!(
@@ -458,7 +468,14 @@ impl Report {
             }
         }
         if let Some(t) = &self.trace {
-            let _ = writeln!(s, "  trace: {} ({} events, {} dropped) — open in ui.perfetto.dev", t.file, t.events, t.dropped);
+            match &t.error {
+                None => {
+                    let _ = writeln!(s, "  trace: {} ({} events, {} dropped) — open in ui.perfetto.dev", t.file, t.events, t.dropped);
+                }
+                Some(e) => {
+                    let _ = writeln!(s, "  trace: NOT written: {e}");
+                }
+            }
         }
         if let Some(e) = &self.error {
             let _ = writeln!(s, "  error: {e}");
@@ -481,5 +498,27 @@ pub fn human_bytes(b: u64) -> String {
         format!("{b} B")
     } else {
         format!("{x:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mm_core::sanitizer::{Violation, ViolationKind};
+    use mm_core::{CpuId, Pfn};
+    use serde_json::json;
+
+    /// JSON records: `kind` is the kebab name; a debug-vm-warning also
+    /// carries its kernel `check`, other kinds have no such key.
+    #[test]
+    fn violation_records_name_their_kind_and_a_warnings_check() {
+        let v = |kind| Violation { kind, cpu: Some(CpuId(2)), mm: 3, va: 0x1000, pfn: Pfn(7), cached_gen: 4, frame_gen: 5 };
+        let stale = serde_json::to_value(v(ViolationKind::StaleTlbAccess)).unwrap();
+        assert_eq!(stale, json!({"kind": "stale-tlb-access", "cpu": 2, "mm": 3, "va": 4096, "pfn": 7, "cached_gen": 4, "frame_gen": 5}));
+        let check = "VM_WARN_ON_ONCE(tlb->fully_unshared_tables) in tlb_finish_mmu";
+        let warn = serde_json::to_value(v(ViolationKind::DebugVmWarning(check))).unwrap();
+        assert_eq!(warn["kind"], "debug-vm-warning");
+        assert_eq!(warn["check"], check);
+        assert_eq!(warn["cpu"], 2);
+        assert_eq!(ViolationKind::DebugVmWarning(check).name(), "debug-vm-warning");
     }
 }

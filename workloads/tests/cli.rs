@@ -326,7 +326,7 @@ fn panic_on_an_emulated_cpu_names_it_and_exits_1() {
     no_panic_spew(&err);
 }
 
-const RUN_OPTIONS: &str = "--cpus, --arch, --revert, --seconds, --iterations, --wait, --no-pin, --seed, --param, --json, --trace, --help";
+const RUN_OPTIONS: &str = "--cpus, --arch, --revert, --seconds, --iterations, --wait, --no-pin, --seed, --hang-timeout, --no-debug-vm, --param, --json, --trace, --help";
 const SUBCOMMANDS: &str = "list, run, reproduce, stress, help";
 
 /// Every bad input: exit 2, nothing on stdout, and exactly one line on
@@ -366,7 +366,7 @@ fn parse_errors_are_one_line() {
         (&["run", "munmap-storm", "--iteration", "3"], "unknown option '--iteration' for mmemu run (did you mean '--iterations'?); allowed: {run-options}".into()),
         (&["run", "munmap-storm", "--iteration=3"], "unknown option '--iteration' for mmemu run (did you mean '--iterations'?); allowed: {run-options}".into()),
         (&["run", "munmap-storm", "--no_pin"], "unknown option '--no_pin' for mmemu run (did you mean '--no-pin'?); allowed: {run-options}".into()),
-        (&["stress", "--revert", "delay-rmap"], "unknown option '--revert' for mmemu stress; allowed: --cpus, --seconds, --slice, --wait, --no-pin, --seed, --help".into()),
+        (&["stress", "--revert", "delay-rmap"], "unknown option '--revert' for mmemu stress; allowed: --cpus, --seconds, --slice, --wait, --no-pin, --seed, --hang-timeout, --no-debug-vm, --help".into()),
         (&["run", "munmap-storm", "--cpus"], "missing value for --cpus; allowed: 1..=256".into()),
         (&["run", "munmap-storm", "--wait"], "missing value for --wait; allowed: spin, park, adaptive".into()),
         (&["stress", "--slice"], "missing value for --slice; allowed: 0 < S <= 86400".into()),

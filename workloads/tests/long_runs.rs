@@ -220,3 +220,28 @@ fn a_second_signal_exits_at_once() {
     assert_eq!(o.status.code(), Some(130));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "", "a report was printed after the second signal");
 }
+
+/// A trace that cannot be written after the run (a full disk) no longer
+/// throws the report away: the report says so and the status is 1.
+#[test]
+fn an_unwritable_trace_keeps_the_report() {
+    if !std::path::Path::new("/dev/full").exists() {
+        eprintln!("skipped: no /dev/full on this host");
+        return;
+    }
+    let o = mmemu(&["run", "munmap-storm", "--cpus", "2", "--no-pin", "--iterations", "2", "--trace", "/dev/full", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v = json_of(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(v["verdict"], "ok");
+    assert_eq!(v["trace"]["error"], "cannot write trace /dev/full: No space left on device (os error 28)");
+}
+
+/// `--no-debug-vm` reaches the kernel config and the report.
+#[test]
+fn no_debug_vm_is_reported() {
+    let on = json_of(&expect_ok(&["run", "munmap-storm", "--cpus", "1", "--no-pin", "--iterations", "1", "--json"]));
+    let off = json_of(&expect_ok(&[
+        "run", "munmap-storm", "--cpus", "1", "--no-pin", "--iterations", "1", "--json", "--no-debug-vm",
+    ]));
+    assert_eq!((on["debug_vm"].as_bool(), off["debug_vm"].as_bool()), (Some(true), Some(false)));
+}

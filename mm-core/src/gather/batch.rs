@@ -185,7 +185,7 @@ pub(crate) fn free_encoded_pages(k: &Kernel, batch: &mut MmuGatherBatch) {
         batch.nr -= nr;
         k.smp.cond_resched();
     }
-    debug_assert_eq!(batch.nr, 0);
+    assert_eq!(batch.nr, 0, "free_encoded_pages left entries in the batch");
     // Keep the storage (capacity `max`) for reuse.
     batch.encoded_pages = pages;
     batch.encoded_pages.clear();

@@ -64,6 +64,10 @@ pub struct EncodedPage(u64);
 /// `encode_page(page, flags)`
 #[inline]
 pub const fn encode_page(pfn: crate::types::Pfn, flags: u64) -> EncodedPage {
+    // The emulator's own, on the per-page gather path, so debug only: the
+    // kernel checks the flags at build time (BUILD_BUG_ON(flags >
+    // ENCODED_PAGE_BITS)), callers pass the flag constants, and every pfn
+    // is below ram_frames <= MAX_PFN (KernelConfig::validate).
     debug_assert!(flags & !ENCODED_PAGE_BITS == 0);
     debug_assert!(pfn.0 < MAX_PFN);
     EncodedPage((pfn.0 << PAGE_PTR_ALIGN_SHIFT) | flags)
@@ -82,11 +86,19 @@ pub const fn encoded_page_ptr(page: EncodedPage) -> crate::types::Pfn {
 }
 
 /// `encode_nr_pages(nr)`: the count entry that follows an
-/// `ENCODED_PAGE_BIT_NR_PAGES_NEXT` page entry.
+/// `ENCODED_PAGE_BIT_NR_PAGES_NEXT` page entry.  The kernel's
+/// `VM_WARN_ON_ONCE` that `nr` survives the shift is done by the gather
+/// before it calls this (`nr_pages_encodable`), where the `debug_vm`
+/// switch is at hand.
 #[inline]
 pub const fn encode_nr_pages(nr: u64) -> EncodedPage {
-    debug_assert!((nr << ENCODED_NR_PAGES_SHIFT) >> ENCODED_NR_PAGES_SHIFT == nr);
     EncodedPage(nr << ENCODED_NR_PAGES_SHIFT)
+}
+
+/// Does `nr` survive `encode_nr_pages`' shift?
+#[inline]
+pub const fn nr_pages_encodable(nr: u64) -> bool {
+    (nr << ENCODED_NR_PAGES_SHIFT) >> ENCODED_NR_PAGES_SHIFT == nr
 }
 
 /// `encoded_nr_pages(page)`

@@ -30,7 +30,7 @@
 //! - `tlb_finish_mmu`: everything is flushed and freed (a nested gather of the
 //!   same mm forces a full flush with freed_tables), batch pages are returned,
 //!   and `tlb_flush_pending` is dropped.  A gather must be finished: it is
-//!   `#[must_use]`, and dropping one unfinished is a debug panic.
+//!   `#[must_use]`, and dropping one unfinished panics.
 //!
 //! # Options
 //!
@@ -59,12 +59,13 @@ pub use batch::{
     MAX_NR_FOLIOS_PER_FREE, MAX_TABLE_BATCH, MMU_GATHER_BUNDLE,
 };
 pub use encoded_page::{
-    encode_nr_pages, encode_page, encoded_nr_pages, encoded_page_flags, encoded_page_ptr, EncodedPage,
+    encode_nr_pages, encode_page, encoded_nr_pages, encoded_page_flags, encoded_page_ptr, nr_pages_encodable, EncodedPage,
     ENCODED_PAGE_BITS, ENCODED_PAGE_BIT_DELAY_RMAP, ENCODED_PAGE_BIT_NR_PAGES_NEXT,
 };
 pub use table_free::tlb_remove_table_sync_one;
 
 use crate::config::{Arch, Fix};
+use crate::debug_vm::{vm_bug_on, vm_warn_on};
 use crate::hw::pte::Level;
 use crate::kernel::Kernel;
 use crate::mm::{vm, MmStruct, Vma};
@@ -437,6 +438,9 @@ impl<'a> MmuGather<'a> {
             // keeps the flag and the entries consistent for every caller.)
             self.delayed_rmap = true;
         }
+        if nr_pages != 1 {
+            vm_warn_on!(self.k, !nr_pages_encodable(nr_pages), "VM_WARN_ON_ONCE((nr << 2) >> 2 != nr) in encode_nr_pages", self.mm.id, 0, page);
+        }
         let batch = &mut self.batches[self.active];
         if nr_pages == 1 {
             batch.push(encode_page(page, flags));
@@ -448,8 +452,7 @@ impl<'a> MmuGather<'a> {
         if batch.nr >= batch.max - 1 && !self.tlb_next_batch() {
             return true;
         }
-        let b = &self.batches[self.active];
-        debug_assert!(b.nr < b.max, "VM_BUG_ON_PAGE(batch->nr > batch->max - 1)");
+        vm_bug_on!(self.k, { let b = &self.batches[self.active]; b.nr > b.max - 1 }, "VM_BUG_ON_PAGE(batch->nr > batch->max - 1, page) in __tlb_remove_folio_pages_size", "{page:?}");
         false
     }
 
@@ -458,15 +461,13 @@ impl<'a> MmuGather<'a> {
     /// range recorded), owning one folio reference per page.  Returns true
     /// when the gather is full: the caller must flush now.
     pub fn __tlb_remove_folio_pages_size(&mut self, page: Pfn, nr_pages: u64, delay_rmap: bool, page_size: u64) -> bool {
-        debug_assert!(self.end != 0, "page gathered before its range was recorded (VM_BUG_ON(!tlb->end))");
-        debug_assert!(nr_pages >= 1);
-        if self.page_size != 0 {
-            debug_assert_eq!(self.page_size, page_size, "mixed page sizes in one gather");
-        }
-        debug_assert!(
-            self.k.mem.page_folio(page) == self.k.mem.page_folio(page.add(nr_pages - 1)),
-            "a fragment must stay inside one folio"
-        );
+        vm_bug_on!(self.k, self.end == 0, "VM_BUG_ON(!tlb->end) in __tlb_remove_folio_pages_size", "{page:?} gathered before its range was recorded");
+        // The emulator's own: a fragment has pages (one compare per call).
+        assert!(nr_pages >= 1, "__tlb_remove_folio_pages_size of 0 pages at {page:?}");
+        // (The kernel checks the next two under CONFIG_MMU_GATHER_PAGE_SIZE;
+        // page_size 0 here means the caller never set one.)
+        vm_warn_on!(self.k, self.page_size != 0 && self.page_size != page_size, "VM_WARN_ON(tlb->page_size != page_size) in __tlb_remove_folio_pages_size", self.mm.id, 0, page);
+        vm_warn_on!(self.k, self.k.mem.page_folio(page) != self.k.mem.page_folio(page.add(nr_pages - 1)), "VM_WARN_ON_ONCE(page_folio(page) != page_folio(page + nr_pages - 1)) in __tlb_remove_folio_pages_size", self.mm.id, 0, page);
         let flags = if delay_rmap { ENCODED_PAGE_BIT_DELAY_RMAP } else { 0 };
         if nr_pages == 1 || self.k.cfg.fixes.on(Fix::FolioPagesBatching) {
             return self.store_fragment(page, nr_pages, flags);
@@ -625,7 +626,9 @@ impl<'a> MmuGather<'a> {
     /// `active = &local`.  Must only run after the TLB flush and after
     /// `tlb_flush_rmaps`.
     pub fn tlb_batch_pages_flush(&mut self) {
-        debug_assert!(
+        // The emulator's own ordering check (the kernel has none here; it
+        // would report "Bad page state" later, freeing a mapped page).
+        assert!(
             !self.delayed_rmap,
             "freeing gathered pages with delayed rmaps pending: tlb_flush_rmaps must run first"
         );
@@ -640,7 +643,7 @@ impl<'a> MmuGather<'a> {
 
     /// `tlb_batch_list_free`: return the page-sized batches.
     pub fn tlb_batch_list_free(&mut self) {
-        debug_assert!(self.batches.iter().all(|b| b.nr == 0), "batch list freed with pages pending");
+        assert!(self.batches.iter().all(|b| b.nr == 0), "batch list freed with pages pending");
         for b in self.batches.drain(LOCAL + 1..) {
             let page = b.page.expect("page-sized batch has its page");
             self.k.folio_put(crate::page::Folio(page));
@@ -676,11 +679,11 @@ impl<'a> MmuGather<'a> {
     pub fn tlb_unshare_pmd_ptdesc(&mut self, pt: Pfn, addr: u64) {
         let share = &self.k.mem.page(pt).pt_share_count;
         let old = share.fetch_sub(1, crate::sync::Ordering::SeqCst);
-        debug_assert!(old > 0, "tlb_unshare_pmd_ptdesc on an unshared table {pt:?}");
+        vm_warn_on!(self.k, old <= 0, "VM_WARN_ON_ONCE(!ptdesc_pmd_is_shared(pt)) in tlb_unshare_pmd_ptdesc", self.mm.id, addr, pt);
         let pud = self.k.cfg.geometry.pud_size();
         // Clearing a PUD pointing at a PMD table with PMD leaves.
         self.tlb_flush_pmd_range(addr & !(pud - 1), pud);
-        if old - 1 == 0 {
+        if old == 1 {
             self.fully_unshared_tables = true;
         }
         self.unshared_tables = true;
@@ -711,10 +714,8 @@ impl<'a> MmuGather<'a> {
         if self.k.cfg.hugetlb_unshare_sync_after_unlock && self.fully_unshared_tables {
             self.tlb_flush_unshared_tables();
         }
-        debug_assert!(
-            !self.fully_unshared_tables,
-            "tlb_finish_mmu with fully_unshared_tables set: tlb_flush_unshared_tables was not called"
-        );
+        // (tlb_flush_unshared_tables was not called: no sync IPI is sent.)
+        vm_warn_on!(self.k, self.fully_unshared_tables, "VM_WARN_ON_ONCE(tlb->fully_unshared_tables) in tlb_finish_mmu", self.mm.id, 0, Pfn(0));
         // A parallel gather of this mm (e.g. MADV_DONTNEED under mmap_lock
         // read) may have cleared PTEs we skipped and not flushed yet: flush
         // everything, tables included (7a30df49f63a form).
@@ -733,8 +734,9 @@ impl<'a> MmuGather<'a> {
 
 impl Drop for MmuGather<'_> {
     fn drop(&mut self) {
+        // The emulator's own (a C gather has no destructor): always checked.
         if !self.finished && !std::thread::panicking() {
-            debug_assert!(false, "mmu_gather of mm {} dropped without tlb_finish_mmu", self.mm.id);
+            panic!("mmu_gather of mm {} dropped without tlb_finish_mmu", self.mm.id);
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::config::{Arch, Fix, KernelConfig};
 use crate::mm::{Backing, Vma};
 use crate::page::alloc::PageKind;
 use crate::page::Folio;
+use crate::sanitizer::ViolationKind;
 use crate::stats::Stat;
 use crate::sync::{Arc, Ordering};
 use crate::types::{CpuId, Pfn};
@@ -616,14 +617,83 @@ fn unshare_syncs_once_and_only_for_the_last_sharer() {
     assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 1);
 }
 
+const FULLY_UNSHARED: ViolationKind = ViolationKind::DebugVmWarning("VM_WARN_ON_ONCE(tlb->fully_unshared_tables) in tlb_finish_mmu");
+const UNSHARE_UNSHARED: ViolationKind =
+    ViolationKind::DebugVmWarning("VM_WARN_ON_ONCE(!ptdesc_pmd_is_shared(pt)) in tlb_unshare_pmd_ptdesc");
+
+/// A gather that made a table exclusive and is finished without
+/// `tlb_flush_unshared_tables`; returns the sync IPIs it sent.
+fn finish_with_fully_unshared_tables(k: &Kernel) -> u64 {
+    let mm = k.mm_alloc();
+    let pt = crate::pgtable::alloc_table_frame(k).unwrap();
+    k.mem.page(pt).pt_share_count.store(1, Ordering::SeqCst);
+    let mut tlb = MmuGather::tlb_gather_mmu(k, &mm);
+    tlb.tlb_unshare_pmd_ptdesc(pt, 0);
+    assert!(tlb.fully_unshared_tables());
+    tlb.tlb_finish_mmu();
+    assert!(!mm.mm_tlb_flush_pending(), "the kernel warns and finishes the gather");
+    k.stats.get(Stat::TlbRemoveTableSyncOne)
+}
+
+// tlb_finish_mmu's check is a VM_WARN_ON_ONCE (8ce720d5bd91): a
+// debug-vm-warning violation (it used to be a debug-build panic).
 #[test]
-#[should_panic(expected = "fully_unshared_tables")]
 fn finish_with_fully_unshared_tables_is_a_bug() {
     let k = kernel(1);
+    assert_eq!(finish_with_fully_unshared_tables(&k), 0, "nothing sent the sync the table needed");
+    assert_eq!(k.san.count_kind(FULLY_UNSHARED), 1, "{:?}", k.san.violations());
+    assert_eq!(k.san.count(), 1);
+    let v = &k.san.violations()[0];
+    assert_eq!(v.cpu, Some(CpuId(0)));
+    assert!(v.to_string().contains("debug-vm-warning VM_WARN_ON_ONCE(tlb->fully_unshared_tables)"), "{v}");
+}
+
+#[test]
+fn debug_vm_off_silences_the_fully_unshared_tables_check() {
+    let k = kernel_with(1, |c| c.debug_vm = false);
+    assert_eq!(finish_with_fully_unshared_tables(&k), 0);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+}
+
+#[test]
+fn unsharing_an_unshared_table_warns_and_goes_on() {
+    for debug_vm in [true, false] {
+        let k = kernel_with(1, |c| c.debug_vm = debug_vm);
+        let mm = k.mm_alloc();
+        let pt = crate::pgtable::alloc_table_frame(&k).unwrap();
+        let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+        tlb.tlb_unshare_pmd_ptdesc(pt, 0);
+        // The count went negative: still "shared", so not fully unshared.
+        assert_eq!(k.mem.page(pt).pt_share_count.load(Ordering::SeqCst), -1);
+        assert!(tlb.unshared_tables() && !tlb.fully_unshared_tables());
+        tlb.tlb_flush_unshared_tables();
+        tlb.tlb_finish_mmu();
+        assert_eq!(k.san.count_kind(UNSHARE_UNSHARED), debug_vm as usize, "debug_vm {debug_vm}: {:?}", k.san.violations());
+        assert_eq!(k.san.count(), debug_vm as u64);
+    }
+}
+
+#[test]
+fn gathering_before_the_range_is_recorded_is_a_kernel_bug() {
+    // VM_BUG_ON(!tlb->end): a panic naming the check with debug_vm...
+    let k = kernel(1);
     let mm = k.mm_alloc();
-    let pt = crate::pgtable::alloc_table_frame(&k).unwrap();
-    k.mem.page(pt).pt_share_count.store(1, Ordering::SeqCst);
+    let pfn = mapped_folio(&k, 0);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+        tlb.__tlb_remove_folio_pages_size(pfn, 1, false, 4096);
+        tlb.tlb_finish_mmu();
+    }));
+    let p = r.expect_err("VM_BUG_ON(!tlb->end) must fire");
+    let msg = p.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.starts_with("kernel BUG: VM_BUG_ON(!tlb->end) in __tlb_remove_folio_pages_size"), "{msg}");
+    // ... and nothing without: the page is gathered and freed as usual.
+    let k = kernel_with(1, |c| c.debug_vm = false);
+    let mm = k.mm_alloc();
+    let pfn = mapped_folio(&k, 0);
+    k.mem.remove_rmap_ptes(pfn, 1);
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
-    tlb.tlb_unshare_pmd_ptdesc(pt, 0);
+    assert!(!tlb.__tlb_remove_folio_pages_size(pfn, 1, false, 4096));
     tlb.tlb_finish_mmu();
+    assert!(is_free(&k, pfn));
 }

@@ -59,6 +59,10 @@ impl Ram {
     /// The word `idx` of frame `pfn` (a data word, or a table entry).
     #[inline]
     pub fn word(&self, pfn: Pfn, idx: usize) -> &AtomicU64 {
+        // The emulator's own invariant, on the hottest path there is (every
+        // emulated load, store and table walk step): a debug assertion only.
+        // Out of range in a release build reads the next frame's word, or
+        // panics on the slice bound past the last frame.
         debug_assert!(idx < self.words_per_frame, "word index {idx} out of frame");
         &self.words[pfn.idx() * self.words_per_frame + idx]
     }

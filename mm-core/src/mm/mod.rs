@@ -96,7 +96,7 @@ impl VmaTree {
         self.map.values()
     }
     pub fn insert(&mut self, vma: Vma) {
-        debug_assert!(self.overlapping(vma.start, vma.end).next().is_none(), "overlapping VMA");
+        assert!(self.overlapping(vma.start, vma.end).next().is_none(), "overlapping VMA");
         self.map.insert(vma.start, vma);
     }
     /// Remove [start, end) from the tree, splitting VMAs at the edges.

@@ -328,7 +328,8 @@ pub fn gup_fast(k: &Kernel, mm: &MmStruct, start: u64, nr_pages: u64, flags: Fol
         return pages;
     }
     let cpu = k.this_cpu();
-    debug_assert_eq!(
+    // The emulator's own invariant (the kernel's gup_fast walks current->mm).
+    assert_eq!(
         k.cpus[cpu.idx()].loaded_mm.load(Ordering::SeqCst),
         mm.id,
         "gup_fast on {cpu} for mm {} which this CPU does not run",

@@ -68,6 +68,7 @@
 use super::fault::FaultError;
 use super::mmap::{check_range, insert_vma, MmError};
 use crate::config::Fix;
+use crate::debug_vm::{vm_bug_on, vm_warn_on};
 use crate::gather::{tlb_remove_table_sync_one, MmuGather};
 use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
@@ -373,7 +374,7 @@ fn unhook_shared_pmd(k: &Kernel, mm: &MmStruct, addr: u64, pmd_table: Pfn) -> Op
     }
     let pud_table = pgtable::lookup_table(k, mm, addr, Level::Pud).expect("a shared PMD table hangs off a PUD table");
     let old = pgtable::get_and_clear(k, pud_table, Level::Pud, addr);
-    debug_assert_eq!(old.pfn(), pmd_table, "PUD at {addr:#x} did not point at the table being unshared");
+    assert_eq!(old.pfn(), pmd_table, "PUD at {addr:#x} did not point at the table being unshared");
     mm.nr_ptes.fetch_sub(1, Ordering::SeqCst);
     Some(pud_table)
 }
@@ -464,7 +465,9 @@ pub fn __unmap_hugepage_range(tlb: &mut MmuGather<'_>, vma: &Vma, start: u64, en
     let sz = hsz(k);
     let last_addr_mask = hugetlb_mask_last_page(k);
     let mode = UnshareFlush::of(k);
-    debug_assert!(vma.is_hugetlb() && start.is_multiple_of(sz) && end.is_multiple_of(sz));
+    vm_warn_on!(k, !vma.is_hugetlb(), "WARN_ON(!is_vm_hugetlb_page(vma)) in __unmap_hugepage_range", mm.id, start, Pfn(0));
+    vm_bug_on!(k, !start.is_multiple_of(sz), "BUG_ON(start & ~huge_page_mask(h)) in __unmap_hugepage_range", "start {start:#x}");
+    vm_bug_on!(k, !end.is_multiple_of(sz), "BUG_ON(end & ~huge_page_mask(h)) in __unmap_hugepage_range", "end {end:#x}");
     tlb.tlb_change_page_size(sz);
     tlb.tlb_start_vma(vma);
     let mut force_flush = false;
@@ -492,7 +495,7 @@ pub fn __unmap_hugepage_range(tlb: &mut MmuGather<'_>, vma: &Vma, start: u64, en
             address += sz;
             continue;
         }
-        debug_assert!(old.huge(), "non-huge entry in a hugetlb PMD table at {address:#x}");
+        assert!(old.huge(), "non-huge entry in a hugetlb PMD table at {address:#x}");
         // tlb_remove_huge_tlb_entry: a PMD-sized leaf.
         tlb.tlb_remove_pmd_tlb_entry(address);
         let folio = k.mem.page_folio(old.pfn());
@@ -545,7 +548,7 @@ pub fn copy_hugetlb_page_range(k: &Kernel, dst: &MmStruct, src: &MmStruct, vma: 
             addr = (addr | last_addr_mask) + sz;
             continue;
         }
-        debug_assert_ne!(src_pmd, dst_pmd, "an unshared table reached from two mms");
+        assert_ne!(src_pmd, dst_pmd, "an unshared table reached from two mms");
         let _dst_ptl = pgtable::ptl(k, dst_pmd);
         let _src_ptl = pgtable::ptl(k, src_pmd);
         let e = pgtable::read(k, src_pmd, Level::Pmd, addr);
@@ -640,7 +643,7 @@ pub fn hugetlb_change_protection(tlb: &mut MmuGather<'_>, vma: &Vma) -> u64 {
 /// held throughout, the unshare flush before it is dropped).
 pub fn hugetlb_unshare_pmds(k: &Kernel, mm: &MmStruct, vma: &Vma, start: u64, end: u64) {
     let pud = pud_size(k);
-    debug_assert!(start.is_multiple_of(pud) && end.is_multiple_of(pud));
+    assert!(start.is_multiple_of(pud) && end.is_multiple_of(pud), "hugetlb_unshare_pmds of [{start:#x}, {end:#x}): not PUD-aligned");
     if start >= end {
         return;
     }

@@ -10,6 +10,7 @@
 //! CONFIG_MMU_LAZY_TLB_SHOOTDOWN).
 
 use super::zap::{free_pgtables, unmap_vmas};
+use crate::debug_vm::vm_warn_on;
 use crate::gather::MmuGather;
 use crate::kernel::Kernel;
 use crate::mm::address_space::IMmapEntry;
@@ -187,6 +188,6 @@ pub fn mmdrop(k: &Kernel, mm: &Arc<MmStruct>) {
         }
     };
     crate::smp::on_each_cpu_mask(&*k.smp, &users, &leave);
-    debug_assert!(!users.test(me) || k.cpus[me.idx()].loaded_mm.load(Ordering::SeqCst) != mm.id);
+    vm_warn_on!(k, k.cpus[me.idx()].loaded_mm.load(Ordering::SeqCst) == mm.id, "WARN_ON_ONCE(mm == current->active_mm) in __mmdrop", mm.id, 0, mm.pgd);
     crate::pgtable::free_table_frame(k, mm.pgd);
 }

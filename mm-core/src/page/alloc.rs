@@ -12,6 +12,7 @@
 //! - pfn 0 is reserved, so a zero page-table entry never names a real frame.
 
 use super::{flags, MemMap};
+use crate::debug_vm::vm_bug_on;
 use crate::sync::{AtomicI64, Mutex, Ordering};
 use crate::types::{CpuId, Pfn};
 use serde::Serialize;
@@ -114,7 +115,7 @@ impl FreeArea {
         let (o, p) = (order as usize, pfn as usize);
         let (n, pr) = (self.next[p], self.prev[p]);
         if pr == NIL {
-            debug_assert_eq!(self.head[o], p as u32, "free-list remove of a block not on the order-{order} list");
+            assert_eq!(self.head[o], p as u32, "free-list remove of a block not on the order-{order} list");
             self.head[o] = n;
         } else {
             self.next[pr as usize] = n;
@@ -150,6 +151,8 @@ pub struct PageAllocator {
     pcp: Box<[Mutex<Vec<Pfn>>]>,
     in_use: [AtomicI64; KINDS],
     nr_frames: usize,
+    /// `KernelConfig::debug_vm` (the allocator has no `Kernel`).
+    debug_vm: bool,
 }
 
 /// Frames in use by kind (leak report).
@@ -195,7 +198,14 @@ impl PageAllocator {
             pcp: (0..nr_cpus).map(|_| Mutex::new(Vec::new())).collect(),
             in_use: Default::default(),
             nr_frames,
+            debug_vm: true,
         }
+    }
+
+    /// The same allocator with `KernelConfig::debug_vm` set to `on`.
+    pub fn with_debug_vm(mut self, on: bool) -> Self {
+        self.debug_vm = on;
+        self
     }
 
     fn zone_alloc(zone: &mut Zone, order: u32) -> Option<u64> {
@@ -286,7 +296,7 @@ impl PageAllocator {
         let nr = 1u64 << order;
         for i in 0..nr {
             let p = mem.page(pfn.add(i));
-            debug_assert_eq!(p.refcount(), 0, "allocating a frame in use: {:?}", pfn.add(i));
+            vm_bug_on!(on = self.debug_vm, p.refcount() != 0, "VM_BUG_ON_PAGE(page_ref_count(page)) in set_page_refcounted", "allocating a frame in use: {:?}", pfn.add(i));
             p.flags.store(kind.flag() | if i == 0 && order > 0 { flags::PG_HEAD } else { 0 }, Ordering::SeqCst);
             p.head.store(pfn.0, Ordering::SeqCst);
             p.mapcount.store(0, Ordering::SeqCst);
