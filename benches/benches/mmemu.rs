@@ -46,9 +46,25 @@ struct Mode {
 fn mode() -> Mode {
     // Criterion options that take a value (so the value is not a filter).
     const WITH_VALUE: &[&str] = &[
-        "--save-baseline", "-s", "--baseline", "-b", "--load-baseline", "--sample-size", "--warm-up-time",
-        "--measurement-time", "--nresamples", "--noise-threshold", "--confidence-level", "--significance-level",
-        "--profile-time", "--plotting-backend", "--output-format", "--color", "-c", "--format", "--logfile",
+        "--save-baseline",
+        "-s",
+        "--baseline",
+        "-b",
+        "--load-baseline",
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--profile-time",
+        "--plotting-backend",
+        "--output-format",
+        "--color",
+        "-c",
+        "--format",
+        "--logfile",
     ];
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut filter = None;
@@ -65,12 +81,7 @@ fn mode() -> Mode {
         i += 1;
     }
     let has = |f: &str| args.iter().any(|a| a == f || a.starts_with(&format!("{f}=")));
-    Mode {
-        quick: has("--quick"),
-        test: has("--test"),
-        list_or_profile: has("--list") || has("--profile-time"),
-        filter,
-    }
+    Mode { quick: has("--quick"), test: has("--test"), list_or_profile: has("--list") || has("--profile-time"), filter }
 }
 
 fn mmu(c: &mut Criterion) {
@@ -462,9 +473,14 @@ fn loadavg() -> String {
 fn host_description() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "?".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
+    let kernel =
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
     format!("{model}, {} host cores, Linux {kernel}", host::host_cores())
 }
 
@@ -615,7 +631,13 @@ fn ratios(_c: &mut Criterion) {
             unit: "ns/page",
             target: 1.0,
         },
-        Row { what: "TLB hit, thread CPU time (preemption excluded)", emu: med(&mut hit_cpu), host: None, unit: "ns", target: 10.0 },
+        Row {
+            what: "TLB hit, thread CPU time (preemption excluded)",
+            emu: med(&mut hit_cpu),
+            host: None,
+            unit: "ns",
+            target: 10.0,
+        },
     ];
     let dn_alone = med(&mut dn[0]);
     let dn_sib = med(&mut dn[1]);
@@ -624,18 +646,28 @@ fn ratios(_c: &mut Criterion) {
 
     let mut out = String::new();
     use std::fmt::Write as _;
-    let _ = writeln!(out, "mmemu ratios: emulated vs host kernel, alternating rounds in one process, medians of {rounds} rounds");
+    let _ = writeln!(
+        out,
+        "mmemu ratios: emulated vs host kernel, alternating rounds in one process, medians of {rounds} rounds"
+    );
     let _ = writeln!(out, "host: {}", host_description());
-    let _ = writeln!(out, "load average at start: {load0}; at end: {} (shared host: other jobs inflate both columns)", loadavg());
+    let _ = writeln!(
+        out,
+        "load average at start: {load0}; at end: {} (shared host: other jobs inflate both columns)",
+        loadavg()
+    );
     if m.test || munmap_bytes != GIB {
         let _ = writeln!(out, "NOTE: --test mode: tiny sizes, one round; these numbers are a smoke test only");
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "{:<66} {:>10} {:>10} {:>8} {:>7} {:>7}", "metric", "emulated", "host", "ratio", "target", "met");
+    let _ =
+        writeln!(out, "{:<66} {:>10} {:>10} {:>8} {:>7} {:>7}", "metric", "emulated", "host", "ratio", "target", "met");
     for r in &rows {
         let (ratio, met) = match (r.emu, r.host) {
             (Some(e), Some(h)) => (Some(e / h), if e / h <= r.target { "yes" } else { "NO" }),
-            (Some(e), None) if r.host.is_none() && r.what.starts_with("TLB") => (None, if e <= r.target { "yes" } else { "NO" }),
+            (Some(e), None) if r.host.is_none() && r.what.starts_with("TLB") => {
+                (None, if e <= r.target { "yes" } else { "NO" })
+            }
             _ => (None, "n/a"),
         };
         let target = if r.what.starts_with("TLB") { format!("<={}ns", r.target) } else { format!("<={}x", r.target) };
@@ -658,8 +690,22 @@ fn ratios(_c: &mut Criterion) {
     };
     let _ = writeln!(out, "reference, no target: touch + MADV_DONTNEED of one page, ns per pair");
     let _ = writeln!(out, "{:<24} {:>10} {:>10} {:>12}", "", "alone", "sibling", "shootdown");
-    let _ = writeln!(out, "{:<24} {:>10} {:>10} {:>12}", "emulated (spin, 2 CPUs)", fmt_opt(edn_alone), fmt_opt(edn_sib), diff(edn_alone, edn_sib));
-    let _ = writeln!(out, "{:<24} {:>10} {:>10} {:>12}", "host", fmt_opt(dn_alone), fmt_opt(dn_sib), diff(dn_alone, dn_sib));
+    let _ = writeln!(
+        out,
+        "{:<24} {:>10} {:>10} {:>12}",
+        "emulated (spin, 2 CPUs)",
+        fmt_opt(edn_alone),
+        fmt_opt(edn_sib),
+        diff(edn_alone, edn_sib)
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:>10} {:>10} {:>12}",
+        "host",
+        fmt_opt(dn_alone),
+        fmt_opt(dn_sib),
+        diff(dn_alone, dn_sib)
+    );
     let _ = writeln!(
         out,
         "host membarrier with no sibling running (syscall only, no IPI): median {} ns",

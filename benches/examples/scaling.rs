@@ -42,7 +42,10 @@ fn ipi_ns(m: &EmuIpi, t: Targets, rounds: usize, budget: Duration) -> f64 {
 }
 
 fn cpus_table() {
-    println!("emulated cross-call cost vs CPUs (ns per smp_call_function_many, empty handler; {} host cores)", host::host_cores());
+    println!(
+        "emulated cross-call cost vs CPUs (ns per smp_call_function_many, empty handler; {} host cores)",
+        host::host_cores()
+    );
     println!("{:>5} {:>10} {:>14} {:>16}", "CPUs", "policy", "1 target", "all targets");
     for n in [2usize, 4, 8, 16, 32, 64] {
         for p in POLICIES {
@@ -81,7 +84,8 @@ fn range_table() {
             e.push(t.as_nanos() as f64 / (reps * pages) as f64);
             let mut ht = 0.0;
             for _ in 0..reps {
-                ht += host::host_munmap_ns_per_page(pages as usize * host::HOST_PAGE).expect("host munmap") * pages as f64;
+                ht += host::host_munmap_ns_per_page(pages as usize * host::HOST_PAGE).expect("host munmap")
+                    * pages as f64;
             }
             h.push(ht / (reps * pages) as f64);
         }
@@ -103,7 +107,11 @@ fn main() {
             let iters: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(200_000);
             let e = benches::emu::EmuDontneed::new(sib, p);
             let d = e.time(iters);
-            println!("touch+DONTNEED, sibling {sib}, {}: {:.1} ns per pair", policy_name(p), d.as_nanos() as f64 / iters as f64);
+            println!(
+                "touch+DONTNEED, sibling {sib}, {}: {:.1} ns per pair",
+                policy_name(p),
+                d.as_nanos() as f64 / iters as f64
+            );
         }
         Some("rtt") => {
             let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2);
@@ -112,7 +120,11 @@ fn main() {
             let t = if args.get(4).map(String::as_str) == Some("all") { Targets::All } else { Targets::One };
             let m = EmuIpi::new(n, p);
             let d = m.time(calls, t);
-            println!("{n} CPUs, {}, {t:?}: {calls} calls, {:.1} ns per call", policy_name(p), d.as_nanos() as f64 / calls as f64);
+            println!(
+                "{n} CPUs, {}, {t:?}: {calls} calls, {:.1} ns per call",
+                policy_name(p),
+                d.as_nanos() as f64 / calls as f64
+            );
         }
         _ => {
             eprintln!("usage: scaling cpus | range | rtt [CPUS] [spin|park|adaptive] [CALLS] [one|all]");

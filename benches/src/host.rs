@@ -284,7 +284,7 @@ impl Region {
     fn munmap(mut self) -> Result<Timed, String> {
         let (p, len) = (self.ptr, self.len);
         self.len = 0; // Drop does nothing now
-        // SAFETY: [p, p+len) is this region's mapping and nothing borrows it.
+                      // SAFETY: [p, p+len) is this region's mapping and nothing borrows it.
         let (r, t) = Timed::measure(|| unsafe { libc::munmap(p.cast(), len) });
         if r != 0 {
             return Err(errno_msg("munmap"));

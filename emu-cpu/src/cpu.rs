@@ -376,7 +376,13 @@ impl Shared {
     }
 
     /// Block (per policy) until something may be in `rxs`, at most `max`.
-    pub(crate) fn idle_wait(&self, spins: &mut u32, rxs: &[&Receiver<Ipi>], task: Option<&Receiver<Task>>, max: Duration) {
+    pub(crate) fn idle_wait(
+        &self,
+        spins: &mut u32,
+        rxs: &[&Receiver<Ipi>],
+        task: Option<&Receiver<Task>>,
+        max: Duration,
+    ) {
         let ready = || rxs.iter().any(|r| !r.is_empty()) || task.is_some_and(|t| !t.is_empty());
         if self.spins_next(*spins) {
             *spins = spins.wrapping_add(1);

@@ -31,9 +31,9 @@ use crossbeam::channel::{Receiver, RecvTimeoutError};
 use mm_core::sync::{Arc, AtomicU64, Ordering};
 use mm_core::types::CpuId;
 
+use cpu::{panic_message, Shared, Task};
 pub use cpu::{MachineSmp, HZ, TICK};
 pub use system::System;
-use cpu::{panic_message, Shared, Task};
 
 /// How an idle CPU (or a sender waiting for acknowledgements) waits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

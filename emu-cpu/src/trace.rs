@@ -93,14 +93,19 @@ pub enum Args {
     None,
     /// tlb_flush: `"reason"` (the Stat's name) and `"pages"` (a number, or
     /// `TLB_FLUSH_ALL` for `mm_core::stats::TLB_FLUSH_ALL`).
-    TlbFlush { reason: Stat, pages: u64 },
+    TlbFlush {
+        reason: Stat,
+        pages: u64,
+    },
     /// IPI handler: `"from"`, the sending CPU.
     From(CpuId),
     /// smp_call_function_many: `"targets"`, the CPUs of cross call `call`
     /// (`next_id()`), comma-separated.  Not stored: they are the targets of
     /// the call's `FlowStart` events (`id = call << 8 | cpu`), which are
     /// recorded before the slice and so are kept whenever it is.
-    Targets { call: u64 },
+    Targets {
+        call: u64,
+    },
 }
 
 /// One recorded event on one emulated CPU's track.

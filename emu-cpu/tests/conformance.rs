@@ -110,7 +110,12 @@ fn observe(k: &Kernel, mms: &[&Arc<MmStruct>]) -> String {
         s += "\n";
     }
     for mm in mms {
-        s += &format!("mm{}: cpumask={:?} tlb_gen={}\n", mm.id, mm.cpumask.snapshot(), mm.tlb_gen.load(Ordering::SeqCst));
+        s += &format!(
+            "mm{}: cpumask={:?} tlb_gen={}\n",
+            mm.id,
+            mm.cpumask.snapshot(),
+            mm.tlb_gen.load(Ordering::SeqCst)
+        );
     }
     s += &format!(
         "tables_freed={} in_use={:?} violations={}\n",
@@ -142,18 +147,26 @@ fn program(r: &dyn Runner) -> Vec<String> {
     let pages = 512 + 64;
     r.user(0, &a, Box::new(move |k, mm| mmap_anon(k, mm, BASE, pages * PS, true).unwrap()));
     for c in 0..NCPU as u32 {
-        r.user(c, &a, Box::new(move |k, mm| {
-            for p in (u64::from(c)..pages).step_by(NCPU) {
-                k.write_user(mm, BASE + p * PS, p).unwrap();
-            }
-        }));
+        r.user(
+            c,
+            &a,
+            Box::new(move |k, mm| {
+                for p in (u64::from(c)..pages).step_by(NCPU) {
+                    k.write_user(mm, BASE + p * PS, p).unwrap();
+                }
+            }),
+        );
     }
     step(&mut log, "touch");
     // 2. mm B on CPUs 2 and 3 (they switch away from A: context switch).
-    r.user(2, &b, Box::new(|k, mm| {
-        mmap_anon(k, mm, BASE, 16 * PS, true).unwrap();
-        k.write_user(mm, BASE, 1).unwrap();
-    }));
+    r.user(
+        2,
+        &b,
+        Box::new(|k, mm| {
+            mmap_anon(k, mm, BASE, 16 * PS, true).unwrap();
+            k.write_user(mm, BASE, 1).unwrap();
+        }),
+    );
     r.user(3, &b, Box::new(|k, mm| k.write_user(mm, BASE + PS, 2).map(|_| ()).unwrap()));
     step(&mut log, "switch to B");
     // 3. One-page MADV_DONTNEED of A from CPU0: ranged flush; CPUs 1 (lazy
@@ -164,11 +177,15 @@ fn program(r: &dyn Runner) -> Vec<String> {
     r.user(1, &a, Box::new(|k, mm| madvise_dontneed(k, mm, BASE, 100 * PS).unwrap()));
     step(&mut log, "madvise 100 pages");
     // 5. mprotect read-only, then a read on CPU0.
-    r.user(0, &a, Box::new(|k, mm| {
-        mprotect(k, mm, BASE, 64 * PS, true, false).unwrap();
-        assert!(k.write_user(mm, BASE + 200 * PS, 3).is_ok());
-        assert!(k.write_user(mm, BASE + 2 * PS, 3).is_err());
-    }));
+    r.user(
+        0,
+        &a,
+        Box::new(|k, mm| {
+            mprotect(k, mm, BASE, 64 * PS, true, false).unwrap();
+            assert!(k.write_user(mm, BASE + 200 * PS, 3).is_ok());
+            assert!(k.write_user(mm, BASE + 2 * PS, 3).is_err());
+        }),
+    );
     step(&mut log, "mprotect");
     // 6. A kernel thread on CPU1 (lazy), then munmap of the whole 2 MiB
     //    region from CPU0: tables are freed, so lazy CPUs are interrupted.
@@ -176,14 +193,18 @@ fn program(r: &dyn Runner) -> Vec<String> {
     r.user(0, &a, Box::new(|k, mm| munmap(k, mm, BASE, 512 * PS).unwrap()));
     step(&mut log, "munmap with freed tables");
     // 7. fork of A on CPU3, the child writes and exits there.
-    r.user(3, &a, Box::new(|k, mm| {
-        let child = dup_mmap(k, mm).unwrap();
-        switch_mm(k, &child);
-        k.write_user(&child, BASE + 520 * PS, 9).unwrap();
-        exit_mm(k, &child);
-        switch_mm(k, mm);
-        assert_eq!(k.read_user(mm, BASE + 520 * PS).unwrap(), 520);
-    }));
+    r.user(
+        3,
+        &a,
+        Box::new(|k, mm| {
+            let child = dup_mmap(k, mm).unwrap();
+            switch_mm(k, &child);
+            k.write_user(&child, BASE + 520 * PS, 9).unwrap();
+            exit_mm(k, &child);
+            switch_mm(k, mm);
+            assert_eq!(k.read_user(mm, BASE + 520 * PS).unwrap(), 520);
+        }),
+    );
     step(&mut log, "fork + child exit");
     // 8. Both mms exit.
     r.user(2, &b, Box::new(|k, mm| exit_mm(k, mm)));

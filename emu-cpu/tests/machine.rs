@@ -311,8 +311,11 @@ fn hang_means_no_progress_not_a_long_task() {
 fn a_cpu_that_never_idles_still_frees_rcu_tables() {
     use emu_cpu::System;
     use mm_core::ops::{mmap_anon, munmap};
-    let s = System::new(mm_core::KernelConfig { nr_cpus: 1, ..mm_core::KernelConfig::default() }, cfg(WaitPolicy::Adaptive))
-        .unwrap();
+    let s = System::new(
+        mm_core::KernelConfig { nr_cpus: 1, ..mm_core::KernelConfig::default() },
+        cfg(WaitPolicy::Adaptive),
+    )
+    .unwrap();
     let mm = s.mm_alloc().unwrap();
     let freed = s
         .run_user(CpuId(0), &mm, |k, mm| {

@@ -52,10 +52,13 @@ fn records_ipis_flows_irqs_off_and_tlb_flush_only_when_started() {
     assert!(has(0, "smp_call_function_many"), "sender slice");
     assert!(has(1, "IPI: call_function"), "handler slice on the target");
     assert!(evs.iter().any(|e| e.name == "irqs_off" && matches!(e.kind, Kind::Slice { .. })));
-    let starts: Vec<u64> = evs.iter().filter_map(|e| if let Kind::FlowStart { id } = e.kind { Some(id) } else { None }).collect();
-    let ends: Vec<u64> = evs.iter().filter_map(|e| if let Kind::FlowEnd { id } = e.kind { Some(id) } else { None }).collect();
+    let starts: Vec<u64> =
+        evs.iter().filter_map(|e| if let Kind::FlowStart { id } = e.kind { Some(id) } else { None }).collect();
+    let ends: Vec<u64> =
+        evs.iter().filter_map(|e| if let Kind::FlowEnd { id } = e.kind { Some(id) } else { None }).collect();
     assert!(!ends.is_empty() && ends.iter().all(|id| starts.contains(id)), "flows sender -> target");
-    assert!(evs.iter().any(|e| e.name == "tlb_flush" && matches!(e.args, Args::TlbFlush { reason, .. } if reason.name().starts_with("TLB_"))));
+    assert!(evs.iter().any(|e| e.name == "tlb_flush"
+        && matches!(e.args, Args::TlbFlush { reason, .. } if reason.name().starts_with("TLB_"))));
     // Each cross call's slice names the call whose flows start on the sender.
     for e in evs.iter().filter(|e| e.name == "smp_call_function_many") {
         let Args::Targets { call } = e.args else { panic!("{e:?}") };

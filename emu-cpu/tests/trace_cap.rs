@@ -9,7 +9,14 @@ fn events_past_the_cap_are_dropped_and_counted() {
     trace::start();
     for i in 0..MAX_EVENTS + OVER {
         let args = if i % 2 == 0 { Args::None } else { Args::Targets { call: i as u64 } };
-        trace::emit(Event { cpu: (i % 4) as u32, ts_us: i as f64, name: "ev", cat: Cat::Irq, kind: Kind::Instant, args });
+        trace::emit(Event {
+            cpu: (i % 4) as u32,
+            ts_us: i as f64,
+            name: "ev",
+            cat: Cat::Irq,
+            kind: Kind::Instant,
+            args,
+        });
     }
     let (evs, dropped) = trace::stop();
     assert_eq!(evs.len(), MAX_EVENTS);

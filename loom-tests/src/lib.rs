@@ -63,11 +63,7 @@ pub mod model {
             f()
         });
         let n = runs.load(Ordering::Relaxed);
-        eprintln!(
-            "loom model {name}: {n} executions, bound {}, {} ms",
-            preemption_bound(),
-            t0.elapsed().as_millis()
-        );
+        eprintln!("loom model {name}: {n} executions, bound {}, {} ms", preemption_bound(), t0.elapsed().as_millis());
         n
     }
 
@@ -155,7 +151,11 @@ pub mod model {
         F: Fn() -> Option<String> + Sync + Send + 'static,
     {
         let e = explore(name, f);
-        assert_eq!(e.failing, 0, "loom model {name}: {} of {} executions failed; first: {:?}", e.failing, e.executions, e.first);
+        assert_eq!(
+            e.failing, 0,
+            "loom model {name}: {} of {} executions failed; first: {:?}",
+            e.failing, e.executions, e.first
+        );
         e
     }
 
@@ -179,5 +179,4 @@ pub mod model {
     pub fn violation(k: &Kernel) -> Option<String> {
         k.san.violations().first().map(|v| v.to_string())
     }
-
 }

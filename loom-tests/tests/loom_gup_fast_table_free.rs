@@ -119,5 +119,7 @@ fn gup_fast_table_free_batch_fail_fixed() {
 
 #[test]
 fn gup_fast_table_free_batch_fail_reverted() {
-    check_reverted("gup_fast_table_free_batch_fail_reverted", "sanitizer: gup-fast-freed-table", || model(BATCH_FAIL_NO_SYNC));
+    check_reverted("gup_fast_table_free_batch_fail_reverted", "sanitizer: gup-fast-freed-table", || {
+        model(BATCH_FAIL_NO_SYNC)
+    });
 }

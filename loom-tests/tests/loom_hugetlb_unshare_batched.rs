@@ -66,8 +66,8 @@ fn model(sync_before_unlock: bool) -> Option<String> {
     let g = k.cfg.geometry;
     let (hs, pud) = (g.pmd_size(), g.pud_size());
     let base = g.task_size() / 4; // PGD-aligned: one PUD table
-    // Set-up (CPU0): P1 maps the file over one PUD region and faults huge
-    // page F; P2 and P3 are forked from it: S has pt_share_count 2.
+                                  // Set-up (CPU0): P1 maps the file over one PUD region and faults huge
+                                  // page F; P2 and P3 are forked from it: S has pt_share_count 2.
     let f = k.new_file(pud / g.page_size());
     let p1 = k.mm_alloc();
     switch_mm(&k, &p1);

@@ -33,8 +33,8 @@ use mm_core::config::{Arch, Fix};
 use mm_core::hw::pte::Level;
 use mm_core::ops::fault::handle_mm_fault;
 use mm_core::ops::gup::{gup_fast, put_user_pages, Foll, GupFastPoint};
-use mm_core::pgtable::{lookup_table, read};
 use mm_core::ops::{dup_mmap, exit_mm, mmap_anon, mmap_hugetlb, munmap};
+use mm_core::pgtable::{lookup_table, read};
 use mm_core::tlb::switch_mm;
 use mm_core::CpuId;
 
@@ -47,9 +47,9 @@ fn model(fix: bool) -> Option<String> {
     let g = k.cfg.geometry;
     let (hs, pud) = (g.pmd_size(), g.pud_size());
     let base = g.task_size() / 4; // PGD-aligned: one PUD table
-    // Set-up (CPU0): P1 maps the file over one whole PUD region and faults
-    // its first huge page F; P2 is forked from P1, so P2's PUD points at
-    // P1's PMD table S (pt_share_count 1).
+                                  // Set-up (CPU0): P1 maps the file over one whole PUD region and faults
+                                  // its first huge page F; P2 is forked from P1, so P2's PUD points at
+                                  // P1's PMD table S (pt_share_count 1).
     let f = k.new_file(pud / g.page_size());
     let p1 = k.mm_alloc();
     switch_mm(&k, &p1);

@@ -103,22 +103,14 @@ impl Fix {
     /// What the code does with the switch off.
     pub fn off_means(self) -> &'static str {
         match self {
-            Fix::KhugepagedGupFastIpi => {
-                "collapse frees/reuses the PTE table without tlb_remove_table_sync_one"
-            }
+            Fix::KhugepagedGupFastIpi => "collapse frees/reuses the PTE table without tlb_remove_table_sync_one",
             Fix::DelayRmap => "zap removes rmap before the TLB flush",
             Fix::HugetlbUnshareSync => "huge_pmd_unshare sends no IPI at all",
-            Fix::HugetlbUnshareBatched => {
-                "one sync IPI broadcast per unshared table, even when not the last sharer"
-            }
+            Fix::HugetlbUnshareBatched => "one sync IPI broadcast per unshared table, even when not the last sharer",
             Fix::SecondaryTlbOnFlush => "TLB flushes do not invalidate the secondary (IOMMU) TLB",
             Fix::FolioPagesBatching => "large folios gathered page by page",
-            Fix::NestedFlushDetect => {
-                "tlb_finish_mmu trusts its own range even when a parallel zap is pending"
-            }
-            Fix::LazyTlbFreedTables => {
-                "lazy-TLB CPUs are skipped even when page tables were freed"
-            }
+            Fix::NestedFlushDetect => "tlb_finish_mmu trusts its own range even when a parallel zap is pending",
+            Fix::LazyTlbFreedTables => "lazy-TLB CPUs are skipped even when page tables were freed",
             Fix::GupPmdRecheck => "gup_fast_pte_range does not re-check the PMD after the grab",
         }
     }
@@ -330,12 +322,7 @@ impl Default for KernelConfig {
 impl KernelConfig {
     /// A tiny configuration for loom models: small geometry, small TLB, few frames.
     pub fn small() -> Self {
-        Self {
-            geometry: Geometry::SMALL,
-            tlb: TlbShape::SMALL,
-            ram_frames: 64,
-            ..Self::default()
-        }
+        Self { geometry: Geometry::SMALL, tlb: TlbShape::SMALL, ram_frames: 64, ..Self::default() }
     }
 
     /// Check the values make sense; the message says what is wrong and what is allowed.
@@ -348,20 +335,14 @@ impl KernelConfig {
             return Err(format!("geometry.page_shift = {}: allowed 12..=16", g.page_shift));
         }
         if self.nr_cpus == 0 || self.nr_cpus > crate::types::NR_CPUS {
-            return Err(format!(
-                "nr_cpus = {}: allowed 1..={}",
-                self.nr_cpus,
-                crate::types::NR_CPUS
-            ));
+            return Err(format!("nr_cpus = {}: allowed 1..={}", self.nr_cpus, crate::types::NR_CPUS));
         }
         if self.ram_frames < 16 || self.ram_frames > (1 << 24) {
             return Err(format!("ram_frames = {}: allowed 16..=16777216", self.ram_frames));
         }
         let t = self.tlb;
         if !t.sets.is_power_of_two() || !t.huge_sets.is_power_of_two() || t.ways == 0 || t.psc_entries == 0 {
-            return Err(format!(
-                "tlb shape {t:?}: sets and huge_sets must be powers of two, ways and psc_entries ≥ 1"
-            ));
+            return Err(format!("tlb shape {t:?}: sets and huge_sets must be powers of two, ways and psc_entries ≥ 1"));
         }
         if self.tlb_single_page_flush_ceiling == 0 {
             return Err("tlb_single_page_flush_ceiling must be ≥ 1".into());

@@ -207,7 +207,8 @@ impl SvaDevice {
     fn walk(&self, k: &Kernel, tlb: &mut Tlb, va: u64, write: bool) -> Result<TlbEntry, ()> {
         let table = pgtable::lookup_table(k, &self.mm, va, Level::Pte).ok_or(())?;
         let slot = pgtable::slot(k, table, Level::Pte, va);
-        let cur = crate::hw::mmu::set_accessed_dirty(slot, Pte(slot.load(Ordering::SeqCst)), write, Level::Pte).map_err(|_| ())?;
+        let cur = crate::hw::mmu::set_accessed_dirty(slot, Pte(slot.load(Ordering::SeqCst)), write, Level::Pte)
+            .map_err(|_| ())?;
         let pfn = cur.pfn();
         tlb.insert(self.mm.id, va, pfn, cur.write(), cur.dirty(), false, k.hw.ram.gen(pfn));
         Ok(*tlb.lookup(self.mm.id, va).expect("just filled"))

@@ -102,11 +102,7 @@ impl Kernel {
     pub fn new(cfg: KernelConfig, smp: Box<dyn Smp>) -> Result<Arc<Kernel>, String> {
         cfg.validate()?;
         if smp.nr_cpus() != cfg.nr_cpus {
-            return Err(format!(
-                "config says {} CPUs but the machine has {}",
-                cfg.nr_cpus,
-                smp.nr_cpus()
-            ));
+            return Err(format!("config says {} CPUs but the machine has {}", cfg.nr_cpus, smp.nr_cpus()));
         }
         let n = cfg.nr_cpus;
         Ok(Arc::new(Kernel {
@@ -192,7 +188,8 @@ impl Kernel {
     /// not deadlocked; under loom it yields.
     pub fn folio_lock(&self, folio: Folio) {
         let page = self.mem.folio(folio);
-        while page.flags.fetch_or(crate::page::flags::PG_LOCKED, Ordering::SeqCst) & crate::page::flags::PG_LOCKED != 0 {
+        while page.flags.fetch_or(crate::page::flags::PG_LOCKED, Ordering::SeqCst) & crate::page::flags::PG_LOCKED != 0
+        {
             self.smp.cpu_relax();
             crate::sync::spin_loop();
         }
@@ -239,7 +236,11 @@ impl Kernel {
                 .leaf_entries_of(loaded)
                 .find(|e| within(e.pfn, if e.huge { hpn } else { 1 }) && e.gen == self.hw.ram.gen(e.pfn))
             {
-                let shift = if e.huge { self.cfg.geometry.level_shift(crate::hw::pte::Level::Pmd) } else { self.cfg.geometry.page_shift };
+                let shift = if e.huge {
+                    self.cfg.geometry.level_shift(crate::hw::pte::Level::Pmd)
+                } else {
+                    self.cfg.geometry.page_shift
+                };
                 self.san.record(Violation {
                     kind: ViolationKind::FreedBeforeFlush,
                     cpu: Some(cpu),
@@ -303,8 +304,7 @@ impl Kernel {
                 Err(fault) => {
                     self.stats.inc(cpu, Stat::PageFaults);
                     let write = matches!(op, Access::Write(_));
-                    crate::ops::fault::handle_mm_fault(self, mm, va, write)
-                        .map_err(|_| Segv { va, fault })?;
+                    crate::ops::fault::handle_mm_fault(self, mm, va, write).map_err(|_| Segv { va, fault })?;
                 }
             }
         }

@@ -98,9 +98,7 @@ impl StatsSnapshot {
 impl Stats {
     pub fn new(nr_cpus: usize) -> Self {
         Self {
-            per_cpu: (0..nr_cpus)
-                .map(|_| (0..Stat::ALL.len()).map(|_| StatCounter::new(0)).collect())
-                .collect(),
+            per_cpu: (0..nr_cpus).map(|_| (0..Stat::ALL.len()).map(|_| StatCounter::new(0)).collect()).collect(),
             trace: HookCell::new(),
         }
     }

@@ -135,9 +135,7 @@ mod imp {
             self.0.into_inner()
         }
     }
-    pub use std::sync::atomic::{
-        fence, AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering,
-    };
+    pub use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
     pub use std::sync::{Arc, Weak};
 
     /// One iteration of a spin-wait.  Under loom this yields so the model

@@ -84,4 +84,3 @@ impl Until {
         self.deadline.filter(|d| now >= *d).map(|d| now - d)
     }
 }
-

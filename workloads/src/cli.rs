@@ -404,13 +404,16 @@ fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
         ErrorKind::UnknownArgument => {
             let x = one(K::InvalidArg);
             // After `--` everything is a positional argument, dashes or not.
-            let after_dashes =
-                args.iter().position(|a| a == "--").is_some_and(|p| args[p + 1..].iter().any(|a| a.to_str() == Some(x.as_str())));
+            let after_dashes = args
+                .iter()
+                .position(|a| a == "--")
+                .is_some_and(|p| args[p + 1..].iter().any(|a| a.to_str() == Some(x.as_str())));
             let is_option = x.len() > 1 && x.starts_with('-') && x.parse::<f64>().is_err() && !after_dashes;
             let mut dym = all(K::SuggestedArg);
             if dym.is_empty() && is_option {
                 // Also `-c` / `-cpus` (clap reads the latter as -c -p -u -s).
-                let longs: Vec<&str> = cmd.get_arguments().filter(|a| !a.is_hide_set()).filter_map(|a| a.get_long()).collect();
+                let longs: Vec<&str> =
+                    cmd.get_arguments().filter(|a| !a.is_hide_set()).filter_map(|a| a.get_long()).collect();
                 dym = suggest(x.trim_start_matches('-'), &longs).into_iter().map(|l| format!("--{l}")).collect();
             }
             let dym = did_you_mean(&dym);
@@ -427,7 +430,9 @@ fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
                         })
                         .collect();
                     if pos.is_empty() {
-                        format!("unexpected argument '{x}'; {label} takes no positional arguments, only the options {opts}")
+                        format!(
+                            "unexpected argument '{x}'; {label} takes no positional arguments, only the options {opts}"
+                        )
                     } else {
                         format!("unexpected argument '{x}'; {label} takes one {} and the options {opts}", pos.join(" "))
                     }
@@ -436,7 +441,8 @@ fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
         }
         ErrorKind::ValueValidation => {
             let a = one(K::InvalidArg);
-            let msg = std::error::Error::source(e).map_or_else(|| format!("invalid value '{}'", one(K::InvalidValue)), |s| s.to_string());
+            let msg = std::error::Error::source(e)
+                .map_or_else(|| format!("invalid value '{}'", one(K::InvalidValue)), |s| s.to_string());
             if a.starts_with('-') {
                 format!("{}: {msg}", flag(&a))
             } else {
@@ -545,7 +551,10 @@ impl RunSpec {
     pub fn validate(&self) -> Result<(), String> {
         let s = self.scenario;
         if self.cpus < s.min_cpus {
-            return Err(format!("scenario {} needs at least {} CPUs; allowed --cpus {}..={MAX_CPUS}", s.name, s.min_cpus, s.min_cpus));
+            return Err(format!(
+                "scenario {} needs at least {} CPUs; allowed --cpus {}..={MAX_CPUS}",
+                s.name, s.min_cpus, s.min_cpus
+            ));
         }
         if let ArchReq::Requires(a) = s.arch {
             if a != self.arch {
@@ -561,7 +570,8 @@ impl RunSpec {
     }
 
     fn kcfg(&self) -> KernelConfig {
-        let mut k = KernelConfig { arch: self.arch, nr_cpus: self.cpus, debug_vm: self.debug_vm, ..KernelConfig::default() };
+        let mut k =
+            KernelConfig { arch: self.arch, nr_cpus: self.cpus, debug_vm: self.debug_vm, ..KernelConfig::default() };
         for f in &self.reverted {
             k.fixes.set(*f, false);
         }
@@ -601,7 +611,8 @@ fn host_mem_available() -> Option<u64> {
 /// host has available, is refused with the parameters that asked for it.
 fn plan_memory(spec: &RunSpec, ctx: &Ctx) -> Result<MemoryJson, CliError> {
     let s = spec.scenario;
-    let frames = scenarios::ram_frames(ctx, (s.frames)(ctx)).map_err(|e| CliError::Usage(format!("scenario {}: {e}", s.name)))?;
+    let frames = scenarios::ram_frames(ctx, (s.frames)(ctx))
+        .map_err(|e| CliError::Usage(format!("scenario {}: {e}", s.name)))?;
     let kcfg = KernelConfig { ram_frames: frames, ..ctx.kcfg.clone() };
     let est = mm_core::kernel::HostMemory::of(&kcfg);
     let host = est.total() + spec.cpus as u64 * emu_cpu::HOST_BYTES_PER_CPU;
@@ -619,7 +630,11 @@ fn plan_memory(spec: &RunSpec, ctx: &Ctx) -> Result<MemoryJson, CliError> {
             )));
         }
     }
-    Ok(MemoryJson { emulated_ram_frames: frames as u64, emulated_ram_bytes: est.emulated_ram, host_estimate_bytes: host })
+    Ok(MemoryJson {
+        emulated_ram_frames: frames as u64,
+        emulated_ram_bytes: est.emulated_ram,
+        host_estimate_bytes: host,
+    })
 }
 
 /// Set while a scenario runs: the panic hook stays quiet.  Panics on
@@ -887,7 +902,8 @@ fn list(json: bool) -> Result<i32, CliError> {
         };
         let ex = exposed_by(s);
         let ex = if ex.is_empty() { String::new() } else { format!(", exposes {}", ex.join(", ")) };
-        let _ = writeln!(out, "  {:<22}{arch}, {}+ CPUs, {} rounds by default{ex}", "", s.min_cpus, s.default_iterations);
+        let _ =
+            writeln!(out, "  {:<22}{arch}, {}+ CPUs, {} rounds by default{ex}", "", s.min_cpus, s.default_iterations);
         for p in s.params {
             let _ = writeln!(out, "  {:<24}{}={} ({}..={}): {}", "", p.key, p.default, p.min, p.max, p.help);
         }
@@ -936,7 +952,10 @@ fn run(a: RunArgs) -> Result<i32, CliError> {
         // report would be lost); a refused run leaves no empty file.
         spec.validate().map_err(CliError::Usage)?;
         std::fs::File::create(path).map_err(|e| {
-            CliError::Usage(format!("--trace '{}': cannot create the file: {e}; allowed: a file path in a writable directory", path.display()))
+            CliError::Usage(format!(
+                "--trace '{}': cannot create the file: {e}; allowed: a file path in a writable directory",
+                path.display()
+            ))
         })?;
     }
     if std::io::stderr().is_terminal() {
@@ -1024,21 +1043,36 @@ fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
     // still says so.
     let interrupted = off.interrupted || on.interrupted;
     let broke = on.failed() || (off.failed() && off.verdict != "violations");
-    Ok(if interrupted { exit_status(broke) } else if reproduced { 0 } else { 1 })
+    Ok(if interrupted {
+        exit_status(broke)
+    } else if reproduced {
+        0
+    } else {
+        1
+    })
 }
 
 /// The `reproduce` table.
 pub fn side_by_side(fix: Fix, e: &scenarios::Exposer, off: &Report, on: &Report, reproduced: bool) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(s, "mmemu reproduce {} (commit {}): scenario {} on {}, {} CPUs", fix.name(), fix.commit(), e.scenario, e.arch.name(), off.cpus);
+    let _ = writeln!(
+        s,
+        "mmemu reproduce {} (commit {}): scenario {} on {}, {} CPUs",
+        fix.name(),
+        fix.commit(),
+        e.scenario,
+        e.arch.name(),
+        off.cpus
+    );
     let _ = writeln!(s, "  fix off means: {}", fix.off_means());
     let _ = writeln!(s, "\n  {:<34}{:>14}{:>14}", "", "fix off", "fix on");
     let mut row = |label: &str, a: String, b: String| {
         let _ = writeln!(s, "  {label:<34}{a:>14}{b:>14}");
     };
     row("violations", off.violations.count.to_string(), on.violations.count.to_string());
-    let kinds: std::collections::BTreeSet<_> = off.violations.by_kind.keys().chain(on.violations.by_kind.keys()).cloned().collect();
+    let kinds: std::collections::BTreeSet<_> =
+        off.violations.by_kind.keys().chain(on.violations.by_kind.keys()).cloned().collect();
     for k in kinds {
         let g = |r: &Report| r.violations.by_kind.get(&k).copied().unwrap_or(0).to_string();
         row(&format!("  {k}"), g(off), g(on));
@@ -1188,7 +1222,11 @@ fn stress(a: StressArgs) -> Result<i32, CliError> {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "mmemu stress: {cpus} CPUs, {:.1} s, seed {}", t0.elapsed().as_secs_f64(), a.machine.seed);
-    let _ = writeln!(out, "  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}  note", "scenario", "runs", "rounds", "ops", "violations", "leaked", "failures");
+    let _ = writeln!(
+        out,
+        "  {:<22}{:>6}{:>10}{:>12}{:>12}{:>8}{:>10}  note",
+        "scenario", "runs", "rounds", "ops", "violations", "leaked", "failures"
+    );
     for (s, t) in all.iter().zip(&tallies) {
         let note = if skipped(s) {
             format!("skipped: needs {}+ CPUs", s.min_cpus)

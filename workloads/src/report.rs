@@ -305,7 +305,11 @@ impl Report {
             teardown_s: o.teardown.as_secs_f64(),
             interrupted: o.interrupted,
             program_digest: (o.program_digest != 0).then(|| format!("{:#018x}", o.program_digest)),
-            interrupts: Interrupts { cal: m.cal.clone(), tlb: m.cpu(Stat::IrqTlbCount).to_vec(), sent: m.ipis_sent.clone() },
+            interrupts: Interrupts {
+                cal: m.cal.clone(),
+                tlb: m.cpu(Stat::IrqTlbCount).to_vec(),
+                sent: m.ipis_sent.clone(),
+            },
             vmstat: VMSTAT.iter().map(|s| (s.name(), m.total(*s))).collect(),
             per_cpu: VMSTAT.iter().map(|s| (s.name(), m.cpu(*s).to_vec())).collect(),
             sync_one_broadcasts: m.total(Stat::TlbRemoveTableSyncOne),
@@ -470,7 +474,11 @@ impl Report {
         if let Some(t) = &self.trace {
             match &t.error {
                 None => {
-                    let _ = writeln!(s, "  trace: {} ({} events, {} dropped) — open in ui.perfetto.dev", t.file, t.events, t.dropped);
+                    let _ = writeln!(
+                        s,
+                        "  trace: {} ({} events, {} dropped) — open in ui.perfetto.dev",
+                        t.file, t.events, t.dropped
+                    );
                 }
                 Some(e) => {
                     let _ = writeln!(s, "  trace: NOT written: {e}");
@@ -511,9 +519,13 @@ mod tests {
     /// carries its kernel `check`, other kinds have no such key.
     #[test]
     fn violation_records_name_their_kind_and_a_warnings_check() {
-        let v = |kind| Violation { kind, cpu: Some(CpuId(2)), mm: 3, va: 0x1000, pfn: Pfn(7), cached_gen: 4, frame_gen: 5 };
+        let v =
+            |kind| Violation { kind, cpu: Some(CpuId(2)), mm: 3, va: 0x1000, pfn: Pfn(7), cached_gen: 4, frame_gen: 5 };
         let stale = serde_json::to_value(v(ViolationKind::StaleTlbAccess)).unwrap();
-        assert_eq!(stale, json!({"kind": "stale-tlb-access", "cpu": 2, "mm": 3, "va": 4096, "pfn": 7, "cached_gen": 4, "frame_gen": 5}));
+        assert_eq!(
+            stale,
+            json!({"kind": "stale-tlb-access", "cpu": 2, "mm": 3, "va": 4096, "pfn": 7, "cached_gen": 4, "frame_gen": 5})
+        );
         let check = "VM_WARN_ON_ONCE(tlb->fully_unshared_tables) in tlb_finish_mmu";
         let warn = serde_json::to_value(v(ViolationKind::DebugVmWarning(check))).unwrap();
         assert_eq!(warn["kind"], "debug-vm-warning");

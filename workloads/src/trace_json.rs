@@ -104,14 +104,18 @@ fn event<W: Write>(w: &mut W, e: &Event, flows: &[u64]) -> io::Result<()> {
 
 /// Write the trace-event JSON of `events` to `w` (metadata first).
 pub fn write_to<W: Write>(w: &mut W, title: &str, nr_cpus: usize, events: &[Event]) -> io::Result<()> {
-    let mut flows: Vec<u64> = events.iter().filter_map(|e| if let Kind::FlowStart { id } = e.kind { Some(id) } else { None }).collect();
+    let mut flows: Vec<u64> =
+        events.iter().filter_map(|e| if let Kind::FlowStart { id } = e.kind { Some(id) } else { None }).collect();
     flows.sort_unstable();
     w.write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[{\"args\":{\"name\":")?;
     string(w, title)?;
     write!(w, "}},\"name\":\"process_name\",\"ph\":\"M\",\"pid\":{PID},\"tid\":0}}")?;
     let max_cpu = events.iter().map(|e| e.cpu as usize + 1).max().unwrap_or(0).max(nr_cpus);
     for c in 0..max_cpu {
-        write!(w, ",{{\"args\":{{\"name\":\"CPU{c}\"}},\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":{PID},\"tid\":{c}}}")?;
+        write!(
+            w,
+            ",{{\"args\":{{\"name\":\"CPU{c}\"}},\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":{PID},\"tid\":{c}}}"
+        )?;
         write!(w, ",{{\"args\":{{\"sort_index\":{c}}},\"name\":\"thread_sort_index\",\"ph\":\"M\",\"pid\":{PID},\"tid\":{c}}}")?;
     }
     for e in events {
@@ -150,8 +154,22 @@ mod tests {
             ev(0, 1.5, "ipi", Cat::Ipi, Kind::FlowStart { id: 7 << 8 | 1 }, Args::None),
             ev(1, 2.0, "ipi", Cat::Ipi, Kind::FlowEnd { id: 7 << 8 | 1 }, Args::None),
             ev(1, 2.0, "IPI: call_function", Cat::Irq, Kind::Slice { dur_us: 0.25 }, Args::From(CpuId(0))),
-            ev(1, 2.1, "tlb_flush", Cat::Tlb, Kind::Instant, Args::TlbFlush { reason: Stat::TraceRemoteShootdown, pages: 3 }),
-            ev(2, 2.2, "tlb_flush", Cat::Tlb, Kind::Instant, Args::TlbFlush { reason: Stat::TraceOnTaskSwitch, pages: TLB_FLUSH_ALL }),
+            ev(
+                1,
+                2.1,
+                "tlb_flush",
+                Cat::Tlb,
+                Kind::Instant,
+                Args::TlbFlush { reason: Stat::TraceRemoteShootdown, pages: 3 },
+            ),
+            ev(
+                2,
+                2.2,
+                "tlb_flush",
+                Cat::Tlb,
+                Kind::Instant,
+                Args::TlbFlush { reason: Stat::TraceOnTaskSwitch, pages: TLB_FLUSH_ALL },
+            ),
             ev(0, 1.5, "smp_call_function_many", Cat::Ipi, Kind::Slice { dur_us: 4.0 }, Args::Targets { call: 7 }),
             ev(3, 0.0, "munmap", Cat::Syscall, Kind::Slice { dur_us: 9.0 }, Args::None),
         ];

@@ -81,7 +81,8 @@ fn run_human_summary() {
 
 #[test]
 fn run_json_schema() {
-    let v = json(&["run", "munmap-storm", "--cpus", "3", "--iterations", "2", "--seed", "7", "--json", "--wait", "park"]);
+    let v =
+        json(&["run", "munmap-storm", "--cpus", "3", "--iterations", "2", "--seed", "7", "--json", "--wait", "park"]);
     assert_eq!(v["schema"], "mmemu-report/1");
     assert_eq!(v["scenario"], "munmap-storm");
     assert_eq!(v["cpus"], 3);
@@ -99,7 +100,9 @@ fn run_json_schema() {
     for row in ["CAL", "TLB", "sent"] {
         assert_eq!(v["interrupts"][row].as_array().unwrap().len(), 3, "{row}");
     }
-    for name in ["nr_tlb_remote_flush", "nr_tlb_remote_flush_received", "nr_tlb_local_flush_all", "nr_tlb_local_flush_one"] {
+    for name in
+        ["nr_tlb_remote_flush", "nr_tlb_remote_flush_received", "nr_tlb_local_flush_all", "nr_tlb_local_flush_one"]
+    {
         assert!(v["vmstat"][name].is_u64(), "vmstat.{name}");
         assert_eq!(v["per_cpu"][name].as_array().unwrap().len(), 3, "per_cpu.{name}");
     }
@@ -148,8 +151,21 @@ fn every_scenario_runs_clean_with_fixes_on() {
 #[test]
 fn run_for_seconds_with_params_and_reverts() {
     let v = json(&[
-        "run", "madvise-dontneed", "--seconds", "0.3", "--cpus", "2", "--param", "pages=8", "--param", "batch=2",
-        "--revert", "folio-pages-batching", "--arch", "generic", "--json",
+        "run",
+        "madvise-dontneed",
+        "--seconds",
+        "0.3",
+        "--cpus",
+        "2",
+        "--param",
+        "pages=8",
+        "--param",
+        "batch=2",
+        "--revert",
+        "folio-pages-batching",
+        "--arch",
+        "generic",
+        "--json",
     ]);
     assert_eq!(v["budget"]["seconds"], 0.3);
     assert_eq!(v["params"]["batch"], 2);
@@ -163,13 +179,16 @@ fn trace_file_is_chrome_json_with_events_per_cpu() {
     let dir = std::env::temp_dir().join(format!("mmemu-trace-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("trace.json");
-    let v = json(&["run", "munmap-storm", "--cpus", "3", "--iterations", "2", "--json", "--trace", path.to_str().unwrap()]);
+    let v =
+        json(&["run", "munmap-storm", "--cpus", "3", "--iterations", "2", "--json", "--trace", path.to_str().unwrap()]);
     assert_eq!(v["trace"]["file"], path.to_str().unwrap());
     let t: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("trace is valid JSON");
     let evs = t["traceEvents"].as_array().expect("traceEvents");
     assert!(v["trace"]["events"].as_u64().unwrap() > 0);
     for cpu in 0..3u64 {
-        let named = evs.iter().any(|e| e["ph"] == "M" && e["name"] == "thread_name" && e["tid"] == cpu && e["args"]["name"] == format!("CPU{cpu}"));
+        let named = evs.iter().any(|e| {
+            e["ph"] == "M" && e["name"] == "thread_name" && e["tid"] == cpu && e["args"]["name"] == format!("CPU{cpu}")
+        });
         assert!(named, "no thread_name for CPU{cpu}");
         let n = evs.iter().filter(|e| e["ph"] != "M" && e["tid"] == cpu && e["pid"] == 1).count();
         assert!(n > 0, "no events on CPU{cpu}");
@@ -178,12 +197,16 @@ fn trace_file_is_chrome_json_with_events_per_cpu() {
     assert!(has("X", "munmap") && has("X", "mmap"), "syscall slices");
     assert!(has("X", "IPI: call_function") && has("X", "smp_call_function_many"), "IPI slices");
     assert!(has("X", "irqs_off"), "IRQs-off slices");
-    assert!(evs.iter().any(|e| e["ph"] == "i" && e["name"] == "tlb_flush" && e["args"]["reason"].is_string()), "tlb_flush instants with a reason");
+    assert!(
+        evs.iter().any(|e| e["ph"] == "i" && e["name"] == "tlb_flush" && e["args"]["reason"].is_string()),
+        "tlb_flush instants with a reason"
+    );
     for e in evs.iter().filter(|e| e["ph"] == "X") {
         assert!(e["ts"].is_number() && e["dur"].as_f64().unwrap() >= 0.0, "{e}");
     }
     // Every flow that ends started somewhere.
-    let starts: std::collections::HashSet<_> = evs.iter().filter(|e| e["ph"] == "s").map(|e| e["id"].as_u64().unwrap()).collect();
+    let starts: std::collections::HashSet<_> =
+        evs.iter().filter(|e| e["ph"] == "s").map(|e| e["id"].as_u64().unwrap()).collect();
     let ends: Vec<_> = evs.iter().filter(|e| e["ph"] == "f").map(|e| e["id"].as_u64().unwrap()).collect();
     assert!(!ends.is_empty(), "IPI flows");
     assert!(ends.iter().all(|id| starts.contains(id)));
@@ -199,7 +222,8 @@ fn unwritable_trace_is_refused_before_the_run() {
     let d = dir.to_str().unwrap();
     let missing = format!("{d}/no/such/dir/t.json");
     // A long budget: if the run started, the test would take minutes.
-    let run = |trace: &str| ["run", "munmap-storm", "--cpus", "2", "--seconds", "600", "--trace", trace].map(String::from);
+    let run =
+        |trace: &str| ["run", "munmap-storm", "--cpus", "2", "--seconds", "600", "--trace", trace].map(String::from);
     let cases: Vec<([String; 8], String)> = vec![
         (run(&missing), format!("--trace '{missing}': cannot create the file: No such file or directory (os error 2); allowed: a file path in a writable directory")),
         (run(d), format!("--trace '{d}': cannot create the file: Is a directory (os error 21); allowed: a file path in a writable directory")),
@@ -248,7 +272,8 @@ fn reproduce_every_available_switch() {
         let o = mmemu(&["reproduce", name, "--json", "--no-pin", "--seconds", secs, "--cpus", "3"]);
         let (out, err) = text(&o);
         no_panic_spew(&err);
-        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("reproduce {name}: not JSON ({e}): {out}\n{err}"));
+        let v: Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("reproduce {name}: not JSON ({e}): {out}\n{err}"));
         assert_eq!(v["switch"], name);
         assert!(v["fix_off"]["reverted"].as_array().unwrap().iter().any(|r| r == name));
         assert!(v["fix_on"]["reverted"].as_array().unwrap().is_empty());
@@ -303,11 +328,18 @@ fn stress_skips_scenarios_that_need_more_cpus() {
     for s in list["scenarios"].as_array().unwrap() {
         let name = s["name"].as_str().unwrap();
         let min = s["min_cpus"].as_u64().unwrap();
-        let row = out.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("no row for {name}:\n{out}"));
+        let row = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{out}"));
         let cols: Vec<&str> = row.split_whitespace().collect();
         if min > 1 {
             skipped += 1;
-            assert_eq!(cols[1..], ["0", "0", "0", "0", "0", "0", "skipped:", "needs", &format!("{min}+"), "CPUs"], "{row}");
+            assert_eq!(
+                cols[1..],
+                ["0", "0", "0", "0", "0", "0", "skipped:", "needs", &format!("{min}+"), "CPUs"],
+                "{row}"
+            );
         } else {
             assert_eq!(cols.len(), 7, "{name} fits on 1 CPU: no note: {row}");
         }
@@ -339,7 +371,10 @@ fn assert_usage_errors(cases: &[(&[&str], &str)]) {
     let names: Vec<&str> = scenarios.iter().map(|s| s["name"].as_str().unwrap()).collect();
     let switches: Vec<&str> = mm_core::Fix::ALL.iter().map(|f| f.name()).collect();
     for (args, want) in cases {
-        let mut want = want.replace("{scenarios}", &names.join(", ")).replace("{switches}", &switches.join(", ")).replace("{run-options}", RUN_OPTIONS);
+        let mut want = want
+            .replace("{scenarios}", &names.join(", "))
+            .replace("{switches}", &switches.join(", "))
+            .replace("{run-options}", RUN_OPTIONS);
         for s in scenarios {
             let keys: Vec<&str> = s["params"].as_array().unwrap().iter().map(|p| p["key"].as_str().unwrap()).collect();
             want = want.replace(&format!("{{params:{}}}", s["name"].as_str().unwrap()), &keys.join(", "));
@@ -465,7 +500,10 @@ fn bad_inputs_exit_2_with_one_clear_line() {
     let cases: Vec<(&[&str], String)> = vec![
         (&["run", "munmap-storm", "--cpus", "0"], "--cpus: '0' is out of range; allowed 1..=256".into()),
         (&["run", "munmap-storm", "--cpus", "257"], "--cpus: '257' is out of range; allowed 1..=256".into()),
-        (&["run", "munmap-storm", "--cpus", "99999999999999999999999"], "--cpus: '99999999999999999999999' is out of range; allowed 1..=256".into()),
+        (
+            &["run", "munmap-storm", "--cpus", "99999999999999999999999"],
+            "--cpus: '99999999999999999999999' is out of range; allowed 1..=256".into(),
+        ),
         (&["run", "munmap-storm", "--cpus", "-3"], format!("--cpus: '-3' {DIGITS}; allowed 1..=256")),
         (&["run", "munmap-storm", "--cpus", "+4"], format!("--cpus: '+4' {DIGITS}; allowed 1..=256")),
         (&["run", "munmap-storm", "--cpus", " 4"], format!("--cpus: ' 4' {DIGITS}; allowed 1..=256")),
@@ -473,48 +511,132 @@ fn bad_inputs_exit_2_with_one_clear_line() {
         (&["run", "munmap-storm", "--cpus", "0x4"], format!("--cpus: '0x4' {DIGITS}; allowed 1..=256")),
         (&["run", "munmap-storm", "--cpus", "many"], format!("--cpus: 'many' {DIGITS}; allowed 1..=256")),
         (&["run", "munmap-storm", "--cpus="], "--cpus: empty value; allowed 1..=256".into()),
-        (&["run", "munmap-storm", "--iterations", "0"], "--iterations: '0' is out of range; allowed 1..=1000000000".into()),
-        (&["run", "munmap-storm", "--iterations", "1000000001"], "--iterations: '1000000001' is out of range; allowed 1..=1000000000".into()),
-        (&["run", "munmap-storm", "--iterations", "1e3"], format!("--iterations: '1e3' {DIGITS}; allowed 1..=1000000000")),
-        (&["run", "munmap-storm", "--iterations", "1.5"], format!("--iterations: '1.5' {DIGITS}; allowed 1..=1000000000")),
-        (&["run", "munmap-storm", "--iterations", "+2"], format!("--iterations: '+2' {DIGITS}; allowed 1..=1000000000")),
+        (
+            &["run", "munmap-storm", "--iterations", "0"],
+            "--iterations: '0' is out of range; allowed 1..=1000000000".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--iterations", "1000000001"],
+            "--iterations: '1000000001' is out of range; allowed 1..=1000000000".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--iterations", "1e3"],
+            format!("--iterations: '1e3' {DIGITS}; allowed 1..=1000000000"),
+        ),
+        (
+            &["run", "munmap-storm", "--iterations", "1.5"],
+            format!("--iterations: '1.5' {DIGITS}; allowed 1..=1000000000"),
+        ),
+        (
+            &["run", "munmap-storm", "--iterations", "+2"],
+            format!("--iterations: '+2' {DIGITS}; allowed 1..=1000000000"),
+        ),
         (&["run", "munmap-storm", "--seed", "x"], format!("--seed: 'x' {DIGITS}; allowed 0..=18446744073709551615")),
         (&["run", "munmap-storm", "--seed", "-1"], format!("--seed: '-1' {DIGITS}; allowed 0..=18446744073709551615")),
         (&["run", "munmap-storm", "--seed", "+1"], format!("--seed: '+1' {DIGITS}; allowed 0..=18446744073709551615")),
-        (&["run", "munmap-storm", "--seed", "18446744073709551616"], "--seed: '18446744073709551616' is out of range; allowed 0..=18446744073709551615".into()),
+        (
+            &["run", "munmap-storm", "--seed", "18446744073709551616"],
+            "--seed: '18446744073709551616' is out of range; allowed 0..=18446744073709551615".into(),
+        ),
         (&["stress", "--seed", "-1"], format!("--seed: '-1' {DIGITS}; allowed 0..=18446744073709551615")),
         (&["run", "munmap-storm", "--inject-panic", "x"], format!("--inject-panic: 'x' {DIGITS}; allowed 0..=255")),
         (&["run", "munmap-storm", "--seconds", "0"], "--seconds: '0' is out of range; allowed 0 < S <= 86400".into()),
         (&["run", "munmap-storm", "--seconds", "-1"], "--seconds: '-1' is out of range; allowed 0 < S <= 86400".into()),
-        (&["run", "munmap-storm", "--seconds", "86401"], "--seconds: '86401' is out of range; allowed 0 < S <= 86400".into()),
-        (&["run", "munmap-storm", "--seconds", "1e-400"], "--seconds: '1e-400' is out of range; allowed 0 < S <= 86400".into()),
-        (&["run", "munmap-storm", "--seconds", "soon"], "--seconds: 'soon' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into()),
-        (&["run", "munmap-storm", "--seconds", "nan"], "--seconds: 'nan' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into()),
-        (&["run", "munmap-storm", "--seconds", "inf"], "--seconds: 'inf' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into()),
-        (&["run", "munmap-storm", "--seconds", "+1"], "--seconds: '+1' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into()),
+        (
+            &["run", "munmap-storm", "--seconds", "86401"],
+            "--seconds: '86401' is out of range; allowed 0 < S <= 86400".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--seconds", "1e-400"],
+            "--seconds: '1e-400' is out of range; allowed 0 < S <= 86400".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--seconds", "soon"],
+            "--seconds: 'soon' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--seconds", "nan"],
+            "--seconds: 'nan' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--seconds", "inf"],
+            "--seconds: 'inf' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--seconds", "+1"],
+            "--seconds: '+1' is not a number of seconds (a decimal such as 0.5 or 10); allowed 0 < S <= 86400".into(),
+        ),
         (&["stress", "--cpus", "0"], "--cpus: '0' is out of range; allowed 1..=256".into()),
         (&["stress", "--seconds", "0"], "--seconds: '0' is out of range; allowed 0 < S <= 86400".into()),
         (&["stress", "--slice", "0"], "--slice: '0' is out of range; allowed 0 < S <= 86400".into()),
-        (&["run", "munmap-storm", "--param", "nope=1"], "scenario munmap-storm has no parameter 'nope'; allowed: {params:munmap-storm}".into()),
+        (
+            &["run", "munmap-storm", "--param", "nope=1"],
+            "scenario munmap-storm has no parameter 'nope'; allowed: {params:munmap-storm}".into(),
+        ),
         (&["run", "lazy-tlb", "--param", "pages=1"], "--param pages=1: scenario lazy-tlb takes no parameters".into()),
         (&["run", "munmap-storm", "--param", "pages=0"], "--param pages=0: out of range; allowed 1..=65536".into()),
-        (&["run", "munmap-storm", "--param", "pages=65537"], "--param pages=65537: out of range; allowed 1..=65536".into()),
-        (&["run", "munmap-storm", "--param", "pages=99999999999999999999999"], "--param pages=99999999999999999999999: out of range; allowed 1..=65536".into()),
-        (&["run", "munmap-storm", "--param", "pages=lots"], "--param pages=lots: not a decimal number (digits only, no sign or spaces); allowed 1..=65536".into()),
-        (&["run", "munmap-storm", "--param", "pages=+8"], "--param pages=+8: not a decimal number (digits only, no sign or spaces); allowed 1..=65536".into()),
-        (&["run", "munmap-storm", "--param", "pages= 8"], "--param pages= 8: not a decimal number (digits only, no sign or spaces); allowed 1..=65536".into()),
+        (
+            &["run", "munmap-storm", "--param", "pages=65537"],
+            "--param pages=65537: out of range; allowed 1..=65536".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--param", "pages=99999999999999999999999"],
+            "--param pages=99999999999999999999999: out of range; allowed 1..=65536".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--param", "pages=lots"],
+            "--param pages=lots: not a decimal number (digits only, no sign or spaces); allowed 1..=65536".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--param", "pages=+8"],
+            "--param pages=+8: not a decimal number (digits only, no sign or spaces); allowed 1..=65536".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--param", "pages= 8"],
+            "--param pages= 8: not a decimal number (digits only, no sign or spaces); allowed 1..=65536".into(),
+        ),
         (&["run", "munmap-storm", "--param", "pages="], "--param pages=: empty value; allowed 1..=65536".into()),
-        (&["run", "munmap-storm", "--param", "pages"], "--param 'pages': expected KEY=VALUE; allowed keys for munmap-storm: {params:munmap-storm}".into()),
-        (&["run", "munmap-storm", "--param", "=8"], "--param '=8': expected KEY=VALUE; allowed keys for munmap-storm: {params:munmap-storm}".into()),
-        (&["run", "munmap-storm", "--param", ""], "--param '': expected KEY=VALUE; allowed keys for munmap-storm: {params:munmap-storm}".into()),
+        (
+            &["run", "munmap-storm", "--param", "pages"],
+            "--param 'pages': expected KEY=VALUE; allowed keys for munmap-storm: {params:munmap-storm}".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--param", "=8"],
+            "--param '=8': expected KEY=VALUE; allowed keys for munmap-storm: {params:munmap-storm}".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--param", ""],
+            "--param '': expected KEY=VALUE; allowed keys for munmap-storm: {params:munmap-storm}".into(),
+        ),
         (&["run", "fork-exit-hugetlb", "--param", "tables=0"], "--param tables=0: out of range; allowed 1..=64".into()),
-        (&["run", "munmap-storm", "--param", "pages=4", "--param", "pages=8"], "--param pages given twice (pages=4, pages=8); allowed once per key".into()),
-        (&["run", "munmap-storm", "--param", "pages=4", "--param", "chunk=1", "--param", "pages=4"], "--param pages given twice (pages=4, pages=4); allowed once per key".into()),
-        (&["reproduce", "hugetlb-unshare-batched", "--param", "tables=1", "--param", "tables=2"], "--param tables given twice (tables=1, tables=2); allowed once per key".into()),
-        (&["run", "munmap-storm", "--revert", "delay-rmap", "--revert", "delay-rmap"], "--revert delay-rmap given twice; allowed once per switch".into()),
-        (&["run", "munmap-storm", "--revert", "delay-rmap", "--revert", "gup-pmd-recheck", "--revert", "delay-rmap"], "--revert delay-rmap given twice; allowed once per switch".into()),
-        (&["run", "khugepaged-gup", "--arch", "x86"], "scenario khugepaged-gup needs --arch arm64 (the race only exists there); got --arch x86".into()),
-        (&["run", "hugetlb-unshare-gup", "--cpus", "2"], "scenario hugetlb-unshare-gup needs at least 3 CPUs; allowed --cpus 3..=256".into()),
+        (
+            &["run", "munmap-storm", "--param", "pages=4", "--param", "pages=8"],
+            "--param pages given twice (pages=4, pages=8); allowed once per key".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--param", "pages=4", "--param", "chunk=1", "--param", "pages=4"],
+            "--param pages given twice (pages=4, pages=4); allowed once per key".into(),
+        ),
+        (
+            &["reproduce", "hugetlb-unshare-batched", "--param", "tables=1", "--param", "tables=2"],
+            "--param tables given twice (tables=1, tables=2); allowed once per key".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--revert", "delay-rmap", "--revert", "delay-rmap"],
+            "--revert delay-rmap given twice; allowed once per switch".into(),
+        ),
+        (
+            &["run", "munmap-storm", "--revert", "delay-rmap", "--revert", "gup-pmd-recheck", "--revert", "delay-rmap"],
+            "--revert delay-rmap given twice; allowed once per switch".into(),
+        ),
+        (
+            &["run", "khugepaged-gup", "--arch", "x86"],
+            "scenario khugepaged-gup needs --arch arm64 (the race only exists there); got --arch x86".into(),
+        ),
+        (
+            &["run", "hugetlb-unshare-gup", "--cpus", "2"],
+            "scenario hugetlb-unshare-gup needs at least 3 CPUs; allowed --cpus 3..=256".into(),
+        ),
     ];
     let cases: Vec<(&[&str], &str)> = cases.iter().map(|(a, w)| (*a, w.as_str())).collect();
     assert_usage_errors(&cases);
@@ -566,7 +688,10 @@ fn stdout_closed_or_full_exits_3_without_panic() {
             let o = mmemu_into(args, Sink::Full);
             let (_, err) = text(&o);
             assert_eq!(o.status.code(), Some(3), "mmemu {args:?} > /dev/full: stderr {err}");
-            assert_eq!(err, "error: cannot write the report to stdout: No space left on device (os error 28)\n", "mmemu {args:?} > /dev/full");
+            assert_eq!(
+                err, "error: cannot write the report to stdout: No space left on device (os error 28)\n",
+                "mmemu {args:?} > /dev/full"
+            );
         }
     }
 }

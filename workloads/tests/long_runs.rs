@@ -24,8 +24,19 @@ fn expect_ok(args: &[&str]) -> String {
 #[test]
 fn munmap_storm_frees_rcu_tables_on_a_cpu_that_never_idles() {
     let out = expect_ok(&[
-        "run", "munmap-storm", "--cpus", "1", "--no-pin", "--iterations", "7000", "--param", "pages=1", "--param",
-        "chunk=1", "--param", "peek=0",
+        "run",
+        "munmap-storm",
+        "--cpus",
+        "1",
+        "--no-pin",
+        "--iterations",
+        "7000",
+        "--param",
+        "pages=1",
+        "--param",
+        "chunk=1",
+        "--param",
+        "peek=0",
     ]);
     assert!(out.contains("7000 rounds"), "{out}");
     assert!(out.contains("verdict: ok"), "{out}");
@@ -41,7 +52,16 @@ fn json_of(out: &str) -> serde_json::Value {
 #[test]
 fn a_run_longer_than_the_hang_timeout_is_not_a_hang() {
     let out = expect_ok(&[
-        "run", "madvise-dontneed", "--cpus", "1", "--no-pin", "--seconds", "2", "--hang-timeout", "0.5", "--json",
+        "run",
+        "madvise-dontneed",
+        "--cpus",
+        "1",
+        "--no-pin",
+        "--seconds",
+        "2",
+        "--hang-timeout",
+        "0.5",
+        "--json",
     ]);
     let v = json_of(&out);
     assert_eq!(v["verdict"], "ok", "{out}");
@@ -54,8 +74,18 @@ fn a_run_longer_than_the_hang_timeout_is_not_a_hang() {
 #[test]
 fn seconds_overshoot_is_one_step_not_one_round() {
     let out = expect_ok(&[
-        "run", "munmap-storm", "--cpus", "2", "--no-pin", "--seconds", "0.5", "--param", "pages=65536", "--param",
-        "chunk=1", "--json",
+        "run",
+        "munmap-storm",
+        "--cpus",
+        "2",
+        "--no-pin",
+        "--seconds",
+        "0.5",
+        "--param",
+        "pages=65536",
+        "--param",
+        "chunk=1",
+        "--json",
     ]);
     let v = json_of(&out);
     let over = v["overshoot_s"].as_f64().expect("overshoot_s for a --seconds budget");
@@ -70,7 +100,18 @@ fn seeds_choose_the_program() {
     let timing = ["elapsed_s", "ops_per_sec", "teardown_s", "overshoot_s"];
     for s in ["munmap-storm", "mprotect-pingpong", "madvise-dontneed", "exit-storm"] {
         let run = |seed: &str| {
-            let mut v = json_of(&expect_ok(&["run", s, "--cpus", "1", "--no-pin", "--iterations", "3", "--seed", seed, "--json"]));
+            let mut v = json_of(&expect_ok(&[
+                "run",
+                s,
+                "--cpus",
+                "1",
+                "--no-pin",
+                "--iterations",
+                "3",
+                "--seed",
+                seed,
+                "--json",
+            ]));
             for t in timing {
                 v.as_object_mut().unwrap().remove(t);
             }
@@ -88,8 +129,18 @@ fn seeds_choose_the_program() {
 #[test]
 fn a_panic_report_keeps_the_work_done() {
     let o = mmemu(&[
-        "run", "munmap-storm", "--cpus", "2", "--no-pin", "--iterations", "50", "--inject-panic", "1",
-        "--inject-panic-after", "20", "--json",
+        "run",
+        "munmap-storm",
+        "--cpus",
+        "2",
+        "--no-pin",
+        "--iterations",
+        "50",
+        "--inject-panic",
+        "1",
+        "--inject-panic-after",
+        "20",
+        "--json",
     ]);
     assert_eq!(o.status.code(), Some(1));
     let v = json_of(&String::from_utf8_lossy(&o.stdout));
@@ -181,7 +232,15 @@ fn a_signal_ends_the_run_with_its_report() {
         std::fs::create_dir_all(&dir).unwrap();
         let trace = dir.join("t.json");
         let child = spawn_json(&[
-            "run", "madvise-dontneed", "--cpus", "2", "--no-pin", "--seconds", "60", "--json", "--trace",
+            "run",
+            "madvise-dontneed",
+            "--cpus",
+            "2",
+            "--no-pin",
+            "--seconds",
+            "60",
+            "--json",
+            "--trace",
             trace.to_str().unwrap(),
         ]);
         std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -208,8 +267,18 @@ fn a_signal_ends_the_run_with_its_report() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let child = spawn_json(&[
-        "run", "madvise-dontneed", "--cpus", "2", "--no-pin", "--seconds", "60", "--json", "--param", "pages=65536",
-        "--param", "batch=65536",
+        "run",
+        "madvise-dontneed",
+        "--cpus",
+        "2",
+        "--no-pin",
+        "--seconds",
+        "60",
+        "--json",
+        "--param",
+        "pages=65536",
+        "--param",
+        "batch=65536",
     ]);
     std::thread::sleep(std::time::Duration::from_millis(1000));
     signal(&child, libc::SIGINT);
@@ -229,7 +298,18 @@ fn an_unwritable_trace_keeps_the_report() {
         eprintln!("skipped: no /dev/full on this host");
         return;
     }
-    let o = mmemu(&["run", "munmap-storm", "--cpus", "2", "--no-pin", "--iterations", "2", "--trace", "/dev/full", "--json"]);
+    let o = mmemu(&[
+        "run",
+        "munmap-storm",
+        "--cpus",
+        "2",
+        "--no-pin",
+        "--iterations",
+        "2",
+        "--trace",
+        "/dev/full",
+        "--json",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let v = json_of(&String::from_utf8_lossy(&o.stdout));
     assert_eq!(v["verdict"], "ok");
@@ -241,7 +321,15 @@ fn an_unwritable_trace_keeps_the_report() {
 fn no_debug_vm_is_reported() {
     let on = json_of(&expect_ok(&["run", "munmap-storm", "--cpus", "1", "--no-pin", "--iterations", "1", "--json"]));
     let off = json_of(&expect_ok(&[
-        "run", "munmap-storm", "--cpus", "1", "--no-pin", "--iterations", "1", "--json", "--no-debug-vm",
+        "run",
+        "munmap-storm",
+        "--cpus",
+        "1",
+        "--no-pin",
+        "--iterations",
+        "1",
+        "--json",
+        "--no-debug-vm",
     ]));
     assert_eq!((on["debug_vm"].as_bool(), off["debug_vm"].as_bool()), (Some(true), Some(false)));
 }

@@ -79,14 +79,24 @@ fn expect_clean(name: &str, r: Result<RaceOutcome, String>, rounds: u64, t: Inst
 fn gup_table_free_arm64_immediate_free_finds_the_walk_into_a_freed_table() {
     let t = Instant::now();
     let kcfg = KernelConfig { arch: Arch::Arm64, rcu_table_free: false, ..KernelConfig::default() };
-    expect_found("§1 arm64 immediate free", gup_table_free::run(&params(kcfg, FIND_BOUND)), ViolationKind::GupFastFreedTable, t);
+    expect_found(
+        "§1 arm64 immediate free",
+        gup_table_free::run(&params(kcfg, FIND_BOUND)),
+        ViolationKind::GupFastFreedTable,
+        t,
+    );
 }
 
 #[test]
 fn gup_table_free_x86_ipi_flush_immediate_free_is_clean() {
     let t = Instant::now();
     let kcfg = KernelConfig { arch: Arch::X86, rcu_table_free: false, ..KernelConfig::default() };
-    expect_clean("§1 x86 IPI + immediate free", gup_table_free::run(&params(kcfg, clean_rounds_ipi())), clean_rounds_ipi(), t);
+    expect_clean(
+        "§1 x86 IPI + immediate free",
+        gup_table_free::run(&params(kcfg, clean_rounds_ipi())),
+        clean_rounds_ipi(),
+        t,
+    );
 }
 
 #[test]
@@ -124,7 +134,13 @@ fn khugepaged_2a_with_pmd_recheck_is_clean() {
 fn cfg_2b(sync_ipi: bool, pte_free_defer: bool) -> KernelConfig {
     let mut fixes = Fixes::all();
     fixes.set(Fix::KhugepagedGupFastIpi, sync_ipi);
-    KernelConfig { fixes, rcu_table_free: true, pte_free_defer, geometry: KHUGEPAGED_GEOMETRY, ..KernelConfig::default() }
+    KernelConfig {
+        fixes,
+        rcu_table_free: true,
+        pte_free_defer,
+        geometry: KHUGEPAGED_GEOMETRY,
+        ..KernelConfig::default()
+    }
 }
 
 #[test]

@@ -43,8 +43,9 @@ fn assert_no_leaks(k: &mm_core::Kernel) {
 
 #[test]
 fn hugetlb_unshare_sync_off_on_arm64_lets_gup_fast_pin_a_foreign_page() {
-    let out = hugetlb_unshare_gup::run(&params(Arch::Arm64, Fixes::all().revert(Fix::HugetlbUnshareSync), MAX_ROUNDS_OFF))
-        .expect("driver");
+    let out =
+        hugetlb_unshare_gup::run(&params(Arch::Arm64, Fixes::all().revert(Fix::HugetlbUnshareSync), MAX_ROUNDS_OFF))
+            .expect("driver");
     println!("hugetlb-unshare-sync off, arm64: {out:?}");
     let at = out.first_violation_at.expect("the §3.1 race must show within the bound with the sync reverted");
     assert!(at <= MAX_ROUNDS_OFF);
@@ -74,8 +75,8 @@ fn hugetlb_unshare_batched_off_is_still_safe_on_arm64() {
 
 #[test]
 fn hugetlb_unshare_sync_off_on_x86_is_saved_by_the_flush_ipi() {
-    let out = hugetlb_unshare_gup::run(&params(Arch::X86, Fixes::all().revert(Fix::HugetlbUnshareSync), 15))
-        .expect("driver");
+    let out =
+        hugetlb_unshare_gup::run(&params(Arch::X86, Fixes::all().revert(Fix::HugetlbUnshareSync), 15)).expect("driver");
     assert_eq!(out.kernel.san.count(), 0, "{:?}", out.kernel.san.violations());
     assert_no_leaks(&out.kernel);
 }

@@ -102,7 +102,11 @@ fn large_folio_zap_counts() {
         let o = large_folio_zap::run(&p).unwrap();
         assert_eq!(o.kernel.san.count(), 0);
         let s = o.kernel.stats_snapshot();
-        r.push((s.get("tlb_flush_ranged") + s.get("tlb_flush_full"), s.get("gather_batch_alloc"), s.get("gather_pages_freed")));
+        r.push((
+            s.get("tlb_flush_ranged") + s.get("tlb_flush_full"),
+            s.get("gather_batch_alloc"),
+            s.get("gather_pages_freed"),
+        ));
     }
     eprintln!("large_folio_zap (on, off): {r:?}");
     let pages = 3 * large_folio_zap::FOLIOS * 512;
@@ -111,4 +115,3 @@ fn large_folio_zap_counts() {
     assert!(r[1].0 > r[0].0, "page-by-page gathering flushes more: {r:?}");
     assert!(r[1].1 > r[0].1, "and needs more batch pages: {r:?}");
 }
-

@@ -59,11 +59,8 @@ pub const MMU_GATHER_BUNDLE: usize = if LOOM { 2 } else { 8 };
 
 /// `MAX_GATHER_BATCH`: slots of a page-sized batch
 /// ((4096 − 16) / 8 = 510 on 64-bit).
-pub const MAX_GATHER_BATCH: usize = if LOOM {
-    4
-} else {
-    (GATHER_PAGE_SIZE - size_of::<MmuGatherBatchHeader>()) / size_of::<*const u8>()
-};
+pub const MAX_GATHER_BATCH: usize =
+    if LOOM { 4 } else { (GATHER_PAGE_SIZE - size_of::<MmuGatherBatchHeader>()) / size_of::<*const u8>() };
 
 /// `MAX_GATHER_BATCH_COUNT`: page-sized batches one gather may chain
 /// (10000 / 510 = 19: about 10k pages may be pending, bounding the latency
@@ -72,11 +69,8 @@ pub const MAX_GATHER_BATCH_COUNT: usize = if LOOM { 2 } else { 10000 / MAX_GATHE
 
 /// `MAX_TABLE_BATCH`: page tables one table batch holds
 /// ((4096 − 24) / 8 = 509 on 64-bit).
-pub const MAX_TABLE_BATCH: usize = if LOOM {
-    2
-} else {
-    (GATHER_PAGE_SIZE - size_of::<MmuTableBatchHeader>()) / size_of::<*const u8>()
-};
+pub const MAX_TABLE_BATCH: usize =
+    if LOOM { 2 } else { (GATHER_PAGE_SIZE - size_of::<MmuTableBatchHeader>()) / size_of::<*const u8>() };
 
 /// `MAX_NR_FOLIOS_PER_FREE`: entries (or pages, with init_on_free) freed
 /// per chunk, with a reschedule point between chunks.

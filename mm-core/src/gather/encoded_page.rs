@@ -39,22 +39,13 @@ const _: () = assert!(
     (ENCODED_PAGE_BIT_DELAY_RMAP | ENCODED_PAGE_BIT_NR_PAGES_NEXT) & !ENCODED_PAGE_BITS == 0,
     "every flag must live inside ENCODED_PAGE_BITS"
 );
-const _: () = assert!(
-    ENCODED_PAGE_BIT_DELAY_RMAP & ENCODED_PAGE_BIT_NR_PAGES_NEXT == 0,
-    "flags must be distinct bits"
-);
-const _: () = assert!(
-    ENCODED_PAGE_BITS < (1 << PAGE_PTR_ALIGN_SHIFT),
-    "flag bits must fit below the page pointer's alignment"
-);
-const _: () = assert!(
-    ENCODED_PAGE_BITS >> ENCODED_NR_PAGES_SHIFT == 0,
-    "a count entry's low bits must read as 'no flags'"
-);
-const _: () = assert!(
-    (MAX_PFN << PAGE_PTR_ALIGN_SHIFT) >> PAGE_PTR_ALIGN_SHIFT == MAX_PFN,
-    "every pfn must survive the shift"
-);
+const _: () = assert!(ENCODED_PAGE_BIT_DELAY_RMAP & ENCODED_PAGE_BIT_NR_PAGES_NEXT == 0, "flags must be distinct bits");
+const _: () =
+    assert!(ENCODED_PAGE_BITS < (1 << PAGE_PTR_ALIGN_SHIFT), "flag bits must fit below the page pointer's alignment");
+const _: () =
+    assert!(ENCODED_PAGE_BITS >> ENCODED_NR_PAGES_SHIFT == 0, "a count entry's low bits must read as 'no flags'");
+const _: () =
+    assert!((MAX_PFN << PAGE_PTR_ALIGN_SHIFT) >> PAGE_PTR_ALIGN_SHIFT == MAX_PFN, "every pfn must survive the shift");
 
 /// One gathered slot (`struct encoded_page *`): opaque; build it with
 /// `encode_page` / `encode_nr_pages`, read it with the accessors.

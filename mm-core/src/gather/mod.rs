@@ -55,12 +55,12 @@ pub mod encoded_page;
 pub mod table_free;
 
 pub use batch::{
-    MmuGatherBatch, MmuTableBatch, GATHER_PAGE_SIZE, MAX_GATHER_BATCH, MAX_GATHER_BATCH_COUNT,
-    MAX_NR_FOLIOS_PER_FREE, MAX_TABLE_BATCH, MMU_GATHER_BUNDLE,
+    MmuGatherBatch, MmuTableBatch, GATHER_PAGE_SIZE, MAX_GATHER_BATCH, MAX_GATHER_BATCH_COUNT, MAX_NR_FOLIOS_PER_FREE,
+    MAX_TABLE_BATCH, MMU_GATHER_BUNDLE,
 };
 pub use encoded_page::{
-    encode_nr_pages, encode_page, encoded_nr_pages, encoded_page_flags, encoded_page_ptr, nr_pages_encodable, EncodedPage,
-    ENCODED_PAGE_BITS, ENCODED_PAGE_BIT_DELAY_RMAP, ENCODED_PAGE_BIT_NR_PAGES_NEXT,
+    encode_nr_pages, encode_page, encoded_nr_pages, encoded_page_flags, encoded_page_ptr, nr_pages_encodable,
+    EncodedPage, ENCODED_PAGE_BITS, ENCODED_PAGE_BIT_DELAY_RMAP, ENCODED_PAGE_BIT_NR_PAGES_NEXT,
 };
 pub use table_free::tlb_remove_table_sync_one;
 
@@ -439,7 +439,14 @@ impl<'a> MmuGather<'a> {
             self.delayed_rmap = true;
         }
         if nr_pages != 1 {
-            vm_warn_on!(self.k, !nr_pages_encodable(nr_pages), "VM_WARN_ON_ONCE((nr << 2) >> 2 != nr) in encode_nr_pages", self.mm.id, 0, page);
+            vm_warn_on!(
+                self.k,
+                !nr_pages_encodable(nr_pages),
+                "VM_WARN_ON_ONCE((nr << 2) >> 2 != nr) in encode_nr_pages",
+                self.mm.id,
+                0,
+                page
+            );
         }
         let batch = &mut self.batches[self.active];
         if nr_pages == 1 {
@@ -452,7 +459,15 @@ impl<'a> MmuGather<'a> {
         if batch.nr >= batch.max - 1 && !self.tlb_next_batch() {
             return true;
         }
-        vm_bug_on!(self.k, { let b = &self.batches[self.active]; b.nr > b.max - 1 }, "VM_BUG_ON_PAGE(batch->nr > batch->max - 1, page) in __tlb_remove_folio_pages_size", "{page:?}");
+        vm_bug_on!(
+            self.k,
+            {
+                let b = &self.batches[self.active];
+                b.nr > b.max - 1
+            },
+            "VM_BUG_ON_PAGE(batch->nr > batch->max - 1, page) in __tlb_remove_folio_pages_size",
+            "{page:?}"
+        );
         false
     }
 
@@ -460,14 +475,39 @@ impl<'a> MmuGather<'a> {
     /// of one folio starting at `page` (their PTEs already cleared and the
     /// range recorded), owning one folio reference per page.  Returns true
     /// when the gather is full: the caller must flush now.
-    pub fn __tlb_remove_folio_pages_size(&mut self, page: Pfn, nr_pages: u64, delay_rmap: bool, page_size: u64) -> bool {
-        vm_bug_on!(self.k, self.end == 0, "VM_BUG_ON(!tlb->end) in __tlb_remove_folio_pages_size", "{page:?} gathered before its range was recorded");
+    pub fn __tlb_remove_folio_pages_size(
+        &mut self,
+        page: Pfn,
+        nr_pages: u64,
+        delay_rmap: bool,
+        page_size: u64,
+    ) -> bool {
+        vm_bug_on!(
+            self.k,
+            self.end == 0,
+            "VM_BUG_ON(!tlb->end) in __tlb_remove_folio_pages_size",
+            "{page:?} gathered before its range was recorded"
+        );
         // The emulator's own: a fragment has pages (one compare per call).
         assert!(nr_pages >= 1, "__tlb_remove_folio_pages_size of 0 pages at {page:?}");
         // (The kernel checks the next two under CONFIG_MMU_GATHER_PAGE_SIZE;
         // page_size 0 here means the caller never set one.)
-        vm_warn_on!(self.k, self.page_size != 0 && self.page_size != page_size, "VM_WARN_ON(tlb->page_size != page_size) in __tlb_remove_folio_pages_size", self.mm.id, 0, page);
-        vm_warn_on!(self.k, self.k.mem.page_folio(page) != self.k.mem.page_folio(page.add(nr_pages - 1)), "VM_WARN_ON_ONCE(page_folio(page) != page_folio(page + nr_pages - 1)) in __tlb_remove_folio_pages_size", self.mm.id, 0, page);
+        vm_warn_on!(
+            self.k,
+            self.page_size != 0 && self.page_size != page_size,
+            "VM_WARN_ON(tlb->page_size != page_size) in __tlb_remove_folio_pages_size",
+            self.mm.id,
+            0,
+            page
+        );
+        vm_warn_on!(
+            self.k,
+            self.k.mem.page_folio(page) != self.k.mem.page_folio(page.add(nr_pages - 1)),
+            "VM_WARN_ON_ONCE(page_folio(page) != page_folio(page + nr_pages - 1)) in __tlb_remove_folio_pages_size",
+            self.mm.id,
+            0,
+            page
+        );
         let flags = if delay_rmap { ENCODED_PAGE_BIT_DELAY_RMAP } else { 0 };
         if nr_pages == 1 || self.k.cfg.fixes.on(Fix::FolioPagesBatching) {
             return self.store_fragment(page, nr_pages, flags);
@@ -616,8 +656,7 @@ impl<'a> MmuGather<'a> {
         self.tlb_flush();
         // Pre-6bbd42e2df8f the secondary TLBs were invalidated here, right
         // after the arch flush (a no-op with the fix on: the flush did it).
-        let (start, end) =
-            if self.fullmm || self.need_flush_all { (0, FLUSH_ALL) } else { (self.start, self.end) };
+        let (start, end) = if self.fullmm || self.need_flush_all { (0, FLUSH_ALL) } else { (self.start, self.end) };
         crate::notifier::mmu_notifier_invalidate_range(self.k, self.mm, start, end);
         self.__tlb_reset_range();
     }
@@ -679,7 +718,14 @@ impl<'a> MmuGather<'a> {
     pub fn tlb_unshare_pmd_ptdesc(&mut self, pt: Pfn, addr: u64) {
         let share = &self.k.mem.page(pt).pt_share_count;
         let old = share.fetch_sub(1, crate::sync::Ordering::SeqCst);
-        vm_warn_on!(self.k, old <= 0, "VM_WARN_ON_ONCE(!ptdesc_pmd_is_shared(pt)) in tlb_unshare_pmd_ptdesc", self.mm.id, addr, pt);
+        vm_warn_on!(
+            self.k,
+            old <= 0,
+            "VM_WARN_ON_ONCE(!ptdesc_pmd_is_shared(pt)) in tlb_unshare_pmd_ptdesc",
+            self.mm.id,
+            addr,
+            pt
+        );
         let pud = self.k.cfg.geometry.pud_size();
         // Clearing a PUD pointing at a PMD table with PMD leaves.
         self.tlb_flush_pmd_range(addr & !(pud - 1), pud);
@@ -715,7 +761,14 @@ impl<'a> MmuGather<'a> {
             self.tlb_flush_unshared_tables();
         }
         // (tlb_flush_unshared_tables was not called: no sync IPI is sent.)
-        vm_warn_on!(self.k, self.fully_unshared_tables, "VM_WARN_ON_ONCE(tlb->fully_unshared_tables) in tlb_finish_mmu", self.mm.id, 0, Pfn(0));
+        vm_warn_on!(
+            self.k,
+            self.fully_unshared_tables,
+            "VM_WARN_ON_ONCE(tlb->fully_unshared_tables) in tlb_finish_mmu",
+            self.mm.id,
+            0,
+            Pfn(0)
+        );
         // A parallel gather of this mm (e.g. MADV_DONTNEED under mmap_lock
         // read) may have cleared PTEs we skipped and not flushed yet: flush
         // everything, tables included (7a30df49f63a form).

@@ -102,11 +102,8 @@ impl MmuGather<'_> {
         let k = self.k;
         k.stats.inc(k.this_cpu(), Stat::TablesQueued);
         if self.batch.is_none() {
-            let page = if FaultInject::take(&k.inject.fail_table_batch) {
-                None
-            } else {
-                k.alloc_pages(0, PageKind::Kernel)
-            };
+            let page =
+                if FaultInject::take(&k.inject.fail_table_batch) { None } else { k.alloc_pages(0, PageKind::Kernel) };
             match page {
                 Some(p) => self.batch = Some(MmuTableBatch::new(p)),
                 None => {

@@ -617,7 +617,8 @@ fn unshare_syncs_once_and_only_for_the_last_sharer() {
     assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 1);
 }
 
-const FULLY_UNSHARED: ViolationKind = ViolationKind::DebugVmWarning("VM_WARN_ON_ONCE(tlb->fully_unshared_tables) in tlb_finish_mmu");
+const FULLY_UNSHARED: ViolationKind =
+    ViolationKind::DebugVmWarning("VM_WARN_ON_ONCE(tlb->fully_unshared_tables) in tlb_finish_mmu");
 const UNSHARE_UNSHARED: ViolationKind =
     ViolationKind::DebugVmWarning("VM_WARN_ON_ONCE(!ptdesc_pmd_is_shared(pt)) in tlb_unshare_pmd_ptdesc");
 
@@ -668,7 +669,12 @@ fn unsharing_an_unshared_table_warns_and_goes_on() {
         assert!(tlb.unshared_tables() && !tlb.fully_unshared_tables());
         tlb.tlb_flush_unshared_tables();
         tlb.tlb_finish_mmu();
-        assert_eq!(k.san.count_kind(UNSHARE_UNSHARED), debug_vm as usize, "debug_vm {debug_vm}: {:?}", k.san.violations());
+        assert_eq!(
+            k.san.count_kind(UNSHARE_UNSHARED),
+            debug_vm as usize,
+            "debug_vm {debug_vm}: {:?}",
+            k.san.violations()
+        );
         assert_eq!(k.san.count(), debug_vm as u64);
     }
 }

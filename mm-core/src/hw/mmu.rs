@@ -201,11 +201,7 @@ impl Hw {
                 *tlb.lookup(asid, va).expect("walk fills the TLB")
             }
         };
-        let sub = if entry.huge {
-            (va & (self.geo.pmd_size() - 1)) >> self.geo.page_shift
-        } else {
-            0
-        };
+        let sub = if entry.huge { (va & (self.geo.pmd_size() - 1)) >> self.geo.page_shift } else { 0 };
         let word = self.ram.word(entry.pfn.add(sub), self.word_index(va));
         Ok(match op {
             Access::Read => word.load(Ordering::SeqCst),

@@ -129,11 +129,8 @@ impl Tlb {
         let r = self.set_range(huge, vpn);
         let ways = self.shape.ways;
         let set = r.start / ways;
-        let (arr, victims) = if huge {
-            (&mut self.huge, &mut self.huge_victim)
-        } else {
-            (&mut self.small, &mut self.small_victim)
-        };
+        let (arr, victims) =
+            if huge { (&mut self.huge, &mut self.huge_victim) } else { (&mut self.small, &mut self.small_victim) };
         let slot = r
             .clone()
             .find(|&i| arr[i].valid && arr[i].vpn == vpn && arr[i].asid == asid)
@@ -297,10 +294,7 @@ impl Tlb {
 
     /// Valid PSC entries with the level of their table's entries.
     pub fn psc_entries(&self) -> impl Iterator<Item = (Level, &PscEntry)> {
-        self.psc
-            .iter()
-            .enumerate()
-            .flat_map(|(i, a)| a.iter().filter(|e| e.valid).map(move |e| (PSC_LEVELS[i], e)))
+        self.psc.iter().enumerate().flat_map(|(i, a)| a.iter().filter(|e| e.valid).map(move |e| (PSC_LEVELS[i], e)))
     }
 
     pub fn geometry(&self) -> Geometry {

@@ -107,7 +107,13 @@ fn install(k: &Kernel, mm: &MmStruct, table: crate::types::Pfn, va: u64, new: Pt
 }
 
 /// `do_anonymous_page`
-fn do_anonymous_page(k: &Kernel, mm: &MmStruct, table: crate::types::Pfn, va: u64, writable: bool) -> Result<(), FaultError> {
+fn do_anonymous_page(
+    k: &Kernel,
+    mm: &MmStruct,
+    table: crate::types::Pfn,
+    va: u64,
+    writable: bool,
+) -> Result<(), FaultError> {
     let pfn = k.alloc_zeroed(0, PageKind::Anon).ok_or(FaultError::Oom)?;
     let page = k.mem.page(pfn);
     page.mapping.store(mm.id, Ordering::SeqCst);

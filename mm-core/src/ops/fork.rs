@@ -66,7 +66,16 @@ fn copy_page_range(k: &Kernel, dst: &MmStruct, src: &MmStruct, vma: &Vma) -> Res
 
 /// `copy_pte_range` / `copy_present_ptes`: under both PTLs.
 #[allow(clippy::too_many_arguments)]
-fn copy_pte_range(k: &Kernel, dst: &MmStruct, _src: &MmStruct, vma: &Vma, dst_table: Pfn, src_table: Pfn, addr: u64, end: u64) {
+fn copy_pte_range(
+    k: &Kernel,
+    dst: &MmStruct,
+    _src: &MmStruct,
+    vma: &Vma,
+    dst_table: Pfn,
+    src_table: Pfn,
+    addr: u64,
+    end: u64,
+) {
     let ps = k.cfg.geometry.page_size();
     let _dst_ptl = pgtable::ptl(k, dst_table);
     let _src_ptl = pgtable::ptl(k, src_table);

@@ -538,7 +538,15 @@ fn faultin_page(k: &Kernel, mm: &MmStruct, vmas: &VmaTree, va: u64, write: bool)
 
 /// `__get_user_pages` with `mmap_lock` held for read: for each page,
 /// `follow_page_mask`, and on a miss `faultin_page` and retry.
-fn __get_user_pages(k: &Kernel, mm: &MmStruct, vmas: &VmaTree, start: u64, nr_pages: u64, flags: Foll, pages: &mut Vec<Pfn>) -> Result<(), GupError> {
+fn __get_user_pages(
+    k: &Kernel,
+    mm: &MmStruct,
+    vmas: &VmaTree,
+    start: u64,
+    nr_pages: u64,
+    flags: Foll,
+    pages: &mut Vec<Pfn>,
+) -> Result<(), GupError> {
     let ps = k.cfg.geometry.page_size();
     let write = flags.has(Foll::WRITE);
     for i in 0..nr_pages {
@@ -581,7 +589,13 @@ pub fn get_user_pages(k: &Kernel, mm: &MmStruct, start: u64, nr_pages: u64, flag
 /// `get_user_pages_fast` / `pin_user_pages_fast` (`gup_fast_fallback`):
 /// the lockless walk, then the slow path for whatever it did not get.
 #[doc(alias = "gup_fast_fallback", alias = "pin_user_pages_fast")]
-pub fn get_user_pages_fast(k: &Kernel, mm: &MmStruct, start: u64, nr_pages: u64, flags: Foll) -> Result<Vec<Pfn>, GupError> {
+pub fn get_user_pages_fast(
+    k: &Kernel,
+    mm: &MmStruct,
+    start: u64,
+    nr_pages: u64,
+    flags: Foll,
+) -> Result<Vec<Pfn>, GupError> {
     let start = start & !(k.cfg.geometry.page_size() - 1);
     let mut pages = gup_fast(k, mm, start, nr_pages, flags);
     let done = pages.len() as u64;

@@ -385,7 +385,13 @@ fn unhook_shared_pmd(k: &Kernel, mm: &MmStruct, addr: u64, pmd_table: Pfn) -> Op
 /// IRQs-off walker after the `pud_clear`, once per table; without, it sends
 /// nothing.  The caller flushes the unsharer's TLB before dropping
 /// i_mmap_rwsem.  Returns true if a shared table was unmapped.
-pub fn huge_pmd_unshare_nogather(k: &Kernel, mm: &MmStruct, addr: u64, pmd_table: Pfn, _i_mmap: &IMmapWriteGuard<'_>) -> bool {
+pub fn huge_pmd_unshare_nogather(
+    k: &Kernel,
+    mm: &MmStruct,
+    addr: u64,
+    pmd_table: Pfn,
+    _i_mmap: &IMmapWriteGuard<'_>,
+) -> bool {
     if unhook_shared_pmd(k, mm, addr, pmd_table).is_none() {
         return false;
     }
@@ -465,9 +471,26 @@ pub fn __unmap_hugepage_range(tlb: &mut MmuGather<'_>, vma: &Vma, start: u64, en
     let sz = hsz(k);
     let last_addr_mask = hugetlb_mask_last_page(k);
     let mode = UnshareFlush::of(k);
-    vm_warn_on!(k, !vma.is_hugetlb(), "WARN_ON(!is_vm_hugetlb_page(vma)) in __unmap_hugepage_range", mm.id, start, Pfn(0));
-    vm_bug_on!(k, !start.is_multiple_of(sz), "BUG_ON(start & ~huge_page_mask(h)) in __unmap_hugepage_range", "start {start:#x}");
-    vm_bug_on!(k, !end.is_multiple_of(sz), "BUG_ON(end & ~huge_page_mask(h)) in __unmap_hugepage_range", "end {end:#x}");
+    vm_warn_on!(
+        k,
+        !vma.is_hugetlb(),
+        "WARN_ON(!is_vm_hugetlb_page(vma)) in __unmap_hugepage_range",
+        mm.id,
+        start,
+        Pfn(0)
+    );
+    vm_bug_on!(
+        k,
+        !start.is_multiple_of(sz),
+        "BUG_ON(start & ~huge_page_mask(h)) in __unmap_hugepage_range",
+        "start {start:#x}"
+    );
+    vm_bug_on!(
+        k,
+        !end.is_multiple_of(sz),
+        "BUG_ON(end & ~huge_page_mask(h)) in __unmap_hugepage_range",
+        "end {end:#x}"
+    );
     tlb.tlb_change_page_size(sz);
     tlb.tlb_start_vma(vma);
     let mut force_flush = false;
@@ -643,7 +666,10 @@ pub fn hugetlb_change_protection(tlb: &mut MmuGather<'_>, vma: &Vma) -> u64 {
 /// held throughout, the unshare flush before it is dropped).
 pub fn hugetlb_unshare_pmds(k: &Kernel, mm: &MmStruct, vma: &Vma, start: u64, end: u64) {
     let pud = pud_size(k);
-    assert!(start.is_multiple_of(pud) && end.is_multiple_of(pud), "hugetlb_unshare_pmds of [{start:#x}, {end:#x}): not PUD-aligned");
+    assert!(
+        start.is_multiple_of(pud) && end.is_multiple_of(pud),
+        "hugetlb_unshare_pmds of [{start:#x}, {end:#x}): not PUD-aligned"
+    );
     if start >= end {
         return;
     }

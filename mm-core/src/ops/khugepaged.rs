@@ -259,7 +259,8 @@ pub fn retract_page_tables(k: &Kernel, mapping: &AddressSpace, pgoff: u64) -> us
             continue;
         }
         let ptl = pgtable::ptl(k, pmd.pfn());
-        let empty = (0..g.hpage_pmd_nr()).all(|i| pgtable::read(k, pmd.pfn(), Level::Pte, addr + (i << g.page_shift)).is_none());
+        let empty = (0..g.hpage_pmd_nr())
+            .all(|i| pgtable::read(k, pmd.pfn(), Level::Pte, addr + (i << g.page_shift)).is_none());
         if !empty {
             continue;
         }

@@ -46,13 +46,12 @@ pub fn sanitize_stale_after_zap(k: &Kernel, mm: &MmStruct, start: u64, end: u64)
             continue;
         }
         let cpu = crate::types::CpuId(c as u32);
-        let candidates: Vec<u64> = k
-            .hw
-            .tlb(cpu)
-            .leaf_entries()
-            .filter(|e| e.asid == mm.id && !e.huge && (e.vpn << shift) >= start && (e.vpn << shift) < end)
-            .map(|e| e.vpn << shift)
-            .collect();
+        let candidates: Vec<u64> =
+            k.hw.tlb(cpu)
+                .leaf_entries()
+                .filter(|e| e.asid == mm.id && !e.huge && (e.vpn << shift) >= start && (e.vpn << shift) < end)
+                .map(|e| e.vpn << shift)
+                .collect();
         for va in candidates {
             let table = crate::pgtable::lookup_table(k, mm, va, Level::Pte);
             let _ptl = table.map(|t| crate::pgtable::ptl(k, t));

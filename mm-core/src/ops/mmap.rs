@@ -188,6 +188,13 @@ pub fn mmdrop(k: &Kernel, mm: &Arc<MmStruct>) {
         }
     };
     crate::smp::on_each_cpu_mask(&*k.smp, &users, &leave);
-    vm_warn_on!(k, k.cpus[me.idx()].loaded_mm.load(Ordering::SeqCst) == mm.id, "WARN_ON_ONCE(mm == current->active_mm) in __mmdrop", mm.id, 0, mm.pgd);
+    vm_warn_on!(
+        k,
+        k.cpus[me.idx()].loaded_mm.load(Ordering::SeqCst) == mm.id,
+        "WARN_ON_ONCE(mm == current->active_mm) in __mmdrop",
+        mm.id,
+        0,
+        mm.pgd
+    );
     crate::pgtable::free_table_frame(k, mm.pgd);
 }

@@ -24,8 +24,8 @@ pub use mprotect::mprotect;
 pub use writeback::{folio_mkclean, truncate_inode_pages, writeback_mapping};
 
 #[cfg(all(test, not(mmemu_loom)))]
-mod tests;
-#[cfg(all(test, not(mmemu_loom)))]
 mod test_util;
+#[cfg(all(test, not(mmemu_loom)))]
+mod tests;
 #[cfg(all(test, not(mmemu_loom)))]
 mod tests_notifier;

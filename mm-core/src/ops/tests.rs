@@ -3,12 +3,12 @@
 //! writeback, multi-CPU flushes, and the sanitizer firing when a flush is
 //! skipped on purpose.
 
-use crate::ops::test_util::{assert_no_leaks, run_on};
 use super::*;
 use crate::config::{Arch, KernelConfig};
 use crate::hw::pte::Level;
 use crate::kernel::Kernel;
 use crate::mm::MmStruct;
+use crate::ops::test_util::{assert_no_leaks, run_on};
 use crate::page::Folio;
 use crate::sanitizer::ViolationKind;
 use crate::stats::Stat;
@@ -22,8 +22,6 @@ const PS: u64 = 4096;
 fn kernel(cpus: usize) -> Arc<Kernel> {
     Kernel::new_sync(KernelConfig::default(), cpus)
 }
-
-
 
 #[test]
 fn anon_fault_zero_fill_and_write() {
@@ -490,7 +488,12 @@ mod prop {
                         switch_mm(&k, c);
                         let r = k.write_user(c, BASE + page * PS, 1000 + step as u64);
                         switch_mm(&k, &mm);
-                        prop_assert_eq!(r.is_ok(), cm.get(&page).is_some_and(|(w, _)| *w), "step {}: child write", step);
+                        prop_assert_eq!(
+                            r.is_ok(),
+                            cm.get(&page).is_some_and(|(w, _)| *w),
+                            "step {}: child write",
+                            step
+                        );
                         if r.is_ok() {
                             cm.insert(page, (true, 1000 + step as u64));
                         }

@@ -4,14 +4,14 @@
 //! Each race is forced into its bad interleaving; with the switch off the
 //! matching violation appears, with it on none does.
 
-use crate::ops::test_util::{assert_no_leaks, run_on};
 use super::dirty_oracle::DirtyDataOracle;
 use super::*;
 use crate::config::{Arch, Fix, KernelConfig};
 use crate::gather::{encode_nr_pages, encode_page, MmuGather, ENCODED_PAGE_BIT_NR_PAGES_NEXT, MMU_GATHER_BUNDLE};
 use crate::hw::pte::Level;
-use crate::iommu::{iommu_sva_bind_device, incoherent_entries, DmaError};
+use crate::iommu::{incoherent_entries, iommu_sva_bind_device, DmaError};
 use crate::kernel::Kernel;
+use crate::ops::test_util::{assert_no_leaks, run_on};
 use crate::page::Folio;
 use crate::pgtable;
 use crate::sanitizer::ViolationKind;
@@ -27,8 +27,6 @@ fn kernel_with(cpus: usize, arch: Arch, f: impl FnOnce(&mut KernelConfig)) -> Ar
     f(&mut cfg);
     Kernel::new_sync(cfg, cpus)
 }
-
-
 
 // ---- delay-rmap: writeback vs zap vs a writer with a dirty TLB entry ----------
 

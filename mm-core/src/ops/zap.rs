@@ -160,7 +160,9 @@ fn folio_pte_batch(k: &Kernel, pte_table: Pfn, first: Pte, addr: u64, end: u64) 
     }
     let ps = k.cfg.geometry.page_size();
     let folio_end = folio.pfn().0 + nr_pages;
-    let same = |p: Pte| p.flags() & (Pte::PRESENT | Pte::RW | Pte::USER) == first.flags() & (Pte::PRESENT | Pte::RW | Pte::USER);
+    let same = |p: Pte| {
+        p.flags() & (Pte::PRESENT | Pte::RW | Pte::USER) == first.flags() & (Pte::PRESENT | Pte::RW | Pte::USER)
+    };
     let mut nr = 1;
     // Stay within this PTE table.
     let table_end = pgtable::addr_end(k, Level::Pmd, addr, end);
@@ -307,7 +309,15 @@ fn free_pud_range(tlb: &mut MmuGather<'_>, pgd: Pfn, pud_table: Pfn, addr: u64, 
 }
 
 /// `free_pmd_range`
-fn free_pmd_range(tlb: &mut MmuGather<'_>, pud_table: Pfn, pmd_table: Pfn, addr: u64, end: u64, floor: u64, ceiling: u64) {
+fn free_pmd_range(
+    tlb: &mut MmuGather<'_>,
+    pud_table: Pfn,
+    pmd_table: Pfn,
+    addr: u64,
+    end: u64,
+    floor: u64,
+    ceiling: u64,
+) {
     let k = tlb.kernel();
     let mut a = addr;
     loop {

@@ -173,11 +173,7 @@ impl InUse {
 
 impl PageAllocator {
     pub fn new(nr_frames: usize, nr_cpus: usize) -> Self {
-        let mut zone = Zone {
-            free_area: FreeArea::new(nr_frames),
-            free_order: vec![-1; nr_frames],
-            nr_free: 0,
-        };
+        let mut zone = Zone { free_area: FreeArea::new(nr_frames), free_order: vec![-1; nr_frames], nr_free: 0 };
         // Hand every frame but pfn 0 to the buddy lists, largest aligned blocks first.
         let mut pfn = 1u64;
         while (pfn as usize) < nr_frames {
@@ -228,10 +224,7 @@ impl PageAllocator {
         zone.nr_free += 1 << order;
         while order < MAX_PAGE_ORDER {
             let buddy = pfn ^ (1 << order);
-            if buddy == 0
-                || buddy as usize >= zone.free_order.len()
-                || zone.free_order[buddy as usize] != order as i8
-            {
+            if buddy == 0 || buddy as usize >= zone.free_order.len() || zone.free_order[buddy as usize] != order as i8 {
                 break;
             }
             zone.free_area.remove(order, buddy);
@@ -296,7 +289,13 @@ impl PageAllocator {
         let nr = 1u64 << order;
         for i in 0..nr {
             let p = mem.page(pfn.add(i));
-            vm_bug_on!(on = self.debug_vm, p.refcount() != 0, "VM_BUG_ON_PAGE(page_ref_count(page)) in set_page_refcounted", "allocating a frame in use: {:?}", pfn.add(i));
+            vm_bug_on!(
+                on = self.debug_vm,
+                p.refcount() != 0,
+                "VM_BUG_ON_PAGE(page_ref_count(page)) in set_page_refcounted",
+                "allocating a frame in use: {:?}",
+                pfn.add(i)
+            );
             p.flags.store(kind.flag() | if i == 0 && order > 0 { flags::PG_HEAD } else { 0 }, Ordering::SeqCst);
             p.head.store(pfn.0, Ordering::SeqCst);
             p.mapcount.store(0, Ordering::SeqCst);

@@ -48,7 +48,8 @@ pub fn ptep_set_access_flags(k: &Kernel, mm: &MmStruct, table: Pfn, va: u64, ent
             let mut cur = old;
             loop {
                 let new = Pte(cur.0 | (entry.0 & keep));
-                match slot.compare_exchange(cur.0, new.0, crate::sync::Ordering::SeqCst, crate::sync::Ordering::SeqCst) {
+                match slot.compare_exchange(cur.0, new.0, crate::sync::Ordering::SeqCst, crate::sync::Ordering::SeqCst)
+                {
                     Ok(_) => break,
                     Err(now) => cur = Pte(now),
                 }

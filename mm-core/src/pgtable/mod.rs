@@ -10,8 +10,8 @@ pub mod access_flags;
 
 pub use access_flags::{flush_tlb_fix_spurious_fault, ptep_set_access_flags};
 
-use crate::hw::pte::{Level, Pte};
 use crate::debug_vm::vm_bug_on;
+use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
 use crate::mm::MmStruct;
 use crate::page::alloc::PageKind;
@@ -29,7 +29,12 @@ pub fn alloc_table_frame(k: &Kernel) -> Option<Pfn> {
 /// allocator's single reference.
 pub fn free_table_frame(k: &Kernel, pfn: Pfn) {
     let f = Folio(pfn);
-    vm_bug_on!(k, !k.mem.page(pfn).test(crate::page::flags::PG_TABLE), "VM_BUG_ON_FOLIO(!folio_test_pgtable(folio)) in pagetable_dtor", "freeing a non-table {pfn:?} as a table");
+    vm_bug_on!(
+        k,
+        !k.mem.page(pfn).test(crate::page::flags::PG_TABLE),
+        "VM_BUG_ON_FOLIO(!folio_test_pgtable(folio)) in pagetable_dtor",
+        "freeing a non-table {pfn:?} as a table"
+    );
     k.stats.inc(k.this_cpu(), Stat::TablesFreed);
     k.folio_put(f);
 }

@@ -59,11 +59,8 @@ fn should_flush_tlb(k: &Kernel, cpu: CpuId, info: &FlushTlbInfo) -> bool {
 fn native_flush_tlb_multi(k: &Kernel, mm: &MmStruct, mask: &CpuMask, info: &FlushTlbInfo) {
     let me = k.this_cpu();
     k.stats.inc(me, Stat::NrTlbRemoteFlush);
-    let pages = if info.end == FLUSH_ALL {
-        TLB_FLUSH_ALL
-    } else {
-        (info.end - info.start) >> k.cfg.geometry.page_shift
-    };
+    let pages =
+        if info.end == FLUSH_ALL { TLB_FLUSH_ALL } else { (info.end - info.start) >> k.cfg.geometry.page_shift };
     k.stats.trace_tlb_flush(me, Stat::TraceRemoteSendIpi, pages);
     let all = info.freed_tables && k.cfg.fixes.on(Fix::LazyTlbFreedTables);
     let mut targets = CpuMask::new();

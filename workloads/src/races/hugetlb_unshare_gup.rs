@@ -105,7 +105,10 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     let mut kcfg = p.kcfg.clone();
     kcfg.gup_oracle = true;
     if kcfg.nr_cpus < 3 {
-        return Err(format!("hugetlb-unshare-gup needs at least 3 CPUs (walker, unsharer, reuser); got {}", kcfg.nr_cpus));
+        return Err(format!(
+            "hugetlb-unshare-gup needs at least 3 CPUs (walker, unsharer, reuser); got {}",
+            kcfg.nr_cpus
+        ));
     }
     let g = kcfg.geometry;
     if g.pud_size() < 4 * g.pmd_size() {
@@ -121,7 +124,8 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
     let hook_round = round.clone();
     let installed = k.race_hooks.set_gup_fast(move |_k, point, va| {
         let r = &hook_round;
-        if point != GupFastPoint::PudRead || va != r.va.load(Ordering::SeqCst) || !r.armed.swap(false, Ordering::SeqCst) {
+        if point != GupFastPoint::PudRead || va != r.va.load(Ordering::SeqCst) || !r.armed.swap(false, Ordering::SeqCst)
+        {
             return;
         }
         r.walker_in.store(true, Ordering::SeqCst);

@@ -159,7 +159,11 @@ impl Scenario {
             if self.params.is_empty() {
                 format!("scenario {} takes no parameters", self.name)
             } else {
-                format!("allowed keys for {}: {}", self.name, self.params.iter().map(|p| p.key).collect::<Vec<_>>().join(", "))
+                format!(
+                    "allowed keys for {}: {}",
+                    self.name,
+                    self.params.iter().map(|p| p.key).collect::<Vec<_>>().join(", ")
+                )
             }
         };
         let mut seen: BTreeMap<&'static str, &String> = BTreeMap::new();
@@ -168,19 +172,15 @@ impl Scenario {
                 .split_once('=')
                 .filter(|(k, _)| !k.is_empty())
                 .ok_or_else(|| format!("--param '{pair}': expected KEY=VALUE; {}", keys()))?;
-            let spec = self
-                .params
-                .iter()
-                .find(|p| p.key == k)
-                .ok_or_else(|| {
-                    if self.params.is_empty() {
-                        format!("--param {pair}: {}", keys())
-                    } else {
-                        let names: Vec<&str> = self.params.iter().map(|p| p.key).collect();
-                        let dym = crate::cli::did_you_mean(&crate::cli::suggest(k, &names));
-                        format!("scenario {} has no parameter '{k}'{dym}; allowed: {}", self.name, names.join(", "))
-                    }
-                })?;
+            let spec = self.params.iter().find(|p| p.key == k).ok_or_else(|| {
+                if self.params.is_empty() {
+                    format!("--param {pair}: {}", keys())
+                } else {
+                    let names: Vec<&str> = self.params.iter().map(|p| p.key).collect();
+                    let dym = crate::cli::did_you_mean(&crate::cli::suggest(k, &names));
+                    format!("scenario {} has no parameter '{k}'{dym}; allowed: {}", self.name, names.join(", "))
+                }
+            })?;
             let n = crate::cli::parse_decimal(v, spec.min, spec.max)
                 .map_err(|e| format!("--param {k}={v}: {}; allowed {}..={}", e.what(), spec.min, spec.max))?;
             if let Some(first) = seen.insert(spec.key, pair) {
@@ -199,9 +199,10 @@ pub fn all() -> &'static [Scenario] {
 
 /// Look a scenario up by name; the error lists the names.
 pub fn find(name: &str) -> Result<&'static Scenario, String> {
-    all().iter().find(|s| s.name == name).ok_or_else(|| {
-        crate::cli::unknown_name("scenario", name, &all().iter().map(|s| s.name).collect::<Vec<_>>())
-    })
+    all()
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| crate::cli::unknown_name("scenario", name, &all().iter().map(|s| s.name).collect::<Vec<_>>()))
 }
 
 /// Which scenario (and arch) shows a switch reverted: `mmemu reproduce`.
@@ -546,7 +547,11 @@ pub(crate) mod sys {
 /// chunks of `chunk` rounds (each on a fresh machine) for `--seconds`.
 /// Counters of all chunks are summed; a driver `Err` ends the run as a
 /// failure (it names the CPU or the round).
-pub fn race_adapter(ctx: &Ctx, chunk: u64, run: fn(&RaceParams) -> Result<RaceOutcome, String>) -> Result<Outcome, String> {
+pub fn race_adapter(
+    ctx: &Ctx,
+    chunk: u64,
+    run: fn(&RaceParams) -> Result<RaceOutcome, String>,
+) -> Result<Outcome, String> {
     Ok(chunked(ctx, chunk, |iterations, seed, stop| {
         let o = run(&RaceParams {
             kcfg: ctx.kcfg.clone(),

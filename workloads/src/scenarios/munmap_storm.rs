@@ -15,7 +15,13 @@ pub(super) const SCENARIO: Scenario = Scenario {
     params: &[
         ParamSpec { key: "pages", default: 256, min: 1, max: 65536, help: "pages in each thread's region" },
         ParamSpec { key: "chunk", default: 48, min: 1, max: 65536, help: "pages per munmap call" },
-        ParamSpec { key: "peek", default: 8, min: 0, max: 65536, help: "pages of the neighbour's region read per round" },
+        ParamSpec {
+            key: "peek",
+            default: 8,
+            min: 0,
+            max: 65536,
+            help: "pages of the neighbour's region read per round",
+        },
     ],
     exposes: &[],
     arch: ArchReq::Default(Arch::X86),

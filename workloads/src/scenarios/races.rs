@@ -12,7 +12,10 @@ use mm_core::config::{Arch, Fix};
 use super::{chunked, config_frames, race_adapter, ArchReq, Chunk, Ctx, Outcome, ParamSpec, Scenario};
 use crate::races::fork_exit_hugetlb::{self, ForkExitParams};
 use crate::races::khugepaged_gup::{self, Scenario as Khp};
-use crate::races::{gup_table_free, hugetlb_unshare_gup, lazy_tlb, iommu_sva, large_folio_zap, nested_zap, writeback_race, RaceOutcome, RaceParams};
+use crate::races::{
+    gup_table_free, hugetlb_unshare_gup, iommu_sva, large_folio_zap, lazy_tlb, nested_zap, writeback_race, RaceOutcome,
+    RaceParams,
+};
 use mm_core::config::Geometry;
 
 /// The khugepaged drivers' geometry: 64-entry tables make each collapse
@@ -59,7 +62,14 @@ fn khugepaged(ctx: &Ctx, sc: Khp, tweak: impl Fn(&mut mm_core::KernelConfig)) ->
     tweak(&mut ctx.kcfg);
     Ok(chunked(&ctx, 20, |iterations, seed, stop| {
         let o: RaceOutcome = khugepaged_gup::run_scenario(
-            &RaceParams { kcfg: ctx.kcfg.clone(), machine: ctx.machine, iterations, seed, stop_on_violation: ctx.stop_on_violation, stop },
+            &RaceParams {
+                kcfg: ctx.kcfg.clone(),
+                machine: ctx.machine,
+                iterations,
+                seed,
+                stop_on_violation: ctx.stop_on_violation,
+                stop,
+            },
             sc,
         )?;
         Ok(Chunk { kernels: vec![o.kernel], iterations: o.iterations, first_violation_at: o.first_violation_at })
@@ -97,7 +107,8 @@ pub(super) const KHUGEPAGED_GUP_FILE: Scenario = Scenario {
 
 pub(super) const KHUGEPAGED_GUP_PIN: Scenario = Scenario {
     name: "khugepaged-gup-pin",
-    about: "GUP-fast pins a page khugepaged is collapsing away (§2A, 70cbc3cc78a9; runs with khugepaged-gup-fast-ipi off)",
+    about:
+        "GUP-fast pins a page khugepaged is collapsing away (§2A, 70cbc3cc78a9; runs with khugepaged-gup-fast-ipi off)",
     params: &[],
     exposes: &[Fix::GupPmdRecheck],
     arch: ArchReq::Requires(Arch::Arm64),
@@ -123,9 +134,16 @@ pub(super) const HUGETLB_UNSHARE_GUP: Scenario = Scenario {
 
 pub(super) const FORK_EXIT_HUGETLB: Scenario = Scenario {
     name: "fork-exit-hugetlb",
-    about: "a parent maps a large shared hugetlb area, forks children that touch a few pages and exit (2025 regression)",
+    about:
+        "a parent maps a large shared hugetlb area, forks children that touch a few pages and exit (2025 regression)",
     params: &[
-        ParamSpec { key: "tables", default: 8, min: 1, max: 64, help: "PUD regions of the area = shared PMD tables per child (N)" },
+        ParamSpec {
+            key: "tables",
+            default: 8,
+            min: 1,
+            max: 64,
+            help: "PUD regions of the area = shared PMD tables per child (N)",
+        },
         ParamSpec { key: "children", default: 4, min: 1, max: 256, help: "children forked per round" },
         ParamSpec { key: "touch", default: 4, min: 0, max: 1024, help: "huge pages each child writes" },
     ],

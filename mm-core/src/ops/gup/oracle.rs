@@ -195,7 +195,21 @@ impl GupOracle {
                     close(h, mm, va & pmd_mask, |i| !i.huge && i.va == page_va && i.pfn == old.pfn(), after, keep_from);
                 }
                 if new.present() {
-                    open(h, mm, va & pmd_mask, Interval { va: page_va, pfn: new.pfn(), huge: false, from: before, to: OPEN, upper: false, detached: None, put_back: None });
+                    open(
+                        h,
+                        mm,
+                        va & pmd_mask,
+                        Interval {
+                            va: page_va,
+                            pfn: new.pfn(),
+                            huge: false,
+                            from: before,
+                            to: OPEN,
+                            upper: false,
+                            detached: None,
+                            put_back: None,
+                        },
+                    );
                 }
             }
             Level::Pmd => {
@@ -220,7 +234,21 @@ impl GupOracle {
                     }
                 }
                 if new.present() && new.huge() {
-                    open(h, mm, pmd_va, Interval { va: pmd_va, pfn: new.pfn(), huge: true, from: before, to: OPEN, upper: false, detached: None, put_back: None });
+                    open(
+                        h,
+                        mm,
+                        pmd_va,
+                        Interval {
+                            va: pmd_va,
+                            pfn: new.pfn(),
+                            huge: true,
+                            from: before,
+                            to: OPEN,
+                            upper: false,
+                            detached: None,
+                            put_back: None,
+                        },
+                    );
                 } else if new.present() {
                     self.link(k, h, mm, new.pfn(), Level::Pte, pmd_va, before);
                 }
@@ -229,8 +257,12 @@ impl GupOracle {
                 let span = 1u64 << g.level_shift(level);
                 let base = va & !(span - 1);
                 if old.present() {
-                    let keys: Vec<_> =
-                        h.groups.keys().filter(|(m, v)| *m == mm && (base..base.wrapping_add(span)).contains(v)).copied().collect();
+                    let keys: Vec<_> = h
+                        .groups
+                        .keys()
+                        .filter(|(m, v)| *m == mm && (base..base.wrapping_add(span)).contains(v))
+                        .copied()
+                        .collect();
                     for (m, v) in keys {
                         close_upper(h, m, v, after, keep_from);
                     }
@@ -261,8 +293,36 @@ impl GupOracle {
             }
             let pmd_va = va & !(g.pmd_size() - 1);
             match level {
-                Level::Pte => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: false, from: at, to: OPEN, upper: false, detached: None, put_back: None }),
-                Level::Pmd if e.huge() => open(h, mm, pmd_va, Interval { va, pfn: e.pfn(), huge: true, from: at, to: OPEN, upper: false, detached: None, put_back: None }),
+                Level::Pte => open(
+                    h,
+                    mm,
+                    pmd_va,
+                    Interval {
+                        va,
+                        pfn: e.pfn(),
+                        huge: false,
+                        from: at,
+                        to: OPEN,
+                        upper: false,
+                        detached: None,
+                        put_back: None,
+                    },
+                ),
+                Level::Pmd if e.huge() => open(
+                    h,
+                    mm,
+                    pmd_va,
+                    Interval {
+                        va,
+                        pfn: e.pfn(),
+                        huge: true,
+                        from: at,
+                        to: OPEN,
+                        upper: false,
+                        detached: None,
+                        put_back: None,
+                    },
+                ),
                 _ => self.link(k, h, mm, e.pfn(), level.below().expect("upper level"), va, at),
             }
         }
@@ -302,7 +362,11 @@ impl GupOracle {
                 let detached = (!ok)
                     .then(|| h.groups.get(&(mm, va & pmd_mask)))
                     .flatten()
-                    .and_then(|v| v.iter().rev().find(|i| !i.huge && i.va == va && i.pfn == page && i.to < grab && i.detached.is_some()))
+                    .and_then(|v| {
+                        v.iter()
+                            .rev()
+                            .find(|i| !i.huge && i.va == va && i.pfn == page && i.to < grab && i.detached.is_some())
+                    })
                     .map(|d| (d.detached.expect("checked"), d.put_back));
                 let ok = ok || matches!(detached, Some((_, Some(true))));
                 if let Some(((table, table_gen), None)) = detached {
@@ -369,7 +433,8 @@ fn judge_detached(k: &Kernel, h: &mut History, mm: u64, pmd_va: u64, new: Pte) {
             }
         }
     }
-    let (mine, rest): (Vec<Pending>, Vec<Pending>) = h.pending.drain(..).partition(|p| p.mm == mm && p.va & pmd_mask == pmd_va);
+    let (mine, rest): (Vec<Pending>, Vec<Pending>) =
+        h.pending.drain(..).partition(|p| p.mm == mm && p.va & pmd_mask == pmd_va);
     h.pending = rest;
     for p in mine {
         if !puts_back(k, new, p.table, p.table_gen, p.va, p.page) {

@@ -1,9 +1,9 @@
 //! GUP-fast and the slow path on the synchronous Smp; the §1 interleaving
 //! (GUP-fast vs munmap/free_pgtables) forced through the PmdRead hook.
 
-use crate::ops::test_util::{assert_no_leaks, run_on};
 use super::*;
 use crate::config::{Arch, KernelConfig};
+use crate::ops::test_util::{assert_no_leaks, run_on};
 use crate::ops::{exit_mm, mmap_anon, munmap};
 use crate::sanitizer::ViolationKind;
 use crate::sync::{Arc, AtomicBool};
@@ -14,8 +14,6 @@ const PS: u64 = 4096;
 fn cfg() -> KernelConfig {
     KernelConfig { gup_oracle: true, ..KernelConfig::default() }
 }
-
-
 
 fn pte_pfn(k: &Kernel, mm: &MmStruct, va: u64) -> Pfn {
     let t = pgtable::lookup_table(k, mm, va, Level::Pte).expect("mapped");
@@ -74,7 +72,10 @@ fn gup_fast_stops_at_unmapped_or_readonly_and_the_slow_path_faults_in() {
     // Read-only VMA: a read pin works, a write pin is EFAULT.
     k.read_user(&mm, BASE + 4 * PS).unwrap();
     assert!(gup_fast(&k, &mm, BASE + 4 * PS, 1, Foll::GET | Foll::WRITE).is_empty(), "pte not writable");
-    assert_eq!(get_user_pages_fast(&k, &mm, BASE + 4 * PS, 1, Foll::GET | Foll::WRITE), Err(GupError::Fault(BASE + 4 * PS)));
+    assert_eq!(
+        get_user_pages_fast(&k, &mm, BASE + 4 * PS, 1, Foll::GET | Foll::WRITE),
+        Err(GupError::Fault(BASE + 4 * PS))
+    );
     let ro = get_user_pages_fast(&k, &mm, BASE + 4 * PS, 2, Foll::GET).unwrap();
     assert_eq!(ro.len(), 2);
     put_user_pages(&k, &ro);
@@ -239,7 +240,12 @@ fn oracle_judges_a_detached_table_when_the_pmd_slot_is_written_again() {
             pgtable::write(&k, pmd_table, Level::Pmd, BASE, new);
         }
         let want = usize::from(!put_back);
-        assert_eq!(k.san.count_kind(ViolationKind::GupOracle), want, "put back {put_back}, before end {put_back_before_end}: {:?}", k.san.violations());
+        assert_eq!(
+            k.san.count_kind(ViolationKind::GupOracle),
+            want,
+            "put back {put_back}, before end {put_back_before_end}: {:?}",
+            k.san.violations()
+        );
         if !put_back {
             pgtable::write(&k, pmd_table, Level::Pmd, BASE, old);
         }

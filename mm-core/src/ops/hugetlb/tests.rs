@@ -3,9 +3,9 @@
 //! hardware walking shared tables with 2 MiB TLB entries, and the IPI story
 //! of 1013af4f585f / 8ce720d5bd91 (issue 4 acceptance).
 
-use crate::ops::test_util::{assert_no_leaks, run_on};
 use super::*;
 use crate::config::{Arch, Fixes, KernelConfig};
+use crate::ops::test_util::{assert_no_leaks, run_on};
 use crate::ops::{dup_mmap, exit_mm, mmap_anon, mprotect, munmap, truncate_inode_pages};
 use crate::stats::Stat;
 use crate::types::CpuId;
@@ -26,7 +26,6 @@ fn kernel(cpus: usize) -> Arc<Kernel> {
     kernel_with(cpus, Fixes::all(), Arch::X86)
 }
 
-
 /// A hugetlbfs file of `gib` GiB.
 fn hfile(k: &Kernel, gib: u64) -> Arc<AddressSpace> {
     k.new_file(gib * GIB / k.cfg.geometry.page_size())
@@ -44,7 +43,6 @@ fn map_and_touch(k: &Kernel, mm: &Arc<MmStruct>, file: &Arc<AddressSpace>, n: u6
 fn pmd_table(k: &Kernel, mm: &MmStruct, va: u64) -> Option<Pfn> {
     huge_pte_offset(k, mm, va)
 }
-
 
 /// Check refcounts / mapcounts (shared entries count once), then tear
 /// everything down: exit every mm (each on its own CPU slot 0), drop
@@ -485,7 +483,12 @@ fn gather_ends_with_fully_unshared_tables_clear() {
     assert_eq!(k.san.count(), 0);
     tlb.tlb_finish_mmu();
     let check = "VM_WARN_ON_ONCE(tlb->fully_unshared_tables) in tlb_finish_mmu";
-    assert_eq!(k.san.count_kind(ViolationKind::DebugVmWarning(check)), 1, "tlb_finish_mmu must catch the missing huge_pmd_unshare_flush: {:?}", k.san.violations());
+    assert_eq!(
+        k.san.count_kind(ViolationKind::DebugVmWarning(check)),
+        1,
+        "tlb_finish_mmu must catch the missing huge_pmd_unshare_flush: {:?}",
+        k.san.violations()
+    );
     assert_eq!(k.san.count(), 1, "{:?}", k.san.violations());
     assert_eq!(k.san.violations()[0].mm, b.id);
 }
@@ -606,7 +609,6 @@ fn unshare_race_on_x86_the_flush_ipi_alone_waits_for_the_walker() {
     unshare_race(&k);
 }
 
-
 #[test]
 fn three_sharers_the_final_unshare_drains_a_walker_that_entered_through_an_earlier_sharer() {
     // KERNEL-RACES §3.2 subtlety: P3's walker is inside S (entered through
@@ -689,8 +691,6 @@ fn small_geometry_shares_unshares_and_reuses_a_pmd_table() {
     assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
     teardown(&k, &[&p1, &p2], &[&f]);
 }
-
-
 
 #[test]
 fn sync_after_unlock_knob_still_sends_one_sync_per_last_sharer_gather() {

@@ -1,11 +1,11 @@
 //! khugepaged collapse, zap_huge_pmd / split, retract_page_tables, and the
 //! §2A / §2B interleavings forced through the gup_fast and collapse hooks.
 
-use crate::ops::test_util::{assert_no_leaks, run_on};
 use super::*;
 use crate::config::{Arch, KernelConfig};
 use crate::ops::check::check_consistency;
 use crate::ops::gup::{gup_fast, unpin_user_pages, Foll, GupFastPoint};
+use crate::ops::test_util::{assert_no_leaks, run_on};
 use crate::ops::{exit_mm, madvise_dontneed, mmap_anon, mmap_file, munmap};
 use crate::sanitizer::ViolationKind;
 use crate::stats::Stat;
@@ -20,8 +20,6 @@ const HPAGE: u64 = 512 * PS;
 fn cfg() -> KernelConfig {
     KernelConfig { gup_oracle: true, ..KernelConfig::default() }
 }
-
-
 
 fn pmd_of(k: &Kernel, mm: &MmStruct, va: u64) -> Pte {
     let t = pgtable::lookup_table(k, mm, va, Level::Pmd).unwrap();
