@@ -1,5 +1,5 @@
 //! The sync facade: the only module of the project that names `std`,
-//! `parking_lot`, `crossbeam-utils` or `loom` synchronisation types.
+//! `parking_lot` or `loom` synchronisation types.
 //!
 //! Every other module (and every other crate that shares state with mm-core)
 //! imports `Arc`, `Mutex`, `RwLock`, the atomics, `spin_loop` and `epoch` from
