@@ -1,8 +1,8 @@
 //! Chrome trace-event JSON (the format ui.perfetto.dev and chrome://tracing
 //! open) from `emu_cpu::trace` events.
 //!
-//! Layout: one process (pid 1, "mmemu <scenario>") with one thread track
-//! per emulated CPU (tid = CPU number, named "CPU<n>" by thread_name
+//! Layout: one process (pid 1, `"mmemu <scenario>"`) with one thread track
+//! per emulated CPU (tid = CPU number, named `"CPU<n>"` by thread_name
 //! metadata).  Slices are complete events ("X"), tlb_flush events are
 //! thread-scoped instants ("i") whose args carry the reason and pages,
 //! IPIs are flow events ("s" on the sender inside its
