@@ -406,11 +406,7 @@ where
     let k = b.sys.kernel().clone();
     let leaked = if err.is_none() { Some(sub(k.alloc.in_use(), b.baseline)) } else { None };
     let leak_not_checked = leaked.is_none().then(|| "the run ended early".to_string());
-    let hang = match &err {
-        Some(MachineError::Hang { .. }) => true,
-        Some(MachineError::Panicked { msg, .. }) => msg.contains("CSD lock timeout"),
-        _ => false,
-    };
+    let hang = err.as_ref().is_some_and(MachineError::is_hang);
     let measure = Measure::from_kernel(&k, leaked);
     Outcome {
         iterations: work.rounds,
