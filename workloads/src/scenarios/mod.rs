@@ -33,8 +33,9 @@ use mm_core::sync::Arc;
 use mm_core::Kernel;
 
 pub use crate::budget::{interrupt_flag, interrupted, Budget, Until};
+use crate::input::{did_you_mean, parse_decimal, suggest, unknown_name};
+pub use crate::outcome::{Measure, Outcome};
 use crate::races::{RaceOutcome, RaceParams};
-use crate::report::Measure;
 
 /// One integer parameter of a scenario (`--param key=value`).
 #[derive(Clone, Copy, Debug)]
@@ -84,38 +85,6 @@ impl Ctx {
     pub fn nr_cpus(&self) -> usize {
         self.kcfg.nr_cpus
     }
-}
-
-/// What a scenario run produced.
-#[derive(Debug)]
-pub struct Outcome {
-    /// Rounds run (summed over threads for native scenarios).
-    pub iterations: u64,
-    /// Syscalls made (race scenarios: rounds).
-    pub ops: u64,
-    /// From boot to the end of the budget (every thread stopped).
-    pub elapsed: Duration,
-    /// `--seconds`: how far past the deadline the last thread stopped.
-    pub overshoot: Option<Duration>,
-    /// Exiting every mm, quiescing and the leak check.
-    pub teardown: Duration,
-    /// The budget ended early on SIGINT / SIGTERM (`interrupt_flag`).
-    pub interrupted: bool,
-    /// Digest of the choices the scenario drew from the seed (0: none).
-    pub program_digest: u64,
-    pub measure: Measure,
-    /// A machine error (panic on a CPU, task that never returned) that
-    /// ended the run early; names the CPU.
-    pub error: Option<String>,
-    /// The error was a hang (task timeout) rather than a panic.
-    pub hang: bool,
-    /// Race scenarios: 1-based round of the first violation.
-    pub first_violation_at: Option<u64>,
-    /// Scenario-specific numbers (e.g. sync broadcasts per exiting child),
-    /// reported as `metrics`.
-    pub metrics: BTreeMap<String, f64>,
-    /// Why there was no leak check (`measure.leaked` is `None`).
-    pub leak_not_checked: Option<String>,
 }
 
 pub type RunFn = fn(&Ctx) -> Result<Outcome, String>;
@@ -177,11 +146,11 @@ impl Scenario {
                     format!("--param {pair}: {}", keys())
                 } else {
                     let names: Vec<&str> = self.params.iter().map(|p| p.key).collect();
-                    let dym = crate::cli::did_you_mean(&crate::cli::suggest(k, &names));
+                    let dym = did_you_mean(&suggest(k, &names));
                     format!("scenario {} has no parameter '{k}'{dym}; allowed: {}", self.name, names.join(", "))
                 }
             })?;
-            let n = crate::cli::parse_decimal(v, spec.min, spec.max)
+            let n = parse_decimal(v, spec.min, spec.max)
                 .map_err(|e| format!("--param {k}={v}: {}; allowed {}..={}", e.what(), spec.min, spec.max))?;
             if let Some(first) = seen.insert(spec.key, pair) {
                 return Err(format!("--param {k} given twice ({first}, {pair}); allowed once per key"));
@@ -202,7 +171,7 @@ pub fn find(name: &str) -> Result<&'static Scenario, String> {
     all()
         .iter()
         .find(|s| s.name == name)
-        .ok_or_else(|| crate::cli::unknown_name("scenario", name, &all().iter().map(|s| s.name).collect::<Vec<_>>()))
+        .ok_or_else(|| unknown_name("scenario", name, &all().iter().map(|s| s.name).collect::<Vec<_>>()))
 }
 
 /// Which scenario (and arch) shows a switch reverted: `mmemu reproduce`.
