@@ -26,6 +26,7 @@ use emu_cpu::{MachineConfig, WaitPolicy};
 use mm_core::config::{Arch, Fix, KernelConfig};
 use serde::Serialize;
 
+use crate::error::RunError;
 use crate::input::{did_you_mean, parse_decimal, suggest, unknown_name, BadNumber};
 use crate::report::{BudgetJson, MemoryJson, Report, Setup, TraceInfo};
 use crate::scenarios::{self, ArchReq, Budget, Ctx, Scenario, MAX_CPUS};
@@ -120,10 +121,12 @@ struct RunArgs {
     /// Write a Chrome trace-event JSON file (open it in ui.perfetto.dev).
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
-    /// Testing the error path: the first syscall on this CPU panics.
+    /// Testing the error path: the first syscall on this CPU panics (race
+    /// scenarios: a task there at the start of the first round).
     #[arg(long, value_name = "CPU", hide = true, value_parser = parse_cpu_index)]
     inject_panic: Option<u32>,
-    /// Testing the error path: that CPU's syscalls before the panicking one.
+    /// Testing the error path: that CPU's syscalls (race scenarios: rounds)
+    /// before the panicking one.
     #[arg(long, value_name = "N", hide = true, default_value = "0", value_parser = parse_seed)]
     inject_panic_after: u64,
 }
@@ -642,7 +645,7 @@ pub fn run_scenario(spec: &RunSpec) -> Result<Report, CliError> {
             .unwrap_or_else(|| "<non-string panic payload>".into());
         CliError::Failed(format!("scenario {} panicked outside the emulated CPUs: {msg}", spec.scenario.name))
     })?;
-    let outcome = r.map_err(|e| CliError::Usage(format!("scenario {}: {e}", spec.scenario.name)))?;
+    let outcome = r.map_err(|e| scenario_failed(spec.scenario, &e))?;
     let mut report = Report::new(Setup { memory: Some(memory), ..spec.setup() }, &outcome);
     if let (Some(path), Some((events, dropped))) = (&spec.trace, traced) {
         let title = format!("mmemu {} ({} CPUs, {})", spec.scenario.name, spec.cpus, spec.arch.name());
@@ -652,6 +655,17 @@ pub fn run_scenario(spec: &RunSpec) -> Result<Report, CliError> {
         report.trace = Some(TraceInfo { file: path.display().to_string(), events: events.len(), dropped, error });
     }
     Ok(report)
+}
+
+/// A scenario's `Err`: a configuration it refuses is bad usage (exit 2);
+/// anything else went wrong while it ran (exit 1).
+fn scenario_failed(s: &Scenario, e: &RunError) -> CliError {
+    let msg = format!("scenario {}: {e}", s.name);
+    if e.is_config() {
+        CliError::Usage(msg)
+    } else {
+        CliError::Failed(msg)
+    }
 }
 
 fn machine_config(m: &MachineArgs) -> MachineConfig {
@@ -849,7 +863,7 @@ fn run(a: RunArgs) -> Result<i32, CliError> {
     no_repeated_switch(&a.revert)?;
     let params = s.parse_params(&a.params).map_err(CliError::Usage)?;
     if let Some(c) = a.inject_panic {
-        scenarios::inject_panic_on(c, a.inject_panic_after);
+        crate::inject::arm(c, a.inject_panic_after);
     }
     let spec = RunSpec {
         scenario: s,
@@ -1180,4 +1194,25 @@ fn proc_status_bytes(field: &str) -> Option<u64> {
     let line = st.lines().find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emu_cpu::MachineError;
+    use mm_core::CpuId;
+
+    #[test]
+    fn only_a_refused_configuration_is_bad_usage() {
+        let s = scenarios::find("lazy-tlb").unwrap();
+        let usage = |e: RunError| matches!(scenario_failed(s, &e), CliError::Usage(_));
+        assert!(usage(RunError::Config("lazy_tlb needs 2 CPUs; got 1".into())));
+        assert!(!usage(RunError::Machine(MachineError::Stopped { cpu: CpuId(0) })));
+        assert!(!usage(RunError::Model("mmap: Enomem".into())));
+        assert!(!usage(RunError::Driver("the device never ran".into()).in_round(3)));
+        match scenario_failed(s, &RunError::Config("x".into()).during("boot")) {
+            CliError::Usage(m) => assert_eq!(m, "scenario lazy-tlb: boot: x"),
+            e => panic!("{e:?}"),
+        }
+    }
 }

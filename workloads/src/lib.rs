@@ -16,6 +16,8 @@
 
 pub mod budget;
 pub mod cli;
+pub mod error;
+pub mod inject;
 pub mod input;
 pub mod outcome;
 pub mod races;

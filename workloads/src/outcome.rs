@@ -13,6 +13,8 @@ use mm_core::stats::Stat;
 use mm_core::{CpuId, Kernel};
 use serde::Serialize;
 
+use crate::error::RunError;
+
 /// Violation records kept per measure (the count keeps going).
 const MAX_RECORDS: usize = 256;
 
@@ -34,11 +36,9 @@ pub struct Outcome {
     /// Digest of the choices the scenario drew from the seed (0: none).
     pub program_digest: u64,
     pub measure: Measure,
-    /// A machine error (panic on a CPU, task that never returned) that
-    /// ended the run early; names the CPU.
-    pub error: Option<String>,
-    /// The error was a hang (task timeout) rather than a panic.
-    pub hang: bool,
+    /// What ended the run early: a machine error (a panic on a CPU, a
+    /// CSD-lock timeout, a hang; names the CPU) or a race driver's failure.
+    pub error: Option<RunError>,
     /// Race scenarios: 1-based round of the first violation.
     pub first_violation_at: Option<u64>,
     /// Scenario-specific numbers (e.g. sync broadcasts per exiting child),

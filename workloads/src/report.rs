@@ -14,6 +14,7 @@ use mm_core::sanitizer::Violation;
 use mm_core::stats::Stat;
 use serde::Serialize;
 
+use crate::error::RunError;
 use crate::outcome::Outcome;
 
 /// JSON schema id; bump on incompatible changes.
@@ -155,7 +156,7 @@ pub struct Report {
     /// Why there was no leak check: the run ended early, or a race driver
     /// returns with its mm still mapped.
     pub leak_not_checked: Option<String>,
-    /// The machine error that ended the run (names the CPU), if any.
+    /// What ended the run early (a machine error names the CPU), if anything.
     pub error: Option<String>,
     /// ok | violations | leak | hang | panic
     pub verdict: &'static str,
@@ -189,7 +190,7 @@ impl Report {
         for v in &m.records {
             *by_kind.entry(v.kind.name().to_string()).or_insert(0) += 1;
         }
-        let verdict = if o.hang {
+        let verdict = if o.error.as_ref().is_some_and(RunError::is_hang) {
             "hang"
         } else if o.error.is_some() {
             "panic"
@@ -253,7 +254,7 @@ impl Report {
                 hugetlb: l.hugetlb,
                 total: l.total(),
             }),
-            error: o.error.clone(),
+            error: o.error.as_ref().map(RunError::to_string),
             leak_not_checked: o.leak_not_checked.clone(),
             verdict,
             metrics: o.metrics.clone(),

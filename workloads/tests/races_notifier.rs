@@ -27,6 +27,7 @@ fn params(cpus: usize, revert: Option<Fix>, iterations: u64) -> RaceParams {
         seed: 0x5eed,
         stop_on_violation: true,
         stop: workloads::budget::Until::forever(),
+        params: Default::default(),
     }
 }
 

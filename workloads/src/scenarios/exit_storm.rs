@@ -10,7 +10,9 @@ use mm_core::config::Arch;
 use mm_core::tlb::switch_mm;
 use mm_core::CpuId;
 
-use super::{boot, finish, sys, ArchReq, Ctx, Outcome, ParamSpec, Rng, Scenario, Work};
+use super::{boot, finish, sys, Outcome, Rng, Work};
+use super::{ArchReq, Ctx, ParamSpec, Scenario};
+use crate::error::RunError;
 
 pub(super) const SCENARIO: Scenario = Scenario {
     name: "exit-storm",
@@ -34,7 +36,7 @@ fn frames(ctx: &Ctx) -> usize {
     ctx.nr_cpus() * (ctx.param("pages") as usize + 64) * 3 + 8192
 }
 
-fn run(ctx: &Ctx) -> Result<Outcome, String> {
+fn run(ctx: &Ctx) -> Result<Outcome, RunError> {
     let n = ctx.nr_cpus();
     let (pages, fork) = (ctx.param("pages"), ctx.param("fork") == 1);
     let b = boot(ctx, frames(ctx))?;

@@ -33,6 +33,7 @@ use mm_core::sync::Arc;
 use mm_core::Kernel;
 
 pub use crate::budget::{interrupt_flag, interrupted, Budget, Until};
+use crate::error::RunError;
 use crate::input::{did_you_mean, parse_decimal, suggest, unknown_name};
 pub use crate::outcome::{Measure, Outcome};
 use crate::races::{RaceOutcome, RaceParams};
@@ -87,7 +88,7 @@ impl Ctx {
     }
 }
 
-pub type RunFn = fn(&Ctx) -> Result<Outcome, String>;
+pub type RunFn = fn(&Ctx) -> Result<Outcome, RunError>;
 
 /// One entry of the registry.
 #[derive(Clone, Copy)]
@@ -265,10 +266,10 @@ pub(crate) struct Booted {
     pub until: Until,
 }
 
-pub(crate) fn boot(ctx: &Ctx, min_frames: usize) -> Result<Booted, String> {
+pub(crate) fn boot(ctx: &Ctx, min_frames: usize) -> Result<Booted, RunError> {
     let mut kcfg = ctx.kcfg.clone();
-    kcfg.ram_frames = ram_frames(ctx, min_frames)?;
-    let sys = System::new(kcfg, ctx.machine)?;
+    kcfg.ram_frames = ram_frames(ctx, min_frames).map_err(RunError::Config)?;
+    let sys = System::new(kcfg, ctx.machine).map_err(RunError::Config)?;
     let baseline = sys.kernel().alloc.in_use();
     Ok(Booted { sys, baseline, t0: Instant::now(), until: Until::new(ctx.budget) })
 }
@@ -375,7 +376,6 @@ where
     let k = b.sys.kernel().clone();
     let leaked = if err.is_none() { Some(sub(k.alloc.in_use(), b.baseline)) } else { None };
     let leak_not_checked = leaked.is_none().then(|| "the run ended early".to_string());
-    let hang = err.as_ref().is_some_and(MachineError::is_hang);
     let measure = Measure::from_kernel(&k, leaked);
     Outcome {
         iterations: work.rounds,
@@ -386,8 +386,7 @@ where
         interrupted: interrupted(),
         program_digest: work.digest,
         measure,
-        error: err.map(|e| e.to_string()),
-        hang,
+        error: err.map(RunError::Machine),
         first_violation_at: None,
         metrics: BTreeMap::new(),
         leak_not_checked,
@@ -445,29 +444,11 @@ impl Rng {
     }
 }
 
-static INJECT_PANIC: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
-/// Syscalls of the armed CPU that still go through before the panic.
-static INJECT_SKIP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Make a syscall of a native scenario on `cpu` panic — the one after the
-/// first `after` (tests of the error path: `mmemu run --inject-panic CPU
-/// [--inject-panic-after N]`).
-pub fn inject_panic_on(cpu: u32, after: u64) {
-    INJECT_SKIP.store(after, std::sync::atomic::Ordering::SeqCst);
-    INJECT_PANIC.store(cpu, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Syscall entry of the native scenarios: the injected panic, if armed for
-/// this CPU, and a trace span (free when no trace is recorded).
+/// Syscall entry of the native scenarios: an injection point
+/// (`--inject-panic`) and a trace span (free when no trace is recorded).
 fn syscall_entry(k: &Kernel, name: &'static str) -> Option<emu_cpu::trace::Span> {
-    use std::sync::atomic::Ordering::SeqCst;
     let cpu = k.this_cpu();
-    if INJECT_PANIC.load(std::sync::atomic::Ordering::Relaxed) == cpu.0
-        && INJECT_SKIP.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_err()
-        && INJECT_PANIC.compare_exchange(cpu.0, u32::MAX, SeqCst, SeqCst).is_ok()
-    {
-        panic!("injected panic in {name} (--inject-panic {})", cpu.0);
-    }
+    crate::inject::point(cpu, name);
     emu_cpu::trace::syscall(cpu, name)
 }
 
@@ -510,41 +491,27 @@ pub(crate) mod sys {
 
 /// Run a race driver under `ctx`: one call for `--iterations`, repeated
 /// chunks of `chunk` rounds (each on a fresh machine) for `--seconds`.
-/// Counters of all chunks are summed; a driver `Err` ends the run as a
-/// failure (it names the CPU or the round).
+/// Counters of all chunks are summed; a driver's failure ends the run (the
+/// outcome's `error` names the CPU or the round); a configuration the
+/// driver refuses is the run's `Err`.
 pub fn race_adapter(
     ctx: &Ctx,
     chunk: u64,
-    run: fn(&RaceParams) -> Result<RaceOutcome, String>,
-) -> Result<Outcome, String> {
-    Ok(chunked(ctx, chunk, |iterations, seed, stop| {
-        let o = run(&RaceParams {
-            kcfg: ctx.kcfg.clone(),
-            machine: ctx.machine,
-            iterations,
-            seed,
-            stop_on_violation: ctx.stop_on_violation,
-            stop,
-        })?;
-        Ok(Chunk { kernels: vec![o.kernel], iterations: o.iterations, first_violation_at: o.first_violation_at })
-    }))
+    run: fn(&RaceParams) -> Result<RaceOutcome, RunError>,
+) -> Result<Outcome, RunError> {
+    chunked(ctx, chunk, run)
 }
 
-/// One call of a driver: its kernels (after the driver exited every mm and
-/// quiesced its machine; one per machine it booted), rounds run, first
-/// violating round.
-pub struct Chunk {
-    pub kernels: Vec<Arc<Kernel>>,
-    pub iterations: u64,
-    pub first_violation_at: Option<u64>,
-}
-
-/// Call `f(rounds, seed, stop)` once (`--iterations`) or in chunks until
-/// the time is up (`--seconds`), summing what the kernels measured.  `stop`
-/// is the run's deadline and interrupt: drivers check it between rounds.
-/// Frames still in use after a chunk are leaks (drivers clean up before
-/// returning).
-pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64, Until) -> Result<Chunk, String>) -> Outcome {
+/// Call the driver `f` once (`--iterations`) or in chunks of `chunk`
+/// rounds until the time is up (`--seconds`), summing what the kernels
+/// measured.  Each call's `RaceParams::stop` is the run's deadline and
+/// interrupt; its seed is `--seed` plus the call's number.  Frames still in
+/// use after a call are leaks (the harness's teardown ran).
+pub fn chunked(
+    ctx: &Ctx,
+    chunk: u64,
+    mut f: impl FnMut(&RaceParams) -> Result<RaceOutcome, RunError>,
+) -> Result<Outcome, RunError> {
     let t0 = Instant::now();
     let mut out = Outcome {
         iterations: 0,
@@ -556,7 +523,6 @@ pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64, Until) -> Resu
         program_digest: 0,
         measure: Measure::empty(ctx.nr_cpus()),
         error: None,
-        hang: false,
         first_violation_at: None,
         metrics: BTreeMap::new(),
         leak_not_checked: None,
@@ -564,27 +530,33 @@ pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64, Until) -> Resu
     let until = Until::new(ctx.budget);
     let mut call = 0u64;
     loop {
-        let n = match ctx.budget {
+        let iterations = match ctx.budget {
             Budget::Iterations(n) => n,
             Budget::Seconds(_) => chunk.max(1),
         };
-        match f(n, ctx.seed.wrapping_add(call), until.deadline_only()) {
+        let p = RaceParams {
+            kcfg: ctx.kcfg.clone(),
+            machine: ctx.machine,
+            iterations,
+            seed: ctx.seed.wrapping_add(call),
+            stop_on_violation: ctx.stop_on_violation,
+            stop: until.deadline_only(),
+            params: ctx.params.clone(),
+        };
+        match f(&p) {
             Ok(c) => {
                 if out.first_violation_at.is_none() {
                     out.first_violation_at = c.first_violation_at.map(|r| r + out.iterations);
                 }
                 out.iterations += c.iterations;
                 out.ops += c.iterations;
-                for k in &c.kernels {
-                    let leaked = (k.rcu.pending() == 0).then(|| k.alloc.in_use());
-                    if leaked.is_none() {
-                        out.leak_not_checked = Some("RCU callbacks were still pending when the driver returned".into());
-                    }
-                    out.measure.add(&Measure::from_kernel(k, leaked));
+                if c.leaked.is_none() {
+                    out.leak_not_checked = Some("RCU callbacks were still pending when the driver returned".into());
                 }
+                out.measure.add(&Measure::from_kernel(&c.kernel, c.leaked));
             }
+            Err(e) if e.is_config() => return Err(e),
             Err(e) => {
-                out.hang = e.contains(": hang: ") || e.contains("CSD lock timeout");
                 out.error = Some(e);
                 break;
             }
@@ -600,7 +572,7 @@ pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64, Until) -> Resu
     out.elapsed = t0.elapsed();
     out.overshoot = until.overshoot();
     out.interrupted = interrupted();
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
