@@ -10,9 +10,10 @@ use mm_core::config::Arch;
 use mm_core::tlb::switch_mm;
 use mm_core::CpuId;
 
-use super::{boot, finish, sys, Outcome, Rng, Work};
+use super::native::{boot, finish, sys, Rng, Work};
 use super::{ArchReq, Ctx, ParamSpec, Scenario};
 use crate::error::RunError;
+use crate::outcome::Outcome;
 
 pub(super) const SCENARIO: Scenario = Scenario {
     name: "exit-storm",

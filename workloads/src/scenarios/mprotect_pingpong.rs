@@ -7,9 +7,10 @@
 use mm_core::config::Arch;
 use mm_core::CpuId;
 
-use super::{boot, finish, join_into, sys, Outcome, Rng, Work, WorkLog};
+use super::native::{boot, finish, join_into, sys, Rng, Work, WorkLog};
 use super::{ArchReq, Ctx, ParamSpec, Scenario};
 use crate::error::RunError;
+use crate::outcome::Outcome;
 
 pub(super) const SCENARIO: Scenario = Scenario {
     name: "mprotect-pingpong",

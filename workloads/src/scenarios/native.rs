@@ -245,4 +245,3 @@ pub(crate) mod sys {
         ops::exit_mm(k, mm)
     }
 }
-

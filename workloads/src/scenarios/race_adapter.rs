@@ -96,4 +96,3 @@ pub fn chunked(
     out.interrupted = interrupted();
     Ok(out)
 }
-

@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 
 use mm_core::config::{Arch, Fix};
 
-use super::{chunked, race_adapter, Outcome};
+use super::race_adapter::{chunked, race_adapter};
 use super::{config_frames, ArchReq, Ctx, ParamSpec, Scenario};
 use crate::error::RunError;
+use crate::outcome::Outcome;
 use crate::races::fork_exit_hugetlb::{self, Shape};
 use crate::races::khugepaged_gup::{self, Scenario as Khp};
 use crate::races::{
