@@ -82,7 +82,6 @@ struct SwitchJson {
     off_means: &'static str,
     scenario: &'static str,
     arch: &'static str,
-    available: bool,
 }
 
 fn exposed_by(s: &Scenario) -> Vec<&'static str> {
@@ -122,7 +121,6 @@ pub(super) fn list(json: bool) -> Result<i32, CliError> {
                 off_means: e.fix.off_means(),
                 scenario: e.scenario,
                 arch: e.arch.name(),
-                available: scenarios::find(e.scenario).is_ok(),
             })
             .collect();
         print_json(&serde_json::json!({"scenarios": sc, "switches": sw}))?;
@@ -147,9 +145,8 @@ pub(super) fn list(json: bool) -> Result<i32, CliError> {
     }
     let _ = writeln!(out, "\nSwitches (mmemu run --revert SWITCH, mmemu reproduce SWITCH):");
     for e in scenarios::EXPOSERS {
-        let avail = if scenarios::find(e.scenario).is_ok() { "" } else { " [scenario not built yet]" };
         let _ = writeln!(out, "  {:<26}{}  off: {}", e.fix.name(), e.fix.commit(), e.fix.off_means());
-        let _ = writeln!(out, "  {:<26}reproduce: {} on {}{avail}", "", e.scenario, e.arch.name());
+        let _ = writeln!(out, "  {:<26}reproduce: {} on {}", "", e.scenario, e.arch.name());
     }
     emit(&out)?;
     Ok(0)

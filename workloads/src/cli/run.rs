@@ -333,15 +333,8 @@ struct ReproJson<'a> {
 
 pub(super) fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
     let e = scenarios::exposer(a.switch);
-    let s = scenarios::find(e.scenario).map_err(|_| {
-        CliError::Usage(format!(
-            "switch {} is exposed by scenario {}, which this build does not have yet (its race driver is not merged); \
-             available scenarios: {}",
-            a.switch.name(),
-            e.scenario,
-            scenarios::all().iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
-        ))
-    })?;
+    let s =
+        scenarios::find(e.scenario).expect("every exposer names a scenario (test `every_exposer_names_a_scenario`)");
     let params = s.parse_params(&a.params).map_err(CliError::Usage)?;
     let mut spec = RunSpec {
         scenario: s,

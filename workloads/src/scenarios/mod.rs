@@ -268,6 +268,16 @@ mod tests {
     }
 
     #[test]
+    fn every_exposer_names_a_scenario() {
+        for e in EXPOSERS {
+            let s = find(e.scenario).unwrap_or_else(|err| panic!("{}: {err}", e.fix));
+            if let ArchReq::Requires(a) = s.arch {
+                assert_eq!(a, e.arch, "{}: {} runs on {} only", e.fix, s.name, a.name());
+            }
+        }
+    }
+
+    #[test]
     fn names_are_unique_and_params_have_sane_defaults() {
         let mut names: Vec<_> = all().iter().map(|s| s.name).collect();
         names.sort();

@@ -2,8 +2,8 @@
 //!
 //! Each adapter only names the driver, the switch it exposes, the arch and
 //! CPU count it needs and a default round count; `race_adapter` /
-//! `chunked` do the budget, the summing of counters over machines and the
-//! leak check (drivers exit every mm and quiesce before returning).
+//! `chunked` do the budget and the summing of counters and leaks over
+//! machines (each driver's harness tears down and leak-checks its machine).
 
 use std::collections::BTreeMap;
 
