@@ -155,7 +155,9 @@ pub const HZ: u64 = 250;
 pub const TICK: Duration = Duration::from_micros(1_000_000 / HZ);
 
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
+    if let Some(t) = p.downcast_ref::<crate::CsdLockTimeout>() {
+        t.msg.clone()
+    } else if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {
         s.clone()
@@ -494,11 +496,15 @@ impl Shared {
 
     /// CSD-lock timeout: cancel what has not started, wait for what runs,
     /// then panic naming the sender, the stuck targets and their IRQ state.
+    /// The payload is a `CsdLockTimeout` (`panic_any`), so the task's
+    /// result is `MachineError::CsdTimeout`, told from a panic by its type.
     fn watchdog_fire(&self, me: CpuId, cd: &CallData) -> ! {
         let mut stuck = Vec::new();
+        let mut targets = Vec::new();
         for (i, s) in cd.state.iter().enumerate() {
             if s.compare_exchange(PENDING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                 stuck.push(self.describe(i));
+                targets.push(CpuId(i as u32));
             }
         }
         // Handlers already running must finish before the borrow ends.
@@ -507,11 +513,12 @@ impl Shared {
             self.poll_ipis(me);
             self.idle_wait(&mut spins, &[&self.cpus[me.idx()].ipi_rx], None, Duration::from_millis(1));
         }
-        panic!(
+        let msg = format!(
             "CSD lock timeout: {me} waited {:?} in smp_call_function_many for {} to acknowledge",
             self.watchdog,
             if stuck.is_empty() { "<targets that finished late>".to_string() } else { stuck.join(", ") }
         );
+        std::panic::panic_any(crate::CsdLockTimeout { sender: me, targets, msg });
     }
 }
 

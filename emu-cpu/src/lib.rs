@@ -8,7 +8,9 @@
 //!   waiting sender keeps servicing its own mailbox, so mutual shootdowns
 //!   never deadlock; waiting with IRQs off panics; a target that does not
 //!   acknowledge within `cfg.watchdog` makes the sender panic naming sender,
-//!   target and the target's IRQ state (CSD-lock timeout).
+//!   target and the target's IRQ state (CSD-lock timeout: the panic's
+//!   payload is a `CsdLockTimeout`, and the task's error
+//!   `MachineError::CsdTimeout`, a hang).
 //! - `Machine::run_on(cpu, f)` runs `f` as a task on `cpu` and returns its
 //!   result, or an error naming the CPU on panic / hang / stopped machine.
 //!   A hang is a machine none of whose CPUs made progress (see cpu.rs) for
@@ -73,36 +75,91 @@ impl Default for MachineConfig {
 }
 
 /// Why a task did not produce a result.  Display always names the CPU.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MachineError {
-    /// The task panicked (including a watchdog panic inside it).
+    /// The task panicked (an assertion, a VM_BUG_ON, a panic in an IPI
+    /// handler it waited for).
+    #[error("{cpu}: task panicked: {msg}")]
     Panicked { cpu: CpuId, msg: String },
+    /// The task's CPU waited `MachineConfig::watchdog` in
+    /// `smp_call_function_many` for `targets` to acknowledge (CSD-lock
+    /// timeout): those CPUs hang, so `is_hang`.  Printed as the panic it is
+    /// on the machine; `msg` names the targets and their IRQ state.
+    #[error("{cpu}: task panicked: {msg}")]
+    CsdTimeout { cpu: CpuId, targets: Vec<CpuId>, msg: String },
     /// No CPU of the machine made progress for `after` while waiting for
     /// the task's result; `state` says what each CPU was doing.
+    #[error("{cpu}: hang: no CPU made progress for {after:?} while its task ran ({state})")]
     Hang { cpu: CpuId, after: Duration, state: String },
     /// The CPU is stopped (or does not exist) and will never run the task.
+    #[error("{cpu}: CPU is stopped or does not exist")]
     Stopped { cpu: CpuId },
 }
 
-impl fmt::Display for MachineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl MachineError {
+    /// The CPU whose task did not produce a result.
+    pub fn cpu(&self) -> CpuId {
         match self {
-            MachineError::Panicked { cpu, msg } => write!(f, "{cpu}: task panicked: {msg}"),
-            MachineError::Hang { cpu, after, state } => {
-                write!(f, "{cpu}: hang: no CPU made progress for {after:?} while its task ran ({state})")
-            }
-            MachineError::Stopped { cpu } => write!(f, "{cpu}: CPU is stopped or does not exist"),
+            MachineError::Panicked { cpu, .. }
+            | MachineError::CsdTimeout { cpu, .. }
+            | MachineError::Hang { cpu, .. }
+            | MachineError::Stopped { cpu } => *cpu,
         }
+    }
+
+    /// A hang of the machine: no progress, or a CSD-lock timeout (targets
+    /// that never acknowledged a cross call).
+    pub fn is_hang(&self) -> bool {
+        matches!(self, MachineError::Hang { .. } | MachineError::CsdTimeout { .. })
     }
 }
 
-impl std::error::Error for MachineError {}
+/// The payload of the watchdog's panic (`std::panic::panic_any`): `sender`
+/// waited `MachineConfig::watchdog` in `smp_call_function_many` for
+/// `targets`, which never started the call (empty: they started it but
+/// finished late).  A task that ends with it is `MachineError::CsdTimeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsdLockTimeout {
+    pub sender: CpuId,
+    pub targets: Vec<CpuId>,
+    /// `CSD lock timeout: CPU0 waited 5s in smp_call_function_many for CPU1
+    /// (IRQs off, running a task) to acknowledge`.
+    pub msg: String,
+}
+
+impl fmt::Display for CsdLockTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+/// How a task ended without a result, before `join` names its CPU.
+enum TaskFailure {
+    Panic(String),
+    CsdTimeout(CsdLockTimeout),
+}
+
+impl TaskFailure {
+    fn from_payload(p: Box<dyn std::any::Any + Send>) -> TaskFailure {
+        match p.downcast::<CsdLockTimeout>() {
+            Ok(t) => TaskFailure::CsdTimeout(*t),
+            Err(p) => TaskFailure::Panic(panic_message(&*p)),
+        }
+    }
+
+    fn on(self, cpu: CpuId) -> MachineError {
+        match self {
+            TaskFailure::Panic(msg) => MachineError::Panicked { cpu, msg },
+            TaskFailure::CsdTimeout(t) => MachineError::CsdTimeout { cpu, targets: t.targets, msg: t.msg },
+        }
+    }
+}
 
 /// A task submitted with `spawn_on`; `join` waits for its result.
 #[must_use = "join the task to see its result"]
 pub struct TaskHandle<R> {
     cpu: CpuId,
-    rx: Receiver<Result<R, String>>,
+    rx: Receiver<Result<R, TaskFailure>>,
     shared: Arc<Shared>,
 }
 
@@ -120,7 +177,7 @@ impl<R> TaskHandle<R> {
             let left = hang_after.saturating_sub(since.elapsed());
             match self.rx.recv_timeout(left.min(JOIN_SLICE)) {
                 Ok(Ok(r)) => return Ok(r),
-                Ok(Err(msg)) => return Err(MachineError::Panicked { cpu: self.cpu, msg }),
+                Ok(Err(f)) => return Err(f.on(self.cpu)),
                 Err(RecvTimeoutError::Disconnected) => return Err(MachineError::Stopped { cpu: self.cpu }),
                 Err(RecvTimeoutError::Timeout) => {
                     let now = self.shared.progress_sum();
@@ -130,7 +187,7 @@ impl<R> TaskHandle<R> {
                     } else if since.elapsed() >= hang_after {
                         // One last look: the result may have just arrived.
                         if let Ok(r) = self.rx.try_recv() {
-                            return r.map_err(|msg| MachineError::Panicked { cpu: self.cpu, msg });
+                            return r.map_err(|f| f.on(self.cpu));
                         }
                         let state = self.shared.describe_all();
                         return Err(MachineError::Hang { cpu: self.cpu, after: hang_after, state });
@@ -233,7 +290,7 @@ impl Machine {
         let (tx, rx) = crossbeam::channel::bounded(1);
         if let Some(slot) = self.shared.cpus.get(cpu.idx()) {
             let job = Box::new(move || {
-                let r = catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_message(&*p));
+                let r = catch_unwind(AssertUnwindSafe(f)).map_err(TaskFailure::from_payload);
                 let _ = tx.send(r);
             });
             // If the CPU is gone the job (and `tx`) is dropped: join sees Stopped.

@@ -1,8 +1,7 @@
 //! Reports: what a run measured, as a human summary and as JSON.
 //!
-//! `Measure` is read from a kernel after a run (and summed over the
-//! machines of a race scenario run in chunks).  `Report` is the run's
-//! description plus its measure, in the shape `--json` prints; the README
+//! `Report` is the run's description (`Setup`) plus its `Outcome`
+//! (crate::outcome), in the shape `--json` prints; the README
 //! documents its fields ("JSON report").  The human summary prints the same
 //! fields: a /proc/interrupts-style per-CPU table (CAL, TLB), the vmstat
 //! counters per CPU, sync-one broadcasts, gather accounting, tlb_flush
@@ -11,100 +10,18 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use mm_core::page::alloc::InUse;
 use mm_core::sanitizer::Violation;
 use mm_core::stats::Stat;
-use mm_core::{CpuId, Kernel};
 use serde::Serialize;
+
+use crate::error::RunError;
+use crate::outcome::Outcome;
 
 /// JSON schema id; bump on incompatible changes.
 pub const SCHEMA: &str = "mmemu-report/1";
 
-/// Violation records kept per measure (the count keeps going).
-const MAX_RECORDS: usize = 256;
 /// Violation records printed in the human summary / put in the JSON.
 const SHOWN_RECORDS: usize = 10;
-
-/// Counters, violations and leaks of one run.
-#[derive(Clone, Debug, Serialize)]
-pub struct Measure {
-    /// /proc/interrupts CAL row: function-call IPIs handled, per CPU.
-    pub cal: Vec<u64>,
-    /// Cross-call IPIs sent, one per target, per sending CPU.
-    pub ipis_sent: Vec<u64>,
-    /// Every mm-core counter (kernel name) per CPU.
-    pub per_cpu: BTreeMap<&'static str, Vec<u64>>,
-    pub violations: u64,
-    pub records: Vec<Violation>,
-    /// Frames still allocated after every mm exited and the machine went
-    /// quiet, by kind; `None` when the run ended early (no leak check).
-    pub leaked: Option<InUse>,
-}
-
-impl Measure {
-    pub fn empty(nr_cpus: usize) -> Measure {
-        Measure {
-            cal: vec![0; nr_cpus],
-            ipis_sent: vec![0; nr_cpus],
-            per_cpu: Stat::ALL.iter().map(|s| (s.name(), vec![0; nr_cpus])).collect(),
-            violations: 0,
-            records: Vec::new(),
-            leaked: Some(InUse::default()),
-        }
-    }
-
-    pub fn from_kernel(k: &Kernel, leaked: Option<InUse>) -> Measure {
-        let n = k.cfg.nr_cpus;
-        Measure {
-            cal: (0..n).map(|c| k.smp.call_interrupts(CpuId(c as u32))).collect(),
-            ipis_sent: (0..n).map(|c| k.smp.ipis_sent(CpuId(c as u32))).collect(),
-            per_cpu: k.stats.snapshot().per_cpu.into_iter().collect(),
-            violations: k.san.count(),
-            records: k.san.violations(),
-            leaked,
-        }
-    }
-
-    /// Sum `o` into `self` (race scenarios run on several machines).
-    pub fn add(&mut self, o: &Measure) {
-        fn addv(a: &mut Vec<u64>, b: &[u64]) {
-            if a.len() < b.len() {
-                a.resize(b.len(), 0);
-            }
-            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-        }
-        addv(&mut self.cal, &o.cal);
-        addv(&mut self.ipis_sent, &o.ipis_sent);
-        for (name, v) in &o.per_cpu {
-            addv(self.per_cpu.entry(name).or_default(), v);
-        }
-        self.violations += o.violations;
-        let room = MAX_RECORDS.saturating_sub(self.records.len());
-        self.records.extend(o.records.iter().take(room).cloned());
-        self.leaked = match (self.leaked, o.leaked) {
-            (Some(a), Some(b)) => Some(InUse {
-                anon: a.anon + b.anon,
-                file: a.file + b.file,
-                page_table: a.page_table + b.page_table,
-                kernel: a.kernel + b.kernel,
-                hugetlb: a.hugetlb + b.hugetlb,
-            }),
-            _ => None,
-        };
-    }
-
-    pub fn cpu(&self, s: Stat) -> &[u64] {
-        self.per_cpu.get(s.name()).map_or(&[], |v| v.as_slice())
-    }
-
-    pub fn total(&self, s: Stat) -> u64 {
-        self.cpu(s).iter().sum()
-    }
-
-    pub fn leaked_total(&self) -> Option<i64> {
-        self.leaked.map(|l| l.total())
-    }
-}
 
 /// The vmstat counters reported by name, in /proc/vmstat order.
 pub const VMSTAT: [Stat; 4] =
@@ -239,7 +156,7 @@ pub struct Report {
     /// Why there was no leak check: the run ended early, or a race driver
     /// returns with its mm still mapped.
     pub leak_not_checked: Option<String>,
-    /// The machine error that ended the run (names the CPU), if any.
+    /// What ended the run early (a machine error names the CPU), if anything.
     pub error: Option<String>,
     /// ok | violations | leak | hang | panic
     pub verdict: &'static str,
@@ -266,14 +183,14 @@ pub struct Setup {
 }
 
 impl Report {
-    pub fn new(s: Setup, o: &crate::scenarios::Outcome) -> Report {
+    pub fn new(s: Setup, o: &Outcome) -> Report {
         let m = &o.measure;
         let secs = o.elapsed.as_secs_f64();
         let mut by_kind = BTreeMap::new();
         for v in &m.records {
             *by_kind.entry(v.kind.name().to_string()).or_insert(0) += 1;
         }
-        let verdict = if o.hang {
+        let verdict = if o.error.as_ref().is_some_and(RunError::is_hang) {
             "hang"
         } else if o.error.is_some() {
             "panic"
@@ -337,7 +254,7 @@ impl Report {
                 hugetlb: l.hugetlb,
                 total: l.total(),
             }),
-            error: o.error.clone(),
+            error: o.error.as_ref().map(RunError::to_string),
             leak_not_checked: o.leak_not_checked.clone(),
             verdict,
             metrics: o.metrics.clone(),

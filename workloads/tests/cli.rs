@@ -51,6 +51,10 @@ fn list_shows_scenarios_and_switches() {
         }
     }
     assert_eq!(v["switches"].as_array().unwrap().len(), mm_core::Fix::ALL.len());
+    for sw in v["switches"].as_array().unwrap() {
+        let keys: Vec<&str> = sw.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["arch", "commit", "name", "off_means", "scenario"], "list --json switch: {sw}");
+    }
 }
 
 #[test]
@@ -255,19 +259,11 @@ fn unwritable_trace_is_refused_before_the_run() {
 /// this short budget — their drivers' own tests bound them
 /// (tests/races_*.rs) and the release-build numbers are in the README.
 #[test]
-fn reproduce_every_available_switch() {
+fn reproduce_every_switch() {
     const ALWAYS_ROUND_1: [&str; 2] = ["hugetlb-unshare-sync", "secondary-tlb-on-flush"];
     let list = json(&["list", "--json"]);
     for sw in list["switches"].as_array().unwrap() {
         let name = sw["name"].as_str().unwrap();
-        if sw["available"] != true {
-            // Not built yet: a clear usage error, not a crash.
-            let o = mmemu(&["reproduce", name]);
-            let (_, err) = text(&o);
-            assert_eq!(o.status.code(), Some(2), "reproduce {name}: {err}");
-            assert!(err.contains("not merged") || err.contains("does not have"), "{err}");
-            continue;
-        }
         let secs = if name == "khugepaged-gup-fast-ipi" { "3" } else { "1" };
         let o = mmemu(&["reproduce", name, "--json", "--no-pin", "--seconds", secs, "--cpus", "3"]);
         let (out, err) = text(&o);
@@ -356,6 +352,52 @@ fn panic_on_an_emulated_cpu_names_it_and_exits_1() {
     assert!(out.contains("error: CPU1: task panicked: injected panic"), "{out}");
     assert!(out.contains("verdict: panic"), "{out}");
     no_panic_spew(&err);
+}
+
+/// Exit 2 is bad usage only (a configuration refused before boot is bad
+/// usage); whatever goes wrong once a run started exits 1, after its
+/// report: a violation, a panic on an emulated CPU in a race driver's round.
+#[test]
+fn exit_2_is_bad_usage_only_and_a_run_that_fails_is_1() {
+    for args in [
+        &["run", "hugetlb-unshare-gup", "--cpus", "2", "--no-pin"][..],
+        &["reproduce", "hugetlb-unshare-sync", "--cpus", "2", "--no-pin"],
+        &["run", "khugepaged-gup", "--arch", "x86", "--no-pin"],
+    ] {
+        let o = mmemu(args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "mmemu {args:?}: refused before boot: {err}");
+        assert_eq!(out, "", "mmemu {args:?}");
+        assert_eq!(err.lines().count(), 1, "mmemu {args:?}: {err}");
+    }
+    // A race driver's round fails (its first task panics on CPU1): the run
+    // ends with its report, verdict panic, exit 1.
+    let args = [
+        "run",
+        "nested-zap",
+        "--cpus",
+        "2",
+        "--iterations",
+        "5",
+        "--no-pin",
+        "--json",
+        "--inject-panic",
+        "1",
+        "--inject-panic-after",
+        "2",
+    ];
+    let o = mmemu(&args);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "a failing race round exits 1: {out}\n{err}");
+    no_panic_spew(&err);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n{err}"));
+    assert_eq!(v["verdict"], "panic", "{v}");
+    assert_eq!(v["error"], "CPU1: task panicked: injected panic in race round 3 (--inject-panic 1)", "{v}");
+    // A violation (found in round 1 every time): exit 1.
+    let o = mmemu(&["run", "iommu-sva", "--revert", "secondary-tlb-on-flush", "--cpus", "2", "--iterations", "3"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(out.contains("verdict: violations"), "{out}");
 }
 
 const RUN_OPTIONS: &str = "--cpus, --arch, --revert, --seconds, --iterations, --wait, --no-pin, --seed, --hang-timeout, --no-debug-vm, --param, --json, --trace, --help";

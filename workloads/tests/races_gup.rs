@@ -13,6 +13,7 @@ use mm_core::{Arch, Fix, Fixes, Geometry, KernelConfig};
 /// 64-entry tables: a THP is 64 pages, so each collapse copies 64 frames
 /// instead of 512 (cheaper rounds, same race).
 const KHUGEPAGED_GEOMETRY: Geometry = Geometry { page_shift: 12, pt_bits: 6 };
+use workloads::error::RunError;
 use workloads::races::khugepaged_gup::{self, Scenario};
 use workloads::races::{gup_table_free, RaceOutcome, RaceParams};
 
@@ -45,6 +46,7 @@ fn params(kcfg: KernelConfig, iterations: u64) -> RaceParams {
         seed: 0x5eed,
         stop_on_violation: true,
         stop: workloads::budget::Until::forever(),
+        params: Default::default(),
     }
 }
 
@@ -58,14 +60,14 @@ fn report(name: &str, t: Instant, o: &RaceOutcome) {
     );
 }
 
-fn expect_found(name: &str, r: Result<RaceOutcome, String>, kind: ViolationKind, t: Instant) {
+fn expect_found(name: &str, r: Result<RaceOutcome, RunError>, kind: ViolationKind, t: Instant) {
     let o = r.expect("driver");
     report(name, t, &o);
     assert!(o.first_violation_at.is_some(), "{name}: no violation in {FIND_BOUND} rounds");
     assert!(o.kinds.contains(&kind), "{name}: expected {kind}, got {:?}", o.kernel.san.violations());
 }
 
-fn expect_clean(name: &str, r: Result<RaceOutcome, String>, rounds: u64, t: Instant) {
+fn expect_clean(name: &str, r: Result<RaceOutcome, RunError>, rounds: u64, t: Instant) {
     let o = r.expect("driver");
     report(name, t, &o);
     assert_eq!(o.iterations, rounds);

@@ -7,8 +7,8 @@ use std::time::Duration;
 use emu_cpu::{MachineConfig, WaitPolicy};
 use mm_core::sanitizer::ViolationKind;
 use mm_core::{Arch, Fix, Fixes, KernelConfig};
-use workloads::races::fork_exit_hugetlb::{self, ForkExitParams};
-use workloads::races::{hugetlb_unshare_gup, RaceParams};
+use workloads::races::fork_exit_hugetlb::{self, ForkExit, Shape};
+use workloads::races::{hugetlb_unshare_gup, RaceOutcome, RaceParams};
 
 /// Upper bound on rounds for the switch-off run (the issue's "bounded
 /// number of iterations").
@@ -33,6 +33,7 @@ fn params(arch: Arch, fixes: Fixes, iterations: u64) -> RaceParams {
         seed: 0x5eed,
         stop_on_violation: true,
         stop: workloads::budget::Until::forever(),
+        params: Default::default(),
     }
 }
 
@@ -81,49 +82,81 @@ fn hugetlb_unshare_sync_off_on_x86_is_saved_by_the_flush_ipi() {
     assert_no_leaks(&out.kernel);
 }
 
-fn fork_exit(fixes: Fixes) -> fork_exit_hugetlb::ForkExitReport {
-    let p = ForkExitParams {
+fn fork_exit(fixes: Fixes) -> RaceOutcome<ForkExit> {
+    let p = RaceParams {
         kcfg: KernelConfig { fixes, nr_cpus: 3, ..KernelConfig::default() },
         machine: machine(),
-        tables: 6,
-        children: 4,
-        touch: 3,
+        iterations: 1,
         seed: 7,
+        stop_on_violation: false,
+        stop: workloads::budget::Until::forever(),
+        params: Shape { tables: 6, children: 4, touch: 3 }.params(),
     };
     let r = fork_exit_hugetlb::run(&p).expect("fork-exit-hugetlb");
     println!("{:?}: {r:?}", fixes.reverted());
     assert_eq!(r.kernel.san.count(), 0, "{:?}", r.kernel.san.violations());
     assert_no_leaks(&r.kernel);
+    assert_eq!(r.leaked.map(|l| l.total()), Some(0), "the harness's leak check agrees");
     r
 }
 
 #[test]
 fn fork_exit_hugetlb_batched_one_sync_for_the_last_sharer_none_for_the_others() {
     let r = fork_exit(Fixes::all());
-    let n = r.per_child.len();
-    for c in &r.per_child[..n - 1] {
+    let n = r.details.per_child.len();
+    for c in &r.details.per_child[..n - 1] {
         assert!(!c.last_sharer);
         assert_eq!(c.sync_broadcasts, 0, "child {} is not the last sharer", c.child);
     }
-    let last = &r.per_child[n - 1];
+    let last = &r.details.per_child[n - 1];
     assert!(last.last_sharer);
-    assert_eq!(last.sync_broadcasts, 1, "one broadcast for all {} tables", r.tables);
+    assert_eq!(last.sync_broadcasts, 1, "one broadcast for all {} tables", r.details.tables);
     assert_eq!(last.call_interrupts, 2, "the broadcast reached the 2 other CPUs");
-    assert_eq!(r.parent_exit_syncs, 0);
+    assert_eq!(r.details.parent_exit_syncs, 0);
 }
 
 #[test]
 fn fork_exit_hugetlb_unbatched_one_sync_per_table_for_every_child() {
     let r = fork_exit(Fixes::all().revert(Fix::HugetlbUnshareBatched));
-    for c in &r.per_child {
-        assert_eq!(c.sync_broadcasts, r.tables, "child {}: one broadcast per unshared table", c.child);
-        assert_eq!(c.call_interrupts, 2 * r.tables);
+    for c in &r.details.per_child {
+        assert_eq!(c.sync_broadcasts, r.details.tables, "child {}: one broadcast per unshared table", c.child);
+        assert_eq!(c.call_interrupts, 2 * r.details.tables);
     }
-    assert!(r.per_child.last().unwrap().last_sharer);
+    assert!(r.details.per_child.last().unwrap().last_sharer);
 }
 
 #[test]
 fn fork_exit_hugetlb_before_the_sync_fix_sends_nothing() {
     let r = fork_exit(Fixes::all().revert(Fix::HugetlbUnshareSync));
-    assert!(r.per_child.iter().all(|c| c.sync_broadcasts == 0));
+    assert!(r.details.per_child.iter().all(|c| c.sync_broadcasts == 0));
+}
+
+/// Rounds share one machine (the harness boots once): every round's parent
+/// and children give the same numbers as the first round's.
+#[test]
+fn fork_exit_hugetlb_rounds_on_one_machine_repeat_the_first_rounds_numbers() {
+    let p = RaceParams {
+        kcfg: KernelConfig { nr_cpus: 3, ..KernelConfig::default() },
+        machine: machine(),
+        iterations: 3,
+        seed: 7,
+        stop_on_violation: false,
+        stop: workloads::budget::Until::forever(),
+        params: Shape { tables: 4, children: 3, touch: 2 }.params(),
+    };
+    let r = fork_exit_hugetlb::run(&p).expect("fork-exit-hugetlb");
+    assert_eq!(r.iterations, 3);
+    assert_eq!(r.details.per_child.len(), 9);
+    let first: Vec<_> = r.details.per_child.iter().filter(|c| c.round == 1).cloned().collect();
+    for round in 2..=3 {
+        let again: Vec<_> = r
+            .details
+            .per_child
+            .iter()
+            .filter(|c| c.round == round)
+            .map(|c| workloads::races::fork_exit_hugetlb::ChildExit { round: 1, ..c.clone() })
+            .collect();
+        assert_eq!(again, first, "round {round}");
+    }
+    assert_no_leaks(&r.kernel);
 }

@@ -26,6 +26,7 @@ fn params(revert: bool, iterations: u64) -> RaceParams {
         seed: 0x5eed,
         stop_on_violation: true,
         stop: workloads::budget::Until::forever(),
+        params: Default::default(),
     }
 }
 

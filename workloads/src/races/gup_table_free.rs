@@ -23,14 +23,15 @@
 
 use std::time::{Duration, Instant};
 
-use emu_cpu::System;
 use mm_core::mm::MmStruct;
 use mm_core::ops::gup::{gup_fast, unpin_user_pages, Foll, GupFastPoint};
-use mm_core::ops::{exit_mm, mmap_anon, munmap};
+use mm_core::ops::{mmap_anon, munmap};
 use mm_core::sync::{Arc, AtomicBool, AtomicU64, Ordering};
-use mm_core::{CpuId, Kernel};
+use mm_core::{CpuId, Kernel, KernelConfig};
 
+use super::harness::{self, Rig};
 use super::{RaceOutcome, RaceParams};
+use crate::error::RunError;
 
 /// Start of the raced region (1 GiB aligned: its PUD/PMD/PTE tables are
 /// all freed by the munmap).
@@ -62,107 +63,83 @@ pub(crate) fn install_stall(k: &Kernel, point: GupFastPoint, max: Duration, seed
     });
 }
 
-/// Run `rounds` of: W looping GUP-fast on `w_cpu` while `actor` runs once on
-/// `k_cpu` (both as threads of `mm`).  Returns (rounds run, first round
-/// with a violation).
-pub(crate) fn run_rounds<F>(
-    s: &System,
-    p: &RaceParams,
+/// One round: W looping GUP-fast over `w_range` on CPU1 while `actor` runs
+/// `CYCLES` times on CPU0 (both as threads of `mm`).  Returns whether the
+/// sanitizer has seen a violation.
+pub(crate) fn gup_round<F>(
+    h: &Rig,
     mm: &Arc<MmStruct>,
     w_range: (u64, u64),
-    actor: F,
-) -> Result<(u64, Option<u64>), String>
+    actor: &F,
+    round: u64,
+) -> Result<bool, RunError>
 where
     F: Fn(&Arc<Kernel>, &Arc<MmStruct>, u64) + Send + Sync + Clone + 'static,
 {
-    let k = s.kernel().clone();
-    let mut first = None;
-    let mut rounds = 0;
-    for round in 1..=p.iterations {
-        if p.stop.expired() {
-            break;
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let (d, st) = (done.clone(), started.clone());
+    let (start, n) = w_range;
+    let w = h.sys.spawn_user(CpuId(1), mm, move |k, mm| {
+        st.store(true, Ordering::SeqCst);
+        let mut calls = 0u64;
+        while !d.load(Ordering::SeqCst) || calls == 0 {
+            let pages = gup_fast(k, mm, start, n, Foll::PIN);
+            unpin_user_pages(k, &pages);
+            calls += 1;
         }
-        rounds = round;
-        let done = Arc::new(AtomicBool::new(false));
-        let started = Arc::new(AtomicBool::new(false));
-        let (d, st) = (done.clone(), started.clone());
-        let (start, n) = w_range;
-        let w = s.spawn_user(CpuId(1), mm, move |k, mm| {
-            st.store(true, Ordering::SeqCst);
-            let mut calls = 0u64;
-            while !d.load(Ordering::SeqCst) || calls == 0 {
-                let pages = gup_fast(k, mm, start, n, Foll::PIN);
-                unpin_user_pages(k, &pages);
-                calls += 1;
-            }
-            calls
-        });
-        let a = actor.clone();
-        let (d, st) = (done.clone(), started.clone());
-        let f = s.spawn_user(CpuId(0), mm, move |k, mm| {
-            // Race only against a walker that is running (task wake-up
-            // latency is longer than one pass of the actor).
-            let t0 = Instant::now();
-            while !st.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_millis(200) {
-                k.smp.cpu_relax();
-                std::hint::spin_loop();
-            }
-            for _ in 0..CYCLES {
-                a(k, mm, round);
-            }
-            d.store(true, Ordering::SeqCst);
-        });
-        let r = s.join_all(vec![f]).map_err(|e| e.to_string());
-        done.store(true, Ordering::SeqCst);
-        s.join_all(vec![w]).map_err(|e| e.to_string())?;
-        r?;
-        if first.is_none() && k.san.count() > 0 {
-            first = Some(round);
-            if p.stop_on_violation {
-                break;
-            }
+        calls
+    });
+    let a = actor.clone();
+    let (d, st) = (done.clone(), started.clone());
+    let f = h.sys.spawn_user(CpuId(0), mm, move |k, mm| {
+        // Race only against a walker that is running (task wake-up
+        // latency is longer than one pass of the actor).
+        let t0 = Instant::now();
+        while !st.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_millis(200) {
+            k.smp.cpu_relax();
+            std::hint::spin_loop();
         }
-    }
-    Ok((rounds, first))
+        for _ in 0..CYCLES {
+            a(k, mm, round);
+        }
+        d.store(true, Ordering::SeqCst);
+    });
+    let r = h.sys.join_all(vec![f]);
+    done.store(true, Ordering::SeqCst);
+    h.sys.join_all(vec![w])?;
+    r?;
+    Ok(h.violated())
 }
 
-/// Boot a `System` for a GUP race driver (oracle on, ≥ 2 CPUs).
-pub(crate) fn boot(p: &RaceParams) -> Result<System, String> {
+/// The kernel config of a GUP race driver (oracle on, ≥ 2 CPUs).
+pub(crate) fn gup_kcfg(p: &RaceParams) -> Result<KernelConfig, RunError> {
     if p.kcfg.nr_cpus < 2 {
-        return Err(format!("this race needs at least 2 CPUs (kcfg.nr_cpus = {})", p.kcfg.nr_cpus));
+        return Err(RunError::Config(format!("this race needs at least 2 CPUs (kcfg.nr_cpus = {})", p.kcfg.nr_cpus)));
     }
-    let mut kcfg = p.kcfg.clone();
-    kcfg.gup_oracle = true;
-    System::new(kcfg, p.machine)
-}
-
-/// Tear the mm down and wait until RCU-freed tables are back.
-pub(crate) fn finish(s: &System, mm: &Arc<MmStruct>) -> Result<(), String> {
-    s.run_user(CpuId(0), mm, |k, mm| exit_mm(k, mm)).map_err(|e| e.to_string())?;
-    s.quiesce(Duration::from_secs(10)).map_err(|e| e.to_string())
+    Ok(KernelConfig { gup_oracle: true, ..p.kcfg.clone() })
 }
 
 /// The §1 driver (see the module comment).
-pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
-    let s = boot(p)?;
-    let k = s.kernel().clone();
-    install_stall(&k, GupFastPoint::PmdRead, Duration::from_micros(200), p.seed);
-    let mm = s.mm_alloc().map_err(|e| e.to_string())?;
-    let ps = k.cfg.geometry.page_size();
-    let reuse = BASE + (1 << 30);
-    let (rounds, first) = run_rounds(&s, p, &mm, (BASE, NR_PAGES), move |k, mm, _round| {
-        mmap_anon(k, mm, BASE, NR_PAGES * ps, true).expect("mmap");
-        for i in 0..NR_PAGES {
-            k.write_user(mm, BASE + i * ps, i).expect("fault in");
-        }
-        munmap(k, mm, BASE, NR_PAGES * ps).expect("munmap");
-        // Reuse freed frames (as tables and as data) elsewhere.
-        mmap_anon(k, mm, reuse, NR_PAGES * ps, true).expect("mmap");
-        for i in 0..NR_PAGES {
-            k.write_user(mm, reuse + i * ps, 0xdead_beef).expect("fault in");
-        }
-        munmap(k, mm, reuse, NR_PAGES * ps).expect("munmap");
-    })?;
-    finish(&s, &mm)?;
-    Ok(RaceOutcome::new(k, rounds, first))
+pub fn run(p: &RaceParams) -> Result<RaceOutcome, RunError> {
+    harness::run(p, gup_kcfg(p)?, |h| {
+        install_stall(&h.k, GupFastPoint::PmdRead, Duration::from_micros(200), h.p.seed);
+        let mm = h.mm()?;
+        let ps = h.k.cfg.geometry.page_size();
+        let reuse = BASE + (1 << 30);
+        let actor = move |k: &Arc<Kernel>, mm: &Arc<MmStruct>, _round: u64| {
+            mmap_anon(k, mm, BASE, NR_PAGES * ps, true).expect("mmap");
+            for i in 0..NR_PAGES {
+                k.write_user(mm, BASE + i * ps, i).expect("fault in");
+            }
+            munmap(k, mm, BASE, NR_PAGES * ps).expect("munmap");
+            // Reuse freed frames (as tables and as data) elsewhere.
+            mmap_anon(k, mm, reuse, NR_PAGES * ps, true).expect("mmap");
+            for i in 0..NR_PAGES {
+                k.write_user(mm, reuse + i * ps, 0xdead_beef).expect("fault in");
+            }
+            munmap(k, mm, reuse, NR_PAGES * ps).expect("munmap");
+        };
+        h.rounds(|h, round| gup_round(h, &mm, (BASE, NR_PAGES), &actor, round))
+    })
 }

@@ -33,14 +33,15 @@
 
 use std::time::{Duration, Instant};
 
-use emu_cpu::System;
+use emu_cpu::MachineError;
 use mm_core::ops::gup::{gup_fast, put_user_pages, Foll, GupFastPoint};
-use mm_core::ops::{dup_mmap, exit_mm, mmap_anon, mmap_hugetlb, munmap, truncate_inode_pages};
+use mm_core::ops::{dup_mmap, mmap_anon, mmap_hugetlb, munmap};
 use mm_core::page::flags;
 use mm_core::sync::{spin_loop, yield_now, Arc, AtomicBool, AtomicU64, Ordering};
 use mm_core::{CpuId, Kernel};
 
-use super::{RaceOutcome, RaceParams};
+use super::{harness, RaceOutcome, RaceParams};
+use crate::error::RunError;
 
 /// Longest stall of the walker, and the bound on every handshake wait.
 const MAX_STALL: Duration = Duration::from_millis(2);
@@ -101,117 +102,112 @@ struct WalkerResult {
     got_anon: bool,
 }
 
-pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
+pub fn run(p: &RaceParams) -> Result<RaceOutcome, RunError> {
     let mut kcfg = p.kcfg.clone();
     kcfg.gup_oracle = true;
     if kcfg.nr_cpus < 3 {
-        return Err(format!(
+        return Err(RunError::Config(format!(
             "hugetlb-unshare-gup needs at least 3 CPUs (walker, unsharer, reuser); got {}",
             kcfg.nr_cpus
-        ));
+        )));
     }
     let g = kcfg.geometry;
     if g.pud_size() < 4 * g.pmd_size() {
-        return Err("hugetlb-unshare-gup needs a PUD region of at least 4 huge pages (use the x86-64 geometry)".into());
+        return Err(RunError::Config(
+            "hugetlb-unshare-gup needs a PUD region of at least 4 huge pages (use the x86-64 geometry)".into(),
+        ));
     }
-    let sys = System::new(kcfg, p.machine).map_err(|e| format!("boot: {e}"))?;
-    let k = sys.kernel().clone();
-    let pud = g.pud_size();
-    let hpage = g.pmd_size();
-    // The hugetlb area: the second PGD slot (PUD-aligned, away from 0).
-    let hbase = 1u64 << g.level_shift(mm_core::hw::pte::Level::Pgd);
-    let round = Arc::new(Round::default());
-    let hook_round = round.clone();
-    let installed = k.race_hooks.set_gup_fast(move |_k, point, va| {
-        let r = &hook_round;
-        if point != GupFastPoint::PudRead || va != r.va.load(Ordering::SeqCst) || !r.armed.swap(false, Ordering::SeqCst)
-        {
-            return;
-        }
-        r.walker_in.store(true, Ordering::SeqCst);
-        // Stalled with IRQs off: no interrupt point in here.
-        let deadline = Instant::now() + Duration::from_nanos(r.stall_ns.load(Ordering::SeqCst));
-        while !r.reused.load(Ordering::SeqCst) && Instant::now() < deadline {
-            spin_loop();
-            yield_now();
-        }
-    });
-    if !installed {
-        return Err("gup_fast race hook already installed on this kernel".into());
-    }
-    let (a_cpu, b_cpu, c_cpu) = (CpuId(0), CpuId(1), CpuId(2));
-    let mut rng = p.seed | 1;
-    let mut first = None;
-    let mut done = 0;
-    for it in 1..=p.iterations {
-        if p.stop.expired() {
-            break;
-        }
-        done = it;
-        let stall = Duration::from_nanos(20_000 + next_rand(&mut rng) % MAX_STALL.as_nanos() as u64);
-        let file = k.new_file(pud / g.page_size());
-        // Setup: P1 maps one PUD region of the file and faults its first
-        // huge page; P2 is P1's fork, sharing P1's PMD table S.
-        let p1 = sys.mm_alloc().map_err(|e| e.to_string())?;
-        let f1 = file.clone();
-        let p2 = sys
-            .run_user(c_cpu, &p1, move |k, p1| {
-                mmap_hugetlb(k, p1, hbase, pud, true, &f1, 0).map_err(|e| e.to_string())?;
-                k.write_user(p1, hbase + 8, 0xf11e).map_err(|e| format!("{e:?}"))?;
-                dup_mmap(k, p1).map_err(|e| e.to_string())
-            })
-            .map_err(|e| e.to_string())??;
-        round.reset(stall, hbase);
-        let r = round.clone();
-        let a = sys.spawn_user(a_cpu, &p2, move |k, p2| {
-            let pages = gup_fast(k, p2, hbase, 1, Foll::GET);
-            let got_anon = pages.iter().any(|q| k.mem.page(*q).test(flags::PG_ANON));
-            put_user_pages(k, &pages);
-            // If the hook never fired (nothing to walk), let B go anyway.
+    harness::run(p, kcfg, |h| {
+        let k = h.k.clone();
+        let pud = g.pud_size();
+        let hpage = g.pmd_size();
+        // The hugetlb area: the second PGD slot (PUD-aligned, away from 0).
+        let hbase = 1u64 << g.level_shift(mm_core::hw::pte::Level::Pgd);
+        let round = Arc::new(Round::default());
+        let hook_round = round.clone();
+        let installed = k.race_hooks.set_gup_fast(move |_k, point, va| {
+            let r = &hook_round;
+            if point != GupFastPoint::PudRead
+                || va != r.va.load(Ordering::SeqCst)
+                || !r.armed.swap(false, Ordering::SeqCst)
+            {
+                return;
+            }
             r.walker_in.store(true, Ordering::SeqCst);
-            WalkerResult { pages: pages.len(), got_anon }
-        });
-        let r = round.clone();
-        let b = sys.spawn_user(b_cpu, &p2, move |k, p2| {
-            if !wait_flag(k, &r.walker_in, HANDSHAKE_TIMEOUT) {
-                return Err("unsharer: the walker never started".to_string());
+            // Stalled with IRQs off: no interrupt point in here.
+            let deadline = Instant::now() + Duration::from_nanos(r.stall_ns.load(Ordering::SeqCst));
+            while !r.reused.load(Ordering::SeqCst) && Instant::now() < deadline {
+                spin_loop();
+                yield_now();
             }
-            munmap(k, p2, hbase, pud).map_err(|e| e.to_string())?;
-            r.unshared.store(true, Ordering::SeqCst);
-            Ok(())
         });
-        let r = round.clone();
-        let c = sys.spawn_user(c_cpu, &p1, move |k, p1| {
-            if !wait_flag(k, &r.unshared, HANDSHAKE_TIMEOUT) {
-                return Err("reuser: the unsharer never finished".to_string());
+        if !installed {
+            return Err(RunError::Driver("gup_fast race hook already installed on this kernel".into()));
+        }
+        let (a_cpu, b_cpu, c_cpu) = (CpuId(0), CpuId(1), CpuId(2));
+        let mut rng = h.p.seed | 1;
+        h.rounds(|h, it| {
+            let stall = Duration::from_nanos(20_000 + next_rand(&mut rng) % MAX_STALL.as_nanos() as u64);
+            let file = h.file(pud / g.page_size());
+            // Setup: P1 maps one PUD region of the file and faults its first
+            // huge page; P2 is P1's fork, sharing P1's PMD table S.
+            let p1 = h.mm()?;
+            let f1 = file.clone();
+            let p2 = h.sys.run_user(c_cpu, &p1, move |k, p1| {
+                mmap_hugetlb(k, p1, hbase, pud, true, &f1, 0).map_err(RunError::model)?;
+                k.write_user(p1, hbase + 8, 0xf11e).map_err(|e| RunError::Model(format!("{e:?}")))?;
+                dup_mmap(k, p1).map_err(RunError::model)
+            })??;
+            h.adopt(&p2);
+            round.reset(stall, hbase);
+            let r = round.clone();
+            let a = h.sys.spawn_user(a_cpu, &p2, move |k, p2| {
+                let pages = gup_fast(k, p2, hbase, 1, Foll::GET);
+                let got_anon = pages.iter().any(|q| k.mem.page(*q).test(flags::PG_ANON));
+                put_user_pages(k, &pages);
+                // If the hook never fired (nothing to walk), let B go anyway.
+                r.walker_in.store(true, Ordering::SeqCst);
+                WalkerResult { pages: pages.len(), got_anon }
+            });
+            let r = round.clone();
+            let b = h.sys.spawn_user(b_cpu, &p2, move |k, p2| {
+                if !wait_flag(k, &r.walker_in, HANDSHAKE_TIMEOUT) {
+                    return Err(RunError::Driver("unsharer: the walker never started".to_string()));
+                }
+                munmap(k, p2, hbase, pud).map_err(RunError::model)?;
+                r.unshared.store(true, Ordering::SeqCst);
+                Ok(())
+            });
+            let r = round.clone();
+            let c = h.sys.spawn_user(c_cpu, &p1, move |k, p1| {
+                if !wait_flag(k, &r.unshared, HANDSHAKE_TIMEOUT) {
+                    return Err(RunError::Driver("reuser: the unsharer never finished".to_string()));
+                }
+                munmap(k, p1, hbase, hpage).map_err(RunError::model)?;
+                mmap_anon(k, p1, hbase, hpage, true).map_err(RunError::model)?;
+                k.write_user(p1, hbase + 8, 0x51).map_err(|e| RunError::Model(format!("{e:?}")))?;
+                r.reused.store(true, Ordering::SeqCst);
+                Ok(())
+            });
+            let in_round = |step: &'static str, e: MachineError| RunError::from(e).during(step).in_round(it);
+            let walker = a.join(HANDSHAKE_TIMEOUT * 2).map_err(|e| in_round("walker", e))?;
+            b.join(HANDSHAKE_TIMEOUT * 2).map_err(|e| in_round("unsharer", e))??;
+            c.join(HANDSHAKE_TIMEOUT * 2).map_err(|e| in_round("reuser", e))??;
+            if walker.got_anon && !h.violated() {
+                return Err(RunError::Driver("the walker got P1's anonymous page but the oracle saw nothing".into())
+                    .in_round(it));
             }
-            munmap(k, p1, hbase, hpage).map_err(|e| e.to_string())?;
-            mmap_anon(k, p1, hbase, hpage, true).map_err(|e| e.to_string())?;
-            k.write_user(p1, hbase + 8, 0x51).map_err(|e| format!("{e:?}"))?;
-            r.reused.store(true, Ordering::SeqCst);
-            Ok(())
-        });
-        let walker = a.join(HANDSHAKE_TIMEOUT * 2).map_err(|e| format!("round {it}: walker: {e}"))?;
-        b.join(HANDSHAKE_TIMEOUT * 2).map_err(|e| format!("round {it}: unsharer: {e}"))??;
-        c.join(HANDSHAKE_TIMEOUT * 2).map_err(|e| format!("round {it}: reuser: {e}"))??;
-        if walker.got_anon && k.san.count() == 0 {
-            return Err(format!("round {it}: the walker got P1's anonymous page but the oracle saw nothing"));
-        }
-        debug_assert!(walker.pages <= 1);
-        // Teardown: both exit, the file goes.
-        sys.run_user(b_cpu, &p2, |k, mm| exit_mm(k, mm)).map_err(|e| e.to_string())?;
-        sys.run_user(c_cpu, &p1, |k, mm| exit_mm(k, mm)).map_err(|e| e.to_string())?;
-        let still = sys.run_kthread(c_cpu, move |k| truncate_inode_pages(k, &file)).map_err(|e| e.to_string())?;
-        if still != 0 {
-            return Err(format!("round {it}: {still} hugetlb pages still mapped after both exits"));
-        }
-        if k.san.count() > 0 && first.is_none() {
-            first = Some(it);
-            if p.stop_on_violation {
-                break;
+            debug_assert!(walker.pages <= 1);
+            // Teardown of the round: both exit, the file goes.
+            h.exit_mm(b_cpu, &p2)?;
+            h.exit_mm(c_cpu, &p1)?;
+            let still = h.truncate(c_cpu, &file)?;
+            if still != 0 {
+                return Err(
+                    RunError::Driver(format!("{still} hugetlb pages still mapped after both exits")).in_round(it)
+                );
             }
-        }
-    }
-    sys.quiesce(HANDSHAKE_TIMEOUT).map_err(|e| format!("quiesce: {e}"))?;
-    Ok(RaceOutcome::new(k, done, first))
+            Ok(h.violated())
+        })
+    })
 }

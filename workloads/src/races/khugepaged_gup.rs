@@ -26,13 +26,16 @@
 
 use std::time::Duration;
 
+use mm_core::mm::MmStruct;
 use mm_core::ops::gup::GupFastPoint;
 use mm_core::ops::khugepaged::{collapse_huge_page, retract_page_tables, ScanResult};
-use mm_core::ops::{madvise_dontneed, mmap_anon, mmap_file, munmap, truncate_inode_pages};
-use mm_core::Arch;
+use mm_core::ops::{madvise_dontneed, mmap_anon, mmap_file, munmap};
+use mm_core::sync::Arc;
+use mm_core::{Arch, Kernel};
 
-use super::gup_table_free::{boot, finish, install_stall, run_rounds};
-use super::{RaceOutcome, RaceParams};
+use super::gup_table_free::{gup_kcfg, gup_round, install_stall};
+use super::{harness, RaceOutcome, RaceParams};
+use crate::error::RunError;
 
 /// The raced PMD range (2 MiB aligned).
 pub const BASE: u64 = 0x4000_0000;
@@ -51,65 +54,67 @@ pub enum Scenario {
 }
 
 /// `run_scenario(p, Scenario::BAnon)`: the race-driver contract's entry.
-pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
+pub fn run(p: &RaceParams) -> Result<RaceOutcome, RunError> {
     run_scenario(p, Scenario::BAnon)
 }
 
-pub fn run_scenario(p: &RaceParams, sc: Scenario) -> Result<RaceOutcome, String> {
-    let mut p = p.clone();
-    p.kcfg.arch = Arch::Arm64;
-    let s = boot(&p)?;
-    let k = s.kernel().clone();
-    let ps = k.cfg.geometry.page_size();
-    let hpage = k.cfg.geometry.pmd_size();
-    let (point, stall) = match sc {
-        // Long enough to span K's isolate-to-release window.
-        Scenario::A => (GupFastPoint::PteRead, Duration::from_micros(300)),
-        // Long enough to span K's collapse + munmap (or retract).
-        Scenario::BAnon | Scenario::BFile => (GupFastPoint::PmdRead, Duration::from_micros(600)),
-    };
-    install_stall(&k, point, stall, p.seed);
-    let mm = s.mm_alloc().map_err(|e| e.to_string())?;
-    let file = k.new_file(hpage / ps);
-    let (rounds, first) = match sc {
-        Scenario::A | Scenario::BAnon => run_rounds(&s, &p, &mm, (BASE, NR_PAGES), move |k, mm, _| {
-            mmap_anon(k, mm, BASE, hpage, true).expect("mmap");
-            for i in 0..NR_PAGES {
-                k.write_user(mm, BASE + i * ps, i + 1).expect("fault in");
+pub fn run_scenario(p: &RaceParams, sc: Scenario) -> Result<RaceOutcome, RunError> {
+    let mut kcfg = gup_kcfg(p)?;
+    kcfg.arch = Arch::Arm64;
+    harness::run(p, kcfg, |h| {
+        let k = h.k.clone();
+        let ps = k.cfg.geometry.page_size();
+        let hpage = k.cfg.geometry.pmd_size();
+        let (point, stall) = match sc {
+            // Long enough to span K's isolate-to-release window.
+            Scenario::A => (GupFastPoint::PteRead, Duration::from_micros(300)),
+            // Long enough to span K's collapse + munmap (or retract).
+            Scenario::BAnon | Scenario::BFile => (GupFastPoint::PmdRead, Duration::from_micros(600)),
+        };
+        install_stall(&k, point, stall, h.p.seed);
+        let mm = h.mm()?;
+        let file = h.file(hpage / ps);
+        match sc {
+            Scenario::A | Scenario::BAnon => {
+                let actor = move |k: &Arc<Kernel>, mm: &Arc<MmStruct>, _round: u64| {
+                    mmap_anon(k, mm, BASE, hpage, true).expect("mmap");
+                    for i in 0..NR_PAGES {
+                        k.write_user(mm, BASE + i * ps, i + 1).expect("fault in");
+                    }
+                    let r = collapse_huge_page(k, mm, BASE);
+                    assert!(matches!(r, ScanResult::Succeed | ScanResult::PageCount), "collapse: {r:?}");
+                    if sc == Scenario::A {
+                        // Harness, not kernel: §2A runs with khugepaged-gup-fast-ipi
+                        // off, so the munmap below could free the deposited table
+                        // under a walker still stalled in it — that is §2B.  Wait
+                        // out every IRQs-off section first (after the collapse, so
+                        // §2A's window inside it is untouched) to keep the two races
+                        // apart.
+                        mm_core::smp::smp_call_function(&*k.smp, &|_| {});
+                    }
+                    munmap(k, mm, BASE, hpage).expect("munmap");
+                    // Reuse freed frames.
+                    mmap_anon(k, mm, BASE + hpage, NR_PAGES * ps, true).expect("mmap");
+                    for i in 0..NR_PAGES {
+                        k.write_user(mm, BASE + hpage + i * ps, 0xbad).expect("fault in");
+                    }
+                    munmap(k, mm, BASE + hpage, NR_PAGES * ps).expect("munmap");
+                };
+                h.rounds(|h, round| gup_round(h, &mm, (BASE, NR_PAGES), &actor, round))
             }
-            let r = collapse_huge_page(k, mm, BASE);
-            assert!(matches!(r, ScanResult::Succeed | ScanResult::PageCount), "collapse: {r:?}");
-            if sc == Scenario::A {
-                // Harness, not kernel: §2A runs with khugepaged-gup-fast-ipi
-                // off, so the munmap below could free the deposited table
-                // under a walker still stalled in it — that is §2B.  Wait
-                // out every IRQs-off section first (after the collapse, so
-                // §2A's window inside it is untouched) to keep the two races
-                // apart.
-                mm_core::smp::smp_call_function(&*k.smp, &|_| {});
+            Scenario::BFile => {
+                let f = file.clone();
+                let actor = move |k: &Arc<Kernel>, mm: &Arc<MmStruct>, _round: u64| {
+                    mmap_file(k, mm, BASE, hpage, false, true, &f, 0).expect("mmap");
+                    for i in 0..NR_PAGES {
+                        k.read_user(mm, BASE + i * ps).expect("fault in");
+                    }
+                    madvise_dontneed(k, mm, BASE, hpage).expect("madvise");
+                    retract_page_tables(k, &f, 0);
+                    munmap(k, mm, BASE, hpage).expect("munmap");
+                };
+                h.rounds(|h, round| gup_round(h, &mm, (BASE, NR_PAGES), &actor, round))
             }
-            munmap(k, mm, BASE, hpage).expect("munmap");
-            // Reuse freed frames.
-            mmap_anon(k, mm, BASE + hpage, NR_PAGES * ps, true).expect("mmap");
-            for i in 0..NR_PAGES {
-                k.write_user(mm, BASE + hpage + i * ps, 0xbad).expect("fault in");
-            }
-            munmap(k, mm, BASE + hpage, NR_PAGES * ps).expect("munmap");
-        })?,
-        Scenario::BFile => {
-            let f = file.clone();
-            run_rounds(&s, &p, &mm, (BASE, NR_PAGES), move |k, mm, _| {
-                mmap_file(k, mm, BASE, hpage, false, true, &f, 0).expect("mmap");
-                for i in 0..NR_PAGES {
-                    k.read_user(mm, BASE + i * ps).expect("fault in");
-                }
-                madvise_dontneed(k, mm, BASE, hpage).expect("madvise");
-                retract_page_tables(k, &f, 0);
-                munmap(k, mm, BASE, hpage).expect("munmap");
-            })?
         }
-    };
-    finish(&s, &mm)?;
-    s.run_kthread(mm_core::CpuId(0), move |k| truncate_inode_pages(k, &file)).map_err(|e| e.to_string())?;
-    Ok(RaceOutcome::new(k, rounds, first))
+    })
 }

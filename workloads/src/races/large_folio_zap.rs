@@ -8,8 +8,8 @@
 //! `gather_flushes`, `gather_batch_alloc`, `gather_pages_freed`); no
 //! violation is expected either way.
 
-use super::{RaceOutcome, RaceParams};
-use emu_cpu::System;
+use super::{harness, RaceOutcome, RaceParams};
+use crate::error::RunError;
 use mm_core::ops::fault::do_anonymous_page_mthp;
 use mm_core::ops::{madvise_dontneed, mmap_anon};
 use mm_core::CpuId;
@@ -19,40 +19,29 @@ const BASE: u64 = 0x4000_0000;
 /// page by page (MMU_GATHER_BUNDLE - 1 + 19 × 509 slots with 4 KiB pages).
 pub const FOLIOS: u64 = 24;
 
-pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
+pub fn run(p: &RaceParams) -> Result<RaceOutcome, RunError> {
     let mut kcfg = p.kcfg.clone();
     let g = kcfg.geometry;
     let need = (FOLIOS * g.hpage_pmd_nr()) as usize * 2;
     if kcfg.ram_frames < need {
         kcfg.ram_frames = need.next_power_of_two();
     }
-    let sys = System::new(kcfg, p.machine)?;
-    let k = sys.kernel().clone();
-    let pmd = g.pmd_size();
-    let mm = sys.mm_alloc().map_err(|e| e.to_string())?;
-    sys.run_user(CpuId(0), &mm, move |k, mm| mmap_anon(k, mm, BASE, FOLIOS * pmd, true))
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("mmap: {e:?}"))?;
-    let mut first = None;
-    let mut rounds = 0;
-    for round in 1..=p.iterations {
-        if p.stop.expired() {
-            break;
-        }
-        rounds = round;
-        let cpu = CpuId((round % p.kcfg.nr_cpus as u64) as u32);
-        sys.run_user(cpu, &mm, move |k, mm| {
-            for i in 0..FOLIOS {
-                do_anonymous_page_mthp(k, mm, BASE + i * pmd, g.hpage_pmd_order()).expect("mTHP fault");
-                k.write_user(mm, BASE + i * pmd + 8, round).expect("touch");
-            }
-            madvise_dontneed(k, mm, BASE, FOLIOS * pmd).expect("madvise");
+    harness::run(p, kcfg, |h| {
+        let pmd = g.pmd_size();
+        let mm = h.mm()?;
+        h.sys
+            .run_user(CpuId(0), &mm, move |k, mm| mmap_anon(k, mm, BASE, FOLIOS * pmd, true))?
+            .map_err(|e| RunError::Model(format!("mmap: {e:?}")))?;
+        h.rounds(|h, round| {
+            let cpu = CpuId((round % h.p.kcfg.nr_cpus as u64) as u32);
+            h.sys.run_user(cpu, &mm, move |k, mm| {
+                for i in 0..FOLIOS {
+                    do_anonymous_page_mthp(k, mm, BASE + i * pmd, g.hpage_pmd_order()).expect("mTHP fault");
+                    k.write_user(mm, BASE + i * pmd + 8, round).expect("touch");
+                }
+                madvise_dontneed(k, mm, BASE, FOLIOS * pmd).expect("madvise");
+            })?;
+            Ok(h.violated())
         })
-        .map_err(|e| e.to_string())?;
-        if super::violation_seen(&k, round, &mut first, p) {
-            break;
-        }
-    }
-    super::teardown(&sys, &[mm], &[])?;
-    Ok(RaceOutcome::new(k, rounds, first))
+    })
 }

@@ -16,8 +16,8 @@
 //! lands in the freed frame: `walk-into-freed-table`.  x86 only (arm64's
 //! broadcast invalidation reaches every CPU's walk cache).
 
-use super::{RaceOutcome, RaceParams};
-use emu_cpu::System;
+use super::{harness, RaceOutcome, RaceParams};
+use crate::error::RunError;
 use mm_core::config::Arch;
 use mm_core::hw::mmu::Access;
 use mm_core::ops::{mmap_anon, munmap};
@@ -30,62 +30,54 @@ const BASE: u64 = 0x4000_0000;
 /// Speculative walks per round, at most (the walker stops once CPU0 is done).
 const MAX_WALKS: u32 = 20_000;
 
-pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
+pub fn run(p: &RaceParams) -> Result<RaceOutcome, RunError> {
     if p.kcfg.nr_cpus < 2 {
-        return Err(format!("lazy_tlb needs 2 CPUs; got {}", p.kcfg.nr_cpus));
+        return Err(RunError::Config(format!("lazy_tlb needs 2 CPUs; got {}", p.kcfg.nr_cpus)));
     }
     if p.kcfg.arch != Arch::X86 {
-        return Err(format!("lazy_tlb is an x86 race (lazy CPUs skipped by flush IPIs); got arch {:?}", p.kcfg.arch));
+        return Err(RunError::Config(format!(
+            "lazy_tlb is an x86 race (lazy CPUs skipped by flush IPIs); got arch {:?}",
+            p.kcfg.arch
+        )));
     }
-    let sys = System::new(p.kcfg.clone(), p.machine)?;
-    let k = sys.kernel().clone();
-    let g = k.cfg.geometry;
-    let (ps, pmd) = (g.page_size(), g.pmd_size());
-    let mm = sys.mm_alloc().map_err(|e| e.to_string())?;
-    let mut first = None;
-    let mut rounds = 0;
-    for round in 1..=p.iterations {
-        if p.stop.expired() {
-            break;
-        }
-        rounds = round;
-        sys.run_user(CpuId(1), &mm, move |k, mm| {
-            mmap_anon(k, mm, BASE, pmd, true).expect("mmap");
-            k.write_user(mm, BASE, round).expect("touch");
-        })
-        .map_err(|e| e.to_string())?;
-        let done = Arc::new(AtomicBool::new(false));
-        let d = done.clone();
-        let walker = sys.spawn_kthread(CpuId(1), move |k| {
-            // Walk while CPU0 unmaps, and once more after it is done: a
-            // lazy CPU may walk speculatively at any later time.
-            let mut n = 0;
-            let mut after = 0;
-            while n < MAX_WALKS && after < 2 {
-                if d.load(Ordering::SeqCst) {
-                    after += 1;
+    harness::run(p, p.kcfg.clone(), |h| {
+        let g = h.k.cfg.geometry;
+        let (ps, pmd) = (g.page_size(), g.pmd_size());
+        let mm = h.mm()?;
+        h.rounds(|h, round| {
+            h.sys.run_user(CpuId(1), &mm, move |k, mm| {
+                mmap_anon(k, mm, BASE, pmd, true).expect("mmap");
+                k.write_user(mm, BASE, round).expect("touch");
+            })?;
+            let done = Arc::new(AtomicBool::new(false));
+            let d = done.clone();
+            let walker = h.sys.spawn_kthread(CpuId(1), move |k| {
+                // Walk while CPU0 unmaps, and once more after it is done: a
+                // lazy CPU may walk speculatively at any later time.
+                let mut n = 0;
+                let mut after = 0;
+                while n < MAX_WALKS && after < 2 {
+                    if d.load(Ordering::SeqCst) {
+                        after += 1;
+                    }
+                    let irq = k.local_irq_save();
+                    let _ = k.hw.access(CpuId(1), BASE + ps, Access::Read, &k.san);
+                    drop(irq); // interrupt point: a pending flush IPI lands here
+                    n += 1;
                 }
-                let irq = k.local_irq_save();
-                let _ = k.hw.access(CpuId(1), BASE + ps, Access::Read, &k.san);
-                drop(irq); // interrupt point: a pending flush IPI lands here
-                n += 1;
-            }
-        });
-        let d = done.clone();
-        let freer = sys.spawn_user(CpuId(0), &mm, move |k, mm| {
-            munmap(k, mm, BASE, pmd).expect("munmap");
-            // Reuse what was freed (the table frames among them).
-            let pages: Vec<_> = (0..4).filter_map(|_| k.alloc_pages(0, PageKind::Kernel)).collect();
-            for p in pages {
-                k.folio_put(Folio(p));
-            }
-            d.store(true, Ordering::SeqCst);
-        });
-        sys.join_all(vec![walker, freer]).map_err(|e| e.to_string())?;
-        if super::violation_seen(&k, round, &mut first, p) {
-            break;
-        }
-    }
-    sys.run_user(CpuId(0), &mm, |k, mm| mm_core::ops::exit_mm(k, mm)).map_err(|e| e.to_string())?;
-    Ok(RaceOutcome::new(k, rounds, first))
+            });
+            let d = done.clone();
+            let freer = h.sys.spawn_user(CpuId(0), &mm, move |k, mm| {
+                munmap(k, mm, BASE, pmd).expect("munmap");
+                // Reuse what was freed (the table frames among them).
+                let pages: Vec<_> = (0..4).filter_map(|_| k.alloc_pages(0, PageKind::Kernel)).collect();
+                for p in pages {
+                    k.folio_put(Folio(p));
+                }
+                d.store(true, Ordering::SeqCst);
+            });
+            h.sys.join_all(vec![walker, freer])?;
+            Ok(h.violated())
+        })
+    })
 }

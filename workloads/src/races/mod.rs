@@ -1,28 +1,36 @@
 //! Race stress drivers (KERNEL-RACES.md), one module per race.
 //!
-//! Contract of every driver `run(p: &RaceParams) -> Result<RaceOutcome, String>`:
-//! - boots its own `emu_cpu::System` from `p.kcfg` / `p.machine` (the
-//!   driver may require an arch profile or CPU count and says so in its
-//!   `Err`), runs up to `p.iterations` rounds of the race, and stops early
-//!   at the first violation when `p.stop_on_violation`, and before a round
-//!   when `p.stop.expired()` (the run's time is up or it was interrupted);
-//! - never hangs (all waits go through the machine's timeouts) and turns a
-//!   machine error into `Err` naming the CPU;
-//! - before returning `Ok`, exits every mm it created, truncates every file
-//!   it created and quiesces the machine (`teardown`), so frames still in
-//!   use afterwards are leaks;
-//! - returns the kernel so the caller can read counters and violations.
+//! Contract of every driver `run(p: &RaceParams) -> Result<RaceOutcome<X>, RunError>`
+//! (`X = ()` but for fork_exit_hugetlb's per-child numbers):
+//! - it checks what it needs of `p.kcfg` (an arch profile, a CPU count, a
+//!   geometry) and refuses anything else with `RunError::Config`;
+//! - it goes through the one harness (`harness::run`, `Rig`): boot from
+//!   `p.kcfg` / `p.machine`, up to `p.iterations` rounds of the race, ending
+//!   early before a round when `p.stop.expired()` (the run's time is up or
+//!   it was interrupted) and at the first round with a violation when
+//!   `p.stop_on_violation`, and a teardown that always runs (every mm
+//!   exited, every file truncated, the machine quiesced, the leak check);
+//! - it never hangs (all waits go through the machine's timeouts) and
+//!   turns a machine error into `RunError::Machine`, which names the CPU;
+//! - it returns the kernel so the caller can read counters and violations.
 
 pub mod fork_exit_hugetlb;
 pub mod gup_table_free;
+pub mod harness;
 pub mod hugetlb_unshare_gup;
+pub mod iommu_sva;
 pub mod khugepaged_gup;
+pub mod large_folio_zap;
+pub mod lazy_tlb;
+pub mod nested_zap;
+pub mod writeback_race;
 
-use emu_cpu::{MachineConfig, System};
-use mm_core::mm::{AddressSpace, MmStruct};
+use std::collections::BTreeMap;
+
+use emu_cpu::MachineConfig;
+use mm_core::page::alloc::InUse;
 use mm_core::sanitizer::ViolationKind;
 use mm_core::sync::Arc;
-use mm_core::CpuId;
 use mm_core::{Kernel, KernelConfig};
 
 use crate::budget::Until;
@@ -37,14 +45,17 @@ pub struct RaceParams {
     pub seed: u64,
     /// Stop at the first round that produced a violation.
     pub stop_on_violation: bool,
-    /// The run's deadline and the interrupt request: a driver asks
+    /// The run's deadline and the interrupt request: the harness asks
     /// `p.stop.expired()` before each round and ends early when it says so
     /// (tearing down as usual).
     pub stop: Until,
+    /// The scenario's `--param` values, for drivers that take any
+    /// (fork_exit_hugetlb: `tables`, `children`, `touch`); empty otherwise.
+    pub params: BTreeMap<&'static str, u64>,
 }
 
 /// What a driver found.
-pub struct RaceOutcome {
+pub struct RaceOutcome<X = ()> {
     /// Rounds actually run.
     pub iterations: u64,
     /// 1-based round in which the first violation appeared.
@@ -53,58 +64,48 @@ pub struct RaceOutcome {
     pub kinds: Vec<ViolationKind>,
     /// The kernel after the run (counters, sanitizer records).
     pub kernel: Arc<Kernel>,
+    /// Frames still allocated after the teardown: leaks (`None`: RCU
+    /// callbacks were still pending, so no leak check).
+    pub leaked: Option<InUse>,
+    /// The driver's own numbers (fork_exit_hugetlb: per-child exits).
+    pub details: X,
 }
 
-impl std::fmt::Debug for RaceOutcome {
+impl<X: std::fmt::Debug> std::fmt::Debug for RaceOutcome<X> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RaceOutcome")
             .field("iterations", &self.iterations)
             .field("first_violation_at", &self.first_violation_at)
             .field("kinds", &self.kinds)
             .field("violations", &self.kernel.san.count())
+            .field("details", &self.details)
             .finish()
     }
 }
 
-impl RaceOutcome {
+impl<X> RaceOutcome<X> {
     /// Build from a finished run: kinds are read from the sanitizer.
-    pub fn new(kernel: Arc<Kernel>, iterations: u64, first_violation_at: Option<u64>) -> Self {
+    pub fn new(
+        kernel: Arc<Kernel>,
+        iterations: u64,
+        first_violation_at: Option<u64>,
+        leaked: Option<InUse>,
+        details: X,
+    ) -> Self {
         let mut kinds = Vec::new();
         for v in kernel.san.violations() {
             if !kinds.contains(&v.kind) {
                 kinds.push(v.kind);
             }
         }
-        RaceOutcome { iterations, first_violation_at, kinds, kernel }
+        RaceOutcome { iterations, first_violation_at, kinds, kernel, leaked, details }
     }
-}
 
-pub mod iommu_sva;
-pub mod large_folio_zap;
-pub mod lazy_tlb;
-pub mod nested_zap;
-pub mod writeback_race;
-
-/// How long `teardown` waits for the machine to drain.
-const TEARDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// End of a driver: every mm exits (last thread, on CPU0), every file's
-/// page cache is truncated, the machine drains its queues and RCU
-/// callbacks.  Anything still allocated after this is a leak.
-pub fn teardown(sys: &System, mms: &[Arc<MmStruct>], files: &[Arc<AddressSpace>]) -> Result<(), String> {
-    for mm in mms {
-        sys.run_user(CpuId(0), mm, |k, mm| mm_core::ops::exit_mm(k, mm)).map_err(|e| e.to_string())?;
+    /// The same outcome without the driver's own numbers.
+    pub fn plain(self) -> RaceOutcome {
+        let RaceOutcome { iterations, first_violation_at, kinds, kernel, leaked, .. } = self;
+        RaceOutcome { iterations, first_violation_at, kinds, kernel, leaked, details: () }
     }
-    for f in files {
-        let f = f.clone();
-        let still = sys
-            .run_kthread(CpuId(0), move |k| mm_core::ops::writeback::truncate_inode_pages(k, &f))
-            .map_err(|e| e.to_string())?;
-        if still != 0 {
-            return Err(format!("teardown: {still} page-cache folios still mapped after every mm exited"));
-        }
-    }
-    sys.quiesce(TEARDOWN_TIMEOUT).map_err(|e| e.to_string())
 }
 
 /// Spin (an interrupt point each time round: pending IPIs are served) until
@@ -120,13 +121,4 @@ pub fn wait_for(flag: &mm_core::sync::AtomicU64, at_least: u64, k: &Kernel) {
             mm_core::sync::spin_loop();
         }
     }
-}
-
-/// End of round `round`: remember the first round whose run left a
-/// sanitizer record; true when the driver should stop (`stop_on_violation`).
-pub fn violation_seen(k: &Kernel, round: u64, first: &mut Option<u64>, p: &RaceParams) -> bool {
-    if first.is_none() && k.san.count() > 0 {
-        *first = Some(round);
-    }
-    first.is_some() && p.stop_on_violation
 }

@@ -18,8 +18,8 @@
 //! Needs 2 CPUs; any arch (arm64's broadcast keeps T1 from having to wait
 //! for interrupt points).
 
-use super::{wait_for, RaceOutcome, RaceParams};
-use emu_cpu::System;
+use super::{harness, wait_for, RaceOutcome, RaceParams};
+use crate::error::RunError;
 use mm_core::ops::{madvise_dontneed, mmap_anon};
 use mm_core::sync::{Arc, AtomicU64, Ordering};
 use mm_core::CpuId;
@@ -29,73 +29,61 @@ pub const SMALL: u64 = 8;
 /// PTE tables of B: T1's walk over them is the window.
 pub const BIG_TABLES: u64 = 4;
 
-pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
+pub fn run(p: &RaceParams) -> Result<RaceOutcome, RunError> {
     if p.kcfg.nr_cpus < 2 {
-        return Err(format!("nested_zap needs 2 CPUs; got {}", p.kcfg.nr_cpus));
+        return Err(RunError::Config(format!("nested_zap needs 2 CPUs; got {}", p.kcfg.nr_cpus)));
     }
-    let sys = System::new(p.kcfg.clone(), p.machine)?;
-    let k = sys.kernel().clone();
-    let ps = k.cfg.geometry.page_size();
-    let pmd = k.cfg.geometry.pmd_size();
-    let big = k.cfg.geometry.hpage_pmd_nr() * BIG_TABLES;
-    let mm = sys.mm_alloc().map_err(|e| e.to_string())?;
-    sys.run_user(CpuId(0), &mm, move |k, mm| mmap_anon(k, mm, BASE, (1 + BIG_TABLES) * pmd, true))
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("mmap: {e:?}"))?;
-    let mut first = None;
-    let mut rounds = 0;
-    for round in 1..=p.iterations {
-        if p.stop.expired() {
-            break;
-        }
-        rounds = round;
-        sys.run_user(CpuId(0), &mm, move |k, mm| {
-            for i in 0..SMALL {
-                k.write_user(mm, BASE + i * ps, round).expect("touch S");
-            }
-            for i in 0..big {
-                k.write_user(mm, BASE + pmd + i * ps, round).expect("touch B");
-            }
-        })
-        .map_err(|e| e.to_string())?;
-        sys.run_user(CpuId(1), &mm, move |k, mm| {
-            for i in 0..SMALL {
-                k.read_user(mm, BASE + i * ps).expect("touch S");
-            }
-        })
-        .map_err(|e| e.to_string())?;
-        let go = Arc::new(AtomicU64::new(0));
-        let delay = (p.seed.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 7) % 4096;
-        let t1 = {
-            let go = go.clone();
-            sys.spawn_user(CpuId(0), &mm, move |k, mm| {
-                go.fetch_add(1, Ordering::SeqCst);
-                wait_for(&go, 2, k);
-                madvise_dontneed(k, mm, BASE, pmd + big * ps).expect("T1 madvise");
-                k.smp.cond_resched();
-            })
-        };
-        let t2 = {
-            let go = go.clone();
-            sys.spawn_user(CpuId(1), &mm, move |k, mm| {
-                go.fetch_add(1, Ordering::SeqCst);
-                wait_for(&go, 2, k);
-                let mut spins = 0u32;
-                while !mm.mm_tlb_flush_pending() && spins < 1 << 20 {
-                    mm_core::sync::spin_loop();
-                    spins += 1;
+    harness::run(p, p.kcfg.clone(), |h| {
+        let ps = h.k.cfg.geometry.page_size();
+        let pmd = h.k.cfg.geometry.pmd_size();
+        let big = h.k.cfg.geometry.hpage_pmd_nr() * BIG_TABLES;
+        let mm = h.mm()?;
+        h.sys
+            .run_user(CpuId(0), &mm, move |k, mm| mmap_anon(k, mm, BASE, (1 + BIG_TABLES) * pmd, true))?
+            .map_err(|e| RunError::Model(format!("mmap: {e:?}")))?;
+        h.rounds(|h, round| {
+            h.sys.run_user(CpuId(0), &mm, move |k, mm| {
+                for i in 0..SMALL {
+                    k.write_user(mm, BASE + i * ps, round).expect("touch S");
                 }
-                for _ in 0..delay {
-                    mm_core::sync::spin_loop();
+                for i in 0..big {
+                    k.write_user(mm, BASE + pmd + i * ps, round).expect("touch B");
                 }
-                madvise_dontneed(k, mm, BASE, SMALL * ps).expect("T2 madvise");
-            })
-        };
-        sys.join_all(vec![t1, t2]).map_err(|e| e.to_string())?;
-        if super::violation_seen(&k, round, &mut first, p) {
-            break;
-        }
-    }
-    super::teardown(&sys, &[mm], &[])?;
-    Ok(RaceOutcome::new(k, rounds, first))
+            })?;
+            h.sys.run_user(CpuId(1), &mm, move |k, mm| {
+                for i in 0..SMALL {
+                    k.read_user(mm, BASE + i * ps).expect("touch S");
+                }
+            })?;
+            let go = Arc::new(AtomicU64::new(0));
+            let delay = (h.p.seed.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 7) % 4096;
+            let t1 = {
+                let go = go.clone();
+                h.sys.spawn_user(CpuId(0), &mm, move |k, mm| {
+                    go.fetch_add(1, Ordering::SeqCst);
+                    wait_for(&go, 2, k);
+                    madvise_dontneed(k, mm, BASE, pmd + big * ps).expect("T1 madvise");
+                    k.smp.cond_resched();
+                })
+            };
+            let t2 = {
+                let go = go.clone();
+                h.sys.spawn_user(CpuId(1), &mm, move |k, mm| {
+                    go.fetch_add(1, Ordering::SeqCst);
+                    wait_for(&go, 2, k);
+                    let mut spins = 0u32;
+                    while !mm.mm_tlb_flush_pending() && spins < 1 << 20 {
+                        mm_core::sync::spin_loop();
+                        spins += 1;
+                    }
+                    for _ in 0..delay {
+                        mm_core::sync::spin_loop();
+                    }
+                    madvise_dontneed(k, mm, BASE, SMALL * ps).expect("T2 madvise");
+                })
+            };
+            h.sys.join_all(vec![t1, t2])?;
+            Ok(h.violated())
+        })
+    })
 }

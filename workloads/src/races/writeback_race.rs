@@ -31,8 +31,8 @@
 //! Needs 2 CPUs; any arch (arm64 broadcast makes Z's flush independent of
 //! A's interrupt points).
 
-use super::{wait_for, RaceOutcome, RaceParams};
-use emu_cpu::System;
+use super::{harness, wait_for, RaceOutcome, RaceParams};
+use crate::error::RunError;
 use mm_core::ops::dirty_oracle::DirtyDataOracle;
 use mm_core::ops::writeback::{filemap_fdatawrite_range, invalidate_mapping_pages};
 use mm_core::ops::{madvise_dontneed, mmap_file, writeback_mapping};
@@ -49,125 +49,110 @@ pub const PAUSE: u32 = 512;
 /// Longest stall of the zapper inside its window.
 pub const STALL: std::time::Duration = std::time::Duration::from_millis(2);
 
-pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
+pub fn run(p: &RaceParams) -> Result<RaceOutcome, RunError> {
     if p.kcfg.nr_cpus < 2 {
-        return Err(format!("writeback_race needs 2 CPUs (writer, zapper); got {}", p.kcfg.nr_cpus));
+        return Err(RunError::Config(format!("writeback_race needs 2 CPUs (writer, zapper); got {}", p.kcfg.nr_cpus)));
     }
-    let sys = System::new(p.kcfg.clone(), p.machine)?;
-    let k = sys.kernel().clone();
-    let ps = k.cfg.geometry.page_size();
-    let words = k.hw.ram.words_per_frame() as u64;
-    let pages = PAGES.min(k.cfg.geometry.hpage_pmd_nr());
-    if STORES >= words {
-        return Err(format!("a page holds only {words} words; the driver stores {STORES}"));
-    }
-    let file = k.new_file(pages);
-    let oracle = Arc::new(DirtyDataOracle::new(&file));
-    let mm = sys.mm_alloc().map_err(|e| e.to_string())?;
-    {
-        let file = file.clone();
-        sys.run_user(CpuId(0), &mm, move |k, mm| mmap_file(k, mm, BASE, pages * ps, true, true, &file, 0))
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("mmap: {e:?}"))?;
-    }
-    // The stalled zapper: armed once per round, fires on CPU1 only.
-    let armed = Arc::new(AtomicU64::new(0));
-    let progress = Arc::new(AtomicU64::new(0));
-    {
-        let (armed, progress) = (armed.clone(), progress.clone());
-        let hook = move |k: &mm_core::Kernel| {
-            if k.this_cpu() != CpuId(1) || armed.swap(0, Ordering::SeqCst) == 0 {
-                return;
-            }
-            let target = progress.load(Ordering::SeqCst) + 2;
-            let t0 = std::time::Instant::now();
-            while progress.load(Ordering::SeqCst) < target && t0.elapsed() < STALL {
-                k.smp.cpu_relax();
-                mm_core::sync::spin_loop();
-            }
-        };
-        if k.hooks.zap_pte_range_locked.set(Box::new(hook)).is_err() {
-            return Err("writeback_race: the zap hook is already taken".into());
+    harness::run(p, p.kcfg.clone(), |h| {
+        let k = h.k.clone();
+        let ps = k.cfg.geometry.page_size();
+        let words = k.hw.ram.words_per_frame() as u64;
+        let pages = PAGES.min(k.cfg.geometry.hpage_pmd_nr());
+        if STORES >= words {
+            return Err(RunError::Config(format!("a page holds only {words} words; the driver stores {STORES}")));
         }
-    }
-    let mut first = None;
-    let mut rounds = 0;
-    for round in 1..=p.iterations {
-        if p.stop.expired() {
-            break;
+        let file = h.file(pages);
+        let oracle = Arc::new(DirtyDataOracle::new(&file));
+        let mm = h.mm()?;
+        {
+            let file = file.clone();
+            h.sys
+                .run_user(CpuId(0), &mm, move |k, mm| mmap_file(k, mm, BASE, pages * ps, true, true, &file, 0))?
+                .map_err(|e| RunError::Model(format!("mmap: {e:?}")))?;
         }
-        rounds = round;
-        armed.store(1, Ordering::SeqCst);
-        // Setup: every page dirty in the mapping, page 0 cached dirty on CPU0.
-        let o = oracle.clone();
-        sys.run_user(CpuId(0), &mm, move |k, mm| {
-            for pg in (0..pages).rev() {
-                let v = (round << 32) | pg;
-                k.write_user(mm, BASE + pg * ps + 8 * (words - 1), v).expect("setup store");
-                o.record_store(pg, (words - 1) as usize, v);
-            }
-        })
-        .map_err(|e| e.to_string())?;
-        let go = Arc::new(AtomicU64::new(0));
-        let a = {
-            let (go, o, file, progress) = (go.clone(), oracle.clone(), file.clone(), progress.clone());
-            sys.spawn_user(CpuId(0), &mm, move |k, mm| {
-                go.fetch_add(1, Ordering::SeqCst);
-                wait_for(&go, 2, k);
-                // Line A up with Z: start storing once Z's gather exists.
-                let mut spins = 0u32;
-                while !mm.mm_tlb_flush_pending() && spins < 1 << 20 {
+        // The stalled zapper: armed once per round, fires on CPU1 only.
+        let armed = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(AtomicU64::new(0));
+        {
+            let (armed, progress) = (armed.clone(), progress.clone());
+            let hook = move |k: &mm_core::Kernel| {
+                if k.this_cpu() != CpuId(1) || armed.swap(0, Ordering::SeqCst) == 0 {
+                    return;
+                }
+                let target = progress.load(Ordering::SeqCst) + 2;
+                let t0 = std::time::Instant::now();
+                while progress.load(Ordering::SeqCst) < target && t0.elapsed() < STALL {
+                    k.smp.cpu_relax();
                     mm_core::sync::spin_loop();
-                    spins += 1;
                 }
-                for i in 0..STORES {
-                    let v = (round << 32) | (1 << 20) | i;
-                    k.write_user(mm, BASE + 8 * i, v).expect("A's store");
-                    o.record_store(0, i as usize, v);
-                    filemap_fdatawrite_range(k, &file, 0, 1);
-                    // The PoC's read-back between msync and fadvise.
-                    for _ in 0..PAUSE {
-                        k.smp.cpu_relax();
-                    }
-                    invalidate_mapping_pages(k, &file, 0, 1);
-                    progress.fetch_add(1, Ordering::SeqCst);
-                    k.smp.cond_resched();
-                }
-            })
-        };
-        let z = {
-            let go = go.clone();
-            sys.spawn_user(CpuId(1), &mm, move |k, mm| {
-                go.fetch_add(1, Ordering::SeqCst);
-                wait_for(&go, 2, k);
-                madvise_dontneed(k, mm, BASE, pages * ps).expect("madvise");
-            })
-        };
-        sys.join_all(vec![a, z]).map_err(|e| e.to_string())?;
-        // A is done: whatever it stored must be on disk or in a dirty page;
-        // and the accounting (mapcount, refcount, rss) must be consistent.
-        let (o, m, f) = (oracle.clone(), mm.clone(), file.clone());
-        let (lost, acct) = sys
-            .run_kthread(CpuId(1), move |k| (o.check(k), mm_core::ops::check::check_consistency(k, &[&m], &[&f])))
-            .map_err(|e| e.to_string())?;
-        acct.map_err(|e| format!("round {round}: accounting: {e}"))?;
-        if lost > 0 && first.is_none() {
-            first = Some(round);
-            if p.stop_on_violation {
-                break;
+            };
+            if k.hooks.zap_pte_range_locked.set(Box::new(hook)).is_err() {
+                return Err(RunError::Driver("writeback_race: the zap hook is already taken".into()));
             }
         }
-    }
-    // Final: everything written back; the oracle must still agree.
-    let (o, f) = (oracle.clone(), file.clone());
-    sys.run_kthread(CpuId(1), move |k| {
-        writeback_mapping(k, &f);
-        o.check(k)
+        h.rounds(|h, round| {
+            armed.store(1, Ordering::SeqCst);
+            // Setup: every page dirty in the mapping, page 0 cached dirty on CPU0.
+            let o = oracle.clone();
+            h.sys.run_user(CpuId(0), &mm, move |k, mm| {
+                for pg in (0..pages).rev() {
+                    let v = (round << 32) | pg;
+                    k.write_user(mm, BASE + pg * ps + 8 * (words - 1), v).expect("setup store");
+                    o.record_store(pg, (words - 1) as usize, v);
+                }
+            })?;
+            let go = Arc::new(AtomicU64::new(0));
+            let a = {
+                let (go, o, file, progress) = (go.clone(), oracle.clone(), file.clone(), progress.clone());
+                h.sys.spawn_user(CpuId(0), &mm, move |k, mm| {
+                    go.fetch_add(1, Ordering::SeqCst);
+                    wait_for(&go, 2, k);
+                    // Line A up with Z: start storing once Z's gather exists.
+                    let mut spins = 0u32;
+                    while !mm.mm_tlb_flush_pending() && spins < 1 << 20 {
+                        mm_core::sync::spin_loop();
+                        spins += 1;
+                    }
+                    for i in 0..STORES {
+                        let v = (round << 32) | (1 << 20) | i;
+                        k.write_user(mm, BASE + 8 * i, v).expect("A's store");
+                        o.record_store(0, i as usize, v);
+                        filemap_fdatawrite_range(k, &file, 0, 1);
+                        // The PoC's read-back between msync and fadvise.
+                        for _ in 0..PAUSE {
+                            k.smp.cpu_relax();
+                        }
+                        invalidate_mapping_pages(k, &file, 0, 1);
+                        progress.fetch_add(1, Ordering::SeqCst);
+                        k.smp.cond_resched();
+                    }
+                })
+            };
+            let z = {
+                let go = go.clone();
+                h.sys.spawn_user(CpuId(1), &mm, move |k, mm| {
+                    go.fetch_add(1, Ordering::SeqCst);
+                    wait_for(&go, 2, k);
+                    madvise_dontneed(k, mm, BASE, pages * ps).expect("madvise");
+                })
+            };
+            h.sys.join_all(vec![a, z])?;
+            // A is done: whatever it stored must be on disk or in a dirty page;
+            // and the accounting (mapcount, refcount, rss) must be consistent.
+            let (o, m, f) = (oracle.clone(), mm.clone(), file.clone());
+            let (lost, acct) = h.sys.run_kthread(CpuId(1), move |k| {
+                (o.check(k), mm_core::ops::check::check_consistency(k, &[&m], &[&f]))
+            })?;
+            acct.map_err(|e| RunError::Model(format!("accounting: {e}")).in_round(round))?;
+            Ok(lost > 0)
+        })?;
+        // Final: everything written back; the oracle must still agree.
+        let (o, f) = (oracle.clone(), file.clone());
+        h.sys.run_kthread(CpuId(1), move |k| {
+            writeback_mapping(k, &f);
+            o.check(k)
+        })?;
+        h.late_violations();
+        Ok(())
     })
-    .map_err(|e| e.to_string())?;
-    if first.is_none() && k.san.count() > 0 {
-        first = Some(rounds);
-    }
-    super::teardown(&sys, &[mm], &[file])?;
-    Ok(RaceOutcome::new(k, rounds, first))
 }

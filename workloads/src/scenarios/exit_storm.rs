@@ -10,7 +10,10 @@ use mm_core::config::Arch;
 use mm_core::tlb::switch_mm;
 use mm_core::CpuId;
 
-use super::{boot, finish, sys, ArchReq, Ctx, Outcome, ParamSpec, Rng, Scenario, Work};
+use super::native::{boot, finish, sys, Rng, Work};
+use super::{ArchReq, Ctx, ParamSpec, Scenario};
+use crate::error::RunError;
+use crate::outcome::Outcome;
 
 pub(super) const SCENARIO: Scenario = Scenario {
     name: "exit-storm",
@@ -34,7 +37,7 @@ fn frames(ctx: &Ctx) -> usize {
     ctx.nr_cpus() * (ctx.param("pages") as usize + 64) * 3 + 8192
 }
 
-fn run(ctx: &Ctx) -> Result<Outcome, String> {
+fn run(ctx: &Ctx) -> Result<Outcome, RunError> {
     let n = ctx.nr_cpus();
     let (pages, fork) = (ctx.param("pages"), ctx.param("fork") == 1);
     let b = boot(ctx, frames(ctx))?;

@@ -8,7 +8,10 @@
 use mm_core::config::Arch;
 use mm_core::CpuId;
 
-use super::{boot, finish, join_into, sys, ArchReq, Ctx, Outcome, ParamSpec, Rng, Scenario, WorkLog};
+use super::native::{boot, finish, join_into, sys, Rng, WorkLog};
+use super::{ArchReq, Ctx, ParamSpec, Scenario};
+use crate::error::RunError;
+use crate::outcome::Outcome;
 
 pub(super) const SCENARIO: Scenario = Scenario {
     name: "madvise-dontneed",
@@ -34,11 +37,11 @@ fn frames(ctx: &Ctx) -> usize {
     ctx.nr_cpus() * (ctx.param("pages") as usize + 64) * 2 + 8192
 }
 
-fn run(ctx: &Ctx) -> Result<Outcome, String> {
+fn run(ctx: &Ctx) -> Result<Outcome, RunError> {
     let n = ctx.nr_cpus();
     let (pages, batch) = (ctx.param("pages"), ctx.param("batch"));
     let b = boot(ctx, frames(ctx))?;
-    let mm = b.sys.mm_alloc().map_err(|e| e.to_string())?;
+    let mm = b.sys.mm_alloc()?;
     let ps = b.sys.kernel().cfg.geometry.page_size();
     let until = b.until;
     let seed = ctx.seed;

@@ -12,29 +12,33 @@
 //!   ended the run early.  `Err` means the scenario could not start (bad
 //!   configuration); the message says what is wrong.
 //! - Native scenarios (munmap-storm, mprotect-pingpong, madvise-dontneed,
-//!   exit-storm) are written here; race scenarios are one small adapter
-//!   around a race driver `races::<x>::run` (see `race_adapter`).
-//! - Every syscall a native scenario makes is wrapped in a trace span
-//!   (`emu_cpu::trace::syscall`), free when no trace is recorded.
+//!   exit-storm: one file each) share `native`: boot, the work log, the
+//!   seed's generator, `finish` and the syscall wrappers (`native::sys`:
+//!   every syscall a trace span, free when no trace is recorded).  Race
+//!   scenarios (`races.rs`) are one small adapter each around a race driver
+//!   `races::<x>::run` (`race_adapter`: the budget in chunks, the sums).
+//!
+//! This file is the registry: `Scenario`, its parameters and arch,
+//! `Ctx`, every scenario (`all`, `find`), the switch → scenario table
+//! (`EXPOSERS`) and the emulated RAM a run asks for (`ram_frames`).
 
 mod exit_storm;
 mod madvise_dontneed;
 mod mprotect_pingpong;
 mod munmap_storm;
+pub(crate) mod native;
+pub mod race_adapter;
 mod races;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
-use emu_cpu::{MachineConfig, MachineError, System, TaskHandle};
+use emu_cpu::MachineConfig;
 use mm_core::config::{Arch, Fix, KernelConfig};
-use mm_core::page::alloc::InUse;
-use mm_core::sync::Arc;
-use mm_core::Kernel;
 
-pub use crate::budget::{interrupt_flag, interrupted, Budget, Until};
-use crate::races::{RaceOutcome, RaceParams};
-use crate::report::Measure;
+use crate::budget::Budget;
+use crate::error::RunError;
+use crate::input::{did_you_mean, parse_decimal, suggest, unknown_name};
+use crate::outcome::Outcome;
 
 /// One integer parameter of a scenario (`--param key=value`).
 #[derive(Clone, Copy, Debug)]
@@ -86,39 +90,7 @@ impl Ctx {
     }
 }
 
-/// What a scenario run produced.
-#[derive(Debug)]
-pub struct Outcome {
-    /// Rounds run (summed over threads for native scenarios).
-    pub iterations: u64,
-    /// Syscalls made (race scenarios: rounds).
-    pub ops: u64,
-    /// From boot to the end of the budget (every thread stopped).
-    pub elapsed: Duration,
-    /// `--seconds`: how far past the deadline the last thread stopped.
-    pub overshoot: Option<Duration>,
-    /// Exiting every mm, quiescing and the leak check.
-    pub teardown: Duration,
-    /// The budget ended early on SIGINT / SIGTERM (`interrupt_flag`).
-    pub interrupted: bool,
-    /// Digest of the choices the scenario drew from the seed (0: none).
-    pub program_digest: u64,
-    pub measure: Measure,
-    /// A machine error (panic on a CPU, task that never returned) that
-    /// ended the run early; names the CPU.
-    pub error: Option<String>,
-    /// The error was a hang (task timeout) rather than a panic.
-    pub hang: bool,
-    /// Race scenarios: 1-based round of the first violation.
-    pub first_violation_at: Option<u64>,
-    /// Scenario-specific numbers (e.g. sync broadcasts per exiting child),
-    /// reported as `metrics`.
-    pub metrics: BTreeMap<String, f64>,
-    /// Why there was no leak check (`measure.leaked` is `None`).
-    pub leak_not_checked: Option<String>,
-}
-
-pub type RunFn = fn(&Ctx) -> Result<Outcome, String>;
+pub type RunFn = fn(&Ctx) -> Result<Outcome, RunError>;
 
 /// One entry of the registry.
 #[derive(Clone, Copy)]
@@ -177,11 +149,11 @@ impl Scenario {
                     format!("--param {pair}: {}", keys())
                 } else {
                     let names: Vec<&str> = self.params.iter().map(|p| p.key).collect();
-                    let dym = crate::cli::did_you_mean(&crate::cli::suggest(k, &names));
+                    let dym = did_you_mean(&suggest(k, &names));
                     format!("scenario {} has no parameter '{k}'{dym}; allowed: {}", self.name, names.join(", "))
                 }
             })?;
-            let n = crate::cli::parse_decimal(v, spec.min, spec.max)
+            let n = parse_decimal(v, spec.min, spec.max)
                 .map_err(|e| format!("--param {k}={v}: {}; allowed {}..={}", e.what(), spec.min, spec.max))?;
             if let Some(first) = seen.insert(spec.key, pair) {
                 return Err(format!("--param {k} given twice ({first}, {pair}); allowed once per key"));
@@ -202,7 +174,7 @@ pub fn find(name: &str) -> Result<&'static Scenario, String> {
     all()
         .iter()
         .find(|s| s.name == name)
-        .ok_or_else(|| crate::cli::unknown_name("scenario", name, &all().iter().map(|s| s.name).collect::<Vec<_>>()))
+        .ok_or_else(|| unknown_name("scenario", name, &all().iter().map(|s| s.name).collect::<Vec<_>>()))
 }
 
 /// Which scenario (and arch) shows a switch reverted: `mmemu reproduce`.
@@ -255,9 +227,6 @@ static REGISTRY: &[Scenario] = &[
     races::LARGE_FOLIO_ZAP,
 ];
 
-// ---------------------------------------------------------------------------
-// Helpers shared by the native scenarios.
-
 /// The largest emulated RAM a run may have: `KernelConfig::validate`'s
 /// bound (2^24 frames, 64 GiB of 4 KiB pages).
 pub const MAX_RAM_FRAMES: usize = 1 << 24;
@@ -287,357 +256,6 @@ pub fn describe_params(ctx: &Ctx) -> String {
     ctx.params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
 }
 
-/// A booted system, what the allocator held before any mm existed, and
-/// the budget (which starts once the machine is up).
-pub(crate) struct Booted {
-    pub sys: System,
-    pub baseline: InUse,
-    pub t0: Instant,
-    pub until: Until,
-}
-
-pub(crate) fn boot(ctx: &Ctx, min_frames: usize) -> Result<Booted, String> {
-    let mut kcfg = ctx.kcfg.clone();
-    kcfg.ram_frames = ram_frames(ctx, min_frames)?;
-    let sys = System::new(kcfg, ctx.machine)?;
-    let baseline = sys.kernel().alloc.in_use();
-    Ok(Booted { sys, baseline, t0: Instant::now(), until: Until::new(ctx.budget) })
-}
-
-/// Rounds, ops and the digest of the seed-drawn choices of a native
-/// scenario (summed over its threads).
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Work {
-    pub rounds: u64,
-    pub ops: u64,
-    pub digest: u64,
-}
-
-impl std::ops::AddAssign for Work {
-    fn add_assign(&mut self, o: Work) {
-        self.rounds += o.rounds;
-        self.ops += o.ops;
-        self.digest ^= o.digest;
-    }
-}
-
-#[derive(Default)]
-struct WorkSlot {
-    rounds: std::sync::atomic::AtomicU64,
-    ops: std::sync::atomic::AtomicU64,
-    digest: std::sync::atomic::AtomicU64,
-}
-
-/// Every thread's `Work`, published as it happens: the work of a thread
-/// that panics or hangs stays in the report.  One cache line per thread.
-#[derive(Clone)]
-pub(crate) struct WorkLog(Arc<[crossbeam::utils::CachePadded<WorkSlot>]>);
-
-impl WorkLog {
-    pub fn new(threads: usize) -> WorkLog {
-        WorkLog((0..threads).map(|_| Default::default()).collect())
-    }
-    /// Thread `i`'s counter: `op()` / `round()` publish at once.
-    pub fn thread(&self, i: usize) -> ThreadWork {
-        ThreadWork { log: self.clone(), i, w: Work::default() }
-    }
-    pub fn total(&self) -> Work {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut t = Work::default();
-        for s in self.0.iter() {
-            t += Work { rounds: s.rounds.load(Relaxed), ops: s.ops.load(Relaxed), digest: s.digest.load(Relaxed) };
-        }
-        t
-    }
-}
-
-/// One thread's side of a `WorkLog`.
-pub(crate) struct ThreadWork {
-    log: WorkLog,
-    i: usize,
-    w: Work,
-}
-
-impl ThreadWork {
-    pub fn op(&mut self) {
-        self.w.ops += 1;
-        self.log.0[self.i].ops.store(self.w.ops, std::sync::atomic::Ordering::Relaxed);
-    }
-    /// A round is done; `rng` is the thread's generator (its digest so far).
-    pub fn round(&mut self, rng: &Rng) {
-        self.w.rounds += 1;
-        self.w.digest = rng.digest();
-        let s = &self.log.0[self.i];
-        s.rounds.store(self.w.rounds, std::sync::atomic::Ordering::Relaxed);
-        s.digest.store(self.w.digest, std::sync::atomic::Ordering::Relaxed);
-    }
-    pub fn rounds(&self) -> u64 {
-        self.w.rounds
-    }
-}
-
-/// Join `hs` (every one, even after an error); the first machine error is
-/// kept in `err`.  The work is in the threads' `WorkLog`.
-pub(crate) fn join_into(b: &Booted, hs: Vec<TaskHandle<()>>, err: &mut Option<MachineError>) {
-    if let Err(e) = b.sys.join_all(hs) {
-        err.get_or_insert(e);
-    }
-}
-
-/// End of a native run: `cleanup` (exit every mm) on CPU0, quiesce, leak
-/// check against the boot baseline, counters.
-pub(crate) fn finish<F>(b: Booted, work: Work, mut err: Option<MachineError>, cleanup: F) -> Outcome
-where
-    F: FnOnce(&Arc<Kernel>) + Send + 'static,
-{
-    let elapsed = b.t0.elapsed();
-    let overshoot = b.until.overshoot();
-    let t_teardown = Instant::now();
-    if err.is_none() {
-        if let Err(e) = b.sys.run_kthread(mm_core::CpuId(0), cleanup) {
-            err = Some(e);
-        }
-    }
-    if err.is_none() {
-        if let Err(e) = b.sys.quiesce(b.sys.machine.config().hang_timeout) {
-            err = Some(e);
-        }
-    }
-    let k = b.sys.kernel().clone();
-    let leaked = if err.is_none() { Some(sub(k.alloc.in_use(), b.baseline)) } else { None };
-    let leak_not_checked = leaked.is_none().then(|| "the run ended early".to_string());
-    let hang = match &err {
-        Some(MachineError::Hang { .. }) => true,
-        Some(MachineError::Panicked { msg, .. }) => msg.contains("CSD lock timeout"),
-        _ => false,
-    };
-    let measure = Measure::from_kernel(&k, leaked);
-    Outcome {
-        iterations: work.rounds,
-        ops: work.ops,
-        elapsed,
-        overshoot,
-        teardown: t_teardown.elapsed(),
-        interrupted: interrupted(),
-        program_digest: work.digest,
-        measure,
-        error: err.map(|e| e.to_string()),
-        hang,
-        first_violation_at: None,
-        metrics: BTreeMap::new(),
-        leak_not_checked,
-    }
-}
-
-fn sub(a: InUse, b: InUse) -> InUse {
-    InUse {
-        anon: a.anon - b.anon,
-        file: a.file - b.file,
-        page_table: a.page_table - b.page_table,
-        kernel: a.kernel - b.kernel,
-        hugetlb: a.hugetlb - b.hugetlb,
-    }
-}
-
-/// splitmix64: a tiny deterministic generator (one per thread, seeded from
-/// `--seed` and the CPU).  It also folds every value it hands out into a
-/// digest, so a report can show which program the seed chose.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Rng {
-    state: u64,
-    digest: u64,
-}
-
-impl Rng {
-    pub fn new(seed: u64, stream: u64) -> Rng {
-        Rng { state: seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15), digest: 0 }
-    }
-    pub fn next(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        let z = z ^ (z >> 31);
-        // FNV-1a style fold: order-sensitive, cheap.
-        self.digest = (self.digest ^ z).wrapping_mul(0x0000_0100_0000_01b3);
-        z
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    /// `0..n` in an order drawn from the generator (Fisher-Yates).
-    pub fn permutation(&mut self, n: u64) -> Vec<u64> {
-        let mut v: Vec<u64> = (0..n).collect();
-        for i in (1..v.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            v.swap(i, j);
-        }
-        v
-    }
-    /// Digest of every value handed out so far.
-    pub fn digest(&self) -> u64 {
-        self.digest
-    }
-}
-
-static INJECT_PANIC: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
-/// Syscalls of the armed CPU that still go through before the panic.
-static INJECT_SKIP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Make a syscall of a native scenario on `cpu` panic — the one after the
-/// first `after` (tests of the error path: `mmemu run --inject-panic CPU
-/// [--inject-panic-after N]`).
-pub fn inject_panic_on(cpu: u32, after: u64) {
-    INJECT_SKIP.store(after, std::sync::atomic::Ordering::SeqCst);
-    INJECT_PANIC.store(cpu, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Syscall entry of the native scenarios: the injected panic, if armed for
-/// this CPU, and a trace span (free when no trace is recorded).
-fn syscall_entry(k: &Kernel, name: &'static str) -> Option<emu_cpu::trace::Span> {
-    use std::sync::atomic::Ordering::SeqCst;
-    let cpu = k.this_cpu();
-    if INJECT_PANIC.load(std::sync::atomic::Ordering::Relaxed) == cpu.0
-        && INJECT_SKIP.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_err()
-        && INJECT_PANIC.compare_exchange(cpu.0, u32::MAX, SeqCst, SeqCst).is_ok()
-    {
-        panic!("injected panic in {name} (--inject-panic {})", cpu.0);
-    }
-    emu_cpu::trace::syscall(cpu, name)
-}
-
-/// Syscalls with a trace span each (the scenarios' syscall entry).
-pub(crate) mod sys {
-    use super::syscall_entry;
-    use mm_core::mm::MmStruct;
-    use mm_core::ops::{self, MmError};
-    use mm_core::sync::Arc;
-    use mm_core::Kernel;
-
-    pub fn mmap_anon(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(), MmError> {
-        let _t = syscall_entry(k, "mmap");
-        ops::mmap_anon(k, mm, addr, len, true)
-    }
-    pub fn munmap(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(), MmError> {
-        let _t = syscall_entry(k, "munmap");
-        ops::munmap(k, mm, addr, len)
-    }
-    pub fn mprotect(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64, write: bool) -> Result<(), MmError> {
-        let _t = syscall_entry(k, "mprotect");
-        ops::mprotect(k, mm, addr, len, true, write)
-    }
-    pub fn madvise_dontneed(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(), MmError> {
-        let _t = syscall_entry(k, "madvise");
-        ops::madvise_dontneed(k, mm, addr, len)
-    }
-    pub fn fork(k: &Kernel, mm: &Arc<MmStruct>) -> Result<Arc<MmStruct>, MmError> {
-        let _t = syscall_entry(k, "fork");
-        ops::dup_mmap(k, mm)
-    }
-    pub fn exit(k: &Kernel, mm: &Arc<MmStruct>) {
-        let _t = syscall_entry(k, "exit");
-        ops::exit_mm(k, mm)
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Race scenarios.
-
-/// Run a race driver under `ctx`: one call for `--iterations`, repeated
-/// chunks of `chunk` rounds (each on a fresh machine) for `--seconds`.
-/// Counters of all chunks are summed; a driver `Err` ends the run as a
-/// failure (it names the CPU or the round).
-pub fn race_adapter(
-    ctx: &Ctx,
-    chunk: u64,
-    run: fn(&RaceParams) -> Result<RaceOutcome, String>,
-) -> Result<Outcome, String> {
-    Ok(chunked(ctx, chunk, |iterations, seed, stop| {
-        let o = run(&RaceParams {
-            kcfg: ctx.kcfg.clone(),
-            machine: ctx.machine,
-            iterations,
-            seed,
-            stop_on_violation: ctx.stop_on_violation,
-            stop,
-        })?;
-        Ok(Chunk { kernels: vec![o.kernel], iterations: o.iterations, first_violation_at: o.first_violation_at })
-    }))
-}
-
-/// One call of a driver: its kernels (after the driver exited every mm and
-/// quiesced its machine; one per machine it booted), rounds run, first
-/// violating round.
-pub struct Chunk {
-    pub kernels: Vec<Arc<Kernel>>,
-    pub iterations: u64,
-    pub first_violation_at: Option<u64>,
-}
-
-/// Call `f(rounds, seed, stop)` once (`--iterations`) or in chunks until
-/// the time is up (`--seconds`), summing what the kernels measured.  `stop`
-/// is the run's deadline and interrupt: drivers check it between rounds.
-/// Frames still in use after a chunk are leaks (drivers clean up before
-/// returning).
-pub fn chunked(ctx: &Ctx, chunk: u64, mut f: impl FnMut(u64, u64, Until) -> Result<Chunk, String>) -> Outcome {
-    let t0 = Instant::now();
-    let mut out = Outcome {
-        iterations: 0,
-        ops: 0,
-        elapsed: Duration::ZERO,
-        overshoot: None,
-        teardown: Duration::ZERO,
-        interrupted: false,
-        program_digest: 0,
-        measure: Measure::empty(ctx.nr_cpus()),
-        error: None,
-        hang: false,
-        first_violation_at: None,
-        metrics: BTreeMap::new(),
-        leak_not_checked: None,
-    };
-    let until = Until::new(ctx.budget);
-    let mut call = 0u64;
-    loop {
-        let n = match ctx.budget {
-            Budget::Iterations(n) => n,
-            Budget::Seconds(_) => chunk.max(1),
-        };
-        match f(n, ctx.seed.wrapping_add(call), until.deadline_only()) {
-            Ok(c) => {
-                if out.first_violation_at.is_none() {
-                    out.first_violation_at = c.first_violation_at.map(|r| r + out.iterations);
-                }
-                out.iterations += c.iterations;
-                out.ops += c.iterations;
-                for k in &c.kernels {
-                    let leaked = (k.rcu.pending() == 0).then(|| k.alloc.in_use());
-                    if leaked.is_none() {
-                        out.leak_not_checked = Some("RCU callbacks were still pending when the driver returned".into());
-                    }
-                    out.measure.add(&Measure::from_kernel(k, leaked));
-                }
-            }
-            Err(e) => {
-                out.hang = e.contains(": hang: ") || e.contains("CSD lock timeout");
-                out.error = Some(e);
-                break;
-            }
-        }
-        call += 1;
-        let stop = matches!(ctx.budget, Budget::Iterations(_))
-            || (ctx.stop_on_violation && out.first_violation_at.is_some())
-            || !until.more(call);
-        if stop {
-            break;
-        }
-    }
-    out.elapsed = t0.elapsed();
-    out.overshoot = until.overshoot();
-    out.interrupted = interrupted();
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,6 +264,16 @@ mod tests {
     fn every_fix_has_an_exposer() {
         for f in Fix::ALL {
             assert_eq!(exposer(f).fix, f);
+        }
+    }
+
+    #[test]
+    fn every_exposer_names_a_scenario() {
+        for e in EXPOSERS {
+            let s = find(e.scenario).unwrap_or_else(|err| panic!("{}: {err}", e.fix));
+            if let ArchReq::Requires(a) = s.arch {
+                assert_eq!(a, e.arch, "{}: {} runs on {} only", e.fix, s.name, a.name());
+            }
         }
     }
 

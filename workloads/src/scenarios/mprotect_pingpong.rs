@@ -7,7 +7,10 @@
 use mm_core::config::Arch;
 use mm_core::CpuId;
 
-use super::{boot, finish, join_into, sys, ArchReq, Ctx, Outcome, ParamSpec, Rng, Scenario, Work, WorkLog};
+use super::native::{boot, finish, join_into, sys, Rng, Work, WorkLog};
+use super::{ArchReq, Ctx, ParamSpec, Scenario};
+use crate::error::RunError;
+use crate::outcome::Outcome;
 
 pub(super) const SCENARIO: Scenario = Scenario {
     name: "mprotect-pingpong",
@@ -31,21 +34,19 @@ fn frames(ctx: &Ctx) -> usize {
     ctx.nr_cpus() * ctx.param("pages") as usize * 2 + 8192
 }
 
-fn run(ctx: &Ctx) -> Result<Outcome, String> {
+fn run(ctx: &Ctx) -> Result<Outcome, RunError> {
     let n = ctx.nr_cpus();
     let (pages, flips) = (ctx.param("pages"), ctx.param("flips"));
     let b = boot(ctx, frames(ctx))?;
-    let mm = b.sys.mm_alloc().map_err(|e| e.to_string())?;
+    let mm = b.sys.mm_alloc()?;
     let ps = b.sys.kernel().cfg.geometry.page_size();
     let total = pages * n as u64;
-    b.sys
-        .run_user(CpuId(0), &mm, move |k, mm| {
-            sys::mmap_anon(k, mm, BASE, total * ps).expect("mmap of the shared region");
-            for p in 0..total {
-                k.write_user(mm, BASE + p * ps, p).expect("populate");
-            }
-        })
-        .map_err(|e| e.to_string())?;
+    b.sys.run_user(CpuId(0), &mm, move |k, mm| {
+        sys::mmap_anon(k, mm, BASE, total * ps).expect("mmap of the shared region");
+        for p in 0..total {
+            k.write_user(mm, BASE + p * ps, p).expect("populate");
+        }
+    })?;
     let until = b.until;
     let seed = ctx.seed;
     let log = WorkLog::new(n);

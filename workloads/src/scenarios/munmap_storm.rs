@@ -7,7 +7,10 @@
 use mm_core::config::Arch;
 use mm_core::CpuId;
 
-use super::{boot, finish, join_into, sys, ArchReq, Ctx, Outcome, ParamSpec, Rng, Scenario, WorkLog};
+use super::native::{boot, finish, join_into, sys, Rng, WorkLog};
+use super::{ArchReq, Ctx, ParamSpec, Scenario};
+use crate::error::RunError;
+use crate::outcome::Outcome;
 
 pub(super) const SCENARIO: Scenario = Scenario {
     name: "munmap-storm",
@@ -44,11 +47,11 @@ fn frames(ctx: &Ctx) -> usize {
 /// Touches between two looks at the clock.
 const TOUCHES_PER_CHECK: u64 = 64;
 
-fn run(ctx: &Ctx) -> Result<Outcome, String> {
+fn run(ctx: &Ctx) -> Result<Outcome, RunError> {
     let n = ctx.nr_cpus();
     let (pages, chunk, peek) = (ctx.param("pages"), ctx.param("chunk"), ctx.param("peek"));
     let b = boot(ctx, frames(ctx))?;
-    let mm = b.sys.mm_alloc().map_err(|e| e.to_string())?;
+    let mm = b.sys.mm_alloc()?;
     let ps = b.sys.kernel().cfg.geometry.page_size();
     let until = b.until;
     let seed = ctx.seed;

@@ -2,19 +2,21 @@
 //!
 //! Each adapter only names the driver, the switch it exposes, the arch and
 //! CPU count it needs and a default round count; `race_adapter` /
-//! `chunked` do the budget, the summing of counters over machines and the
-//! leak check (drivers exit every mm and quiesce before returning).
+//! `chunked` do the budget and the summing of counters and leaks over
+//! machines (each driver's harness tears down and leak-checks its machine).
 
 use std::collections::BTreeMap;
 
 use mm_core::config::{Arch, Fix};
 
-use super::{chunked, config_frames, race_adapter, ArchReq, Chunk, Ctx, Outcome, ParamSpec, Scenario};
-use crate::races::fork_exit_hugetlb::{self, ForkExitParams};
+use super::race_adapter::{chunked, race_adapter};
+use super::{config_frames, ArchReq, Ctx, ParamSpec, Scenario};
+use crate::error::RunError;
+use crate::outcome::Outcome;
+use crate::races::fork_exit_hugetlb::{self, Shape};
 use crate::races::khugepaged_gup::{self, Scenario as Khp};
 use crate::races::{
     gup_table_free, hugetlb_unshare_gup, iommu_sva, large_folio_zap, lazy_tlb, nested_zap, writeback_race, RaceOutcome,
-    RaceParams,
 };
 use mm_core::config::Geometry;
 
@@ -56,24 +58,11 @@ pub(super) const GUP_TABLE_FREE: Scenario = Scenario {
     },
 };
 
-fn khugepaged(ctx: &Ctx, sc: Khp, tweak: impl Fn(&mut mm_core::KernelConfig)) -> Result<Outcome, String> {
+fn khugepaged(ctx: &Ctx, sc: Khp, tweak: impl Fn(&mut mm_core::KernelConfig)) -> Result<Outcome, RunError> {
     let mut ctx = ctx.clone();
     ctx.kcfg.geometry = KHUGEPAGED_GEOMETRY;
     tweak(&mut ctx.kcfg);
-    Ok(chunked(&ctx, 20, |iterations, seed, stop| {
-        let o: RaceOutcome = khugepaged_gup::run_scenario(
-            &RaceParams {
-                kcfg: ctx.kcfg.clone(),
-                machine: ctx.machine,
-                iterations,
-                seed,
-                stop_on_violation: ctx.stop_on_violation,
-                stop,
-            },
-            sc,
-        )?;
-        Ok(Chunk { kernels: vec![o.kernel], iterations: o.iterations, first_violation_at: o.first_violation_at })
-    }))
+    chunked(&ctx, 20, |p| khugepaged_gup::run_scenario(p, sc))
 }
 
 pub(super) const KHUGEPAGED_GUP: Scenario = Scenario {
@@ -139,13 +128,25 @@ pub(super) const FORK_EXIT_HUGETLB: Scenario = Scenario {
     params: &[
         ParamSpec {
             key: "tables",
-            default: 8,
+            default: Shape::DEFAULT.tables,
             min: 1,
             max: 64,
             help: "PUD regions of the area = shared PMD tables per child (N)",
         },
-        ParamSpec { key: "children", default: 4, min: 1, max: 256, help: "children forked per round" },
-        ParamSpec { key: "touch", default: 4, min: 0, max: 1024, help: "huge pages each child writes" },
+        ParamSpec {
+            key: "children",
+            default: Shape::DEFAULT.children,
+            min: 1,
+            max: 256,
+            help: "children forked per round",
+        },
+        ParamSpec {
+            key: "touch",
+            default: Shape::DEFAULT.touch,
+            min: 0,
+            max: 1024,
+            help: "huge pages each child writes",
+        },
     ],
     exposes: &[Fix::HugetlbUnshareBatched],
     arch: ArchReq::Default(Arch::X86),
@@ -158,39 +159,24 @@ pub(super) const FORK_EXIT_HUGETLB: Scenario = Scenario {
 /// fork-exit-hugetlb: a round is one parent with `children` children.
 /// Metrics: sync broadcasts per exiting child, split by whether its exit
 /// left the tables exclusive to the parent (last sharer) or not.
-fn fork_exit(ctx: &Ctx) -> Result<Outcome, String> {
+fn fork_exit(ctx: &Ctx) -> Result<Outcome, RunError> {
     let (mut last, mut other, mut syncs_last, mut syncs_other, mut parent) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let tables = ctx.param("tables");
-    let mut out = chunked(ctx, 1, |rounds, seed, stop| {
-        let mut kernels = Vec::new();
-        let mut done = 0;
-        for r in 0..rounds {
-            if stop.expired() {
-                break;
+    let mut out = chunked(ctx, 1, |p| {
+        let o = fork_exit_hugetlb::run(p)?;
+        for c in &o.details.per_child {
+            if c.last_sharer {
+                last += 1;
+                syncs_last += c.sync_broadcasts;
+            } else {
+                other += 1;
+                syncs_other += c.sync_broadcasts;
             }
-            done += 1;
-            let rep = fork_exit_hugetlb::run(&ForkExitParams {
-                kcfg: ctx.kcfg.clone(),
-                machine: ctx.machine,
-                tables,
-                children: ctx.param("children") as usize,
-                touch: ctx.param("touch"),
-                seed: seed.wrapping_add(r),
-            })?;
-            for c in &rep.per_child {
-                if c.last_sharer {
-                    last += 1;
-                    syncs_last += c.sync_broadcasts;
-                } else {
-                    other += 1;
-                    syncs_other += c.sync_broadcasts;
-                }
-            }
-            parent += rep.parent_exit_syncs;
-            kernels.push(rep.kernel);
         }
-        Ok(Chunk { kernels, iterations: done, first_violation_at: None })
-    });
+        parent += o.details.parent_exit_syncs;
+        // A count workload: no round is "the first violation".
+        Ok(RaceOutcome { first_violation_at: None, ..o.plain() })
+    })?;
     let avg = |s: u64, n: u64| if n == 0 { 0.0 } else { s as f64 / n as f64 };
     out.metrics = BTreeMap::from([
         ("shared_tables_per_child".to_string(), tables as f64),
@@ -235,10 +221,10 @@ pub(super) const IOMMU_SVA_DMA: Scenario = Scenario {
     arch: ArchReq::Requires(Arch::Arm64),
     min_cpus: 2,
     default_iterations: 5000,
-    // Long calls: the driver fails a call in which its device thread never
-    // got to run (it does not wait for the device to start), which short
-    // calls hit when the host is oversubscribed (8 CPUs on 2 cores: ~50 µs
-    // per round, so 200 rounds can finish before CPU1's thread runs).
+    // Long calls: every call waits for its device thread to start before
+    // its rounds (on an oversubscribed host, 8 CPUs on 2 cores, CPU1's
+    // thread may run only after a while), and 200 rounds of ~50 µs keep that
+    // wait a small share of the run.
     frames: config_frames,
     run: |ctx| race_adapter(ctx, 200, iommu_sva::run_dma_vs_zap),
 };

@@ -1,7 +1,11 @@
-//! Stress drivers of the notifier branch on the threaded machine (emu-cpu):
-//! with each switch off the driver finds the matching violation within a
-//! bounded number of rounds; with it on, none in as many rounds.
-//! Each test prints the rounds it needed (run with `--nocapture`).
+//! Stress drivers of KERNEL-RACES §4-§6 and the folio-batching count driver
+//! on the threaded machine (emu-cpu): writeback_race (§4, delay-rmap),
+//! iommu_sva (§5, secondary-tlb-on-flush: the livelock and DMA vs zap),
+//! nested_zap (§6, nested-flush-detect) and large_folio_zap
+//! (folio-pages-batching counts).  With each switch off the driver finds
+//! the matching violation within a bounded number of rounds; with it on,
+//! none in as many rounds.  Each test prints the rounds it needed (run with
+//! `--nocapture`).
 
 use std::time::Duration;
 
@@ -27,6 +31,7 @@ fn params(cpus: usize, revert: Option<Fix>, iterations: u64) -> RaceParams {
         seed: 0x5eed,
         stop_on_violation: true,
         stop: workloads::budget::Until::forever(),
+        params: Default::default(),
     }
 }
 
