@@ -3,13 +3,13 @@
 //! small services every other module uses (allocate / free frames, IRQ
 //! masking as an RCU read-side section, user accesses with fault handling).
 
+use crate::check::sanitizer::{Sanitizer, Violation, ViolationKind};
 use crate::config::KernelConfig;
 use crate::hw::mmu::{Access, Fault, Hw};
 use crate::mm::{AddressSpace, MmStruct};
 use crate::page::alloc::{PageAllocator, PageKind};
 use crate::page::{Folio, MemMap};
 use crate::rcu::{Rcu, RcuReadGuard};
-use crate::sanitizer::{Sanitizer, Violation, ViolationKind};
 use crate::smp::{IrqFlags, Smp};
 use crate::stats::{Stat, Stats};
 use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
@@ -66,8 +66,8 @@ pub struct Kernel {
     pub cpus: Box<[CpuTlbState]>,
     pub inject: FaultInject,
     pub hooks: TestHooks,
-    /// GUP oracle: mapping history per (mm, va) (`ops::gup::oracle`).
-    pub gup_oracle: crate::ops::gup::oracle::GupOracle,
+    /// GUP oracle: mapping history per (mm, va) (`check::gup_oracle`).
+    pub gup_oracle: crate::check::gup_oracle::GupOracle,
     /// Injection points inside gup_fast / collapse_huge_page (tests, stress).
     pub race_hooks: crate::ops::gup::RaceHooks,
     next_id: AtomicU64,
@@ -116,7 +116,7 @@ impl Kernel {
             cpus: (0..n).map(|_| CpuTlbState::default()).collect(),
             inject: FaultInject::default(),
             hooks: TestHooks::default(),
-            gup_oracle: crate::ops::gup::oracle::GupOracle::new(cfg.gup_oracle, n),
+            gup_oracle: crate::check::gup_oracle::GupOracle::new(cfg.gup_oracle, n),
             race_hooks: Default::default(),
             next_id: AtomicU64::new(1),
             cfg,

@@ -12,6 +12,7 @@
 //! pages and page tables (tables after an RCU grace period or a synchronous
 //! IPI).  The sanitizer (frame generations) catches every violation.
 
+pub mod check;
 pub mod config;
 pub mod debug_vm;
 pub mod gather;
@@ -24,7 +25,6 @@ pub mod ops;
 pub mod page;
 pub mod pgtable;
 pub mod rcu;
-pub mod sanitizer;
 pub mod smp;
 pub mod stats;
 pub mod sync;

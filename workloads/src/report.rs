@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use mm_core::check::Violation;
 use mm_core::page::alloc::InUse;
-use mm_core::sanitizer::Violation;
 use mm_core::stats::Stat;
 use mm_core::{CpuId, Kernel};
 use serde::Serialize;
@@ -511,7 +511,7 @@ pub fn human_bytes(b: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use mm_core::sanitizer::{Violation, ViolationKind};
+    use mm_core::check::{Violation, ViolationKind};
     use mm_core::{CpuId, Pfn};
     use serde_json::json;
 

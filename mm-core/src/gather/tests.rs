@@ -2,11 +2,11 @@
 
 use super::batch::{free_encoded_pages, MmuGatherBatch};
 use super::*;
+use crate::check::sanitizer::ViolationKind;
 use crate::config::{Arch, Fix, KernelConfig};
 use crate::mm::{Backing, Vma};
 use crate::page::alloc::PageKind;
 use crate::page::Folio;
-use crate::sanitizer::ViolationKind;
 use crate::stats::Stat;
 use crate::sync::{Arc, Ordering};
 use crate::types::{CpuId, Pfn};

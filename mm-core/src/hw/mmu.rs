@@ -21,8 +21,8 @@
 use super::pte::{Level, Pte};
 use super::ram::Ram;
 use super::tlb::Tlb;
+use crate::check::sanitizer::{Sanitizer, Violation, ViolationKind};
 use crate::config::{Geometry, TlbShape};
-use crate::sanitizer::{Sanitizer, Violation, ViolationKind};
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::types::{CpuId, Pfn};
 

@@ -21,7 +21,8 @@
 //! IPI ran after the unhook (khugepaged, 2ba99c5e0881).  A walker that reads
 //! a table frame whose generation changed since it read the entry pointing
 //! at it is reported as `gup-fast-freed-table`; a returned page that was not
-//! mapped at that address during the call as `gup-oracle` (see `oracle`).
+//! mapped at that address during the call as `gup-oracle` (see
+//! `check::gup_oracle`).
 //!
 //! # The slow path
 //!
@@ -40,15 +41,13 @@
 //! Not modelled: `mm->write_protect_seq` (fork), `gup_must_unshare`
 //! (anon-exclusive), FOLL_LONGTERM checks, devmap, PUD leaves.
 
-pub mod oracle;
-
+use crate::check::sanitizer::{Violation, ViolationKind};
 use crate::config::Fix;
 use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
 use crate::mm::{MmStruct, VmaTree};
 use crate::page::{flags, Folio};
 use crate::pgtable;
-use crate::sanitizer::{Violation, ViolationKind};
 use crate::sync::{HookCell, Ordering};
 use crate::types::{CpuId, Pfn};
 use std::fmt;

@@ -2,8 +2,6 @@
 //! free_pgtables, munmap, exit_mmap, fork (dup_mmap + COW), madvise
 //! (MADV_DONTNEED), mprotect and writeback (folio_mkclean).
 
-pub mod check;
-pub mod dirty_oracle;
 pub mod fault;
 pub mod fork;
 pub mod gup;

@@ -19,8 +19,8 @@ pub mod hugetlb_unshare_gup;
 pub mod khugepaged_gup;
 
 use emu_cpu::{MachineConfig, System};
+use mm_core::check::ViolationKind;
 use mm_core::mm::{AddressSpace, MmStruct};
-use mm_core::sanitizer::ViolationKind;
 use mm_core::sync::Arc;
 use mm_core::CpuId;
 use mm_core::{Kernel, KernelConfig};

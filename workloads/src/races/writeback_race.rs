@@ -33,7 +33,7 @@
 
 use super::{wait_for, RaceOutcome, RaceParams};
 use emu_cpu::System;
-use mm_core::ops::dirty_oracle::DirtyDataOracle;
+use mm_core::check::DirtyDataOracle;
 use mm_core::ops::writeback::{filemap_fdatawrite_range, invalidate_mapping_pages};
 use mm_core::ops::{madvise_dontneed, mmap_file, writeback_mapping};
 use mm_core::sync::{Arc, AtomicU64, Ordering};
@@ -148,7 +148,7 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
         // and the accounting (mapcount, refcount, rss) must be consistent.
         let (o, m, f) = (oracle.clone(), mm.clone(), file.clone());
         let (lost, acct) = sys
-            .run_kthread(CpuId(1), move |k| (o.check(k), mm_core::ops::check::check_consistency(k, &[&m], &[&f])))
+            .run_kthread(CpuId(1), move |k| (o.check(k), mm_core::check::check_consistency(k, &[&m], &[&f])))
             .map_err(|e| e.to_string())?;
         acct.map_err(|e| format!("round {round}: accounting: {e}"))?;
         if lost > 0 && first.is_none() {

@@ -2,10 +2,10 @@
 //! (GUP-fast vs munmap/free_pgtables) forced through the PmdRead hook.
 
 use super::*;
+use crate::check::sanitizer::ViolationKind;
 use crate::config::{Arch, KernelConfig};
 use crate::ops::test_util::{assert_no_leaks, run_on};
 use crate::ops::{exit_mm, mmap_anon, munmap};
-use crate::sanitizer::ViolationKind;
 use crate::sync::{Arc, AtomicBool};
 
 const BASE: u64 = 0x4000_0000;
@@ -44,7 +44,7 @@ fn gup_fast_pins_the_mapped_pages_and_unpin_releases() {
     assert_eq!(got.len(), 3);
     assert_eq!(k.mem.page(got[0]).refcount(), 2);
     put_user_pages(&k, &got);
-    crate::ops::check::check_consistency(&k, &[&mm], &[]).unwrap();
+    crate::check::check_consistency(&k, &[&mm], &[]).unwrap();
     exit_mm(&k, &mm);
     assert_no_leaks(&k);
     assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
@@ -81,7 +81,7 @@ fn gup_fast_stops_at_unmapped_or_readonly_and_the_slow_path_faults_in() {
     put_user_pages(&k, &ro);
     // No VMA at all.
     assert_eq!(get_user_pages(&k, &mm, BASE + 64 * PS, 1, Foll::GET), Err(GupError::Fault(BASE + 64 * PS)));
-    crate::ops::check::check_consistency(&k, &[&mm], &[]).unwrap();
+    crate::check::check_consistency(&k, &[&mm], &[]).unwrap();
     exit_mm(&k, &mm);
     assert_no_leaks(&k);
     assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());

@@ -48,7 +48,7 @@ fn pmd_table(k: &Kernel, mm: &MmStruct, va: u64) -> Option<Pfn> {
 /// everything down: exit every mm (each on its own CPU slot 0), drop
 /// the page cache, check leaks and the sanitizer.
 fn teardown(k: &Kernel, mms: &[&Arc<MmStruct>], files: &[&Arc<AddressSpace>]) {
-    crate::ops::check::check_consistency(k, mms, files).unwrap();
+    crate::check::check_consistency(k, mms, files).unwrap();
     for mm in mms {
         run_on(k, 0, mm);
         exit_mm(k, mm);
@@ -495,8 +495,8 @@ fn gather_ends_with_fully_unshared_tables_clear() {
 
 // ---- GUP-fast through shared tables (KERNEL-RACES.md §3.1) -------------------
 
+use crate::check::sanitizer::ViolationKind;
 use crate::ops::gup::{gup_fast, put_user_pages, Foll, GupFastPoint};
-use crate::sanitizer::ViolationKind;
 use crate::sync::{AtomicBool, AtomicU64};
 
 fn kernel_oracle(cpus: usize, fixes: Fixes, arch: Arch) -> Arc<Kernel> {

@@ -2,12 +2,12 @@
 //! §2A / §2B interleavings forced through the gup_fast and collapse hooks.
 
 use super::*;
+use crate::check::check_consistency;
+use crate::check::sanitizer::ViolationKind;
 use crate::config::{Arch, KernelConfig};
-use crate::ops::check::check_consistency;
 use crate::ops::gup::{gup_fast, unpin_user_pages, Foll, GupFastPoint};
 use crate::ops::test_util::{assert_no_leaks, run_on};
 use crate::ops::{exit_mm, madvise_dontneed, mmap_anon, mmap_file, munmap};
-use crate::sanitizer::ViolationKind;
 use crate::stats::Stat;
 use crate::sync::{AtomicBool, Mutex};
 use crate::types::CpuId;

@@ -43,9 +43,9 @@
 //! - Cost: nothing when off (a config bool).  When on, closed intervals are
 //!   dropped as soon as no GUP call in flight can still need them.
 
+use crate::check::sanitizer::{Violation, ViolationKind};
 use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
-use crate::sanitizer::{Violation, ViolationKind};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::types::{CpuId, Pfn};
 use std::collections::HashMap;
