@@ -36,6 +36,11 @@
 //!   tables and page caches (`check_consistency`, an `Err` naming the
 //!   first mismatch, not a violation).  Called by tests and scenarios only,
 //!   when quiescent (no gather in flight); it walks every page table.
+//!
+//! Arrows: `sanitizer` and `gup_oracle` are called from below the kernel
+//! (`hw`, `pgtable`) and import neither `kernel` nor `pgtable`: they see
+//! the hardware (`Hw`) and record to the `Sanitizer`.  The other three read
+//! the kernel's state through `&Kernel` and are called from `ops` and tests.
 
 pub mod consistency;
 pub mod dirty_oracle;

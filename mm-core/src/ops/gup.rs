@@ -345,7 +345,7 @@ pub fn gup_fast(k: &Kernel, mm: &MmStruct, start: u64, nr_pages: u64, flags: Fol
         gup_fast_pgd_range(&mut w, pgd_gen, start, end);
     }
     if oracle {
-        k.gup_oracle.call_end(k, cpu, mm.id, &w.got);
+        k.gup_oracle.call_end(&k.hw, &k.san, cpu, mm.id, &w.got);
     }
     pages.extend(w.got.iter().map(|(_, p, _)| *p));
     pages

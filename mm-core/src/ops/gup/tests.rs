@@ -175,25 +175,25 @@ fn oracle_accepts_only_pages_mapped_during_the_window() {
     // Mapped now: accepted.
     o.call_start(cpu);
     let t = o.tick();
-    o.call_end(&k, cpu, mm.id, &[(BASE, p0, t), (BASE + PS, p1, t)]);
+    o.call_end(&k.hw, &k.san, cpu, mm.id, &[(BASE, p0, t), (BASE + PS, p1, t)]);
     assert_eq!(k.san.count(), 0);
     // The right pfn at the wrong address: never mapped there.
     o.call_start(cpu);
     let t = o.tick();
-    o.call_end(&k, cpu, mm.id, &[(BASE + PS, p0, t)]);
+    o.call_end(&k.hw, &k.san, cpu, mm.id, &[(BASE + PS, p0, t)]);
     assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 1);
     // Grabbed before the unmap, checked after: accepted (the unmap is
     // kept for the call in flight).
     o.call_start(cpu);
     let t = o.tick();
     crate::ops::madvise_dontneed(&k, &mm, BASE, PS).unwrap();
-    o.call_end(&k, cpu, mm.id, &[(BASE, p0, t)]);
+    o.call_end(&k.hw, &k.san, cpu, mm.id, &[(BASE, p0, t)]);
     assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 1);
     // Grabbed after the unmap: rejected.
     crate::ops::madvise_dontneed(&k, &mm, BASE + PS, PS).unwrap();
     o.call_start(cpu);
     let t = o.tick();
-    o.call_end(&k, cpu, mm.id, &[(BASE + PS, p1, t)]);
+    o.call_end(&k.hw, &k.san, cpu, mm.id, &[(BASE + PS, p1, t)]);
     assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 2);
     // A forked child's tables are linked (owned) and recorded too.
     k.write_user(&mm, BASE + 2 * PS, 3).unwrap();
@@ -201,7 +201,7 @@ fn oracle_accepts_only_pages_mapped_during_the_window() {
     let c2 = pte_pfn(&k, &child, BASE + 2 * PS);
     o.call_start(cpu);
     let t = o.tick();
-    o.call_end(&k, cpu, child.id, &[(BASE + 2 * PS, c2, t)]);
+    o.call_end(&k.hw, &k.san, cpu, child.id, &[(BASE + 2 * PS, c2, t)]);
     assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 2, "{:?}", k.san.violations());
     exit_mm(&k, &mm);
     run_on(&k, 0, &child);
@@ -234,7 +234,7 @@ fn oracle_judges_a_detached_table_when_the_pmd_slot_is_written_again() {
         if put_back_before_end {
             pgtable::write(&k, pmd_table, Level::Pmd, BASE, new);
         }
-        o.call_end(&k, cpu, mm.id, &[(BASE, p0, t)]);
+        o.call_end(&k.hw, &k.san, cpu, mm.id, &[(BASE, p0, t)]);
         if !put_back_before_end {
             assert_eq!(k.san.count(), 0, "undecided until the slot is written");
             pgtable::write(&k, pmd_table, Level::Pmd, BASE, new);
