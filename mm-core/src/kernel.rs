@@ -6,52 +6,16 @@
 use crate::check::sanitizer::{Sanitizer, Violation, ViolationKind};
 use crate::config::KernelConfig;
 use crate::hw::mmu::{Access, Fault, Hw};
+use crate::inject::Inject;
 use crate::mm::{AddressSpace, MmStruct};
 use crate::page::alloc::{PageAllocator, PageKind};
 use crate::page::{Folio, MemMap};
 use crate::rcu::{Rcu, RcuReadGuard};
 use crate::smp::{IrqFlags, Smp};
 use crate::stats::{Stat, Stats};
-use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{Arc, AtomicU64, Ordering};
 use crate::tlb::CpuTlbState;
 use crate::types::{CpuId, Pfn};
-
-/// Allocation failures injected into GFP_NOWAIT allocations, for tests of
-/// the fallback paths (`tlb_next_batch` failing, `tlb_remove_table_one`).
-#[derive(Default)]
-pub struct FaultInject {
-    /// Fail this many upcoming gather page-batch allocations.
-    pub fail_page_batch: AtomicU32,
-    /// Fail this many upcoming table-batch allocations.
-    pub fail_table_batch: AtomicU32,
-}
-
-impl FaultInject {
-    /// Consume one injected failure from `counter`; true if it fired.
-    pub fn take(counter: &AtomicU32) -> bool {
-        let mut cur = counter.load(Ordering::SeqCst);
-        while cur > 0 {
-            match counter.compare_exchange(cur, cur - 1, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => return true,
-                Err(now) => cur = now,
-            }
-        }
-        false
-    }
-}
-
-/// A test hook called with the kernel.
-pub type KernelHook = Box<dyn Fn(&Kernel) + Send + Sync>;
-
-/// Test hooks: forced interleavings for deterministic tests on `SyncSmp`
-/// (set once; never part of a modelled race).
-#[derive(Default)]
-pub struct TestHooks {
-    /// Called by `zap_pte_range` after its PTE loop, with the PTL still held
-    /// and before the force-flush (`tlb_flush_mmu_tlbonly` + `tlb_flush_rmaps`):
-    /// the window of 5df397dec7c4.
-    pub zap_pte_range_locked: crate::sync::HookCell<KernelHook>,
-}
 
 pub struct Kernel {
     pub cfg: KernelConfig,
@@ -64,12 +28,11 @@ pub struct Kernel {
     pub smp: Box<dyn Smp>,
     /// x86 `cpu_tlbstate` / `cpu_tlbstate_shared`, per CPU.
     pub cpus: Box<[CpuTlbState]>,
-    pub inject: FaultInject,
-    pub hooks: TestHooks,
     /// GUP oracle: mapping history per (mm, va) (`check::gup_oracle`).
     pub gup_oracle: crate::check::gup_oracle::GupOracle,
-    /// Injection points inside gup_fast / collapse_huge_page (tests, stress).
-    pub race_hooks: crate::ops::gup::RaceHooks,
+    /// Hooks and test knobs (`inject`): injected allocation failures,
+    /// forced interleavings, stall points, the injected panic.
+    pub inject: Inject,
     next_id: AtomicU64,
 }
 
@@ -114,10 +77,8 @@ impl Kernel {
             rcu: Rcu::new(),
             smp,
             cpus: (0..n).map(|_| CpuTlbState::default()).collect(),
-            inject: FaultInject::default(),
-            hooks: TestHooks::default(),
             gup_oracle: crate::check::gup_oracle::GupOracle::new(cfg.gup_oracle, n),
-            race_hooks: Default::default(),
+            inject: Inject::default(),
             next_id: AtomicU64::new(1),
             cfg,
         }))

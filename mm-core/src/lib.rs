@@ -17,6 +17,7 @@ pub mod config;
 pub mod debug_vm;
 pub mod gather;
 pub mod hw;
+pub mod inject;
 pub mod iommu;
 pub mod kernel;
 pub mod mm;

@@ -75,7 +75,7 @@ fn writeback_race(delay_rmap: bool) -> (Arc<Kernel>, usize, bool) {
             oracle.record_store(0, 1, 2);
             k.set_cpu(me);
         };
-        assert!(k.hooks.zap_pte_range_locked.set(Box::new(hook)).is_ok());
+        assert!(k.inject.hooks.zap_pte_range_locked.set(Box::new(hook)).is_ok());
     }
     k.set_cpu(CpuId(1));
     madvise_dontneed(&k, &mm, BASE, PS).unwrap();

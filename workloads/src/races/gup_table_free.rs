@@ -24,8 +24,9 @@
 use std::time::{Duration, Instant};
 
 use emu_cpu::System;
+use mm_core::inject::GupFastPoint;
 use mm_core::mm::MmStruct;
-use mm_core::ops::gup::{gup_fast, unpin_user_pages, Foll, GupFastPoint};
+use mm_core::ops::gup::{gup_fast, unpin_user_pages, Foll};
 use mm_core::ops::{exit_mm, mmap_anon, munmap};
 use mm_core::sync::{Arc, AtomicBool, AtomicU64, Ordering};
 use mm_core::{CpuId, Kernel};
@@ -45,7 +46,7 @@ pub const CYCLES: u64 = 4;
 pub(crate) fn install_stall(k: &Kernel, point: GupFastPoint, max: Duration, seed: u64) {
     let state = AtomicU64::new(seed | 1);
     let max_ns = max.as_nanos().max(1) as u64;
-    k.race_hooks.set_gup_fast(move |_k, p, _va| {
+    k.inject.race.set_gup_fast(move |_k, p, _va| {
         if p != point {
             return;
         }

@@ -26,7 +26,7 @@
 
 use std::time::Duration;
 
-use mm_core::ops::gup::GupFastPoint;
+use mm_core::inject::GupFastPoint;
 use mm_core::ops::khugepaged::{collapse_huge_page, retract_page_tables, ScanResult};
 use mm_core::ops::{madvise_dontneed, mmap_anon, mmap_file, munmap, truncate_inode_pages};
 use mm_core::Arch;

@@ -86,7 +86,7 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, String> {
                 mm_core::sync::spin_loop();
             }
         };
-        if k.hooks.zap_pte_range_locked.set(Box::new(hook)).is_err() {
+        if k.inject.hooks.zap_pte_range_locked.set(Box::new(hook)).is_err() {
             return Err("writeback_race: the zap hook is already taken".into());
         }
     }

@@ -115,7 +115,7 @@ fn section1(arch: Arch, rcu_table_free: bool) -> Arc<Kernel> {
     }
     let armed = Arc::new(AtomicBool::new(true));
     let (a, m) = (armed.clone(), mm.clone());
-    k.race_hooks.set_gup_fast(move |k, p, _va| {
+    k.inject.race.set_gup_fast(move |k, p, _va| {
         if p == GupFastPoint::PmdRead && a.swap(false, Ordering::SeqCst) {
             k.set_cpu(CpuId(0));
             munmap(k, &m, BASE, 4 * PS).unwrap();
