@@ -1,18 +1,20 @@
 //! `Kernel`: one emulated machine's kernel state — hardware, memory map,
 //! page allocator, per-CPU TLB state, RCU, sanitizer and counters — and the
 //! small services every other module uses (allocate / free frames, IRQ
-//! masking as an RCU read-side section, user accesses with fault handling).
+//! masking as an RCU read-side section).  User accesses with fault
+//! handling (`Kernel::{user_access, read_user, write_user}`) are in
+//! `ops::uaccess`, beside the fault path they take.
 
 use crate::check::sanitizer::{Sanitizer, Violation, ViolationKind};
 use crate::config::KernelConfig;
-use crate::hw::mmu::{Access, Fault, Hw};
+use crate::hw::mmu::Hw;
 use crate::inject::Inject;
 use crate::mm::{AddressSpace, MmStruct};
 use crate::page::alloc::{PageAllocator, PageKind};
 use crate::page::{Folio, MemMap};
 use crate::rcu::{Rcu, RcuReadGuard};
 use crate::smp::{IrqFlags, Smp};
-use crate::stats::{Stat, Stats};
+use crate::stats::Stats;
 use crate::sync::{Arc, AtomicU64, Ordering};
 use crate::tlb::CpuTlbState;
 use crate::types::{CpuId, Pfn};
@@ -51,13 +53,6 @@ impl Drop for IrqOff<'_> {
             self.k.smp.local_irq_restore(f);
         }
     }
-}
-
-/// A user access that could not be satisfied: SIGSEGV.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segv {
-    pub va: u64,
-    pub fault: Fault,
 }
 
 impl Kernel {
@@ -251,27 +246,6 @@ impl Kernel {
         Arc::new(AddressSpace::new(self.next_id(), nr_pages))
     }
 
-    /// A user load/store by the task running `mm` on this CPU; page faults
-    /// are handled (`handle_mm_fault`) and the access retried.  The CPU must
-    /// have switched to `mm` (`tlb::switch_mm`).
-    pub fn user_access(&self, mm: &Arc<MmStruct>, va: u64, op: Access) -> Result<u64, Segv> {
-        let cpu = self.this_cpu();
-        // User code runs with IRQs on: between two accesses the CPU takes
-        // IPIs and the timer tick.
-        self.smp.user_irq_window(cpu);
-        for _ in 0..8 {
-            match self.hw.access(cpu, va, op, &self.san) {
-                Ok(v) => return Ok(v),
-                Err(fault) => {
-                    self.stats.inc(cpu, Stat::PageFaults);
-                    let write = matches!(op, Access::Write(_));
-                    crate::ops::fault::handle_mm_fault(self, mm, va, write).map_err(|_| Segv { va, fault })?;
-                }
-            }
-        }
-        panic!("user access at {va:#x} on {cpu} kept faulting after the fault was handled");
-    }
-
     /// Counters plus the /proc/interrupts "CAL" row (function-call IPIs
     /// received per CPU, from the `Smp`) as `irq_call_count`; the "TLB" row
     /// is `irq_tlb_count`.
@@ -281,16 +255,6 @@ impl Kernel {
         s.totals.push(("irq_call_count", cal.iter().sum()));
         s.per_cpu.push(("irq_call_count", cal));
         s
-    }
-
-    /// `user_access` read.
-    pub fn read_user(&self, mm: &Arc<MmStruct>, va: u64) -> Result<u64, Segv> {
-        self.user_access(mm, va, Access::Read)
-    }
-
-    /// `user_access` write.
-    pub fn write_user(&self, mm: &Arc<MmStruct>, va: u64, val: u64) -> Result<u64, Segv> {
-        self.user_access(mm, va, Access::Write(val))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The callers of the gather: page faults, zap (unmap_vmas / zap_pte_range),
 //! free_pgtables, munmap, exit_mmap, fork (dup_mmap + COW), madvise
-//! (MADV_DONTNEED), mprotect and writeback (folio_mkclean).
+//! (MADV_DONTNEED), mprotect and writeback (folio_mkclean); and user
+//! accesses, which take the page-fault path (`uaccess`).
 
 pub mod fault;
 pub mod fork;
@@ -11,6 +12,7 @@ pub mod khugepaged;
 pub mod madvise;
 pub mod mmap;
 pub mod mprotect;
+pub mod uaccess;
 pub mod writeback;
 pub mod zap;
 
