@@ -79,7 +79,8 @@ impl Kernel {
         }))
     }
 
-    /// A single-CPU kernel on the synchronous reference `Smp` (tests).
+    /// A kernel of `nr_cpus` CPUs (overriding `cfg.nr_cpus`) on the
+    /// synchronous reference `Smp`, `SyncSmp` (tests).
     pub fn new_sync(mut cfg: KernelConfig, nr_cpus: usize) -> Arc<Kernel> {
         cfg.nr_cpus = nr_cpus;
         Kernel::new(cfg, Box::new(crate::smp::SyncSmp::new(nr_cpus))).expect("valid test config")

@@ -34,4 +34,4 @@ pub mod types;
 
 pub use config::{Arch, Fix, Fixes, Geometry, KernelConfig};
 pub use kernel::Kernel;
-pub use types::{CpuId, CpuMask, Pfn, Vaddr};
+pub use types::{CpuId, CpuMask, Pfn};

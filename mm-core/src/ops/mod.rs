@@ -28,4 +28,4 @@ mod test_util;
 #[cfg(all(test, not(mmemu_loom)))]
 mod tests;
 #[cfg(all(test, not(mmemu_loom)))]
-mod tests_notifier;
+mod tests_race_features;
