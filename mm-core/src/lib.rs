@@ -3,6 +3,10 @@
 //! freeing through RCU (`rcu`), the arch flush policies (`tlb`), and the
 //! single-address-space operations that run through them (`ops`).
 //!
+//! What watches the model is not kernel code: the checkers (`check`:
+//! sanitizer, oracles, consistency) and the hooks and test knobs that
+//! steer it (`inject`).
+//!
 //! mm-core has no threads of its own: the machine (emu-cpu) or the
 //! synchronous reference `SyncSmp` drives it through the `Smp` seam.
 //!
