@@ -257,7 +257,7 @@ pub struct KernelConfig {
     pub strict_free_check: bool,
     /// The fix switches.
     pub fixes: Fixes,
-    /// GUP oracle (ops/gup/oracle.rs): record every leaf mapping change per
+    /// GUP oracle (check/gup_oracle.rs): record every leaf mapping change per
     /// (mm, va) so a page returned by GUP-fast that was not mapped there
     /// during the call is reported (`gup-oracle`).  Off by default: it takes
     /// a lock on every page-table store.
