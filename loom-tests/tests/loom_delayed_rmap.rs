@@ -13,7 +13,7 @@
 //! CPU2: msync of the page, `filemap_fdatawrite_range` →
 //! `folio_clear_dirty_for_io` → `folio_mkclean` → write to "disk").  At the
 //! end of the execution (all joined) the lost-dirty-data oracle
-//! (`ops::dirty_oracle`) compares each recorded store with the disk and the
+//! (`check::dirty_oracle`) compares each recorded store with the disk and the
 //! dirty page cache; its violation is the model's result.  With the fix the
 //! rmap outlives the flush, so `folio_mkclean` must take Z's PTL and waits
 //! until A's entry is gone.
@@ -24,8 +24,8 @@
 #![cfg(mmemu_loom)]
 
 use loom_tests::model::{check_fixed, check_reverted, model_kernel, violation};
+use mm_core::check::DirtyDataOracle;
 use mm_core::config::{Arch, Fix};
-use mm_core::ops::dirty_oracle::DirtyDataOracle;
 use mm_core::ops::writeback::filemap_fdatawrite_range;
 use mm_core::ops::{madvise_dontneed, mmap_file, munmap};
 use mm_core::sync::Arc;

@@ -20,7 +20,7 @@
 //! - arm64 broadcast flush + immediate free: no wait at all: fails with
 //!   `sanitizer: gup-fast-freed-table`.
 //! - arm64 + RCU free, the table batch cannot be allocated
-//!   (`k.inject.fail_table_batch`): `tlb_remove_table_one` frees each table
+//!   (`k.inject.faults.fail_table_batch`): `tlb_remove_table_one` frees each table
 //!   at once after `tlb_remove_table_sync_one`, which waits for the walker;
 //!   with `KernelConfig::table_free_one_sync` off (an ablation: no kernel
 //!   shipped without that sync) it fails like the broadcast + immediate
@@ -54,7 +54,7 @@ fn model(c: Cfg) -> Option<String> {
         cfg.table_free_one_sync = c.sync_one;
     });
     if c.batch_fail {
-        k.inject.fail_table_batch.store(u32::MAX, mm_core::sync::Ordering::SeqCst);
+        k.inject.faults.fail_table_batch.store(u32::MAX, mm_core::sync::Ordering::SeqCst);
     }
     let ps = k.cfg.geometry.page_size();
     // Set-up on CPU1: one page mapped and written (PUD, PMD, PTE tables).

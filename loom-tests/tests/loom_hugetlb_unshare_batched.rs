@@ -22,7 +22,7 @@
 //!   Every execution also checks the counts: P3's munmap sent 0 syncs, P2's
 //!   exactly 1 (one per gather, only for the last sharer).
 //! - `hugetlb_unshare_batched_reverted`: the sync moved to `tlb_finish_mmu`,
-//!   after the unlock (`KernelConfig::hugetlb_unshare_sync_after_unlock`,
+//!   after the unlock (`inject::Knobs::hugetlb_unshare_sync_after_unlock`,
 //!   the placement the commit message forbids): the reuser gets i_mmap_rwsem
 //!   between P2's unlock and P2's sync and rewrites S under the walker.
 //!
@@ -39,8 +39,9 @@
 use loom_tests::model::{check_fixed, check_reverted, model_kernel, violation};
 use mm_core::config::{Arch, Fix};
 use mm_core::hw::pte::Level;
+use mm_core::inject::GupFastPoint;
 use mm_core::ops::fault::handle_mm_fault;
-use mm_core::ops::gup::{gup_fast, put_user_pages, Foll, GupFastPoint};
+use mm_core::ops::gup::{gup_fast, put_user_pages, Foll};
 use mm_core::ops::{dup_mmap, exit_mm, mmap_anon, mmap_hugetlb, munmap};
 use mm_core::pgtable::{lookup_table, read};
 use mm_core::stats::Stat;
@@ -61,8 +62,8 @@ fn model(sync_before_unlock: bool) -> Option<String> {
         c.gup_oracle = true;
         c.fixes.set(Fix::HugetlbUnshareSync, true);
         c.fixes.set(Fix::HugetlbUnshareBatched, true);
-        c.hugetlb_unshare_sync_after_unlock = !sync_before_unlock;
     });
+    k.inject.knobs.hugetlb_unshare_sync_after_unlock.set(!sync_before_unlock);
     let g = k.cfg.geometry;
     let (hs, pud) = (g.pmd_size(), g.pud_size());
     let base = g.task_size() / 4; // PGD-aligned: one PUD table
@@ -113,7 +114,7 @@ fn model(sync_before_unlock: bool) -> Option<String> {
         handle_mm_fault(&k3, &p1d, base, true).map_err(|e| format!("model: P1 fault: {e:?}"))?;
         Ok(())
     });
-    k.race_hooks.set_gup_fast(|_, point, _| {
+    k.inject.race.set_gup_fast(|_, point, _| {
         if point == GupFastPoint::PudRead {
             loom::thread::yield_now();
         }

@@ -31,8 +31,9 @@
 use loom_tests::model::{check_fixed, check_reverted, model_kernel, violation};
 use mm_core::config::{Arch, Fix};
 use mm_core::hw::pte::Level;
+use mm_core::inject::GupFastPoint;
 use mm_core::ops::fault::handle_mm_fault;
-use mm_core::ops::gup::{gup_fast, put_user_pages, Foll, GupFastPoint};
+use mm_core::ops::gup::{gup_fast, put_user_pages, Foll};
 use mm_core::ops::{dup_mmap, exit_mm, mmap_anon, mmap_hugetlb, munmap};
 use mm_core::pgtable::{lookup_table, read};
 use mm_core::tlb::switch_mm;
@@ -93,7 +94,7 @@ fn model(fix: bool) -> Option<String> {
     // The walker may stall (an NMI, a preempted vCPU) right after reading
     // P2's PUD entry — the point GUP-fast never re-checks: a loom yield
     // there lets the others run without spending a preemption on it.
-    k.race_hooks.set_gup_fast(|_, point, _| {
+    k.inject.race.set_gup_fast(|_, point, _| {
         if point == GupFastPoint::PudRead {
             loom::thread::yield_now();
         }

@@ -257,7 +257,7 @@ pub struct KernelConfig {
     pub strict_free_check: bool,
     /// The fix switches.
     pub fixes: Fixes,
-    /// GUP oracle (ops/gup/oracle.rs): record every leaf mapping change per
+    /// GUP oracle (check/gup_oracle.rs): record every leaf mapping change per
     /// (mm, va) so a page returned by GUP-fast that was not mapped there
     /// during the call is reported (`gup-oracle`).  Off by default: it takes
     /// a lock on every page-table store.
@@ -267,16 +267,6 @@ pub struct KernelConfig {
     /// Off: the 2022-era `collapse_and_free_pmd` frees it at once with
     /// `pte_free` (after the khugepaged-gup-fast-ipi sync, if that is on).
     pub pte_free_defer: bool,
-    /// Test knob, not a kernel: with `Fix::HugetlbUnshareBatched`, do the
-    /// gather's unshare sync (`tlb_remove_table_sync_one`) in
-    /// `tlb_finish_mmu`, i.e. *after* i_mmap_rwsem was dropped, instead of
-    /// in `huge_pmd_unshare_flush` before the unlock.  This is the placement
-    /// the 8ce720d5bd91 message forbids ("deferring it to tlb_finish_mmu"
-    /// lets the new owner reuse the table while a GUP-fast walker is still
-    /// in it); the loom model `loom_hugetlb_unshare_batched` shows it fails.
-    #[doc(hidden)]
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub hugetlb_unshare_sync_after_unlock: bool,
     /// `tlb_remove_table_one` (the table-batch allocation failure path of
     /// MMU_GATHER_RCU_TABLE_FREE) sends `tlb_remove_table_sync_one` before
     /// the immediate free.  On (default) is every kernel: powerpc's
@@ -312,7 +302,6 @@ impl Default for KernelConfig {
             fixes: Fixes::all(),
             gup_oracle: false,
             pte_free_defer: true,
-            hugetlb_unshare_sync_after_unlock: false,
             table_free_one_sync: true,
             debug_vm: true,
         }

@@ -67,8 +67,8 @@ pub fn vm_bug(check: &'static str, why: fmt::Arguments<'_>) -> ! {
 #[cold]
 #[inline(never)]
 pub fn vm_warn(k: &crate::Kernel, check: &'static str, mm: u64, va: u64, pfn: crate::Pfn) {
-    k.san.record(crate::sanitizer::Violation {
-        kind: crate::sanitizer::ViolationKind::DebugVmWarning(check),
+    k.san.record(crate::check::sanitizer::Violation {
+        kind: crate::check::sanitizer::ViolationKind::DebugVmWarning(check),
         cpu: Some(k.this_cpu()),
         mm,
         va,

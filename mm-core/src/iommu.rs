@@ -26,6 +26,7 @@
 //! emu-cpu kthread in the stress drivers — on some CPU (the IOPF handler
 //! runs there).
 
+use crate::check::sanitizer::{Violation, ViolationKind};
 use crate::config::TlbShape;
 use crate::hw::pte::{Level, Pte};
 use crate::hw::tlb::{Tlb, TlbEntry};
@@ -33,7 +34,6 @@ use crate::kernel::Kernel;
 use crate::mm::MmStruct;
 use crate::notifier::{self, MmuNotifierOps, SubscriptionId};
 use crate::pgtable;
-use crate::sanitizer::{Violation, ViolationKind};
 use crate::stats::Stat;
 use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 

@@ -1,57 +1,23 @@
 //! `Kernel`: one emulated machine's kernel state — hardware, memory map,
 //! page allocator, per-CPU TLB state, RCU, sanitizer and counters — and the
 //! small services every other module uses (allocate / free frames, IRQ
-//! masking as an RCU read-side section, user accesses with fault handling).
+//! masking as an RCU read-side section).  User accesses with fault
+//! handling (`Kernel::{user_access, read_user, write_user}`) are in
+//! `ops::uaccess`, beside the fault path they take.
 
+use crate::check::sanitizer::{Sanitizer, Violation, ViolationKind};
 use crate::config::KernelConfig;
-use crate::hw::mmu::{Access, Fault, Hw};
+use crate::hw::mmu::Hw;
+use crate::inject::Inject;
 use crate::mm::{AddressSpace, MmStruct};
 use crate::page::alloc::{PageAllocator, PageKind};
 use crate::page::{Folio, MemMap};
 use crate::rcu::{Rcu, RcuReadGuard};
-use crate::sanitizer::{Sanitizer, Violation, ViolationKind};
 use crate::smp::{IrqFlags, Smp};
-use crate::stats::{Stat, Stats};
-use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
+use crate::stats::Stats;
+use crate::sync::{Arc, AtomicU64, Ordering};
 use crate::tlb::CpuTlbState;
 use crate::types::{CpuId, Pfn};
-
-/// Allocation failures injected into GFP_NOWAIT allocations, for tests of
-/// the fallback paths (`tlb_next_batch` failing, `tlb_remove_table_one`).
-#[derive(Default)]
-pub struct FaultInject {
-    /// Fail this many upcoming gather page-batch allocations.
-    pub fail_page_batch: AtomicU32,
-    /// Fail this many upcoming table-batch allocations.
-    pub fail_table_batch: AtomicU32,
-}
-
-impl FaultInject {
-    /// Consume one injected failure from `counter`; true if it fired.
-    pub fn take(counter: &AtomicU32) -> bool {
-        let mut cur = counter.load(Ordering::SeqCst);
-        while cur > 0 {
-            match counter.compare_exchange(cur, cur - 1, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => return true,
-                Err(now) => cur = now,
-            }
-        }
-        false
-    }
-}
-
-/// A test hook called with the kernel.
-pub type KernelHook = Box<dyn Fn(&Kernel) + Send + Sync>;
-
-/// Test hooks: forced interleavings for deterministic tests on `SyncSmp`
-/// (set once; never part of a modelled race).
-#[derive(Default)]
-pub struct TestHooks {
-    /// Called by `zap_pte_range` after its PTE loop, with the PTL still held
-    /// and before the force-flush (`tlb_flush_mmu_tlbonly` + `tlb_flush_rmaps`):
-    /// the window of 5df397dec7c4.
-    pub zap_pte_range_locked: crate::sync::HookCell<KernelHook>,
-}
 
 pub struct Kernel {
     pub cfg: KernelConfig,
@@ -64,12 +30,11 @@ pub struct Kernel {
     pub smp: Box<dyn Smp>,
     /// x86 `cpu_tlbstate` / `cpu_tlbstate_shared`, per CPU.
     pub cpus: Box<[CpuTlbState]>,
-    pub inject: FaultInject,
-    pub hooks: TestHooks,
-    /// GUP oracle: mapping history per (mm, va) (`ops::gup::oracle`).
-    pub gup_oracle: crate::ops::gup::oracle::GupOracle,
-    /// Injection points inside gup_fast / collapse_huge_page (tests, stress).
-    pub race_hooks: crate::ops::gup::RaceHooks,
+    /// GUP oracle: mapping history per (mm, va) (`check::gup_oracle`).
+    pub gup_oracle: crate::check::gup_oracle::GupOracle,
+    /// Hooks and test knobs (`inject`): injected allocation failures,
+    /// forced interleavings, stall points, the injected panic.
+    pub inject: Inject,
     next_id: AtomicU64,
 }
 
@@ -90,13 +55,6 @@ impl Drop for IrqOff<'_> {
     }
 }
 
-/// A user access that could not be satisfied: SIGSEGV.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segv {
-    pub va: u64,
-    pub fault: Fault,
-}
-
 impl Kernel {
     /// Build a kernel on the given `Smp`.  The config is validated.
     pub fn new(cfg: KernelConfig, smp: Box<dyn Smp>) -> Result<Arc<Kernel>, String> {
@@ -114,16 +72,15 @@ impl Kernel {
             rcu: Rcu::new(),
             smp,
             cpus: (0..n).map(|_| CpuTlbState::default()).collect(),
-            inject: FaultInject::default(),
-            hooks: TestHooks::default(),
-            gup_oracle: crate::ops::gup::oracle::GupOracle::new(cfg.gup_oracle, n),
-            race_hooks: Default::default(),
+            gup_oracle: crate::check::gup_oracle::GupOracle::new(cfg.gup_oracle, n),
+            inject: Inject::default(),
             next_id: AtomicU64::new(1),
             cfg,
         }))
     }
 
-    /// A single-CPU kernel on the synchronous reference `Smp` (tests).
+    /// A kernel of `nr_cpus` CPUs (overriding `cfg.nr_cpus`) on the
+    /// synchronous reference `Smp`, `SyncSmp` (tests).
     pub fn new_sync(mut cfg: KernelConfig, nr_cpus: usize) -> Arc<Kernel> {
         cfg.nr_cpus = nr_cpus;
         Kernel::new(cfg, Box::new(crate::smp::SyncSmp::new(nr_cpus))).expect("valid test config")
@@ -290,27 +247,6 @@ impl Kernel {
         Arc::new(AddressSpace::new(self.next_id(), nr_pages))
     }
 
-    /// A user load/store by the task running `mm` on this CPU; page faults
-    /// are handled (`handle_mm_fault`) and the access retried.  The CPU must
-    /// have switched to `mm` (`tlb::switch_mm`).
-    pub fn user_access(&self, mm: &Arc<MmStruct>, va: u64, op: Access) -> Result<u64, Segv> {
-        let cpu = self.this_cpu();
-        // User code runs with IRQs on: between two accesses the CPU takes
-        // IPIs and the timer tick.
-        self.smp.user_irq_window(cpu);
-        for _ in 0..8 {
-            match self.hw.access(cpu, va, op, &self.san) {
-                Ok(v) => return Ok(v),
-                Err(fault) => {
-                    self.stats.inc(cpu, Stat::PageFaults);
-                    let write = matches!(op, Access::Write(_));
-                    crate::ops::fault::handle_mm_fault(self, mm, va, write).map_err(|_| Segv { va, fault })?;
-                }
-            }
-        }
-        panic!("user access at {va:#x} on {cpu} kept faulting after the fault was handled");
-    }
-
     /// Counters plus the /proc/interrupts "CAL" row (function-call IPIs
     /// received per CPU, from the `Smp`) as `irq_call_count`; the "TLB" row
     /// is `irq_tlb_count`.
@@ -320,16 +256,6 @@ impl Kernel {
         s.totals.push(("irq_call_count", cal.iter().sum()));
         s.per_cpu.push(("irq_call_count", cal));
         s
-    }
-
-    /// `user_access` read.
-    pub fn read_user(&self, mm: &Arc<MmStruct>, va: u64) -> Result<u64, Segv> {
-        self.user_access(mm, va, Access::Read)
-    }
-
-    /// `user_access` write.
-    pub fn write_user(&self, mm: &Arc<MmStruct>, va: u64, val: u64) -> Result<u64, Segv> {
-        self.user_access(mm, va, Access::Write(val))
     }
 }
 

@@ -3,6 +3,10 @@
 //! freeing through RCU (`rcu`), the arch flush policies (`tlb`), and the
 //! single-address-space operations that run through them (`ops`).
 //!
+//! What watches the model is not kernel code: the checkers (`check`:
+//! sanitizer, oracles, consistency) and the hooks and test knobs that
+//! steer it (`inject`).
+//!
 //! mm-core has no threads of its own: the machine (emu-cpu) or the
 //! synchronous reference `SyncSmp` drives it through the `Smp` seam.
 //!
@@ -12,10 +16,12 @@
 //! pages and page tables (tables after an RCU grace period or a synchronous
 //! IPI).  The sanitizer (frame generations) catches every violation.
 
+pub mod check;
 pub mod config;
 pub mod debug_vm;
 pub mod gather;
 pub mod hw;
+pub mod inject;
 pub mod iommu;
 pub mod kernel;
 pub mod mm;
@@ -24,7 +30,6 @@ pub mod ops;
 pub mod page;
 pub mod pgtable;
 pub mod rcu;
-pub mod sanitizer;
 pub mod smp;
 pub mod stats;
 pub mod sync;
@@ -33,4 +38,4 @@ pub mod types;
 
 pub use config::{Arch, Fix, Fixes, Geometry, KernelConfig};
 pub use kernel::Kernel;
-pub use types::{CpuId, CpuMask, Pfn, Vaddr};
+pub use types::{CpuId, CpuMask, Pfn};

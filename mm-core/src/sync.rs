@@ -234,3 +234,9 @@ pub use std::sync::atomic::AtomicU64 as StatCounter;
 /// Set-once cells for configuration hooks (e.g. the trace hook); like
 /// `StatCounter`, never part of a modelled race.
 pub use std::sync::OnceLock as HookCell;
+/// Atomics of the test knobs and the injected panic (`inject`): set before
+/// a run or by the workload's syscall entry, never part of a modelled race,
+/// so like `StatCounter` they stay plain std atomics even under loom.
+pub mod unmodelled {
+    pub use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+}

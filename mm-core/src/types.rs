@@ -1,5 +1,5 @@
 //! Newtypes that carry the model's basic invariants: page frame numbers,
-//! virtual addresses, CPU ids and CPU masks.
+//! CPU ids and CPU masks.  (Virtual addresses are plain `u64`s.)
 
 use crate::sync::{AtomicU64, Ordering};
 use serde::Serialize;
@@ -24,16 +24,6 @@ impl Pfn {
     #[allow(clippy::should_implement_trait)]
     pub fn add(self, n: u64) -> Pfn {
         Pfn(self.0 + n)
-    }
-}
-
-/// User virtual address.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
-pub struct Vaddr(pub u64);
-
-impl fmt::Debug for Vaddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x}", self.0)
     }
 }
 

@@ -1,38 +1,40 @@
 //! An injected panic on an emulated CPU, for tests of the error path
 //! (`mmemu run --inject-panic CPU [--inject-panic-after N]`, hidden).
 //!
-//! Injection points: every syscall of a native scenario (on the CPU that
-//! makes it), and the start of every round of a race driver (a task on the
-//! armed CPU, queued only while armed).  The point after the first `after`
-//! ones on the armed CPU panics, once.
+//! The CLI records the request; every kernel a run boots is armed with it
+//! (`attach`: mm-core's `Kernel::inject.panic`).  Injection points: every
+//! syscall of a native scenario (on the CPU that makes it), and the start
+//! of every round of a race driver (a task on the armed CPU, queued only
+//! while armed).  The point after the first `after` ones on the armed CPU
+//! panics, once per kernel.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 
-use mm_core::CpuId;
+use mm_core::{CpuId, Kernel};
 
-static CPU: AtomicU32 = AtomicU32::new(u32::MAX);
-/// Points of the armed CPU that still go through before the panic.
-static SKIP: AtomicU64 = AtomicU64::new(0);
+const NONE: u32 = u32::MAX;
+static CPU: AtomicU32 = AtomicU32::new(NONE);
+static AFTER: AtomicU64 = AtomicU64::new(0);
 
-/// Arm: the injection point on `cpu` after the first `after` panics.
+/// Ask for the injection point on `cpu` after the first `after` to panic
+/// (in every kernel booted from now on).
 pub fn arm(cpu: u32, after: u64) {
-    SKIP.store(after, SeqCst);
+    AFTER.store(after, SeqCst);
     CPU.store(cpu, SeqCst);
 }
 
-/// The armed CPU, until its panic fired.
-pub fn armed() -> Option<CpuId> {
-    let c = CPU.load(std::sync::atomic::Ordering::Relaxed);
-    (c != u32::MAX).then_some(CpuId(c))
+/// Arm a freshly booted kernel with the request, if there is one.
+pub fn attach(k: &Kernel) {
+    let cpu = CPU.load(SeqCst);
+    if cpu != NONE && (cpu as usize) < k.cfg.nr_cpus {
+        k.inject.panic.arm(CpuId(cpu), AFTER.load(SeqCst));
+    }
 }
 
 /// An injection point on `cpu` (the caller runs there): panics naming
 /// `what` if this is the armed one.  One relaxed load when nothing is armed.
-pub fn point(cpu: CpuId, what: &str) {
-    if CPU.load(std::sync::atomic::Ordering::Relaxed) == cpu.0
-        && SKIP.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_err()
-        && CPU.compare_exchange(cpu.0, u32::MAX, SeqCst, SeqCst).is_ok()
-    {
+pub fn point(k: &Kernel, cpu: CpuId, what: &str) {
+    if k.inject.panic.fire(cpu) {
         panic!("injected panic in {what} (--inject-panic {})", cpu.0);
     }
 }

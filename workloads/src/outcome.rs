@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use mm_core::check::Violation;
 use mm_core::page::alloc::InUse;
-use mm_core::sanitizer::Violation;
 use mm_core::stats::Stat;
 use mm_core::{CpuId, Kernel};
 use serde::Serialize;

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use mm_core::sanitizer::Violation;
+use mm_core::check::Violation;
 use mm_core::stats::Stat;
 use serde::Serialize;
 
@@ -428,7 +428,7 @@ pub fn human_bytes(b: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use mm_core::sanitizer::{Violation, ViolationKind};
+    use mm_core::check::{Violation, ViolationKind};
     use mm_core::{CpuId, Pfn};
     use serde_json::json;
 

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use emu_cpu::{MachineConfig, WaitPolicy};
-use mm_core::sanitizer::ViolationKind;
+use mm_core::check::ViolationKind;
 use mm_core::{Arch, Fix, Fixes, Geometry, KernelConfig};
 
 /// 64-entry tables: a THP is 64 pages, so each collapse copies 64 frames

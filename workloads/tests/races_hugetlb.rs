@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use emu_cpu::{MachineConfig, WaitPolicy};
-use mm_core::sanitizer::ViolationKind;
+use mm_core::check::ViolationKind;
 use mm_core::{Arch, Fix, Fixes, KernelConfig};
 use workloads::races::fork_exit_hugetlb::{self, ForkExit, Shape};
 use workloads::races::{hugetlb_unshare_gup, RaceOutcome, RaceParams};

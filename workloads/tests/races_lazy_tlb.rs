@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use emu_cpu::{MachineConfig, WaitPolicy};
+use mm_core::check::ViolationKind;
 use mm_core::config::{Arch, Fix, KernelConfig};
-use mm_core::sanitizer::ViolationKind;
 use mm_core::stats::Stat;
 use workloads::races::{lazy_tlb, RaceParams};
 

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use emu_cpu::{MachineConfig, WaitPolicy};
+use mm_core::check::ViolationKind;
 use mm_core::config::{Arch, Fix, KernelConfig};
-use mm_core::sanitizer::ViolationKind;
 use workloads::races::{iommu_sva, large_folio_zap, nested_zap, writeback_race, RaceOutcome, RaceParams};
 
 fn params(cpus: usize, revert: Option<Fix>, iterations: u64) -> RaceParams {

@@ -414,7 +414,7 @@ impl<'a> MmuGather<'a> {
             return false;
         }
         let cpu = self.k.this_cpu();
-        let page = if crate::kernel::FaultInject::take(&self.k.inject.fail_page_batch) {
+        let page = if crate::inject::FaultInject::take(&self.k.inject.faults.fail_page_batch) {
             None
         } else {
             self.k.alloc_pages(0, PageKind::Kernel)
@@ -756,8 +756,8 @@ impl<'a> MmuGather<'a> {
     pub fn tlb_finish_mmu(mut self) {
         // huge_pmd_unshare_flush must have sorted this out already — unless
         // the test knob moved the sync here, after i_mmap_rwsem was dropped
-        // (the broken placement; see `KernelConfig::hugetlb_unshare_sync_after_unlock`).
-        if self.k.cfg.hugetlb_unshare_sync_after_unlock && self.fully_unshared_tables {
+        // (the broken placement; see `inject::Knobs::hugetlb_unshare_sync_after_unlock`).
+        if self.k.inject.knobs.hugetlb_unshare_sync_after_unlock.get() && self.fully_unshared_tables {
             self.tlb_flush_unshared_tables();
         }
         // (tlb_flush_unshared_tables was not called: no sync IPI is sent.)

@@ -13,7 +13,7 @@
 //!   RCU readers); without it they are freed at once (the IPI flush already
 //!   waited for IRQs-off CPUs).  When it returns the table batch is empty.
 //! - Table-batch allocation is GFP_NOWAIT and may fail (inject with
-//!   `k.inject.fail_table_batch`): then the table is invalidated, a
+//!   `k.inject.faults.fail_table_batch`): then the table is invalidated, a
 //!   `tlb_remove_table_sync_one` IPI waits out every IRQs-off walker, and the
 //!   table is freed immediately (`tlb_remove_table_one`).  The sync can be
 //!   switched off (`KernelConfig::table_free_one_sync`, an ablation: no
@@ -25,7 +25,8 @@
 
 use super::batch::{MmuTableBatch, MAX_TABLE_BATCH};
 use super::MmuGather;
-use crate::kernel::{FaultInject, Kernel};
+use crate::inject::FaultInject;
+use crate::kernel::Kernel;
 use crate::page::alloc::PageKind;
 use crate::page::Folio;
 use crate::stats::Stat;
@@ -102,8 +103,11 @@ impl MmuGather<'_> {
         let k = self.k;
         k.stats.inc(k.this_cpu(), Stat::TablesQueued);
         if self.batch.is_none() {
-            let page =
-                if FaultInject::take(&k.inject.fail_table_batch) { None } else { k.alloc_pages(0, PageKind::Kernel) };
+            let page = if FaultInject::take(&k.inject.faults.fail_table_batch) {
+                None
+            } else {
+                k.alloc_pages(0, PageKind::Kernel)
+            };
             match page {
                 Some(p) => self.batch = Some(MmuTableBatch::new(p)),
                 None => {

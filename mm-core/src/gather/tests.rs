@@ -2,11 +2,11 @@
 
 use super::batch::{free_encoded_pages, MmuGatherBatch};
 use super::*;
+use crate::check::sanitizer::ViolationKind;
 use crate::config::{Arch, Fix, KernelConfig};
 use crate::mm::{Backing, Vma};
 use crate::page::alloc::PageKind;
 use crate::page::Folio;
-use crate::sanitizer::ViolationKind;
 use crate::stats::Stat;
 use crate::sync::{Arc, Ordering};
 use crate::types::{CpuId, Pfn};
@@ -90,7 +90,7 @@ fn single_slot_left_means_full() {
     let base = k.alloc.in_use();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
     tlb.tlb_remove_tlb_entries(VA, 7);
-    k.inject.fail_page_batch.store(1, Ordering::SeqCst);
+    k.inject.faults.fail_page_batch.store(1, Ordering::SeqCst);
     let pages: Vec<Pfn> = (0..7).map(|_| mapped_folio(&k, 0)).collect();
     for (i, p) in pages.iter().enumerate() {
         k.mem.remove_rmap_ptes(*p, 1);
@@ -120,7 +120,7 @@ fn folio_fragment_keeps_its_count_slot() {
         assert!(!tlb.__tlb_remove_page(*p, false));
     }
     // Two slots left; the next batch cannot be allocated.
-    k.inject.fail_page_batch.store(1, Ordering::SeqCst);
+    k.inject.faults.fail_page_batch.store(1, Ordering::SeqCst);
     let frag = mapped_folio(&k, 1);
     k.mem.remove_rmap_ptes(frag, 2);
     assert!(tlb.__tlb_remove_folio_pages(frag, 2, false), "full after the fragment");
@@ -246,7 +246,7 @@ fn folio_pages_batching_off_flushes_mid_fragment_instead_of_dropping() {
     let base = k.alloc.in_use();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
     // No batch can be allocated: only `local` (7 usable slots).
-    k.inject.fail_page_batch.store(100, Ordering::SeqCst);
+    k.inject.faults.fail_page_batch.store(100, Ordering::SeqCst);
     let f = mapped_folio(&k, 4); // 16 pages
     tlb.tlb_remove_tlb_entries(VA, 16);
     let full = tlb.__tlb_remove_folio_pages(f, 16, true);
@@ -258,7 +258,7 @@ fn folio_pages_batching_off_flushes_mid_fragment_instead_of_dropping() {
     tlb.tlb_finish_mmu();
     assert!(is_free(&k, f));
     assert_eq!(k.alloc.in_use(), base);
-    k.inject.fail_page_batch.store(0, Ordering::SeqCst);
+    k.inject.faults.fail_page_batch.store(0, Ordering::SeqCst);
 }
 
 // ---- §10.3 delayed rmaps ---------------------------------------------------
@@ -343,7 +343,7 @@ fn table_batch_alloc_failure_takes_the_sync_one_path() {
     let mm = k.mm_alloc();
     let table = crate::pgtable::alloc_table_frame(&k).unwrap();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
-    k.inject.fail_table_batch.store(1, Ordering::SeqCst);
+    k.inject.faults.fail_table_batch.store(1, Ordering::SeqCst);
     tlb.pte_free_tlb(table, VA);
     assert_eq!(k.stats.get(Stat::TableBatchAllocFail), 1);
     assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 1);
@@ -365,7 +365,7 @@ fn table_batch_alloc_failure_without_sync_one_frees_at_once() {
     let mm = k.mm_alloc();
     let table = crate::pgtable::alloc_table_frame(&k).unwrap();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
-    k.inject.fail_table_batch.store(1, Ordering::SeqCst);
+    k.inject.faults.fail_table_batch.store(1, Ordering::SeqCst);
     tlb.pte_free_tlb(table, VA);
     assert_eq!(k.stats.get(Stat::TableBatchAllocFail), 1);
     assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 0);

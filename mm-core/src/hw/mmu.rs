@@ -1,4 +1,5 @@
-//! The MMU: `translate()` and user accesses through it.
+//! The MMU: `Hw::access`, a user load or store through it (TLB hit, or
+//! walk + fill).
 //!
 //! Per CPU: a TLB + PSC behind a tiny lock (instruction atomicity: a user
 //! access and an invalidation of that CPU's TLB never interleave half-way;
@@ -21,8 +22,8 @@
 use super::pte::{Level, Pte};
 use super::ram::Ram;
 use super::tlb::Tlb;
+use crate::check::sanitizer::{Sanitizer, Violation, ViolationKind};
 use crate::config::{Geometry, TlbShape};
-use crate::sanitizer::{Sanitizer, Violation, ViolationKind};
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::types::{CpuId, Pfn};
 

@@ -11,8 +11,8 @@
 //! - `ram`: physical frames (data words / table entries) and frame generations.
 //! - `tlb`: per-CPU set-associative TLB tagged by address space, plus the
 //!   paging-structure cache.
-//! - `mmu`: `translate()` — TLB hit, or walk + fill, setting accessed/dirty
-//!   atomically like x86.
+//! - `mmu`: `Hw::access` — a user load or store: TLB hit, or walk + fill,
+//!   setting accessed/dirty atomically like x86.
 
 pub mod mmu;
 pub mod pte;

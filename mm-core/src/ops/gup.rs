@@ -21,7 +21,8 @@
 //! IPI ran after the unhook (khugepaged, 2ba99c5e0881).  A walker that reads
 //! a table frame whose generation changed since it read the entry pointing
 //! at it is reported as `gup-fast-freed-table`; a returned page that was not
-//! mapped at that address during the call as `gup-oracle` (see `oracle`).
+//! mapped at that address during the call as `gup-oracle` (see
+//! `check::gup_oracle`).
 //!
 //! # The slow path
 //!
@@ -40,16 +41,15 @@
 //! Not modelled: `mm->write_protect_seq` (fork), `gup_must_unshare`
 //! (anon-exclusive), FOLL_LONGTERM checks, devmap, PUD leaves.
 
-pub mod oracle;
-
+use crate::check::sanitizer::{Violation, ViolationKind};
 use crate::config::Fix;
 use crate::hw::pte::{Level, Pte};
+use crate::inject::GupFastPoint;
 use crate::kernel::Kernel;
 use crate::mm::{MmStruct, VmaTree};
 use crate::page::{flags, Folio};
 use crate::pgtable;
-use crate::sanitizer::{Violation, ViolationKind};
-use crate::sync::{HookCell, Ordering};
+use crate::sync::Ordering;
 use crate::types::{CpuId, Pfn};
 use std::fmt;
 use std::ops::BitOr;
@@ -100,64 +100,6 @@ impl fmt::Display for GupError {
 }
 
 impl std::error::Error for GupError {}
-
-/// Where in `gup_fast` a test / stress hook runs (with IRQs off).  Models
-/// the walker being stalled there (an NMI, a vCPU preempted by the host).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GupFastPoint {
-    /// The PUD entry was read (copy taken); the PMD table below it not read
-    /// yet.  Nothing re-checks a PUD: this is where the hugetlb unshare race
-    /// (1013af4f585f) needs its walker.
-    PudRead,
-    /// The PMD entry was read (copy taken); nothing below read yet.
-    PmdRead,
-    /// The PTE was read (copy taken); the folio not yet grabbed.
-    PteRead,
-    /// The folio was grabbed; the re-checks not yet done.
-    Grabbed,
-}
-
-/// Where in `collapse_huge_page` a test hook runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CollapsePoint {
-    /// `pmdp_collapse_flush` done (and the sync IPI, if on).
-    AfterCollapseFlush,
-    /// `__collapse_huge_page_isolate` succeeded; nothing copied yet.
-    AfterIsolate,
-}
-
-type GupFastHook = Box<dyn Fn(&Kernel, GupFastPoint, u64) + Send + Sync>;
-type CollapseHook = Box<dyn Fn(&Kernel, CollapsePoint, u64) + Send + Sync>;
-
-/// Injection points for tests and stress drivers (set once per kernel).
-#[derive(Default)]
-pub struct RaceHooks {
-    gup_fast: HookCell<GupFastHook>,
-    collapse: HookCell<CollapseHook>,
-}
-
-impl RaceHooks {
-    /// Install the `gup_fast` hook; false if one is already installed.
-    pub fn set_gup_fast(&self, f: impl Fn(&Kernel, GupFastPoint, u64) + Send + Sync + 'static) -> bool {
-        self.gup_fast.set(Box::new(f)).is_ok()
-    }
-    /// Install the `collapse_huge_page` hook; false if one is already installed.
-    pub fn set_collapse(&self, f: impl Fn(&Kernel, CollapsePoint, u64) + Send + Sync + 'static) -> bool {
-        self.collapse.set(Box::new(f)).is_ok()
-    }
-    #[inline]
-    pub(crate) fn gup_fast(&self, k: &Kernel, p: GupFastPoint, va: u64) {
-        if let Some(h) = self.gup_fast.get() {
-            h(k, p, va);
-        }
-    }
-    #[inline]
-    pub(crate) fn collapse(&self, k: &Kernel, p: CollapsePoint, va: u64) {
-        if let Some(h) = self.collapse.get() {
-            h(k, p, va);
-        }
-    }
-}
 
 // ---- references ---------------------------------------------------------
 
@@ -346,7 +288,7 @@ pub fn gup_fast(k: &Kernel, mm: &MmStruct, start: u64, nr_pages: u64, flags: Fol
         gup_fast_pgd_range(&mut w, pgd_gen, start, end);
     }
     if oracle {
-        k.gup_oracle.call_end(k, cpu, mm.id, &w.got);
+        k.gup_oracle.call_end(&k.hw, &k.san, cpu, mm.id, &w.got);
     }
     pages.extend(w.got.iter().map(|(_, p, _)| *p));
     pages
@@ -379,7 +321,7 @@ fn gup_fast_pud_range(w: &mut Walker<'_>, pud_table: Pfn, pud_gen: u64, addr: u6
     loop {
         let next = pgtable::addr_end(k, Level::Pud, a, end);
         let (pud, pmd_gen) = w.read(pud_table, pud_gen, Level::Pud, a);
-        k.race_hooks.gup_fast(k, GupFastPoint::PudRead, a);
+        k.inject.race.gup_fast(k, GupFastPoint::PudRead, a);
         // PUD leaves (1 GiB pages) are not modelled.
         if !pud.present() || pud.huge() || !w.pfn_valid(pud.pfn()) {
             return false;
@@ -402,7 +344,7 @@ fn gup_fast_pmd_range(w: &mut Walker<'_>, pmd_table: Pfn, pmd_gen: u64, addr: u6
     loop {
         let next = pgtable::addr_end(k, Level::Pmd, a, end);
         let (pmd, pte_gen) = w.read(pmd_table, pmd_gen, Level::Pmd, a);
-        k.race_hooks.gup_fast(k, GupFastPoint::PmdRead, a);
+        k.inject.race.gup_fast(k, GupFastPoint::PmdRead, a);
         if !pmd.present() || !w.pfn_valid(pmd.pfn()) {
             return false;
         }
@@ -445,13 +387,13 @@ fn gup_fast_pte_range(w: &mut Walker<'_>, pmd: Pte, pmdp: (Pfn, u64), pte_gen: u
         if !access_permitted(pte, write) || !w.pfn_valid(pte.pfn()) {
             return false;
         }
-        k.race_hooks.gup_fast(k, GupFastPoint::PteRead, a);
+        k.inject.race.gup_fast(k, GupFastPoint::PteRead, a);
         let page = pte.pfn();
         let t = w.tick();
         let Some(folio) = try_grab_folio_fast(k, page, 1, w.flags) else {
             return false;
         };
-        k.race_hooks.gup_fast(k, GupFastPoint::Grabbed, a);
+        k.inject.race.gup_fast(k, GupFastPoint::Grabbed, a);
         let pmd_changed = k.cfg.fixes.on(Fix::GupPmdRecheck) && w.read(pmdp.0, pmdp.1, Level::Pmd, a).0 != pmd;
         if pmd_changed || w.read(pte_table, pte_gen, Level::Pte, a).0 != pte {
             gup_put_folio(k, folio, 1, w.flags);
@@ -478,7 +420,7 @@ fn gup_fast_pmd_leaf(w: &mut Walker<'_>, orig: Pte, pmdp: (Pfn, u64), addr: u64,
     let Some(folio) = try_grab_folio_fast(k, page, refs, w.flags) else {
         return false;
     };
-    k.race_hooks.gup_fast(k, GupFastPoint::Grabbed, addr);
+    k.inject.race.gup_fast(k, GupFastPoint::Grabbed, addr);
     if w.read(pmdp.0, pmdp.1, Level::Pmd, addr).0 != orig {
         gup_put_folio(k, folio, refs, w.flags);
         return false;

@@ -428,13 +428,13 @@ pub fn huge_pmd_unshare(tlb: &mut MmuGather<'_>, addr: u64, pmd_table: Pfn, i_mm
 /// proof): flush the unsharer's TLB and, if a table became exclusive, one
 /// `tlb_remove_table_sync_one`.
 ///
-/// With the test knob `KernelConfig::hugetlb_unshare_sync_after_unlock`
+/// With the test knob `inject::Knobs::hugetlb_unshare_sync_after_unlock`
 /// only the TLB flush happens here and the sync is left to
 /// `tlb_finish_mmu`, after the caller dropped i_mmap_rwsem: the broken
 /// placement 8ce720d5bd91 warns about (the table's new owner may reuse it
 /// before the sync drains a walker still inside it).
 pub fn huge_pmd_unshare_flush(tlb: &mut MmuGather<'_>, _i_mmap: &IMmapWriteGuard<'_>) {
-    if tlb.kernel().cfg.hugetlb_unshare_sync_after_unlock {
+    if tlb.kernel().inject.knobs.hugetlb_unshare_sync_after_unlock.get() {
         if tlb.unshared_tables() {
             tlb.tlb_flush_mmu_tlbonly();
         }

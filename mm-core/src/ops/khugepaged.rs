@@ -45,9 +45,9 @@ use super::huge_memory::{pgtable_trans_huge_deposit, pmdp_collapse_flush, pte_fr
 use crate::config::Fix;
 use crate::gather::tlb_remove_table_sync_one;
 use crate::hw::pte::{Level, Pte};
+use crate::inject::CollapsePoint;
 use crate::kernel::Kernel;
 use crate::mm::{AddressSpace, MmStruct};
-use crate::ops::gup::CollapsePoint;
 use crate::page::alloc::PageKind;
 use crate::page::{flags, Folio};
 use crate::pgtable;
@@ -197,7 +197,7 @@ pub fn collapse_huge_page(k: &Kernel, mm: &Arc<MmStruct>, address: u64) -> ScanR
     if k.cfg.fixes.on(Fix::KhugepagedGupFastIpi) {
         tlb_remove_table_sync_one(k);
     }
-    k.race_hooks.collapse(k, CollapsePoint::AfterCollapseFlush, haddr);
+    k.inject.race.collapse(k, CollapsePoint::AfterCollapseFlush, haddr);
     // pte_offset_map_lock(mm, &_pmd, ...): the table the old PMD named.
     let pte_table = old_pmd.pfn();
     let pte_ptl = pgtable::ptl(k, pte_table);
@@ -213,7 +213,7 @@ pub fn collapse_huge_page(k: &Kernel, mm: &Arc<MmStruct>, address: u64) -> ScanR
         put_hpage();
         return result;
     }
-    k.race_hooks.collapse(k, CollapsePoint::AfterIsolate, haddr);
+    k.inject.race.collapse(k, CollapsePoint::AfterIsolate, haddr);
     let holes = __collapse_huge_page_copy(k, pte_table, haddr, hpage);
     let page = k.mem.page(hpage);
     page.mapping.store(mm.id, Ordering::SeqCst);

@@ -1,9 +1,8 @@
 //! The callers of the gather: page faults, zap (unmap_vmas / zap_pte_range),
 //! free_pgtables, munmap, exit_mmap, fork (dup_mmap + COW), madvise
-//! (MADV_DONTNEED), mprotect and writeback (folio_mkclean).
+//! (MADV_DONTNEED), mprotect and writeback (folio_mkclean); and user
+//! accesses, which take the page-fault path (`uaccess`).
 
-pub mod check;
-pub mod dirty_oracle;
 pub mod fault;
 pub mod fork;
 pub mod gup;
@@ -13,6 +12,7 @@ pub mod khugepaged;
 pub mod madvise;
 pub mod mmap;
 pub mod mprotect;
+pub mod uaccess;
 pub mod writeback;
 pub mod zap;
 
@@ -28,4 +28,4 @@ mod test_util;
 #[cfg(all(test, not(mmemu_loom)))]
 mod tests;
 #[cfg(all(test, not(mmemu_loom)))]
-mod tests_notifier;
+mod tests_race_features;

@@ -4,13 +4,14 @@
 //! skipped on purpose.
 
 use super::*;
+use crate::check;
+use crate::check::sanitizer::ViolationKind;
 use crate::config::{Arch, KernelConfig};
 use crate::hw::pte::Level;
 use crate::kernel::Kernel;
 use crate::mm::MmStruct;
 use crate::ops::test_util::{assert_no_leaks, run_on};
 use crate::page::Folio;
-use crate::sanitizer::ViolationKind;
 use crate::stats::Stat;
 use crate::sync::Arc;
 use crate::tlb::{enter_lazy_tlb, switch_mm};
@@ -362,6 +363,7 @@ fn correct_code_has_no_violations_across_cpus() {
 
 mod prop {
     use super::*;
+    use crate::check;
     use proptest::prelude::*;
 
     /// Pages in the region the random programs play in (3 PTE tables).

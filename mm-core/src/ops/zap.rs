@@ -133,7 +133,7 @@ pub fn zap_pte_range(tlb: &mut MmuGather<'_>, vma: &Vma, pte_table: Pfn, addr: u
         }
     }
     mm.rss.fetch_sub(rss, Ordering::SeqCst);
-    if let Some(hook) = k.hooks.zap_pte_range_locked.get() {
+    if let Some(hook) = k.inject.hooks.zap_pte_range_locked.get() {
         hook(k);
     }
     // Do the actual TLB flush before dropping the PTL.

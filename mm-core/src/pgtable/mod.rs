@@ -63,7 +63,7 @@ pub fn read(k: &Kernel, table: Pfn, level: Level, va: u64) -> Pte {
 pub fn write(k: &Kernel, table: Pfn, level: Level, va: u64, e: Pte) {
     let s = slot(k, table, level, va);
     if k.gup_oracle.enabled() {
-        k.gup_oracle.update(k, table, level, va, || (Pte(s.swap(e.0, Ordering::SeqCst)), e));
+        k.gup_oracle.update(&k.hw, &k.san, table, level, va, || (Pte(s.swap(e.0, Ordering::SeqCst)), e));
         return;
     }
     s.store(e.0, Ordering::SeqCst);
@@ -82,7 +82,7 @@ pub fn get_and_clear(k: &Kernel, table: Pfn, level: Level, va: u64) -> Pte {
 pub fn exchange(k: &Kernel, table: Pfn, level: Level, va: u64, e: Pte) -> Pte {
     let s = slot(k, table, level, va);
     if k.gup_oracle.enabled() {
-        return k.gup_oracle.update(k, table, level, va, || (Pte(s.swap(e.0, Ordering::SeqCst)), e));
+        return k.gup_oracle.update(&k.hw, &k.san, table, level, va, || (Pte(s.swap(e.0, Ordering::SeqCst)), e));
     }
     Pte(s.swap(e.0, Ordering::SeqCst))
 }

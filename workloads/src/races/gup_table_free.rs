@@ -23,8 +23,9 @@
 
 use std::time::{Duration, Instant};
 
+use mm_core::inject::GupFastPoint;
 use mm_core::mm::MmStruct;
-use mm_core::ops::gup::{gup_fast, unpin_user_pages, Foll, GupFastPoint};
+use mm_core::ops::gup::{gup_fast, unpin_user_pages, Foll};
 use mm_core::ops::{mmap_anon, munmap};
 use mm_core::sync::{Arc, AtomicBool, AtomicU64, Ordering};
 use mm_core::{CpuId, Kernel, KernelConfig};
@@ -46,7 +47,7 @@ pub const CYCLES: u64 = 4;
 pub(crate) fn install_stall(k: &Kernel, point: GupFastPoint, max: Duration, seed: u64) {
     let state = AtomicU64::new(seed | 1);
     let max_ns = max.as_nanos().max(1) as u64;
-    k.race_hooks.set_gup_fast(move |_k, p, _va| {
+    k.inject.race.set_gup_fast(move |_k, p, _va| {
         if p != point {
             return;
         }

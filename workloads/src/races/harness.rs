@@ -53,6 +53,7 @@ pub fn run<'p, X>(
 ) -> Result<RaceOutcome<X>, RunError> {
     let sys = System::new(kcfg, p.machine).map_err(RunError::Config)?;
     let k = sys.kernel().clone();
+    crate::inject::attach(&k);
     let mut rig = Rig { p, sys, k, mms: Vec::new(), files: Vec::new(), rounds: 0, first: None };
     let details = match body(&mut rig) {
         Ok(x) => x,
@@ -144,8 +145,8 @@ impl Rig<'_> {
     /// `--inject-panic CPU`: while armed for one of this machine's CPUs,
     /// each round starts with a task there that is an injection point.
     fn injection_point(&self, round: u64) -> Result<(), RunError> {
-        if let Some(cpu) = crate::inject::armed().filter(|c| c.idx() < self.sys.nr_cpus()) {
-            self.sys.run_kthread(cpu, move |_| crate::inject::point(cpu, &format!("race round {round}")))?;
+        if let Some(cpu) = self.k.inject.panic.armed() {
+            self.sys.run_kthread(cpu, move |k| crate::inject::point(k, cpu, &format!("race round {round}")))?;
         }
         Ok(())
     }

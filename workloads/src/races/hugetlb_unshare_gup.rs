@@ -34,7 +34,8 @@
 use std::time::{Duration, Instant};
 
 use emu_cpu::MachineError;
-use mm_core::ops::gup::{gup_fast, put_user_pages, Foll, GupFastPoint};
+use mm_core::inject::GupFastPoint;
+use mm_core::ops::gup::{gup_fast, put_user_pages, Foll};
 use mm_core::ops::{dup_mmap, mmap_anon, mmap_hugetlb, munmap};
 use mm_core::page::flags;
 use mm_core::sync::{spin_loop, yield_now, Arc, AtomicBool, AtomicU64, Ordering};
@@ -125,7 +126,7 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, RunError> {
         let hbase = 1u64 << g.level_shift(mm_core::hw::pte::Level::Pgd);
         let round = Arc::new(Round::default());
         let hook_round = round.clone();
-        let installed = k.race_hooks.set_gup_fast(move |_k, point, va| {
+        let installed = k.inject.race.set_gup_fast(move |_k, point, va| {
             let r = &hook_round;
             if point != GupFastPoint::PudRead
                 || va != r.va.load(Ordering::SeqCst)

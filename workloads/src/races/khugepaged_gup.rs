@@ -26,8 +26,8 @@
 
 use std::time::Duration;
 
+use mm_core::inject::GupFastPoint;
 use mm_core::mm::MmStruct;
-use mm_core::ops::gup::GupFastPoint;
 use mm_core::ops::khugepaged::{collapse_huge_page, retract_page_tables, ScanResult};
 use mm_core::ops::{madvise_dontneed, mmap_anon, mmap_file, munmap};
 use mm_core::sync::Arc;

@@ -28,8 +28,8 @@ pub mod writeback_race;
 use std::collections::BTreeMap;
 
 use emu_cpu::MachineConfig;
+use mm_core::check::ViolationKind;
 use mm_core::page::alloc::InUse;
-use mm_core::sanitizer::ViolationKind;
 use mm_core::sync::Arc;
 use mm_core::{Kernel, KernelConfig};
 

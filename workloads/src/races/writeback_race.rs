@@ -33,7 +33,7 @@
 
 use super::{harness, wait_for, RaceOutcome, RaceParams};
 use crate::error::RunError;
-use mm_core::ops::dirty_oracle::DirtyDataOracle;
+use mm_core::check::DirtyDataOracle;
 use mm_core::ops::writeback::{filemap_fdatawrite_range, invalidate_mapping_pages};
 use mm_core::ops::{madvise_dontneed, mmap_file, writeback_mapping};
 use mm_core::sync::{Arc, AtomicU64, Ordering};
@@ -86,7 +86,7 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, RunError> {
                     mm_core::sync::spin_loop();
                 }
             };
-            if k.hooks.zap_pte_range_locked.set(Box::new(hook)).is_err() {
+            if k.inject.hooks.zap_pte_range_locked.set(Box::new(hook)).is_err() {
                 return Err(RunError::Driver("writeback_race: the zap hook is already taken".into()));
             }
         }
@@ -140,9 +140,9 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, RunError> {
             // A is done: whatever it stored must be on disk or in a dirty page;
             // and the accounting (mapcount, refcount, rss) must be consistent.
             let (o, m, f) = (oracle.clone(), mm.clone(), file.clone());
-            let (lost, acct) = h.sys.run_kthread(CpuId(1), move |k| {
-                (o.check(k), mm_core::ops::check::check_consistency(k, &[&m], &[&f]))
-            })?;
+            let (lost, acct) = h
+                .sys
+                .run_kthread(CpuId(1), move |k| (o.check(k), mm_core::check::check_consistency(k, &[&m], &[&f])))?;
             acct.map_err(|e| RunError::Model(format!("accounting: {e}")).in_round(round))?;
             Ok(lost > 0)
         })?;

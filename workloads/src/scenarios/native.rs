@@ -30,6 +30,7 @@ pub(crate) fn boot(ctx: &Ctx, min_frames: usize) -> Result<Booted, RunError> {
     let mut kcfg = ctx.kcfg.clone();
     kcfg.ram_frames = ram_frames(ctx, min_frames).map_err(RunError::Config)?;
     let sys = System::new(kcfg, ctx.machine).map_err(RunError::Config)?;
+    crate::inject::attach(sys.kernel());
     let baseline = sys.kernel().alloc.in_use();
     Ok(Booted { sys, baseline, t0: Instant::now(), until: Until::new(ctx.budget) })
 }
@@ -208,7 +209,7 @@ impl Rng {
 /// (`--inject-panic`) and a trace span (free when no trace is recorded).
 fn syscall_entry(k: &Kernel, name: &'static str) -> Option<emu_cpu::trace::Span> {
     let cpu = k.this_cpu();
-    crate::inject::point(cpu, name);
+    crate::inject::point(k, cpu, name);
     emu_cpu::trace::syscall(cpu, name)
 }
 

@@ -2,10 +2,10 @@
 //! (GUP-fast vs munmap/free_pgtables) forced through the PmdRead hook.
 
 use super::*;
+use crate::check::sanitizer::ViolationKind;
 use crate::config::{Arch, KernelConfig};
 use crate::ops::test_util::{assert_no_leaks, run_on};
 use crate::ops::{exit_mm, mmap_anon, munmap};
-use crate::sanitizer::ViolationKind;
 use crate::sync::{Arc, AtomicBool};
 
 const BASE: u64 = 0x4000_0000;
@@ -44,7 +44,7 @@ fn gup_fast_pins_the_mapped_pages_and_unpin_releases() {
     assert_eq!(got.len(), 3);
     assert_eq!(k.mem.page(got[0]).refcount(), 2);
     put_user_pages(&k, &got);
-    crate::ops::check::check_consistency(&k, &[&mm], &[]).unwrap();
+    crate::check::check_consistency(&k, &[&mm], &[]).unwrap();
     exit_mm(&k, &mm);
     assert_no_leaks(&k);
     assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
@@ -81,7 +81,7 @@ fn gup_fast_stops_at_unmapped_or_readonly_and_the_slow_path_faults_in() {
     put_user_pages(&k, &ro);
     // No VMA at all.
     assert_eq!(get_user_pages(&k, &mm, BASE + 64 * PS, 1, Foll::GET), Err(GupError::Fault(BASE + 64 * PS)));
-    crate::ops::check::check_consistency(&k, &[&mm], &[]).unwrap();
+    crate::check::check_consistency(&k, &[&mm], &[]).unwrap();
     exit_mm(&k, &mm);
     assert_no_leaks(&k);
     assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
@@ -115,7 +115,7 @@ fn section1(arch: Arch, rcu_table_free: bool) -> Arc<Kernel> {
     }
     let armed = Arc::new(AtomicBool::new(true));
     let (a, m) = (armed.clone(), mm.clone());
-    k.race_hooks.set_gup_fast(move |k, p, _va| {
+    k.inject.race.set_gup_fast(move |k, p, _va| {
         if p == GupFastPoint::PmdRead && a.swap(false, Ordering::SeqCst) {
             k.set_cpu(CpuId(0));
             munmap(k, &m, BASE, 4 * PS).unwrap();
@@ -175,25 +175,25 @@ fn oracle_accepts_only_pages_mapped_during_the_window() {
     // Mapped now: accepted.
     o.call_start(cpu);
     let t = o.tick();
-    o.call_end(&k, cpu, mm.id, &[(BASE, p0, t), (BASE + PS, p1, t)]);
+    o.call_end(&k.hw, &k.san, cpu, mm.id, &[(BASE, p0, t), (BASE + PS, p1, t)]);
     assert_eq!(k.san.count(), 0);
     // The right pfn at the wrong address: never mapped there.
     o.call_start(cpu);
     let t = o.tick();
-    o.call_end(&k, cpu, mm.id, &[(BASE + PS, p0, t)]);
+    o.call_end(&k.hw, &k.san, cpu, mm.id, &[(BASE + PS, p0, t)]);
     assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 1);
     // Grabbed before the unmap, checked after: accepted (the unmap is
     // kept for the call in flight).
     o.call_start(cpu);
     let t = o.tick();
     crate::ops::madvise_dontneed(&k, &mm, BASE, PS).unwrap();
-    o.call_end(&k, cpu, mm.id, &[(BASE, p0, t)]);
+    o.call_end(&k.hw, &k.san, cpu, mm.id, &[(BASE, p0, t)]);
     assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 1);
     // Grabbed after the unmap: rejected.
     crate::ops::madvise_dontneed(&k, &mm, BASE + PS, PS).unwrap();
     o.call_start(cpu);
     let t = o.tick();
-    o.call_end(&k, cpu, mm.id, &[(BASE + PS, p1, t)]);
+    o.call_end(&k.hw, &k.san, cpu, mm.id, &[(BASE + PS, p1, t)]);
     assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 2);
     // A forked child's tables are linked (owned) and recorded too.
     k.write_user(&mm, BASE + 2 * PS, 3).unwrap();
@@ -201,7 +201,7 @@ fn oracle_accepts_only_pages_mapped_during_the_window() {
     let c2 = pte_pfn(&k, &child, BASE + 2 * PS);
     o.call_start(cpu);
     let t = o.tick();
-    o.call_end(&k, cpu, child.id, &[(BASE + 2 * PS, c2, t)]);
+    o.call_end(&k.hw, &k.san, cpu, child.id, &[(BASE + 2 * PS, c2, t)]);
     assert_eq!(k.san.count_kind(ViolationKind::GupOracle), 2, "{:?}", k.san.violations());
     exit_mm(&k, &mm);
     run_on(&k, 0, &child);
@@ -234,7 +234,7 @@ fn oracle_judges_a_detached_table_when_the_pmd_slot_is_written_again() {
         if put_back_before_end {
             pgtable::write(&k, pmd_table, Level::Pmd, BASE, new);
         }
-        o.call_end(&k, cpu, mm.id, &[(BASE, p0, t)]);
+        o.call_end(&k.hw, &k.san, cpu, mm.id, &[(BASE, p0, t)]);
         if !put_back_before_end {
             assert_eq!(k.san.count(), 0, "undecided until the slot is written");
             pgtable::write(&k, pmd_table, Level::Pmd, BASE, new);

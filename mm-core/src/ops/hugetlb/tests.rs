@@ -48,7 +48,7 @@ fn pmd_table(k: &Kernel, mm: &MmStruct, va: u64) -> Option<Pfn> {
 /// everything down: exit every mm (each on its own CPU slot 0), drop
 /// the page cache, check leaks and the sanitizer.
 fn teardown(k: &Kernel, mms: &[&Arc<MmStruct>], files: &[&Arc<AddressSpace>]) {
-    crate::ops::check::check_consistency(k, mms, files).unwrap();
+    crate::check::check_consistency(k, mms, files).unwrap();
     for mm in mms {
         run_on(k, 0, mm);
         exit_mm(k, mm);
@@ -495,8 +495,9 @@ fn gather_ends_with_fully_unshared_tables_clear() {
 
 // ---- GUP-fast through shared tables (KERNEL-RACES.md §3.1) -------------------
 
-use crate::ops::gup::{gup_fast, put_user_pages, Foll, GupFastPoint};
-use crate::sanitizer::ViolationKind;
+use crate::check::sanitizer::ViolationKind;
+use crate::inject::GupFastPoint;
+use crate::ops::gup::{gup_fast, put_user_pages, Foll};
 use crate::sync::{AtomicBool, AtomicU64};
 
 fn kernel_oracle(cpus: usize, fixes: Fixes, arch: Arch) -> Arc<Kernel> {
@@ -550,7 +551,7 @@ fn unshare_race(k: &Arc<Kernel>) -> (Vec<Pfn>, Arc<MmStruct>, Arc<MmStruct>, Arc
     assert_eq!(k.read_user(&p2, HBASE + 8).unwrap(), 0x11);
     let fired = Arc::new(AtomicBool::new(false));
     let (hp1, hp2, fired2) = (p1.clone(), p2.clone(), fired.clone());
-    k.race_hooks.set_gup_fast(move |k, point, va| {
+    k.inject.race.set_gup_fast(move |k, point, va| {
         if point != GupFastPoint::PudRead || va != HBASE || fired2.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -628,7 +629,7 @@ fn three_sharers_the_final_unshare_drains_a_walker_that_entered_through_an_earli
     run_on(&k, 0, &p3);
     let syncs_after_p3 = Arc::new(AtomicU64::new(u64::MAX));
     let (hp2, hp3, rec) = (p2.clone(), p3.clone(), syncs_after_p3.clone());
-    k.race_hooks.set_gup_fast(move |k, point, va| {
+    k.inject.race.set_gup_fast(move |k, point, va| {
         if point != GupFastPoint::PudRead || va != HBASE || rec.load(Ordering::SeqCst) != u64::MAX {
             return;
         }
@@ -699,8 +700,8 @@ fn sync_after_unlock_knob_still_sends_one_sync_per_last_sharer_gather() {
     // model shows why that is wrong): the counts are those of 8ce720d5bd91 —
     // none for a non-last sharer, one for the last sharer's two tables — and
     // tlb_finish_mmu does not trip over the pending fully_unshared_tables.
-    let cfg = KernelConfig { hugetlb_unshare_sync_after_unlock: true, ..KernelConfig::default() };
-    let k = Kernel::new_sync(cfg, 2);
+    let k = Kernel::new_sync(KernelConfig::default(), 2);
+    k.inject.knobs.hugetlb_unshare_sync_after_unlock.set(true);
     let f = hfile(&k, 2);
     let p1 = k.mm_alloc();
     run_on(&k, 0, &p1);

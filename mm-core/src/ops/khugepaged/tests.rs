@@ -2,12 +2,13 @@
 //! §2A / §2B interleavings forced through the gup_fast and collapse hooks.
 
 use super::*;
+use crate::check::check_consistency;
+use crate::check::sanitizer::ViolationKind;
 use crate::config::{Arch, KernelConfig};
-use crate::ops::check::check_consistency;
-use crate::ops::gup::{gup_fast, unpin_user_pages, Foll, GupFastPoint};
+use crate::inject::GupFastPoint;
+use crate::ops::gup::{gup_fast, unpin_user_pages, Foll};
 use crate::ops::test_util::{assert_no_leaks, run_on};
 use crate::ops::{exit_mm, madvise_dontneed, mmap_anon, mmap_file, munmap};
-use crate::sanitizer::ViolationKind;
 use crate::stats::Stat;
 use crate::sync::{AtomicBool, Mutex};
 use crate::types::CpuId;
@@ -129,7 +130,7 @@ fn section2a(pmd_recheck: bool) -> (ScanResult, Vec<Pfn>, Arc<Kernel>) {
     let (done_tx, done_rx) = mpsc::channel::<Vec<Pfn>>();
     let (at_grab_tx, go_rx) = (Mutex::new(at_grab_tx), Mutex::new(go_rx));
     let armed = AtomicBool::new(true);
-    k.race_hooks.set_gup_fast(move |k, p, _| {
+    k.inject.race.set_gup_fast(move |k, p, _| {
         if p == GupFastPoint::PteRead && armed.swap(false, Ordering::SeqCst) {
             at_grab_tx.lock().send(()).unwrap();
             go_rx.lock().recv().unwrap();
@@ -139,7 +140,7 @@ fn section2a(pmd_recheck: bool) -> (ScanResult, Vec<Pfn>, Arc<Kernel>) {
     let (go_tx, done_rx) = (Mutex::new(go_tx), Mutex::new(done_rx));
     let w_got = Arc::new(Mutex::new(None));
     let w_got2 = w_got.clone();
-    k.race_hooks.set_collapse(move |k, p, _| {
+    k.inject.race.set_collapse(move |k, p, _| {
         if p == CollapsePoint::AfterIsolate {
             go_tx.lock().send(()).unwrap();
             *w_got2.lock() = Some(done_rx.lock().recv().unwrap());
@@ -194,7 +195,7 @@ fn section2b_anon(sync_ipi: bool) -> Arc<Kernel> {
     run_on(&k, 1, &mm);
     let armed = AtomicBool::new(true);
     let m = mm.clone();
-    k.race_hooks.set_gup_fast(move |k, p, _| {
+    k.inject.race.set_gup_fast(move |k, p, _| {
         if p == GupFastPoint::PmdRead && armed.swap(false, Ordering::SeqCst) {
             k.set_cpu(CpuId(0));
             assert_eq!(collapse_huge_page(k, &m, BASE), ScanResult::Succeed);
@@ -279,7 +280,7 @@ fn section2b_file(pte_free_defer: bool, sync_ipi: bool) -> Arc<Kernel> {
     run_on(&k, 1, &mm);
     let armed = AtomicBool::new(true);
     let f = file.clone();
-    k.race_hooks.set_gup_fast(move |k, p, _| {
+    k.inject.race.set_gup_fast(move |k, p, _| {
         if p == GupFastPoint::PmdRead && armed.swap(false, Ordering::SeqCst) {
             k.set_cpu(CpuId(0));
             assert_eq!(retract_page_tables(k, &f, 0), 1);

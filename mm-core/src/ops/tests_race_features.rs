@@ -4,8 +4,9 @@
 //! Each race is forced into its bad interleaving; with the switch off the
 //! matching violation appears, with it on none does.
 
-use super::dirty_oracle::DirtyDataOracle;
 use super::*;
+use crate::check::sanitizer::ViolationKind;
+use crate::check::DirtyDataOracle;
 use crate::config::{Arch, Fix, KernelConfig};
 use crate::gather::{encode_nr_pages, encode_page, MmuGather, ENCODED_PAGE_BIT_NR_PAGES_NEXT, MMU_GATHER_BUNDLE};
 use crate::hw::pte::Level;
@@ -14,7 +15,6 @@ use crate::kernel::Kernel;
 use crate::ops::test_util::{assert_no_leaks, run_on};
 use crate::page::Folio;
 use crate::pgtable;
-use crate::sanitizer::ViolationKind;
 use crate::stats::Stat;
 use crate::sync::{Arc, Mutex, Ordering};
 use crate::types::CpuId;
@@ -75,7 +75,7 @@ fn writeback_race(delay_rmap: bool) -> (Arc<Kernel>, usize, bool) {
             oracle.record_store(0, 1, 2);
             k.set_cpu(me);
         };
-        assert!(k.hooks.zap_pte_range_locked.set(Box::new(hook)).is_ok());
+        assert!(k.inject.hooks.zap_pte_range_locked.set(Box::new(hook)).is_ok());
     }
     k.set_cpu(CpuId(1));
     madvise_dontneed(&k, &mm, BASE, PS).unwrap();

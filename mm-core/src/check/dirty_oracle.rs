@@ -14,12 +14,12 @@
 //! Contract of `check`: call it with no writer running on the file; it
 //! records one `lost-dirty-data` violation per lost word and returns how many.
 
+use crate::check::sanitizer::{Violation, ViolationKind};
 use crate::hw::pte::Level;
 use crate::kernel::Kernel;
 use crate::mm::AddressSpace;
 use crate::page::flags;
 use crate::pgtable;
-use crate::sanitizer::{Violation, ViolationKind};
 use crate::sync::{Arc, Mutex, Ordering};
 use crate::types::Pfn;
 use std::collections::BTreeMap;

@@ -42,10 +42,15 @@
 //!   mapping change in every mm that can reach it, at that mm's address.
 //! - Cost: nothing when off (a config bool).  When on, closed intervals are
 //!   dropped as soon as no GUP call in flight can still need them.
+//! - What it sees: the hardware state alone (`Hw`: the geometry and the
+//!   table words and generations in RAM), and it reports to the
+//!   `Sanitizer`; it never takes the `Kernel`, so `pgtable`, which calls
+//!   it on every store, stays below it.
 
+use crate::check::sanitizer::{Sanitizer, Violation, ViolationKind};
+use crate::config::Geometry;
+use crate::hw::mmu::Hw;
 use crate::hw::pte::{Level, Pte};
-use crate::kernel::Kernel;
-use crate::sanitizer::{Violation, ViolationKind};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::types::{CpuId, Pfn};
 use std::collections::HashMap;
@@ -148,24 +153,32 @@ impl GupOracle {
 
     /// Perform the store `op` (returning the old and new entry) on the slot
     /// for `va` in `table` (entries at `level`) and record what changed.
-    pub fn update(&self, k: &Kernel, table: Pfn, level: Level, va: u64, op: impl FnOnce() -> (Pte, Pte)) -> Pte {
+    pub fn update(
+        &self,
+        hw: &Hw,
+        san: &Sanitizer,
+        table: Pfn,
+        level: Level,
+        va: u64,
+        op: impl FnOnce() -> (Pte, Pte),
+    ) -> Pte {
         let mut h = self.hist.lock();
         let before = self.tick();
         let (old, new) = op();
         let after = self.tick();
         let Some(owners) = h.owners.get(&table).cloned() else { return old };
-        let g = k.cfg.geometry;
+        let g = hw.geo;
         let same_target = old.present() && new.present() && old.pfn() == new.pfn() && old.huge() == new.huge();
         if same_target {
             return old; // permission / A / D change only
         }
         let keep_from = self.oldest_active();
         let span = 1u64 << g.level_shift(level);
-        let idx = crate::pgtable::index(k, level, va) as u64;
+        let idx = index(g, level, va) as u64;
         for (mm, tbase) in owners {
             // The entry's address in this owner's address space.
             let va = tbase + idx * span + (va & (span - 1));
-            self.update_one(k, &mut h, mm, level, va, old, new, before, after, keep_from);
+            self.update_one(hw, san, &mut h, mm, level, va, old, new, before, after, keep_from);
         }
         old
     }
@@ -174,7 +187,8 @@ impl GupOracle {
     #[allow(clippy::too_many_arguments)]
     fn update_one(
         &self,
-        k: &Kernel,
+        hw: &Hw,
+        san: &Sanitizer,
         h: &mut History,
         mm: u64,
         level: Level,
@@ -185,7 +199,7 @@ impl GupOracle {
         after: u64,
         keep_from: Option<u64>,
     ) {
-        let g = k.cfg.geometry;
+        let g = hw.geo;
         let pmd_mask = !(g.pmd_size() - 1);
         let page_va = va & !(g.page_size() - 1);
         let h = &mut *h;
@@ -215,13 +229,13 @@ impl GupOracle {
             Level::Pmd => {
                 let pmd_va = va & pmd_mask;
                 if new.present() {
-                    judge_detached(k, h, mm, pmd_va, new);
+                    judge_detached(hw, san, h, mm, pmd_va, new);
                 }
                 if old.present() {
                     // A huge leaf goes, or a whole PTE table is unlinked.
                     let huge = old.huge();
                     if !huge {
-                        let d = Some((old.pfn(), k.hw.ram.gen(old.pfn())));
+                        let d = Some((old.pfn(), hw.ram.gen(old.pfn())));
                         if let Some(v) = h.groups.get_mut(&(mm, pmd_va)) {
                             for i in v.iter_mut().filter(|i| i.to == OPEN && !i.huge) {
                                 i.detached = d;
@@ -230,7 +244,7 @@ impl GupOracle {
                     }
                     close(h, mm, pmd_va, |i| i.huge == huge, after, keep_from);
                     if !huge {
-                        unlink(k, h, mm, old.pfn(), Level::Pte, pmd_va);
+                        unlink(hw, h, mm, old.pfn(), Level::Pte, pmd_va);
                     }
                 }
                 if new.present() && new.huge() {
@@ -250,7 +264,7 @@ impl GupOracle {
                         },
                     );
                 } else if new.present() {
-                    self.link(k, h, mm, new.pfn(), Level::Pte, pmd_va, before);
+                    self.link(hw, h, mm, new.pfn(), Level::Pte, pmd_va, before);
                 }
             }
             Level::Pud | Level::Pgd => {
@@ -266,11 +280,11 @@ impl GupOracle {
                     for (m, v) in keys {
                         close_upper(h, m, v, after, keep_from);
                     }
-                    unlink(k, h, mm, old.pfn(), level.below().expect("upper level"), base);
+                    unlink(hw, h, mm, old.pfn(), level.below().expect("upper level"), base);
                 }
                 if new.present() {
                     let below = level.below().expect("upper level");
-                    self.link(k, h, mm, new.pfn(), below, base, before);
+                    self.link(hw, h, mm, new.pfn(), below, base, before);
                 }
             }
         }
@@ -279,15 +293,15 @@ impl GupOracle {
     /// A table (entries at `level`) mapping from `base` became reachable in
     /// `mm`: own it and open an interval for every leaf already in it.
     #[allow(clippy::too_many_arguments)]
-    fn link(&self, k: &Kernel, h: &mut History, mm: u64, table: Pfn, level: Level, base: u64, at: u64) {
+    fn link(&self, hw: &Hw, h: &mut History, mm: u64, table: Pfn, level: Level, base: u64, at: u64) {
         let links = h.owners.entry(table).or_default();
         if !links.contains(&(mm, base)) {
             links.push((mm, base));
         }
-        let g = k.cfg.geometry;
+        let g = hw.geo;
         for i in 0..g.ptrs_per_table() as u64 {
             let va = base + (i << g.level_shift(level));
-            let e = Pte(k.hw.ram.word(table, i as usize).load(Ordering::SeqCst));
+            let e = Pte(hw.ram.word(table, i as usize).load(Ordering::SeqCst));
             if !e.present() {
                 continue;
             }
@@ -323,7 +337,7 @@ impl GupOracle {
                         put_back: None,
                     },
                 ),
-                _ => self.link(k, h, mm, e.pfn(), level.below().expect("upper level"), va, at),
+                _ => self.link(hw, h, mm, e.pfn(), level.below().expect("upper level"), va, at),
             }
         }
     }
@@ -339,10 +353,10 @@ impl GupOracle {
 
     /// Check the pages a GUP call returned (`(va, page, tick before its
     /// grab)`), then end the call.
-    pub fn call_end(&self, k: &Kernel, cpu: CpuId, mm: u64, got: &[(u64, Pfn, u64)]) {
+    pub fn call_end(&self, hw: &Hw, san: &Sanitizer, cpu: CpuId, mm: u64, got: &[(u64, Pfn, u64)]) {
         let start = self.active[cpu.idx()].load(Ordering::SeqCst);
         let end = self.tick();
-        let g = k.cfg.geometry;
+        let g = hw.geo;
         let pmd_mask = !(g.pmd_size() - 1);
         {
             let mut h = self.hist.lock();
@@ -372,14 +386,14 @@ impl GupOracle {
                 if let Some(((table, table_gen), None)) = detached {
                     h.pending.push(Pending { cpu, mm, va, page, grab, table, table_gen });
                 } else if !ok {
-                    k.san.record(Violation {
+                    san.record(Violation {
                         kind: ViolationKind::GupOracle,
                         cpu: Some(cpu),
                         mm,
                         va,
                         pfn: page,
                         cached_gen: grab,
-                        frame_gen: k.hw.ram.gen(page),
+                        frame_gen: hw.ram.gen(page),
                     });
                 }
             }
@@ -391,7 +405,7 @@ impl GupOracle {
 /// The link of `table` (entries at `level`, first entry mapping `base`) into
 /// `mm` was cleared: forget it, and the links of the tables below it that
 /// were reachable in `mm` only through it.
-fn unlink(k: &Kernel, h: &mut History, mm: u64, table: Pfn, level: Level, base: u64) {
+fn unlink(hw: &Hw, h: &mut History, mm: u64, table: Pfn, level: Level, base: u64) {
     let Some(links) = h.owners.get_mut(&table) else { return };
     let before = links.len();
     links.retain(|l| *l != (mm, base));
@@ -402,20 +416,20 @@ fn unlink(k: &Kernel, h: &mut History, mm: u64, table: Pfn, level: Level, base: 
         h.owners.remove(&table);
     }
     let Some(below) = level.below() else { return };
-    let g = k.cfg.geometry;
+    let g = hw.geo;
     for i in 0..g.ptrs_per_table() as u64 {
-        let e = Pte(k.hw.ram.word(table, i as usize).load(Ordering::SeqCst));
-        if e.present() && !(level == Level::Pmd && e.huge()) && (e.pfn().0 as usize) < k.mem.nr_frames() {
-            unlink(k, h, mm, e.pfn(), below, base + (i << g.level_shift(level)));
+        let e = Pte(hw.ram.word(table, i as usize).load(Ordering::SeqCst));
+        if e.present() && !(level == Level::Pmd && e.huge()) && (e.pfn().0 as usize) < hw.ram.nr_frames() {
+            unlink(hw, h, mm, e.pfn(), below, base + (i << g.level_shift(level)));
         }
     }
 }
 
 /// Whether the present PMD `new` puts the detached `table` (generation
 /// `table_gen`) back with `page` still mapped at `va`.
-fn puts_back(k: &Kernel, new: Pte, table: Pfn, table_gen: u64, va: u64, page: Pfn) -> bool {
-    !new.huge() && new.pfn() == table && k.hw.ram.gen(table) == table_gen && {
-        let pte = crate::pgtable::read(k, table, Level::Pte, va);
+fn puts_back(hw: &Hw, new: Pte, table: Pfn, table_gen: u64, va: u64, page: Pfn) -> bool {
+    !new.huge() && new.pfn() == table && hw.ram.gen(table) == table_gen && {
+        let pte = Pte(hw.ram.word(table, index(hw.geo, Level::Pte, va)).load(Ordering::SeqCst));
         pte.present() && pte.pfn() == page
     }
 }
@@ -423,13 +437,13 @@ fn puts_back(k: &Kernel, new: Pte, table: Pfn, table_gen: u64, va: u64, page: Pf
 /// The PMD slot (mm, pmd_va) is written with the present entry `new`:
 /// decide the intervals detached from it, and judge the pages waiting for
 /// it (see the module doc).
-fn judge_detached(k: &Kernel, h: &mut History, mm: u64, pmd_va: u64, new: Pte) {
-    let g = k.cfg.geometry;
+fn judge_detached(hw: &Hw, san: &Sanitizer, h: &mut History, mm: u64, pmd_va: u64, new: Pte) {
+    let g = hw.geo;
     let pmd_mask = !(g.pmd_size() - 1);
     if let Some(v) = h.groups.get_mut(&(mm, pmd_va)) {
         for i in v.iter_mut().filter(|i| i.put_back.is_none()) {
             if let Some((table, table_gen)) = i.detached {
-                i.put_back = Some(puts_back(k, new, table, table_gen, i.va, i.pfn));
+                i.put_back = Some(puts_back(hw, new, table, table_gen, i.va, i.pfn));
             }
         }
     }
@@ -437,15 +451,15 @@ fn judge_detached(k: &Kernel, h: &mut History, mm: u64, pmd_va: u64, new: Pte) {
         h.pending.drain(..).partition(|p| p.mm == mm && p.va & pmd_mask == pmd_va);
     h.pending = rest;
     for p in mine {
-        if !puts_back(k, new, p.table, p.table_gen, p.va, p.page) {
-            k.san.record(Violation {
+        if !puts_back(hw, new, p.table, p.table_gen, p.va, p.page) {
+            san.record(Violation {
                 kind: ViolationKind::GupOracle,
                 cpu: Some(p.cpu),
                 mm,
                 va: p.va,
                 pfn: p.page,
                 cached_gen: p.grab,
-                frame_gen: k.hw.ram.gen(p.page),
+                frame_gen: hw.ram.gen(p.page),
             });
         }
     }
@@ -478,4 +492,10 @@ fn close(h: &mut History, mm: u64, pmd_va: u64, pred: impl Fn(&Interval) -> bool
     if v.is_empty() {
         h.groups.remove(&(mm, pmd_va));
     }
+}
+
+/// Index of `va` in a table whose entries are at `level` (`pgtable::index`,
+/// from the geometry alone: the oracle watches the hardware state).
+fn index(g: Geometry, level: Level, va: u64) -> usize {
+    ((va >> g.level_shift(level)) as usize) & (g.ptrs_per_table() - 1)
 }

@@ -1,0 +1,57 @@
+//! User accesses: a load or store by the task running an mm on this CPU,
+//! through the emulated MMU, with the page fault handled
+//! (`handle_mm_fault`) and the access retried — the user-mode instruction
+//! and the fault path it takes (x86 `do_user_addr_fault`), or SIGSEGV.
+//!
+//! They are inherent methods of `Kernel` (`k.read_user(mm, va)`), defined
+//! here, beside the fault path they call: kernel.rs stays below `ops` (it
+//! imports nothing from it), and callers need no trait in scope.  The hot
+//! path is the TLB hit in `Hw::access`; these add no dynamic call and no
+//! lock to it.
+
+use crate::hw::mmu::{Access, Fault};
+use crate::kernel::Kernel;
+use crate::mm::MmStruct;
+use crate::ops::fault::handle_mm_fault;
+use crate::stats::Stat;
+use crate::sync::Arc;
+
+/// A user access that could not be satisfied: SIGSEGV.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segv {
+    pub va: u64,
+    pub fault: Fault,
+}
+
+impl Kernel {
+    /// A user load/store by the task running `mm` on this CPU; page faults
+    /// are handled (`handle_mm_fault`) and the access retried.  The CPU must
+    /// have switched to `mm` (`tlb::switch_mm`).
+    pub fn user_access(&self, mm: &Arc<MmStruct>, va: u64, op: Access) -> Result<u64, Segv> {
+        let cpu = self.this_cpu();
+        // User code runs with IRQs on: between two accesses the CPU takes
+        // IPIs and the timer tick.
+        self.smp.user_irq_window(cpu);
+        for _ in 0..8 {
+            match self.hw.access(cpu, va, op, &self.san) {
+                Ok(v) => return Ok(v),
+                Err(fault) => {
+                    self.stats.inc(cpu, Stat::PageFaults);
+                    let write = matches!(op, Access::Write(_));
+                    handle_mm_fault(self, mm, va, write).map_err(|_| Segv { va, fault })?;
+                }
+            }
+        }
+        panic!("user access at {va:#x} on {cpu} kept faulting after the fault was handled");
+    }
+
+    /// `user_access` read.
+    pub fn read_user(&self, mm: &Arc<MmStruct>, va: u64) -> Result<u64, Segv> {
+        self.user_access(mm, va, Access::Read)
+    }
+
+    /// `user_access` write.
+    pub fn write_user(&self, mm: &Arc<MmStruct>, va: u64, val: u64) -> Result<u64, Segv> {
+        self.user_access(mm, va, Access::Write(val))
+    }
+}
