@@ -43,6 +43,24 @@ impl FromStr for Arch {
     }
 }
 
+/// The kernel release an arch profile follows (`KernelConfig::kernel`), given
+/// to the arch object when the `Kernel` is built (`arch::arch_ops`).
+///
+/// Only v6.12 exists so far: every profile behaves as the port always has.
+/// A later version is a profile of its own, decided inside `arch/`; what the
+/// first one (v6.18, the host's) will change, on x86: `switch_mm_irqs_off`
+/// leaves mm_cpumask set lazily and `flush_tlb_func` clears it only for a
+/// CPU that has really switched away; `should_flush_tlb` reads the target's
+/// `loaded_mm` (a CPU running another mm is skipped even with
+/// `freed_tables`); the trace reason `TLB_REMOTE_WRONG_CPU`; and x86 selects
+/// MMU_GATHER_RCU_TABLE_FREE unconditionally (v6.15, a37259732a7d).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+pub enum KernelVersion {
+    /// Linux v6.12.y (the port's reference, with 8ce720d5bd91).
+    #[default]
+    V6_12,
+}
+
 /// The historical fixes, one switch each (DESIGN.md "Fixes as switches").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Fix {
@@ -239,6 +257,8 @@ impl TlbShape {
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelConfig {
     pub arch: Arch,
+    /// The kernel release the arch profile follows.
+    pub kernel: KernelVersion,
     pub geometry: Geometry,
     pub tlb: TlbShape,
     /// Emulated RAM in page frames.
@@ -301,6 +321,7 @@ impl Default for KernelConfig {
     fn default() -> Self {
         Self {
             arch: Arch::X86,
+            kernel: KernelVersion::V6_12,
             geometry: Geometry::X86_64,
             tlb: TlbShape::DEFAULT,
             ram_frames: 1 << 14,

@@ -3,6 +3,8 @@
 //! small services every other module uses (allocate / free frames, IRQ
 //! masking as an RCU read-side section, user accesses with fault handling).
 
+use crate::arch::x86::CpuTlbState;
+use crate::arch::ArchOps;
 use crate::config::KernelConfig;
 use crate::hw::mmu::{Access, Fault, Hw};
 use crate::mm::{AddressSpace, MmStruct};
@@ -13,7 +15,6 @@ use crate::sanitizer::{Sanitizer, Violation, ViolationKind};
 use crate::smp::{IrqFlags, Smp};
 use crate::stats::{Stat, Stats};
 use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
-use crate::tlb::CpuTlbState;
 use crate::types::{CpuId, Pfn};
 
 /// Allocation failures injected into GFP_NOWAIT allocations, for tests of
@@ -55,6 +56,9 @@ pub struct TestHooks {
 
 pub struct Kernel {
     pub cfg: KernelConfig,
+    /// The arch profile (`arch/`), chosen here once from `cfg.arch` and
+    /// `cfg.kernel`: the flush, context-switch and PTE-upgrade policy.
+    pub arch: Box<dyn ArchOps>,
     pub hw: Hw,
     pub mem: MemMap,
     pub alloc: PageAllocator,
@@ -62,7 +66,8 @@ pub struct Kernel {
     pub stats: Stats,
     pub rcu: Rcu,
     pub smp: Box<dyn Smp>,
-    /// x86 `cpu_tlbstate` / `cpu_tlbstate_shared`, per CPU.
+    /// x86 `cpu_tlbstate` / `cpu_tlbstate_shared`, per CPU (every profile's
+    /// context switch keeps it today; the sanitizer reads it).
     pub cpus: Box<[CpuTlbState]>,
     pub inject: FaultInject,
     pub hooks: TestHooks,
@@ -106,6 +111,7 @@ impl Kernel {
         }
         let n = cfg.nr_cpus;
         Ok(Arc::new(Kernel {
+            arch: crate::arch::arch_ops(cfg.arch, cfg.kernel),
             hw: Hw::new(cfg.geometry, cfg.tlb, cfg.ram_frames, n),
             mem: MemMap::new(cfg.ram_frames),
             alloc: PageAllocator::new(cfg.ram_frames, n).with_debug_vm(cfg.debug_vm),

@@ -1,7 +1,8 @@
 //! mm-core: the model.  Emulated MMU hardware (`hw`) and a port of the Linux
 //! kernel's TLB-invalidation machinery: the mmu_gather (`gather`), page-table
-//! freeing through RCU (`rcu`), the arch flush policies (`tlb`), and the
-//! single-address-space operations that run through them (`ops`).
+//! freeing through RCU (`rcu`), the arch flush policies (`arch`, reached
+//! through the kernel's names in `tlb`), and the single-address-space
+//! operations that run through them (`ops`).
 //!
 //! mm-core has no threads of its own: the machine (emu-cpu) or the
 //! synchronous reference `SyncSmp` drives it through the `Smp` seam.
@@ -12,6 +13,7 @@
 //! pages and page tables (tables after an RCU grace period or a synchronous
 //! IPI).  The sanitizer (frame generations) catches every violation.
 
+pub mod arch;
 pub mod config;
 pub mod debug_vm;
 pub mod gather;
@@ -31,6 +33,6 @@ pub mod sync;
 pub mod tlb;
 pub mod types;
 
-pub use config::{Arch, Fix, Fixes, Geometry, KernelConfig};
+pub use config::{Arch, Fix, Fixes, Geometry, KernelConfig, KernelVersion};
 pub use kernel::Kernel;
 pub use types::{CpuId, CpuMask, Pfn, Vaddr};

@@ -1,0 +1,97 @@
+//! The arm64 profile: hardware-broadcast TLB invalidation
+//! (arch/arm64/include/asm/tlbflush.h).  Moved here from `tlb/mod.rs`.
+//!
+//! Contract: a flush is TLBI ... IS, which reaches every CPU's TLB through
+//! the interconnect: when it returns no CPU can use a translation of the
+//! range, and nobody was interrupted — an IRQs-off CPU (a GUP-fast walker)
+//! is not waited for beyond the instruction in flight.  That is why arm64
+//! needs MMU_GATHER_RCU_TABLE_FREE (or `tlb_remove_table_sync_one`, which
+//! still uses IPIs) before a page table may be freed.  Without freed tables
+//! only the last level is invalidated (TLBI VALE1IS keeps walk caches).
+//!
+//! The context switch is the x86 one (`super::x86::switch_mm`: PCID slots,
+//! tlb_gen catch-up, lazy TLB), as it has always been here.
+
+use super::{secondary_invalidate, ArchOps, FLUSH_ALL};
+use crate::config::{Arch, KernelVersion};
+use crate::kernel::Kernel;
+use crate::mm::MmStruct;
+use crate::stats::{Stat, TLB_FLUSH_ALL};
+use crate::types::CpuId;
+
+/// The arm64 profile (`Arch::Arm64`).
+pub struct Arm64 {
+    kernel: KernelVersion,
+}
+
+impl Arm64 {
+    pub fn new(kernel: KernelVersion) -> Self {
+        Arm64 { kernel }
+    }
+}
+
+impl ArchOps for Arm64 {
+    fn arch(&self) -> Arch {
+        Arch::Arm64
+    }
+    fn kernel(&self) -> KernelVersion {
+        self.kernel
+    }
+
+    /// Last level only unless tables were freed.
+    fn flush_tlb_mm_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, _stride: u32, freed_tables: bool) {
+        arm64_flush_range(k, mm, start, end, !freed_tables);
+    }
+
+    /// arm64 `flush_tlb_mm`: TLBI ASIDE1IS.
+    fn flush_tlb_mm(&self, k: &Kernel, mm: &MmStruct) {
+        arm64_flush_range(k, mm, 0, FLUSH_ALL, false);
+    }
+
+    /// `flush_tlb_range`: last level only unless `freed_tables` (the page
+    /// size does not change the invalidation).
+    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, _huge: bool, freed_tables: bool) {
+        arm64_flush_range(k, mm, start, end, !freed_tables);
+    }
+
+    /// `flush_tlb_page`: TLBI VALE1IS of one page.
+    fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, addr: u64) {
+        let ps = k.cfg.geometry.page_size();
+        arm64_flush_range(k, mm, addr & !(ps - 1), (addr & !(ps - 1)) + ps, true);
+    }
+
+    fn switch_mm(&self, k: &Kernel, next: &MmStruct) {
+        super::x86::switch_mm(k, next);
+    }
+    fn switch_to_init_mm(&self, k: &Kernel, cpu: CpuId) {
+        super::x86::switch_to_init_mm(k, cpu);
+    }
+    fn enter_lazy_tlb(&self, k: &Kernel) {
+        super::x86::enter_lazy_tlb(k);
+    }
+}
+
+/// arm64 `__flush_tlb_range` / `flush_tlb_mm`: TLBI ... IS reaches every
+/// CPU's TLB through the interconnect.  Modelled honestly: take each CPU's
+/// TLB lock and invalidate; nobody is interrupted and IRQs-off CPUs are not
+/// waited for beyond the instruction in flight.  `last_level` (TLBI VALE1IS)
+/// keeps walk-cache entries.
+#[doc(alias = "__flush_tlb_range")]
+pub fn arm64_flush_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64, last_level: bool) {
+    let me = k.this_cpu();
+    k.stats.inc(me, Stat::Arm64BroadcastTlbi);
+    mm.inc_mm_tlb_gen();
+    for c in 0..k.hw.nr_cpus() {
+        let mut tlb = k.hw.tlb(CpuId(c as u32));
+        if end == FLUSH_ALL {
+            tlb.flush_asid(mm.id);
+        } else if last_level {
+            tlb.flush_range_leaf(mm.id, start, end);
+        } else {
+            tlb.flush_range(mm.id, start, end);
+        }
+    }
+    let pages = if end == FLUSH_ALL { TLB_FLUSH_ALL } else { (end - start) >> k.cfg.geometry.page_shift };
+    k.stats.trace_tlb_flush(me, Stat::TraceLocalMmShootdown, pages);
+    secondary_invalidate(k, mm, start, end);
+}

@@ -1,0 +1,94 @@
+//! The generic profile: CONFIG_MMU_GATHER_NO_RANGE architectures (alpha,
+//! m68k, microblaze, nios2, openrisc), which lack an efficient
+//! `flush_tlb_range`.  Moved here from `tlb/mod.rs`.
+//!
+//! Contract: every flush — of a range, a page or the whole mm — is
+//! `flush_tlb_mm`: an IPI to every other CPU of mm_cpumask plus this one,
+//! each flushing the mm's whole ASID, waited for.  Lazy CPUs are not
+//! special: whoever is in the mask is interrupted.
+//!
+//! The context switch is the x86 one (`super::x86::switch_mm`: PCID slots,
+//! tlb_gen catch-up, lazy TLB), as it has always been here.
+
+use super::{secondary_invalidate, ArchOps, FLUSH_ALL};
+use crate::config::{Arch, KernelVersion};
+use crate::kernel::Kernel;
+use crate::mm::MmStruct;
+use crate::stats::{Stat, TLB_FLUSH_ALL};
+use crate::types::CpuId;
+
+/// The MMU_GATHER_NO_RANGE profile (`Arch::GenericNoRange`).
+pub struct GenericNoRange {
+    kernel: KernelVersion,
+}
+
+impl GenericNoRange {
+    pub fn new(kernel: KernelVersion) -> Self {
+        GenericNoRange { kernel }
+    }
+}
+
+impl ArchOps for GenericNoRange {
+    fn arch(&self) -> Arch {
+        Arch::GenericNoRange
+    }
+    fn kernel(&self) -> KernelVersion {
+        self.kernel
+    }
+
+    fn flush_tlb_mm_range(&self, k: &Kernel, mm: &MmStruct, _start: u64, _end: u64, _stride: u32, _freed: bool) {
+        generic_flush_tlb_mm(k, mm);
+    }
+    fn flush_tlb_mm(&self, k: &Kernel, mm: &MmStruct) {
+        generic_flush_tlb_mm(k, mm);
+    }
+    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, _start: u64, _end: u64, _huge: bool, _freed: bool) {
+        generic_flush_tlb_mm(k, mm);
+    }
+    fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, _addr: u64) {
+        generic_flush_tlb_mm(k, mm);
+    }
+
+    fn switch_mm(&self, k: &Kernel, next: &MmStruct) {
+        super::x86::switch_mm(k, next);
+    }
+    fn switch_to_init_mm(&self, k: &Kernel, cpu: CpuId) {
+        super::x86::switch_to_init_mm(k, cpu);
+    }
+    fn enter_lazy_tlb(&self, k: &Kernel) {
+        super::x86::enter_lazy_tlb(k);
+    }
+}
+
+/// MMU_GATHER_NO_RANGE architectures: flush_tlb_mm by IPI to every CPU of
+/// mm_cpumask (and this CPU), whole address space.
+#[doc(alias = "flush_tlb_mm")]
+pub fn generic_flush_tlb_mm(k: &Kernel, mm: &MmStruct) {
+    let me = k.this_cpu();
+    mm.inc_mm_tlb_gen();
+    let mask = mm.cpumask.snapshot();
+    let mut others = mask;
+    others.clear(me);
+    if !others.is_empty() {
+        k.stats.inc(me, Stat::NrTlbRemoteFlush);
+        k.stats.add(me, Stat::TlbIpiSent, others.iter().filter(|c| c.idx() < k.hw.nr_cpus()).count() as u64);
+        k.stats.trace_tlb_flush(me, Stat::TraceRemoteSendIpi, TLB_FLUSH_ALL);
+    }
+    let func = |cpu: CpuId| {
+        let local = cpu == me;
+        if !local {
+            k.stats.inc(cpu, Stat::IrqTlbCount);
+            k.stats.inc(cpu, Stat::NrTlbRemoteFlushReceived);
+        } else {
+            k.stats.inc(cpu, Stat::NrTlbLocalFlushAll);
+        }
+        k.hw.tlb(cpu).flush_asid(mm.id);
+        k.stats.trace_tlb_flush(
+            cpu,
+            if local { Stat::TraceLocalMmShootdown } else { Stat::TraceRemoteShootdown },
+            TLB_FLUSH_ALL,
+        );
+    };
+    crate::smp::on_each_cpu_mask(&*k.smp, &mask, &func);
+    secondary_invalidate(k, mm, 0, FLUSH_ALL);
+}

@@ -1,0 +1,108 @@
+//! The arch profiles, one room each: what arch/<name>/ of the kernel (its
+//! mm/tlb.c, asm/tlb.h, asm/tlbflush.h, asm/mmu_context.h, asm/pgtable.h)
+//! provides to the generic mm code, behind one seam.
+//!
+//! - `x86.rs`: arch/x86/mm/tlb.c (flush_tlb_mm_range, native_flush_tlb_multi,
+//!   should_flush_tlb, flush_tlb_func; switch_mm_irqs_off, choose_new_asid,
+//!   cpu_tlbstate, lazy TLB), x86's own `tlb_flush`.
+//! - `arm64.rs`: hardware-broadcast TLBI (`__flush_tlb_range`), the generic
+//!   `tlb_flush` on top of it, arm64's `ptep_set_access_flags`.
+//! - `generic.rs`: CONFIG_MMU_GATHER_NO_RANGE (alpha, m68k, ...): every flush
+//!   is `flush_tlb_mm`, the generic `ptep_set_access_flags`.
+//!
+//! Contract: the arch is chosen once, when the `Kernel` is built
+//! (`arch_ops(cfg.arch, cfg.kernel)` → `Kernel::arch`); nothing outside this
+//! folder decides policy by looking at `KernelConfig::arch` (a test scans the
+//! sources for it).  Generic code calls the kernel's names — `tlb::flush_tlb_*`,
+//! `tlb::switch_mm`, `pgtable::ptep_set_access_flags`, `MmuGather::tlb_flush`
+//! — and those hand over to `Kernel::arch`: one trait-object call on a flush,
+//! a context switch or a fault, never on a user access that hits the TLB.
+//! Each profile also carries the kernel release it follows
+//! (`KernelVersion`); only v6.12 exists so far.
+
+pub mod arm64;
+pub mod generic;
+pub mod x86;
+
+use crate::config::{Arch, Fix, KernelVersion};
+use crate::kernel::Kernel;
+use crate::mm::MmStruct;
+use crate::types::CpuId;
+
+/// `TLB_FLUSH_ALL` as an end address.
+pub const FLUSH_ALL: u64 = u64::MAX;
+
+/// What an arch profile provides.  Every method is the kernel function of the
+/// same name (or says which one it is); `k` is the kernel that owns `self`.
+pub trait ArchOps: Send + Sync {
+    /// The profile (`KernelConfig::arch`).
+    fn arch(&self) -> Arch;
+    /// The kernel release the profile follows (`KernelConfig::kernel`).
+    fn kernel(&self) -> KernelVersion;
+
+    // ---- asm/tlbflush.h ---------------------------------------------------
+
+    /// `flush_tlb_mm_range(mm, start, end, stride_shift, freed_tables)`.
+    fn flush_tlb_mm_range(
+        &self,
+        k: &Kernel,
+        mm: &MmStruct,
+        start: u64,
+        end: u64,
+        stride_shift: u32,
+        freed_tables: bool,
+    );
+    /// `flush_tlb_mm(mm)`: the whole address space.
+    fn flush_tlb_mm(&self, k: &Kernel, mm: &MmStruct);
+    /// `flush_tlb_range(vma, start, end)`: `huge` is the VMA's VM_HUGETLB;
+    /// `freed_tables` per 3ef938c35035 when a table is being removed.
+    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool, freed_tables: bool);
+    /// `flush_tlb_page(vma, addr)`.
+    fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, addr: u64);
+
+    // ---- asm/mmu_context.h ------------------------------------------------
+
+    /// `switch_mm(prev, next, tsk)`: run `next` on this CPU.
+    fn switch_mm(&self, k: &Kernel, next: &MmStruct);
+    /// `switch_mm_irqs_off(NULL, &init_mm)` (x86 `leave_mm`): `cpu` stops
+    /// using any user mm.
+    fn switch_to_init_mm(&self, k: &Kernel, cpu: CpuId);
+    /// `enter_lazy_tlb`: this CPU runs a kernel thread / idles, keeping the
+    /// mm loaded.
+    fn enter_lazy_tlb(&self, k: &Kernel);
+}
+
+/// The arch object for `arch` following `kernel`: the one place that maps
+/// `KernelConfig::arch` to code (`Kernel::new` calls it).
+pub fn arch_ops(arch: Arch, kernel: KernelVersion) -> Box<dyn ArchOps> {
+    match arch {
+        Arch::X86 => Box::new(x86::X86::new(kernel)),
+        Arch::Arm64 => Box::new(arm64::Arm64::new(kernel)),
+        Arch::GenericNoRange => Box::new(generic::GenericNoRange::new(kernel)),
+    }
+}
+
+/// `mmu_notifier_arch_invalidate_secondary_tlbs(mm, start, end)`: called from
+/// inside every arch flush (6bbd42e2df8f).  With `Fix::SecondaryTlbOnFlush`
+/// off the arch flush reaches no secondary TLB (pre-6.6: the generic
+/// wrappers in `notifier.rs` did it instead).
+pub fn secondary_invalidate(k: &Kernel, mm: &MmStruct, start: u64, end: u64) {
+    if k.cfg.fixes.on(Fix::SecondaryTlbOnFlush) {
+        crate::notifier::mmu_notifier_arch_invalidate_secondary_tlbs(k, mm, start, end);
+    }
+}
+
+#[cfg(all(test, not(mmemu_loom)))]
+mod tests {
+    use super::*;
+    use crate::config::KernelConfig;
+
+    #[test]
+    fn the_kernel_is_built_with_the_configured_profile() {
+        for arch in Arch::ALL {
+            let k = Kernel::new_sync(KernelConfig { arch, ..KernelConfig::default() }, 1);
+            assert_eq!(k.arch.arch(), arch);
+            assert_eq!(k.arch.kernel(), KernelVersion::V6_12);
+        }
+    }
+}
