@@ -14,8 +14,9 @@
 
 use super::{secondary_invalidate, ArchOps, FLUSH_ALL};
 use crate::config::{Arch, KernelVersion};
+use crate::gather::MmuGather;
 use crate::kernel::Kernel;
-use crate::mm::MmStruct;
+use crate::mm::{MmStruct, Vma};
 use crate::stats::{Stat, TLB_FLUSH_ALL};
 use crate::types::CpuId;
 
@@ -36,6 +37,35 @@ impl ArchOps for Arm64 {
     }
     fn kernel(&self) -> KernelVersion {
         self.kernel
+    }
+
+    /// The asm-generic `tlb_flush` (the real arm64 one, which also skips a
+    /// fullmm flush without freed tables relying on ASID non-reuse, is not
+    /// modelled): `flush_tlb_mm` for fullmm / need_flush_all, else
+    /// `flush_tlb_range` on a fake VMA with the gathered VM_HUGETLB, which
+    /// invalidates the last level only when no table was freed.
+    fn tlb_flush(&self, tlb: &MmuGather<'_>) {
+        let (k, mm) = (tlb.kernel(), tlb.mm());
+        let cpu = k.this_cpu();
+        let (start, end) = tlb.range();
+        if tlb.fullmm() || tlb.need_flush_all() {
+            k.stats.inc(cpu, Stat::TlbFlushFull);
+            self.flush_tlb_mm(k, mm);
+        } else if end != 0 {
+            let (_, vma_huge, _) = tlb.vma_flags();
+            k.stats.inc(cpu, Stat::TlbFlushRanged);
+            self.flush_tlb_range(k, mm, start, end, vma_huge, tlb.freed_tables());
+        }
+    }
+
+    /// The asm-generic one.
+    fn tlb_update_vma_flags(&self, tlb: &mut MmuGather<'_>, vma: &Vma) {
+        tlb.record_vma_flags(vma);
+    }
+
+    /// Not selected.
+    fn mmu_gather_merge_vmas(&self) -> bool {
+        false
     }
 
     /// Last level only unless tables were freed.

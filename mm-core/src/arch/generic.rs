@@ -12,8 +12,9 @@
 
 use super::{secondary_invalidate, ArchOps, FLUSH_ALL};
 use crate::config::{Arch, KernelVersion};
+use crate::gather::MmuGather;
 use crate::kernel::Kernel;
-use crate::mm::MmStruct;
+use crate::mm::{MmStruct, Vma};
 use crate::stats::{Stat, TLB_FLUSH_ALL};
 use crate::types::CpuId;
 
@@ -34,6 +35,25 @@ impl ArchOps for GenericNoRange {
     }
     fn kernel(&self) -> KernelVersion {
         self.kernel
+    }
+
+    /// The asm-generic MMU_GATHER_NO_RANGE `tlb_flush`: `flush_tlb_mm` for
+    /// any non-empty range, fullmm or not.
+    fn tlb_flush(&self, tlb: &MmuGather<'_>) {
+        let (k, mm) = (tlb.kernel(), tlb.mm());
+        if tlb.range().1 != 0 {
+            k.stats.inc(k.this_cpu(), Stat::TlbFlushFull);
+            self.flush_tlb_mm(k, mm);
+        }
+    }
+
+    /// Nothing: the MMU_GATHER_NO_RANGE stub asm-generic/tlb.h had before
+    /// v6.0 (7fb5e5083190 removed it; v6.12 records the flags on every arch).
+    fn tlb_update_vma_flags(&self, _tlb: &mut MmuGather<'_>, _vma: &Vma) {}
+
+    /// Not selected (in v6.12 MMU_GATHER_NO_RANGE selects it: 1e9fdf21a433).
+    fn mmu_gather_merge_vmas(&self) -> bool {
+        false
     }
 
     fn flush_tlb_mm_range(&self, k: &Kernel, mm: &MmStruct, _start: u64, _end: u64, _stride: u32, _freed: bool) {

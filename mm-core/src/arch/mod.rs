@@ -25,8 +25,9 @@ pub mod generic;
 pub mod x86;
 
 use crate::config::{Arch, Fix, KernelVersion};
+use crate::gather::MmuGather;
 use crate::kernel::Kernel;
-use crate::mm::MmStruct;
+use crate::mm::{MmStruct, Vma};
 use crate::types::CpuId;
 
 /// `TLB_FLUSH_ALL` as an end address.
@@ -39,6 +40,19 @@ pub trait ArchOps: Send + Sync {
     fn arch(&self) -> Arch;
     /// The kernel release the profile follows (`KernelConfig::kernel`).
     fn kernel(&self) -> KernelVersion;
+
+    // ---- asm/tlb.h: the mmu_gather's arch hooks ----------------------------
+
+    /// `tlb_flush(tlb)`: invalidate what the gather recorded (its range,
+    /// levels, `freed_tables`; the whole mm for fullmm / need_flush_all), and
+    /// count it (`tlb_flush_ranged` / `tlb_flush_full`).
+    fn tlb_flush(&self, tlb: &MmuGather<'_>);
+    /// `tlb_update_vma_flags(tlb, vma)`, from `tlb_start_vma` and
+    /// `tlb_gather_mmu_vma`.
+    fn tlb_update_vma_flags(&self, tlb: &mut MmuGather<'_>, vma: &Vma);
+    /// CONFIG_MMU_GATHER_MERGE_VMAS: `tlb_end_vma` does not flush (unless a
+    /// VM_PFNMAP VMA was gathered).
+    fn mmu_gather_merge_vmas(&self) -> bool;
 
     // ---- asm/tlbflush.h ---------------------------------------------------
 

@@ -19,8 +19,9 @@
 
 use super::{secondary_invalidate, ArchOps, FLUSH_ALL};
 use crate::config::{Arch, Fix, KernelVersion};
+use crate::gather::MmuGather;
 use crate::kernel::Kernel;
-use crate::mm::MmStruct;
+use crate::mm::{MmStruct, Vma};
 use crate::stats::{Stat, TLB_FLUSH_ALL};
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use crate::types::{CpuId, CpuMask};
@@ -96,6 +97,28 @@ impl ArchOps for X86 {
     }
     fn kernel(&self) -> KernelVersion {
         self.kernel
+    }
+
+    /// arch/x86/include/asm/tlb.h `tlb_flush`: `flush_tlb_mm_range` of the
+    /// gathered range at the unmap stride, or of everything for fullmm /
+    /// need_flush_all.
+    fn tlb_flush(&self, tlb: &MmuGather<'_>) {
+        let (k, mm) = (tlb.kernel(), tlb.mm());
+        let cpu = k.this_cpu();
+        let whole = tlb.fullmm() || tlb.need_flush_all();
+        let (start, end) = if whole { (0, FLUSH_ALL) } else { tlb.range() };
+        k.stats.inc(cpu, if whole { Stat::TlbFlushFull } else { Stat::TlbFlushRanged });
+        flush_tlb_mm_range(k, mm, start, end, tlb.tlb_get_unmap_shift(), tlb.freed_tables());
+    }
+
+    /// The asm-generic one.
+    fn tlb_update_vma_flags(&self, tlb: &mut MmuGather<'_>, vma: &Vma) {
+        tlb.record_vma_flags(vma);
+    }
+
+    /// Not selected.
+    fn mmu_gather_merge_vmas(&self) -> bool {
+        false
     }
 
     fn flush_tlb_mm_range(
