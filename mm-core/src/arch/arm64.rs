@@ -15,10 +15,13 @@
 use super::{secondary_invalidate, ArchOps, FLUSH_ALL};
 use crate::config::{Arch, KernelVersion};
 use crate::gather::MmuGather;
+use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
 use crate::mm::{MmStruct, Vma};
+use crate::pgtable;
 use crate::stats::{Stat, TLB_FLUSH_ALL};
-use crate::types::CpuId;
+use crate::sync::Ordering;
+use crate::types::{CpuId, Pfn};
 
 /// The arm64 profile (`Arch::Arm64`).
 pub struct Arm64 {
@@ -99,6 +102,35 @@ impl ArchOps for Arm64 {
     fn enter_lazy_tlb(&self, k: &Kernel) {
         super::x86::enter_lazy_tlb(k);
     }
+
+    /// arch/arm64/mm/fault.c `__ptep_set_access_flags`: the hardware may set
+    /// A/D concurrently, so merge with a cmpxchg loop keeping the more
+    /// permissive state of both; then `flush_tlb_page` when `dirty` to
+    /// invalidate a stale read-only entry (arm64 may cache permission bits).
+    fn ptep_set_access_flags(&self, k: &Kernel, mm: &MmStruct, table: Pfn, va: u64, entry: Pte, dirty: bool) -> bool {
+        let slot = pgtable::slot(k, table, Level::Pte, va);
+        let old = Pte(slot.load(Ordering::SeqCst));
+        if old == entry {
+            return false;
+        }
+        let keep = Pte::ACCESSED | Pte::DIRTY | Pte::RW;
+        let mut cur = old;
+        loop {
+            let new = Pte(cur.0 | (entry.0 & keep));
+            match slot.compare_exchange(cur.0, new.0, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => break,
+                Err(now) => cur = Pte(now),
+            }
+        }
+        // Invalidate a stale read-only entry.
+        if dirty {
+            self.flush_tlb_page(k, mm, va);
+        }
+        true
+    }
+
+    /// Empty on arm64.
+    fn flush_tlb_fix_spurious_fault(&self, _k: &Kernel, _mm: &MmStruct, _va: u64) {}
 }
 
 /// arm64 `__flush_tlb_range` / `flush_tlb_mm`: TLBI ... IS reaches every

@@ -13,10 +13,13 @@
 use super::{secondary_invalidate, ArchOps, FLUSH_ALL};
 use crate::config::{Arch, KernelVersion};
 use crate::gather::MmuGather;
+use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
 use crate::mm::{MmStruct, Vma};
+use crate::pgtable;
 use crate::stats::{Stat, TLB_FLUSH_ALL};
-use crate::types::CpuId;
+use crate::sync::Ordering;
+use crate::types::{CpuId, Pfn};
 
 /// The MMU_GATHER_NO_RANGE profile (`Arch::GenericNoRange`).
 pub struct GenericNoRange {
@@ -77,6 +80,23 @@ impl ArchOps for GenericNoRange {
     }
     fn enter_lazy_tlb(&self, k: &Kernel) {
         super::x86::enter_lazy_tlb(k);
+    }
+
+    /// mm/pgtable-generic.c: write the PTE if it changed, then
+    /// `flush_tlb_fix_spurious_fault`.
+    fn ptep_set_access_flags(&self, k: &Kernel, mm: &MmStruct, table: Pfn, va: u64, entry: Pte, _dirty: bool) -> bool {
+        let old = Pte(pgtable::slot(k, table, Level::Pte, va).load(Ordering::SeqCst));
+        if old == entry {
+            return false;
+        }
+        pgtable::write(k, table, Level::Pte, va, entry);
+        self.flush_tlb_fix_spurious_fault(k, mm, va);
+        true
+    }
+
+    /// The generic one: `flush_tlb_page`.
+    fn flush_tlb_fix_spurious_fault(&self, k: &Kernel, mm: &MmStruct, va: u64) {
+        self.flush_tlb_page(k, mm, va);
     }
 }
 

@@ -26,9 +26,10 @@ pub mod x86;
 
 use crate::config::{Arch, Fix, KernelVersion};
 use crate::gather::MmuGather;
+use crate::hw::pte::Pte;
 use crate::kernel::Kernel;
 use crate::mm::{MmStruct, Vma};
-use crate::types::CpuId;
+use crate::types::{CpuId, Pfn};
 
 /// `TLB_FLUSH_ALL` as an end address.
 pub const FLUSH_ALL: u64 = u64::MAX;
@@ -84,6 +85,16 @@ pub trait ArchOps: Send + Sync {
     /// `enter_lazy_tlb`: this CPU runs a kernel thread / idles, keeping the
     /// mm loaded.
     fn enter_lazy_tlb(&self, k: &Kernel);
+
+    // ---- asm/pgtable.h: permission upgrades (pgtable/access_flags.rs) ------
+
+    /// `ptep_set_access_flags(vma, address, ptep, entry, dirty)`: install
+    /// `entry` (the same page, same or more permissions) in `table` at `va`;
+    /// the caller holds the PTE table's PTL.  Returns true if the PTE changed.
+    fn ptep_set_access_flags(&self, k: &Kernel, mm: &MmStruct, table: Pfn, va: u64, entry: Pte, dirty: bool) -> bool;
+    /// `flush_tlb_fix_spurious_fault(vma, address, ptep)`: a write fault found
+    /// the PTE already permitting the write.
+    fn flush_tlb_fix_spurious_fault(&self, k: &Kernel, mm: &MmStruct, va: u64);
 }
 
 /// The arch object for `arch` following `kernel`: the one place that maps

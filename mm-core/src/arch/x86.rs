@@ -20,11 +20,13 @@
 use super::{secondary_invalidate, ArchOps, FLUSH_ALL};
 use crate::config::{Arch, Fix, KernelVersion};
 use crate::gather::MmuGather;
+use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
 use crate::mm::{MmStruct, Vma};
+use crate::pgtable;
 use crate::stats::{Stat, TLB_FLUSH_ALL};
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
-use crate::types::{CpuId, CpuMask};
+use crate::types::{CpuId, CpuMask, Pfn};
 
 /// `TLB_NR_DYN_ASIDS`: address spaces whose translations a CPU keeps
 /// across switches (x86 PCID slots).
@@ -160,6 +162,23 @@ impl ArchOps for X86 {
     fn enter_lazy_tlb(&self, k: &Kernel) {
         enter_lazy_tlb(k);
     }
+
+    /// arch/x86/mm/pgtable.c: only a write fault changes the PTE; no flush
+    /// (a write through a stale read-only entry faults, the CPU drops the
+    /// entry and re-walks).
+    fn ptep_set_access_flags(&self, k: &Kernel, _mm: &MmStruct, table: Pfn, va: u64, entry: Pte, dirty: bool) -> bool {
+        let old = Pte(pgtable::slot(k, table, Level::Pte, va).load(Ordering::SeqCst));
+        if old == entry {
+            return false;
+        }
+        if dirty {
+            pgtable::write(k, table, Level::Pte, va, entry);
+        }
+        true
+    }
+
+    /// Empty on x86.
+    fn flush_tlb_fix_spurious_fault(&self, _k: &Kernel, _mm: &MmStruct, _va: u64) {}
 }
 
 /// x86 `switch_mm` → `switch_mm_irqs_off(prev, next)`: run `next` on this
