@@ -72,6 +72,12 @@ pub fn flush_tlb_page(k: &Kernel, mm: &MmStruct, addr: u64) {
     k.arch.flush_tlb_page(k, mm, addr);
 }
 
+/// `flush_pmd_tlb_range(vma, addr, end)`: a PMD leaf was changed.
+#[inline]
+pub fn flush_pmd_tlb_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64) {
+    k.arch.flush_pmd_tlb_range(k, mm, start, end);
+}
+
 /// `flush_tlb_all`-style whole-TLB flush of one CPU (reason TLB_LOCAL_SHOOTDOWN).
 pub fn flush_tlb_local_all(k: &Kernel, cpu: CpuId) {
     k.hw.tlb(cpu).flush_all();

@@ -71,6 +71,12 @@ impl ArchOps for Arm64 {
         false
     }
 
+    /// asm-generic's is `true` (every changed PTE is flushed); modelled as:
+    /// a permission was removed.
+    fn pte_needs_flush(&self, oldpte: Pte, newpte: Pte) -> bool {
+        super::pte_permission_removed(oldpte, newpte)
+    }
+
     /// Last level only unless tables were freed.
     fn flush_tlb_mm_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, _stride: u32, freed_tables: bool) {
         arm64_flush_range(k, mm, start, end, !freed_tables);
@@ -91,6 +97,11 @@ impl ArchOps for Arm64 {
     fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, addr: u64) {
         let ps = k.cfg.geometry.page_size();
         arm64_flush_range(k, mm, addr & !(ps - 1), (addr & !(ps - 1)) + ps, true);
+    }
+
+    /// `flush_pmd_tlb_range`: the range's last level (TLBI VALE1IS).
+    fn flush_pmd_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64) {
+        arm64_flush_range(k, mm, start, end, true);
     }
 
     fn switch_mm(&self, k: &Kernel, next: &MmStruct) {

@@ -59,6 +59,12 @@ impl ArchOps for GenericNoRange {
         false
     }
 
+    /// asm-generic's is `true` (every changed PTE is flushed); modelled as:
+    /// a permission was removed.
+    fn pte_needs_flush(&self, oldpte: Pte, newpte: Pte) -> bool {
+        super::pte_permission_removed(oldpte, newpte)
+    }
+
     fn flush_tlb_mm_range(&self, k: &Kernel, mm: &MmStruct, _start: u64, _end: u64, _stride: u32, _freed: bool) {
         generic_flush_tlb_mm(k, mm);
     }
@@ -69,6 +75,10 @@ impl ArchOps for GenericNoRange {
         generic_flush_tlb_mm(k, mm);
     }
     fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, _addr: u64) {
+        generic_flush_tlb_mm(k, mm);
+    }
+
+    fn flush_pmd_tlb_range(&self, k: &Kernel, mm: &MmStruct, _start: u64, _end: u64) {
         generic_flush_tlb_mm(k, mm);
     }
 

@@ -54,6 +54,9 @@ pub trait ArchOps: Send + Sync {
     /// CONFIG_MMU_GATHER_MERGE_VMAS: `tlb_end_vma` does not flush (unless a
     /// VM_PFNMAP VMA was gathered).
     fn mmu_gather_merge_vmas(&self) -> bool;
+    /// `pte_needs_flush(oldpte, newpte)`: must a PTE changed in place by
+    /// mprotect (`change_pte_range`) be flushed?
+    fn pte_needs_flush(&self, oldpte: Pte, newpte: Pte) -> bool;
 
     // ---- asm/tlbflush.h ---------------------------------------------------
 
@@ -74,6 +77,9 @@ pub trait ArchOps: Send + Sync {
     fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool, freed_tables: bool);
     /// `flush_tlb_page(vma, addr)`.
     fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, addr: u64);
+    /// `flush_pmd_tlb_range(vma, addr, end)`: a PMD leaf (THP) was changed
+    /// (`pmdp_invalidate`).
+    fn flush_pmd_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64);
 
     // ---- asm/mmu_context.h ------------------------------------------------
 
@@ -105,6 +111,13 @@ pub fn arch_ops(arch: Arch, kernel: KernelVersion) -> Box<dyn ArchOps> {
         Arch::Arm64 => Box::new(arm64::Arm64::new(kernel)),
         Arch::GenericNoRange => Box::new(generic::GenericNoRange::new(kernel)),
     }
+}
+
+/// The rule every profile's `pte_needs_flush` follows today: flush only when
+/// a permission (write, user access) was taken away — a stale entry with
+/// fewer permissions just faults and the MMU re-walks.
+pub fn pte_permission_removed(oldpte: Pte, newpte: Pte) -> bool {
+    (oldpte.write() && !newpte.write()) || (oldpte.user() && !newpte.user())
 }
 
 /// `mmu_notifier_arch_invalidate_secondary_tlbs(mm, start, end)`: called from

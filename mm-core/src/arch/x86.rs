@@ -123,6 +123,12 @@ impl ArchOps for X86 {
         false
     }
 
+    /// arch/x86/include/asm/tlbflush.h has its own (flags that need a flush
+    /// when changed, set or cleared); modelled as: a permission was removed.
+    fn pte_needs_flush(&self, oldpte: Pte, newpte: Pte) -> bool {
+        super::pte_permission_removed(oldpte, newpte)
+    }
+
     fn flush_tlb_mm_range(
         &self,
         k: &Kernel,
@@ -151,6 +157,12 @@ impl ArchOps for X86 {
     fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, addr: u64) {
         let ps = k.cfg.geometry.page_size();
         self.flush_tlb_range(k, mm, addr & !(ps - 1), (addr & !(ps - 1)) + ps, false, false);
+    }
+
+    /// x86 `flush_pmd_tlb_range`: `flush_tlb_mm_range(mm, addr, end,
+    /// PMD_SHIFT, false)`.
+    fn flush_pmd_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64) {
+        flush_tlb_mm_range(k, mm, start, end, k.cfg.geometry.level_shift(Level::Pmd), false);
     }
 
     fn switch_mm(&self, k: &Kernel, next: &MmStruct) {
