@@ -114,6 +114,17 @@ impl ArchOps for Arm64 {
         super::x86::enter_lazy_tlb(k);
     }
 
+    /// No IPI counters: a broadcast TLBI interrupts nobody.
+    fn stats(&self) -> &'static [Stat] {
+        &[
+            Stat::Arm64BroadcastTlbi,
+            Stat::TraceLocalMmShootdown,
+            Stat::TraceOnTaskSwitch,
+            Stat::TlbFlushRanged,
+            Stat::TlbFlushFull,
+        ]
+    }
+
     /// arch/arm64/mm/fault.c `__ptep_set_access_flags`: the hardware may set
     /// A/D concurrently, so merge with a cmpxchg loop keeping the more
     /// permissive state of both; then `flush_tlb_page` when `dirty` to

@@ -92,6 +92,22 @@ impl ArchOps for GenericNoRange {
         super::x86::enter_lazy_tlb(k);
     }
 
+    /// Every `tlb_flush` is a full one.
+    fn stats(&self) -> &'static [Stat] {
+        &[
+            Stat::NrTlbRemoteFlush,
+            Stat::NrTlbRemoteFlushReceived,
+            Stat::NrTlbLocalFlushAll,
+            Stat::IrqTlbCount,
+            Stat::TlbIpiSent,
+            Stat::TraceOnTaskSwitch,
+            Stat::TraceRemoteShootdown,
+            Stat::TraceLocalMmShootdown,
+            Stat::TraceRemoteSendIpi,
+            Stat::TlbFlushFull,
+        ]
+    }
+
     /// mm/pgtable-generic.c: write the PTE if it changed, then
     /// `flush_tlb_fix_spurious_fault`.
     fn ptep_set_access_flags(&self, k: &Kernel, mm: &MmStruct, table: Pfn, va: u64, entry: Pte, _dirty: bool) -> bool {

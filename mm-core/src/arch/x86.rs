@@ -175,6 +175,25 @@ impl ArchOps for X86 {
         enter_lazy_tlb(k);
     }
 
+    fn stats(&self) -> &'static [Stat] {
+        &[
+            Stat::NrTlbRemoteFlush,
+            Stat::NrTlbRemoteFlushReceived,
+            Stat::NrTlbLocalFlushAll,
+            Stat::NrTlbLocalFlushOne,
+            Stat::IrqTlbCount,
+            Stat::TlbIpiSent,
+            Stat::TraceOnTaskSwitch,
+            Stat::TraceRemoteShootdown,
+            Stat::TraceLocalMmShootdown,
+            Stat::TraceRemoteSendIpi,
+            Stat::LazySwitchToInitMm,
+            Stat::CpumaskTrimmed,
+            Stat::TlbFlushRanged,
+            Stat::TlbFlushFull,
+        ]
+    }
+
     /// arch/x86/mm/pgtable.c: only a write fault changes the PTE; no flush
     /// (a write through a stale read-only entry faults, the CPU drops the
     /// entry and re-walks).
