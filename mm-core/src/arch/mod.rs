@@ -1,4 +1,4 @@
-//! The arch profiles, one room each: what arch/<name>/ of the kernel (its
+//! The arch profiles, one room each: what `arch/<name>/` of the kernel (its
 //! mm/tlb.c, asm/tlb.h, asm/tlbflush.h, asm/mmu_context.h, asm/pgtable.h)
 //! provides to the generic mm code, behind one seam.
 //!
