@@ -35,11 +35,14 @@ const CONFIGURATION_SHAPES: &[&str] = &["ArchReq::Default(Arch::", "ArchReq::Req
 const CONFIGURATION: &[(&str, &str)] = &[
     // The §2 race driver runs on the arm64 profile, whatever it was given.
     ("khugepaged_gup.rs", "p.kcfg.arch = Arch::Arm64;"),
+    ("khugepaged_gup.rs", "kcfg.arch = Arch::Arm64;"),
     // Race drivers refusing a profile they do not model (like ArchReq::Requires).
     ("iommu_sva.rs", "if p.kcfg.arch != Arch::Arm64 {"),
     ("lazy_tlb.rs", "if p.kcfg.arch != Arch::X86 {"),
-    // `mmemu list` printing a scenario's ArchReq (default / required).
+    // `mmemu list` printing a scenario's ArchReq (default / required); the
+    // second is where main's workloads-structure merge put it.
     ("cli.rs", "let arch = match s.arch {"),
+    ("output.rs", "let arch = match s.arch {"),
 ];
 
 fn workspace() -> PathBuf {
