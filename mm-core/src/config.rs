@@ -43,6 +43,24 @@ impl FromStr for Arch {
     }
 }
 
+/// The kernel release an arch profile follows (`KernelConfig::kernel`), given
+/// to the arch object when the `Kernel` is built (`arch::arch_ops`).
+///
+/// Only v6.12 exists so far: every profile behaves as the port always has.
+/// A later version is a profile of its own, decided inside `arch/`; what the
+/// first one (v6.18, the host's) will change, on x86: `switch_mm_irqs_off`
+/// leaves mm_cpumask set lazily and `flush_tlb_func` clears it only for a
+/// CPU that has really switched away; `should_flush_tlb` reads the target's
+/// `loaded_mm` (a CPU running another mm is skipped even with
+/// `freed_tables`); the trace reason `TLB_REMOTE_WRONG_CPU`; and x86 selects
+/// MMU_GATHER_RCU_TABLE_FREE unconditionally (v6.15, a37259732a7d).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+pub enum KernelVersion {
+    /// Linux v6.12.y (the port's reference, with 8ce720d5bd91).
+    #[default]
+    V6_12,
+}
+
 /// The historical fixes, one switch each (DESIGN.md "Fixes as switches").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Fix {
@@ -239,6 +257,8 @@ impl TlbShape {
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelConfig {
     pub arch: Arch,
+    /// The kernel release the arch profile follows.
+    pub kernel: KernelVersion,
     pub geometry: Geometry,
     pub tlb: TlbShape,
     /// Emulated RAM in page frames.
@@ -291,6 +311,7 @@ impl Default for KernelConfig {
     fn default() -> Self {
         Self {
             arch: Arch::X86,
+            kernel: KernelVersion::V6_12,
             geometry: Geometry::X86_64,
             tlb: TlbShape::DEFAULT,
             ram_frames: 1 << 14,
@@ -315,6 +336,21 @@ impl KernelConfig {
     }
 
     /// Check the values make sense; the message says what is wrong and what is allowed.
+    ///
+    /// No arch × option pairing is refused, because some kernel built each.
+    /// The `#error`s of include/asm-generic/tlb.h — an arch's own
+    /// `tlb_needs_table_invalidate()` without MMU_GATHER_RCU_TABLE_FREE, an
+    /// MMU_GATHER_NO_RANGE arch with its own `tlb_flush()` — constrain an
+    /// arch's code, which the profiles in `arch/` fix (none overrides
+    /// `tlb_needs_table_invalidate`; `generic` has the NO_RANGE `tlb_flush`),
+    /// not an option here.  `rcu_table_free`: x86 selects
+    /// MMU_GATHER_RCU_TABLE_FREE only `if PARAVIRT` before v6.15
+    /// (a37259732a7d); arm64 did not select it before Steve Capper's 2014
+    /// fast_gup series (the §1 bug `gup-table-free` shows on arm64 with it
+    /// off); nothing ties it to MMU_GATHER_NO_RANGE.  v6.12's arm64 selects
+    /// it unconditionally, so `arm64` with it off is an older arm64 under
+    /// the v6.12 profile: refusing that waits for a `KernelVersion` that can
+    /// name the older release.
     pub fn validate(&self) -> Result<(), String> {
         let g = self.geometry;
         if !(1..=9).contains(&g.pt_bits) {
@@ -337,5 +373,20 @@ impl KernelConfig {
             return Err("tlb_single_page_flush_ceiling must be ≥ 1".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_arch_with_either_table_free_is_a_kernel_that_was_built() {
+        for arch in Arch::ALL {
+            for rcu_table_free in [false, true] {
+                let c = KernelConfig { arch, rcu_table_free, ..KernelConfig::default() };
+                assert_eq!(c.validate(), Ok(()), "{arch:?} rcu_table_free={rcu_table_free}");
+            }
+        }
     }
 }

@@ -5,6 +5,8 @@
 //! handling (`Kernel::{user_access, read_user, write_user}`) are in
 //! `ops::uaccess`, beside the fault path they take.
 
+use crate::arch::x86::CpuTlbState;
+use crate::arch::ArchOps;
 use crate::check::sanitizer::{Sanitizer, Violation, ViolationKind};
 use crate::config::KernelConfig;
 use crate::hw::mmu::Hw;
@@ -16,11 +18,13 @@ use crate::rcu::{Rcu, RcuReadGuard};
 use crate::smp::{IrqFlags, Smp};
 use crate::stats::Stats;
 use crate::sync::{Arc, AtomicU64, Ordering};
-use crate::tlb::CpuTlbState;
 use crate::types::{CpuId, Pfn};
 
 pub struct Kernel {
     pub cfg: KernelConfig,
+    /// The arch profile (`arch/`), chosen here once from `cfg.arch` and
+    /// `cfg.kernel`: the flush, context-switch and PTE-upgrade policy.
+    pub arch: Box<dyn ArchOps>,
     pub hw: Hw,
     pub mem: MemMap,
     pub alloc: PageAllocator,
@@ -28,7 +32,8 @@ pub struct Kernel {
     pub stats: Stats,
     pub rcu: Rcu,
     pub smp: Box<dyn Smp>,
-    /// x86 `cpu_tlbstate` / `cpu_tlbstate_shared`, per CPU.
+    /// x86 `cpu_tlbstate` / `cpu_tlbstate_shared`, per CPU (every profile's
+    /// context switch keeps it today; the sanitizer reads it).
     pub cpus: Box<[CpuTlbState]>,
     /// GUP oracle: mapping history per (mm, va) (`check::gup_oracle`).
     pub gup_oracle: crate::check::gup_oracle::GupOracle,
@@ -64,6 +69,7 @@ impl Kernel {
         }
         let n = cfg.nr_cpus;
         Ok(Arc::new(Kernel {
+            arch: crate::arch::arch_ops(cfg.arch, cfg.kernel),
             hw: Hw::new(cfg.geometry, cfg.tlb, cfg.ram_frames, n),
             mem: MemMap::new(cfg.ram_frames),
             alloc: PageAllocator::new(cfg.ram_frames, n).with_debug_vm(cfg.debug_vm),

@@ -1,7 +1,8 @@
 //! mm-core: the model.  Emulated MMU hardware (`hw`) and a port of the Linux
 //! kernel's TLB-invalidation machinery: the mmu_gather (`gather`), page-table
-//! freeing through RCU (`rcu`), the arch flush policies (`tlb`), and the
-//! single-address-space operations that run through them (`ops`).
+//! freeing through RCU (`rcu`), the arch flush policies (`arch`, reached
+//! through the kernel's names in `tlb`), and the single-address-space
+//! operations that run through them (`ops`).
 //!
 //! What watches the model is not kernel code: the checkers (`check`:
 //! sanitizer, oracles, consistency) and the hooks and test knobs that
@@ -16,6 +17,7 @@
 //! pages and page tables (tables after an RCU grace period or a synchronous
 //! IPI).  The sanitizer (frame generations) catches every violation.
 
+pub mod arch;
 pub mod check;
 pub mod config;
 pub mod debug_vm;
@@ -36,6 +38,6 @@ pub mod sync;
 pub mod tlb;
 pub mod types;
 
-pub use config::{Arch, Fix, Fixes, Geometry, KernelConfig};
+pub use config::{Arch, Fix, Fixes, Geometry, KernelConfig, KernelVersion};
 pub use kernel::Kernel;
 pub use types::{CpuId, CpuMask, Pfn};

@@ -34,20 +34,23 @@
 //!
 //! # Options
 //!
-//! - Arch (`KernelConfig::arch`): x86 `tlb_flush` → `flush_tlb_mm_range`
-//!   (whole mm when fullmm / need_flush_all); arm64 uses the generic
-//!   `tlb_flush` (fullmm / need_flush_all → `flush_tlb_mm`, else a range with
-//!   `freed_tables`, so arm64 invalidates the last level only when no table
-//!   was freed; the real arm64 `tlb_flush` also skips the fullmm flush without
-//!   freed tables relying on ASID non-reuse — not modelled); GenericNoRange
-//!   (MMU_GATHER_NO_RANGE) → `flush_tlb_mm` for any non-empty gather.
+//! - Arch (`Kernel::arch`, `arch/`): `tlb_flush`, `tlb_update_vma_flags` and
+//!   whether MMU_GATHER_MERGE_VMAS is selected are the profile's.  x86
+//!   `tlb_flush` → `flush_tlb_mm_range` (whole mm when fullmm /
+//!   need_flush_all); arm64 uses the generic `tlb_flush` (fullmm /
+//!   need_flush_all → `flush_tlb_mm`, else a range with `freed_tables`, so
+//!   arm64 invalidates the last level only when no table was freed; the real
+//!   arm64 `tlb_flush` also skips the fullmm flush without freed tables
+//!   relying on ASID non-reuse — not modelled); GenericNoRange
+//!   (MMU_GATHER_NO_RANGE) → `flush_tlb_mm` for any non-empty gather, and
+//!   keeps no VMA flags.
 //! - `rcu_table_free`: tables go through `call_rcu`; off: freed right after
 //!   the invalidating flush, and `tlb_remove_table_sync_one` is a no-op.
 //! - `init_on_free`: the free chunk cap counts pages, not entries.
 //! - Fixes: `DelayRmap` (`tlb_delay_rmap`), `FolioPagesBatching` (off: a
 //!   folio fragment takes one slot per page), `NestedFlushDetect` (off:
 //!   `tlb_finish_mmu` trusts its own range).
-//! - `MMU_GATHER_MERGE_VMAS` is not selected (only s390 does), so
+//! - `MMU_GATHER_MERGE_VMAS` is selected by no profile (s390 selects it), so
 //!   `tlb_end_vma` always flushes the TLB (`vma_pfn` would force it anyway).
 
 pub mod batch;
@@ -64,7 +67,7 @@ pub use encoded_page::{
 };
 pub use table_free::tlb_remove_table_sync_one;
 
-use crate::config::{Arch, Fix};
+use crate::config::Fix;
 use crate::debug_vm::{vm_bug_on, vm_warn_on};
 use crate::hw::pte::Level;
 use crate::kernel::Kernel;
@@ -73,9 +76,6 @@ use crate::page::alloc::PageKind;
 use crate::stats::Stat;
 use crate::tlb::FLUSH_ALL;
 use crate::types::Pfn;
-
-/// CONFIG_MMU_GATHER_MERGE_VMAS (selected by s390 only): off here.
-pub const MMU_GATHER_MERGE_VMAS: bool = false;
 
 /// Index of the on-stack `local` batch in `MmuGather::batches`.
 const LOCAL: usize = 0;
@@ -345,11 +345,16 @@ impl<'a> MmuGather<'a> {
 
     // ---- VMAs -----------------------------------------------------------
 
-    /// `tlb_update_vma_flags` (a no-op on MMU_GATHER_NO_RANGE).
+    /// `tlb_update_vma_flags`: the arch's (`ArchOps::tlb_update_vma_flags`:
+    /// `record_vma_flags`, or nothing on MMU_GATHER_NO_RANGE).
     fn tlb_update_vma_flags(&mut self, vma: &Vma) {
-        if self.k.cfg.arch == Arch::GenericNoRange {
-            return;
-        }
+        let k = self.k;
+        k.arch.tlb_update_vma_flags(self, vma);
+    }
+
+    /// The asm-generic `tlb_update_vma_flags` body: remember the VMA's
+    /// VM_HUGETLB, VM_EXEC and VM_PFNMAP for `tlb_flush` and `tlb_end_vma`.
+    pub(crate) fn record_vma_flags(&mut self, vma: &Vma) {
         self.vma_huge = vma.is_hugetlb();
         self.vma_exec = vma.flags & vm::VM_EXEC != 0;
         self.vma_pfn = vma.flags & vm::VM_PFNMAP != 0;
@@ -365,12 +370,13 @@ impl<'a> MmuGather<'a> {
 
     /// `tlb_end_vma`: flush at the VMA boundary (so the range does not grow
     /// over the gap to the next VMA); VM_PFNMAP forces it even with
-    /// MMU_GATHER_MERGE_VMAS (no mapcount protects those PFNs).
+    /// MMU_GATHER_MERGE_VMAS (`ArchOps::mmu_gather_merge_vmas`; no mapcount
+    /// protects those PFNs).
     pub fn tlb_end_vma(&mut self, _vma: &Vma) {
         if self.fullmm {
             return;
         }
-        if self.vma_pfn || !MMU_GATHER_MERGE_VMAS {
+        if self.vma_pfn || !self.k.arch.mmu_gather_merge_vmas() {
             self.tlb_flush_mmu_tlbonly();
         }
     }
@@ -606,34 +612,11 @@ impl<'a> MmuGather<'a> {
 
     // ---- flushing -------------------------------------------------------
 
-    /// Arch `tlb_flush` (KERNEL-MAP §5).
+    /// `tlb_flush`: the arch's (`ArchOps::tlb_flush`, KERNEL-MAP §5) —
+    /// x86's own, the generic range-based one (arm64), or the
+    /// MMU_GATHER_NO_RANGE one.
     fn tlb_flush(&mut self) {
-        let (k, mm) = (self.k, self.mm);
-        let cpu = k.this_cpu();
-        let whole = self.fullmm || self.need_flush_all;
-        match k.cfg.arch {
-            Arch::X86 => {
-                let (start, end) = if whole { (0, FLUSH_ALL) } else { (self.start, self.end) };
-                k.stats.inc(cpu, if whole { Stat::TlbFlushFull } else { Stat::TlbFlushRanged });
-                crate::tlb::flush_tlb_mm_range(k, mm, start, end, self.tlb_get_unmap_shift(), self.freed_tables);
-            }
-            Arch::Arm64 => {
-                if whole {
-                    k.stats.inc(cpu, Stat::TlbFlushFull);
-                    crate::tlb::flush_tlb_mm(k, mm);
-                } else if self.end != 0 {
-                    // flush_tlb_range on a fake VMA with the exec/huge bits.
-                    k.stats.inc(cpu, Stat::TlbFlushRanged);
-                    crate::tlb::flush_tlb_range(k, mm, self.start, self.end, self.vma_huge, self.freed_tables);
-                }
-            }
-            Arch::GenericNoRange => {
-                if self.end != 0 {
-                    k.stats.inc(cpu, Stat::TlbFlushFull);
-                    crate::tlb::flush_tlb_mm(k, mm);
-                }
-            }
-        }
+        self.k.arch.tlb_flush(self);
     }
 
     fn needs_tlb_flush(&self) -> bool {

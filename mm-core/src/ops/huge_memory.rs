@@ -103,7 +103,7 @@ pub fn __split_huge_pmd(k: &Kernel, mm: &MmStruct, _vma: &Vma, pmd_table: Pfn, a
     // pmdp_invalidate: the huge entry must be gone from every TLB before
     // the PTEs that replace it become visible.
     let old = pgtable::get_and_clear(k, pmd_table, Level::Pmd, haddr);
-    crate::tlb::flush_tlb_range(k, mm, haddr, haddr + g.pmd_size(), true, false);
+    crate::tlb::flush_pmd_tlb_range(k, mm, haddr, haddr + g.pmd_size());
     let folio = k.mem.page_folio(old.pfn());
     let pgtable = pgtable_trans_huge_withdraw(mm, haddr);
     // Each PTE holds a reference: the PMD's one plus HPAGE_PMD_NR - 1.

@@ -4,7 +4,8 @@
 //! Contract: a PTE that loses a permission is recorded in the gather
 //! (`tlb_flush_pte_range`) and flushed before mprotect returns; adding a
 //! permission needs no flush (a stale, weaker entry just faults and the MMU
-//! re-walks).  PROT_NONE is modelled by clearing the user bit while keeping
+//! re-walks).  The arch decides (`pte_needs_flush`, `arch/`); every profile
+//! follows that rule today.  PROT_NONE is modelled by clearing the user bit while keeping
 //! the page mapped (x86 uses _PAGE_PROTNONE the same way).
 
 use super::mmap::{check_range, MmError};
@@ -102,8 +103,7 @@ fn change_pte_range(k: &Kernel, tlb: &mut MmuGather<'_>, vma: &Vma, table: crate
             }
             match slot.compare_exchange(cur.0, new.0, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => {
-                    // pte_needs_flush: a permission was taken away.
-                    if (cur.write() && !new.write()) || (cur.user() && !new.user()) {
+                    if k.arch.pte_needs_flush(cur, new) {
                         tlb.tlb_flush_pte_range(a, ps);
                     }
                     break;

@@ -1,6 +1,7 @@
 //! Arch PTE permission upgrades: `ptep_set_access_flags` and
 //! `flush_tlb_fix_spurious_fault` (mm/pgtable-generic.c, arch/x86/mm/pgtable.c,
-//! arch/arm64/mm/fault.c).
+//! arch/arm64/mm/fault.c).  The per-arch code moved to `arch/x86.rs`,
+//! `arch/arm64.rs` and `arch/generic.rs`; these hand over to `Kernel::arch`.
 //!
 //! Contract: `ptep_set_access_flags(.., entry, dirty)` installs `entry` — the
 //! same page with the same or *more* permissions (young, dirty, writable) —
@@ -18,61 +19,22 @@
 //! commit it did not reach secondary TLBs, so an SMMU holding the read-only
 //! translation faulted forever.
 
-use crate::config::Arch;
-use crate::hw::pte::{Level, Pte};
+use crate::hw::pte::Pte;
 use crate::kernel::Kernel;
 use crate::mm::MmStruct;
-use crate::pgtable;
 use crate::types::Pfn;
 
 /// `ptep_set_access_flags(vma, address, ptep, entry, dirty)`; the caller
 /// holds the PTE table's PTL.  Returns true if the PTE changed.
+#[inline]
 pub fn ptep_set_access_flags(k: &Kernel, mm: &MmStruct, table: Pfn, va: u64, entry: Pte, dirty: bool) -> bool {
-    let slot = pgtable::slot(k, table, Level::Pte, va);
-    let old = Pte(slot.load(crate::sync::Ordering::SeqCst));
-    if old == entry {
-        return false;
-    }
-    match k.cfg.arch {
-        Arch::X86 => {
-            // Only a write fault changes it; no flush (x86 re-walks on fault).
-            if !dirty {
-                return true;
-            }
-            pgtable::write(k, table, Level::Pte, va, entry);
-        }
-        Arch::Arm64 => {
-            // The hardware may set A/D concurrently: merge with a cmpxchg loop,
-            // keeping the more permissive state of both.
-            let keep = Pte::ACCESSED | Pte::DIRTY | Pte::RW;
-            let mut cur = old;
-            loop {
-                let new = Pte(cur.0 | (entry.0 & keep));
-                match slot.compare_exchange(cur.0, new.0, crate::sync::Ordering::SeqCst, crate::sync::Ordering::SeqCst)
-                {
-                    Ok(_) => break,
-                    Err(now) => cur = Pte(now),
-                }
-            }
-            // Invalidate a stale read-only entry.
-            if dirty {
-                crate::tlb::flush_tlb_page(k, mm, va);
-            }
-        }
-        Arch::GenericNoRange => {
-            pgtable::write(k, table, Level::Pte, va, entry);
-            flush_tlb_fix_spurious_fault(k, mm, va);
-        }
-    }
-    true
+    k.arch.ptep_set_access_flags(k, mm, table, va, entry, dirty)
 }
 
 /// `flush_tlb_fix_spurious_fault(vma, address, ptep)`: a write fault found
 /// the PTE already permitting the write.  Empty on x86 and arm64;
 /// `flush_tlb_page` elsewhere.
+#[inline]
 pub fn flush_tlb_fix_spurious_fault(k: &Kernel, mm: &MmStruct, va: u64) {
-    match k.cfg.arch {
-        Arch::X86 | Arch::Arm64 => {}
-        Arch::GenericNoRange => crate::tlb::flush_tlb_page(k, mm, va),
-    }
+    k.arch.flush_tlb_fix_spurious_fault(k, mm, va);
 }

@@ -1,0 +1,160 @@
+//! The generic profile: CONFIG_MMU_GATHER_NO_RANGE architectures (alpha,
+//! m68k, microblaze, nios2, openrisc), which lack an efficient
+//! `flush_tlb_range`.  Moved here from `tlb/mod.rs`.
+//!
+//! Contract: every flush — of a range, a page or the whole mm — is
+//! `flush_tlb_mm`: an IPI to every other CPU of mm_cpumask plus this one,
+//! each flushing the mm's whole ASID, waited for.  Lazy CPUs are not
+//! special: whoever is in the mask is interrupted.
+//!
+//! The context switch is the x86 one (`super::x86::switch_mm`: PCID slots,
+//! tlb_gen catch-up, lazy TLB), as it has always been here.
+
+use super::{secondary_invalidate, ArchOps, FLUSH_ALL};
+use crate::config::{Arch, KernelVersion};
+use crate::gather::MmuGather;
+use crate::hw::pte::{Level, Pte};
+use crate::kernel::Kernel;
+use crate::mm::{MmStruct, Vma};
+use crate::pgtable;
+use crate::stats::{Stat, TLB_FLUSH_ALL};
+use crate::sync::Ordering;
+use crate::types::{CpuId, Pfn};
+
+/// The MMU_GATHER_NO_RANGE profile (`Arch::GenericNoRange`).
+pub struct GenericNoRange {
+    kernel: KernelVersion,
+}
+
+impl GenericNoRange {
+    pub fn new(kernel: KernelVersion) -> Self {
+        GenericNoRange { kernel }
+    }
+}
+
+impl ArchOps for GenericNoRange {
+    fn arch(&self) -> Arch {
+        Arch::GenericNoRange
+    }
+    fn kernel(&self) -> KernelVersion {
+        self.kernel
+    }
+
+    /// The asm-generic MMU_GATHER_NO_RANGE `tlb_flush`: `flush_tlb_mm` for
+    /// any non-empty range, fullmm or not.
+    fn tlb_flush(&self, tlb: &MmuGather<'_>) {
+        let (k, mm) = (tlb.kernel(), tlb.mm());
+        if tlb.range().1 != 0 {
+            k.stats.inc(k.this_cpu(), Stat::TlbFlushFull);
+            self.flush_tlb_mm(k, mm);
+        }
+    }
+
+    /// Nothing: the MMU_GATHER_NO_RANGE stub asm-generic/tlb.h had before
+    /// v6.0 (7fb5e5083190 removed it; v6.12 records the flags on every arch).
+    fn tlb_update_vma_flags(&self, _tlb: &mut MmuGather<'_>, _vma: &Vma) {}
+
+    /// Not selected (in v6.12 MMU_GATHER_NO_RANGE selects it: 1e9fdf21a433).
+    fn mmu_gather_merge_vmas(&self) -> bool {
+        false
+    }
+
+    /// asm-generic's is `true` (every changed PTE is flushed); modelled as:
+    /// a permission was removed.
+    fn pte_needs_flush(&self, oldpte: Pte, newpte: Pte) -> bool {
+        super::pte_permission_removed(oldpte, newpte)
+    }
+
+    fn flush_tlb_mm_range(&self, k: &Kernel, mm: &MmStruct, _start: u64, _end: u64, _stride: u32, _freed: bool) {
+        generic_flush_tlb_mm(k, mm);
+    }
+    fn flush_tlb_mm(&self, k: &Kernel, mm: &MmStruct) {
+        generic_flush_tlb_mm(k, mm);
+    }
+    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, _start: u64, _end: u64, _huge: bool, _freed: bool) {
+        generic_flush_tlb_mm(k, mm);
+    }
+    fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, _addr: u64) {
+        generic_flush_tlb_mm(k, mm);
+    }
+
+    fn flush_pmd_tlb_range(&self, k: &Kernel, mm: &MmStruct, _start: u64, _end: u64) {
+        generic_flush_tlb_mm(k, mm);
+    }
+
+    fn switch_mm(&self, k: &Kernel, next: &MmStruct) {
+        super::x86::switch_mm(k, next);
+    }
+    fn switch_to_init_mm(&self, k: &Kernel, cpu: CpuId) {
+        super::x86::switch_to_init_mm(k, cpu);
+    }
+    fn enter_lazy_tlb(&self, k: &Kernel) {
+        super::x86::enter_lazy_tlb(k);
+    }
+
+    /// Every `tlb_flush` is a full one.
+    fn stats(&self) -> &'static [Stat] {
+        &[
+            Stat::NrTlbRemoteFlush,
+            Stat::NrTlbRemoteFlushReceived,
+            Stat::NrTlbLocalFlushAll,
+            Stat::IrqTlbCount,
+            Stat::TlbIpiSent,
+            Stat::TraceOnTaskSwitch,
+            Stat::TraceRemoteShootdown,
+            Stat::TraceLocalMmShootdown,
+            Stat::TraceRemoteSendIpi,
+            Stat::TlbFlushFull,
+        ]
+    }
+
+    /// mm/pgtable-generic.c: write the PTE if it changed, then
+    /// `flush_tlb_fix_spurious_fault`.
+    fn ptep_set_access_flags(&self, k: &Kernel, mm: &MmStruct, table: Pfn, va: u64, entry: Pte, _dirty: bool) -> bool {
+        let old = Pte(pgtable::slot(k, table, Level::Pte, va).load(Ordering::SeqCst));
+        if old == entry {
+            return false;
+        }
+        pgtable::write(k, table, Level::Pte, va, entry);
+        self.flush_tlb_fix_spurious_fault(k, mm, va);
+        true
+    }
+
+    /// The generic one: `flush_tlb_page`.
+    fn flush_tlb_fix_spurious_fault(&self, k: &Kernel, mm: &MmStruct, va: u64) {
+        self.flush_tlb_page(k, mm, va);
+    }
+}
+
+/// MMU_GATHER_NO_RANGE architectures: flush_tlb_mm by IPI to every CPU of
+/// mm_cpumask (and this CPU), whole address space.
+#[doc(alias = "flush_tlb_mm")]
+pub fn generic_flush_tlb_mm(k: &Kernel, mm: &MmStruct) {
+    let me = k.this_cpu();
+    mm.inc_mm_tlb_gen();
+    let mask = mm.cpumask.snapshot();
+    let mut others = mask;
+    others.clear(me);
+    if !others.is_empty() {
+        k.stats.inc(me, Stat::NrTlbRemoteFlush);
+        k.stats.add(me, Stat::TlbIpiSent, others.iter().filter(|c| c.idx() < k.hw.nr_cpus()).count() as u64);
+        k.stats.trace_tlb_flush(me, Stat::TraceRemoteSendIpi, TLB_FLUSH_ALL);
+    }
+    let func = |cpu: CpuId| {
+        let local = cpu == me;
+        if !local {
+            k.stats.inc(cpu, Stat::IrqTlbCount);
+            k.stats.inc(cpu, Stat::NrTlbRemoteFlushReceived);
+        } else {
+            k.stats.inc(cpu, Stat::NrTlbLocalFlushAll);
+        }
+        k.hw.tlb(cpu).flush_asid(mm.id);
+        k.stats.trace_tlb_flush(
+            cpu,
+            if local { Stat::TraceLocalMmShootdown } else { Stat::TraceRemoteShootdown },
+            TLB_FLUSH_ALL,
+        );
+    };
+    crate::smp::on_each_cpu_mask(&*k.smp, &mask, &func);
+    secondary_invalidate(k, mm, 0, FLUSH_ALL);
+}

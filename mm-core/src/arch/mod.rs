@@ -1,0 +1,142 @@
+//! The arch profiles, one room each: what `arch/<name>/` of the kernel (its
+//! mm/tlb.c, asm/tlb.h, asm/tlbflush.h, asm/mmu_context.h, asm/pgtable.h)
+//! provides to the generic mm code, behind one seam.
+//!
+//! - `x86.rs`: arch/x86/mm/tlb.c (flush_tlb_mm_range, native_flush_tlb_multi,
+//!   should_flush_tlb, flush_tlb_func; switch_mm_irqs_off, choose_new_asid,
+//!   cpu_tlbstate, lazy TLB), x86's own `tlb_flush`.
+//! - `arm64.rs`: hardware-broadcast TLBI (`__flush_tlb_range`), the generic
+//!   `tlb_flush` on top of it, arm64's `ptep_set_access_flags`.
+//! - `generic.rs`: CONFIG_MMU_GATHER_NO_RANGE (alpha, m68k, ...): every flush
+//!   is `flush_tlb_mm`, the generic `ptep_set_access_flags`.
+//!
+//! Contract: the arch is chosen once, when the `Kernel` is built
+//! (`arch_ops(cfg.arch, cfg.kernel)` → `Kernel::arch`); nothing outside this
+//! folder decides policy by looking at `KernelConfig::arch` (a test scans the
+//! sources for it).  Generic code calls the kernel's names — `tlb::flush_tlb_*`,
+//! `tlb::switch_mm`, `pgtable::ptep_set_access_flags`, `MmuGather::tlb_flush`
+//! — and those hand over to `Kernel::arch`: one trait-object call on a flush,
+//! a context switch or a fault, never on a user access that hits the TLB.
+//! Each profile also carries the kernel release it follows
+//! (`KernelVersion`); only v6.12 exists so far.
+
+pub mod arm64;
+pub mod generic;
+pub mod x86;
+
+use crate::config::{Arch, Fix, KernelVersion};
+use crate::gather::MmuGather;
+use crate::hw::pte::Pte;
+use crate::kernel::Kernel;
+use crate::mm::{MmStruct, Vma};
+use crate::stats::Stat;
+use crate::types::{CpuId, Pfn};
+
+/// `TLB_FLUSH_ALL` as an end address.
+pub const FLUSH_ALL: u64 = u64::MAX;
+
+/// What an arch profile provides.  Every method is the kernel function of the
+/// same name (or says which one it is); `k` is the kernel that owns `self`.
+pub trait ArchOps: Send + Sync {
+    /// The profile (`KernelConfig::arch`).
+    fn arch(&self) -> Arch;
+    /// The kernel release the profile follows (`KernelConfig::kernel`).
+    fn kernel(&self) -> KernelVersion;
+
+    // ---- asm/tlb.h: the mmu_gather's arch hooks ----------------------------
+
+    /// `tlb_flush(tlb)`: invalidate what the gather recorded (its range,
+    /// levels, `freed_tables`; the whole mm for fullmm / need_flush_all), and
+    /// count it (`tlb_flush_ranged` / `tlb_flush_full`).
+    fn tlb_flush(&self, tlb: &MmuGather<'_>);
+    /// `tlb_update_vma_flags(tlb, vma)`, from `tlb_start_vma` and
+    /// `tlb_gather_mmu_vma`.
+    fn tlb_update_vma_flags(&self, tlb: &mut MmuGather<'_>, vma: &Vma);
+    /// CONFIG_MMU_GATHER_MERGE_VMAS: `tlb_end_vma` does not flush (unless a
+    /// VM_PFNMAP VMA was gathered).
+    fn mmu_gather_merge_vmas(&self) -> bool;
+    /// `pte_needs_flush(oldpte, newpte)`: must a PTE changed in place by
+    /// mprotect (`change_pte_range`) be flushed?
+    fn pte_needs_flush(&self, oldpte: Pte, newpte: Pte) -> bool;
+
+    // ---- asm/tlbflush.h ---------------------------------------------------
+
+    /// `flush_tlb_mm_range(mm, start, end, stride_shift, freed_tables)`.
+    fn flush_tlb_mm_range(
+        &self,
+        k: &Kernel,
+        mm: &MmStruct,
+        start: u64,
+        end: u64,
+        stride_shift: u32,
+        freed_tables: bool,
+    );
+    /// `flush_tlb_mm(mm)`: the whole address space.
+    fn flush_tlb_mm(&self, k: &Kernel, mm: &MmStruct);
+    /// `flush_tlb_range(vma, start, end)`: `huge` is the VMA's VM_HUGETLB;
+    /// `freed_tables` per 3ef938c35035 when a table is being removed.
+    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool, freed_tables: bool);
+    /// `flush_tlb_page(vma, addr)`.
+    fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, addr: u64);
+    /// `flush_pmd_tlb_range(vma, addr, end)`: a PMD leaf (THP) was changed
+    /// (`pmdp_invalidate`).
+    fn flush_pmd_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64);
+
+    // ---- asm/mmu_context.h ------------------------------------------------
+
+    /// `switch_mm(prev, next, tsk)`: run `next` on this CPU.
+    fn switch_mm(&self, k: &Kernel, next: &MmStruct);
+    /// `switch_mm_irqs_off(NULL, &init_mm)` (x86 `leave_mm`): `cpu` stops
+    /// using any user mm.
+    fn switch_to_init_mm(&self, k: &Kernel, cpu: CpuId);
+    /// `enter_lazy_tlb`: this CPU runs a kernel thread / idles, keeping the
+    /// mm loaded.
+    fn enter_lazy_tlb(&self, k: &Kernel);
+
+    // ---- what can be seen of it -------------------------------------------
+
+    /// The counters and tlb_flush trace reasons (`Stat`) this profile's
+    /// flushes, context switches and `tlb_flush` bump: on this arch, no other
+    /// counter of a TLB flush moves.
+    fn stats(&self) -> &'static [Stat];
+
+    // ---- asm/pgtable.h: permission upgrades (pgtable/access_flags.rs) ------
+
+    /// `ptep_set_access_flags(vma, address, ptep, entry, dirty)`: install
+    /// `entry` (the same page, same or more permissions) in `table` at `va`;
+    /// the caller holds the PTE table's PTL.  Returns true if the PTE changed.
+    fn ptep_set_access_flags(&self, k: &Kernel, mm: &MmStruct, table: Pfn, va: u64, entry: Pte, dirty: bool) -> bool;
+    /// `flush_tlb_fix_spurious_fault(vma, address, ptep)`: a write fault found
+    /// the PTE already permitting the write.
+    fn flush_tlb_fix_spurious_fault(&self, k: &Kernel, mm: &MmStruct, va: u64);
+}
+
+/// The arch object for `arch` following `kernel`: the one place that maps
+/// `KernelConfig::arch` to code (`Kernel::new` calls it).
+pub fn arch_ops(arch: Arch, kernel: KernelVersion) -> Box<dyn ArchOps> {
+    match arch {
+        Arch::X86 => Box::new(x86::X86::new(kernel)),
+        Arch::Arm64 => Box::new(arm64::Arm64::new(kernel)),
+        Arch::GenericNoRange => Box::new(generic::GenericNoRange::new(kernel)),
+    }
+}
+
+/// The rule every profile's `pte_needs_flush` follows today: flush only when
+/// a permission (write, user access) was taken away — a stale entry with
+/// fewer permissions just faults and the MMU re-walks.
+pub fn pte_permission_removed(oldpte: Pte, newpte: Pte) -> bool {
+    (oldpte.write() && !newpte.write()) || (oldpte.user() && !newpte.user())
+}
+
+/// `mmu_notifier_arch_invalidate_secondary_tlbs(mm, start, end)`: called from
+/// inside every arch flush (6bbd42e2df8f).  With `Fix::SecondaryTlbOnFlush`
+/// off the arch flush reaches no secondary TLB (pre-6.6: the generic
+/// wrappers in `notifier.rs` did it instead).
+pub fn secondary_invalidate(k: &Kernel, mm: &MmStruct, start: u64, end: u64) {
+    if k.cfg.fixes.on(Fix::SecondaryTlbOnFlush) {
+        crate::notifier::mmu_notifier_arch_invalidate_secondary_tlbs(k, mm, start, end);
+    }
+}
+
+#[cfg(all(test, not(mmemu_loom)))]
+mod tests;

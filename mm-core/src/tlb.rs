@@ -1,0 +1,86 @@
+//! The kernel's TLB flush and context-switch API as generic mm code calls it
+//! (asm/tlbflush.h, asm/mmu_context.h).  Each function hands over to the
+//! arch profile the `Kernel` was built with (`Kernel::arch`); the arch code
+//! itself moved to `arch/`: `arch/x86.rs` (flush_tlb_mm_range,
+//! native_flush_tlb_multi, should_flush_tlb, flush_tlb_func, switch_mm,
+//! cpu_tlbstate), `arch/arm64.rs` (broadcast TLBI), `arch/generic.rs`
+//! (MMU_GATHER_NO_RANGE flush_tlb_mm).
+//!
+//! Contract: when `flush_tlb_mm_range` (or `flush_tlb_mm`) returns, no CPU
+//! that may run the mm can use a translation of the range any more — with
+//! one arch-specific exception that is the point of the x86 lazy-TLB rule:
+//! a lazy CPU (running a kernel thread with the mm still loaded) is skipped
+//! unless page tables were freed, and catches up through `tlb_gen` when it
+//! switches back.  `freed_tables` also drops paging-structure caches.
+//!
+//! - x86: tlb_gen, 33-page ceiling, IPIs to mm_cpumask, lazy CPUs skipped
+//!   unless freed_tables, lazy CPUs switch to init_mm, CPUs that left the mm
+//!   are trimmed from mm_cpumask.
+//! - arm64: broadcast TLBI — every CPU's TLB is invalidated directly (under
+//!   its TLB lock), without an interrupt and without waiting for IRQs-off
+//!   CPUs.  Last-level-only invalidation unless tables were freed.
+//! - generic (MMU_GATHER_NO_RANGE): every flush is a whole-mm IPI flush.
+
+pub use crate::arch::FLUSH_ALL;
+use crate::kernel::Kernel;
+use crate::mm::MmStruct;
+use crate::stats::{Stat, TLB_FLUSH_ALL};
+use crate::types::CpuId;
+
+/// `switch_mm(prev, next, tsk)`: run `next` on this CPU.
+#[inline]
+pub fn switch_mm(k: &Kernel, next: &MmStruct) {
+    k.arch.switch_mm(k, next);
+}
+
+/// `switch_mm_irqs_off(NULL, &init_mm)`: `cpu` leaves any user mm.
+#[inline]
+pub fn switch_to_init_mm(k: &Kernel, cpu: CpuId) {
+    k.arch.switch_to_init_mm(k, cpu);
+}
+
+/// `enter_lazy_tlb`: this CPU runs a kernel thread / idles, keeping the mm
+/// loaded.
+#[inline]
+pub fn enter_lazy_tlb(k: &Kernel) {
+    k.arch.enter_lazy_tlb(k);
+}
+
+/// `flush_tlb_mm_range(mm, start, end, stride_shift, freed_tables)` for the
+/// configured arch.
+#[inline]
+pub fn flush_tlb_mm_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64, stride_shift: u32, freed_tables: bool) {
+    k.arch.flush_tlb_mm_range(k, mm, start, end, stride_shift, freed_tables);
+}
+
+/// `flush_tlb_mm(mm)`: the whole address space (x86 passes freed_tables).
+#[inline]
+pub fn flush_tlb_mm(k: &Kernel, mm: &MmStruct) {
+    k.arch.flush_tlb_mm(k, mm);
+}
+
+/// `flush_tlb_range(vma, start, end)` (x86: stride from the VMA's page size;
+/// `freed_tables` per 3ef938c35035 when a table is being removed).
+#[inline]
+pub fn flush_tlb_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool, freed_tables: bool) {
+    k.arch.flush_tlb_range(k, mm, start, end, huge, freed_tables);
+}
+
+/// `flush_tlb_page(vma, addr)`
+#[inline]
+pub fn flush_tlb_page(k: &Kernel, mm: &MmStruct, addr: u64) {
+    k.arch.flush_tlb_page(k, mm, addr);
+}
+
+/// `flush_pmd_tlb_range(vma, addr, end)`: a PMD leaf was changed.
+#[inline]
+pub fn flush_pmd_tlb_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64) {
+    k.arch.flush_pmd_tlb_range(k, mm, start, end);
+}
+
+/// `flush_tlb_all`-style whole-TLB flush of one CPU (reason TLB_LOCAL_SHOOTDOWN).
+pub fn flush_tlb_local_all(k: &Kernel, cpu: CpuId) {
+    k.hw.tlb(cpu).flush_all();
+    k.stats.inc(cpu, Stat::NrTlbLocalFlushAll);
+    k.stats.trace_tlb_flush(cpu, Stat::TraceLocalShootdown, TLB_FLUSH_ALL);
+}
