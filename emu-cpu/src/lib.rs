@@ -1,6 +1,6 @@
 //! The machine: emulated CPUs as OS threads, IPI mailboxes, interrupt masking.
 //!
-//! Contract (DESIGN.md "three ideas", point 3):
+//! Contract (ARCHITECTURE.md, “Invariants”: interrupts really are masked):
 //! - `Machine::new(n, cfg)` spawns one OS thread per emulated CPU (pinned
 //!   round-robin to host cores when `cfg.pin`; any number of CPUs works).
 //! - `Machine::smp()` is the `mm_core::smp::Smp` the kernel owns.  Cross

@@ -1,5 +1,5 @@
-//! The `Smp` conformance suite (DESIGN.md habits: "a trait seam with a
-//! reference implementation and a shared conformance suite").
+//! The `Smp` conformance suite: the trait seam has a reference
+//! implementation (`SyncSmp`) and the threaded machine must agree with it.
 //!
 //! One deterministic program — user threads of two mms on four CPUs
 //! touching, MADV_DONTNEED, mprotect, munmap with table freeing, fork +

@@ -1,4 +1,4 @@
-//! Delayed rmap removal vs writeback (KERNEL-RACES.md §4): 5df397dec7c4
+//! Delayed rmap removal vs writeback (docs/RACES.md, “Delayed rmap removal”): 5df397dec7c4
 //! "mm: delay page_remove_rmap() until after the TLB has been flushed"
 //! (switch `delay-rmap`).
 //!

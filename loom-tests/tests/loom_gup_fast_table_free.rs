@@ -1,4 +1,4 @@
-//! GUP-fast versus page-table freeing (KERNEL-RACES.md §1): the general
+//! GUP-fast versus page-table freeing (docs/RACES.md, “GUP-fast versus page-table freeing”): the general
 //! contract of MMU_GATHER_RCU_TABLE_FREE (267239116987 "mm, powerpc: move
 //! the RCU page-table freeing into generic code"; the fallback's table
 //! invalidation d86564a2f085; x86 a37259732a7d).
@@ -12,7 +12,7 @@
 //! walker reads the PGD, PUD, PMD and PTE one after the other: loom may
 //! put the whole munmap between any two of them.
 //!
-//! The matrix (§1 (f)):
+//! The matrix (RACES.md “GUP-fast versus page-table freeing”):
 //! - x86 IPI flush + immediate free (`rcu_table_free = false`): the flush
 //!   IPI waits for CPU1's IRQs-off walk, so the free cannot overtake it.
 //! - arm64 broadcast flush + RCU free: the walk is an RCU reader; the

@@ -1,4 +1,4 @@
-//! hugetlb batched unshare (KERNEL-RACES.md §3.2): kernel commit
+//! hugetlb batched unshare (docs/RACES.md, “One sync per gather”): kernel commit
 //! 8ce720d5bd91 "mm/hugetlb: fix excessive IPI broadcasts when unsharing PMD
 //! tables using mmu_gather" (switch `hugetlb-unshare-batched`).
 //!

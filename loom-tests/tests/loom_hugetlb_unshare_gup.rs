@@ -1,4 +1,4 @@
-//! hugetlb PMD unshare versus GUP-fast (KERNEL-RACES.md §3.1): kernel commit
+//! hugetlb PMD unshare versus GUP-fast (docs/RACES.md, “Unshare versus GUP-fast”): kernel commit
 //! 1013af4f585f "mm/hugetlb: fix huge_pmd_unshare() vs GUP-fast race"
 //! (CVE-2025-38085; switch `hugetlb-unshare-sync`).
 //!

@@ -1,4 +1,4 @@
-//! khugepaged collapse versus GUP-fast, the stale pin (KERNEL-RACES.md §2A):
+//! khugepaged collapse versus GUP-fast, the stale pin (docs/RACES.md, “Stale pin of a collapsed page”):
 //! 70cbc3cc78a9 "mm: gup: fix the fast GUP race against THP collapse"
 //! (switch `gup-pmd-recheck`), also closed by 2ba99c5e0881's sync IPI
 //! (switch `khugepaged-gup-fast-ipi`).

@@ -1,5 +1,5 @@
 //! khugepaged collapse versus GUP-fast, the table freed under the walker
-//! (KERNEL-RACES.md §2B): 2ba99c5e0881 "mm/khugepaged: fix GUP-fast
+//! (docs/RACES.md, “The PTE table freed under the walker”): 2ba99c5e0881 "mm/khugepaged: fix GUP-fast
 //! interaction by sending IPI" (switch `khugepaged-gup-fast-ipi`).
 //!
 //! Bad interleaving (sync off): CPU1's GUP-fast reads the PMD (→ PTE table T) with IRQs off;

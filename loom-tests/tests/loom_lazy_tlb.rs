@@ -1,4 +1,4 @@
-//! x86 lazy TLB and freed page tables (KERNEL-RACES.md §7): the
+//! x86 lazy TLB and freed page tables (docs/RACES.md, “x86 lazy TLB and freed page tables”): the
 //! freed_tables rule of 016c4d92cd16 "x86/mm/tlb: Add freed_tables argument
 //! to flush_tlb_mm_range" (switch `lazy-tlb-freed-tables`).
 //!

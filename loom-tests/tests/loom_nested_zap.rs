@@ -1,4 +1,4 @@
-//! Concurrent zaps under a shared mmap_lock (KERNEL-RACES.md §6):
+//! Concurrent zaps under a shared mmap_lock (docs/RACES.md, “Concurrent zaps under a shared lock”):
 //! 99baac21e458 "mm: fix MADV_[FREE|DONTNEED] TLB flush miss problem"
 //! (switch `nested-flush-detect`).
 //!

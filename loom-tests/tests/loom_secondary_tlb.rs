@@ -1,4 +1,4 @@
-//! Secondary-TLB (IOMMU/SVA) invalidation (KERNEL-RACES.md §5):
+//! Secondary-TLB (IOMMU/SVA) invalidation (docs/RACES.md, “Secondary-TLB (IOMMU) invalidation”):
 //! 6bbd42e2df8f "mmu_notifiers: call invalidate_range() when invalidating
 //! TLBs" (switch `secondary-tlb-on-flush`), arm64.
 //!

@@ -61,7 +61,7 @@ pub enum KernelVersion {
     V6_12,
 }
 
-/// The historical fixes, one switch each (DESIGN.md "Fixes as switches").
+/// The historical fixes, one switch each (docs/RACES.md: the race each fix closes; off means the code before the commit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Fix {
     KhugepagedGupFastIpi,
@@ -295,7 +295,7 @@ pub struct KernelConfig {
     /// `tlb_table_invalidate` in front of it, and the 2026 follow-ups replace
     /// the IPI with `synchronize_rcu` (another wait for IRQs-off walkers).
     /// Off is an ablation, not a historical kernel: the fallback frees the
-    /// table right after the (broadcast) invalidation, which is the §1
+    /// table right after the (broadcast) invalidation, which is the RACES.md “GUP-fast versus page-table freeing”
     /// "broadcast flush + immediate free" bug on the fallback path.
     pub table_free_one_sync: bool,
     /// CONFIG_DEBUG_VM: the kernel's own VM_BUG_ON / VM_WARN_ON checks that
@@ -346,7 +346,7 @@ impl KernelConfig {
     /// not an option here.  `rcu_table_free`: x86 selects
     /// MMU_GATHER_RCU_TABLE_FREE only `if PARAVIRT` before v6.15
     /// (a37259732a7d); arm64 did not select it before Steve Capper's 2014
-    /// fast_gup series (the §1 bug `gup-table-free` shows on arm64 with it
+    /// fast_gup series (the RACES.md “GUP-fast versus page-table freeing” bug `gup-table-free` shows on arm64 with it
     /// off); nothing ties it to MMU_GATHER_NO_RANGE.  v6.12's arm64 selects
     /// it unconditionally, so `arm64` with it off is an older arm64 under
     /// the v6.12 profile: refusing that waits for a `KernelVersion` that can

@@ -215,7 +215,7 @@ impl SvaDevice {
     }
 }
 
-/// Coherence (KERNEL-RACES §5 g): entries of `dev` in [start, end) whose pfn
+/// Coherence (docs/RACES.md, “Secondary-TLB (IOMMU) invalidation”): entries of `dev` in [start, end) whose pfn
 /// or write permission differ from the current PTE.  Call when no fault or
 /// zap of the range runs concurrently.
 pub fn incoherent_entries(k: &Kernel, dev: &SvaDevice, start: u64, end: u64) -> Vec<TlbEntry> {

@@ -33,7 +33,7 @@ const CONFIGURATION_SHAPES: &[&str] = &["ArchReq::Default(Arch::", "ArchReq::Req
 /// Single lines that pick or check the arch a run is configured with
 /// (file name, the line without its indentation).  Configuration, not policy.
 const CONFIGURATION: &[(&str, &str)] = &[
-    // The §2 race driver runs on the arm64 profile, whatever it was given.
+    // The RACES.md “khugepaged collapse versus GUP-fast” race driver runs on the arm64 profile, whatever it was given.
     ("khugepaged_gup.rs", "p.kcfg.arch = Arch::Arm64;"),
     ("khugepaged_gup.rs", "kcfg.arch = Arch::Arm64;"),
     // Race drivers refusing a profile they do not model (like ArchReq::Requires).

@@ -7,7 +7,7 @@
 //! - `scenarios`: the registry `mmemu list` shows — native multi-CPU
 //!   programs (munmap-storm, mprotect-pingpong, madvise-dontneed,
 //!   exit-storm) and one adapter per race driver.
-//! - `races`: one stress driver per race of KERNEL-RACES.md, all through
+//! - `races`: one stress driver per race of docs/RACES.md, all through
 //!   one harness (`races::harness`).  Each runs the racing kernel paths
 //!   concurrently on an emu-cpu `System` for a bounded number of rounds and
 //!   reports what the sanitizer / oracles found.  With the race's fix

@@ -1,4 +1,4 @@
-//! Stress drivers for KERNEL-RACES §1 and §2 on the threaded machine: with
+//! Stress drivers for docs/RACES.md, “GUP-fast versus page-table freeing”, “khugepaged collapse versus GUP-fast” on the threaded machine: with
 //! the protection off the driver finds the violation within a bounded number
 //! of rounds; with it on, none in a fixed number of rounds.  Each test
 //! prints the rounds it needed (`cargo test -p workloads --test races_gup
@@ -75,14 +75,14 @@ fn expect_clean(name: &str, r: Result<RaceOutcome, RunError>, rounds: u64, t: In
     assert_eq!(o.kernel.alloc.in_use().total(), 0, "{name}: leaked {:?}", o.kernel.alloc.in_use());
 }
 
-// ---- §1 -------------------------------------------------------------------
+// ---- RACES.md “GUP-fast versus page-table freeing” -------------------------------------------------------------------
 
 #[test]
 fn gup_table_free_arm64_immediate_free_finds_the_walk_into_a_freed_table() {
     let t = Instant::now();
     let kcfg = KernelConfig { arch: Arch::Arm64, rcu_table_free: false, ..KernelConfig::default() };
     expect_found(
-        "§1 arm64 immediate free",
+        "RACES.md “GUP-fast versus page-table freeing” arm64 immediate free",
         gup_table_free::run(&params(kcfg, FIND_BOUND)),
         ViolationKind::GupFastFreedTable,
         t,
@@ -94,7 +94,7 @@ fn gup_table_free_x86_ipi_flush_immediate_free_is_clean() {
     let t = Instant::now();
     let kcfg = KernelConfig { arch: Arch::X86, rcu_table_free: false, ..KernelConfig::default() };
     expect_clean(
-        "§1 x86 IPI + immediate free",
+        "RACES.md “GUP-fast versus page-table freeing” x86 IPI + immediate free",
         gup_table_free::run(&params(kcfg, clean_rounds_ipi())),
         clean_rounds_ipi(),
         t,
@@ -105,10 +105,15 @@ fn gup_table_free_x86_ipi_flush_immediate_free_is_clean() {
 fn gup_table_free_arm64_rcu_table_free_is_clean() {
     let t = Instant::now();
     let kcfg = KernelConfig { arch: Arch::Arm64, rcu_table_free: true, ..KernelConfig::default() };
-    expect_clean("§1 arm64 RCU free", gup_table_free::run(&params(kcfg, clean_rounds())), clean_rounds(), t);
+    expect_clean(
+        "RACES.md “GUP-fast versus page-table freeing” arm64 RCU free",
+        gup_table_free::run(&params(kcfg, clean_rounds())),
+        clean_rounds(),
+        t,
+    );
 }
 
-// ---- §2A: gup-pmd-recheck (70cbc3cc78a9) ------------------------------------
+// ---- RACES.md “Stale pin of a collapsed page”: gup-pmd-recheck (70cbc3cc78a9) ------------------------------------
 
 fn cfg_2a(pmd_recheck: bool) -> KernelConfig {
     let mut fixes = Fixes::all().revert(Fix::KhugepagedGupFastIpi);
@@ -120,7 +125,7 @@ fn cfg_2a(pmd_recheck: bool) -> KernelConfig {
 fn khugepaged_2a_without_pmd_recheck_finds_the_stale_pin() {
     let t = Instant::now();
     let r = khugepaged_gup::run_scenario(&params(cfg_2a(false), FIND_BOUND), Scenario::A);
-    expect_found("§2A gup-pmd-recheck off", r, ViolationKind::GupOracle, t);
+    expect_found("RACES.md “Stale pin of a collapsed page” gup-pmd-recheck off", r, ViolationKind::GupOracle, t);
 }
 
 #[test]
@@ -128,10 +133,10 @@ fn khugepaged_2a_with_pmd_recheck_is_clean() {
     let t = Instant::now();
     // Each round waits out the walker once (the driver's harness sync).
     let r = khugepaged_gup::run_scenario(&params(cfg_2a(true), clean_rounds_ipi()), Scenario::A);
-    expect_clean("§2A gup-pmd-recheck on", r, clean_rounds_ipi(), t);
+    expect_clean("RACES.md “Stale pin of a collapsed page” gup-pmd-recheck on", r, clean_rounds_ipi(), t);
 }
 
-// ---- §2B: khugepaged-gup-fast-ipi (2ba99c5e0881) ---------------------------
+// ---- RACES.md “The PTE table freed under the walker”: khugepaged-gup-fast-ipi (2ba99c5e0881) ---------------------------
 
 fn cfg_2b(sync_ipi: bool, pte_free_defer: bool) -> KernelConfig {
     let mut fixes = Fixes::all();
@@ -149,33 +154,53 @@ fn cfg_2b(sync_ipi: bool, pte_free_defer: bool) -> KernelConfig {
 fn khugepaged_2b_anon_without_sync_ipi_finds_the_freed_deposited_table() {
     let t = Instant::now();
     let r = khugepaged_gup::run_scenario(&params(cfg_2b(false, true), FIND_BOUND), Scenario::BAnon);
-    expect_found("§2B anon khugepaged-gup-fast-ipi off", r, ViolationKind::GupFastFreedTable, t);
+    expect_found(
+        "RACES.md “The PTE table freed under the walker” anon khugepaged-gup-fast-ipi off",
+        r,
+        ViolationKind::GupFastFreedTable,
+        t,
+    );
 }
 
 #[test]
 fn khugepaged_2b_anon_with_sync_ipi_is_clean() {
     let t = Instant::now();
     let r = khugepaged_gup::run_scenario(&params(cfg_2b(true, true), clean_rounds_ipi()), Scenario::BAnon);
-    expect_clean("§2B anon khugepaged-gup-fast-ipi on", r, clean_rounds_ipi(), t);
+    expect_clean(
+        "RACES.md “The PTE table freed under the walker” anon khugepaged-gup-fast-ipi on",
+        r,
+        clean_rounds_ipi(),
+        t,
+    );
 }
 
 #[test]
 fn khugepaged_2b_file_immediate_free_without_sync_ipi_finds_the_freed_table() {
     let t = Instant::now();
     let r = khugepaged_gup::run_scenario(&params(cfg_2b(false, false), FIND_BOUND), Scenario::BFile);
-    expect_found("§2B file khugepaged-gup-fast-ipi off", r, ViolationKind::GupFastFreedTable, t);
+    expect_found(
+        "RACES.md “The PTE table freed under the walker” file khugepaged-gup-fast-ipi off",
+        r,
+        ViolationKind::GupFastFreedTable,
+        t,
+    );
 }
 
 #[test]
 fn khugepaged_2b_file_immediate_free_with_sync_ipi_is_clean() {
     let t = Instant::now();
     let r = khugepaged_gup::run_scenario(&params(cfg_2b(true, false), clean_rounds_ipi()), Scenario::BFile);
-    expect_clean("§2B file khugepaged-gup-fast-ipi on", r, clean_rounds_ipi(), t);
+    expect_clean(
+        "RACES.md “The PTE table freed under the walker” file khugepaged-gup-fast-ipi on",
+        r,
+        clean_rounds_ipi(),
+        t,
+    );
 }
 
 #[test]
 fn khugepaged_2b_file_pte_free_defer_is_clean_without_sync_ipi() {
     let t = Instant::now();
     let r = khugepaged_gup::run_scenario(&params(cfg_2b(false, true), clean_rounds()), Scenario::BFile);
-    expect_clean("§2B file pte_free_defer", r, clean_rounds(), t);
+    expect_clean("RACES.md “The PTE table freed under the walker” file pte_free_defer", r, clean_rounds(), t);
 }

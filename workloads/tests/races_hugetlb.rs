@@ -1,4 +1,4 @@
-//! Stress drivers of KERNEL-RACES.md §3 on the threaded machine (emu-cpu):
+//! Stress drivers of docs/RACES.md, “hugetlb PMD sharing” on the threaded machine (emu-cpu):
 //! hugetlb PMD unsharing versus GUP-fast (1013af4f585f) and the fork+exit
 //! IPI regression workload (8ce720d5bd91).
 
@@ -48,7 +48,9 @@ fn hugetlb_unshare_sync_off_on_arm64_lets_gup_fast_pin_a_foreign_page() {
         hugetlb_unshare_gup::run(&params(Arch::Arm64, Fixes::all().revert(Fix::HugetlbUnshareSync), MAX_ROUNDS_OFF))
             .expect("driver");
     println!("hugetlb-unshare-sync off, arm64: {out:?}");
-    let at = out.first_violation_at.expect("the §3.1 race must show within the bound with the sync reverted");
+    let at = out
+        .first_violation_at
+        .expect("the RACES.md “Unshare versus GUP-fast” race must show within the bound with the sync reverted");
     assert!(at <= MAX_ROUNDS_OFF);
     assert!(out.kinds.contains(&ViolationKind::GupOracle), "{:?}", out.kernel.san.violations());
     assert_no_leaks(&out.kernel);

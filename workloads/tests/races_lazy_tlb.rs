@@ -1,4 +1,4 @@
-//! Stress driver for KERNEL-RACES §7 on the threaded machine: with
+//! Stress driver for docs/RACES.md, “x86 lazy TLB and freed page tables” on the threaded machine: with
 //! lazy-tlb-freed-tables reverted a lazy CPU's speculative walk lands in a
 //! freed page table within a bounded number of rounds; with the rule, none.
 //! Prints the rounds needed (`--nocapture`).

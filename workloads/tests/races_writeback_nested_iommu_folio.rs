@@ -1,7 +1,7 @@
-//! Stress drivers of KERNEL-RACES §4-§6 and the folio-batching count driver
-//! on the threaded machine (emu-cpu): writeback_race (§4, delay-rmap),
-//! iommu_sva (§5, secondary-tlb-on-flush: the livelock and DMA vs zap),
-//! nested_zap (§6, nested-flush-detect) and large_folio_zap
+//! Stress drivers of docs/RACES.md, “Delayed rmap removal”, “Concurrent zaps under a shared lock” and the folio-batching count driver
+//! on the threaded machine (emu-cpu): writeback_race (RACES.md “Delayed rmap removal”, delay-rmap),
+//! iommu_sva (RACES.md “Secondary-TLB (IOMMU) invalidation”, secondary-tlb-on-flush: the livelock and DMA vs zap),
+//! nested_zap (RACES.md “Concurrent zaps under a shared lock”, nested-flush-detect) and large_folio_zap
 //! (folio-pages-batching counts).  With each switch off the driver finds
 //! the matching violation within a bounded number of rounds; with it on,
 //! none in as many rounds.  Each test prints the rounds it needed (run with

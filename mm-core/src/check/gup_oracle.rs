@@ -1,4 +1,4 @@
-//! The GUP oracle (KERNEL-RACES.md §0.4 "mapping history"): ghost state,
+//! The GUP oracle (docs/RACES.md, “Vocabulary” "mapping history"): ghost state,
 //! never read by the modelled kernel code.
 //!
 //! Contract:
@@ -18,18 +18,18 @@
 //!   some instant in [tick before its grab, end of call].  That is the
 //!   guarantee GUP-fast gives its callers (grab, then re-validate the entries
 //!   that led to the page); a page reached through a freed-and-reused table
-//!   (§1, §2B) or pinned after khugepaged detached its table (§2A) fails it:
+//!   (RACES.md “GUP-fast versus page-table freeing”, RACES.md “The PTE table freed under the walker”) or pinned after khugepaged detached its table (RACES.md “Stale pin of a collapsed page”) fails it:
 //!   violation `gup-oracle`.  One exception, because GUP-fast never
 //!   re-checks a PUD: a mapping that went away by an entry above the PMD
 //!   being cleared (hugetlb `huge_pmd_unshare`) only has to overlap
 //!   [start of call, end of call]; a page reached through a PMD table that
-//!   was unshared *and then reused* by its new owner (§3.1) still fails.
+//!   was unshared *and then reused* by its new owner (RACES.md “Unshare versus GUP-fast”) still fails.
 //! - A PTE table detached from its PMD (`pmdp_collapse_flush`) may be put
 //!   back unchanged (khugepaged aborts the collapse when it sees a pin).  A
 //!   page grabbed through such a table after the detach, whose call ended
 //!   before the PMD slot was written again, is judged at that write: the
 //!   same table frame (same generation) put back with the page still at va
-//!   means the page never left va — accepted (the §2A pin that
+//!   means the page never left va — accepted (the RACES.md “Stale pin of a collapsed page” pin that
 //!   2ba99c5e0881's sync IPI makes khugepaged see, without 70cbc3cc78a9's
 //!   PMD re-check); a huge PMD, another table, or the page gone from the
 //!   table — `gup-oracle`, reported then.  A slot never written again leaves

@@ -1,4 +1,4 @@
-//! The stale-after-zap check (KERNEL-RACES §6 g): post-syscall coherence.
+//! The stale-after-zap check (docs/RACES.md, “Concurrent zaps under a shared lock”): post-syscall coherence.
 //!
 //! Contract of `sanitize_stale_after_zap`: called by a zapping syscall just
 //! before it returns (today `madvise_dontneed`), with `mm`'s mmap_lock held

@@ -612,7 +612,7 @@ impl<'a> MmuGather<'a> {
 
     // ---- flushing -------------------------------------------------------
 
-    /// `tlb_flush`: the arch's (`ArchOps::tlb_flush`, KERNEL-MAP §5) —
+    /// `tlb_flush`: the arch's (`ArchOps::tlb_flush`, docs/KERNEL-MAP.md, “Arch profiles”) —
     /// x86's own, the generic range-based one (arm64), or the
     /// MMU_GATHER_NO_RANGE one.
     fn tlb_flush(&mut self) {

@@ -1,4 +1,4 @@
-//! Tests of the mmu_gather port against KERNEL-MAP.md §10.
+//! Tests of the mmu_gather port against the checklist of docs/KERNEL-MAP.md, “The mmu_gather port checklist”.
 
 use super::batch::{free_encoded_pages, MmuGatherBatch};
 use super::*;
@@ -43,7 +43,7 @@ fn is_free(k: &Kernel, pfn: Pfn) -> bool {
 
 const VA: u64 = 0x40_0000;
 
-// ---- §10.1 constants -------------------------------------------------------
+// ---- checklist item 1: constants -------------------------------------------------------
 
 #[test]
 fn constants_are_the_kernels() {
@@ -81,7 +81,7 @@ fn dropping_an_unfinished_gather_panics() {
     let _tlb = MmuGather::tlb_gather_mmu(&k, &mm);
 }
 
-// ---- §10.2 count slots, full gathers ---------------------------------------
+// ---- checklist item 2: count slots, full gathers ---------------------------------------
 
 #[test]
 fn single_slot_left_means_full() {
@@ -261,7 +261,7 @@ fn folio_pages_batching_off_flushes_mid_fragment_instead_of_dropping() {
     k.inject.faults.fail_page_batch.store(0, Ordering::SeqCst);
 }
 
-// ---- §10.3 delayed rmaps ---------------------------------------------------
+// ---- checklist item 3: delayed rmaps ---------------------------------------------------
 
 #[test]
 fn delayed_rmaps_stay_in_local_and_active() {
@@ -335,7 +335,7 @@ fn delayed_rmap_fragment_removes_all_its_pages() {
     assert!(is_free(&k, f));
 }
 
-// ---- §10.5 table freeing ---------------------------------------------------
+// ---- checklist item 5: table freeing ---------------------------------------------------
 
 #[test]
 fn table_batch_alloc_failure_takes_the_sync_one_path() {
@@ -416,7 +416,7 @@ fn full_table_batch_is_flushed_at_once() {
     assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 0);
 }
 
-// ---- §10.6 flush kinds -----------------------------------------------------
+// ---- checklist item 6: flush kinds -----------------------------------------------------
 
 /// Kernel on `arch`, CPU 0 running `mm`, TLB holding VA and a far VA.
 fn tlb_setup(arch: Arch) -> (Arc<Kernel>, Arc<crate::mm::MmStruct>, u64) {
@@ -518,7 +518,7 @@ fn end_vma_flushes_and_unmap_shift_follows_levels() {
     assert!(!cached(&k, &mm, VA) && !cached(&k, &mm, far));
 }
 
-// ---- §10.7 nested gathers ----------------------------------------------------
+// ---- checklist item 7: nested gathers ----------------------------------------------------
 
 #[test]
 fn nested_gathers_force_a_full_flush_with_freed_tables() {
@@ -578,7 +578,7 @@ fn nested_forced_flush_sets_freed_tables_on_x86() {
     b.tlb_finish_mmu();
 }
 
-// ---- §10.8 hugetlb unsharing -------------------------------------------------
+// ---- checklist item 8: hugetlb unsharing -------------------------------------------------
 
 #[test]
 fn unshare_syncs_once_and_only_for_the_last_sharer() {

@@ -41,11 +41,11 @@
 //!   TLB before dropping i_mmap_rwsem, and sends **no IPI** at all — so on a
 //!   broadcast-TLBI platform a GUP-fast walker that read the old PUD can
 //!   still be inside the table when its new owner repurposes it
-//!   (KERNEL-RACES.md §3.1, CVE-2025-38085).
+//!   (docs/RACES.md, “Unshare versus GUP-fast”, CVE-2025-38085).
 //! - sync on, `Fix::HugetlbUnshareBatched` off (1013af4f585f ..
 //!   8ce720d5bd91): `huge_pmd_unshare` calls `tlb_remove_table_sync_one`
 //!   after every `pud_clear`, last sharer or not — one all-CPU broadcast per
-//!   unshared table (the 2025 regression, §3.2).
+//!   unshared table (the 2025 regression, RACES.md “One sync per gather”).
 //! - both on (8ce720d5bd91): `huge_pmd_unshare` hands the table to the
 //!   gather (`tlb_unshare_pmd_ptdesc`); `huge_pmd_unshare_flush` — still
 //!   under i_mmap_rwsem — flushes the TLB once and sends one

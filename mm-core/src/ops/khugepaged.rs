@@ -12,13 +12,13 @@
 //!    GUP-fast walker that read the old PMD (IRQs off since before step 1)
 //!    has finished.  Without it, on a broadcast-TLBI arch such a walker can
 //!    still be reading the PTE table when it is reused as the deposited
-//!    table and freed by a later `zap_huge_pmd` (KERNEL-RACES §2B).
+//!    table and freed by a later `zap_huge_pmd` (docs/RACES.md, “The PTE table freed under the walker”).
 //! 3. `__collapse_huge_page_isolate` under the PTE lock: every mapped page
 //!    must be an anon small folio whose refcount equals its mapcount
 //!    (`is_refcount_suitable`): a GUP pin aborts the collapse and the PTE
 //!    table is put back.  Clear-then-check here against GUP-fast's
 //!    grab-then-recheck-PMD (70cbc3cc78a9) is what keeps a pinned page from
-//!    being copied and discarded (§2A).
+//!    being copied and discarded (RACES.md “Stale pin of a collapsed page”).
 //! 4. `__collapse_huge_page_copy`: copy (zero-fill holes), clear the PTEs,
 //!    drop the small pages.
 //! 5. Under the PMD lock: rmap the THP, deposit the (now empty) PTE table,

@@ -30,7 +30,7 @@ fn kernel_with(cpus: usize, arch: Arch, f: impl FnOnce(&mut KernelConfig)) -> Ar
 
 // ---- delay-rmap: writeback vs zap vs a writer with a dirty TLB entry ----------
 
-/// KERNEL-RACES §4 (c), forced: Z (CPU1) runs MADV_DONTNEED over a dirty
+/// docs/RACES.md, “Delayed rmap removal”, forced: Z (CPU1) runs MADV_DONTNEED over a dirty
 /// shared file page that A (CPU0) has cached writable+dirty.  Inside Z's PTL
 /// section, before its flush, W (CPU2) writes the page back — if it can: with
 /// the rmap still there `folio_mkclean` must take Z's PTL, so W runs after Z
@@ -202,7 +202,7 @@ fn shared_write_fault_waits_for_the_folio_lock() {
 
 // ---- nested-flush-detect: two MADV_DONTNEEDs under mmap_lock read --------------
 
-/// KERNEL-RACES §6 (c), forced: T1 (CPU0) has cleared the PTEs of the range
+/// docs/RACES.md, “Concurrent zaps under a shared lock”, forced: T1 (CPU0) has cleared the PTEs of the range
 /// and dropped the PTL but not flushed yet; T2 (CPU1) zaps the same range,
 /// finds nothing and returns.  Returns the kernel and whether CPU1's next
 /// read still saw the old data through its stale entry.
@@ -264,7 +264,7 @@ fn nested_flush_detect_on_flushes_for_the_other_zapper() {
 
 // ---- secondary-tlb-on-flush: the SMMU permission-upgrade livelock -----------------
 
-/// KERNEL-RACES §5 (c): the device caches a read-only translation, the CPU
+/// docs/RACES.md, “Secondary-TLB (IOMMU) invalidation”: the device caches a read-only translation, the CPU
 /// upgrades the PTE in place (wp_page_shared → ptep_set_access_flags → arm64
 /// flush_tlb_page), then the device writes.
 fn permission_upgrade(on: bool) -> (Arc<Kernel>, Result<u64, DmaError>, usize) {

@@ -1,4 +1,4 @@
-//! The 2025 regression workload (KERNEL-RACES.md §3.2, reported against
+//! The 2025 regression workload (docs/RACES.md, “One sync per gather”, reported against
 //! the CVE-2025-38085 backport; fixed by 8ce720d5bd91): a parent maps a large
 //! shared hugetlb area, forks children that each touch a few pages and exit.
 //! Every child shares all of the parent's PMD tables (one per PUD region,

@@ -1,4 +1,4 @@
-//! KERNEL-RACES §1: GUP-fast versus page-table freeing (munmap →
+//! docs/RACES.md, “GUP-fast versus page-table freeing”: GUP-fast versus page-table freeing (munmap →
 //! free_pgtables), the general contract.
 //!
 //! Actors, each round:
@@ -9,7 +9,7 @@
 //!   munmap it (zap + free_pgtables: the PTE, PMD and PUD tables go), then
 //!   map and fault a second region so freed frames are reused.
 //!
-//! Expected, per KERNEL-RACES §1(f):
+//! Expected, per docs/RACES.md, “GUP-fast versus page-table freeing”:
 //! - arm64 (broadcast TLBI) with `rcu_table_free = false`: the table is
 //!   freed while W still walks it → `gup-fast-freed-table` (and possibly
 //!   `gup-oracle`).
@@ -121,7 +121,7 @@ pub(crate) fn gup_kcfg(p: &RaceParams) -> Result<KernelConfig, RunError> {
     Ok(KernelConfig { gup_oracle: true, ..p.kcfg.clone() })
 }
 
-/// The §1 driver (see the module comment).
+/// The RACES.md “GUP-fast versus page-table freeing” driver (see the module comment).
 pub fn run(p: &RaceParams) -> Result<RaceOutcome, RunError> {
     harness::run(p, gup_kcfg(p)?, |h| {
         install_stall(&h.k, GupFastPoint::PmdRead, Duration::from_micros(200), h.p.seed);

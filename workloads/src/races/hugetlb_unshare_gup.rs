@@ -1,4 +1,4 @@
-//! KERNEL-RACES.md §3.1: hugetlb PMD unsharing versus GUP-fast
+//! docs/RACES.md, “Unshare versus GUP-fast”: hugetlb PMD unsharing versus GUP-fast
 //! (1013af4f585f, CVE-2025-38085).  Switch: `hugetlb-unshare-sync`.
 //!
 //! Three threads on three emulated CPUs, one round per iteration:

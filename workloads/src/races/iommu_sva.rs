@@ -1,4 +1,4 @@
-//! Stress drivers for KERNEL-RACES §5: a secondary MMU (an SVA device behind
+//! Stress drivers for docs/RACES.md, “Secondary-TLB (IOMMU) invalidation”: a secondary MMU (an SVA device behind
 //! an SMMU-like IOMMU, `mm_core::iommu`) sharing an mm with CPU threads
 //! (6bbd42e2df8f, switch `secondary-tlb-on-flush`).
 //!

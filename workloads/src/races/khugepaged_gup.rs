@@ -1,20 +1,20 @@
-//! KERNEL-RACES §2: khugepaged collapse versus GUP-fast, on the arm64
+//! docs/RACES.md, “khugepaged collapse versus GUP-fast”: khugepaged collapse versus GUP-fast, on the arm64
 //! profile (the TLB flush in `pmdp_collapse_flush` is a hardware broadcast
 //! that does not wait for the walker's IRQs-off section).
 //!
-//! - §2A, 70cbc3cc78a9 (`gup-pmd-recheck`): W stalls after reading a PTE;
+//! - RACES.md “Stale pin of a collapsed page”, 70cbc3cc78a9 (`gup-pmd-recheck`): W stalls after reading a PTE;
 //!   khugepaged (K) clears the PMD and checks refcounts meanwhile; W grabs
 //!   the old page after the check, and only a PMD re-check makes it back
-//!   off.  Run with `khugepaged-gup-fast-ipi` off (either fix closes §2A);
+//!   off.  Run with `khugepaged-gup-fast-ipi` off (either fix closes RACES.md “Stale pin of a collapsed page”);
 //!   the violation is `gup-oracle` (W returns a page that was no longer
 //!   mapped when it was grabbed; the collapse discarded it).  The driver
-//!   keeps §2B out of this run (see the harness sync in the actor).
-//! - §2B anon, 2ba99c5e0881 (`khugepaged-gup-fast-ipi`): W stalls after
+//!   keeps RACES.md “The PTE table freed under the walker” out of this run (see the harness sync in the actor).
+//! - RACES.md “The PTE table freed under the walker” anon, 2ba99c5e0881 (`khugepaged-gup-fast-ipi`): W stalls after
 //!   reading the PMD; K collapses (the PTE table is deposited under the THP)
 //!   and munmaps the THP (`zap_deposited_table` frees the table at once);
 //!   W reads on from the freed table: `gup-fast-freed-table`.  Needs
 //!   `rcu_table_free` (without it `tlb_remove_table_sync_one` is a no-op).
-//! - §2B file: as §2B with `retract_page_tables` freeing an empty file PTE
+//! - RACES.md “The PTE table freed under the walker” file: as RACES.md “The PTE table freed under the walker” with `retract_page_tables` freeing an empty file PTE
 //!   table at once (`pte_free_defer = false`, the 2022 path); with
 //!   `pte_free_defer` the table waits for a grace period and the sync does
 //!   not matter.
@@ -42,14 +42,14 @@ pub const BASE: u64 = 0x4000_0000;
 /// Pages faulted in before each collapse (the rest are holes).
 pub const NR_PAGES: u64 = 8;
 
-/// Which §2 race to run.
+/// Which RACES.md “khugepaged collapse versus GUP-fast” race to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
-    /// §2A: stale-page pin (70cbc3cc78a9).
+    /// RACES.md “Stale pin of a collapsed page”: stale-page pin (70cbc3cc78a9).
     A,
-    /// §2B, anon collapse + deposit + zap_deposited_table (2ba99c5e0881).
+    /// RACES.md “The PTE table freed under the walker”, anon collapse + deposit + zap_deposited_table (2ba99c5e0881).
     BAnon,
-    /// §2B, file retract_page_tables with an immediate free.
+    /// RACES.md “The PTE table freed under the walker”, file retract_page_tables with an immediate free.
     BFile,
 }
 
@@ -84,11 +84,11 @@ pub fn run_scenario(p: &RaceParams, sc: Scenario) -> Result<RaceOutcome, RunErro
                     let r = collapse_huge_page(k, mm, BASE);
                     assert!(matches!(r, ScanResult::Succeed | ScanResult::PageCount), "collapse: {r:?}");
                     if sc == Scenario::A {
-                        // Harness, not kernel: §2A runs with khugepaged-gup-fast-ipi
+                        // Harness, not kernel: RACES.md “Stale pin of a collapsed page” runs with khugepaged-gup-fast-ipi
                         // off, so the munmap below could free the deposited table
-                        // under a walker still stalled in it — that is §2B.  Wait
+                        // under a walker still stalled in it — that is RACES.md “The PTE table freed under the walker”.  Wait
                         // out every IRQs-off section first (after the collapse, so
-                        // §2A's window inside it is untouched) to keep the two races
+                        // RACES.md “Stale pin of a collapsed page”'s window inside it is untouched) to keep the two races
                         // apart.
                         mm_core::smp::smp_call_function(&*k.smp, &|_| {});
                     }

@@ -1,4 +1,4 @@
-//! Stress driver for KERNEL-RACES §7: x86 lazy TLB and freed page tables
+//! Stress driver for docs/RACES.md, “x86 lazy TLB and freed page tables”: x86 lazy TLB and freed page tables
 //! (the freed_tables rule, 016c4d92cd16; switch `lazy-tlb-freed-tables`).
 //!
 //! Every round CPU1 runs a thread of the mm that touches the first page of

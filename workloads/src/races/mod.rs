@@ -1,4 +1,4 @@
-//! Race stress drivers (KERNEL-RACES.md), one module per race.
+//! Race stress drivers (docs/RACES.md), one module per race.
 //!
 //! Contract of every driver `run(p: &RaceParams) -> Result<RaceOutcome<X>, RunError>`
 //! (`X = ()` but for fork_exit_hugetlb's per-child numbers):

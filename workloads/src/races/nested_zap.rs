@@ -1,4 +1,4 @@
-//! Stress driver for KERNEL-RACES §6: two MADV_DONTNEEDs of one mm under
+//! Stress driver for docs/RACES.md, “Concurrent zaps under a shared lock”: two MADV_DONTNEEDs of one mm under
 //! mmap_lock read (99baac21e458, switch `nested-flush-detect`).
 //!
 //! Layout: a small range S (`SMALL` pages at the start of PTE table A) and a

@@ -1,4 +1,4 @@
-//! Stress driver for KERNEL-RACES §4: delayed rmap removal vs writeback
+//! Stress driver for docs/RACES.md, “Delayed rmap removal”: delayed rmap removal vs writeback
 //! (5df397dec7c4, switch `delay-rmap`).
 //!
 //! Actors, one round each (Nadav Amit's PoC, scaled down):

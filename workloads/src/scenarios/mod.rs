@@ -188,7 +188,7 @@ pub struct Exposer {
     pub correctness: bool,
 }
 
-/// Switch → exposing scenario (DESIGN.md "Fixes as switches").
+/// Switch → exposing scenario (`mmemu reproduce`; docs/RACES.md lists them).
 pub const EXPOSERS: &[Exposer] = &[
     Exposer { fix: Fix::KhugepagedGupFastIpi, scenario: "khugepaged-gup", arch: Arch::Arm64, correctness: true },
     Exposer { fix: Fix::GupPmdRecheck, scenario: "khugepaged-gup-pin", arch: Arch::Arm64, correctness: true },

@@ -26,7 +26,7 @@ const KHUGEPAGED_GEOMETRY: Geometry = Geometry { page_shift: 12, pt_bits: 6 };
 
 pub(super) const LAZY_TLB: Scenario = Scenario {
     name: "lazy-tlb",
-    about: "a lazy CPU's speculative page walks while another CPU's munmap frees the tables (x86 lazy TLB, §7)",
+    about: "a lazy CPU's speculative page walks while another CPU's munmap frees the tables (x86 lazy TLB, RACES.md “x86 lazy TLB and freed page tables”)",
     params: &[],
     exposes: &[Fix::LazyTlbFreedTables],
     arch: ArchReq::Requires(Arch::X86),
@@ -38,7 +38,7 @@ pub(super) const LAZY_TLB: Scenario = Scenario {
 
 pub(super) const GUP_TABLE_FREE: Scenario = Scenario {
     name: "gup-table-free",
-    about: "GUP-fast stalled with IRQs off while munmap frees the tables it walks (KERNEL-RACES §1)",
+    about: "GUP-fast stalled with IRQs off while munmap frees the tables it walks (docs/RACES.md, “GUP-fast versus page-table freeing”)",
     params: &[ParamSpec {
         key: "rcu-table-free",
         default: 1,
@@ -67,7 +67,7 @@ fn khugepaged(ctx: &Ctx, sc: Khp, tweak: impl Fn(&mut mm_core::KernelConfig)) ->
 
 pub(super) const KHUGEPAGED_GUP: Scenario = Scenario {
     name: "khugepaged-gup",
-    about: "khugepaged collapses (anon) and zaps the THP while GUP-fast walks the old PTE table (§2B, 2ba99c5e0881)",
+    about: "khugepaged collapses (anon) and zaps the THP while GUP-fast walks the old PTE table (RACES.md “The PTE table freed under the walker”, 2ba99c5e0881)",
     params: &[],
     exposes: &[Fix::KhugepagedGupFastIpi],
     arch: ArchReq::Requires(Arch::Arm64),
@@ -79,7 +79,7 @@ pub(super) const KHUGEPAGED_GUP: Scenario = Scenario {
 
 pub(super) const KHUGEPAGED_GUP_FILE: Scenario = Scenario {
     name: "khugepaged-gup-file",
-    about: "retract_page_tables frees a file PTE table while GUP-fast walks it (§2B file, 2022 path without pte_free_defer)",
+    about: "retract_page_tables frees a file PTE table while GUP-fast walks it (RACES.md “The PTE table freed under the walker” file, 2022 path without pte_free_defer)",
     params: &[],
     exposes: &[Fix::KhugepagedGupFastIpi],
     arch: ArchReq::Requires(Arch::Arm64),
@@ -97,13 +97,13 @@ pub(super) const KHUGEPAGED_GUP_FILE: Scenario = Scenario {
 pub(super) const KHUGEPAGED_GUP_PIN: Scenario = Scenario {
     name: "khugepaged-gup-pin",
     about:
-        "GUP-fast pins a page khugepaged is collapsing away (§2A, 70cbc3cc78a9; runs with khugepaged-gup-fast-ipi off)",
+        "GUP-fast pins a page khugepaged is collapsing away (RACES.md “Stale pin of a collapsed page”, 70cbc3cc78a9; runs with khugepaged-gup-fast-ipi off)",
     params: &[],
     exposes: &[Fix::GupPmdRecheck],
     arch: ArchReq::Requires(Arch::Arm64),
     min_cpus: 2,
     default_iterations: 1000,
-    // Either fix closes §2A: the sync IPI is switched off so the PMD
+    // Either fix closes RACES.md “Stale pin of a collapsed page”: the sync IPI is switched off so the PMD
     // re-check is what the run measures.
     frames: config_frames,
     run: |ctx| khugepaged(ctx, Khp::A, |k| k.fixes.set(Fix::KhugepagedGupFastIpi, false)),
@@ -191,7 +191,7 @@ fn fork_exit(ctx: &Ctx) -> Result<Outcome, RunError> {
 
 pub(super) const WRITEBACK_RACE: Scenario = Scenario {
     name: "writeback-race",
-    about: "MADV_DONTNEED of dirty shared file pages while msync cleans and fadvise evicts them (§4, delayed rmap)",
+    about: "MADV_DONTNEED of dirty shared file pages while msync cleans and fadvise evicts them (RACES.md “Delayed rmap removal”, delayed rmap)",
     params: &[],
     exposes: &[Fix::DelayRmap],
     arch: ArchReq::Default(Arch::X86),
@@ -203,7 +203,7 @@ pub(super) const WRITEBACK_RACE: Scenario = Scenario {
 
 pub(super) const IOMMU_SVA: Scenario = Scenario {
     name: "iommu-sva",
-    about: "an SVA device's write retries vs a CPU's permission upgrade that must invalidate the IOMMU TLB (§5)",
+    about: "an SVA device's write retries vs a CPU's permission upgrade that must invalidate the IOMMU TLB (RACES.md “Secondary-TLB (IOMMU) invalidation”)",
     params: &[],
     exposes: &[Fix::SecondaryTlbOnFlush],
     arch: ArchReq::Requires(Arch::Arm64),
@@ -215,7 +215,7 @@ pub(super) const IOMMU_SVA: Scenario = Scenario {
 
 pub(super) const IOMMU_SVA_DMA: Scenario = Scenario {
     name: "iommu-sva-dma",
-    about: "an SVA device DMAs over a range while a thread MADV_DONTNEEDs and re-faults it (§5, freed frames)",
+    about: "an SVA device DMAs over a range while a thread MADV_DONTNEEDs and re-faults it (RACES.md “Secondary-TLB (IOMMU) invalidation”, freed frames)",
     params: &[],
     exposes: &[],
     arch: ArchReq::Requires(Arch::Arm64),
@@ -231,7 +231,7 @@ pub(super) const IOMMU_SVA_DMA: Scenario = Scenario {
 
 pub(super) const NESTED_ZAP: Scenario = Scenario {
     name: "nested-zap",
-    about: "two MADV_DONTNEEDs of one mm under mmap_lock read; the one that finds nothing must still flush (§6)",
+    about: "two MADV_DONTNEEDs of one mm under mmap_lock read; the one that finds nothing must still flush (RACES.md “Concurrent zaps under a shared lock”)",
     params: &[],
     exposes: &[Fix::NestedFlushDetect],
     arch: ArchReq::Default(Arch::X86),

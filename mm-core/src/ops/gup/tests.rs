@@ -1,4 +1,4 @@
-//! GUP-fast and the slow path on the synchronous Smp; the §1 interleaving
+//! GUP-fast and the slow path on the synchronous Smp; the RACES.md “GUP-fast versus page-table freeing” interleaving
 //! (GUP-fast vs munmap/free_pgtables) forced through the PmdRead hook.
 
 use super::*;
@@ -101,7 +101,7 @@ fn try_grab_folio_fast_fails_on_a_free_folio() {
     assert_no_leaks(&k);
 }
 
-/// §1: the walker (CPU1) read the PMD and stalls; CPU0 munmaps the range
+/// RACES.md “GUP-fast versus page-table freeing”: the walker (CPU1) read the PMD and stalls; CPU0 munmaps the range
 /// (zap, free_pgtables) while CPU1's IRQs are off.  Returns the kernel
 /// after the walker finished.
 fn section1(arch: Arch, rcu_table_free: bool) -> Arc<Kernel> {

@@ -493,7 +493,7 @@ fn gather_ends_with_fully_unshared_tables_clear() {
     assert_eq!(k.san.violations()[0].mm, b.id);
 }
 
-// ---- GUP-fast through shared tables (KERNEL-RACES.md §3.1) -------------------
+// ---- GUP-fast through shared tables (docs/RACES.md, “Unshare versus GUP-fast”) -------------------
 
 use crate::check::sanitizer::ViolationKind;
 use crate::inject::GupFastPoint;
@@ -536,7 +536,7 @@ fn gup_fast_through_a_shared_table_sees_every_sharers_mappings() {
     teardown(&k, &[&a, &b], &[&f]);
 }
 
-/// The §3.1 interleaving, deterministically: P2's walker (CPU0) has read
+/// The RACES.md “Unshare versus GUP-fast” interleaving, deterministically: P2's walker (CPU0) has read
 /// P2's PUD entry (→ shared table S) and stalls there with IRQs off; P2's
 /// munmap (CPU1) unshares; P1 (CPU2) splits its VMA, unmaps the first 2 MiB
 /// and faults an anonymous page Q there, which hangs a PTE table of P1 into
@@ -612,7 +612,7 @@ fn unshare_race_on_x86_the_flush_ipi_alone_waits_for_the_walker() {
 
 #[test]
 fn three_sharers_the_final_unshare_drains_a_walker_that_entered_through_an_earlier_sharer() {
-    // KERNEL-RACES §3.2 subtlety: P3's walker is inside S (entered through
+    // docs/RACES.md, “One sync per gather” subtlety: P3's walker is inside S (entered through
     // P3's PUD); P3 unshares first (2 -> 1: no sync, and on arm64 its flush
     // does not wait for the walker); P2 unshares last (1 -> 0).  P2's one
     // sync must reach the walker of the *other* process before S can be

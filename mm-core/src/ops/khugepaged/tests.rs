@@ -1,5 +1,5 @@
 //! khugepaged collapse, zap_huge_pmd / split, retract_page_tables, and the
-//! §2A / §2B interleavings forced through the gup_fast and collapse hooks.
+//! RACES.md “Stale pin of a collapsed page” / RACES.md “The PTE table freed under the walker” interleavings forced through the gup_fast and collapse hooks.
 
 use super::*;
 use crate::check::check_consistency;
@@ -113,7 +113,7 @@ fn partial_munmap_of_a_thp_splits_it() {
     assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
 }
 
-/// §2A: W (CPU1) read the PMD and the PTE of X, then stalls; K (CPU0)
+/// RACES.md “Stale pin of a collapsed page”: W (CPU1) read the PMD and the PTE of X, then stalls; K (CPU0)
 /// clears the PMD and passes the refcount check; W grabs X and re-checks;
 /// K copies X and discards it.  The two actors run on two host threads
 /// handing the (synchronous) machine to each other.  Returns (collapse
@@ -183,7 +183,7 @@ fn section2a_with_pmd_recheck_backs_off() {
     assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
 }
 
-/// §2B (anon): W (CPU1) read the PMD (table T) and stalls with IRQs off;
+/// RACES.md “The PTE table freed under the walker” (anon): W (CPU1) read the PMD (table T) and stalls with IRQs off;
 /// K (CPU0) collapses (T deposited under the THP) and munmaps the THP
 /// (zap_deposited_table frees T at once); W reads on from T.
 fn section2b_anon(sync_ipi: bool) -> Arc<Kernel> {
@@ -270,7 +270,7 @@ fn retract_page_tables_frees_empty_tables_deferred_or_at_once() {
     }
 }
 
-/// §2B (file, 2022 path): W (CPU1) read the PMD (table T) and stalls; K
+/// RACES.md “The PTE table freed under the walker” (file, 2022 path): W (CPU1) read the PMD (table T) and stalls; K
 /// retracts T.
 fn section2b_file(pte_free_defer: bool, sync_ipi: bool) -> Arc<Kernel> {
     let mut fixes = crate::config::Fixes::all();
