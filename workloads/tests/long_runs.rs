@@ -333,3 +333,16 @@ fn no_debug_vm_is_reported() {
     ]));
     assert_eq!((on["debug_vm"].as_bool(), off["debug_vm"].as_bool()), (Some(true), Some(false)));
 }
+
+/// A race run that fails mid-way was not leak-checked, and says so (it
+/// reported `leaked frames: 0`).
+#[test]
+fn a_failed_race_run_is_not_leak_checked() {
+    let o =
+        mmemu(&["run", "nested-zap", "--cpus", "2", "--no-pin", "--iterations", "5", "--inject-panic", "1", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v = json_of(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(v["verdict"], "panic", "{v}");
+    assert!(v["leaked_frames"].is_null(), "{v}");
+    assert_eq!(v["leak_not_checked"], "the run ended early");
+}

@@ -79,6 +79,11 @@ pub fn chunked(
             }
             Err(e) if e.is_config() => return Err(e),
             Err(e) => {
+                // The failed call's machine was not leak-checked (its
+                // teardown stopped at the failure, or was skipped after a
+                // hang): the run as a whole was not.
+                out.measure.leaked = None;
+                out.leak_not_checked = Some("the run ended early".into());
                 out.error = Some(e);
                 break;
             }
