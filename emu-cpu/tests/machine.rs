@@ -341,3 +341,70 @@ fn a_cpu_that_never_idles_still_frees_rcu_tables() {
     assert!(freed > 0, "no RCU callback ran on a CPU busy with user code for 5 s");
     s.run_user(CpuId(0), &mm, |k, mm| mm_core::ops::exit_mm(k, mm)).unwrap();
 }
+
+/// `cpu_relax` is an interrupt point: a CPU spinning on a flag with IRQs on
+/// takes the cross call whose completion sets that flag (without it the
+/// sender would wait for the watchdog).
+#[test]
+fn cpu_relax_takes_ipis() {
+    let m = Machine::new(2, MachineConfig { watchdog: Duration::from_secs(2), ..cfg(WaitPolicy::Adaptive) });
+    let smp = Arc::new(m.smp());
+    let flag = Arc::new(AtomicBool::new(false));
+    let (s, f) = (smp.clone(), flag.clone());
+    let spinner = m.spawn_on(CpuId(0), move || {
+        while !f.load(Ordering::SeqCst) {
+            s.cpu_relax();
+            std::hint::spin_loop();
+        }
+    });
+    let (s, f) = (smp.clone(), flag.clone());
+    let sender = m.spawn_on(CpuId(1), move || {
+        let mut mask = CpuMask::new();
+        mask.set(CpuId(0));
+        s.smp_call_function_many(&mask, &|_| {});
+        f.store(true, Ordering::SeqCst);
+    });
+    sender.join(Duration::from_secs(10)).expect("the cross call to a cpu_relax spinner completes");
+    spinner.join(Duration::from_secs(10)).unwrap();
+}
+
+/// The hang report names the busy CPUs (at most 8, then a count) and
+/// counts the idle ones; with none idle it says nothing about idling.
+#[test]
+fn hang_report_names_busy_cpus_and_counts_the_rest() {
+    let hang = Duration::from_millis(300);
+    for (n, busy) in [(12usize, 10usize), (3, 3)] {
+        let m = Machine::new(n, MachineConfig { hang_timeout: hang, ..cfg(WaitPolicy::Adaptive) });
+        let stop = Arc::new(AtomicBool::new(false));
+        let hs: Vec<_> = (0..busy)
+            .map(|c| {
+                let stop = stop.clone();
+                m.spawn_on(CpuId(c as u32), move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let mut hs = hs.into_iter();
+        let first = hs.next().unwrap();
+        let err = first.join(hang).unwrap_err();
+        stop.store(true, Ordering::SeqCst);
+        let MachineError::Hang { state, .. } = &err else { panic!("expected a hang, got {err}") };
+        let shown = state.matches("running a task").count();
+        assert_eq!(shown, busy.min(8), "{state}");
+        if busy > 8 {
+            assert!(state.contains(&format!("and {} more busy", busy - 8)), "{state}");
+        } else {
+            assert!(!state.contains("more busy"), "{state}");
+        }
+        if n > busy {
+            assert!(state.ends_with(&format!("; {} idle", n - busy)), "{state}");
+        } else {
+            assert!(!state.contains("idle"), "{state}");
+        }
+        for h in hs {
+            h.join(Duration::from_secs(10)).unwrap();
+        }
+    }
+}
