@@ -51,7 +51,9 @@ pub enum DmaError {
 
 /// Shared state of one bound device.
 pub struct SvaDevice {
+    /// The mm bound to the device's PASID (`iommu_sva_bind_device`).
     pub mm: Arc<MmStruct>,
+
     /// The device's IOTLB/ATC.
     tlb: Mutex<Tlb>,
     /// Resolved faults allowed for one access before it counts as a livelock.

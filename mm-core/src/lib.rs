@@ -1,3 +1,5 @@
+#![warn(missing_docs)]
+
 //! mm-core: the model.  Emulated MMU hardware (`hw`) and a port of the Linux
 //! kernel's TLB-invalidation machinery: the mmu_gather (`gather`), page-table
 //! freeing through RCU (`rcu`), the arch flush policies (`arch`, reached

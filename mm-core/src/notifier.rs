@@ -73,6 +73,7 @@ pub struct MmuNotifierSubscriptions {
 }
 
 impl MmuNotifierSubscriptions {
+    /// No subscriber (a new mm).
     pub fn new() -> Self {
         Self::default()
     }
@@ -80,6 +81,7 @@ impl MmuNotifierSubscriptions {
     pub fn len(&self) -> usize {
         self.list.read().len()
     }
+    /// No subscriber: `mm_has_notifiers` is false.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

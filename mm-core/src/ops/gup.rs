@@ -66,6 +66,7 @@ impl Foll {
     /// `FOLL_PIN`: take a pin (`GUP_PIN_COUNTING_BIAS` references).
     pub const PIN: Foll = Foll(4);
 
+    /// Every flag of `f` is set (`gup_flags & FOLL_PIN`).
     #[inline]
     pub fn has(self, f: Foll) -> bool {
         self.0 & f.0 == f.0
@@ -87,6 +88,7 @@ pub const GUP_PIN_COUNTING_BIAS: i32 = 1024;
 pub enum GupError {
     /// No VMA, or the VMA does not allow the access.
     Fault(u64),
+    /// A page or page table could not be allocated while faulting in.
     NoMem,
 }
 

@@ -110,6 +110,8 @@ pub enum UnshareFlush {
 }
 
 impl UnshareFlush {
+    /// The mode `k.cfg.fixes` selects (`HugetlbUnshareSync`,
+    /// `HugetlbUnshareBatched`).
     pub fn of(k: &Kernel) -> Self {
         let f = k.cfg.fixes;
         if !f.on(Fix::HugetlbUnshareSync) {

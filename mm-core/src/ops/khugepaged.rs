@@ -58,7 +58,9 @@ use crate::types::Pfn;
 /// `enum scan_result` (the subset the model can produce).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScanResult {
+    /// `SCAN_SUCCEED`: the range was collapsed (or retracted).
     Succeed,
+
     /// No suitable VMA covers the PMD range (`SCAN_VMA_CHECK`).
     VmaCheck,
     /// No PTE table under the PMD (`SCAN_PMD_NULL`).
