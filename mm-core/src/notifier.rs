@@ -81,15 +81,10 @@ impl MmuNotifierSubscriptions {
     pub fn len(&self) -> usize {
         self.list.read().len()
     }
-    /// No subscriber: `mm_has_notifiers` is false.
+    /// No subscriber (the kernel's `mm_has_notifiers(mm)` is false).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// `mm_has_notifiers(mm)`
-pub fn mm_has_notifiers(mm: &MmStruct) -> bool {
-    !mm.notifier_subscriptions.is_empty()
 }
 
 /// `mmu_notifier_register(subscription, mm)`
