@@ -21,8 +21,24 @@
 //! - `Machine::shutdown()` (also on Drop) stops and joins every CPU thread;
 //!   a CPU that is stuck in a task is detached after a grace period rather
 //!   than hanging the caller.
+//!
+//! # Crate map
+//!
+//! - The crate root: `Machine` (CPUs as threads, `run_on` / `spawn_on`,
+//!   `jiffies`), `MachineConfig` and `WaitPolicy`, `MachineError` /
+//!   `CsdLockTimeout` (why a task gave no result), `TaskHandle`,
+//!   `MachineSmp` (the `Smp` a kernel owns), `System` (a machine with the
+//!   kernel booted on it: user tasks, kernel threads, RCU in the idle loop
+//!   and the tick), `HZ` / `TICK` (the unit of `jiffies`) and
+//!   `HOST_BYTES_PER_CPU`.
+//! - `trace` — the Perfetto trace recorder: IRQs-off regions, IPIs,
+//!   tlb_flush events, syscalls (`start`, `stop`, `syscall`).
+//!
+//! Internal modules: `cpu` (a CPU's main loop, mailboxes, the watchdog and
+//! hang detection) and `system` (re-exported as `System`).
 
 mod cpu;
+
 mod system;
 pub mod trace;
 
@@ -66,7 +82,7 @@ pub struct MachineConfig {
 }
 
 /// Default of `MachineConfig::hang_timeout` (`mmemu --hang-timeout`).
-pub const DEFAULT_HANG_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const DEFAULT_HANG_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Default for MachineConfig {
     fn default() -> Self {

@@ -172,13 +172,13 @@ pub fn stop() -> (Vec<Event>, u64) {
 
 /// Microseconds since `start()`.
 #[inline]
-pub fn now_us() -> f64 {
+pub(crate) fn now_us() -> f64 {
     let ns = (base().elapsed().as_nanos() as u64).saturating_sub(EPOCH_NS.load(Ordering::Relaxed));
     ns as f64 / 1000.0
 }
 
 /// A fresh id for flows.
-pub fn next_id() -> u64 {
+pub(crate) fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -196,7 +196,7 @@ pub fn emit(ev: Event) {
 }
 
 /// A slice from `start_us` to now on `cpu`.
-pub fn slice(cpu: u32, name: &'static str, cat: Cat, start_us: f64, args: Args) {
+pub(crate) fn slice(cpu: u32, name: &'static str, cat: Cat, start_us: f64, args: Args) {
     let dur_us = (now_us() - start_us).max(0.0);
     emit(Event { cpu, ts_us: start_us, name, cat, kind: Kind::Slice { dur_us }, args });
 }

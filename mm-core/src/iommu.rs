@@ -89,7 +89,7 @@ impl MmuNotifierOps for SvaNotifier {
 }
 
 /// Device IOTLB shape: small, like a real ATC.
-pub const DEVICE_TLB: TlbShape = TlbShape { sets: 16, ways: 4, huge_sets: 1, psc_entries: 1 };
+pub(crate) const DEVICE_TLB: TlbShape = TlbShape { sets: 16, ways: 4, huge_sets: 1, psc_entries: 1 };
 
 /// `iommu_sva_bind_device(dev, mm)`: bind a new device to `mm`.
 pub fn iommu_sva_bind_device(k: &Kernel, mm: &Arc<MmStruct>, retry_bound: u32) -> Arc<SvaDevice> {

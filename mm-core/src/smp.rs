@@ -91,7 +91,7 @@ pub fn smp_call_function(smp: &dyn Smp, func: &(dyn Fn(CpuId) + Sync)) {
 
 /// `on_each_cpu_mask(mask, func, info, wait = true)`: the mask's other CPUs
 /// by IPI, and this CPU (if in the mask) directly with IRQs off.
-pub fn on_each_cpu_mask(smp: &dyn Smp, mask: &CpuMask, func: &(dyn Fn(CpuId) + Sync)) {
+pub(crate) fn on_each_cpu_mask(smp: &dyn Smp, mask: &CpuMask, func: &(dyn Fn(CpuId) + Sync)) {
     let me = smp.this_cpu();
     smp.smp_call_function_many(mask, func);
     if mask.test(me) {

@@ -263,6 +263,6 @@ pub use std::sync::OnceLock as HookCell;
 /// Atomics of the test knobs and the injected panic (`inject`): set before
 /// a run or by the workload's syscall entry, never part of a modelled race,
 /// so like `StatCounter` they stay plain std atomics even under loom.
-pub mod unmodelled {
+pub(crate) mod unmodelled {
     pub use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 }

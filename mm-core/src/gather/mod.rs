@@ -53,9 +53,9 @@
 //! - `MMU_GATHER_MERGE_VMAS` is selected by no profile (s390 selects it), so
 //!   `tlb_end_vma` always flushes the TLB (`vma_pfn` would force it anyway).
 
-pub mod batch;
-pub mod encoded_page;
-pub mod table_free;
+pub(crate) mod batch;
+pub(crate) mod encoded_page;
+pub(crate) mod table_free;
 
 pub use batch::{
     MmuGatherBatch, MmuTableBatch, GATHER_PAGE_SIZE, MAX_GATHER_BATCH, MAX_GATHER_BATCH_COUNT, MAX_NR_FOLIOS_PER_FREE,

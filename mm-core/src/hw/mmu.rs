@@ -80,14 +80,14 @@ pub struct Hw {
 }
 
 /// No root table loaded.
-pub const NO_CR3: u64 = u64::MAX;
+pub(crate) const NO_CR3: u64 = u64::MAX;
 
 #[inline]
 /// A hardware walker's leaf step (CPU MMU and IOMMU alike): check the
 /// entry's permissions, then set Accessed (and Dirty for a write) with a
 /// compare-and-swap, re-checking if the entry changed under us.  Returns
 /// the entry as it now is.
-pub fn set_accessed_dirty(slot: &AtomicU64, mut cur: Pte, write: bool, level: Level) -> Result<Pte, Fault> {
+pub(crate) fn set_accessed_dirty(slot: &AtomicU64, mut cur: Pte, write: bool, level: Level) -> Result<Pte, Fault> {
     loop {
         if !cur.present() {
             return Err(Fault::NotPresent { level });

@@ -11,9 +11,10 @@
 //!   `tlb_finish_mmu` after the flush).
 //! - `tlb_gen` is x86's `mm->context.tlb_gen`: bumped by every flush request.
 
-pub mod address_space;
+pub(crate) mod address_space;
 
-pub use address_space::AddressSpace;
+pub use crate::notifier::MmuNotifierSubscriptions;
+pub use address_space::{AddressSpace, IMmapEntry};
 
 use crate::sync::{Arc, AtomicI32, AtomicU64, Mutex, Ordering, RwLock};
 use crate::types::{AtomicCpuMask, Pfn};

@@ -81,7 +81,7 @@ pub enum ScanResult {
 }
 
 /// `khugepaged_max_ptes_none` default: HPAGE_PMD_NR - 1.
-pub fn max_ptes_none(k: &Kernel) -> u64 {
+pub(crate) fn max_ptes_none(k: &Kernel) -> u64 {
     k.cfg.geometry.hpage_pmd_nr() - 1
 }
 

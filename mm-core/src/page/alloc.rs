@@ -18,11 +18,11 @@ use crate::types::{CpuId, Pfn};
 use serde::Serialize;
 
 /// MAX_PAGE_ORDER
-pub const MAX_PAGE_ORDER: u32 = 10;
+pub(crate) const MAX_PAGE_ORDER: u32 = 10;
 /// Per-CPU list refill batch (`pcp->batch`).
-pub const PCP_BATCH: usize = 31;
+pub(crate) const PCP_BATCH: usize = 31;
 /// Per-CPU list high watermark (`pcp->high`), drained back to the zone above it.
-pub const PCP_HIGH: usize = 6 * PCP_BATCH;
+pub(crate) const PCP_HIGH: usize = 6 * PCP_BATCH;
 
 /// What a frame is used for (leak accounting).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
