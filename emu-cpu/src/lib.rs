@@ -1,3 +1,5 @@
+#![warn(missing_docs)]
+
 //! The machine: emulated CPUs as OS threads, IPI mailboxes, interrupt masking.
 //!
 //! Contract (ARCHITECTURE.md, “Invariants”: interrupts really are masked):
@@ -19,8 +21,24 @@
 //! - `Machine::shutdown()` (also on Drop) stops and joins every CPU thread;
 //!   a CPU that is stuck in a task is detached after a grace period rather
 //!   than hanging the caller.
+//!
+//! # Crate map
+//!
+//! - The crate root: `Machine` (CPUs as threads, `run_on` / `spawn_on`,
+//!   `jiffies`), `MachineConfig` and `WaitPolicy`, `MachineError` /
+//!   `CsdLockTimeout` (why a task gave no result), `TaskHandle`,
+//!   `MachineSmp` (the `Smp` a kernel owns), `System` (a machine with the
+//!   kernel booted on it: user tasks, kernel threads, RCU in the idle loop
+//!   and the tick), `HZ` / `TICK` (the unit of `jiffies`) and
+//!   `HOST_BYTES_PER_CPU`.
+//! - `trace` — the Perfetto trace recorder: IRQs-off regions, IPIs,
+//!   tlb_flush events, syscalls (`start`, `stop`, `syscall`).
+//!
+//! Internal modules: `cpu` (a CPU's main loop, mailboxes, the watchdog and
+//! hang detection) and `system` (re-exported as `System`).
 
 mod cpu;
+
 mod system;
 pub mod trace;
 
@@ -48,10 +66,13 @@ pub enum WaitPolicy {
     Adaptive,
 }
 
+/// How a `Machine` runs its CPU threads (`mmemu --pin`, `--wait`,
+/// `--hang-timeout`).
 #[derive(Clone, Copy, Debug)]
 pub struct MachineConfig {
     /// Pin CPU threads round-robin to host cores.
     pub pin: bool,
+    /// How idle CPUs and waiting senders wait for their mailbox.
     pub wait: WaitPolicy,
     /// CSD-lock timeout: how long a sender waits for each cross call.
     pub watchdog: Duration,
@@ -61,7 +82,7 @@ pub struct MachineConfig {
 }
 
 /// Default of `MachineConfig::hang_timeout` (`mmemu --hang-timeout`).
-pub const DEFAULT_HANG_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const DEFAULT_HANG_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Default for MachineConfig {
     fn default() -> Self {
@@ -80,20 +101,43 @@ pub enum MachineError {
     /// The task panicked (an assertion, a VM_BUG_ON, a panic in an IPI
     /// handler it waited for).
     #[error("{cpu}: task panicked: {msg}")]
-    Panicked { cpu: CpuId, msg: String },
+    Panicked {
+        /// The CPU the task ran on.
+        cpu: CpuId,
+        /// The panic message.
+        msg: String,
+    },
     /// The task's CPU waited `MachineConfig::watchdog` in
     /// `smp_call_function_many` for `targets` to acknowledge (CSD-lock
     /// timeout): those CPUs hang, so `is_hang`.  Printed as the panic it is
     /// on the machine; `msg` names the targets and their IRQ state.
     #[error("{cpu}: task panicked: {msg}")]
-    CsdTimeout { cpu: CpuId, targets: Vec<CpuId>, msg: String },
+    CsdTimeout {
+        /// The task's CPU: the sender that waited.
+        cpu: CpuId,
+        /// The CPUs that never started the call (empty: they started it
+        /// but finished late).
+        targets: Vec<CpuId>,
+        /// The watchdog's message (`CsdLockTimeout::msg`).
+        msg: String,
+    },
     /// No CPU of the machine made progress for `after` while waiting for
     /// the task's result; `state` says what each CPU was doing.
     #[error("{cpu}: hang: no CPU made progress for {after:?} while its task ran ({state})")]
-    Hang { cpu: CpuId, after: Duration, state: String },
+    Hang {
+        /// The CPU the task was queued on.
+        cpu: CpuId,
+        /// How long no CPU made progress (the `join` timeout).
+        after: Duration,
+        /// What the busy CPUs were doing (at most 8 named) and how many idled.
+        state: String,
+    },
     /// The CPU is stopped (or does not exist) and will never run the task.
     #[error("{cpu}: CPU is stopped or does not exist")]
-    Stopped { cpu: CpuId },
+    Stopped {
+        /// The CPU the task was given to.
+        cpu: CpuId,
+    },
 }
 
 impl MachineError {
@@ -120,7 +164,10 @@ impl MachineError {
 /// finished late).  A task that ends with it is `MachineError::CsdTimeout`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CsdLockTimeout {
+    /// The CPU waiting in `smp_call_function_many`.
     pub sender: CpuId,
+    /// The targets that never started the call (empty: all started, some
+    /// finished late).
     pub targets: Vec<CpuId>,
     /// `CSD lock timeout: CPU0 waited 5s in smp_call_function_many for CPU1
     /// (IRQs off, running a task) to acknowledge`.
@@ -210,6 +257,9 @@ pub const HOST_BYTES_PER_CPU: u64 = 64 << 10;
 /// Grace period for CPU threads to exit at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// An emulated SMP machine: one OS thread per CPU, a timer thread, IPI
+/// mailboxes (see the crate doc for the contract).  Dropping it shuts it
+/// down.
 pub struct Machine {
     shared: Arc<Shared>,
     cfg: MachineConfig,
@@ -224,6 +274,8 @@ impl fmt::Debug for Machine {
 }
 
 impl Machine {
+    /// Boot `n_cpus` CPUs (1..=`NR_CPUS`, else panics) and the timer; each
+    /// CPU idles with IRQs on until given a task.
     pub fn new(n_cpus: usize, cfg: MachineConfig) -> Machine {
         assert!(
             (1..=mm_core::types::NR_CPUS).contains(&n_cpus),
@@ -268,10 +320,12 @@ impl Machine {
         self.shared.jiffies.load(Ordering::SeqCst)
     }
 
+    /// CPUs of the machine (`nr_cpu_ids`).
     pub fn nr_cpus(&self) -> usize {
         self.shared.cpus.len()
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> &MachineConfig {
         &self.cfg
     }

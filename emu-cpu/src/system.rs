@@ -31,8 +31,11 @@ use mm_core::{Kernel, KernelConfig};
 
 use crate::{Machine, MachineConfig, MachineError, TaskHandle};
 
+/// A booted machine: the CPUs and the kernel whose `Smp` they are.
 pub struct System {
+    /// The CPUs (threads, mailboxes, timer).
     pub machine: Machine,
+    /// The kernel running on them; its idle and tick hooks run RCU callbacks.
     pub kernel: Arc<Kernel>,
 }
 
@@ -71,10 +74,12 @@ impl System {
         Ok(System { machine, kernel })
     }
 
+    /// CPUs of the machine (= `kernel.cfg.nr_cpus`).
     pub fn nr_cpus(&self) -> usize {
         self.machine.nr_cpus()
     }
 
+    /// The kernel (also the `kernel` field).
     pub fn kernel(&self) -> &Arc<Kernel> {
         &self.kernel
     }

@@ -57,25 +57,39 @@ fn base() -> Instant {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
     /// A complete slice ("X") of `dur_us` starting at `ts_us`.
-    Slice { dur_us: f64 },
+    Slice {
+        /// Duration in microseconds.
+        dur_us: f64,
+    },
     /// An instant event ("i", thread scope).
     Instant,
     /// Flow start ("s") on the sender.
-    FlowStart { id: u64 },
+    FlowStart {
+        /// `call << 8 | target index`: pairs it with one `FlowEnd`.
+        id: u64,
+    },
     /// Flow end ("f", bound to the enclosing slice) on the target.
-    FlowEnd { id: u64 },
+    FlowEnd {
+        /// The `FlowStart`'s id.
+        id: u64,
+    },
 }
 
 /// Category ("cat") of an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cat {
+    /// Cross calls: the sender's `smp_call_function_many` and its flows.
     Ipi,
+    /// IRQs-off regions and IPI handlers.
     Irq,
+    /// tlb_flush trace events.
     Tlb,
+    /// Syscalls of the workloads.
     Syscall,
 }
 
 impl Cat {
+    /// The trace's "cat" string.
     pub fn name(self) -> &'static str {
         match self {
             Cat::Ipi => "ipi",
@@ -90,11 +104,14 @@ impl Cat {
 /// trace's string args.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Args {
+    /// No args.
     None,
     /// tlb_flush: `"reason"` (the Stat's name) and `"pages"` (a number, or
     /// `TLB_FLUSH_ALL` for `mm_core::stats::TLB_FLUSH_ALL`).
     TlbFlush {
+        /// The trace reason (`Stat::name` is its kernel name).
         reason: Stat,
+        /// Pages flushed, or `mm_core::stats::TLB_FLUSH_ALL`.
         pages: u64,
     },
     /// IPI handler: `"from"`, the sending CPU.
@@ -104,6 +121,7 @@ pub enum Args {
     /// the call's `FlowStart` events (`id = call << 8 | cpu`), which are
     /// recorded before the slice and so are kept whenever it is.
     Targets {
+        /// The cross call's id (`next_id()`).
         call: u64,
     },
 }
@@ -111,11 +129,17 @@ pub enum Args {
 /// One recorded event on one emulated CPU's track.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Event {
+    /// Microseconds since `start()` (a slice's start).
     pub ts_us: f64,
+    /// Slice, instant or flow end point.
     pub kind: Kind,
+    /// The event's name, e.g. `"irqs_off"`, `"tlb_flush"`, a syscall's.
     pub name: &'static str,
+    /// The event's args.
     pub args: Args,
+    /// The emulated CPU whose track it is on.
     pub cpu: u32,
+    /// Its category.
     pub cat: Cat,
 }
 
@@ -148,13 +172,13 @@ pub fn stop() -> (Vec<Event>, u64) {
 
 /// Microseconds since `start()`.
 #[inline]
-pub fn now_us() -> f64 {
+pub(crate) fn now_us() -> f64 {
     let ns = (base().elapsed().as_nanos() as u64).saturating_sub(EPOCH_NS.load(Ordering::Relaxed));
     ns as f64 / 1000.0
 }
 
 /// A fresh id for flows.
-pub fn next_id() -> u64 {
+pub(crate) fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -172,7 +196,7 @@ pub fn emit(ev: Event) {
 }
 
 /// A slice from `start_us` to now on `cpu`.
-pub fn slice(cpu: u32, name: &'static str, cat: Cat, start_us: f64, args: Args) {
+pub(crate) fn slice(cpu: u32, name: &'static str, cat: Cat, start_us: f64, args: Args) {
     let dur_us = (now_us() - start_us).max(0.0);
     emit(Event { cpu, ts_us: start_us, name, cat, kind: Kind::Slice { dur_us }, args });
 }

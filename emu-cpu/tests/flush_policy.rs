@@ -110,7 +110,7 @@ fn arm64_broadcast_reaches_cpu_with_irqs_off() {
     assert!(k.stats.get_cpu(CpuId(0), Stat::Arm64BroadcastTlbi) >= 1);
     // tlb_remove_table_sync_one, by contrast, is an IPI: it completes only
     // once CPU1 re-enables IRQs.
-    let sync = s.spawn_kthread(CpuId(0), |k| mm_core::gather::table_free::tlb_remove_table_sync_one(k));
+    let sync = s.spawn_kthread(CpuId(0), |k| mm_core::gather::tlb_remove_table_sync_one(k));
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(k.smp.call_interrupts(CpuId(1)), 0, "the IPI cannot land while IRQs are off");
     release.store(true, Ordering::SeqCst);

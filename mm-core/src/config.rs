@@ -23,7 +23,9 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Every profile, in CLI order.
     pub const ALL: [Arch; 3] = [Arch::X86, Arch::Arm64, Arch::GenericNoRange];
+    /// The CLI / report name (`--arch x86|arm64|generic`); `FromStr` parses it.
     pub fn name(self) -> &'static str {
         match self {
             Arch::X86 => "x86",
@@ -64,18 +66,36 @@ pub enum KernelVersion {
 /// The historical fixes, one switch each (docs/RACES.md: the race each fix closes; off means the code before the commit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Fix {
+    /// 2ba99c5e0881: `tlb_remove_table_sync_one()` after khugepaged's
+    /// `pmdp_collapse_flush`, before the old PTE table is freed or reused.
     KhugepagedGupFastIpi,
+    /// 5df397dec7c4: zap keeps a dirty file page's rmap until after the
+    /// TLB flush (`ENCODED_PAGE_BIT_DELAY_RMAP`, `tlb_flush_rmaps`).
     DelayRmap,
+    /// 1013af4f585f (CVE-2025-38085): `huge_pmd_unshare` syncs every CPU
+    /// (`tlb_remove_table_sync_one`) before i_mmap_rwsem is dropped.
     HugetlbUnshareSync,
+    /// 8ce720d5bd91: unsharing goes through the mmu_gather, one sync per
+    /// gather and none while other sharers remain.
     HugetlbUnshareBatched,
+    /// 6bbd42e2df8f: the arch flush primitives invalidate secondary TLBs
+    /// (`mmu_notifier_arch_invalidate_secondary_tlbs`).
     SecondaryTlbOnFlush,
+    /// d7f861b9c43a: one gather slot per contiguous run of a large folio's
+    /// pages (`ENCODED_PAGE_BIT_NR_PAGES_NEXT`).
     FolioPagesBatching,
+    /// 99baac21e458: `tlb_finish_mmu` flushes the whole range when
+    /// `mm_tlb_flush_nested` sees another gatherer pending.
     NestedFlushDetect,
+    /// 016c4d92cd16: x86 IPIs lazy-TLB CPUs too when page tables were
+    /// freed (`freed_tables`).
     LazyTlbFreedTables,
+    /// 70cbc3cc78a9: `gup_fast_pte_range` re-checks the PMD after the grab.
     GupPmdRecheck,
 }
 
 impl Fix {
+    /// Every switch, in `--revert` listing order.
     pub const ALL: [Fix; 9] = [
         Fix::KhugepagedGupFastIpi,
         Fix::DelayRmap,
@@ -161,16 +181,20 @@ impl Default for Fixes {
 }
 
 impl Fixes {
+    /// Every fix on: the current kernel (the default).
     pub fn all() -> Self {
         Fixes(Fix::ALL.iter().fold(0, |m, f| m | (1 << *f as u32)))
     }
+    /// Every fix off: each path as before its commit.
     pub fn none() -> Self {
         Fixes(0)
     }
+    /// Whether `f` is switched on (the code after its commit).
     #[inline]
     pub fn on(self, f: Fix) -> bool {
         self.0 & (1 << f as u32) != 0
     }
+    /// Switch `f` on or off.
     pub fn set(&mut self, f: Fix, on: bool) {
         if on {
             self.0 |= 1 << f as u32;
@@ -183,6 +207,7 @@ impl Fixes {
         self.set(f, false);
         self
     }
+    /// The switches that are off, in `Fix::ALL` order.
     pub fn reverted(self) -> Vec<Fix> {
         Fix::ALL.into_iter().filter(|f| !self.on(*f)).collect()
     }
@@ -204,9 +229,11 @@ impl Geometry {
     /// Model-checking geometry: 4 entries per table (a "PMD" maps 16 KiB).
     pub const SMALL: Geometry = Geometry { page_shift: 12, pt_bits: 2 };
 
+    /// PAGE_SIZE, in bytes.
     pub const fn page_size(self) -> u64 {
         1 << self.page_shift
     }
+    /// Entries per table at every level (PTRS_PER_PTE).
     pub const fn ptrs_per_table(self) -> usize {
         1 << self.pt_bits
     }
@@ -214,9 +241,11 @@ impl Geometry {
     pub const fn level_shift(self, level: crate::hw::pte::Level) -> u32 {
         self.page_shift + self.pt_bits * level as u32
     }
+    /// PMD_SIZE: bytes one PMD entry maps (a PTE table's span, a THP).
     pub const fn pmd_size(self) -> u64 {
         1 << (self.page_shift + self.pt_bits)
     }
+    /// PUD_SIZE: bytes one PUD entry maps (a PMD table's span).
     pub const fn pud_size(self) -> u64 {
         1 << (self.page_shift + 2 * self.pt_bits)
     }
@@ -250,16 +279,20 @@ pub struct TlbShape {
 impl TlbShape {
     /// Roughly a modern x86 L1 dTLB + STLB slice: 64×4 small, 8×4 huge.
     pub const DEFAULT: TlbShape = TlbShape { sets: 64, ways: 4, huge_sets: 8, psc_entries: 16 };
+    /// Model-checking shape: 2×2 small, 1×2 huge, 2 PSC entries per level.
     pub const SMALL: TlbShape = TlbShape { sets: 2, ways: 2, huge_sets: 1, psc_entries: 2 };
 }
 
 /// Everything that shapes one emulated kernel.
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelConfig {
+    /// The arch profile: how flushes reach other CPUs (`arch::arch_ops`).
     pub arch: Arch,
     /// The kernel release the arch profile follows.
     pub kernel: KernelVersion,
+    /// Page size and entries per table.
     pub geometry: Geometry,
+    /// Every CPU's TLB and paging-structure-cache shape.
     pub tlb: TlbShape,
     /// Emulated RAM in page frames.
     pub ram_frames: usize,

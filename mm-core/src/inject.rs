@@ -28,10 +28,15 @@ use crate::types::CpuId;
 /// Everything injected into one kernel (`Kernel::inject`).
 #[derive(Default)]
 pub struct Inject {
+    /// Injected GFP_NOWAIT failures of gather and table batches.
     pub faults: FaultInject,
+    /// Forced interleavings for deterministic tests.
     pub hooks: TestHooks,
+    /// Stall points inside gup_fast and collapse_huge_page.
     pub race: RaceHooks,
+    /// A panic at a chosen syscall of one CPU.
     pub panic: PanicInject,
+    /// Code placements no kernel had.
     pub knobs: Knobs,
 }
 
@@ -190,9 +195,11 @@ impl PanicInject {
 pub struct Knob(unmodelled::AtomicBool);
 
 impl Knob {
+    /// Turn the knob on or off (before any task runs).
     pub fn set(&self, on: bool) {
         self.0.store(on, Ordering::Relaxed);
     }
+    /// Whether the knob is on (one relaxed load).
     #[inline]
     pub fn get(&self) -> bool {
         self.0.load(Ordering::Relaxed)

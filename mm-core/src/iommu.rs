@@ -51,7 +51,9 @@ pub enum DmaError {
 
 /// Shared state of one bound device.
 pub struct SvaDevice {
+    /// The mm bound to the device's PASID (`iommu_sva_bind_device`).
     pub mm: Arc<MmStruct>,
+
     /// The device's IOTLB/ATC.
     tlb: Mutex<Tlb>,
     /// Resolved faults allowed for one access before it counts as a livelock.
@@ -87,7 +89,7 @@ impl MmuNotifierOps for SvaNotifier {
 }
 
 /// Device IOTLB shape: small, like a real ATC.
-pub const DEVICE_TLB: TlbShape = TlbShape { sets: 16, ways: 4, huge_sets: 1, psc_entries: 1 };
+pub(crate) const DEVICE_TLB: TlbShape = TlbShape { sets: 16, ways: 4, huge_sets: 1, psc_entries: 1 };
 
 /// `iommu_sva_bind_device(dev, mm)`: bind a new device to `mm`.
 pub fn iommu_sva_bind_device(k: &Kernel, mm: &Arc<MmStruct>, retry_bound: u32) -> Arc<SvaDevice> {

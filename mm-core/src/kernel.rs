@@ -20,17 +20,29 @@ use crate::stats::Stats;
 use crate::sync::{Arc, AtomicU64, Ordering};
 use crate::types::{CpuId, Pfn};
 
+/// One emulated machine's kernel: the globals of mm/ and arch/x86/mm (the
+/// `mem_map`, the buddy zone, per-CPU TLB state, RCU) plus the emulated
+/// hardware and the checkers.  Shared by every CPU as `Arc<Kernel>`.
 pub struct Kernel {
+    /// The configuration it was built from (validated; never changes).
     pub cfg: KernelConfig,
     /// The arch profile (`arch/`), chosen here once from `cfg.arch` and
     /// `cfg.kernel`: the flush, context-switch and PTE-upgrade policy.
     pub arch: Box<dyn ArchOps>,
+    /// The emulated hardware: RAM with frame generations, per-CPU TLB,
+    /// paging-structure cache and CR3.
     pub hw: Hw,
+    /// `mem_map`: a `struct page` per frame.
     pub mem: MemMap,
+    /// The buddy allocator and per-CPU lists (`alloc_pages`, `free_pages`).
     pub alloc: PageAllocator,
+    /// The sanitizer every checker records violations to.
     pub san: Sanitizer,
+    /// Per-CPU counters (vmstat, /proc/interrupts, trace reasons).
     pub stats: Stats,
+    /// RCU: page tables waiting for a grace period.
     pub rcu: Rcu,
+    /// The machine: this CPU, cross calls, IRQ masking.
     pub smp: Box<dyn Smp>,
     /// x86 `cpu_tlbstate` / `cpu_tlbstate_shared`, per CPU (every profile's
     /// context switch keeps it today; the sanitizer reads it).
@@ -98,6 +110,7 @@ impl Kernel {
         self.smp.bind_current_thread(cpu);
     }
 
+    /// `smp_processor_id()`
     #[inline]
     pub fn this_cpu(&self) -> CpuId {
         self.smp.this_cpu()
@@ -298,6 +311,7 @@ impl HostMemory {
         }
     }
 
+    /// All parts, in bytes.
     pub fn total(&self) -> u64 {
         self.emulated_ram + self.frame_metadata + self.per_cpu
     }

@@ -73,6 +73,7 @@ pub struct MmuNotifierSubscriptions {
 }
 
 impl MmuNotifierSubscriptions {
+    /// No subscriber (a new mm).
     pub fn new() -> Self {
         Self::default()
     }
@@ -80,14 +81,10 @@ impl MmuNotifierSubscriptions {
     pub fn len(&self) -> usize {
         self.list.read().len()
     }
+    /// No subscriber (the kernel's `mm_has_notifiers(mm)` is false).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// `mm_has_notifiers(mm)`
-pub fn mm_has_notifiers(mm: &MmStruct) -> bool {
-    !mm.notifier_subscriptions.is_empty()
 }
 
 /// `mmu_notifier_register(subscription, mm)`

@@ -21,6 +21,8 @@ struct Callback {
     frames: Vec<Pfn>,
 }
 
+/// The RCU state of one kernel (`Kernel::rcu`): callbacks waiting for
+/// their grace period, each a batch of page-table frames to free.
 #[derive(Default)]
 pub struct Rcu {
     queue: Mutex<Vec<Callback>>,
@@ -33,6 +35,7 @@ pub struct RcuReadGuard {
 }
 
 impl Rcu {
+    /// No callback queued.
     pub fn new() -> Self {
         Self::default()
     }

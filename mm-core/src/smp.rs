@@ -24,10 +24,14 @@ use crate::types::{CpuId, CpuMask};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use = "restore the IRQ state with local_irq_restore"]
 pub struct IrqFlags {
+    /// IRQs were already off at the save: the restore leaves them off.
     pub was_disabled: bool,
 }
 
+/// The machine as the kernel sees it (kernel/smp.c, irqflags): implemented
+/// by `SyncSmp`, `ModelSmp` (loom) and emu-cpu's `MachineSmp`.
 pub trait Smp: Send + Sync {
+    /// `nr_cpu_ids`: CPUs are `0..nr_cpus()`, all online.
     fn nr_cpus(&self) -> usize;
     /// `smp_processor_id()`
     fn this_cpu(&self) -> CpuId;
@@ -87,7 +91,7 @@ pub fn smp_call_function(smp: &dyn Smp, func: &(dyn Fn(CpuId) + Sync)) {
 
 /// `on_each_cpu_mask(mask, func, info, wait = true)`: the mask's other CPUs
 /// by IPI, and this CPU (if in the mask) directly with IRQs off.
-pub fn on_each_cpu_mask(smp: &dyn Smp, mask: &CpuMask, func: &(dyn Fn(CpuId) + Sync)) {
+pub(crate) fn on_each_cpu_mask(smp: &dyn Smp, mask: &CpuMask, func: &(dyn Fn(CpuId) + Sync)) {
     let me = smp.this_cpu();
     smp.smp_call_function_many(mask, func);
     if mask.test(me) {
@@ -147,6 +151,7 @@ pub struct SyncSmp {
 }
 
 impl SyncSmp {
+    /// `nr_cpus` CPUs, IRQs on everywhere, the calling thread on CPU 0.
     pub fn new(nr_cpus: usize) -> Self {
         Self { current: AtomicU32::new(0), cpus: SmpCpus::new("SyncSmp", nr_cpus) }
     }
@@ -266,6 +271,8 @@ pub struct ModelSmp {
 }
 
 impl ModelSmp {
+    /// `nr_cpus` CPUs with IRQs on; each loom thread binds itself to its
+    /// CPU (`Smp::bind_current_thread`).
     pub fn new(nr_cpus: usize) -> Self {
         Self { cpus: SmpCpus::new("ModelSmp", nr_cpus) }
     }

@@ -16,7 +16,11 @@ macro_rules! stat_items {
         #[allow(non_camel_case_types)]
         pub enum Stat { $(#[doc = $doc] $item,)* }
         impl Stat {
+            /// Every counter, in declaration (report) order; `s as usize`
+            /// indexes it.
             pub const ALL: &'static [Stat] = &[$(Stat::$item,)*];
+            /// The kernel's name (vmstat item, trace reason) or, where the
+            /// kernel has none, the model's snake_case one.
             pub fn name(self) -> &'static str { match self { $(Stat::$item => $name,)* } }
         }
     };
@@ -69,12 +73,16 @@ pub struct Stats {
 /// (TLB_FLUSH_ALL = u64::MAX).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct TraceEvent {
+    /// The CPU whose TLB was flushed (or that sent the IPI, for
+    /// `TLB_REMOTE_SEND_IPI`).
     pub cpu: CpuId,
+    /// The trace reason's kernel name, e.g. `TLB_REMOTE_SHOOTDOWN`.
     pub reason: &'static str,
     /// The same reason as a `Stat` (one byte: what a trace recorder keeps,
     /// naming it only when it writes the trace).
     #[serde(skip)]
     pub stat: Stat,
+    /// Pages flushed, or `TLB_FLUSH_ALL`.
     pub pages: u64,
 }
 
@@ -84,18 +92,22 @@ pub const TLB_FLUSH_ALL: u64 = u64::MAX;
 /// Summed counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct StatsSnapshot {
+    /// (counter name, sum over CPUs), in `Stat::ALL` order, then the
+    /// kernel's extra rows (`irq_call_count`).
     pub totals: Vec<(&'static str, u64)>,
     /// (counter name, per-CPU values) for the per-CPU table.
     pub per_cpu: Vec<(&'static str, Vec<u64>)>,
 }
 
 impl StatsSnapshot {
+    /// The total of the counter named `name` (0 if there is none).
     pub fn get(&self, name: &str) -> u64 {
         self.totals.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)
     }
 }
 
 impl Stats {
+    /// All counters zero for `nr_cpus` CPUs; no trace hook.
     pub fn new(nr_cpus: usize) -> Self {
         Self {
             per_cpu: (0..nr_cpus).map(|_| (0..Stat::ALL.len()).map(|_| StatCounter::new(0)).collect()).collect(),
@@ -103,20 +115,24 @@ impl Stats {
         }
     }
 
+    /// `count_vm_events(s, n)` on `cpu` (one relaxed add).
     #[inline]
     pub fn add(&self, cpu: CpuId, s: Stat, n: u64) {
         self.per_cpu[cpu.idx()][s as usize].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// `count_vm_event(s)` on `cpu`.
     #[inline]
     pub fn inc(&self, cpu: CpuId, s: Stat) {
         self.add(cpu, s, 1);
     }
 
+    /// The sum over every CPU (relaxed loads: exact once the run is quiet).
     pub fn get(&self, s: Stat) -> u64 {
         self.per_cpu.iter().map(|c| c[s as usize].load(Ordering::Relaxed)).sum()
     }
 
+    /// One CPU's value.
     pub fn get_cpu(&self, cpu: CpuId, s: Stat) -> u64 {
         self.per_cpu[cpu.idx()][s as usize].load(Ordering::Relaxed)
     }
@@ -134,6 +150,8 @@ impl Stats {
         self.trace.set(hook).is_ok()
     }
 
+    /// Every counter, totals and per CPU (without the `Smp`'s rows: see
+    /// `Kernel::stats_snapshot`).
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             totals: Stat::ALL.iter().map(|s| (s.name(), self.get(*s))).collect(),

@@ -66,9 +66,12 @@ mod imp {
     pub struct Mutex<T>(parking_lot::Mutex<T>);
 
     impl<T> Mutex<T> {
+        /// An unlocked lock around `v` (`spin_lock_init` / `mutex_init`).
         pub const fn new(v: T) -> Self {
             Self(parking_lot::Mutex::new(v))
         }
+        /// `spin_lock` / `mutex_lock`: every 50 µs of contention runs the
+        /// thread's lock-wait hook (IPIs are served while it spins).
         #[inline]
         pub fn lock(&self) -> MutexGuard<'_, T> {
             if let Some(g) = self.0.try_lock() {
@@ -81,12 +84,15 @@ mod imp {
                 lock_wait_hook();
             }
         }
+        /// `spin_trylock`: the guard, or `None` if the lock is held.
         pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
             self.0.try_lock()
         }
+        /// The value, without locking (the borrow proves exclusivity).
         pub fn get_mut(&mut self) -> &mut T {
             self.0.get_mut()
         }
+        /// The value, consuming the lock.
         pub fn into_inner(self) -> T {
             self.0.into_inner()
         }
@@ -98,9 +104,12 @@ mod imp {
     pub struct RwLock<T>(parking_lot::RwLock<T>);
 
     impl<T> RwLock<T> {
+        /// An unlocked rwsem around `v` (`init_rwsem`).
         pub const fn new(v: T) -> Self {
             Self(parking_lot::RwLock::new(v))
         }
+        /// `down_read` (`mmap_read_lock`, `i_mmap_lock_read`); contention
+        /// runs the lock-wait hook like `Mutex::lock`.
         #[inline]
         pub fn read(&self) -> RwLockReadGuard<'_, T> {
             if let Some(g) = self.0.try_read() {
@@ -113,6 +122,8 @@ mod imp {
                 lock_wait_hook();
             }
         }
+        /// `down_write` (`mmap_write_lock`, `i_mmap_lock_write`); contention
+        /// runs the lock-wait hook like `Mutex::lock`.
         #[inline]
         pub fn write(&self) -> RwLockWriteGuard<'_, T> {
             if let Some(g) = self.0.try_write() {
@@ -125,12 +136,15 @@ mod imp {
                 lock_wait_hook();
             }
         }
+        /// `down_write_trylock`: the guard, or `None` if held.
         pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
             self.0.try_write()
         }
+        /// The value, without locking (the borrow proves exclusivity).
         pub fn get_mut(&mut self) -> &mut T {
             self.0.get_mut()
         }
+        /// The value, consuming the lock.
         pub fn into_inner(self) -> T {
             self.0.into_inner()
         }
@@ -175,15 +189,19 @@ mod imp {
     pub struct Mutex<T>(loom::sync::Mutex<T>);
 
     impl<T> Mutex<T> {
+        /// An unlocked lock around `v` (not `const`: loom's is not).
         pub fn new(v: T) -> Self {
             Self(loom::sync::Mutex::new(v))
         }
+        /// `spin_lock` / `mutex_lock`; a poisoned lock is taken anyway.
         pub fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock().unwrap_or_else(|e| e.into_inner())
         }
+        /// `spin_trylock`: the guard, or `None` if the lock is held.
         pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
             self.0.try_lock().ok()
         }
+        /// The value, consuming the lock.
         pub fn into_inner(self) -> T {
             self.0.into_inner().unwrap_or_else(|e| e.into_inner())
         }
@@ -194,30 +212,38 @@ mod imp {
     pub struct RwLock<T>(loom::sync::RwLock<T>);
 
     impl<T> RwLock<T> {
+        /// An unlocked rwsem around `v` (not `const`: loom's is not).
         pub fn new(v: T) -> Self {
             Self(loom::sync::RwLock::new(v))
         }
+        /// `down_read`; a poisoned lock is taken anyway.
         pub fn read(&self) -> RwLockReadGuard<'_, T> {
             self.0.read().unwrap_or_else(|e| e.into_inner())
         }
+        /// `down_write`; a poisoned lock is taken anyway.
         pub fn write(&self) -> RwLockWriteGuard<'_, T> {
             self.0.write().unwrap_or_else(|e| e.into_inner())
         }
+        /// `down_write_trylock`: the guard, or `None` if held.
         pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
             self.0.try_write().ok()
         }
     }
 
+    /// One iteration of a spin-wait: a loom yield, so the model can run
+    /// the thread being waited for.
     #[inline]
     pub fn spin_loop() {
         loom::thread::yield_now();
     }
 
+    /// Yield to another loom thread.
     #[inline]
     pub fn yield_now() {
         loom::thread::yield_now();
     }
 
+    /// True when running under loom (lets code shrink its sizes).
     pub const LOOM: bool = true;
 
     pub use loom::thread_local;
@@ -237,6 +263,6 @@ pub use std::sync::OnceLock as HookCell;
 /// Atomics of the test knobs and the injected panic (`inject`): set before
 /// a run or by the workload's syscall entry, never part of a modelled race,
 /// so like `StatCounter` they stay plain std atomics even under loom.
-pub mod unmodelled {
+pub(crate) mod unmodelled {
     pub use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 }

@@ -35,7 +35,7 @@ pub fn switch_mm(k: &Kernel, next: &MmStruct) {
 
 /// `switch_mm_irqs_off(NULL, &init_mm)`: `cpu` leaves any user mm.
 #[inline]
-pub fn switch_to_init_mm(k: &Kernel, cpu: CpuId) {
+pub(crate) fn switch_to_init_mm(k: &Kernel, cpu: CpuId) {
     k.arch.switch_to_init_mm(k, cpu);
 }
 
@@ -55,26 +55,26 @@ pub fn flush_tlb_mm_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64, strid
 
 /// `flush_tlb_mm(mm)`: the whole address space (x86 passes freed_tables).
 #[inline]
-pub fn flush_tlb_mm(k: &Kernel, mm: &MmStruct) {
+pub(crate) fn flush_tlb_mm(k: &Kernel, mm: &MmStruct) {
     k.arch.flush_tlb_mm(k, mm);
 }
 
 /// `flush_tlb_range(vma, start, end)` (x86: stride from the VMA's page size;
 /// `freed_tables` per 3ef938c35035 when a table is being removed).
 #[inline]
-pub fn flush_tlb_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool, freed_tables: bool) {
+pub(crate) fn flush_tlb_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool, freed_tables: bool) {
     k.arch.flush_tlb_range(k, mm, start, end, huge, freed_tables);
 }
 
 /// `flush_tlb_page(vma, addr)`
 #[inline]
-pub fn flush_tlb_page(k: &Kernel, mm: &MmStruct, addr: u64) {
+pub(crate) fn flush_tlb_page(k: &Kernel, mm: &MmStruct, addr: u64) {
     k.arch.flush_tlb_page(k, mm, addr);
 }
 
 /// `flush_pmd_tlb_range(vma, addr, end)`: a PMD leaf was changed.
 #[inline]
-pub fn flush_pmd_tlb_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64) {
+pub(crate) fn flush_pmd_tlb_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64) {
     k.arch.flush_pmd_tlb_range(k, mm, start, end);
 }
 

@@ -16,10 +16,12 @@ impl fmt::Debug for Pfn {
 }
 
 impl Pfn {
+    /// Index into per-frame arrays (`mem_map`, RAM, generations).
     #[inline]
     pub fn idx(self) -> usize {
         self.0 as usize
     }
+    /// The frame `n` after this one (`pfn + n`, e.g. a folio's tail page).
     #[inline]
     #[allow(clippy::should_implement_trait)]
     pub fn add(self, n: u64) -> Pfn {
@@ -32,6 +34,7 @@ impl Pfn {
 pub struct CpuId(pub u32);
 
 impl CpuId {
+    /// Index into per-CPU arrays (`smp_processor_id()` as a `usize`).
     #[inline]
     pub fn idx(self) -> usize {
         self.0 as usize
@@ -62,6 +65,7 @@ impl fmt::Debug for CpuMask {
 }
 
 impl CpuMask {
+    /// The empty mask.
     pub const fn new() -> Self {
         Self { bits: [0; MASK_WORDS] }
     }
@@ -73,21 +77,27 @@ impl CpuMask {
         }
         m
     }
+    /// `__cpumask_set_cpu`
     pub fn set(&mut self, c: CpuId) {
         self.bits[c.idx() / 64] |= 1 << (c.idx() % 64);
     }
+    /// `__cpumask_clear_cpu`
     pub fn clear(&mut self, c: CpuId) {
         self.bits[c.idx() / 64] &= !(1 << (c.idx() % 64));
     }
+    /// `cpumask_test_cpu`
     pub fn test(&self, c: CpuId) -> bool {
         self.bits[c.idx() / 64] & (1 << (c.idx() % 64)) != 0
     }
+    /// `cpumask_empty`
     pub fn is_empty(&self) -> bool {
         self.bits.iter().all(|w| *w == 0)
     }
+    /// `cpumask_weight`: the number of CPUs set.
     pub fn weight(&self) -> usize {
         self.bits.iter().map(|w| w.count_ones() as usize).sum()
     }
+    /// `for_each_cpu`: the CPUs set, in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = CpuId> + '_ {
         (0..NR_CPUS).map(|i| CpuId(i as u32)).filter(move |c| self.test(*c))
     }
@@ -119,9 +129,12 @@ impl AtomicCpuMask {
     pub fn clear(&self, c: CpuId) {
         self.bits[c.idx() / 64].fetch_and(!(1 << (c.idx() % 64)), Ordering::SeqCst);
     }
+    /// `cpumask_test_cpu` (one SeqCst load).
     pub fn test(&self, c: CpuId) -> bool {
         self.bits[c.idx() / 64].load(Ordering::SeqCst) & (1 << (c.idx() % 64)) != 0
     }
+    /// A copy, word by word: not atomic across words, like
+    /// `cpumask_copy` of a live `mm_cpumask`.
     pub fn snapshot(&self) -> CpuMask {
         let mut m = CpuMask::new();
         for (i, w) in self.bits.iter().enumerate() {

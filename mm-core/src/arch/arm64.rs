@@ -29,6 +29,7 @@ pub struct Arm64 {
 }
 
 impl Arm64 {
+    /// The arm64 profile as of `kernel` (`arch::arch_ops`).
     pub fn new(kernel: KernelVersion) -> Self {
         Arm64 { kernel }
     }

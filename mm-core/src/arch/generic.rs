@@ -27,6 +27,7 @@ pub struct GenericNoRange {
 }
 
 impl GenericNoRange {
+    /// The MMU_GATHER_NO_RANGE profile as of `kernel` (`arch::arch_ops`).
     pub fn new(kernel: KernelVersion) -> Self {
         GenericNoRange { kernel }
     }

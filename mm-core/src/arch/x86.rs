@@ -74,11 +74,20 @@ impl CpuTlbState {
 pub struct FlushTlbInfo {
     /// mm id (0 = a flush of everything, `flush_tlb_all`).
     pub mm: u64,
+    /// First byte of the range to flush.
     pub start: u64,
+    /// One past the last byte, or `FLUSH_ALL` (a full flush: also set when
+    /// the range exceeds `tlb_single_page_flush_ceiling` strides).
     pub end: u64,
+    /// The `mm->context.tlb_gen` this flush brings a CPU up to.
     pub new_tlb_gen: u64,
+    /// The CPU that asked for the flush (`flush_tlb_func` tells local from
+    /// remote by it).
     pub initiating_cpu: CpuId,
+    /// log2 of the bytes between INVLPGs (PAGE_SHIFT, or PMD_SHIFT for a
+    /// huge-page range).
     pub stride_shift: u32,
+    /// Page tables were freed: lazy CPUs must be reached too.
     pub freed_tables: bool,
 }
 
@@ -88,6 +97,7 @@ pub struct X86 {
 }
 
 impl X86 {
+    /// The x86 profile as of `kernel` (`arch::arch_ops`).
     pub fn new(kernel: KernelVersion) -> Self {
         X86 { kernel }
     }

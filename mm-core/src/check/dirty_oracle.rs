@@ -24,13 +24,17 @@ use crate::sync::{Arc, Mutex, Ordering};
 use crate::types::Pfn;
 use std::collections::BTreeMap;
 
+/// The lost-dirty-data oracle of one file: the last value stored to every
+/// word a writer recorded.
 pub struct DirtyDataOracle {
+    /// The file watched.
     pub mapping: Arc<AddressSpace>,
     /// (file page, word) → last value stored.
     written: Mutex<BTreeMap<(u64, usize), u64>>,
 }
 
 impl DirtyDataOracle {
+    /// An oracle for `mapping` with no store recorded yet.
     pub fn new(mapping: &Arc<AddressSpace>) -> Self {
         Self { mapping: mapping.clone(), written: Mutex::new(BTreeMap::new()) }
     }

@@ -110,6 +110,8 @@ struct History {
     pending: Vec<Pending>,
 }
 
+/// The GUP oracle (`Kernel::gup_oracle`): the mapping history of every
+/// (mm, va) and the GUP calls in flight, per CPU.
 pub struct GupOracle {
     enabled: bool,
     clock: AtomicU64,
@@ -119,6 +121,8 @@ pub struct GupOracle {
 }
 
 impl GupOracle {
+    /// An empty history for `nr_cpus` CPUs; `enabled` is
+    /// `KernelConfig::gup_oracle` (off: every method returns at once).
     pub fn new(enabled: bool, nr_cpus: usize) -> Self {
         Self {
             enabled,
@@ -128,6 +132,7 @@ impl GupOracle {
         }
     }
 
+    /// `KernelConfig::gup_oracle`: whether stores go through `update`.
     #[inline]
     pub fn enabled(&self) -> bool {
         self.enabled

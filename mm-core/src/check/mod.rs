@@ -42,12 +42,13 @@
 //! the hardware (`Hw`) and record to the `Sanitizer`.  The other three read
 //! the kernel's state through `&Kernel` and are called from `ops` and tests.
 
-pub mod consistency;
-pub mod dirty_oracle;
-pub mod gup_oracle;
-pub mod sanitizer;
-pub mod stale_after_zap;
+pub(crate) mod consistency;
+pub(crate) mod dirty_oracle;
+pub(crate) mod gup_oracle;
+pub(crate) mod sanitizer;
+pub(crate) mod stale_after_zap;
 
 pub use consistency::check_consistency;
 pub use dirty_oracle::DirtyDataOracle;
+pub use gup_oracle::GupOracle;
 pub use sanitizer::{Sanitizer, Violation, ViolationKind};

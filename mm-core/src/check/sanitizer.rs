@@ -49,6 +49,7 @@ pub enum ViolationKind {
 }
 
 impl ViolationKind {
+    /// The kebab-case name reports and `--expect` use (`stale-tlb-access`).
     pub fn name(self) -> &'static str {
         match self {
             ViolationKind::StaleTlbAccess => "stale-tlb-access",
@@ -91,10 +92,19 @@ impl fmt::Display for ViolationKind {
 /// kernel check) for a `debug-vm-warning`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
+    /// What went wrong.
     pub kind: ViolationKind,
+    /// The CPU that used the stale pointer or still cached it; `None` for a
+    /// device (IOMMU) or an oracle's after-the-fact check.
     pub cpu: Option<CpuId>,
+    /// The mm's id (the TLB tag), or the file's `AddressSpace::id` for
+    /// lost dirty data.
     pub mm: u64,
+    /// The user virtual address (`table-freed-before-flush`: the PSC
+    /// entry's VA prefix; `lost-dirty-data`: the word's byte offset in the
+    /// file).
     pub va: u64,
+    /// The frame the cached pointer named.
     pub pfn: Pfn,
     /// Generation the cached pointer remembered.
     pub cached_gen: u64,
@@ -143,6 +153,8 @@ impl fmt::Display for Violation {
 /// Keep at most this many violation records (the count keeps going).
 const MAX_RECORDS: usize = 256;
 
+/// The violation log every checker records to (`Kernel::san`): a count and
+/// the first 256 records.
 #[derive(Default)]
 pub struct Sanitizer {
     count: AtomicU64,
@@ -151,6 +163,7 @@ pub struct Sanitizer {
 }
 
 impl Sanitizer {
+    /// No violations; `set_panic` off.
     pub fn new() -> Self {
         Self::default()
     }
@@ -160,6 +173,8 @@ impl Sanitizer {
         self.panic.store(on, Ordering::SeqCst);
     }
 
+    /// Count `v` and keep it if fewer than 256 are kept; panics with its
+    /// `Display` instead when `set_panic(true)`.
     pub fn record(&self, v: Violation) {
         if self.panic.load(Ordering::SeqCst) {
             panic!("{v}");
@@ -196,14 +211,17 @@ impl Sanitizer {
         false
     }
 
+    /// Violations recorded so far, kept or not (0: the run is clean).
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::SeqCst)
     }
 
+    /// Kept records of `kind` (at most 256 in all are kept).
     pub fn count_kind(&self, kind: ViolationKind) -> usize {
         self.records.lock().iter().filter(|v| v.kind == kind).count()
     }
 
+    /// A copy of the kept records, in the order they were recorded.
     pub fn violations(&self) -> Vec<Violation> {
         self.records.lock().clone()
     }

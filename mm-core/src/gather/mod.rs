@@ -53,9 +53,9 @@
 //! - `MMU_GATHER_MERGE_VMAS` is selected by no profile (s390 selects it), so
 //!   `tlb_end_vma` always flushes the TLB (`vma_pfn` would force it anyway).
 
-pub mod batch;
-pub mod encoded_page;
-pub mod table_free;
+pub(crate) mod batch;
+pub(crate) mod encoded_page;
+pub(crate) mod table_free;
 
 pub use batch::{
     MmuGatherBatch, MmuTableBatch, GATHER_PAGE_SIZE, MAX_GATHER_BATCH, MAX_GATHER_BATCH_COUNT, MAX_NR_FOLIOS_PER_FREE,
@@ -181,15 +181,19 @@ impl<'a> MmuGather<'a> {
 
     // ---- accessors ----------------------------------------------------
 
+    /// The kernel the gather runs in (the arch profile's `tlb_flush` needs it).
     pub fn kernel(&self) -> &'a Kernel {
         self.k
     }
+    /// `tlb->mm`
     pub fn mm(&self) -> &'a MmStruct {
         self.mm
     }
+    /// `tlb->fullmm`: the whole address space is going away (exit).
     pub fn fullmm(&self) -> bool {
         self.fullmm
     }
+    /// `tlb->need_flush_all`: flush the whole mm whatever the range.
     pub fn need_flush_all(&self) -> bool {
         self.need_flush_all
     }
@@ -198,6 +202,8 @@ impl<'a> MmuGather<'a> {
     pub fn set_need_flush_all(&mut self) {
         self.need_flush_all = true;
     }
+    /// `tlb->freed_tables`: a page table was unhooked, so the flush must
+    /// invalidate walk caches (and, on x86, reach lazy CPUs).
     pub fn freed_tables(&self) -> bool {
         self.freed_tables
     }
@@ -213,15 +219,23 @@ impl<'a> MmuGather<'a> {
     pub fn vma_flags(&self) -> (bool, bool, bool) {
         (self.vma_exec, self.vma_huge, self.vma_pfn)
     }
+    /// `tlb->delayed_rmap`: some gathered page waits for `tlb_flush_rmaps`
+    /// (ENCODED_PAGE_BIT_DELAY_RMAP).
     pub fn delayed_rmap(&self) -> bool {
         self.delayed_rmap
     }
+    /// `tlb->unshared_tables`: a PUD pointing at a shared hugetlb PMD table
+    /// was cleared (reset with the range).
     pub fn unshared_tables(&self) -> bool {
         self.unshared_tables
     }
+    /// `tlb->fully_unshared_tables`: an unshared table became exclusive, so
+    /// a `tlb_remove_table_sync_one` is owed before i_mmap_rwsem is dropped
+    /// (not reset with the range; `tlb_finish_mmu` warns if still set).
     pub fn fully_unshared_tables(&self) -> bool {
         self.fully_unshared_tables
     }
+
     /// Slots pending in all batches (page and count slots).
     pub fn nr_gathered(&self) -> usize {
         self.batches.iter().map(|b| b.nr).sum()

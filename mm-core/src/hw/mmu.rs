@@ -31,7 +31,11 @@ use crate::types::{CpuId, Pfn};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// An entry at `level` was not present.
-    NotPresent { level: Level },
+    NotPresent {
+        /// The level of the first non-present entry (`Pgd` when no CR3 is
+        /// loaded).
+        level: Level,
+    },
     /// Write to a read-only leaf (or a supervisor page).
     Protection,
 }
@@ -39,12 +43,16 @@ pub enum Fault {
 /// Access kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// A user load; `access` returns the word read.
     Read,
+    /// A user store of this word; `access` returns the word it replaced.
     Write(u64),
 }
 
 /// Per-CPU MMU state.
 pub struct CpuHw {
+    /// The CPU's TLB and paging-structure cache; the lock makes a user
+    /// access or an invalidation of this CPU atomic.
     pub tlb: Mutex<Tlb>,
     /// Root table frame (CR3 page-frame), `u64::MAX` when none loaded.
     cr3: AtomicU64,
@@ -52,33 +60,34 @@ pub struct CpuHw {
     asid: AtomicU64,
 }
 
-/// Per-CPU hardware counters, read with `Hw::tlb_counters`.
+/// Per-CPU hardware counters, read with `Hw::counters`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MmuCounters {
+    /// User accesses served by a TLB entry, without reading the page table.
     pub hits: u64,
+    /// TLB misses that walked the page table (from the PSC or CR3).
     pub walks: u64,
 }
 
+/// The machine's hardware: RAM and, per CPU, an MMU (TLB, PSC, CR3).
 pub struct Hw {
+    /// The page-table geometry the walker decodes (`KernelConfig::geometry`).
     pub geo: Geometry,
+    /// Physical memory and frame generations.
     pub ram: Ram,
     cpus: Box<[CpuHw]>,
     counters: Box<[[AtomicU64; 2]]>,
 }
 
 /// No root table loaded.
-pub const NO_CR3: u64 = u64::MAX;
+pub(crate) const NO_CR3: u64 = u64::MAX;
 
-/// Count one hit or walk.  Only `Hw::access`, holding the CPU's TLB lock,
-/// writes a CPU's counters, so a load + store suffices: no locked
-/// read-modify-write on the TLB-hit path (readers may see a slightly old
-/// value, as with any statistics counter).
 #[inline]
 /// A hardware walker's leaf step (CPU MMU and IOMMU alike): check the
 /// entry's permissions, then set Accessed (and Dirty for a write) with a
 /// compare-and-swap, re-checking if the entry changed under us.  Returns
 /// the entry as it now is.
-pub fn set_accessed_dirty(slot: &AtomicU64, mut cur: Pte, write: bool, level: Level) -> Result<Pte, Fault> {
+pub(crate) fn set_accessed_dirty(slot: &AtomicU64, mut cur: Pte, write: bool, level: Level) -> Result<Pte, Fault> {
     loop {
         if !cur.present() {
             return Err(Fault::NotPresent { level });
@@ -100,11 +109,17 @@ pub fn set_accessed_dirty(slot: &AtomicU64, mut cur: Pte, write: bool, level: Le
     }
 }
 
+/// Count one hit or walk.  Only `Hw::access`, holding the CPU's TLB lock,
+/// writes a CPU's counters, so a load + store suffices: no locked
+/// read-modify-write on the TLB-hit path (readers may see a slightly old
+/// value, as with any statistics counter).
 fn bump(c: &AtomicU64) {
     c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 impl Hw {
+    /// Zeroed RAM of `nr_frames` frames and `nr_cpus` MMUs with empty TLBs
+    /// of `shape` and no CR3 loaded.
     pub fn new(geo: Geometry, shape: TlbShape, nr_frames: usize, nr_cpus: usize) -> Self {
         Self {
             geo,
@@ -120,10 +135,12 @@ impl Hw {
         }
     }
 
+    /// The number of CPUs (`nr_cpu_ids`).
     pub fn nr_cpus(&self) -> usize {
         self.cpus.len()
     }
 
+    /// `cpu`'s MMU state.
     pub fn cpu(&self, cpu: CpuId) -> &CpuHw {
         &self.cpus[cpu.idx()]
     }
@@ -149,6 +166,7 @@ impl Hw {
         ((r != NO_CR3).then_some(Pfn(r)), c.asid.load(Ordering::SeqCst))
     }
 
+    /// `cpu`'s TLB hits and walks so far.
     pub fn counters(&self, cpu: CpuId) -> MmuCounters {
         let c = &self.counters[cpu.idx()];
         MmuCounters { hits: c[0].load(Ordering::Relaxed), walks: c[1].load(Ordering::Relaxed) }

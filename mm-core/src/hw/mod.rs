@@ -16,5 +16,8 @@
 
 pub mod mmu;
 pub mod pte;
-pub mod ram;
-pub mod tlb;
+pub(crate) mod ram;
+pub(crate) mod tlb;
+
+pub use ram::Ram;
+pub use tlb::{PscEntry, Tlb, TlbEntry};

@@ -6,9 +6,14 @@ use std::fmt;
 /// Page-table level, numbered so that `level_shift = PAGE_SHIFT + pt_bits * level`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum Level {
+    /// Leaf tables: entries map PAGE_SIZE pages (`pte_t`).
     Pte = 0,
+    /// Entries point at PTE tables or, with `Pte::HUGE`, map a PMD_SIZE
+    /// folio (`pmd_t`).
     Pmd = 1,
+    /// Entries point at PMD tables (`pud_t`; never a leaf here).
     Pud = 2,
+    /// The top level, `mm->pgd` (`pgd_t`; P4D folded into it).
     Pgd = 3,
 }
 
@@ -44,6 +49,7 @@ impl Pte {
     const PFN_SHIFT: u32 = 12;
     const PFN_MASK: u64 = ((1u64 << 52) - 1) & !((1u64 << 12) - 1);
 
+    /// The empty entry (`pte_none`, `pmd_none`): no pfn, no flags.
     pub const NONE: Pte = Pte(0);
 
     /// `pfn_pte(pfn, prot)`
@@ -54,34 +60,42 @@ impl Pte {
     pub fn table(pfn: Pfn) -> Pte {
         Pte::new(pfn, Self::PRESENT | Self::RW | Self::USER | Self::ACCESSED)
     }
+    /// `pte_pfn`: the frame mapped, or the table pointed at.
     #[inline]
     pub fn pfn(self) -> Pfn {
         Pfn((self.0 & Self::PFN_MASK) >> Self::PFN_SHIFT)
     }
+    /// The flag bits (`pte_flags`): everything but the pfn field.
     #[inline]
     pub fn flags(self) -> u64 {
         self.0 & !Self::PFN_MASK
     }
+    /// `pte_none`: the all-zero entry.
     #[inline]
     pub fn is_none(self) -> bool {
         self.0 == 0
     }
+    /// `pte_present`
     #[inline]
     pub fn present(self) -> bool {
         self.0 & Self::PRESENT != 0
     }
+    /// `pte_write`
     #[inline]
     pub fn write(self) -> bool {
         self.0 & Self::RW != 0
     }
+    /// `_PAGE_USER` is set: user mode may use the entry.
     #[inline]
     pub fn user(self) -> bool {
         self.0 & Self::USER != 0
     }
+    /// `pte_young`
     #[inline]
     pub fn young(self) -> bool {
         self.0 & Self::ACCESSED != 0
     }
+    /// `pte_dirty`
     #[inline]
     pub fn dirty(self) -> bool {
         self.0 & Self::DIRTY != 0

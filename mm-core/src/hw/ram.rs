@@ -9,6 +9,8 @@
 use crate::sync::{AtomicU64, Ordering};
 use crate::types::Pfn;
 
+/// Emulated physical memory: every frame's words plus its generation
+/// (bumped by `Kernel::free_folio`; a stale user sees an older one).
 pub struct Ram {
     words: Box<[AtomicU64]>,
     gens: Box<[AtomicU64]>,
@@ -39,6 +41,7 @@ fn zeroed_atomics(n: usize) -> Box<[AtomicU64]> {
 }
 
 impl Ram {
+    /// Zeroed RAM of `nr_frames` frames, every generation 0.
     pub fn new(nr_frames: usize, words_per_frame: usize) -> Self {
         Self {
             words: zeroed_atomics(nr_frames * words_per_frame),
@@ -48,10 +51,12 @@ impl Ram {
         }
     }
 
+    /// Frames of RAM (valid pfns are `0..nr_frames`).
     pub fn nr_frames(&self) -> usize {
         self.nr_frames
     }
 
+    /// Words per frame: PTRS_PER_PTE (a table frame holds one entry per word).
     pub fn words_per_frame(&self) -> usize {
         self.words_per_frame
     }

@@ -23,16 +23,20 @@ use crate::types::Pfn;
 /// One cached leaf translation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TlbEntry {
+    /// In use; invalidation clears it (the slot is then free for a fill).
     pub valid: bool,
+    /// Address-space tag: the mm's id (0 = init_mm), as loaded in CR3.
     pub asid: u64,
     /// Virtual page number at the entry's size (va >> PAGE_SHIFT or PMD_SHIFT).
     pub vpn: u64,
     /// First frame of the mapping.
     pub pfn: Pfn,
+    /// The PTE had `_PAGE_RW` at fill time: stores may use the entry.
     pub writable: bool,
     /// The dirty bit was set in the PTE when this entry was filled: writes go
     /// straight to memory without touching the PTE again.
     pub dirty: bool,
+    /// A PMD-level leaf (in the huge array; `vpn` is va >> PMD_SHIFT).
     pub huge: bool,
     /// Generation of `pfn` (head frame) when filled.
     pub gen: u64,
@@ -41,18 +45,24 @@ pub struct TlbEntry {
 /// One cached upper-level entry: the table that maps `prefix` at `level`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PscEntry {
+    /// In use; invalidation clears it.
     pub valid: bool,
+    /// Address-space tag of the walk that filled it (the mm's id).
     pub asid: u64,
     /// va >> level_shift(level + 1): the VA prefix the cached entry covers.
     pub prefix: u64,
     /// Frame of the table (whose entries are at `level`).
     pub table: Pfn,
+    /// Generation of `table` when filled: a walk from an entry whose table
+    /// was freed since is a `walk-into-freed-table`.
     pub gen: u64,
 }
 
 /// The three PSC levels: tables of PTEs, of PMDs and of PUDs.
 const PSC_LEVELS: [Level; 3] = [Level::Pte, Level::Pmd, Level::Pud];
 
+/// One CPU's TLB (a base-page and a PMD-page array, `ways`-associative)
+/// and its paging-structure cache (three fully associative levels).
 pub struct Tlb {
     geo: Geometry,
     shape: TlbShape,
@@ -78,6 +88,7 @@ fn asid_bit(asid: u64) -> u64 {
 }
 
 impl Tlb {
+    /// An empty TLB and PSC of `shape` for page tables of `geo`.
     pub fn new(geo: Geometry, shape: TlbShape) -> Self {
         let e = |n| vec![TlbEntry::default(); n].into_boxed_slice();
         let p = || vec![PscEntry::default(); shape.psc_entries].into_boxed_slice();
@@ -297,6 +308,7 @@ impl Tlb {
         self.psc.iter().enumerate().flat_map(|(i, a)| a.iter().filter(|e| e.valid).map(move |e| (PSC_LEVELS[i], e)))
     }
 
+    /// The geometry its entries' VPNs and prefixes are computed with.
     pub fn geometry(&self) -> Geometry {
         self.geo
     }

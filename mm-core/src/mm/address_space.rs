@@ -11,14 +11,22 @@ use std::collections::BTreeMap;
 /// `page_table_shareable`).
 #[derive(Clone)]
 pub struct IMmapEntry {
+    /// The mapping's `vma->vm_mm`.
     pub mm: Arc<MmStruct>,
+    /// `vm_start` of the (piece of the) VMA.
     pub start: u64,
+    /// `vm_end`.
     pub end: u64,
+    /// `vm_pgoff`: the file page mapped at `start`.
     pub pgoff: u64,
+    /// `vm_flags`.
     pub flags: u64,
 }
 
+/// `struct address_space` of one file (`inode->i_mapping`).
 pub struct AddressSpace {
+    /// Unique id (`Kernel::next_id`, shared with mm ids): names the file in
+    /// oracles and reports.
     pub id: u64,
     /// File size in pages.
     pub nr_pages: u64,
@@ -36,6 +44,8 @@ pub struct AddressSpace {
 }
 
 impl AddressSpace {
+    /// An empty, unmapped file of `nr_pages` pages with nothing on disk
+    /// (`Kernel::new_file` picks the id).
     pub fn new(id: u64, nr_pages: u64) -> Self {
         Self {
             id,

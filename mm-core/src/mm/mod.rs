@@ -11,9 +11,10 @@
 //!   `tlb_finish_mmu` after the flush).
 //! - `tlb_gen` is x86's `mm->context.tlb_gen`: bumped by every flush request.
 
-pub mod address_space;
+pub(crate) mod address_space;
 
-pub use address_space::AddressSpace;
+pub use crate::notifier::MmuNotifierSubscriptions;
+pub use address_space::{AddressSpace, IMmapEntry};
 
 use crate::sync::{Arc, AtomicI32, AtomicU64, Mutex, Ordering, RwLock};
 use crate::types::{AtomicCpuMask, Pfn};
@@ -21,12 +22,22 @@ use std::collections::BTreeMap;
 
 /// VMA flags (subset of vm_flags).
 pub mod vm {
+    /// `VM_READ`: user reads allowed (PROT_READ).
     pub const VM_READ: u64 = 1 << 0;
+    /// `VM_WRITE`: user writes allowed (PROT_WRITE); off means write faults
+    /// are SEGV.
     pub const VM_WRITE: u64 = 1 << 1;
+    /// `VM_EXEC`: the gather's `vma_exec` (arch `tlb_flush` may also flush
+    /// the I-side).
     pub const VM_EXEC: u64 = 1 << 2;
+    /// `VM_SHARED`: MAP_SHARED; without it a writable mapping is COW.
     pub const VM_SHARED: u64 = 1 << 3;
+    /// `VM_MAYWRITE`: mprotect may add PROT_WRITE; fork COWs a private
+    /// mapping only with it.
     pub const VM_MAYWRITE: u64 = 1 << 5;
+    /// `VM_PFNMAP`: the gather's `vma_pfn`.
     pub const VM_PFNMAP: u64 = 1 << 10;
+    /// `VM_HUGETLB`: a hugetlbfs mapping (`ops::hugetlb`; PMD sharing).
     pub const VM_HUGETLB: u64 = 1 << 22;
 }
 
@@ -36,28 +47,41 @@ pub enum Backing {
     /// Private anonymous memory.
     Anon,
     /// A file mapping: `pgoff` is the file page at `start`.
-    File { mapping: Arc<AddressSpace>, pgoff: u64 },
+    File {
+        /// `vma->vm_file->f_mapping`.
+        mapping: Arc<AddressSpace>,
+        /// `vma->vm_pgoff`, in pages.
+        pgoff: u64,
+    },
 }
 
 /// `struct vm_area_struct`
 #[derive(Clone)]
 pub struct Vma {
+    /// `vm_start`: first byte, page aligned.
     pub start: u64,
+    /// `vm_end`: one past the last byte, page aligned; `start < end`.
     pub end: u64,
+    /// `vm_flags` (`vm::VM_*`).
     pub flags: u64,
+    /// Anonymous, or `vm_file` + `vm_pgoff`.
     pub backing: Backing,
 }
 
 impl Vma {
+    /// `vma_is_anonymous`
     pub fn is_anon(&self) -> bool {
         matches!(self.backing, Backing::Anon)
     }
+    /// `VM_SHARED` is set (MAP_SHARED).
     pub fn is_shared(&self) -> bool {
         self.flags & vm::VM_SHARED != 0
     }
+    /// `is_vm_hugetlb_page`
     pub fn is_hugetlb(&self) -> bool {
         self.flags & vm::VM_HUGETLB != 0
     }
+    /// `VM_WRITE` is set.
     pub fn writable(&self) -> bool {
         self.flags & vm::VM_WRITE != 0
     }
@@ -68,6 +92,7 @@ impl Vma {
             Backing::Anon => addr >> page_shift,
         }
     }
+    /// The file's `address_space` (`vma->vm_file->f_mapping`); `None` for anon.
     pub fn mapping(&self) -> Option<&Arc<AddressSpace>> {
         match &self.backing {
             Backing::File { mapping, .. } => Some(mapping),
@@ -92,9 +117,11 @@ impl VmaTree {
         let first = self.map.range(..=start).next_back().map(|(k, _)| *k).unwrap_or(0);
         self.map.range(first..end).map(|(_, v)| v).filter(move |v| v.end > start && v.start < end)
     }
+    /// Every VMA, by ascending start (`for_each_vma`).
     pub fn iter(&self) -> impl Iterator<Item = &Vma> {
         self.map.values()
     }
+    /// `vma_link`: add `vma`; panics if it overlaps one already there.
     pub fn insert(&mut self, vma: Vma) {
         assert!(self.overlapping(vma.start, vma.end).next().is_none(), "overlapping VMA");
         self.map.insert(vma.start, vma);
@@ -138,9 +165,11 @@ impl VmaTree {
         }
         pieces
     }
+    /// `mm->map_count`: the number of VMAs.
     pub fn len(&self) -> usize {
         self.map.len()
     }
+    /// No VMA left (after `exit_mmap`, or before the first mmap).
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -152,8 +181,13 @@ pub struct MmStruct {
     pub id: u64,
     /// Top-level table frame.
     pub pgd: Pfn,
+    /// `mm->mmap_lock` around the VMA tree (`mm->mm_mt`): read for faults
+    /// and MADV_DONTNEED, write for mmap / munmap / page-table teardown.
     pub mmap_lock: RwLock<VmaTree>,
+    /// `mm->page_table_lock`: serialises populating upper-level entries
+    /// (`__pte_alloc`, `__pmd_alloc`, `huge_pmd_share`).
     pub page_table_lock: Mutex<()>,
+
     /// `mm_cpumask(mm)`: CPUs that may cache translations of this mm.
     pub cpumask: AtomicCpuMask,
     /// `mm->tlb_flush_pending`

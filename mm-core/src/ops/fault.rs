@@ -56,7 +56,7 @@ pub fn handle_mm_fault(k: &Kernel, mm: &Arc<MmStruct>, va: u64, write: bool) -> 
 }
 
 /// `handle_pte_fault` with the PTE table known.
-pub fn handle_pte_fault(
+pub(crate) fn handle_pte_fault(
     k: &Kernel,
     mm: &MmStruct,
     vma: &Vma,
@@ -170,7 +170,11 @@ pub fn do_anonymous_page_mthp(k: &Kernel, mm: &Arc<MmStruct>, va: u64, order: u3
 
 /// `filemap_fault`: find or read the page-cache folio for `pgoff`; returns
 /// it with an extra reference for the caller.
-pub fn filemap_get_folio(k: &Kernel, mapping: &crate::mm::AddressSpace, pgoff: u64) -> Result<Folio, FaultError> {
+pub(crate) fn filemap_get_folio(
+    k: &Kernel,
+    mapping: &crate::mm::AddressSpace,
+    pgoff: u64,
+) -> Result<Folio, FaultError> {
     let mut pages = mapping.i_pages.lock();
     if let Some(f) = pages.get(&pgoff) {
         k.mem.folio_get(*f);

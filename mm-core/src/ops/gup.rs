@@ -66,6 +66,7 @@ impl Foll {
     /// `FOLL_PIN`: take a pin (`GUP_PIN_COUNTING_BIAS` references).
     pub const PIN: Foll = Foll(4);
 
+    /// Every flag of `f` is set (`gup_flags & FOLL_PIN`).
     #[inline]
     pub fn has(self, f: Foll) -> bool {
         self.0 & f.0 == f.0
@@ -80,13 +81,14 @@ impl BitOr for Foll {
 }
 
 /// `GUP_PIN_COUNTING_BIAS`: references one FOLL_PIN adds to a small folio.
-pub const GUP_PIN_COUNTING_BIAS: i32 = 1024;
+pub(crate) const GUP_PIN_COUNTING_BIAS: i32 = 1024;
 
 /// Why the slow path gave up (`-EFAULT` / `-ENOMEM`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GupError {
     /// No VMA, or the VMA does not allow the access.
     Fault(u64),
+    /// A page or page table could not be allocated while faulting in.
     NoMem,
 }
 
@@ -131,7 +133,7 @@ fn grab_refs(k: &Kernel, folio: Folio, refs: i32, flags: Foll) -> i32 {
 /// without any lock; fails if the folio is free (refcount 0) — but succeeds
 /// on a folio that was freed and *reused*, which is why the entries must be
 /// re-checked afterwards.
-pub fn try_grab_folio_fast(k: &Kernel, page: Pfn, refs: i32, flags: Foll) -> Option<Folio> {
+pub(crate) fn try_grab_folio_fast(k: &Kernel, page: Pfn, refs: i32, flags: Foll) -> Option<Folio> {
     loop {
         let folio = k.mem.page_folio(page);
         if k.mem.folio(folio).refcount() < 0 {
@@ -155,7 +157,7 @@ pub fn try_grab_folio_fast(k: &Kernel, page: Pfn, refs: i32, flags: Foll) -> Opt
 
 /// `try_grab_folio`: the slow path's grab, with the page-table lock held
 /// (the folio is mapped, so its refcount cannot be 0).
-pub fn try_grab_folio(k: &Kernel, folio: Folio, refs: i32, flags: Foll) {
+pub(crate) fn try_grab_folio(k: &Kernel, folio: Folio, refs: i32, flags: Foll) {
     k.mem.folio_ref_add(folio, grab_refs(k, folio, refs, flags));
 }
 
@@ -166,7 +168,7 @@ fn gup_put_refs(k: &Kernel, folio: Folio, refs: i32) {
 }
 
 /// `gup_put_folio`: drop what a grab of `refs` pages with `flags` took.
-pub fn gup_put_folio(k: &Kernel, folio: Folio, refs: i32, flags: Foll) {
+pub(crate) fn gup_put_folio(k: &Kernel, folio: Folio, refs: i32, flags: Foll) {
     gup_put_refs(k, folio, grab_refs(k, folio, refs, flags));
 }
 
@@ -435,7 +437,7 @@ fn gup_fast_pmd_leaf(w: &mut Walker<'_>, orig: Pte, pmdp: (Pfn, u64), addr: u64,
 
 /// `follow_page_mask`: look `va` up under the page-table locks and grab its
 /// page if mapped with the access allowed.
-pub fn follow_page_mask(k: &Kernel, mm: &MmStruct, va: u64, flags: Foll) -> Option<Pfn> {
+pub(crate) fn follow_page_mask(k: &Kernel, mm: &MmStruct, va: u64, flags: Foll) -> Option<Pfn> {
     let g = k.cfg.geometry;
     let write = flags.has(Foll::WRITE);
     let pmd_table = pgtable::lookup_table(k, mm, va, Level::Pmd)?;

@@ -27,7 +27,7 @@ use crate::gather::MmuGather;
 use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
 use crate::mm::{MmStruct, Vma};
-use crate::page::{flags, Folio};
+use crate::page::flags;
 use crate::pgtable;
 use crate::sync::Ordering;
 use crate::types::Pfn;
@@ -126,9 +126,4 @@ pub fn pmdp_collapse_flush(k: &Kernel, mm: &MmStruct, pmd_table: Pfn, haddr: u64
     let pmd = pgtable::get_and_clear(k, pmd_table, Level::Pmd, haddr);
     crate::tlb::flush_tlb_range(k, mm, haddr, haddr + k.cfg.geometry.pmd_size(), false, true);
     pmd
-}
-
-/// The folio a huge PMD maps.
-pub fn pmd_folio(k: &Kernel, pmd: Pte) -> Folio {
-    k.mem.page_folio(pmd.pfn())
 }

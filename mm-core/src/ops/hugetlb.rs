@@ -82,24 +82,24 @@ use crate::types::Pfn;
 
 /// Proof that the file's i_mmap_rwsem is held for write
 /// (`i_mmap_assert_write_locked`).
-pub type IMmapWriteGuard<'a> = RwLockWriteGuard<'a, Vec<IMmapEntry>>;
+pub(crate) type IMmapWriteGuard<'a> = RwLockWriteGuard<'a, Vec<IMmapEntry>>;
 
 /// `i_mmap_lock_write(mapping)`.  i_mmap_rwsem is a sleeping lock: a
 /// contended wait is an interrupt point (the sync facade's lock-wait hook),
 /// so a waiter keeps answering IPIs — the holder may be waiting for exactly
 /// that (`tlb_remove_table_sync_one` under i_mmap_rwsem).
-pub fn i_mmap_lock_write<'a>(_k: &Kernel, mapping: &'a AddressSpace) -> IMmapWriteGuard<'a> {
+pub(crate) fn i_mmap_lock_write<'a>(_k: &Kernel, mapping: &'a AddressSpace) -> IMmapWriteGuard<'a> {
     mapping.i_mmap.write()
 }
 
 /// `i_mmap_lock_read(mapping)` (see `i_mmap_lock_write`).
-pub fn i_mmap_lock_read<'a>(_k: &Kernel, mapping: &'a AddressSpace) -> RwLockReadGuard<'a, Vec<IMmapEntry>> {
+pub(crate) fn i_mmap_lock_read<'a>(_k: &Kernel, mapping: &'a AddressSpace) -> RwLockReadGuard<'a, Vec<IMmapEntry>> {
     mapping.i_mmap.read()
 }
 
 /// Which unshare flushing the configured kernel does (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnshareFlush {
+pub(crate) enum UnshareFlush {
     /// Before 1013af4f585f: TLB flush of the unsharer only, no IPI.
     NoSync,
     /// 1013af4f585f: one `tlb_remove_table_sync_one` per unshared table.
@@ -110,6 +110,8 @@ pub enum UnshareFlush {
 }
 
 impl UnshareFlush {
+    /// The mode `k.cfg.fixes` selects (`HugetlbUnshareSync`,
+    /// `HugetlbUnshareBatched`).
     pub fn of(k: &Kernel) -> Self {
         let f = k.cfg.fixes;
         if !f.on(Fix::HugetlbUnshareSync) {
@@ -130,17 +132,17 @@ pub fn ptdesc_pmd_pts_count(k: &Kernel, pt: Pfn) -> i32 {
 }
 
 /// `ptdesc_pmd_is_shared`
-pub fn ptdesc_pmd_is_shared(k: &Kernel, pt: Pfn) -> bool {
+pub(crate) fn ptdesc_pmd_is_shared(k: &Kernel, pt: Pfn) -> bool {
     ptdesc_pmd_pts_count(k, pt) > 0
 }
 
 /// `ptdesc_pmd_pts_inc`
-pub fn ptdesc_pmd_pts_inc(k: &Kernel, pt: Pfn) {
+pub(crate) fn ptdesc_pmd_pts_inc(k: &Kernel, pt: Pfn) {
     k.mem.page(pt).pt_share_count.fetch_add(1, Ordering::SeqCst);
 }
 
 /// `ptdesc_pmd_pts_dec`
-pub fn ptdesc_pmd_pts_dec(k: &Kernel, pt: Pfn) {
+pub(crate) fn ptdesc_pmd_pts_dec(k: &Kernel, pt: Pfn) {
     let old = k.mem.page(pt).pt_share_count.fetch_sub(1, Ordering::SeqCst);
     assert!(old > 0, "ptdesc_pmd_pts_dec on an unshared PMD table {pt:?}");
 }
@@ -158,7 +160,7 @@ fn pud_size(k: &Kernel) -> u64 {
 
 /// `hugetlb_mask_last_page`: added to an address to skip to the last huge
 /// page of its PUD region (PUD_SIZE - PMD_SIZE).
-pub fn hugetlb_mask_last_page(k: &Kernel) -> u64 {
+pub(crate) fn hugetlb_mask_last_page(k: &Kernel) -> u64 {
     pud_size(k) - hsz(k)
 }
 
@@ -209,7 +211,7 @@ fn range_in(start: u64, end: u64, vstart: u64, vend: u64) -> bool {
 /// mapping file page `idx` if `svma`'s PMD table for it could serve `vma`
 /// at `addr` (same slot in the table, same flags apart from VM_LOCKED,
 /// `svma` covering the whole PUD region).
-pub fn page_table_shareable(k: &Kernel, svma: &IMmapEntry, vma: &Vma, addr: u64, idx: u64) -> Option<u64> {
+pub(crate) fn page_table_shareable(k: &Kernel, svma: &IMmapEntry, vma: &Vma, addr: u64, idx: u64) -> Option<u64> {
     let shift = k.cfg.geometry.page_shift;
     let saddr = ((idx - svma.pgoff) << shift) + svma.start;
     let sbase = saddr & !(pud_size(k) - 1);
@@ -222,7 +224,7 @@ pub fn page_table_shareable(k: &Kernel, svma: &IMmapEntry, vma: &Vma, addr: u64,
 }
 
 /// `want_pmd_share`: a shared VMA that covers the whole PUD region of `addr`.
-pub fn want_pmd_share(k: &Kernel, vma: &Vma, addr: u64) -> bool {
+pub(crate) fn want_pmd_share(k: &Kernel, vma: &Vma, addr: u64) -> bool {
     let start = addr & !(pud_size(k) - 1);
     let end = start + pud_size(k);
     vma.is_shared() && range_in(start, end, vma.start, vma.end)
@@ -242,7 +244,7 @@ pub fn huge_pte_offset(k: &Kernel, mm: &MmStruct, addr: u64) -> Option<Pfn> {
 /// (`pmd_alloc`).  The PUD has to be populated inside the same i_mmap_rwsem
 /// section, or racing tasks could miss the sharing or pick a table that is
 /// being unshared.
-pub fn huge_pmd_share(k: &Kernel, mm: &MmStruct, vma: &Vma, addr: u64, pud_table: Pfn) -> Option<Pfn> {
+pub(crate) fn huge_pmd_share(k: &Kernel, mm: &MmStruct, vma: &Vma, addr: u64, pud_table: Pfn) -> Option<Pfn> {
     let mapping = vma.mapping().expect("hugetlb VMAs are file mappings");
     let idx = vma.pgoff_of(addr, k.cfg.geometry.page_shift);
     let pages = |e: &IMmapEntry| (e.end - e.start) >> k.cfg.geometry.page_shift;
@@ -281,7 +283,7 @@ pub fn huge_pmd_share(k: &Kernel, mm: &MmStruct, vma: &Vma, addr: u64, pud_table
 /// `huge_pte_alloc` (CONFIG_ARCH_WANT_GENERAL_HUGETLB, PMD-sized pages):
 /// allocate the PUD table if needed, then share a PMD table when possible,
 /// else allocate our own.  Returns the PMD table.
-pub fn huge_pte_alloc(k: &Kernel, mm: &MmStruct, vma: &Vma, addr: u64) -> Option<Pfn> {
+pub(crate) fn huge_pte_alloc(k: &Kernel, mm: &MmStruct, vma: &Vma, addr: u64) -> Option<Pfn> {
     let pud_table = pgtable::alloc_table(k, mm, addr, Level::Pud)?;
     if want_pmd_share(k, vma, addr) && pgtable::read(k, pud_table, Level::Pud, addr).is_none() {
         huge_pmd_share(k, mm, vma, addr, pud_table)
@@ -307,7 +309,7 @@ fn make_huge_pte(folio: Pfn, vma: &Vma) -> Pte {
 
 /// `hugetlb_fault`: called by `handle_mm_fault` (mmap_lock held for read)
 /// for a hugetlb VMA.
-pub fn hugetlb_fault(k: &Kernel, mm: &MmStruct, vma: &Vma, addr: u64, write: bool) -> Result<(), FaultError> {
+pub(crate) fn hugetlb_fault(k: &Kernel, mm: &MmStruct, vma: &Vma, addr: u64, write: bool) -> Result<(), FaultError> {
     let addr = addr & !(hsz(k) - 1);
     let pmd_table = huge_pte_alloc(k, mm, vma, addr).ok_or(FaultError::Oom)?;
     let e = pgtable::read(k, pmd_table, Level::Pmd, addr);
@@ -385,7 +387,7 @@ fn unhook_shared_pmd(k: &Kernel, mm: &MmStruct, addr: u64, pmd_table: Pfn) -> Op
 /// IRQs-off walker after the `pud_clear`, once per table; without, it sends
 /// nothing.  The caller flushes the unsharer's TLB before dropping
 /// i_mmap_rwsem.  Returns true if a shared table was unmapped.
-pub fn huge_pmd_unshare_nogather(
+pub(crate) fn huge_pmd_unshare_nogather(
     k: &Kernel,
     mm: &MmStruct,
     addr: u64,
@@ -411,7 +413,12 @@ pub fn huge_pmd_unshare_nogather(
 /// `huge_pmd_unshare_flush` before dropping i_mmap_rwsem.  In the
 /// pre-8ce720d5bd91 configurations this is `huge_pmd_unshare_nogather` and
 /// the caller does the old flushing (see `__unmap_hugepage_range`).
-pub fn huge_pmd_unshare(tlb: &mut MmuGather<'_>, addr: u64, pmd_table: Pfn, i_mmap: &IMmapWriteGuard<'_>) -> bool {
+pub(crate) fn huge_pmd_unshare(
+    tlb: &mut MmuGather<'_>,
+    addr: u64,
+    pmd_table: Pfn,
+    i_mmap: &IMmapWriteGuard<'_>,
+) -> bool {
     let (k, mm) = (tlb.kernel(), tlb.mm());
     if UnshareFlush::of(k) != UnshareFlush::Gather {
         return huge_pmd_unshare_nogather(k, mm, addr, pmd_table, i_mmap);
@@ -433,7 +440,7 @@ pub fn huge_pmd_unshare(tlb: &mut MmuGather<'_>, addr: u64, pmd_table: Pfn, i_mm
 /// `tlb_finish_mmu`, after the caller dropped i_mmap_rwsem: the broken
 /// placement 8ce720d5bd91 warns about (the table's new owner may reuse it
 /// before the sync drains a walker still inside it).
-pub fn huge_pmd_unshare_flush(tlb: &mut MmuGather<'_>, _i_mmap: &IMmapWriteGuard<'_>) {
+pub(crate) fn huge_pmd_unshare_flush(tlb: &mut MmuGather<'_>, _i_mmap: &IMmapWriteGuard<'_>) {
     if tlb.kernel().inject.knobs.hugetlb_unshare_sync_after_unlock.get() {
         if tlb.unshared_tables() {
             tlb.tlb_flush_mmu_tlbonly();
@@ -445,7 +452,7 @@ pub fn huge_pmd_unshare_flush(tlb: &mut MmuGather<'_>, _i_mmap: &IMmapWriteGuard
 
 /// `adjust_range_if_pmd_sharing_possible`: widen [start, end) to whole PUD
 /// regions the VMA could share.
-pub fn adjust_range_if_pmd_sharing_possible(k: &Kernel, vma: &Vma, start: &mut u64, end: &mut u64) {
+pub(crate) fn adjust_range_if_pmd_sharing_possible(k: &Kernel, vma: &Vma, start: &mut u64, end: &mut u64) {
     let pud = pud_size(k);
     let v_start = vma.start.next_multiple_of(pud);
     let v_end = vma.end & !(pud - 1);
@@ -466,7 +473,13 @@ pub fn adjust_range_if_pmd_sharing_possible(k: &Kernel, vma: &Vma, start: &mut u
 /// gather, unsharing shared PMD tables on the way.  i_mmap_rwsem is held
 /// for write (`__hugetlb_zap_begin`) — the guard — and the unshare flush is
 /// done before returning, i.e. before the caller can drop it.
-pub fn __unmap_hugepage_range(tlb: &mut MmuGather<'_>, vma: &Vma, start: u64, end: u64, i_mmap: &IMmapWriteGuard<'_>) {
+pub(crate) fn __unmap_hugepage_range(
+    tlb: &mut MmuGather<'_>,
+    vma: &Vma,
+    start: u64,
+    end: u64,
+    i_mmap: &IMmapWriteGuard<'_>,
+) {
     let (k, mm) = (tlb.kernel(), tlb.mm());
     let sz = hsz(k);
     let last_addr_mask = hugetlb_mask_last_page(k);
@@ -541,7 +554,7 @@ pub fn __unmap_hugepage_range(tlb: &mut MmuGather<'_>, vma: &Vma, start: u64, en
 /// `unmap_single_vma` for a hugetlb VMA: `__hugetlb_zap_begin` (take
 /// i_mmap_rwsem for write), `__unmap_hugepage_range`, `__hugetlb_zap_end`.
 #[doc(alias = "__unmap_hugepage_range_final")]
-pub fn unmap_hugepage_range(tlb: &mut MmuGather<'_>, vma: &Vma, start: u64, end: u64) {
+pub(crate) fn unmap_hugepage_range(tlb: &mut MmuGather<'_>, vma: &Vma, start: u64, end: u64) {
     let mapping = vma.mapping().expect("hugetlb VMAs are file mappings").clone();
     let i_mmap = i_mmap_lock_write(tlb.kernel(), &mapping);
     __unmap_hugepage_range(tlb, vma, start, end, &i_mmap);
@@ -555,7 +568,7 @@ pub fn unmap_hugepage_range(tlb: &mut MmuGather<'_>, vma: &Vma, start: u64, end:
 /// `huge_pte_alloc`; regions that cannot be shared (VMA not covering the
 /// whole PUD region) get their leaves copied, each taking a folio reference
 /// and an entire mapcount.
-pub fn copy_hugetlb_page_range(k: &Kernel, dst: &MmStruct, src: &MmStruct, vma: &Vma) -> Result<(), MmError> {
+pub(crate) fn copy_hugetlb_page_range(k: &Kernel, dst: &MmStruct, src: &MmStruct, vma: &Vma) -> Result<(), MmError> {
     let sz = hsz(k);
     let last_addr_mask = hugetlb_mask_last_page(k);
     let mut addr = vma.start;
@@ -593,7 +606,7 @@ pub fn copy_hugetlb_page_range(k: &Kernel, dst: &MmStruct, src: &MmStruct, vma: 
 /// the old protection).  i_mmap_rwsem is taken for write around the walk and
 /// the flush.  Returns the number of huge pages (and unshared tables)
 /// touched.
-pub fn hugetlb_change_protection(tlb: &mut MmuGather<'_>, vma: &Vma) -> u64 {
+pub(crate) fn hugetlb_change_protection(tlb: &mut MmuGather<'_>, vma: &Vma) -> u64 {
     let (k, mm) = (tlb.kernel(), tlb.mm());
     let sz = hsz(k);
     let last_addr_mask = hugetlb_mask_last_page(k);
@@ -664,7 +677,7 @@ pub fn hugetlb_change_protection(tlb: &mut MmuGather<'_>, vma: &Vma) -> u64 {
 /// `hugetlb_unshare_pmds(vma, start, end, take_locks = true)`: unshare every
 /// PMD table of the PUD-aligned [start, end) of `vma` (i_mmap_rwsem write
 /// held throughout, the unshare flush before it is dropped).
-pub fn hugetlb_unshare_pmds(k: &Kernel, mm: &MmStruct, vma: &Vma, start: u64, end: u64) {
+pub(crate) fn hugetlb_unshare_pmds(k: &Kernel, mm: &MmStruct, vma: &Vma, start: u64, end: u64) {
     let pud = pud_size(k);
     assert!(
         start.is_multiple_of(pud) && end.is_multiple_of(pud),
@@ -712,7 +725,7 @@ pub fn hugetlb_unshare_pmds(k: &Kernel, mm: &MmStruct, vma: &Vma, start: u64, en
 /// `addr` is not PUD-aligned, the PUD region around it can no longer be
 /// shared by either half: unshare it now (only possible when the VMA covers
 /// that whole region).
-pub fn hugetlb_split(k: &Kernel, mm: &MmStruct, vma: &Vma, addr: u64) {
+pub(crate) fn hugetlb_split(k: &Kernel, mm: &MmStruct, vma: &Vma, addr: u64) {
     let pud = pud_size(k);
     if addr.is_multiple_of(pud) {
         return;
@@ -729,7 +742,13 @@ pub fn hugetlb_split(k: &Kernel, mm: &MmStruct, vma: &Vma, addr: u64) {
 /// aligned (EINVAL), then `hugetlb_split` unshares around each boundary.
 /// Called with mmap_lock held for write, before the VMA tree is changed.
 #[doc(alias = "hugetlb_vm_op_split")]
-pub fn hugetlb_split_range(k: &Kernel, mm: &MmStruct, vmas: &VmaTree, start: u64, end: u64) -> Result<(), MmError> {
+pub(crate) fn hugetlb_split_range(
+    k: &Kernel,
+    mm: &MmStruct,
+    vmas: &VmaTree,
+    start: u64,
+    end: u64,
+) -> Result<(), MmError> {
     let hs = hsz(k);
     let hits: Vec<Vma> = vmas.overlapping(start, end).filter(|v| v.is_hugetlb()).cloned().collect();
     for v in &hits {
@@ -755,7 +774,7 @@ pub fn hugetlb_split_range(k: &Kernel, mm: &MmStruct, vmas: &VmaTree, start: u64
 /// After mprotect changed the flags of the hugetlb VMA pieces `pieces`,
 /// re-register them in their file's i_mmap with the new flags (the kernel
 /// reads `svma->vm_flags` directly; here i_mmap keeps a copy).
-pub fn hugetlb_update_i_mmap_flags(k: &Kernel, mm: &Arc<MmStruct>, pieces: &[Vma]) {
+pub(crate) fn hugetlb_update_i_mmap_flags(k: &Kernel, mm: &Arc<MmStruct>, pieces: &[Vma]) {
     for p in pieces.iter().filter(|p| p.is_hugetlb()) {
         let mapping = p.mapping().expect("hugetlb VMAs are file mappings");
         mapping.i_mmap_remove(mm.id, p.start, p.end, k.cfg.geometry.page_shift);

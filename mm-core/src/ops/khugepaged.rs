@@ -58,7 +58,9 @@ use crate::types::Pfn;
 /// `enum scan_result` (the subset the model can produce).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScanResult {
+    /// `SCAN_SUCCEED`: the range was collapsed (or retracted).
     Succeed,
+
     /// No suitable VMA covers the PMD range (`SCAN_VMA_CHECK`).
     VmaCheck,
     /// No PTE table under the PMD (`SCAN_PMD_NULL`).
@@ -79,7 +81,7 @@ pub enum ScanResult {
 }
 
 /// `khugepaged_max_ptes_none` default: HPAGE_PMD_NR - 1.
-pub fn max_ptes_none(k: &Kernel) -> u64 {
+pub(crate) fn max_ptes_none(k: &Kernel) -> u64 {
     k.cfg.geometry.hpage_pmd_nr() - 1
 }
 

@@ -22,8 +22,14 @@ use std::fmt;
 /// A rejected memory-management call (EINVAL / ENOMEM / EEXIST).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MmError {
+    /// `-EINVAL`: bad arguments (unaligned, outside TASK_SIZE, a flag the
+    /// mapping does not allow); the message says which.
     Inval(String),
+    /// `-EEXIST` (MAP_FIXED_NOREPLACE): an existing VMA, starting at this
+    /// address, overlaps the range.
     Exists(u64),
+    /// `-ENOMEM`: no VMA covers the range (madvise, mprotect), or a page
+    /// table could not be allocated.
     NoMem,
 }
 

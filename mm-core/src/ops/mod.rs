@@ -4,23 +4,24 @@
 //! accesses, which take the page-fault path (`uaccess`).
 
 pub mod fault;
-pub mod fork;
+pub(crate) mod fork;
 pub mod gup;
-pub mod huge_memory;
+pub(crate) mod huge_memory;
 pub mod hugetlb;
 pub mod khugepaged;
-pub mod madvise;
-pub mod mmap;
-pub mod mprotect;
-pub mod uaccess;
+pub(crate) mod madvise;
+pub(crate) mod mmap;
+pub(crate) mod mprotect;
+pub(crate) mod uaccess;
 pub mod writeback;
-pub mod zap;
+pub(crate) mod zap;
 
 pub use fork::dup_mmap;
 pub use hugetlb::mmap_hugetlb;
 pub use madvise::madvise_dontneed;
 pub use mmap::{exit_mm, exit_mmap, mmap_anon, mmap_file, mmdrop, munmap, MmError};
 pub use mprotect::mprotect;
+pub use uaccess::Segv;
 pub use writeback::{folio_mkclean, truncate_inode_pages, writeback_mapping};
 
 #[cfg(all(test, not(mmemu_loom)))]

@@ -19,7 +19,9 @@ use crate::sync::Arc;
 /// A user access that could not be satisfied: SIGSEGV.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segv {
+    /// The faulting user address (`si_addr`).
     pub va: u64,
+    /// The MMU fault `handle_mm_fault` could not resolve.
     pub fault: Fault,
 }
 

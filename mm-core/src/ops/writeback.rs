@@ -65,7 +65,7 @@ fn page_vma_mkclean_one(k: &Kernel, mm: &crate::mm::MmStruct, folio: Folio, va: 
 
 /// `folio_clear_dirty_for_io`: transfer PTE dirtiness to the folio, then
 /// test-and-clear the folio's dirty flag.
-pub fn folio_clear_dirty_for_io(k: &Kernel, mapping: &AddressSpace, folio: Folio) -> bool {
+pub(crate) fn folio_clear_dirty_for_io(k: &Kernel, mapping: &AddressSpace, folio: Folio) -> bool {
     if folio_mkclean(k, mapping, folio) > 0 {
         k.mem.folio(folio).set(flags::PG_DIRTY);
     }

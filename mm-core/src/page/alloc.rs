@@ -6,7 +6,7 @@
 //!   `None` when memory is exhausted or a failure was injected (the
 //!   GFP_NOWAIT allocations of mmu_gather must cope with that).
 //! - `free` takes a frame whose refcount already reached 0.  The caller has
-//!   bumped the frame generations (see `Kernel::free_frames`).
+//!   bumped the frame generations (see `Kernel::free_folio`).
 //! - Frames sitting on per-CPU lists count as free; `in_use()` is what a run
 //!   leaked if it is non-zero after every mm exited.
 //! - pfn 0 is reserved, so a zero page-table entry never names a real frame.
@@ -18,27 +18,32 @@ use crate::types::{CpuId, Pfn};
 use serde::Serialize;
 
 /// MAX_PAGE_ORDER
-pub const MAX_PAGE_ORDER: u32 = 10;
+pub(crate) const MAX_PAGE_ORDER: u32 = 10;
 /// Per-CPU list refill batch (`pcp->batch`).
-pub const PCP_BATCH: usize = 31;
+pub(crate) const PCP_BATCH: usize = 31;
 /// Per-CPU list high watermark (`pcp->high`), drained back to the zone above it.
-pub const PCP_HIGH: usize = 6 * PCP_BATCH;
+pub(crate) const PCP_HIGH: usize = 6 * PCP_BATCH;
 
 /// What a frame is used for (leak accounting).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PageKind {
+    /// Anonymous user memory (`PG_anon | PG_swapbacked`).
     Anon,
+    /// Page-cache folios of an `AddressSpace` (no flag of its own).
     File,
+    /// Page tables at every level (`PG_table`, the ptdesc).
     PageTable,
     /// Kernel objects: mmu_gather batch pages, table batches.
     Kernel,
+    /// hugetlbfs folios (`PG_hugetlb`), PMD-sized.
     Hugetlb,
 }
 
 const KINDS: usize = 5;
 
 impl PageKind {
+    /// Every kind, in `InUse` field order.
     pub const ALL: [PageKind; KINDS] =
         [PageKind::Anon, PageKind::File, PageKind::PageTable, PageKind::Kernel, PageKind::Hugetlb];
     fn idx(self) -> usize {
@@ -146,6 +151,8 @@ struct Zone {
     nr_free: usize,
 }
 
+/// The zone's buddy allocator plus the per-CPU order-0 lists
+/// (`zone->per_cpu_pageset`) and per-kind in-use counts.
 pub struct PageAllocator {
     zone: Mutex<Zone>,
     pcp: Box<[Mutex<Vec<Pfn>>]>,
@@ -158,20 +165,28 @@ pub struct PageAllocator {
 /// Frames in use by kind (leak report).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct InUse {
+    /// Frames of `PageKind::Anon`.
     pub anon: i64,
+    /// Frames of `PageKind::File`.
     pub file: i64,
+    /// Frames of `PageKind::PageTable`.
     pub page_table: i64,
+    /// Frames of `PageKind::Kernel`.
     pub kernel: i64,
+    /// Frames of `PageKind::Hugetlb`.
     pub hugetlb: i64,
 }
 
 impl InUse {
+    /// Frames in use of every kind (0 after a clean run: no leak).
     pub fn total(&self) -> i64 {
         self.anon + self.file + self.page_table + self.kernel + self.hugetlb
     }
 }
 
 impl PageAllocator {
+    /// Every frame but pfn 0 free in the zone, in the largest aligned
+    /// blocks (`memblock_free_all`); empty per-CPU lists for `nr_cpus`.
     pub fn new(nr_frames: usize, nr_cpus: usize) -> Self {
         let mut zone = Zone { free_area: FreeArea::new(nr_frames), free_order: vec![-1; nr_frames], nr_free: 0 };
         // Hand every frame but pfn 0 to the buddy lists, largest aligned blocks first.
@@ -363,6 +378,7 @@ impl PageAllocator {
         self.zone.lock().nr_free + pcp
     }
 
+    /// Frames managed, pfn 0 (reserved) included.
     pub fn nr_frames(&self) -> usize {
         self.nr_frames
     }

@@ -17,11 +17,17 @@ use crate::types::Pfn;
 
 /// Page flags (subset of enum pageflags).
 pub mod flags {
+    /// `PG_locked`: the folio lock (`Kernel::folio_lock`), a sleeping lock.
     pub const PG_LOCKED: u64 = 1 << 0;
+    /// `PG_dirty`: the page cache holds data the disk does not.
     pub const PG_DIRTY: u64 = 1 << 1;
+    /// `PG_writeback`: being written to disk; eviction skips it.
     pub const PG_WRITEBACK: u64 = 1 << 2;
+    /// `PG_head`: first frame of a folio of order > 0.
     pub const PG_HEAD: u64 = 1 << 3;
+    /// `PG_uptodate`: the contents are valid (read in or filled).
     pub const PG_UPTODATE: u64 = 1 << 4;
+    /// `PG_swapbacked`: set on anonymous folios.
     pub const PG_SWAPBACKED: u64 = 1 << 5;
     /// Frame is a page table (PageTable / page_type PGTY_table).
     pub const PG_TABLE: u64 = 1 << 6;
@@ -37,6 +43,7 @@ pub mod flags {
 
 /// `struct page` (+ the `struct ptdesc` fields when the frame is a table).
 pub struct Page {
+    /// `page->flags`: the `flags::PG_*` bits, set and cleared atomically.
     pub flags: AtomicU64,
     /// `_refcount`
     pub refcount: AtomicI32,
@@ -74,14 +81,17 @@ impl Page {
         }
     }
 
+    /// Any of the bits `f` set (`PageDirty`, `folio_test_locked`, ...).
     #[inline]
     pub fn test(&self, f: u64) -> bool {
         self.flags.load(Ordering::SeqCst) & f != 0
     }
+    /// Set the bits `f` atomically (`SetPageDirty`, ...).
     #[inline]
     pub fn set(&self, f: u64) {
         self.flags.fetch_or(f, Ordering::SeqCst);
     }
+    /// Clear the bits `f` atomically (`ClearPageDirty`, ...).
     #[inline]
     pub fn clear(&self, f: u64) {
         self.flags.fetch_and(!f, Ordering::SeqCst);
@@ -90,9 +100,12 @@ impl Page {
     pub fn test_and_clear(&self, f: u64) -> bool {
         self.flags.fetch_and(!f, Ordering::SeqCst) & f != 0
     }
+    /// `page_ref_count`: 0 means free.
     pub fn refcount(&self) -> i32 {
         self.refcount.load(Ordering::SeqCst)
     }
+    /// `page_mapcount` of this page alone (PTE mappings; not the folio's
+    /// PMD mappings).
     pub fn mapcount(&self) -> i32 {
         self.mapcount.load(Ordering::SeqCst)
     }
@@ -103,6 +116,7 @@ impl Page {
 pub struct Folio(pub Pfn);
 
 impl Folio {
+    /// `folio_pfn`: the head frame.
     pub fn pfn(self) -> Pfn {
         self.0
     }
@@ -114,6 +128,7 @@ pub struct MemMap {
 }
 
 impl MemMap {
+    /// Metadata for `nr_frames` frames, all zero (nothing allocated yet).
     pub fn new(nr_frames: usize) -> Self {
         Self { pages: (0..nr_frames).map(|_| Page::new()).collect() }
     }
@@ -130,6 +145,8 @@ impl MemMap {
         Folio(Pfn(self.page(pfn).head.load(Ordering::SeqCst)))
     }
 
+    /// The head page of `f`, where the folio-wide fields (refcount, order,
+    /// entire mapcount) live.
     pub fn folio(&self, f: Folio) -> &Page {
         self.page(f.0)
     }
@@ -214,6 +231,7 @@ impl MemMap {
         assert!(old > 0, "entire mapcount underflow on {:?}", f.0);
     }
 
+    /// Frames of emulated RAM (`max_pfn`).
     pub fn nr_frames(&self) -> usize {
         self.pages.len()
     }

@@ -6,9 +6,9 @@
 //! (`__pte_alloc`/`__pmd_alloc` with the recheck-under-lock pattern); PTE
 //! entries are changed under the PTE table's split lock.
 
-pub mod access_flags;
+pub(crate) mod access_flags;
 
-pub use access_flags::{flush_tlb_fix_spurious_fault, ptep_set_access_flags};
+pub(crate) use access_flags::{flush_tlb_fix_spurious_fault, ptep_set_access_flags};
 
 use crate::debug_vm::vm_bug_on;
 use crate::hw::pte::{Level, Pte};
@@ -27,7 +27,7 @@ pub fn alloc_table_frame(k: &Kernel) -> Option<Pfn> {
 
 /// Free a page-table frame (`pagetable_free`).  Its refcount is the
 /// allocator's single reference.
-pub fn free_table_frame(k: &Kernel, pfn: Pfn) {
+pub(crate) fn free_table_frame(k: &Kernel, pfn: Pfn) {
     let f = Folio(pfn);
     vm_bug_on!(
         k,
@@ -41,14 +41,14 @@ pub fn free_table_frame(k: &Kernel, pfn: Pfn) {
 
 /// Index of `va` in a table whose entries are at `level`.
 #[inline]
-pub fn index(k: &Kernel, level: Level, va: u64) -> usize {
+pub(crate) fn index(k: &Kernel, level: Level, va: u64) -> usize {
     let g = k.cfg.geometry;
     ((va >> g.level_shift(level)) as usize) & (g.ptrs_per_table() - 1)
 }
 
 /// The entry slot for `va` in `table` (entries at `level`).
 #[inline]
-pub fn slot(k: &Kernel, table: Pfn, level: Level, va: u64) -> &AtomicU64 {
+pub(crate) fn slot(k: &Kernel, table: Pfn, level: Level, va: u64) -> &AtomicU64 {
     k.hw.ram.word(table, index(k, level, va))
 }
 
@@ -72,14 +72,14 @@ pub fn write(k: &Kernel, table: Pfn, level: Level, va: u64, e: Pte) {
 /// `ptep_get_and_clear` & co: atomically clear, returning the old entry
 /// (with whatever A/D bits the hardware set until now).
 #[inline]
-pub fn get_and_clear(k: &Kernel, table: Pfn, level: Level, va: u64) -> Pte {
+pub(crate) fn get_and_clear(k: &Kernel, table: Pfn, level: Level, va: u64) -> Pte {
     exchange(k, table, level, va, Pte::NONE)
 }
 
 /// Atomically replace an entry, returning the old one (A/D preserved in the
 /// return value: `ptep_modify_prot_start`/`commit`).
 #[inline]
-pub fn exchange(k: &Kernel, table: Pfn, level: Level, va: u64, e: Pte) -> Pte {
+pub(crate) fn exchange(k: &Kernel, table: Pfn, level: Level, va: u64, e: Pte) -> Pte {
     let s = slot(k, table, level, va);
     if k.gup_oracle.enabled() {
         return k.gup_oracle.update(&k.hw, &k.san, table, level, va, || (Pte(s.swap(e.0, Ordering::SeqCst)), e));
@@ -88,7 +88,7 @@ pub fn exchange(k: &Kernel, table: Pfn, level: Level, va: u64, e: Pte) -> Pte {
 }
 
 /// The split PTL of a PTE (or PMD) table: `pte_lockptr`.
-pub fn ptl(k: &Kernel, table: Pfn) -> MutexGuard<'_, ()> {
+pub(crate) fn ptl(k: &Kernel, table: Pfn) -> MutexGuard<'_, ()> {
     k.mem.page(table).ptl.lock()
 }
 
@@ -112,7 +112,7 @@ pub fn lookup_table(k: &Kernel, mm: &MmStruct, va: u64, level: Level) -> Option<
 /// (`__pud_alloc`, `__pmd_alloc`, `__pte_alloc`).  Populates under
 /// `page_table_lock`, re-checking after allocation like the kernel.
 /// None on out-of-memory or when a huge leaf sits in the way.
-pub fn alloc_table(k: &Kernel, mm: &MmStruct, va: u64, level: Level) -> Option<Pfn> {
+pub(crate) fn alloc_table(k: &Kernel, mm: &MmStruct, va: u64, level: Level) -> Option<Pfn> {
     let mut table = mm.pgd;
     let mut l = Level::Pgd;
     while l != level {
@@ -143,18 +143,18 @@ pub fn alloc_table(k: &Kernel, mm: &MmStruct, va: u64, level: Level) -> Option<P
 }
 
 /// Number of entries per table.
-pub fn ptrs(k: &Kernel) -> u64 {
+pub(crate) fn ptrs(k: &Kernel) -> u64 {
     k.cfg.geometry.ptrs_per_table() as u64
 }
 
 /// Address range one entry at `level` covers (`PAGE_SIZE`, `PMD_SIZE`, ...).
-pub fn level_size(k: &Kernel, level: Level) -> u64 {
+pub(crate) fn level_size(k: &Kernel, level: Level) -> u64 {
     1u64 << k.cfg.geometry.level_shift(level)
 }
 
 /// `pXd_addr_end(addr, end)`: the end of the entry at `level` containing
 /// `addr`, clamped to `end`.
-pub fn addr_end(k: &Kernel, level: Level, addr: u64, end: u64) -> u64 {
+pub(crate) fn addr_end(k: &Kernel, level: Level, addr: u64, end: u64) -> u64 {
     let size = level_size(k, level);
     let boundary = (addr & !(size - 1)).wrapping_add(size);
     if boundary.wrapping_sub(1) < end.wrapping_sub(1) {
