@@ -82,7 +82,7 @@ pub struct MachineConfig {
 }
 
 /// Default of `MachineConfig::hang_timeout` (`mmemu --hang-timeout`).
-pub(crate) const DEFAULT_HANG_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DEFAULT_HANG_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Default for MachineConfig {
     fn default() -> Self {

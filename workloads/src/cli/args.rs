@@ -56,7 +56,7 @@ pub(super) struct MachineArgs {
     /// Report a hang when no emulated CPU made progress for S seconds
     /// (0.1 <= S <= 86400; default 20).  A long task that keeps working is
     /// never a hang.
-    #[arg(long, value_name = "S", default_value = "20", value_parser = parse_hang_timeout, allow_negative_numbers = true)]
+    #[arg(long, value_name = "S", default_value_t = emu_cpu::DEFAULT_HANG_TIMEOUT.as_secs_f64(), value_parser = parse_hang_timeout, allow_negative_numbers = true)]
     pub(super) hang_timeout: f64,
     /// Skip the kernel's own VM_BUG_ON / VM_WARN_ON checks (on by default,
     /// like CONFIG_DEBUG_VM): for measuring without their cost.
