@@ -283,6 +283,40 @@ impl TlbShape {
     pub const SMALL: TlbShape = TlbShape { sets: 2, ways: 2, huge_sets: 1, psc_entries: 2 };
 }
 
+/// The arm64 CPU features the TLB code tests at run time (the arm64 profile
+/// reads them; the others ignore them).
+///
+/// The default is an Armv8.4+ server core (Neoverse N2/V1/V2, Graviton3/4,
+/// AmpereOne): FEAT_TTL, FEAT_TLBIRANGE, 16-bit ASIDs.  Neoverse N1 and
+/// Cortex-A76-class cores (Graviton2, Ampere Altra) have neither feature:
+/// there a range flush is one TLBI per stride and falls back to
+/// `flush_tlb_mm` at MAX_DVM_OPS strides.  Not modelled: KPTI (the
+/// kernel/user ASID pairs, `__tlbi_user`), FEAT_LPA2, E2H.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Arm64Cpu {
+    /// ID_AA64MMFR0_EL1.ASIDBits: 8 or 16 (`asid_bits` in
+    /// arch/arm64/mm/context.c; NUM_USER_ASIDS is `1 << asid_bits`).
+    pub asid_bits: u32,
+    /// FEAT_TTL (ARM64_HAS_ARMv8_4_TTL): TLBI by VA carries the level hint.
+    pub feat_ttl: bool,
+    /// FEAT_TLBIRANGE (`system_supports_tlb_range()`): TLBI RVAE1IS /
+    /// RVALE1IS invalidate a range in one instruction.
+    pub feat_tlbirange: bool,
+}
+
+impl Arm64Cpu {
+    /// Armv8.4+ (FEAT_TTL, FEAT_TLBIRANGE, 16-bit ASIDs): the default.
+    pub const V8_4: Arm64Cpu = Arm64Cpu { asid_bits: 16, feat_ttl: true, feat_tlbirange: true };
+    /// Armv8.2 (Neoverse N1, Cortex-A76): no level hint, no range TLBI.
+    pub const V8_2: Arm64Cpu = Arm64Cpu { asid_bits: 16, feat_ttl: false, feat_tlbirange: false };
+}
+
+impl Default for Arm64Cpu {
+    fn default() -> Self {
+        Arm64Cpu::V8_4
+    }
+}
+
 /// Everything that shapes one emulated kernel.
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelConfig {
@@ -290,6 +324,9 @@ pub struct KernelConfig {
     pub arch: Arch,
     /// The kernel release the arch profile follows.
     pub kernel: KernelVersion,
+    /// The arm64 profile's CPU features (ASID width, TLBI level hint and
+    /// range operations).
+    pub arm64: Arm64Cpu,
     /// Page size and entries per table.
     pub geometry: Geometry,
     /// Every CPU's TLB and paging-structure-cache shape.
@@ -345,6 +382,7 @@ impl Default for KernelConfig {
         Self {
             arch: Arch::X86,
             kernel: KernelVersion::V6_12,
+            arm64: Arm64Cpu::default(),
             geometry: Geometry::X86_64,
             tlb: TlbShape::DEFAULT,
             ram_frames: 1 << 14,
@@ -404,6 +442,19 @@ impl KernelConfig {
         }
         if self.tlb_single_page_flush_ceiling == 0 {
             return Err("tlb_single_page_flush_ceiling must be ≥ 1".into());
+        }
+        let bits = self.arm64.asid_bits;
+        if bits != 8 && bits != 16 {
+            return Err(format!("arm64.asid_bits = {bits}: allowed 8 or 16 (ID_AA64MMFR0_EL1.ASIDBits)"));
+        }
+        // asids_update_limit: WARN_ON(num_available_asids - 1 <= num_possible_cpus()),
+        // and new_context after a rollover could then find no free ASID.
+        if self.arch == Arch::Arm64 && (1usize << bits) - 1 <= self.nr_cpus {
+            return Err(format!(
+                "arm64 with {bits}-bit ASIDs needs fewer than {} CPUs (one more ASID than CPUs); got {}",
+                (1usize << bits) - 1,
+                self.nr_cpus
+            ));
         }
         Ok(())
     }

@@ -18,7 +18,9 @@
 //!   are trimmed from mm_cpumask.
 //! - arm64: broadcast TLBI — every CPU's TLB is invalidated directly (under
 //!   its TLB lock), without an interrupt and without waiting for IRQs-off
-//!   CPUs.  Last-level-only invalidation unless tables were freed.
+//!   CPUs.  `flush_tlb_range`, `flush_pmd_tlb_range` and the hugetlb range
+//!   flush invalidate walk caches too; only `flush_tlb_page` and the
+//!   gather's `tlb_flush` without freed tables are last-level only.
 //! - generic (MMU_GATHER_NO_RANGE): every flush is a whole-mm IPI flush.
 
 pub use crate::arch::FLUSH_ALL;

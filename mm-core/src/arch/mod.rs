@@ -5,8 +5,9 @@
 //! - `x86.rs`: arch/x86/mm/tlb.c (flush_tlb_mm_range, native_flush_tlb_multi,
 //!   should_flush_tlb, flush_tlb_func; switch_mm_irqs_off, choose_new_asid,
 //!   cpu_tlbstate, lazy TLB), x86's own `tlb_flush`.
-//! - `arm64.rs`: hardware-broadcast TLBI (`__flush_tlb_range`), the generic
-//!   `tlb_flush` on top of it, arm64's `ptep_set_access_flags`.
+//! - `arm64.rs`: hardware-broadcast TLBI (`__flush_tlb_range`,
+//!   `__flush_tlb_range_op`, MAX_DVM_OPS / MAX_TLBI_RANGE_PAGES), arm64's
+//!   own `tlb_flush` (asm/tlb.h), arm64's `ptep_set_access_flags`.
 //! - `generic.rs`: CONFIG_MMU_GATHER_NO_RANGE (alpha, m68k, ...): every flush
 //!   is `flush_tlb_mm`, the generic `ptep_set_access_flags`.
 //!

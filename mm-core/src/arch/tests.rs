@@ -2,7 +2,7 @@
 //! exactly the flush counters it lists (`ArchOps::stats`).
 
 use super::*;
-use crate::config::KernelConfig;
+use crate::config::{Arm64Cpu, KernelConfig};
 use crate::ops::{dup_mmap, exit_mm, madvise_dontneed, mmap_anon, mprotect, munmap};
 use crate::tlb::{enter_lazy_tlb, switch_mm};
 use std::collections::BTreeSet;
@@ -13,9 +13,10 @@ const BASE: u64 = 0x10_0000_0000;
 /// Every kind of flush and context switch on 4 CPUs (`SyncSmp`): ranged
 /// and full MADV_DONTNEED with a CPU running the mm elsewhere, CPUs that
 /// switched to another mm, mprotect, a lazy CPU during a munmap that
-/// frees tables, fork + child exit, exits.
-fn every_kind_of_flush(arch: Arch) -> std::sync::Arc<Kernel> {
-    let k = Kernel::new_sync(KernelConfig { arch, ..KernelConfig::default() }, 4);
+/// frees tables, a one-page munmap that frees its PTE table, fork + child
+/// exit, exits.
+fn every_kind_of_flush(arch: Arch, arm64: Arm64Cpu) -> std::sync::Arc<Kernel> {
+    let k = Kernel::new_sync(KernelConfig { arch, arm64, ..KernelConfig::default() }, 4);
     let (a, b) = (k.mm_alloc(), k.mm_alloc());
     let on = |cpu: u32, mm: &MmStruct| {
         k.set_cpu(CpuId(cpu));
@@ -40,6 +41,12 @@ fn every_kind_of_flush(arch: Arch) -> std::sync::Arc<Kernel> {
     madvise_dontneed(&k, &a, BASE + PS, PS).unwrap();
     madvise_dontneed(&k, &a, BASE, 100 * PS).unwrap();
     mprotect(&k, &a, BASE + 200 * PS, 8 * PS, true, false).unwrap();
+    // One page alone in its 2 MiB region: its munmap frees the PTE table
+    // with a one-page range (arm64: a single TLBI VAE1IS, not a range).
+    let lone = BASE + (64 << 20);
+    mmap_anon(&k, &a, lone, PS, true).unwrap();
+    k.write_user(&a, lone, 7).unwrap();
+    munmap(&k, &a, lone, PS).unwrap();
     k.set_cpu(CpuId(1));
     enter_lazy_tlb(&k);
     on(0, &a);
@@ -85,10 +92,16 @@ const NOT_THE_ARCH: &[Stat] = &[
 #[test]
 fn each_profile_moves_exactly_the_counters_it_lists() {
     for arch in Arch::ALL {
-        let k = every_kind_of_flush(arch);
-        let moved: BTreeSet<&str> =
-            Stat::ALL.iter().filter(|s| !NOT_THE_ARCH.contains(s) && k.stats.get(**s) != 0).map(|s| s.name()).collect();
-        let listed: BTreeSet<&str> = k.arch.stats().iter().map(|s| s.name()).collect();
+        // arm64: both CPU generations (range TLBIs, or one TLBI per stride).
+        let mut moved = BTreeSet::new();
+        let mut listed = BTreeSet::new();
+        for cpu in [Arm64Cpu::V8_4, Arm64Cpu::V8_2] {
+            let k = every_kind_of_flush(arch, cpu);
+            moved.extend(
+                Stat::ALL.iter().filter(|s| !NOT_THE_ARCH.contains(s) && k.stats.get(**s) != 0).map(|s| s.name()),
+            );
+            listed.extend(k.arch.stats().iter().map(|s| s.name()));
+        }
         assert_eq!(moved, listed, "{arch:?}: the flush counters that moved vs ArchOps::stats");
     }
 }
@@ -99,5 +112,135 @@ fn the_kernel_is_built_with_the_configured_profile() {
         let k = Kernel::new_sync(KernelConfig { arch, ..KernelConfig::default() }, 1);
         assert_eq!(k.arch.arch(), arch);
         assert_eq!(k.arch.kernel(), KernelVersion::V6_12);
+    }
+}
+
+// ---- arm64: __flush_tlb_range, tlb_flush (asm/tlbflush.h, asm/tlb.h, v6.12) ----
+
+mod arm64_flush {
+    use super::*;
+    use crate::arch::arm64::{self, MAX_TLBI_RANGE_PAGES};
+    use crate::gather::MmuGather;
+    use crate::hw::pte::Level;
+
+    fn arm64_kernel(cpu: Arm64Cpu) -> (std::sync::Arc<Kernel>, std::sync::Arc<MmStruct>) {
+        let k = Kernel::new_sync(KernelConfig { arch: Arch::Arm64, arm64: cpu, ..KernelConfig::default() }, 2);
+        let mm = k.mm_alloc();
+        switch_mm(&k, &mm);
+        (k, mm)
+    }
+
+    fn tlbis(k: &Kernel) -> [u64; 6] {
+        [
+            Stat::Arm64TlbiVale1is,
+            Stat::Arm64TlbiVae1is,
+            Stat::Arm64TlbiRvale1is,
+            Stat::Arm64TlbiRvae1is,
+            Stat::Arm64TlbiAside1is,
+            Stat::Arm64BroadcastTlbi,
+        ]
+        .map(|s| k.stats.get(s))
+    }
+
+    #[test]
+    fn the_constants_are_the_kernels() {
+        assert_eq!(MAX_TLBI_RANGE_PAGES, 1 << 21, "__TLBI_RANGE_PAGES(31, 3)");
+        assert_eq!(arm64::tlbi_range_pages(0, 0), 2);
+        let (k, _) = arm64_kernel(Arm64Cpu::V8_2);
+        assert_eq!(arm64::max_dvm_ops(&k), 512, "PTRS_PER_PTE with 4 KiB pages");
+    }
+
+    #[test]
+    fn without_range_tlbi_one_per_stride_then_the_whole_asid_from_max_dvm_ops() {
+        let (k, mm) = arm64_kernel(Arm64Cpu::V8_2);
+        // (MAX_DVM_OPS - 1) pages: one TLBI VALE1IS each.
+        arm64::__flush_tlb_range(&k, &mm, BASE, BASE + 511 * PS, PS, true, Some(Level::Pte));
+        assert_eq!(tlbis(&k), [511, 0, 0, 0, 0, 1]);
+        // MAX_DVM_OPS strides: flush_tlb_mm instead.
+        arm64::__flush_tlb_range(&k, &mm, BASE, BASE + 512 * PS, PS, true, Some(Level::Pte));
+        assert_eq!(tlbis(&k), [511, 0, 0, 0, 1, 2]);
+        // The stride counts, not the pages: 4 PMD strides are 4 TLBIs.
+        let pmd = k.cfg.geometry.pmd_size();
+        arm64::__flush_tlb_range(&k, &mm, BASE, BASE + 4 * pmd, pmd, false, Some(Level::Pmd));
+        assert_eq!(tlbis(&k), [511, 4, 0, 0, 1, 3]);
+    }
+
+    #[test]
+    fn with_range_tlbi_the_kernels_decomposition_and_the_max_tlbi_range_pages_fallback() {
+        let (k, mm) = arm64_kernel(Arm64Cpu::V8_4);
+        let mut ops = Vec::new();
+        arm64::flush_tlb_range_op(&k, BASE, 101, PS, |op| ops.push(op));
+        // scale 1: 64 pages, scale 0: 36 pages, the last page by VA.
+        assert_eq!(
+            ops,
+            [
+                arm64::Tlbi::Range { start: BASE, pages: 64 },
+                arm64::Tlbi::Range { start: BASE + 64 * PS, pages: 36 },
+                arm64::Tlbi::Va { addr: BASE + 100 * PS },
+            ]
+        );
+        arm64::__flush_tlb_range(&k, &mm, BASE, BASE + 101 * PS, PS, true, Some(Level::Pte));
+        assert_eq!(tlbis(&k), [1, 0, 2, 0, 0, 1]);
+        // MAX_DVM_OPS does not apply with range TLBIs: 512 pages are 1.
+        arm64::__flush_tlb_range(&k, &mm, BASE, BASE + 512 * PS, PS, false, None);
+        assert_eq!(tlbis(&k), [1, 0, 2, 1, 0, 2]);
+        // More than MAX_TLBI_RANGE_PAGES pages: flush_tlb_mm.
+        arm64::__flush_tlb_range(&k, &mm, 0, (MAX_TLBI_RANGE_PAGES + 1) * PS, PS, true, None);
+        assert_eq!(tlbis(&k), [1, 0, 2, 1, 1, 3]);
+    }
+
+    #[test]
+    fn flush_tlb_range_and_flush_pmd_tlb_range_drop_walk_caches_flush_tlb_page_does_not() {
+        for cpu in [Arm64Cpu::V8_4, Arm64Cpu::V8_2] {
+            let (k, mm) = arm64_kernel(cpu);
+            let fill = |k: &Kernel| {
+                let mut t = k.hw.tlb(CpuId(1));
+                t.insert(mm.id, BASE, Pfn(100), true, true, false, 0);
+                t.insert_psc(mm.id, Level::Pte, BASE, Pfn(7), 0);
+            };
+            let walk_cached = |k: &Kernel| k.hw.tlb(CpuId(1)).lookup_psc(mm.id, BASE).is_some();
+            fill(&k);
+            k.arch.flush_tlb_page(&k, &mm, BASE);
+            assert!(k.hw.tlb(CpuId(1)).lookup(mm.id, BASE).is_none(), "{cpu:?}");
+            assert!(walk_cached(&k), "{cpu:?}: flush_tlb_page is last-level only");
+            k.arch.flush_tlb_range(&k, &mm, BASE, BASE + PS, false, false);
+            assert!(!walk_cached(&k), "{cpu:?}: flush_tlb_range invalidates table entries too");
+            // A THP's PMD leaf (its walk cache: the PTE table it replaced).
+            k.hw.tlb(CpuId(1)).insert(mm.id, BASE, Pfn(512), true, true, true, 0);
+            k.hw.tlb(CpuId(1)).insert_psc(mm.id, Level::Pte, BASE, Pfn(7), 0);
+            k.arch.flush_pmd_tlb_range(&k, &mm, BASE, BASE + k.cfg.geometry.pmd_size());
+            assert!(k.hw.tlb(CpuId(1)).lookup(mm.id, BASE).is_none());
+            // Level 2 hint: the walk-cache entry of the PTE table (read from
+            // a level-2 descriptor) is not covered with FEAT_TTL.
+            assert_eq!(walk_cached(&k), cpu.feat_ttl, "{cpu:?}");
+            // flush_hugetlb_tlb_range (level 2, all levels): the PMD table's
+            // walk-cache entry (from the level-1 PUD descriptor) goes.
+            k.hw.tlb(CpuId(1)).insert_psc(mm.id, Level::Pmd, BASE, Pfn(8), 0);
+            k.arch.flush_tlb_range(&k, &mm, BASE, BASE + k.cfg.geometry.pmd_size(), true, false);
+            let pmd_table_cached = k.hw.tlb(CpuId(1)).psc_entries().any(|(l, e)| l == Level::Pmd && e.table == Pfn(8));
+            assert!(!pmd_table_cached, "{cpu:?}: flush_hugetlb_tlb_range drops the PUD-level walk cache");
+        }
+    }
+
+    #[test]
+    fn tlb_flush_uses_the_unmap_stride_and_the_level_of_what_was_cleared() {
+        let (k, mm) = arm64_kernel(Arm64Cpu::V8_2);
+        let pmd = k.cfg.geometry.pmd_size();
+        // A THP zapped: PMD leaves only, stride PMD_SIZE, hint level 2.
+        let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+        tlb.tlb_remove_pmd_tlb_entry(BASE);
+        tlb.tlb_remove_pmd_tlb_entry(BASE + pmd);
+        assert_eq!(arm64::tlb_get_level(&tlb), Some(Level::Pmd));
+        tlb.tlb_flush_mmu();
+        assert_eq!(tlbis(&k), [2, 0, 0, 0, 0, 1], "one VALE1IS per 2 MiB");
+        // PTEs and a freed PTE table: all levels, no hint, the smallest stride.
+        tlb.tlb_remove_tlb_entries(BASE, 3);
+        let table = crate::pgtable::alloc_table_frame(&k).unwrap();
+        tlb.pte_free_tlb(table, BASE);
+        assert_eq!(arm64::tlb_get_level(&tlb), None);
+        tlb.tlb_finish_mmu();
+        assert_eq!(tlbis(&k), [2, 3, 0, 0, 0, 2], "three VAE1IS at PAGE_SIZE stride");
+        assert_eq!(k.stats.get(Stat::TlbFlushRanged), 2);
+        k.rcu_barrier();
     }
 }

@@ -37,13 +37,12 @@
 //! - Arch (`Kernel::arch`, `arch/`): `tlb_flush`, `tlb_update_vma_flags` and
 //!   whether MMU_GATHER_MERGE_VMAS is selected are the profile's.  x86
 //!   `tlb_flush` → `flush_tlb_mm_range` (whole mm when fullmm /
-//!   need_flush_all); arm64 uses the generic `tlb_flush` (fullmm /
-//!   need_flush_all → `flush_tlb_mm`, else a range with `freed_tables`, so
-//!   arm64 invalidates the last level only when no table was freed; the real
-//!   arm64 `tlb_flush` also skips the fullmm flush without freed tables
-//!   relying on ASID non-reuse — not modelled); GenericNoRange
-//!   (MMU_GATHER_NO_RANGE) → `flush_tlb_mm` for any non-empty gather, and
-//!   keeps no VMA flags.
+//!   need_flush_all); arm64 has its own (asm/tlb.h): `__flush_tlb_range` at
+//!   `tlb_get_unmap_size` with the `tlb_get_level` hint, last level only
+//!   unless tables were freed, and for fullmm nothing unless tables were
+//!   freed (then `flush_tlb_mm`: the ASID is not reused before a rollover
+//!   flushed every TLB); GenericNoRange (MMU_GATHER_NO_RANGE) →
+//!   `flush_tlb_mm` for any non-empty gather, and keeps no VMA flags.
 //! - `rcu_table_free`: tables go through `call_rcu`; off: freed right after
 //!   the invalidating flush, and `tlb_remove_table_sync_one` is a no-op.
 //! - `init_on_free`: the free chunk cap counts pages, not entries.
@@ -627,8 +626,7 @@ impl<'a> MmuGather<'a> {
     // ---- flushing -------------------------------------------------------
 
     /// `tlb_flush`: the arch's (`ArchOps::tlb_flush`, docs/KERNEL-MAP.md, “Arch profiles”) —
-    /// x86's own, the generic range-based one (arm64), or the
-    /// MMU_GATHER_NO_RANGE one.
+    /// x86's own, arm64's own, or the MMU_GATHER_NO_RANGE one.
     fn tlb_flush(&mut self) {
         self.k.arch.tlb_flush(self);
     }

@@ -15,6 +15,14 @@
 //! - `flush_range(asid, start, end)` — INVLPG for each page of the range.
 //! - `flush_asid(asid)` — everything tagged `asid` (leaf and PSC).
 //! - `flush_all()` — every non-global entry (we have no global entries).
+//!
+//! arm64 semantics (TLBI by VA is narrower than INVLPG):
+//! - `tlbi_va(asid, va, last_level, ttl)` — TLBI VAE1IS / VALE1IS: the leaf
+//!   translating `va` and, unless last-level, the walk-cache entries a walk
+//!   of `va` uses; a level hint (`ttl`) narrows both.
+//! - `tlbi_range(asid, start, end, last_level, ttl)` — TLBI RVAE1IS /
+//!   RVALE1IS: the same for every address of the range.
+//! - `flush_asid` is TLBI ASIDE1IS, `flush_all` TLBI VMALLE1.
 
 use crate::config::{Geometry, TlbShape};
 use crate::hw::pte::Level;
@@ -266,10 +274,108 @@ impl Tlb {
         self.drop_leaf(asid, start, end)
     }
 
-    /// Last-level-only invalidation (arm64 TLBI VALE1IS): leaf entries in
-    /// [start, end); walk-cache entries survive.
+    /// Last-level-only invalidation of [start, end): leaf entries in the
+    /// range; walk-cache entries survive (the SVA device's IOTLB
+    /// invalidation, `iommu.rs`).
     pub fn flush_range_leaf(&mut self, asid: u64, start: u64, end: u64) -> usize {
         self.drop_leaf(asid, start, end)
+    }
+
+    /// arm64 `TLBI VAE1IS` / `TLBI VALE1IS` (`last_level`) of one address,
+    /// as every TLB in the inner-shareable domain executes it: drop what
+    /// translates `va` in `asid` and nothing else.
+    ///
+    /// - Leaf entries: the one mapping `va` (a base page or the PMD-sized
+    ///   block containing it); with a level hint only a leaf *at* that
+    ///   level.
+    /// - Walk-cache entries (unless `last_level`): those a walk of `va`
+    ///   would use; with a level hint only those cached from a descriptor
+    ///   *above* the hinted level (the commit message of c2ff4764e03e:
+    ///   "VAE1IS + TTL=2: non-leaf at level 0/1 + leaf at level 2").
+    ///
+    /// `ttl` is the FEAT_TTL hint as the level of the leaf being removed
+    /// (`Level::Pte` is the kernel's 3, `Level::Pmd` its 2, `Level::Pud` its
+    /// 1, `Level::Pgd` its 0); `None` is TLBI_TTL_UNKNOWN.  A wrong hint
+    /// invalidates nothing of the other levels: the architecture allows
+    /// exactly that ("if the level is wrong, no invalidation may take
+    /// place", asm/tlbflush.h), and hardware here is never helpful.
+    /// Returns the entries dropped.
+    pub fn tlbi_va(&mut self, asid: u64, va: u64, last_level: bool, ttl: Option<Level>) -> usize {
+        let mut n = 0;
+        if ttl.is_none_or(|l| l == Level::Pte) {
+            let vpn = va >> self.geo.page_shift;
+            for i in self.set_range(false, vpn) {
+                let e = &mut self.small[i];
+                if e.valid && e.asid == asid && e.vpn == vpn {
+                    e.valid = false;
+                    n += 1;
+                }
+            }
+        }
+        if ttl.is_none_or(|l| l == Level::Pmd) {
+            let hvpn = va >> self.geo.level_shift(Level::Pmd);
+            for i in self.set_range(true, hvpn) {
+                let e = &mut self.huge[i];
+                if e.valid && e.asid == asid && e.vpn == hvpn {
+                    e.valid = false;
+                    n += 1;
+                }
+            }
+        }
+        if !last_level {
+            n += self.drop_walk_cache(asid, va, va + 1, ttl);
+        }
+        n
+    }
+
+    /// arm64 `TLBI RVAE1IS` / `TLBI RVALE1IS` (FEAT_TLBIRANGE): `tlbi_va`
+    /// for every address of [start, end) at once (one instruction).
+    pub fn tlbi_range(&mut self, asid: u64, start: u64, end: u64, last_level: bool, ttl: Option<Level>) -> usize {
+        let ps = self.geo.page_shift;
+        let hs = self.geo.level_shift(Level::Pmd);
+        let mut n = 0;
+        for e in self.small.iter_mut().chain(self.huge.iter_mut()) {
+            if !e.valid || e.asid != asid {
+                continue;
+            }
+            let (shift, level) = if e.huge { (hs, Level::Pmd) } else { (ps, Level::Pte) };
+            if ttl.is_some_and(|l| l != level) {
+                continue;
+            }
+            let (s, t) = (e.vpn << shift, (e.vpn + 1) << shift);
+            if s < end && start < t {
+                e.valid = false;
+                n += 1;
+            }
+        }
+        if !last_level {
+            n += self.drop_walk_cache(asid, start, end, ttl);
+        }
+        n
+    }
+
+    /// The walk-cache half of a TLBI by VA: entries of `asid` that a walk
+    /// of an address in [start, end) would use, cached from a descriptor
+    /// above the hinted leaf level (all of them without a hint).
+    fn drop_walk_cache(&mut self, asid: u64, start: u64, end: u64, ttl: Option<Level>) -> usize {
+        let mut n = 0;
+        for (i, level) in PSC_LEVELS.iter().enumerate() {
+            // The entry for a table at `level` was read from a descriptor
+            // one level up; the hint spares descriptors at or below it.
+            if ttl.is_some_and(|l| (*level as u32) < l as u32) {
+                continue;
+            }
+            let shift = self.geo.level_shift(*level).saturating_add(self.geo.pt_bits);
+            for e in self.psc[i].iter_mut().filter(|e| e.valid && e.asid == asid) {
+                let s = e.prefix.checked_shl(shift).unwrap_or(u64::MAX);
+                let t = (e.prefix + 1).checked_shl(shift).unwrap_or(u64::MAX);
+                if s < end && start < t {
+                    e.valid = false;
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Drop everything tagged `asid` (leaf and PSC).
@@ -361,6 +467,49 @@ mod tests {
         }
         let present = (0..5).filter(|i| t.lookup(1, i * stride).is_some()).count();
         assert_eq!(present, TlbShape::DEFAULT.ways);
+    }
+
+    #[test]
+    fn tlbi_va_drops_only_what_translates_the_address() {
+        let mut t = tlb();
+        t.insert(1, 0x20_0000, Pfn(1), true, true, false, 0);
+        t.insert(1, 0x20_1000, Pfn(2), true, true, false, 0);
+        t.insert_psc(1, Level::Pte, 0x20_0000, Pfn(9), 0);
+        t.insert_psc(1, Level::Pte, 0x40_0000, Pfn(10), 0);
+        // VALE1IS: the leaf only, both walk-cache entries survive.
+        assert_eq!(t.tlbi_va(1, 0x20_0000, true, None), 1);
+        assert!(t.lookup(1, 0x20_1000).is_some());
+        assert_eq!(t.psc_entries().count(), 2);
+        // VAE1IS: the leaf and the PTE-table entry covering the address.
+        assert_eq!(t.tlbi_va(1, 0x20_1000, false, None), 2);
+        assert_eq!(t.lookup_psc(1, 0x40_0000).unwrap().1, Pfn(10), "another VA's walk cache survives");
+        assert!(t.lookup_psc(1, 0x20_0000).is_none());
+    }
+
+    #[test]
+    fn tlbi_level_hint_spares_other_levels() {
+        let mut t = tlb();
+        // A 2 MiB block and a base page in the same 1 GiB region, the
+        // PMD table (from the PUD entry) and a PTE table (from a PMD entry).
+        t.insert(1, 0x4000_0000, Pfn(512), true, true, true, 0);
+        t.insert(1, 0x4020_0000, Pfn(3), true, true, false, 0);
+        t.insert_psc(1, Level::Pmd, 0x4000_0000, Pfn(20), 0);
+        t.insert_psc(1, Level::Pte, 0x4020_0000, Pfn(21), 0);
+        // Leaf-only at level 2 (the kernel's TTL=2): the block goes, the
+        // base page and every walk-cache entry stay.
+        assert_eq!(t.tlbi_range(1, 0x4000_0000, 0x8000_0000, true, Some(Level::Pmd)), 1);
+        assert!(t.lookup(1, 0x4020_0000).is_some());
+        assert_eq!(t.psc_entries().count(), 2);
+        // All levels with TTL=2: the PMD-table entry (a level-1 descriptor)
+        // goes; the PTE-table entry (a level-2 descriptor) and the base
+        // page (a level-3 leaf) do not.
+        assert_eq!(t.tlbi_range(1, 0x4000_0000, 0x8000_0000, false, Some(Level::Pmd)), 1);
+        assert!(t.lookup_psc(1, 0x4020_0000).is_some_and(|(l, p, _)| l == Level::Pte && p == Pfn(21)));
+        assert!(t.lookup_psc(1, 0x4000_0000).is_none());
+        assert!(t.lookup(1, 0x4020_0000).is_some());
+        // No hint: everything in the range.
+        assert_eq!(t.tlbi_range(1, 0x4000_0000, 0x8000_0000, false, None), 2);
+        assert_eq!(t.psc_entries().count() + t.leaf_entries().count(), 0);
     }
 
     #[test]
