@@ -9,9 +9,11 @@
 //!   a machine whose CPUs never idle.
 //! - A *user task* is a thread of an mm: `spawn_user(cpu, mm, f)` queues it
 //!   on `cpu`; when it is scheduled the CPU context-switches to it
-//!   (`switch_mm`: mm_cpumask set, tlb_gen catch-up / PCID-slot reuse), runs
-//!   `f`, and when `f` returns the CPU goes idle *lazily* (`enter_lazy_tlb`:
-//!   the mm stays loaded, exactly what x86's lazy-TLB rule is about).
+//!   (`switch_mm`, the arch's: x86 mm_cpumask, tlb_gen catch-up and PCID
+//!   slots; arm64 an ASID, a local flush only after a rollover; the
+//!   NO_RANGE profile a flush of the user TLB), runs `f`, and when `f`
+//!   returns the CPU goes idle *lazily* (`enter_lazy_tlb`: the mm stays
+//!   loaded, exactly what x86's lazy-TLB rule is about).
 //! - A *kernel thread* (`spawn_kthread`) runs with whatever mm the CPU had
 //!   loaded, lazily (khugepaged, kworkers, the device driver of a secondary
 //!   MMU).

@@ -8,7 +8,8 @@
 //! threaded machine (`System`: real CPU threads, IPIs over channels).
 //! After every step the observable machine state is recorded: every
 //! counter per CPU, CAL interrupts received and IPIs sent per CPU, each
-//! CPU's loaded mm / lazy flag / caught-up tlb_gen, mm_cpumask, and the
+//! CPU's loaded mm and lazy flag (`ArchOps::cpu_mm`) and x86's caught-up
+//! tlb_gen, mm_cpumask, and the
 //! number of TLB and paging-structure-cache entries per CPU.  The two logs
 //! must be identical, for every arch profile.
 
@@ -86,11 +87,12 @@ fn observe(k: &Kernel, mms: &[&Arc<MmStruct>]) -> String {
     for c in 0..NCPU {
         let cpu = CpuId(c as u32);
         let st = &k.cpus[c];
+        let on = k.arch.cpu_mm(k, cpu);
         let tlb = k.hw.tlb(cpu);
         s += &format!(
-            "CPU{c}: loaded={} lazy={} gen={} cal={} sent={} tlb={} psc={} |",
-            st.loaded_mm.load(Ordering::SeqCst),
-            st.is_lazy.load(Ordering::SeqCst),
+            "CPU{c}: loaded={} lazy={} x86_gen={} cal={} sent={} tlb={} psc={} |",
+            on.mm,
+            on.lazy,
             st.tlb_gen.load(Ordering::SeqCst),
             k.smp.call_interrupts(cpu),
             k.smp.ipis_sent(cpu),

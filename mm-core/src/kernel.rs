@@ -44,8 +44,9 @@ pub struct Kernel {
     pub rcu: Rcu,
     /// The machine: this CPU, cross calls, IRQ masking.
     pub smp: Box<dyn Smp>,
-    /// x86 `cpu_tlbstate` / `cpu_tlbstate_shared`, per CPU (every profile's
-    /// context switch keeps it today; the sanitizer reads it).
+    /// x86 `cpu_tlbstate` / `cpu_tlbstate_shared`, per CPU: the x86
+    /// profile's (the others keep their CPU state in their arch object);
+    /// generic code asks `arch.cpu_mm(k, cpu)`.
     pub cpus: Box<[CpuTlbState]>,
     /// GUP oracle: mapping history per (mm, va) (`check::gup_oracle`).
     pub gup_oracle: crate::check::gup_oracle::GupOracle,
@@ -81,7 +82,7 @@ impl Kernel {
         }
         let n = cfg.nr_cpus;
         Ok(Arc::new(Kernel {
-            arch: crate::arch::arch_ops(cfg.arch, cfg.kernel),
+            arch: crate::arch::arch_ops(&cfg),
             hw: Hw::new(cfg.geometry, cfg.tlb, cfg.ram_frames, n),
             mem: MemMap::new(cfg.ram_frames),
             alloc: PageAllocator::new(cfg.ram_frames, n).with_debug_vm(cfg.debug_vm),
@@ -188,9 +189,9 @@ impl Kernel {
     fn check_not_cached(&self, pfn: Pfn, nr: u64, is_table: bool) {
         for c in 0..self.hw.nr_cpus() {
             let cpu = CpuId(c as u32);
-            let st = &self.cpus[c];
-            let loaded = st.loaded_mm.load(Ordering::SeqCst);
-            if loaded == 0 || st.is_lazy.load(Ordering::SeqCst) {
+            let st = self.arch.cpu_mm(self, cpu);
+            let loaded = st.mm;
+            if !st.runs(loaded) {
                 continue;
             }
             let tlb = self.hw.tlb(cpu);

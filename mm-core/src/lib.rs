@@ -65,8 +65,9 @@
 //! profiles behind `Kernel::arch`), `rcu` (call_rcu on crossbeam-epoch),
 //! `notifier` (mmu_notifier, reached through `iommu`), `debug_vm`
 //! (VM_BUG_ON / VM_WARN_ON).  The types of theirs that public items expose
-//! are re-exported here: `ArchOps`, `CpuTlbState` (`Kernel::arch`,
-//! `Kernel::cpus`), `Rcu`, `RcuReadGuard` (`Kernel::rcu`); and
+//! are re-exported here: `ArchOps`, `CpuMm` (`Kernel::arch`,
+//! `ArchOps::cpu_mm`), `CpuTlbState` (`Kernel::cpus`), `Rcu`,
+//! `RcuReadGuard` (`Kernel::rcu`); and
 //! `mm::MmuNotifierSubscriptions`.
 
 pub(crate) mod arch;
@@ -92,7 +93,7 @@ pub mod tlb;
 pub mod types;
 
 pub use arch::x86::CpuTlbState;
-pub use arch::ArchOps;
+pub use arch::{ArchOps, CpuMm};
 pub use config::{Arch, Fix, Fixes, Geometry, KernelConfig, KernelVersion};
 pub use kernel::Kernel;
 pub use rcu::{Rcu, RcuReadGuard};

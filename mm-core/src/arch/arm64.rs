@@ -27,19 +27,23 @@
 //!   (`Arm64Tlbi*`), the completed sequences (`Arm64BroadcastTlbi`) and the
 //!   gather's own `tlb_flush_ranged` / `tlb_flush_full`.
 //!
-//! The context switch is the x86 one (`super::x86::switch_mm`: PCID slots,
-//! tlb_gen catch-up, lazy TLB), as it has always been here.
+//! The context switch (asm/mmu_context.h, arch/arm64/mm/context.c) flushes
+//! nothing: every mm has an ASID; when the ASID space is used up a new
+//! generation begins and each CPU flushes its whole TLB once, at its next
+//! switch (`check_and_switch_context`, `new_context`, `flush_context`).  No
+//! mm_cpumask, no tlb_gen, no lazy-TLB shootdown rule: a lazy CPU keeps the
+//! mm active and every broadcast TLBI reaches it anyway.
 
-use super::{secondary_invalidate, ArchOps, FLUSH_ALL};
-use crate::config::{Arch, KernelVersion};
+use super::{secondary_invalidate, ActiveMm, ArchOps, CpuMm, FLUSH_ALL};
+use crate::config::{Arch, Arm64Cpu, KernelVersion};
 use crate::gather::MmuGather;
 use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
 use crate::mm::{MmStruct, Vma};
 use crate::pgtable;
 use crate::stats::Stat;
-use crate::sync::Ordering;
-use crate::types::{CpuId, Pfn};
+use crate::sync::{AtomicU64, Mutex, Ordering};
+use crate::types::{CpuId, CpuMask, Pfn};
 
 /// `TLBI_TTL_UNKNOWN` is `None`; a level hint is the level of the leaf
 /// being invalidated (`Level::Pte` is the kernel's 3, `Level::Pmd` 2,
@@ -49,13 +53,179 @@ pub type TlbLevel = Option<Level>;
 /// The arm64 profile (`Arch::Arm64`).
 pub struct Arm64 {
     kernel: KernelVersion,
+    /// `current->active_mm` per CPU (and whether a kernel thread borrows it).
+    active: Box<[ActiveMm]>,
+    /// The ASID allocator of arch/arm64/mm/context.c.
+    asids: AsidAllocator,
 }
 
 impl Arm64 {
-    /// The arm64 profile as of `kernel` (`arch::arch_ops`).
-    pub fn new(kernel: KernelVersion) -> Self {
-        Arm64 { kernel }
+    /// The arm64 profile as of `kernel` on `nr_cpus` CPUs with `cpu`'s
+    /// features (`arch::arch_ops`).
+    pub fn new(kernel: KernelVersion, cpu: Arm64Cpu, nr_cpus: usize) -> Self {
+        Arm64 { kernel, active: ActiveMm::per_cpu(nr_cpus), asids: AsidAllocator::new(cpu.asid_bits, nr_cpus) }
     }
+}
+
+/// arch/arm64/mm/context.c (v6.12; the logic unchanged since v5.12's pinned
+/// ASIDs): `asid_generation`, `asid_map`, the per-CPU `active_asids` and
+/// `reserved_asids`, `tlb_flush_pending`, all but the first two under
+/// `cpu_asid_lock`.  A context id is `generation | asid`; the generation
+/// moves by `1 << asid_bits` at each rollover.
+///
+/// Not modelled: pinned ASIDs (`arm64_mm_context_get`, for SVA: the
+/// emulated SMMU keeps its own tags), KPTI's even/odd pairs.  TLB entries
+/// stay tagged with the mm's id, which is never reused, so an ASID handed
+/// to a new mm cannot alias the old one's stale entries here: the rollover
+/// flush is performed and counted, but the model cannot show what would
+/// go wrong without it.
+struct AsidAllocator {
+    /// `asid_generation` (starts at ASID_FIRST_VERSION).
+    generation: AtomicU64,
+    /// `per_cpu(active_asids)`: the context id each CPU runs (0 after a
+    /// rollover until it switches again).
+    active_asids: Box<[AtomicU64]>,
+    /// `cpu_asid_lock` and what it protects.
+    locked: Mutex<AsidMap>,
+}
+
+/// The state under `cpu_asid_lock`.
+struct AsidMap {
+    /// `asid_map`: ASIDs in use in this generation (index = ASID).
+    map: Vec<bool>,
+    /// `per_cpu(reserved_asids)`: the context id each CPU ran at the last rollover.
+    reserved: Vec<u64>,
+    /// `tlb_flush_pending`: CPUs that must `local_flush_tlb_all` at their next
+    /// slow-path switch.
+    flush_pending: CpuMask,
+    /// `new_context`'s `static u32 cur_idx`.
+    cur_idx: usize,
+}
+
+impl AsidAllocator {
+    /// `asids_init`: generation ASID_FIRST_VERSION, every ASID free.
+    fn new(asid_bits: u32, nr_cpus: usize) -> Self {
+        AsidAllocator {
+            generation: AtomicU64::new(1 << asid_bits),
+            active_asids: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
+            locked: Mutex::new(AsidMap {
+                map: vec![false; 1 << asid_bits],
+                reserved: vec![0; nr_cpus],
+                flush_pending: CpuMask::new(),
+                cur_idx: 1,
+            }),
+        }
+    }
+}
+
+/// `ctxid2asid`: the ASID part of a context id.
+fn ctxid2asid(k: &Kernel, ctxid: u64) -> usize {
+    (ctxid & ((1 << k.cfg.arm64.asid_bits) - 1)) as usize
+}
+
+/// `asid_gen_match`: `ctxid` belongs to the current generation.
+fn asid_gen_match(k: &Kernel, a: &AsidAllocator, ctxid: u64) -> bool {
+    (ctxid ^ a.generation.load(Ordering::SeqCst)) >> k.cfg.arm64.asid_bits == 0
+}
+
+/// `flush_context`: a rollover.  Every CPU's running ASID is carried into
+/// the new generation as reserved (a CPU that has not switched since the
+/// last rollover keeps its reserved one), the map is rebuilt from them,
+/// and every CPU must flush its whole TLB at its next slow-path switch.
+fn flush_context(k: &Kernel, a: &AsidAllocator, m: &mut AsidMap) {
+    m.map.iter_mut().for_each(|b| *b = false);
+    for (i, active) in a.active_asids.iter().enumerate() {
+        let mut asid = active.swap(0, Ordering::SeqCst);
+        if asid == 0 {
+            asid = m.reserved[i];
+        }
+        m.map[ctxid2asid(k, asid)] = true;
+        m.reserved[i] = asid;
+    }
+    m.flush_pending = CpuMask::first_n(a.active_asids.len());
+}
+
+/// `check_update_reserved_asid`: if `asid` is some CPU's reserved one, move
+/// every copy to `newasid` (the same ASID in this generation).
+fn check_update_reserved_asid(m: &mut AsidMap, asid: u64, newasid: u64) -> bool {
+    let mut hit = false;
+    for r in m.reserved.iter_mut().filter(|r| **r == asid) {
+        *r = newasid;
+        hit = true;
+    }
+    hit
+}
+
+/// `new_context`: keep the mm's old ASID in the new generation if it was
+/// reserved or is still free, else take the next free one from `cur_idx`;
+/// with none free, bump the generation and `flush_context`.  ASID 0 is
+/// init_mm's (the reserved TTBR0).
+fn new_context(k: &Kernel, a: &AsidAllocator, m: &mut AsidMap, mm: &MmStruct) -> u64 {
+    let bits = k.cfg.arm64.asid_bits;
+    let asid = mm.context_id.load(Ordering::SeqCst);
+    let mut generation = a.generation.load(Ordering::SeqCst);
+    if asid != 0 {
+        let newasid = ctxid2asid(k, asid) as u64 | generation;
+        if check_update_reserved_asid(m, asid, newasid) {
+            return newasid;
+        }
+        let idx = ctxid2asid(k, asid);
+        if !m.map[idx] {
+            m.map[idx] = true;
+            return newasid;
+        }
+    }
+    let free = |m: &AsidMap, from: usize| (from..m.map.len()).find(|i| !m.map[*i]);
+    let idx = match free(m, m.cur_idx) {
+        Some(i) => i,
+        None => {
+            generation = a.generation.fetch_add(1 << bits, Ordering::SeqCst) + (1 << bits);
+            k.stats.inc(k.this_cpu(), Stat::Arm64AsidRollover);
+            flush_context(k, a, m);
+            // More ASIDs than CPUs (KernelConfig::validate): always one.
+            free(m, 1).expect("an ASID is free after a rollover")
+        }
+    };
+    m.map[idx] = true;
+    m.cur_idx = idx;
+    idx as u64 | generation
+}
+
+/// `local_flush_tlb_all`: TLBI VMALLE1 of this CPU only (no DSB ISH, no
+/// secondary TLB).
+fn local_flush_tlb_all(k: &Kernel, cpu: CpuId) {
+    k.hw.tlb(cpu).flush_all();
+    k.stats.inc(cpu, Stat::Arm64TlbiVmalle1);
+}
+
+/// `check_and_switch_context(mm)` + `cpu_switch_mm`: the fast path — an
+/// ASID of the current generation and a CPU not caught by a rollover —
+/// swaps `active_asids` with a cmpxchg and touches no lock and no TLB; the
+/// slow path, under `cpu_asid_lock`, allocates a new context if the
+/// generation moved and performs the rollover's pending
+/// `local_flush_tlb_all`.  Either way TTBR0 gets the mm's tables and tag.
+fn check_and_switch_context(k: &Kernel, a: &AsidAllocator, mm: &MmStruct, cpu: CpuId) {
+    let asid = mm.context_id.load(Ordering::SeqCst);
+    let active = &a.active_asids[cpu.idx()];
+    let old_active = active.load(Ordering::SeqCst);
+    let fast = old_active != 0
+        && asid_gen_match(k, a, asid)
+        && active.compare_exchange(old_active, asid, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+    if !fast {
+        let mut m = a.locked.lock();
+        let mut asid = mm.context_id.load(Ordering::SeqCst);
+        if !asid_gen_match(k, a, asid) {
+            asid = new_context(k, a, &mut m, mm);
+            mm.context_id.store(asid, Ordering::SeqCst);
+        }
+        if m.flush_pending.test(cpu) {
+            m.flush_pending.clear(cpu);
+            local_flush_tlb_all(k, cpu);
+        }
+        active.store(asid, Ordering::SeqCst);
+    }
+    // cpu_switch_mm: TTBR0_EL1 = pgd | ASID (the TLB tag is the mm's id).
+    k.hw.load_cr3(cpu, Some(mm.pgd), mm.id);
 }
 
 impl ArchOps for Arm64 {
@@ -145,19 +315,39 @@ impl ArchOps for Arm64 {
         __flush_tlb_range(k, mm, start, end, k.cfg.geometry.pmd_size(), false, Some(Level::Pmd));
     }
 
+    /// asm/mmu_context.h `switch_mm` → `__switch_mm` →
+    /// `check_and_switch_context`, with IRQs off (`context_switch`): no TLB
+    /// flush on a switch — the ASID keeps every mm's entries apart — except
+    /// the whole-TLB flush a rollover left pending for this CPU.  Switching
+    /// to the mm already active does nothing (`prev == next`).  arm64 keeps
+    /// no mm_cpumask.
     fn switch_mm(&self, k: &Kernel, next: &MmStruct) {
-        super::x86::switch_mm(k, next);
+        let cpu = k.this_cpu();
+        let irq = k.local_irq_save();
+        let st = &self.active[cpu.idx()];
+        if st.get().mm != next.id {
+            check_and_switch_context(k, &self.asids, next, cpu);
+        }
+        st.set(next.id);
+        drop(irq);
     }
+    /// `__switch_mm(&init_mm)`: `cpu_set_reserved_ttbr0` — no user tables,
+    /// reserved ASID 0; `active_asids` is left as it was.
     fn switch_to_init_mm(&self, k: &Kernel, cpu: CpuId) {
-        super::x86::switch_to_init_mm(k, cpu);
+        k.hw.load_cr3(cpu, None, 0);
+        self.active[cpu.idx()].set(0);
     }
+    /// `enter_lazy_tlb`: only `update_saved_ttbr0` for SW PAN; the mm stays
+    /// active (TTBR0 unchanged).
     fn enter_lazy_tlb(&self, k: &Kernel) {
-        super::x86::enter_lazy_tlb(k);
+        self.active[k.this_cpu().idx()].set_lazy();
+    }
+    /// `active_mm` of `cpu`, and whether a kernel thread borrows it.
+    fn cpu_mm(&self, _k: &Kernel, cpu: CpuId) -> CpuMm {
+        self.active[cpu.idx()].get()
     }
 
     /// No IPI, no vmstat, no trace: a broadcast TLBI interrupts nobody.
-    /// (TLB_FLUSH_ON_TASK_SWITCH is still moved by the x86 context switch
-    /// this profile borrows.)
     fn stats(&self) -> &'static [Stat] {
         &[
             Stat::Arm64BroadcastTlbi,
@@ -166,7 +356,8 @@ impl ArchOps for Arm64 {
             Stat::Arm64TlbiRvale1is,
             Stat::Arm64TlbiRvae1is,
             Stat::Arm64TlbiAside1is,
-            Stat::TraceOnTaskSwitch,
+            Stat::Arm64TlbiVmalle1,
+            Stat::Arm64AsidRollover,
             Stat::TlbFlushRanged,
             Stat::TlbFlushFull,
         ]

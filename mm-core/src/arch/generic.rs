@@ -7,10 +7,13 @@
 //! each flushing the mm's whole ASID, waited for.  Lazy CPUs are not
 //! special: whoever is in the mask is interrupted.
 //!
-//! The context switch is the x86 one (`super::x86::switch_mm`: PCID slots,
-//! tlb_gen catch-up, lazy TLB), as it has always been here.
+//! The context switch is m68k's (Motorola MMU, 68040/060: `pflushan` and a
+//! new root pointer on every switch to another mm; no ASIDs).  m68k is
+//! uniprocessor: the IPI to mm_cpumask in `flush_tlb_mm` is the model's
+//! SMP extension (alpha, the SMP NO_RANGE arch, IPIs every online CPU and
+//! lets ASNs defer the rest).
 
-use super::{secondary_invalidate, ArchOps, FLUSH_ALL};
+use super::{secondary_invalidate, ActiveMm, ArchOps, CpuMm, FLUSH_ALL};
 use crate::config::{Arch, KernelVersion};
 use crate::gather::MmuGather;
 use crate::hw::pte::{Level, Pte};
@@ -24,12 +27,34 @@ use crate::types::{CpuId, Pfn};
 /// The MMU_GATHER_NO_RANGE profile (`Arch::GenericNoRange`).
 pub struct GenericNoRange {
     kernel: KernelVersion,
+    /// `current->active_mm` per CPU (and whether a kernel thread borrows it).
+    active: Box<[ActiveMm]>,
 }
 
 impl GenericNoRange {
-    /// The MMU_GATHER_NO_RANGE profile as of `kernel` (`arch::arch_ops`).
-    pub fn new(kernel: KernelVersion) -> Self {
-        GenericNoRange { kernel }
+    /// The MMU_GATHER_NO_RANGE profile as of `kernel` on `nr_cpus` CPUs
+    /// (`arch::arch_ops`).
+    pub fn new(kernel: KernelVersion, nr_cpus: usize) -> Self {
+        GenericNoRange { kernel, active: ActiveMm::per_cpu(nr_cpus) }
+    }
+
+    /// m68k `switch_mm_0460` (`CONFIG_MMU_MOTOROLA`, v6.12): `pflushan`
+    /// drops every user (non-global) ATC entry of this CPU, then the new
+    /// root pointer is loaded.  `next` is `None` for init_mm.
+    fn switch_and_flush(&self, k: &Kernel, cpu: CpuId, next: Option<&MmStruct>) {
+        k.hw.tlb(cpu).flush_all();
+        k.stats.inc(cpu, Stat::NoRangeSwitchFlush);
+        match next {
+            Some(mm) => {
+                mm.cpumask.set(cpu);
+                k.hw.load_cr3(cpu, Some(mm.pgd), mm.id);
+                self.active[cpu.idx()].set(mm.id);
+            }
+            None => {
+                k.hw.load_cr3(cpu, None, 0);
+                self.active[cpu.idx()].set(0);
+            }
+        }
     }
 }
 
@@ -83,20 +108,47 @@ impl ArchOps for GenericNoRange {
         generic_flush_tlb_mm(k, mm);
     }
 
+    /// m68k `switch_mm` (arch/m68k/include/asm/mmu_context.h, v6.12): for
+    /// another mm flush this CPU's user TLB and load the root pointer; for
+    /// the same mm nothing.  No ASIDs, no lazy-TLB state: the TLB only ever
+    /// holds the running (or lazily kept) mm's entries.  This CPU joins
+    /// `mm_cpumask(next)`, the target set of `generic_flush_tlb_mm`; a bit
+    /// left behind by a CPU that switched away only costs an IPI.
     fn switch_mm(&self, k: &Kernel, next: &MmStruct) {
-        super::x86::switch_mm(k, next);
+        let cpu = k.this_cpu();
+        let irq = k.local_irq_save();
+        if self.active[cpu.idx()].get().mm != next.id {
+            self.switch_and_flush(k, cpu, Some(next));
+        } else {
+            self.active[cpu.idx()].set(next.id);
+        }
+        drop(irq);
     }
+    /// `switch_mm(.., &init_mm, ..)`: the same flush, no user tables.
     fn switch_to_init_mm(&self, k: &Kernel, cpu: CpuId) {
-        super::x86::switch_to_init_mm(k, cpu);
+        if self.active[cpu.idx()].get().mm != 0 {
+            self.switch_and_flush(k, cpu, None);
+        }
     }
+    /// asm-generic `enter_lazy_tlb`: nothing; the mm stays loaded.
     fn enter_lazy_tlb(&self, k: &Kernel) {
-        super::x86::enter_lazy_tlb(k);
+        self.active[k.this_cpu().idx()].set_lazy();
+    }
+    /// `active_mm` of `cpu`, and whether a kernel thread borrows it.
+    fn cpu_mm(&self, _k: &Kernel, cpu: CpuId) -> CpuMm {
+        self.active[cpu.idx()].get()
     }
 
     /// Every `tlb_flush` is a full one; no x86 vmstat, interrupt row or
     /// trace reason.
     fn stats(&self) -> &'static [Stat] {
-        &[Stat::NoRangeFlushTlbMm, Stat::NoRangeCpuFlush, Stat::TlbIpiSent, Stat::TraceOnTaskSwitch, Stat::TlbFlushFull]
+        &[
+            Stat::NoRangeFlushTlbMm,
+            Stat::NoRangeCpuFlush,
+            Stat::NoRangeSwitchFlush,
+            Stat::TlbIpiSent,
+            Stat::TlbFlushFull,
+        ]
     }
 
     /// mm/pgtable-generic.c: write the PTE if it changed, then

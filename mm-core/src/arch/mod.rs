@@ -12,7 +12,7 @@
 //!   is `flush_tlb_mm`, the generic `ptep_set_access_flags`.
 //!
 //! Contract: the arch is chosen once, when the `Kernel` is built
-//! (`arch_ops(cfg.arch, cfg.kernel)` → `Kernel::arch`); nothing outside this
+//! (`arch_ops(&cfg)` → `Kernel::arch`); nothing outside this
 //! folder decides policy by looking at `KernelConfig::arch` (a test scans the
 //! sources for it).  Generic code calls the kernel's names — `tlb::flush_tlb_*`,
 //! `tlb::switch_mm`, `pgtable::ptep_set_access_flags`, `MmuGather::tlb_flush`
@@ -25,12 +25,13 @@ pub mod arm64;
 pub mod generic;
 pub mod x86;
 
-use crate::config::{Arch, Fix, KernelVersion};
+use crate::config::{Arch, Fix, KernelConfig, KernelVersion};
 use crate::gather::MmuGather;
 use crate::hw::pte::Pte;
 use crate::kernel::Kernel;
 use crate::mm::{MmStruct, Vma};
 use crate::stats::Stat;
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use crate::types::{CpuId, Pfn};
 
 /// `TLB_FLUSH_ALL` as an end address.
@@ -93,6 +94,12 @@ pub trait ArchOps: Send + Sync {
     /// `enter_lazy_tlb`: this CPU runs a kernel thread / idles, keeping the
     /// mm loaded.
     fn enter_lazy_tlb(&self, k: &Kernel);
+    /// The mm `cpu` has loaded and whether it uses it lazily — x86
+    /// `cpu_tlbstate.loaded_mm` / `is_lazy`, elsewhere `active_mm` and
+    /// "running a kernel thread or idle".  Generic code (the sanitizer's
+    /// free-time check, MADV_DONTNEED's return check, `mmdrop`, GUP-fast's
+    /// own assertion) asks this instead of reading an arch's per-CPU state.
+    fn cpu_mm(&self, k: &Kernel, cpu: CpuId) -> CpuMm;
 
     // ---- what can be seen of it -------------------------------------------
 
@@ -112,13 +119,60 @@ pub trait ArchOps: Send + Sync {
     fn flush_tlb_fix_spurious_fault(&self, k: &Kernel, mm: &MmStruct, va: u64);
 }
 
-/// The arch object for `arch` following `kernel`: the one place that maps
+/// The arch object of `cfg.arch` following `cfg.kernel` (and, for arm64, its
+/// CPU features) on `cfg.nr_cpus` CPUs: the one place that maps
 /// `KernelConfig::arch` to code (`Kernel::new` calls it).
-pub fn arch_ops(arch: Arch, kernel: KernelVersion) -> Box<dyn ArchOps> {
-    match arch {
+pub fn arch_ops(cfg: &KernelConfig) -> Box<dyn ArchOps> {
+    let kernel = cfg.kernel;
+    match cfg.arch {
         Arch::X86 => Box::new(x86::X86::new(kernel)),
-        Arch::Arm64 => Box::new(arm64::Arm64::new(kernel)),
-        Arch::GenericNoRange => Box::new(generic::GenericNoRange::new(kernel)),
+        Arch::Arm64 => Box::new(arm64::Arm64::new(kernel, cfg.arm64, cfg.nr_cpus)),
+        Arch::GenericNoRange => Box::new(generic::GenericNoRange::new(kernel, cfg.nr_cpus)),
+    }
+}
+
+/// What a CPU runs, as its arch keeps it (`ArchOps::cpu_mm`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuMm {
+    /// Id of the loaded (active) mm; 0 = init_mm (no user mm).
+    pub mm: u64,
+    /// The CPU runs a kernel thread or idles with `mm` still loaded: no
+    /// user access of `mm` can happen there until it switches back.
+    pub lazy: bool,
+}
+
+impl CpuMm {
+    /// `cpu` runs user code of `mm` (loaded and not lazy): it may use any
+    /// translation of `mm` it caches.
+    pub fn runs(self, mm: u64) -> bool {
+        self.mm == mm && mm != 0 && !self.lazy
+    }
+}
+
+/// `current->active_mm` per CPU and whether it is borrowed by a kernel
+/// thread (lazy), for the profiles without x86's `cpu_tlbstate`.
+pub(crate) struct ActiveMm {
+    mm: AtomicU64,
+    lazy: AtomicBool,
+}
+
+impl ActiveMm {
+    pub(crate) fn per_cpu(nr_cpus: usize) -> Box<[ActiveMm]> {
+        (0..nr_cpus).map(|_| ActiveMm { mm: AtomicU64::new(0), lazy: AtomicBool::new(false) }).collect()
+    }
+    pub(crate) fn get(&self) -> CpuMm {
+        CpuMm { mm: self.mm.load(Ordering::SeqCst), lazy: self.lazy.load(Ordering::SeqCst) }
+    }
+    /// `cpu` now runs a task of `mm` (0: init_mm).
+    pub(crate) fn set(&self, mm: u64) {
+        self.mm.store(mm, Ordering::SeqCst);
+        self.lazy.store(false, Ordering::SeqCst);
+    }
+    /// `enter_lazy_tlb`: the mm stays, unused.
+    pub(crate) fn set_lazy(&self) {
+        if self.mm.load(Ordering::SeqCst) != 0 {
+            self.lazy.store(true, Ordering::SeqCst);
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use super::*;
 use crate::config::{Arm64Cpu, KernelConfig};
 use crate::ops::{dup_mmap, exit_mm, madvise_dontneed, mmap_anon, mprotect, munmap};
+use crate::sync::Ordering;
 use crate::tlb::{enter_lazy_tlb, switch_mm};
 use std::collections::BTreeSet;
 
@@ -13,8 +14,8 @@ const BASE: u64 = 0x10_0000_0000;
 /// Every kind of flush and context switch on 4 CPUs (`SyncSmp`): ranged
 /// and full MADV_DONTNEED with a CPU running the mm elsewhere, CPUs that
 /// switched to another mm, mprotect, a lazy CPU during a munmap that
-/// frees tables, a one-page munmap that frees its PTE table, fork + child
-/// exit, exits.
+/// frees tables, a one-page munmap that frees its PTE table, 300 address
+/// spaces run one after the other, fork + child exit, exits.
 fn every_kind_of_flush(arch: Arch, arm64: Arm64Cpu) -> std::sync::Arc<Kernel> {
     let k = Kernel::new_sync(KernelConfig { arch, arm64, ..KernelConfig::default() }, 4);
     let (a, b) = (k.mm_alloc(), k.mm_alloc());
@@ -51,6 +52,18 @@ fn every_kind_of_flush(arch: Arch, arm64: Arm64Cpu) -> std::sync::Arc<Kernel> {
     enter_lazy_tlb(&k);
     on(0, &a);
     munmap(&k, &a, BASE, 512 * PS).unwrap();
+    // 300 short-lived address spaces through CPU 2: more than an 8-bit
+    // ASID space holds (arm64: a rollover), PCID slot reuse (x86).
+    let mut prev: Option<std::sync::Arc<MmStruct>> = None;
+    for _ in 0..300 {
+        let m = k.mm_alloc();
+        on(2, &m);
+        if let Some(p) = prev.replace(m) {
+            crate::ops::mmdrop(&k, &p);
+        }
+    }
+    on(2, &b);
+    crate::ops::mmdrop(&k, &prev.unwrap());
     on(3, &a);
     let child = dup_mmap(&k, &a).unwrap();
     switch_mm(&k, &child);
@@ -92,10 +105,11 @@ const NOT_THE_ARCH: &[Stat] = &[
 #[test]
 fn each_profile_moves_exactly_the_counters_it_lists() {
     for arch in Arch::ALL {
-        // arm64: both CPU generations (range TLBIs, or one TLBI per stride).
+        // arm64: both CPU generations (range TLBIs, or one TLBI per stride;
+        // 8-bit ASIDs on the second, so the 300 mms roll the ASIDs over).
         let mut moved = BTreeSet::new();
         let mut listed = BTreeSet::new();
-        for cpu in [Arm64Cpu::V8_4, Arm64Cpu::V8_2] {
+        for cpu in [Arm64Cpu::V8_4, Arm64Cpu { asid_bits: 8, ..Arm64Cpu::V8_2 }] {
             let k = every_kind_of_flush(arch, cpu);
             moved.extend(
                 Stat::ALL.iter().filter(|s| !NOT_THE_ARCH.contains(s) && k.stats.get(**s) != 0).map(|s| s.name()),
@@ -191,7 +205,7 @@ mod arm64_flush {
 
     #[test]
     fn flush_tlb_range_and_flush_pmd_tlb_range_drop_walk_caches_flush_tlb_page_does_not() {
-        for cpu in [Arm64Cpu::V8_4, Arm64Cpu::V8_2] {
+        for cpu in [Arm64Cpu::V8_4, Arm64Cpu { asid_bits: 8, ..Arm64Cpu::V8_2 }] {
             let (k, mm) = arm64_kernel(cpu);
             let fill = |k: &Kernel| {
                 let mut t = k.hw.tlb(CpuId(1));
@@ -242,5 +256,133 @@ mod arm64_flush {
         assert_eq!(tlbis(&k), [2, 3, 0, 0, 0, 2], "three VAE1IS at PAGE_SIZE stride");
         assert_eq!(k.stats.get(Stat::TlbFlushRanged), 2);
         k.rcu_barrier();
+    }
+}
+
+// ---- arm64: the context switch (asm/mmu_context.h, mm/context.c, v6.12) ----
+
+mod arm64_switch {
+    use super::*;
+    use std::sync::Arc;
+
+    fn arm64(nr_cpus: usize, asid_bits: u32) -> Arc<Kernel> {
+        let arm64 = Arm64Cpu { asid_bits, ..Arm64Cpu::default() };
+        Kernel::new_sync(KernelConfig { arch: Arch::Arm64, arm64, ..KernelConfig::default() }, nr_cpus)
+    }
+
+    fn on(k: &Kernel, cpu: u32, mm: &MmStruct) {
+        k.set_cpu(CpuId(cpu));
+        switch_mm(k, mm);
+    }
+
+    const ASID_MASK: u64 = 0xff;
+
+    #[test]
+    fn a_switch_flushes_nothing_and_every_mm_keeps_its_entries() {
+        let k = arm64(1, 16);
+        let (a, b) = (k.mm_alloc(), k.mm_alloc());
+        on(&k, 0, &a);
+        mmap_anon(&k, &a, BASE, PS, true).unwrap();
+        k.write_user(&a, BASE, 1).unwrap();
+        on(&k, 0, &b);
+        mmap_anon(&k, &b, BASE, PS, true).unwrap();
+        k.write_user(&b, BASE, 2).unwrap();
+        // Back to a: its translation is still cached (tagged by its ASID).
+        on(&k, 0, &a);
+        let walks = k.hw.counters(CpuId(0)).walks;
+        assert_eq!(k.read_user(&a, BASE).unwrap(), 1);
+        assert_eq!(k.hw.counters(CpuId(0)).walks, walks, "a TLB hit: nothing was flushed on the switches");
+        assert_eq!(k.hw.tlb(CpuId(0)).leaf_entries().count(), 2);
+        for s in [Stat::TraceOnTaskSwitch, Stat::Arm64TlbiVmalle1, Stat::Arm64AsidRollover, Stat::Arm64BroadcastTlbi] {
+            assert_eq!(k.stats.get(s), 0, "{}", s.name());
+        }
+        // First ASIDs of generation 1 (1 << 16), from #1: a = 1, b = 2.
+        assert_eq!(a.context_id.load(Ordering::SeqCst), (1 << 16) | 1);
+        assert_eq!(b.context_id.load(Ordering::SeqCst), (1 << 16) | 2);
+        assert!(a.cpumask.snapshot().is_empty(), "arm64 keeps no mm_cpumask");
+        exit_mm(&k, &b);
+        on(&k, 0, &a);
+        exit_mm(&k, &a);
+        k.rcu_barrier();
+        assert_eq!(k.san.count(), 0);
+    }
+
+    #[test]
+    fn a_rollover_bumps_the_generation_and_each_cpu_flushes_once_at_its_next_switch() {
+        // 8-bit ASIDs: 255 allocatable (ASID 0 is init_mm's).
+        let k = arm64(2, 8);
+        let keep = k.mm_alloc();
+        on(&k, 1, &keep);
+        mmap_anon(&k, &keep, BASE, PS, true).unwrap();
+        k.write_user(&keep, BASE, 7).unwrap();
+        assert_eq!(keep.context_id.load(Ordering::SeqCst), (1 << 8) | 1);
+        // CPU0 runs 254 more address spaces: ASIDs 2..=255, no rollover.
+        let mut mms = Vec::new();
+        for _ in 0..254 {
+            let m = k.mm_alloc();
+            on(&k, 0, &m);
+            mms.push(m);
+        }
+        assert_eq!(mms.last().unwrap().context_id.load(Ordering::SeqCst), (1 << 8) | 255);
+        assert_eq!(k.stats.get(Stat::Arm64AsidRollover), 0);
+        // The next one finds no free ASID: generation 2, and the ASIDs
+        // active on each CPU (1 on CPU1, 255 on CPU0) stay reserved.
+        let m = k.mm_alloc();
+        on(&k, 0, &m);
+        assert_eq!(k.stats.get(Stat::Arm64AsidRollover), 1);
+        assert_eq!(m.context_id.load(Ordering::SeqCst), (2 << 8) | 2, "the first free ASID after 1");
+        assert_eq!(k.stats.get_cpu(CpuId(0), Stat::Arm64TlbiVmalle1), 1, "the rolling CPU flushed its TLB");
+        assert_eq!(k.stats.get_cpu(CpuId(1), Stat::Arm64TlbiVmalle1), 0, "CPU1 flushes at its next switch");
+        assert_eq!(k.hw.tlb(CpuId(1)).leaf_entries().count(), 1, "CPU1 still caches keep's page");
+        // CPU1 switches away and back: one local flush, and keep, whose ASID
+        // was reserved on CPU1, keeps ASID 1 in the new generation.
+        let other = mms.remove(0);
+        on(&k, 1, &other);
+        assert_eq!(k.stats.get_cpu(CpuId(1), Stat::Arm64TlbiVmalle1), 1);
+        assert_eq!(k.hw.tlb(CpuId(1)).leaf_entries().count(), 0);
+        assert_eq!(other.context_id.load(Ordering::SeqCst), (2 << 8) | 3, "its old ASID 2 is taken: next free");
+        on(&k, 1, &keep);
+        assert_eq!(keep.context_id.load(Ordering::SeqCst), (2 << 8) | 1, "check_update_reserved_asid");
+        assert_eq!(k.stats.get_cpu(CpuId(1), Stat::Arm64TlbiVmalle1), 1, "one flush per rollover");
+        // A switch with a current-generation ASID is the fast path: nothing.
+        on(&k, 0, &keep);
+        on(&k, 0, &m);
+        assert_eq!(k.stats.get(Stat::Arm64TlbiVmalle1), 2);
+        assert_eq!(keep.context_id.load(Ordering::SeqCst) & ASID_MASK, 1);
+        assert_eq!(k.stats.get(Stat::Arm64BroadcastTlbi), 0, "no broadcast TLBI on any switch");
+        for mm in mms.iter().chain([&other]) {
+            crate::ops::mmdrop(&k, mm);
+        }
+        on(&k, 1, &keep);
+        exit_mm(&k, &keep);
+        on(&k, 0, &m);
+        exit_mm(&k, &m);
+        k.rcu_barrier();
+        assert_eq!(k.san.count(), 0);
+    }
+
+    #[test]
+    fn exit_frees_pages_before_any_tlbi_and_the_walk_caches_at_free_pgtables() {
+        let k = arm64(2, 16);
+        let mm = k.mm_alloc();
+        on(&k, 1, &mm);
+        mmap_anon(&k, &mm, BASE, 32 * PS, true).unwrap();
+        for p in 0..32 {
+            k.write_user(&mm, BASE + p * PS, p).unwrap();
+        }
+        // Every gather page batch fails: the 8-slot local batch fills and
+        // zap flushes it mid-exit (fullmm, no table freed yet).
+        k.inject.faults.fail_page_batch.store(u32::MAX, Ordering::SeqCst);
+        exit_mm(&k, &mm);
+        assert!(k.stats.get(Stat::GatherFlushes) >= 4, "{}", k.stats.get(Stat::GatherFlushes));
+        // Only free_pgtables' flush issued a TLBI: the whole ASID, once.
+        assert_eq!(k.stats.get(Stat::Arm64BroadcastTlbi), 1);
+        assert_eq!(k.stats.get(Stat::Arm64TlbiAside1is), 1);
+        assert_eq!(k.stats.get(Stat::TlbFlushFull), 1);
+        assert_eq!(k.stats.get(Stat::TlbFlushRanged), 0);
+        // The exiting CPU (lazy) held translations of pages freed before
+        // that flush; nobody could use them: no violation.
+        k.rcu_barrier();
+        assert_eq!(k.san.count(), 0, "{:?}", k.san.violations().first());
     }
 }

@@ -14,10 +14,10 @@
 //! 33-page `tlb_single_page_flush_ceiling` become full flushes.
 //!
 //! The context-switch half (`switch_mm`, `switch_to_init_mm`,
-//! `enter_lazy_tlb`: PCID slots tagged by mm, tlb_gen catch-up) is also what
-//! the arm64 and generic profiles use today.
+//! `enter_lazy_tlb`: PCID slots tagged by mm, tlb_gen catch-up) is x86's
+//! alone; `cpu_tlbstate` lives in `Kernel::cpus`.
 
-use super::{secondary_invalidate, ArchOps, FLUSH_ALL};
+use super::{secondary_invalidate, ArchOps, CpuMm, FLUSH_ALL};
 use crate::config::{Arch, Fix, KernelVersion};
 use crate::gather::MmuGather;
 use crate::hw::pte::{Level, Pte};
@@ -183,6 +183,11 @@ impl ArchOps for X86 {
     }
     fn enter_lazy_tlb(&self, k: &Kernel) {
         enter_lazy_tlb(k);
+    }
+    /// `cpu_tlbstate.loaded_mm` and `cpu_tlbstate_shared.is_lazy`.
+    fn cpu_mm(&self, k: &Kernel, cpu: CpuId) -> CpuMm {
+        let st = &k.cpus[cpu.idx()];
+        CpuMm { mm: st.loaded_mm.load(Ordering::SeqCst), lazy: st.is_lazy.load(Ordering::SeqCst) }
     }
 
     fn stats(&self) -> &'static [Stat] {

@@ -18,18 +18,16 @@ use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
 use crate::mm::MmStruct;
 use crate::pgtable;
-use crate::sync::Ordering;
 use crate::types::CpuId;
 
 /// Sanitizer, at the return of MADV_DONTNEED (see the module doc).
 pub fn sanitize_stale_after_zap(k: &Kernel, mm: &MmStruct, start: u64, end: u64) {
     let shift = k.cfg.geometry.page_shift;
     for c in 0..k.hw.nr_cpus() {
-        let st = &k.cpus[c];
-        if st.loaded_mm.load(Ordering::SeqCst) != mm.id || st.is_lazy.load(Ordering::SeqCst) {
+        let cpu = CpuId(c as u32);
+        if !k.arch.cpu_mm(k, cpu).runs(mm.id) {
             continue;
         }
-        let cpu = CpuId(c as u32);
         let candidates: Vec<u64> =
             k.hw.tlb(cpu)
                 .leaf_entries()

@@ -194,6 +194,9 @@ pub struct MmStruct {
     pub tlb_flush_pending: AtomicI32,
     /// x86 `mm->context.tlb_gen`
     pub tlb_gen: AtomicU64,
+    /// arm64 `mm->context.id`: generation | ASID (0: none allocated yet,
+    /// `init_new_context`); `arch/arm64.rs` alone reads and writes it.
+    pub context_id: AtomicU64,
     /// Resident pages (MM_ANONPAGES + MM_FILEPAGES).
     pub rss: AtomicU64,
     /// Page tables allocated (`mm->pgtables_bytes` in pages).
@@ -215,6 +218,7 @@ impl MmStruct {
             cpumask: AtomicCpuMask::default(),
             tlb_flush_pending: AtomicI32::new(0),
             tlb_gen: AtomicU64::new(1),
+            context_id: AtomicU64::new(0),
             rss: AtomicU64::new(0),
             nr_ptes: AtomicU64::new(0),
             notifier_subscriptions: crate::notifier::MmuNotifierSubscriptions::new(),

@@ -273,12 +273,7 @@ pub fn gup_fast(k: &Kernel, mm: &MmStruct, start: u64, nr_pages: u64, flags: Fol
     }
     let cpu = k.this_cpu();
     // The emulator's own invariant (the kernel's gup_fast walks current->mm).
-    assert_eq!(
-        k.cpus[cpu.idx()].loaded_mm.load(Ordering::SeqCst),
-        mm.id,
-        "gup_fast on {cpu} for mm {} which this CPU does not run",
-        mm.id
-    );
+    assert_eq!(k.arch.cpu_mm(k, cpu).mm, mm.id, "gup_fast on {cpu} for mm {} which this CPU does not run", mm.id);
     let oracle = k.gup_oracle.enabled();
     if oracle {
         k.gup_oracle.call_start(cpu);

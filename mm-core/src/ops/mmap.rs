@@ -15,7 +15,7 @@ use crate::gather::MmuGather;
 use crate::kernel::Kernel;
 use crate::mm::address_space::IMmapEntry;
 use crate::mm::{vm, AddressSpace, Backing, MmStruct, Vma};
-use crate::sync::{Arc, Ordering};
+use crate::sync::Arc;
 use crate::types::CpuMask;
 use std::fmt;
 
@@ -184,19 +184,19 @@ pub fn mmdrop(k: &Kernel, mm: &Arc<MmStruct>) {
     let me = k.this_cpu();
     let mut users = CpuMask::new();
     for c in 0..k.hw.nr_cpus() {
-        if k.cpus[c].loaded_mm.load(Ordering::SeqCst) == mm.id {
+        if k.arch.cpu_mm(k, crate::types::CpuId(c as u32)).mm == mm.id {
             users.set(crate::types::CpuId(c as u32));
         }
     }
     let leave = |cpu: crate::types::CpuId| {
-        if k.cpus[cpu.idx()].loaded_mm.load(Ordering::SeqCst) == mm.id {
+        if k.arch.cpu_mm(k, cpu).mm == mm.id {
             crate::tlb::switch_to_init_mm(k, cpu);
         }
     };
     crate::smp::on_each_cpu_mask(&*k.smp, &users, &leave);
     vm_warn_on!(
         k,
-        k.cpus[me.idx()].loaded_mm.load(Ordering::SeqCst) == mm.id,
+        k.arch.cpu_mm(k, me).mm == mm.id,
         "WARN_ON_ONCE(mm == current->active_mm) in __mmdrop",
         mm.id,
         0,
