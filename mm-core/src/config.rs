@@ -92,11 +92,15 @@ pub enum Fix {
     LazyTlbFreedTables,
     /// 70cbc3cc78a9: `gup_fast_pte_range` re-checks the PMD after the grab.
     GupPmdRecheck,
+    /// c2ff4764e03e (Fixes: 8ce720d5bd91): arm64 `tlb_flush` invalidates
+    /// walk caches (VAE1IS, not VALE1IS) when the gather unshared PMD tables
+    /// (`tlb->unshared_tables`), as when it freed them.
+    Arm64UnshareWalkCache,
 }
 
 impl Fix {
     /// Every switch, in `--revert` listing order.
-    pub const ALL: [Fix; 9] = [
+    pub const ALL: [Fix; 10] = [
         Fix::KhugepagedGupFastIpi,
         Fix::DelayRmap,
         Fix::HugetlbUnshareSync,
@@ -106,6 +110,7 @@ impl Fix {
         Fix::NestedFlushDetect,
         Fix::LazyTlbFreedTables,
         Fix::GupPmdRecheck,
+        Fix::Arm64UnshareWalkCache,
     ];
 
     /// Kebab-case switch name (CLI `--revert NAME`).
@@ -120,6 +125,7 @@ impl Fix {
             Fix::NestedFlushDetect => "nested-flush-detect",
             Fix::LazyTlbFreedTables => "lazy-tlb-freed-tables",
             Fix::GupPmdRecheck => "gup-pmd-recheck",
+            Fix::Arm64UnshareWalkCache => "arm64-unshare-walk-cache",
         }
     }
 
@@ -135,6 +141,7 @@ impl Fix {
             Fix::NestedFlushDetect => "99baac21e458",
             Fix::LazyTlbFreedTables => "016c4d92cd16",
             Fix::GupPmdRecheck => "70cbc3cc78a9",
+            Fix::Arm64UnshareWalkCache => "c2ff4764e03e",
         }
     }
 
@@ -150,6 +157,9 @@ impl Fix {
             Fix::NestedFlushDetect => "tlb_finish_mmu trusts its own range even when a parallel zap is pending",
             Fix::LazyTlbFreedTables => "lazy-TLB CPUs are skipped even when page tables were freed",
             Fix::GupPmdRecheck => "gup_fast_pte_range does not re-check the PMD after the grab",
+            Fix::Arm64UnshareWalkCache => {
+                "arm64 tlb_flush after huge_pmd_unshare is last-level only (VALE1IS): the walk cache keeps the unshared PMD table"
+            }
         }
     }
 }

@@ -265,4 +265,8 @@ pub use std::sync::OnceLock as HookCell;
 /// so like `StatCounter` they stay plain std atomics even under loom.
 pub(crate) mod unmodelled {
     pub use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+    /// Ghost state of the checkers (`check/`): held only for a lookup or an
+    /// insert, never across a modelled operation, so under loom it adds no
+    /// interleaving.
+    pub use std::sync::RwLock;
 }

@@ -35,7 +35,7 @@
 //! mm active and every broadcast TLBI reaches it anyway.
 
 use super::{secondary_invalidate, ActiveMm, ArchOps, CpuMm, FLUSH_ALL};
-use crate::config::{Arch, Arm64Cpu, KernelVersion};
+use crate::config::{Arch, Arm64Cpu, Fix, KernelVersion};
 use crate::gather::MmuGather;
 use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
@@ -236,8 +236,9 @@ impl ArchOps for Arm64 {
         self.kernel
     }
 
-    /// arch/arm64/include/asm/tlb.h `tlb_flush` (v6.12): last level only
-    /// unless tables were freed; fullmm flushes only the walk cache's reason
+    /// arch/arm64/include/asm/tlb.h `tlb_flush` (v6.12, and c2ff4764e03e
+    /// behind `Fix::Arm64UnshareWalkCache`): last level only unless tables
+    /// were freed (or, with the fix, unshared); fullmm flushes only the walk cache's reason
     /// to exist — with freed tables it is `flush_tlb_mm`, without nothing:
     /// "the ASID allocator won't reallocate our ASID without invalidating
     /// the entire TLB".  Otherwise `__flush_tlb_range` of the gathered range
@@ -246,7 +247,7 @@ impl ArchOps for Arm64 {
     fn tlb_flush(&self, tlb: &MmuGather<'_>) {
         let (k, mm) = (tlb.kernel(), tlb.mm());
         let cpu = k.this_cpu();
-        let last_level = !tlb.freed_tables();
+        let last_level = !(tlb.freed_tables() || (tlb.unshared_tables() && unshare_flushes_walk_cache(k)));
         if tlb.fullmm() {
             if !last_level {
                 k.stats.inc(cpu, Stat::TlbFlushFull);
@@ -391,6 +392,15 @@ impl ArchOps for Arm64 {
 
     /// Empty on arm64.
     fn flush_tlb_fix_spurious_fault(&self, _k: &Kernel, _mm: &MmStruct, _va: u64) {}
+}
+
+/// c2ff4764e03e (`Fix::Arm64UnshareWalkCache`): `tlb_flush` treats an
+/// unshared PMD table like a freed one — all levels, not VALE1IS — so no
+/// walk cache keeps pointing into a table the next owner may rewrite.
+/// `tlb_get_level` still says level 2 (only PMDs were cleared): VAE1IS with
+/// TTL=2 drops the level-1 descriptor (PUD → table) that matters.
+fn unshare_flushes_walk_cache(k: &Kernel) -> bool {
+    k.cfg.fixes.on(Fix::Arm64UnshareWalkCache)
 }
 
 /// asm/tlb.h `tlb_get_level`: the level of the only kind of entry the

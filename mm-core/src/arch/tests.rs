@@ -386,3 +386,144 @@ mod arm64_switch {
         assert_eq!(k.san.count(), 0, "{:?}", k.san.violations().first());
     }
 }
+
+// ---- arm64: walk caches after hugetlb PMD unsharing (c2ff4764e03e) -------
+
+mod arm64_unshare {
+    use super::*;
+    use crate::check::ViolationKind;
+    use crate::config::Fixes;
+    use crate::ops::{mmap_hugetlb, truncate_inode_pages};
+    use std::sync::Arc;
+
+    const GIB: u64 = 1 << 30;
+    const MIB2: u64 = 2 << 20;
+    /// The hugetlb area (PGD-aligned) and an anonymous neighbour in the same
+    /// PGD region, so unmapping the area frees no page table at all.
+    const HBASE: u64 = 512 * GIB;
+    const NEIGHBOUR: u64 = HBASE + 256 * GIB;
+
+    /// What P2 saw reading its (unmapped) first hugetlb word after P1
+    /// reused the PMD table they shared.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Outcome {
+        read: Option<u64>,
+        unshared_walks: usize,
+        vae1is: u64,
+        vale1is: u64,
+    }
+
+    /// P1 maps 1 GiB of a hugetlb file and faults its first huge page; P2
+    /// is its fork (sharing P1's PMD table S) and reads that page on CPU0
+    /// (its walk cache now holds P2's PUD → S), then munmaps the area:
+    /// huge_pmd_unshare, one gather flush.  P1 (CPU1) then reuses S:
+    /// munmap of its first 2 MiB, an anonymous mapping there and a write
+    /// fault, so S's slot 0 points at P1's PTE table and anon page (0x51).
+    /// Finally P2 reads its first hugetlb word again.
+    fn unshare_then_reuse(fixes: Fixes, arm64: Arm64Cpu, arch: Arch) -> Outcome {
+        let k = Kernel::new_sync(KernelConfig { arch, arm64, fixes, ..KernelConfig::default() }, 2);
+        let f = k.new_file(GIB / PS);
+        let p1 = k.mm_alloc();
+        k.set_cpu(CpuId(1));
+        switch_mm(&k, &p1);
+        mmap_anon(&k, &p1, NEIGHBOUR, PS, true).unwrap();
+        mmap_hugetlb(&k, &p1, HBASE, GIB, true, &f, 0).unwrap();
+        k.write_user(&p1, HBASE + 8, 0xf11e).unwrap();
+        let p2 = dup_mmap(&k, &p1).unwrap();
+        k.set_cpu(CpuId(0));
+        switch_mm(&k, &p2);
+        assert_eq!(k.read_user(&p2, HBASE + 8).unwrap(), 0xf11e);
+        let before = [Stat::Arm64TlbiVae1is, Stat::Arm64TlbiVale1is, Stat::Arm64TlbiRvae1is, Stat::Arm64TlbiRvale1is]
+            .map(|s| k.stats.get(s));
+        munmap(&k, &p2, HBASE, GIB).unwrap();
+        let by = |i: usize, s: Stat| k.stats.get(s) - before[i];
+        let vae1is = by(0, Stat::Arm64TlbiVae1is) + by(2, Stat::Arm64TlbiRvae1is);
+        let vale1is = by(1, Stat::Arm64TlbiVale1is) + by(3, Stat::Arm64TlbiRvale1is);
+        k.set_cpu(CpuId(1));
+        switch_mm(&k, &p1);
+        munmap(&k, &p1, HBASE, MIB2).unwrap();
+        mmap_anon(&k, &p1, HBASE, MIB2, true).unwrap();
+        k.write_user(&p1, HBASE + 8, 0x51).unwrap();
+        k.set_cpu(CpuId(0));
+        switch_mm(&k, &p2);
+        let read = k.read_user(&p2, HBASE + 8).ok();
+        let unshared_walks = k.san.count_kind(ViolationKind::WalkIntoUnsharedTable);
+        assert_eq!(k.san.count() as usize, unshared_walks, "{:?}", k.san.violations());
+        exit_mm(&k, &p2);
+        k.set_cpu(CpuId(1));
+        switch_mm(&k, &p1);
+        exit_mm(&k, &p1);
+        assert_eq!(truncate_inode_pages(&k, &f), 0);
+        k.rcu_barrier();
+        assert_eq!(k.alloc.in_use().total(), 0, "leaked frames");
+        Outcome { read, unshared_walks, vae1is, vale1is }
+    }
+
+    #[test]
+    fn with_the_fix_the_unshare_flush_drops_the_walk_cache_and_the_read_faults() {
+        let on = unshare_then_reuse(Fixes::all(), Arm64Cpu::V8_4, Arch::Arm64);
+        // The gather's flush of the PUD region at PMD stride: RVAE1IS
+        // (range TLBI, TTL=2): P2's PUD-level walk-cache entry goes.
+        assert_eq!(on, Outcome { read: None, unshared_walks: 0, vae1is: 1, vale1is: 0 });
+    }
+
+    #[test]
+    fn without_the_fix_p2_walks_through_the_reused_table_into_p1s_page() {
+        let off = unshare_then_reuse(Fixes::all().revert(Fix::Arm64UnshareWalkCache), Arm64Cpu::V8_4, Arch::Arm64);
+        // RVALE1IS with TTL=2 dropped the 2 MiB leaf only; P2's next access
+        // walked from its cached PUD → S into P1's PTE table and read P1's
+        // anonymous page after munmap had returned.
+        assert_eq!(off, Outcome { read: Some(0x51), unshared_walks: 1, vae1is: 0, vale1is: 1 });
+    }
+
+    #[test]
+    fn without_range_tlbi_the_max_dvm_ops_fallback_hides_the_bug() {
+        // Armv8.2: a PUD region at PMD stride is MAX_DVM_OPS (512) strides,
+        // so __flush_tlb_range falls back to flush_tlb_mm, walk caches and
+        // all: the reverted kernel is safe on these CPUs.
+        let off = unshare_then_reuse(Fixes::all().revert(Fix::Arm64UnshareWalkCache), Arm64Cpu::V8_2, Arch::Arm64);
+        assert_eq!(off, Outcome { read: None, unshared_walks: 0, vae1is: 0, vale1is: 0 });
+    }
+
+    #[test]
+    fn x86_invlpg_drops_the_walk_caches_anyway() {
+        let off = unshare_then_reuse(Fixes::all().revert(Fix::Arm64UnshareWalkCache), Arm64Cpu::V8_4, Arch::X86);
+        assert_eq!(off, Outcome { read: None, unshared_walks: 0, vae1is: 0, vale1is: 0 });
+    }
+
+    #[test]
+    fn a_walk_through_a_table_still_linked_is_no_violation() {
+        // P1 keeps S (it never unshared): its walks through S, before and
+        // after P2's unshare, are fine; and the ghost state only names P2.
+        let k = Kernel::new_sync(
+            KernelConfig {
+                arch: Arch::Arm64,
+                fixes: Fixes::all().revert(Fix::Arm64UnshareWalkCache),
+                ..KernelConfig::default()
+            },
+            2,
+        );
+        let f = k.new_file(GIB / PS);
+        let p1 = k.mm_alloc();
+        k.set_cpu(CpuId(1));
+        switch_mm(&k, &p1);
+        mmap_anon(&k, &p1, NEIGHBOUR, PS, true).unwrap();
+        mmap_hugetlb(&k, &p1, HBASE, GIB, true, &f, 0).unwrap();
+        k.write_user(&p1, HBASE + 8, 1).unwrap();
+        let p2: Arc<MmStruct> = dup_mmap(&k, &p1).unwrap();
+        k.set_cpu(CpuId(0));
+        switch_mm(&k, &p2);
+        k.read_user(&p2, HBASE + 8).unwrap();
+        munmap(&k, &p2, HBASE, GIB).unwrap();
+        k.set_cpu(CpuId(1));
+        // Drop P1's leaf only (a last-level flush): its next access walks
+        // from its cached PUD → S, which P1 still links.
+        crate::arch::arm64::flush_tlb_page(&k, &p1, HBASE);
+        assert_eq!(k.read_user(&p1, HBASE + 8).unwrap(), 1);
+        assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+        exit_mm(&k, &p1);
+        k.set_cpu(CpuId(0));
+        exit_mm(&k, &p2);
+        assert_eq!(truncate_inode_pages(&k, &f), 0);
+    }
+}

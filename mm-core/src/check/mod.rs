@@ -11,9 +11,14 @@
 //!   Every use of a freed or reused frame through a cached pointer is
 //!   recorded: a TLB hit (`hw::mmu`), a walk from a paging-structure-cache
 //!   entry, GUP-fast reading a table through its snapshot of the entry
-//!   above (`ops::gup`), a secondary TLB (`iommu`); and, with
-//!   `KernelConfig::strict_free_check`, a frame freed while a CPU running
-//!   the mm still caches it (`Kernel::free_folio`).  With every fix on a
+//!   above (`ops::gup`), a secondary TLB (`iommu`); a walk of an mm from a
+//!   walk-cache entry of a PMD table that mm unshared (its PUD cleared, the
+//!   unshare flush done: `MmuGather::tlb_flush_mmu_tlbonly` reports it)
+//!   and no longer links, while the table lives on as another mm's
+//!   (`walk-into-unshared-table`: ghost state of (mm, table, generation),
+//!   at most 65536 pairs, and a look at the mm's page tables to confirm);
+//!   and, with `KernelConfig::strict_free_check`, a frame freed while a CPU
+//!   running the mm still caches it (`Kernel::free_folio`).  With every fix on a
 //!   run has none.  Always on: a TLB hit costs one generation load and
 //!   compare; recording takes a lock (at most 256 records are kept, the
 //!   count goes on).  `set_panic(true)` (loom models) panics on the first.

@@ -10,9 +10,10 @@
 //! whose message starts with `sanitizer: <kind>`, so a `*_reverted` test can
 //! match exactly the violation it expects.
 
-use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering};
+use crate::sync::{unmodelled, AtomicBool, AtomicU64, Mutex, Ordering};
 use crate::types::{CpuId, Pfn};
 use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 /// Serialized as its kebab-case `name()`.
@@ -23,6 +24,11 @@ pub enum ViolationKind {
     /// A hardware walk started from a paging-structure-cache entry whose
     /// table frame was freed since it was cached.
     WalkIntoFreedTable,
+    /// A hardware walk of mm A started from a walk-cache entry of a PMD
+    /// table A had unshared — A's PUD no longer links it and A's unshare
+    /// flush has completed — while the table lives on (same generation) as
+    /// its other sharers' (c2ff4764e03e: a last-level-only flush kept it).
+    WalkIntoUnsharedTable,
     /// A data frame was freed while a CPU running the mm still cached a
     /// translation to it (the free overtook the flush).
     FreedBeforeFlush,
@@ -54,6 +60,7 @@ impl ViolationKind {
         match self {
             ViolationKind::StaleTlbAccess => "stale-tlb-access",
             ViolationKind::WalkIntoFreedTable => "walk-into-freed-table",
+            ViolationKind::WalkIntoUnsharedTable => "walk-into-unshared-table",
             ViolationKind::FreedBeforeFlush => "freed-before-flush",
             ViolationKind::TableFreedBeforeFlush => "table-freed-before-flush",
             ViolationKind::GupFastFreedTable => "gup-fast-freed-table",
@@ -153,6 +160,9 @@ impl fmt::Display for Violation {
 /// Keep at most this many violation records (the count keeps going).
 const MAX_RECORDS: usize = 256;
 
+/// Unlinked (mm, table) pairs kept at most; the oldest half goes beyond.
+const MAX_UNLINKED: usize = 1 << 16;
+
 /// The violation log every checker records to (`Kernel::san`): a count and
 /// the first 256 records.
 #[derive(Default)]
@@ -160,6 +170,19 @@ pub struct Sanitizer {
     count: AtomicU64,
     records: Mutex<Vec<Violation>>,
     panic: AtomicBool,
+    /// Ghost state of `walk-into-unshared-table`: (mm, table frame) →
+    /// the table's generation, for every PMD table an mm unshared and whose
+    /// unshare flush completed; `order` keeps insertion order for the cap.
+    unlinked: unmodelled::RwLock<UnlinkedTables>,
+    /// Some pair was ever recorded: a walk from the paging-structure cache
+    /// pays one relaxed load until then.
+    any_unlinked: unmodelled::AtomicBool,
+}
+
+#[derive(Default)]
+struct UnlinkedTables {
+    map: HashMap<(u64, Pfn), u64>,
+    order: VecDeque<(u64, Pfn)>,
 }
 
 impl Sanitizer {
@@ -209,6 +232,34 @@ impl Sanitizer {
         }
         self.record(Violation { kind, cpu, mm, va, pfn, cached_gen, frame_gen });
         false
+    }
+
+    /// `mm` unlinked the table `table` (generation `gen`) from its page
+    /// tables — a hugetlb PMD unshare — and the TLB flush covering it has
+    /// completed (`MmuGather::tlb_flush_mmu_tlbonly`): from now on no walk
+    /// of `mm` may start from a walk-cache entry of that table while it is
+    /// not linked into `mm` again (`walk_into_unlinked`).
+    pub fn table_unlinked(&self, mm: u64, table: Pfn, gen: u64) {
+        let mut u = self.unlinked.write().unwrap_or_else(|e| e.into_inner());
+        if u.map.insert((mm, table), gen).is_none() {
+            u.order.push_back((mm, table));
+        }
+        if u.order.len() > MAX_UNLINKED {
+            for key in u.order.drain(..MAX_UNLINKED / 2).collect::<Vec<_>>() {
+                u.map.remove(&key);
+            }
+        }
+        self.any_unlinked.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Did `mm` unlink `table` at generation `gen` (and flush)?  One relaxed
+    /// load while no table was ever unlinked.
+    pub fn was_unlinked(&self, mm: u64, table: Pfn, gen: u64) -> bool {
+        if !self.any_unlinked.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        let u = self.unlinked.read().unwrap_or_else(|e| e.into_inner());
+        u.map.get(&(mm, table)) == Some(&gen)
     }
 
     /// Violations recorded so far, kept or not (0: the run is clean).

@@ -108,6 +108,10 @@ pub struct MmuGather<'a> {
     unshared_tables: bool,
     /// An unshared table became exclusive (NOT reset with the range).
     fully_unshared_tables: bool,
+    /// The sanitizer's (not the kernel's): the tables unshared since the
+    /// last TLB flush, with their generations; once a flush covered them
+    /// their unlinking is reported (`Sanitizer::table_unlinked`).
+    unshared_pending: Vec<(Pfn, u64)>,
     /// `local` (index 0, MMU_GATHER_BUNDLE slots, no page) followed by the
     /// page-sized batches in list order (`next`).
     batches: Vec<MmuGatherBatch>,
@@ -143,6 +147,7 @@ impl<'a> MmuGather<'a> {
             delayed_rmap: false,
             unshared_tables: false,
             fully_unshared_tables: false,
+            unshared_pending: Vec::new(),
             batches: vec![MmuGatherBatch::local()],
             active: LOCAL,
             batch_count: 0,
@@ -649,6 +654,11 @@ impl<'a> MmuGather<'a> {
             return;
         }
         self.tlb_flush();
+        // The unshared tables' range was part of that flush: from here on no
+        // CPU may walk this mm through them (the sanitizer's bookkeeping).
+        for (pt, gen) in self.unshared_pending.drain(..) {
+            self.k.san.table_unlinked(self.mm.id, pt, gen);
+        }
         // Pre-6bbd42e2df8f the secondary TLBs were invalidated here, right
         // after the arch flush (a no-op with the fix on: the flush did it).
         let (start, end) = if self.fullmm || self.need_flush_all { (0, FLUSH_ALL) } else { (self.start, self.end) };
@@ -728,6 +738,7 @@ impl<'a> MmuGather<'a> {
             self.fully_unshared_tables = true;
         }
         self.unshared_tables = true;
+        self.unshared_pending.push((pt, self.k.hw.ram.gen(pt)));
     }
 
     /// `tlb_flush_unshared_tables`: before the caller drops the locks that

@@ -12,7 +12,8 @@
 //!   to whatever the frame holds now — the hardware does not know better).
 //! - A miss walks from the deepest PSC entry (or CR3), filling the PSC with
 //!   every table pointer it reads; a PSC table whose generation changed is a
-//!   `walk-into-freed-table`.
+//!   `walk-into-freed-table`; a live one that the mm unshared (and flushed)
+//!   and no longer links is a `walk-into-unshared-table`.
 //! - The leaf's accessed bit (and dirty bit on a write) is set atomically in
 //!   the PTE.  A write through an entry filled without the dirty bit re-walks
 //!   to set it; a write through a dirty entry does not touch the PTE.
@@ -228,6 +229,26 @@ impl Hw {
         })
     }
 
+    /// The sanitizer's look at the page tables themselves (not a hardware
+    /// step): does the tree under `root` link `table`, a table whose entries
+    /// are at `level`, for `va` right now?
+    fn links(&self, root: Pfn, va: u64, level: Level, table: Pfn) -> bool {
+        let geo = self.geo;
+        let (mut l, mut t) = (Level::Pgd, root);
+        loop {
+            let idx = ((va >> geo.level_shift(l)) as usize) & (geo.ptrs_per_table() - 1);
+            let e = Pte(self.ram.word(t, idx).load(Ordering::SeqCst));
+            let Some(below) = l.below() else { return false };
+            if !e.present() || (l == Level::Pmd && e.huge()) {
+                return false;
+            }
+            if below == level {
+                return e.pfn() == table;
+            }
+            (l, t) = (below, e.pfn());
+        }
+    }
+
     /// Hardware page walk for `va`; fills the PSC and the TLB.
     #[allow(clippy::too_many_arguments)]
     fn walk(
@@ -243,7 +264,21 @@ impl Hw {
         let geo = self.geo;
         let (mut level, mut table) = match tlb.lookup_psc(asid, va) {
             Some((level, table, gen)) => {
-                san.check_gen(ViolationKind::WalkIntoFreedTable, Some(cpu), asid, va, table, gen, self.ram.gen(table));
+                let now = self.ram.gen(table);
+                if san.check_gen(ViolationKind::WalkIntoFreedTable, Some(cpu), asid, va, table, gen, now)
+                    && san.was_unlinked(asid, table, gen)
+                    && !self.links(root, va, level, table)
+                {
+                    san.record(Violation {
+                        kind: ViolationKind::WalkIntoUnsharedTable,
+                        cpu: Some(cpu),
+                        mm: asid,
+                        va,
+                        pfn: table,
+                        cached_gen: gen,
+                        frame_gen: now,
+                    });
+                }
                 (level, table)
             }
             None => (Level::Pgd, root),
