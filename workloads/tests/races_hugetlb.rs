@@ -1,14 +1,16 @@
 //! Stress drivers of docs/RACES.md, “hugetlb PMD sharing” on the threaded machine (emu-cpu):
-//! hugetlb PMD unsharing versus GUP-fast (1013af4f585f) and the fork+exit
-//! IPI regression workload (8ce720d5bd91).
+//! hugetlb PMD unsharing versus GUP-fast (1013af4f585f), the fork+exit
+//! IPI regression workload (8ce720d5bd91), and the walk cache left on an
+//! unshared table by arm64's last-level flush (c2ff4764e03e).
 
 use std::time::Duration;
 
 use emu_cpu::{MachineConfig, WaitPolicy};
 use mm_core::check::ViolationKind;
+use mm_core::config::Arm64Cpu;
 use mm_core::{Arch, Fix, Fixes, KernelConfig};
 use workloads::races::fork_exit_hugetlb::{self, ForkExit, Shape};
-use workloads::races::{hugetlb_unshare_gup, RaceOutcome, RaceParams};
+use workloads::races::{hugetlb_unshare_gup, hugetlb_unshare_walk, RaceOutcome, RaceParams};
 
 /// Upper bound on rounds for the switch-off run (the issue's "bounded
 /// number of iterations").
@@ -74,6 +76,42 @@ fn hugetlb_unshare_batched_off_is_still_safe_on_arm64() {
         .expect("driver");
     assert_eq!(out.kernel.san.count(), 0, "{:?}", out.kernel.san.violations());
     assert_no_leaks(&out.kernel);
+}
+
+#[test]
+fn arm64_unshare_walk_cache_off_reads_through_the_reused_table() {
+    let p = params(Arch::Arm64, Fixes::all().revert(Fix::Arm64UnshareWalkCache), MAX_ROUNDS_OFF);
+    let out = hugetlb_unshare_walk::run(&p).expect("driver");
+    println!("arm64-unshare-walk-cache off: {out:?}");
+    // Not a timing race: with the last-level flush every round shows it.
+    assert_eq!(out.first_violation_at, Some(1), "{:?}", out.kernel.san.violations());
+    assert_eq!(out.kinds, [ViolationKind::WalkIntoUnsharedTable]);
+    assert_no_leaks(&out.kernel);
+}
+
+#[test]
+fn arm64_unshare_walk_cache_on_is_clean() {
+    let out = hugetlb_unshare_walk::run(&params(Arch::Arm64, Fixes::all(), ROUNDS_ON)).expect("driver");
+    println!("arm64-unshare-walk-cache on: {out:?}");
+    assert_eq!(out.iterations, ROUNDS_ON);
+    assert_eq!(out.kernel.san.count(), 0, "{:?}", out.kernel.san.violations());
+    assert_no_leaks(&out.kernel);
+}
+
+#[test]
+fn arm64_unshare_walk_cache_off_is_safe_without_range_tlbi_and_on_x86() {
+    // Armv8.2 (no FEAT_TLBIRANGE): the PUD-sized unshare flush is
+    // MAX_DVM_OPS strides, so it becomes flush_tlb_mm; x86: INVLPG drops
+    // every paging-structure cache entry of the PCID.
+    let mut v8_2 = params(Arch::Arm64, Fixes::all().revert(Fix::Arm64UnshareWalkCache), 10);
+    v8_2.kcfg.arm64 = Arm64Cpu::V8_2;
+    let x86 = params(Arch::X86, Fixes::all().revert(Fix::Arm64UnshareWalkCache), 10);
+    for p in [v8_2, x86] {
+        let out = hugetlb_unshare_walk::run(&p).expect("driver");
+        assert_eq!(out.iterations, 10);
+        assert_eq!(out.kernel.san.count(), 0, "{:?}: {:?}", p.kcfg.arch, out.kernel.san.violations());
+        assert_no_leaks(&out.kernel);
+    }
 }
 
 #[test]

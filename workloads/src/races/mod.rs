@@ -18,6 +18,7 @@ pub mod fork_exit_hugetlb;
 pub mod gup_table_free;
 pub mod harness;
 pub mod hugetlb_unshare_gup;
+pub mod hugetlb_unshare_walk;
 pub mod iommu_sva;
 pub mod khugepaged_gup;
 pub mod large_folio_zap;

@@ -199,6 +199,7 @@ pub const EXPOSERS: &[Exposer] = &[
     Exposer { fix: Fix::FolioPagesBatching, scenario: "large-folio-zap", arch: Arch::X86, correctness: false },
     Exposer { fix: Fix::NestedFlushDetect, scenario: "nested-zap", arch: Arch::X86, correctness: true },
     Exposer { fix: Fix::LazyTlbFreedTables, scenario: "lazy-tlb", arch: Arch::X86, correctness: true },
+    Exposer { fix: Fix::Arm64UnshareWalkCache, scenario: "hugetlb-unshare-walk", arch: Arch::Arm64, correctness: true },
 ];
 
 pub fn exposer(fix: Fix) -> &'static Exposer {
@@ -219,6 +220,7 @@ static REGISTRY: &[Scenario] = &[
     races::KHUGEPAGED_GUP_FILE,
     races::KHUGEPAGED_GUP_PIN,
     races::HUGETLB_UNSHARE_GUP,
+    races::HUGETLB_UNSHARE_WALK,
     races::FORK_EXIT_HUGETLB,
     races::WRITEBACK_RACE,
     races::NESTED_ZAP,

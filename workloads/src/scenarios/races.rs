@@ -16,7 +16,8 @@ use crate::outcome::Outcome;
 use crate::races::fork_exit_hugetlb::{self, Shape};
 use crate::races::khugepaged_gup::{self, Scenario as Khp};
 use crate::races::{
-    gup_table_free, hugetlb_unshare_gup, iommu_sva, large_folio_zap, lazy_tlb, nested_zap, writeback_race, RaceOutcome,
+    gup_table_free, hugetlb_unshare_gup, hugetlb_unshare_walk, iommu_sva, large_folio_zap, lazy_tlb, nested_zap,
+    writeback_race, RaceOutcome,
 };
 use mm_core::config::Geometry;
 
@@ -119,6 +120,18 @@ pub(super) const HUGETLB_UNSHARE_GUP: Scenario = Scenario {
     default_iterations: 40,
     frames: config_frames,
     run: |ctx| race_adapter(ctx, 10, hugetlb_unshare_gup::run),
+};
+
+pub(super) const HUGETLB_UNSHARE_WALK: Scenario = Scenario {
+    name: "hugetlb-unshare-walk",
+    about: "a thread reads a hugetlb page its sibling unmapped, through the walk cache of the PMD table the unmap unshared and the other sharer reused (arm64, c2ff4764e03e)",
+    params: &[],
+    exposes: &[Fix::Arm64UnshareWalkCache],
+    arch: ArchReq::Default(Arch::Arm64),
+    min_cpus: 3,
+    default_iterations: 40,
+    frames: config_frames,
+    run: |ctx| race_adapter(ctx, 10, hugetlb_unshare_walk::run),
 };
 
 pub(super) const FORK_EXIT_HUGETLB: Scenario = Scenario {
