@@ -66,7 +66,8 @@
 //! `notifier` (mmu_notifier, reached through `iommu`), `debug_vm`
 //! (VM_BUG_ON / VM_WARN_ON).  The types of theirs that public items expose
 //! are re-exported here: `ArchOps`, `CpuMm` (`Kernel::arch`,
-//! `ArchOps::cpu_mm`), `CpuTlbState` (`Kernel::cpus`), `Rcu`,
+//! `ArchOps::cpu_mm`), `arch_counters` and `counters_kept` (which counters
+//! a run of a configuration has, for reports), `CpuTlbState` (`Kernel::cpus`), `Rcu`,
 //! `RcuReadGuard` (`Kernel::rcu`); and
 //! `mm::MmuNotifierSubscriptions`.
 
@@ -93,7 +94,7 @@ pub mod tlb;
 pub mod types;
 
 pub use arch::x86::CpuTlbState;
-pub use arch::{ArchOps, CpuMm};
+pub use arch::{arch_counters, counters_kept, ArchOps, CpuMm};
 pub use config::{Arch, Fix, Fixes, Geometry, KernelConfig, KernelVersion};
 pub use kernel::Kernel;
 pub use rcu::{Rcu, RcuReadGuard};

@@ -3,9 +3,10 @@
 //! `Report` is the run's description (`Setup`) plus its `Outcome`
 //! (crate::outcome), in the shape `--json` prints; the README
 //! documents its fields ("JSON report").  The human summary prints the same
-//! fields: a /proc/interrupts-style per-CPU table (CAL, TLB), the vmstat
-//! counters per CPU, sync-one broadcasts, gather accounting, tlb_flush
-//! reasons, violations with details, leaked frames and ops/s.
+//! fields: a /proc/interrupts-style per-CPU table (CAL, and TLB on x86),
+//! the arch's counters per CPU (x86: its vmstat), sync-one broadcasts,
+//! gather accounting, tlb_flush reasons (x86), violations with details,
+//! leaked frames and ops/s.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,8 +18,12 @@ use serde::Serialize;
 use crate::error::RunError;
 use crate::outcome::Outcome;
 
-/// JSON schema id; bump on incompatible changes.
-pub const SCHEMA: &str = "mmemu-report/1";
+/// JSON schema id; bump on incompatible changes.  2: `vmstat`, `per_cpu`,
+/// `tlb_flush_reasons`, `interrupts.TLB` and `counters` hold only what the
+/// run's arch keeps (x86's NR_TLB_*, TLB row and trace reasons are absent on
+/// arm64 and the NO_RANGE profile, not zero); `arch_counters` and
+/// `arch_per_cpu` are the arch's own.
+pub const SCHEMA: &str = "mmemu-report/2";
 
 /// Violation records printed in the human summary / put in the JSON.
 const SHOWN_RECORDS: usize = 10;
@@ -41,9 +46,10 @@ pub struct Interrupts {
     /// Function call interrupts handled, per CPU.
     #[serde(rename = "CAL")]
     pub cal: Vec<u64>,
-    /// TLB shootdowns handled, per CPU.
-    #[serde(rename = "TLB")]
-    pub tlb: Vec<u64>,
+    /// TLB shootdowns handled, per CPU (x86's /proc/interrupts TLB row;
+    /// absent on the other profiles, which have none).
+    #[serde(rename = "TLB", skip_serializing_if = "Option::is_none")]
+    pub tlb: Option<Vec<u64>>,
     /// Cross-call IPIs sent (one per target), per sending CPU.
     pub sent: Vec<u64>,
 }
@@ -139,16 +145,24 @@ pub struct Report {
     /// same seed gives the same digest; `null` when it draws none.
     pub program_digest: Option<String>,
     pub interrupts: Interrupts,
-    /// The four vmstat counters, summed over CPUs.
+    /// The four vmstat NR_TLB_* counters, summed over CPUs (x86; empty on
+    /// the profiles whose kernels have none).
     pub vmstat: BTreeMap<&'static str, u64>,
-    /// The four vmstat counters per CPU.
+    /// The same counters per CPU.
     pub per_cpu: BTreeMap<&'static str, Vec<u64>>,
+    /// Every counter the arch profile's flushes and context switches move
+    /// (`ArchOps::stats`: arm64's TLBIs by kind, x86's vmstat, IPIs and
+    /// trace reasons, ...), summed over CPUs.
+    pub arch_counters: BTreeMap<&'static str, u64>,
+    /// The same per CPU.
+    pub arch_per_cpu: BTreeMap<&'static str, Vec<u64>>,
     /// tlb_remove_table_sync_one broadcasts (empty IPI to every other CPU).
     pub sync_one_broadcasts: u64,
     pub gather: Gather,
-    /// tlb_flush trace events by reason.
+    /// tlb_flush trace events by reason (x86's trace; empty elsewhere).
     pub tlb_flush_reasons: BTreeMap<&'static str, u64>,
-    /// Every counter mm-core keeps, summed over CPUs.
+    /// Every counter mm-core keeps for this arch, summed over CPUs (the
+    /// other profiles' own counters are left out).
     pub counters: BTreeMap<&'static str, u64>,
     pub violations: Violations,
     /// `null` when there was no leak check (see `leak_not_checked`).
@@ -180,6 +194,10 @@ pub struct Setup {
     pub params: BTreeMap<&'static str, u64>,
     pub debug_vm: bool,
     pub memory: Option<MemoryJson>,
+    /// The arch profile's counters (`mm_core::arch_counters`).
+    pub arch_counters: &'static [Stat],
+    /// Every counter the run keeps (`mm_core::counters_kept`).
+    pub counters_kept: Vec<Stat>,
 }
 
 impl Report {
@@ -190,6 +208,8 @@ impl Report {
         for v in &m.records {
             *by_kind.entry(v.kind.name().to_string()).or_insert(0) += 1;
         }
+        let vmstat: Vec<Stat> = VMSTAT.into_iter().filter(|v| s.arch_counters.contains(v)).collect();
+        let reasons: Vec<Stat> = REASONS.into_iter().filter(|r| s.arch_counters.contains(r)).collect();
         let verdict = if o.error.as_ref().is_some_and(RunError::is_hang) {
             "hang"
         } else if o.error.is_some() {
@@ -224,11 +244,13 @@ impl Report {
             program_digest: (o.program_digest != 0).then(|| format!("{:#018x}", o.program_digest)),
             interrupts: Interrupts {
                 cal: m.cal.clone(),
-                tlb: m.cpu(Stat::IrqTlbCount).to_vec(),
+                tlb: s.arch_counters.contains(&Stat::IrqTlbCount).then(|| m.cpu(Stat::IrqTlbCount).to_vec()),
                 sent: m.ipis_sent.clone(),
             },
-            vmstat: VMSTAT.iter().map(|s| (s.name(), m.total(*s))).collect(),
-            per_cpu: VMSTAT.iter().map(|s| (s.name(), m.cpu(*s).to_vec())).collect(),
+            vmstat: vmstat.iter().map(|s| (s.name(), m.total(*s))).collect(),
+            per_cpu: vmstat.iter().map(|s| (s.name(), m.cpu(*s).to_vec())).collect(),
+            arch_counters: s.arch_counters.iter().map(|s| (s.name(), m.total(*s))).collect(),
+            arch_per_cpu: s.arch_counters.iter().map(|s| (s.name(), m.cpu(*s).to_vec())).collect(),
             sync_one_broadcasts: m.total(Stat::TlbRemoveTableSyncOne),
             gather: Gather {
                 flushes: m.total(Stat::GatherFlushes),
@@ -238,8 +260,8 @@ impl Report {
                 tables_queued: m.total(Stat::TablesQueued),
                 tables_freed: m.total(Stat::TablesFreed),
             },
-            tlb_flush_reasons: REASONS.iter().map(|s| (s.name(), m.total(*s))).collect(),
-            counters: Stat::ALL.iter().map(|s| (s.name(), m.total(*s))).collect(),
+            tlb_flush_reasons: reasons.iter().map(|s| (s.name(), m.total(*s))).collect(),
+            counters: s.counters_kept.iter().map(|s| (s.name(), m.total(*s))).collect(),
             violations: Violations {
                 count: m.violations,
                 by_kind,
@@ -328,19 +350,27 @@ impl Report {
             let _ = writeln!(s, "   {tail}");
         };
         row(&mut s, "CAL:", &self.interrupts.cal, "Function call interrupts");
-        row(&mut s, "TLB:", &self.interrupts.tlb, "TLB shootdowns");
+        if let Some(tlb) = &self.interrupts.tlb {
+            row(&mut s, "TLB:", tlb, "TLB shootdowns");
+        }
         row(&mut s, "IPIs sent", &self.interrupts.sent, "cross-call IPIs sent (one per target)");
-        for (name, v) in &self.per_cpu {
+        // x86: its four vmstat counters; the other profiles: their own.
+        let per_cpu = if self.per_cpu.is_empty() { &self.arch_per_cpu } else { &self.per_cpu };
+        for (name, v) in per_cpu {
             row(&mut s, name, v, "");
         }
-        let _ = writeln!(s, "\n  vmstat:");
-        for (name, v) in &self.vmstat {
-            let _ = writeln!(s, "    {name:<32}{v:>12}");
+        if self.vmstat.is_empty() {
+            let _ = writeln!(s, "\n  {} counters:", self.arch);
+            for (name, v) in &self.arch_counters {
+                let _ = writeln!(s, "    {name:<32}{v:>12}");
+            }
+        } else {
+            let _ = writeln!(s, "\n  vmstat:");
+            for (name, v) in &self.vmstat {
+                let _ = writeln!(s, "    {name:<32}{v:>12}");
+            }
         }
         let _ = writeln!(s, "    {:<32}{:>12}", "tlb_remove_table_sync_one", self.sync_one_broadcasts);
-        if let Some(n) = self.counters.get("arm64_tlbi_broadcast").filter(|n| **n > 0) {
-            let _ = writeln!(s, "    {:<32}{:>12}", "arm64_tlbi_broadcast", n);
-        }
         let g = &self.gather;
         let _ = writeln!(
             s,
@@ -351,8 +381,10 @@ impl Report {
             let m: Vec<_> = self.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(s, "  {}: {}", self.scenario, m.join(" "));
         }
-        let r: Vec<_> = self.tlb_flush_reasons.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let _ = writeln!(s, "  tlb_flush: {}", r.join(" "));
+        if !self.tlb_flush_reasons.is_empty() {
+            let r: Vec<_> = self.tlb_flush_reasons.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(s, "  tlb_flush: {}", r.join(" "));
+        }
         let _ = write!(s, "  violations: {}", self.violations.count);
         if !self.violations.by_kind.is_empty() {
             let k: Vec<_> = self.violations.by_kind.iter().map(|(k, v)| format!("{k}={v}")).collect();

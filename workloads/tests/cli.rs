@@ -87,7 +87,7 @@ fn run_human_summary() {
 fn run_json_schema() {
     let v =
         json(&["run", "munmap-storm", "--cpus", "3", "--iterations", "2", "--seed", "7", "--json", "--wait", "park"]);
-    assert_eq!(v["schema"], "mmemu-report/1");
+    assert_eq!(v["schema"], "mmemu-report/2");
     assert_eq!(v["scenario"], "munmap-storm");
     assert_eq!(v["cpus"], 3);
     assert_eq!(v["seed"], 7);
@@ -124,6 +124,28 @@ fn run_json_schema() {
     assert!(v["error"].is_null());
     assert_eq!(v["verdict"], "ok");
     assert!(v["trace"].is_null());
+}
+
+#[test]
+fn arm64_reports_its_own_counters_and_none_of_x86s() {
+    let v = json(&["run", "munmap-storm", "--arch", "arm64", "--cpus", "2", "--iterations", "2", "--json"]);
+    assert_eq!(v["arch"], "arm64");
+    // No vmstat NR_TLB_*, no TLB row, no tlb_flush trace on arm64: absent, not 0.
+    assert_eq!(v["vmstat"], serde_json::json!({}));
+    assert_eq!(v["per_cpu"], serde_json::json!({}));
+    assert_eq!(v["tlb_flush_reasons"], serde_json::json!({}));
+    assert!(v["interrupts"].get("TLB").is_none(), "{}", v["interrupts"]);
+    assert!(v["counters"].get("nr_tlb_remote_flush").is_none());
+    assert!(v["counters"].get("irq_tlb_count").is_none());
+    assert!(v["counters"]["pgfault"].as_u64().unwrap() > 0);
+    assert!(v["arch_counters"]["arm64_tlbi_broadcast"].as_u64().unwrap() > 0);
+    for name in ["arm64_tlbi_vale1is", "arm64_tlbi_rvae1is", "arm64_tlbi_aside1is", "arm64_asid_rollover"] {
+        assert!(v["arch_counters"][name].is_u64(), "arch_counters.{name}");
+        assert_eq!(v["arch_per_cpu"][name].as_array().unwrap().len(), 2, "arch_per_cpu.{name}");
+    }
+    let human = ok(&["run", "munmap-storm", "--arch", "arm64", "--cpus", "2", "--iterations", "1"]);
+    assert!(human.contains("arm64 counters:") && human.contains("arm64_tlbi_broadcast"), "{human}");
+    assert!(!human.contains("nr_tlb_") && !human.contains("TLB:") && !human.contains("tlb_flush:"), "{human}");
 }
 
 #[test]

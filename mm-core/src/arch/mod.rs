@@ -131,6 +131,25 @@ pub fn arch_ops(cfg: &KernelConfig) -> Box<dyn ArchOps> {
     }
 }
 
+/// The counters the profile of `cfg` moves (`ArchOps::stats`), for reports
+/// that show each arch's own.
+pub fn arch_counters(cfg: &KernelConfig) -> &'static [Stat] {
+    arch_ops(cfg).stats()
+}
+
+/// The counters a run of `cfg` keeps: every `Stat` but those that only
+/// other profiles move (x86's vmstat NR_TLB_*, irq_tlb_count and tlb_flush
+/// trace reasons are not counters an arm64 kernel has, at 0 or otherwise).
+pub fn counters_kept(cfg: &KernelConfig) -> Vec<Stat> {
+    let own = arch_counters(cfg);
+    let others: Vec<&'static [Stat]> = Arch::ALL
+        .into_iter()
+        .filter(|a| *a != cfg.arch)
+        .map(|arch| arch_counters(&KernelConfig { arch, nr_cpus: 1, ..cfg.clone() }))
+        .collect();
+    Stat::ALL.iter().copied().filter(|s| own.contains(s) || !others.iter().any(|o| o.contains(s))).collect()
+}
+
 /// What a CPU runs, as its arch keeps it (`ArchOps::cpu_mm`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuMm {

@@ -187,12 +187,14 @@ pub fn side_by_side(fix: Fix, e: &scenarios::Exposer, off: &Report, on: &Report,
     let sum = |v: &[u64]| v.iter().sum::<u64>().to_string();
     row("IPIs sent", sum(&off.interrupts.sent), sum(&on.interrupts.sent));
     row("IPIs handled (CAL)", sum(&off.interrupts.cal), sum(&on.interrupts.cal));
-    row("TLB shootdowns (TLB)", sum(&off.interrupts.tlb), sum(&on.interrupts.tlb));
-    for (name, v) in &off.vmstat {
-        row(name, v.to_string(), on.vmstat.get(name).copied().unwrap_or(0).to_string());
+    if let (Some(a), Some(b)) = (&off.interrupts.tlb, &on.interrupts.tlb) {
+        row("TLB shootdowns (TLB)", sum(a), sum(b));
     }
-    let c = |r: &Report, n: &str| r.counters.get(n).copied().unwrap_or(0).to_string();
-    row("arm64 broadcast TLBIs", c(off, "arm64_tlbi_broadcast"), c(on, "arm64_tlbi_broadcast"));
+    // The arch's own counters (x86: vmstat NR_TLB_*, IPIs, trace reasons;
+    // arm64: TLBIs by kind; both runs are on the same arch).
+    for (name, v) in &off.arch_counters {
+        row(name, v.to_string(), on.arch_counters.get(name).copied().unwrap_or(0).to_string());
+    }
     row("sync-one broadcasts", off.sync_one_broadcasts.to_string(), on.sync_one_broadcasts.to_string());
     row("gather flushes", off.gather.flushes.to_string(), on.gather.flushes.to_string());
     row("gather batches", off.gather.batches.to_string(), on.gather.batches.to_string());

@@ -87,6 +87,8 @@ impl RunSpec {
             params: self.params.clone(),
             debug_vm: self.debug_vm,
             memory: None,
+            arch_counters: mm_core::arch_counters(&self.kcfg()),
+            counters_kept: mm_core::counters_kept(&self.kcfg()),
         }
     }
 }
