@@ -475,6 +475,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn arm64_asid_bits_are_8_or_16_and_more_than_the_cpus() {
+        let arm64 = |asid_bits, nr_cpus| KernelConfig {
+            arch: Arch::Arm64,
+            nr_cpus,
+            arm64: Arm64Cpu { asid_bits, ..Arm64Cpu::default() },
+            ..KernelConfig::default()
+        };
+        assert_eq!(arm64(8, 254).validate(), Ok(()));
+        assert!(arm64(8, 255).validate().unwrap_err().contains("fewer than 255 CPUs"));
+        assert!(arm64(12, 4).validate().unwrap_err().contains("allowed 8 or 16"));
+        assert_eq!(arm64(16, 256).validate(), Ok(()));
+    }
+
+    #[test]
     fn every_arch_with_either_table_free_is_a_kernel_that_was_built() {
         for arch in Arch::ALL {
             for rcu_table_free in [false, true] {
