@@ -1,12 +1,16 @@
 //! mprotect (mm/mprotect.c): `do_mprotect_pkey` → `mprotect_fixup` →
 //! `change_protection` → `change_pte_range`, with one gather for the call.
 //!
-//! Contract: a PTE that loses a permission is recorded in the gather
-//! (`tlb_flush_pte_range`) and flushed before mprotect returns; adding a
-//! permission needs no flush (a stale, weaker entry just faults and the MMU
-//! re-walks).  The arch decides (`pte_needs_flush`, `arch/`); every profile
-//! follows that rule today.  PROT_NONE is modelled by clearing the user bit while keeping
-//! the page mapped (x86 uses _PAGE_PROTNONE the same way).
+//! Contract: every PTE `change_pte_range` rewrites is recorded in the
+//! gather (`tlb_flush_pte_range`) and flushed before mprotect returns when
+//! the arch's `pte_needs_flush(oldpte, newpte)` says so (mm/mprotect.c,
+//! v6.12).  That is *not* "only when a permission is taken away": x86's
+//! `pte_flags_need_flush` flushes any change of `_PAGE_RW` or `_PAGE_USER`,
+//! upgrades included (RO → RW flushes too; an unchanged protection does
+//! not), and the asm-generic default that arm64 and the no-range profile
+//! use flushes every rewritten PTE, changed or not.  PROT_NONE is modelled
+//! by clearing the user bit while keeping the page mapped (x86 uses
+//! _PAGE_PROTNONE the same way).
 
 use super::mmap::{check_range, MmError};
 use crate::gather::MmuGather;
