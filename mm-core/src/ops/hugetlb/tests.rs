@@ -720,3 +720,53 @@ fn sync_after_unlock_knob_still_sends_one_sync_per_last_sharer_gather() {
     assert_eq!(ptdesc_pmd_pts_count(&k, pmd_table(&k, &p1, HBASE).unwrap()), 0);
     teardown(&k, &[&p1, &p2, &p3], &[&f]);
 }
+
+// ---- free_pgtables never groups hugetlb VMAs (mm/memory.c, v6.12) ------------
+
+#[test]
+fn free_pgtables_frees_each_hugetlb_vma_alone() {
+    use crate::mm::{vm, Backing};
+    use crate::ops::zap::{free_pgtables_calls, FreePgdRangeCall};
+    let vma = |start: u64, end: u64, flags: u64| Vma { start, end, flags, backing: Backing::Anon };
+    // anon | hugetlb | anon | anon, each starting within PMD_SIZE of the
+    // previous end: without the hugetlb check the loop makes one call.
+    let a = vma(HBASE - 2 * 4096, HBASE - 4096, vm::VM_READ);
+    let h = vma(HBASE, HBASE + MIB2, vm::VM_READ | vm::VM_SHARED | vm::VM_HUGETLB);
+    let b = vma(HBASE + MIB2 + 4096, HBASE + MIB2 + 2 * 4096, vm::VM_READ);
+    let c = vma(HBASE + 2 * MIB2, HBASE + 2 * MIB2 + 4096, vm::VM_READ);
+    let (floor, ceiling) = (HBASE - GIB, HBASE + GIB);
+    let call = |hugetlb, addr, end, ceiling| FreePgdRangeCall { hugetlb, addr, end, floor, ceiling };
+    assert_eq!(
+        free_pgtables_calls(&[a.clone(), h.clone(), b.clone(), c.clone()], floor, ceiling, MIB2),
+        vec![
+            call(false, a.start, a.end, h.start),
+            call(true, h.start, h.end, b.start),
+            call(false, b.start, c.end, ceiling)
+        ],
+        "the hugetlb VMA is neither grouped after `a` nor heads a group with `b`"
+    );
+    // Two hugetlb VMAs side by side: one call each.
+    let h2 = vma(HBASE + MIB2, HBASE + 2 * MIB2, h.flags);
+    let h1 = vma(HBASE, HBASE + MIB2, h.flags);
+    assert_eq!(
+        free_pgtables_calls(&[h1.clone(), h2.clone()], floor, 0, MIB2),
+        vec![
+            call(true, h1.start, h1.end, h2.start),
+            FreePgdRangeCall { ceiling: 0, ..call(true, h2.start, h2.end, 0) }
+        ]
+    );
+    // End to end: one munmap of an anon VMA right below a hugetlb VMA frees
+    // both VMAs' tables (the split calls free what the grouped one would).
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    let f = hfile(&k, 1);
+    mmap_anon(&k, &mm, HBASE - 4096, 4096, true).unwrap();
+    k.write_user(&mm, HBASE - 4096, 1).unwrap();
+    mmap_hugetlb(&k, &mm, HBASE, MIB2, true, &f, 0).unwrap();
+    k.write_user(&mm, HBASE, 2).unwrap();
+    munmap(&k, &mm, HBASE - 4096, 4096 + MIB2).unwrap();
+    k.rcu_barrier();
+    assert_eq!(k.alloc.in_use().page_table, 1, "only the PGD is left");
+    teardown(&k, &[&mm], &[&f]);
+}
