@@ -770,3 +770,88 @@ fn free_pgtables_frees_each_hugetlb_vma_alone() {
     assert_eq!(k.alloc.in_use().page_table, 1, "only the PGD is left");
     teardown(&k, &[&mm], &[&f]);
 }
+
+// ---- 8ce720d5bd91: hugetlb callers run their own tlb_gather_mmu_vma gathers ----
+
+/// a maps 1 GiB of a hugetlb file and touches it; b (forked) shares a's
+/// PMD table and runs on CPU0 and CPU1; CPU1 then mprotects `len` bytes of
+/// b read-only.  Returns the counter deltas of that mprotect.
+fn hugetlb_mprotect_counts(len: u64) -> Vec<(&'static str, u64)> {
+    hugetlb_op_counts(|k, b| mprotect(k, b, HBASE, len, true, false).unwrap())
+}
+
+/// The setup of `hugetlb_mprotect_counts`, running `op` on CPU1 for b.
+fn hugetlb_op_counts(op: impl FnOnce(&Kernel, &Arc<MmStruct>)) -> Vec<(&'static str, u64)> {
+    const WATCH: [Stat; 6] = [
+        Stat::NestedFlushForced,
+        Stat::TlbFlushRanged,
+        Stat::TlbFlushFull,
+        Stat::TlbIpiSent,
+        Stat::TlbRemoveTableSyncOne,
+        Stat::GatherFlushes,
+    ];
+    let k = kernel(2);
+    let f = hfile(&k, 1);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, 1, 1);
+    let b = dup_mmap(&k, &a).unwrap();
+    run_on(&k, 0, &b);
+    assert_eq!(k.read_user(&b, HBASE + 8).unwrap(), 1, "b shares a's table");
+    run_on(&k, 1, &b);
+    assert_eq!(pmd_table(&k, &a, HBASE), pmd_table(&k, &b, HBASE));
+    let before = WATCH.map(|s| k.stats.get(s));
+    op(&k, &b);
+    let d: Vec<_> =
+        WATCH.iter().zip(before).map(|(s, b0)| (s.name(), k.stats.get(*s) - b0)).filter(|(_, n)| *n != 0).collect();
+    assert!(k.write_user(&b, HBASE + 8, 2).is_err(), "read-only or unmapped for b");
+    run_on(&k, 0, &a);
+    k.write_user(&a, HBASE + 8, 3).unwrap();
+    teardown(&k, &[&a, &b], &[&f]);
+    d
+}
+
+#[test]
+fn hugetlb_mprotect_gathers_nest_inside_do_mprotect_pkeys() {
+    // The whole VMA: hugetlb_change_protection's own gather unshares b's
+    // table (a range flush, one IPI to CPU0; a's table is exclusive now: one
+    // sync) and, nested in do_mprotect_pkey's gather, finishes with a forced
+    // full flush with freed_tables (a second IPI).  do_mprotect_pkey's own
+    // gather gathered nothing: no flush.
+    assert_eq!(
+        hugetlb_mprotect_counts(GIB),
+        [
+            ("nested_flush_forced", 1),
+            ("tlb_flush_ranged", 1),
+            ("tlb_flush_full", 1),
+            ("tlb_ipi_sent", 2),
+            ("tlb_remove_table_sync_one", 1),
+            ("gather_flushes", 1)
+        ]
+    );
+    // 2 MiB of it: mprotect_fixup splits at a non-PUD-aligned address, so
+    // hugetlb_unshare_pmds unshares the region in its own gather (range
+    // flush + sync, then a forced full flush: nested); then
+    // hugetlb_change_protection of the 2 MiB piece finds no table left
+    // (b refaults later) and still finishes nested: a second forced flush.
+    assert_eq!(
+        hugetlb_mprotect_counts(MIB2),
+        [
+            ("nested_flush_forced", 2),
+            ("tlb_flush_ranged", 1),
+            ("tlb_flush_full", 2),
+            ("tlb_ipi_sent", 3),
+            ("tlb_remove_table_sync_one", 1),
+            ("gather_flushes", 2)
+        ]
+    );
+    // munmap splits before it gathers (vms_gather_munmap_vmas, then
+    // vms_clear_ptes): hugetlb_unshare_pmds' gather is alone, not nested.
+    // Its range flush + sync and an unforced finish with nothing left;
+    // then the munmap's gather finds no table of b's under the 2 MiB (the
+    // unshare cleared b's PUD entry): nothing to zap, free or flush.
+    assert_eq!(
+        hugetlb_op_counts(|k, b| munmap(k, b, HBASE, MIB2).unwrap()),
+        [("tlb_flush_ranged", 1), ("tlb_ipi_sent", 1), ("tlb_remove_table_sync_one", 1)]
+    );
+}
