@@ -57,13 +57,15 @@
 //!
 //! # Fork
 //!
-//! `dup_mmap` calls `copy_hugetlb_page_range` for hugetlb VMAs, which shares
-//! every PUD-aligned region with the parent through `huge_pte_alloc` →
-//! `huge_pmd_share`, so the child is a sharer from the start.  (Since
-//! bcd51a3c679d, v6.0, `vma_needs_copy` skips the copy for shared hugetlb
-//! VMAs without an anon_vma and the child shares the same table on its first
-//! fault in the region instead; the end state per touched region is the
-//! same, the eager form makes "a child shares all N tables" one call.)
+//! `dup_mmap` → `copy_page_range` copies nothing of a hugetlb VMA: it is
+//! shared and has no anon_vma, so `vma_needs_copy` is false (bcd51a3c679d,
+//! v6.0).  The child becomes a sharer of the parent's PMD table on its
+//! first fault in each PUD region (`hugetlb_fault` → `huge_pte_alloc` →
+//! `huge_pmd_share`); a region it never touches stays unshared, and its
+//! exit has nothing to unshare there.  `copy_hugetlb_page_range` (sharing
+//! through `huge_pte_alloc`, copying leaves it cannot share) is reached
+//! only for a hugetlb VMA that needs copying, which `mmap_hugetlb`
+//! (MAP_SHARED only) never makes.
 
 use super::fault::FaultError;
 use super::mmap::{check_range, insert_vma, MmError};
@@ -563,7 +565,7 @@ pub(crate) fn unmap_hugepage_range(tlb: &mut MmuGather<'_>, vma: &Vma, start: u6
 
 // ---- fork -------------------------------------------------------------------
 
-/// `copy_hugetlb_page_range` for a shared hugetlb VMA at fork: every
+/// `copy_hugetlb_page_range` for a hugetlb VMA that `vma_needs_copy`: every
 /// PUD region the parent has a table for is shared with the child through
 /// `huge_pte_alloc`; regions that cannot be shared (VMA not covering the
 /// whole PUD region) get their leaves copied, each taking a folio reference

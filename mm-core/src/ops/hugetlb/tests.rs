@@ -157,8 +157,36 @@ fn no_sharing_without_a_whole_pud_region_or_with_other_flags() {
     teardown(&k, &[&a, &b, &c, &d], &[&f]);
 }
 
+/// `dup_mmap`, then the child's first fault in every PUD region where the
+/// parent maps something (at the parent's first mapped huge page there):
+/// `vma_needs_copy` is false for a shared hugetlb VMA, so this is where the
+/// child becomes a sharer, not at fork.
+fn fork_and_fault(k: &Kernel, parent: &Arc<MmStruct>) -> Arc<MmStruct> {
+    let child = dup_mmap(k, parent).unwrap();
+    let vmas: Vec<Vma> = child.mmap_lock.read().iter().filter(|v| v.is_hugetlb()).cloned().collect();
+    let (pud, hs) = (k.cfg.geometry.pud_size(), k.cfg.geometry.pmd_size());
+    for vma in &vmas {
+        let mut region = vma.start & !(pud - 1);
+        while region < vma.end {
+            let (lo, hi) = (region.max(vma.start), (region + pud).min(vma.end));
+            if let Some(t) = huge_pte_offset(k, parent, lo) {
+                let mut a = lo;
+                while a < hi && !pgtable::read(k, t, Level::Pmd, a).present() {
+                    a += hs;
+                }
+                if a < hi {
+                    let _mmap_read = child.mmap_lock.read();
+                    hugetlb_fault(k, &child, vma, a, false).unwrap();
+                }
+            }
+            region += pud;
+        }
+    }
+    child
+}
+
 #[test]
-fn fork_shares_every_pmd_table_with_the_child() {
+fn fork_copies_nothing_and_the_child_shares_on_its_first_fault() {
     let k = kernel(2);
     let f = hfile(&k, 3);
     let parent = k.mm_alloc();
@@ -166,23 +194,33 @@ fn fork_shares_every_pmd_table_with_the_child() {
     map_and_touch(&k, &parent, &f, 3, 10);
     let tables = k.alloc.in_use().page_table;
     let child = dup_mmap(&k, &parent).unwrap();
+    // vma_needs_copy: shared, no anon_vma — nothing copied, nothing shared.
     for i in 0..3 {
         let t = pmd_table(&k, &parent, HBASE + i * GIB).unwrap();
-        assert_eq!(pmd_table(&k, &child, HBASE + i * GIB), Some(t));
-        assert_eq!(ptdesc_pmd_pts_count(&k, t), 1);
+        assert_eq!(pmd_table(&k, &child, HBASE + i * GIB), None);
+        assert_eq!(ptdesc_pmd_pts_count(&k, t), 0);
     }
-    // The child got a PGD and a PUD table, no PMD tables.
-    assert_eq!(k.alloc.in_use().page_table, tables + 2);
+    assert_eq!(k.alloc.in_use().page_table, tables + 1, "the child got its PGD only");
     run_on(&k, 1, &child);
     let faults = k.stats.get(Stat::PageFaults);
     for i in 0..3 {
         assert_eq!(k.read_user(&child, HBASE + i * GIB + 8).unwrap(), 10 + i);
     }
-    assert_eq!(k.stats.get(Stat::PageFaults), faults, "the child walks the parent's tables");
-    // A second child: three sharers.
+    assert_eq!(k.stats.get(Stat::PageFaults), faults + 3, "one fault per PUD region");
+    for i in 0..3 {
+        let t = pmd_table(&k, &parent, HBASE + i * GIB).unwrap();
+        assert_eq!(pmd_table(&k, &child, HBASE + i * GIB), Some(t), "huge_pmd_share on the first fault");
+        assert_eq!(ptdesc_pmd_pts_count(&k, t), 1);
+    }
+    // ... then a PUD table, no PMD tables.
+    assert_eq!(k.alloc.in_use().page_table, tables + 2);
+    // A second child that touches one region: a third sharer of that table only.
     run_on(&k, 0, &parent);
     let child2 = dup_mmap(&k, &parent).unwrap();
-    assert_eq!(ptdesc_pmd_pts_count(&k, pmd_table(&k, &parent, HBASE).unwrap()), 2);
+    run_on(&k, 1, &child2);
+    assert_eq!(k.read_user(&child2, HBASE + GIB + 8).unwrap(), 11);
+    assert_eq!(ptdesc_pmd_pts_count(&k, pmd_table(&k, &parent, HBASE).unwrap()), 1);
+    assert_eq!(ptdesc_pmd_pts_count(&k, pmd_table(&k, &parent, HBASE + GIB).unwrap()), 2);
     teardown(&k, &[&child, &child2, &parent], &[&f]);
 }
 
@@ -193,7 +231,7 @@ fn munmap_unshares_and_the_last_owner_frees_the_table() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 1, 5);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     let t = pmd_table(&k, &a, HBASE).unwrap();
     run_on(&k, 1, &b);
     assert_eq!(k.read_user(&b, HBASE + 8).unwrap(), 5);
@@ -226,7 +264,7 @@ fn mprotect_unshares_and_other_sharers_keep_their_protection() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 1, 1);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     let t = pmd_table(&k, &a, HBASE).unwrap();
     run_on(&k, 1, &b);
     k.write_user(&b, HBASE + 8, 2).unwrap(); // b caches a writable 2 MiB entry
@@ -259,8 +297,8 @@ fn exit_unshares_and_the_last_exit_frees_everything() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 2, 0);
-    let b = dup_mmap(&k, &a).unwrap();
-    let c = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
+    let c = fork_and_fault(&k, &a);
     let t0 = pmd_table(&k, &a, HBASE).unwrap();
     assert_eq!(ptdesc_pmd_pts_count(&k, t0), 2);
     // The original owner exits first: the children keep the tables.
@@ -286,7 +324,7 @@ fn split_at_a_non_pud_boundary_unshares_the_region() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 1, 9);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     let t = pmd_table(&k, &a, HBASE).unwrap();
     run_on(&k, 1, &b);
     // Unmap one 2 MiB page in the middle of b's VMA: hugetlb_split unshares.
@@ -329,7 +367,7 @@ fn unshare_n_tables(fixes: Fixes, sharers: usize) -> Measured {
     mmap_anon(&k, &owner, NEIGHBOUR, 4096, true).unwrap();
     let mut mms = vec![owner.clone()];
     for _ in 1..sharers {
-        mms.push(dup_mmap(&k, &owner).unwrap());
+        mms.push(fork_and_fault(&k, &owner));
     }
     for (i, mm) in mms.iter().enumerate().take(sharers - 1).skip(1) {
         run_on(&k, 1 + i as u32, mm);
@@ -394,8 +432,8 @@ fn three_sharers_only_the_final_unshare_broadcasts() {
     let p1 = k.mm_alloc();
     run_on(&k, 0, &p1);
     map_and_touch(&k, &p1, &f, 2, 0);
-    let p2 = dup_mmap(&k, &p1).unwrap();
-    let p3 = dup_mmap(&k, &p1).unwrap();
+    let p2 = fork_and_fault(&k, &p1);
+    let p3 = fork_and_fault(&k, &p1);
     let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
     run_on(&k, 2, &p3);
     exit_mm(&k, &p3);
@@ -415,7 +453,7 @@ fn mprotect_and_split_unshare_through_one_gather() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, N, 0);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     run_on(&k, 1, &b);
     let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
     mprotect(&k, &b, HBASE, N * GIB, true, false).unwrap();
@@ -427,7 +465,7 @@ fn mprotect_and_split_unshare_through_one_gather() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, N, 0);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     run_on(&k, 1, &b);
     let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
     mprotect(&k, &b, HBASE, N * GIB, true, false).unwrap();
@@ -448,7 +486,7 @@ fn arm64_profile_unshares_with_a_broadcast_flush() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 2, 3);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     run_on(&k, 1, &b);
     assert_eq!(k.read_user(&b, HBASE + GIB + 8).unwrap(), 4);
     let tlbi = k.stats.get(Stat::Arm64BroadcastTlbi);
@@ -472,7 +510,7 @@ fn gather_ends_with_fully_unshared_tables_clear() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 1, 0);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     let t = pmd_table(&k, &b, HBASE).unwrap();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &b);
     let i_mmap = f.i_mmap.write();
@@ -513,7 +551,7 @@ fn gup_fast_through_a_shared_table_sees_every_sharers_mappings() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 1, 0);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     run_on(&k, 1, &b);
     k.write_user(&b, HBASE + 7 * MIB2, 70).unwrap(); // installed by b, seen by a
     run_on(&k, 0, &a);
@@ -546,7 +584,7 @@ fn unshare_race(k: &Arc<Kernel>) -> (Vec<Pfn>, Arc<MmStruct>, Arc<MmStruct>, Arc
     let p1 = k.mm_alloc();
     run_on(k, 2, &p1);
     map_and_touch(k, &p1, &f, 1, 0x11);
-    let p2 = dup_mmap(k, &p1).unwrap();
+    let p2 = fork_and_fault(k, &p1);
     run_on(k, 0, &p2);
     assert_eq!(k.read_user(&p2, HBASE + 8).unwrap(), 0x11);
     let fired = Arc::new(AtomicBool::new(false));
@@ -623,8 +661,8 @@ fn three_sharers_the_final_unshare_drains_a_walker_that_entered_through_an_earli
     let p1 = k.mm_alloc();
     run_on(&k, 3, &p1);
     map_and_touch(&k, &p1, &f, 1, 0x11);
-    let p2 = dup_mmap(&k, &p1).unwrap();
-    let p3 = dup_mmap(&k, &p1).unwrap();
+    let p2 = fork_and_fault(&k, &p1);
+    let p3 = fork_and_fault(&k, &p1);
     run_on(&k, 1, &p2);
     run_on(&k, 0, &p3);
     let syncs_after_p3 = Arc::new(AtomicU64::new(u64::MAX));
@@ -666,7 +704,7 @@ fn small_geometry_shares_unshares_and_reuses_a_pmd_table() {
     k.write_user(&p1, base + 8, 0x11).unwrap();
     k.write_user(&p1, base + 3 * hs + 8, 0x13).unwrap();
     assert_eq!(k.alloc.in_use().hugetlb, 2 * g.hpage_pmd_nr() as i64);
-    let p2 = dup_mmap(&k, &p1).unwrap();
+    let p2 = fork_and_fault(&k, &p1);
     let s = pmd_table(&k, &p1, base).unwrap();
     assert_eq!(pmd_table(&k, &p2, base), Some(s));
     assert_eq!(ptdesc_pmd_pts_count(&k, s), 1);
@@ -706,8 +744,8 @@ fn sync_after_unlock_knob_still_sends_one_sync_per_last_sharer_gather() {
     let p1 = k.mm_alloc();
     run_on(&k, 0, &p1);
     map_and_touch(&k, &p1, &f, 2, 0);
-    let p2 = dup_mmap(&k, &p1).unwrap();
-    let p3 = dup_mmap(&k, &p1).unwrap();
+    let p2 = fork_and_fault(&k, &p1);
+    let p3 = fork_and_fault(&k, &p1);
     run_on(&k, 1, &p3);
     let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
     munmap(&k, &p3, HBASE, 2 * GIB).unwrap();
@@ -795,7 +833,7 @@ fn hugetlb_op_counts(op: impl FnOnce(&Kernel, &Arc<MmStruct>)) -> Vec<(&'static 
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 1, 1);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     run_on(&k, 0, &b);
     assert_eq!(k.read_user(&b, HBASE + 8).unwrap(), 1, "b shares a's table");
     run_on(&k, 1, &b);
