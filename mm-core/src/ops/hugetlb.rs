@@ -20,8 +20,10 @@
 //!
 //! # Locking (as the kernel's, minus the hugetlb VMA lock)
 //!
-//! - `mmap_lock` of the mm (read for faults, write for munmap / mprotect /
-//!   fork / exit) → `i_mmap_rwsem` of the file (`AddressSpace::i_mmap`) →
+//! - `mmap_lock` of the mm (read for faults; write for mprotect / fork /
+//!   exit; munmap takes it for write to split and detach, then downgrades
+//!   to read for the zap and `free_pgtables`) → `i_mmap_rwsem` of the file
+//!   (`AddressSpace::i_mmap`) →
 //!   `page_table_lock` / the PMD table's split PTL.
 //! - Sharing (`huge_pmd_share`) runs under `i_mmap_lock_read`; unsharing
 //!   (`huge_pmd_unshare`) under `i_mmap_lock_write` and the PMD table's PTL,
