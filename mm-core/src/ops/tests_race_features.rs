@@ -544,6 +544,9 @@ fn stats_snapshot_names_the_story_counters() {
 
 // ---- munmap zaps under mmap_lock read (vms_complete_munmap_vmas, v6.12) ----------
 
+/// Counter deltas: (counter, how much it moved).
+type Deltas = Vec<(Stat, u64)>;
+
 /// CPU0 munmaps region A of mm (two threads: CPU0 and CPU1); inside its
 /// zap of A (the `zap_pte_range_locked` hook, A's PTL held) CPU1 runs a
 /// whole MADV_DONTNEED of region B of the same mm — possible only because
@@ -551,7 +554,7 @@ fn stats_snapshot_names_the_story_counters() {
 /// gather finds the munmap's gather pending (`mm_tlb_flush_nested`) and
 /// forces a full flush with freed_tables.  Returns the kernel, the counter
 /// deltas of the madvise alone and of the whole munmap (madvise included).
-fn munmap_beside_madvise(arch: Arch) -> (Arc<Kernel>, Vec<(Stat, u64)>, Vec<(Stat, u64)>) {
+fn munmap_beside_madvise(arch: Arch) -> (Arc<Kernel>, Deltas, Deltas) {
     const A: u64 = BASE;
     const B: u64 = BASE + (8 << 20); // another PTE table (and PTL)
     const WATCH: [Stat; 8] = [
