@@ -41,7 +41,6 @@ use mm_core::config::{Arch, Fix};
 use mm_core::hw::pte::Level;
 use mm_core::inject::GupFastPoint;
 use mm_core::ops::fault::handle_mm_fault;
-use mm_core::ops::fault::handle_mm_fault;
 use mm_core::ops::gup::{gup_fast, put_user_pages, Foll};
 use mm_core::ops::{dup_mmap, exit_mm, mmap_anon, mmap_hugetlb, munmap};
 use mm_core::pgtable::{lookup_table, read};
