@@ -68,7 +68,7 @@ fn model(sync_before_unlock: bool) -> Option<String> {
     let (hs, pud) = (g.pmd_size(), g.pud_size());
     let base = g.task_size() / 4; // PGD-aligned: one PUD table
                                   // Set-up (CPU0): P1 maps the file over one PUD region and faults huge
-                                  // page F; P2 and P3 are forked from it: S has pt_share_count 2.
+                                  // page F; P2 and P3 are forked from it and fault F: S has pt_share_count 2.
     let f = k.new_file(pud / g.page_size());
     let p1 = k.mm_alloc();
     switch_mm(&k, &p1);
@@ -79,6 +79,9 @@ fn model(sync_before_unlock: bool) -> Option<String> {
     let mut p2_pud = None;
     for mm in [&p2, &p3] {
         switch_mm(&k, mm);
+        // fork copied nothing (vma_needs_copy): the first fault makes it a
+        // sharer of S (huge_pmd_share).
+        handle_mm_fault(&k, mm, base + 8, false).unwrap();
         // Untouched neighbours keep the PUD tables: the munmaps free none.
         mmap_anon(&k, mm, base + pud, g.page_size(), true).unwrap();
         p2_pud.get_or_insert(lookup_table(&k, mm, base, Level::Pud).unwrap());

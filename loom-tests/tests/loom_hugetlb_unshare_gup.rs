@@ -49,7 +49,7 @@ fn model(fix: bool) -> Option<String> {
     let (hs, pud) = (g.pmd_size(), g.pud_size());
     let base = g.task_size() / 4; // PGD-aligned: one PUD table
                                   // Set-up (CPU0): P1 maps the file over one whole PUD region and faults
-                                  // its first huge page F; P2 is forked from P1, so P2's PUD points at
+                                  // its first huge page F; P2 is forked from P1 and faults F, so P2's PUD points at
                                   // P1's PMD table S (pt_share_count 1).
     let f = k.new_file(pud / g.page_size());
     let p1 = k.mm_alloc();
@@ -58,6 +58,8 @@ fn model(fix: bool) -> Option<String> {
     k.write_user(&p1, base + 8, 0x11).unwrap();
     let p2 = dup_mmap(&k, &p1).unwrap();
     switch_mm(&k, &p2);
+    // fork copied nothing (vma_needs_copy): P2's first fault shares S.
+    handle_mm_fault(&k, &p2, base + 8, false).unwrap();
     // An untouched neighbour keeps P2's PUD table when the hugetlb VMA goes
     // (P2's munmap unhooks S and frees no table).
     mmap_anon(&k, &p2, base + pud, g.page_size(), true).unwrap();

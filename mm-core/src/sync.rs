@@ -25,6 +25,9 @@ pub use crossbeam_epoch as epoch;
 #[cfg(not(mmemu_loom))]
 mod imp {
     pub use parking_lot::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
+
+    /// What `RwLock::downgrade` returns: a read hold.
+    pub type RwLockDowngradedGuard<'a, T> = RwLockReadGuard<'a, T>;
     use std::cell::RefCell;
     use std::time::Duration;
 
@@ -140,6 +143,16 @@ mod imp {
         pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
             self.0.try_write()
         }
+        /// `down_read_trylock`: the guard, or `None` if held for write.
+        pub fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
+            self.0.try_read()
+        }
+        /// `downgrade_write` (`mmap_write_downgrade`): atomically turn a
+        /// write hold into a read hold; readers may enter at once, no
+        /// writer can get in between.
+        pub fn downgrade(guard: RwLockWriteGuard<'_, T>) -> RwLockDowngradedGuard<'_, T> {
+            RwLockWriteGuard::downgrade(guard)
+        }
         /// The value, without locking (the borrow proves exclusivity).
         pub fn get_mut(&mut self) -> &mut T {
             self.0.get_mut()
@@ -227,6 +240,28 @@ mod imp {
         /// `down_write_trylock`: the guard, or `None` if held.
         pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
             self.0.try_write().ok()
+        }
+        /// `down_read_trylock`: the guard, or `None` if held for write.
+        pub fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
+            self.0.try_read().ok()
+        }
+        /// `downgrade_write`: loom's RwLock cannot downgrade atomically and
+        /// releasing then re-reading would let a writer in between (which
+        /// the kernel's rwsem never does), so under loom the write hold is
+        /// kept: a model sees fewer interleavings (no reader during the
+        /// downgraded part), never one the kernel cannot reach.
+        pub fn downgrade(guard: RwLockWriteGuard<'_, T>) -> RwLockDowngradedGuard<'_, T> {
+            RwLockDowngradedGuard(guard)
+        }
+    }
+
+    /// What `RwLock::downgrade` returns under loom: the write hold, read-only.
+    pub struct RwLockDowngradedGuard<'a, T>(RwLockWriteGuard<'a, T>);
+
+    impl<T> std::ops::Deref for RwLockDowngradedGuard<'_, T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            &self.0
         }
     }
 

@@ -85,10 +85,11 @@ impl ArchOps for GenericNoRange {
         false
     }
 
-    /// asm-generic's is `true` (every changed PTE is flushed); modelled as:
-    /// a permission was removed.
-    fn pte_needs_flush(&self, oldpte: Pte, newpte: Pte) -> bool {
-        super::pte_permission_removed(oldpte, newpte)
+    /// The asm-generic default (include/asm-generic/tlb.h, v6.12; no
+    /// override here): every PTE `change_pte_range` rewrote is flushed,
+    /// whatever changed — upgrades and unchanged protections too.
+    fn pte_needs_flush(&self, _oldpte: Pte, _newpte: Pte) -> bool {
+        true
     }
 
     fn flush_tlb_mm_range(&self, k: &Kernel, mm: &MmStruct, _start: u64, _end: u64, _stride: u32, _freed: bool) {

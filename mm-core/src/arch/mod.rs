@@ -195,13 +195,6 @@ impl ActiveMm {
     }
 }
 
-/// The rule every profile's `pte_needs_flush` follows today: flush only when
-/// a permission (write, user access) was taken away — a stale entry with
-/// fewer permissions just faults and the MMU re-walks.
-pub fn pte_permission_removed(oldpte: Pte, newpte: Pte) -> bool {
-    (oldpte.write() && !newpte.write()) || (oldpte.user() && !newpte.user())
-}
-
 /// `mmu_notifier_arch_invalidate_secondary_tlbs(mm, start, end)`: called from
 /// inside every arch flush (6bbd42e2df8f).  With `Fix::SecondaryTlbOnFlush`
 /// off the arch flush reaches no secondary TLB (pre-6.6: the generic

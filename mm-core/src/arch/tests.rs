@@ -527,3 +527,46 @@ mod arm64_unshare {
         assert_eq!(truncate_inode_pages(&k, &f), 0);
     }
 }
+
+// ---- pte_needs_flush (change_pte_range's question) --------------------------
+
+#[test]
+fn pte_needs_flush_x86_flag_rules_and_the_generic_default() {
+    use crate::hw::pte::Pte;
+    use crate::types::Pfn;
+    let x86 = Kernel::new_sync(KernelConfig { arch: Arch::X86, ..KernelConfig::default() }, 1);
+    let f = |old: u64, new: u64| x86.arch.pte_needs_flush(Pte::new(Pfn(7), old), Pte::new(Pfn(7), new));
+    const P: u64 = Pte::PRESENT;
+    const U: u64 = Pte::USER;
+    const W: u64 = Pte::RW;
+    const A: u64 = Pte::ACCESSED;
+    const D: u64 = Pte::DIRTY;
+    // _PAGE_RW / _PAGE_USER: flush on any change, upgrades included.
+    assert!(f(P | U | W, P | U), "RW → RO");
+    assert!(f(P | U, P | U | W), "RO → RW");
+    assert!(f(P | U | W, P | W), "USER cleared");
+    assert!(f(P | W, P | U | W), "USER set");
+    assert!(f(P | U, P | U | Pte::HUGE), "_PAGE_PSE changed");
+    // Nothing changed: no flush.
+    assert!(!f(P | U | W | A | D, P | U | W | A | D));
+    // _PAGE_DIRTY flushes when cleared, not when set.
+    assert!(f(P | U | W | D, P | U | W), "D cleared");
+    assert!(!f(P | U | W, P | U | W | D), "D set");
+    // _PAGE_ACCESSED is ignored (ignore_access = true), either way.
+    assert!(!f(P | U | A, P | U), "A cleared");
+    assert!(!f(P | U, P | U | A), "A set");
+    // _PAGE_PRESENT cleared flushes; an old non-present entry never does.
+    assert!(f(P | U, U));
+    assert!(!f(U | W, P | U | W));
+    // A changed pfn always flushes.
+    assert!(x86.arch.pte_needs_flush(Pte::new(Pfn(7), P | U), Pte::new(Pfn(8), P | U)));
+    // A bit outside the known sets (the CONFIG_DEBUG_VM branch) flushes.
+    assert!(f(P | U, P | U | (1 << 9)));
+    // arm64 and the no-range profile: the asm-generic default, always true.
+    for arch in [Arch::Arm64, Arch::GenericNoRange] {
+        let k = Kernel::new_sync(KernelConfig { arch, ..KernelConfig::default() }, 1);
+        let same = Pte::new(Pfn(7), P | U | W);
+        assert!(k.arch.pte_needs_flush(same, same), "{arch:?}");
+        assert!(k.arch.pte_needs_flush(Pte::new(Pfn(7), P | U), Pte::new(Pfn(7), P | U | W)), "{arch:?}");
+    }
+}

@@ -133,10 +133,46 @@ impl ArchOps for X86 {
         false
     }
 
-    /// arch/x86/include/asm/tlbflush.h has its own (flags that need a flush
-    /// when changed, set or cleared); modelled as: a permission was removed.
+    /// x86's own `pte_needs_flush` (arch/x86/include/asm/tlbflush.h, read in
+    /// a v6.6..v6.12-era copy; unchanged in v6.12): a non-present old entry
+    /// never needs a flush, a changed pfn always does, and otherwise the
+    /// flags decide (`pte_flags_need_flush` with `ignore_access`): so an
+    /// upgrade RO → RW flushes as well as RW → RO.
     fn pte_needs_flush(&self, oldpte: Pte, newpte: Pte) -> bool {
-        super::pte_permission_removed(oldpte, newpte)
+        /// `pte_flags_need_flush(oldflags, newflags, ignore_access)`
+        /// (tlbflush.h, v6.12): which flag changes of an entry that stays
+        /// present must be flushed.
+        /// - Flush when cleared, not when set: `_PAGE_DIRTY`,
+        ///   `_PAGE_PRESENT`, `_PAGE_ACCESSED` (setting them never makes a
+        ///   cached entry wrong: the hardware sets A/D itself, non-present
+        ///   entries are not cached); `_PAGE_ACCESSED` is ignored altogether
+        ///   with `ignore_access` (see `ptep_clear_flush_young`).
+        /// - Flush on any change: `_PAGE_RW`, `_PAGE_USER`, `_PAGE_PSE` (of
+        ///   the modelled bits; the kernel's list also has PWT, PCD, GLOBAL,
+        ///   PAT, PAT_LARGE, PKEY0..3 and NX, which model entries never carry).
+        /// - Software bits (`_PAGE_SOFTW1..4`, `_PAGE_SAVED_DIRTY`) never
+        ///   flush; the model has none.
+        /// - Any other changed bit flushes (the CONFIG_DEBUG_VM branch, which
+        ///   also WARNs once).
+        fn pte_flags_need_flush(oldflags: u64, newflags: u64, ignore_access: bool) -> bool {
+            const FLUSH_ON_CLEAR: u64 = Pte::DIRTY | Pte::PRESENT | Pte::ACCESSED;
+            const FLUSH_ON_CHANGE: u64 = Pte::RW | Pte::USER | Pte::HUGE;
+            let mut diff = oldflags ^ newflags;
+            if ignore_access {
+                diff &= !Pte::ACCESSED;
+            }
+            if diff & oldflags & FLUSH_ON_CLEAR != 0 || diff & FLUSH_ON_CHANGE != 0 {
+                return true;
+            }
+            diff & !(FLUSH_ON_CLEAR | FLUSH_ON_CHANGE) != 0
+        }
+        if !oldpte.present() {
+            return false;
+        }
+        if oldpte.pfn() != newpte.pfn() {
+            return true;
+        }
+        pte_flags_need_flush(oldpte.flags(), newpte.flags(), true)
     }
 
     fn flush_tlb_mm_range(

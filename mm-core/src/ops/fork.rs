@@ -4,8 +4,12 @@
 //! Contract: every private writable PTE is write-protected in *both* the
 //! parent and the child (copy-on-write); the parent's TLBs are flushed
 //! before fork returns, so no CPU of the parent can still write through a
-//! stale writable entry to a page the child now shares.  Shared file
-//! mappings are not copied: the child faults them in (vma_needs_copy).
+//! stale writable entry to a page the child now shares.  A VMA whose page
+//! tables a fault can rebuild is not copied at all (`vma_needs_copy`): a
+//! shared file mapping — hugetlb included — gets no PTEs in the child, which
+//! faults them in (for hugetlb: `hugetlb_fault` → `huge_pmd_share` makes the
+//! child a sharer of the parent's PMD table on its first fault in each PUD
+//! region, not at fork).
 
 use crate::hw::pte::Level;
 use crate::kernel::Kernel;
@@ -34,9 +38,13 @@ pub fn dup_mmap(k: &Kernel, oldmm: &Arc<MmStruct>) -> Result<Arc<MmStruct>, MmEr
                     flags: vma.flags,
                 });
             }
+            // copy_page_range: nothing to do unless vma_needs_copy.
+            if !vma_needs_copy(vma) {
+                continue;
+            }
             if vma.is_hugetlb() {
                 super::hugetlb::copy_hugetlb_page_range(k, &mm, oldmm, vma)?;
-            } else if !vma.is_shared() {
+            } else {
                 copy_page_range(k, &mm, oldmm, vma)?;
             }
         }
@@ -48,6 +56,20 @@ pub fn dup_mmap(k: &Kernel, oldmm: &Arc<MmStruct>) -> Result<Arc<MmStruct>, MmEr
     crate::notifier::mmu_notifier_invalidate_range_end(k, oldmm, 0, crate::tlb::FLUSH_ALL);
     drop(old_vmas);
     Ok(mm)
+}
+
+/// `vma_needs_copy(dst_vma, src_vma)` (mm/memory.c, v6.12): copy the page
+/// tables at fork only when a fault could not rebuild them — VM_PFNMAP
+/// (VM_MIXEDMAP and uffd-wp are not modelled) or an anon_vma.  The model
+/// keeps no anon_vma: a private VMA is taken to have one (it does once
+/// anything was faulted into it; a private file mapping that was only read
+/// has none and the kernel would not copy it), a shared one never has one
+/// (shared file and hugetlb mappings: the child faults them in).
+fn vma_needs_copy(vma: &Vma) -> bool {
+    if vma.flags & crate::mm::vm::VM_PFNMAP != 0 {
+        return true;
+    }
+    !vma.is_shared()
 }
 
 /// `copy_page_range` for one private VMA.

@@ -20,8 +20,10 @@
 //!
 //! # Locking (as the kernel's, minus the hugetlb VMA lock)
 //!
-//! - `mmap_lock` of the mm (read for faults, write for munmap / mprotect /
-//!   fork / exit) → `i_mmap_rwsem` of the file (`AddressSpace::i_mmap`) →
+//! - `mmap_lock` of the mm (read for faults; write for mprotect / fork /
+//!   exit; munmap takes it for write to split and detach, then downgrades
+//!   to read for the zap and `free_pgtables`) → `i_mmap_rwsem` of the file
+//!   (`AddressSpace::i_mmap`) →
 //!   `page_table_lock` / the PMD table's split PTL.
 //! - Sharing (`huge_pmd_share`) runs under `i_mmap_lock_read`; unsharing
 //!   (`huge_pmd_unshare`) under `i_mmap_lock_write` and the PMD table's PTL,
@@ -57,13 +59,15 @@
 //!
 //! # Fork
 //!
-//! `dup_mmap` calls `copy_hugetlb_page_range` for hugetlb VMAs, which shares
-//! every PUD-aligned region with the parent through `huge_pte_alloc` →
-//! `huge_pmd_share`, so the child is a sharer from the start.  (Since
-//! bcd51a3c679d, v6.0, `vma_needs_copy` skips the copy for shared hugetlb
-//! VMAs without an anon_vma and the child shares the same table on its first
-//! fault in the region instead; the end state per touched region is the
-//! same, the eager form makes "a child shares all N tables" one call.)
+//! `dup_mmap` → `copy_page_range` copies nothing of a hugetlb VMA: it is
+//! shared and has no anon_vma, so `vma_needs_copy` is false (bcd51a3c679d,
+//! v6.0).  The child becomes a sharer of the parent's PMD table on its
+//! first fault in each PUD region (`hugetlb_fault` → `huge_pte_alloc` →
+//! `huge_pmd_share`); a region it never touches stays unshared, and its
+//! exit has nothing to unshare there.  `copy_hugetlb_page_range` (sharing
+//! through `huge_pte_alloc`, copying leaves it cannot share) is reached
+//! only for a hugetlb VMA that needs copying, which `mmap_hugetlb`
+//! (MAP_SHARED only) never makes.
 
 use super::fault::FaultError;
 use super::mmap::{check_range, insert_vma, MmError};
@@ -563,7 +567,7 @@ pub(crate) fn unmap_hugepage_range(tlb: &mut MmuGather<'_>, vma: &Vma, start: u6
 
 // ---- fork -------------------------------------------------------------------
 
-/// `copy_hugetlb_page_range` for a shared hugetlb VMA at fork: every
+/// `copy_hugetlb_page_range` for a hugetlb VMA that `vma_needs_copy`: every
 /// PUD region the parent has a table for is shared with the child through
 /// `huge_pte_alloc`; regions that cannot be shared (VMA not covering the
 /// whole PUD region) get their leaves copied, each taking a folio reference
@@ -606,8 +610,18 @@ pub(crate) fn copy_hugetlb_page_range(k: &Kernel, dst: &MmStruct, src: &MmStruct
 /// the old protection).  i_mmap_rwsem is taken for write around the walk and
 /// the flush.  Returns the number of huge pages (and unshared tables)
 /// touched.
-pub(crate) fn hugetlb_change_protection(tlb: &mut MmuGather<'_>, vma: &Vma) -> u64 {
-    let (k, mm) = (tlb.kernel(), tlb.mm());
+///
+/// With 8ce720d5bd91 it runs **its own gather**, `tlb_gather_mmu_vma`
+/// (VMA flags and the huge page size set up front; no `tlb_start_vma`),
+/// records each rewritten leaf (`tlb_remove_huge_tlb_entry`) and each
+/// unshare, flushes (`tlb_flush_mmu_tlbonly`, `huge_pmd_unshare_flush`)
+/// under i_mmap_rwsem and finishes after dropping it.  Called from
+/// mprotect, that gather is nested inside `do_mprotect_pkey`'s (the mm's
+/// `tlb_flush_pending` is 2), so its `tlb_finish_mmu` sees
+/// `mm_tlb_flush_nested` and forces a full flush with freed_tables.
+/// Before 8ce720d5bd91 there is no gather: `flush_hugetlb_tlb_range`
+/// before i_mmap_rwsem is dropped.
+pub(crate) fn hugetlb_change_protection(k: &Kernel, mm: &MmStruct, vma: &Vma) -> u64 {
     let sz = hsz(k);
     let last_addr_mask = hugetlb_mask_last_page(k);
     let mode = UnshareFlush::of(k);
@@ -615,6 +629,7 @@ pub(crate) fn hugetlb_change_protection(tlb: &mut MmuGather<'_>, vma: &Vma) -> u
     let (mut range_start, mut range_end) = (start, end);
     adjust_range_if_pmd_sharing_possible(k, vma, &mut range_start, &mut range_end);
     let mapping = vma.mapping().expect("hugetlb VMAs are file mappings").clone();
+    let mut tlb = (mode == UnshareFlush::Gather).then(|| MmuGather::tlb_gather_mmu_vma(k, mm, vma));
     let i_mmap = i_mmap_lock_write(k, &mapping);
     let user = vma.flags & vm::VM_READ != 0;
     let writable = user && vma.writable();
@@ -627,7 +642,11 @@ pub(crate) fn hugetlb_change_protection(tlb: &mut MmuGather<'_>, vma: &Vma) -> u
             continue;
         };
         let ptl = pgtable::ptl(k, pmd_table);
-        if huge_pmd_unshare(tlb, address, pmd_table, &i_mmap) {
+        let unshared = match tlb.as_mut() {
+            Some(tlb) => huge_pmd_unshare(tlb, address, pmd_table, &i_mmap),
+            None => huge_pmd_unshare_nogather(k, mm, address, pmd_table, &i_mmap),
+        };
+        if unshared {
             pages += 1;
             shared_pmd = true;
             drop(ptl);
@@ -648,8 +667,8 @@ pub(crate) fn hugetlb_change_protection(tlb: &mut MmuGather<'_>, vma: &Vma) -> u
             match slot.compare_exchange(cur.0, new.0, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => {
                     pages += 1;
-                    if mode == UnshareFlush::Gather {
-                        tlb.tlb_remove_pmd_tlb_entry(address);
+                    if let Some(tlb) = tlb.as_mut() {
+                        tlb.tlb_remove_pmd_tlb_entry(address); // tlb_remove_huge_tlb_entry
                     }
                     break;
                 }
@@ -659,16 +678,22 @@ pub(crate) fn hugetlb_change_protection(tlb: &mut MmuGather<'_>, vma: &Vma) -> u
         drop(ptl);
         address += sz;
     }
-    if mode == UnshareFlush::Gather {
-        tlb.tlb_flush_mmu_tlbonly();
-        huge_pmd_unshare_flush(tlb, &i_mmap);
-    } else {
-        // flush_hugetlb_tlb_range before releasing i_mmap_rwsem; the whole
-        // PUD-aligned range if a table was unshared.
-        let (s, e) = if shared_pmd { (range_start, range_end) } else { (start, end) };
-        crate::tlb::flush_tlb_range(k, mm, s, e, true, false);
+    match tlb.as_mut() {
+        Some(tlb) => {
+            tlb.tlb_flush_mmu_tlbonly();
+            huge_pmd_unshare_flush(tlb, &i_mmap);
+        }
+        None => {
+            // flush_hugetlb_tlb_range before releasing i_mmap_rwsem; the
+            // whole PUD-aligned range if a table was unshared.
+            let (s, e) = if shared_pmd { (range_start, range_end) } else { (start, end) };
+            crate::tlb::flush_tlb_range(k, mm, s, e, true, false);
+        }
     }
     drop(i_mmap);
+    if let Some(tlb) = tlb {
+        tlb.tlb_finish_mmu();
+    }
     pages
 }
 
@@ -689,7 +714,10 @@ pub(crate) fn hugetlb_unshare_pmds(k: &Kernel, mm: &MmStruct, vma: &Vma, start: 
     let mapping = vma.mapping().expect("hugetlb VMAs are file mappings").clone();
     match UnshareFlush::of(k) {
         UnshareFlush::Gather => {
-            let mut tlb = MmuGather::tlb_gather_mmu(k, mm);
+            // 8ce720d5bd91: its own gather, `tlb_gather_mmu_vma` (nested in
+            // `do_mprotect_pkey`'s when mprotect splits the VMA; not in
+            // munmap's, which splits before it gathers).
+            let mut tlb = MmuGather::tlb_gather_mmu_vma(k, mm, vma);
             let i_mmap = i_mmap_lock_write(k, &mapping);
             let mut address = start;
             while address < end {

@@ -1,9 +1,17 @@
 //! Address-space lifetime: mmap (fixed address), munmap, exit_mmap and the
 //! final mmdrop (mm/mmap.c, mm/vma.c, kernel/fork.c).
 //!
-//! munmap = detach the VMAs → `tlb_gather_mmu` → `unmap_vmas` →
-//! `free_pgtables(floor = prev end, ceiling = next start)` →
-//! `tlb_finish_mmu` (mmap_lock held for write throughout).
+//! munmap = (mmap_lock for write) detach the VMAs → `mmap_write_downgrade`
+//! → `tlb_gather_mmu` → `unmap_vmas` → `free_pgtables(floor = prev end,
+//! ceiling = next start)` → `tlb_finish_mmu` → `mmap_read_unlock`
+//! (`do_vmi_align_munmap` → `vms_complete_munmap_vmas` → `vms_clear_ptes`,
+//! mm/vma.c v6.12).  The zap and the table freeing run under mmap_lock for
+//! *read*: the VMAs are already out of the tree, so nothing can find them,
+//! but another reader of the mm — MADV_DONTNEED, a fault, GUP — runs beside
+//! them, and a MADV_DONTNEED's gather and ours are then both pending
+//! (`mm_tlb_flush_nested`: whichever finishes second-to-last forces a full
+//! flush with freed_tables).  Two munmaps never overlap so: the second one
+//! waits for the write lock until the first has dropped its read hold.
 //! exit_mmap = `tlb_gather_mmu_fullmm` → `unmap_vmas` over everything →
 //! `free_pgtables` → `tlb_finish_mmu`.  The PGD goes at `mmdrop`, after
 //! every CPU left the mm (lazy CPUs are shot down first, as with
@@ -15,7 +23,7 @@ use crate::gather::MmuGather;
 use crate::kernel::Kernel;
 use crate::mm::address_space::IMmapEntry;
 use crate::mm::{vm, AddressSpace, Backing, MmStruct, Vma};
-use crate::sync::Arc;
+use crate::sync::{Arc, RwLock};
 use crate::types::CpuMask;
 use std::fmt;
 
@@ -130,7 +138,9 @@ fn unlink_file_vmas(k: &Kernel, mm: &MmStruct, vmas: &[Vma]) {
     }
 }
 
-/// `munmap(addr, len)` (`do_vmi_align_munmap` → `vms_clear_ptes`).
+/// `munmap(addr, len)` (`__vm_munmap(.., unlock = true)` →
+/// `do_vmi_align_munmap` → `vms_complete_munmap_vmas`, which downgrades
+/// mmap_lock to read before `vms_clear_ptes`).
 pub fn munmap(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(), MmError> {
     let end = check_range(k, addr, len)?;
     let mut vmas = mm.mmap_lock.write();
@@ -145,6 +155,9 @@ pub fn munmap(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> Result<(),
     // unmap_start / unmap_end: the neighbours bound which tables may go.
     let floor = vmas.iter().filter(|v| v.end <= addr).map(|v| v.end).max().unwrap_or(0);
     let ceiling = vmas.iter().filter(|v| v.start >= end).map(|v| v.start).min().unwrap_or(0);
+    // vms_complete_munmap_vmas: `mmap_write_downgrade` — the detached VMAs
+    // are unreachable, so the page tables can go under the read lock.
+    let vmas = RwLock::downgrade(vmas);
     let mut tlb = MmuGather::tlb_gather_mmu(k, mm);
     unmap_vmas(&mut tlb, detached.iter(), addr, end);
     // free_pgtables unlinks file VMAs from i_mmap (unlink_file_vma) before

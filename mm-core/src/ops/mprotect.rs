@@ -1,12 +1,19 @@
 //! mprotect (mm/mprotect.c): `do_mprotect_pkey` → `mprotect_fixup` →
-//! `change_protection` → `change_pte_range`, with one gather for the call.
+//! `change_protection` → `change_protection_range` → `change_pte_range`,
+//! with one gather for the call (hugetlb VMAs: `hugetlb_change_protection`
+//! and the split's `hugetlb_unshare_pmds`, each with its own gather nested
+//! inside it).
 //!
-//! Contract: a PTE that loses a permission is recorded in the gather
-//! (`tlb_flush_pte_range`) and flushed before mprotect returns; adding a
-//! permission needs no flush (a stale, weaker entry just faults and the MMU
-//! re-walks).  The arch decides (`pte_needs_flush`, `arch/`); every profile
-//! follows that rule today.  PROT_NONE is modelled by clearing the user bit while keeping
-//! the page mapped (x86 uses _PAGE_PROTNONE the same way).
+//! Contract: every PTE `change_pte_range` rewrites is recorded in the
+//! gather (`tlb_flush_pte_range`) and flushed before mprotect returns when
+//! the arch's `pte_needs_flush(oldpte, newpte)` says so (mm/mprotect.c,
+//! v6.12).  That is *not* "only when a permission is taken away": x86's
+//! `pte_flags_need_flush` flushes any change of `_PAGE_RW` or `_PAGE_USER`,
+//! upgrades included (RO → RW flushes too; an unchanged protection does
+//! not), and the asm-generic default that arm64 and the no-range profile
+//! use flushes every rewritten PTE, changed or not.  PROT_NONE is modelled
+//! by clearing the user bit while keeping the page mapped (x86 uses
+//! _PAGE_PROTNONE the same way).
 
 use super::mmap::{check_range, MmError};
 use crate::gather::MmuGather;
@@ -35,7 +42,14 @@ pub fn mprotect(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64, read: bool,
     if write && vmas.overlapping(addr, end).any(|v| v.flags & vm::VM_MAYWRITE == 0) {
         return Err(MmError::Inval("PROT_WRITE on a mapping without VM_MAYWRITE".into()));
     }
-    super::hugetlb::hugetlb_split_range(k, mm, &vmas, addr, end)?;
+    // do_mprotect_pkey gathers before the VMA loop: the splits of
+    // mprotect_fixup (hugetlb_split → hugetlb_unshare_pmds) and
+    // hugetlb_change_protection run their own gathers nested inside this one.
+    let mut tlb = MmuGather::tlb_gather_mmu(k, mm);
+    if let Err(e) = super::hugetlb::hugetlb_split_range(k, mm, &vmas, addr, end) {
+        tlb.tlb_finish_mmu();
+        return Err(e);
+    }
     let pieces = vmas.change_flags(addr, end, k.cfg.geometry.page_shift, |f| {
         let mut f = f & !(vm::VM_READ | vm::VM_WRITE);
         if read || write {
@@ -47,22 +61,28 @@ pub fn mprotect(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64, read: bool,
         f
     });
     super::hugetlb::hugetlb_update_i_mmap_flags(k, mm, &pieces);
-    let mut tlb = MmuGather::tlb_gather_mmu(k, mm);
     for vma in &pieces {
-        tlb.tlb_start_vma(vma);
-        if vma.is_hugetlb() {
-            super::hugetlb::hugetlb_change_protection(&mut tlb, vma);
-        } else {
-            change_protection(k, &mut tlb, mm, vma);
-        }
-        tlb.tlb_end_vma(vma);
+        change_protection(k, &mut tlb, mm, vma);
     }
     tlb.tlb_finish_mmu();
     Ok(())
 }
 
-/// `change_protection` over one VMA.
+/// `change_protection` over one VMA: a hugetlb VMA goes to
+/// `hugetlb_change_protection` (which gathers by itself, not into `tlb`),
+/// any other to `change_protection_range`.
 fn change_protection(k: &Kernel, tlb: &mut MmuGather<'_>, mm: &MmStruct, vma: &Vma) {
+    if vma.is_hugetlb() {
+        super::hugetlb::hugetlb_change_protection(k, mm, vma);
+    } else {
+        change_protection_range(k, tlb, mm, vma);
+    }
+}
+
+/// `change_protection_range`: the page-table walk between `tlb_start_vma`
+/// and `tlb_end_vma`.
+fn change_protection_range(k: &Kernel, tlb: &mut MmuGather<'_>, mm: &MmStruct, vma: &Vma) {
+    tlb.tlb_start_vma(vma);
     let mut a = vma.start;
     while a < vma.end {
         let next = pgtable::addr_end(k, Level::Pmd, a, vma.end);
@@ -71,6 +91,7 @@ fn change_protection(k: &Kernel, tlb: &mut MmuGather<'_>, mm: &MmStruct, vma: &V
         }
         a = next;
     }
+    tlb.tlb_end_vma(vma);
 }
 
 /// `can_change_pte_writable`: an exclusive anon page, or a dirty shared page.

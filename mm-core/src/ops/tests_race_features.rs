@@ -541,3 +541,139 @@ fn stats_snapshot_names_the_story_counters() {
     crate::tlb::switch_to_init_mm(&k, CpuId(1));
     assert_no_leaks(&k);
 }
+
+// ---- munmap zaps under mmap_lock read (vms_complete_munmap_vmas, v6.12) ----------
+
+/// Counter deltas: (counter, how much it moved).
+type Deltas = Vec<(Stat, u64)>;
+
+/// CPU0 munmaps region A of mm (two threads: CPU0 and CPU1); inside its
+/// zap of A (the `zap_pte_range_locked` hook, A's PTL held) CPU1 runs a
+/// whole MADV_DONTNEED of region B of the same mm — possible only because
+/// munmap downgraded mmap_lock to read before zapping.  The madvise's
+/// gather finds the munmap's gather pending (`mm_tlb_flush_nested`) and
+/// forces a full flush with freed_tables.  Returns the kernel, the counter
+/// deltas of the madvise alone and of the whole munmap (madvise included).
+fn munmap_beside_madvise(arch: Arch) -> (Arc<Kernel>, Deltas, Deltas) {
+    const A: u64 = BASE;
+    const B: u64 = BASE + (8 << 20); // another PTE table (and PTL)
+    const WATCH: [Stat; 8] = [
+        Stat::NestedFlushForced,
+        Stat::TlbFlushFull,
+        Stat::TlbFlushRanged,
+        Stat::TlbIpiSent,
+        Stat::IrqTlbCount,
+        Stat::Arm64TlbiAside1is,
+        Stat::Arm64BroadcastTlbi,
+        Stat::TablesQueued,
+    ];
+    let k = kernel_with(2, arch, |_| {});
+    let mm = k.mm_alloc();
+    run_on(&k, 1, &mm);
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, A, 4 * PS, true).unwrap();
+    mmap_anon(&k, &mm, B, 4 * PS, true).unwrap();
+    for i in 0..4 {
+        k.write_user(&mm, A + i * PS, 10 + i).unwrap();
+        k.write_user(&mm, B + i * PS, 20 + i).unwrap();
+    }
+    k.set_cpu(CpuId(1));
+    assert_eq!(k.read_user(&mm, B).unwrap(), 20);
+    k.set_cpu(CpuId(0));
+    let snap = |k: &Kernel| WATCH.map(|s| k.stats.get(s));
+    let inner: Arc<Mutex<Option<[u64; 8]>>> = Arc::new(Mutex::new(None));
+    {
+        let (mm, inner) = (mm.clone(), inner.clone());
+        let hook = move |k: &Kernel| {
+            if k.this_cpu() != CpuId(0) || inner.lock().is_some() {
+                return;
+            }
+            *inner.lock() = Some([0; 8]);
+            // vms_complete_munmap_vmas downgraded: a reader gets in.
+            assert!(mm.mmap_lock.try_read().is_some(), "munmap zaps with mmap_lock held for write");
+            assert!(mm.mm_tlb_flush_pending(), "the munmap's gather is pending");
+            let before = snap(k);
+            k.set_cpu(CpuId(1));
+            madvise_dontneed(k, &mm, B, 4 * PS).unwrap();
+            k.set_cpu(CpuId(0));
+            let after = snap(k);
+            *inner.lock() = Some([0, 1, 2, 3, 4, 5, 6, 7].map(|i| after[i] - before[i]));
+        };
+        assert!(k.inject.hooks.zap_pte_range_locked.set(Box::new(hook)).is_ok());
+    }
+    let before = snap(&k);
+    munmap(&k, &mm, A, 4 * PS).unwrap();
+    let after = snap(&k);
+    let inner = inner.lock().expect("the hook ran");
+    let outer: Vec<_> = WATCH.iter().enumerate().map(|(i, s)| (*s, after[i] - before[i])).collect();
+    let inner: Vec<_> = WATCH.iter().enumerate().map(|(i, s)| (*s, inner[i])).collect();
+    // The madvise's full flush reached CPU1's stale entries of B too.
+    k.set_cpu(CpuId(1));
+    assert_eq!(k.read_user(&mm, B).unwrap(), 0, "B was thrown away");
+    assert_eq!(k.san.count(), 0, "{arch:?}: {:?}", k.san.violations());
+    k.set_cpu(CpuId(0));
+    exit_mm(&k, &mm);
+    k.set_cpu(CpuId(1));
+    crate::tlb::switch_to_init_mm(&k, CpuId(1));
+    assert_no_leaks(&k);
+    (k, inner, outer)
+}
+
+#[test]
+fn munmap_zaps_under_the_read_lock_and_a_concurrent_madvise_nests() {
+    let nz = |v: &[(Stat, u64)]| v.iter().filter(|(_, n)| *n != 0).map(|(s, n)| (s.name(), *n)).collect::<Vec<_>>();
+    // x86: the madvise (CPU1) flushes B's range at tlb_end_vma (one IPI to
+    // CPU0, which runs the mm), then finishes while the munmap's gather is
+    // pending: a forced full flush with freed_tables (a second IPI).
+    let (_, inner, outer) = munmap_beside_madvise(Arch::X86);
+    assert_eq!(
+        nz(&inner),
+        [
+            ("nested_flush_forced", 1),
+            ("tlb_flush_full", 1),
+            ("tlb_flush_ranged", 1),
+            ("tlb_ipi_sent", 2),
+            ("irq_tlb_count", 2)
+        ],
+        "x86 madvise"
+    );
+    assert_eq!(
+        nz(&outer),
+        [
+            ("nested_flush_forced", 1),
+            ("tlb_flush_full", 1),
+            ("tlb_flush_ranged", 3),
+            ("tlb_ipi_sent", 4),
+            ("irq_tlb_count", 4),
+            ("tables_queued", 1)
+        ],
+        "x86 munmap + madvise: the munmap itself flushed A at tlb_end_vma and, its PTE table freed, \
+         at tlb_finish_mmu (ranged, freed_tables; not forced: the madvise had finished), one IPI to CPU1 each"
+    );
+    // arm64: the range flush at tlb_end_vma, then the forced fullmm flush
+    // with freed_tables is flush_tlb_mm (one ASIDE1IS); no IPIs.
+    let (_, inner, outer) = munmap_beside_madvise(Arch::Arm64);
+    assert_eq!(
+        nz(&inner),
+        [
+            ("nested_flush_forced", 1),
+            ("tlb_flush_full", 1),
+            ("tlb_flush_ranged", 1),
+            ("arm64_tlbi_aside1is", 1),
+            ("arm64_tlbi_broadcast", 2)
+        ],
+        "arm64 madvise"
+    );
+    assert_eq!(
+        nz(&outer),
+        [
+            ("nested_flush_forced", 1),
+            ("tlb_flush_full", 1),
+            ("tlb_flush_ranged", 3),
+            ("arm64_tlbi_aside1is", 1),
+            ("arm64_tlbi_broadcast", 4),
+            ("tables_queued", 1)
+        ],
+        "arm64 munmap + madvise"
+    );
+}

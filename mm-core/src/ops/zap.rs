@@ -227,21 +227,67 @@ fn zap_present_ptes(
 /// `free_pgtables(tlb, vmas, floor, ceiling)`: free the page tables under
 /// the (already zapped, detached) `vmas`, sorted by address.  `floor` is the
 /// end of the previous remaining VMA (or 0), `ceiling` the start of the next
-/// (or 0 = top of the address space).
+/// (or 0 = top of the address space).  The calls down are
+/// `free_pgtables_calls`'s: a hugetlb VMA always goes alone, through
+/// `hugetlb_free_pgd_range`; runs of nearby other VMAs are grouped.
 pub fn free_pgtables(tlb: &mut MmuGather<'_>, vmas: &[Vma], floor: u64, ceiling: u64) {
     let pmd_size = pgtable::level_size(tlb.kernel(), Level::Pmd);
+    for c in free_pgtables_calls(vmas, floor, ceiling, pmd_size) {
+        if c.hugetlb {
+            hugetlb_free_pgd_range(tlb, c.addr, c.end, c.floor, c.ceiling);
+        } else {
+            free_pgd_range(tlb, c.addr, c.end, c.floor, c.ceiling);
+        }
+    }
+}
+
+/// One call down from `free_pgtables`: `free_pgd_range` (or, for a hugetlb
+/// VMA, `hugetlb_free_pgd_range`) of [addr, end) bounded by [floor, ceiling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FreePgdRangeCall {
+    /// The VMA is hugetlb: `hugetlb_free_pgd_range`.
+    pub hugetlb: bool,
+    /// Start of the first VMA of the group.
+    pub addr: u64,
+    /// End of the last VMA of the group.
+    pub end: u64,
+    /// `free_pgtables`' floor (the same for every call, as in the kernel).
+    pub floor: u64,
+    /// Start of the next VMA, or `free_pgtables`' ceiling after the last.
+    pub ceiling: u64,
+}
+
+/// The loop of `free_pgtables` (mm/memory.c, v6.12): for each VMA, a
+/// hugetlb one is freed alone (`hugetlb_free_pgd_range` up to the next
+/// VMA's start); any other starts a group that takes in the following VMAs
+/// while each starts within PMD_SIZE of the previous one's end **and is not
+/// hugetlb** ("Optimization: gather nearby vmas into one call down"), then
+/// one `free_pgd_range` up to the next VMA's start.
+pub fn free_pgtables_calls(vmas: &[Vma], floor: u64, ceiling: u64, pmd_size: u64) -> Vec<FreePgdRangeCall> {
+    let mut calls = Vec::new();
     let mut i = 0;
     while i < vmas.len() {
-        let start = vmas[i].start;
+        let hugetlb = vmas[i].is_hugetlb();
         let mut last = i;
-        // Optimisation: gather nearby VMAs into one call down.
-        while last + 1 < vmas.len() && vmas[last + 1].start <= vmas[last].end + pmd_size {
-            last += 1;
+        if !hugetlb {
+            while last + 1 < vmas.len()
+                && vmas[last + 1].start <= vmas[last].end + pmd_size
+                && !vmas[last + 1].is_hugetlb()
+            {
+                last += 1;
+            }
         }
         let next_start = vmas.get(last + 1).map_or(ceiling, |v| v.start);
-        free_pgd_range(tlb, start, vmas[last].end, floor, next_start);
+        calls.push(FreePgdRangeCall { hugetlb, addr: vmas[i].start, end: vmas[last].end, floor, ceiling: next_start });
         i = last + 1;
     }
+    calls
+}
+
+/// `hugetlb_free_pgd_range`: the asm-generic one (include/asm-generic/hugetlb.h;
+/// x86 and arm64 do not override it) is `free_pgd_range`.
+pub fn hugetlb_free_pgd_range(tlb: &mut MmuGather<'_>, addr: u64, end: u64, floor: u64, ceiling: u64) {
+    free_pgd_range(tlb, addr, end, floor, ceiling);
 }
 
 /// `free_pgd_range`

@@ -24,6 +24,7 @@
 use std::collections::BTreeMap;
 
 use mm_core::ops::dup_mmap;
+use mm_core::ops::fault::handle_mm_fault;
 use mm_core::ops::hugetlb::{huge_pte_offset, ptdesc_pmd_pts_count};
 use mm_core::ops::mmap_hugetlb;
 use mm_core::stats::Stat;
@@ -137,8 +138,20 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome<ForkExit>, RunError> {
             })??;
             let mut kids = Vec::with_capacity(shape.children as usize);
             for _ in 0..shape.children {
-                let c = h.sys.run_user(CpuId(0), &parent, |k, mm| dup_mmap(k, mm))?;
-                let c = c.map_err(RunError::model)?;
+                // fork copies nothing of the hugetlb VMA (vma_needs_copy): each
+                // child's first fault in a PUD region makes it a sharer of the
+                // parent's table there (huge_pmd_share).  Every child takes
+                // that fault in every region before any child exits, so all of
+                // them share all the tables (the fault path only: no TLB or
+                // mm_cpumask of the child's is touched).
+                let c = h.sys.run_user(CpuId(0), &parent, move |k, mm| -> Result<_, RunError> {
+                    let c = dup_mmap(k, mm).map_err(RunError::model)?;
+                    for i in 0..len / pud {
+                        handle_mm_fault(k, &c, hbase + i * pud, false)
+                            .map_err(|e| RunError::Model(format!("{e:?}")))?;
+                    }
+                    Ok(c)
+                })??;
                 h.adopt(&c);
                 kids.push(c);
             }

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use emu_cpu::MachineError;
 use mm_core::inject::GupFastPoint;
+use mm_core::ops::fault::handle_mm_fault;
 use mm_core::ops::gup::{gup_fast, put_user_pages, Foll};
 use mm_core::ops::{dup_mmap, mmap_anon, mmap_hugetlb, munmap};
 use mm_core::page::flags;
@@ -151,13 +152,16 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, RunError> {
             let stall = Duration::from_nanos(20_000 + next_rand(&mut rng) % MAX_STALL.as_nanos() as u64);
             let file = h.file(pud / g.page_size());
             // Setup: P1 maps one PUD region of the file and faults its first
-            // huge page; P2 is P1's fork, sharing P1's PMD table S.
+            // huge page; P2 is P1's fork, and its first fault there makes it a
+            // sharer of P1's PMD table S (fork copies nothing: vma_needs_copy).
             let p1 = h.mm()?;
             let f1 = file.clone();
             let p2 = h.sys.run_user(c_cpu, &p1, move |k, p1| {
                 mmap_hugetlb(k, p1, hbase, pud, true, &f1, 0).map_err(RunError::model)?;
                 k.write_user(p1, hbase + 8, 0xf11e).map_err(|e| RunError::Model(format!("{e:?}")))?;
-                dup_mmap(k, p1).map_err(RunError::model)
+                let p2 = dup_mmap(k, p1).map_err(RunError::model)?;
+                handle_mm_fault(k, &p2, hbase + 8, false).map_err(|e| RunError::Model(format!("{e:?}")))?;
+                Ok::<_, RunError>(p2)
             })??;
             h.adopt(&p2);
             round.reset(stall, hbase);

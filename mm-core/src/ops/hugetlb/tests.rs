@@ -157,8 +157,36 @@ fn no_sharing_without_a_whole_pud_region_or_with_other_flags() {
     teardown(&k, &[&a, &b, &c, &d], &[&f]);
 }
 
+/// `dup_mmap`, then the child's first fault in every PUD region where the
+/// parent maps something (at the parent's first mapped huge page there):
+/// `vma_needs_copy` is false for a shared hugetlb VMA, so this is where the
+/// child becomes a sharer, not at fork.
+fn fork_and_fault(k: &Kernel, parent: &Arc<MmStruct>) -> Arc<MmStruct> {
+    let child = dup_mmap(k, parent).unwrap();
+    let vmas: Vec<Vma> = child.mmap_lock.read().iter().filter(|v| v.is_hugetlb()).cloned().collect();
+    let (pud, hs) = (k.cfg.geometry.pud_size(), k.cfg.geometry.pmd_size());
+    for vma in &vmas {
+        let mut region = vma.start & !(pud - 1);
+        while region < vma.end {
+            let (lo, hi) = (region.max(vma.start), (region + pud).min(vma.end));
+            if let Some(t) = huge_pte_offset(k, parent, lo) {
+                let mut a = lo;
+                while a < hi && !pgtable::read(k, t, Level::Pmd, a).present() {
+                    a += hs;
+                }
+                if a < hi {
+                    let _mmap_read = child.mmap_lock.read();
+                    hugetlb_fault(k, &child, vma, a, false).unwrap();
+                }
+            }
+            region += pud;
+        }
+    }
+    child
+}
+
 #[test]
-fn fork_shares_every_pmd_table_with_the_child() {
+fn fork_copies_nothing_and_the_child_shares_on_its_first_fault() {
     let k = kernel(2);
     let f = hfile(&k, 3);
     let parent = k.mm_alloc();
@@ -166,23 +194,33 @@ fn fork_shares_every_pmd_table_with_the_child() {
     map_and_touch(&k, &parent, &f, 3, 10);
     let tables = k.alloc.in_use().page_table;
     let child = dup_mmap(&k, &parent).unwrap();
+    // vma_needs_copy: shared, no anon_vma — nothing copied, nothing shared.
     for i in 0..3 {
         let t = pmd_table(&k, &parent, HBASE + i * GIB).unwrap();
-        assert_eq!(pmd_table(&k, &child, HBASE + i * GIB), Some(t));
-        assert_eq!(ptdesc_pmd_pts_count(&k, t), 1);
+        assert_eq!(pmd_table(&k, &child, HBASE + i * GIB), None);
+        assert_eq!(ptdesc_pmd_pts_count(&k, t), 0);
     }
-    // The child got a PGD and a PUD table, no PMD tables.
-    assert_eq!(k.alloc.in_use().page_table, tables + 2);
+    assert_eq!(k.alloc.in_use().page_table, tables + 1, "the child got its PGD only");
     run_on(&k, 1, &child);
     let faults = k.stats.get(Stat::PageFaults);
     for i in 0..3 {
         assert_eq!(k.read_user(&child, HBASE + i * GIB + 8).unwrap(), 10 + i);
     }
-    assert_eq!(k.stats.get(Stat::PageFaults), faults, "the child walks the parent's tables");
-    // A second child: three sharers.
+    assert_eq!(k.stats.get(Stat::PageFaults), faults + 3, "one fault per PUD region");
+    for i in 0..3 {
+        let t = pmd_table(&k, &parent, HBASE + i * GIB).unwrap();
+        assert_eq!(pmd_table(&k, &child, HBASE + i * GIB), Some(t), "huge_pmd_share on the first fault");
+        assert_eq!(ptdesc_pmd_pts_count(&k, t), 1);
+    }
+    // ... then a PUD table, no PMD tables.
+    assert_eq!(k.alloc.in_use().page_table, tables + 2);
+    // A second child that touches one region: a third sharer of that table only.
     run_on(&k, 0, &parent);
     let child2 = dup_mmap(&k, &parent).unwrap();
-    assert_eq!(ptdesc_pmd_pts_count(&k, pmd_table(&k, &parent, HBASE).unwrap()), 2);
+    run_on(&k, 1, &child2);
+    assert_eq!(k.read_user(&child2, HBASE + GIB + 8).unwrap(), 11);
+    assert_eq!(ptdesc_pmd_pts_count(&k, pmd_table(&k, &parent, HBASE).unwrap()), 1);
+    assert_eq!(ptdesc_pmd_pts_count(&k, pmd_table(&k, &parent, HBASE + GIB).unwrap()), 2);
     teardown(&k, &[&child, &child2, &parent], &[&f]);
 }
 
@@ -193,7 +231,7 @@ fn munmap_unshares_and_the_last_owner_frees_the_table() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 1, 5);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     let t = pmd_table(&k, &a, HBASE).unwrap();
     run_on(&k, 1, &b);
     assert_eq!(k.read_user(&b, HBASE + 8).unwrap(), 5);
@@ -226,7 +264,7 @@ fn mprotect_unshares_and_other_sharers_keep_their_protection() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 1, 1);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     let t = pmd_table(&k, &a, HBASE).unwrap();
     run_on(&k, 1, &b);
     k.write_user(&b, HBASE + 8, 2).unwrap(); // b caches a writable 2 MiB entry
@@ -259,8 +297,8 @@ fn exit_unshares_and_the_last_exit_frees_everything() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 2, 0);
-    let b = dup_mmap(&k, &a).unwrap();
-    let c = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
+    let c = fork_and_fault(&k, &a);
     let t0 = pmd_table(&k, &a, HBASE).unwrap();
     assert_eq!(ptdesc_pmd_pts_count(&k, t0), 2);
     // The original owner exits first: the children keep the tables.
@@ -286,7 +324,7 @@ fn split_at_a_non_pud_boundary_unshares_the_region() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 1, 9);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     let t = pmd_table(&k, &a, HBASE).unwrap();
     run_on(&k, 1, &b);
     // Unmap one 2 MiB page in the middle of b's VMA: hugetlb_split unshares.
@@ -329,7 +367,7 @@ fn unshare_n_tables(fixes: Fixes, sharers: usize) -> Measured {
     mmap_anon(&k, &owner, NEIGHBOUR, 4096, true).unwrap();
     let mut mms = vec![owner.clone()];
     for _ in 1..sharers {
-        mms.push(dup_mmap(&k, &owner).unwrap());
+        mms.push(fork_and_fault(&k, &owner));
     }
     for (i, mm) in mms.iter().enumerate().take(sharers - 1).skip(1) {
         run_on(&k, 1 + i as u32, mm);
@@ -394,8 +432,8 @@ fn three_sharers_only_the_final_unshare_broadcasts() {
     let p1 = k.mm_alloc();
     run_on(&k, 0, &p1);
     map_and_touch(&k, &p1, &f, 2, 0);
-    let p2 = dup_mmap(&k, &p1).unwrap();
-    let p3 = dup_mmap(&k, &p1).unwrap();
+    let p2 = fork_and_fault(&k, &p1);
+    let p3 = fork_and_fault(&k, &p1);
     let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
     run_on(&k, 2, &p3);
     exit_mm(&k, &p3);
@@ -415,7 +453,7 @@ fn mprotect_and_split_unshare_through_one_gather() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, N, 0);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     run_on(&k, 1, &b);
     let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
     mprotect(&k, &b, HBASE, N * GIB, true, false).unwrap();
@@ -427,7 +465,7 @@ fn mprotect_and_split_unshare_through_one_gather() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, N, 0);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     run_on(&k, 1, &b);
     let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
     mprotect(&k, &b, HBASE, N * GIB, true, false).unwrap();
@@ -448,7 +486,7 @@ fn arm64_profile_unshares_with_a_broadcast_flush() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 2, 3);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     run_on(&k, 1, &b);
     assert_eq!(k.read_user(&b, HBASE + GIB + 8).unwrap(), 4);
     let tlbi = k.stats.get(Stat::Arm64BroadcastTlbi);
@@ -472,7 +510,7 @@ fn gather_ends_with_fully_unshared_tables_clear() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 1, 0);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     let t = pmd_table(&k, &b, HBASE).unwrap();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &b);
     let i_mmap = f.i_mmap.write();
@@ -513,7 +551,7 @@ fn gup_fast_through_a_shared_table_sees_every_sharers_mappings() {
     let a = k.mm_alloc();
     run_on(&k, 0, &a);
     map_and_touch(&k, &a, &f, 1, 0);
-    let b = dup_mmap(&k, &a).unwrap();
+    let b = fork_and_fault(&k, &a);
     run_on(&k, 1, &b);
     k.write_user(&b, HBASE + 7 * MIB2, 70).unwrap(); // installed by b, seen by a
     run_on(&k, 0, &a);
@@ -546,7 +584,7 @@ fn unshare_race(k: &Arc<Kernel>) -> (Vec<Pfn>, Arc<MmStruct>, Arc<MmStruct>, Arc
     let p1 = k.mm_alloc();
     run_on(k, 2, &p1);
     map_and_touch(k, &p1, &f, 1, 0x11);
-    let p2 = dup_mmap(k, &p1).unwrap();
+    let p2 = fork_and_fault(k, &p1);
     run_on(k, 0, &p2);
     assert_eq!(k.read_user(&p2, HBASE + 8).unwrap(), 0x11);
     let fired = Arc::new(AtomicBool::new(false));
@@ -623,8 +661,8 @@ fn three_sharers_the_final_unshare_drains_a_walker_that_entered_through_an_earli
     let p1 = k.mm_alloc();
     run_on(&k, 3, &p1);
     map_and_touch(&k, &p1, &f, 1, 0x11);
-    let p2 = dup_mmap(&k, &p1).unwrap();
-    let p3 = dup_mmap(&k, &p1).unwrap();
+    let p2 = fork_and_fault(&k, &p1);
+    let p3 = fork_and_fault(&k, &p1);
     run_on(&k, 1, &p2);
     run_on(&k, 0, &p3);
     let syncs_after_p3 = Arc::new(AtomicU64::new(u64::MAX));
@@ -666,7 +704,7 @@ fn small_geometry_shares_unshares_and_reuses_a_pmd_table() {
     k.write_user(&p1, base + 8, 0x11).unwrap();
     k.write_user(&p1, base + 3 * hs + 8, 0x13).unwrap();
     assert_eq!(k.alloc.in_use().hugetlb, 2 * g.hpage_pmd_nr() as i64);
-    let p2 = dup_mmap(&k, &p1).unwrap();
+    let p2 = fork_and_fault(&k, &p1);
     let s = pmd_table(&k, &p1, base).unwrap();
     assert_eq!(pmd_table(&k, &p2, base), Some(s));
     assert_eq!(ptdesc_pmd_pts_count(&k, s), 1);
@@ -706,8 +744,8 @@ fn sync_after_unlock_knob_still_sends_one_sync_per_last_sharer_gather() {
     let p1 = k.mm_alloc();
     run_on(&k, 0, &p1);
     map_and_touch(&k, &p1, &f, 2, 0);
-    let p2 = dup_mmap(&k, &p1).unwrap();
-    let p3 = dup_mmap(&k, &p1).unwrap();
+    let p2 = fork_and_fault(&k, &p1);
+    let p3 = fork_and_fault(&k, &p1);
     run_on(&k, 1, &p3);
     let s0 = k.stats.get(Stat::TlbRemoveTableSyncOne);
     munmap(&k, &p3, HBASE, 2 * GIB).unwrap();
@@ -719,4 +757,139 @@ fn sync_after_unlock_knob_still_sends_one_sync_per_last_sharer_gather() {
     assert_eq!(k.smp.call_interrupts(CpuId(0)) - ipis, 1);
     assert_eq!(ptdesc_pmd_pts_count(&k, pmd_table(&k, &p1, HBASE).unwrap()), 0);
     teardown(&k, &[&p1, &p2, &p3], &[&f]);
+}
+
+// ---- free_pgtables never groups hugetlb VMAs (mm/memory.c, v6.12) ------------
+
+#[test]
+fn free_pgtables_frees_each_hugetlb_vma_alone() {
+    use crate::mm::{vm, Backing};
+    use crate::ops::zap::{free_pgtables_calls, FreePgdRangeCall};
+    let vma = |start: u64, end: u64, flags: u64| Vma { start, end, flags, backing: Backing::Anon };
+    // anon | hugetlb | anon | anon, each starting within PMD_SIZE of the
+    // previous end: without the hugetlb check the loop makes one call.
+    let a = vma(HBASE - 2 * 4096, HBASE - 4096, vm::VM_READ);
+    let h = vma(HBASE, HBASE + MIB2, vm::VM_READ | vm::VM_SHARED | vm::VM_HUGETLB);
+    let b = vma(HBASE + MIB2 + 4096, HBASE + MIB2 + 2 * 4096, vm::VM_READ);
+    let c = vma(HBASE + 2 * MIB2, HBASE + 2 * MIB2 + 4096, vm::VM_READ);
+    let (floor, ceiling) = (HBASE - GIB, HBASE + GIB);
+    let call = |hugetlb, addr, end, ceiling| FreePgdRangeCall { hugetlb, addr, end, floor, ceiling };
+    assert_eq!(
+        free_pgtables_calls(&[a.clone(), h.clone(), b.clone(), c.clone()], floor, ceiling, MIB2),
+        vec![
+            call(false, a.start, a.end, h.start),
+            call(true, h.start, h.end, b.start),
+            call(false, b.start, c.end, ceiling)
+        ],
+        "the hugetlb VMA is neither grouped after `a` nor heads a group with `b`"
+    );
+    // Two hugetlb VMAs side by side: one call each.
+    let h2 = vma(HBASE + MIB2, HBASE + 2 * MIB2, h.flags);
+    let h1 = vma(HBASE, HBASE + MIB2, h.flags);
+    assert_eq!(
+        free_pgtables_calls(&[h1.clone(), h2.clone()], floor, 0, MIB2),
+        vec![
+            call(true, h1.start, h1.end, h2.start),
+            FreePgdRangeCall { ceiling: 0, ..call(true, h2.start, h2.end, 0) }
+        ]
+    );
+    // End to end: one munmap of an anon VMA right below a hugetlb VMA frees
+    // both VMAs' tables (the split calls free what the grouped one would).
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    let f = hfile(&k, 1);
+    mmap_anon(&k, &mm, HBASE - 4096, 4096, true).unwrap();
+    k.write_user(&mm, HBASE - 4096, 1).unwrap();
+    mmap_hugetlb(&k, &mm, HBASE, MIB2, true, &f, 0).unwrap();
+    k.write_user(&mm, HBASE, 2).unwrap();
+    munmap(&k, &mm, HBASE - 4096, 4096 + MIB2).unwrap();
+    k.rcu_barrier();
+    assert_eq!(k.alloc.in_use().page_table, 1, "only the PGD is left");
+    teardown(&k, &[&mm], &[&f]);
+}
+
+// ---- 8ce720d5bd91: hugetlb callers run their own tlb_gather_mmu_vma gathers ----
+
+/// a maps 1 GiB of a hugetlb file and touches it; b (forked) shares a's
+/// PMD table and runs on CPU0 and CPU1; CPU1 then mprotects `len` bytes of
+/// b read-only.  Returns the counter deltas of that mprotect.
+fn hugetlb_mprotect_counts(len: u64) -> Vec<(&'static str, u64)> {
+    hugetlb_op_counts(|k, b| mprotect(k, b, HBASE, len, true, false).unwrap())
+}
+
+/// The setup of `hugetlb_mprotect_counts`, running `op` on CPU1 for b.
+fn hugetlb_op_counts(op: impl FnOnce(&Kernel, &Arc<MmStruct>)) -> Vec<(&'static str, u64)> {
+    const WATCH: [Stat; 6] = [
+        Stat::NestedFlushForced,
+        Stat::TlbFlushRanged,
+        Stat::TlbFlushFull,
+        Stat::TlbIpiSent,
+        Stat::TlbRemoveTableSyncOne,
+        Stat::GatherFlushes,
+    ];
+    let k = kernel(2);
+    let f = hfile(&k, 1);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, 1, 1);
+    let b = fork_and_fault(&k, &a);
+    run_on(&k, 0, &b);
+    assert_eq!(k.read_user(&b, HBASE + 8).unwrap(), 1, "b shares a's table");
+    run_on(&k, 1, &b);
+    assert_eq!(pmd_table(&k, &a, HBASE), pmd_table(&k, &b, HBASE));
+    let before = WATCH.map(|s| k.stats.get(s));
+    op(&k, &b);
+    let d: Vec<_> =
+        WATCH.iter().zip(before).map(|(s, b0)| (s.name(), k.stats.get(*s) - b0)).filter(|(_, n)| *n != 0).collect();
+    assert!(k.write_user(&b, HBASE + 8, 2).is_err(), "read-only or unmapped for b");
+    run_on(&k, 0, &a);
+    k.write_user(&a, HBASE + 8, 3).unwrap();
+    teardown(&k, &[&a, &b], &[&f]);
+    d
+}
+
+#[test]
+fn hugetlb_mprotect_gathers_nest_inside_do_mprotect_pkeys() {
+    // The whole VMA: hugetlb_change_protection's own gather unshares b's
+    // table (a range flush, one IPI to CPU0; a's table is exclusive now: one
+    // sync) and, nested in do_mprotect_pkey's gather, finishes with a forced
+    // full flush with freed_tables (a second IPI).  do_mprotect_pkey's own
+    // gather gathered nothing: no flush.
+    assert_eq!(
+        hugetlb_mprotect_counts(GIB),
+        [
+            ("nested_flush_forced", 1),
+            ("tlb_flush_ranged", 1),
+            ("tlb_flush_full", 1),
+            ("tlb_ipi_sent", 2),
+            ("tlb_remove_table_sync_one", 1),
+            ("gather_flushes", 1)
+        ]
+    );
+    // 2 MiB of it: mprotect_fixup splits at a non-PUD-aligned address, so
+    // hugetlb_unshare_pmds unshares the region in its own gather (range
+    // flush + sync, then a forced full flush: nested); then
+    // hugetlb_change_protection of the 2 MiB piece finds no table left
+    // (b refaults later) and still finishes nested: a second forced flush.
+    assert_eq!(
+        hugetlb_mprotect_counts(MIB2),
+        [
+            ("nested_flush_forced", 2),
+            ("tlb_flush_ranged", 1),
+            ("tlb_flush_full", 2),
+            ("tlb_ipi_sent", 3),
+            ("tlb_remove_table_sync_one", 1),
+            ("gather_flushes", 2)
+        ]
+    );
+    // munmap splits before it gathers (vms_gather_munmap_vmas, then
+    // vms_clear_ptes): hugetlb_unshare_pmds' gather is alone, not nested.
+    // Its range flush + sync and an unforced finish with nothing left;
+    // then the munmap's gather finds no table of b's under the 2 MiB (the
+    // unshare cleared b's PUD entry): nothing to zap, free or flush.
+    assert_eq!(
+        hugetlb_op_counts(|k, b| munmap(k, b, HBASE, MIB2).unwrap()),
+        [("tlb_flush_ranged", 1), ("tlb_ipi_sent", 1), ("tlb_remove_table_sync_one", 1)]
+    );
 }
