@@ -345,8 +345,14 @@ pub struct KernelConfig {
     pub ram_frames: usize,
     /// Number of emulated CPUs (the `Smp` implementation must agree).
     pub nr_cpus: usize,
-    /// CONFIG_MMU_GATHER_RCU_TABLE_FREE: page tables are freed after an RCU
-    /// grace period (crossbeam-epoch); off means freed right after the flush.
+    /// CONFIG_MMU_GATHER_RCU_TABLE_FREE (which selects MMU_GATHER_TABLE_FREE):
+    /// page tables go to a table batch and are freed after an RCU grace
+    /// period (crossbeam-epoch).  Off: a kernel without MMU_GATHER_TABLE_FREE
+    /// (x86 without PARAVIRT in v6.12, the MMU_GATHER_NO_RANGE arches):
+    /// `tlb_remove_table` is `tlb_remove_page`, tables are freed with the
+    /// gathered pages right after the flush.  (arm64 v6.12 selects it; off
+    /// there is the state before it did, docs/RACES.md “GUP-fast versus
+    /// page-table freeing”.)
     pub rcu_table_free: bool,
     /// x86 `tlb_single_page_flush_ceiling` (pages).
     pub tlb_single_page_flush_ceiling: u64,

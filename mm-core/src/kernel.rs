@@ -16,7 +16,7 @@ use crate::page::alloc::{PageAllocator, PageKind};
 use crate::page::{Folio, MemMap};
 use crate::rcu::{Rcu, RcuReadGuard};
 use crate::smp::{IrqFlags, Smp};
-use crate::stats::Stats;
+use crate::stats::{Stat, Stats};
 use crate::sync::{Arc, AtomicU64, Ordering};
 use crate::types::{CpuId, Pfn};
 
@@ -231,11 +231,18 @@ impl Kernel {
         }
     }
 
-    /// RCU callback processing (`rcu_core`): free tables whose grace period ended.
+    /// RCU callback processing (`rcu_core`): run the callbacks whose grace
+    /// period ended (`tlb_remove_table_rcu`, `pte_free_now`).
     pub fn rcu_process_callbacks(&self) {
         self.rcu.poke();
-        for pfn in self.rcu.take_ready() {
-            crate::pgtable::free_table_frame(self, pfn);
+        for cb in self.rcu.take_ready() {
+            self.stats.inc(self.this_cpu(), Stat::RcuCallbacks);
+            match cb {
+                crate::rcu::RcuCallback::TableBatch { page, tables } => {
+                    crate::gather::table_free::__tlb_remove_table_free(self, page, tables)
+                }
+                crate::rcu::RcuCallback::PteFreeNow(pt) => crate::pgtable::free_table_frame(self, pt),
+            }
         }
     }
 

@@ -91,6 +91,7 @@ const NOT_THE_ARCH: &[Stat] = &[
     Stat::TablesQueued,
     Stat::TablesFreed,
     Stat::TableBatchAllocFail,
+    Stat::RcuCallbacks,
     Stat::NestedFlushForced,
     Stat::SecondaryTlbInvalidations,
     Stat::IommuPageFaults,

@@ -399,21 +399,90 @@ fn tables_wait_for_flush_and_grace_period() {
 
 #[test]
 fn full_table_batch_is_flushed_at_once() {
-    let k = kernel_with(1, |c| c.rcu_table_free = false);
+    let k = kernel(1);
     let mm = k.mm_alloc();
     let tables: Vec<Pfn> = (0..MAX_TABLE_BATCH).map(|_| crate::pgtable::alloc_table_frame(&k).unwrap()).collect();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
     for (i, t) in tables.iter().enumerate() {
         tlb.pte_free_tlb(*t, VA + i as u64 * k.cfg.geometry.pmd_size());
     }
-    // Without RCU table free the batch is freed right after the invalidation.
+    // The full batch was invalidated and handed to RCU at once.
     assert_eq!(tlb.nr_tables_queued(), 0);
-    assert!(tables.iter().all(|t| is_free(&k, *t)));
     assert_eq!(k.stats.get(Stat::TlbFlushRanged), 1);
+    assert_eq!(k.rcu.pending(), 1);
+    assert!(tables.iter().all(|t| !is_free(&k, *t)), "the grace period has not ended");
     tlb.tlb_finish_mmu();
-    // No sync IPI without rcu_table_free (a no-op, as in the kernel).
+    k.rcu_barrier();
+    assert!(tables.iter().all(|t| is_free(&k, *t)));
+    assert_eq!(k.stats.get(Stat::RcuCallbacks), 1);
+}
+
+/// `tlb_remove_table_rcu` → `__tlb_remove_table_free`: the batch page (where
+/// the `rcu_head` lives) is freed in the callback, after the tables — not
+/// when the batch is handed to `call_rcu`.
+#[test]
+fn table_batch_page_is_freed_in_its_rcu_callback() {
+    let k = kernel(2);
+    let mm = k.mm_alloc();
+    let base = k.alloc.in_use();
+    let t1 = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let t2 = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    tlb.pte_free_tlb(t1, VA);
+    tlb.pte_free_tlb(t2, VA + k.cfg.geometry.pmd_size());
+    assert_eq!(k.alloc.in_use().kernel, base.kernel + 1, "the table batch page");
+    tlb.tlb_finish_mmu();
+    assert_eq!(k.rcu.pending(), 1, "one callback for the batch");
+    assert_eq!(k.alloc.in_use().kernel, base.kernel + 1, "the batch page waits for its callback");
+    assert!(!is_free(&k, t1) && !is_free(&k, t2));
+    assert_eq!(k.stats.get(Stat::TablesFreed), 0);
+    k.rcu_barrier();
+    assert_eq!(k.stats.get(Stat::RcuCallbacks), 1);
+    assert_eq!(k.stats.get(Stat::TablesFreed), 2);
+    assert!(is_free(&k, t1) && is_free(&k, t2));
+    assert_eq!(k.alloc.in_use().kernel, base.kernel, "freed by tlb_remove_table_rcu");
+    assert_eq!(k.alloc.in_use().page_table, base.page_table);
+}
+
+/// Without MMU_GATHER_TABLE_FREE (x86 without PARAVIRT in v6.12:
+/// `paravirt_tlb_remove_table` is `tlb_remove_page`) a table is a page of
+/// the page batch: no table batch, no allocation that could fail, freed
+/// after the TLB flush together with the pages, no RCU.
+#[test]
+fn without_table_free_tables_go_through_the_page_batch() {
+    let k = kernel_with(2, |c| c.rcu_table_free = false);
+    let mm = k.mm_alloc();
+    let base = k.alloc.in_use();
+    let data = mapped_folio(&k, 0);
+    let t1 = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let t2 = crate::pgtable::alloc_table_frame(&k).unwrap();
+    k.inject.faults.fail_table_batch.store(1, Ordering::SeqCst);
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    tlb.tlb_remove_tlb_entry(VA);
+    k.mem.remove_rmap_ptes(data, 1);
+    assert!(!tlb.__tlb_remove_page(data, false));
+    tlb.pte_free_tlb(t1, VA);
+    tlb.pmd_free_tlb(t2, VA);
+    assert_eq!(tlb.nr_tables_queued(), 0, "no table batch");
+    assert_eq!(tlb.nr_gathered(), 3, "one data page and two tables in the page batch");
+    assert_eq!(k.stats.get(Stat::TablesQueued), 2);
+    assert_eq!(k.stats.get(Stat::TableBatchAllocFail), 0);
+    assert_eq!(k.inject.faults.fail_table_batch.load(Ordering::SeqCst), 1, "no table batch was allocated");
+    assert_eq!(k.alloc.in_use().kernel, base.kernel, "the local batch has no page");
+    tlb.tlb_flush_mmu_tlbonly();
+    assert_eq!(k.stats.get(Stat::TlbFlushRanged), 1);
+    assert!(!is_free(&k, t1) && !is_free(&k, t2), "still held by the batch after the flush");
+    tlb.tlb_finish_mmu();
+    assert!(is_free(&k, t1) && is_free(&k, t2) && is_free(&k, data));
+    assert_eq!(k.stats.get(Stat::TablesFreed), 2);
+    assert_eq!(k.stats.get(Stat::GatherPagesFreed), 3);
+    assert_eq!(k.stats.get(Stat::TlbFlushRanged), 1, "no second flush");
+    assert_eq!(k.rcu.pending(), 0);
+    assert_eq!(k.stats.get(Stat::RcuCallbacks), 0);
+    // No sync IPI without MMU_GATHER_RCU_TABLE_FREE (a no-op, as in the kernel).
     tlb_remove_table_sync_one(&k);
     assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 0);
+    k.inject.faults.fail_table_batch.store(0, Ordering::SeqCst);
 }
 
 // ---- checklist item 6: flush kinds -----------------------------------------------------
