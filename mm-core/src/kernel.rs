@@ -235,8 +235,9 @@ impl Kernel {
     /// period ended (`tlb_remove_table_rcu`, `pte_free_now`).
     pub fn rcu_process_callbacks(&self) {
         self.rcu.poke();
-        for cb in self.rcu.take_ready() {
-            self.stats.inc(self.this_cpu(), Stat::RcuCallbacks);
+        for (cpu, cb) in self.rcu.take_ready() {
+            // Counted on the queuing CPU: which CPU runs a callback is timing.
+            self.stats.inc(cpu, Stat::RcuCallbacks);
             match cb {
                 crate::rcu::RcuCallback::TableBatch { page, tables } => {
                     crate::gather::table_free::__tlb_remove_table_free(self, page, tables)

@@ -15,7 +15,7 @@
 //!   called inside a read-side section.
 
 use crate::sync::{epoch, Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
-use crate::types::Pfn;
+use crate::types::{CpuId, Pfn};
 
 /// What a queued callback frees once its grace period ended (the `rcu_head`
 /// and its function).
@@ -37,6 +37,7 @@ pub enum RcuCallback {
 
 struct Callback {
     done: Arc<AtomicBool>,
+    cpu: CpuId,
     cb: RcuCallback,
 }
 
@@ -64,8 +65,8 @@ impl Rcu {
         RcuReadGuard { _guard: epoch::pin() }
     }
 
-    /// `call_rcu(head, func)`: run `cb` after a grace period.
-    pub fn call_rcu(&self, cb: RcuCallback) {
+    /// `call_rcu(head, func)` on `cpu`: run `cb` after a grace period.
+    pub fn call_rcu(&self, cpu: CpuId, cb: RcuCallback) {
         let done = Arc::new(AtomicBool::new(false));
         let marker = done.clone();
         let guard = epoch::pin();
@@ -75,17 +76,19 @@ impl Rcu {
         guard.flush();
         drop(guard);
         self.pending.fetch_add(1, Ordering::SeqCst);
-        self.queue.lock().push(Callback { done, cb });
+        self.queue.lock().push(Callback { done, cpu, cb });
     }
 
-    /// Take the callbacks whose grace period has ended.
-    pub(crate) fn take_ready(&self) -> Vec<RcuCallback> {
+    /// Take the callbacks whose grace period has ended, each with the CPU
+    /// that queued it.
+    pub(crate) fn take_ready(&self) -> Vec<(CpuId, RcuCallback)> {
         let mut q = self.queue.lock();
         let mut out = Vec::new();
         let mut i = 0;
         while i < q.len() {
             if q[i].done.load(Ordering::SeqCst) {
-                out.push(q.swap_remove(i).cb);
+                let cb = q.swap_remove(i);
+                out.push((cb.cpu, cb.cb));
                 self.pending.fetch_sub(1, Ordering::SeqCst);
             } else {
                 i += 1;

@@ -95,7 +95,7 @@ impl MmuGather<'_> {
     /// `tlb_remove_table_free` (MMU_GATHER_RCU_TABLE_FREE): `call_rcu` with
     /// `tlb_remove_table_rcu`; tables and batch page go in the callback.
     fn tlb_remove_table_free(&mut self, batch: MmuTableBatch) {
-        self.k.rcu.call_rcu(RcuCallback::TableBatch { page: batch.page, tables: batch.tables });
+        self.k.rcu.call_rcu(self.k.this_cpu(), RcuCallback::TableBatch { page: batch.page, tables: batch.tables });
     }
 
     /// `tlb_table_flush`: invalidate, then hand the table batch to RCU.

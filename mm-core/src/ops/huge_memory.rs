@@ -54,7 +54,7 @@ pub fn pte_free(k: &Kernel, table: Pfn) {
 /// `pte_free_defer(mm, pgtable)`: free a PTE table after an RCU grace
 /// period (v6.6+, for tables retracted without mmap_lock held for write).
 pub fn pte_free_defer(k: &Kernel, table: Pfn) {
-    k.rcu.call_rcu(crate::rcu::RcuCallback::PteFreeNow(table));
+    k.rcu.call_rcu(k.this_cpu(), crate::rcu::RcuCallback::PteFreeNow(table));
 }
 
 /// `zap_deposited_table(mm, pmd)`: withdraw and free the deposited table.
