@@ -96,11 +96,16 @@ pub enum Fix {
     /// walk caches (VAE1IS, not VALE1IS) when the gather unshared PMD tables
     /// (`tlb->unshared_tables`), as when it freed them.
     Arm64UnshareWalkCache,
+    /// 7fb5e5083190 (with b67fbebd4cf9): MMU_GATHER_NO_RANGE keeps the VMA
+    /// flags (`tlb_update_vma_flags`, its stub removed), so `tlb_end_vma`
+    /// force-flushes a VM_PFNMAP / VM_MIXEDMAP VMA under the MERGE_VMAS that
+    /// NO_RANGE selects.
+    NoRangeVmaPfn,
 }
 
 impl Fix {
     /// Every switch, in `--revert` listing order.
-    pub const ALL: [Fix; 10] = [
+    pub const ALL: [Fix; 11] = [
         Fix::KhugepagedGupFastIpi,
         Fix::DelayRmap,
         Fix::HugetlbUnshareSync,
@@ -111,6 +116,7 @@ impl Fix {
         Fix::LazyTlbFreedTables,
         Fix::GupPmdRecheck,
         Fix::Arm64UnshareWalkCache,
+        Fix::NoRangeVmaPfn,
     ];
 
     /// Kebab-case switch name (CLI `--revert NAME`).
@@ -126,6 +132,7 @@ impl Fix {
             Fix::LazyTlbFreedTables => "lazy-tlb-freed-tables",
             Fix::GupPmdRecheck => "gup-pmd-recheck",
             Fix::Arm64UnshareWalkCache => "arm64-unshare-walk-cache",
+            Fix::NoRangeVmaPfn => "no-range-vma-pfn",
         }
     }
 
@@ -142,6 +149,7 @@ impl Fix {
             Fix::LazyTlbFreedTables => "016c4d92cd16",
             Fix::GupPmdRecheck => "70cbc3cc78a9",
             Fix::Arm64UnshareWalkCache => "c2ff4764e03e",
+            Fix::NoRangeVmaPfn => "7fb5e5083190",
         }
     }
 
@@ -159,6 +167,9 @@ impl Fix {
             Fix::GupPmdRecheck => "gup_fast_pte_range does not re-check the PMD after the grab",
             Fix::Arm64UnshareWalkCache => {
                 "arm64 tlb_flush after huge_pmd_unshare is last-level only (VALE1IS): the walk cache keeps the unshared PMD table"
+            }
+            Fix::NoRangeVmaPfn => {
+                "MMU_GATHER_NO_RANGE as v5.18 ran it: no VMA flags kept, tlb_end_vma never flushes, a VM_PFNMAP VMA's flush waits for tlb_finish_mmu"
             }
         }
     }

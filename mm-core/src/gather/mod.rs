@@ -49,8 +49,14 @@
 //! - Fixes: `DelayRmap` (`tlb_delay_rmap`), `FolioPagesBatching` (off: a
 //!   folio fragment takes one slot per page), `NestedFlushDetect` (off:
 //!   `tlb_finish_mmu` trusts its own range).
-//! - `MMU_GATHER_MERGE_VMAS` is selected by no profile (s390 selects it), so
-//!   `tlb_end_vma` always flushes the TLB (`vma_pfn` would force it anyway).
+//! - `MMU_GATHER_MERGE_VMAS` is selected by MMU_GATHER_NO_RANGE (the
+//!   generic profile; s390 selects it too, 1e9fdf21a433): there
+//!   `tlb_end_vma` flushes only a `vma_pfn` VMA (VM_PFNMAP / VM_MIXEDMAP,
+//!   b67fbebd4cf9), which NO_RANGE tracks since 7fb5e5083190 removed its
+//!   `tlb_update_vma_flags` stub (`Fix::NoRangeVmaPfn`).  arm64 does not
+//!   select it: `tlb_end_vma` always flushes.  v6.12 x86 does select it
+//!   (1e9fdf21a433 replaced x86's empty `tlb_end_vma` with it), but the x86
+//!   profile still answers `false` (docs/FIDELITY.md, “Found wrong”).
 
 pub(crate) mod batch;
 pub(crate) mod encoded_page;
@@ -370,12 +376,13 @@ impl<'a> MmuGather<'a> {
         k.arch.tlb_update_vma_flags(self, vma);
     }
 
-    /// The asm-generic `tlb_update_vma_flags` body: remember the VMA's
-    /// VM_HUGETLB, VM_EXEC and VM_PFNMAP for `tlb_flush` and `tlb_end_vma`.
+    /// The asm-generic `tlb_update_vma_flags` body (v6.12): remember the
+    /// VMA's VM_HUGETLB, VM_EXEC and VM_PFNMAP | VM_MIXEDMAP (`vma_pfn`,
+    /// b67fbebd4cf9) for `tlb_flush` and `tlb_end_vma`.
     pub(crate) fn record_vma_flags(&mut self, vma: &Vma) {
         self.vma_huge = vma.is_hugetlb();
         self.vma_exec = vma.flags & vm::VM_EXEC != 0;
-        self.vma_pfn = vma.flags & vm::VM_PFNMAP != 0;
+        self.vma_pfn = vma.flags & (vm::VM_PFNMAP | vm::VM_MIXEDMAP) != 0;
     }
 
     /// `tlb_start_vma`
@@ -387,9 +394,11 @@ impl<'a> MmuGather<'a> {
     }
 
     /// `tlb_end_vma`: flush at the VMA boundary (so the range does not grow
-    /// over the gap to the next VMA); VM_PFNMAP forces it even with
-    /// MMU_GATHER_MERGE_VMAS (`ArchOps::mmu_gather_merge_vmas`; no mapcount
-    /// protects those PFNs).
+    /// over the gap to the next VMA) unless MMU_GATHER_MERGE_VMAS
+    /// (`ArchOps::mmu_gather_merge_vmas`: the NO_RANGE profile); `vma_pfn`
+    /// (VM_PFNMAP / VM_MIXEDMAP) forces it even then (b67fbebd4cf9): no
+    /// refcount keeps those frames until the flush, and once the VMA left
+    /// i_mmap the driver's `unmap_mapping_range` cannot see it.
     pub fn tlb_end_vma(&mut self, _vma: &Vma) {
         if self.fullmm {
             return;

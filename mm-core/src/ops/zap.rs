@@ -125,6 +125,14 @@ pub fn zap_pte_range(tlb: &mut MmuGather<'_>, vma: &Vma, pte_table: Pfn, addr: u
             a += ps;
             continue;
         }
+        if super::pfnmap::vm_normal_page(vma, ptent).is_none() {
+            // zap_present_ptes without a page (a PFN mapping's special PTE):
+            // clear it and record the range; nothing goes in the batch.
+            pgtable::get_and_clear(k, pte_table, Level::Pte, a);
+            tlb.tlb_remove_tlb_entry(a);
+            a += ps;
+            continue;
+        }
         let (nr, force_break) = zap_present_ptes(tlb, pte_table, ptent, a, end, &mut force_flush);
         rss += nr;
         a += nr * ps;
@@ -242,6 +250,11 @@ pub fn free_pgtables(tlb: &mut MmuGather<'_>, vmas: &[Vma], floor: u64, ceiling:
         free_pgd_range(tlb, start, vmas[last].end, floor, next_start);
         i = last + 1;
     }
+    // Every VMA is out of i_mmap now and the gather's flush may still be
+    // pending: the window of b67fbebd4cf9 (a driver's unmap_mapping_range
+    // finds nothing and frees its frames).
+    let k = tlb.kernel();
+    k.inject.race.after_free_pgtables(k);
 }
 
 /// `free_pgd_range`
