@@ -88,7 +88,12 @@ pub enum Fix {
     /// `mm_tlb_flush_nested` sees another gatherer pending.
     NestedFlushDetect,
     /// 016c4d92cd16: x86 IPIs lazy-TLB CPUs too when page tables were
-    /// freed (`freed_tables`).
+    /// freed (`freed_tables`).  Its off state is an ablation: the v4.20
+    /// series ("Add freed_tables argument to flush_tlb_mm_range", then "Only
+    /// send page table free TLB flush to lazy TLB CPUs") introduced the skip
+    /// of lazy CPUs together with this exception, and the reverted mid-2018
+    /// form IPIed them at table-free time too (`tlb_flush_remove_tables`):
+    /// no released kernel skipped them when tables were freed.
     LazyTlbFreedTables,
     /// 70cbc3cc78a9: `gup_fast_pte_range` re-checks the PMD after the grab.
     GupPmdRecheck,
@@ -163,7 +168,9 @@ impl Fix {
             Fix::SecondaryTlbOnFlush => "TLB flushes do not invalidate the secondary (IOMMU) TLB",
             Fix::FolioPagesBatching => "large folios gathered page by page",
             Fix::NestedFlushDetect => "tlb_finish_mmu trusts its own range even when a parallel zap is pending",
-            Fix::LazyTlbFreedTables => "lazy-TLB CPUs are skipped even when page tables were freed",
+            Fix::LazyTlbFreedTables => {
+                "ablation (no kernel ran it: lazy CPUs got every flush IPI until the v4.20 series that added freed_tables): lazy-TLB CPUs are skipped even when page tables were freed"
+            }
             Fix::GupPmdRecheck => "gup_fast_pte_range does not re-check the PMD after the grab",
             Fix::Arm64UnshareWalkCache => {
                 "arm64 tlb_flush after huge_pmd_unshare is last-level only (VALE1IS): the walk cache keeps the unshared PMD table"
@@ -490,6 +497,18 @@ impl KernelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A switch whose off state no kernel ran says so where `mmemu list`
+    /// and `reproduce` print it (CONTRIBUTING.md, “Adding a fix switch”).
+    #[test]
+    fn ablations_are_labelled() {
+        assert!(Fix::LazyTlbFreedTables.off_means().starts_with("ablation"));
+        for f in Fix::ALL {
+            if f != Fix::LazyTlbFreedTables {
+                assert!(!f.off_means().contains("ablation"), "{f}: a real kernel's state");
+            }
+        }
+    }
 
     #[test]
     fn arm64_asid_bits_are_8_or_16_and_more_than_the_cpus() {

@@ -47,7 +47,9 @@
 //!   the invalidating flush, and `tlb_remove_table_sync_one` is a no-op.
 //! - `init_on_free`: the free chunk cap counts pages, not entries.
 //! - Fixes: `DelayRmap` (`tlb_delay_rmap`), `FolioPagesBatching` (off: a
-//!   folio fragment takes one slot per page), `NestedFlushDetect` (off:
+//!   folio fragment takes one slot per page and a batch is full at
+//!   nr == max, the pre-d7f861b9c43a `__tlb_remove_page_size`; on: full at
+//!   nr >= max - 1, room for page + nr_pages), `NestedFlushDetect` (off:
 //!   `tlb_finish_mmu` trusts its own range).
 //! - `MMU_GATHER_MERGE_VMAS` is selected by MMU_GATHER_NO_RANGE (the
 //!   generic profile; s390 selects it too, 1e9fdf21a433): there
@@ -79,7 +81,6 @@ use crate::kernel::Kernel;
 use crate::mm::{vm, MmStruct, Vma};
 use crate::page::alloc::PageKind;
 use crate::stats::Stat;
-use crate::tlb::FLUSH_ALL;
 use crate::types::Pfn;
 
 /// Index of the on-stack `local` batch in `MmuGather::batches`.
@@ -488,6 +489,23 @@ impl<'a> MmuGather<'a> {
             batch.push(encode_page(page, flags | ENCODED_PAGE_BIT_NR_PAGES_NEXT));
             batch.push(encode_nr_pages(nr_pages));
         }
+        if !self.k.cfg.fixes.on(Fix::FolioPagesBatching) {
+            // Pre-d7f861b9c43a `__tlb_remove_page_size`: one slot per page,
+            // full when the batch is (nr == max).
+            if batch.nr == batch.max && !self.tlb_next_batch() {
+                return true;
+            }
+            vm_bug_on!(
+                self.k,
+                {
+                    let b = &self.batches[self.active];
+                    b.nr > b.max
+                },
+                "VM_BUG_ON_PAGE(batch->nr > batch->max, page) in __tlb_remove_page_size",
+                "{page:?}"
+            );
+            return false;
+        }
         // Make sure another page + nr_pages (two slots) always fits.
         if batch.nr >= batch.max - 1 && !self.tlb_next_batch() {
             return true;
@@ -669,9 +687,9 @@ impl<'a> MmuGather<'a> {
             self.k.san.table_unlinked(self.mm.id, pt, gen);
         }
         // Pre-6bbd42e2df8f the secondary TLBs were invalidated here, right
-        // after the arch flush (a no-op with the fix on: the flush did it).
-        let (start, end) = if self.fullmm || self.need_flush_all { (0, FLUSH_ALL) } else { (self.start, self.end) };
-        crate::notifier::mmu_notifier_invalidate_range(self.k, self.mm, start, end);
+        // after the arch flush, for tlb->start..tlb->end as they stand (for
+        // fullmm: end ~0); a no-op with the fix on: the flush did it.
+        crate::notifier::mmu_notifier_invalidate_range(self.k, self.mm, self.start, self.end);
         self.__tlb_reset_range();
     }
 

@@ -245,13 +245,17 @@ fn folio_pages_batching_off_flushes_mid_fragment_instead_of_dropping() {
     let mm = k.mm_alloc();
     let base = k.alloc.in_use();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
-    // No batch can be allocated: only `local` (7 usable slots).
+    // No batch can be allocated: only `local`, full at 8 pages (the
+    // pre-d7f861b9c43a nr == max rule).
     k.inject.faults.fail_page_batch.store(100, Ordering::SeqCst);
     let f = mapped_folio(&k, 4); // 16 pages
     tlb.tlb_remove_tlb_entries(VA, 16);
     let full = tlb.__tlb_remove_folio_pages(f, 16, true);
-    assert!(tlb.delayed_rmap() || !full);
-    assert!(k.stats.get(Stat::GatherFlushes) >= 2, "flushed in the middle");
+    assert!(full, "the 16th page filled local again: the caller flushes");
+    assert!(tlb.delayed_rmap());
+    assert_eq!(tlb.nr_gathered(), 8);
+    assert_eq!(k.stats.get(Stat::GatherFlushes), 1, "flushed once in the middle, after page 8");
+    assert_eq!(k.stats.get(Stat::GatherPagesFreed), 8);
     tlb.tlb_flush_mmu_tlbonly();
     tlb.tlb_flush_rmaps(&anon_vma(VA, VA + 0x10000, 0));
     assert_eq!(k.mem.folio_mapcount(Folio(f)), 0);
@@ -259,6 +263,44 @@ fn folio_pages_batching_off_flushes_mid_fragment_instead_of_dropping() {
     assert!(is_free(&k, f));
     assert_eq!(k.alloc.in_use(), base);
     k.inject.faults.fail_page_batch.store(0, Ordering::SeqCst);
+}
+
+/// How many single pages a gather takes before `__tlb_remove_page` says
+/// "full", and after how many the first page batch was allocated: with the
+/// fix `local` is full at 7 (MMU_GATHER_BUNDLE - 1) and a page batch at
+/// 509; pre-d7f861b9c43a at 8 and 510 (nr == max).
+#[test]
+fn folio_pages_batching_off_fills_each_batch_to_max() {
+    for (on, first_batch_after, total) in [
+        (true, MMU_GATHER_BUNDLE - 1, MMU_GATHER_BUNDLE - 1 + MAX_GATHER_BATCH_COUNT * (MAX_GATHER_BATCH - 1)),
+        (false, MMU_GATHER_BUNDLE, MMU_GATHER_BUNDLE + MAX_GATHER_BATCH_COUNT * MAX_GATHER_BATCH),
+    ] {
+        let k = kernel_with(1, |c| c.fixes.set(Fix::FolioPagesBatching, on));
+        let mm = k.mm_alloc();
+        let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+        tlb.tlb_remove_tlb_entry(VA);
+        let mut n = 0;
+        let mut batch_at = None;
+        loop {
+            let p = mapped_folio(&k, 0);
+            k.mem.remove_rmap_ptes(p, 1);
+            n += 1;
+            let full = tlb.__tlb_remove_page(p, false);
+            if batch_at.is_none() && tlb.batch_count() == 1 {
+                batch_at = Some(n);
+            }
+            if full {
+                break;
+            }
+        }
+        assert_eq!(batch_at, Some(first_batch_after), "fix {on}");
+        assert_eq!(n, total, "fix {on}");
+        assert_eq!(tlb.nr_gathered(), total);
+        assert_eq!(tlb.batch_count(), MAX_GATHER_BATCH_COUNT);
+        tlb.tlb_flush_mmu();
+        assert_eq!(k.stats.get(Stat::GatherPagesFreed), total as u64);
+        tlb.tlb_finish_mmu();
+    }
 }
 
 // ---- checklist item 3: delayed rmaps ---------------------------------------------------

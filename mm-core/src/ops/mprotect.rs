@@ -71,6 +71,8 @@ fn change_protection(k: &Kernel, tlb: &mut MmuGather<'_>, mm: &MmStruct, vma: &V
         }
         a = next;
     }
+    crate::notifier::mmu_notifier_invalidate_range_end(k, mm, vma.start, vma.end);
+    // pre-6bbd42e2df8f change_pmd_range
 }
 
 /// `can_change_pte_writable`: an exclusive anon page, or a dirty shared page.

@@ -32,6 +32,10 @@ pub fn unmap_vmas<'v>(tlb: &mut MmuGather<'_>, vmas: impl IntoIterator<Item = &'
     for vma in vmas {
         unmap_single_vma(tlb, vma, start, end);
     }
+    // mmu_notifier_invalidate_range_end of the MMU_NOTIFY_UNMAP range: before
+    // 6bbd42e2df8f it called every subscriber's ->invalidate_range.
+    let (k, mm) = (tlb.kernel(), tlb.mm());
+    crate::notifier::mmu_notifier_invalidate_range_end(k, mm, start, end);
 }
 
 /// `unmap_single_vma`
