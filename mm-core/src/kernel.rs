@@ -242,7 +242,7 @@ impl Kernel {
                 crate::rcu::RcuCallback::TableBatch { page, tables } => {
                     crate::gather::table_free::__tlb_remove_table_free(self, page, tables)
                 }
-                crate::rcu::RcuCallback::PteFreeNow(pt) => crate::pgtable::free_table_frame(self, pt),
+                crate::rcu::RcuCallback::PteFreeNow(pt) => crate::pgtable::pagetable_free(self, pt),
             }
         }
     }
@@ -263,7 +263,8 @@ impl Kernel {
 
     /// Create a new address space (`mm_alloc` + `pgd_alloc`).
     pub fn mm_alloc(&self) -> Arc<MmStruct> {
-        let pgd = crate::pgtable::alloc_table_frame(self).expect("out of memory for a pgd");
+        let pgd =
+            crate::page::ptdesc_address(crate::pgtable::pagetable_alloc(self, 0).expect("out of memory for a pgd"));
         let mm = Arc::new(MmStruct::new(self.next_id(), pgd));
         self.gup_oracle.set_owner(pgd, mm.id);
         mm.nr_ptes.fetch_add(1, Ordering::SeqCst);

@@ -14,6 +14,7 @@
 //! - `rcu_barrier` waits until every queued callback ran; it must not be
 //!   called inside a read-side section.
 
+use crate::page::Ptdesc;
 use crate::sync::{epoch, Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
 use crate::types::{CpuId, Pfn};
 
@@ -28,11 +29,11 @@ pub enum RcuCallback {
         /// The page backing the batch.
         page: Pfn,
         /// `batch->tables[]`.
-        tables: Vec<Pfn>,
+        tables: Vec<Ptdesc>,
     },
     /// `pte_free_now` (the callback of `pte_free_defer`, `pt_rcu_head` in
     /// the ptdesc): one PTE table.
-    PteFreeNow(Pfn),
+    PteFreeNow(Ptdesc),
 }
 
 struct Callback {

@@ -136,7 +136,7 @@ fn free_pages_and_swap_cache(k: &Kernel, entries: &[EncodedPage]) -> u64 {
             // A page table queued by `tlb_remove_table` without
             // MMU_GATHER_TABLE_FREE (`tlb_remove_page`): its one reference
             // goes, and it is freed as a table (`pagetable_free`).
-            crate::pgtable::free_table_frame(k, page);
+            crate::pgtable::pagetable_free(k, k.mem.page_ptdesc(page));
             released += nr;
             i += 1;
             continue;
@@ -201,8 +201,8 @@ pub(crate) fn free_encoded_pages(k: &Kernel, batch: &mut MmuGatherBatch) {
 pub struct MmuTableBatch {
     /// The page backing the batch.
     pub(crate) page: Pfn,
-    /// `tables[]` (`nr` = len).
-    pub(crate) tables: Vec<Pfn>,
+    /// `tables[]` (`nr` = len): page-table descriptors.
+    pub(crate) tables: Vec<crate::page::Ptdesc>,
 }
 
 impl MmuTableBatch {

@@ -748,7 +748,7 @@ impl<'a> MmuGather<'a> {
     /// became exclusive (then it may be reused once
     /// `tlb_flush_unshared_tables` ran).
     pub fn tlb_unshare_pmd_ptdesc(&mut self, pt: Pfn, addr: u64) {
-        let share = &self.k.mem.page(pt).pt_share_count;
+        let share = self.k.mem.pt_share_count(self.k.mem.virt_to_ptdesc(pt));
         let old = share.fetch_sub(1, crate::sync::Ordering::SeqCst);
         vm_warn_on!(
             self.k,

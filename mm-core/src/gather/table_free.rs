@@ -34,7 +34,7 @@ use super::MmuGather;
 use crate::inject::FaultInject;
 use crate::kernel::Kernel;
 use crate::page::alloc::PageKind;
-use crate::page::Folio;
+use crate::page::{ptdesc_page, Folio, Ptdesc};
 use crate::rcu::RcuCallback;
 use crate::stats::Stat;
 use crate::types::Pfn;
@@ -52,15 +52,15 @@ pub fn tlb_remove_table_sync_one(k: &Kernel) {
     crate::smp::smp_call_function(&*k.smp, &|_| {});
 }
 
-/// `__tlb_remove_table`: free one table frame.
-fn __tlb_remove_table(k: &Kernel, table: Pfn) {
-    crate::pgtable::free_table_frame(k, table);
+/// `__tlb_remove_table`: free one page table (`pagetable_free`).
+fn __tlb_remove_table(k: &Kernel, table: Ptdesc) {
+    crate::pgtable::pagetable_free(k, table);
 }
 
 /// `__tlb_remove_table_free`: free every table of a batch, then the batch
 /// page.  Run by the RCU callback `tlb_remove_table_rcu`
 /// (`Kernel::rcu_process_callbacks`).
-pub(crate) fn __tlb_remove_table_free(k: &Kernel, page: Pfn, tables: Vec<Pfn>) {
+pub(crate) fn __tlb_remove_table_free(k: &Kernel, page: Pfn, tables: Vec<Ptdesc>) {
     for t in tables {
         __tlb_remove_table(k, t);
     }
@@ -70,7 +70,7 @@ pub(crate) fn __tlb_remove_table_free(k: &Kernel, page: Pfn, tables: Vec<Pfn>) {
 /// `tlb_remove_table_one`: sync with IRQs-off walkers, then free at once.
 /// (`KernelConfig::table_free_one_sync` off: no sync — an ablation knob
 /// for the loom model, see the field's doc.)
-fn tlb_remove_table_one(k: &Kernel, table: Pfn) {
+fn tlb_remove_table_one(k: &Kernel, table: Ptdesc) {
     if k.cfg.table_free_one_sync {
         tlb_remove_table_sync_one(k);
     }
@@ -110,11 +110,11 @@ impl MmuGather<'_> {
     /// `tlb_remove_table`: queue an unhooked page-table page for freeing
     /// after the flush (and grace period).  Without MMU_GATHER_TABLE_FREE
     /// (`rcu_table_free` off) it is `tlb_remove_page`: the page batch.
-    pub fn tlb_remove_table(&mut self, table: Pfn) {
+    pub fn tlb_remove_table(&mut self, table: Ptdesc) {
         let k = self.k;
         k.stats.inc(k.this_cpu(), Stat::TablesQueued);
         if !k.cfg.rcu_table_free {
-            self.tlb_remove_page(table);
+            self.tlb_remove_page(ptdesc_page(table));
             return;
         }
         if self.batch.is_none() {
@@ -140,30 +140,40 @@ impl MmuGather<'_> {
         }
     }
 
+    /// `tlb_remove_ptdesc`: queue a page table by its descriptor (what the
+    /// arch `__pte_free_tlb` & co. call after the dtor).
+    pub fn tlb_remove_ptdesc(&mut self, pt: Ptdesc) {
+        self.tlb_remove_table(pt);
+    }
+
     /// `pte_free_tlb`: the PMD entry at `addr` pointing at PTE table `table`
-    /// was cleared.
+    /// (a `pgtable_t`: the table's page) was cleared; `__pte_free_tlb` →
+    /// `tlb_remove_ptdesc(page_ptdesc(pte))`.
     pub fn pte_free_tlb(&mut self, table: Pfn, addr: u64) {
         let ps = self.k.cfg.geometry.page_size();
         self.tlb_flush_pmd_range(addr, ps);
         self.freed_tables = true;
-        self.tlb_remove_table(table);
+        let pt = self.k.mem.page_ptdesc(table);
+        self.tlb_remove_ptdesc(pt);
     }
 
     /// `pmd_free_tlb`: the PUD entry at `addr` pointing at PMD table `table`
-    /// was cleared.
+    /// was cleared; `__pmd_free_tlb` → `tlb_remove_ptdesc(virt_to_ptdesc(pmd))`.
     pub fn pmd_free_tlb(&mut self, table: Pfn, addr: u64) {
         let ps = self.k.cfg.geometry.page_size();
         self.tlb_flush_pud_range(addr, ps);
         self.freed_tables = true;
-        self.tlb_remove_table(table);
+        let pt = self.k.mem.virt_to_ptdesc(table);
+        self.tlb_remove_ptdesc(pt);
     }
 
     /// `pud_free_tlb`: the P4D/PGD entry at `addr` pointing at PUD table
-    /// `table` was cleared.
+    /// `table` was cleared; `__pud_free_tlb` → `tlb_remove_ptdesc(virt_to_ptdesc(pud))`.
     pub fn pud_free_tlb(&mut self, table: Pfn, addr: u64) {
         let ps = self.k.cfg.geometry.page_size();
         self.tlb_flush_p4d_range(addr, ps);
         self.freed_tables = true;
-        self.tlb_remove_table(table);
+        let pt = self.k.mem.virt_to_ptdesc(table);
+        self.tlb_remove_ptdesc(pt);
     }
 }

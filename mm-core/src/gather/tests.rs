@@ -383,7 +383,7 @@ fn delayed_rmap_fragment_removes_all_its_pages() {
 fn table_batch_alloc_failure_takes_the_sync_one_path() {
     let k = kernel(2);
     let mm = k.mm_alloc();
-    let table = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let table = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
     k.inject.faults.fail_table_batch.store(1, Ordering::SeqCst);
     tlb.pte_free_tlb(table, VA);
@@ -405,7 +405,7 @@ fn table_batch_alloc_failure_takes_the_sync_one_path() {
 fn table_batch_alloc_failure_without_sync_one_frees_at_once() {
     let k = kernel_with(2, |c| c.table_free_one_sync = false);
     let mm = k.mm_alloc();
-    let table = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let table = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
     k.inject.faults.fail_table_batch.store(1, Ordering::SeqCst);
     tlb.pte_free_tlb(table, VA);
@@ -421,8 +421,8 @@ fn tables_wait_for_flush_and_grace_period() {
     let k = kernel(2);
     let mm = k.mm_alloc();
     let base = k.alloc.in_use();
-    let t1 = crate::pgtable::alloc_table_frame(&k).unwrap();
-    let t2 = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let t1 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    let t2 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
     tlb.pte_free_tlb(t1, VA);
     tlb.pmd_free_tlb(t2, VA);
@@ -443,7 +443,8 @@ fn tables_wait_for_flush_and_grace_period() {
 fn full_table_batch_is_flushed_at_once() {
     let k = kernel(1);
     let mm = k.mm_alloc();
-    let tables: Vec<Pfn> = (0..MAX_TABLE_BATCH).map(|_| crate::pgtable::alloc_table_frame(&k).unwrap()).collect();
+    let tables: Vec<Pfn> =
+        (0..MAX_TABLE_BATCH).map(|_| crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn()).collect();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
     for (i, t) in tables.iter().enumerate() {
         tlb.pte_free_tlb(*t, VA + i as u64 * k.cfg.geometry.pmd_size());
@@ -467,8 +468,8 @@ fn table_batch_page_is_freed_in_its_rcu_callback() {
     let k = kernel(2);
     let mm = k.mm_alloc();
     let base = k.alloc.in_use();
-    let t1 = crate::pgtable::alloc_table_frame(&k).unwrap();
-    let t2 = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let t1 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    let t2 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
     tlb.pte_free_tlb(t1, VA);
     tlb.pte_free_tlb(t2, VA + k.cfg.geometry.pmd_size());
@@ -496,8 +497,8 @@ fn without_table_free_tables_go_through_the_page_batch() {
     let mm = k.mm_alloc();
     let base = k.alloc.in_use();
     let data = mapped_folio(&k, 0);
-    let t1 = crate::pgtable::alloc_table_frame(&k).unwrap();
-    let t2 = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let t1 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    let t2 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
     k.inject.faults.fail_table_batch.store(1, Ordering::SeqCst);
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
     tlb.tlb_remove_tlb_entry(VA);
@@ -594,7 +595,7 @@ fn fullmm_and_need_flush_all_flush_the_whole_mm() {
 #[test]
 fn arm64_fullmm_flushes_the_asid_only_when_tables_were_freed() {
     let (k, mm, far) = tlb_setup(Arch::Arm64);
-    let table = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let table = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
     let mut tlb = MmuGather::tlb_gather_mmu_fullmm(&k, &mm);
     tlb.tlb_remove_tlb_entry(VA);
     // A batch-full flush in the middle of exit_mmap: no TLBI at all.
@@ -729,12 +730,12 @@ fn unshare_syncs_once_and_only_for_the_last_sharer() {
     let mm = k.mm_alloc();
     let g = k.cfg.geometry;
     let vma = anon_vma(0, g.pud_size() * 4, crate::mm::vm::VM_HUGETLB);
-    let pt1 = crate::pgtable::alloc_table_frame(&k).unwrap();
-    let pt2 = crate::pgtable::alloc_table_frame(&k).unwrap();
-    let pt3 = crate::pgtable::alloc_table_frame(&k).unwrap();
-    k.mem.page(pt1).pt_share_count.store(2, Ordering::SeqCst);
-    k.mem.page(pt2).pt_share_count.store(1, Ordering::SeqCst);
-    k.mem.page(pt3).pt_share_count.store(1, Ordering::SeqCst);
+    let pt1 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    let pt2 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    let pt3 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    k.mem.pt_share_count(k.mem.virt_to_ptdesc(pt1)).store(2, Ordering::SeqCst);
+    k.mem.pt_share_count(k.mem.virt_to_ptdesc(pt2)).store(1, Ordering::SeqCst);
+    k.mem.pt_share_count(k.mem.virt_to_ptdesc(pt3)).store(1, Ordering::SeqCst);
 
     let mut tlb = MmuGather::tlb_gather_mmu_vma(&k, &mm, &vma);
     assert_eq!(tlb.page_size(), g.pmd_size());
@@ -755,7 +756,7 @@ fn unshare_syncs_once_and_only_for_the_last_sharer() {
     assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 1);
     assert_eq!(k.smp.call_interrupts(CpuId(1)), 1);
     assert!(!tlb.fully_unshared_tables());
-    assert_eq!(k.mem.page(pt2).pt_share_count.load(Ordering::SeqCst), 0);
+    assert_eq!(k.mem.pt_share_count(k.mem.virt_to_ptdesc(pt2)).load(Ordering::SeqCst), 0);
     tlb.tlb_finish_mmu();
     assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 1);
 }
@@ -769,8 +770,8 @@ const UNSHARE_UNSHARED: ViolationKind =
 /// `tlb_flush_unshared_tables`; returns the sync IPIs it sent.
 fn finish_with_fully_unshared_tables(k: &Kernel) -> u64 {
     let mm = k.mm_alloc();
-    let pt = crate::pgtable::alloc_table_frame(k).unwrap();
-    k.mem.page(pt).pt_share_count.store(1, Ordering::SeqCst);
+    let pt = crate::pgtable::pagetable_alloc(k, 0).unwrap().pfn();
+    k.mem.pt_share_count(k.mem.virt_to_ptdesc(pt)).store(1, Ordering::SeqCst);
     let mut tlb = MmuGather::tlb_gather_mmu(k, &mm);
     tlb.tlb_unshare_pmd_ptdesc(pt, 0);
     assert!(tlb.fully_unshared_tables());
@@ -804,11 +805,11 @@ fn unsharing_an_unshared_table_warns_and_goes_on() {
     for debug_vm in [true, false] {
         let k = kernel_with(1, |c| c.debug_vm = debug_vm);
         let mm = k.mm_alloc();
-        let pt = crate::pgtable::alloc_table_frame(&k).unwrap();
+        let pt = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
         let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
         tlb.tlb_unshare_pmd_ptdesc(pt, 0);
         // The count went negative: still "shared", so not fully unshared.
-        assert_eq!(k.mem.page(pt).pt_share_count.load(Ordering::SeqCst), -1);
+        assert_eq!(k.mem.pt_share_count(k.mem.virt_to_ptdesc(pt)).load(Ordering::SeqCst), -1);
         assert!(tlb.unshared_tables() && !tlb.fully_unshared_tables());
         tlb.tlb_flush_unshared_tables();
         tlb.tlb_finish_mmu();

@@ -574,7 +574,7 @@ fn secondary_ranges(on: bool) -> Vec<Vec<(u64, u64)>> {
     let log = Arc::new(Mutex::new(Vec::new()));
     crate::notifier::mmu_notifier_register(&mm, Box::new(RangeLog(log.clone())));
     let mut out = Vec::new();
-    let mut take = || std::mem::take(&mut *log.lock());
+    let take = || std::mem::take(&mut *log.lock());
     munmap(&k, &mm, rest + 7 * PS, PS).unwrap();
     out.push(take());
     madvise_dontneed(&k, &mm, rest + 6 * PS, PS).unwrap();
