@@ -847,3 +847,30 @@ fn gathering_before_the_range_is_recorded_is_a_kernel_bug() {
     tlb.tlb_finish_mmu();
     assert!(is_free(&k, pfn));
 }
+
+/// `vma_pfn` is VM_PFNMAP | VM_MIXEDMAP on every profile (b67fbebd4cf9);
+/// on NO_RANGE only with 7fb5e5083190 (`no-range-vma-pfn`), and there it is
+/// what makes `tlb_end_vma` flush under MERGE_VMAS.
+#[test]
+fn vma_pfn_is_pfnmap_or_mixedmap_on_every_profile() {
+    use crate::mm::vm::{VM_MIXEDMAP, VM_PFNMAP};
+    for arch in Arch::ALL {
+        for fix in [true, false] {
+            let (k, mm, _) = tlb_setup_with(arch, |c| c.fixes.set(Fix::NoRangeVmaPfn, fix));
+            let tracked = fix || arch != Arch::GenericNoRange;
+            for (flags, pfn) in [(VM_MIXEDMAP, true), (VM_PFNMAP, true), (0, false)] {
+                let vma = anon_vma(VA, VA + 0x1000, flags);
+                let before = k.stats.get(Stat::TlbFlushFull) + k.stats.get(Stat::TlbFlushRanged);
+                let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+                tlb.tlb_start_vma(&vma);
+                assert_eq!(tlb.vma_flags().2, pfn && tracked, "{arch:?} fix {fix} flags {flags:#x}");
+                tlb.tlb_remove_tlb_entry(VA);
+                tlb.tlb_end_vma(&vma);
+                let flushed_at_end = k.stats.get(Stat::TlbFlushFull) + k.stats.get(Stat::TlbFlushRanged) > before;
+                let merge = k.arch.mmu_gather_merge_vmas();
+                assert_eq!(flushed_at_end, !merge || (pfn && tracked), "{arch:?} fix {fix} flags {flags:#x}");
+                tlb.tlb_finish_mmu();
+            }
+        }
+    }
+}
