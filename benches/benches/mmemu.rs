@@ -338,7 +338,7 @@ fn table(c: &mut Criterion) {
                 MAX_TABLE_BATCH as u64,
                 |n| {
                     let tables: Vec<Pfn> =
-                        (0..n).map(|_| mm_core::pgtable::alloc_table_frame(&k).expect("table frame")).collect();
+                        (0..n).map(|_| mm_core::pgtable::pagetable_alloc(&k, 0).expect("table frame").pfn()).collect();
                     (tables, MmuGather::tlb_gather_mmu(&k, &mm))
                 },
                 |(tables, tlb)| {

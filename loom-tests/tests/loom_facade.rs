@@ -130,7 +130,7 @@ fn pte_write_read_no_torn_values() {
     PTE_OUTCOMES.lock().unwrap().clear();
     let n = check("pte_write_read_no_torn_values", || {
         let k = small_kernel(1);
-        let table = pgtable::alloc_table_frame(&k).unwrap();
+        let table = pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
         let data = k.alloc_pages(0, PageKind::Anon).unwrap();
         let va = 0x3000; // PTE index 3 in a 4-entry table
         let e1 = Pte::new(data, Pte::PRESENT | Pte::RW | Pte::USER);

@@ -88,7 +88,12 @@ pub enum Fix {
     /// `mm_tlb_flush_nested` sees another gatherer pending.
     NestedFlushDetect,
     /// 016c4d92cd16: x86 IPIs lazy-TLB CPUs too when page tables were
-    /// freed (`freed_tables`).
+    /// freed (`freed_tables`).  Its off state is an ablation: the v4.20
+    /// series ("Add freed_tables argument to flush_tlb_mm_range", then "Only
+    /// send page table free TLB flush to lazy TLB CPUs") introduced the skip
+    /// of lazy CPUs together with this exception, and the reverted mid-2018
+    /// form IPIed them at table-free time too (`tlb_flush_remove_tables`):
+    /// no released kernel skipped them when tables were freed.
     LazyTlbFreedTables,
     /// 70cbc3cc78a9: `gup_fast_pte_range` re-checks the PMD after the grab.
     GupPmdRecheck,
@@ -96,11 +101,16 @@ pub enum Fix {
     /// walk caches (VAE1IS, not VALE1IS) when the gather unshared PMD tables
     /// (`tlb->unshared_tables`), as when it freed them.
     Arm64UnshareWalkCache,
+    /// 7fb5e5083190 (with b67fbebd4cf9): MMU_GATHER_NO_RANGE keeps the VMA
+    /// flags (`tlb_update_vma_flags`, its stub removed), so `tlb_end_vma`
+    /// force-flushes a VM_PFNMAP / VM_MIXEDMAP VMA under the MERGE_VMAS that
+    /// NO_RANGE selects.
+    NoRangeVmaPfn,
 }
 
 impl Fix {
     /// Every switch, in `--revert` listing order.
-    pub const ALL: [Fix; 10] = [
+    pub const ALL: [Fix; 11] = [
         Fix::KhugepagedGupFastIpi,
         Fix::DelayRmap,
         Fix::HugetlbUnshareSync,
@@ -111,6 +121,7 @@ impl Fix {
         Fix::LazyTlbFreedTables,
         Fix::GupPmdRecheck,
         Fix::Arm64UnshareWalkCache,
+        Fix::NoRangeVmaPfn,
     ];
 
     /// Kebab-case switch name (CLI `--revert NAME`).
@@ -126,6 +137,7 @@ impl Fix {
             Fix::LazyTlbFreedTables => "lazy-tlb-freed-tables",
             Fix::GupPmdRecheck => "gup-pmd-recheck",
             Fix::Arm64UnshareWalkCache => "arm64-unshare-walk-cache",
+            Fix::NoRangeVmaPfn => "no-range-vma-pfn",
         }
     }
 
@@ -142,6 +154,7 @@ impl Fix {
             Fix::LazyTlbFreedTables => "016c4d92cd16",
             Fix::GupPmdRecheck => "70cbc3cc78a9",
             Fix::Arm64UnshareWalkCache => "c2ff4764e03e",
+            Fix::NoRangeVmaPfn => "7fb5e5083190",
         }
     }
 
@@ -155,10 +168,15 @@ impl Fix {
             Fix::SecondaryTlbOnFlush => "TLB flushes do not invalidate the secondary (IOMMU) TLB",
             Fix::FolioPagesBatching => "large folios gathered page by page",
             Fix::NestedFlushDetect => "tlb_finish_mmu trusts its own range even when a parallel zap is pending",
-            Fix::LazyTlbFreedTables => "lazy-TLB CPUs are skipped even when page tables were freed",
+            Fix::LazyTlbFreedTables => {
+                "ablation (no kernel ran it: lazy CPUs got every flush IPI until the v4.20 series that added freed_tables): lazy-TLB CPUs are skipped even when page tables were freed"
+            }
             Fix::GupPmdRecheck => "gup_fast_pte_range does not re-check the PMD after the grab",
             Fix::Arm64UnshareWalkCache => {
                 "arm64 tlb_flush after huge_pmd_unshare is last-level only (VALE1IS): the walk cache keeps the unshared PMD table"
+            }
+            Fix::NoRangeVmaPfn => {
+                "MMU_GATHER_NO_RANGE as v5.18 ran it: no VMA flags kept, tlb_end_vma never flushes, a VM_PFNMAP VMA's flush waits for tlb_finish_mmu"
             }
         }
     }
@@ -345,8 +363,14 @@ pub struct KernelConfig {
     pub ram_frames: usize,
     /// Number of emulated CPUs (the `Smp` implementation must agree).
     pub nr_cpus: usize,
-    /// CONFIG_MMU_GATHER_RCU_TABLE_FREE: page tables are freed after an RCU
-    /// grace period (crossbeam-epoch); off means freed right after the flush.
+    /// CONFIG_MMU_GATHER_RCU_TABLE_FREE (which selects MMU_GATHER_TABLE_FREE):
+    /// page tables go to a table batch and are freed after an RCU grace
+    /// period (crossbeam-epoch).  Off: a kernel without MMU_GATHER_TABLE_FREE
+    /// (x86 without PARAVIRT in v6.12, the MMU_GATHER_NO_RANGE arches):
+    /// `tlb_remove_table` is `tlb_remove_page`, tables are freed with the
+    /// gathered pages right after the flush.  (arm64 v6.12 selects it; off
+    /// there is the state before it did, docs/RACES.md “GUP-fast versus
+    /// page-table freeing”.)
     pub rcu_table_free: bool,
     /// x86 `tlb_single_page_flush_ceiling` (pages).
     pub tlb_single_page_flush_ceiling: u64,
@@ -473,6 +497,18 @@ impl KernelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A switch whose off state no kernel ran says so where `mmemu list`
+    /// and `reproduce` print it (CONTRIBUTING.md, “Adding a fix switch”).
+    #[test]
+    fn ablations_are_labelled() {
+        assert!(Fix::LazyTlbFreedTables.off_means().starts_with("ablation"));
+        for f in Fix::ALL {
+            if f != Fix::LazyTlbFreedTables {
+                assert!(!f.off_means().contains("ablation"), "{f}: a real kernel's state");
+            }
+        }
+    }
 
     #[test]
     fn arm64_asid_bits_are_8_or_16_and_more_than_the_cpus() {

@@ -110,12 +110,14 @@ pub enum CollapsePoint {
 
 type GupFastHook = Box<dyn Fn(&Kernel, GupFastPoint, u64) + Send + Sync>;
 type CollapseHook = Box<dyn Fn(&Kernel, CollapsePoint, u64) + Send + Sync>;
+type KernelPointHook = Box<dyn Fn(&Kernel) + Send + Sync>;
 
 /// Injection points for tests and stress drivers (set once per kernel).
 #[derive(Default)]
 pub struct RaceHooks {
     gup_fast: HookCell<GupFastHook>,
     collapse: HookCell<CollapseHook>,
+    after_free_pgtables: HookCell<KernelPointHook>,
 }
 
 impl RaceHooks {
@@ -126,6 +128,19 @@ impl RaceHooks {
     /// Install the `collapse_huge_page` hook; false if one is already installed.
     pub fn set_collapse(&self, f: impl Fn(&Kernel, CollapsePoint, u64) + Send + Sync + 'static) -> bool {
         self.collapse.set(Box::new(f)).is_ok()
+    }
+    /// Install the hook run at the end of `free_pgtables` (every VMA of the
+    /// call unlinked from i_mmap, the gather not finished: the
+    /// munmap-versus-`unmap_mapping_range` window of b67fbebd4cf9); false
+    /// if one is already installed.
+    pub fn set_after_free_pgtables(&self, f: impl Fn(&Kernel) + Send + Sync + 'static) -> bool {
+        self.after_free_pgtables.set(Box::new(f)).is_ok()
+    }
+    #[inline]
+    pub(crate) fn after_free_pgtables(&self, k: &Kernel) {
+        if let Some(h) = self.after_free_pgtables.get() {
+            h(k);
+        }
     }
     #[inline]
     pub(crate) fn gup_fast(&self, k: &Kernel, p: GupFastPoint, va: u64) {

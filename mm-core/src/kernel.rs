@@ -16,7 +16,7 @@ use crate::page::alloc::{PageAllocator, PageKind};
 use crate::page::{Folio, MemMap};
 use crate::rcu::{Rcu, RcuReadGuard};
 use crate::smp::{IrqFlags, Smp};
-use crate::stats::Stats;
+use crate::stats::{Stat, Stats};
 use crate::sync::{Arc, AtomicU64, Ordering};
 use crate::types::{CpuId, Pfn};
 
@@ -231,11 +231,19 @@ impl Kernel {
         }
     }
 
-    /// RCU callback processing (`rcu_core`): free tables whose grace period ended.
+    /// RCU callback processing (`rcu_core`): run the callbacks whose grace
+    /// period ended (`tlb_remove_table_rcu`, `pte_free_now`).
     pub fn rcu_process_callbacks(&self) {
         self.rcu.poke();
-        for pfn in self.rcu.take_ready() {
-            crate::pgtable::free_table_frame(self, pfn);
+        for (cpu, cb) in self.rcu.take_ready() {
+            // Counted on the queuing CPU: which CPU runs a callback is timing.
+            self.stats.inc(cpu, Stat::RcuCallbacks);
+            match cb {
+                crate::rcu::RcuCallback::TableBatch { page, tables } => {
+                    crate::gather::table_free::__tlb_remove_table_free(self, page, tables)
+                }
+                crate::rcu::RcuCallback::PteFreeNow(pt) => crate::pgtable::pagetable_free(self, pt),
+            }
         }
     }
 
@@ -255,7 +263,8 @@ impl Kernel {
 
     /// Create a new address space (`mm_alloc` + `pgd_alloc`).
     pub fn mm_alloc(&self) -> Arc<MmStruct> {
-        let pgd = crate::pgtable::alloc_table_frame(self).expect("out of memory for a pgd");
+        let pgd =
+            crate::page::ptdesc_address(crate::pgtable::pagetable_alloc(self, 0).expect("out of memory for a pgd"));
         let mm = Arc::new(MmStruct::new(self.next_id(), pgd));
         self.gup_oracle.set_owner(pgd, mm.id);
         mm.nr_ptes.fetch_add(1, Ordering::SeqCst);

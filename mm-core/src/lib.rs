@@ -41,10 +41,11 @@
 //!   `tlb_remove_table_sync_one`.
 //! - `mm` — `MmStruct` (mmap_lock, mm_cpumask, tlb_flush_pending, tlb_gen),
 //!   `Vma`, `vm::VM_*`, `AddressSpace`.
-//! - `page` — `struct page` / folio metadata (`Folio`, `MemMap`,
-//!   `flags::PG_*`) and the page allocator (`alloc`: `PageKind`, `InUse`).
-//! - `pgtable` — page-table frames and entry access (`read`, `write`,
-//!   `lookup_table`, `alloc_table_frame`).
+//! - `page` — `struct page` / folio / ptdesc metadata (`Folio`, `MemMap`,
+//!   `Ptdesc`, `flags::PG_*`) and the page allocator (`alloc`: `PageKind`,
+//!   `InUse`).
+//! - `pgtable` — page tables and entry access (`read`, `write`,
+//!   `lookup_table`, `pagetable_alloc`, `pagetable_free`).
 //! - `hw` — what the hardware does by itself: entry format (`pte`), the
 //!   MMU (`mmu`: `Hw`, `Access`), RAM with frame generations, per-CPU TLB
 //!   and paging-structure cache (`Ram`, `Tlb` re-exported).

@@ -30,13 +30,16 @@
 //! Off reproduces the pre-6.6 placement, which kept the secondary
 //! invalidation (`->invalidate_range`) in generic wrappers around the CPU
 //! flush rather than in it:
-//! - `tlb_flush_mmu_tlbonly` called `mmu_notifier_invalidate_range` right
-//!   after `tlb_flush` (so zap / munmap / madvise / mprotect through the
-//!   gather were covered);
+//! - `tlb_flush_mmu_tlbonly` called `mmu_notifier_invalidate_range(mm,
+//!   tlb->start, tlb->end)` right after `tlb_flush` (so zap / munmap /
+//!   madvise / mprotect through the gather were covered);
 //! - the `*_notify` helpers (`ptep_clear_flush_notify` in `wp_page_copy`);
 //! - `mmu_notifier_invalidate_range_end` (`__mmu_notifier_invalidate_range_end`
-//!   with `only_end == false`), i.e. after the PTL is dropped (folio_mkclean's
-//!   `page_vma_mkclean_one`, fork's `copy_page_range`).
+//!   with `only_end == false`), i.e. after the PTL is dropped: folio_mkclean's
+//!   `page_vma_mkclean_one`, fork's `copy_page_range`, `unmap_vmas`,
+//!   `zap_page_range_single`, `change_protection` (the kernel's range is
+//!   per `change_pmd_range`; once per VMA here) and `collapse_huge_page`
+//!   — so a gathered zap reached a subscriber twice.
 //!
 //! A path that calls the arch flush directly — arm64 `ptep_set_access_flags`
 //! → `flush_tlb_page` on a permission upgrade — reached no subscriber, and a

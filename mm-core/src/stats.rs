@@ -62,6 +62,7 @@ stat_items! {
     TablesQueued => "tables_queued", "page tables handed to tlb_remove_table";
     TablesFreed => "tables_freed", "page tables freed (after RCU or sync)";
     TableBatchAllocFail => "table_batch_alloc_fail", "table batch allocation failed: tlb_remove_table_one path";
+    RcuCallbacks => "rcu_callbacks", "RCU callbacks run after their grace period (tlb_remove_table_rcu, pte_free_now), counted on the CPU that queued them";
     NestedFlushForced => "nested_flush_forced", "tlb_finish_mmu forced a full flush (mm_tlb_flush_nested)";
     SecondaryTlbInvalidations => "secondary_tlb_invalidations", "mmu_notifier secondary-TLB invalidations (one per subscriber)";
     IommuPageFaults => "iommu_page_faults", "device faults handled by iommu_sva_handle_iopf";

@@ -39,6 +39,7 @@ const CONFIGURATION: &[(&str, &str)] = &[
     // Race drivers refusing a profile they do not model (like ArchReq::Requires).
     ("iommu_sva.rs", "if p.kcfg.arch != Arch::Arm64 {"),
     ("lazy_tlb.rs", "if p.kcfg.arch != Arch::X86 {"),
+    ("pfnmap_unmap.rs", "if p.kcfg.arch != Arch::GenericNoRange {"),
     // `mmemu list` printing a scenario's ArchReq (default / required); the
     // second is where main's workloads-structure merge put it.
     ("cli.rs", "let arch = match s.arch {"),

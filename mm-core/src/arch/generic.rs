@@ -14,7 +14,7 @@
 //! lets ASNs defer the rest).
 
 use super::{secondary_invalidate, ActiveMm, ArchOps, CpuMm, FLUSH_ALL};
-use crate::config::{Arch, KernelVersion};
+use crate::config::{Arch, Fix, KernelVersion};
 use crate::gather::MmuGather;
 use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
@@ -76,13 +76,21 @@ impl ArchOps for GenericNoRange {
         }
     }
 
-    /// Nothing: the MMU_GATHER_NO_RANGE stub asm-generic/tlb.h had before
-    /// v6.0 (7fb5e5083190 removed it; v6.12 records the flags on every arch).
-    fn tlb_update_vma_flags(&self, _tlb: &mut MmuGather<'_>, _vma: &Vma) {}
+    /// v6.12: the asm-generic body, as on every arch (7fb5e5083190 removed
+    /// the MMU_GATHER_NO_RANGE stub, so `vma_pfn` is tracked here too).
+    /// `Fix::NoRangeVmaPfn` off: the stub — nothing recorded, as NO_RANGE
+    /// kernels up to v5.18 had it.
+    fn tlb_update_vma_flags(&self, tlb: &mut MmuGather<'_>, vma: &Vma) {
+        if tlb.kernel().cfg.fixes.on(Fix::NoRangeVmaPfn) {
+            tlb.record_vma_flags(vma);
+        }
+    }
 
-    /// Not selected (in v6.12 MMU_GATHER_NO_RANGE selects it: 1e9fdf21a433).
+    /// Selected: `config MMU_GATHER_NO_RANGE` selects MMU_GATHER_MERGE_VMAS
+    /// (1e9fdf21a433, v6.0; before it NO_RANGE's `tlb_end_vma` was empty,
+    /// the same thing), so `tlb_end_vma` flushes only a `vma_pfn` VMA.
     fn mmu_gather_merge_vmas(&self) -> bool {
-        false
+        true
     }
 
     /// The asm-generic default (include/asm-generic/tlb.h, v6.12; no

@@ -54,8 +54,9 @@ pub trait ArchOps: Send + Sync {
     /// `tlb_update_vma_flags(tlb, vma)`, from `tlb_start_vma` and
     /// `tlb_gather_mmu_vma`.
     fn tlb_update_vma_flags(&self, tlb: &mut MmuGather<'_>, vma: &Vma);
-    /// CONFIG_MMU_GATHER_MERGE_VMAS: `tlb_end_vma` does not flush (unless a
-    /// VM_PFNMAP VMA was gathered).
+    /// CONFIG_MMU_GATHER_MERGE_VMAS (selected by MMU_GATHER_NO_RANGE):
+    /// `tlb_end_vma` does not flush unless the gather's `vma_pfn` is set
+    /// (a VM_PFNMAP / VM_MIXEDMAP VMA).
     fn mmu_gather_merge_vmas(&self) -> bool;
     /// `pte_needs_flush(oldpte, newpte)`: must a PTE changed in place by
     /// mprotect (`change_pte_range`) be flushed?

@@ -91,6 +91,7 @@ const NOT_THE_ARCH: &[Stat] = &[
     Stat::TablesQueued,
     Stat::TablesFreed,
     Stat::TableBatchAllocFail,
+    Stat::RcuCallbacks,
     Stat::NestedFlushForced,
     Stat::SecondaryTlbInvalidations,
     Stat::IommuPageFaults,
@@ -249,7 +250,7 @@ mod arm64_flush {
         assert_eq!(tlbis(&k), [2, 0, 0, 0, 0, 1], "one VALE1IS per 2 MiB");
         // PTEs and a freed PTE table: all levels, no hint, the smallest stride.
         tlb.tlb_remove_tlb_entries(BASE, 3);
-        let table = crate::pgtable::alloc_table_frame(&k).unwrap();
+        let table = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
         tlb.pte_free_tlb(table, BASE);
         assert_eq!(arm64::tlb_get_level(&tlb), None);
         tlb.tlb_finish_mmu();

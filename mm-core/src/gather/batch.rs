@@ -131,7 +131,17 @@ fn free_pages_and_swap_cache(k: &Kernel, entries: &[EncodedPage]) -> u64 {
             i += 1;
             nr = encoded_nr_pages(entries[i]);
         }
-        let folio = k.mem.page_folio(encoded_page_ptr(e));
+        let page = encoded_page_ptr(e);
+        if k.mem.page(page).test(crate::page::flags::PG_TABLE) {
+            // A page table queued by `tlb_remove_table` without
+            // MMU_GATHER_TABLE_FREE (`tlb_remove_page`): its one reference
+            // goes, and it is freed as a table (`pagetable_free`).
+            crate::pgtable::pagetable_free(k, k.mem.page_ptdesc(page));
+            released += nr;
+            i += 1;
+            continue;
+        }
+        let folio = k.mem.page_folio(page);
         let refs = i32::try_from(nr).expect("folio fragment larger than i32 pages");
         if k.mem.folio_put_testzero(folio, refs) {
             k.free_folio(folio);
@@ -191,8 +201,8 @@ pub(crate) fn free_encoded_pages(k: &Kernel, batch: &mut MmuGatherBatch) {
 pub struct MmuTableBatch {
     /// The page backing the batch.
     pub(crate) page: Pfn,
-    /// `tables[]` (`nr` = len).
-    pub(crate) tables: Vec<Pfn>,
+    /// `tables[]` (`nr` = len): page-table descriptors.
+    pub(crate) tables: Vec<crate::page::Ptdesc>,
 }
 
 impl MmuTableBatch {

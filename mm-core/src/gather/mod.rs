@@ -47,10 +47,18 @@
 //!   the invalidating flush, and `tlb_remove_table_sync_one` is a no-op.
 //! - `init_on_free`: the free chunk cap counts pages, not entries.
 //! - Fixes: `DelayRmap` (`tlb_delay_rmap`), `FolioPagesBatching` (off: a
-//!   folio fragment takes one slot per page), `NestedFlushDetect` (off:
+//!   folio fragment takes one slot per page and a batch is full at
+//!   nr == max, the pre-d7f861b9c43a `__tlb_remove_page_size`; on: full at
+//!   nr >= max - 1, room for page + nr_pages), `NestedFlushDetect` (off:
 //!   `tlb_finish_mmu` trusts its own range).
-//! - `MMU_GATHER_MERGE_VMAS` is selected by no profile (s390 selects it), so
-//!   `tlb_end_vma` always flushes the TLB (`vma_pfn` would force it anyway).
+//! - `MMU_GATHER_MERGE_VMAS` is selected by MMU_GATHER_NO_RANGE (the
+//!   generic profile; s390 selects it too, 1e9fdf21a433): there
+//!   `tlb_end_vma` flushes only a `vma_pfn` VMA (VM_PFNMAP / VM_MIXEDMAP,
+//!   b67fbebd4cf9), which NO_RANGE tracks since 7fb5e5083190 removed its
+//!   `tlb_update_vma_flags` stub (`Fix::NoRangeVmaPfn`).  arm64 does not
+//!   select it: `tlb_end_vma` always flushes.  v6.12 x86 does select it
+//!   (1e9fdf21a433 replaced x86's empty `tlb_end_vma` with it), but the x86
+//!   profile still answers `false` (docs/FIDELITY.md, “Found wrong”).
 
 pub(crate) mod batch;
 pub(crate) mod encoded_page;
@@ -73,7 +81,6 @@ use crate::kernel::Kernel;
 use crate::mm::{vm, MmStruct, Vma};
 use crate::page::alloc::PageKind;
 use crate::stats::Stat;
-use crate::tlb::FLUSH_ALL;
 use crate::types::Pfn;
 
 /// Index of the on-stack `local` batch in `MmuGather::batches`.
@@ -370,12 +377,13 @@ impl<'a> MmuGather<'a> {
         k.arch.tlb_update_vma_flags(self, vma);
     }
 
-    /// The asm-generic `tlb_update_vma_flags` body: remember the VMA's
-    /// VM_HUGETLB, VM_EXEC and VM_PFNMAP for `tlb_flush` and `tlb_end_vma`.
+    /// The asm-generic `tlb_update_vma_flags` body (v6.12): remember the
+    /// VMA's VM_HUGETLB, VM_EXEC and VM_PFNMAP | VM_MIXEDMAP (`vma_pfn`,
+    /// b67fbebd4cf9) for `tlb_flush` and `tlb_end_vma`.
     pub(crate) fn record_vma_flags(&mut self, vma: &Vma) {
         self.vma_huge = vma.is_hugetlb();
         self.vma_exec = vma.flags & vm::VM_EXEC != 0;
-        self.vma_pfn = vma.flags & vm::VM_PFNMAP != 0;
+        self.vma_pfn = vma.flags & (vm::VM_PFNMAP | vm::VM_MIXEDMAP) != 0;
     }
 
     /// `tlb_start_vma`
@@ -387,9 +395,11 @@ impl<'a> MmuGather<'a> {
     }
 
     /// `tlb_end_vma`: flush at the VMA boundary (so the range does not grow
-    /// over the gap to the next VMA); VM_PFNMAP forces it even with
-    /// MMU_GATHER_MERGE_VMAS (`ArchOps::mmu_gather_merge_vmas`; no mapcount
-    /// protects those PFNs).
+    /// over the gap to the next VMA) unless MMU_GATHER_MERGE_VMAS
+    /// (`ArchOps::mmu_gather_merge_vmas`: the NO_RANGE profile); `vma_pfn`
+    /// (VM_PFNMAP / VM_MIXEDMAP) forces it even then (b67fbebd4cf9): no
+    /// refcount keeps those frames until the flush, and once the VMA left
+    /// i_mmap the driver's `unmap_mapping_range` cannot see it.
     pub fn tlb_end_vma(&mut self, _vma: &Vma) {
         if self.fullmm {
             return;
@@ -478,6 +488,23 @@ impl<'a> MmuGather<'a> {
         } else {
             batch.push(encode_page(page, flags | ENCODED_PAGE_BIT_NR_PAGES_NEXT));
             batch.push(encode_nr_pages(nr_pages));
+        }
+        if !self.k.cfg.fixes.on(Fix::FolioPagesBatching) {
+            // Pre-d7f861b9c43a `__tlb_remove_page_size`: one slot per page,
+            // full when the batch is (nr == max).
+            if batch.nr == batch.max && !self.tlb_next_batch() {
+                return true;
+            }
+            vm_bug_on!(
+                self.k,
+                {
+                    let b = &self.batches[self.active];
+                    b.nr > b.max
+                },
+                "VM_BUG_ON_PAGE(batch->nr > batch->max, page) in __tlb_remove_page_size",
+                "{page:?}"
+            );
+            return false;
         }
         // Make sure another page + nr_pages (two slots) always fits.
         if batch.nr >= batch.max - 1 && !self.tlb_next_batch() {
@@ -660,9 +687,9 @@ impl<'a> MmuGather<'a> {
             self.k.san.table_unlinked(self.mm.id, pt, gen);
         }
         // Pre-6bbd42e2df8f the secondary TLBs were invalidated here, right
-        // after the arch flush (a no-op with the fix on: the flush did it).
-        let (start, end) = if self.fullmm || self.need_flush_all { (0, FLUSH_ALL) } else { (self.start, self.end) };
-        crate::notifier::mmu_notifier_invalidate_range(self.k, self.mm, start, end);
+        // after the arch flush, for tlb->start..tlb->end as they stand (for
+        // fullmm: end ~0); a no-op with the fix on: the flush did it.
+        crate::notifier::mmu_notifier_invalidate_range(self.k, self.mm, self.start, self.end);
         self.__tlb_reset_range();
     }
 
@@ -721,7 +748,7 @@ impl<'a> MmuGather<'a> {
     /// became exclusive (then it may be reused once
     /// `tlb_flush_unshared_tables` ran).
     pub fn tlb_unshare_pmd_ptdesc(&mut self, pt: Pfn, addr: u64) {
-        let share = &self.k.mem.page(pt).pt_share_count;
+        let share = self.k.mem.pt_share_count(self.k.mem.virt_to_ptdesc(pt));
         let old = share.fetch_sub(1, crate::sync::Ordering::SeqCst);
         vm_warn_on!(
             self.k,

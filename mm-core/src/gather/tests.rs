@@ -245,13 +245,17 @@ fn folio_pages_batching_off_flushes_mid_fragment_instead_of_dropping() {
     let mm = k.mm_alloc();
     let base = k.alloc.in_use();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
-    // No batch can be allocated: only `local` (7 usable slots).
+    // No batch can be allocated: only `local`, full at 8 pages (the
+    // pre-d7f861b9c43a nr == max rule).
     k.inject.faults.fail_page_batch.store(100, Ordering::SeqCst);
     let f = mapped_folio(&k, 4); // 16 pages
     tlb.tlb_remove_tlb_entries(VA, 16);
     let full = tlb.__tlb_remove_folio_pages(f, 16, true);
-    assert!(tlb.delayed_rmap() || !full);
-    assert!(k.stats.get(Stat::GatherFlushes) >= 2, "flushed in the middle");
+    assert!(full, "the 16th page filled local again: the caller flushes");
+    assert!(tlb.delayed_rmap());
+    assert_eq!(tlb.nr_gathered(), 8);
+    assert_eq!(k.stats.get(Stat::GatherFlushes), 1, "flushed once in the middle, after page 8");
+    assert_eq!(k.stats.get(Stat::GatherPagesFreed), 8);
     tlb.tlb_flush_mmu_tlbonly();
     tlb.tlb_flush_rmaps(&anon_vma(VA, VA + 0x10000, 0));
     assert_eq!(k.mem.folio_mapcount(Folio(f)), 0);
@@ -259,6 +263,44 @@ fn folio_pages_batching_off_flushes_mid_fragment_instead_of_dropping() {
     assert!(is_free(&k, f));
     assert_eq!(k.alloc.in_use(), base);
     k.inject.faults.fail_page_batch.store(0, Ordering::SeqCst);
+}
+
+/// How many single pages a gather takes before `__tlb_remove_page` says
+/// "full", and after how many the first page batch was allocated: with the
+/// fix `local` is full at 7 (MMU_GATHER_BUNDLE - 1) and a page batch at
+/// 509; pre-d7f861b9c43a at 8 and 510 (nr == max).
+#[test]
+fn folio_pages_batching_off_fills_each_batch_to_max() {
+    for (on, first_batch_after, total) in [
+        (true, MMU_GATHER_BUNDLE - 1, MMU_GATHER_BUNDLE - 1 + MAX_GATHER_BATCH_COUNT * (MAX_GATHER_BATCH - 1)),
+        (false, MMU_GATHER_BUNDLE, MMU_GATHER_BUNDLE + MAX_GATHER_BATCH_COUNT * MAX_GATHER_BATCH),
+    ] {
+        let k = kernel_with(1, |c| c.fixes.set(Fix::FolioPagesBatching, on));
+        let mm = k.mm_alloc();
+        let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+        tlb.tlb_remove_tlb_entry(VA);
+        let mut n = 0;
+        let mut batch_at = None;
+        loop {
+            let p = mapped_folio(&k, 0);
+            k.mem.remove_rmap_ptes(p, 1);
+            n += 1;
+            let full = tlb.__tlb_remove_page(p, false);
+            if batch_at.is_none() && tlb.batch_count() == 1 {
+                batch_at = Some(n);
+            }
+            if full {
+                break;
+            }
+        }
+        assert_eq!(batch_at, Some(first_batch_after), "fix {on}");
+        assert_eq!(n, total, "fix {on}");
+        assert_eq!(tlb.nr_gathered(), total);
+        assert_eq!(tlb.batch_count(), MAX_GATHER_BATCH_COUNT);
+        tlb.tlb_flush_mmu();
+        assert_eq!(k.stats.get(Stat::GatherPagesFreed), total as u64);
+        tlb.tlb_finish_mmu();
+    }
 }
 
 // ---- checklist item 3: delayed rmaps ---------------------------------------------------
@@ -341,7 +383,7 @@ fn delayed_rmap_fragment_removes_all_its_pages() {
 fn table_batch_alloc_failure_takes_the_sync_one_path() {
     let k = kernel(2);
     let mm = k.mm_alloc();
-    let table = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let table = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
     k.inject.faults.fail_table_batch.store(1, Ordering::SeqCst);
     tlb.pte_free_tlb(table, VA);
@@ -363,7 +405,7 @@ fn table_batch_alloc_failure_takes_the_sync_one_path() {
 fn table_batch_alloc_failure_without_sync_one_frees_at_once() {
     let k = kernel_with(2, |c| c.table_free_one_sync = false);
     let mm = k.mm_alloc();
-    let table = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let table = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
     k.inject.faults.fail_table_batch.store(1, Ordering::SeqCst);
     tlb.pte_free_tlb(table, VA);
@@ -379,8 +421,8 @@ fn tables_wait_for_flush_and_grace_period() {
     let k = kernel(2);
     let mm = k.mm_alloc();
     let base = k.alloc.in_use();
-    let t1 = crate::pgtable::alloc_table_frame(&k).unwrap();
-    let t2 = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let t1 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    let t2 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
     tlb.pte_free_tlb(t1, VA);
     tlb.pmd_free_tlb(t2, VA);
@@ -399,21 +441,91 @@ fn tables_wait_for_flush_and_grace_period() {
 
 #[test]
 fn full_table_batch_is_flushed_at_once() {
-    let k = kernel_with(1, |c| c.rcu_table_free = false);
+    let k = kernel(1);
     let mm = k.mm_alloc();
-    let tables: Vec<Pfn> = (0..MAX_TABLE_BATCH).map(|_| crate::pgtable::alloc_table_frame(&k).unwrap()).collect();
+    let tables: Vec<Pfn> =
+        (0..MAX_TABLE_BATCH).map(|_| crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn()).collect();
     let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
     for (i, t) in tables.iter().enumerate() {
         tlb.pte_free_tlb(*t, VA + i as u64 * k.cfg.geometry.pmd_size());
     }
-    // Without RCU table free the batch is freed right after the invalidation.
+    // The full batch was invalidated and handed to RCU at once.
     assert_eq!(tlb.nr_tables_queued(), 0);
-    assert!(tables.iter().all(|t| is_free(&k, *t)));
     assert_eq!(k.stats.get(Stat::TlbFlushRanged), 1);
+    assert_eq!(k.rcu.pending(), 1);
+    assert!(tables.iter().all(|t| !is_free(&k, *t)), "the grace period has not ended");
     tlb.tlb_finish_mmu();
-    // No sync IPI without rcu_table_free (a no-op, as in the kernel).
+    k.rcu_barrier();
+    assert!(tables.iter().all(|t| is_free(&k, *t)));
+    assert_eq!(k.stats.get(Stat::RcuCallbacks), 1);
+}
+
+/// `tlb_remove_table_rcu` → `__tlb_remove_table_free`: the batch page (where
+/// the `rcu_head` lives) is freed in the callback, after the tables — not
+/// when the batch is handed to `call_rcu`.
+#[test]
+fn table_batch_page_is_freed_in_its_rcu_callback() {
+    let k = kernel(2);
+    let mm = k.mm_alloc();
+    let base = k.alloc.in_use();
+    let t1 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    let t2 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    tlb.pte_free_tlb(t1, VA);
+    tlb.pte_free_tlb(t2, VA + k.cfg.geometry.pmd_size());
+    assert_eq!(k.alloc.in_use().kernel, base.kernel + 1, "the table batch page");
+    tlb.tlb_finish_mmu();
+    assert_eq!(k.rcu.pending(), 1, "one callback for the batch");
+    assert_eq!(k.alloc.in_use().kernel, base.kernel + 1, "the batch page waits for its callback");
+    assert!(!is_free(&k, t1) && !is_free(&k, t2));
+    assert_eq!(k.stats.get(Stat::TablesFreed), 0);
+    k.rcu_barrier();
+    assert_eq!(k.stats.get(Stat::RcuCallbacks), 1);
+    assert_eq!(k.stats.get(Stat::TablesFreed), 2);
+    assert!(is_free(&k, t1) && is_free(&k, t2));
+    assert_eq!(k.alloc.in_use().kernel, base.kernel, "freed by tlb_remove_table_rcu");
+    assert_eq!(k.alloc.in_use().page_table, base.page_table);
+}
+
+/// Without MMU_GATHER_TABLE_FREE (x86 without PARAVIRT in v6.12:
+/// `paravirt_tlb_remove_table` is `tlb_remove_page`) a table is a page of
+/// the page batch: no table batch, no allocation that could fail, freed
+/// after the TLB flush together with the pages, no RCU.
+#[test]
+fn without_table_free_tables_go_through_the_page_batch() {
+    let k = kernel_with(2, |c| c.rcu_table_free = false);
+    let mm = k.mm_alloc();
+    let base = k.alloc.in_use();
+    let data = mapped_folio(&k, 0);
+    let t1 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    let t2 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    k.inject.faults.fail_table_batch.store(1, Ordering::SeqCst);
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    tlb.tlb_remove_tlb_entry(VA);
+    k.mem.remove_rmap_ptes(data, 1);
+    assert!(!tlb.__tlb_remove_page(data, false));
+    tlb.pte_free_tlb(t1, VA);
+    tlb.pmd_free_tlb(t2, VA);
+    assert_eq!(tlb.nr_tables_queued(), 0, "no table batch");
+    assert_eq!(tlb.nr_gathered(), 3, "one data page and two tables in the page batch");
+    assert_eq!(k.stats.get(Stat::TablesQueued), 2);
+    assert_eq!(k.stats.get(Stat::TableBatchAllocFail), 0);
+    assert_eq!(k.inject.faults.fail_table_batch.load(Ordering::SeqCst), 1, "no table batch was allocated");
+    assert_eq!(k.alloc.in_use().kernel, base.kernel, "the local batch has no page");
+    tlb.tlb_flush_mmu_tlbonly();
+    assert_eq!(k.stats.get(Stat::TlbFlushRanged), 1);
+    assert!(!is_free(&k, t1) && !is_free(&k, t2), "still held by the batch after the flush");
+    tlb.tlb_finish_mmu();
+    assert!(is_free(&k, t1) && is_free(&k, t2) && is_free(&k, data));
+    assert_eq!(k.stats.get(Stat::TablesFreed), 2);
+    assert_eq!(k.stats.get(Stat::GatherPagesFreed), 3);
+    assert_eq!(k.stats.get(Stat::TlbFlushRanged), 1, "no second flush");
+    assert_eq!(k.rcu.pending(), 0);
+    assert_eq!(k.stats.get(Stat::RcuCallbacks), 0);
+    // No sync IPI without MMU_GATHER_RCU_TABLE_FREE (a no-op, as in the kernel).
     tlb_remove_table_sync_one(&k);
     assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 0);
+    k.inject.faults.fail_table_batch.store(0, Ordering::SeqCst);
 }
 
 // ---- checklist item 6: flush kinds -----------------------------------------------------
@@ -483,7 +595,7 @@ fn fullmm_and_need_flush_all_flush_the_whole_mm() {
 #[test]
 fn arm64_fullmm_flushes_the_asid_only_when_tables_were_freed() {
     let (k, mm, far) = tlb_setup(Arch::Arm64);
-    let table = crate::pgtable::alloc_table_frame(&k).unwrap();
+    let table = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
     let mut tlb = MmuGather::tlb_gather_mmu_fullmm(&k, &mm);
     tlb.tlb_remove_tlb_entry(VA);
     // A batch-full flush in the middle of exit_mmap: no TLBI at all.
@@ -618,12 +730,12 @@ fn unshare_syncs_once_and_only_for_the_last_sharer() {
     let mm = k.mm_alloc();
     let g = k.cfg.geometry;
     let vma = anon_vma(0, g.pud_size() * 4, crate::mm::vm::VM_HUGETLB);
-    let pt1 = crate::pgtable::alloc_table_frame(&k).unwrap();
-    let pt2 = crate::pgtable::alloc_table_frame(&k).unwrap();
-    let pt3 = crate::pgtable::alloc_table_frame(&k).unwrap();
-    k.mem.page(pt1).pt_share_count.store(2, Ordering::SeqCst);
-    k.mem.page(pt2).pt_share_count.store(1, Ordering::SeqCst);
-    k.mem.page(pt3).pt_share_count.store(1, Ordering::SeqCst);
+    let pt1 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    let pt2 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    let pt3 = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    k.mem.pt_share_count(k.mem.virt_to_ptdesc(pt1)).store(2, Ordering::SeqCst);
+    k.mem.pt_share_count(k.mem.virt_to_ptdesc(pt2)).store(1, Ordering::SeqCst);
+    k.mem.pt_share_count(k.mem.virt_to_ptdesc(pt3)).store(1, Ordering::SeqCst);
 
     let mut tlb = MmuGather::tlb_gather_mmu_vma(&k, &mm, &vma);
     assert_eq!(tlb.page_size(), g.pmd_size());
@@ -644,7 +756,7 @@ fn unshare_syncs_once_and_only_for_the_last_sharer() {
     assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 1);
     assert_eq!(k.smp.call_interrupts(CpuId(1)), 1);
     assert!(!tlb.fully_unshared_tables());
-    assert_eq!(k.mem.page(pt2).pt_share_count.load(Ordering::SeqCst), 0);
+    assert_eq!(k.mem.pt_share_count(k.mem.virt_to_ptdesc(pt2)).load(Ordering::SeqCst), 0);
     tlb.tlb_finish_mmu();
     assert_eq!(k.stats.get(Stat::TlbRemoveTableSyncOne), 1);
 }
@@ -658,8 +770,8 @@ const UNSHARE_UNSHARED: ViolationKind =
 /// `tlb_flush_unshared_tables`; returns the sync IPIs it sent.
 fn finish_with_fully_unshared_tables(k: &Kernel) -> u64 {
     let mm = k.mm_alloc();
-    let pt = crate::pgtable::alloc_table_frame(k).unwrap();
-    k.mem.page(pt).pt_share_count.store(1, Ordering::SeqCst);
+    let pt = crate::pgtable::pagetable_alloc(k, 0).unwrap().pfn();
+    k.mem.pt_share_count(k.mem.virt_to_ptdesc(pt)).store(1, Ordering::SeqCst);
     let mut tlb = MmuGather::tlb_gather_mmu(k, &mm);
     tlb.tlb_unshare_pmd_ptdesc(pt, 0);
     assert!(tlb.fully_unshared_tables());
@@ -693,11 +805,11 @@ fn unsharing_an_unshared_table_warns_and_goes_on() {
     for debug_vm in [true, false] {
         let k = kernel_with(1, |c| c.debug_vm = debug_vm);
         let mm = k.mm_alloc();
-        let pt = crate::pgtable::alloc_table_frame(&k).unwrap();
+        let pt = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
         let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
         tlb.tlb_unshare_pmd_ptdesc(pt, 0);
         // The count went negative: still "shared", so not fully unshared.
-        assert_eq!(k.mem.page(pt).pt_share_count.load(Ordering::SeqCst), -1);
+        assert_eq!(k.mem.pt_share_count(k.mem.virt_to_ptdesc(pt)).load(Ordering::SeqCst), -1);
         assert!(tlb.unshared_tables() && !tlb.fully_unshared_tables());
         tlb.tlb_flush_unshared_tables();
         tlb.tlb_finish_mmu();
@@ -734,4 +846,31 @@ fn gathering_before_the_range_is_recorded_is_a_kernel_bug() {
     assert!(!tlb.__tlb_remove_folio_pages_size(pfn, 1, false, 4096));
     tlb.tlb_finish_mmu();
     assert!(is_free(&k, pfn));
+}
+
+/// `vma_pfn` is VM_PFNMAP | VM_MIXEDMAP on every profile (b67fbebd4cf9);
+/// on NO_RANGE only with 7fb5e5083190 (`no-range-vma-pfn`), and there it is
+/// what makes `tlb_end_vma` flush under MERGE_VMAS.
+#[test]
+fn vma_pfn_is_pfnmap_or_mixedmap_on_every_profile() {
+    use crate::mm::vm::{VM_MIXEDMAP, VM_PFNMAP};
+    for arch in Arch::ALL {
+        for fix in [true, false] {
+            let (k, mm, _) = tlb_setup_with(arch, |c| c.fixes.set(Fix::NoRangeVmaPfn, fix));
+            let tracked = fix || arch != Arch::GenericNoRange;
+            for (flags, pfn) in [(VM_MIXEDMAP, true), (VM_PFNMAP, true), (0, false)] {
+                let vma = anon_vma(VA, VA + 0x1000, flags);
+                let before = k.stats.get(Stat::TlbFlushFull) + k.stats.get(Stat::TlbFlushRanged);
+                let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+                tlb.tlb_start_vma(&vma);
+                assert_eq!(tlb.vma_flags().2, pfn && tracked, "{arch:?} fix {fix} flags {flags:#x}");
+                tlb.tlb_remove_tlb_entry(VA);
+                tlb.tlb_end_vma(&vma);
+                let flushed_at_end = k.stats.get(Stat::TlbFlushFull) + k.stats.get(Stat::TlbFlushRanged) > before;
+                let merge = k.arch.mmu_gather_merge_vmas();
+                assert_eq!(flushed_at_end, !merge || (pfn && tracked), "{arch:?} fix {fix} flags {flags:#x}");
+                tlb.tlb_finish_mmu();
+            }
+        }
+    }
 }

@@ -35,8 +35,15 @@ pub mod vm {
     /// `VM_MAYWRITE`: mprotect may add PROT_WRITE; fork COWs a private
     /// mapping only with it.
     pub const VM_MAYWRITE: u64 = 1 << 5;
-    /// `VM_PFNMAP`: the gather's `vma_pfn`.
+    /// `VM_PFNMAP`: page-ranges managed without struct page, just pure PFN
+    /// (`remap_pfn_range`, `ops::pfnmap`); the gather's `vma_pfn`.
     pub const VM_PFNMAP: u64 = 1 << 10;
+    /// `VM_IO`: memory-mapped I/O or similar (set with VM_PFNMAP by
+    /// `remap_pfn_range`).
+    pub const VM_IO: u64 = 1 << 14;
+    /// `VM_MIXEDMAP`: a mix of struct-page and pure-PFN pages
+    /// (`vm_insert_page` / `vmf_insert_mixed`); the gather's `vma_pfn` too.
+    pub const VM_MIXEDMAP: u64 = 1 << 28;
     /// `VM_HUGETLB`: a hugetlbfs mapping (`ops::hugetlb`; PMD sharing).
     pub const VM_HUGETLB: u64 = 1 << 22;
 }

@@ -51,6 +51,11 @@ pub fn handle_mm_fault(k: &Kernel, mm: &Arc<MmStruct>, va: u64, write: bool) -> 
     if vma.is_hugetlb() {
         return super::hugetlb::hugetlb_fault(k, mm, vma, va, write);
     }
+    if vma.flags & crate::mm::vm::VM_PFNMAP != 0 {
+        // A remap_pfn_range mapping has no ->fault: a missing PTE is
+        // VM_FAULT_SIGBUS (`ops::pfnmap`).
+        return Err(FaultError::Segv);
+    }
     let table = pgtable::alloc_table(k, mm, va, Level::Pte).ok_or(FaultError::Oom)?;
     handle_pte_fault(k, mm, vma, table, va, write)
 }

@@ -46,15 +46,18 @@ pub fn pgtable_trans_huge_withdraw(mm: &MmStruct, haddr: u64) -> Pfn {
         .unwrap_or_else(|| panic!("mm {}: no table deposited under the huge PMD at {haddr:#x}", mm.id))
 }
 
-/// `pte_free(mm, pgtable)`: free a PTE table at once (no RCU, no gather).
+/// `pte_free(mm, pgtable)`: free a PTE table at once (no RCU, no gather):
+/// `pagetable_free(page_ptdesc(pte_page))`.
 pub fn pte_free(k: &Kernel, table: Pfn) {
-    pgtable::free_table_frame(k, table);
+    pgtable::pagetable_free(k, k.mem.page_ptdesc(table));
 }
 
 /// `pte_free_defer(mm, pgtable)`: free a PTE table after an RCU grace
-/// period (v6.6+, for tables retracted without mmap_lock held for write).
+/// period (v6.6+, for tables retracted without mmap_lock held for write):
+/// `call_rcu(&ptdesc->pt_rcu_head, pte_free_now)`.
 pub fn pte_free_defer(k: &Kernel, table: Pfn) {
-    k.rcu.call_rcu(vec![table]);
+    let pt = k.mem.page_ptdesc(table);
+    k.rcu.call_rcu(k.this_cpu(), crate::rcu::RcuCallback::PteFreeNow(pt));
 }
 
 /// `zap_deposited_table(mm, pmd)`: withdraw and free the deposited table.

@@ -196,6 +196,8 @@ pub fn collapse_huge_page(k: &Kernel, mm: &Arc<MmStruct>, address: u64) -> ScanR
     let pml = pgtable::ptl(k, pmd_table);
     let old_pmd = pmdp_collapse_flush(k, mm, pmd_table, haddr);
     drop(pml);
+    // mmu_notifier_invalidate_range_end (pre-6bbd42e2df8f: ->invalidate_range).
+    crate::notifier::mmu_notifier_invalidate_range_end(k, mm, haddr, haddr + k.cfg.geometry.pmd_size());
     if k.cfg.fixes.on(Fix::KhugepagedGupFastIpi) {
         tlb_remove_table_sync_one(k);
     }

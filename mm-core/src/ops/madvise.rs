@@ -36,5 +36,8 @@ pub fn madvise_dontneed(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> 
 pub fn zap_page_range_single(k: &Kernel, mm: &MmStruct, vma: &crate::mm::Vma, start: u64, end: u64) {
     let mut tlb = MmuGather::tlb_gather_mmu(k, mm);
     unmap_single_vma(&mut tlb, vma, start, end);
+    // Pre-6bbd42e2df8f: ->invalidate_range at the range_end (after the
+    // gather's own mmu_notifier_invalidate_range in tlb_flush_mmu_tlbonly).
+    crate::notifier::mmu_notifier_invalidate_range_end(k, mm, start, end);
     tlb.tlb_finish_mmu();
 }

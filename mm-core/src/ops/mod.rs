@@ -12,6 +12,7 @@ pub mod khugepaged;
 pub(crate) mod madvise;
 pub(crate) mod mmap;
 pub(crate) mod mprotect;
+pub mod pfnmap;
 pub(crate) mod uaccess;
 pub mod writeback;
 pub(crate) mod zap;
@@ -21,6 +22,7 @@ pub use hugetlb::mmap_hugetlb;
 pub use madvise::madvise_dontneed;
 pub use mmap::{exit_mm, exit_mmap, mmap_anon, mmap_file, mmdrop, munmap, MmError};
 pub use mprotect::mprotect;
+pub use pfnmap::mmap_pfnmap;
 pub use uaccess::Segv;
 pub use writeback::{folio_mkclean, truncate_inode_pages, writeback_mapping};
 

@@ -91,6 +91,8 @@ fn change_protection_range(k: &Kernel, tlb: &mut MmuGather<'_>, mm: &MmStruct, v
         }
         a = next;
     }
+    // change_pmd_range's range_end (its ->invalidate_range before 6bbd42e2df8f).
+    crate::notifier::mmu_notifier_invalidate_range_end(k, mm, vma.start, vma.end);
     tlb.tlb_end_vma(vma);
 }
 

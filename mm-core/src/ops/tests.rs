@@ -631,3 +631,99 @@ fn mprotect_flushes_by_pte_needs_flush_of_each_arch() {
     assert_eq!(rounds, [2 * R, 0, 0, 2 * R, 0, 0, 0], "generic");
     assert_eq!(unchanged, [1, 0, 0, 1, 0, 0, 0], "generic: every rewritten PTE is flushed");
 }
+
+// ---- PFN mappings on MMU_GATHER_NO_RANGE (b67fbebd4cf9, 7fb5e5083190) ----
+
+/// munmap of a 4-page `remap_pfn_range` mapping on the NO_RANGE profile
+/// while CPU1 (running the mm) caches every page; the "driver" frees its
+/// frames in the window after `free_pgtables` (the VMA is out of i_mmap, so
+/// its `unmap_mapping_range` would find nothing) and before
+/// `tlb_finish_mmu`.  Returns the kernel and whether CPU1 still cached the
+/// first page when the driver freed it.
+fn no_range_pfnmap_munmap(fix: bool) -> (Arc<Kernel>, bool) {
+    use crate::config::Fix;
+    use crate::page::alloc::PageKind;
+    let mut cfg = KernelConfig { arch: Arch::GenericNoRange, ..KernelConfig::default() };
+    cfg.fixes.set(Fix::NoRangeVmaPfn, fix);
+    let k = Kernel::new_sync(cfg, 2);
+    let mm = k.mm_alloc();
+    let frames: Vec<_> = (0..4).map(|_| k.alloc_pages(0, PageKind::Kernel).unwrap()).collect();
+    run_on(&k, 0, &mm);
+    pfnmap::mmap_pfnmap(&k, &mm, BASE, &frames).unwrap();
+    assert_eq!(k.mem.page(frames[0]).refcount(), 1, "only the driver holds the frame");
+    assert_eq!(k.mem.page(frames[0]).mapcount(), 0, "remap_pfn_range maps no struct page");
+    run_on(&k, 1, &mm);
+    for i in 0..4 {
+        k.write_user(&mm, BASE + i * PS, 7 + i).unwrap();
+    }
+    run_on(&k, 0, &mm);
+    let seen = Arc::new(crate::sync::Mutex::new(None));
+    let (seen2, id) = (seen.clone(), mm.id);
+    assert!(k.inject.race.set_after_free_pgtables(move |k| {
+        // The driver: unmap_mapping_range finds no VMA; free the frames.
+        *seen2.lock() = Some(k.hw.tlb(CpuId(1)).lookup(id, BASE).is_some());
+        for f in &frames {
+            k.folio_put(Folio(*f));
+        }
+    }));
+    munmap(&k, &mm, BASE, 4 * PS).unwrap();
+    assert!(k.read_user(&mm, BASE).is_err(), "unmapped");
+    let cached = seen.lock().expect("the driver ran");
+    k.rcu_barrier();
+    (k, cached)
+}
+
+/// v6.12 (fix on): `tlb_end_vma` sees `vma_pfn` and flushes before
+/// `free_pgtables`: two `flush_tlb_mm` (that one, and the finish's for the
+/// freed PTE table), each an IPI to CPU1; the driver frees frames no CPU
+/// caches.  Reverted (NO_RANGE up to v5.18: no VMA flags, `tlb_end_vma`
+/// never flushes): one `flush_tlb_mm`, at `tlb_finish_mmu`, after the
+/// driver freed four frames CPU1 still caches (`freed-before-flush`, once
+/// per frame).
+#[test]
+fn no_range_tlb_end_vma_force_flushes_a_pfnmap_vma() {
+    let (k, cached) = no_range_pfnmap_munmap(true);
+    assert!(!cached, "flushed at tlb_end_vma");
+    assert_eq!(k.stats.get(Stat::NoRangeFlushTlbMm), 2);
+    assert_eq!(k.stats.get(Stat::NoRangeCpuFlush), 4, "CPU0 and CPU1, twice");
+    assert_eq!(k.stats.get(Stat::TlbIpiSent), 2);
+    assert_eq!(k.stats.get(Stat::GatherPagesFreed), 0, "nothing of a PFN mapping is gathered");
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+
+    let (k, cached) = no_range_pfnmap_munmap(false);
+    assert!(cached, "no flush before the driver's free");
+    assert_eq!(k.stats.get(Stat::NoRangeFlushTlbMm), 1);
+    assert_eq!(k.stats.get(Stat::NoRangeCpuFlush), 2);
+    assert_eq!(k.stats.get(Stat::TlbIpiSent), 1);
+    let v = k.san.violations();
+    assert_eq!(v.len(), 4, "{v:?}");
+    assert!(v.iter().all(|v| v.kind == ViolationKind::FreedBeforeFlush && v.cpu == Some(CpuId(1))), "{v:?}");
+}
+
+/// MMU_GATHER_MERGE_VMAS (NO_RANGE selects it, 1e9fdf21a433): munmap of two
+/// anonymous VMAs flushes once, at `tlb_finish_mmu`, not at each
+/// `tlb_end_vma` — both ways of the switch (it only adds PFN VMAs).
+#[test]
+fn no_range_merges_the_flushes_of_ordinary_vmas() {
+    use crate::config::Fix;
+    for fix in [true, false] {
+        let mut cfg = KernelConfig { arch: Arch::GenericNoRange, ..KernelConfig::default() };
+        cfg.fixes.set(Fix::NoRangeVmaPfn, fix);
+        let k = Kernel::new_sync(cfg, 1);
+        let mm = k.mm_alloc();
+        run_on(&k, 0, &mm);
+        mmap_anon(&k, &mm, BASE, 4 * PS, true).unwrap();
+        mmap_anon(&k, &mm, BASE + 4 * PS, 4 * PS, false).unwrap();
+        for i in 0..8 {
+            k.read_user(&mm, BASE + i * PS).unwrap();
+        }
+        let before = k.stats.get(Stat::NoRangeFlushTlbMm);
+        munmap(&k, &mm, BASE, 8 * PS).unwrap();
+        assert_eq!(k.stats.get(Stat::NoRangeFlushTlbMm) - before, 1, "fix {fix}: one flush for both VMAs");
+        assert_eq!(k.stats.get(Stat::GatherFlushes), 1);
+        exit_mm(&k, &mm);
+        k.rcu_barrier();
+        assert_no_leaks(&k);
+        assert_eq!(k.san.count(), 0);
+    }
+}

@@ -364,11 +364,13 @@ fn arch_flush_alone_invalidates_the_secondary_tlb_only_with_the_fix() {
 
 /// Pre-6bbd42e2df8f placement, faithfully: the gather's
 /// `tlb_flush_mmu_tlbonly` and `ptep_clear_flush_notify` still reached the
-/// device, so munmap and COW were safe either way — and with the fix each
-/// arch flush produces exactly one secondary invalidation, as many as the
-/// generic calls did before (none missing, none doubled).
+/// device, so munmap and COW were safe either way.  Counts: reverted 4 —
+/// fork's range_end, the COW's `ptep_clear_flush_notify`, munmap's
+/// `tlb_flush_mmu_tlbonly` and `unmap_vmas`'s range_end; with the fix 3, one
+/// per arch flush (fork's `flush_tlb_mm`, the COW's `flush_tlb_page`,
+/// munmap's gather flush).
 #[test]
-fn gather_and_cow_invalidate_the_device_both_ways_exactly_once() {
+fn gather_and_cow_invalidate_the_device_both_ways() {
     let mut counts = Vec::new();
     for on in [false, true] {
         let k = kernel_with(1, Arch::Arm64, |c| c.fixes.set(Fix::SecondaryTlbOnFlush, on));
@@ -398,9 +400,7 @@ fn gather_and_cow_invalidate_the_device_both_ways_exactly_once() {
         exit_mm(&k, &mm);
         assert_no_leaks(&k);
     }
-    assert_eq!(counts[0].0, counts[0].1);
-    assert_eq!(counts[1].0, counts[1].1);
-    assert!(counts[1].0 >= counts[0].0, "the fix adds the flushes the generic code missed: {counts:?}");
+    assert_eq!(counts, vec![(4, 4), (3, 3)], "(secondary invalidations, device invalidations), off then on");
 }
 
 // ---- folio-pages-batching: a 2 MiB PTE-mapped folio -----------------------------
@@ -441,9 +441,11 @@ fn folio_pages_batching_zap_of_2mib_folio_takes_2_slots_not_512() {
             assert!(tlb.active_is_local());
         } else {
             assert_eq!(tlb.nr_gathered(), 512);
-            let local: Vec<_> = (0..MMU_GATHER_BUNDLE as u64 - 1).map(|i| encode_page(f.pfn().add(i), 0)).collect();
+            // Pre-d7f861b9c43a a batch is full at nr == max: `local` holds
+            // all MMU_GATHER_BUNDLE pages.
+            let local: Vec<_> = (0..MMU_GATHER_BUNDLE as u64).map(|i| encode_page(f.pfn().add(i), 0)).collect();
             assert_eq!(tlb.local_entries(), &local[..], "one slot per page, `local` first");
-            let first = MMU_GATHER_BUNDLE as u64 - 1;
+            let first = MMU_GATHER_BUNDLE as u64;
             let rest: Vec<_> = (first..nr).map(|i| encode_page(f.pfn().add(i), 0)).collect();
             assert_eq!(tlb.active_entries(), &rest[..]);
         }
@@ -460,8 +462,8 @@ fn folio_pages_batching_zap_of_2mib_folio_takes_2_slots_not_512() {
 /// MADV_DONTNEED of 24 PTE-mapped 2 MiB folios (12288 pages, 48 MiB).  With
 /// batching 48 slots fit in one gather: one TLB flush (tlb_end_vma), one
 /// batch page.  Without, 12288 slots exceed a gather's capacity
-/// (`MMU_GATHER_BUNDLE - 1` + `MAX_GATHER_BATCH_COUNT` batches): the zap
-/// force-flushes in the middle.
+/// (pre-d7f861b9c43a: `MMU_GATHER_BUNDLE` + `MAX_GATHER_BATCH_COUNT` ×
+/// `MAX_GATHER_BATCH` = 9698 pages): the zap force-flushes in the middle.
 #[test]
 fn folio_pages_batching_counts_for_a_large_range() {
     let mut res = Vec::new();
@@ -675,5 +677,75 @@ fn munmap_zaps_under_the_read_lock_and_a_concurrent_madvise_nests() {
             ("tables_queued", 1)
         ],
         "arm64 munmap + madvise"
+    );
+}
+
+// ---- secondary-tlb-on-flush off: the pre-6.6 ->invalidate_range call sites ----
+
+/// A subscriber that records every range it is asked to invalidate.
+struct RangeLog(Arc<Mutex<Vec<(u64, u64)>>>);
+
+impl crate::notifier::MmuNotifierOps for RangeLog {
+    fn arch_invalidate_secondary_tlbs(&self, _k: &Kernel, _mm: u64, start: u64, end: u64) {
+        self.0.lock().push((start, end));
+    }
+}
+
+/// The ranges a subscriber of `mm` is handed by munmap, MADV_DONTNEED,
+/// mprotect, a THP collapse and the exit, one list per operation.
+fn secondary_ranges(on: bool) -> Vec<Vec<(u64, u64)>> {
+    let k = kernel_with(1, Arch::Arm64, |c| c.fixes.set(Fix::SecondaryTlbOnFlush, on));
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    let pmd = k.cfg.geometry.pmd_size();
+    // [BASE, BASE + 2 MiB): collapse target; [BASE + 2 MiB, +8 pages): the rest.
+    let (hp, rest) = (BASE, BASE + pmd);
+    mmap_anon(&k, &mm, hp, pmd + 8 * PS, true).unwrap();
+    for i in 0..16 {
+        k.write_user(&mm, hp + i * PS, i + 1).unwrap();
+    }
+    for i in 0..8 {
+        k.write_user(&mm, rest + i * PS, i + 1).unwrap();
+    }
+    let log = Arc::new(Mutex::new(Vec::new()));
+    crate::notifier::mmu_notifier_register(&mm, Box::new(RangeLog(log.clone())));
+    let mut out = Vec::new();
+    let take = || std::mem::take(&mut *log.lock());
+    munmap(&k, &mm, rest + 7 * PS, PS).unwrap();
+    out.push(take());
+    madvise_dontneed(&k, &mm, rest + 6 * PS, PS).unwrap();
+    out.push(take());
+    mprotect(&k, &mm, rest, 2 * PS, true, false).unwrap();
+    out.push(take());
+    assert_eq!(crate::ops::khugepaged::collapse_huge_page(&k, &mm, hp), crate::ops::khugepaged::ScanResult::Succeed);
+    out.push(take());
+    exit_mm(&k, &mm);
+    out.push(take());
+    assert_no_leaks(&k);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+    out
+}
+
+/// Before 6bbd42e2df8f (secondary-tlb-on-flush off) the generic code
+/// reached a subscriber twice per gathered zap: `mmu_notifier_invalidate_range`
+/// in `tlb_flush_mmu_tlbonly` (tlb->start..tlb->end, so ~0..~0 for fullmm)
+/// and `->invalidate_range` at the `mmu_notifier_invalidate_range_end` of
+/// `unmap_vmas`, `zap_page_range_single` and `change_protection`;
+/// `collapse_huge_page` only at its range_end (`pmdp_collapse_flush` is an
+/// arch flush).  With the fix every arch flush does it once, nothing else.
+#[test]
+fn secondary_tlb_on_flush_off_keeps_the_range_end_invalidations() {
+    let pmd = 2 << 20;
+    let (hp, rest) = (BASE, BASE + pmd);
+    let (munmap, madv, mprot, collapse) =
+        ((rest + 7 * PS, rest + 8 * PS), (rest + 6 * PS, rest + 7 * PS), (rest, rest + 2 * PS), (hp, hp + pmd));
+    // exit: tlb->start is the lowest address the fullmm gather recorded (the
+    // PUD freed at 0), tlb->end stays ~0; unmap_vmas's range is 0..ULONG_MAX.
+    let exit = (0, u64::MAX);
+    assert_eq!(secondary_ranges(true), vec![vec![munmap], vec![madv], vec![mprot], vec![collapse], vec![exit]]);
+    assert_eq!(
+        secondary_ranges(false),
+        vec![vec![munmap; 2], vec![madv; 2], vec![mprot; 2], vec![collapse], vec![exit; 2]],
+        "tlb_flush_mmu_tlbonly, then the range_end"
     );
 }

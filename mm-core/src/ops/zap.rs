@@ -32,6 +32,10 @@ pub fn unmap_vmas<'v>(tlb: &mut MmuGather<'_>, vmas: impl IntoIterator<Item = &'
     for vma in vmas {
         unmap_single_vma(tlb, vma, start, end);
     }
+    // mmu_notifier_invalidate_range_end of the MMU_NOTIFY_UNMAP range: before
+    // 6bbd42e2df8f it called every subscriber's ->invalidate_range.
+    let (k, mm) = (tlb.kernel(), tlb.mm());
+    crate::notifier::mmu_notifier_invalidate_range_end(k, mm, start, end);
 }
 
 /// `unmap_single_vma`
@@ -122,6 +126,14 @@ pub fn zap_pte_range(tlb: &mut MmuGather<'_>, vma: &Vma, pte_table: Pfn, addr: u
     while a < end {
         let ptent = pgtable::read(k, pte_table, Level::Pte, a);
         if !ptent.present() {
+            a += ps;
+            continue;
+        }
+        if super::pfnmap::vm_normal_page(vma, ptent).is_none() {
+            // zap_present_ptes without a page (a PFN mapping's special PTE):
+            // clear it and record the range; nothing goes in the batch.
+            pgtable::get_and_clear(k, pte_table, Level::Pte, a);
+            tlb.tlb_remove_tlb_entry(a);
             a += ps;
             continue;
         }
@@ -239,6 +251,11 @@ pub fn free_pgtables(tlb: &mut MmuGather<'_>, vmas: &[Vma], floor: u64, ceiling:
             free_pgd_range(tlb, c.addr, c.end, c.floor, c.ceiling);
         }
     }
+    // Every VMA is out of i_mmap now and the gather's flush may still be
+    // pending: the window of b67fbebd4cf9 (a driver's unmap_mapping_range
+    // finds nothing and frees its frames).
+    let k = tlb.kernel();
+    k.inject.race.after_free_pgtables(k);
 }
 
 /// One call down from `free_pgtables`: `free_pgd_range` (or, for a hugetlb

@@ -1,9 +1,10 @@
 //! struct page / folio / ptdesc metadata, and the page allocator.
 //!
 //! One `Page` per RAM frame.  A folio is named by its head frame (`Folio`);
-//! tail pages point at the head.  Page-table frames use the same struct as
-//! `struct ptdesc`: the split page-table lock (`ptl`) and the hugetlb PMD
-//! share count (`pt_share_count`).
+//! tail pages point at the head.  A page-table frame's `struct ptdesc`
+//! (`ptdesc::Ptdesc`) overlays its `Page`, as in the kernel: the split
+//! page-table lock (`ptl`) and the hugetlb PMD share count
+//! (`pt_share_count`) are reached through the descriptor.
 //!
 //! Refcount rules (as the kernel's): the allocator hands out a folio with
 //! refcount 1; `folio_put` to 0 frees it; `folio_try_get` (the speculative
@@ -11,6 +12,9 @@
 //! be pinned — but a *reused* one can, which is what the races are about.
 
 pub mod alloc;
+pub mod ptdesc;
+
+pub use ptdesc::{ptdesc_address, ptdesc_page, Ptdesc};
 
 use crate::sync::{AtomicI32, AtomicU32, AtomicU64, Mutex, Ordering};
 use crate::types::Pfn;
@@ -59,10 +63,12 @@ pub struct Page {
     pub mapping: AtomicU64,
     /// Page offset in the file (`index`), or the anon linear page index.
     pub index: AtomicU64,
-    /// ptdesc: `pt_share_count` (hugetlb PMD sharing).
-    pub pt_share_count: AtomicI32,
-    /// ptdesc: split page-table lock (`ptl`, USE_SPLIT_PTE_PTLOCKS).
-    pub ptl: Mutex<()>,
+    /// ptdesc overlay: `pt_share_count` (hugetlb PMD sharing); reach it
+    /// through a `Ptdesc` (`MemMap::pt_share_count`).
+    pub(crate) pt_share_count: AtomicI32,
+    /// ptdesc overlay: the split page-table lock (`ptl`); reach it through
+    /// a `Ptdesc` (`MemMap::ptlock_ptr`, `pgtable::ptl`).
+    pub(crate) ptl: Mutex<()>,
 }
 
 impl Page {

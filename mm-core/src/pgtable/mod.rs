@@ -1,7 +1,9 @@
 //! Page-table pages: allocation, population, lookup and the split PTL.
 //!
-//! Tables are RAM frames whose words are entries (`hw::pte::Pte`).  A table
-//! frame's `struct page` doubles as its `ptdesc` (share count, PTL).
+//! Tables are RAM frames whose words are entries (`hw::pte::Pte`).  Each is
+//! a `Ptdesc` (`page::ptdesc`): allocated by `pagetable_alloc`, freed by
+//! `pagetable_free` (one allocation and one free function, bf2d4334f72e),
+//! its split PTL and share count held in the descriptor.
 //! Upper levels are populated under `mm.page_table_lock`
 //! (`__pte_alloc`/`__pmd_alloc` with the recheck-under-lock pattern); PTE
 //! entries are changed under the PTE table's split lock.
@@ -15,20 +17,23 @@ use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
 use crate::mm::MmStruct;
 use crate::page::alloc::PageKind;
-use crate::page::Folio;
+use crate::page::{ptdesc_address, ptdesc_page, Folio, Ptdesc};
 use crate::stats::Stat;
 use crate::sync::{AtomicU64, MutexGuard, Ordering};
 use crate::types::Pfn;
 
-/// Allocate a zeroed page-table frame (`pagetable_alloc` + ctor).
-pub fn alloc_table_frame(k: &Kernel) -> Option<Pfn> {
-    k.alloc_zeroed(0, PageKind::PageTable)
+/// `pagetable_alloc(GFP_PGTABLE_USER, order)` + the ctor: a zeroed
+/// page-table page of `order` (compound when order > 0: `__GFP_COMP`),
+/// PG_table set; `None` on out-of-memory.
+pub fn pagetable_alloc(k: &Kernel, order: u32) -> Option<Ptdesc> {
+    let pfn = k.alloc_zeroed(order, PageKind::PageTable)?;
+    Some(k.mem.page_ptdesc(pfn))
 }
 
-/// Free a page-table frame (`pagetable_free`).  Its refcount is the
-/// allocator's single reference.
-pub(crate) fn free_table_frame(k: &Kernel, pfn: Pfn) {
-    let f = Folio(pfn);
+/// `pagetable_free` (after the dtor): free every page of the descriptor's
+/// compound allocation.  Its refcount is the allocator's single reference.
+pub fn pagetable_free(k: &Kernel, pt: Ptdesc) {
+    let pfn = ptdesc_page(pt);
     vm_bug_on!(
         k,
         !k.mem.page(pfn).test(crate::page::flags::PG_TABLE),
@@ -36,7 +41,13 @@ pub(crate) fn free_table_frame(k: &Kernel, pfn: Pfn) {
         "freeing a non-table {pfn:?} as a table"
     );
     k.stats.inc(k.this_cpu(), Stat::TablesFreed);
-    k.folio_put(f);
+    k.folio_put(Folio(pfn));
+}
+
+/// Free the table at `table` at once: `pagetable_free(virt_to_ptdesc(..))`,
+/// the form of `pgd_free` / `pte_free` (callers that hold a table address).
+pub(crate) fn free_table_frame(k: &Kernel, table: Pfn) {
+    pagetable_free(k, k.mem.virt_to_ptdesc(table));
 }
 
 /// Index of `va` in a table whose entries are at `level`.
@@ -87,9 +98,10 @@ pub(crate) fn exchange(k: &Kernel, table: Pfn, level: Level, va: u64, e: Pte) ->
     Pte(s.swap(e.0, Ordering::SeqCst))
 }
 
-/// The split PTL of a PTE (or PMD) table: `pte_lockptr`.
+/// The split PTL of a PTE (or PMD) table, taken: `pte_lockptr` /
+/// `pmd_lockptr` = `ptlock_ptr(virt_to_ptdesc(table))`.
 pub(crate) fn ptl(k: &Kernel, table: Pfn) -> MutexGuard<'_, ()> {
-    k.mem.page(table).ptl.lock()
+    k.mem.ptlock_ptr(k.mem.virt_to_ptdesc(table)).lock()
 }
 
 /// Descend from the PGD to the table whose entries are at `level`, without
@@ -118,12 +130,12 @@ pub(crate) fn alloc_table(k: &Kernel, mm: &MmStruct, va: u64, level: Level) -> O
     while l != level {
         let mut e = read(k, table, l, va);
         if !e.present() {
-            let new = alloc_table_frame(k)?;
+            let new = ptdesc_address(pagetable_alloc(k, 0)?);
             let lock = mm.page_table_lock.lock();
             e = read(k, table, l, va);
             if e.present() {
                 drop(lock);
-                k.folio_put(Folio(new));
+                free_table_frame(k, new);
             } else {
                 // smp_wmb() in pmd_install: the zeroed table is visible
                 // before the entry that points at it (SeqCst stores).

@@ -24,6 +24,7 @@ pub mod khugepaged_gup;
 pub mod large_folio_zap;
 pub mod lazy_tlb;
 pub mod nested_zap;
+pub mod pfnmap_unmap;
 pub mod writeback_race;
 
 use std::collections::BTreeMap;

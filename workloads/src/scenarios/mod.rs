@@ -200,6 +200,7 @@ pub const EXPOSERS: &[Exposer] = &[
     Exposer { fix: Fix::NestedFlushDetect, scenario: "nested-zap", arch: Arch::X86, correctness: true },
     Exposer { fix: Fix::LazyTlbFreedTables, scenario: "lazy-tlb", arch: Arch::X86, correctness: true },
     Exposer { fix: Fix::Arm64UnshareWalkCache, scenario: "hugetlb-unshare-walk", arch: Arch::Arm64, correctness: true },
+    Exposer { fix: Fix::NoRangeVmaPfn, scenario: "pfnmap-unmap", arch: Arch::GenericNoRange, correctness: true },
 ];
 
 pub fn exposer(fix: Fix) -> &'static Exposer {
@@ -227,6 +228,7 @@ static REGISTRY: &[Scenario] = &[
     races::IOMMU_SVA,
     races::IOMMU_SVA_DMA,
     races::LARGE_FOLIO_ZAP,
+    races::PFNMAP_UNMAP,
 ];
 
 /// The largest emulated RAM a run may have: `KernelConfig::validate`'s

@@ -17,7 +17,7 @@ use crate::races::fork_exit_hugetlb::{self, Shape};
 use crate::races::khugepaged_gup::{self, Scenario as Khp};
 use crate::races::{
     gup_table_free, hugetlb_unshare_gup, hugetlb_unshare_walk, iommu_sva, large_folio_zap, lazy_tlb, nested_zap,
-    writeback_race, RaceOutcome,
+    pfnmap_unmap, writeback_race, RaceOutcome,
 };
 use mm_core::config::Geometry;
 
@@ -264,4 +264,16 @@ pub(super) const LARGE_FOLIO_ZAP: Scenario = Scenario {
     default_iterations: 20,
     frames: config_frames,
     run: |ctx| race_adapter(ctx, 5, large_folio_zap::run),
+};
+
+pub(super) const PFNMAP_UNMAP: Scenario = Scenario {
+    name: "pfnmap-unmap",
+    about: "munmap of a driver's PFN mapping while another CPU loads from it; the driver frees its frames once the VMA left i_mmap (MMU_GATHER_NO_RANGE, RACES.md “munmap of a PFN mapping versus the driver's free”)",
+    params: &[],
+    exposes: &[Fix::NoRangeVmaPfn],
+    arch: ArchReq::Requires(Arch::GenericNoRange),
+    min_cpus: 2,
+    default_iterations: 40,
+    frames: config_frames,
+    run: |ctx| race_adapter(ctx, 10, pfnmap_unmap::run),
 };

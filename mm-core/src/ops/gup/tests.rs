@@ -229,7 +229,7 @@ fn oracle_judges_a_detached_table_when_the_pmd_slot_is_written_again() {
         o.call_start(cpu);
         let old = pgtable::get_and_clear(&k, pmd_table, Level::Pmd, BASE);
         let t = o.tick();
-        let other = crate::pgtable::alloc_table_frame(&k).unwrap();
+        let other = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
         let new = if put_back { old } else { Pte::table(other) };
         if put_back_before_end {
             pgtable::write(&k, pmd_table, Level::Pmd, BASE, new);
