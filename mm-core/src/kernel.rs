@@ -257,6 +257,8 @@ impl Kernel {
     pub fn mm_alloc(&self) -> Arc<MmStruct> {
         let pgd = crate::pgtable::alloc_table_frame(self).expect("out of memory for a pgd");
         let mm = Arc::new(MmStruct::new(self.next_id(), pgd));
+        // x86 init_new_context (v6.18): the first cpumask trim a second from now.
+        mm.next_trim_cpumask.store(self.smp.jiffies().wrapping_add(crate::smp::HZ), Ordering::SeqCst);
         self.gup_oracle.set_owner(pgd, mm.id);
         mm.nr_ptes.fetch_add(1, Ordering::SeqCst);
         mm

@@ -31,7 +31,7 @@ use crate::types::CpuId;
 
 /// `switch_mm(prev, next, tsk)`: run `next` on this CPU.
 #[inline]
-pub fn switch_mm(k: &Kernel, next: &MmStruct) {
+pub fn switch_mm(k: &Kernel, next: &crate::sync::Arc<MmStruct>) {
     k.arch.switch_mm(k, next);
 }
 

@@ -322,7 +322,7 @@ impl ArchOps for Arm64 {
     /// the whole-TLB flush a rollover left pending for this CPU.  Switching
     /// to the mm already active does nothing (`prev == next`).  arm64 keeps
     /// no mm_cpumask.
-    fn switch_mm(&self, k: &Kernel, next: &MmStruct) {
+    fn switch_mm(&self, k: &Kernel, next: &crate::sync::Arc<MmStruct>) {
         let cpu = k.this_cpu();
         let irq = k.local_irq_save();
         let st = &self.active[cpu.idx()];

@@ -19,7 +19,7 @@
 //! — and those hand over to `Kernel::arch`: one trait-object call on a flush,
 //! a context switch or a fault, never on a user access that hits the TLB.
 //! Each profile also carries the kernel release it follows
-//! (`KernelVersion`); only v6.12 exists so far.
+//! (`KernelVersion`: v6.12 or v6.18; only x86 tells them apart).
 
 pub mod arm64;
 pub mod generic;
@@ -31,7 +31,7 @@ use crate::hw::pte::Pte;
 use crate::kernel::Kernel;
 use crate::mm::{MmStruct, Vma};
 use crate::stats::Stat;
-use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Ordering};
 use crate::types::{CpuId, Pfn};
 
 /// `TLB_FLUSH_ALL` as an end address.
@@ -87,7 +87,7 @@ pub trait ArchOps: Send + Sync {
     // ---- asm/mmu_context.h ------------------------------------------------
 
     /// `switch_mm(prev, next, tsk)`: run `next` on this CPU.
-    fn switch_mm(&self, k: &Kernel, next: &MmStruct);
+    fn switch_mm(&self, k: &Kernel, next: &Arc<MmStruct>);
     /// `switch_mm_irqs_off(NULL, &init_mm)` (x86 `leave_mm`): `cpu` stops
     /// using any user mm.
     fn switch_to_init_mm(&self, k: &Kernel, cpu: CpuId);

@@ -194,6 +194,11 @@ pub struct MmStruct {
     pub tlb_flush_pending: AtomicI32,
     /// x86 `mm->context.tlb_gen`
     pub tlb_gen: AtomicU64,
+    /// x86 `mm->context.next_trim_cpumask` (v6.18, 6db2526c1d69): the jiffy
+    /// after which the next multi-CPU flush also interrupts CPUs that left
+    /// the mm, so they drop out of `mm_cpumask` (`should_trim_cpumask`).
+    /// `init_new_context` sets it to `jiffies + HZ` (`Kernel::mm_alloc`).
+    pub next_trim_cpumask: AtomicU64,
     /// arm64 `mm->context.id`: generation | ASID (0: none allocated yet,
     /// `init_new_context`); `arch/arm64.rs` alone reads and writes it.
     pub context_id: AtomicU64,
@@ -218,6 +223,7 @@ impl MmStruct {
             cpumask: AtomicCpuMask::default(),
             tlb_flush_pending: AtomicI32::new(0),
             tlb_gen: AtomicU64::new(1),
+            next_trim_cpumask: AtomicU64::new(0),
             context_id: AtomicU64::new(0),
             rss: AtomicU64::new(0),
             nr_ptes: AtomicU64::new(0),

@@ -6,7 +6,7 @@ use crate::tlb::switch_mm;
 use crate::types::CpuId;
 
 /// Move the running code to `cpu` and run `mm` there (a context switch).
-pub(crate) fn run_on(k: &Kernel, cpu: u32, mm: &MmStruct) {
+pub(crate) fn run_on(k: &Kernel, cpu: u32, mm: &crate::sync::Arc<MmStruct>) {
     k.set_cpu(CpuId(cpu));
     switch_mm(k, mm);
 }
