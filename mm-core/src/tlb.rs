@@ -14,8 +14,9 @@
 //! switches back.  `freed_tables` also drops paging-structure caches.
 //!
 //! - x86: tlb_gen, 33-page ceiling, IPIs to mm_cpumask, lazy CPUs skipped
-//!   unless freed_tables, lazy CPUs switch to init_mm, CPUs that left the mm
-//!   are trimmed from mm_cpumask.
+//!   unless freed_tables, lazy CPUs switch to init_mm; CPUs that left the mm
+//!   leave mm_cpumask at the switch (v6.12) or at a flush that finds them
+//!   gone (v6.18, with the once-a-second trim).
 //! - arm64: broadcast TLBI — every CPU's TLB is invalidated directly (under
 //!   its TLB lock), without an interrupt and without waiting for IRQs-off
 //!   CPUs.  `flush_tlb_range`, `flush_pmd_tlb_range` and the hugetlb range
@@ -61,11 +62,11 @@ pub(crate) fn flush_tlb_mm(k: &Kernel, mm: &MmStruct) {
     k.arch.flush_tlb_mm(k, mm);
 }
 
-/// `flush_tlb_range(vma, start, end)` (x86: stride from the VMA's page size;
-/// `freed_tables` per 3ef938c35035 when a table is being removed).
+/// `flush_tlb_range(vma, start, end)` (x86: stride from the VMA's page size,
+/// always freed_tables: 3ef938c35035).
 #[inline]
-pub(crate) fn flush_tlb_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool, freed_tables: bool) {
-    k.arch.flush_tlb_range(k, mm, start, end, huge, freed_tables);
+pub(crate) fn flush_tlb_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool) {
+    k.arch.flush_tlb_range(k, mm, start, end, huge);
 }
 
 /// `flush_tlb_page(vma, addr)`

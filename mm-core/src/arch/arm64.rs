@@ -295,7 +295,7 @@ impl ArchOps for Arm64 {
     /// VM_HUGETLB VMA generic code calls `flush_hugetlb_tlb_range` instead
     /// (asm/hugetlb.h): stride PMD_SIZE, level 2, not leaf-only either
     /// (it also runs after `hugetlb_unshare_pmds` cleared a PUD).
-    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool, _freed_tables: bool) {
+    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool) {
         let g = k.cfg.geometry;
         if huge {
             __flush_tlb_range(k, mm, start, end, g.pmd_size(), false, Some(Level::Pmd));

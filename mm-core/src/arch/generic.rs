@@ -97,7 +97,7 @@ impl ArchOps for GenericNoRange {
     fn flush_tlb_mm(&self, k: &Kernel, mm: &MmStruct) {
         generic_flush_tlb_mm(k, mm);
     }
-    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, _start: u64, _end: u64, _huge: bool, _freed: bool) {
+    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, _start: u64, _end: u64, _huge: bool) {
         generic_flush_tlb_mm(k, mm);
     }
     fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, _addr: u64) {

@@ -75,9 +75,11 @@ pub trait ArchOps: Send + Sync {
     );
     /// `flush_tlb_mm(mm)`: the whole address space.
     fn flush_tlb_mm(&self, k: &Kernel, mm: &MmStruct);
-    /// `flush_tlb_range(vma, start, end)`: `huge` is the VMA's VM_HUGETLB;
-    /// `freed_tables` per 3ef938c35035 when a table is being removed.
-    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool, freed_tables: bool);
+    /// `flush_tlb_range(vma, start, end)`: `huge` is the VMA's VM_HUGETLB.
+    /// Callers use it also to zap PMDs that point at tables
+    /// (`pmdp_collapse_flush`, hugetlb unsharing): x86 passes freed_tables
+    /// (3ef938c35035), arm64 drops walk caches, NO_RANGE flushes the mm.
+    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool);
     /// `flush_tlb_page(vma, addr)`.
     fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, addr: u64);
     /// `flush_pmd_tlb_range(vma, addr, end)`: a PMD leaf (THP) was changed

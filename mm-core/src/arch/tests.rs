@@ -217,7 +217,7 @@ mod arm64_flush {
             k.arch.flush_tlb_page(&k, &mm, BASE);
             assert!(k.hw.tlb(CpuId(1)).lookup(mm.id, BASE).is_none(), "{cpu:?}");
             assert!(walk_cached(&k), "{cpu:?}: flush_tlb_page is last-level only");
-            k.arch.flush_tlb_range(&k, &mm, BASE, BASE + PS, false, false);
+            k.arch.flush_tlb_range(&k, &mm, BASE, BASE + PS, false);
             assert!(!walk_cached(&k), "{cpu:?}: flush_tlb_range invalidates table entries too");
             // A THP's PMD leaf (its walk cache: the PTE table it replaced).
             k.hw.tlb(CpuId(1)).insert(mm.id, BASE, Pfn(512), true, true, true, 0);
@@ -230,7 +230,7 @@ mod arm64_flush {
             // flush_hugetlb_tlb_range (level 2, all levels): the PMD table's
             // walk-cache entry (from the level-1 PUD descriptor) goes.
             k.hw.tlb(CpuId(1)).insert_psc(mm.id, Level::Pmd, BASE, Pfn(8), 0);
-            k.arch.flush_tlb_range(&k, &mm, BASE, BASE + k.cfg.geometry.pmd_size(), true, false);
+            k.arch.flush_tlb_range(&k, &mm, BASE, BASE + k.cfg.geometry.pmd_size(), true);
             let pmd_table_cached = k.hw.tlb(CpuId(1)).psc_entries().any(|(l, e)| l == Level::Pmd && e.table == Pfn(8));
             assert!(!pmd_table_cached, "{cpu:?}: flush_hugetlb_tlb_range drops the PUD-level walk cache");
         }
@@ -723,5 +723,35 @@ mod x86_versions {
         flush_tlb_func(&k, &a, CpuId(0), &FlushTlbInfo { new_tlb_gen: 1, ..f });
         drop(irq);
         assert_eq!(ev.lock().len(), n);
+    }
+
+    /// arch/x86/include/asm/tlbflush.h (6.12.y with 3ef938c35035):
+    /// `flush_tlb_range` passes freed_tables = true (a lazy CPU is
+    /// interrupted and leaves the mm), at PAGE_SHIFT stride or the hugetlb
+    /// page shift; `flush_tlb_page` and `flush_pmd_tlb_range` do not.
+    #[test]
+    fn flush_tlb_range_always_frees_tables_flush_tlb_page_and_pmd_range_do_not() {
+        for kernel in KernelVersion::ALL {
+            let (k, ev) = x86(kernel, 2);
+            let a = k.mm_alloc();
+            on(&k, 1, &a);
+            enter_lazy_tlb(&k);
+            on(&k, 0, &a);
+            let pmd = k.cfg.geometry.pmd_size();
+            k.arch.flush_tlb_page(&k, &a, BASE + 5);
+            k.arch.flush_pmd_tlb_range(&k, &a, BASE, BASE + pmd);
+            assert_eq!(k.smp.call_interrupts(CpuId(1)), 0, "{kernel}: the lazy CPU is skipped");
+            assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 2, "{kernel}: one INVLPG each");
+            ev.lock().clear();
+            k.arch.flush_tlb_range(&k, &a, BASE, BASE + 3 * PS, false);
+            assert_eq!(k.smp.call_interrupts(CpuId(1)), 1, "{kernel}: freed_tables reaches the lazy CPU");
+            assert_eq!(k.cpus[1].loaded_mm.load(Ordering::SeqCst), 0, "{kernel}: which left for init_mm");
+            assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 5, "{kernel}: PAGE_SHIFT stride, 3 pages");
+            assert!(ev.lock().contains(&(0, "TLB_LOCAL_MM_SHOOTDOWN", 3)));
+            // A hugetlb VMA: huge_page_shift stride, one INVLPG per 2 MiB.
+            k.arch.flush_tlb_range(&k, &a, BASE, BASE + 2 * pmd, true);
+            assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 7, "{kernel}");
+            assert_eq!(k.stats.get(Stat::NrTlbLocalFlushAll), 0);
+        }
     }
 }

@@ -8,8 +8,12 @@
 //! the point of the lazy-TLB rule: a lazy CPU (running a kernel thread with
 //! the mm still loaded) is skipped unless page tables were freed, and
 //! catches up through `tlb_gen` when it switches back (`switch_mm`).  A
-//! lazy CPU that does get the IPI leaves the mm (switches to init_mm); a CPU
-//! that left the mm since it was set in mm_cpumask is trimmed from it.
+//! lazy CPU that does get the IPI leaves the mm (switches to init_mm).
+//! Who is in mm_cpumask depends on the kernel version (`KernelVersion`):
+//! v6.12 clears a CPU in `switch_mm_irqs_off` when it switches away; v6.18
+//! (209954cbc7d0, 6db2526c1d69) leaves it set until a flush finds it running
+//! another mm (`flush_tlb_func`: TLB_REMOTE_WRONG_CPU), which for flushes
+//! without freed tables happens once a second (`should_trim_cpumask`).
 //! `freed_tables` also drops paging-structure caches.  Ranges above the
 //! 33-page `tlb_single_page_flush_ceiling` become full flushes.
 //!
@@ -196,17 +200,24 @@ impl ArchOps for X86 {
         flush_tlb_mm_range(k, mm, 0, FLUSH_ALL, k.cfg.geometry.page_shift, true);
     }
 
-    /// x86 `flush_tlb_range`: the stride from the VMA's page size.
-    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool, freed_tables: bool) {
+    /// x86 `flush_tlb_range(vma, start, end)`: `flush_tlb_mm_range` at
+    /// `huge_page_shift` for a hugetlb VMA (PMD_SHIFT: the model's hugetlb
+    /// pages are PMD-sized), PAGE_SHIFT otherwise, and always with
+    /// freed_tables = true (3ef938c35035, in 6.12.y: `pmdp_collapse_flush`
+    /// and the hugetlb unshare use it to zap PMDs that point at tables, so
+    /// lazy CPUs are interrupted too).
+    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool) {
         let g = k.cfg.geometry;
-        let stride = if huge { g.level_shift(crate::hw::pte::Level::Pmd) } else { g.page_shift };
-        flush_tlb_mm_range(k, mm, start, end, stride, freed_tables);
+        let stride = if huge { g.level_shift(Level::Pmd) } else { g.page_shift };
+        flush_tlb_mm_range(k, mm, start, end, stride, true);
     }
 
-    /// x86 `flush_tlb_page`: `flush_tlb_range` of one page.
+    /// x86 `flush_tlb_page`: `flush_tlb_mm_range(mm, a, a + PAGE_SIZE,
+    /// PAGE_SHIFT, false)` (not `flush_tlb_range`: no freed tables).
     fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, addr: u64) {
-        let ps = k.cfg.geometry.page_size();
-        self.flush_tlb_range(k, mm, addr & !(ps - 1), (addr & !(ps - 1)) + ps, false, false);
+        let g = k.cfg.geometry;
+        let a = addr & !(g.page_size() - 1);
+        flush_tlb_mm_range(k, mm, a, a + g.page_size(), g.page_shift, false);
     }
 
     /// x86 `flush_pmd_tlb_range`: `flush_tlb_mm_range(mm, addr, end,
