@@ -48,6 +48,11 @@ pub struct Kernel {
     /// profile's (the others keep their CPU state in their arch object);
     /// generic code asks `arch.cpu_mm(k, cpu)`.
     pub cpus: Box<[CpuTlbState]>,
+    /// `rq->curr->active_mm` per CPU, every profile: the mm the CPU last
+    /// switched to, kept while it runs kernel threads or idles (lazy TLB),
+    /// with an `mm_count` reference (`tlb::switch_mm` grabs the next one and
+    /// drops the previous: `finish_task_switch` → `mmdrop_lazy_tlb`).
+    pub active_mm: Box<[crate::sync::Mutex<Option<Arc<MmStruct>>>]>,
     /// GUP oracle: mapping history per (mm, va) (`check::gup_oracle`).
     pub gup_oracle: crate::check::gup_oracle::GupOracle,
     /// Hooks and test knobs (`inject`): injected allocation failures,
@@ -91,6 +96,7 @@ impl Kernel {
             rcu: Rcu::new(),
             smp,
             cpus: (0..n).map(|_| CpuTlbState::default()).collect(),
+            active_mm: (0..n).map(|_| crate::sync::Mutex::new(None)).collect(),
             gup_oracle: crate::check::gup_oracle::GupOracle::new(cfg.gup_oracle, n),
             inject: Inject::default(),
             next_id: AtomicU64::new(1),

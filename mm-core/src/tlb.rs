@@ -30,10 +30,43 @@ use crate::mm::MmStruct;
 use crate::stats::{Stat, TLB_FLUSH_ALL};
 use crate::types::CpuId;
 
-/// `switch_mm(prev, next, tsk)`: run `next` on this CPU.
-#[inline]
+/// `context_switch` to a task of `next` on this CPU: take an `mm_count`
+/// reference for `active_mm`, the arch's `switch_mm(prev, next, tsk)`, then
+/// drop the previous active mm's reference (`finish_task_switch` →
+/// `mmdrop_lazy_tlb`; the last one frees it, `__mmdrop`).
 pub fn switch_mm(k: &Kernel, next: &crate::sync::Arc<MmStruct>) {
+    let cpu = k.this_cpu();
+    let prev = {
+        let mut slot = k.active_mm[cpu.idx()].lock();
+        if slot.as_ref().is_some_and(|p| crate::sync::Arc::ptr_eq(p, next)) {
+            None
+        } else {
+            next.mm_count.mmgrab();
+            Some(slot.replace(next.clone()))
+        }
+    };
     k.arch.switch_mm(k, next);
+    if let Some(Some(prev)) = prev {
+        crate::ops::mmdrop(k, &prev);
+    }
+}
+
+/// What this CPU's next switch to a user task does to the mm it holds
+/// lazily (`finish_task_switch` → `mmdrop_lazy_tlb`), without a next task:
+/// switch to init_mm and drop the `active_mm` reference.  A run's teardown
+/// calls it on every CPU, so the last exited mm's root table is freed (an
+/// idle CPU in the kernel keeps it until it next runs a user task).
+pub fn drop_lazy_mm(k: &Kernel) {
+    let cpu = k.this_cpu();
+    let Some(prev) = k.active_mm[cpu.idx()].lock().take() else {
+        return;
+    };
+    let irq = k.local_irq_save();
+    if k.arch.cpu_mm(k, cpu).mm == prev.id {
+        switch_to_init_mm(k, cpu);
+    }
+    drop(irq);
+    crate::ops::mmdrop(k, &prev);
 }
 
 /// `switch_mm_irqs_off(NULL, &init_mm)`: `cpu` leaves any user mm.

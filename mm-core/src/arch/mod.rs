@@ -99,7 +99,7 @@ pub trait ArchOps: Send + Sync {
     /// The mm `cpu` has loaded and whether it uses it lazily — x86
     /// `cpu_tlbstate.loaded_mm` / `is_lazy`, elsewhere `active_mm` and
     /// "running a kernel thread or idle".  Generic code (the sanitizer's
-    /// free-time check, MADV_DONTNEED's return check, `mmdrop`, GUP-fast's
+    /// free-time check, MADV_DONTNEED's return check, `__mmdrop`, GUP-fast's
     /// own assertion) asks this instead of reading an arch's per-CPU state.
     fn cpu_mm(&self, k: &Kernel, cpu: CpuId) -> CpuMm;
 

@@ -454,6 +454,7 @@ mod arm64_unshare {
         switch_mm(&k, &p1);
         exit_mm(&k, &p1);
         assert_eq!(truncate_inode_pages(&k, &f), 0);
+        crate::ops::test_util::drop_lazy_mms(&k);
         k.rcu_barrier();
         assert_eq!(k.alloc.in_use().total(), 0, "leaked frames");
         Outcome { read, unshared_walks, vae1is, vale1is }
@@ -525,6 +526,45 @@ mod arm64_unshare {
         k.set_cpu(CpuId(0));
         exit_mm(&k, &p2);
         assert_eq!(truncate_inode_pages(&k, &f), 0);
+    }
+}
+
+// ---- exit: mm_count, lazy CPUs hold the mm, __mmdrop at the last reference ----
+// (kernel/fork.c mmdrop / __mmdrop, kernel/exit.c exit_mm's mmgrab_lazy_tlb,
+// kernel/sched/core.c finish_task_switch → mmdrop_lazy_tlb; x86 does not
+// select MMU_LAZY_TLB_SHOOTDOWN, and every profile here shares the rule)
+
+#[test]
+fn exit_leaves_the_mm_to_lazy_cpus_until_they_switch_away_without_an_ipi() {
+    for arch in Arch::ALL {
+        let k = Kernel::new_sync(KernelConfig { arch, ..KernelConfig::default() }, 3);
+        let (a, b) = (k.mm_alloc(), k.mm_alloc());
+        assert_eq!(a.mm_count.get(), 1, "{arch:?}: the users' reference");
+        for c in [1u32, 0] {
+            k.set_cpu(CpuId(c));
+            switch_mm(&k, &a);
+        }
+        assert_eq!(a.mm_count.get(), 3, "{arch:?}: + one per CPU with it as active_mm");
+        k.set_cpu(CpuId(1));
+        enter_lazy_tlb(&k); // a kernel thread on CPU 1 borrows A
+        k.set_cpu(CpuId(0));
+        let tables = k.alloc.in_use().page_table;
+        let cal: u64 = (0..3).map(|c| k.smp.call_interrupts(CpuId(c))).sum();
+        exit_mm(&k, &a); // nothing mapped: exit_mmap flushes nothing
+        assert_eq!((0..3).map(|c| k.smp.call_interrupts(CpuId(c))).sum::<u64>(), cal, "{arch:?}: no IPI");
+        assert_eq!(a.mm_count.get(), 2, "{arch:?}: CPUs 0 (exiting, now lazy) and 1 hold A");
+        assert_eq!(k.arch.cpu_mm(&k, CpuId(1)).mm, a.id, "{arch:?}: CPU 1 still has A loaded");
+        assert_eq!(k.alloc.in_use().page_table, tables, "{arch:?}: A's PGD is still there");
+        k.set_cpu(CpuId(1));
+        switch_mm(&k, &b); // finish_task_switch drops CPU 1's reference
+        assert_eq!(a.mm_count.get(), 1, "{arch:?}");
+        assert_eq!(k.alloc.in_use().page_table, tables, "{arch:?}");
+        k.set_cpu(CpuId(0));
+        crate::tlb::drop_lazy_mm(&k); // CPU 0's next switch: the last reference
+        assert_eq!(a.mm_count.get(), 0, "{arch:?}");
+        assert_eq!(k.alloc.in_use().page_table, tables - 1, "{arch:?}: __mmdrop freed the PGD");
+        assert_eq!(k.san.count(), 0, "{arch:?}");
+        assert_eq!((0..3).map(|c| k.smp.call_interrupts(CpuId(c))).sum::<u64>(), cal, "{arch:?}: still none");
     }
 }
 

@@ -541,6 +541,7 @@ mod prop {
         }
         switch_mm(&k, &mm);
         exit_mm(&k, &mm);
+        crate::ops::test_util::drop_lazy_mms(&k);
         k.rcu_barrier();
         prop_assert_eq!(k.alloc.in_use().total(), 0, "leaked: {:?}", k.alloc.in_use());
         prop_assert_eq!(k.san.count(), 0);
