@@ -16,8 +16,8 @@ const BASE: u64 = 0x10_0000_0000;
 /// switched to another mm, mprotect, a lazy CPU during a munmap that
 /// frees tables, a one-page munmap that frees its PTE table, 300 address
 /// spaces run one after the other, fork + child exit, exits.
-fn every_kind_of_flush(arch: Arch, arm64: Arm64Cpu) -> std::sync::Arc<Kernel> {
-    let k = Kernel::new_sync(KernelConfig { arch, arm64, ..KernelConfig::default() }, 4);
+fn every_kind_of_flush(arch: Arch, arm64: Arm64Cpu, kernel: KernelVersion) -> std::sync::Arc<Kernel> {
+    let k = Kernel::new_sync(KernelConfig { arch, arm64, kernel, ..KernelConfig::default() }, 4);
     let (a, b) = (k.mm_alloc(), k.mm_alloc());
     let on = |cpu: u32, mm: &std::sync::Arc<MmStruct>| {
         k.set_cpu(CpuId(cpu));
@@ -110,7 +110,7 @@ fn each_profile_moves_exactly_the_counters_it_lists() {
         let mut moved = BTreeSet::new();
         let mut listed = BTreeSet::new();
         for cpu in [Arm64Cpu::V8_4, Arm64Cpu { asid_bits: 8, ..Arm64Cpu::V8_2 }] {
-            let k = every_kind_of_flush(arch, cpu);
+            let k = every_kind_of_flush(arch, cpu, KernelVersion::V6_12);
             moved.extend(
                 Stat::ALL.iter().filter(|s| !NOT_THE_ARCH.contains(s) && k.stats.get(**s) != 0).map(|s| s.name()),
             );
@@ -118,6 +118,21 @@ fn each_profile_moves_exactly_the_counters_it_lists() {
         }
         assert_eq!(moved, listed, "{arch:?}: the flush counters that moved vs ArchOps::stats");
     }
+}
+
+/// x86 v6.18 moves exactly its own list too: TLB_REMOTE_WRONG_CPU and
+/// `mm_cpumask_trimmed` (CPUs 2 and 3 left A for B but stayed in its mask
+/// until a table-freeing flush reached them), which v6.12 never moves.
+#[test]
+fn x86_6_18_moves_exactly_the_counters_it_lists() {
+    let k = every_kind_of_flush(Arch::X86, Arm64Cpu::default(), KernelVersion::V6_18);
+    let moved: BTreeSet<_> =
+        Stat::ALL.iter().filter(|s| !NOT_THE_ARCH.contains(s) && k.stats.get(**s) != 0).map(|s| s.name()).collect();
+    let listed: BTreeSet<_> = k.arch.stats().iter().map(|s| s.name()).collect();
+    assert_eq!(moved, listed);
+    assert!(listed.contains("TLB_REMOTE_WRONG_CPU"));
+    let k12 = every_kind_of_flush(Arch::X86, Arm64Cpu::default(), KernelVersion::V6_12);
+    assert_eq!(k12.stats.get(Stat::TraceRemoteWrongCpu) + k12.stats.get(Stat::CpumaskTrimmed), 0);
 }
 
 #[test]
