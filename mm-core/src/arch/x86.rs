@@ -235,7 +235,9 @@ impl ArchOps for X86 {
     fn enter_lazy_tlb(&self, k: &Kernel) {
         enter_lazy_tlb(k);
     }
-    /// `cpu_tlbstate.loaded_mm` and `cpu_tlbstate_shared.is_lazy`.
+    /// `cpu_tlbstate.loaded_mm` and `cpu_tlbstate_shared.is_lazy`; the mm
+    /// is `LOADED_MM_SWITCHING` (no user mm runs) while a switch is under
+    /// way on that CPU.
     fn cpu_mm(&self, k: &Kernel, cpu: CpuId) -> CpuMm {
         let st = &k.cpus[cpu.idx()];
         CpuMm { mm: st.loaded_mm.load(Ordering::SeqCst), lazy: st.is_lazy.load(Ordering::SeqCst) }
