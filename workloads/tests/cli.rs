@@ -797,3 +797,25 @@ fn kernel_version_option() {
         ),
     ]);
 }
+
+/// `stress --kernel 6.18` runs the x86 scenarios only; the others say why.
+#[test]
+fn stress_on_6_18_skips_the_scenarios_that_are_not_x86() {
+    let o = mmemu(&["stress", "--seconds", "1.5", "--cpus", "2", "--slice", "0.2", "--no-pin", "--kernel", "6.18"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let list = json(&["list", "--json"]);
+    let mut skipped = 0;
+    for s in list["scenarios"].as_array().unwrap() {
+        let (name, arch) = (s["name"].as_str().unwrap(), s["arch"].as_str().unwrap());
+        let row = out.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap();
+        if arch != "x86" {
+            skipped += 1;
+            assert!(row.ends_with(&format!("skipped: --kernel 6.18 is x86 only ({arch} follows 6.12)")), "{row}");
+        } else {
+            assert!(!row.contains("skipped"), "{row}");
+        }
+    }
+    assert!(skipped > 0);
+    assert!(out.contains("verdict: ok"), "{out}");
+}

@@ -514,7 +514,9 @@ pub(super) fn stress(a: StressArgs) -> Result<i32, CliError> {
         "scenario", "runs", "rounds", "ops", "violations", "leaked", "failures"
     );
     for (s, t) in all.iter().zip(&tallies) {
-        let note = if skipped(s) {
+        let note = if !kernel_ok(s) {
+            format!("skipped: --kernel {} is x86 only ({} follows 6.12)", a.machine.kernel, s.arch.arch().name())
+        } else if skipped(s) {
             format!("skipped: needs {}+ CPUs", s.min_cpus)
         } else if s.min_cpus > cpus {
             format!("ran on {} CPUs (needs {}+)", s.min_cpus, s.min_cpus)
