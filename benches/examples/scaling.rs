@@ -80,6 +80,7 @@ fn range_table() {
                 t += t0.elapsed();
             }
             ops::exit_mm(k, &mm);
+            mm_core::tlb::drop_lazy_mm(k);
             k.rcu_barrier();
             e.push(t.as_nanos() as f64 / (reps * pages) as f64);
             let mut ht = 0.0;

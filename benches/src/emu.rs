@@ -128,6 +128,7 @@ impl EmuMunmap {
         }
         let ((), dt) = crate::host::Timed::measure(|| ops::munmap(k, &mm, MUNMAP_BASE, self.bytes).expect("munmap"));
         ops::exit_mm(k, &mm);
+        mm_core::tlb::drop_lazy_mm(k);
         k.rcu_barrier();
         assert_eq!(k.san.count(), 0, "sanitizer violations in the munmap bench");
         assert_eq!(k.alloc.in_use().total(), 0, "munmap bench leaked frames: {:?}", k.alloc.in_use());
@@ -216,7 +217,7 @@ impl Drop for EmuDontneed {
             let _ = h.join(Duration::from_secs(10));
         }
         let _ = self.sys.run_user(CpuId(0), &self.mm, |k, mm| ops::exit_mm(k, mm));
-        let _ = self.sys.quiesce(Duration::from_secs(10));
+        let _ = self.sys.release_lazy_mms(Duration::from_secs(10));
         let v = self.sys.kernel().san.count();
         if v != 0 && !std::thread::panicking() {
             panic!("touch+dontneed bench: {v} sanitizer violations");

@@ -150,7 +150,7 @@ pub(crate) struct Shared {
 
 /// `CONFIG_HZ=250` (Debian's and most distributions' x86 and arm64
 /// configs): one timer tick every 4 ms.
-pub const HZ: u64 = 250;
+pub const HZ: u64 = mm_core::smp::HZ;
 /// The period of the machine's timer tick.
 pub const TICK: Duration = Duration::from_micros(1_000_000 / HZ);
 
@@ -594,6 +594,10 @@ impl Smp for MachineSmp {
         if self.shared.cpus[cpu.idx()].attention.load(Ordering::Relaxed) {
             self.shared.user_irq_slow(cpu);
         }
+    }
+
+    fn jiffies(&self) -> u64 {
+        self.shared.jiffies.load(Ordering::SeqCst)
     }
 
     fn call_interrupts(&self, cpu: CpuId) -> u64 {

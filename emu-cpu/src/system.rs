@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use mm_core::mm::MmStruct;
 use mm_core::sync::Arc;
-use mm_core::tlb::{enter_lazy_tlb, switch_mm};
+use mm_core::tlb::{drop_lazy_mm, enter_lazy_tlb, switch_mm};
 use mm_core::types::CpuId;
 use mm_core::{Kernel, KernelConfig};
 
@@ -154,6 +154,22 @@ impl System {
             }
         }
         err.map_or(Ok(out), Err)
+    }
+
+    /// A run's end: every CPU lets go of the mm it holds lazily
+    /// (`tlb::drop_lazy_mm`, what its next switch to a user task would do:
+    /// the last exited mm's PGD is freed then), then `quiesce`.
+    pub fn release_lazy_mms(&self, timeout: Duration) -> Result<(), MachineError> {
+        let hs: Vec<_> = (0..self.nr_cpus())
+            .map(|c| {
+                let k = self.kernel.clone();
+                self.machine.spawn_on(CpuId(c as u32), move || drop_lazy_mm(&k))
+            })
+            .collect();
+        for h in hs {
+            h.join(timeout)?;
+        }
+        self.quiesce(timeout)
     }
 
     /// Wait until every CPU has drained its task queue and every queued RCU

@@ -212,6 +212,13 @@ fn program(r: &dyn Runner) -> Vec<String> {
     r.user(2, &b, Box::new(|k, mm| exit_mm(k, mm)));
     r.user(1, &a, Box::new(|k, mm| exit_mm(k, mm)));
     step(&mut log, "exit");
+    // 9. The exited mms' PGDs are still held by the CPUs that have them as
+    // active_mm (lazily: mm_count, no IPI at exit); each lets go at its next
+    // switch (`drop_lazy_mm` stands for it), the last one frees the PGD.
+    for c in 0..NCPU as u32 {
+        r.kthread(c, Box::new(|k| mm_core::tlb::drop_lazy_mm(k)));
+    }
+    step(&mut log, "lazy CPUs let go of the exited mms");
     log
 }
 

@@ -56,7 +56,7 @@ fn x86_lazy(fixes_off: &[Fix]) -> (u64, u64, u64) {
     let cal_freed = k.smp.call_interrupts(CpuId(1));
     let lazy_switch = k.stats.get_cpu(CpuId(1), Stat::LazySwitchToInitMm);
     s.run_user(CpuId(0), &mm, |k, mm| mm_core::ops::exit_mm(k, mm)).unwrap();
-    s.quiesce(Duration::from_secs(5)).unwrap();
+    s.release_lazy_mms(Duration::from_secs(5)).unwrap();
     assert_eq!(k.san.count(), 0);
     assert_eq!(k.alloc.in_use().total(), 0);
     (cal_plain, cal_freed, lazy_switch)

@@ -142,7 +142,7 @@ fn stress(n_cpus: usize, arch: Arch, n_mms: usize, rounds: u32) {
     for (i, mm) in mms.iter().enumerate() {
         sys.run_user(CpuId((i % n_cpus) as u32), mm, |k, mm| exit_mm(k, mm)).unwrap();
     }
-    sys.quiesce(Duration::from_secs(10)).unwrap();
+    sys.release_lazy_mms(Duration::from_secs(10)).unwrap();
 
     assert_eq!(k.san.count(), 0, "{arch:?}/{n_cpus}: {:?}", k.san.violations().first());
     let used = k.alloc.in_use();

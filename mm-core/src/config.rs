@@ -46,21 +46,59 @@ impl FromStr for Arch {
 }
 
 /// The kernel release an arch profile follows (`KernelConfig::kernel`), given
-/// to the arch object when the `Kernel` is built (`arch::arch_ops`).
+/// to the arch object when the `Kernel` is built (`arch::arch_ops`):
+/// `--kernel 6.12|6.18`.
 ///
-/// Only v6.12 exists so far: every profile behaves as the port always has.
-/// A later version is a profile of its own, decided inside `arch/`; what the
-/// first one (v6.18, the host's) will change, on x86: `switch_mm_irqs_off`
-/// leaves mm_cpumask set lazily and `flush_tlb_func` clears it only for a
-/// CPU that has really switched away; `should_flush_tlb` reads the target's
-/// `loaded_mm` (a CPU running another mm is skipped even with
-/// `freed_tables`); the trace reason `TLB_REMOTE_WRONG_CPU`; and x86 selects
-/// MMU_GATHER_RCU_TABLE_FREE unconditionally (v6.15, a37259732a7d).
+/// What differs is decided inside `arch/` (docs/FIDELITY.md lists it).  On
+/// x86, v6.18 (this machine's host kernel; arch/x86/mm/tlb.c after
+/// 209954cbc7d0 and 6db2526c1d69) leaves a CPU in `mm_cpumask` when it
+/// switches away and clears it in `flush_tlb_func` (trace reason
+/// `TLB_REMOTE_WRONG_CPU`); `should_flush_tlb` reads the target's
+/// `loaded_mm` (and `LOADED_MM_SWITCHING`) and, once a second per mm
+/// (`should_trim_cpumask`, on the machine's jiffies), also interrupts CPUs
+/// that left the mm so they drop out of the mask.  v6.12 clears the CPU from
+/// the previous mm's mask in `switch_mm_irqs_off` at once and filters
+/// flushes without freed tables by `tlb_is_not_lazy` alone.  v6.18 is
+/// x86's only (`KernelConfig::kernel_pairing`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
 pub enum KernelVersion {
     /// Linux v6.12.y (the port's reference, with 8ce720d5bd91).
     #[default]
     V6_12,
+    /// Linux v6.18.y (the host kernel this machine runs: 6.18.44).
+    V6_18,
+}
+
+impl KernelVersion {
+    /// Every version, in CLI order.
+    pub const ALL: [KernelVersion; 2] = [KernelVersion::V6_12, KernelVersion::V6_18];
+    /// The CLI / report name (`--kernel 6.12|6.18`); `FromStr` parses it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelVersion::V6_12 => "6.12",
+            KernelVersion::V6_18 => "6.18",
+        }
+    }
+    /// This version is `other` or later.
+    pub fn at_least(self, other: KernelVersion) -> bool {
+        self as u8 >= other as u8
+    }
+}
+
+impl fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for KernelVersion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        KernelVersion::ALL
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| format!("unknown kernel '{s}'; allowed: 6.12, 6.18"))
+    }
 }
 
 /// The historical fixes, one switch each (docs/RACES.md: the race each fix closes; off means the code before the commit).
@@ -477,6 +515,7 @@ impl KernelConfig {
         if self.tlb_single_page_flush_ceiling == 0 {
             return Err("tlb_single_page_flush_ceiling must be ≥ 1".into());
         }
+        self.kernel_pairing()?;
         let bits = self.arm64.asid_bits;
         if bits != 8 && bits != 16 {
             return Err(format!("arm64.asid_bits = {bits}: allowed 8 or 16 (ID_AA64MMFR0_EL1.ASIDBits)"));
@@ -489,6 +528,31 @@ impl KernelConfig {
                 (1usize << bits) - 1,
                 self.nr_cpus
             ));
+        }
+        Ok(())
+    }
+}
+
+impl KernelConfig {
+    /// The pairings with `kernel` that no kernel ran, refused:
+    /// - v6.18 is modelled for x86 only: the arm64 and NO_RANGE profiles
+    ///   follow v6.12 (their changes up to v6.18 were not reviewed), so
+    ///   calling them 6.18 would be a label, not a model;
+    /// - x86 v6.18 with `rcu_table_free` off: x86 selects
+    ///   MMU_GATHER_RCU_TABLE_FREE unconditionally from v6.15
+    ///   (a37259732a7d); before that only `if PARAVIRT`, which v6.12 covers.
+    pub fn kernel_pairing(&self) -> Result<(), String> {
+        if self.kernel == KernelVersion::V6_18 && self.arch != Arch::X86 {
+            return Err(format!(
+                "--kernel 6.18 is modelled for x86 only ({} follows v6.12); allowed with --arch {}: 6.12",
+                self.arch.name(),
+                self.arch.name()
+            ));
+        }
+        if self.kernel == KernelVersion::V6_18 && !self.rcu_table_free {
+            return Err("x86 6.18 always has MMU_GATHER_RCU_TABLE_FREE (a37259732a7d, v6.15): rcu-table-free=0 \
+                        needs --kernel 6.12"
+                .into());
         }
         Ok(())
     }
@@ -508,6 +572,20 @@ mod tests {
                 assert!(!f.off_means().contains("ablation"), "{f}: a real kernel's state");
             }
         }
+    }
+
+    #[test]
+    fn v6_18_is_x86_only_and_always_frees_tables_by_rcu() {
+        let c = |arch, kernel, rcu_table_free| KernelConfig { arch, kernel, rcu_table_free, ..KernelConfig::default() };
+        assert_eq!(c(Arch::X86, KernelVersion::V6_18, true).validate(), Ok(()));
+        assert!(c(Arch::X86, KernelVersion::V6_18, false).validate().unwrap_err().contains("a37259732a7d"));
+        for arch in [Arch::Arm64, Arch::GenericNoRange] {
+            assert!(c(arch, KernelVersion::V6_18, true).validate().unwrap_err().contains("x86 only"));
+            assert_eq!(c(arch, KernelVersion::V6_12, true).validate(), Ok(()));
+        }
+        assert_eq!("6.18".parse::<KernelVersion>(), Ok(KernelVersion::V6_18));
+        assert_eq!("6.12".parse::<KernelVersion>(), Ok(KernelVersion::V6_12));
+        assert!("6.13".parse::<KernelVersion>().unwrap_err().contains("allowed: 6.12, 6.18"));
     }
 
     #[test]

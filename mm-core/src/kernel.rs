@@ -48,6 +48,11 @@ pub struct Kernel {
     /// profile's (the others keep their CPU state in their arch object);
     /// generic code asks `arch.cpu_mm(k, cpu)`.
     pub cpus: Box<[CpuTlbState]>,
+    /// `rq->curr->active_mm` per CPU, every profile: the mm the CPU last
+    /// switched to, kept while it runs kernel threads or idles (lazy TLB),
+    /// with an `mm_count` reference (`tlb::switch_mm` grabs the next one and
+    /// drops the previous: `finish_task_switch` → `mmdrop_lazy_tlb`).
+    pub active_mm: Box<[crate::sync::Mutex<Option<Arc<MmStruct>>>]>,
     /// GUP oracle: mapping history per (mm, va) (`check::gup_oracle`).
     pub gup_oracle: crate::check::gup_oracle::GupOracle,
     /// Hooks and test knobs (`inject`): injected allocation failures,
@@ -91,6 +96,7 @@ impl Kernel {
             rcu: Rcu::new(),
             smp,
             cpus: (0..n).map(|_| CpuTlbState::default()).collect(),
+            active_mm: (0..n).map(|_| crate::sync::Mutex::new(None)).collect(),
             gup_oracle: crate::check::gup_oracle::GupOracle::new(cfg.gup_oracle, n),
             inject: Inject::default(),
             next_id: AtomicU64::new(1),
@@ -266,6 +272,8 @@ impl Kernel {
         let pgd =
             crate::page::ptdesc_address(crate::pgtable::pagetable_alloc(self, 0).expect("out of memory for a pgd"));
         let mm = Arc::new(MmStruct::new(self.next_id(), pgd));
+        // x86 init_new_context (v6.18): the first cpumask trim a second from now.
+        mm.next_trim_cpumask.store(self.smp.jiffies().wrapping_add(crate::smp::HZ), Ordering::SeqCst);
         self.gup_oracle.set_owner(pgd, mm.id);
         mm.nr_ptes.fetch_add(1, Ordering::SeqCst);
         mm

@@ -70,6 +70,13 @@ pub trait Smp: Send + Sync {
     /// Cross-call IPIs sent by `cpu` so far, one per target CPU (the
     /// sender side of the CAL row: over all CPUs the two sums are equal).
     fn ipis_sent(&self, cpu: CpuId) -> u64;
+    /// `jiffies`: timer ticks since boot, `HZ` a second (emu-cpu's machine
+    /// advances it from its timer thread; `SyncSmp` when a test says so;
+    /// models that have no clock stay at 0).  x86 v6.18 trims mm_cpumask
+    /// on it once a second (`should_trim_cpumask`).
+    fn jiffies(&self) -> u64 {
+        0
+    }
     /// The synchronous reference implementation, if this is it (tests use it
     /// to move the running code between CPUs).
     fn as_sync(&self) -> Option<&SyncSmp> {
@@ -80,6 +87,15 @@ pub trait Smp: Send + Sync {
     fn bind_current_thread(&self, cpu: CpuId) {
         panic!("this Smp does not let a caller choose its CPU (asked for {cpu})");
     }
+}
+
+/// `CONFIG_HZ`: timer ticks a second (250, as Debian's and most
+/// distributions' x86 and arm64 configs; emu-cpu's tick period is 1/HZ).
+pub const HZ: u64 = 250;
+
+/// `time_after(a, b)`: jiffy `a` is later than `b` (wrap-safe).
+pub fn time_after(a: u64, b: u64) -> bool {
+    (b.wrapping_sub(a) as i64) < 0
 }
 
 /// `smp_call_function(func, wait=1)`: every online CPU but this one.
@@ -148,12 +164,18 @@ impl SmpCpus {
 pub struct SyncSmp {
     current: AtomicU32,
     cpus: SmpCpus,
+    jiffies: AtomicU64,
 }
 
 impl SyncSmp {
     /// `nr_cpus` CPUs, IRQs on everywhere, the calling thread on CPU 0.
     pub fn new(nr_cpus: usize) -> Self {
-        Self { current: AtomicU32::new(0), cpus: SmpCpus::new("SyncSmp", nr_cpus) }
+        Self { current: AtomicU32::new(0), cpus: SmpCpus::new("SyncSmp", nr_cpus), jiffies: AtomicU64::new(0) }
+    }
+
+    /// Let `n` timer ticks pass (`jiffies += n`).
+    pub fn advance_jiffies(&self, n: u64) {
+        self.jiffies.fetch_add(n, Ordering::SeqCst);
     }
 
     /// Run the following code on `cpu`.
@@ -212,6 +234,10 @@ impl Smp for SyncSmp {
 
     fn ipis_sent(&self, cpu: CpuId) -> u64 {
         self.cpus.ipis_sent(cpu)
+    }
+
+    fn jiffies(&self) -> u64 {
+        self.jiffies.load(Ordering::SeqCst)
     }
 
     fn as_sync(&self) -> Option<&SyncSmp> {

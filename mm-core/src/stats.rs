@@ -38,6 +38,7 @@ stat_items! {
     TraceLocalShootdown => "TLB_LOCAL_SHOOTDOWN", "tlb_flush trace reason";
     TraceLocalMmShootdown => "TLB_LOCAL_MM_SHOOTDOWN", "tlb_flush trace reason";
     TraceRemoteSendIpi => "TLB_REMOTE_SEND_IPI", "tlb_flush trace reason";
+    TraceRemoteWrongCpu => "TLB_REMOTE_WRONG_CPU", "tlb_flush trace reason (v6.18: flush_tlb_func on a CPU that left the mm clears it from mm_cpumask)";
     TlbRemoveTableSyncOne => "tlb_remove_table_sync_one", "empty-IPI broadcasts to every other CPU";
     Arm64BroadcastTlbi => "arm64_tlbi_broadcast", "arm64: broadcast invalidation sequences completed (DSB ISH), one per flush_tlb_mm / __flush_tlb_range / flush_tlb_page";
     Arm64TlbiVale1is => "arm64_tlbi_vale1is", "arm64: TLBI VALE1IS issued (by VA, last level only)";
@@ -51,7 +52,7 @@ stat_items! {
     NoRangeCpuFlush => "norange_cpu_flush", "MMU_GATHER_NO_RANGE profile: CPUs that dropped an mm's TLB entries for flush_tlb_mm (the sender and each IPI target)";
     NoRangeSwitchFlush => "norange_switch_mm_flush", "MMU_GATHER_NO_RANGE profile: switch_mm to another mm flushed the user TLB (m68k pflushan)";
     LazySwitchToInitMm => "lazy_switch_to_init_mm", "lazy CPUs that left the mm on a flush IPI";
-    CpumaskTrimmed => "mm_cpumask_trimmed", "CPUs dropped from mm_cpumask by flush_tlb_func";
+    CpumaskTrimmed => "mm_cpumask_trimmed", "CPUs dropped from mm_cpumask by flush_tlb_func (x86 v6.18; v6.12 clears it in switch_mm_irqs_off)";
     TlbFlushRanged => "tlb_flush_ranged", "arch tlb_flush of a range (mmu_gather)";
     TlbFlushFull => "tlb_flush_full", "arch tlb_flush of the whole mm (mmu_gather)";
     GatherBatchAlloc => "gather_batch_alloc", "tlb_next_batch allocated a page-sized batch";

@@ -14,8 +14,9 @@
 //! switches back.  `freed_tables` also drops paging-structure caches.
 //!
 //! - x86: tlb_gen, 33-page ceiling, IPIs to mm_cpumask, lazy CPUs skipped
-//!   unless freed_tables, lazy CPUs switch to init_mm, CPUs that left the mm
-//!   are trimmed from mm_cpumask.
+//!   unless freed_tables, lazy CPUs switch to init_mm; CPUs that left the mm
+//!   leave mm_cpumask at the switch (v6.12) or at a flush that finds them
+//!   gone (v6.18, with the once-a-second trim).
 //! - arm64: broadcast TLBI — every CPU's TLB is invalidated directly (under
 //!   its TLB lock), without an interrupt and without waiting for IRQs-off
 //!   CPUs.  `flush_tlb_range`, `flush_pmd_tlb_range` and the hugetlb range
@@ -29,10 +30,43 @@ use crate::mm::MmStruct;
 use crate::stats::{Stat, TLB_FLUSH_ALL};
 use crate::types::CpuId;
 
-/// `switch_mm(prev, next, tsk)`: run `next` on this CPU.
-#[inline]
-pub fn switch_mm(k: &Kernel, next: &MmStruct) {
+/// `context_switch` to a task of `next` on this CPU: take an `mm_count`
+/// reference for `active_mm`, the arch's `switch_mm(prev, next, tsk)`, then
+/// drop the previous active mm's reference (`finish_task_switch` →
+/// `mmdrop_lazy_tlb`; the last one frees it, `__mmdrop`).
+pub fn switch_mm(k: &Kernel, next: &crate::sync::Arc<MmStruct>) {
+    let cpu = k.this_cpu();
+    let prev = {
+        let mut slot = k.active_mm[cpu.idx()].lock();
+        if slot.as_ref().is_some_and(|p| crate::sync::Arc::ptr_eq(p, next)) {
+            None
+        } else {
+            next.mm_count.mmgrab();
+            Some(slot.replace(next.clone()))
+        }
+    };
     k.arch.switch_mm(k, next);
+    if let Some(Some(prev)) = prev {
+        crate::ops::mmdrop(k, &prev);
+    }
+}
+
+/// What this CPU's next switch to a user task does to the mm it holds
+/// lazily (`finish_task_switch` → `mmdrop_lazy_tlb`), without a next task:
+/// switch to init_mm and drop the `active_mm` reference.  A run's teardown
+/// calls it on every CPU, so the last exited mm's root table is freed (an
+/// idle CPU in the kernel keeps it until it next runs a user task).
+pub fn drop_lazy_mm(k: &Kernel) {
+    let cpu = k.this_cpu();
+    let Some(prev) = k.active_mm[cpu.idx()].lock().take() else {
+        return;
+    };
+    let irq = k.local_irq_save();
+    if k.arch.cpu_mm(k, cpu).mm == prev.id {
+        switch_to_init_mm(k, cpu);
+    }
+    drop(irq);
+    crate::ops::mmdrop(k, &prev);
 }
 
 /// `switch_mm_irqs_off(NULL, &init_mm)`: `cpu` leaves any user mm.
@@ -61,11 +95,11 @@ pub(crate) fn flush_tlb_mm(k: &Kernel, mm: &MmStruct) {
     k.arch.flush_tlb_mm(k, mm);
 }
 
-/// `flush_tlb_range(vma, start, end)` (x86: stride from the VMA's page size;
-/// `freed_tables` per 3ef938c35035 when a table is being removed).
+/// `flush_tlb_range(vma, start, end)` (x86: stride from the VMA's page size,
+/// always freed_tables: 3ef938c35035).
 #[inline]
-pub(crate) fn flush_tlb_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool, freed_tables: bool) {
-    k.arch.flush_tlb_range(k, mm, start, end, huge, freed_tables);
+pub(crate) fn flush_tlb_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool) {
+    k.arch.flush_tlb_range(k, mm, start, end, huge);
 }
 
 /// `flush_tlb_page(vma, addr)`

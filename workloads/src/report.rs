@@ -33,12 +33,14 @@ pub const VMSTAT: [Stat; 4] =
     [Stat::NrTlbRemoteFlush, Stat::NrTlbRemoteFlushReceived, Stat::NrTlbLocalFlushAll, Stat::NrTlbLocalFlushOne];
 
 /// tlb_flush trace reasons (include/linux/mm_types.h `enum tlb_flush_reason`).
-pub const REASONS: [Stat; 5] = [
+/// TLB_REMOTE_WRONG_CPU exists from v6.14 (x86 v6.18 profile only).
+pub const REASONS: [Stat; 6] = [
     Stat::TraceOnTaskSwitch,
     Stat::TraceRemoteShootdown,
     Stat::TraceLocalShootdown,
     Stat::TraceLocalMmShootdown,
     Stat::TraceRemoteSendIpi,
+    Stat::TraceRemoteWrongCpu,
 ];
 
 #[derive(Clone, Debug, Serialize)]
@@ -119,6 +121,8 @@ pub struct Report {
     pub schema: &'static str,
     pub scenario: String,
     pub arch: &'static str,
+    /// The kernel release the arch profile follows (`--kernel`: "6.12", "6.18").
+    pub kernel: &'static str,
     pub cpus: usize,
     pub reverted: Vec<&'static str>,
     pub seed: u64,
@@ -185,6 +189,8 @@ pub struct Report {
 pub struct Setup {
     pub scenario: String,
     pub arch: &'static str,
+    /// The kernel release the arch profile follows (`--kernel`: "6.12", "6.18").
+    pub kernel: &'static str,
     pub cpus: usize,
     pub reverted: Vec<&'static str>,
     pub seed: u64,
@@ -225,6 +231,7 @@ impl Report {
             schema: SCHEMA,
             scenario: s.scenario,
             arch: s.arch,
+            kernel: s.kernel,
             cpus: s.cpus,
             reverted: s.reverted,
             seed: s.seed,
@@ -295,10 +302,11 @@ impl Report {
         let reverted = if self.reverted.is_empty() { "none".to_string() } else { self.reverted.join(",") };
         let _ = writeln!(
             s,
-            "mmemu run {}: {} CPUs, arch {}, reverted: {}, seed {}, wait {}, {}",
+            "mmemu run {}: {} CPUs, arch {}, kernel {}, reverted: {}, seed {}, wait {}, {}",
             self.scenario,
             self.cpus,
             self.arch,
+            self.kernel,
             reverted,
             self.seed,
             self.wait,

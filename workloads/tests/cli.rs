@@ -422,7 +422,7 @@ fn exit_2_is_bad_usage_only_and_a_run_that_fails_is_1() {
     assert!(out.contains("verdict: violations"), "{out}");
 }
 
-const RUN_OPTIONS: &str = "--cpus, --arch, --revert, --seconds, --iterations, --wait, --no-pin, --seed, --hang-timeout, --no-debug-vm, --param, --json, --trace, --help";
+const RUN_OPTIONS: &str = "--cpus, --arch, --revert, --seconds, --iterations, --wait, --no-pin, --seed, --hang-timeout, --no-debug-vm, --kernel, --param, --json, --trace, --help";
 const SUBCOMMANDS: &str = "list, run, reproduce, stress, help";
 
 /// Every bad input: exit 2, nothing on stdout, and exactly one line on
@@ -465,7 +465,7 @@ fn parse_errors_are_one_line() {
         (&["run", "munmap-storm", "--iteration", "3"], "unknown option '--iteration' for mmemu run (did you mean '--iterations'?); allowed: {run-options}".into()),
         (&["run", "munmap-storm", "--iteration=3"], "unknown option '--iteration' for mmemu run (did you mean '--iterations'?); allowed: {run-options}".into()),
         (&["run", "munmap-storm", "--no_pin"], "unknown option '--no_pin' for mmemu run (did you mean '--no-pin'?); allowed: {run-options}".into()),
-        (&["stress", "--revert", "delay-rmap"], "unknown option '--revert' for mmemu stress; allowed: --cpus, --seconds, --slice, --wait, --no-pin, --seed, --hang-timeout, --no-debug-vm, --help".into()),
+        (&["stress", "--revert", "delay-rmap"], "unknown option '--revert' for mmemu stress; allowed: --cpus, --seconds, --slice, --wait, --no-pin, --seed, --hang-timeout, --no-debug-vm, --kernel, --help".into()),
         (&["run", "munmap-storm", "--cpus"], "missing value for --cpus; allowed: 1..=256".into()),
         (&["run", "munmap-storm", "--wait"], "missing value for --wait; allowed: spin, park, adaptive".into()),
         (&["stress", "--slice"], "missing value for --slice; allowed: 0 < S <= 86400".into()),
@@ -758,4 +758,64 @@ fn stdout_closed_or_full_exits_3_without_panic() {
             );
         }
     }
+}
+
+/// `--kernel 6.12|6.18` on run / reproduce / stress: the report names it,
+/// `mmemu list` lists both, a bad value or a pairing no kernel ran is one
+/// line (exit 2).
+#[test]
+fn kernel_version_option() {
+    for (kernel, name) in [(None, "6.12"), (Some("6.12"), "6.12"), (Some("6.18"), "6.18")] {
+        let mut args = vec!["run", "exit-storm", "--cpus", "2", "--iterations", "2", "--no-pin", "--json"];
+        if let Some(v) = kernel {
+            args.extend(["--kernel", v]);
+        }
+        let v = json(&args);
+        assert_eq!(v["kernel"], name, "{args:?}");
+        assert_eq!(v["verdict"], "ok");
+        // TLB_REMOTE_WRONG_CPU is a v6.18 trace reason only.
+        assert_eq!(v["tlb_flush_reasons"].get("TLB_REMOTE_WRONG_CPU").is_some(), name == "6.18", "{v}");
+    }
+    let human = ok(&["run", "munmap-storm", "--cpus", "2", "--iterations", "1", "--no-pin", "--kernel", "6.18"]);
+    assert!(human.contains("arch x86, kernel 6.18"), "{human}");
+    let list = ok(&["list"]);
+    assert!(list.contains("6.12") && list.contains("6.18"), "{list}");
+    let lj = json(&["list", "--json"]);
+    assert_eq!(lj["kernels"], serde_json::json!(["6.12", "6.18"]));
+    assert_usage_errors(&[
+        (
+            &["run", "munmap-storm", "--kernel", "6.13"],
+            "--kernel: unknown kernel '6.13' (did you mean '6.12' or '6.18'?); allowed: 6.12, 6.18",
+        ),
+        (
+            &["run", "munmap-storm", "--arch", "arm64", "--kernel", "6.18"],
+            "--kernel 6.18 is modelled for x86 only (arm64 follows v6.12); allowed with --arch arm64: 6.12",
+        ),
+        (
+            &["run", "gup-table-free", "--arch", "x86", "--kernel", "6.18", "--param", "rcu-table-free=0"],
+            "x86 6.18 always has MMU_GATHER_RCU_TABLE_FREE (a37259732a7d, v6.15): rcu-table-free=0 needs --kernel 6.12",
+        ),
+    ]);
+}
+
+/// `stress --kernel 6.18` runs the x86 scenarios only; the others say why.
+#[test]
+fn stress_on_6_18_skips_the_scenarios_that_are_not_x86() {
+    let o = mmemu(&["stress", "--seconds", "1.5", "--cpus", "2", "--slice", "0.2", "--no-pin", "--kernel", "6.18"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let list = json(&["list", "--json"]);
+    let mut skipped = 0;
+    for s in list["scenarios"].as_array().unwrap() {
+        let (name, arch) = (s["name"].as_str().unwrap(), s["arch"].as_str().unwrap());
+        let row = out.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap();
+        if arch != "x86" {
+            skipped += 1;
+            assert!(row.ends_with(&format!("skipped: --kernel 6.18 is x86 only ({arch} follows 6.12)")), "{row}");
+        } else {
+            assert!(!row.contains("skipped"), "{row}");
+        }
+    }
+    assert!(skipped > 0);
+    assert!(out.contains("verdict: ok"), "{out}");
 }

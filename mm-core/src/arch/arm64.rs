@@ -296,7 +296,7 @@ impl ArchOps for Arm64 {
     /// VM_HUGETLB VMA generic code calls `flush_hugetlb_tlb_range` instead
     /// (asm/hugetlb.h): stride PMD_SIZE, level 2, not leaf-only either
     /// (it also runs after `hugetlb_unshare_pmds` cleared a PUD).
-    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool, _freed_tables: bool) {
+    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool) {
         let g = k.cfg.geometry;
         if huge {
             __flush_tlb_range(k, mm, start, end, g.pmd_size(), false, Some(Level::Pmd));
@@ -323,7 +323,7 @@ impl ArchOps for Arm64 {
     /// the whole-TLB flush a rollover left pending for this CPU.  Switching
     /// to the mm already active does nothing (`prev == next`).  arm64 keeps
     /// no mm_cpumask.
-    fn switch_mm(&self, k: &Kernel, next: &MmStruct) {
+    fn switch_mm(&self, k: &Kernel, next: &crate::sync::Arc<MmStruct>) {
         let cpu = k.this_cpu();
         let irq = k.local_irq_save();
         let st = &self.active[cpu.idx()];

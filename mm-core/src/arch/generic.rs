@@ -106,7 +106,7 @@ impl ArchOps for GenericNoRange {
     fn flush_tlb_mm(&self, k: &Kernel, mm: &MmStruct) {
         generic_flush_tlb_mm(k, mm);
     }
-    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, _start: u64, _end: u64, _huge: bool, _freed: bool) {
+    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, _start: u64, _end: u64, _huge: bool) {
         generic_flush_tlb_mm(k, mm);
     }
     fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, _addr: u64) {
@@ -123,7 +123,7 @@ impl ArchOps for GenericNoRange {
     /// holds the running (or lazily kept) mm's entries.  This CPU joins
     /// `mm_cpumask(next)`, the target set of `generic_flush_tlb_mm`; a bit
     /// left behind by a CPU that switched away only costs an IPI.
-    fn switch_mm(&self, k: &Kernel, next: &MmStruct) {
+    fn switch_mm(&self, k: &Kernel, next: &crate::sync::Arc<MmStruct>) {
         let cpu = k.this_cpu();
         let irq = k.local_irq_save();
         if self.active[cpu.idx()].get().mm != next.id {

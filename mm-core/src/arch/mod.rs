@@ -19,7 +19,7 @@
 //! — and those hand over to `Kernel::arch`: one trait-object call on a flush,
 //! a context switch or a fault, never on a user access that hits the TLB.
 //! Each profile also carries the kernel release it follows
-//! (`KernelVersion`); only v6.12 exists so far.
+//! (`KernelVersion`: v6.12 or v6.18; only x86 tells them apart).
 
 pub mod arm64;
 pub mod generic;
@@ -31,7 +31,7 @@ use crate::hw::pte::Pte;
 use crate::kernel::Kernel;
 use crate::mm::{MmStruct, Vma};
 use crate::stats::Stat;
-use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Ordering};
 use crate::types::{CpuId, Pfn};
 
 /// `TLB_FLUSH_ALL` as an end address.
@@ -76,9 +76,11 @@ pub trait ArchOps: Send + Sync {
     );
     /// `flush_tlb_mm(mm)`: the whole address space.
     fn flush_tlb_mm(&self, k: &Kernel, mm: &MmStruct);
-    /// `flush_tlb_range(vma, start, end)`: `huge` is the VMA's VM_HUGETLB;
-    /// `freed_tables` per 3ef938c35035 when a table is being removed.
-    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool, freed_tables: bool);
+    /// `flush_tlb_range(vma, start, end)`: `huge` is the VMA's VM_HUGETLB.
+    /// Callers use it also to zap PMDs that point at tables
+    /// (`pmdp_collapse_flush`, hugetlb unsharing): x86 passes freed_tables
+    /// (3ef938c35035), arm64 drops walk caches, NO_RANGE flushes the mm.
+    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool);
     /// `flush_tlb_page(vma, addr)`.
     fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, addr: u64);
     /// `flush_pmd_tlb_range(vma, addr, end)`: a PMD leaf (THP) was changed
@@ -88,7 +90,7 @@ pub trait ArchOps: Send + Sync {
     // ---- asm/mmu_context.h ------------------------------------------------
 
     /// `switch_mm(prev, next, tsk)`: run `next` on this CPU.
-    fn switch_mm(&self, k: &Kernel, next: &MmStruct);
+    fn switch_mm(&self, k: &Kernel, next: &Arc<MmStruct>);
     /// `switch_mm_irqs_off(NULL, &init_mm)` (x86 `leave_mm`): `cpu` stops
     /// using any user mm.
     fn switch_to_init_mm(&self, k: &Kernel, cpu: CpuId);
@@ -98,7 +100,7 @@ pub trait ArchOps: Send + Sync {
     /// The mm `cpu` has loaded and whether it uses it lazily — x86
     /// `cpu_tlbstate.loaded_mm` / `is_lazy`, elsewhere `active_mm` and
     /// "running a kernel thread or idle".  Generic code (the sanitizer's
-    /// free-time check, MADV_DONTNEED's return check, `mmdrop`, GUP-fast's
+    /// free-time check, MADV_DONTNEED's return check, `__mmdrop`, GUP-fast's
     /// own assertion) asks this instead of reading an arch's per-CPU state.
     fn cpu_mm(&self, k: &Kernel, cpu: CpuId) -> CpuMm;
 

@@ -16,10 +16,10 @@ const BASE: u64 = 0x10_0000_0000;
 /// switched to another mm, mprotect, a lazy CPU during a munmap that
 /// frees tables, a one-page munmap that frees its PTE table, 300 address
 /// spaces run one after the other, fork + child exit, exits.
-fn every_kind_of_flush(arch: Arch, arm64: Arm64Cpu) -> std::sync::Arc<Kernel> {
-    let k = Kernel::new_sync(KernelConfig { arch, arm64, ..KernelConfig::default() }, 4);
+fn every_kind_of_flush(arch: Arch, arm64: Arm64Cpu, kernel: KernelVersion) -> std::sync::Arc<Kernel> {
+    let k = Kernel::new_sync(KernelConfig { arch, arm64, kernel, ..KernelConfig::default() }, 4);
     let (a, b) = (k.mm_alloc(), k.mm_alloc());
-    let on = |cpu: u32, mm: &MmStruct| {
+    let on = |cpu: u32, mm: &std::sync::Arc<MmStruct>| {
         k.set_cpu(CpuId(cpu));
         switch_mm(&k, mm);
     };
@@ -111,7 +111,7 @@ fn each_profile_moves_exactly_the_counters_it_lists() {
         let mut moved = BTreeSet::new();
         let mut listed = BTreeSet::new();
         for cpu in [Arm64Cpu::V8_4, Arm64Cpu { asid_bits: 8, ..Arm64Cpu::V8_2 }] {
-            let k = every_kind_of_flush(arch, cpu);
+            let k = every_kind_of_flush(arch, cpu, KernelVersion::V6_12);
             moved.extend(
                 Stat::ALL.iter().filter(|s| !NOT_THE_ARCH.contains(s) && k.stats.get(**s) != 0).map(|s| s.name()),
             );
@@ -119,6 +119,21 @@ fn each_profile_moves_exactly_the_counters_it_lists() {
         }
         assert_eq!(moved, listed, "{arch:?}: the flush counters that moved vs ArchOps::stats");
     }
+}
+
+/// x86 v6.18 moves exactly its own list too: TLB_REMOTE_WRONG_CPU and
+/// `mm_cpumask_trimmed` (CPUs 2 and 3 left A for B but stayed in its mask
+/// until a table-freeing flush reached them), which v6.12 never moves.
+#[test]
+fn x86_6_18_moves_exactly_the_counters_it_lists() {
+    let k = every_kind_of_flush(Arch::X86, Arm64Cpu::default(), KernelVersion::V6_18);
+    let moved: BTreeSet<_> =
+        Stat::ALL.iter().filter(|s| !NOT_THE_ARCH.contains(s) && k.stats.get(**s) != 0).map(|s| s.name()).collect();
+    let listed: BTreeSet<_> = k.arch.stats().iter().map(|s| s.name()).collect();
+    assert_eq!(moved, listed);
+    assert!(listed.contains("TLB_REMOTE_WRONG_CPU"));
+    let k12 = every_kind_of_flush(Arch::X86, Arm64Cpu::default(), KernelVersion::V6_12);
+    assert_eq!(k12.stats.get(Stat::TraceRemoteWrongCpu) + k12.stats.get(Stat::CpumaskTrimmed), 0);
 }
 
 #[test]
@@ -218,7 +233,7 @@ mod arm64_flush {
             k.arch.flush_tlb_page(&k, &mm, BASE);
             assert!(k.hw.tlb(CpuId(1)).lookup(mm.id, BASE).is_none(), "{cpu:?}");
             assert!(walk_cached(&k), "{cpu:?}: flush_tlb_page is last-level only");
-            k.arch.flush_tlb_range(&k, &mm, BASE, BASE + PS, false, false);
+            k.arch.flush_tlb_range(&k, &mm, BASE, BASE + PS, false);
             assert!(!walk_cached(&k), "{cpu:?}: flush_tlb_range invalidates table entries too");
             // A THP's PMD leaf (its walk cache: the PTE table it replaced).
             k.hw.tlb(CpuId(1)).insert(mm.id, BASE, Pfn(512), true, true, true, 0);
@@ -231,7 +246,7 @@ mod arm64_flush {
             // flush_hugetlb_tlb_range (level 2, all levels): the PMD table's
             // walk-cache entry (from the level-1 PUD descriptor) goes.
             k.hw.tlb(CpuId(1)).insert_psc(mm.id, Level::Pmd, BASE, Pfn(8), 0);
-            k.arch.flush_tlb_range(&k, &mm, BASE, BASE + k.cfg.geometry.pmd_size(), true, false);
+            k.arch.flush_tlb_range(&k, &mm, BASE, BASE + k.cfg.geometry.pmd_size(), true);
             let pmd_table_cached = k.hw.tlb(CpuId(1)).psc_entries().any(|(l, e)| l == Level::Pmd && e.table == Pfn(8));
             assert!(!pmd_table_cached, "{cpu:?}: flush_hugetlb_tlb_range drops the PUD-level walk cache");
         }
@@ -271,7 +286,7 @@ mod arm64_switch {
         Kernel::new_sync(KernelConfig { arch: Arch::Arm64, arm64, ..KernelConfig::default() }, nr_cpus)
     }
 
-    fn on(k: &Kernel, cpu: u32, mm: &MmStruct) {
+    fn on(k: &Kernel, cpu: u32, mm: &std::sync::Arc<MmStruct>) {
         k.set_cpu(CpuId(cpu));
         switch_mm(k, mm);
     }
@@ -455,6 +470,7 @@ mod arm64_unshare {
         switch_mm(&k, &p1);
         exit_mm(&k, &p1);
         assert_eq!(truncate_inode_pages(&k, &f), 0);
+        crate::ops::test_util::drop_lazy_mms(&k);
         k.rcu_barrier();
         assert_eq!(k.alloc.in_use().total(), 0, "leaked frames");
         Outcome { read, unshared_walks, vae1is, vale1is }
@@ -569,5 +585,272 @@ fn pte_needs_flush_x86_flag_rules_and_the_generic_default() {
         let same = Pte::new(Pfn(7), P | U | W);
         assert!(k.arch.pte_needs_flush(same, same), "{arch:?}");
         assert!(k.arch.pte_needs_flush(Pte::new(Pfn(7), P | U), Pte::new(Pfn(7), P | U | W)), "{arch:?}");
+    }
+}
+
+// ---- exit: mm_count, lazy CPUs hold the mm, __mmdrop at the last reference ----
+// (kernel/fork.c mmdrop / __mmdrop, kernel/exit.c exit_mm's mmgrab_lazy_tlb,
+// kernel/sched/core.c finish_task_switch → mmdrop_lazy_tlb; x86 does not
+// select MMU_LAZY_TLB_SHOOTDOWN, and every profile here shares the rule)
+
+#[test]
+fn exit_leaves_the_mm_to_lazy_cpus_until_they_switch_away_without_an_ipi() {
+    for arch in Arch::ALL {
+        let k = Kernel::new_sync(KernelConfig { arch, ..KernelConfig::default() }, 3);
+        let (a, b) = (k.mm_alloc(), k.mm_alloc());
+        assert_eq!(a.mm_count.get(), 1, "{arch:?}: the users' reference");
+        for c in [1u32, 0] {
+            k.set_cpu(CpuId(c));
+            switch_mm(&k, &a);
+        }
+        assert_eq!(a.mm_count.get(), 3, "{arch:?}: + one per CPU with it as active_mm");
+        k.set_cpu(CpuId(1));
+        enter_lazy_tlb(&k); // a kernel thread on CPU 1 borrows A
+        k.set_cpu(CpuId(0));
+        let tables = k.alloc.in_use().page_table;
+        let cal: u64 = (0..3).map(|c| k.smp.call_interrupts(CpuId(c))).sum();
+        exit_mm(&k, &a); // nothing mapped: exit_mmap flushes nothing
+        assert_eq!((0..3).map(|c| k.smp.call_interrupts(CpuId(c))).sum::<u64>(), cal, "{arch:?}: no IPI");
+        assert_eq!(a.mm_count.get(), 2, "{arch:?}: CPUs 0 (exiting, now lazy) and 1 hold A");
+        assert_eq!(k.arch.cpu_mm(&k, CpuId(1)).mm, a.id, "{arch:?}: CPU 1 still has A loaded");
+        assert_eq!(k.alloc.in_use().page_table, tables, "{arch:?}: A's PGD is still there");
+        k.set_cpu(CpuId(1));
+        switch_mm(&k, &b); // finish_task_switch drops CPU 1's reference
+        assert_eq!(a.mm_count.get(), 1, "{arch:?}");
+        assert_eq!(k.alloc.in_use().page_table, tables, "{arch:?}");
+        k.set_cpu(CpuId(0));
+        crate::tlb::drop_lazy_mm(&k); // CPU 0's next switch: the last reference
+        assert_eq!(a.mm_count.get(), 0, "{arch:?}");
+        assert_eq!(k.alloc.in_use().page_table, tables - 1, "{arch:?}: __mmdrop freed the PGD");
+        assert_eq!(k.san.count(), 0, "{arch:?}");
+        assert_eq!((0..3).map(|c| k.smp.call_interrupts(CpuId(c))).sum::<u64>(), cal, "{arch:?}: still none");
+    }
+}
+
+// ---- x86: mm_cpumask, IPI filter and trace reasons, v6.12 vs v6.18 ----------
+// (arch/x86/mm/tlb.c: switch_mm_irqs_off, flush_tlb_func,
+// native_flush_tlb_multi with tlb_is_not_lazy (v6.12) / should_flush_tlb and
+// should_trim_cpumask (v6.18))
+
+mod x86_versions {
+    use super::*;
+    use crate::arch::x86::{flush_tlb_func, FlushTlbInfo, TLB_GENERATION_INVALID};
+    use crate::config::KernelVersion;
+    use crate::stats::TLB_FLUSH_ALL;
+    use crate::sync::{Arc, Mutex};
+
+    type Events = Arc<Mutex<Vec<(u32, &'static str, u64)>>>;
+
+    fn x86(kernel: KernelVersion, cpus: usize) -> (Arc<Kernel>, Events) {
+        let k = Kernel::new_sync(KernelConfig { kernel, ..KernelConfig::default() }, cpus);
+        let ev: Events = Arc::new(Mutex::new(Vec::new()));
+        let e = ev.clone();
+        k.stats.set_trace_hook(Box::new(move |t| e.lock().push((t.cpu.0, t.reason, t.pages))));
+        (k, ev)
+    }
+
+    fn on(k: &Kernel, cpu: u32, mm: &Arc<MmStruct>) {
+        k.set_cpu(CpuId(cpu));
+        switch_mm(k, mm);
+    }
+
+    fn mask(mm: &MmStruct) -> Vec<u32> {
+        mm.cpumask.snapshot().iter().map(|c| c.0).collect()
+    }
+
+    fn cpu_stat(k: &Kernel, s: Stat) -> Vec<u64> {
+        (0..k.hw.nr_cpus()).map(|c| k.stats.get_cpu(CpuId(c as u32), s)).collect()
+    }
+
+    /// The minimal program: threads of mm A on CPUs 0 and 1 (each touched
+    /// page 0), a kernel thread on CPU 2 lazily holding A, CPU 3 ran A and
+    /// switched to B.
+    fn program(kernel: KernelVersion) -> (Arc<Kernel>, Events, Arc<MmStruct>, Arc<MmStruct>) {
+        let (k, ev) = x86(kernel, 4);
+        let (a, b) = (k.mm_alloc(), k.mm_alloc());
+        on(&k, 0, &a);
+        mmap_anon(&k, &a, BASE, 1024 * PS, true).unwrap();
+        for c in 0..4 {
+            on(&k, c, &a);
+            k.write_user(&a, BASE, 1).unwrap();
+        }
+        k.set_cpu(CpuId(2));
+        enter_lazy_tlb(&k);
+        on(&k, 3, &b);
+        on(&k, 0, &a);
+        ev.lock().clear();
+        (k, ev, a, b)
+    }
+
+    #[test]
+    fn switch_clears_the_previous_mm_from_cpumask_on_6_12_only() {
+        let (k, ev, a, b) = program(KernelVersion::V6_12);
+        assert_eq!(mask(&a), vec![0, 1, 2], "v6.12: CPU3's switch to B cleared it from A's mask");
+        assert_eq!(mask(&b), vec![3]);
+        assert!(ev.lock().is_empty());
+        let (k18, _, a18, b18) = program(KernelVersion::V6_18);
+        assert_eq!(mask(&a18), vec![0, 1, 2, 3], "v6.18 (209954cbc7d0): CPU3 stays in A's mask");
+        assert_eq!(mask(&b18), vec![3]);
+        drop((k, k18));
+    }
+
+    #[test]
+    fn plain_flush_skips_the_lazy_cpu_and_the_cpu_that_left() {
+        for kernel in KernelVersion::ALL {
+            let (k, ev, a, _b) = program(kernel);
+            madvise_dontneed(&k, &a, BASE, PS).unwrap();
+            // CPU 0 flushes its one page itself; only CPU 1 is interrupted:
+            // CPU 2 is lazy (tlb_is_not_lazy / should_flush_tlb), CPU 3 is
+            // out of the mask (v6.12) or runs B without a trim due (v6.18).
+            assert_eq!(k.stats.get(Stat::NrTlbRemoteFlush), 1, "{kernel}");
+            assert_eq!(cpu_stat(&k, Stat::NrTlbRemoteFlushReceived), vec![0, 1, 0, 0], "{kernel}");
+            assert_eq!(cpu_stat(&k, Stat::IrqTlbCount), vec![0, 1, 0, 0], "{kernel}");
+            assert_eq!(cpu_stat(&k, Stat::NrTlbLocalFlushOne), vec![1, 0, 0, 0], "{kernel}");
+            assert_eq!(k.stats.get(Stat::NrTlbLocalFlushAll), 0, "{kernel}");
+            assert_eq!(
+                *ev.lock(),
+                vec![(0, "TLB_REMOTE_SEND_IPI", 1), (1, "TLB_REMOTE_SHOOTDOWN", 1), (0, "TLB_LOCAL_MM_SHOOTDOWN", 1)],
+                "{kernel}"
+            );
+            assert_eq!(k.cpus[2].loaded_mm.load(Ordering::SeqCst), a.id, "{kernel}: the lazy CPU keeps A");
+            assert_eq!(k.san.count(), 0);
+        }
+    }
+
+    #[test]
+    fn once_a_second_the_6_18_flush_trims_cpus_that_left() {
+        let (k, ev, a, _b) = program(KernelVersion::V6_18);
+        k.smp.as_sync().unwrap().advance_jiffies(crate::smp::HZ + 1);
+        madvise_dontneed(&k, &a, BASE, PS).unwrap();
+        // should_trim_cpumask: CPU 3 (running B) is interrupted too and
+        // clears itself; CPU 2 stays skipped (lazy).
+        assert_eq!(cpu_stat(&k, Stat::NrTlbRemoteFlushReceived), vec![0, 1, 0, 1]);
+        assert_eq!(cpu_stat(&k, Stat::IrqTlbCount), vec![0, 1, 0, 1]);
+        assert_eq!(k.stats.get(Stat::TlbIpiSent), 2);
+        assert_eq!(mask(&a), vec![0, 1, 2]);
+        assert_eq!(cpu_stat(&k, Stat::CpumaskTrimmed), vec![0, 0, 0, 1]);
+        assert!(ev.lock().contains(&(3, "TLB_REMOTE_WRONG_CPU", 0)));
+        // The next trim is a second later: a flush now sends one IPI.
+        k.write_user(&a, BASE, 2).unwrap();
+        madvise_dontneed(&k, &a, BASE, PS).unwrap();
+        assert_eq!(k.stats.get(Stat::TlbIpiSent), 3);
+        assert_eq!(a.next_trim_cpumask.load(Ordering::SeqCst), 2 * crate::smp::HZ + 1);
+        // v6.12 has no trim: CPU 3 left the mask at its switch.
+        let (k12, _, a12, _) = program(KernelVersion::V6_12);
+        k12.smp.as_sync().unwrap().advance_jiffies(crate::smp::HZ + 1);
+        madvise_dontneed(&k12, &a12, BASE, PS).unwrap();
+        assert_eq!(cpu_stat(&k12, Stat::NrTlbRemoteFlushReceived), vec![0, 1, 0, 0]);
+        assert_eq!(k12.stats.get(Stat::CpumaskTrimmed), 0);
+        assert_eq!(k12.stats.get(Stat::TraceRemoteWrongCpu), 0);
+    }
+
+    #[test]
+    fn freed_tables_reach_every_cpu_in_the_mask() {
+        for kernel in KernelVersion::ALL {
+            let (k, ev, a, _b) = program(kernel);
+            // The whole mapping: tlb_end_vma flushes the one page mapped
+            // (no tables freed yet), then free_pgtables frees the PTE table
+            // and tlb_finish_mmu flushes everything with freed_tables.
+            munmap(&k, &a, BASE, 1024 * PS).unwrap();
+            let v6_18 = kernel == KernelVersion::V6_18;
+            // The second flush: v6.12 reaches CPUs 1 and 2 (3 left the
+            // mask); v6.18 also 3, which finds B loaded and clears itself.
+            let received = if v6_18 { vec![0, 2, 1, 1] } else { vec![0, 2, 1, 0] };
+            assert_eq!(cpu_stat(&k, Stat::NrTlbRemoteFlushReceived), received, "{kernel}");
+            assert_eq!(k.stats.get(Stat::NrTlbRemoteFlush), 2, "{kernel}");
+            assert_eq!(cpu_stat(&k, Stat::NrTlbLocalFlushOne), vec![1, 0, 0, 0], "{kernel}");
+            assert_eq!(cpu_stat(&k, Stat::NrTlbLocalFlushAll), vec![1, 0, 0, 0], "{kernel}");
+            // The lazy CPU 2 left A for init_mm: a real switch, into the
+            // PCID slot init_mm has held since boot, up to date: traced 0.
+            assert_eq!(cpu_stat(&k, Stat::LazySwitchToInitMm), vec![0, 0, 1, 0], "{kernel}");
+            assert!(ev.lock().contains(&(2, "TLB_FLUSH_ON_TASK_SWITCH", 0)), "{kernel}: {:?}", ev.lock());
+            assert_eq!(k.cpus[2].loaded_mm.load(Ordering::SeqCst), 0);
+            // v6.12's switch to init_mm cleared CPU 2; v6.18 leaves it set.
+            let left = if v6_18 { vec![0, 1, 2] } else { vec![0, 1] };
+            assert_eq!(mask(&a), left, "{kernel}");
+            assert_eq!(ev.lock().contains(&(3, "TLB_REMOTE_WRONG_CPU", 0)), v6_18, "{kernel}");
+            assert_eq!(k.san.count(), 0);
+        }
+    }
+
+    #[test]
+    fn every_real_switch_traces_on_task_switch() {
+        for kernel in KernelVersion::ALL {
+            let (k, ev) = x86(kernel, 1);
+            let (a, b) = (k.mm_alloc(), k.mm_alloc());
+            switch_mm(&k, &a); // new PCID slot: flush
+            switch_mm(&k, &a); // same mm, not lazy: no switch at all
+            switch_mm(&k, &b); // new slot: flush
+            switch_mm(&k, &a); // A's slot, generation unchanged: no flush
+            enter_lazy_tlb(&k);
+            switch_mm(&k, &a); // back from lazy, up to date: nothing
+            mmap_anon(&k, &a, BASE, PS, true).unwrap();
+            k.write_user(&a, BASE, 1).unwrap();
+            switch_mm(&k, &b);
+            madvise_dontneed(&k, &a, BASE, PS).unwrap(); // A's gen moves while B runs
+            switch_mm(&k, &a); // A's slot is behind: flush
+            let switches: Vec<u64> =
+                ev.lock().iter().filter(|e| e.1 == "TLB_FLUSH_ON_TASK_SWITCH").map(|e| e.2).collect();
+            assert_eq!(switches, vec![TLB_FLUSH_ALL, TLB_FLUSH_ALL, 0, 0, TLB_FLUSH_ALL], "{kernel}");
+            assert_eq!(k.stats.get(Stat::TraceOnTaskSwitch), 5);
+        }
+    }
+
+    #[test]
+    fn a_flush_without_a_generation_on_an_up_to_date_cpu_traces_zero() {
+        let (k, ev) = x86(KernelVersion::V6_12, 1);
+        let a = k.mm_alloc();
+        switch_mm(&k, &a);
+        let f = FlushTlbInfo {
+            mm: a.id,
+            start: BASE,
+            end: BASE + PS,
+            new_tlb_gen: TLB_GENERATION_INVALID,
+            initiating_cpu: CpuId(0),
+            stride_shift: 12,
+            freed_tables: false,
+            trim_cpumask: false,
+        };
+        let irq = k.local_irq_save();
+        flush_tlb_func(&k, &a, CpuId(0), &f);
+        drop(irq);
+        assert_eq!(ev.lock().last(), Some(&(0, "TLB_LOCAL_MM_SHOOTDOWN", 0)));
+        assert_eq!(k.stats.get(Stat::NrTlbLocalFlushAll) + k.stats.get(Stat::NrTlbLocalFlushOne), 0);
+        // With a generation it is already caught up to: no trace at all.
+        let n = ev.lock().len();
+        let irq = k.local_irq_save();
+        flush_tlb_func(&k, &a, CpuId(0), &FlushTlbInfo { new_tlb_gen: 1, ..f });
+        drop(irq);
+        assert_eq!(ev.lock().len(), n);
+    }
+
+    /// arch/x86/include/asm/tlbflush.h (6.12.y with 3ef938c35035):
+    /// `flush_tlb_range` passes freed_tables = true (a lazy CPU is
+    /// interrupted and leaves the mm), at PAGE_SHIFT stride or the hugetlb
+    /// page shift; `flush_tlb_page` and `flush_pmd_tlb_range` do not.
+    #[test]
+    fn flush_tlb_range_always_frees_tables_flush_tlb_page_and_pmd_range_do_not() {
+        for kernel in KernelVersion::ALL {
+            let (k, ev) = x86(kernel, 2);
+            let a = k.mm_alloc();
+            on(&k, 1, &a);
+            enter_lazy_tlb(&k);
+            on(&k, 0, &a);
+            let pmd = k.cfg.geometry.pmd_size();
+            k.arch.flush_tlb_page(&k, &a, BASE + 5);
+            k.arch.flush_pmd_tlb_range(&k, &a, BASE, BASE + pmd);
+            assert_eq!(k.smp.call_interrupts(CpuId(1)), 0, "{kernel}: the lazy CPU is skipped");
+            assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 2, "{kernel}: one INVLPG each");
+            ev.lock().clear();
+            k.arch.flush_tlb_range(&k, &a, BASE, BASE + 3 * PS, false);
+            assert_eq!(k.smp.call_interrupts(CpuId(1)), 1, "{kernel}: freed_tables reaches the lazy CPU");
+            assert_eq!(k.cpus[1].loaded_mm.load(Ordering::SeqCst), 0, "{kernel}: which left for init_mm");
+            assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 5, "{kernel}: PAGE_SHIFT stride, 3 pages");
+            assert!(ev.lock().contains(&(0, "TLB_LOCAL_MM_SHOOTDOWN", 3)));
+            // A hugetlb VMA: huge_page_shift stride, one INVLPG per 2 MiB.
+            k.arch.flush_tlb_range(&k, &a, BASE, BASE + 2 * pmd, true);
+            assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 7, "{kernel}");
+            assert_eq!(k.stats.get(Stat::NrTlbLocalFlushAll), 0);
+        }
     }
 }

@@ -8,8 +8,12 @@
 //! the point of the lazy-TLB rule: a lazy CPU (running a kernel thread with
 //! the mm still loaded) is skipped unless page tables were freed, and
 //! catches up through `tlb_gen` when it switches back (`switch_mm`).  A
-//! lazy CPU that does get the IPI leaves the mm (switches to init_mm); a CPU
-//! that left the mm since it was set in mm_cpumask is trimmed from it.
+//! lazy CPU that does get the IPI leaves the mm (switches to init_mm).
+//! Who is in mm_cpumask depends on the kernel version (`KernelVersion`):
+//! v6.12 clears a CPU in `switch_mm_irqs_off` when it switches away; v6.18
+//! (209954cbc7d0, 6db2526c1d69) leaves it set until a flush finds it running
+//! another mm (`flush_tlb_func`: TLB_REMOTE_WRONG_CPU), which for flushes
+//! without freed tables happens once a second (`should_trim_cpumask`).
 //! `freed_tables` also drops paging-structure caches.  Ranges above the
 //! 33-page `tlb_single_page_flush_ceiling` become full flushes.
 //!
@@ -25,38 +29,75 @@ use crate::kernel::Kernel;
 use crate::mm::{MmStruct, Vma};
 use crate::pgtable;
 use crate::stats::{Stat, TLB_FLUSH_ALL};
-use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 use crate::types::{CpuId, CpuMask, Pfn};
 
 /// `TLB_NR_DYN_ASIDS`: address spaces whose translations a CPU keeps
 /// across switches (x86 PCID slots).
 pub const TLB_NR_DYN_ASIDS: usize = 6;
 
+/// `LOADED_MM_SWITCHING`: `cpu_tlbstate.loaded_mm` while
+/// `switch_mm_irqs_off` changes CR3 (v6.18's `should_flush_tlb` IPIs such a
+/// CPU: it may hold either mm's entries).
+pub const LOADED_MM_SWITCHING: u64 = u64::MAX;
+
+/// `TLB_GENERATION_INVALID`: a flush that brings no generation
+/// (`arch_tlbbatch_flush`); `flush_tlb_func` then compares with the mm's.
+pub const TLB_GENERATION_INVALID: u64 = 0;
+
+/// A PCID slot no mm owns (`ctx_id` 0 in the kernel; here 0 is init_mm).
+const NO_CTX: u64 = u64::MAX - 1;
+
 /// x86 `cpu_tlbstate` + `cpu_tlbstate_shared` for one CPU (`Kernel::cpus`).
-#[derive(Default)]
 pub struct CpuTlbState {
-    /// Id of the loaded mm (0 = init_mm).
+    /// Id of the loaded mm (0 = init_mm; `LOADED_MM_SWITCHING` during a
+    /// switch).
     pub loaded_mm: AtomicU64,
     /// `cpu_tlbstate_shared.is_lazy`
     pub is_lazy: AtomicBool,
     /// `ctxs[loaded_mm_asid].tlb_gen`: the loaded mm's generation this CPU
     /// has caught up to.
     pub tlb_gen: AtomicU64,
+    /// `cpu_tlbstate.loaded_mm` as a pointer: v6.12's `switch_mm_irqs_off`
+    /// clears this CPU from the previous mm's cpumask through it.
+    loaded: Mutex<Option<Arc<MmStruct>>>,
     /// `ctxs[]`: (ctx_id = mm id, tlb_gen) of recently run mms, whose
-    /// tagged TLB entries survive a switch away and back.
+    /// tagged TLB entries survive a switch away and back.  Slot 0 starts as
+    /// init_mm's (`initialize_tlbstate_and_flush`), the others empty.
     ctx_id: [AtomicU64; TLB_NR_DYN_ASIDS],
     ctx_gen: [AtomicU64; TLB_NR_DYN_ASIDS],
+    /// `cpu_tlbstate.next_asid` (starts at 1: slot 0 is init_mm's).
     next_asid: AtomicU64,
+}
+
+impl Default for CpuTlbState {
+    fn default() -> Self {
+        CpuTlbState {
+            loaded_mm: AtomicU64::new(0),
+            is_lazy: AtomicBool::new(false),
+            tlb_gen: AtomicU64::new(0),
+            loaded: Mutex::new(None),
+            ctx_id: std::array::from_fn(|i| AtomicU64::new(if i == 0 { 0 } else { NO_CTX })),
+            ctx_gen: std::array::from_fn(|_| AtomicU64::new(0)),
+            next_asid: AtomicU64::new(1),
+        }
+    }
 }
 
 impl CpuTlbState {
     /// `choose_new_asid`: the slot remembering `mm` and whether its TLB
-    /// entries must be flushed (unknown mm, or its tlb_gen moved on).
+    /// entries must be flushed (unknown mm, or its tlb_gen moved on).  A
+    /// new slot is `next_asid++`, wrapping to 0 (and next_asid to 1) at
+    /// TLB_NR_DYN_ASIDS.
     fn choose_new_asid(&self, mm: u64, next_gen: u64) -> (usize, bool) {
         if let Some(i) = (0..TLB_NR_DYN_ASIDS).find(|i| self.ctx_id[*i].load(Ordering::SeqCst) == mm) {
             return (i, self.ctx_gen[i].load(Ordering::SeqCst) < next_gen);
         }
-        let i = (self.next_asid.fetch_add(1, Ordering::SeqCst) as usize) % TLB_NR_DYN_ASIDS;
+        let mut i = self.next_asid.fetch_add(1, Ordering::SeqCst) as usize;
+        if i >= TLB_NR_DYN_ASIDS {
+            i = 0;
+            self.next_asid.store(1, Ordering::SeqCst);
+        }
         self.ctx_id[i].store(mm, Ordering::SeqCst);
         (i, true)
     }
@@ -89,6 +130,9 @@ pub struct FlushTlbInfo {
     pub stride_shift: u32,
     /// Page tables were freed: lazy CPUs must be reached too.
     pub freed_tables: bool,
+    /// v6.18 `trim_cpumask` (6db2526c1d69): this flush also interrupts CPUs
+    /// in the mask that run another mm, so they clear themselves.
+    pub trim_cpumask: bool,
 }
 
 /// The x86 profile (`Arch::X86`).
@@ -192,17 +236,24 @@ impl ArchOps for X86 {
         flush_tlb_mm_range(k, mm, 0, FLUSH_ALL, k.cfg.geometry.page_shift, true);
     }
 
-    /// x86 `flush_tlb_range`: the stride from the VMA's page size.
-    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool, freed_tables: bool) {
+    /// x86 `flush_tlb_range(vma, start, end)`: `flush_tlb_mm_range` at
+    /// `huge_page_shift` for a hugetlb VMA (PMD_SHIFT: the model's hugetlb
+    /// pages are PMD-sized), PAGE_SHIFT otherwise, and always with
+    /// freed_tables = true (3ef938c35035, in 6.12.y: `pmdp_collapse_flush`
+    /// and the hugetlb unshare use it to zap PMDs that point at tables, so
+    /// lazy CPUs are interrupted too).
+    fn flush_tlb_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, huge: bool) {
         let g = k.cfg.geometry;
-        let stride = if huge { g.level_shift(crate::hw::pte::Level::Pmd) } else { g.page_shift };
-        flush_tlb_mm_range(k, mm, start, end, stride, freed_tables);
+        let stride = if huge { g.level_shift(Level::Pmd) } else { g.page_shift };
+        flush_tlb_mm_range(k, mm, start, end, stride, true);
     }
 
-    /// x86 `flush_tlb_page`: `flush_tlb_range` of one page.
+    /// x86 `flush_tlb_page`: `flush_tlb_mm_range(mm, a, a + PAGE_SIZE,
+    /// PAGE_SHIFT, false)` (not `flush_tlb_range`: no freed tables).
     fn flush_tlb_page(&self, k: &Kernel, mm: &MmStruct, addr: u64) {
-        let ps = k.cfg.geometry.page_size();
-        self.flush_tlb_range(k, mm, addr & !(ps - 1), (addr & !(ps - 1)) + ps, false, false);
+        let g = k.cfg.geometry;
+        let a = addr & !(g.page_size() - 1);
+        flush_tlb_mm_range(k, mm, a, a + g.page_size(), g.page_shift, false);
     }
 
     /// x86 `flush_pmd_tlb_range`: `flush_tlb_mm_range(mm, addr, end,
@@ -211,7 +262,7 @@ impl ArchOps for X86 {
         flush_tlb_mm_range(k, mm, start, end, k.cfg.geometry.level_shift(Level::Pmd), false);
     }
 
-    fn switch_mm(&self, k: &Kernel, next: &MmStruct) {
+    fn switch_mm(&self, k: &Kernel, next: &Arc<MmStruct>) {
         switch_mm(k, next);
     }
     fn switch_to_init_mm(&self, k: &Kernel, cpu: CpuId) {
@@ -220,14 +271,18 @@ impl ArchOps for X86 {
     fn enter_lazy_tlb(&self, k: &Kernel) {
         enter_lazy_tlb(k);
     }
-    /// `cpu_tlbstate.loaded_mm` and `cpu_tlbstate_shared.is_lazy`.
+    /// `cpu_tlbstate.loaded_mm` and `cpu_tlbstate_shared.is_lazy`; the mm
+    /// is `LOADED_MM_SWITCHING` (no user mm runs) while a switch is under
+    /// way on that CPU.
     fn cpu_mm(&self, k: &Kernel, cpu: CpuId) -> CpuMm {
         let st = &k.cpus[cpu.idx()];
         CpuMm { mm: st.loaded_mm.load(Ordering::SeqCst), lazy: st.is_lazy.load(Ordering::SeqCst) }
     }
 
+    /// v6.12 never clears mm_cpumask in `flush_tlb_func` (its switch does)
+    /// and has no TLB_REMOTE_WRONG_CPU; v6.18 does both.
     fn stats(&self) -> &'static [Stat] {
-        &[
+        const V6_12: &[Stat] = &[
             Stat::NrTlbRemoteFlush,
             Stat::NrTlbRemoteFlushReceived,
             Stat::NrTlbLocalFlushAll,
@@ -239,10 +294,30 @@ impl ArchOps for X86 {
             Stat::TraceLocalMmShootdown,
             Stat::TraceRemoteSendIpi,
             Stat::LazySwitchToInitMm,
+            Stat::TlbFlushRanged,
+            Stat::TlbFlushFull,
+        ];
+        const V6_18: &[Stat] = &[
+            Stat::NrTlbRemoteFlush,
+            Stat::NrTlbRemoteFlushReceived,
+            Stat::NrTlbLocalFlushAll,
+            Stat::NrTlbLocalFlushOne,
+            Stat::IrqTlbCount,
+            Stat::TlbIpiSent,
+            Stat::TraceOnTaskSwitch,
+            Stat::TraceRemoteShootdown,
+            Stat::TraceLocalMmShootdown,
+            Stat::TraceRemoteSendIpi,
+            Stat::TraceRemoteWrongCpu,
+            Stat::LazySwitchToInitMm,
             Stat::CpumaskTrimmed,
             Stat::TlbFlushRanged,
             Stat::TlbFlushFull,
-        ]
+        ];
+        match self.kernel {
+            KernelVersion::V6_12 => V6_12,
+            KernelVersion::V6_18 => V6_18,
+        }
     }
 
     /// arch/x86/mm/pgtable.c: only a write fault changes the PTE; no flush
@@ -263,64 +338,100 @@ impl ArchOps for X86 {
     fn flush_tlb_fix_spurious_fault(&self, _k: &Kernel, _mm: &MmStruct, _va: u64) {}
 }
 
-/// x86 `switch_mm` → `switch_mm_irqs_off(prev, next)`: run `next` on this
-/// CPU.
-///
-/// Sets this CPU in `mm_cpumask(next)` before reading `next`'s tlb_gen (so
-/// a concurrent flusher either sees the bit or we see its generation), then
-/// loads CR3.  Returning to the mm left lazily only flushes if the
-/// generation moved; switching to a different mm reuses its PCID slot and
-/// flushes only if its generation moved since this CPU last ran it (or the
-/// slot was recycled).  Reason: TLB_FLUSH_ON_TASK_SWITCH.
+/// v6.12 clears a CPU from the previous mm's cpumask when it switches
+/// away; from 209954cbc7d0 (v6.14, so v6.18) it stays set until a flush
+/// finds it gone (`flush_tlb_func`) or the once-a-second trim.
+fn lazy_cpumask(k: &Kernel) -> bool {
+    k.arch.kernel().at_least(KernelVersion::V6_18)
+}
+
+/// x86 `switch_mm` → `switch_mm_irqs_off(NULL, next)` with IRQs off: run
+/// `next` on this CPU.
 #[doc(alias = "switch_mm_irqs_off")]
-pub fn switch_mm(k: &Kernel, next: &MmStruct) {
-    let cpu = k.this_cpu();
+pub fn switch_mm(k: &Kernel, next: &Arc<MmStruct>) {
     let irq = k.local_irq_save();
+    switch_mm_irqs_off(k, k.this_cpu(), Some(next));
+    drop(irq);
+}
+
+/// `switch_mm_irqs_off(NULL, next)` on `cpu` (IRQs off there; `None` is
+/// init_mm), as arch/x86/mm/tlb.c has it in v6.12 and v6.18:
+///
+/// - same mm as loaded: nothing, unless the CPU was lazy and the mm's
+///   tlb_gen moved meanwhile — then a full flush of its PCID;
+/// - another mm: v6.12 clears this CPU from the previous mm's cpumask
+///   (v6.18 leaves it: `lazy_cpumask`), sets it in `next`'s before reading
+///   `next`'s tlb_gen, marks `loaded_mm` LOADED_MM_SWITCHING, takes a PCID
+///   slot (`choose_new_asid`: a flush if the slot is new or its generation
+///   is behind) and loads CR3.  init_mm (`leave_mm`, a lazy CPU's IPI) takes
+///   a slot like any mm.
+///
+/// Every switch that loads CR3 traces TLB_FLUSH_ON_TASK_SWITCH, with
+/// TLB_FLUSH_ALL when it flushed and 0 when the PCID was up to date.
+pub fn switch_mm_irqs_off(k: &Kernel, cpu: CpuId, next: Option<&Arc<MmStruct>>) {
     let st = &k.cpus[cpu.idx()];
     let prev = st.loaded_mm.load(Ordering::SeqCst);
-    if prev == next.id {
+    let was_lazy = st.is_lazy.load(Ordering::SeqCst);
+    if was_lazy {
         st.is_lazy.store(false, Ordering::SeqCst);
-        if !next.cpumask.test(cpu) {
-            next.cpumask.set(cpu);
+    }
+    let next_id = next.map_or(0, |m| m.id);
+    let gen_of = |m: Option<&Arc<MmStruct>>| m.map_or(0, |m| m.tlb_gen.load(Ordering::SeqCst));
+    let (next_gen, need_flush);
+    if prev == next_id {
+        if let Some(n) = next {
+            if !n.cpumask.test(cpu) {
+                n.cpumask.set(cpu);
+            }
         }
-        let gen = next.tlb_gen.load(Ordering::SeqCst);
-        if st.tlb_gen.load(Ordering::SeqCst) < gen {
-            k.hw.tlb(cpu).flush_asid(next.id);
-            st.tlb_gen.store(gen, Ordering::SeqCst);
-            k.stats.trace_tlb_flush(cpu, Stat::TraceOnTaskSwitch, TLB_FLUSH_ALL);
+        if !was_lazy {
+            return;
         }
+        next_gen = gen_of(next);
+        if st.tlb_gen.load(Ordering::SeqCst) == next_gen {
+            return;
+        }
+        need_flush = true;
     } else {
         if prev != 0 {
             st.save_ctx(prev);
         }
-        next.cpumask.set(cpu);
-        let gen = next.tlb_gen.load(Ordering::SeqCst);
-        let (_, need_flush) = st.choose_new_asid(next.id, gen);
-        if need_flush {
-            k.hw.tlb(cpu).flush_asid(next.id);
-            k.stats.trace_tlb_flush(cpu, Stat::TraceOnTaskSwitch, TLB_FLUSH_ALL);
+        if !lazy_cpumask(k) && prev != 0 {
+            // Stop remote flushes for the previous mm (v6.12).
+            if let Some(p) = st.loaded.lock().as_ref() {
+                p.cpumask.clear(cpu);
+            }
         }
-        st.tlb_gen.store(gen, Ordering::SeqCst);
-        k.hw.load_cr3(cpu, Some(next.pgd), next.id);
-        st.loaded_mm.store(next.id, Ordering::SeqCst);
-        st.is_lazy.store(false, Ordering::SeqCst);
+        if let Some(n) = next {
+            if !n.cpumask.test(cpu) {
+                n.cpumask.set(cpu);
+            }
+        }
+        next_gen = gen_of(next);
+        need_flush = st.choose_new_asid(next_id, next_gen).1;
+        st.loaded_mm.store(LOADED_MM_SWITCHING, Ordering::SeqCst);
     }
-    drop(irq);
+    if need_flush {
+        if next_id != 0 {
+            k.hw.tlb(cpu).flush_asid(next_id);
+        }
+        k.stats.trace_tlb_flush(cpu, Stat::TraceOnTaskSwitch, TLB_FLUSH_ALL);
+    } else {
+        k.stats.trace_tlb_flush(cpu, Stat::TraceOnTaskSwitch, 0);
+    }
+    st.tlb_gen.store(next_gen, Ordering::SeqCst);
+    k.hw.load_cr3(cpu, next.map(|m| m.pgd), next_id);
+    if prev != next_id {
+        *st.loaded.lock() = next.cloned();
+    }
+    st.loaded_mm.store(next_id, Ordering::SeqCst);
 }
 
 /// `switch_mm_irqs_off(NULL, &init_mm)`: leave any user mm (loads the
 /// kernel's own tables; user translations can no longer be used).
 #[doc(alias = "leave_mm")]
 pub fn switch_to_init_mm(k: &Kernel, cpu: CpuId) {
-    let st = &k.cpus[cpu.idx()];
-    let prev = st.loaded_mm.load(Ordering::SeqCst);
-    if prev != 0 {
-        st.save_ctx(prev);
-    }
-    k.hw.load_cr3(cpu, None, 0);
-    st.loaded_mm.store(0, Ordering::SeqCst);
-    st.is_lazy.store(false, Ordering::SeqCst);
-    st.tlb_gen.store(0, Ordering::SeqCst);
+    switch_mm_irqs_off(k, cpu, None);
 }
 
 /// `enter_lazy_tlb`: this CPU runs a kernel thread / idles, keeping the mm
@@ -347,16 +458,43 @@ fn get_flush_tlb_info(
         start = 0;
         end = FLUSH_ALL;
     }
-    FlushTlbInfo { mm: mm.id, start, end, new_tlb_gen, initiating_cpu: k.this_cpu(), stride_shift, freed_tables }
+    FlushTlbInfo {
+        mm: mm.id,
+        start,
+        end,
+        new_tlb_gen,
+        initiating_cpu: k.this_cpu(),
+        stride_shift,
+        freed_tables,
+        trim_cpumask: false,
+    }
 }
 
-/// `flush_tlb_mm_range`
+/// `should_trim_cpumask` (v6.18, 6db2526c1d69): at most once a second per
+/// mm (`next_trim_cpumask`, on the machine's jiffies) a flush also reaches
+/// the CPUs that left the mm.
+fn should_trim_cpumask(k: &Kernel, mm: &MmStruct) -> bool {
+    let now = k.smp.jiffies();
+    if crate::smp::time_after(now, mm.next_trim_cpumask.load(Ordering::SeqCst)) {
+        mm.next_trim_cpumask.store(now.wrapping_add(crate::smp::HZ), Ordering::SeqCst);
+        return true;
+    }
+    false
+}
+
+/// `flush_tlb_mm_range`: bump the mm's tlb_gen; if another CPU is in
+/// mm_cpumask, `flush_tlb_multi` over the mask (v6.18: deciding first
+/// whether this flush trims it), else flush locally if this CPU has the mm
+/// loaded.
 pub fn flush_tlb_mm_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64, stride_shift: u32, freed_tables: bool) {
     let cpu = k.this_cpu();
     let new_tlb_gen = mm.inc_mm_tlb_gen();
-    let info = get_flush_tlb_info(k, mm, start, end, stride_shift, freed_tables, new_tlb_gen);
+    let mut info = get_flush_tlb_info(k, mm, start, end, stride_shift, freed_tables, new_tlb_gen);
     let mask = mm.cpumask.snapshot();
     if mask.iter().any(|c| c != cpu) {
+        if lazy_cpumask(k) {
+            info.trim_cpumask = should_trim_cpumask(k, mm);
+        }
         native_flush_tlb_multi(k, mm, &mask, &info);
     } else if k.cpus[cpu.idx()].loaded_mm.load(Ordering::SeqCst) == mm.id {
         let irq = k.local_irq_save();
@@ -366,19 +504,32 @@ pub fn flush_tlb_mm_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64, strid
     secondary_invalidate(k, mm, start, end);
 }
 
-/// `should_flush_tlb`: a plain flush skips lazy CPUs and CPUs not running
-/// the mm.
+/// v6.12 `tlb_is_not_lazy`: the IPI filter of a flush without freed tables.
+fn tlb_is_not_lazy(k: &Kernel, cpu: CpuId) -> bool {
+    !k.cpus[cpu.idx()].is_lazy.load(Ordering::SeqCst)
+}
+
+/// v6.18 `should_flush_tlb`: skip lazy CPUs; interrupt a CPU that has the
+/// mm loaded or is between two mms (LOADED_MM_SWITCHING), and — on a
+/// trimming flush — any CPU still in the mask, so it clears itself.
 fn should_flush_tlb(k: &Kernel, cpu: CpuId, info: &FlushTlbInfo) -> bool {
     let st = &k.cpus[cpu.idx()];
+    let loaded = st.loaded_mm.load(Ordering::SeqCst);
     if st.is_lazy.load(Ordering::SeqCst) {
         return false;
     }
-    st.loaded_mm.load(Ordering::SeqCst) == info.mm
+    if info.mm == 0 || loaded == LOADED_MM_SWITCHING || loaded == info.mm {
+        return true;
+    }
+    info.trim_cpumask
 }
 
-/// `native_flush_tlb_multi`: IPI the CPUs of `mask` (this one too, directly)
-/// and wait.  With freed_tables every CPU in the mask is interrupted, lazy or
-/// not — unless the lazy-tlb-freed-tables fix is switched off.
+/// `native_flush_tlb_multi`: count NR_TLB_REMOTE_FLUSH, trace
+/// TLB_REMOTE_SEND_IPI, then `on_each_cpu_mask` (freed_tables: every CPU
+/// in the mask, lazy or not — unless the lazy-tlb-freed-tables fix is
+/// switched off) or `on_each_cpu_cond_mask` with v6.12's `tlb_is_not_lazy`
+/// / v6.18's `should_flush_tlb`.  The condition is asked of this CPU too
+/// (SCF_RUN_LOCAL runs the local call only if it holds).
 fn native_flush_tlb_multi(k: &Kernel, mm: &MmStruct, mask: &CpuMask, info: &FlushTlbInfo) {
     let me = k.this_cpu();
     k.stats.inc(me, Stat::NrTlbRemoteFlush);
@@ -386,9 +537,11 @@ fn native_flush_tlb_multi(k: &Kernel, mm: &MmStruct, mask: &CpuMask, info: &Flus
         if info.end == FLUSH_ALL { TLB_FLUSH_ALL } else { (info.end - info.start) >> k.cfg.geometry.page_shift };
     k.stats.trace_tlb_flush(me, Stat::TraceRemoteSendIpi, pages);
     let all = info.freed_tables && k.cfg.fixes.on(Fix::LazyTlbFreedTables);
+    let v6_18 = lazy_cpumask(k);
     let mut targets = CpuMask::new();
     for c in mask.iter().filter(|c| c.idx() < k.hw.nr_cpus()) {
-        if all || c == me || should_flush_tlb(k, c, info) {
+        let cond = if v6_18 { should_flush_tlb(k, c, info) } else { tlb_is_not_lazy(k, c) };
+        if all || cond {
             targets.set(c);
         }
     }
@@ -399,6 +552,20 @@ fn native_flush_tlb_multi(k: &Kernel, mm: &MmStruct, mask: &CpuMask, info: &Flus
 }
 
 /// `flush_tlb_func`: runs on each target CPU with IRQs off.
+///
+/// A remote call counts irq_tlb_count and NR_TLB_REMOTE_FLUSH_RECEIVED
+/// first.  A CPU whose loaded mm is not the flushed one: v6.12 just returns
+/// (remote only; its switch already left the mask), v6.18 clears itself
+/// from mm_cpumask and traces (TLB_REMOTE_WRONG_CPU, 0).  A lazy CPU
+/// switches to init_mm instead of flushing.  Already caught up to
+/// `new_tlb_gen`: nothing, untraced; caught up to the mm's current
+/// generation (a concurrent flush did the work — reachable only for a flush
+/// without a generation, TLB_GENERATION_INVALID, since a valid
+/// `new_tlb_gen` never exceeds the mm's): trace (reason, 0).  Otherwise the
+/// partial flush (one INVLPG per stride; NR_TLB_LOCAL_FLUSH_ONE += pages if
+/// local) when it brings the CPU exactly from gen-1 to the mm's gen, else a
+/// full one (NR_TLB_LOCAL_FLUSH_ALL if local); traced with
+/// TLB_REMOTE_SHOOTDOWN or TLB_LOCAL_MM_SHOOTDOWN.
 pub fn flush_tlb_func(k: &Kernel, mm: &MmStruct, cpu: CpuId, f: &FlushTlbInfo) {
     let local = cpu == f.initiating_cpu;
     let st = &k.cpus[cpu.idx()];
@@ -408,9 +575,15 @@ pub fn flush_tlb_func(k: &Kernel, mm: &MmStruct, cpu: CpuId, f: &FlushTlbInfo) {
         k.stats.inc(cpu, Stat::NrTlbRemoteFlushReceived);
     }
     if f.mm != 0 && f.mm != loaded {
-        // The CPU left the mm since it was set in the mask: trim it lazily.
-        mm.cpumask.clear(cpu);
-        k.stats.inc(cpu, Stat::CpumaskTrimmed);
+        if lazy_cpumask(k) {
+            // The CPU was left in the mm_cpumask of the target mm: clear it.
+            mm.cpumask.clear(cpu);
+            k.stats.inc(cpu, Stat::CpumaskTrimmed);
+            k.stats.trace_tlb_flush(cpu, Stat::TraceRemoteWrongCpu, 0);
+        }
+        // v6.12 returns here on a remote CPU only; a local CPU in the mask
+        // with another mm loaded cannot happen there (its switch cleared
+        // the bit), so returning is the same.
         return;
     }
     if loaded == 0 {
@@ -419,16 +592,20 @@ pub fn flush_tlb_func(k: &Kernel, mm: &MmStruct, cpu: CpuId, f: &FlushTlbInfo) {
     if st.is_lazy.load(Ordering::SeqCst) {
         // A lazy CPU does not flush: it leaves the mm entirely (drops the
         // page tables and their walk caches from use).
-        switch_to_init_mm(k, cpu);
+        switch_mm_irqs_off(k, cpu, None);
         k.stats.inc(cpu, Stat::LazySwitchToInitMm);
         return;
     }
     let local_gen = st.tlb_gen.load(Ordering::SeqCst);
-    let mm_gen = mm.tlb_gen.load(Ordering::SeqCst);
-    if f.new_tlb_gen <= local_gen || local_gen == mm_gen {
+    if f.new_tlb_gen != TLB_GENERATION_INVALID && f.new_tlb_gen <= local_gen {
         return;
     }
     let reason = if local { Stat::TraceLocalMmShootdown } else { Stat::TraceRemoteShootdown };
+    let mm_gen = mm.tlb_gen.load(Ordering::SeqCst);
+    if local_gen == mm_gen {
+        k.stats.trace_tlb_flush(cpu, reason, 0);
+        return;
+    }
     let mut tlb = k.hw.tlb(cpu);
     if f.end != FLUSH_ALL && f.new_tlb_gen == local_gen + 1 && f.new_tlb_gen == mm_gen {
         let nr = (f.end - f.start) >> f.stride_shift;

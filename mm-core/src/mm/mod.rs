@@ -199,8 +199,19 @@ pub struct MmStruct {
     pub cpumask: AtomicCpuMask,
     /// `mm->tlb_flush_pending`
     pub tlb_flush_pending: AtomicI32,
+    /// `mm->mm_count` (`MmCount`): references to the mm_struct itself — one
+    /// for all its users (mm_users, dropped after `exit_mmap`) and one per
+    /// CPU that has it as `active_mm` (`Kernel::active_mm`, also while it
+    /// runs a kernel thread lazily).  The page tables' root goes at the
+    /// last `mmdrop` (`__mmdrop`).
+    pub mm_count: MmCount,
     /// x86 `mm->context.tlb_gen`
     pub tlb_gen: AtomicU64,
+    /// x86 `mm->context.next_trim_cpumask` (v6.18, 6db2526c1d69): the jiffy
+    /// after which the next multi-CPU flush also interrupts CPUs that left
+    /// the mm, so they drop out of `mm_cpumask` (`should_trim_cpumask`).
+    /// `init_new_context` sets it to `jiffies + HZ` (`Kernel::mm_alloc`).
+    pub next_trim_cpumask: AtomicU64,
     /// arm64 `mm->context.id`: generation | ASID (0: none allocated yet,
     /// `init_new_context`); `arch/arm64.rs` alone reads and writes it.
     pub context_id: AtomicU64,
@@ -215,6 +226,30 @@ pub struct MmStruct {
     pub pmd_huge_pte: Mutex<BTreeMap<u64, Pfn>>,
 }
 
+/// `mm->mm_count`: `mmgrab` takes a reference, `ops::mmdrop` drops one and
+/// frees the mm's root table at the last (`__mmdrop`).  x86 does not select
+/// MMU_LAZY_TLB_SHOOTDOWN: a lazy CPU keeps the mm alive this way, and no
+/// IPI is ever sent to make it let go.
+#[derive(Debug)]
+pub struct MmCount(AtomicU64);
+
+impl MmCount {
+    /// The references held.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+    /// `mmgrab` / `mmgrab_lazy_tlb`
+    pub fn mmgrab(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    /// `atomic_dec_and_test(&mm->mm_count)`: true for the last reference.
+    pub(crate) fn put_testzero(&self) -> bool {
+        let old = self.0.fetch_sub(1, Ordering::SeqCst);
+        assert!(old > 0, "mm_count underflow");
+        old == 1
+    }
+}
+
 impl MmStruct {
     pub(crate) fn new(id: u64, pgd: Pfn) -> Self {
         Self {
@@ -224,7 +259,9 @@ impl MmStruct {
             page_table_lock: Mutex::new(()),
             cpumask: AtomicCpuMask::default(),
             tlb_flush_pending: AtomicI32::new(0),
+            mm_count: MmCount(AtomicU64::new(1)),
             tlb_gen: AtomicU64::new(1),
+            next_trim_cpumask: AtomicU64::new(0),
             context_id: AtomicU64::new(0),
             rss: AtomicU64::new(0),
             nr_ptes: AtomicU64::new(0),

@@ -127,6 +127,6 @@ pub fn __split_huge_pmd(k: &Kernel, mm: &MmStruct, _vma: &Vma, pmd_table: Pfn, a
 /// PMD.  Call with the PMD lock held.
 pub fn pmdp_collapse_flush(k: &Kernel, mm: &MmStruct, pmd_table: Pfn, haddr: u64) -> Pte {
     let pmd = pgtable::get_and_clear(k, pmd_table, Level::Pmd, haddr);
-    crate::tlb::flush_tlb_range(k, mm, haddr, haddr + k.cfg.geometry.pmd_size(), false, true);
+    crate::tlb::flush_tlb_range(k, mm, haddr, haddr + k.cfg.geometry.pmd_size(), false);
     pmd
 }

@@ -687,7 +687,7 @@ pub(crate) fn hugetlb_change_protection(k: &Kernel, mm: &MmStruct, vma: &Vma) ->
             // flush_hugetlb_tlb_range before releasing i_mmap_rwsem; the
             // whole PUD-aligned range if a table was unshared.
             let (s, e) = if shared_pmd { (range_start, range_end) } else { (start, end) };
-            crate::tlb::flush_tlb_range(k, mm, s, e, true, false);
+            crate::tlb::flush_tlb_range(k, mm, s, e, true);
         }
     }
     drop(i_mmap);
@@ -743,7 +743,7 @@ pub(crate) fn hugetlb_unshare_pmds(k: &Kernel, mm: &MmStruct, vma: &Vma, start: 
                 }
                 address += pud;
             }
-            crate::tlb::flush_tlb_range(k, mm, start, end, true, false);
+            crate::tlb::flush_tlb_range(k, mm, start, end, true);
             drop(i_mmap);
         }
     }

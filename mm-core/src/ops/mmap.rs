@@ -13,9 +13,11 @@
 //! flush with freed_tables).  Two munmaps never overlap so: the second one
 //! waits for the write lock until the first has dropped its read hold.
 //! exit_mmap = `tlb_gather_mmu_fullmm` → `unmap_vmas` over everything →
-//! `free_pgtables` → `tlb_finish_mmu`.  The PGD goes at `mmdrop`, after
-//! every CPU left the mm (lazy CPUs are shot down first, as with
-//! CONFIG_MMU_LAZY_TLB_SHOOTDOWN).
+//! `free_pgtables` → `tlb_finish_mmu`.  The PGD goes at the last `mmdrop`
+//! (`__mmdrop`): the exit drops the users' `mm_count` reference, and every
+//! CPU that still has the mm as `active_mm` (lazily) holds one until its
+//! next switch — no IPI makes it let go (x86 does not select
+//! CONFIG_MMU_LAZY_TLB_SHOOTDOWN, and the other profiles share the rule).
 
 use super::zap::{free_pgtables, unmap_vmas};
 use crate::debug_vm::vm_warn_on;
@@ -24,7 +26,6 @@ use crate::kernel::Kernel;
 use crate::mm::address_space::IMmapEntry;
 use crate::mm::{vm, AddressSpace, Backing, MmStruct, Vma};
 use crate::sync::{Arc, RwLock};
-use crate::types::CpuMask;
 use std::fmt;
 
 /// A rejected memory-management call (EINVAL / ENOMEM / EEXIST).
@@ -183,37 +184,35 @@ pub fn exit_mmap(k: &Kernel, mm: &Arc<MmStruct>) {
     *vmas = Default::default();
 }
 
-/// The task running `mm` on this CPU exits: `exit_mm` (drop to lazy TLB)
-/// then, as the last user, `exit_mmap` and `mmdrop`.
+/// The task running `mm` on this CPU exits: `exit_mm` (drop to lazy TLB;
+/// the CPU keeps `mm` as `active_mm`, with its reference) then, as the last
+/// user, `mmput` → `exit_mmap` and `mmdrop` of the users' reference.
 pub fn exit_mm(k: &Kernel, mm: &Arc<MmStruct>) {
     crate::tlb::enter_lazy_tlb(k);
     exit_mmap(k, mm);
     mmdrop(k, mm);
 }
 
-/// `__mmdrop`: make every CPU leave the mm (lazy CPUs included, by IPI),
-/// then free the PGD (`pgd_free`).
+/// `mmdrop`: drop an `mm_count` reference; the last one runs `__mmdrop`.
+/// Never an IPI: a CPU using the mm lazily holds a reference, so the last
+/// drop comes when no CPU has it as `active_mm` any more.
 pub fn mmdrop(k: &Kernel, mm: &Arc<MmStruct>) {
-    let me = k.this_cpu();
-    let mut users = CpuMask::new();
-    for c in 0..k.hw.nr_cpus() {
-        if k.arch.cpu_mm(k, crate::types::CpuId(c as u32)).mm == mm.id {
-            users.set(crate::types::CpuId(c as u32));
-        }
+    if mm.mm_count.put_testzero() {
+        __mmdrop(k, mm);
     }
-    let leave = |cpu: crate::types::CpuId| {
-        if k.arch.cpu_mm(k, cpu).mm == mm.id {
-            crate::tlb::switch_to_init_mm(k, cpu);
-        }
-    };
-    crate::smp::on_each_cpu_mask(&*k.smp, &users, &leave);
-    vm_warn_on!(
-        k,
-        k.arch.cpu_mm(k, me).mm == mm.id,
-        "WARN_ON_ONCE(mm == current->active_mm) in __mmdrop",
-        mm.id,
-        0,
-        mm.pgd
-    );
+}
+
+/// `__mmdrop`: free the PGD (`pgd_free`).  No CPU may have the mm loaded.
+fn __mmdrop(k: &Kernel, mm: &Arc<MmStruct>) {
+    for c in 0..k.hw.nr_cpus() {
+        vm_warn_on!(
+            k,
+            k.arch.cpu_mm(k, crate::types::CpuId(c as u32)).mm == mm.id,
+            "WARN_ON_ONCE(mm == current->active_mm) in __mmdrop",
+            mm.id,
+            0,
+            mm.pgd
+        );
+    }
     crate::pgtable::free_table_frame(k, mm.pgd);
 }

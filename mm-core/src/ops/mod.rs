@@ -27,7 +27,7 @@ pub use uaccess::Segv;
 pub use writeback::{folio_mkclean, truncate_inode_pages, writeback_mapping};
 
 #[cfg(all(test, not(mmemu_loom)))]
-mod test_util;
+pub(crate) mod test_util;
 #[cfg(all(test, not(mmemu_loom)))]
 mod tests;
 #[cfg(all(test, not(mmemu_loom)))]

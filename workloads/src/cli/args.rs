@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use emu_cpu::WaitPolicy;
-use mm_core::config::{Arch, Fix};
+use mm_core::config::{Arch, Fix, KernelVersion};
 
 use crate::input::{did_you_mean, parse_decimal, suggest, unknown_name, BadNumber};
 use crate::scenarios::{self, Scenario, MAX_CPUS};
@@ -62,6 +62,11 @@ pub(super) struct MachineArgs {
     /// like CONFIG_DEBUG_VM): for measuring without their cost.
     #[arg(long)]
     pub(super) no_debug_vm: bool,
+    /// Kernel release the arch profile follows: 6.12 (the reference) or
+    /// 6.18 (this machine's host kernel; x86: lazy mm_cpumask with the
+    /// once-a-second trim).
+    #[arg(long, value_name = "6.12|6.18", default_value = "6.12", value_parser = parse_kernel)]
+    pub(super) kernel: KernelVersion,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -154,6 +159,10 @@ fn parse_fix(s: &str) -> Result<Fix, String> {
     s.parse().map_err(|_| unknown_name("switch", s, &switch_names()))
 }
 
+fn parse_kernel(s: &str) -> Result<KernelVersion, String> {
+    s.parse().map_err(|_| unknown_name("kernel", s, &KernelVersion::ALL.map(|v| v.name())))
+}
+
 fn parse_arch(s: &str) -> Result<Arch, String> {
     s.parse().map_err(|_| unknown_name("arch", s, &Arch::ALL.map(|a| a.name())))
 }
@@ -242,6 +251,7 @@ fn value_allowed(flag: &str) -> String {
         "--seed" => format!("0..={}", u64::MAX),
         "--wait" => "spin, park, adaptive".to_string(),
         "--arch" => Arch::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", "),
+        "--kernel" => KernelVersion::ALL.iter().map(|v| v.name()).collect::<Vec<_>>().join(", "),
         "--revert" => switch_names().join(", "),
         "--param" => "KEY=VALUE (keys and ranges: mmemu list)".to_string(),
         "--trace" => "a file path in a writable directory".to_string(),

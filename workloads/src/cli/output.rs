@@ -123,7 +123,10 @@ pub(super) fn list(json: bool) -> Result<i32, CliError> {
                 arch: e.arch.name(),
             })
             .collect();
-        print_json(&serde_json::json!({"scenarios": sc, "switches": sw}))?;
+        let kernels: Vec<_> = mm_core::KernelVersion::ALL.iter().map(|v| v.name()).collect();
+        print_json(
+            &serde_json::json!({"scenarios": sc, "switches": sw, "kernels": kernels, "default_kernel": "6.12"}),
+        )?;
         return Ok(0);
     }
     use std::fmt::Write as _;
@@ -143,6 +146,13 @@ pub(super) fn list(json: bool) -> Result<i32, CliError> {
             let _ = writeln!(out, "  {:<24}{}={} ({}..={}): {}", "", p.key, p.default, p.min, p.max, p.help);
         }
     }
+    let _ = writeln!(out, "\nKernels (run / reproduce / stress --kernel VERSION):");
+    let _ = writeln!(out, "  {:<26}v6.12.y, the reference (default)", "6.12");
+    let _ = writeln!(
+        out,
+        "  {:<26}v6.18.y, this machine's host kernel (x86: lazy mm_cpumask, once-a-second trim, TLB_REMOTE_WRONG_CPU)",
+        "6.18"
+    );
     let _ = writeln!(out, "\nSwitches (mmemu run --revert SWITCH, mmemu reproduce SWITCH):");
     for e in scenarios::EXPOSERS {
         let _ = writeln!(out, "  {:<26}{}  off: {}", e.fix.name(), e.fix.commit(), e.fix.off_means());

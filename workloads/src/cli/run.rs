@@ -11,7 +11,7 @@ use std::sync::Arc as StdArc;
 use std::time::{Duration, Instant};
 
 use emu_cpu::MachineConfig;
-use mm_core::config::{Arch, Fix, KernelConfig};
+use mm_core::config::{Arch, Fix, KernelConfig, KernelVersion};
 use serde::Serialize;
 
 use super::args::{wait_name, BudgetArgs, MachineArgs, ReproArgs, RunArgs, StressArgs};
@@ -28,6 +28,8 @@ pub struct RunSpec {
     pub scenario: &'static Scenario,
     pub cpus: usize,
     pub arch: Arch,
+    /// `--kernel`: the release the arch profile follows.
+    pub kernel: KernelVersion,
     pub reverted: Vec<Fix>,
     pub budget: Budget,
     pub seed: u64,
@@ -49,6 +51,11 @@ impl RunSpec {
                 s.name, s.min_cpus, s.min_cpus
             ));
         }
+        // --kernel 6.18 pairings no kernel ran (KernelConfig::kernel_pairing),
+        // including a scenario parameter that turns RCU table freeing off.
+        let rcu = self.params.get("rcu-table-free").is_none_or(|v| *v != 0);
+        KernelConfig { arch: self.arch, kernel: self.kernel, rcu_table_free: rcu, ..KernelConfig::default() }
+            .kernel_pairing()?;
         if let ArchReq::Requires(a) = s.arch {
             if a != self.arch {
                 return Err(format!(
@@ -63,8 +70,13 @@ impl RunSpec {
     }
 
     fn kcfg(&self) -> KernelConfig {
-        let mut k =
-            KernelConfig { arch: self.arch, nr_cpus: self.cpus, debug_vm: self.debug_vm, ..KernelConfig::default() };
+        let mut k = KernelConfig {
+            arch: self.arch,
+            kernel: self.kernel,
+            nr_cpus: self.cpus,
+            debug_vm: self.debug_vm,
+            ..KernelConfig::default()
+        };
         for f in &self.reverted {
             k.fixes.set(*f, false);
         }
@@ -75,6 +87,7 @@ impl RunSpec {
         Setup {
             scenario: self.scenario.name.to_string(),
             arch: self.arch.name(),
+            kernel: self.kernel.name(),
             cpus: self.cpus,
             reverted: self.reverted.iter().map(|f| f.name()).collect(),
             seed: self.seed,
@@ -280,6 +293,7 @@ pub(super) fn run(a: RunArgs) -> Result<i32, CliError> {
         scenario: s,
         cpus: a.cpus.unwrap_or(4.max(s.min_cpus)),
         arch: a.arch.unwrap_or(s.arch.arch()),
+        kernel: a.machine.kernel,
         reverted: a.revert.clone(),
         budget: budget(&a.budget, s),
         seed: a.machine.seed,
@@ -342,6 +356,7 @@ pub(super) fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
         scenario: s,
         cpus: a.cpus.unwrap_or(4.max(s.min_cpus)),
         arch: e.arch,
+        kernel: a.machine.kernel,
         reverted: vec![a.switch],
         budget: budget(&a.budget, s),
         seed: a.machine.seed,
@@ -402,7 +417,14 @@ pub(super) fn stress(a: StressArgs) -> Result<i32, CliError> {
     // An explicit --cpus N is honoured: scenarios that need more CPUs are
     // skipped (the table says so).  Without it (the host's cores) each
     // scenario gets at least its minimum, as before.
-    let skipped = |s: &Scenario| a.cpus.is_some() && s.min_cpus > cpus;
+    // --kernel 6.18 runs only the x86 scenarios (the other profiles are
+    // v6.12's: KernelConfig::kernel_pairing).
+    let kernel_ok = |s: &Scenario| {
+        KernelConfig { arch: s.arch.arch(), kernel: a.machine.kernel, ..KernelConfig::default() }
+            .kernel_pairing()
+            .is_ok()
+    };
+    let skipped = |s: &Scenario| (a.cpus.is_some() && s.min_cpus > cpus) || !kernel_ok(s);
     if scenarios::all().iter().all(skipped) {
         let least = scenarios::all().iter().map(|s| s.min_cpus).min().unwrap_or(1);
         return Err(CliError::Usage(format!(
@@ -454,6 +476,7 @@ pub(super) fn stress(a: StressArgs) -> Result<i32, CliError> {
                 scenario: s,
                 cpus: cpus.max(s.min_cpus),
                 arch: s.arch.arch(),
+                kernel: a.machine.kernel,
                 reverted: Vec::new(),
                 budget: Budget::Seconds(left.as_secs_f64().min(a.slice)),
                 seed: rng.next(),
@@ -491,7 +514,9 @@ pub(super) fn stress(a: StressArgs) -> Result<i32, CliError> {
         "scenario", "runs", "rounds", "ops", "violations", "leaked", "failures"
     );
     for (s, t) in all.iter().zip(&tallies) {
-        let note = if skipped(s) {
+        let note = if !kernel_ok(s) {
+            format!("skipped: --kernel {} is x86 only ({} follows 6.12)", a.machine.kernel, s.arch.arch().name())
+        } else if skipped(s) {
             format!("skipped: needs {}+ CPUs", s.min_cpus)
         } else if s.min_cpus > cpus {
             format!("ran on {} CPUs (needs {}+)", s.min_cpus, s.min_cpus)

@@ -164,7 +164,7 @@ impl Rig<'_> {
                 )));
             }
         }
-        self.sys.quiesce(TEARDOWN_TIMEOUT)?;
+        self.sys.release_lazy_mms(TEARDOWN_TIMEOUT)?;
         Ok(())
     }
 }

@@ -3,8 +3,9 @@
 //! thread on the next CPU (which then idles with the mm loaded, lazily),
 //! optionally forks a child that writes a few pages (copy-on-write) and
 //! exits, and finally exits itself: exit_mmap's full-mm gather frees every
-//! table (lazy CPUs are interrupted because tables were freed) and mmdrop
-//! shoots the lazy CPUs off the mm before the PGD is freed.
+//! table (lazy CPUs are interrupted because tables were freed); the PGD is
+//! freed at the last `mmdrop`, when the last CPU holding the mm as
+//! `active_mm` switches away (no IPI for it: mm_count, as on x86).
 
 use mm_core::config::Arch;
 use mm_core::tlb::switch_mm;

@@ -130,7 +130,7 @@ where
         }
     }
     if err.is_none() {
-        if let Err(e) = b.sys.quiesce(b.sys.machine.config().hang_timeout) {
+        if let Err(e) = b.sys.release_lazy_mms(b.sys.machine.config().hang_timeout) {
             err = Some(e);
         }
     }
