@@ -172,9 +172,13 @@ impl ArchOps for X86 {
         tlb.record_vma_flags(vma);
     }
 
-    /// Not selected.
+    /// Selected: arch/x86/Kconfig `select MMU_GATHER_MERGE_VMAS` since
+    /// 1e9fdf21a433 (v6.0), which replaced x86's empty `tlb_start_vma` /
+    /// `tlb_end_vma`; still there in v6.12 and v6.18.  So `tlb_end_vma`
+    /// flushes only a `vma_pfn` VMA, and a munmap flushes once, at
+    /// `tlb_finish_mmu` (unless a batch filled up or the VMA was PFN-mapped).
     fn mmu_gather_merge_vmas(&self) -> bool {
-        false
+        true
     }
 
     /// x86's own `pte_needs_flush` (arch/x86/include/asm/tlbflush.h, read in

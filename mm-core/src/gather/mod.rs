@@ -56,9 +56,9 @@
 //!   `tlb_end_vma` flushes only a `vma_pfn` VMA (VM_PFNMAP / VM_MIXEDMAP,
 //!   b67fbebd4cf9), which NO_RANGE tracks since 7fb5e5083190 removed its
 //!   `tlb_update_vma_flags` stub (`Fix::NoRangeVmaPfn`).  arm64 does not
-//!   select it: `tlb_end_vma` always flushes.  v6.12 x86 does select it
-//!   (1e9fdf21a433 replaced x86's empty `tlb_end_vma` with it), but the x86
-//!   profile still answers `false` (docs/FIDELITY.md, “Found wrong”).
+//!   select it: `tlb_end_vma` always flushes.  x86 selects it as well
+//!   (1e9fdf21a433 replaced x86's empty `tlb_end_vma` with it; v6.12 and
+//!   v6.18 keep it): an x86 munmap flushes once, at `tlb_finish_mmu`.
 
 pub(crate) mod batch;
 pub(crate) mod encoded_page;
@@ -396,7 +396,7 @@ impl<'a> MmuGather<'a> {
 
     /// `tlb_end_vma`: flush at the VMA boundary (so the range does not grow
     /// over the gap to the next VMA) unless MMU_GATHER_MERGE_VMAS
-    /// (`ArchOps::mmu_gather_merge_vmas`: the NO_RANGE profile); `vma_pfn`
+    /// (`ArchOps::mmu_gather_merge_vmas`: the x86 and NO_RANGE profiles); `vma_pfn`
     /// (VM_PFNMAP / VM_MIXEDMAP) forces it even then (b67fbebd4cf9): no
     /// refcount keeps those frames until the flush, and once the VMA left
     /// i_mmap the driver's `unmap_mapping_range` cannot see it.

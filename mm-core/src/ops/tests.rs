@@ -742,3 +742,34 @@ fn no_range_merges_the_flushes_of_ordinary_vmas() {
         assert_eq!(k.san.count(), 0);
     }
 }
+
+/// x86 selects MMU_GATHER_MERGE_VMAS too (arch/x86/Kconfig since
+/// 1e9fdf21a433): a munmap of two anonymous VMAs makes one flush, at
+/// `tlb_finish_mmu`, one IPI to the other CPU running the mm; arm64 does not
+/// select it and flushes at each `tlb_end_vma`.
+#[test]
+fn x86_merges_the_flushes_of_ordinary_vmas_arm64_does_not() {
+    for (arch, flushes) in [(Arch::X86, 1), (Arch::Arm64, 2)] {
+        let k = Kernel::new_sync(KernelConfig { arch, ..KernelConfig::default() }, 2);
+        let mm = k.mm_alloc();
+        run_on(&k, 1, &mm);
+        run_on(&k, 0, &mm);
+        mmap_anon(&k, &mm, BASE, 4 * PS, true).unwrap();
+        mmap_anon(&k, &mm, BASE + 4 * PS, 4 * PS, false).unwrap();
+        mmap_anon(&k, &mm, BASE + 8 * PS, PS, false).unwrap(); // keeps the PTE table
+        for i in 0..9 {
+            k.read_user(&mm, BASE + i * PS).unwrap();
+        }
+        let tlb_flushes = |k: &Kernel| k.stats.get(Stat::TlbFlushRanged) + k.stats.get(Stat::TlbFlushFull);
+        let (f0, i0) = (tlb_flushes(&k), k.stats.get(Stat::TlbIpiSent));
+        munmap(&k, &mm, BASE, 8 * PS).unwrap();
+        assert_eq!(tlb_flushes(&k) - f0, flushes, "{arch:?}: tlb_flush calls");
+        let ipis = if arch == Arch::X86 { 1 } else { 0 };
+        assert_eq!(k.stats.get(Stat::TlbIpiSent) - i0, ipis, "{arch:?}");
+        assert_eq!(k.san.count(), 0, "{arch:?}: {:?}", k.san.violations());
+        exit_mm(&k, &mm);
+        k.set_cpu(CpuId(1));
+        crate::tlb::switch_to_init_mm(&k, CpuId(1));
+        assert_no_leaks(&k);
+    }
+}
