@@ -3,9 +3,6 @@
 //! freed page table within a bounded number of rounds; with the rule, none.
 //! Prints the rounds needed (`--nocapture`).
 
-use std::time::Duration;
-
-use emu_cpu::{MachineConfig, WaitPolicy};
 use mm_core::check::ViolationKind;
 use mm_core::config::{Arch, Fix, KernelConfig};
 use mm_core::stats::Stat;
@@ -14,20 +11,7 @@ use workloads::races::{lazy_tlb, RaceParams};
 fn params(revert: bool, iterations: u64) -> RaceParams {
     let mut kcfg = KernelConfig { arch: Arch::X86, nr_cpus: 2, ..KernelConfig::default() };
     kcfg.fixes.set(Fix::LazyTlbFreedTables, !revert);
-    RaceParams {
-        kcfg,
-        machine: MachineConfig {
-            wait: WaitPolicy::Adaptive,
-            watchdog: Duration::from_secs(5),
-            hang_timeout: Duration::from_secs(20),
-            ..MachineConfig::default()
-        },
-        iterations,
-        seed: 0x5eed,
-        stop_on_violation: true,
-        stop: workloads::budget::Until::forever(),
-        params: Default::default(),
-    }
+    RaceParams::until_violation(kcfg, iterations)
 }
 
 #[test]

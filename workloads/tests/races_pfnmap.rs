@@ -3,9 +3,6 @@
 //! no-range-vma-pfn reverted the driver frees frames another CPU still
 //! caches; with the fix `tlb_end_vma` flushed them first.
 
-use std::time::Duration;
-
-use emu_cpu::{MachineConfig, WaitPolicy};
 use mm_core::check::ViolationKind;
 use mm_core::config::{Arch, Fix, KernelConfig};
 use mm_core::stats::Stat;
@@ -14,20 +11,7 @@ use workloads::races::{pfnmap_unmap, RaceParams};
 fn params(revert: bool, iterations: u64) -> RaceParams {
     let mut kcfg = KernelConfig { arch: Arch::GenericNoRange, nr_cpus: 2, ..KernelConfig::default() };
     kcfg.fixes.set(Fix::NoRangeVmaPfn, !revert);
-    RaceParams {
-        kcfg,
-        machine: MachineConfig {
-            wait: WaitPolicy::Adaptive,
-            watchdog: Duration::from_secs(5),
-            hang_timeout: Duration::from_secs(20),
-            ..MachineConfig::default()
-        },
-        iterations,
-        seed: 0x5eed,
-        stop_on_violation: true,
-        stop: workloads::budget::Until::forever(),
-        params: Default::default(),
-    }
+    RaceParams::until_violation(kcfg, iterations)
 }
 
 #[test]

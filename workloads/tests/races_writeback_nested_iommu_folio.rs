@@ -7,9 +7,6 @@
 //! none in as many rounds.  Each test prints the rounds it needed (run with
 //! `--nocapture`).
 
-use std::time::Duration;
-
-use emu_cpu::{MachineConfig, WaitPolicy};
 use mm_core::check::ViolationKind;
 use mm_core::config::{Arch, Fix, KernelConfig};
 use workloads::races::{iommu_sva, large_folio_zap, nested_zap, writeback_race, RaceOutcome, RaceParams};
@@ -19,20 +16,7 @@ fn params(cpus: usize, revert: Option<Fix>, iterations: u64) -> RaceParams {
     if let Some(f) = revert {
         kcfg.fixes.set(f, false);
     }
-    RaceParams {
-        kcfg,
-        machine: MachineConfig {
-            wait: WaitPolicy::Adaptive,
-            watchdog: Duration::from_secs(5),
-            hang_timeout: Duration::from_secs(20),
-            ..MachineConfig::default()
-        },
-        iterations,
-        seed: 0x5eed,
-        stop_on_violation: true,
-        stop: workloads::budget::Until::forever(),
-        params: Default::default(),
-    }
+    RaceParams::until_violation(kcfg, iterations)
 }
 
 fn expect_found(name: &str, o: &RaceOutcome, kind: ViolationKind, bound: u64) {

@@ -56,6 +56,28 @@ pub struct RaceParams {
     pub params: BTreeMap<&'static str, u64>,
 }
 
+impl RaceParams {
+    /// A run of up to `iterations` rounds on `kcfg` as the race tests drive
+    /// it: adaptive waits, a 5 s watchdog, the default 20 s hang timeout,
+    /// seed 0x5eed, stopping at the first violating round, no deadline.
+    pub fn until_violation(kcfg: KernelConfig, iterations: u64) -> Self {
+        RaceParams {
+            kcfg,
+            machine: MachineConfig {
+                wait: emu_cpu::WaitPolicy::Adaptive,
+                watchdog: std::time::Duration::from_secs(5),
+                hang_timeout: emu_cpu::DEFAULT_HANG_TIMEOUT,
+                ..MachineConfig::default()
+            },
+            iterations,
+            seed: 0x5eed,
+            stop_on_violation: true,
+            stop: Until::forever(),
+            params: BTreeMap::new(),
+        }
+    }
+}
+
 /// What a driver found.
 pub struct RaceOutcome<X = ()> {
     /// Rounds actually run.
