@@ -893,3 +893,126 @@ fn hugetlb_mprotect_gathers_nest_inside_do_mprotect_pkeys() {
         [("tlb_flush_ranged", 1), ("tlb_ipi_sent", 1), ("tlb_remove_table_sync_one", 1)]
     );
 }
+
+// ---- sharing by file offset, partial sharers, self-sharing, sparse walks --------
+// (mm/hugetlb.c v6.12: huge_pmd_share's `vma_interval_tree_foreach` over the
+// file offset, page_table_shareable's saddr / range_in_vma, want_pmd_share,
+// the `svma == vma` skip; the walks' `address |= last_addr_mask` skip over a
+// PUD region without a PMD table)
+
+/// Two mms map the same 1 GiB of a file, at file offset 1 GiB, at odd-GiB
+/// addresses that differ: the second finds the first's table by the file
+/// offset (saddr = (idx - svma->vm_pgoff) << PAGE_SHIFT + svma->vm_start),
+/// so the PUD region base of saddr and of the fault must both be computed
+/// with PUD_MASK.  A third mm at file offset 0 faults while the others are
+/// in i_mmap: their VMAs start past its index and are skipped, not
+/// subtracted from.
+#[test]
+fn sharing_finds_the_sharer_by_file_offset_at_odd_gib_addresses() {
+    let k = kernel(1);
+    let f = hfile(&k, 2);
+    let off = GIB / k.cfg.geometry.page_size(); // file offset 1 GiB, in pages
+    let (a, b, c) = (k.mm_alloc(), k.mm_alloc(), k.mm_alloc());
+    run_on(&k, 0, &a);
+    mmap_hugetlb(&k, &a, HBASE + GIB, GIB, true, &f, off).unwrap();
+    k.write_user(&a, HBASE + GIB + 8, 41).unwrap();
+    run_on(&k, 0, &b);
+    mmap_hugetlb(&k, &b, HBASE + 3 * GIB, GIB, true, &f, off).unwrap();
+    assert_eq!(k.read_user(&b, HBASE + 3 * GIB + 8).unwrap(), 41);
+    let ta = pmd_table(&k, &a, HBASE + GIB).unwrap();
+    assert_eq!(pmd_table(&k, &b, HBASE + 3 * GIB), Some(ta), "b shares a's table");
+    assert_eq!(ptdesc_pmd_pts_count(&k, ta), 1);
+    run_on(&k, 0, &c);
+    mmap_hugetlb(&k, &c, HBASE, GIB, true, &f, 0).unwrap();
+    assert_eq!(k.read_user(&c, HBASE + 8).unwrap(), 0, "file offset 0: another page");
+    assert_ne!(pmd_table(&k, &c, HBASE), Some(ta));
+    assert_eq!(ptdesc_pmd_pts_count(&k, ta), 1);
+    teardown(&k, &[&a, &b, &c], &[&f]);
+}
+
+/// A VMA that covers only part of a PUD region cannot lend its table (its
+/// other half may map something else), even to a VMA that covers all of it.
+#[test]
+fn a_sharer_must_cover_the_whole_pud_region() {
+    let k = kernel(1);
+    let f = hfile(&k, 1);
+    let (a, b) = (k.mm_alloc(), k.mm_alloc());
+    run_on(&k, 0, &b);
+    mmap_hugetlb(&k, &b, HBASE, GIB / 2, true, &f, 0).unwrap();
+    k.write_user(&b, HBASE + 8, 5).unwrap();
+    run_on(&k, 0, &a);
+    mmap_hugetlb(&k, &a, HBASE, GIB, true, &f, 0).unwrap();
+    assert_eq!(k.read_user(&a, HBASE + 8).unwrap(), 5, "the same file page");
+    let tb = pmd_table(&k, &b, HBASE).unwrap();
+    assert_ne!(pmd_table(&k, &a, HBASE), Some(tb), "b's table is not shareable");
+    assert_eq!(ptdesc_pmd_pts_count(&k, tb), 0);
+    teardown(&k, &[&a, &b], &[&f]);
+}
+
+/// One mm mapping the same GiB of a file twice: the second VMA shares the
+/// first one's table (only `svma == vma` itself is skipped).
+#[test]
+fn a_second_mapping_in_the_same_mm_shares_the_first_ones_table() {
+    let k = kernel(1);
+    let f = hfile(&k, 1);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    mmap_hugetlb(&k, &a, HBASE, GIB, true, &f, 0).unwrap();
+    mmap_hugetlb(&k, &a, HBASE + 2 * GIB, GIB, true, &f, 0).unwrap();
+    k.write_user(&a, HBASE + 8, 9).unwrap();
+    assert_eq!(k.read_user(&a, HBASE + 2 * GIB + 8).unwrap(), 9);
+    let t = pmd_table(&k, &a, HBASE).unwrap();
+    assert_eq!(pmd_table(&k, &a, HBASE + 2 * GIB), Some(t));
+    assert_eq!(ptdesc_pmd_pts_count(&k, t), 1);
+    teardown(&k, &[&a], &[&f]);
+}
+
+/// A 2 GiB VMA whose first PUD region has no PMD table and whose second has
+/// its first huge page mapped: mprotect and munmap walk past the empty
+/// region (`address |= hugetlb_mask_last_page`, then `+= sz`) to exactly the
+/// start of the next one, and reach its first page.
+#[test]
+fn walks_skip_an_empty_pud_region_to_the_start_of_the_next() {
+    let k = kernel(1);
+    let f = hfile(&k, 2);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    mmap_hugetlb(&k, &a, HBASE, 2 * GIB, true, &f, 0).unwrap();
+    k.write_user(&a, HBASE + GIB + 8, 3).unwrap();
+    k.write_user(&a, HBASE + GIB + 2 * MIB2 + 8, 4).unwrap();
+    assert_eq!(pmd_table(&k, &a, HBASE), None, "region 0 has no PMD table");
+    mprotect(&k, &a, HBASE, 2 * GIB, true, false).unwrap();
+    assert!(k.write_user(&a, HBASE + GIB + 8, 5).is_err(), "the first page of region 1 is read-only");
+    assert!(k.write_user(&a, HBASE + GIB + 2 * MIB2 + 8, 5).is_err());
+    let t = pmd_table(&k, &a, HBASE + GIB).unwrap();
+    assert!(!pgtable::read(&k, t, Level::Pmd, HBASE + GIB).write());
+    munmap(&k, &a, HBASE, 2 * GIB).unwrap();
+    assert!(!pgtable::read(&k, t, Level::Pmd, HBASE + GIB).present() || pmd_table(&k, &a, HBASE + GIB).is_none());
+    let folio = f.i_pages.lock()[&512];
+    assert_eq!(k.mem.folio_mapcount(folio), 0, "munmap zapped region 1's first page");
+    teardown(&k, &[&a], &[&f]);
+}
+
+/// `hugetlb_fault` on a present leaf: a read, or a write to a writable leaf,
+/// is spurious (a stale TLB entry or a racing fault) and succeeds; a write
+/// to a read-only leaf of a writable shared VMA cannot happen in a
+/// writable mapping and is refused (the VMA forbids it).
+#[test]
+fn faults_on_present_leaves_are_spurious_unless_a_write_hits_a_read_only_one() {
+    let k = kernel(1);
+    let f = hfile(&k, 1);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    mmap_hugetlb(&k, &a, HBASE, GIB, true, &f, 0).unwrap();
+    k.write_user(&a, HBASE + 8, 1).unwrap();
+    let vma = a.mmap_lock.read().find(HBASE).unwrap().clone();
+    assert_eq!(hugetlb_fault(&k, &a, &vma, HBASE + 8, false), Ok(()));
+    assert_eq!(hugetlb_fault(&k, &a, &vma, HBASE + 8, true), Ok(()));
+    let t = pmd_table(&k, &a, HBASE).unwrap();
+    let e = pgtable::read(&k, t, Level::Pmd, HBASE);
+    pgtable::write(&k, t, Level::Pmd, HBASE, Pte(e.0 & !Pte::RW));
+    assert_eq!(hugetlb_fault(&k, &a, &vma, HBASE + 8, false), Ok(()), "a read of a read-only leaf");
+    assert_eq!(hugetlb_fault(&k, &a, &vma, HBASE + 8, true), Err(FaultError::Segv));
+    pgtable::write(&k, t, Level::Pmd, HBASE, e);
+    teardown(&k, &[&a], &[&f]);
+}
