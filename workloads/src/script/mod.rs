@@ -1,13 +1,16 @@
 //! Scripts (docs/SCRIPTS.md): users' own programs of threads and
 //! syscalls as a `.mmemu` text file.  `parse` reads one into the syntax
-//! tree (`ast`); it reports one `ScriptError` line, `FILE:LINE:COLUMN: found …; allowed …`,
+//! tree (`ast`), `check` validates it (names, ranges, barriers); both
+//! report one `ScriptError` line, `FILE:LINE:COLUMN: found …; allowed …`,
 //! and never panic (tests/scripts.rs feeds them random and mutated
 //! scripts).
 
 pub mod ast;
+pub mod check;
 mod lex;
 mod parse;
 
+pub use check::{check, Checked};
 pub use parse::parse;
 
 use ast::Span;
@@ -28,4 +31,10 @@ impl ScriptError {
         let msg = msg.into().replace(['\n', '\r'], " ");
         ScriptError { file: file.to_string(), span, msg }
     }
+}
+
+/// Parse and check the script `src` read from `file`.
+pub fn check_source(file: &str, src: &str, params: &[(String, u64)]) -> Result<Checked, ScriptError> {
+    let s = parse(file, src)?;
+    check(file, &s, params)
 }
