@@ -40,6 +40,18 @@ pub(super) enum Cmd {
     Reproduce(ReproArgs),
     /// All scenarios mixed until the time is up; exit 1 on any violation, hang or leak.
     Stress(StressArgs),
+    /// Parse and validate a script (docs/SCRIPTS.md) without running it.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub(super) struct CheckArgs {
+    /// The script (a .mmemu file).
+    #[arg(value_name = "FILE")]
+    pub(super) file: PathBuf,
+    /// Script parameter (repeatable, once per key; the script's `param` lines).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub(super) params: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -365,6 +377,7 @@ pub(super) fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String
             let allowed = match x.as_str() {
                 "<SCENARIO>" => scenario_names().join(", "),
                 "<SWITCH>" => switch_names().join(", "),
+                "<FILE>" => "a script file (.mmemu, docs/SCRIPTS.md)".to_string(),
                 _ => format!("see '{label} --help'"),
             };
             format!("{label} needs {x}; allowed: {allowed}")

@@ -528,6 +528,38 @@ fn proc_status_bytes(field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// `mmemu check FILE`: parse and validate a script; the one-line summary
+/// on stdout (exit 0) or the script's error line (exit 2).
+pub(super) fn check(a: super::args::CheckArgs) -> Result<i32, CliError> {
+    let shown = a.file.display().to_string();
+    let src = std::fs::read(&a.file)
+        .map_err(|e| CliError::Usage(format!("cannot read script '{shown}': {e}; allowed a readable .mmemu file")))?;
+    let src = String::from_utf8(src)
+        .map_err(|_| CliError::Usage(format!("script '{shown}' is not UTF-8 text; allowed a UTF-8 .mmemu file")))?;
+    let params = script_params(&a.params)?;
+    let checked = crate::script::check_source(&shown, &src, &params).map_err(|e| CliError::Usage(e.to_string()))?;
+    super::output::emit(&format!("{}\n", checked.summary(&shown)))?;
+    Ok(0)
+}
+
+/// `--param KEY=VALUE` of a script: split and read (the checker knows the
+/// keys and ranges).
+fn script_params(raw: &[String]) -> Result<Vec<(String, u64)>, CliError> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for p in raw {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(CliError::Usage(format!("--param: '{p}' has no '='; allowed KEY=VALUE")));
+        };
+        let n = crate::input::parse_decimal(v, 0, u64::MAX)
+            .map_err(|e| CliError::Usage(format!("--param {k}: '{v}' is {}; allowed 0..={}", e.what(), u64::MAX)))?;
+        if out.iter().any(|(x, _)| x == k) {
+            return Err(CliError::Usage(format!("--param {k} given more than once; allowed once per key")));
+        }
+        out.push((k.to_string(), n));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,8 @@ pub enum ExprKind {
     Var(String),
     Bin(BinOp, Box<Expr>, Box<Expr>),
     Call(Func, Box<Expr>, Box<Expr>),
+    /// `rand(N)`: a seed-drawn value in 0..N (`--seed`).
+    Rand(Box<Expr>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,6 +278,11 @@ pub enum StepKind {
     Barrier {
         name: Name,
     },
+    /// `peek ADDR`: a user read at a raw address that may fault (SIGSEGV
+    /// is a legitimate answer; a stale translation is not).
+    Peek {
+        addr: Expr,
+    },
     GupFast {
         loc: Loc,
         write: bool,
@@ -331,6 +338,7 @@ impl StepKind {
             StepKind::Spin => "spin",
             StepKind::Sleep => "sleep",
             StepKind::Barrier { .. } => "barrier",
+            StepKind::Peek { .. } => "peek",
             StepKind::GupFast { .. } => "gup-fast",
             StepKind::Collapse { .. } => "collapse",
             StepKind::Device { .. } => "device",
@@ -344,7 +352,7 @@ impl StepKind {
 /// Every step keyword (for "unknown step" messages).
 pub const STEP_KEYWORDS: &[&str] = &[
     "mmap", "write", "read", "munmap", "mprotect", "madvise", "msync", "fadvise", "truncate", "fork", "exec", "spawn",
-    "join", "exit", "start", "spin", "sleep", "barrier", "gup-fast", "collapse", "device", "repeat", "for",
+    "join", "exit", "start", "spin", "sleep", "barrier", "peek", "gup-fast", "collapse", "device", "repeat", "for",
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq)]

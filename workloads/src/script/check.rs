@@ -196,7 +196,14 @@ struct Env {
     in_spawn: bool,
     /// Loop multiplicity above this body (for `start` counts).
     mult: u64,
+    /// `for` loops around this body (each walks its body twice, with the
+    /// first and the last value, up to `MAX_FOR_REWALK` levels).
+    fors: u32,
 }
+
+/// `for` nesting up to which the body is also checked with the last value
+/// (2^6 walks at most).
+const MAX_FOR_REWALK: u32 = 6;
 
 impl<'a> Checker<'a> {
     fn new(file: &'a str, s: &'a Script) -> R<Checker<'a>> {
@@ -428,6 +435,7 @@ impl<'a> Checker<'a> {
                     in_budget_loop: false,
                     in_spawn: false,
                     mult: 1,
+                    fors: 0,
                 };
                 let count_steps = i == 0;
                 let before = self.steps;
@@ -479,7 +487,15 @@ impl<'a> Checker<'a> {
     }
 
     fn top_env(&self) -> Env {
-        Env { process: String::new(), cpu: 0, vars: Vec::new(), in_budget_loop: false, in_spawn: false, mult: 1 }
+        Env {
+            process: String::new(),
+            cpu: 0,
+            vars: Vec::new(),
+            in_budget_loop: false,
+            in_spawn: false,
+            mult: 1,
+            fors: 0,
+        }
     }
 
     // ---- values ----
@@ -522,6 +538,11 @@ impl<'a> Checker<'a> {
                 };
                 r.map_or_else(|| self.arith_err(e.span, *op, x, y), Ok)
             }
+            ExprKind::Rand(a) => match self.eval(a, env)? {
+                0 => self.err(e.span, "found rand(0); allowed rand(N) with N >= 1"),
+                // Checked with its largest value (indices stay below N).
+                n => Ok(n - 1),
+            },
             ExprKind::Call(f, a, b) => {
                 let (x, y) = (self.eval(a, env)?, self.eval(b, env)?);
                 match f {
@@ -900,6 +921,13 @@ impl<'a> Checker<'a> {
                 }
             },
             StepKind::Barrier { name } => self.barrier(name, env, ev)?,
+            StepKind::Peek { addr } => {
+                let a = self.eval(addr, env)?;
+                if a >= TASK_SIZE {
+                    return self
+                        .err(addr.span, format!("found address {a:#x}; allowed a user address below {TASK_SIZE:#x}"));
+                }
+            }
             StepKind::GupFast { loc, stall, .. } => {
                 self.loc(loc, env)?;
                 if let Some(s) = stall {
@@ -976,11 +1004,12 @@ impl<'a> Checker<'a> {
                     // grow or shrink with the variable in any sane script.
                     let last = a + (n - 1) * s;
                     for (k, v) in [a, last].into_iter().enumerate() {
-                        if k == 1 && v == a {
+                        if k == 1 && (v == a || env.fors >= MAX_FOR_REWALK) {
                             break;
                         }
                         let mut e = env.clone();
                         e.vars.push((var.text.clone(), v));
+                        e.fors += 1;
                         e.mult = e.mult.saturating_mul(n);
                         let before = self.steps;
                         let mut evs = Vec::new();
@@ -1196,16 +1225,18 @@ fn count(ev: &[Ev], name: &str) -> (u128, u128) {
     let mut t = (0u128, 0u128);
     for e in ev {
         match e {
-            Ev::Barrier(n, _) if n == name => t.0 += 1,
+            Ev::Barrier(n, _) if n == name => t.0 = t.0.saturating_add(1),
             Ev::Barrier(..) => {}
             Ev::Loop(Some(k), b) => {
+                // Saturating: 32 nested loops of 10^9 overflow even u128.
                 let (f, r) = count(b, name);
-                t = (t.0 + f * *k as u128, t.1 + r * *k as u128);
+                let k = *k as u128;
+                t = (t.0.saturating_add(f.saturating_mul(k)), t.1.saturating_add(r.saturating_mul(k)));
             }
             Ev::Loop(None, b) => {
                 let (f, r) = count(b, name);
                 // Budget loops do not nest: r is 0.
-                t = (t.0, t.1 + f + r);
+                t = (t.0, t.1.saturating_add(f).saturating_add(r));
             }
         }
     }

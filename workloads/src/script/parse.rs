@@ -10,6 +10,8 @@ use super::ScriptError;
 /// Deepest nesting of blocks, and of parentheses in an expression: far
 /// more than a script needs, few enough that no input exhausts the stack.
 const MAX_DEPTH: usize = 32;
+/// Most operators in one expression (the tree is evaluated recursively).
+const MAX_OPS: usize = 256;
 
 #[derive(Clone)]
 struct Line {
@@ -32,6 +34,8 @@ struct Cur<'l, 'f> {
     toks: &'l [Token],
     i: usize,
     end: Span,
+    /// Operators read on this line so far (`MAX_OPS`).
+    ops: usize,
 }
 
 type R<T> = Result<T, ScriptError>;
@@ -165,11 +169,24 @@ impl<'l, 'f> Cur<'l, 'f> {
             } else {
                 return Ok(e);
             };
+            self.count_op()?;
             let r = self.term(depth)?;
             let span = e.span;
             e = Expr { kind: ExprKind::Bin(op, Box::new(e), Box::new(r)), span };
         }
     }
+    fn count_op(&mut self) -> R<()> {
+        self.ops += 1;
+        if self.ops > MAX_OPS {
+            return Err(ScriptError::new(
+                self.file,
+                self.span(),
+                format!("found more than {MAX_OPS} operators on one line; allowed at most {MAX_OPS}"),
+            ));
+        }
+        Ok(())
+    }
+
     fn term(&mut self, depth: usize) -> R<Expr> {
         let mut e = self.unary(depth)?;
         loop {
@@ -182,13 +199,14 @@ impl<'l, 'f> Cur<'l, 'f> {
             } else {
                 return Ok(e);
             };
+            self.count_op()?;
             let r = self.unary(depth)?;
             let span = e.span;
             e = Expr { kind: ExprKind::Bin(op, Box::new(e), Box::new(r)), span };
         }
     }
     fn unary(&mut self, depth: usize) -> R<Expr> {
-        const ALLOWED: &str = "a number, $NAME, ( or min/max/divup(a, b)";
+        const ALLOWED: &str = "a number, $NAME, (, min/max/divup(a, b) or rand(n)";
         let span = self.span();
         if depth >= MAX_DEPTH {
             return Err(ScriptError::new(
@@ -211,6 +229,13 @@ impl<'l, 'f> Cur<'l, 'f> {
                 let e = self.expr_at(depth + 1)?;
                 self.expect_punct(")", "')' or an operator (+ - * / %)")?;
                 return Ok(Expr { kind: e.kind, span });
+            }
+            Some(Tok::Name(n)) if n == "rand" => {
+                self.i += 1;
+                self.expect_punct("(", "'(' after rand")?;
+                let a = self.expr_at(depth + 1)?;
+                self.expect_punct(")", "')' after rand's argument")?;
+                ExprKind::Rand(Box::new(a))
             }
             Some(Tok::Name(n)) if matches!(n.as_str(), "min" | "max" | "divup") => {
                 let f = match n.as_str() {
@@ -285,7 +310,7 @@ const TOP_WORDS: &[&str] = &["param", "process", "file", "thread", "expect"];
 impl<'f> Parser<'f> {
     fn cur(&self, i: usize) -> Cur<'_, 'f> {
         let l = &self.lines[i];
-        Cur { file: self.file, toks: &l.toks, i: 0, end: l.end }
+        Cur { file: self.file, toks: &l.toks, i: 0, end: l.end, ops: 0 }
     }
 
     /// A copy of line `i` (a cursor over it does not borrow the parser).
@@ -469,7 +494,7 @@ impl<'f> Parser<'f> {
 
     fn thread(&mut self, span: Span) -> R<Thread> {
         let line = self.line(self.pos);
-        let mut c = Cur { file: self.file, toks: &line.toks, i: 0, end: line.end };
+        let mut c = Cur { file: self.file, toks: &line.toks, i: 0, end: line.end, ops: 0 };
         c.i = 1;
         let name = c.name("a thread name")?;
         c.expect_word("on", "'on' (thread NAME on cpu N in PROCESS {)")?;
@@ -523,7 +548,7 @@ impl<'f> Parser<'f> {
 
     fn step(&mut self, depth: usize) -> R<Step> {
         let line = self.line(self.pos);
-        let mut c = Cur { file: self.file, toks: &line.toks, i: 0, end: line.end };
+        let mut c = Cur { file: self.file, toks: &line.toks, i: 0, end: line.end, ops: 0 };
         let span = c.span();
         let kw = match c.peek().map(|t| &t.tok) {
             Some(Tok::Name(n)) => n.clone(),
@@ -646,6 +671,11 @@ impl<'f> Parser<'f> {
             "sleep" => {
                 c.end("nothing more")?;
                 StepKind::Sleep
+            }
+            "peek" => {
+                let addr = c.expr()?;
+                c.end("an operator (+ - * / %)")?;
+                StepKind::Peek { addr }
             }
             "barrier" => {
                 let name = c.name("a barrier name")?;
@@ -927,7 +957,7 @@ mod tests {
         );
         assert_eq!(
             err(&format!("{HEAD}thread T on cpu 0 in P {{\n  munmpa R\n}}\n")),
-            "t.mmemu:4:3: found unknown step 'munmpa' (did you mean 'munmap'?); allowed mmap, write, read, munmap, mprotect, madvise, msync, fadvise, truncate, fork, exec, spawn, join, exit, start, spin, sleep, barrier, gup-fast, collapse, device, repeat, for"
+            "t.mmemu:4:3: found unknown step 'munmpa' (did you mean 'munmap'?); allowed mmap, write, read, munmap, mprotect, madvise, msync, fadvise, truncate, fork, exec, spawn, join, exit, start, spin, sleep, barrier, peek, gup-fast, collapse, device, repeat, for"
         );
         assert_eq!(
             err(&format!("{HEAD}thread T on cpu 0 in P {{\n  write R[0\n}}\n")),
