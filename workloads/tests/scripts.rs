@@ -1,5 +1,6 @@
 //! Scripts (docs/SCRIPTS.md): every checker error with its exact line,
-//! `mmemu check` on the command line, and a proptest: random scripts never make the parser or the
+//! `mmemu check` on the command line, every shipped example checks, and
+//! a proptest: random and mutated scripts never make the parser or the
 //! checker panic.
 
 use std::process::{Command, Output};
@@ -381,5 +382,41 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(src in "\\PC{0,200}") {
         check_never_panics(&src);
+    }
+
+    #[test]
+    fn mutated_examples_never_panic(pick in 0usize..64, at in 0usize..4096, len in 0usize..16, with in "[ -~\\n{}\\[\\]$.0-9]{0,8}") {
+        let ex = examples();
+        let (_, src) = &ex[pick % ex.len()];
+        let mut b = src.clone().into_bytes();
+        let at = at % (b.len() + 1);
+        let end = (at + len).min(b.len());
+        b.splice(at..end, with.bytes());
+        if let Ok(s) = String::from_utf8(b) {
+            check_never_panics(&s);
+        }
+    }
+}
+
+// ---- the shipped examples ----
+
+fn examples() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts");
+    let mut v: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "mmemu"))
+        .map(|p| (p.display().to_string(), std::fs::read_to_string(&p).expect("read example")))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_example_checks() {
+    let ex = examples();
+    assert!(ex.len() >= 12, "examples/scripts has {} scripts", ex.len());
+    for (path, src) in ex {
+        check_source(&path, &src, &[]).unwrap_or_else(|e| panic!("{e}"));
     }
 }
