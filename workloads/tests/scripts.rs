@@ -189,6 +189,18 @@ fn each_check_error_is_one_line_naming_what_and_what_is_allowed() {
             "thread A on cpu 0 in P {\n  start B\n}\nthread B on cpu 1 in P {\n  sleep\n}\n",
             "t.mmemu:5:9: found 'start B' of a thread that is not held; allowed a thread declared with 'held'",
         ),
+        (
+            "thread A on cpu 0 in P {\n  barrier b\n}\nthread B on cpu 0 in P {\n  barrier b\n}\n",
+            "t.mmemu:7:8: found threads A and B on CPU 0 meeting at barrier 'b'; allowed threads that meet on different CPUs (the emulator runs a CPU's threads one after the other)",
+        ),
+        (
+            "thread A on cpu 0 in P {\n  spin\n}\nthread B on cpu 0 in P {\n  sleep\n}\n",
+            "t.mmemu:7:8: found thread B on CPU 0 after thread A, which spins there until the others end; allowed one CPU per thread when one spins (the emulator runs a CPU's threads one after the other)",
+        ),
+        (
+            "thread A on cpu 0 in P first {\n  barrier b\n}\nthread B on cpu 1 in P {\n  barrier b\n}\n",
+            "t.mmemu:5:11: found barrier 'b' in thread A, which runs first and alone; allowed no barrier in a 'first' thread",
+        ),
         (&thread("  join X\n"), "t.mmemu:5:8: found 'join X' with no 'spawn X' earlier in this block; allowed a thread this block spawned"),
         (
             "thread A on cpu 0 in P {\n  spawn S {\n    barrier b\n  }\n}\nthread B on cpu 1 in P {\n  barrier b\n}\n",
@@ -419,4 +431,96 @@ fn every_example_checks() {
     for (path, src) in ex {
         check_source(&path, &src, &[]).unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+// ---- running scripts (the interpreter's first part) ----
+
+/// Run an example; `rounds`: the budget (None: the header's).
+fn run_example(name: &str, rounds: Option<u64>) -> workloads::script::interp::ScriptRun {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts").join(name);
+    let src = std::fs::read_to_string(&path).expect("read example");
+    let file = format!("examples/scripts/{name}");
+    let s = workloads::script::parse(&file, &src).unwrap_or_else(|e| panic!("{e}"));
+    let c = workloads::script::check(&file, &s, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let mut kcfg = mm_core::KernelConfig { arch: c.arch, nr_cpus: c.cpus as usize, ..mm_core::KernelConfig::default() };
+    for f in &c.reverts {
+        kcfg.fixes.set(*f, false);
+    }
+    let ctx = workloads::scenarios::Ctx {
+        kcfg,
+        machine: emu_cpu::MachineConfig::default(),
+        budget: workloads::budget::Budget::Iterations(match (rounds, c.budget) {
+            (Some(n), _) => n,
+            (None, workloads::script::check::BudgetSpec::Rounds(n)) => n,
+            (None, _) => 10,
+        }),
+        seed: 1,
+        params: Default::default(),
+        stop_on_violation: false,
+    };
+    workloads::script::interp::run(&file, &s, &c, &ctx).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn examples_with_basic_steps_run_clean_and_meet_their_expectations() {
+    // The small ones with their own budget, the storms on 3 rounds.
+    for (name, rounds) in [
+        ("tlb-flush2.mmemu", Some(3)),
+        ("dontneed-sibling-spins.mmemu", None),
+        ("dontneed-sibling-sleeps.mmemu", None),
+        ("mprotect-1.mmemu", None),
+        ("mprotect-64.mmemu", None),
+        ("munmap-frees-table.mmemu", None),
+        ("fork-cow.mmemu", None),
+        ("munmap-storm.mmemu", Some(3)),
+        ("madvise-dontneed.mmemu", Some(3)),
+        ("mprotect-pingpong.mmemu", Some(3)),
+    ] {
+        let r = run_example(name, rounds);
+        assert!(r.outcome.error.is_none(), "{name}: {:?}", r.outcome.error);
+        assert!(r.failed.is_empty(), "{name}:\n{}", r.failed.join("\n"));
+        assert!(r.outcome.iterations >= 3, "{name}: {} rounds", r.outcome.iterations);
+        eprintln!(
+            "{name}: rounds {} ops {} remote flushes {} TLB IPIs {:?}",
+            r.outcome.iterations,
+            r.outcome.ops,
+            r.outcome.measure.per_cpu["nr_tlb_remote_flush"].iter().sum::<u64>(),
+            r.outcome.measure.per_cpu["irq_tlb_count"]
+        );
+    }
+}
+
+#[test]
+fn a_failed_expectation_and_a_wrong_read_name_their_lines() {
+    let src = "script s\ncpus 2\nbudget 2 rounds\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 2 pages\n  repeat until budget {\n    write R = 5\n    read R[1] expect 4\n  }\n}\nexpect violations == 1\nexpect reads failed == 0\nexpect counter pgfault >= 1\n";
+    let s = workloads::script::parse("t.mmemu", src).unwrap_or_else(|e| panic!("{e}"));
+    let c = workloads::script::check("t.mmemu", &s, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let ctx = workloads::scenarios::Ctx {
+        kcfg: mm_core::KernelConfig { nr_cpus: 2, ..mm_core::KernelConfig::default() },
+        machine: emu_cpu::MachineConfig::default(),
+        budget: workloads::budget::Budget::Iterations(2),
+        seed: 1,
+        params: Default::default(),
+        stop_on_violation: false,
+    };
+    let r = workloads::script::interp::run("t.mmemu", &s, &c, &ctx).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.outcome.error.is_none(), "{:?}", r.outcome.error);
+    assert_eq!(r.reads_failed, 2);
+    assert_eq!(
+        r.failed,
+        [
+            "t.mmemu:12:1: expectation failed: violations is 0; expected == 1",
+            "t.mmemu:13:1: expectation failed: reads failed is 2; expected == 0",
+        ]
+    );
+    // Steps the interpreter does not run yet are refused before boot.
+    let src = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts/tlb-flush1.mmemu"),
+    )
+    .expect("read example");
+    let s = workloads::script::parse("f.mmemu", &src).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        workloads::script::interp::unsupported("f.mmemu", &s).map(|e| e.to_string()),
+        Some("f.mmemu:16:6: found a file, which the interpreter does not run yet (issue 14); allowed by `mmemu check` only".to_string())
+    );
 }

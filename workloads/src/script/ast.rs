@@ -143,6 +143,8 @@ pub struct Thread {
     pub placement: Placement,
     pub process: Name,
     pub held: bool,
+    /// `first`: runs to its end before any other thread starts (setup).
+    pub first: bool,
     pub body: Vec<Step>,
     pub span: Span,
 }

@@ -166,6 +166,11 @@ enum Ev {
 /// One thread instance's barrier program and name.
 struct Instance {
     name: String,
+    cpu: u64,
+    first: bool,
+    /// Where the thread is declared; whether its body ends with `spin`.
+    span: Span,
+    spins: bool,
     events: Vec<Ev>,
 }
 
@@ -445,7 +450,14 @@ impl<'a> Checker<'a> {
                     self.steps = before;
                 }
                 let name = if multi { format!("{}.{cpu}", t.name.text) } else { t.name.text.clone() };
-                instances.push(Instance { name, events });
+                instances.push(Instance {
+                    name,
+                    cpu,
+                    first: t.first,
+                    span: t.name.span,
+                    spins: matches!(t.body.last().map(|s| &s.kind), Some(StepKind::Spin)),
+                    events,
+                });
             }
         }
         for (t, n) in &self.starts {
@@ -466,6 +478,7 @@ impl<'a> Checker<'a> {
                 }
             }
         }
+        self.same_cpu(&instances)?;
         let barriers = self.barriers(&instances)?;
         for e in &s.expects {
             self.expect(e, arch, &top)?;
@@ -1055,6 +1068,53 @@ impl<'a> Checker<'a> {
     }
 
     // ---- barriers ----
+
+    /// The emulator runs one CPU's threads one after the other (no
+    /// preemption): two threads of one CPU cannot meet at a barrier, a
+    /// thread that spins holds its CPU until the others end (so none may
+    /// wait behind it), and a `first` thread meets no one.
+    fn same_cpu(&self, inst: &[Instance]) -> R<()> {
+        for (i, a) in inst.iter().enumerate() {
+            if a.first {
+                let mut m = BTreeMap::new();
+                collect(&a.events, &mut m);
+                if let Some((n, sp)) = m.into_iter().next() {
+                    return self.err(
+                        sp,
+                        format!(
+                            "found barrier '{n}' in thread {}, which runs first and alone; allowed no barrier in a 'first' thread",
+                            a.name
+                        ),
+                    );
+                }
+            }
+            for b in &inst[i + 1..] {
+                if a.cpu != b.cpu || a.first || b.first {
+                    continue;
+                }
+                if a.spins {
+                    return self.err(
+                        b.span,
+                        format!(
+                            "found thread {} on CPU {} after thread {}, which spins there until the others end; allowed one CPU per thread when one spins (the emulator runs a CPU's threads one after the other)",
+                            b.name, b.cpu, a.name
+                        ),
+                    );
+                }
+                let (na, nb) = (names_of(&a.events), names_of(&b.events));
+                if let Some(n) = na.intersection(&nb).next() {
+                    return self.err(
+                        b.span,
+                        format!(
+                            "found threads {} and {} on CPU {} meeting at barrier '{n}'; allowed threads that meet on different CPUs (the emulator runs a CPU's threads one after the other)",
+                            a.name, b.name, a.cpu
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 
     /// Every barrier has two or more threads; threads that share barriers
     /// reach each the same number of times, in the same order; no held

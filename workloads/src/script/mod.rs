@@ -7,6 +7,7 @@
 
 pub mod ast;
 pub mod check;
+pub mod interp;
 mod lex;
 mod parse;
 

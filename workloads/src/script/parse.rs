@@ -513,12 +513,13 @@ impl<'f> Parser<'f> {
         c.expect_word("in", "'in PROCESS'")?;
         let process = c.name("a process name")?;
         let held = c.word_if("held");
+        let first = !held && c.word_if("first");
         let open = c.span();
-        c.expect_punct("{", "'held' or '{' at the end of the line")?;
+        c.expect_punct("{", "'held', 'first' or '{' at the end of the line")?;
         c.end("nothing after '{'")?;
         self.pos += 1;
         let body = self.body(open, 1)?;
-        Ok(Thread { name, placement, process, held, body, span })
+        Ok(Thread { name, placement, process, held, first, body, span })
     }
 
     /// Lines up to the `}` that closes the block opened at `open`.

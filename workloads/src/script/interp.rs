@@ -1,0 +1,721 @@
+//! The interpreter's first part: a checked script's basic steps run on the
+//! machinery the native scenarios use (`scenarios::native`: `boot`, the
+//! syscall wrappers `sys`, `WorkLog`, `Rng`, `finish`), and its
+//! expectations judged on the `Outcome`.
+//!
+//! Run today: anonymous private `mmap` (at a given or a chosen address),
+//! `write`, `read` (with `expect`), `peek`, `munmap`, `mprotect`,
+//! `madvise … dontneed`, `fork`, `exec`, `exit`, `spin`, `sleep`,
+//! `barrier`, `repeat`, `repeat until budget`, `for` (also `shuffled`) and
+//! `rand`.  Every other step, kind or declaration (files, held threads,
+//! spawn / join, gup-fast, collapse, device, msync, fadvise, truncate,
+//! stall points, knobs) is refused before the machine boots, naming its
+//! line: the rest of issue 14.
+//!
+//! A barrier is a generation counter that its threads wait on with
+//! `cpu_relax` (an interrupt point: a waiting CPU still serves flush
+//! IPIs).  Threads that meet at barriers inside `repeat until budget`
+//! agree on the number of rounds only with a rounds budget; under a time
+//! budget one may stop a round early and its partners wait until the
+//! watchdog reports the hang.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use mm_core::mm::MmStruct;
+use mm_core::sync::Arc;
+use mm_core::tlb::switch_mm;
+use mm_core::{CpuId, Kernel};
+
+use super::ast::*;
+use super::check::{Checked, PAGE};
+use super::ScriptError;
+use crate::error::RunError;
+use crate::outcome::Outcome;
+use crate::scenarios::native::{boot, finish, join_into, sys, Rng, WorkLog};
+use crate::scenarios::Ctx;
+
+/// Where chosen addresses start (the user half, far above the examples'
+/// fixed ones), and the stride between two regions.
+const CHOSEN_BASE: u64 = 0x100_0000_0000;
+const CHOSEN_STRIDE: u64 = 1 << 30;
+
+/// What a script run produced: the outcome (the same as a native
+/// scenario's) and the expectations that failed, one line each
+/// (`FILE:LINE:COLUMN: expectation failed: …`).
+#[derive(Debug)]
+pub struct ScriptRun {
+    pub outcome: Outcome,
+    pub reads_failed: u64,
+    pub failed: Vec<String>,
+}
+
+/// The first step the interpreter cannot run yet, as an error line.
+pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
+    let e = |span: Span, what: &str| {
+        Some(ScriptError::new(
+            file,
+            span,
+            format!("found {what}, which the interpreter does not run yet (issue 14); allowed by `mmemu check` only"),
+        ))
+    };
+    if let Some(f) = s.files.first() {
+        return e(f.name.span, "a file");
+    }
+    if let Some(k) = s.header.knobs.first() {
+        return e(k.name.span, "a knob");
+    }
+    if let Some(t) = s.threads.iter().find(|t| t.held) {
+        return e(t.name.span, "a held thread");
+    }
+    fn walk(b: &[Step]) -> Option<(Span, String)> {
+        for st in b {
+            let bad = match &st.kind {
+                StepKind::Mmap { kind: MapKind::Anon, offset: None, .. } => None,
+                StepKind::Mmap { .. } => Some("an mmap other than anon".to_string()),
+                StepKind::Write { .. }
+                | StepKind::Read { .. }
+                | StepKind::Munmap { .. }
+                | StepKind::Mprotect { .. }
+                | StepKind::Madvise { .. }
+                | StepKind::Exit { .. }
+                | StepKind::Spin
+                | StepKind::Sleep
+                | StepKind::Barrier { .. }
+                | StepKind::Peek { .. } => None,
+                StepKind::Fork { body, .. }
+                | StepKind::Exec { body, .. }
+                | StepKind::Repeat { body, .. }
+                | StepKind::RepeatUntilBudget { body }
+                | StepKind::For { body, .. } => return walk(body).or_else(|| walk_rest(b, st)),
+                k => Some(format!("step '{}'", k.keyword())),
+            };
+            if let Some(w) = bad {
+                return Some((st.span, w));
+            }
+        }
+        None
+    }
+    // The steps after a block, once the block itself is clean.
+    fn walk_rest(b: &[Step], st: &Step) -> Option<(Span, String)> {
+        let i = b.iter().position(|x| std::ptr::eq(x, st))?;
+        walk(&b[i + 1..])
+    }
+    for t in &s.threads {
+        if let Some((span, what)) = walk(&t.body) {
+            return e(span, &what);
+        }
+    }
+    None
+}
+
+/// A generation barrier for `parties` threads.
+struct Barrier {
+    parties: u64,
+    arrived: AtomicU64,
+    generation: AtomicU64,
+}
+
+impl Barrier {
+    fn wait(&self, k: &Kernel) {
+        let g = self.generation.load(Ordering::SeqCst);
+        if self.arrived.fetch_add(1, Ordering::SeqCst) + 1 == self.parties {
+            self.arrived.store(0, Ordering::SeqCst);
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::SeqCst) == g {
+            k.smp.cpu_relax();
+            spins += 1;
+            if spins.is_multiple_of(32) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// What every thread of the run shares.
+struct Shared {
+    file: String,
+    barriers: BTreeMap<String, Barrier>,
+    /// (process, region) -> (address, pages), as last mapped by any thread.
+    regions: Mutex<BTreeMap<(String, String), (u64, u64)>>,
+    /// (process, region, instance) -> the address chosen for it.
+    chosen: Mutex<BTreeMap<(String, String, usize), u64>>,
+    next_addr: AtomicU64,
+    /// Threads that have not reached their end, `spin` or `sleep`.
+    working: AtomicU64,
+    reads_failed: AtomicU64,
+    first_bad_read: Mutex<Option<String>>,
+    params: BTreeMap<String, u64>,
+    ncpus: u64,
+}
+
+/// One thread's interpreter state.
+struct Runner<'a> {
+    sh: &'a Shared,
+    k: &'a Arc<Kernel>,
+    cpu: u64,
+    vars: Vec<(String, u64)>,
+    rng: Rng,
+    work: crate::scenarios::native::ThreadWork,
+    until: crate::budget::Until,
+    /// This thread's instance index (chosen addresses are per instance).
+    me: usize,
+    /// (process, region) -> (address, pages) this thread mapped itself:
+    /// looked up before what other threads mapped under the same name.
+    own: BTreeMap<(String, String), (u64, u64)>,
+}
+
+/// Why a thread stopped before its end.
+enum Stop {
+    /// The budget ran out (not an error).
+    Budget,
+    /// `exit`: this block is over.
+    Exit,
+    Error(String),
+}
+
+type Flow = Result<(), Stop>;
+
+impl Runner<'_> {
+    fn fail(&self, span: Span, msg: impl std::fmt::Display) -> Stop {
+        Stop::Error(format!("{}:{}:{}: {msg}", self.sh.file, span.line, span.col))
+    }
+
+    fn eval(&mut self, e: &Expr) -> Result<u64, Stop> {
+        let v = match &e.kind {
+            ExprKind::Int(n) => Some(*n),
+            ExprKind::Var(v) => match self.vars.iter().rev().find(|(n, _)| n == v) {
+                Some((_, x)) => Some(*x),
+                None => match v.as_str() {
+                    "cpu" => Some(self.cpu),
+                    "ncpus" => Some(self.sh.ncpus),
+                    _ => self.sh.params.get(v).copied(),
+                },
+            },
+            ExprKind::Bin(op, a, b) => {
+                let (x, y) = (self.eval(a)?, self.eval(b)?);
+                match op {
+                    BinOp::Add => x.checked_add(y),
+                    BinOp::Sub => x.checked_sub(y),
+                    BinOp::Mul => x.checked_mul(y),
+                    BinOp::Div => x.checked_div(y),
+                    BinOp::Rem => x.checked_rem(y),
+                }
+            }
+            ExprKind::Call(f, a, b) => {
+                let (x, y) = (self.eval(a)?, self.eval(b)?);
+                match f {
+                    Func::Min => Some(x.min(y)),
+                    Func::Max => Some(x.max(y)),
+                    Func::DivUp => (y != 0).then(|| x.div_ceil(y)),
+                }
+            }
+            ExprKind::Rand(a) => {
+                let n = self.eval(a)?;
+                (n != 0).then(|| self.rng.below(n))
+            }
+        };
+        v.ok_or_else(|| {
+            self.fail(e.span, "the expression has no value here (an overflow, a division by zero or rand(0))")
+        })
+    }
+
+    /// The pages `[a, b)` of a loc and the region's address.
+    fn loc(&mut self, process: &str, loc: &Loc) -> Result<(u64, u64, u64), Stop> {
+        let key = (process.to_string(), loc.region.text.clone());
+        let found = match self.own.get(&key) {
+            Some(r) => Some(*r),
+            None => self.sh.regions.lock().expect("regions lock").get(&key).copied(),
+        };
+        let Some((addr, pages)) = found else {
+            return Err(
+                self.fail(loc.region.span, format!("region '{}' is not mapped in process {process}", loc.region.text))
+            );
+        };
+        let (a, b) = match &loc.pages {
+            LocPages::Whole => (0, pages),
+            LocPages::One(e) => {
+                let i = self.eval(e)?;
+                (i, i.saturating_add(1))
+            }
+            LocPages::Range(x, y) => (self.eval(x)?, self.eval(y)?),
+        };
+        if a >= b || b > pages {
+            return Err(self.fail(
+                loc.region.span,
+                format!("pages {a}..{b} are outside region '{}' ({pages} pages)", loc.region.text),
+            ));
+        }
+        Ok((addr, a, b))
+    }
+
+    fn body(&mut self, mm: &Arc<MmStruct>, process: &str, body: &[Step]) -> Flow {
+        for st in body {
+            self.step(mm, process, st)?;
+        }
+        Ok(())
+    }
+
+    fn done_working(&self) {
+        self.sh.working.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn step(&mut self, mm: &Arc<MmStruct>, process: &str, st: &Step) -> Flow {
+        let k = self.k;
+        let sys_err = |t: &Self, e: mm_core::ops::MmError| t.fail(st.span, format!("{}: {e}", st.kind.keyword()));
+        match &st.kind {
+            StepKind::Mmap { region, size, at, prot, .. } => {
+                let n = self.eval(&size.expr)?;
+                let bytes = if size.pages { n * PAGE } else { n };
+                let key = (process.to_string(), region.text.clone());
+                let addr = match at {
+                    Some(a) => self.eval(a)?,
+                    None => {
+                        let mut ch = self.sh.chosen.lock().expect("chosen lock");
+                        let slot = (process.to_string(), region.text.clone(), self.me);
+                        *ch.entry(slot).or_insert_with(|| {
+                            CHOSEN_BASE
+                                + self.sh.next_addr.fetch_add(bytes.div_ceil(CHOSEN_STRIDE), Ordering::SeqCst)
+                                    * CHOSEN_STRIDE
+                        })
+                    }
+                };
+                sys::mmap_anon(k, mm, addr, bytes).map_err(|e| sys_err(self, e))?;
+                if *prot != Prot::Rw {
+                    sys::mprotect(k, mm, addr, bytes, false).map_err(|e| sys_err(self, e))?;
+                }
+                self.work.op();
+                self.own.insert(key.clone(), (addr, bytes / PAGE));
+                self.sh.regions.lock().expect("regions lock").insert(key, (addr, bytes / PAGE));
+            }
+            StepKind::Write { loc, value } => {
+                let (addr, a, b) = self.loc(process, loc)?;
+                let v = match value {
+                    Some(v) => self.eval(v)?,
+                    None => 1,
+                };
+                for p in a..b {
+                    if k.write_user(mm, addr + p * PAGE, v).is_err() {
+                        return Err(
+                            self.fail(st.span, format!("write of page {p} of '{}' faulted (SIGSEGV)", loc.region.text))
+                        );
+                    }
+                }
+            }
+            StepKind::Read { loc, expect } => {
+                let (addr, a, b) = self.loc(process, loc)?;
+                let want = match expect {
+                    Some(ReadExpect::Value(v)) => Some(Some(self.eval(v)?)),
+                    Some(ReadExpect::Segv) => Some(None),
+                    None => None,
+                };
+                for p in a..b {
+                    let got = k.read_user(mm, addr + p * PAGE).ok();
+                    match want {
+                        Some(w) if w != got => {
+                            self.sh.reads_failed.fetch_add(1, Ordering::Relaxed);
+                            let show = |v: Option<u64>| v.map_or("SIGSEGV".to_string(), |v| v.to_string());
+                            let msg = format!(
+                                "{}:{}:{}: read of page {p} of '{}' saw {}; expected {}",
+                                self.sh.file,
+                                st.span.line,
+                                st.span.col,
+                                loc.region.text,
+                                show(got),
+                                show(w)
+                            );
+                            self.sh.first_bad_read.lock().expect("read lock").get_or_insert(msg);
+                        }
+                        None if got.is_none() => {
+                            return Err(self
+                                .fail(st.span, format!("read of page {p} of '{}' faulted (SIGSEGV)", loc.region.text)))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            StepKind::Peek { addr } => {
+                let a = self.eval(addr)?;
+                let _ = k.read_user(mm, a & !(PAGE - 1));
+            }
+            StepKind::Munmap { loc } => {
+                let (addr, a, b) = self.loc(process, loc)?;
+                sys::munmap(k, mm, addr + a * PAGE, (b - a) * PAGE).map_err(|e| sys_err(self, e))?;
+                self.work.op();
+            }
+            StepKind::Mprotect { loc, prot } => {
+                let (addr, a, b) = self.loc(process, loc)?;
+                let r = match prot {
+                    Prot::Rw => sys::mprotect(k, mm, addr + a * PAGE, (b - a) * PAGE, true),
+                    Prot::Ro => sys::mprotect(k, mm, addr + a * PAGE, (b - a) * PAGE, false),
+                    // PROT_NONE: no syscall wrapper of the native scenarios has it.
+                    Prot::None => mm_core::ops::mprotect(k, mm, addr + a * PAGE, (b - a) * PAGE, false, false),
+                };
+                r.map_err(|e| sys_err(self, e))?;
+                self.work.op();
+            }
+            StepKind::Madvise { loc, .. } => {
+                let (addr, a, b) = self.loc(process, loc)?;
+                sys::madvise_dontneed(k, mm, addr + a * PAGE, (b - a) * PAGE).map_err(|e| sys_err(self, e))?;
+                self.work.op();
+            }
+            StepKind::Fork { child, body } | StepKind::Exec { child, body } => {
+                let c = match st.kind {
+                    StepKind::Fork { .. } => sys::fork(k, mm).map_err(|e| sys_err(self, e))?,
+                    _ => k.mm_alloc(),
+                };
+                {
+                    let mut r = self.sh.regions.lock().expect("regions lock");
+                    r.retain(|(p, _), _| *p != child.text);
+                    if matches!(st.kind, StepKind::Fork { .. }) {
+                        let mine: Vec<_> =
+                            r.iter().filter(|((p, _), _)| p == process).map(|((_, n), v)| (n.clone(), *v)).collect();
+                        for (n, v) in mine {
+                            r.insert((child.text.clone(), n), v);
+                        }
+                    }
+                }
+                let inherited: Vec<_> = self
+                    .own
+                    .iter()
+                    .filter(|((p, _), _)| p == process)
+                    .map(|((_, n), v)| ((child.text.clone(), n.clone()), *v))
+                    .collect();
+                self.own.retain(|(p, _), _| *p != child.text);
+                if matches!(st.kind, StepKind::Fork { .. }) {
+                    self.own.extend(inherited);
+                }
+                self.work.op();
+                switch_mm(k, &c);
+                let flow = self.body(&c, &child.text, body);
+                sys::exit(k, &c);
+                self.work.op();
+                switch_mm(k, mm);
+                match flow {
+                    Ok(()) | Err(Stop::Exit) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            StepKind::Exit { .. } => return Err(Stop::Exit),
+            StepKind::Spin => {
+                self.done_working();
+                let mut spins = 0u32;
+                while self.sh.working.load(Ordering::SeqCst) > 0 {
+                    k.smp.cpu_relax();
+                    spins += 1;
+                    if spins.is_multiple_of(32) {
+                        std::thread::yield_now();
+                    }
+                }
+                return Err(Stop::Exit);
+            }
+            StepKind::Sleep => {
+                self.done_working();
+                return Err(Stop::Exit);
+            }
+            StepKind::Barrier { name } => self.sh.barriers[&name.text].wait(k),
+            StepKind::Repeat { count, body } => {
+                let n = self.eval(count)?;
+                for _ in 0..n {
+                    self.body(mm, process, body)?;
+                }
+            }
+            StepKind::RepeatUntilBudget { body } => {
+                while self.until.more(self.work.rounds()) {
+                    self.body(mm, process, body)?;
+                    self.work.round(&self.rng);
+                }
+            }
+            StepKind::For { var, shuffled, from, to, step, body } => {
+                let (a, b) = (self.eval(from)?, self.eval(to)?);
+                let s = match step {
+                    Some(e) => self.eval(e)?,
+                    None => 1,
+                };
+                let n = b.saturating_sub(a).div_ceil(s.max(1));
+                let order: Vec<u64> = if *shuffled { self.rng.permutation(n) } else { (0..n).collect() };
+                for i in order {
+                    if self.until.expired() {
+                        return Err(Stop::Budget);
+                    }
+                    self.vars.push((var.text.clone(), a + i * s));
+                    let r = self.body(mm, process, body);
+                    self.vars.pop();
+                    r?;
+                }
+            }
+            _ => {
+                return Err(
+                    self.fail(st.span, format!("step '{}' is not run by the interpreter yet", st.kind.keyword()))
+                )
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pages the threads map at most at once (every mmap of every instance
+/// counted once: regions are remapped in loops, not piled up).
+fn frames(s: &Script, c: &Checked, ncpus: u64) -> usize {
+    fn walk(b: &[Step], c: &Checked, ncpus: u64, cpu: u64) -> u64 {
+        b.iter()
+            .map(|st| match &st.kind {
+                StepKind::Mmap { size, .. } => {
+                    let n = const_eval(&size.expr, c, ncpus, cpu).unwrap_or(0);
+                    if size.pages {
+                        n
+                    } else {
+                        n / PAGE
+                    }
+                }
+                StepKind::Fork { body, .. } => 2 * walk(body, c, ncpus, cpu),
+                StepKind::Exec { body, .. }
+                | StepKind::Repeat { body, .. }
+                | StepKind::RepeatUntilBudget { body }
+                | StepKind::For { body, .. } => walk(body, c, ncpus, cpu),
+                _ => 0,
+            })
+            .sum()
+    }
+    let per: u64 = s.threads.iter().map(|t| walk(&t.body, c, ncpus, 0)).sum();
+    (per.saturating_mul(ncpus.max(1))).min(1 << 22) as usize
+}
+
+/// Barrier names a body reaches (its fork / exec children's too).
+fn barrier_names(body: &[Step], out: &mut Vec<String>) {
+    for st in body {
+        match &st.kind {
+            StepKind::Barrier { name } if !out.contains(&name.text) => out.push(name.text.clone()),
+            StepKind::Fork { body, .. }
+            | StepKind::Exec { body, .. }
+            | StepKind::Repeat { body, .. }
+            | StepKind::RepeatUntilBudget { body }
+            | StepKind::For { body, .. } => barrier_names(body, out),
+            _ => {}
+        }
+    }
+}
+
+/// Run the checked script `s` on a machine booted from `ctx` (whose
+/// `kcfg` already carries the header's arch, CPUs and reverts).
+pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, RunError> {
+    if let Some(e) = unsupported(file, s) {
+        return Err(RunError::Config(e.to_string()));
+    }
+    let n = ctx.nr_cpus() as u64;
+    // Instances: (thread, cpu).
+    let mut inst: Vec<(&Thread, u64)> = Vec::new();
+    for t in &s.threads {
+        let cpus: Vec<u64> = match &t.placement {
+            Placement::Cpu(e) => vec![const_eval(e, c, n, 0)?],
+            Placement::EachCpu => (0..n).collect(),
+            Placement::Cpus(a, b) => (const_eval(a, c, n, 0)?..const_eval(b, c, n, 0)?).collect(),
+        };
+        for cpu in cpus {
+            if cpu >= n {
+                return Err(RunError::Config(format!(
+                    "{file}: thread {} wants CPU {cpu}; the run has {n}",
+                    t.name.text
+                )));
+            }
+            inst.push((t, cpu));
+        }
+    }
+    let mut barriers = BTreeMap::new();
+    for (t, _) in &inst {
+        let mut names = Vec::new();
+        barrier_names(&t.body, &mut names);
+        for b in names {
+            barriers
+                .entry(b)
+                .or_insert(Barrier { parties: 0, arrived: AtomicU64::new(0), generation: AtomicU64::new(0) })
+                .parties += 1;
+        }
+    }
+    // Emulated RAM: what the script maps, twice over (RCU-freed frames
+    // come back a tick later), and room for tables.
+    let b = boot(ctx, frames(s, c, n) * 2 + 8192)?;
+    let mut mms = BTreeMap::new();
+    for p in &s.processes {
+        mms.insert(p.text.clone(), b.sys.mm_alloc()?);
+    }
+    let sh = std::sync::Arc::new(Shared {
+        file: file.to_string(),
+        barriers,
+        regions: Mutex::new(BTreeMap::new()),
+        chosen: Mutex::new(BTreeMap::new()),
+        next_addr: AtomicU64::new(0),
+        working: AtomicU64::new(inst.len() as u64),
+        reads_failed: AtomicU64::new(0),
+        first_bad_read: Mutex::new(None),
+        params: c.params.clone(),
+        ncpus: n,
+    });
+    let errors: std::sync::Arc<Mutex<Vec<String>>> = Default::default();
+    let log = WorkLog::new(inst.len());
+    let until = b.until;
+    let spawn = |i: usize, t: &Thread, cpu: u64| {
+        let (sh, errors, body, process) = (sh.clone(), errors.clone(), t.body.clone(), t.process.text.clone());
+        let work = log.thread(i);
+        let seed = ctx.seed;
+        b.sys.spawn_user(CpuId(cpu as u32), &mms[&t.process.text], move |k, mm| {
+            let mut th = Runner {
+                sh: &sh,
+                k,
+                cpu,
+                vars: Vec::new(),
+                rng: Rng::new(seed, i as u64),
+                work,
+                until,
+                me: i,
+                own: BTreeMap::new(),
+            };
+            let r = th.body(mm, &process, &body);
+            match r {
+                Ok(()) | Err(Stop::Budget) => th.done_working(),
+                Err(Stop::Exit) => {}
+                Err(Stop::Error(e)) => {
+                    th.done_working();
+                    errors.lock().expect("errors lock").push(e);
+                }
+            }
+        })
+    };
+    // `first` threads run to their end before the others start.
+    let mut err = None;
+    for (i, (t, cpu)) in inst.iter().enumerate().filter(|(_, (t, _))| t.first) {
+        join_into(&b, vec![spawn(i, t, *cpu)], &mut err);
+    }
+    let hs = if err.is_some() {
+        Vec::new()
+    } else {
+        inst.iter().enumerate().filter(|(_, (t, _))| !t.first).map(|(i, (t, cpu))| spawn(i, t, *cpu)).collect()
+    };
+    join_into(&b, hs, &mut err);
+    let exit: Vec<Arc<MmStruct>> = mms.into_values().collect();
+    let mut outcome = finish(b, log.total(), err, move |k| {
+        for mm in &exit {
+            sys::exit(k, mm);
+        }
+    });
+    if let Some(e) = errors.lock().expect("errors lock").first() {
+        outcome.error.get_or_insert(RunError::Driver(e.clone()));
+    }
+    let reads_failed = sh.reads_failed.load(Ordering::SeqCst);
+    let mut failed = Vec::new();
+    for e in &s.expects {
+        if let Some(f) = judge(file, e, &outcome, reads_failed, n, c)? {
+            failed.push(f);
+        }
+    }
+    if reads_failed > 0 && !s.expects.iter().any(|e| matches!(e.target, Target::ReadsFailed)) {
+        if let Some(m) = sh.first_bad_read.lock().expect("read lock").clone() {
+            failed.push(m);
+        }
+    }
+    Ok(ScriptRun { outcome, reads_failed, failed })
+}
+
+fn const_eval(e: &Expr, c: &Checked, ncpus: u64, cpu: u64) -> Result<u64, RunError> {
+    let v = match &e.kind {
+        ExprKind::Int(n) => Some(*n),
+        ExprKind::Var(v) => match v.as_str() {
+            "ncpus" => Some(ncpus),
+            "cpu" => Some(cpu),
+            _ => c.params.get(v).copied(),
+        },
+        ExprKind::Bin(op, a, b) => {
+            let (x, y) = (const_eval(a, c, ncpus, cpu)?, const_eval(b, c, ncpus, cpu)?);
+            match op {
+                BinOp::Add => x.checked_add(y),
+                BinOp::Sub => x.checked_sub(y),
+                BinOp::Mul => x.checked_mul(y),
+                BinOp::Div => x.checked_div(y),
+                BinOp::Rem => x.checked_rem(y),
+            }
+        }
+        ExprKind::Call(f, a, b) => {
+            let (x, y) = (const_eval(a, c, ncpus, cpu)?, const_eval(b, c, ncpus, cpu)?);
+            match f {
+                Func::Min => Some(x.min(y)),
+                Func::Max => Some(x.max(y)),
+                Func::DivUp => (y != 0).then(|| x.div_ceil(y)),
+            }
+        }
+        ExprKind::Rand(_) => None,
+    };
+    v.ok_or_else(|| RunError::Config(format!("line {}: the expression has no value before the run", e.span.line)))
+}
+
+/// One expectation against the outcome: `Some(line)` when it fails.
+fn judge(
+    file: &str,
+    e: &Expect,
+    o: &Outcome,
+    reads_failed: u64,
+    ncpus: u64,
+    c: &Checked,
+) -> Result<Option<String>, RunError> {
+    let m = &o.measure;
+    let cpu_of = |x: &Option<Expr>| -> Result<Option<usize>, RunError> {
+        x.as_ref().map(|x| const_eval(x, c, ncpus, 0).map(|v| v as usize)).transpose()
+    };
+    let counter = |name: &str, cpu: Option<usize>| -> f64 {
+        let v: Vec<u64> =
+            if name == "irq_call_count" { m.cal.clone() } else { m.per_cpu.get(name).cloned().unwrap_or_default() };
+        match cpu {
+            Some(i) => v.get(i).copied().unwrap_or(0) as f64,
+            None => v.iter().sum::<u64>() as f64,
+        }
+    };
+    let (what, got) = match &e.target {
+        Target::Violations(None) => ("violations".to_string(), m.violations as f64),
+        Target::Violations(Some(kind)) => {
+            let n = m.records.iter().filter(|r| r.kind.name() == kind.text).count();
+            (format!("violations {}", kind.text), n as f64)
+        }
+        Target::Leaked => {
+            let l = m.leaked.unwrap_or_default();
+            ("leaked".to_string(), (l.anon + l.file + l.page_table + l.kernel + l.hugetlb) as f64)
+        }
+        Target::Counter { name, cpu } => {
+            let cpu = cpu_of(cpu)?;
+            (format!("counter {}", name.text), counter(&name.text, cpu))
+        }
+        Target::Interrupts { row, cpu } => {
+            let cpu = cpu_of(cpu)?;
+            let name = if row.text == "TLB" { "irq_tlb_count" } else { "irq_call_count" };
+            (format!("interrupts {}", row.text), counter(name, cpu))
+        }
+        Target::Rate { counter: n, per_op } => {
+            let d = if *per_op { o.ops } else { o.iterations }.max(1) as f64;
+            (format!("rate {}", n.text), counter(&n.text, None) / d)
+        }
+        Target::ReadsFailed => ("reads failed".to_string(), reads_failed as f64),
+    };
+    let want = e.cmp.value;
+    let ok = match (e.cmp.op, e.cmp.tolerance) {
+        (CmpOp::Eq, Some(Tolerance::Abs(t))) => (got - want).abs() <= t,
+        (CmpOp::Eq, Some(Tolerance::Percent(p))) => (got - want).abs() <= want.abs() * p / 100.0,
+        (CmpOp::Eq, None) => got == want,
+        (CmpOp::Ne, _) => got != want,
+        (CmpOp::Lt, _) => got < want,
+        (CmpOp::Le, _) => got <= want,
+        (CmpOp::Gt, _) => got > want,
+        (CmpOp::Ge, _) => got >= want,
+    };
+    Ok((!ok).then(|| {
+        format!(
+            "{file}:{}:{}: expectation failed: {what} is {got}; expected {} {want}",
+            e.span.line,
+            e.span.col,
+            e.cmp.op.symbol()
+        )
+    }))
+}
