@@ -524,3 +524,33 @@ fn a_failed_expectation_and_a_wrong_read_name_their_lines() {
         Some("f.mmemu:16:6: found a file, which the interpreter does not run yet (issue 14); allowed by `mmemu check` only".to_string())
     );
 }
+
+#[test]
+fn mmemu_run_file_gives_the_scenario_report_and_fails_on_an_expectation() {
+    let ex = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts/dontneed-sibling-spins.mmemu");
+    let o = mmemu(&["run", ex.to_str().expect("utf-8 path"), "--json", "--iterations", "5", "--no-pin"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json report");
+    assert_eq!(v["scenario"], "dontneed-sibling-spins");
+    assert_eq!(v["cpus"], 2, "the header's cpus");
+    assert_eq!(v["verdict"], "ok");
+    assert_eq!(v["iterations"], 5);
+    let bad = temp_script(
+        "expect.mmemu",
+        &format!("{HEAD}{}expect violations == 1\n", thread("  mmap R anon 1 page\n  write R\n")),
+    );
+    let b = bad.to_str().expect("utf-8 path");
+    let o = mmemu(&["run", b, "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json report");
+    assert_eq!(v["verdict"], "expectation");
+    assert_eq!(v["error"], format!("{b}:8:1: expectation failed: violations is 0; expected == 1"));
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts/tlb-flush1.mmemu");
+    let f = file.to_str().expect("utf-8 path");
+    let o = mmemu(&["run", f]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        format!("error: {f}:16:6: found a file, which the interpreter does not run yet (issue 14); allowed by `mmemu check` only\n")
+    );
+}

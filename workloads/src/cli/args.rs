@@ -88,10 +88,10 @@ pub(super) struct BudgetArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct RunArgs {
-    /// Scenario name (see `mmemu list`).
+    /// Scenario name (see `mmemu list`), or a script file (FILE.mmemu, docs/SCRIPTS.md).
     #[arg(value_parser = parse_scenario)]
     pub(super) scenario: &'static Scenario,
-    /// Emulated CPUs (1..=256; default 4).
+    /// Emulated CPUs (1..=256; default 4, a script's header's).
     #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
     pub(super) cpus: Option<usize>,
     /// Arch profile (default: the scenario's).
@@ -158,7 +158,12 @@ pub(super) struct StressArgs {
     pub(super) machine: MachineArgs,
 }
 
+/// A scenario name, or a script's path (`….mmemu`, or anything with a
+/// `/`): docs/SCRIPTS.md.
 fn parse_scenario(s: &str) -> Result<&'static Scenario, String> {
+    if s.ends_with(".mmemu") || s.contains('/') {
+        return crate::script::load(s);
+    }
     scenarios::find(s)
 }
 

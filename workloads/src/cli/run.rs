@@ -276,12 +276,28 @@ pub(super) fn run(a: RunArgs) -> Result<i32, CliError> {
     if let Some(c) = a.inject_panic {
         crate::inject::arm(c, a.inject_panic_after);
     }
+    // A script's header gives the defaults; every option overrides it.
+    let script = crate::script::loaded(s);
+    let mut reverted = a.revert.clone();
+    let mut run_budget = budget(&a.budget, s);
+    if let Some(l) = script {
+        for f in &l.checked.reverts {
+            if !reverted.contains(f) {
+                reverted.push(*f);
+            }
+        }
+        if let (None, None, crate::script::check::BudgetSpec::Millis(ms)) =
+            (a.budget.seconds, a.budget.iterations, l.checked.budget)
+        {
+            run_budget = Budget::Seconds(ms as f64 / 1000.0);
+        }
+    }
     let spec = RunSpec {
         scenario: s,
-        cpus: a.cpus.unwrap_or(4.max(s.min_cpus)),
+        cpus: a.cpus.unwrap_or(script.map_or(4.max(s.min_cpus), |l| l.checked.cpus as usize)),
         arch: a.arch.unwrap_or(s.arch.arch()),
-        reverted: a.revert.clone(),
-        budget: budget(&a.budget, s),
+        reverted,
+        budget: run_budget,
         seed: a.machine.seed,
         machine: machine_config(&a.machine),
         params,
