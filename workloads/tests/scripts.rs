@@ -465,7 +465,9 @@ fn run_example(name: &str, rounds: Option<u64>) -> workloads::script::interp::Sc
 fn examples_with_basic_steps_run_clean_and_meet_their_expectations() {
     // The small ones with their own budget, the storms on 3 rounds.
     for (name, rounds) in [
+        ("tlb-flush1.mmemu", Some(2)),
         ("tlb-flush2.mmemu", Some(3)),
+        ("tlb-flush3.mmemu", Some(2)),
         ("dontneed-sibling-spins.mmemu", None),
         ("dontneed-sibling-sleeps.mmemu", None),
         ("mprotect-1.mmemu", None),
@@ -515,13 +517,13 @@ fn a_failed_expectation_and_a_wrong_read_name_their_lines() {
     );
     // Steps the interpreter does not run yet are refused before boot.
     let src = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts/tlb-flush1.mmemu"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts/exit-storm.mmemu"),
     )
     .expect("read example");
     let s = workloads::script::parse("f.mmemu", &src).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         workloads::script::interp::unsupported("f.mmemu", &s).map(|e| e.to_string()),
-        Some("f.mmemu:16:6: found a file, which the interpreter does not run yet (issue 14); allowed by `mmemu check` only".to_string())
+        Some("f.mmemu:25:7: found step 'spawn', which the interpreter does not run yet (issue 14); allowed by `mmemu check` only".to_string())
     );
 }
 
@@ -545,12 +547,12 @@ fn mmemu_run_file_gives_the_scenario_report_and_fails_on_an_expectation() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json report");
     assert_eq!(v["verdict"], "expectation");
     assert_eq!(v["error"], format!("{b}:8:1: expectation failed: violations is 0; expected == 1"));
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts/tlb-flush1.mmemu");
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts/exit-storm.mmemu");
     let f = file.to_str().expect("utf-8 path");
     let o = mmemu(&["run", f]);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&o.stderr),
-        format!("error: {f}:16:6: found a file, which the interpreter does not run yet (issue 14); allowed by `mmemu check` only\n")
+        format!("error: {f}:25:7: found step 'spawn', which the interpreter does not run yet (issue 14); allowed by `mmemu check` only\n")
     );
 }

@@ -288,13 +288,14 @@ impl<'a> Checker<'a> {
             self.params.insert(k.clone(), *v);
         }
         let h = &s.header;
-        let arch = match &h.arch {
-            None => Arch::X86,
-            Some(n) => match n.text.parse::<Arch>() {
-                Ok(a) => a,
-                Err(_) => return self.unknown(n.span, "arch", &n.text, &Arch::ALL.map(|a| a.name())),
-            },
-        };
+        // The header's profile, or the kernel config's default one.
+        let mut arch = KernelConfig::default().arch;
+        if let Some(n) = &h.arch {
+            let Ok(a) = n.text.parse::<Arch>() else {
+                return self.unknown(n.span, "arch", &n.text, &Arch::ALL.map(|a| a.name()));
+            };
+            arch = a;
+        }
         let kernel = match &h.kernel {
             None => KERNELS[0],
             Some(n) => match KERNELS.iter().find(|k| **k == n.text) {

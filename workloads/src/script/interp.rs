@@ -3,14 +3,17 @@
 //! syscall wrappers `sys`, `WorkLog`, `Rng`, `finish`), and its
 //! expectations judged on the `Outcome`.
 //!
-//! Run today: anonymous private `mmap` (at a given or a chosen address),
-//! `write`, `read` (with `expect`), `peek`, `munmap`, `mprotect`,
-//! `madvise … dontneed`, `fork`, `exec`, `exit`, `spin`, `sleep`,
-//! `barrier`, `repeat`, `repeat until budget`, `for` (also `shuffled`) and
-//! `rand`.  Every other step, kind or declaration (files, held threads,
-//! spawn / join, gup-fast, collapse, device, msync, fadvise, truncate,
-//! stall points, knobs) is refused before the machine boots, naming its
-//! line: the rest of issue 14.
+//! Run today: anonymous private and file (`mmap_file`, private or shared)
+//! `mmap` (at a given or a chosen address), `write`, `read` (with
+//! `expect`), `peek`, `munmap`, `mprotect`, `madvise … dontneed`, `msync`
+//! (`filemap_fdatawrite_range`), `fadvise … dontneed`
+//! (`invalidate_mapping_pages`), `truncate` to 0 (`truncate_inode_pages`),
+//! `fork`, `exec`, `exit`, `spin`, `sleep`, `barrier`, `repeat`,
+//! `repeat until budget`, `for` (also `shuffled`) and `rand`; files with
+//! zero contents.  Every other step, kind or declaration (held threads,
+//! spawn / join, gup-fast, collapse, device, stall points, knobs, thp /
+//! hugetlb / anon-shared mmaps, file contents) is refused before the
+//! machine boots, naming its line: the rest of issue 14.
 //!
 //! A barrier is a generation counter that its threads wait on with
 //! `cpu_relax` (an interrupt point: a waiting CPU still serves flush
@@ -33,7 +36,7 @@ use super::check::{Checked, PAGE};
 use super::ScriptError;
 use crate::error::RunError;
 use crate::outcome::Outcome;
-use crate::scenarios::native::{boot, finish, join_into, sys, Rng, WorkLog};
+use crate::scenarios::native::{boot, finish, join_into, sys, syscall_entry, Rng, WorkLog};
 use crate::scenarios::Ctx;
 
 /// Where chosen addresses start (the user half, far above the examples'
@@ -60,8 +63,8 @@ pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
             format!("found {what}, which the interpreter does not run yet (issue 14); allowed by `mmemu check` only"),
         ))
     };
-    if let Some(f) = s.files.first() {
-        return e(f.name.span, "a file");
+    if let Some(f) = s.files.iter().find(|f| f.contents != Contents::Zero) {
+        return e(f.name.span, "file contents other than zero");
     }
     if let Some(k) = s.header.knobs.first() {
         return e(k.name.span, "a knob");
@@ -72,8 +75,10 @@ pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
     fn walk(b: &[Step]) -> Option<(Span, String)> {
         for st in b {
             let bad = match &st.kind {
-                StepKind::Mmap { kind: MapKind::Anon, offset: None, .. } => None,
-                StepKind::Mmap { .. } => Some("an mmap other than anon".to_string()),
+                StepKind::Mmap { kind: MapKind::Anon | MapKind::FilePrivate(_) | MapKind::FileShared(_), .. } => None,
+                StepKind::Mmap { .. } => Some("an mmap of thp, hugetlb or anon-shared".to_string()),
+                StepKind::Truncate { size: Some(_), .. } => Some("a truncate to a size".to_string()),
+                StepKind::Msync { .. } | StepKind::Fadvise { .. } | StepKind::Truncate { .. } => None,
                 StepKind::Write { .. }
                 | StepKind::Read { .. }
                 | StepKind::Munmap { .. }
@@ -110,6 +115,15 @@ pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
     None
 }
 
+/// A mapped region: where, how many pages, and the file (index into
+/// `Shared::files`) and file page it starts at, for file mappings.
+#[derive(Clone, Copy, Debug)]
+struct At {
+    addr: u64,
+    pages: u64,
+    file: Option<(usize, u64)>,
+}
+
 /// A generation barrier for `parties` threads.
 struct Barrier {
     parties: u64,
@@ -143,7 +157,7 @@ struct Shared {
     file: String,
     barriers: BTreeMap<String, Barrier>,
     /// (process, region) -> (address, pages), as last mapped by any thread.
-    regions: Mutex<BTreeMap<(String, String), (u64, u64)>>,
+    regions: Mutex<BTreeMap<(String, String), At>>,
     /// (process, region, instance) -> the address chosen for it.
     chosen: Mutex<BTreeMap<(String, String, usize), u64>>,
     next_addr: AtomicU64,
@@ -153,6 +167,8 @@ struct Shared {
     first_bad_read: Mutex<Option<String>>,
     params: BTreeMap<String, u64>,
     ncpus: u64,
+    /// Declared files, in declaration order.
+    files: Vec<(String, Arc<mm_core::mm::AddressSpace>)>,
 }
 
 /// One thread's interpreter state.
@@ -168,7 +184,7 @@ struct Runner<'a> {
     me: usize,
     /// (process, region) -> (address, pages) this thread mapped itself:
     /// looked up before what other threads mapped under the same name.
-    own: BTreeMap<(String, String), (u64, u64)>,
+    own: BTreeMap<(String, String), At>,
 }
 
 /// Why a thread stopped before its end.
@@ -226,18 +242,26 @@ impl Runner<'_> {
         })
     }
 
-    /// The pages `[a, b)` of a loc and the region's address.
-    fn loc(&mut self, process: &str, loc: &Loc) -> Result<(u64, u64, u64), Stop> {
+    fn file(&self, n: &Name) -> Result<(usize, Arc<mm_core::mm::AddressSpace>), Stop> {
+        match self.sh.files.iter().position(|(f, _)| *f == n.text) {
+            Some(i) => Ok((i, self.sh.files[i].1.clone())),
+            None => Err(self.fail(n.span, format!("file '{}' is not declared", n.text))),
+        }
+    }
+
+    /// The pages `[a, b)` of a loc and the region.
+    fn loc(&mut self, process: &str, loc: &Loc) -> Result<(At, u64, u64), Stop> {
         let key = (process.to_string(), loc.region.text.clone());
         let found = match self.own.get(&key) {
             Some(r) => Some(*r),
             None => self.sh.regions.lock().expect("regions lock").get(&key).copied(),
         };
-        let Some((addr, pages)) = found else {
+        let Some(at) = found else {
             return Err(
                 self.fail(loc.region.span, format!("region '{}' is not mapped in process {process}", loc.region.text))
             );
         };
+        let pages = at.pages;
         let (a, b) = match &loc.pages {
             LocPages::Whole => (0, pages),
             LocPages::One(e) => {
@@ -252,7 +276,7 @@ impl Runner<'_> {
                 format!("pages {a}..{b} are outside region '{}' ({pages} pages)", loc.region.text),
             ));
         }
-        Ok((addr, a, b))
+        Ok((at, a, b))
     }
 
     fn body(&mut self, mm: &Arc<MmStruct>, process: &str, body: &[Step]) -> Flow {
@@ -270,7 +294,7 @@ impl Runner<'_> {
         let k = self.k;
         let sys_err = |t: &Self, e: mm_core::ops::MmError| t.fail(st.span, format!("{}: {e}", st.kind.keyword()));
         match &st.kind {
-            StepKind::Mmap { region, size, at, prot, .. } => {
+            StepKind::Mmap { region, kind, size, at, prot, offset } => {
                 let n = self.eval(&size.expr)?;
                 let bytes = if size.pages { n * PAGE } else { n };
                 let key = (process.to_string(), region.text.clone());
@@ -286,16 +310,35 @@ impl Runner<'_> {
                         })
                     }
                 };
-                sys::mmap_anon(k, mm, addr, bytes).map_err(|e| sys_err(self, e))?;
-                if *prot != Prot::Rw {
-                    sys::mprotect(k, mm, addr, bytes, false).map_err(|e| sys_err(self, e))?;
-                }
+                let file = match kind {
+                    MapKind::FilePrivate(f) | MapKind::FileShared(f) => {
+                        let (i, mapping) = self.file(f)?;
+                        let pgoff = match offset {
+                            Some(o) => self.eval(o)? / PAGE,
+                            None => 0,
+                        };
+                        let shared = matches!(kind, MapKind::FileShared(_));
+                        let _t = syscall_entry(k, "mmap");
+                        mm_core::ops::mmap_file(k, mm, addr, bytes, *prot == Prot::Rw, shared, &mapping, pgoff)
+                            .map_err(|e| sys_err(self, e))?;
+                        Some((i, pgoff))
+                    }
+                    _ => {
+                        sys::mmap_anon(k, mm, addr, bytes).map_err(|e| sys_err(self, e))?;
+                        if *prot != Prot::Rw {
+                            sys::mprotect(k, mm, addr, bytes, false).map_err(|e| sys_err(self, e))?;
+                        }
+                        None
+                    }
+                };
                 self.work.op();
-                self.own.insert(key.clone(), (addr, bytes / PAGE));
-                self.sh.regions.lock().expect("regions lock").insert(key, (addr, bytes / PAGE));
+                let at = At { addr, pages: bytes / PAGE, file };
+                self.own.insert(key.clone(), at);
+                self.sh.regions.lock().expect("regions lock").insert(key, at);
             }
             StepKind::Write { loc, value } => {
-                let (addr, a, b) = self.loc(process, loc)?;
+                let (at, a, b) = self.loc(process, loc)?;
+                let addr = at.addr;
                 let v = match value {
                     Some(v) => self.eval(v)?,
                     None => 1,
@@ -309,7 +352,8 @@ impl Runner<'_> {
                 }
             }
             StepKind::Read { loc, expect } => {
-                let (addr, a, b) = self.loc(process, loc)?;
+                let (at, a, b) = self.loc(process, loc)?;
+                let addr = at.addr;
                 let want = match expect {
                     Some(ReadExpect::Value(v)) => Some(Some(self.eval(v)?)),
                     Some(ReadExpect::Segv) => Some(None),
@@ -345,12 +389,14 @@ impl Runner<'_> {
                 let _ = k.read_user(mm, a & !(PAGE - 1));
             }
             StepKind::Munmap { loc } => {
-                let (addr, a, b) = self.loc(process, loc)?;
+                let (at, a, b) = self.loc(process, loc)?;
+                let addr = at.addr;
                 sys::munmap(k, mm, addr + a * PAGE, (b - a) * PAGE).map_err(|e| sys_err(self, e))?;
                 self.work.op();
             }
             StepKind::Mprotect { loc, prot } => {
-                let (addr, a, b) = self.loc(process, loc)?;
+                let (at, a, b) = self.loc(process, loc)?;
+                let addr = at.addr;
                 let r = match prot {
                     Prot::Rw => sys::mprotect(k, mm, addr + a * PAGE, (b - a) * PAGE, true),
                     Prot::Ro => sys::mprotect(k, mm, addr + a * PAGE, (b - a) * PAGE, false),
@@ -361,7 +407,8 @@ impl Runner<'_> {
                 self.work.op();
             }
             StepKind::Madvise { loc, .. } => {
-                let (addr, a, b) = self.loc(process, loc)?;
+                let (at, a, b) = self.loc(process, loc)?;
+                let addr = at.addr;
                 sys::madvise_dontneed(k, mm, addr + a * PAGE, (b - a) * PAGE).map_err(|e| sys_err(self, e))?;
                 self.work.op();
             }
@@ -401,6 +448,31 @@ impl Runner<'_> {
                     Ok(()) | Err(Stop::Exit) => {}
                     Err(e) => return Err(e),
                 }
+            }
+            StepKind::Msync { loc } => {
+                let (at, a, b) = self.loc(process, loc)?;
+                let Some((i, pgoff)) = at.file else {
+                    return Err(self.fail(st.span, format!("msync of '{}', which maps no file", loc.region.text)));
+                };
+                let _t = syscall_entry(k, "msync");
+                mm_core::ops::writeback::filemap_fdatawrite_range(k, &self.sh.files[i].1, pgoff + a, pgoff + b);
+                self.work.op();
+            }
+            StepKind::Fadvise { file, pages, .. } => {
+                let (_, mapping) = self.file(file)?;
+                let (a, b) = match pages {
+                    Some((a, b)) => (self.eval(a)?, self.eval(b)?),
+                    None => (0, mapping.nr_pages),
+                };
+                let _t = syscall_entry(k, "fadvise64");
+                mm_core::ops::writeback::invalidate_mapping_pages(k, &mapping, a, b);
+                self.work.op();
+            }
+            StepKind::Truncate { file, size: None } => {
+                let (_, mapping) = self.file(file)?;
+                let _t = syscall_entry(k, "truncate");
+                mm_core::ops::writeback::truncate_inode_pages(k, &mapping);
+                self.work.op();
             }
             StepKind::Exit { .. } => return Err(Stop::Exit),
             StepKind::Spin => {
@@ -541,6 +613,15 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
     // Emulated RAM: what the script maps, twice over (RCU-freed frames
     // come back a tick later), and room for tables.
     let b = boot(ctx, frames(s, c, n) * 2 + 8192)?;
+    let files: Vec<(String, Arc<mm_core::mm::AddressSpace>)> = s
+        .files
+        .iter()
+        .map(|f| {
+            let n = const_eval(&f.size.expr, c, n, 0).unwrap_or(0);
+            let pages = if f.size.pages { n } else { n / PAGE };
+            (f.name.text.clone(), b.sys.kernel().new_file(pages))
+        })
+        .collect();
     let mut mms = BTreeMap::new();
     for p in &s.processes {
         mms.insert(p.text.clone(), b.sys.mm_alloc()?);
@@ -556,6 +637,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         first_bad_read: Mutex::new(None),
         params: c.params.clone(),
         ncpus: n,
+        files: files.clone(),
     });
     let errors: std::sync::Arc<Mutex<Vec<String>>> = Default::default();
     let log = WorkLog::new(inst.len());
@@ -602,6 +684,10 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
     let mut outcome = finish(b, log.total(), err, move |k| {
         for mm in &exit {
             sys::exit(k, mm);
+        }
+        // The page cache goes with the files (the leak check counts it).
+        for (_, f) in &files {
+            mm_core::ops::writeback::truncate_inode_pages(k, f);
         }
     });
     if let Some(e) = errors.lock().expect("errors lock").first() {
