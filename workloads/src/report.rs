@@ -216,7 +216,7 @@ impl Report {
             "expectation"
         } else if o.error.is_some() {
             "panic"
-        } else if m.violations > 0 {
+        } else if m.violations > 0 && !o.violations_expected {
             "violations"
         } else if m.leaked_total().is_some_and(|t| t != 0) {
             "leak"

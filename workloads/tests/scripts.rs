@@ -556,3 +556,26 @@ fn mmemu_run_file_gives_the_scenario_report_and_fails_on_an_expectation() {
         format!("error: {f}:25:7: found step 'spawn', which the interpreter does not run yet (issue 14); allowed by `mmemu check` only\n")
     );
 }
+
+#[test]
+fn a_race_written_as_a_script_reproduces_without_its_fix_and_is_clean_with_it() {
+    // Barriers at the RaceHooks stall point order the race exactly: no
+    // rounds, no luck.
+    let off = run_example("gup-table-free.mmemu", None);
+    assert!(off.outcome.error.is_none(), "{:?}", off.outcome.error);
+    assert!(off.failed.is_empty(), "{}", off.failed.join("\n"));
+    let kinds: Vec<&str> = off.outcome.measure.records.iter().map(|r| r.kind.name()).collect();
+    assert_eq!(kinds, ["gup-fast-freed-table"]);
+    let on = run_example("gup-table-free-rcu.mmemu", None);
+    assert!(on.outcome.error.is_none(), "{:?}", on.outcome.error);
+    assert!(on.failed.is_empty(), "{}", on.failed.join("\n"));
+    assert_eq!(on.outcome.measure.violations, 0);
+    // On the command line the expected violation is the script's result:
+    // verdict ok, exit 0.
+    let ex = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts/gup-table-free.mmemu");
+    let o = mmemu(&["run", ex.to_str().expect("utf-8 path"), "--json", "--no-pin"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json report");
+    assert_eq!(v["verdict"], "ok");
+    assert_eq!(v["violations"]["count"], 1, "{v}");
+}

@@ -151,6 +151,7 @@ where
         first_violation_at: None,
         metrics: BTreeMap::new(),
         leak_not_checked,
+        violations_expected: false,
     }
 }
 

@@ -10,10 +10,13 @@
 //! (`invalidate_mapping_pages`), `truncate` to 0 (`truncate_inode_pages`),
 //! `fork`, `exec`, `exit`, `spin`, `sleep`, `barrier`, `repeat`,
 //! `repeat until budget`, `for` (also `shuffled`) and `rand`; files with
-//! zero contents.  Every other step, kind or declaration (held threads,
-//! spawn / join, gup-fast, collapse, device, stall points, knobs, thp /
-//! hugetlb / anon-shared mmaps, file contents) is refused before the
-//! machine boots, naming its line: the rest of issue 14.
+//! zero contents; `gup-fast` (`gup_fast`, pages released after) and
+//! `collapse` (`collapse_huge_page` per 2 MiB), with their RaceHooks stall
+//! points (`at POINT { barrier … }`: the hook meets the barriers with IRQs
+//! off); the header's knobs.  Every other step, kind or declaration (held
+//! threads, spawn / join, device, thp / hugetlb / anon-shared mmaps, file
+//! contents) is refused before the machine boots, naming its line: the
+//! rest of issue 14.
 //!
 //! A barrier is a generation counter that its threads wait on with
 //! `cpu_relax` (an interrupt point: a waiting CPU still serves flush
@@ -26,13 +29,15 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use mm_core::inject::{CollapsePoint, GupFastPoint};
 use mm_core::mm::MmStruct;
+use mm_core::ops::gup::{gup_fast, put_user_pages, unpin_user_pages, Foll};
 use mm_core::sync::Arc;
 use mm_core::tlb::switch_mm;
 use mm_core::{CpuId, Kernel};
 
 use super::ast::*;
-use super::check::{Checked, PAGE};
+use super::check::{Checked, KnobSetting, PAGE};
 use super::ScriptError;
 use crate::error::RunError;
 use crate::outcome::Outcome;
@@ -66,9 +71,6 @@ pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
     if let Some(f) = s.files.iter().find(|f| f.contents != Contents::Zero) {
         return e(f.name.span, "file contents other than zero");
     }
-    if let Some(k) = s.header.knobs.first() {
-        return e(k.name.span, "a knob");
-    }
     if let Some(t) = s.threads.iter().find(|t| t.held) {
         return e(t.name.span, "a held thread");
     }
@@ -79,6 +81,7 @@ pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
                 StepKind::Mmap { .. } => Some("an mmap of thp, hugetlb or anon-shared".to_string()),
                 StepKind::Truncate { size: Some(_), .. } => Some("a truncate to a size".to_string()),
                 StepKind::Msync { .. } | StepKind::Fadvise { .. } | StepKind::Truncate { .. } => None,
+                StepKind::GupFast { .. } | StepKind::Collapse { .. } => None,
                 StepKind::Write { .. }
                 | StepKind::Read { .. }
                 | StepKind::Munmap { .. }
@@ -169,6 +172,52 @@ struct Shared {
     ncpus: u64,
     /// Declared files, in declaration order.
     files: Vec<(String, Arc<mm_core::mm::AddressSpace>)>,
+    /// Per CPU: the stall point its current gup-fast / collapse step
+    /// waits at, and the barriers it meets there (taken by the hook).
+    stalls: Vec<Mutex<Option<Armed>>>,
+}
+
+/// A stall point and the barriers met there.
+type Armed = (Point, Vec<String>);
+
+/// A RaceHooks stall point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Point {
+    Gup(GupFastPoint),
+    Collapse(CollapsePoint),
+}
+
+fn point(name: &str) -> Option<Point> {
+    Some(match name {
+        "pud-read" => Point::Gup(GupFastPoint::PudRead),
+        "pmd-read" => Point::Gup(GupFastPoint::PmdRead),
+        "pte-read" => Point::Gup(GupFastPoint::PteRead),
+        "grabbed" => Point::Gup(GupFastPoint::Grabbed),
+        "after-collapse-flush" => Point::Collapse(CollapsePoint::AfterCollapseFlush),
+        "after-isolate" => Point::Collapse(CollapsePoint::AfterIsolate),
+        _ => return None,
+    })
+}
+
+impl Shared {
+    /// At a stall point on this CPU: meet the step's barriers (IRQs are
+    /// off: a waiting walker serves no IPI, as in the kernel).
+    fn stall(&self, k: &Kernel, p: Point) {
+        let cpu = k.this_cpu().0 as usize;
+        let Some(slot) = self.stalls.get(cpu) else { return };
+        let hit = {
+            let mut g = slot.lock().expect("stall lock");
+            match g.as_ref() {
+                Some((q, _)) if *q == p => g.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, bars)) = hit {
+            for b in bars {
+                self.barriers[&b].wait(k);
+            }
+        }
+    }
 }
 
 /// One thread's interpreter state.
@@ -284,6 +333,21 @@ impl Runner<'_> {
             self.step(mm, process, st)?;
         }
         Ok(())
+    }
+
+    /// Arm this CPU's stall slot for the next kernel call.
+    fn arm(&self, stall: &Option<Stall>) -> Result<(), Stop> {
+        if let Some(st) = stall {
+            let p = point(&st.point.text).ok_or_else(|| self.fail(st.point.span, "unknown stall point"))?;
+            let bars = st.barriers.iter().map(|b| b.text.clone()).collect();
+            *self.sh.stalls[self.cpu as usize].lock().expect("stall lock") = Some((p, bars));
+        }
+        Ok(())
+    }
+
+    /// A stall the call never reached does not carry over to the next one.
+    fn disarm(&self) {
+        self.sh.stalls[self.cpu as usize].lock().expect("stall lock").take();
     }
 
     fn done_working(&self) {
@@ -474,6 +538,30 @@ impl Runner<'_> {
                 mm_core::ops::writeback::truncate_inode_pages(k, &mapping);
                 self.work.op();
             }
+            StepKind::GupFast { loc, write, pin, stall } => {
+                let (at, a, b) = self.loc(process, loc)?;
+                let mut flags = if *pin { Foll::PIN } else { Foll::GET };
+                if *write {
+                    flags = flags | Foll::WRITE;
+                }
+                self.arm(stall)?;
+                let pages = gup_fast(k, mm, at.addr + a * PAGE, b - a, flags);
+                self.disarm();
+                if *pin {
+                    unpin_user_pages(k, &pages);
+                } else {
+                    put_user_pages(k, &pages);
+                }
+            }
+            StepKind::Collapse { loc, stall } => {
+                let (at, a, b) = self.loc(process, loc)?;
+                let pmd = super::check::PMD_PAGES;
+                for r in (a..b).step_by(pmd as usize) {
+                    self.arm(stall)?;
+                    let _ = mm_core::ops::khugepaged::collapse_huge_page(k, mm, at.addr + r * PAGE);
+                    self.disarm();
+                }
+            }
             StepKind::Exit { .. } => return Err(Stop::Exit),
             StepKind::Spin => {
                 self.done_working();
@@ -564,6 +652,13 @@ fn barrier_names(body: &[Step], out: &mut Vec<String>) {
     for st in body {
         match &st.kind {
             StepKind::Barrier { name } if !out.contains(&name.text) => out.push(name.text.clone()),
+            StepKind::GupFast { stall: Some(st), .. } | StepKind::Collapse { stall: Some(st), .. } => {
+                for b in &st.barriers {
+                    if !out.contains(&b.text) {
+                        out.push(b.text.clone());
+                    }
+                }
+            }
             StepKind::Fork { body, .. }
             | StepKind::Exec { body, .. }
             | StepKind::Repeat { body, .. }
@@ -610,6 +705,23 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
                 .parties += 1;
         }
     }
+    // The header's knobs (KernelConfig fields; the test knob after boot).
+    let mut ctx = ctx.clone();
+    for (name, v) in &c.knobs {
+        let kc = &mut ctx.kcfg;
+        match (*name, *v) {
+            ("rcu-table-free", KnobSetting::Bool(on)) => kc.rcu_table_free = on,
+            ("pte-free-defer", KnobSetting::Bool(on)) => kc.pte_free_defer = on,
+            ("table-free-one-sync", KnobSetting::Bool(on)) => kc.table_free_one_sync = on,
+            ("gup-oracle", KnobSetting::Bool(on)) => kc.gup_oracle = on,
+            ("strict-free-check", KnobSetting::Bool(on)) => kc.strict_free_check = on,
+            ("init-on-free", KnobSetting::Bool(on)) => kc.init_on_free = on,
+            ("debug-vm", KnobSetting::Bool(on)) => kc.debug_vm = on,
+            ("tlb-single-page-flush-ceiling", KnobSetting::Num(x)) => kc.tlb_single_page_flush_ceiling = x,
+            _ => {}
+        }
+    }
+    let ctx = &ctx;
     // Emulated RAM: what the script maps, twice over (RCU-freed frames
     // come back a tick later), and room for tables.
     let b = boot(ctx, frames(s, c, n) * 2 + 8192)?;
@@ -638,7 +750,19 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         params: c.params.clone(),
         ncpus: n,
         files: files.clone(),
+        stalls: (0..n).map(|_| Mutex::new(None)).collect(),
     });
+    {
+        let (g, cl) = (sh.clone(), sh.clone());
+        let k = b.sys.kernel();
+        k.inject.race.set_gup_fast(move |k, p, _va| g.stall(k, Point::Gup(p)));
+        k.inject.race.set_collapse(move |k, p, _va| cl.stall(k, Point::Collapse(p)));
+        for (name, v) in &c.knobs {
+            if let (&"hugetlb-unshare-sync-after-unlock", KnobSetting::Bool(on)) = (name, v) {
+                k.inject.knobs.hugetlb_unshare_sync_after_unlock.set(*on);
+            }
+        }
+    }
     let errors: std::sync::Arc<Mutex<Vec<String>>> = Default::default();
     let log = WorkLog::new(inst.len());
     let until = b.until;

@@ -126,6 +126,8 @@ fn run_loaded(ctx: &Ctx) -> Result<Outcome, RunError> {
     let checked = check(&l.file, &l.script, &params).map_err(|e| RunError::Config(e.to_string()))?;
     let r = interp::run(&l.file, &l.script, &checked, ctx)?;
     let mut outcome = r.outcome;
+    outcome.violations_expected =
+        r.failed.is_empty() && l.script.expects.iter().any(|e| matches!(e.target, ast::Target::Violations(_)));
     if let Some(first) = r.failed.first() {
         let more = match r.failed.len() {
             1 => String::new(),
