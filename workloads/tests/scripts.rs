@@ -579,3 +579,30 @@ fn a_race_written_as_a_script_reproduces_without_its_fix_and_is_clean_with_it() 
     assert_eq!(v["verdict"], "ok");
     assert_eq!(v["violations"]["count"], 1, "{v}");
 }
+
+#[test]
+fn the_native_scenarios_as_scripts_run_the_same_program() {
+    // Same seed: the same seed-drawn choices in the same order (the
+    // report's program digest), the same rounds and syscalls.  Counts that
+    // depend on timing (which CPU is in the mm when a flush goes out)
+    // differ run to run for the native scenarios too.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts");
+    for name in ["munmap-storm", "madvise-dontneed", "mprotect-pingpong"] {
+        let report = |what: &str| -> serde_json::Value {
+            let o = mmemu(&["run", what, "--iterations", "4", "--seed", "7", "--json", "--no-pin"]);
+            assert_eq!(o.status.code(), Some(0), "{what}: {o:?}");
+            serde_json::from_slice(&o.stdout).expect("json report")
+        };
+        let native = report(name);
+        let script = report(dir.join(format!("{name}.mmemu")).to_str().expect("utf-8 path"));
+        for key in ["scenario", "program_digest", "iterations", "ops", "cpus", "params"] {
+            assert_eq!(native[key], script[key], "{name}: {key}");
+        }
+        // munmap-storm's peeks fault or not as the neighbour's region is
+        // mapped or not at that moment: timing.  The others touch only
+        // their own pages.
+        if name != "munmap-storm" {
+            assert_eq!(native["counters"]["pgfault"], script["counters"]["pgfault"], "{name}: page faults");
+        }
+    }
+}

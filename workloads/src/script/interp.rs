@@ -766,17 +766,28 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
     let errors: std::sync::Arc<Mutex<Vec<String>>> = Default::default();
     let log = WorkLog::new(inst.len());
     let until = b.until;
+    // Seed streams: the threads that start together take 0, 1, … in
+    // declaration order (the native scenarios' per-CPU streams for `on each
+    // cpu`), `first` threads the numbers after them.
+    let mut streams = vec![0u64; inst.len()];
+    let together = inst.iter().filter(|(t, _)| !t.first).count() as u64;
+    let (mut a, mut f) = (0u64, together);
+    for (i, (t, _)) in inst.iter().enumerate() {
+        let n = if t.first { &mut f } else { &mut a };
+        streams[i] = *n;
+        *n += 1;
+    }
     let spawn = |i: usize, t: &Thread, cpu: u64| {
         let (sh, errors, body, process) = (sh.clone(), errors.clone(), t.body.clone(), t.process.text.clone());
         let work = log.thread(i);
-        let seed = ctx.seed;
+        let (seed, stream) = (ctx.seed, streams[i]);
         b.sys.spawn_user(CpuId(cpu as u32), &mms[&t.process.text], move |k, mm| {
             let mut th = Runner {
                 sh: &sh,
                 k,
                 cpu,
                 vars: Vec::new(),
-                rng: Rng::new(seed, i as u64),
+                rng: Rng::new(seed, stream),
                 work,
                 until,
                 me: i,
