@@ -13,8 +13,10 @@
 //! zero contents; `gup-fast` (`gup_fast`, pages released after) and
 //! `collapse` (`collapse_huge_page` per 2 MiB), with their RaceHooks stall
 //! points (`at POINT { barrier … }`: the hook meets the barriers with IRQs
-//! off); the header's knobs.  Every other step, kind or declaration (held
-//! threads, spawn / join, device, thp / hugetlb / anon-shared mmaps, file
+//! off); `device` (an SVA device bound to the process on first use,
+//! `iommu_sva_bind_device`, DMA through its IOTLB, unbound at the thread's
+//! end); the header's knobs.  Every other step, kind or declaration (held
+//! threads, spawn / join, thp / hugetlb / anon-shared mmaps, file
 //! contents) is refused before the machine boots, naming its line: the
 //! rest of issue 14.
 //!
@@ -43,6 +45,10 @@ use crate::error::RunError;
 use crate::outcome::Outcome;
 use crate::scenarios::native::{boot, finish, join_into, sys, syscall_entry, Rng, WorkLog};
 use crate::scenarios::Ctx;
+
+/// Device faults one SVA access retries before it gives up (a livelock):
+/// the race driver's bound (races/iommu_sva.rs).
+const DEVICE_RETRY_BOUND: u32 = 8;
 
 /// Where chosen addresses start (the user half, far above the examples'
 /// fixed ones), and the stride between two regions.
@@ -81,7 +87,7 @@ pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
                 StepKind::Mmap { .. } => Some("an mmap of thp, hugetlb or anon-shared".to_string()),
                 StepKind::Truncate { size: Some(_), .. } => Some("a truncate to a size".to_string()),
                 StepKind::Msync { .. } | StepKind::Fadvise { .. } | StepKind::Truncate { .. } => None,
-                StepKind::GupFast { .. } | StepKind::Collapse { .. } => None,
+                StepKind::GupFast { .. } | StepKind::Collapse { .. } | StepKind::Device { .. } => None,
                 StepKind::Write { .. }
                 | StepKind::Read { .. }
                 | StepKind::Munmap { .. }
@@ -231,6 +237,8 @@ struct Runner<'a> {
     until: crate::budget::Until,
     /// This thread's instance index (chosen addresses are per instance).
     me: usize,
+    /// SVA devices this thread bound, per process (unbound at its end).
+    devices: BTreeMap<String, Arc<mm_core::iommu::SvaDevice>>,
     /// (process, region) -> (address, pages) this thread mapped itself:
     /// looked up before what other threads mapped under the same name.
     own: BTreeMap<(String, String), At>,
@@ -562,6 +570,48 @@ impl Runner<'_> {
                     self.disarm();
                 }
             }
+            StepKind::Device { write, loc, value, expect } => {
+                let (at, a, b) = self.loc(process, loc)?;
+                let dev = self
+                    .devices
+                    .entry(process.to_string())
+                    .or_insert_with(|| mm_core::iommu::iommu_sva_bind_device(k, mm, DEVICE_RETRY_BOUND))
+                    .clone();
+                let v = match value {
+                    Some(v) => self.eval(v)?,
+                    None => 1,
+                };
+                let want = match expect {
+                    Some(e) => Some(self.eval(e)?),
+                    None => None,
+                };
+                for p in a..b {
+                    let va = at.addr + p * PAGE;
+                    let r = if *write { dev.dma_write(k, va, v) } else { dev.dma_read(k, va) };
+                    let got = match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            return Err(self.fail(
+                                st.span,
+                                format!("device access to page {p} of '{}' failed: {e:?}", loc.region.text),
+                            ))
+                        }
+                    };
+                    // A write returns the old word: its expectation is on that.
+                    if want.is_some_and(|w| w != got) {
+                        self.sh.reads_failed.fetch_add(1, Ordering::Relaxed);
+                        let msg = format!(
+                            "{}:{}:{}: device access to page {p} of '{}' saw {got}; expected {}",
+                            self.sh.file,
+                            st.span.line,
+                            st.span.col,
+                            loc.region.text,
+                            want.unwrap_or_default()
+                        );
+                        self.sh.first_bad_read.lock().expect("read lock").get_or_insert(msg);
+                    }
+                }
+            }
             StepKind::Exit { .. } => return Err(Stop::Exit),
             StepKind::Spin => {
                 self.done_working();
@@ -792,8 +842,12 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
                 until,
                 me: i,
                 own: BTreeMap::new(),
+                devices: BTreeMap::new(),
             };
             let r = th.body(mm, &process, &body);
+            for (_, d) in std::mem::take(&mut th.devices) {
+                d.iommu_sva_unbind_device();
+            }
             match r {
                 Ok(()) | Err(Stop::Budget) => th.done_working(),
                 Err(Stop::Exit) => {}
