@@ -562,18 +562,18 @@ fn mmemu_run_file_gives_the_scenario_report_and_fails_on_an_expectation() {
 fn a_race_written_as_a_script_reproduces_without_its_fix_and_is_clean_with_it() {
     // Barriers at the RaceHooks stall point order the race exactly: no
     // rounds, no luck.
-    let off = run_example("gup-table-free.mmemu", None);
+    let off = run_example("gup-table-free-stall.mmemu", None);
     assert!(off.outcome.error.is_none(), "{:?}", off.outcome.error);
     assert!(off.failed.is_empty(), "{}", off.failed.join("\n"));
     let kinds: Vec<&str> = off.outcome.measure.records.iter().map(|r| r.kind.name()).collect();
     assert_eq!(kinds, ["gup-fast-freed-table"]);
-    let on = run_example("gup-table-free-rcu.mmemu", None);
+    let on = run_example("gup-table-free-stall-rcu.mmemu", None);
     assert!(on.outcome.error.is_none(), "{:?}", on.outcome.error);
     assert!(on.failed.is_empty(), "{}", on.failed.join("\n"));
     assert_eq!(on.outcome.measure.violations, 0);
     // On the command line the expected violation is the script's result:
     // verdict ok, exit 0.
-    let ex = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts/gup-table-free.mmemu");
+    let ex = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts/gup-table-free-stall.mmemu");
     let o = mmemu(&["run", ex.to_str().expect("utf-8 path"), "--json", "--no-pin"]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json report");
@@ -606,4 +606,28 @@ fn the_native_scenarios_as_scripts_run_the_same_program() {
             assert_eq!(native["counters"]["pgfault"], script["counters"]["pgfault"], "{name}: page faults");
         }
     }
+}
+
+#[test]
+fn every_example_is_shipped_and_listed() {
+    let files: Vec<String> = examples()
+        .iter()
+        .map(|(p, _)| std::path::Path::new(p).file_name().expect("file name").to_string_lossy().into_owned())
+        .collect();
+    let shipped: Vec<&str> = workloads::script::shipped::SHIPPED.iter().map(|(f, _)| *f).collect();
+    assert_eq!(files, shipped, "workloads/src/script/shipped.rs lists examples/scripts/*.mmemu");
+    let o = mmemu(&["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let names: Vec<&str> =
+        v["scripts"].as_array().expect("scripts").iter().map(|s| s["name"].as_str().unwrap_or("")).collect();
+    assert_eq!(names.len(), files.len());
+    assert!(names.contains(&"tlb-flush2"), "{names:?}");
+    let exit_storm =
+        v["scripts"].as_array().expect("scripts").iter().find(|s| s["name"] == "exit-storm").expect("exit-storm");
+    assert_eq!(exit_storm["runs"], false);
+    // A shipped script runs by its name when no scenario has it.
+    let o = mmemu(&["run", "tlb-flush2", "--iterations", "1", "--json", "--no-pin"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["scenario"], "tlb-flush2");
 }

@@ -164,7 +164,10 @@ fn parse_scenario(s: &str) -> Result<&'static Scenario, String> {
     if s.ends_with(".mmemu") || s.contains('/') {
         return crate::script::load(s);
     }
-    scenarios::find(s)
+    scenarios::find(s).or_else(|e| match crate::script::shipped::find(s) {
+        Some((file, src)) => crate::script::load_source(&format!("examples/scripts/{file}"), src),
+        None => Err(e),
+    })
 }
 
 fn parse_fix(s: &str) -> Result<Fix, String> {

@@ -10,6 +10,7 @@ pub mod check;
 pub mod interp;
 mod lex;
 mod parse;
+pub mod shipped;
 
 pub use check::{check, Checked};
 pub use parse::parse;
@@ -76,7 +77,20 @@ pub fn load(path: &str) -> Result<&'static Scenario, String> {
         std::fs::read(path).map_err(|e| format!("cannot read script '{path}': {e}; allowed a readable .mmemu file"))?;
     let src = String::from_utf8(src)
         .map_err(|_| format!("script '{path}' is not UTF-8 text; allowed a UTF-8 .mmemu file"))?;
-    let script = parse(path, &src).map_err(|e| e.to_string())?;
+    load_source(path, &src)
+}
+
+/// `load` of a source already in memory (a shipped script), named `path`
+/// in errors and the report.
+pub fn load_source(path: &str, src: &str) -> Result<&'static Scenario, String> {
+    if let Some(l) = LOADED.get() {
+        return if l.file == path {
+            Ok(l.scenario)
+        } else {
+            Err(format!("a second script '{path}'; allowed one per run"))
+        };
+    }
+    let script = parse(path, src).map_err(|e| e.to_string())?;
     let checked = check(path, &script, &[]).map_err(|e| e.to_string())?;
     if let Some(e) = interp::unsupported(path, &script) {
         return Err(e.to_string());
