@@ -201,6 +201,10 @@ fn each_check_error_is_one_line_naming_what_and_what_is_allowed() {
             "thread A on cpu 0 in P first {\n  barrier b\n}\nthread B on cpu 1 in P {\n  barrier b\n}\n",
             "t.mmemu:5:11: found barrier 'b' in thread A, which runs first and alone; allowed no barrier in a 'first' thread",
         ),
+        (
+            "thread A on cpu 0 in P held {\n  sleep\n}\nthread B on cpu 0 in P {\n  start A\n}\n",
+            "t.mmemu:7:8: found threads A and B on CPU 0, one of them held; allowed a held thread alone on its CPU (it holds the CPU, lazy, until it is started)",
+        ),
         (&thread("  join X\n"), "t.mmemu:5:8: found 'join X' with no 'spawn X' earlier in this block; allowed a thread this block spawned"),
         (
             "thread A on cpu 0 in P {\n  spawn S {\n    barrier b\n  }\n}\nthread B on cpu 1 in P {\n  barrier b\n}\n",
@@ -630,4 +634,27 @@ fn every_example_is_shipped_and_listed() {
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["scenario"], "tlb-flush2");
+}
+
+#[test]
+fn a_held_thread_runs_when_started() {
+    // B waits on CPU1 (a lazy kernel thread) until A starts it; then both
+    // meet, B reads what A wrote, and A's MADV_DONTNEED must reach CPU1.
+    let src = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 1 page\n  write R[0] = 9\n  start B\n  barrier in\n  barrier read\n  madvise R dontneed\n  barrier zapped\n}\n\
+               thread B on cpu 1 in P held {\n  barrier in\n  read R[0] expect 9\n  barrier read\n  barrier zapped\n  read R[0] expect 0\n}\nexpect reads failed == 0\nexpect violations == 0\nexpect leaked == 0\n";
+    let s = workloads::script::parse("t.mmemu", src).unwrap_or_else(|e| panic!("{e}"));
+    let c = workloads::script::check("t.mmemu", &s, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let ctx = workloads::scenarios::Ctx {
+        kcfg: mm_core::KernelConfig { nr_cpus: 2, ..mm_core::KernelConfig::default() },
+        machine: emu_cpu::MachineConfig::default(),
+        budget: workloads::budget::Budget::Iterations(1),
+        seed: 1,
+        params: Default::default(),
+        stop_on_violation: false,
+    };
+    let r = workloads::script::interp::run("t.mmemu", &s, &c, &ctx).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.outcome.error.is_none(), "{:?}", r.outcome.error);
+    assert!(r.failed.is_empty(), "{}", r.failed.join("\n"));
+    assert_eq!(r.reads_failed, 0);
+    assert!(r.outcome.measure.per_cpu["irq_tlb_count"][1] >= 1, "the zap reached CPU1");
 }

@@ -168,6 +168,7 @@ struct Instance {
     name: String,
     cpu: u64,
     first: bool,
+    held: bool,
     /// Where the thread is declared; whether its body ends with `spin`.
     span: Span,
     spins: bool,
@@ -455,6 +456,7 @@ impl<'a> Checker<'a> {
                     name,
                     cpu,
                     first: t.first,
+                    held: t.held,
                     span: t.name.span,
                     spins: matches!(t.body.last().map(|s| &s.kind), Some(StepKind::Spin)),
                     events,
@@ -1092,6 +1094,16 @@ impl<'a> Checker<'a> {
             for b in &inst[i + 1..] {
                 if a.cpu != b.cpu || a.first || b.first {
                     continue;
+                }
+                if a.held || b.held {
+                    let h = if a.held { a } else { b };
+                    return self.err(
+                        b.span,
+                        format!(
+                            "found threads {} and {} on CPU {}, one of them held; allowed a held thread alone on its CPU (it holds the CPU, lazy, until it is started)",
+                            a.name, b.name, h.cpu
+                        ),
+                    );
                 }
                 if a.spins {
                     return self.err(

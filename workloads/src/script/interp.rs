@@ -15,8 +15,9 @@
 //! points (`at POINT { barrier … }`: the hook meets the barriers with IRQs
 //! off); `device` (an SVA device bound to the process on first use,
 //! `iommu_sva_bind_device`, DMA through its IOTLB, unbound at the thread's
-//! end); the header's knobs.  Every other step, kind or declaration (held
-//! threads, spawn / join, thp / hugetlb / anon-shared mmaps, file
+//! end); `held` threads (a kernel thread on their CPU, lazy, until `start`)
+//! and `start`; the header's knobs.  Every other step, kind or declaration
+//! (spawn / join, thp / hugetlb / anon-shared mmaps, file
 //! contents) is refused before the machine boots, naming its line: the
 //! rest of issue 14.
 //!
@@ -77,9 +78,6 @@ pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
     if let Some(f) = s.files.iter().find(|f| f.contents != Contents::Zero) {
         return e(f.name.span, "file contents other than zero");
     }
-    if let Some(t) = s.threads.iter().find(|t| t.held) {
-        return e(t.name.span, "a held thread");
-    }
     fn walk(b: &[Step]) -> Option<(Span, String)> {
         for st in b {
             let bad = match &st.kind {
@@ -88,6 +86,7 @@ pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
                 StepKind::Truncate { size: Some(_), .. } => Some("a truncate to a size".to_string()),
                 StepKind::Msync { .. } | StepKind::Fadvise { .. } | StepKind::Truncate { .. } => None,
                 StepKind::GupFast { .. } | StepKind::Collapse { .. } | StepKind::Device { .. } => None,
+                StepKind::Start { .. } => None,
                 StepKind::Write { .. }
                 | StepKind::Read { .. }
                 | StepKind::Munmap { .. }
@@ -181,6 +180,8 @@ struct Shared {
     /// Per CPU: the stall point its current gup-fast / collapse step
     /// waits at, and the barriers it meets there (taken by the hook).
     stalls: Vec<Mutex<Option<Armed>>>,
+    /// Held threads: set by `start NAME`.
+    started: BTreeMap<String, std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A stall point and the barriers met there.
@@ -612,6 +613,10 @@ impl Runner<'_> {
                     }
                 }
             }
+            StepKind::Start { thread } => match self.sh.started.get(&thread.text) {
+                Some(f) => f.store(true, Ordering::SeqCst),
+                None => return Err(self.fail(thread.span, format!("thread '{}' is not held", thread.text))),
+            },
             StepKind::Exit { .. } => return Err(Stop::Exit),
             StepKind::Spin => {
                 self.done_working();
@@ -801,6 +806,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         ncpus: n,
         files: files.clone(),
         stalls: (0..n).map(|_| Mutex::new(None)).collect(),
+        started: s.threads.iter().filter(|t| t.held).map(|t| (t.name.text.clone(), Default::default())).collect(),
     });
     {
         let (g, cl) = (sh.clone(), sh.clone());
@@ -831,7 +837,9 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         let (sh, errors, body, process) = (sh.clone(), errors.clone(), t.body.clone(), t.process.text.clone());
         let work = log.thread(i);
         let (seed, stream) = (ctx.seed, streams[i]);
-        b.sys.spawn_user(CpuId(cpu as u32), &mms[&t.process.text], move |k, mm| {
+        let held = t.held.then(|| sh.started[&t.name.text].clone());
+        let mm = mms[&t.process.text].clone();
+        let job = move |k: &Arc<Kernel>, mm: &Arc<MmStruct>| {
             let mut th = Runner {
                 sh: &sh,
                 k,
@@ -856,7 +864,25 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
                     errors.lock().expect("errors lock").push(e);
                 }
             }
-        })
+        };
+        match held {
+            None => b.sys.spawn_user(CpuId(cpu as u32), &mm, job),
+            // A held thread: a kernel thread (lazy TLB, the CPU as good as
+            // idle) until some step starts it, then the task in its mm.
+            Some(flag) => b.sys.spawn_kthread(CpuId(cpu as u32), move |k| {
+                let mut spins = 0u32;
+                while !flag.load(Ordering::SeqCst) {
+                    k.smp.cpu_relax();
+                    spins += 1;
+                    if spins.is_multiple_of(32) {
+                        std::thread::yield_now();
+                    }
+                }
+                switch_mm(k, &mm);
+                job(k, &mm);
+                mm_core::tlb::enter_lazy_tlb(k);
+            }),
+        }
     };
     // `first` threads run to their end before the others start.
     let mut err = None;
