@@ -482,6 +482,7 @@ fn examples_with_basic_steps_run_clean_and_meet_their_expectations() {
         ("madvise-dontneed.mmemu", Some(3)),
         ("mprotect-pingpong.mmemu", Some(3)),
         ("sva-dontneed.mmemu", None),
+        ("file-contents-cow.mmemu", None),
     ] {
         let r = run_example(name, rounds);
         assert!(r.outcome.error.is_none(), "{name}: {:?}", r.outcome.error);

@@ -4,7 +4,8 @@
 //! expectations judged on the `Outcome`.
 //!
 //! Run today: anonymous private and file (`mmap_file`, private or shared)
-//! `mmap` (at a given or a chosen address), `write`, `read` (with
+//! `mmap` (at a given or a chosen address; files with their contents on
+//! disk), `write`, `read` (with
 //! `expect`), `peek`, `munmap`, `mprotect`, `madvise … dontneed`, `msync`
 //! (`filemap_fdatawrite_range`), `fadvise … dontneed`
 //! (`invalidate_mapping_pages`), `truncate` to 0 (`truncate_inode_pages`),
@@ -17,8 +18,8 @@
 //! `iommu_sva_bind_device`, DMA through its IOTLB, unbound at the thread's
 //! end); `held` threads (a kernel thread on their CPU, lazy, until `start`)
 //! and `start`; the header's knobs.  Every other step, kind or declaration
-//! (spawn / join, thp / hugetlb / anon-shared mmaps, file
-//! contents) is refused before the machine boots, naming its line: the
+//! (spawn / join, thp / hugetlb / anon-shared mmaps, truncate to a
+//! size) is refused before the machine boots, naming its line: the
 //! rest of issue 14.
 //!
 //! A barrier is a generation counter that its threads wait on with
@@ -75,9 +76,6 @@ pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
             format!("found {what}, which the interpreter does not run yet (issue 14); allowed by `mmemu check` only"),
         ))
     };
-    if let Some(f) = s.files.iter().find(|f| f.contents != Contents::Zero) {
-        return e(f.name.span, "file contents other than zero");
-    }
     fn walk(b: &[Step]) -> Option<(Span, String)> {
         for st in b {
             let bad = match &st.kind {
@@ -786,7 +784,23 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         .map(|f| {
             let n = const_eval(&f.size.expr, c, n, 0).unwrap_or(0);
             let pages = if f.size.pages { n } else { n / PAGE };
-            (f.name.text.clone(), b.sys.kernel().new_file(pages))
+            let file = b.sys.kernel().new_file(pages);
+            // The file's first words on disk: page i reads i (`index`) or V
+            // (`fill V`) when it is first faulted in.
+            let word = |i: u64| match &f.contents {
+                Contents::Zero => None,
+                Contents::Index => Some(i),
+                Contents::Fill(e) => const_eval(e, c, n, 0).ok(),
+            };
+            {
+                let mut disk = file.disk.lock();
+                for i in 0..pages {
+                    if let Some(w) = word(i) {
+                        disk.insert(i, vec![w]);
+                    }
+                }
+            }
+            (f.name.text.clone(), file)
         })
         .collect();
     let mut mms = BTreeMap::new();

@@ -8,6 +8,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("dontneed-sibling-sleeps.mmemu", include_str!("../../../examples/scripts/dontneed-sibling-sleeps.mmemu")),
     ("dontneed-sibling-spins.mmemu", include_str!("../../../examples/scripts/dontneed-sibling-spins.mmemu")),
     ("exit-storm.mmemu", include_str!("../../../examples/scripts/exit-storm.mmemu")),
+    ("file-contents-cow.mmemu", include_str!("../../../examples/scripts/file-contents-cow.mmemu")),
     ("fork-cow.mmemu", include_str!("../../../examples/scripts/fork-cow.mmemu")),
     ("gup-table-free-stall-rcu.mmemu", include_str!("../../../examples/scripts/gup-table-free-stall-rcu.mmemu")),
     ("gup-table-free-stall.mmemu", include_str!("../../../examples/scripts/gup-table-free-stall.mmemu")),
