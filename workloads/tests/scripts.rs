@@ -659,3 +659,24 @@ fn a_held_thread_runs_when_started() {
     assert_eq!(r.reads_failed, 0);
     assert!(r.outcome.measure.per_cpu["irq_tlb_count"][1] >= 1, "the zap reached CPU1");
 }
+
+#[test]
+fn a_script_that_deadlocks_at_run_time_ends_as_the_watchdogs_error() {
+    // A faults (its region is gone) before the barrier B waits at: no
+    // static check sees it; the hang detector ends the run.
+    let src = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 1 page\n  munmap R\n  write R[0]\n  barrier b\n}\nthread B on cpu 1 in P {\n  barrier b\n}\n";
+    let s = workloads::script::parse("t.mmemu", src).unwrap_or_else(|e| panic!("{e}"));
+    let c = workloads::script::check("t.mmemu", &s, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let machine = emu_cpu::MachineConfig { hang_timeout: std::time::Duration::from_millis(300), ..Default::default() };
+    let ctx = workloads::scenarios::Ctx {
+        kcfg: mm_core::KernelConfig { nr_cpus: 2, ..mm_core::KernelConfig::default() },
+        machine,
+        budget: workloads::budget::Budget::Iterations(1),
+        seed: 1,
+        params: Default::default(),
+        stop_on_violation: false,
+    };
+    let r = workloads::script::interp::run("t.mmemu", &s, &c, &ctx).unwrap_or_else(|e| panic!("{e}"));
+    let e = r.outcome.error.expect("the run must end in an error");
+    assert!(e.is_hang(), "{e}");
+}

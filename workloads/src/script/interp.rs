@@ -30,7 +30,7 @@
 //! watchdog reports the hang.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use mm_core::inject::{CollapsePoint, GupFastPoint};
@@ -138,15 +138,20 @@ struct Barrier {
 }
 
 impl Barrier {
-    fn wait(&self, k: &Kernel) {
+    /// Wait for the other parties; false if the run was aborted meanwhile
+    /// (a hang elsewhere: the waiter must let its CPU stop).
+    fn wait(&self, k: &Kernel, abort: &AtomicBool) -> bool {
         let g = self.generation.load(Ordering::SeqCst);
         if self.arrived.fetch_add(1, Ordering::SeqCst) + 1 == self.parties {
             self.arrived.store(0, Ordering::SeqCst);
             self.generation.fetch_add(1, Ordering::SeqCst);
-            return;
+            return true;
         }
         let mut spins = 0u32;
         while self.generation.load(Ordering::SeqCst) == g {
+            if abort.load(Ordering::Relaxed) {
+                return false;
+            }
             k.smp.cpu_relax();
             spins += 1;
             if spins.is_multiple_of(32) {
@@ -155,6 +160,7 @@ impl Barrier {
                 std::hint::spin_loop();
             }
         }
+        true
     }
 }
 
@@ -178,6 +184,9 @@ struct Shared {
     /// Per CPU: the stall point its current gup-fast / collapse step
     /// waits at, and the barriers it meets there (taken by the hook).
     stalls: Vec<Mutex<Option<Armed>>>,
+    /// The run ended in a machine error: every waiting thread gives up so
+    /// its CPU can stop.
+    abort: AtomicBool,
     /// Held threads: set by `start NAME`.
     started: BTreeMap<String, std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -219,7 +228,9 @@ impl Shared {
         };
         if let Some((_, bars)) = hit {
             for b in bars {
-                self.barriers[&b].wait(k);
+                if !self.barriers[&b].wait(k, &self.abort) {
+                    return;
+                }
             }
         }
     }
@@ -619,7 +630,7 @@ impl Runner<'_> {
             StepKind::Spin => {
                 self.done_working();
                 let mut spins = 0u32;
-                while self.sh.working.load(Ordering::SeqCst) > 0 {
+                while self.sh.working.load(Ordering::SeqCst) > 0 && !self.sh.abort.load(Ordering::Relaxed) {
                     k.smp.cpu_relax();
                     spins += 1;
                     if spins.is_multiple_of(32) {
@@ -632,7 +643,11 @@ impl Runner<'_> {
                 self.done_working();
                 return Err(Stop::Exit);
             }
-            StepKind::Barrier { name } => self.sh.barriers[&name.text].wait(k),
+            StepKind::Barrier { name } => {
+                if !self.sh.barriers[&name.text].wait(k, &self.sh.abort) {
+                    return Err(self.fail(st.span, "the run was aborted while this thread waited at the barrier"));
+                }
+            }
             StepKind::Repeat { count, body } => {
                 let n = self.eval(count)?;
                 for _ in 0..n {
@@ -820,6 +835,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         ncpus: n,
         files: files.clone(),
         stalls: (0..n).map(|_| Mutex::new(None)).collect(),
+        abort: AtomicBool::new(false),
         started: s.threads.iter().filter(|t| t.held).map(|t| (t.name.text.clone(), Default::default())).collect(),
     });
     {
@@ -852,6 +868,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         let work = log.thread(i);
         let (seed, stream) = (ctx.seed, streams[i]);
         let held = t.held.then(|| sh.started[&t.name.text].clone());
+        let abort_of = sh.clone();
         let mm = mms[&t.process.text].clone();
         let job = move |k: &Arc<Kernel>, mm: &Arc<MmStruct>| {
             let mut th = Runner {
@@ -884,8 +901,12 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
             // A held thread: a kernel thread (lazy TLB, the CPU as good as
             // idle) until some step starts it, then the task in its mm.
             Some(flag) => b.sys.spawn_kthread(CpuId(cpu as u32), move |k| {
+                let abort = &abort_of.abort;
                 let mut spins = 0u32;
                 while !flag.load(Ordering::SeqCst) {
+                    if abort.load(Ordering::Relaxed) {
+                        return;
+                    }
                     k.smp.cpu_relax();
                     spins += 1;
                     if spins.is_multiple_of(32) {
@@ -902,6 +923,10 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
     let mut err = None;
     for (i, (t, cpu)) in inst.iter().enumerate().filter(|(_, (t, _))| t.first) {
         join_into(&b, vec![spawn(i, t, *cpu)], &mut err);
+        if err.is_some() {
+            sh.abort.store(true, Ordering::SeqCst);
+            break;
+        }
     }
     let hs = if err.is_some() {
         Vec::new()
@@ -909,6 +934,9 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         inst.iter().enumerate().filter(|(_, (t, _))| !t.first).map(|(i, (t, cpu))| spawn(i, t, *cpu)).collect()
     };
     join_into(&b, hs, &mut err);
+    if err.is_some() {
+        sh.abort.store(true, Ordering::SeqCst);
+    }
     let exit: Vec<Arc<MmStruct>> = mms.into_values().collect();
     let mut outcome = finish(b, log.total(), err, move |k| {
         for mm in &exit {
