@@ -680,3 +680,40 @@ fn a_script_that_deadlocks_at_run_time_ends_as_the_watchdogs_error() {
     let e = r.outcome.error.expect("the run must end in an error");
     assert!(e.is_hang(), "{e}");
 }
+
+#[test]
+fn mmemu_reproduce_with_a_script_runs_it_with_the_fix_off_and_on() {
+    // A lazy CPU keeps the freed tables in its paging-structure cache but
+    // never walks again: no violation either way, so this script does not
+    // reproduce lazy-tlb-freed-tables (exit 1); both runs are the script,
+    // with the switch reverted in the first only.
+    let p = temp_script(
+        "lazy.mmemu",
+        "script lazy-tables\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 1 page at 0x60000000\n  write R[0] = 1\n  barrier mapped\n  barrier walked\n  munmap R\n}\n\
+         thread B on cpu 1 in P {\n  barrier mapped\n  read R[0] expect 1\n  barrier walked\n  sleep\n}\n",
+    );
+    let o = mmemu(&[
+        "reproduce",
+        "lazy-tlb-freed-tables",
+        "--script",
+        p.to_str().expect("utf-8 path"),
+        "--json",
+        "--no-pin",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["scenario"], "lazy-tables");
+    assert_eq!(v["reproduced"], false);
+    assert_eq!(v["fix_off"]["reverted"], serde_json::json!(["lazy-tlb-freed-tables"]));
+    assert_eq!(v["fix_on"]["reverted"], serde_json::json!([]));
+    assert_eq!(v["fix_off"]["verdict"], "ok");
+    assert_eq!(v["fix_on"]["verdict"], "ok");
+    let o = mmemu(&["reproduce", "lazy-tlb-freed-tables", "--script", p.to_str().expect("utf-8 path"), "--no-pin"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with(
+            "mmemu reproduce lazy-tlb-freed-tables (commit 016c4d92cd16): scenario lazy-tables on x86, 2 CPUs"
+        ),
+        "{out}"
+    );
+}

@@ -141,6 +141,10 @@ pub(super) struct ReproArgs {
     /// Print both reports as one JSON object.
     #[arg(long)]
     pub(super) json: bool,
+    /// Run this script (docs/SCRIPTS.md) instead of the switch's scenario,
+    /// with the fix off and on.
+    #[arg(long, value_name = "FILE", value_parser = parse_script)]
+    pub(super) script: Option<&'static Scenario>,
 }
 
 #[derive(Args, Debug)]
@@ -168,6 +172,10 @@ fn parse_scenario(s: &str) -> Result<&'static Scenario, String> {
         Some((file, src)) => crate::script::load_source(&format!("examples/scripts/{file}"), src),
         None => Err(e),
     })
+}
+
+fn parse_script(s: &str) -> Result<&'static Scenario, String> {
+    crate::script::load(s)
 }
 
 fn parse_fix(s: &str) -> Result<Fix, String> {
@@ -265,6 +273,7 @@ fn value_allowed(flag: &str) -> String {
         "--revert" => switch_names().join(", "),
         "--param" => "KEY=VALUE (keys and ranges: mmemu list)".to_string(),
         "--trace" => "a file path in a writable directory".to_string(),
+        "--script" => "a script file (.mmemu, docs/SCRIPTS.md)".to_string(),
         "--inject-panic" => format!("0..={}", MAX_CPUS - 1),
         _ => "see --help".to_string(),
     }

@@ -351,14 +351,22 @@ struct ReproJson<'a> {
 
 pub(super) fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
     let e = scenarios::exposer(a.switch);
-    let s =
-        scenarios::find(e.scenario).expect("every exposer names a scenario (test `every_exposer_names_a_scenario`)");
+    let s = match a.script {
+        Some(s) => s,
+        None => {
+            scenarios::find(e.scenario).expect("every exposer names a scenario (test `every_exposer_names_a_scenario`)")
+        }
+    };
     let params = s.parse_params(&a.params).map_err(CliError::Usage)?;
+    // A script: its header's CPUs and arch, and its own reverts in both runs.
+    let script = crate::script::loaded(s);
+    let header_reverts: Vec<Fix> =
+        script.map(|l| l.checked.reverts.iter().copied().filter(|f| *f != a.switch).collect()).unwrap_or_default();
     let mut spec = RunSpec {
         scenario: s,
-        cpus: a.cpus.unwrap_or(4.max(s.min_cpus)),
-        arch: e.arch,
-        reverted: vec![a.switch],
+        cpus: a.cpus.unwrap_or(script.map_or(4.max(s.min_cpus), |l| l.checked.cpus as usize)),
+        arch: script.map_or(e.arch, |l| l.checked.arch),
+        reverted: header_reverts.iter().copied().chain([a.switch]).collect(),
         budget: budget(&a.budget, s),
         seed: a.machine.seed,
         machine: machine_config(&a.machine),
@@ -368,7 +376,7 @@ pub(super) fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
         debug_vm: !a.machine.no_debug_vm,
     };
     let off = run_scenario(&spec)?;
-    spec.reverted.clear();
+    spec.reverted = header_reverts;
     spec.stop_on_violation = false;
     let on = run_scenario(&spec)?;
     let reproduced = if e.correctness {
@@ -388,7 +396,9 @@ pub(super) fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
             fix_on: &on,
         })?;
     } else {
-        emit(&side_by_side(a.switch, e, &off, &on, reproduced))?;
+        // The table names what ran: the script, on its arch.
+        let shown = scenarios::Exposer { scenario: s.name, arch: spec.arch, ..*e };
+        emit(&side_by_side(a.switch, &shown, &off, &on, reproduced))?;
     }
     // Interrupted: the verdict is not meaningful, but a run that failed
     // still says so.
