@@ -521,6 +521,14 @@ fn a_failed_expectation_and_a_wrong_read_name_their_lines() {
             "t.mmemu:13:1: expectation failed: reads failed is 2; expected == 0",
         ]
     );
+    // A kernel profile mm-core does not model is refused, not run as 6.12.
+    let s =
+        workloads::script::parse("k.mmemu", "script k\nkernel 6.18\nprocess P\nthread T on cpu 0 in P {\n  spin\n}\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        workloads::script::interp::unsupported("k.mmemu", &s).map(|e| e.to_string()),
+        Some("k.mmemu:2:8: found kernel profile 6.18 (mm-core models 6.12 only: KernelVersion), which the interpreter does not run yet (issue 14); allowed by `mmemu check` only".to_string())
+    );
     // Steps the interpreter does not run yet are refused before boot.
     let src = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts/exit-storm.mmemu"),

@@ -76,6 +76,11 @@ pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
             format!("found {what}, which the interpreter does not run yet (issue 14); allowed by `mmemu check` only"),
         ))
     };
+    // mm-core follows v6.12 only so far (KernelVersion); a 6.18 profile
+    // must not silently run as 6.12.
+    if let Some(k) = s.header.kernel.as_ref().filter(|k| k.text != "6.12") {
+        return e(k.span, &format!("kernel profile {} (mm-core models 6.12 only: KernelVersion)", k.text));
+    }
     fn walk(b: &[Step]) -> Option<(Span, String)> {
         for st in b {
             let bad = match &st.kind {
