@@ -32,6 +32,10 @@ pub enum RunError {
     /// oracle that disagrees, pages still mapped at teardown).
     #[error("{0}")]
     Driver(String),
+    /// A script's expectation failed (docs/SCRIPTS.md): `FILE:LINE:COL:
+    /// expectation failed: …`.  The run itself completed.
+    #[error("{0}")]
+    Expectation(String),
     /// `source` happened in round `round` of a race driver.
     #[error("round {round}: {source}")]
     Round { round: u64, source: Box<RunError> },

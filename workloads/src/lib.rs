@@ -18,6 +18,7 @@
 //! - `trace_json`: Chrome trace-event JSON for ui.perfetto.dev.
 //! - `budget`: rounds or seconds, and the SIGINT / SIGTERM stop request.
 //! - `input`: names with "did you mean", decimal integers in a range.
+//! - `script`: `.mmemu` scripts (docs/SCRIPTS.md): parser and checker.
 //! - `inject`: `--inject-panic`, the error path's test hook.
 
 pub mod budget;
@@ -29,4 +30,5 @@ pub mod outcome;
 pub mod races;
 pub mod report;
 pub mod scenarios;
+pub mod script;
 pub mod trace_json;

@@ -46,6 +46,9 @@ pub struct Outcome {
     pub metrics: BTreeMap<String, f64>,
     /// Why there was no leak check (`measure.leaked` is `None`).
     pub leak_not_checked: Option<String>,
+    /// A script's `expect violations …` lines held (docs/SCRIPTS.md): the
+    /// violations it found are the result it asked for, not a failure.
+    pub violations_expected: bool,
 }
 
 /// Counters, violations and leaks of one run.

@@ -218,9 +218,11 @@ impl Report {
         let reasons: Vec<Stat> = REASONS.into_iter().filter(|r| s.arch_counters.contains(r)).collect();
         let verdict = if o.error.as_ref().is_some_and(RunError::is_hang) {
             "hang"
+        } else if matches!(o.error, Some(RunError::Expectation(_))) {
+            "expectation"
         } else if o.error.is_some() {
             "panic"
-        } else if m.violations > 0 {
+        } else if m.violations > 0 && !o.violations_expected {
             "violations"
         } else if m.leaked_total().is_some_and(|t| t != 0) {
             "leak"

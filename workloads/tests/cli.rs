@@ -423,7 +423,7 @@ fn exit_2_is_bad_usage_only_and_a_run_that_fails_is_1() {
 }
 
 const RUN_OPTIONS: &str = "--cpus, --arch, --revert, --seconds, --iterations, --wait, --no-pin, --seed, --hang-timeout, --no-debug-vm, --kernel, --param, --json, --trace, --help";
-const SUBCOMMANDS: &str = "list, run, reproduce, stress, help";
+const SUBCOMMANDS: &str = "list, run, reproduce, stress, check, help";
 
 /// Every bad input: exit 2, nothing on stdout, and exactly one line on
 /// stderr: `error: ` + the expected text, where `{scenarios}`,

@@ -40,6 +40,18 @@ pub(super) enum Cmd {
     Reproduce(ReproArgs),
     /// All scenarios mixed until the time is up; exit 1 on any violation, hang or leak.
     Stress(StressArgs),
+    /// Parse and validate a script (docs/SCRIPTS.md) without running it.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub(super) struct CheckArgs {
+    /// The script (a .mmemu file).
+    #[arg(value_name = "FILE")]
+    pub(super) file: PathBuf,
+    /// Script parameter (repeatable, once per key; the script's `param` lines).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub(super) params: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -64,9 +76,16 @@ pub(super) struct MachineArgs {
     pub(super) no_debug_vm: bool,
     /// Kernel release the arch profile follows: 6.12 (the reference) or
     /// 6.18 (this machine's host kernel; x86: lazy mm_cpumask with the
-    /// once-a-second trim).
-    #[arg(long, value_name = "6.12|6.18", default_value = "6.12", value_parser = parse_kernel)]
-    pub(super) kernel: KernelVersion,
+    /// once-a-second trim).  Default: a script's `kernel` line, else 6.12.
+    #[arg(long, value_name = "6.12|6.18", value_parser = parse_kernel)]
+    pub(super) kernel: Option<KernelVersion>,
+}
+
+impl MachineArgs {
+    /// `--kernel`, or the reference 6.12.
+    pub(super) fn kernel(&self) -> KernelVersion {
+        self.kernel.unwrap_or(KernelVersion::V6_12)
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -81,10 +100,10 @@ pub(super) struct BudgetArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct RunArgs {
-    /// Scenario name (see `mmemu list`).
+    /// Scenario name (see `mmemu list`), or a script file (FILE.mmemu, docs/SCRIPTS.md).
     #[arg(value_parser = parse_scenario)]
     pub(super) scenario: &'static Scenario,
-    /// Emulated CPUs (1..=256; default 4).
+    /// Emulated CPUs (1..=256; default 4, a script's header's).
     #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
     pub(super) cpus: Option<usize>,
     /// Arch profile (default: the scenario's).
@@ -134,6 +153,10 @@ pub(super) struct ReproArgs {
     /// Print both reports as one JSON object.
     #[arg(long)]
     pub(super) json: bool,
+    /// Run this script (docs/SCRIPTS.md) instead of the switch's scenario,
+    /// with the fix off and on.
+    #[arg(long, value_name = "FILE", value_parser = parse_script)]
+    pub(super) script: Option<&'static Scenario>,
 }
 
 #[derive(Args, Debug)]
@@ -151,8 +174,20 @@ pub(super) struct StressArgs {
     pub(super) machine: MachineArgs,
 }
 
+/// A scenario name, or a script's path (`….mmemu`, or anything with a
+/// `/`): docs/SCRIPTS.md.
 fn parse_scenario(s: &str) -> Result<&'static Scenario, String> {
-    scenarios::find(s)
+    if s.ends_with(".mmemu") || s.contains('/') {
+        return crate::script::load(s);
+    }
+    scenarios::find(s).or_else(|e| match crate::script::shipped::find(s) {
+        Some((file, src)) => crate::script::load_source(&format!("examples/scripts/{file}"), src),
+        None => Err(e),
+    })
+}
+
+fn parse_script(s: &str) -> Result<&'static Scenario, String> {
+    crate::script::load(s)
 }
 
 fn parse_fix(s: &str) -> Result<Fix, String> {
@@ -255,6 +290,7 @@ fn value_allowed(flag: &str) -> String {
         "--revert" => switch_names().join(", "),
         "--param" => "KEY=VALUE (keys and ranges: mmemu list)".to_string(),
         "--trace" => "a file path in a writable directory".to_string(),
+        "--script" => "a script file (.mmemu, docs/SCRIPTS.md)".to_string(),
         "--inject-panic" => format!("0..={}", MAX_CPUS - 1),
         _ => "see --help".to_string(),
     }
@@ -375,6 +411,7 @@ pub(super) fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String
             let allowed = match x.as_str() {
                 "<SCENARIO>" => scenario_names().join(", "),
                 "<SWITCH>" => switch_names().join(", "),
+                "<FILE>" => "a script file (.mmemu, docs/SCRIPTS.md)".to_string(),
                 _ => format!("see '{label} --help'"),
             };
             format!("{label} needs {x}; allowed: {allowed}")

@@ -1,6 +1,6 @@
 //! The `mmemu` command line.  `src/bin/mmemu.rs` only calls `main()`:
 //! parse (`args`: clap, the value parsers, one-line usage errors), run the
-//! subcommand (`output::list`, or `run`: run / reproduce / stress), and map
+//! subcommand (`output::list`, or `run`: run / reproduce / stress / check), and map
 //! the result to the exit status.  `output` is everything written.
 //!
 //! Exit status: 0 success; 1 the run found something (violation, leak,
@@ -54,6 +54,7 @@ pub fn main() -> i32 {
         Cmd::Run(a) => run::run(a),
         Cmd::Reproduce(a) => run::reproduce(a),
         Cmd::Stress(a) => run::stress(a),
+        Cmd::Check(a) => run::check(a),
     };
     match r {
         Ok(code) => code,

@@ -123,9 +123,16 @@ pub(super) fn list(json: bool) -> Result<i32, CliError> {
                 arch: e.arch.name(),
             })
             .collect();
+        let scripts: Vec<serde_json::Value> = shipped_rows()
+            .into_iter()
+            .map(|r| {
+                serde_json::json!({"name": r.name, "file": r.file, "about": r.about, "arch": r.arch,
+                                   "cpus": r.cpus, "runs": r.runs.is_none(), "not_run_yet": r.runs})
+            })
+            .collect();
         let kernels: Vec<_> = mm_core::KernelVersion::ALL.iter().map(|v| v.name()).collect();
         print_json(
-            &serde_json::json!({"scenarios": sc, "switches": sw, "kernels": kernels, "default_kernel": "6.12"}),
+            &serde_json::json!({"scenarios": sc, "switches": sw, "scripts": scripts, "kernels": kernels, "default_kernel": "6.12"}),
         )?;
         return Ok(0);
     }
@@ -158,8 +165,52 @@ pub(super) fn list(json: bool) -> Result<i32, CliError> {
         let _ = writeln!(out, "  {:<26}{}  off: {}", e.fix.name(), e.fix.commit(), e.fix.off_means());
         let _ = writeln!(out, "  {:<26}reproduce: {} on {}", "", e.scenario, e.arch.name());
     }
+    let _ = writeln!(
+        out,
+        "\nScripts (docs/SCRIPTS.md; mmemu run NAME when no scenario has the name, or mmemu run examples/scripts/FILE):"
+    );
+    for r in shipped_rows() {
+        let _ = writeln!(out, "  {:<26}{}", r.name, r.about);
+        let runs = match &r.runs {
+            None => "runs".to_string(),
+            Some(why) => format!("check only: {why}"),
+        };
+        let _ = writeln!(out, "  {:<26}{}, arch {}, {} CPUs, {runs}", "", r.file, r.arch, r.cpus);
+    }
     emit(&out)?;
     Ok(0)
+}
+
+/// One shipped script, as `list` shows it.
+struct ShippedRow {
+    name: String,
+    file: String,
+    about: String,
+    arch: &'static str,
+    cpus: u64,
+    /// Why the interpreter does not run it yet (None: it runs).
+    runs: Option<String>,
+}
+
+fn shipped_rows() -> Vec<ShippedRow> {
+    crate::script::shipped::SHIPPED
+        .iter()
+        .filter_map(|(file, src)| {
+            let path = format!("examples/scripts/{file}");
+            let s = crate::script::parse(&path, src).ok()?;
+            let c = crate::script::check(&path, &s, &[]).ok()?;
+            let runs = crate::script::interp::unsupported(&path, &s)
+                .map(|e| e.msg.split(',').next().unwrap_or("").to_string());
+            Some(ShippedRow {
+                name: c.name.clone(),
+                file: path,
+                about: s.header.about.clone().unwrap_or_default(),
+                arch: c.arch.name(),
+                cpus: c.cpus,
+                runs,
+            })
+        })
+        .collect()
 }
 
 /// The `reproduce` table.

@@ -289,13 +289,33 @@ pub(super) fn run(a: RunArgs) -> Result<i32, CliError> {
     if let Some(c) = a.inject_panic {
         crate::inject::arm(c, a.inject_panic_after);
     }
+    // A script's header gives the defaults; every option overrides it.
+    let script = crate::script::loaded(s);
+    let mut reverted = a.revert.clone();
+    let mut run_budget = budget(&a.budget, s);
+    if let Some(l) = script {
+        for f in &l.checked.reverts {
+            if !reverted.contains(f) {
+                reverted.push(*f);
+            }
+        }
+        if let (None, None, crate::script::check::BudgetSpec::Millis(ms)) =
+            (a.budget.seconds, a.budget.iterations, l.checked.budget)
+        {
+            run_budget = Budget::Seconds(ms as f64 / 1000.0);
+        }
+    }
     let spec = RunSpec {
         scenario: s,
-        cpus: a.cpus.unwrap_or(4.max(s.min_cpus)),
+        cpus: a.cpus.unwrap_or(script.map_or(4.max(s.min_cpus), |l| l.checked.cpus as usize)),
         arch: a.arch.unwrap_or(s.arch.arch()),
-        kernel: a.machine.kernel,
-        reverted: a.revert.clone(),
-        budget: budget(&a.budget, s),
+        kernel: a
+            .machine
+            .kernel
+            .or_else(|| script.and_then(|l| l.checked.kernel.parse().ok()))
+            .unwrap_or(KernelVersion::V6_12),
+        reverted,
+        budget: run_budget,
         seed: a.machine.seed,
         machine: machine_config(&a.machine),
         params,
@@ -349,15 +369,27 @@ struct ReproJson<'a> {
 
 pub(super) fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
     let e = scenarios::exposer(a.switch);
-    let s =
-        scenarios::find(e.scenario).expect("every exposer names a scenario (test `every_exposer_names_a_scenario`)");
+    let s = match a.script {
+        Some(s) => s,
+        None => {
+            scenarios::find(e.scenario).expect("every exposer names a scenario (test `every_exposer_names_a_scenario`)")
+        }
+    };
     let params = s.parse_params(&a.params).map_err(CliError::Usage)?;
+    // A script: its header's CPUs and arch, and its own reverts in both runs.
+    let script = crate::script::loaded(s);
+    let header_reverts: Vec<Fix> =
+        script.map(|l| l.checked.reverts.iter().copied().filter(|f| *f != a.switch).collect()).unwrap_or_default();
     let mut spec = RunSpec {
         scenario: s,
-        cpus: a.cpus.unwrap_or(4.max(s.min_cpus)),
-        arch: e.arch,
-        kernel: a.machine.kernel,
-        reverted: vec![a.switch],
+        kernel: a
+            .machine
+            .kernel
+            .or_else(|| script.and_then(|l| l.checked.kernel.parse().ok()))
+            .unwrap_or(KernelVersion::V6_12),
+        cpus: a.cpus.unwrap_or(script.map_or(4.max(s.min_cpus), |l| l.checked.cpus as usize)),
+        arch: script.map_or(e.arch, |l| l.checked.arch),
+        reverted: header_reverts.iter().copied().chain([a.switch]).collect(),
         budget: budget(&a.budget, s),
         seed: a.machine.seed,
         machine: machine_config(&a.machine),
@@ -367,7 +399,7 @@ pub(super) fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
         debug_vm: !a.machine.no_debug_vm,
     };
     let off = run_scenario(&spec)?;
-    spec.reverted.clear();
+    spec.reverted = header_reverts;
     spec.stop_on_violation = false;
     let on = run_scenario(&spec)?;
     let reproduced = if e.correctness {
@@ -387,7 +419,9 @@ pub(super) fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
             fix_on: &on,
         })?;
     } else {
-        emit(&side_by_side(a.switch, e, &off, &on, reproduced))?;
+        // The table names what ran: the script, on its arch.
+        let shown = scenarios::Exposer { scenario: s.name, arch: spec.arch, ..*e };
+        emit(&side_by_side(a.switch, &shown, &off, &on, reproduced))?;
     }
     // Interrupted: the verdict is not meaningful, but a run that failed
     // still says so.
@@ -420,7 +454,7 @@ pub(super) fn stress(a: StressArgs) -> Result<i32, CliError> {
     // --kernel 6.18 runs only the x86 scenarios (the other profiles are
     // v6.12's: KernelConfig::kernel_pairing).
     let kernel_ok = |s: &Scenario| {
-        KernelConfig { arch: s.arch.arch(), kernel: a.machine.kernel, ..KernelConfig::default() }
+        KernelConfig { arch: s.arch.arch(), kernel: a.machine.kernel(), ..KernelConfig::default() }
             .kernel_pairing()
             .is_ok()
     };
@@ -476,7 +510,7 @@ pub(super) fn stress(a: StressArgs) -> Result<i32, CliError> {
                 scenario: s,
                 cpus: cpus.max(s.min_cpus),
                 arch: s.arch.arch(),
-                kernel: a.machine.kernel,
+                kernel: a.machine.kernel(),
                 reverted: Vec::new(),
                 budget: Budget::Seconds(left.as_secs_f64().min(a.slice)),
                 seed: rng.next(),
@@ -515,7 +549,7 @@ pub(super) fn stress(a: StressArgs) -> Result<i32, CliError> {
     );
     for (s, t) in all.iter().zip(&tallies) {
         let note = if !kernel_ok(s) {
-            format!("skipped: --kernel {} is x86 only ({} follows 6.12)", a.machine.kernel, s.arch.arch().name())
+            format!("skipped: --kernel {} is x86 only ({} follows 6.12)", a.machine.kernel(), s.arch.arch().name())
         } else if skipped(s) {
             format!("skipped: needs {}+ CPUs", s.min_cpus)
         } else if s.min_cpus > cpus {
@@ -551,6 +585,38 @@ fn proc_status_bytes(field: &str) -> Option<u64> {
     let line = st.lines().find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// `mmemu check FILE`: parse and validate a script; the one-line summary
+/// on stdout (exit 0) or the script's error line (exit 2).
+pub(super) fn check(a: super::args::CheckArgs) -> Result<i32, CliError> {
+    let shown = a.file.display().to_string();
+    let src = std::fs::read(&a.file)
+        .map_err(|e| CliError::Usage(format!("cannot read script '{shown}': {e}; allowed a readable .mmemu file")))?;
+    let src = String::from_utf8(src)
+        .map_err(|_| CliError::Usage(format!("script '{shown}' is not UTF-8 text; allowed a UTF-8 .mmemu file")))?;
+    let params = script_params(&a.params)?;
+    let checked = crate::script::check_source(&shown, &src, &params).map_err(|e| CliError::Usage(e.to_string()))?;
+    super::output::emit(&format!("{}\n", checked.summary(&shown)))?;
+    Ok(0)
+}
+
+/// `--param KEY=VALUE` of a script: split and read (the checker knows the
+/// keys and ranges).
+fn script_params(raw: &[String]) -> Result<Vec<(String, u64)>, CliError> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for p in raw {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(CliError::Usage(format!("--param: '{p}' has no '='; allowed KEY=VALUE")));
+        };
+        let n = crate::input::parse_decimal(v, 0, u64::MAX)
+            .map_err(|e| CliError::Usage(format!("--param {k}: '{v}' is {}; allowed 0..={}", e.what(), u64::MAX)))?;
+        if out.iter().any(|(x, _)| x == k) {
+            return Err(CliError::Usage(format!("--param {k} given more than once; allowed once per key")));
+        }
+        out.push((k.to_string(), n));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

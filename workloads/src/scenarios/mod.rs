@@ -112,7 +112,7 @@ pub struct Scenario {
 }
 
 /// `Scenario::frames` of the race scenarios: the configuration's RAM.
-pub(crate) fn config_frames(ctx: &Ctx) -> usize {
+pub fn config_frames(ctx: &Ctx) -> usize {
     ctx.kcfg.ram_frames
 }
 

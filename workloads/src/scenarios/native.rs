@@ -151,6 +151,7 @@ where
         first_violation_at: None,
         metrics: BTreeMap::new(),
         leak_not_checked,
+        violations_expected: false,
     }
 }
 
@@ -207,7 +208,7 @@ impl Rng {
 
 /// Syscall entry of the native scenarios: an injection point
 /// (`--inject-panic`) and a trace span (free when no trace is recorded).
-fn syscall_entry(k: &Kernel, name: &'static str) -> Option<emu_cpu::trace::Span> {
+pub(crate) fn syscall_entry(k: &Kernel, name: &'static str) -> Option<emu_cpu::trace::Span> {
     let cpu = k.this_cpu();
     crate::inject::point(k, cpu, name);
     emu_cpu::trace::syscall(cpu, name)

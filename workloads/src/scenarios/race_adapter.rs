@@ -48,6 +48,7 @@ pub fn chunked(
         first_violation_at: None,
         metrics: BTreeMap::new(),
         leak_not_checked: None,
+        violations_expected: false,
     };
     let until = Until::new(ctx.budget);
     let mut call = 0u64;
