@@ -435,6 +435,14 @@ fn get_user_pages_on_a_thp_returns_the_subpages() {
     assert_eq!(k.mem.folio(Folio(head)).refcount(), before + 3);
     assert_eq!(k.hw.ram.word(got[0], 0).load(Ordering::SeqCst), 105);
     put_user_pages(&k, &got);
+    // The fast path on it, and a range whose end wraps around
+    // (`check_add_overflow`: nothing, not a walk of a huge leaf to an end
+    // below the start).
+    let got = gup_fast(&k, &mm, BASE + 5 * PS, 2, Foll::GET);
+    assert_eq!(got, vec![head.add(5), head.add(6)]);
+    put_user_pages(&k, &got);
+    assert!(gup_fast(&k, &mm, BASE, u64::MAX >> k.cfg.geometry.page_shift, Foll::GET).is_empty());
+    assert_eq!(k.mem.folio(Folio(head)).refcount(), before);
     // Read-only huge PMD: a read lookup works, a write lookup does not.
     pgtable::write(&k, pmd_table, Level::Pmd, BASE, pmd.wrprotect());
     assert_eq!(follow_page_mask(&k, &mm, BASE + 9 * PS, Foll::GET), Some(head.add(9)));
