@@ -147,10 +147,10 @@ pub(crate) fn try_grab_folio_fast(k: &Kernel, page: Pfn, refs: i32, flags: Foll)
             gup_put_refs(k, folio, refs);
             continue;
         }
-        let extra = grab_refs(k, folio, refs, flags) - refs;
-        if extra > 0 {
-            k.mem.folio_ref_add(folio, extra);
-        }
+        // FOLL_PIN of a small folio: the rest of GUP_PIN_COUNTING_BIAS
+        // (`folio_ref_add(folio, refs * (GUP_PIN_COUNTING_BIAS - 1))`); a
+        // FOLL_GET or large-folio grab adds 0 here.
+        k.mem.folio_ref_add(folio, grab_refs(k, folio, refs, flags) - refs);
         return Some(folio);
     }
 }

@@ -254,3 +254,272 @@ fn oracle_judges_a_detached_table_when_the_pmd_slot_is_written_again() {
         assert_no_leaks(&k);
     }
 }
+
+// ---- issue 13: pins for the cargo-mutants survivors of ops/gup.rs ---------
+
+const HPAGE: u64 = 512 * PS;
+
+/// `FOLL_*` flags combine with a bit-or (`FOLL_PIN | FOLL_WRITE`): or-ing a
+/// flag that is already set keeps it.  `GupError` prints the errno name.
+#[test]
+fn foll_flags_or_and_gup_error_display() {
+    assert_eq!(Foll::PIN | Foll::PIN, Foll::PIN);
+    let f = Foll::PIN | Foll::WRITE | Foll::WRITE;
+    assert!(f.has(Foll::PIN) && f.has(Foll::WRITE) && !f.has(Foll::GET));
+    assert_eq!(GupError::Fault(0x4000_1000).to_string(), "EFAULT at 0x40001000");
+    assert_eq!(GupError::NoMem.to_string(), "ENOMEM");
+}
+
+/// `gup_fast_fallback` (mm/gup.c): `start &= PAGE_MASK`, an `end` that
+/// overflows (`check_add_overflow`) or lies past `TASK_SIZE_MAX` gets
+/// nothing; `end == TASK_SIZE` is allowed.
+#[test]
+fn gup_fast_aligns_start_and_checks_the_range() {
+    let k = Kernel::new_sync(cfg(), 1);
+    let g = k.cfg.geometry;
+    let top = g.task_size() - PS;
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 4 * PS, true).unwrap();
+    mmap_anon(&k, &mm, top, PS, true).unwrap();
+    for i in 0..4 {
+        k.write_user(&mm, BASE + i * PS, i).unwrap();
+    }
+    k.write_user(&mm, top, 9).unwrap();
+    // An unaligned start is rounded down to its page.
+    let got = gup_fast(&k, &mm, BASE + PS + 8, 2, Foll::GET);
+    assert_eq!(got, vec![pte_pfn(&k, &mm, BASE + PS), pte_pfn(&k, &mm, BASE + 2 * PS)]);
+    put_user_pages(&k, &got);
+    let got = get_user_pages_fast(&k, &mm, BASE + PS + 8, 2, Foll::GET).unwrap();
+    assert_eq!(got, vec![pte_pfn(&k, &mm, BASE + PS), pte_pfn(&k, &mm, BASE + 2 * PS)]);
+    put_user_pages(&k, &got);
+    // The last user page: end == TASK_SIZE is fine, one more page is not.
+    let got = gup_fast(&k, &mm, top, 1, Foll::GET);
+    assert_eq!(got, vec![pte_pfn(&k, &mm, top)]);
+    put_user_pages(&k, &got);
+    assert!(gup_fast(&k, &mm, top, 2, Foll::GET).is_empty(), "end > TASK_SIZE");
+    // start + len wraps around: nothing (-EOVERFLOW in the kernel).
+    assert!(gup_fast(&k, &mm, BASE, u64::MAX >> g.page_shift, Foll::GET).is_empty());
+    assert!(gup_fast(&k, &mm, BASE, 0, Foll::GET).is_empty());
+    assert_eq!(k.mem.page(pte_pfn(&k, &mm, BASE)).refcount(), 1, "nothing left grabbed");
+    crate::check::check_consistency(&k, &[&mm], &[]).unwrap();
+    exit_mm(&k, &mm);
+    assert_no_leaks(&k);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+}
+
+/// The walk goes on across a PMD, a PUD and a PGD boundary
+/// (`gup_fast_pmd_range` / `_pud_range` / `_pgd_range` loop to `end`).
+#[test]
+fn gup_fast_walks_across_pmd_pud_and_pgd_boundaries() {
+    let k = Kernel::new_sync(cfg(), 1);
+    let g = k.cfg.geometry;
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    let pgd_span = g.pud_size() << g.pt_bits;
+    for boundary in [BASE + HPAGE, BASE + g.pud_size(), pgd_span] {
+        let start = boundary - 2 * PS;
+        mmap_anon(&k, &mm, start, 4 * PS, true).unwrap();
+        for i in 0..4 {
+            k.write_user(&mm, start + i * PS, i).unwrap();
+        }
+        let got = gup_fast(&k, &mm, start, 4, Foll::PIN);
+        let want: Vec<Pfn> = (0..4).map(|i| pte_pfn(&k, &mm, start + i * PS)).collect();
+        assert_eq!(got, want, "across {boundary:#x}");
+        unpin_user_pages(&k, &got);
+    }
+    crate::check::check_consistency(&k, &[&mm], &[]).unwrap();
+    exit_mm(&k, &mm);
+    assert_no_leaks(&k);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+}
+
+/// `pgd_none` / `pud_none` / `pmd_none` stop the walk: nothing is grabbed
+/// and no table is read below an empty entry.
+#[test]
+fn gup_fast_stops_at_empty_pgd_pud_and_pmd_entries() {
+    let k = Kernel::new_sync(cfg(), 1);
+    let g = k.cfg.geometry;
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    // No PGD entry at all.
+    assert!(gup_fast(&k, &mm, BASE, 1, Foll::GET).is_empty());
+    mmap_anon(&k, &mm, BASE, 4 * PS, true).unwrap();
+    k.write_user(&mm, BASE, 1).unwrap();
+    // Same PGD entry, empty PUD entry; same PUD entry, empty PMD entry.
+    for va in [BASE + 2 * g.pud_size(), BASE + 2 * HPAGE] {
+        mmap_anon(&k, &mm, va, PS, true).unwrap();
+        assert!(gup_fast(&k, &mm, va, 1, Foll::GET).is_empty(), "{va:#x}");
+        assert_eq!(get_user_pages_fast(&k, &mm, va, 1, Foll::GET).map(|p| p.len()), Ok(1));
+        put_user_pages(&k, &[pte_pfn(&k, &mm, va)]);
+    }
+    exit_mm(&k, &mm);
+    assert_no_leaks(&k);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+}
+
+/// A table reused after a free has a non-zero generation: the walker's
+/// snapshot of it (`Walker::read`'s child generation) must be the frame's
+/// real generation, or every later read would be reported as a freed table.
+#[test]
+fn gup_fast_on_reused_table_frames_reports_nothing() {
+    let k = Kernel::new_sync(cfg(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 4 * PS, true).unwrap();
+    k.write_user(&mm, BASE, 1).unwrap();
+    munmap(&k, &mm, BASE, 4 * PS).unwrap();
+    k.rcu_process_callbacks();
+    mmap_anon(&k, &mm, BASE, 4 * PS, true).unwrap();
+    k.write_user(&mm, BASE, 2).unwrap();
+    let pte_table = pgtable::lookup_table(&k, &mm, BASE, Level::Pte).unwrap();
+    assert!(k.hw.ram.gen(pte_table) > 0, "the PTE table is a reused frame");
+    let got = gup_fast(&k, &mm, BASE, 1, Foll::GET);
+    assert_eq!(got, vec![pte_pfn(&k, &mm, BASE)]);
+    put_user_pages(&k, &got);
+    exit_mm(&k, &mm);
+    assert_no_leaks(&k);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+}
+
+/// An entry read from a freed-and-reused table frame can be any bit
+/// pattern (the RACES.md “GUP-fast versus page-table freeing” case): a
+/// present entry whose pfn is past the last frame, or a PUD leaf (not
+/// modelled), must end the walk rather than be followed.  The garbage is
+/// written into live slots here so that nothing else changes.
+#[test]
+fn gup_fast_does_not_follow_garbage_entries() {
+    let k = Kernel::new_sync(KernelConfig::default(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 4 * PS, true).unwrap();
+    k.write_user(&mm, BASE, 1).unwrap();
+    let data = pte_pfn(&k, &mm, BASE);
+    let beyond = Pfn(k.mem.nr_frames() as u64);
+    let bad = Pte::new(beyond, Pte::PRESENT | Pte::RW | Pte::USER | Pte::ACCESSED);
+    let leaf = Pte::new(data, Pte::PRESENT | Pte::RW | Pte::USER | Pte::ACCESSED | Pte::HUGE);
+    for (level, e) in [(Level::Pte, bad), (Level::Pmd, bad), (Level::Pud, bad), (Level::Pud, leaf)] {
+        let table = pgtable::lookup_table(&k, &mm, BASE, level).unwrap();
+        let old = pgtable::read(&k, table, level, BASE);
+        pgtable::write(&k, table, level, BASE, e);
+        assert!(gup_fast(&k, &mm, BASE, 1, Foll::GET).is_empty(), "{level:?} {e:?}");
+        pgtable::write(&k, table, level, BASE, old);
+    }
+    assert_eq!(k.mem.page(data).refcount(), 1);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+    exit_mm(&k, &mm);
+    assert_no_leaks(&k);
+}
+
+/// `follow_huge_pmd`: the slow path on a THP returns the subpage
+/// `pmd_page + ((addr & ~HPAGE_PMD_MASK) >> PAGE_SHIFT)`, one reference on
+/// the folio per page; a FOLL_WRITE lookup of a write-protected huge PMD
+/// gets nothing (`can_follow_write_pmd`).
+#[test]
+fn get_user_pages_on_a_thp_returns_the_subpages() {
+    let k = Kernel::new_sync(KernelConfig::default(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 2 * HPAGE, true).unwrap();
+    for i in 0..16 {
+        k.write_user(&mm, BASE + i * PS, i + 100).unwrap();
+    }
+    assert_eq!(crate::ops::khugepaged::collapse_huge_page(&k, &mm, BASE), crate::ops::khugepaged::ScanResult::Succeed);
+    let pmd_table = pgtable::lookup_table(&k, &mm, BASE, Level::Pmd).unwrap();
+    let pmd = pgtable::read(&k, pmd_table, Level::Pmd, BASE);
+    assert!(pmd.huge());
+    let head = pmd.pfn();
+    let before = k.mem.folio(Folio(head)).refcount();
+    let got = get_user_pages(&k, &mm, BASE + 5 * PS, 3, Foll::GET | Foll::WRITE).unwrap();
+    assert_eq!(got, vec![head.add(5), head.add(6), head.add(7)]);
+    assert_eq!(k.mem.folio(Folio(head)).refcount(), before + 3);
+    assert_eq!(k.hw.ram.word(got[0], 0).load(Ordering::SeqCst), 105);
+    put_user_pages(&k, &got);
+    // The fast path on it, and a range whose end wraps around
+    // (`check_add_overflow`: nothing, not a walk of a huge leaf to an end
+    // below the start).
+    let got = gup_fast(&k, &mm, BASE + 5 * PS, 2, Foll::GET);
+    assert_eq!(got, vec![head.add(5), head.add(6)]);
+    put_user_pages(&k, &got);
+    assert!(gup_fast(&k, &mm, BASE, u64::MAX >> k.cfg.geometry.page_shift, Foll::GET).is_empty());
+    assert_eq!(k.mem.folio(Folio(head)).refcount(), before);
+    // Read-only huge PMD: a read lookup works, a write lookup does not.
+    pgtable::write(&k, pmd_table, Level::Pmd, BASE, pmd.wrprotect());
+    assert_eq!(follow_page_mask(&k, &mm, BASE + 9 * PS, Foll::GET), Some(head.add(9)));
+    put_user_pages(&k, &[head.add(9)]);
+    assert_eq!(follow_page_mask(&k, &mm, BASE + 9 * PS, Foll::GET | Foll::WRITE), None);
+    pgtable::write(&k, pmd_table, Level::Pmd, BASE, pmd);
+    assert_eq!(k.mem.folio(Folio(head)).refcount(), before);
+    exit_mm(&k, &mm);
+    assert_no_leaks(&k);
+}
+
+/// `__get_user_pages` returns `i ? i : ret`, and `gup_fast_fallback`
+/// returns `nr_pinned` when the slow path fails after a partial fast walk;
+/// the slow path is asked only for the `nr_pages - nr_pinned` left.
+#[test]
+fn partial_results_are_returned_and_the_fallback_asks_for_the_rest() {
+    let k = Kernel::new_sync(cfg(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, PS, true).unwrap();
+    mmap_anon(&k, &mm, BASE + 4 * PS, 8 * PS, true).unwrap();
+    k.write_user(&mm, BASE, 1).unwrap();
+    // Slow path: page 0 is there, page 1 has no VMA.
+    let got = get_user_pages(&k, &mm, BASE, 2, Foll::GET).unwrap();
+    assert_eq!(got, vec![pte_pfn(&k, &mm, BASE)]);
+    put_user_pages(&k, &got);
+    // Fast path gets page 0, the slow path fails on page 1.
+    let got = get_user_pages_fast(&k, &mm, BASE, 2, Foll::GET).unwrap();
+    assert_eq!(got, vec![pte_pfn(&k, &mm, BASE)]);
+    put_user_pages(&k, &got);
+    // Fast path gets 1 page of 2; the slow path faults in exactly one more.
+    let va = BASE + 4 * PS;
+    k.write_user(&mm, va, 2).unwrap();
+    let got = get_user_pages_fast(&k, &mm, va, 2, Foll::GET).unwrap();
+    assert_eq!(got, vec![pte_pfn(&k, &mm, va), pte_pfn(&k, &mm, va + PS)]);
+    put_user_pages(&k, &got);
+    let t = pgtable::lookup_table(&k, &mm, va, Level::Pte).unwrap();
+    assert!(pgtable::read(&k, t, Level::Pte, va + 2 * PS).is_none(), "page 2 not faulted in");
+    assert_eq!(mm.rss.load(Ordering::SeqCst), 3);
+    exit_mm(&k, &mm);
+    assert_no_leaks(&k);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+}
+
+/// `check_vma_flags`: a read of a PROT_NONE VMA is -EFAULT, and nothing is
+/// faulted in.
+#[test]
+fn get_user_pages_on_prot_none_is_efault() {
+    let k = Kernel::new_sync(cfg(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 2 * PS, true).unwrap();
+    crate::ops::mprotect::mprotect(&k, &mm, BASE, 2 * PS, false, false).unwrap();
+    assert_eq!(get_user_pages(&k, &mm, BASE, 1, Foll::GET), Err(GupError::Fault(BASE)));
+    assert_eq!(get_user_pages_fast(&k, &mm, BASE + PS, 1, Foll::PIN), Err(GupError::Fault(BASE + PS)));
+    assert_eq!(mm.rss.load(Ordering::SeqCst), 0);
+    exit_mm(&k, &mm);
+    assert_no_leaks(&k);
+}
+
+/// `faultin_page`: VM_FAULT_OOM becomes -ENOMEM (`vm_fault_to_errno`), and
+/// `__get_user_pages` returns it when no page was got.
+#[test]
+fn get_user_pages_out_of_memory_is_enomem() {
+    let k = Kernel::new_sync(cfg(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 2 * PS, true).unwrap();
+    k.write_user(&mm, BASE, 1).unwrap();
+    let mut hog = Vec::new();
+    while let Some(p) = k.alloc_pages(0, crate::page::alloc::PageKind::Anon) {
+        hog.push(p);
+    }
+    assert_eq!(get_user_pages(&k, &mm, BASE + PS, 1, Foll::GET), Err(GupError::NoMem));
+    for p in hog {
+        k.folio_put(Folio(p));
+    }
+    exit_mm(&k, &mm);
+    assert_no_leaks(&k);
+}
