@@ -856,4 +856,200 @@ mod x86_versions {
             assert_eq!(k.stats.get(Stat::NrTlbLocalFlushAll), 0);
         }
     }
+
+    // ---- exact results the mutation run (issue 13) found unpinned ----------
+    // arch/x86/mm/tlb.c read in a v6.6..v6.12-era torvalds/linux copy
+    // (flush_tlb_mm_range with mmu_notifier_arch_invalidate_secondary_tlbs
+    // and without should_trim_cpumask), v6.12 semantics.
+
+    fn cached(k: &Kernel, cpu: u32, mm: &MmStruct, va: u64) -> bool {
+        k.hw.tlb(CpuId(cpu)).lookup(mm.id, va).is_some()
+    }
+
+    /// `flush_tlb_page` invalidates the page that holds `addr` — rounded
+    /// down, one INVLPG — and no neighbour.
+    #[test]
+    fn flush_tlb_page_invalidates_exactly_the_page_holding_addr() {
+        let (k, ev) = x86(KernelVersion::V6_12, 1);
+        let a = k.mm_alloc();
+        switch_mm(&k, &a);
+        mmap_anon(&k, &a, BASE, 4 * PS, true).unwrap();
+        for p in 0..3 {
+            k.write_user(&a, BASE + p * PS, p + 1).unwrap();
+        }
+        ev.lock().clear();
+        k.arch.flush_tlb_page(&k, &a, BASE + PS + 5);
+        assert!(!cached(&k, 0, &a, BASE + PS), "the page holding addr");
+        assert!(cached(&k, 0, &a, BASE), "the page below stays");
+        assert!(cached(&k, 0, &a, BASE + 2 * PS), "the page above stays");
+        assert_eq!(*ev.lock(), vec![(0, "TLB_LOCAL_MM_SHOOTDOWN", 1)]);
+        assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 1);
+    }
+
+    /// `flush_tlb_mm_range`: `cpumask_any_but(mm_cpumask(mm), cpu)` — a
+    /// flush from a CPU outside the mask still interrupts the CPUs in it;
+    /// a CPU alone in the mask flushes itself without `flush_tlb_multi`.
+    #[test]
+    fn a_flush_from_outside_the_mask_interrupts_it_a_lone_cpu_flushes_itself() {
+        for kernel in KernelVersion::ALL {
+            let (k, ev) = x86(kernel, 2);
+            let (a, b) = (k.mm_alloc(), k.mm_alloc());
+            on(&k, 0, &a);
+            mmap_anon(&k, &a, BASE, PS, true).unwrap();
+            k.write_user(&a, BASE, 1).unwrap();
+            on(&k, 1, &b);
+            assert_eq!(mask(&a), vec![0], "{kernel}");
+            ev.lock().clear();
+            // CPU 1 (running B) flushes a page of A.
+            k.arch.flush_tlb_page(&k, &a, BASE);
+            assert_eq!(k.stats.get(Stat::NrTlbRemoteFlush), 1, "{kernel}");
+            assert_eq!(cpu_stat(&k, Stat::NrTlbRemoteFlushReceived), vec![1, 0], "{kernel}");
+            assert_eq!(k.stats.get(Stat::TlbIpiSent), 1, "{kernel}");
+            assert_eq!(*ev.lock(), vec![(1, "TLB_REMOTE_SEND_IPI", 1), (0, "TLB_REMOTE_SHOOTDOWN", 1)], "{kernel}");
+            assert!(!cached(&k, 0, &a, BASE), "{kernel}");
+            // CPU 0, alone in A's mask: a local flush, no IPI.
+            k.set_cpu(CpuId(0));
+            k.write_user(&a, BASE, 2).unwrap();
+            ev.lock().clear();
+            k.arch.flush_tlb_page(&k, &a, BASE);
+            assert_eq!(k.stats.get(Stat::NrTlbRemoteFlush), 1, "{kernel}");
+            assert_eq!(cpu_stat(&k, Stat::NrTlbLocalFlushOne), vec![1, 0], "{kernel}");
+            assert_eq!(*ev.lock(), vec![(0, "TLB_LOCAL_MM_SHOOTDOWN", 1)], "{kernel}");
+            assert!(!cached(&k, 0, &a, BASE), "{kernel}");
+        }
+    }
+
+    /// `get_flush_tlb_info` / `flush_tlb_func`: 33 pages
+    /// (`tlb_single_page_flush_ceiling`) are 33 INVLPGs of exactly those
+    /// pages; 34 pages are one full flush.
+    #[test]
+    fn thirty_three_pages_are_invlpgs_thirty_four_a_full_flush() {
+        let (k, ev) = x86(KernelVersion::V6_12, 1);
+        let a = k.mm_alloc();
+        switch_mm(&k, &a);
+        mmap_anon(&k, &a, BASE, 64 * PS, true).unwrap();
+        for p in 0..35 {
+            k.write_user(&a, BASE + p * PS, p).unwrap();
+        }
+        ev.lock().clear();
+        k.arch.flush_tlb_mm_range(&k, &a, BASE, BASE + 33 * PS, 12, false);
+        assert!((0..33).all(|p| !cached(&k, 0, &a, BASE + p * PS)), "each of the 33 pages");
+        assert!(cached(&k, 0, &a, BASE + 33 * PS), "not the page at end");
+        assert_eq!(*ev.lock(), vec![(0, "TLB_LOCAL_MM_SHOOTDOWN", 33)]);
+        assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 33);
+        ev.lock().clear();
+        k.arch.flush_tlb_mm_range(&k, &a, BASE, BASE + 34 * PS, 12, false);
+        assert_eq!(*ev.lock(), vec![(0, "TLB_LOCAL_MM_SHOOTDOWN", TLB_FLUSH_ALL)]);
+        assert_eq!(k.stats.get(Stat::NrTlbLocalFlushAll), 1);
+        assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 33);
+        assert!(!cached(&k, 0, &a, BASE + 34 * PS), "the whole PCID");
+    }
+
+    /// `flush_tlb_func`: the partial flush only when it takes the CPU from
+    /// exactly gen-1 to the mm's gen; two flushes in flight make the first
+    /// IPI a full flush and the second a no-op (untraced), in either order.
+    #[test]
+    fn a_cpu_two_generations_behind_flushes_everything_once() {
+        for late_first in [false, true] {
+            let (k, ev) = x86(KernelVersion::V6_12, 2);
+            let a = k.mm_alloc();
+            switch_mm(&k, &a);
+            ev.lock().clear();
+            let g = a.tlb_gen.load(Ordering::SeqCst);
+            assert_eq!(k.cpus[0].tlb_gen.load(Ordering::SeqCst), g);
+            let (g1, g2) = (a.inc_mm_tlb_gen(), a.inc_mm_tlb_gen());
+            let f = |gen| FlushTlbInfo {
+                mm: a.id,
+                start: BASE,
+                end: BASE + PS,
+                new_tlb_gen: gen,
+                initiating_cpu: CpuId(1),
+                stride_shift: 12,
+                freed_tables: false,
+                trim_cpumask: false,
+            };
+            let order = if late_first { [g2, g1] } else { [g1, g2] };
+            for gen in order {
+                let irq = k.local_irq_save();
+                flush_tlb_func(&k, &a, CpuId(0), &f(gen));
+                drop(irq);
+            }
+            assert_eq!(*ev.lock(), vec![(0, "TLB_REMOTE_SHOOTDOWN", TLB_FLUSH_ALL)], "late first: {late_first}");
+            assert_eq!(k.stats.get_cpu(CpuId(0), Stat::IrqTlbCount), 2);
+            assert_eq!(k.cpus[0].tlb_gen.load(Ordering::SeqCst), g2);
+        }
+    }
+
+    /// `choose_new_asid`: TLB_NR_DYN_ASIDS slots handed out from
+    /// `next_asid`, wrapping to slot 0; a slot remembers the generation
+    /// its mm was left at, so switching back is free until the slot is
+    /// taken by another mm or the mm's generation moves (then the switch
+    /// flushes the mm's PCID: no stale entry survives it).
+    #[test]
+    fn pcid_slots_wrap_and_remember_the_generation_each_mm_was_left_at() {
+        use crate::arch::x86::TLB_NR_DYN_ASIDS;
+        assert_eq!(TLB_NR_DYN_ASIDS, 6);
+        for kernel in KernelVersion::ALL {
+            let (k, ev) = x86(kernel, 1);
+            let mms: Vec<_> = (0..7).map(|_| k.mm_alloc()).collect();
+            let a = &mms[0];
+            switch_mm(&k, a); // slot 1
+            mmap_anon(&k, a, BASE, PS, true).unwrap();
+            k.write_user(a, BASE, 1).unwrap();
+            // A local flush while A runs: A's slot is up to date at gen 1.
+            madvise_dontneed(&k, a, BASE, PS).unwrap();
+            assert_eq!(k.cpus[0].tlb_gen.load(Ordering::SeqCst), a.tlb_gen.load(Ordering::SeqCst));
+            k.write_user(a, BASE, 2).unwrap();
+            let switches = |ev: &Events| -> Vec<u64> {
+                let v = ev.lock().iter().filter(|e| e.1 == "TLB_FLUSH_ON_TASK_SWITCH").map(|e| e.2).collect();
+                ev.lock().clear();
+                v
+            };
+            switches(&ev);
+            for m in &mms[1..5] {
+                switch_mm(&k, m); // slots 2..5
+            }
+            switch_mm(&k, a); // still slot 1, gen 1 remembered
+            switch_mm(&k, &mms[5]); // next_asid wrapped: slot 0 (init_mm's)
+            switch_mm(&k, a); // still slot 1
+            assert_eq!(
+                switches(&ev),
+                vec![TLB_FLUSH_ALL; 4].into_iter().chain([0, TLB_FLUSH_ALL, 0]).collect::<Vec<_>>(),
+                "{kernel}"
+            );
+            assert_eq!(k.read_user(a, BASE).unwrap(), 2);
+            assert!(cached(&k, 0, a, BASE), "{kernel}: A's entries survived the switches");
+            switch_mm(&k, &mms[6]); // slot 1: A's
+            switch_mm(&k, a); // a new slot: flush
+            assert_eq!(switches(&ev), vec![TLB_FLUSH_ALL, TLB_FLUSH_ALL], "{kernel}");
+            assert!(!cached(&k, 0, a, BASE), "{kernel}");
+            // A's generation moves while B runs (no CPU has A loaded: no
+            // flush reaches this one); the switch back flushes A's PCID.
+            k.write_user(a, BASE, 3).unwrap();
+            switch_mm(&k, &mms[1]);
+            madvise_dontneed(&k, a, BASE, PS).unwrap();
+            switch_mm(&k, a);
+            assert_eq!(switches(&ev).last(), Some(&TLB_FLUSH_ALL), "{kernel}");
+            assert!(!cached(&k, 0, a, BASE), "{kernel}: the stale entry is gone");
+            assert_eq!(k.read_user(a, BASE).unwrap(), 0, "{kernel}: a fresh zero page, not the old 3");
+            assert_eq!(k.san.count(), 0);
+        }
+    }
+
+    /// v6.18 `should_flush_tlb`: a CPU in the middle of a switch
+    /// (`LOADED_MM_SWITCHING`) is interrupted even without a trim due — it
+    /// may hold either mm's entries — and, finding another mm, clears
+    /// itself from the mask (TLB_REMOTE_WRONG_CPU).
+    #[test]
+    fn a_cpu_in_mid_switch_is_interrupted_on_6_18() {
+        use crate::arch::x86::LOADED_MM_SWITCHING;
+        let (k, ev, a, b) = program(KernelVersion::V6_18);
+        k.cpus[3].loaded_mm.store(LOADED_MM_SWITCHING, Ordering::SeqCst);
+        madvise_dontneed(&k, &a, BASE, PS).unwrap();
+        k.cpus[3].loaded_mm.store(b.id, Ordering::SeqCst);
+        assert_eq!(cpu_stat(&k, Stat::NrTlbRemoteFlushReceived), vec![0, 1, 0, 1]);
+        assert_eq!(k.stats.get(Stat::TlbIpiSent), 2);
+        assert!(ev.lock().contains(&(3, "TLB_REMOTE_WRONG_CPU", 0)));
+        assert_eq!(mask(&a), vec![0, 1, 2]);
+    }
 }
