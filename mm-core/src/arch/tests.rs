@@ -145,6 +145,66 @@ fn the_kernel_is_built_with_the_configured_profile() {
     }
 }
 
+/// `counters_kept`: a profile's own counters and the generic ones, never
+/// a counter only other profiles move — x86 keeps TLB_IPI_SENT and
+/// tlb_flush_full (NO_RANGE moves them too), arm64 keeps neither the IPI
+/// count nor any NR_TLB_* (not counters an arm64 kernel has).
+#[test]
+fn counters_kept_are_the_profiles_own_and_the_generic_ones() {
+    let kept = |arch| counters_kept(&KernelConfig { arch, ..KernelConfig::default() });
+    let (x86, arm64, generic) = (kept(Arch::X86), kept(Arch::Arm64), kept(Arch::GenericNoRange));
+    for s in [Stat::NrTlbRemoteFlush, Stat::TlbIpiSent, Stat::TlbFlushFull, Stat::TlbFlushRanged, Stat::GatherFlushes] {
+        assert!(x86.contains(&s), "x86 keeps {}", s.name());
+    }
+    for s in [Stat::Arm64TlbiVale1is, Stat::NoRangeFlushTlbMm] {
+        assert!(!x86.contains(&s), "x86 drops {}", s.name());
+    }
+    for s in [Stat::Arm64TlbiVale1is, Stat::TlbFlushFull, Stat::GatherFlushes] {
+        assert!(arm64.contains(&s), "arm64 keeps {}", s.name());
+    }
+    for s in [Stat::NrTlbRemoteFlush, Stat::TlbIpiSent, Stat::NoRangeCpuFlush, Stat::TraceOnTaskSwitch] {
+        assert!(!arm64.contains(&s), "arm64 drops {}", s.name());
+    }
+    assert!(generic.contains(&Stat::NoRangeFlushTlbMm) && generic.contains(&Stat::TlbIpiSent));
+    assert!(!generic.contains(&Stat::NrTlbRemoteFlush) && !generic.contains(&Stat::Arm64AsidRollover));
+    // Every Stat is kept by some profile, and the non-arch ones by all.
+    for s in Stat::ALL {
+        assert!(x86.contains(s) || arm64.contains(s) || generic.contains(s), "{}", s.name());
+    }
+    for s in NOT_THE_ARCH {
+        assert!(x86.contains(s) && arm64.contains(s) && generic.contains(s), "{}", s.name());
+    }
+}
+
+/// `CpuMm::runs`: loaded, a user mm, and not borrowed by a kernel thread.
+#[test]
+fn cpu_mm_runs_only_its_own_user_mm_and_not_lazily() {
+    assert!(CpuMm { mm: 5, lazy: false }.runs(5));
+    assert!(!CpuMm { mm: 5, lazy: false }.runs(6));
+    assert!(!CpuMm { mm: 5, lazy: true }.runs(5));
+    assert!(!CpuMm { mm: 0, lazy: false }.runs(0), "init_mm runs no user code");
+}
+
+/// `enter_lazy_tlb` on a CPU that never ran a user mm leaves it not lazy
+/// (nothing is borrowed); with a user mm loaded it is lazy until the next
+/// switch.
+#[test]
+fn enter_lazy_tlb_makes_lazy_only_a_cpu_holding_a_user_mm() {
+    for arch in Arch::ALL {
+        let k = Kernel::new_sync(KernelConfig { arch, ..KernelConfig::default() }, 2);
+        k.set_cpu(CpuId(1));
+        enter_lazy_tlb(&k);
+        assert_eq!(k.arch.cpu_mm(&k, CpuId(1)), CpuMm { mm: 0, lazy: false }, "{arch:?}");
+        let a = k.mm_alloc();
+        switch_mm(&k, &a);
+        enter_lazy_tlb(&k);
+        assert_eq!(k.arch.cpu_mm(&k, CpuId(1)), CpuMm { mm: a.id, lazy: true }, "{arch:?}");
+        switch_mm(&k, &a);
+        assert_eq!(k.arch.cpu_mm(&k, CpuId(1)), CpuMm { mm: a.id, lazy: false }, "{arch:?}");
+        assert_eq!(k.arch.cpu_mm(&k, CpuId(0)), CpuMm::default(), "{arch:?}");
+    }
+}
+
 // ---- arm64: __flush_tlb_range, tlb_flush (asm/tlbflush.h, asm/tlb.h, v6.12) ----
 
 mod arm64_flush {
