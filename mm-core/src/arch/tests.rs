@@ -312,6 +312,43 @@ mod arm64_flush {
         }
     }
 
+    /// `__flush_tlb_range_nosync`: `start = round_down(start, stride)`,
+    /// `end = round_up(end, stride)` — an unaligned start invalidates the
+    /// page holding it, not the one below.
+    #[test]
+    fn flush_tlb_range_rounds_the_range_to_the_stride() {
+        for cpu in [Arm64Cpu::V8_4, Arm64Cpu::V8_2] {
+            let (k, mm) = arm64_kernel(cpu);
+            for p in 0..3 {
+                k.hw.tlb(CpuId(1)).insert(mm.id, BASE + p * PS, Pfn(100 + p), true, true, false, 0);
+            }
+            arm64::__flush_tlb_range(&k, &mm, BASE + PS + 5, BASE + PS + 6, PS, true, Some(Level::Pte));
+            let cached = |va| k.hw.tlb(CpuId(1)).lookup(mm.id, va).is_some();
+            assert!(!cached(BASE + PS), "{cpu:?}");
+            assert!(cached(BASE) && cached(BASE + 2 * PS), "{cpu:?}");
+            assert_eq!(tlbis(&k), [1, 0, 0, 0, 0, 1], "{cpu:?}: one page, one VALE1IS");
+        }
+    }
+
+    /// FEAT_TTL: range TLBIs carry the level hint (levels 1..3 only:
+    /// `__TLBI_VADDR_RANGE` encodes a level-0 hint as unknown) — a level-3
+    /// hint spares a PMD leaf in the range, a level-0 hint spares nothing.
+    #[test]
+    fn range_tlbis_carry_the_level_hint_except_level_0() {
+        let (k, mm) = arm64_kernel(Arm64Cpu::V8_4);
+        let pmd_leaf = |k: &Kernel| k.hw.tlb(CpuId(1)).leaf_entries_of(mm.id).filter(|e| e.huge).count();
+        k.hw.tlb(CpuId(1)).insert(mm.id, BASE, Pfn(512), true, true, true, 0);
+        k.hw.tlb(CpuId(1)).insert(mm.id, BASE + PS, Pfn(101), true, true, false, 0);
+        arm64::__flush_tlb_range(&k, &mm, BASE, BASE + 101 * PS, PS, true, Some(Level::Pte));
+        let pte_leaves = |k: &Kernel| k.hw.tlb(CpuId(1)).leaf_entries_of(mm.id).filter(|e| !e.huge).count();
+        assert_eq!(pte_leaves(&k), 0, "the PTE leaf goes");
+        assert_eq!(pmd_leaf(&k), 1, "TTL=3: the PMD leaf is not looked at");
+        k.hw.tlb(CpuId(1)).insert(mm.id, BASE + PS, Pfn(101), true, true, false, 0);
+        arm64::__flush_tlb_range(&k, &mm, BASE, BASE + 101 * PS, PS, true, Some(Level::Pgd));
+        assert_eq!(pmd_leaf(&k), 0, "a level-0 hint becomes TLBI_TTL_UNKNOWN in a range TLBI");
+        assert_eq!(pte_leaves(&k), 0);
+    }
+
     #[test]
     fn tlb_flush_uses_the_unmap_stride_and_the_level_of_what_was_cleared() {
         let (k, mm) = arm64_kernel(Arm64Cpu::V8_2);
