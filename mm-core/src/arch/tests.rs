@@ -205,6 +205,97 @@ fn enter_lazy_tlb_makes_lazy_only_a_cpu_holding_a_user_mm() {
     }
 }
 
+/// `ptep_set_access_flags(vma, addr, ptep, entry, dirty)` of each profile
+/// (arch/x86/mm/pgtable.c, arch/arm64/mm/fault.c, mm/pgtable-generic.c,
+/// v6.12): returns whether the entry differed; x86 writes only when
+/// `dirty` and never flushes; arm64 merges A / D / W into the live entry
+/// (never taking a permission away) and flushes the page when `dirty`;
+/// generic writes and flushes (`flush_tlb_fix_spurious_fault` =
+/// `flush_tlb_page`) whenever it changed.
+#[test]
+fn ptep_set_access_flags_of_each_profile() {
+    use crate::hw::pte::{Level, Pte};
+    for arch in Arch::ALL {
+        let k = Kernel::new_sync(KernelConfig { arch, ..KernelConfig::default() }, 1);
+        let a = k.mm_alloc();
+        switch_mm(&k, &a);
+        mmap_anon(&k, &a, BASE, PS, true).unwrap();
+        k.write_user(&a, BASE, 1).unwrap();
+        let table = crate::pgtable::lookup_table(&k, &a, BASE, Level::Pte).unwrap();
+        let pte = || crate::pgtable::read(&k, table, Level::Pte, BASE);
+        let flushes = || match arch {
+            Arch::X86 => k.stats.get(Stat::NrTlbLocalFlushOne) + k.stats.get(Stat::NrTlbLocalFlushAll),
+            Arch::Arm64 => k.stats.get(Stat::Arm64BroadcastTlbi),
+            Arch::GenericNoRange => k.stats.get(Stat::NoRangeFlushTlbMm),
+        };
+        let full = pte();
+        assert!(full.write() && full.0 & Pte::DIRTY != 0 && full.0 & Pte::ACCESSED != 0, "{arch:?}");
+        let f0 = flushes();
+        // The same entry: unchanged, no flush.
+        assert!(!k.arch.ptep_set_access_flags(&k, &a, table, BASE, full, true), "{arch:?}");
+        assert_eq!((pte(), flushes()), (full, f0), "{arch:?}");
+        // Clean and old (A, D clear): a write fault's young + dirty entry.
+        let old = Pte(full.0 & !(Pte::DIRTY | Pte::ACCESSED));
+        crate::pgtable::write(&k, table, Level::Pte, BASE, old);
+        assert!(k.arch.ptep_set_access_flags(&k, &a, table, BASE, full, true), "{arch:?}");
+        let flushed = if arch == Arch::X86 { 0 } else { 1 };
+        assert_eq!((pte(), flushes()), (full, f0 + flushed), "{arch:?}");
+        // A read fault's young entry (dirty = false): x86 leaves the PTE,
+        // arm64 sets A without a flush, generic sets it and flushes.
+        crate::pgtable::write(&k, table, Level::Pte, BASE, old);
+        let young = Pte(old.0 | Pte::ACCESSED);
+        assert!(k.arch.ptep_set_access_flags(&k, &a, table, BASE, young, false), "{arch:?}");
+        let (want, more) = match arch {
+            Arch::X86 => (old, 0),
+            Arch::Arm64 => (young, 0),
+            Arch::GenericNoRange => (young, 1),
+        };
+        assert_eq!((pte(), flushes()), (want, f0 + flushed + more), "{arch:?}");
+        if arch == Arch::Arm64 {
+            // The merge keeps the live entry's A / D / W and adds the
+            // entry's: a read-only young entry on a dirty writable PTE
+            // takes nothing away; on a read-only PTE it grants no write.
+            crate::pgtable::write(&k, table, Level::Pte, BASE, full);
+            let ro_young = Pte(full.0 & !(Pte::RW | Pte::DIRTY));
+            assert!(k.arch.ptep_set_access_flags(&k, &a, table, BASE, ro_young, false));
+            assert_eq!(pte(), full);
+            let ro = Pte(old.0 & !Pte::RW);
+            crate::pgtable::write(&k, table, Level::Pte, BASE, ro);
+            assert!(k.arch.ptep_set_access_flags(&k, &a, table, BASE, Pte(ro.0 | Pte::ACCESSED), false));
+            assert_eq!(pte(), Pte(ro.0 | Pte::ACCESSED));
+        }
+        crate::pgtable::write(&k, table, Level::Pte, BASE, full);
+    }
+}
+
+/// The NO_RANGE (m68k) context switch: another mm flushes this CPU's user
+/// TLB and loads the root pointer; the same mm, nothing; init_mm from a
+/// user mm flushes once, from init_mm nothing.
+#[test]
+fn generic_switches_flush_only_when_the_mm_changes() {
+    let k = Kernel::new_sync(KernelConfig { arch: Arch::GenericNoRange, ..KernelConfig::default() }, 2);
+    let (a, b) = (k.mm_alloc(), k.mm_alloc());
+    let sw = || k.stats.get(Stat::NoRangeSwitchFlush);
+    switch_mm(&k, &a);
+    assert_eq!(sw(), 1);
+    switch_mm(&k, &a);
+    assert_eq!(sw(), 1, "same mm");
+    mmap_anon(&k, &a, BASE, PS, true).unwrap();
+    k.write_user(&a, BASE, 1).unwrap();
+    switch_mm(&k, &b);
+    assert_eq!(sw(), 2);
+    assert_eq!(k.hw.tlb(CpuId(0)).leaf_entries_of(a.id).count(), 0, "pflushan dropped A's entries");
+    assert_eq!(a.cpumask.snapshot().iter().map(|c| c.0).collect::<Vec<_>>(), vec![0], "the bit stays behind");
+    crate::tlb::switch_to_init_mm(&k, CpuId(0));
+    assert_eq!(sw(), 3);
+    assert_eq!(k.arch.cpu_mm(&k, CpuId(0)), CpuMm::default());
+    crate::tlb::switch_to_init_mm(&k, CpuId(0));
+    assert_eq!(sw(), 3, "already on init_mm");
+    // CPU 1 never ran anything: nothing to leave.
+    crate::tlb::switch_to_init_mm(&k, CpuId(1));
+    assert_eq!(sw(), 3);
+}
+
 // ---- arm64: __flush_tlb_range, tlb_flush (asm/tlbflush.h, asm/tlb.h, v6.12) ----
 
 mod arm64_flush {
