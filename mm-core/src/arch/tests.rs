@@ -1224,6 +1224,38 @@ mod x86_versions {
         }
     }
 
+    /// `switch_mm_irqs_off` to the mm a lazy CPU still holds: if the mm's
+    /// tlb_gen moved while it was lazy (a flush skipped it), the switch
+    /// flushes the PCID (TLB_FLUSH_ON_TASK_SWITCH, TLB_FLUSH_ALL) and no
+    /// stale entry is used; a CPU that was not lazy just returns.
+    #[test]
+    fn a_lazy_cpu_that_missed_a_flush_catches_up_at_its_switch_back() {
+        for kernel in KernelVersion::ALL {
+            let (k, ev) = x86(kernel, 2);
+            let a = k.mm_alloc();
+            on(&k, 0, &a);
+            mmap_anon(&k, &a, BASE, PS, true).unwrap();
+            on(&k, 1, &a);
+            k.write_user(&a, BASE, 5).unwrap();
+            enter_lazy_tlb(&k);
+            k.set_cpu(CpuId(0));
+            madvise_dontneed(&k, &a, BASE, PS).unwrap();
+            assert_eq!(cpu_stat(&k, Stat::NrTlbRemoteFlushReceived), vec![0, 0], "{kernel}: the lazy CPU was skipped");
+            assert!(cached(&k, 1, &a, BASE), "{kernel}");
+            ev.lock().clear();
+            on(&k, 1, &a);
+            assert_eq!(*ev.lock(), vec![(1, "TLB_FLUSH_ON_TASK_SWITCH", TLB_FLUSH_ALL)], "{kernel}");
+            assert!(!cached(&k, 1, &a, BASE), "{kernel}");
+            assert_eq!(k.read_user(&a, BASE).unwrap(), 0, "{kernel}: not the stale 5");
+            assert_eq!(k.cpus[1].tlb_gen.load(Ordering::SeqCst), a.tlb_gen.load(Ordering::SeqCst));
+            // Not lazy: the same mm again is no switch at all.
+            ev.lock().clear();
+            on(&k, 1, &a);
+            assert!(ev.lock().is_empty(), "{kernel}");
+            assert_eq!(k.san.count(), 0);
+        }
+    }
+
     /// v6.18 `should_flush_tlb`: a CPU in the middle of a switch
     /// (`LOADED_MM_SWITCHING`) is interrupted even without a trim due — it
     /// may hold either mm's entries — and, finding another mm, clears
