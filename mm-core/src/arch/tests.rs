@@ -268,6 +268,43 @@ fn ptep_set_access_flags_of_each_profile() {
     }
 }
 
+/// NO_RANGE: every flush entry point — of a range, a page, a PMD range,
+/// x86's `flush_tlb_mm_range` name — is one `flush_tlb_mm`: an IPI to
+/// the other CPU of mm_cpumask, the whole ASID flushed on both, entries
+/// outside the range included.
+#[test]
+fn generic_every_flush_is_flush_tlb_mm() {
+    let k = Kernel::new_sync(KernelConfig { arch: Arch::GenericNoRange, ..KernelConfig::default() }, 2);
+    let a = k.mm_alloc();
+    let pmd = k.cfg.geometry.pmd_size();
+    let flushes: [&dyn Fn(); 5] = [
+        &|| k.arch.flush_tlb_mm_range(&k, &a, BASE, BASE + PS, 12, false),
+        &|| k.arch.flush_tlb_range(&k, &a, BASE, BASE + PS, false),
+        &|| k.arch.flush_tlb_page(&k, &a, BASE),
+        &|| k.arch.flush_pmd_tlb_range(&k, &a, BASE, BASE + pmd),
+        &|| k.arch.flush_tlb_mm(&k, &a),
+    ];
+    for c in [1, 0] {
+        k.set_cpu(CpuId(c));
+        switch_mm(&k, &a);
+    }
+    mmap_anon(&k, &a, BASE, 16 * PS, true).unwrap();
+    for (i, flush) in flushes.iter().enumerate() {
+        let n = i as u64;
+        for c in [1, 0] {
+            k.set_cpu(CpuId(c));
+            k.write_user(&a, BASE + 10 * PS, n).unwrap();
+        }
+        flush();
+        assert_eq!(k.stats.get(Stat::NoRangeFlushTlbMm), n + 1, "flush {i}");
+        assert_eq!(k.stats.get(Stat::NoRangeCpuFlush), 2 * (n + 1), "flush {i}");
+        assert_eq!(k.stats.get(Stat::TlbIpiSent), n + 1, "flush {i}");
+        for c in 0..2 {
+            assert_eq!(k.hw.tlb(CpuId(c)).leaf_entries_of(a.id).count(), 0, "flush {i}, CPU {c}");
+        }
+    }
+}
+
 /// The NO_RANGE (m68k) context switch: another mm flushes this CPU's user
 /// TLB and loads the root pointer; the same mm, nothing; init_mm from a
 /// user mm flushes once, from init_mm nothing.
