@@ -477,6 +477,31 @@ mod arm64_flush {
         assert_eq!(pte_leaves(&k), 0);
     }
 
+    /// asm/tlb.h `tlb_get_level`: the one level cleared — PTE 3, PMD 2,
+    /// PUD 1, P4D (folded into the PGD) 0 — else TLBI_TTL_UNKNOWN.
+    #[test]
+    fn tlb_get_level_is_the_only_level_cleared() {
+        let (k, mm) = arm64_kernel(Arm64Cpu::V8_4);
+        let level = |f: &dyn Fn(&mut MmuGather<'_>)| {
+            let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+            f(&mut tlb);
+            let l = arm64::tlb_get_level(&tlb);
+            tlb.tlb_finish_mmu();
+            l
+        };
+        assert_eq!(level(&|t| t.tlb_flush_pte_range(BASE, PS)), Some(Level::Pte));
+        assert_eq!(level(&|t| t.tlb_flush_pmd_range(BASE, PS)), Some(Level::Pmd));
+        assert_eq!(level(&|t| t.tlb_flush_pud_range(BASE, PS)), Some(Level::Pud));
+        assert_eq!(level(&|t| t.tlb_flush_p4d_range(BASE, PS)), Some(Level::Pgd));
+        assert_eq!(
+            level(&|t| {
+                t.tlb_flush_pte_range(BASE, PS);
+                t.tlb_flush_pmd_range(BASE, PS);
+            }),
+            None
+        );
+    }
+
     #[test]
     fn tlb_flush_uses_the_unmap_stride_and_the_level_of_what_was_cleared() {
         let (k, mm) = arm64_kernel(Arm64Cpu::V8_2);
