@@ -190,7 +190,8 @@ pub fn generic_flush_tlb_mm(k: &Kernel, mm: &MmStruct) {
     let mask = mm.cpumask.snapshot();
     let mut others = mask;
     others.clear(me);
-    k.stats.add(me, Stat::TlbIpiSent, others.iter().filter(|c| c.idx() < k.hw.nr_cpus()).count() as u64);
+    // mm_cpumask only ever holds CPUs that ran the mm (< nr_cpus).
+    k.stats.add(me, Stat::TlbIpiSent, others.iter().count() as u64);
     let func = |cpu: CpuId| {
         k.hw.tlb(cpu).flush_asid(mm.id);
         k.stats.inc(cpu, Stat::NoRangeCpuFlush);

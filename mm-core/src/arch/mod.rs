@@ -148,7 +148,7 @@ pub fn counters_kept(cfg: &KernelConfig) -> Vec<Stat> {
     let others: Vec<&'static [Stat]> = Arch::ALL
         .into_iter()
         .filter(|a| *a != cfg.arch)
-        .map(|arch| arch_counters(&KernelConfig { arch, nr_cpus: 1, ..cfg.clone() }))
+        .map(|arch| arch_counters(&KernelConfig { arch, ..cfg.clone() }))
         .collect();
     Stat::ALL.iter().copied().filter(|s| own.contains(s) || !others.iter().any(|o| o.contains(s))).collect()
 }

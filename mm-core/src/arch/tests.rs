@@ -145,6 +145,194 @@ fn the_kernel_is_built_with_the_configured_profile() {
     }
 }
 
+/// `counters_kept`: a profile's own counters and the generic ones, never
+/// a counter only other profiles move — x86 keeps TLB_IPI_SENT and
+/// tlb_flush_full (NO_RANGE moves them too), arm64 keeps neither the IPI
+/// count nor any NR_TLB_* (not counters an arm64 kernel has).
+#[test]
+fn counters_kept_are_the_profiles_own_and_the_generic_ones() {
+    let kept = |arch| counters_kept(&KernelConfig { arch, ..KernelConfig::default() });
+    let (x86, arm64, generic) = (kept(Arch::X86), kept(Arch::Arm64), kept(Arch::GenericNoRange));
+    for s in [Stat::NrTlbRemoteFlush, Stat::TlbIpiSent, Stat::TlbFlushFull, Stat::TlbFlushRanged, Stat::GatherFlushes] {
+        assert!(x86.contains(&s), "x86 keeps {}", s.name());
+    }
+    for s in [Stat::Arm64TlbiVale1is, Stat::NoRangeFlushTlbMm] {
+        assert!(!x86.contains(&s), "x86 drops {}", s.name());
+    }
+    for s in [Stat::Arm64TlbiVale1is, Stat::TlbFlushFull, Stat::GatherFlushes] {
+        assert!(arm64.contains(&s), "arm64 keeps {}", s.name());
+    }
+    for s in [Stat::NrTlbRemoteFlush, Stat::TlbIpiSent, Stat::NoRangeCpuFlush, Stat::TraceOnTaskSwitch] {
+        assert!(!arm64.contains(&s), "arm64 drops {}", s.name());
+    }
+    assert!(generic.contains(&Stat::NoRangeFlushTlbMm) && generic.contains(&Stat::TlbIpiSent));
+    assert!(!generic.contains(&Stat::NrTlbRemoteFlush) && !generic.contains(&Stat::Arm64AsidRollover));
+    // Every Stat is kept by some profile, and the non-arch ones by all.
+    for s in Stat::ALL {
+        assert!(x86.contains(s) || arm64.contains(s) || generic.contains(s), "{}", s.name());
+    }
+    for s in NOT_THE_ARCH {
+        assert!(x86.contains(s) && arm64.contains(s) && generic.contains(s), "{}", s.name());
+    }
+}
+
+/// `CpuMm::runs`: loaded, a user mm, and not borrowed by a kernel thread.
+#[test]
+fn cpu_mm_runs_only_its_own_user_mm_and_not_lazily() {
+    assert!(CpuMm { mm: 5, lazy: false }.runs(5));
+    assert!(!CpuMm { mm: 5, lazy: false }.runs(6));
+    assert!(!CpuMm { mm: 5, lazy: true }.runs(5));
+    assert!(!CpuMm { mm: 0, lazy: false }.runs(0), "init_mm runs no user code");
+}
+
+/// `enter_lazy_tlb` on a CPU that never ran a user mm leaves it not lazy
+/// (nothing is borrowed); with a user mm loaded it is lazy until the next
+/// switch.
+#[test]
+fn enter_lazy_tlb_makes_lazy_only_a_cpu_holding_a_user_mm() {
+    for arch in Arch::ALL {
+        let k = Kernel::new_sync(KernelConfig { arch, ..KernelConfig::default() }, 2);
+        k.set_cpu(CpuId(1));
+        enter_lazy_tlb(&k);
+        assert_eq!(k.arch.cpu_mm(&k, CpuId(1)), CpuMm { mm: 0, lazy: false }, "{arch:?}");
+        let a = k.mm_alloc();
+        switch_mm(&k, &a);
+        enter_lazy_tlb(&k);
+        assert_eq!(k.arch.cpu_mm(&k, CpuId(1)), CpuMm { mm: a.id, lazy: true }, "{arch:?}");
+        switch_mm(&k, &a);
+        assert_eq!(k.arch.cpu_mm(&k, CpuId(1)), CpuMm { mm: a.id, lazy: false }, "{arch:?}");
+        assert_eq!(k.arch.cpu_mm(&k, CpuId(0)), CpuMm::default(), "{arch:?}");
+    }
+}
+
+/// `ptep_set_access_flags(vma, addr, ptep, entry, dirty)` of each profile
+/// (arch/x86/mm/pgtable.c, arch/arm64/mm/fault.c, mm/pgtable-generic.c,
+/// v6.12): returns whether the entry differed; x86 writes only when
+/// `dirty` and never flushes; arm64 merges A / D / W into the live entry
+/// (never taking a permission away) and flushes the page when `dirty`;
+/// generic writes and flushes (`flush_tlb_fix_spurious_fault` =
+/// `flush_tlb_page`) whenever it changed.
+#[test]
+fn ptep_set_access_flags_of_each_profile() {
+    use crate::hw::pte::{Level, Pte};
+    for arch in Arch::ALL {
+        let k = Kernel::new_sync(KernelConfig { arch, ..KernelConfig::default() }, 1);
+        let a = k.mm_alloc();
+        switch_mm(&k, &a);
+        mmap_anon(&k, &a, BASE, PS, true).unwrap();
+        k.write_user(&a, BASE, 1).unwrap();
+        let table = crate::pgtable::lookup_table(&k, &a, BASE, Level::Pte).unwrap();
+        let pte = || crate::pgtable::read(&k, table, Level::Pte, BASE);
+        let flushes = || match arch {
+            Arch::X86 => k.stats.get(Stat::NrTlbLocalFlushOne) + k.stats.get(Stat::NrTlbLocalFlushAll),
+            Arch::Arm64 => k.stats.get(Stat::Arm64BroadcastTlbi),
+            Arch::GenericNoRange => k.stats.get(Stat::NoRangeFlushTlbMm),
+        };
+        let full = pte();
+        assert!(full.write() && full.0 & Pte::DIRTY != 0 && full.0 & Pte::ACCESSED != 0, "{arch:?}");
+        let f0 = flushes();
+        // The same entry: unchanged, no flush.
+        assert!(!k.arch.ptep_set_access_flags(&k, &a, table, BASE, full, true), "{arch:?}");
+        assert_eq!((pte(), flushes()), (full, f0), "{arch:?}");
+        // Clean and old (A, D clear): a write fault's young + dirty entry.
+        let old = Pte(full.0 & !(Pte::DIRTY | Pte::ACCESSED));
+        crate::pgtable::write(&k, table, Level::Pte, BASE, old);
+        assert!(k.arch.ptep_set_access_flags(&k, &a, table, BASE, full, true), "{arch:?}");
+        let flushed = if arch == Arch::X86 { 0 } else { 1 };
+        assert_eq!((pte(), flushes()), (full, f0 + flushed), "{arch:?}");
+        // A read fault's young entry (dirty = false): x86 leaves the PTE,
+        // arm64 sets A without a flush, generic sets it and flushes.
+        crate::pgtable::write(&k, table, Level::Pte, BASE, old);
+        let young = Pte(old.0 | Pte::ACCESSED);
+        assert!(k.arch.ptep_set_access_flags(&k, &a, table, BASE, young, false), "{arch:?}");
+        let (want, more) = match arch {
+            Arch::X86 => (old, 0),
+            Arch::Arm64 => (young, 0),
+            Arch::GenericNoRange => (young, 1),
+        };
+        assert_eq!((pte(), flushes()), (want, f0 + flushed + more), "{arch:?}");
+        if arch == Arch::Arm64 {
+            // The merge keeps the live entry's A / D / W and adds the
+            // entry's: a read-only young entry on a dirty writable PTE
+            // takes nothing away; on a read-only PTE it grants no write.
+            crate::pgtable::write(&k, table, Level::Pte, BASE, full);
+            let ro_young = Pte(full.0 & !(Pte::RW | Pte::DIRTY));
+            assert!(k.arch.ptep_set_access_flags(&k, &a, table, BASE, ro_young, false));
+            assert_eq!(pte(), full);
+            let ro = Pte(old.0 & !Pte::RW);
+            crate::pgtable::write(&k, table, Level::Pte, BASE, ro);
+            assert!(k.arch.ptep_set_access_flags(&k, &a, table, BASE, Pte(ro.0 | Pte::ACCESSED), false));
+            assert_eq!(pte(), Pte(ro.0 | Pte::ACCESSED));
+        }
+        crate::pgtable::write(&k, table, Level::Pte, BASE, full);
+    }
+}
+
+/// NO_RANGE: every flush entry point — of a range, a page, a PMD range,
+/// x86's `flush_tlb_mm_range` name — is one `flush_tlb_mm`: an IPI to
+/// the other CPU of mm_cpumask, the whole ASID flushed on both, entries
+/// outside the range included.
+#[test]
+fn generic_every_flush_is_flush_tlb_mm() {
+    let k = Kernel::new_sync(KernelConfig { arch: Arch::GenericNoRange, ..KernelConfig::default() }, 2);
+    let a = k.mm_alloc();
+    let pmd = k.cfg.geometry.pmd_size();
+    let flushes: [&dyn Fn(); 5] = [
+        &|| k.arch.flush_tlb_mm_range(&k, &a, BASE, BASE + PS, 12, false),
+        &|| k.arch.flush_tlb_range(&k, &a, BASE, BASE + PS, false),
+        &|| k.arch.flush_tlb_page(&k, &a, BASE),
+        &|| k.arch.flush_pmd_tlb_range(&k, &a, BASE, BASE + pmd),
+        &|| k.arch.flush_tlb_mm(&k, &a),
+    ];
+    for c in [1, 0] {
+        k.set_cpu(CpuId(c));
+        switch_mm(&k, &a);
+    }
+    mmap_anon(&k, &a, BASE, 16 * PS, true).unwrap();
+    for (i, flush) in flushes.iter().enumerate() {
+        let n = i as u64;
+        for c in [1, 0] {
+            k.set_cpu(CpuId(c));
+            k.write_user(&a, BASE + 10 * PS, n).unwrap();
+        }
+        flush();
+        assert_eq!(k.stats.get(Stat::NoRangeFlushTlbMm), n + 1, "flush {i}");
+        assert_eq!(k.stats.get(Stat::NoRangeCpuFlush), 2 * (n + 1), "flush {i}");
+        assert_eq!(k.stats.get(Stat::TlbIpiSent), n + 1, "flush {i}");
+        for c in 0..2 {
+            assert_eq!(k.hw.tlb(CpuId(c)).leaf_entries_of(a.id).count(), 0, "flush {i}, CPU {c}");
+        }
+    }
+}
+
+/// The NO_RANGE (m68k) context switch: another mm flushes this CPU's user
+/// TLB and loads the root pointer; the same mm, nothing; init_mm from a
+/// user mm flushes once, from init_mm nothing.
+#[test]
+fn generic_switches_flush_only_when_the_mm_changes() {
+    let k = Kernel::new_sync(KernelConfig { arch: Arch::GenericNoRange, ..KernelConfig::default() }, 2);
+    let (a, b) = (k.mm_alloc(), k.mm_alloc());
+    let sw = || k.stats.get(Stat::NoRangeSwitchFlush);
+    switch_mm(&k, &a);
+    assert_eq!(sw(), 1);
+    switch_mm(&k, &a);
+    assert_eq!(sw(), 1, "same mm");
+    mmap_anon(&k, &a, BASE, PS, true).unwrap();
+    k.write_user(&a, BASE, 1).unwrap();
+    switch_mm(&k, &b);
+    assert_eq!(sw(), 2);
+    assert_eq!(k.hw.tlb(CpuId(0)).leaf_entries_of(a.id).count(), 0, "pflushan dropped A's entries");
+    assert_eq!(a.cpumask.snapshot().iter().map(|c| c.0).collect::<Vec<_>>(), vec![0], "the bit stays behind");
+    crate::tlb::switch_to_init_mm(&k, CpuId(0));
+    assert_eq!(sw(), 3);
+    assert_eq!(k.arch.cpu_mm(&k, CpuId(0)), CpuMm::default());
+    crate::tlb::switch_to_init_mm(&k, CpuId(0));
+    assert_eq!(sw(), 3, "already on init_mm");
+    // CPU 1 never ran anything: nothing to leave.
+    crate::tlb::switch_to_init_mm(&k, CpuId(1));
+    assert_eq!(sw(), 3);
+}
+
 // ---- arm64: __flush_tlb_range, tlb_flush (asm/tlbflush.h, asm/tlb.h, v6.12) ----
 
 mod arm64_flush {
@@ -250,6 +438,68 @@ mod arm64_flush {
             let pmd_table_cached = k.hw.tlb(CpuId(1)).psc_entries().any(|(l, e)| l == Level::Pmd && e.table == Pfn(8));
             assert!(!pmd_table_cached, "{cpu:?}: flush_hugetlb_tlb_range drops the PUD-level walk cache");
         }
+    }
+
+    /// `__flush_tlb_range_nosync`: `start = round_down(start, stride)`,
+    /// `end = round_up(end, stride)` — an unaligned start invalidates the
+    /// page holding it, not the one below.
+    #[test]
+    fn flush_tlb_range_rounds_the_range_to_the_stride() {
+        for cpu in [Arm64Cpu::V8_4, Arm64Cpu::V8_2] {
+            let (k, mm) = arm64_kernel(cpu);
+            for p in 0..3 {
+                k.hw.tlb(CpuId(1)).insert(mm.id, BASE + p * PS, Pfn(100 + p), true, true, false, 0);
+            }
+            arm64::__flush_tlb_range(&k, &mm, BASE + PS + 5, BASE + PS + 6, PS, true, Some(Level::Pte));
+            let cached = |va| k.hw.tlb(CpuId(1)).lookup(mm.id, va).is_some();
+            assert!(!cached(BASE + PS), "{cpu:?}");
+            assert!(cached(BASE) && cached(BASE + 2 * PS), "{cpu:?}");
+            assert_eq!(tlbis(&k), [1, 0, 0, 0, 0, 1], "{cpu:?}: one page, one VALE1IS");
+        }
+    }
+
+    /// FEAT_TTL: range TLBIs carry the level hint (levels 1..3 only:
+    /// `__TLBI_VADDR_RANGE` encodes a level-0 hint as unknown) — a level-3
+    /// hint spares a PMD leaf in the range, a level-0 hint spares nothing.
+    #[test]
+    fn range_tlbis_carry_the_level_hint_except_level_0() {
+        let (k, mm) = arm64_kernel(Arm64Cpu::V8_4);
+        let pmd_leaf = |k: &Kernel| k.hw.tlb(CpuId(1)).leaf_entries_of(mm.id).filter(|e| e.huge).count();
+        k.hw.tlb(CpuId(1)).insert(mm.id, BASE, Pfn(512), true, true, true, 0);
+        k.hw.tlb(CpuId(1)).insert(mm.id, BASE + PS, Pfn(101), true, true, false, 0);
+        arm64::__flush_tlb_range(&k, &mm, BASE, BASE + 101 * PS, PS, true, Some(Level::Pte));
+        let pte_leaves = |k: &Kernel| k.hw.tlb(CpuId(1)).leaf_entries_of(mm.id).filter(|e| !e.huge).count();
+        assert_eq!(pte_leaves(&k), 0, "the PTE leaf goes");
+        assert_eq!(pmd_leaf(&k), 1, "TTL=3: the PMD leaf is not looked at");
+        k.hw.tlb(CpuId(1)).insert(mm.id, BASE + PS, Pfn(101), true, true, false, 0);
+        arm64::__flush_tlb_range(&k, &mm, BASE, BASE + 101 * PS, PS, true, Some(Level::Pgd));
+        assert_eq!(pmd_leaf(&k), 0, "a level-0 hint becomes TLBI_TTL_UNKNOWN in a range TLBI");
+        assert_eq!(pte_leaves(&k), 0);
+    }
+
+    /// asm/tlb.h `tlb_get_level`: the one level cleared — PTE 3, PMD 2,
+    /// PUD 1, P4D (folded into the PGD) 0 — else TLBI_TTL_UNKNOWN.
+    #[test]
+    fn tlb_get_level_is_the_only_level_cleared() {
+        let (k, mm) = arm64_kernel(Arm64Cpu::V8_4);
+        let level = |f: &dyn Fn(&mut MmuGather<'_>)| {
+            let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+            f(&mut tlb);
+            let l = arm64::tlb_get_level(&tlb);
+            tlb.tlb_finish_mmu();
+            l
+        };
+        assert_eq!(level(&|t| t.tlb_flush_pte_range(BASE, PS)), Some(Level::Pte));
+        assert_eq!(level(&|t| t.tlb_flush_pmd_range(BASE, PS)), Some(Level::Pmd));
+        assert_eq!(level(&|t| t.tlb_flush_pud_range(BASE, PS)), Some(Level::Pud));
+        assert_eq!(level(&|t| t.tlb_flush_p4d_range(BASE, PS)), Some(Level::Pgd));
+        assert_eq!(
+            level(&|t| {
+                t.tlb_flush_pte_range(BASE, PS);
+                t.tlb_flush_pmd_range(BASE, PS);
+            }),
+            None
+        );
     }
 
     #[test]
@@ -855,5 +1105,233 @@ mod x86_versions {
             assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 7, "{kernel}");
             assert_eq!(k.stats.get(Stat::NrTlbLocalFlushAll), 0);
         }
+    }
+
+    // ---- exact results the mutation run (issue 13) found unpinned ----------
+    // arch/x86/mm/tlb.c read in a v6.6..v6.12-era torvalds/linux copy
+    // (flush_tlb_mm_range with mmu_notifier_arch_invalidate_secondary_tlbs
+    // and without should_trim_cpumask), v6.12 semantics.
+
+    fn cached(k: &Kernel, cpu: u32, mm: &MmStruct, va: u64) -> bool {
+        k.hw.tlb(CpuId(cpu)).lookup(mm.id, va).is_some()
+    }
+
+    /// `flush_tlb_page` invalidates the page that holds `addr` — rounded
+    /// down, one INVLPG — and no neighbour.
+    #[test]
+    fn flush_tlb_page_invalidates_exactly_the_page_holding_addr() {
+        let (k, ev) = x86(KernelVersion::V6_12, 1);
+        let a = k.mm_alloc();
+        switch_mm(&k, &a);
+        mmap_anon(&k, &a, BASE, 4 * PS, true).unwrap();
+        for p in 0..3 {
+            k.write_user(&a, BASE + p * PS, p + 1).unwrap();
+        }
+        ev.lock().clear();
+        k.arch.flush_tlb_page(&k, &a, BASE + PS + 5);
+        assert!(!cached(&k, 0, &a, BASE + PS), "the page holding addr");
+        assert!(cached(&k, 0, &a, BASE), "the page below stays");
+        assert!(cached(&k, 0, &a, BASE + 2 * PS), "the page above stays");
+        assert_eq!(*ev.lock(), vec![(0, "TLB_LOCAL_MM_SHOOTDOWN", 1)]);
+        assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 1);
+    }
+
+    /// `flush_tlb_mm_range`: `cpumask_any_but(mm_cpumask(mm), cpu)` — a
+    /// flush from a CPU outside the mask still interrupts the CPUs in it;
+    /// a CPU alone in the mask flushes itself without `flush_tlb_multi`.
+    #[test]
+    fn a_flush_from_outside_the_mask_interrupts_it_a_lone_cpu_flushes_itself() {
+        for kernel in KernelVersion::ALL {
+            let (k, ev) = x86(kernel, 2);
+            let (a, b) = (k.mm_alloc(), k.mm_alloc());
+            on(&k, 0, &a);
+            mmap_anon(&k, &a, BASE, PS, true).unwrap();
+            k.write_user(&a, BASE, 1).unwrap();
+            on(&k, 1, &b);
+            assert_eq!(mask(&a), vec![0], "{kernel}");
+            ev.lock().clear();
+            // CPU 1 (running B) flushes a page of A.
+            k.arch.flush_tlb_page(&k, &a, BASE);
+            assert_eq!(k.stats.get(Stat::NrTlbRemoteFlush), 1, "{kernel}");
+            assert_eq!(cpu_stat(&k, Stat::NrTlbRemoteFlushReceived), vec![1, 0], "{kernel}");
+            assert_eq!(k.stats.get(Stat::TlbIpiSent), 1, "{kernel}");
+            assert_eq!(*ev.lock(), vec![(1, "TLB_REMOTE_SEND_IPI", 1), (0, "TLB_REMOTE_SHOOTDOWN", 1)], "{kernel}");
+            assert!(!cached(&k, 0, &a, BASE), "{kernel}");
+            // CPU 0, alone in A's mask: a local flush, no IPI.
+            k.set_cpu(CpuId(0));
+            k.write_user(&a, BASE, 2).unwrap();
+            ev.lock().clear();
+            k.arch.flush_tlb_page(&k, &a, BASE);
+            assert_eq!(k.stats.get(Stat::NrTlbRemoteFlush), 1, "{kernel}");
+            assert_eq!(cpu_stat(&k, Stat::NrTlbLocalFlushOne), vec![1, 0], "{kernel}");
+            assert_eq!(*ev.lock(), vec![(0, "TLB_LOCAL_MM_SHOOTDOWN", 1)], "{kernel}");
+            assert!(!cached(&k, 0, &a, BASE), "{kernel}");
+        }
+    }
+
+    /// `get_flush_tlb_info` / `flush_tlb_func`: 33 pages
+    /// (`tlb_single_page_flush_ceiling`) are 33 INVLPGs of exactly those
+    /// pages; 34 pages are one full flush.
+    #[test]
+    fn thirty_three_pages_are_invlpgs_thirty_four_a_full_flush() {
+        let (k, ev) = x86(KernelVersion::V6_12, 1);
+        let a = k.mm_alloc();
+        switch_mm(&k, &a);
+        mmap_anon(&k, &a, BASE, 64 * PS, true).unwrap();
+        for p in 0..35 {
+            k.write_user(&a, BASE + p * PS, p).unwrap();
+        }
+        ev.lock().clear();
+        k.arch.flush_tlb_mm_range(&k, &a, BASE, BASE + 33 * PS, 12, false);
+        assert!((0..33).all(|p| !cached(&k, 0, &a, BASE + p * PS)), "each of the 33 pages");
+        assert!(cached(&k, 0, &a, BASE + 33 * PS), "not the page at end");
+        assert_eq!(*ev.lock(), vec![(0, "TLB_LOCAL_MM_SHOOTDOWN", 33)]);
+        assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 33);
+        ev.lock().clear();
+        k.arch.flush_tlb_mm_range(&k, &a, BASE, BASE + 34 * PS, 12, false);
+        assert_eq!(*ev.lock(), vec![(0, "TLB_LOCAL_MM_SHOOTDOWN", TLB_FLUSH_ALL)]);
+        assert_eq!(k.stats.get(Stat::NrTlbLocalFlushAll), 1);
+        assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 33);
+        assert!(!cached(&k, 0, &a, BASE + 34 * PS), "the whole PCID");
+    }
+
+    /// `flush_tlb_func`: the partial flush only when it takes the CPU from
+    /// exactly gen-1 to the mm's gen; two flushes in flight make the first
+    /// IPI a full flush and the second a no-op (untraced), in either order.
+    #[test]
+    fn a_cpu_two_generations_behind_flushes_everything_once() {
+        for late_first in [false, true] {
+            let (k, ev) = x86(KernelVersion::V6_12, 2);
+            let a = k.mm_alloc();
+            switch_mm(&k, &a);
+            ev.lock().clear();
+            let g = a.tlb_gen.load(Ordering::SeqCst);
+            assert_eq!(k.cpus[0].tlb_gen.load(Ordering::SeqCst), g);
+            let (g1, g2) = (a.inc_mm_tlb_gen(), a.inc_mm_tlb_gen());
+            let f = |gen| FlushTlbInfo {
+                mm: a.id,
+                start: BASE,
+                end: BASE + PS,
+                new_tlb_gen: gen,
+                initiating_cpu: CpuId(1),
+                stride_shift: 12,
+                freed_tables: false,
+                trim_cpumask: false,
+            };
+            let order = if late_first { [g2, g1] } else { [g1, g2] };
+            for gen in order {
+                let irq = k.local_irq_save();
+                flush_tlb_func(&k, &a, CpuId(0), &f(gen));
+                drop(irq);
+            }
+            assert_eq!(*ev.lock(), vec![(0, "TLB_REMOTE_SHOOTDOWN", TLB_FLUSH_ALL)], "late first: {late_first}");
+            assert_eq!(k.stats.get_cpu(CpuId(0), Stat::IrqTlbCount), 2);
+            assert_eq!(k.cpus[0].tlb_gen.load(Ordering::SeqCst), g2);
+        }
+    }
+
+    /// `choose_new_asid`: TLB_NR_DYN_ASIDS slots handed out from
+    /// `next_asid`, wrapping to slot 0; a slot remembers the generation
+    /// its mm was left at, so switching back is free until the slot is
+    /// taken by another mm or the mm's generation moves (then the switch
+    /// flushes the mm's PCID: no stale entry survives it).
+    #[test]
+    fn pcid_slots_wrap_and_remember_the_generation_each_mm_was_left_at() {
+        use crate::arch::x86::TLB_NR_DYN_ASIDS;
+        assert_eq!(TLB_NR_DYN_ASIDS, 6);
+        for kernel in KernelVersion::ALL {
+            let (k, ev) = x86(kernel, 1);
+            let mms: Vec<_> = (0..7).map(|_| k.mm_alloc()).collect();
+            let a = &mms[0];
+            switch_mm(&k, a); // slot 1
+            mmap_anon(&k, a, BASE, PS, true).unwrap();
+            k.write_user(a, BASE, 1).unwrap();
+            // A local flush while A runs: A's slot is up to date at gen 1.
+            madvise_dontneed(&k, a, BASE, PS).unwrap();
+            assert_eq!(k.cpus[0].tlb_gen.load(Ordering::SeqCst), a.tlb_gen.load(Ordering::SeqCst));
+            k.write_user(a, BASE, 2).unwrap();
+            let switches = |ev: &Events| -> Vec<u64> {
+                let v = ev.lock().iter().filter(|e| e.1 == "TLB_FLUSH_ON_TASK_SWITCH").map(|e| e.2).collect();
+                ev.lock().clear();
+                v
+            };
+            switches(&ev);
+            for m in &mms[1..5] {
+                switch_mm(&k, m); // slots 2..5
+            }
+            switch_mm(&k, a); // still slot 1, gen 1 remembered
+            switch_mm(&k, &mms[5]); // next_asid wrapped: slot 0 (init_mm's)
+            switch_mm(&k, a); // still slot 1
+            assert_eq!(
+                switches(&ev),
+                vec![TLB_FLUSH_ALL; 4].into_iter().chain([0, TLB_FLUSH_ALL, 0]).collect::<Vec<_>>(),
+                "{kernel}"
+            );
+            assert_eq!(k.read_user(a, BASE).unwrap(), 2);
+            assert!(cached(&k, 0, a, BASE), "{kernel}: A's entries survived the switches");
+            switch_mm(&k, &mms[6]); // slot 1: A's
+            switch_mm(&k, a); // a new slot: flush
+            assert_eq!(switches(&ev), vec![TLB_FLUSH_ALL, TLB_FLUSH_ALL], "{kernel}");
+            assert!(!cached(&k, 0, a, BASE), "{kernel}");
+            // A's generation moves while B runs (no CPU has A loaded: no
+            // flush reaches this one); the switch back flushes A's PCID.
+            k.write_user(a, BASE, 3).unwrap();
+            switch_mm(&k, &mms[1]);
+            madvise_dontneed(&k, a, BASE, PS).unwrap();
+            switch_mm(&k, a);
+            assert_eq!(switches(&ev).last(), Some(&TLB_FLUSH_ALL), "{kernel}");
+            assert!(!cached(&k, 0, a, BASE), "{kernel}: the stale entry is gone");
+            assert_eq!(k.read_user(a, BASE).unwrap(), 0, "{kernel}: a fresh zero page, not the old 3");
+            assert_eq!(k.san.count(), 0);
+        }
+    }
+
+    /// `switch_mm_irqs_off` to the mm a lazy CPU still holds: if the mm's
+    /// tlb_gen moved while it was lazy (a flush skipped it), the switch
+    /// flushes the PCID (TLB_FLUSH_ON_TASK_SWITCH, TLB_FLUSH_ALL) and no
+    /// stale entry is used; a CPU that was not lazy just returns.
+    #[test]
+    fn a_lazy_cpu_that_missed_a_flush_catches_up_at_its_switch_back() {
+        for kernel in KernelVersion::ALL {
+            let (k, ev) = x86(kernel, 2);
+            let a = k.mm_alloc();
+            on(&k, 0, &a);
+            mmap_anon(&k, &a, BASE, PS, true).unwrap();
+            on(&k, 1, &a);
+            k.write_user(&a, BASE, 5).unwrap();
+            enter_lazy_tlb(&k);
+            k.set_cpu(CpuId(0));
+            madvise_dontneed(&k, &a, BASE, PS).unwrap();
+            assert_eq!(cpu_stat(&k, Stat::NrTlbRemoteFlushReceived), vec![0, 0], "{kernel}: the lazy CPU was skipped");
+            assert!(cached(&k, 1, &a, BASE), "{kernel}");
+            ev.lock().clear();
+            on(&k, 1, &a);
+            assert_eq!(*ev.lock(), vec![(1, "TLB_FLUSH_ON_TASK_SWITCH", TLB_FLUSH_ALL)], "{kernel}");
+            assert!(!cached(&k, 1, &a, BASE), "{kernel}");
+            assert_eq!(k.read_user(&a, BASE).unwrap(), 0, "{kernel}: not the stale 5");
+            assert_eq!(k.cpus[1].tlb_gen.load(Ordering::SeqCst), a.tlb_gen.load(Ordering::SeqCst));
+            // Not lazy: the same mm again is no switch at all.
+            ev.lock().clear();
+            on(&k, 1, &a);
+            assert!(ev.lock().is_empty(), "{kernel}");
+            assert_eq!(k.san.count(), 0);
+        }
+    }
+
+    /// v6.18 `should_flush_tlb`: a CPU in the middle of a switch
+    /// (`LOADED_MM_SWITCHING`) is interrupted even without a trim due — it
+    /// may hold either mm's entries — and, finding another mm, clears
+    /// itself from the mask (TLB_REMOTE_WRONG_CPU).
+    #[test]
+    fn a_cpu_in_mid_switch_is_interrupted_on_6_18() {
+        use crate::arch::x86::LOADED_MM_SWITCHING;
+        let (k, ev, a, b) = program(KernelVersion::V6_18);
+        k.cpus[3].loaded_mm.store(LOADED_MM_SWITCHING, Ordering::SeqCst);
+        madvise_dontneed(&k, &a, BASE, PS).unwrap();
+        k.cpus[3].loaded_mm.store(b.id, Ordering::SeqCst);
+        assert_eq!(cpu_stat(&k, Stat::NrTlbRemoteFlushReceived), vec![0, 1, 0, 1]);
+        assert_eq!(k.stats.get(Stat::TlbIpiSent), 2);
+        assert!(ev.lock().contains(&(3, "TLB_REMOTE_WRONG_CPU", 0)));
+        assert_eq!(mask(&a), vec![0, 1, 2]);
     }
 }

@@ -383,11 +383,11 @@ pub fn switch_mm_irqs_off(k: &Kernel, cpu: CpuId, next: Option<&Arc<MmStruct>>) 
     let gen_of = |m: Option<&Arc<MmStruct>>| m.map_or(0, |m| m.tlb_gen.load(Ordering::SeqCst));
     let (next_gen, need_flush);
     if prev == next_id {
-        if let Some(n) = next {
-            if !n.cpumask.test(cpu) {
-                n.cpumask.set(cpu);
-            }
-        }
+        // A CPU with the mm loaded is in its mask: v6.12 clears the bit
+        // only when switching away, v6.18 only on a CPU running another
+        // mm.  The kernel re-sets it under CONFIG_DEBUG_VM with a
+        // WARN_ON_ONCE; here it is an assertion.
+        debug_assert!(next.is_none_or(|n| n.cpumask.test(cpu)), "switch_mm_irqs_off: CPU {cpu:?} not in mm_cpumask");
         if !was_lazy {
             return;
         }
