@@ -613,7 +613,10 @@ impl<'a> MmuGather<'a> {
         self.tlb_remove_page_size(page, ps);
     }
 
-    /// Remove the rmap of every DELAY_RMAP entry of one batch.
+    /// `tlb_flush_rmap_batch`: remove the rmap of every DELAY_RMAP entry of
+    /// one batch.  Like the kernel's loop, a non-delayed fragment's count
+    /// slot is visited as an entry: `encode_nr_pages` is `nr << 2`, so it
+    /// never carries ENCODED_PAGE_BIT_DELAY_RMAP.
     fn tlb_flush_rmap_batch(&self, idx: usize) {
         let pages = self.batches[idx].entries();
         let mut i = 0;
@@ -628,8 +631,6 @@ impl<'a> MmuGather<'a> {
                 }
                 self.k.mem.remove_rmap_ptes(encoded_page_ptr(e), nr);
                 n += 1;
-            } else if e.nr_pages_next() {
-                i += 1;
             }
             i += 1;
         }

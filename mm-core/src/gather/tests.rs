@@ -377,6 +377,48 @@ fn delayed_rmap_fragment_removes_all_its_pages() {
     assert!(is_free(&k, f));
 }
 
+/// `tlb_flush_rmap_batch` (mm/mmu_gather.c, v6.12) on a batch mixing
+/// delayed and non-delayed entries, single pages and fragments: only the
+/// delayed entries lose their rmaps, a delayed fragment all of its pages,
+/// and a non-delayed fragment's count slot is never taken for an entry.
+#[test]
+fn flush_rmaps_walks_a_mixed_batch() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let base = k.alloc.in_use();
+    let vma = anon_vma(VA, VA + 0x100000, 0);
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    tlb.tlb_remove_tlb_entries(VA, 16);
+    // Non-delayed: zap removed the rmap before gathering.
+    let plain_frag = mapped_folio(&k, 2);
+    k.mem.remove_rmap_ptes(plain_frag, 4);
+    let delayed = mapped_folio(&k, 0);
+    let plain = mapped_folio(&k, 0);
+    k.mem.remove_rmap_ptes(plain, 1);
+    let delayed_frag = mapped_folio(&k, 1);
+    assert!(tlb.tlb_delay_rmap());
+    assert!(!tlb.__tlb_remove_folio_pages(plain_frag, 4, false));
+    assert!(!tlb.__tlb_remove_page(delayed, true));
+    assert!(!tlb.__tlb_remove_page(plain, false));
+    assert!(!tlb.__tlb_remove_folio_pages(delayed_frag, 2, true));
+    assert!(tlb.active_is_local());
+    assert_eq!(tlb.active_fill(), (6, MMU_GATHER_BUNDLE), "fragment, page, page, fragment");
+    tlb.tlb_flush_mmu_tlbonly();
+    tlb.tlb_flush_rmaps(&vma);
+    assert_eq!(k.stats.get(Stat::DelayedRmaps), 2, "one per delayed entry");
+    assert_eq!(k.mem.folio_mapcount(Folio(delayed)), 0);
+    assert_eq!(k.mem.folio_mapcount(Folio(delayed_frag)), 0, "both pages of the fragment");
+    assert_eq!(k.mem.folio_mapcount(Folio(plain_frag)), 0);
+    assert_eq!(k.mem.folio_mapcount(Folio(plain)), 0);
+    assert!(!tlb.delayed_rmap());
+    tlb.tlb_finish_mmu();
+    for f in [plain_frag, delayed, plain, delayed_frag] {
+        assert!(is_free(&k, f));
+    }
+    assert_eq!(k.stats.get(Stat::GatherPagesFreed), 8);
+    assert_eq!(k.alloc.in_use(), base);
+}
+
 // ---- checklist item 5: table freeing ---------------------------------------------------
 
 #[test]
