@@ -429,3 +429,6 @@ fn table_fully_inside(k: &Kernel, level: Level, addr: u64, end: u64, floor: u64,
     }
     Some(start)
 }
+
+#[cfg(all(test, not(mmemu_loom)))]
+mod tests;
