@@ -4,6 +4,7 @@ use super::batch::{free_encoded_pages, MmuGatherBatch};
 use super::*;
 use crate::check::sanitizer::ViolationKind;
 use crate::config::{Arch, Fix, KernelConfig};
+use crate::hw::pte::Level;
 use crate::mm::{Backing, Vma};
 use crate::page::alloc::PageKind;
 use crate::page::Folio;
@@ -702,6 +703,71 @@ fn end_vma_flushes_and_unmap_shift_follows_levels() {
     tlb.tlb_finish_mmu();
     // 2 MiB range > 33-page ceiling: x86 made it a full flush.
     assert!(!cached(&k, &mm, VA) && !cached(&k, &mm, far));
+}
+
+/// `__tlb_adjust_range` and the `tlb_flush_*_range` / `tlb_remove_*`
+/// helpers (asm-generic/tlb.h, v6.12): the range widens to cover every
+/// call, each records its level, and `tlb_get_unmap_shift` is the lowest
+/// cleared level's (P4D folded: PGDIR_SHIFT).
+#[test]
+fn range_and_stride_follow_each_level() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let g = k.cfg.geometry;
+    let ps = g.page_size();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    assert_eq!(tlb.tlb_get_unmap_shift(), g.page_shift, "nothing cleared: PAGE_SHIFT");
+    tlb.tlb_remove_tlb_entries(VA + 4 * ps, 3);
+    assert_eq!(tlb.range(), (VA + 4 * ps, VA + 7 * ps), "PAGE_SIZE * nr");
+    tlb.tlb_remove_tlb_entry(VA + ps);
+    assert_eq!(tlb.range(), (VA + ps, VA + 7 * ps), "start moves down, end stays");
+    assert_eq!(tlb.cleared_levels(), (true, false, false, false));
+    tlb.tlb_flush_mmu_tlbonly();
+    assert_eq!(tlb.range(), (g.task_size(), 0));
+    assert_eq!(tlb.cleared_levels(), (false, false, false, false));
+    tlb.tlb_remove_pmd_tlb_entry(VA);
+    assert_eq!(tlb.range(), (VA, VA + g.pmd_size()), "HPAGE_PMD_SIZE");
+    assert_eq!(tlb.tlb_get_unmap_shift(), g.level_shift(Level::Pmd));
+    tlb.tlb_flush_mmu_tlbonly();
+    tlb.tlb_flush_pud_range(VA, ps);
+    assert_eq!(tlb.cleared_levels(), (false, false, true, false));
+    assert_eq!(tlb.tlb_get_unmap_shift(), g.level_shift(Level::Pud));
+    tlb.tlb_flush_mmu_tlbonly();
+    tlb.tlb_flush_p4d_range(VA, ps);
+    assert_eq!(tlb.cleared_levels(), (false, false, false, true));
+    assert_eq!(tlb.tlb_get_unmap_shift(), g.level_shift(Level::Pgd));
+    assert_eq!(tlb.tlb_get_unmap_size(), 1 << g.level_shift(Level::Pgd));
+    tlb.tlb_finish_mmu();
+}
+
+/// `gather_flushes` (the emulator's counter of `tlb_flush_mmu` calls that
+/// had work) counts a call whose TLB flush already ran (zap's force-flush:
+/// `tlb_flush_mmu_tlbonly` under the PTL, the free after it) when pages or
+/// a table batch are still pending, and not an empty one.
+#[test]
+fn gather_flushes_counts_the_free_after_a_tlbonly_flush() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    let p = mapped_folio(&k, 0);
+    k.mem.remove_rmap_ptes(p, 1);
+    tlb.tlb_remove_tlb_entry(VA);
+    assert!(!tlb.__tlb_remove_page(p, false));
+    tlb.tlb_flush_mmu_tlbonly();
+    tlb.tlb_flush_mmu();
+    assert!(is_free(&k, p));
+    assert_eq!(k.stats.get(Stat::GatherFlushes), 1, "pages were pending");
+    let table = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    tlb.pte_free_tlb(table, VA);
+    tlb.tlb_flush_mmu_tlbonly();
+    assert_eq!(tlb.nr_tables_queued(), 1);
+    tlb.tlb_flush_mmu();
+    assert_eq!(k.stats.get(Stat::GatherFlushes), 2, "a table batch was pending");
+    tlb.tlb_flush_mmu();
+    assert_eq!(k.stats.get(Stat::GatherFlushes), 2, "nothing pending: not counted");
+    tlb.tlb_finish_mmu();
+    k.rcu_barrier();
+    assert!(is_free(&k, table));
 }
 
 // ---- checklist item 7: nested gathers ----------------------------------------------------
