@@ -194,6 +194,94 @@ fn chunked_free_never_separates_a_count_slot() {
     }
 }
 
+/// A `SyncSmp` that counts `cond_resched` calls: the reschedule points of
+/// `__tlb_batch_free_encoded_pages`, one after each freed chunk.
+struct ReschedCountingSmp {
+    inner: crate::smp::SyncSmp,
+    resched: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl crate::smp::Smp for ReschedCountingSmp {
+    fn nr_cpus(&self) -> usize {
+        self.inner.nr_cpus()
+    }
+    fn this_cpu(&self) -> CpuId {
+        self.inner.this_cpu()
+    }
+    fn smp_call_function_many(&self, mask: &crate::types::CpuMask, func: &(dyn Fn(CpuId) + Sync)) {
+        self.inner.smp_call_function_many(mask, func)
+    }
+    fn local_irq_save(&self) -> crate::smp::IrqFlags {
+        self.inner.local_irq_save()
+    }
+    fn local_irq_restore(&self, flags: crate::smp::IrqFlags) {
+        self.inner.local_irq_restore(flags)
+    }
+    fn irqs_disabled(&self) -> bool {
+        self.inner.irqs_disabled()
+    }
+    fn cond_resched(&self) {
+        self.resched.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn call_interrupts(&self, cpu: CpuId) -> u64 {
+        self.inner.call_interrupts(cpu)
+    }
+    fn ipis_sent(&self, cpu: CpuId) -> u64 {
+        self.inner.ipis_sent(cpu)
+    }
+    fn as_sync(&self) -> Option<&crate::smp::SyncSmp> {
+        Some(&self.inner)
+    }
+    fn bind_current_thread(&self, cpu: CpuId) {
+        self.inner.bind_current_thread(cpu)
+    }
+}
+
+/// Free one batch of `singles` order-0 entries, then `frags` 4-page
+/// fragments, then `tail` more order-0 entries; returns the chunks freed
+/// (`cond_resched` calls).
+fn free_chunks(init_on_free: bool, singles: usize, frags: usize, tail: usize) -> u64 {
+    let cfg = KernelConfig { nr_cpus: 1, init_on_free, ..KernelConfig::default() };
+    let resched = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let smp = ReschedCountingSmp { inner: crate::smp::SyncSmp::new(1), resched: resched.clone() };
+    let k = Kernel::new(cfg, Box::new(smp)).unwrap();
+    let base = k.alloc.in_use();
+    let mut b = MmuGatherBatch::local();
+    b.max = singles + 2 * frags + tail;
+    let single = |k: &Kernel, b: &mut MmuGatherBatch| {
+        let p = mapped_folio(k, 0);
+        k.mem.remove_rmap_ptes(p, 1);
+        b.push(encode_page(p, 0));
+    };
+    (0..singles).for_each(|_| single(&k, &mut b));
+    for _ in 0..frags {
+        let f = mapped_folio(&k, 2);
+        k.mem.remove_rmap_ptes(f, 4);
+        b.push(encode_page(f, ENCODED_PAGE_BIT_NR_PAGES_NEXT));
+        b.push(encode_nr_pages(4));
+    }
+    (0..tail).for_each(|_| single(&k, &mut b));
+    free_encoded_pages(&k, &mut b);
+    assert_eq!(k.alloc.in_use(), base, "everything freed");
+    resched.load(Ordering::SeqCst)
+}
+
+/// `__tlb_batch_free_encoded_pages` (mm/mmu_gather.c, v6.12): a chunk is at
+/// most MAX_NR_FOLIOS_PER_FREE (512) entries, one more when the last is a
+/// fragment's page (its count slot comes along); with init_on_free at most
+/// 512 *pages* (stopping once they are reached); `cond_resched` after each.
+#[test]
+fn free_chunks_are_the_kernels() {
+    // 512 + 512 + 1 entries.
+    assert_eq!(free_chunks(false, 1025, 0, 0), 3);
+    // 511 + fragment (513 entries, the count slot kept), then 511.
+    assert_eq!(free_chunks(false, 511, 1, 511), 2);
+    // init_on_free: 512 + 512 + 1 pages.
+    assert_eq!(free_chunks(true, 1025, 0, 0), 3);
+    // init_on_free: 128 fragments make 512 pages, then 72 (288 pages).
+    assert_eq!(free_chunks(true, 0, 200, 0), 2);
+}
+
 #[test]
 fn large_gather_with_fragments_frees_everything() {
     let k = kernel_with(1, |c| c.init_on_free = true);
