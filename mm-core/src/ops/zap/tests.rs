@@ -120,3 +120,45 @@ fn free_pgd_range_walks_every_pgd_entry() {
     assert!(!has(&k, &mm, p - M2, Level::Pud) && !has(&k, &mm, p, Level::Pud));
     finish(&k, &mm);
 }
+
+/// `folio_pte_batch` as `zap_present_ptes` calls it (mm/internal.h, v6.12):
+/// the writable, dirty and accessed bits do not split a batch; the folio's
+/// end, a non-consecutive pfn and a different USER bit do.
+#[test]
+fn zap_batches_a_folio_run_whatever_its_write_and_dirty_bits() {
+    use crate::hw::pte::Pte;
+    use crate::page::alloc::PageKind;
+    use crate::page::Folio;
+    let k = Kernel::new_sync(KernelConfig::default(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 16 * PS, true).unwrap();
+    let vma = mm.mmap_lock.read().iter().next().unwrap().clone();
+    let table = pgtable::alloc_table(&k, &mm, BASE, Level::Pte).unwrap();
+    // An 8-page folio: pages 0-5 mapped with mixed RW / D / A bits, page
+    // 6 without USER, page 7 at the wrong address (after a hole).
+    let f = k.alloc_pages(3, PageKind::Anon).unwrap();
+    k.mem.folio_ref_add(Folio(f), 7);
+    k.mem.add_rmap_ptes(f, 8);
+    let (p, rw, u, a, d) = (Pte::PRESENT, Pte::RW, Pte::USER, Pte::ACCESSED, Pte::DIRTY);
+    let bits = [p | u | rw | a | d, p | u | rw, p | u | a, p | u, p | u | rw | d, p | u | a | d, p | rw | a];
+    for (i, b) in bits.iter().enumerate() {
+        pgtable::write(&k, table, Level::Pte, BASE + i as u64 * PS, Pte::new(f.add(i as u64), *b));
+    }
+    pgtable::write(&k, table, Level::Pte, BASE + 8 * PS, Pte::new(f.add(7), p | u | rw));
+    mm.rss.fetch_add(8, Ordering::SeqCst);
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    unmap_vmas(&mut tlb, [&vma], vma.start, vma.end);
+    // Three fragments: pages 0-5 (page + count), page 6, page 7.
+    let e = tlb.local_entries().to_vec();
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert_eq!(crate::gather::encoded_page_ptr(e[0]), f);
+    assert!(e[0].nr_pages_next());
+    assert_eq!(crate::gather::encoded_nr_pages(e[1]), 6, "RW, dirty and accessed do not split the run");
+    assert_eq!((crate::gather::encoded_page_ptr(e[2]), e[2].nr_pages_next()), (f.add(6), false), "USER differs");
+    assert_eq!((crate::gather::encoded_page_ptr(e[3]), e[3].nr_pages_next()), (f.add(7), false));
+    tlb.tlb_finish_mmu();
+    assert_eq!(k.mem.page(f).refcount(), 0, "the folio was freed");
+    assert_eq!(mm.rss.load(Ordering::SeqCst), 0);
+    finish(&k, &mm);
+}
