@@ -472,16 +472,16 @@ impl<'a> MmuGather<'a> {
             // keeps the flag and the entries consistent for every caller.)
             self.delayed_rmap = true;
         }
-        if nr_pages != 1 {
-            vm_warn_on!(
-                self.k,
-                !nr_pages_encodable(nr_pages),
-                "VM_WARN_ON_ONCE((nr << 2) >> 2 != nr) in encode_nr_pages",
-                self.mm.id,
-                0,
-                page
-            );
-        }
+        // encode_nr_pages' check; 1 always passes it, so it is not guarded
+        // by nr_pages != 1 (a guard no test could tell from its absence).
+        vm_warn_on!(
+            self.k,
+            !nr_pages_encodable(nr_pages),
+            "VM_WARN_ON_ONCE((nr << 2) >> 2 != nr) in encode_nr_pages",
+            self.mm.id,
+            0,
+            page
+        );
         let batch = &mut self.batches[self.active];
         if nr_pages == 1 {
             batch.push(encode_page(page, flags));
