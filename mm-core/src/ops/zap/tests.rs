@@ -162,3 +162,43 @@ fn zap_batches_a_folio_run_whatever_its_write_and_dirty_bits() {
     assert_eq!(mm.rss.load(Ordering::SeqCst), 0);
     finish(&k, &mm);
 }
+
+#[test]
+fn free_pgd_range_frees_the_pmd_table_below_a_far_ceiling() {
+    // The next VMA is in the next PUD region: the PMD table's whole range
+    // [BASE, BASE + 1 GiB) is inside [floor, ceiling) and goes.  The middle
+    // PMD entry is none: nothing to free there.
+    let gib = 1u64 << 30;
+    let (k, mm, freed) =
+        free_after_zap(BASE, 3 * M2, &[BASE, BASE + 2 * M2], (BASE, BASE + 3 * M2, BASE, BASE + gib + PS));
+    assert_eq!(freed, 3, "2 PTE tables + the PMD table");
+    assert!(!has(&k, &mm, BASE, Level::Pmd));
+    assert!(has(&k, &mm, BASE, Level::Pud), "the PUD table starts at 0 < floor");
+    finish(&k, &mm);
+    // end == ceiling == the PMD table's end: it still goes.
+    let last = BASE + gib - M2;
+    let (k, mm, freed) = free_after_zap(last, M2, &[last], (last, BASE + gib, BASE, BASE + gib));
+    assert_eq!(freed, 2, "the PTE table + the PMD table");
+    assert!(!has(&k, &mm, last, Level::Pmd));
+    finish(&k, &mm);
+}
+
+/// `free_pgtables` (mm/memory.c, v6.12) groups the following VMAs while
+/// each starts within PMD_SIZE of the previous one's end ("gather nearby
+/// vmas into one call down"); a VMA further away starts a new call.
+#[test]
+fn free_pgtables_groups_vmas_up_to_pmd_size_apart() {
+    use crate::mm::{vm, Backing};
+    let vma = |start: u64, end: u64| Vma { start, end, flags: vm::VM_READ, backing: Backing::Anon };
+    let x = vma(BASE, BASE + PS);
+    let y = vma(x.end + M2, x.end + M2 + PS); // exactly PMD_SIZE after x
+    let z = vma(y.end + M2 + PS, y.end + M2 + 2 * PS); // one page further
+    let (floor, ceiling) = (BASE - M2, 0);
+    assert_eq!(
+        free_pgtables_calls(&[x.clone(), y.clone(), z.clone()], floor, ceiling, M2),
+        vec![
+            FreePgdRangeCall { hugetlb: false, addr: x.start, end: y.end, floor, ceiling: z.start },
+            FreePgdRangeCall { hugetlb: false, addr: z.start, end: z.end, floor, ceiling },
+        ]
+    );
+}
