@@ -131,4 +131,47 @@ mod tests {
         assert!(encode_page(Pfn(1), ENCODED_PAGE_BIT_DELAY_RMAP).delay_rmap());
         assert!(encode_page(Pfn(1), ENCODED_PAGE_BIT_NR_PAGES_NEXT).nr_pages_next());
     }
+
+    /// Each flag reads back alone: a DELAY_RMAP entry has no next count,
+    /// a NR_PAGES_NEXT entry no delayed rmap, a count slot neither.
+    #[test]
+    fn flags_are_independent() {
+        let p = Pfn(0x1234);
+        assert!(!encode_page(p, 0).delay_rmap() && !encode_page(p, 0).nr_pages_next());
+        assert!(!encode_page(p, ENCODED_PAGE_BIT_DELAY_RMAP).nr_pages_next());
+        assert!(!encode_page(p, ENCODED_PAGE_BIT_NR_PAGES_NEXT).delay_rmap());
+        let both = encode_page(p, ENCODED_PAGE_BIT_DELAY_RMAP | ENCODED_PAGE_BIT_NR_PAGES_NEXT);
+        assert!(both.delay_rmap() && both.nr_pages_next());
+        for nr in [1, 2, 3, 511, 512] {
+            let c = encode_nr_pages(nr);
+            assert!(!c.delay_rmap() && !c.nr_pages_next(), "count {nr}");
+        }
+    }
+
+    /// The raw words: `(pfn << 3) | flags` and `nr << 2`.
+    #[test]
+    fn raw_words() {
+        assert_eq!(encode_page(Pfn(5), ENCODED_PAGE_BIT_DELAY_RMAP).raw(), (5 << 3) | 1);
+        assert_eq!(encode_page(Pfn(5), ENCODED_PAGE_BIT_NR_PAGES_NEXT).raw(), (5 << 3) | 2);
+        assert_eq!(encode_nr_pages(3).raw(), 12);
+        assert_eq!(encoded_nr_pages(encode_nr_pages(7)), 7);
+    }
+
+    /// `encode_nr_pages`' VM_WARN_ON_ONCE((nr << 2) >> 2 != nr): the two
+    /// top bits of nr are lost.
+    #[test]
+    fn nr_pages_encodable_is_the_shift_round_trip() {
+        assert!(nr_pages_encodable(1));
+        assert!(nr_pages_encodable(512));
+        assert!(nr_pages_encodable((1 << 62) - 1));
+        assert!(!nr_pages_encodable(1 << 62));
+        assert!(!nr_pages_encodable(u64::MAX));
+    }
+
+    /// The emulator's own debug check: no pfn beyond the largest RAM.
+    #[test]
+    #[should_panic]
+    fn encode_page_of_a_pfn_beyond_ram_panics() {
+        let _ = encode_page(Pfn(MAX_PFN), 0);
+    }
 }

@@ -472,16 +472,16 @@ impl<'a> MmuGather<'a> {
             // keeps the flag and the entries consistent for every caller.)
             self.delayed_rmap = true;
         }
-        if nr_pages != 1 {
-            vm_warn_on!(
-                self.k,
-                !nr_pages_encodable(nr_pages),
-                "VM_WARN_ON_ONCE((nr << 2) >> 2 != nr) in encode_nr_pages",
-                self.mm.id,
-                0,
-                page
-            );
-        }
+        // encode_nr_pages' check; 1 always passes it, so it is not guarded
+        // by nr_pages != 1 (a guard no test could tell from its absence).
+        vm_warn_on!(
+            self.k,
+            !nr_pages_encodable(nr_pages),
+            "VM_WARN_ON_ONCE((nr << 2) >> 2 != nr) in encode_nr_pages",
+            self.mm.id,
+            0,
+            page
+        );
         let batch = &mut self.batches[self.active];
         if nr_pages == 1 {
             batch.push(encode_page(page, flags));
@@ -613,7 +613,10 @@ impl<'a> MmuGather<'a> {
         self.tlb_remove_page_size(page, ps);
     }
 
-    /// Remove the rmap of every DELAY_RMAP entry of one batch.
+    /// `tlb_flush_rmap_batch`: remove the rmap of every DELAY_RMAP entry of
+    /// one batch.  Like the kernel's loop, a non-delayed fragment's count
+    /// slot is visited as an entry: `encode_nr_pages` is `nr << 2`, so it
+    /// never carries ENCODED_PAGE_BIT_DELAY_RMAP.
     fn tlb_flush_rmap_batch(&self, idx: usize) {
         let pages = self.batches[idx].entries();
         let mut i = 0;
@@ -628,8 +631,6 @@ impl<'a> MmuGather<'a> {
                 }
                 self.k.mem.remove_rmap_ptes(encoded_page_ptr(e), nr);
                 n += 1;
-            } else if e.nr_pages_next() {
-                i += 1;
             }
             i += 1;
         }

@@ -4,6 +4,7 @@ use super::batch::{free_encoded_pages, MmuGatherBatch};
 use super::*;
 use crate::check::sanitizer::ViolationKind;
 use crate::config::{Arch, Fix, KernelConfig};
+use crate::hw::pte::Level;
 use crate::mm::{Backing, Vma};
 use crate::page::alloc::PageKind;
 use crate::page::Folio;
@@ -193,6 +194,94 @@ fn chunked_free_never_separates_a_count_slot() {
     }
 }
 
+/// A `SyncSmp` that counts `cond_resched` calls: the reschedule points of
+/// `__tlb_batch_free_encoded_pages`, one after each freed chunk.
+struct ReschedCountingSmp {
+    inner: crate::smp::SyncSmp,
+    resched: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl crate::smp::Smp for ReschedCountingSmp {
+    fn nr_cpus(&self) -> usize {
+        self.inner.nr_cpus()
+    }
+    fn this_cpu(&self) -> CpuId {
+        self.inner.this_cpu()
+    }
+    fn smp_call_function_many(&self, mask: &crate::types::CpuMask, func: &(dyn Fn(CpuId) + Sync)) {
+        self.inner.smp_call_function_many(mask, func)
+    }
+    fn local_irq_save(&self) -> crate::smp::IrqFlags {
+        self.inner.local_irq_save()
+    }
+    fn local_irq_restore(&self, flags: crate::smp::IrqFlags) {
+        self.inner.local_irq_restore(flags)
+    }
+    fn irqs_disabled(&self) -> bool {
+        self.inner.irqs_disabled()
+    }
+    fn cond_resched(&self) {
+        self.resched.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn call_interrupts(&self, cpu: CpuId) -> u64 {
+        self.inner.call_interrupts(cpu)
+    }
+    fn ipis_sent(&self, cpu: CpuId) -> u64 {
+        self.inner.ipis_sent(cpu)
+    }
+    fn as_sync(&self) -> Option<&crate::smp::SyncSmp> {
+        Some(&self.inner)
+    }
+    fn bind_current_thread(&self, cpu: CpuId) {
+        self.inner.bind_current_thread(cpu)
+    }
+}
+
+/// Free one batch of `singles` order-0 entries, then `frags` 4-page
+/// fragments, then `tail` more order-0 entries; returns the chunks freed
+/// (`cond_resched` calls).
+fn free_chunks(init_on_free: bool, singles: usize, frags: usize, tail: usize) -> u64 {
+    let cfg = KernelConfig { nr_cpus: 1, init_on_free, ..KernelConfig::default() };
+    let resched = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let smp = ReschedCountingSmp { inner: crate::smp::SyncSmp::new(1), resched: resched.clone() };
+    let k = Kernel::new(cfg, Box::new(smp)).unwrap();
+    let base = k.alloc.in_use();
+    let mut b = MmuGatherBatch::local();
+    b.max = singles + 2 * frags + tail;
+    let single = |k: &Kernel, b: &mut MmuGatherBatch| {
+        let p = mapped_folio(k, 0);
+        k.mem.remove_rmap_ptes(p, 1);
+        b.push(encode_page(p, 0));
+    };
+    (0..singles).for_each(|_| single(&k, &mut b));
+    for _ in 0..frags {
+        let f = mapped_folio(&k, 2);
+        k.mem.remove_rmap_ptes(f, 4);
+        b.push(encode_page(f, ENCODED_PAGE_BIT_NR_PAGES_NEXT));
+        b.push(encode_nr_pages(4));
+    }
+    (0..tail).for_each(|_| single(&k, &mut b));
+    free_encoded_pages(&k, &mut b);
+    assert_eq!(k.alloc.in_use(), base, "everything freed");
+    resched.load(Ordering::SeqCst)
+}
+
+/// `__tlb_batch_free_encoded_pages` (mm/mmu_gather.c, v6.12): a chunk is at
+/// most MAX_NR_FOLIOS_PER_FREE (512) entries, one more when the last is a
+/// fragment's page (its count slot comes along); with init_on_free at most
+/// 512 *pages* (stopping once they are reached); `cond_resched` after each.
+#[test]
+fn free_chunks_are_the_kernels() {
+    // 512 + 512 + 1 entries.
+    assert_eq!(free_chunks(false, 1025, 0, 0), 3);
+    // 511 + fragment (513 entries, the count slot kept), then 511.
+    assert_eq!(free_chunks(false, 511, 1, 511), 2);
+    // init_on_free: 512 + 512 + 1 pages.
+    assert_eq!(free_chunks(true, 1025, 0, 0), 3);
+    // init_on_free: 128 fragments make 512 pages, then 72 (288 pages).
+    assert_eq!(free_chunks(true, 0, 200, 0), 2);
+}
+
 #[test]
 fn large_gather_with_fragments_frees_everything() {
     let k = kernel_with(1, |c| c.init_on_free = true);
@@ -375,6 +464,48 @@ fn delayed_rmap_fragment_removes_all_its_pages() {
     assert_eq!(k.stats.get(Stat::DelayedRmaps), 1);
     tlb.tlb_finish_mmu();
     assert!(is_free(&k, f));
+}
+
+/// `tlb_flush_rmap_batch` (mm/mmu_gather.c, v6.12) on a batch mixing
+/// delayed and non-delayed entries, single pages and fragments: only the
+/// delayed entries lose their rmaps, a delayed fragment all of its pages,
+/// and a non-delayed fragment's count slot is never taken for an entry.
+#[test]
+fn flush_rmaps_walks_a_mixed_batch() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let base = k.alloc.in_use();
+    let vma = anon_vma(VA, VA + 0x100000, 0);
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    tlb.tlb_remove_tlb_entries(VA, 16);
+    // Non-delayed: zap removed the rmap before gathering.
+    let plain_frag = mapped_folio(&k, 2);
+    k.mem.remove_rmap_ptes(plain_frag, 4);
+    let delayed = mapped_folio(&k, 0);
+    let plain = mapped_folio(&k, 0);
+    k.mem.remove_rmap_ptes(plain, 1);
+    let delayed_frag = mapped_folio(&k, 1);
+    assert!(tlb.tlb_delay_rmap());
+    assert!(!tlb.__tlb_remove_folio_pages(plain_frag, 4, false));
+    assert!(!tlb.__tlb_remove_page(delayed, true));
+    assert!(!tlb.__tlb_remove_page(plain, false));
+    assert!(!tlb.__tlb_remove_folio_pages(delayed_frag, 2, true));
+    assert!(tlb.active_is_local());
+    assert_eq!(tlb.active_fill(), (6, MMU_GATHER_BUNDLE), "fragment, page, page, fragment");
+    tlb.tlb_flush_mmu_tlbonly();
+    tlb.tlb_flush_rmaps(&vma);
+    assert_eq!(k.stats.get(Stat::DelayedRmaps), 2, "one per delayed entry");
+    assert_eq!(k.mem.folio_mapcount(Folio(delayed)), 0);
+    assert_eq!(k.mem.folio_mapcount(Folio(delayed_frag)), 0, "both pages of the fragment");
+    assert_eq!(k.mem.folio_mapcount(Folio(plain_frag)), 0);
+    assert_eq!(k.mem.folio_mapcount(Folio(plain)), 0);
+    assert!(!tlb.delayed_rmap());
+    tlb.tlb_finish_mmu();
+    for f in [plain_frag, delayed, plain, delayed_frag] {
+        assert!(is_free(&k, f));
+    }
+    assert_eq!(k.stats.get(Stat::GatherPagesFreed), 8);
+    assert_eq!(k.alloc.in_use(), base);
 }
 
 // ---- checklist item 5: table freeing ---------------------------------------------------
@@ -660,6 +791,71 @@ fn end_vma_flushes_and_unmap_shift_follows_levels() {
     tlb.tlb_finish_mmu();
     // 2 MiB range > 33-page ceiling: x86 made it a full flush.
     assert!(!cached(&k, &mm, VA) && !cached(&k, &mm, far));
+}
+
+/// `__tlb_adjust_range` and the `tlb_flush_*_range` / `tlb_remove_*`
+/// helpers (asm-generic/tlb.h, v6.12): the range widens to cover every
+/// call, each records its level, and `tlb_get_unmap_shift` is the lowest
+/// cleared level's (P4D folded: PGDIR_SHIFT).
+#[test]
+fn range_and_stride_follow_each_level() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let g = k.cfg.geometry;
+    let ps = g.page_size();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    assert_eq!(tlb.tlb_get_unmap_shift(), g.page_shift, "nothing cleared: PAGE_SHIFT");
+    tlb.tlb_remove_tlb_entries(VA + 4 * ps, 3);
+    assert_eq!(tlb.range(), (VA + 4 * ps, VA + 7 * ps), "PAGE_SIZE * nr");
+    tlb.tlb_remove_tlb_entry(VA + ps);
+    assert_eq!(tlb.range(), (VA + ps, VA + 7 * ps), "start moves down, end stays");
+    assert_eq!(tlb.cleared_levels(), (true, false, false, false));
+    tlb.tlb_flush_mmu_tlbonly();
+    assert_eq!(tlb.range(), (g.task_size(), 0));
+    assert_eq!(tlb.cleared_levels(), (false, false, false, false));
+    tlb.tlb_remove_pmd_tlb_entry(VA);
+    assert_eq!(tlb.range(), (VA, VA + g.pmd_size()), "HPAGE_PMD_SIZE");
+    assert_eq!(tlb.tlb_get_unmap_shift(), g.level_shift(Level::Pmd));
+    tlb.tlb_flush_mmu_tlbonly();
+    tlb.tlb_flush_pud_range(VA, ps);
+    assert_eq!(tlb.cleared_levels(), (false, false, true, false));
+    assert_eq!(tlb.tlb_get_unmap_shift(), g.level_shift(Level::Pud));
+    tlb.tlb_flush_mmu_tlbonly();
+    tlb.tlb_flush_p4d_range(VA, ps);
+    assert_eq!(tlb.cleared_levels(), (false, false, false, true));
+    assert_eq!(tlb.tlb_get_unmap_shift(), g.level_shift(Level::Pgd));
+    assert_eq!(tlb.tlb_get_unmap_size(), 1 << g.level_shift(Level::Pgd));
+    tlb.tlb_finish_mmu();
+}
+
+/// `gather_flushes` (the emulator's counter of `tlb_flush_mmu` calls that
+/// had work) counts a call whose TLB flush already ran (zap's force-flush:
+/// `tlb_flush_mmu_tlbonly` under the PTL, the free after it) when pages or
+/// a table batch are still pending, and not an empty one.
+#[test]
+fn gather_flushes_counts_the_free_after_a_tlbonly_flush() {
+    let k = kernel(1);
+    let mm = k.mm_alloc();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    let p = mapped_folio(&k, 0);
+    k.mem.remove_rmap_ptes(p, 1);
+    tlb.tlb_remove_tlb_entry(VA);
+    assert!(!tlb.__tlb_remove_page(p, false));
+    tlb.tlb_flush_mmu_tlbonly();
+    tlb.tlb_flush_mmu();
+    assert!(is_free(&k, p));
+    assert_eq!(k.stats.get(Stat::GatherFlushes), 1, "pages were pending");
+    let table = crate::pgtable::pagetable_alloc(&k, 0).unwrap().pfn();
+    tlb.pte_free_tlb(table, VA);
+    tlb.tlb_flush_mmu_tlbonly();
+    assert_eq!(tlb.nr_tables_queued(), 1);
+    tlb.tlb_flush_mmu();
+    assert_eq!(k.stats.get(Stat::GatherFlushes), 2, "a table batch was pending");
+    tlb.tlb_flush_mmu();
+    assert_eq!(k.stats.get(Stat::GatherFlushes), 2, "nothing pending: not counted");
+    tlb.tlb_finish_mmu();
+    k.rcu_barrier();
+    assert!(is_free(&k, table));
 }
 
 // ---- checklist item 7: nested gathers ----------------------------------------------------

@@ -162,8 +162,11 @@ pub fn zap_pte_range(tlb: &mut MmuGather<'_>, vma: &Vma, pte_table: Pfn, addr: u
     a
 }
 
-/// `folio_pte_batch`: how many consecutive PTEs from `addr` map consecutive
-/// pages of the same large folio with the same permission bits.
+/// `folio_pte_batch` (mm/internal.h, v6.12, as `zap_present_ptes` calls it
+/// with FPB_IGNORE_DIRTY | FPB_IGNORE_SOFT_DIRTY): how many consecutive
+/// PTEs from `addr` map consecutive pages of the same large folio with the
+/// same bits once `__pte_batch_clear_ignored` dropped the accessed, dirty
+/// and writable bits — a run that is partly write-protected is one batch.
 fn folio_pte_batch(k: &Kernel, pte_table: Pfn, first: Pte, addr: u64, end: u64) -> u64 {
     let folio = k.mem.page_folio(first.pfn());
     let nr_pages = k.mem.folio_nr_pages(folio);
@@ -172,9 +175,9 @@ fn folio_pte_batch(k: &Kernel, pte_table: Pfn, first: Pte, addr: u64, end: u64) 
     }
     let ps = k.cfg.geometry.page_size();
     let folio_end = folio.pfn().0 + nr_pages;
-    let same = |p: Pte| {
-        p.flags() & (Pte::PRESENT | Pte::RW | Pte::USER) == first.flags() & (Pte::PRESENT | Pte::RW | Pte::USER)
-    };
+    // __pte_batch_clear_ignored: pte_mkclean, pte_wrprotect(pte_mkold(..)).
+    let ignored = Pte::ACCESSED | Pte::DIRTY | Pte::RW;
+    let same = |p: Pte| p.flags() & !ignored == first.flags() & !ignored;
     let mut nr = 1;
     // Stay within this PTE table.
     let table_end = pgtable::addr_end(k, Level::Pmd, addr, end);
@@ -429,3 +432,6 @@ fn table_fully_inside(k: &Kernel, level: Level, addr: u64, end: u64, floor: u64,
     }
     Some(start)
 }
+
+#[cfg(all(test, not(mmemu_loom)))]
+mod tests;

@@ -1,0 +1,204 @@
+//! `free_pgd_range` (mm/memory.c, v6.12): which page tables go for a given
+//! [addr, end) bounded by [floor, ceiling), on minimal single-CPU programs.
+
+use super::*;
+use crate::config::KernelConfig;
+use crate::mm::MmStruct;
+use crate::ops::test_util::{assert_no_leaks, run_on};
+use crate::ops::{exit_mm, mmap_anon};
+use crate::stats::Stat;
+use crate::sync::Arc;
+
+const BASE: u64 = 0x4000_0000; // 1 GiB: PUD-aligned, in the first PGD entry
+const PS: u64 = 4096;
+const M2: u64 = 2 << 20;
+
+/// One anon VMA over `[start, start + len)` with a page written in each
+/// of `touch`, so each has its PTE table; then its pages are zapped (the
+/// tables stay) and `free_pgd_range(addr, end, floor, ceiling)` runs in the
+/// same gather.  Returns the kernel, the mm and the tables freed.
+fn free_after_zap(
+    start: u64,
+    len: u64,
+    touch: &[u64],
+    (addr, end, floor, ceiling): (u64, u64, u64, u64),
+) -> (Arc<Kernel>, Arc<MmStruct>, u64) {
+    let k = Kernel::new_sync(KernelConfig::default(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, start, len, true).unwrap();
+    for &va in touch {
+        k.write_user(&mm, va, 1).unwrap();
+    }
+    let vma = mm.mmap_lock.read().iter().next().unwrap().clone();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    unmap_vmas(&mut tlb, [&vma], start, start + len);
+    free_pgd_range(&mut tlb, addr, end, floor, ceiling);
+    tlb.tlb_finish_mmu();
+    k.rcu_barrier();
+    let freed = k.stats.get(Stat::TablesFreed);
+    (k, mm, freed)
+}
+
+fn has(k: &Kernel, mm: &MmStruct, va: u64, level: Level) -> bool {
+    pgtable::lookup_table(k, mm, va, level).is_some()
+}
+
+fn finish(k: &Kernel, mm: &Arc<MmStruct>) {
+    exit_mm(k, mm);
+    assert_no_leaks(k);
+    assert_eq!(k.san.count(), 0);
+}
+
+const THREE: [u64; 3] = [BASE, BASE + M2, BASE + 2 * M2];
+
+#[test]
+fn free_pgd_range_keeps_the_table_below_an_unaligned_floor() {
+    // addr &= PMD_MASK falls below floor: addr += PMD_SIZE, the first PTE
+    // table still maps the previous VMA's page.
+    let (k, mm, freed) = free_after_zap(BASE, 3 * M2, &THREE, (BASE + PS, BASE + 3 * M2, BASE + PS, 0));
+    assert_eq!(freed, 2);
+    assert!(has(&k, &mm, BASE, Level::Pte), "shared with the VMA below the floor");
+    assert!(!has(&k, &mm, BASE + M2, Level::Pte) && !has(&k, &mm, BASE + 2 * M2, Level::Pte));
+    assert!(has(&k, &mm, BASE, Level::Pmd), "the PMD table starts below floor");
+    finish(&k, &mm);
+}
+
+#[test]
+fn free_pgd_range_at_an_aligned_floor_frees_every_table_above_it() {
+    // addr == floor: no bump.  The PMD table (1 GiB at BASE) is inside
+    // [floor, top) and goes too; the PUD table starts at 0 < floor, stays.
+    let (k, mm, freed) = free_after_zap(BASE, 3 * M2, &THREE, (BASE, BASE + 3 * M2, BASE, 0));
+    assert_eq!(freed, 4, "3 PTE tables + the PMD table");
+    assert!(!has(&k, &mm, BASE, Level::Pmd));
+    assert!(has(&k, &mm, BASE, Level::Pud));
+    finish(&k, &mm);
+}
+
+#[test]
+fn free_pgd_range_keeps_the_table_above_an_unaligned_ceiling() {
+    // ceiling &= PMD_MASK, end - 1 > ceiling - 1: end -= PMD_SIZE; the
+    // third PTE table also maps the next VMA's page.
+    let len = 2 * M2 + PS;
+    let (k, mm, freed) = free_after_zap(BASE, len, &THREE, (BASE, BASE + len, BASE, BASE + len + PS));
+    assert_eq!(freed, 2);
+    assert!(!has(&k, &mm, BASE, Level::Pte) && !has(&k, &mm, BASE + M2, Level::Pte));
+    assert!(has(&k, &mm, BASE + 2 * M2, Level::Pte), "shared with the VMA above the ceiling");
+    assert!(has(&k, &mm, BASE, Level::Pmd));
+    finish(&k, &mm);
+}
+
+#[test]
+fn free_pgd_range_up_to_an_aligned_ceiling_frees_the_last_table() {
+    // end == ceiling == a PMD boundary: end is not pulled back.
+    let (k, mm, freed) = free_after_zap(BASE, 2 * M2, &THREE[..2], (BASE, BASE + 2 * M2, BASE, BASE + 2 * M2));
+    assert_eq!(freed, 2);
+    assert!(!has(&k, &mm, BASE, Level::Pte) && !has(&k, &mm, BASE + M2, Level::Pte));
+    assert!(has(&k, &mm, BASE, Level::Pmd), "the ceiling is inside the PMD table's range");
+    finish(&k, &mm);
+}
+
+#[test]
+fn free_pgd_range_frees_nothing_inside_one_shared_table() {
+    // floor and ceiling inside the same PMD: after the bump addr > end - 1.
+    let a = BASE + M2 + PS;
+    let (k, mm, freed) = free_after_zap(a, PS, &[a], (a, a + PS, a, a + 2 * PS));
+    assert_eq!(freed, 0);
+    assert!(has(&k, &mm, a, Level::Pte));
+    finish(&k, &mm);
+}
+
+#[test]
+fn free_pgd_range_walks_every_pgd_entry() {
+    // A range across a PGD boundary: both PUD tables, both PMD tables and
+    // both PTE tables go.
+    let k0 = Kernel::new_sync(KernelConfig::default(), 1);
+    let p = 1u64 << k0.cfg.geometry.level_shift(Level::Pgd);
+    drop(k0);
+    let (k, mm, freed) = free_after_zap(p - M2, 2 * M2, &[p - M2, p], (p - M2, p + M2, 0, 0));
+    assert_eq!(freed, 6);
+    assert!(!has(&k, &mm, p - M2, Level::Pud) && !has(&k, &mm, p, Level::Pud));
+    finish(&k, &mm);
+}
+
+/// `folio_pte_batch` as `zap_present_ptes` calls it (mm/internal.h, v6.12):
+/// the writable, dirty and accessed bits do not split a batch; the folio's
+/// end, a non-consecutive pfn and a different USER bit do.
+#[test]
+fn zap_batches_a_folio_run_whatever_its_write_and_dirty_bits() {
+    use crate::hw::pte::Pte;
+    use crate::page::alloc::PageKind;
+    use crate::page::Folio;
+    let k = Kernel::new_sync(KernelConfig::default(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 16 * PS, true).unwrap();
+    let vma = mm.mmap_lock.read().iter().next().unwrap().clone();
+    let table = pgtable::alloc_table(&k, &mm, BASE, Level::Pte).unwrap();
+    // An 8-page folio: pages 0-5 mapped with mixed RW / D / A bits, page
+    // 6 without USER, page 7 at the wrong address (after a hole).
+    let f = k.alloc_pages(3, PageKind::Anon).unwrap();
+    k.mem.folio_ref_add(Folio(f), 7);
+    k.mem.add_rmap_ptes(f, 8);
+    let (p, rw, u, a, d) = (Pte::PRESENT, Pte::RW, Pte::USER, Pte::ACCESSED, Pte::DIRTY);
+    let bits = [p | u | rw | a | d, p | u | rw, p | u | a, p | u, p | u | rw | d, p | u | a | d, p | rw | a];
+    for (i, b) in bits.iter().enumerate() {
+        pgtable::write(&k, table, Level::Pte, BASE + i as u64 * PS, Pte::new(f.add(i as u64), *b));
+    }
+    pgtable::write(&k, table, Level::Pte, BASE + 8 * PS, Pte::new(f.add(7), p | u | rw));
+    mm.rss.fetch_add(8, Ordering::SeqCst);
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    unmap_vmas(&mut tlb, [&vma], vma.start, vma.end);
+    // Three fragments: pages 0-5 (page + count), page 6, page 7.
+    let e = tlb.local_entries().to_vec();
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert_eq!(crate::gather::encoded_page_ptr(e[0]), f);
+    assert!(e[0].nr_pages_next());
+    assert_eq!(crate::gather::encoded_nr_pages(e[1]), 6, "RW, dirty and accessed do not split the run");
+    assert_eq!((crate::gather::encoded_page_ptr(e[2]), e[2].nr_pages_next()), (f.add(6), false), "USER differs");
+    assert_eq!((crate::gather::encoded_page_ptr(e[3]), e[3].nr_pages_next()), (f.add(7), false));
+    tlb.tlb_finish_mmu();
+    assert_eq!(k.mem.page(f).refcount(), 0, "the folio was freed");
+    assert_eq!(mm.rss.load(Ordering::SeqCst), 0);
+    finish(&k, &mm);
+}
+
+#[test]
+fn free_pgd_range_frees_the_pmd_table_below_a_far_ceiling() {
+    // The next VMA is in the next PUD region: the PMD table's whole range
+    // [BASE, BASE + 1 GiB) is inside [floor, ceiling) and goes.  The middle
+    // PMD entry is none: nothing to free there.
+    let gib = 1u64 << 30;
+    let (k, mm, freed) =
+        free_after_zap(BASE, 3 * M2, &[BASE, BASE + 2 * M2], (BASE, BASE + 3 * M2, BASE, BASE + gib + PS));
+    assert_eq!(freed, 3, "2 PTE tables + the PMD table");
+    assert!(!has(&k, &mm, BASE, Level::Pmd));
+    assert!(has(&k, &mm, BASE, Level::Pud), "the PUD table starts at 0 < floor");
+    finish(&k, &mm);
+    // end == ceiling == the PMD table's end: it still goes.
+    let last = BASE + gib - M2;
+    let (k, mm, freed) = free_after_zap(last, M2, &[last], (last, BASE + gib, BASE, BASE + gib));
+    assert_eq!(freed, 2, "the PTE table + the PMD table");
+    assert!(!has(&k, &mm, last, Level::Pmd));
+    finish(&k, &mm);
+}
+
+/// `free_pgtables` (mm/memory.c, v6.12) groups the following VMAs while
+/// each starts within PMD_SIZE of the previous one's end ("gather nearby
+/// vmas into one call down"); a VMA further away starts a new call.
+#[test]
+fn free_pgtables_groups_vmas_up_to_pmd_size_apart() {
+    use crate::mm::{vm, Backing};
+    let vma = |start: u64, end: u64| Vma { start, end, flags: vm::VM_READ, backing: Backing::Anon };
+    let x = vma(BASE, BASE + PS);
+    let y = vma(x.end + M2, x.end + M2 + PS); // exactly PMD_SIZE after x
+    let z = vma(y.end + M2 + PS, y.end + M2 + 2 * PS); // one page further
+    let (floor, ceiling) = (BASE - M2, 0);
+    assert_eq!(
+        free_pgtables_calls(&[x.clone(), y.clone(), z.clone()], floor, ceiling, M2),
+        vec![
+            FreePgdRangeCall { hugetlb: false, addr: x.start, end: y.end, floor, ceiling: z.start },
+            FreePgdRangeCall { hugetlb: false, addr: z.start, end: z.end, floor, ceiling },
+        ]
+    );
+}
