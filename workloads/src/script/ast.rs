@@ -52,6 +52,30 @@ pub enum Func {
     DivUp,
 }
 
+impl BinOp {
+    /// `x op y`, or `None` on overflow / division by zero.
+    pub fn apply(self, x: u64, y: u64) -> Option<u64> {
+        match self {
+            BinOp::Add => x.checked_add(y),
+            BinOp::Sub => x.checked_sub(y),
+            BinOp::Mul => x.checked_mul(y),
+            BinOp::Div => x.checked_div(y),
+            BinOp::Rem => x.checked_rem(y),
+        }
+    }
+}
+
+impl Func {
+    /// `f(x, y)`, or `None` for `div_up(_, 0)`.
+    pub fn apply(self, x: u64, y: u64) -> Option<u64> {
+        match self {
+            Func::Min => Some(x.min(y)),
+            Func::Max => Some(x.max(y)),
+            Func::DivUp => (y != 0).then(|| x.div_ceil(y)),
+        }
+    }
+}
+
 /// A size: bytes, or `N pages`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Size {

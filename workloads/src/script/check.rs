@@ -545,14 +545,7 @@ impl<'a> Checker<'a> {
             }
             ExprKind::Bin(op, a, b) => {
                 let (x, y) = (self.eval(a, env)?, self.eval(b, env)?);
-                let r = match op {
-                    BinOp::Add => x.checked_add(y),
-                    BinOp::Sub => x.checked_sub(y),
-                    BinOp::Mul => x.checked_mul(y),
-                    BinOp::Div => x.checked_div(y),
-                    BinOp::Rem => x.checked_rem(y),
-                };
-                r.map_or_else(|| self.arith_err(e.span, *op, x, y), Ok)
+                op.apply(x, y).map_or_else(|| self.arith_err(e.span, *op, x, y), Ok)
             }
             ExprKind::Rand(a) => match self.eval(a, env)? {
                 0 => self.err(e.span, "found rand(0); allowed rand(N) with N >= 1"),
@@ -561,11 +554,9 @@ impl<'a> Checker<'a> {
             },
             ExprKind::Call(f, a, b) => {
                 let (x, y) = (self.eval(a, env)?, self.eval(b, env)?);
-                match f {
-                    Func::Min => Ok(x.min(y)),
-                    Func::Max => Ok(x.max(y)),
-                    Func::DivUp if y == 0 => self.err(e.span, format!("found divup({x}, 0); allowed a divisor >= 1")),
-                    Func::DivUp => Ok(x.div_ceil(y)),
+                match f.apply(x, y) {
+                    Some(v) => Ok(v),
+                    None => self.err(e.span, format!("found divup({x}, 0); allowed a divisor >= 1")),
                 }
             }
         }

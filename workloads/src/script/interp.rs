@@ -283,21 +283,11 @@ impl Runner<'_> {
             },
             ExprKind::Bin(op, a, b) => {
                 let (x, y) = (self.eval(a)?, self.eval(b)?);
-                match op {
-                    BinOp::Add => x.checked_add(y),
-                    BinOp::Sub => x.checked_sub(y),
-                    BinOp::Mul => x.checked_mul(y),
-                    BinOp::Div => x.checked_div(y),
-                    BinOp::Rem => x.checked_rem(y),
-                }
+                op.apply(x, y)
             }
             ExprKind::Call(f, a, b) => {
                 let (x, y) = (self.eval(a)?, self.eval(b)?);
-                match f {
-                    Func::Min => Some(x.min(y)),
-                    Func::Max => Some(x.max(y)),
-                    Func::DivUp => (y != 0).then(|| x.div_ceil(y)),
-                }
+                f.apply(x, y)
             }
             ExprKind::Rand(a) => {
                 let n = self.eval(a)?;
@@ -975,21 +965,11 @@ fn const_eval(e: &Expr, c: &Checked, ncpus: u64, cpu: u64) -> Result<u64, RunErr
         },
         ExprKind::Bin(op, a, b) => {
             let (x, y) = (const_eval(a, c, ncpus, cpu)?, const_eval(b, c, ncpus, cpu)?);
-            match op {
-                BinOp::Add => x.checked_add(y),
-                BinOp::Sub => x.checked_sub(y),
-                BinOp::Mul => x.checked_mul(y),
-                BinOp::Div => x.checked_div(y),
-                BinOp::Rem => x.checked_rem(y),
-            }
+            op.apply(x, y)
         }
         ExprKind::Call(f, a, b) => {
             let (x, y) = (const_eval(a, c, ncpus, cpu)?, const_eval(b, c, ncpus, cpu)?);
-            match f {
-                Func::Min => Some(x.min(y)),
-                Func::Max => Some(x.max(y)),
-                Func::DivUp => (y != 0).then(|| x.div_ceil(y)),
-            }
+            f.apply(x, y)
         }
         ExprKind::Rand(_) => None,
     };
