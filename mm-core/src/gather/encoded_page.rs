@@ -168,8 +168,10 @@ mod tests {
         assert!(!nr_pages_encodable(u64::MAX));
     }
 
-    /// The emulator's own debug check: no pfn beyond the largest RAM.
+    /// The emulator's own debug check: no pfn beyond the largest RAM (a
+    /// `debug_assert!`, so only in builds with debug assertions).
     #[test]
+    #[cfg(debug_assertions)]
     #[should_panic]
     fn encode_page_of_a_pfn_beyond_ram_panics() {
         let _ = encode_page(Pfn(MAX_PFN), 0);
