@@ -1016,3 +1016,26 @@ fn faults_on_present_leaves_are_spurious_unless_a_write_hits_a_read_only_one() {
     pgtable::write(&k, t, Level::Pmd, HBASE, e);
     teardown(&k, &[&a], &[&f]);
 }
+
+/// A partial munmap zaps exactly [start, end): the huge page right after
+/// `end` stays mapped (`__unmap_hugepage_range`'s `address < end`), so
+/// reading it takes no fault.
+#[test]
+fn a_partial_munmap_zaps_no_page_past_its_end() {
+    let k = kernel(1);
+    let f = hfile(&k, 1);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    mmap_hugetlb(&k, &a, HBASE, GIB, true, &f, 0).unwrap();
+    for i in 0..3 {
+        k.write_user(&a, HBASE + i * MIB2 + 8, 10 + i).unwrap();
+    }
+    munmap(&k, &a, HBASE, MIB2).unwrap();
+    let t = pmd_table(&k, &a, HBASE + MIB2).unwrap();
+    assert!(pgtable::read(&k, t, Level::Pmd, HBASE + MIB2).present(), "the next huge page is still mapped");
+    let faults = k.stats.get(Stat::PageFaults);
+    assert_eq!(k.read_user(&a, HBASE + MIB2 + 8).unwrap(), 11);
+    assert_eq!(k.stats.get(Stat::PageFaults), faults, "no refault past the unmapped range");
+    assert!(k.read_user(&a, HBASE + 8).is_err(), "the unmapped page is gone");
+    teardown(&k, &[&a], &[&f]);
+}
