@@ -284,9 +284,10 @@ impl ArchOps for X86 {
     }
 
     /// v6.12 never clears mm_cpumask in `flush_tlb_func` (its switch does)
-    /// and has no TLB_REMOTE_WRONG_CPU; v6.18 does both.
+    /// and has no TLB_REMOTE_WRONG_CPU; v6.18 does both.  One list: the
+    /// v6.18-only counters come last, so v6.12's is a prefix of it.
     fn stats(&self) -> &'static [Stat] {
-        const V6_12: &[Stat] = &[
+        const ALL: &[Stat] = &[
             Stat::NrTlbRemoteFlush,
             Stat::NrTlbRemoteFlushReceived,
             Stat::NrTlbLocalFlushAll,
@@ -300,27 +301,13 @@ impl ArchOps for X86 {
             Stat::LazySwitchToInitMm,
             Stat::TlbFlushRanged,
             Stat::TlbFlushFull,
-        ];
-        const V6_18: &[Stat] = &[
-            Stat::NrTlbRemoteFlush,
-            Stat::NrTlbRemoteFlushReceived,
-            Stat::NrTlbLocalFlushAll,
-            Stat::NrTlbLocalFlushOne,
-            Stat::IrqTlbCount,
-            Stat::TlbIpiSent,
-            Stat::TraceOnTaskSwitch,
-            Stat::TraceRemoteShootdown,
-            Stat::TraceLocalMmShootdown,
-            Stat::TraceRemoteSendIpi,
+            // v6.18 only
             Stat::TraceRemoteWrongCpu,
-            Stat::LazySwitchToInitMm,
             Stat::CpumaskTrimmed,
-            Stat::TlbFlushRanged,
-            Stat::TlbFlushFull,
         ];
         match self.kernel {
-            KernelVersion::V6_12 => V6_12,
-            KernelVersion::V6_18 => V6_18,
+            KernelVersion::V6_12 => &ALL[..ALL.len() - 2],
+            KernelVersion::V6_18 => ALL,
         }
     }
 
