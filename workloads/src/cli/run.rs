@@ -161,15 +161,27 @@ fn stop_signal() -> &'static StdArc<std::sync::atomic::AtomicUsize> {
 /// its next step, the run tears down, leak-checks and prints its report,
 /// marked `interrupted`, and writes its trace); a second one exits at once
 /// with status 128 + the signal's number, printing nothing more.
+///
+/// One handler per signal decides "first or second" with a single
+/// compare-and-swap on the stop signal, so two signals taken at the same
+/// moment by two threads (a SIGINT and a SIGTERM are not merged like two
+/// SIGINTs) still count as one first and one second.
 pub fn install_signal_handlers() {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let flag = interrupt_flag();
     for sig in [SIGINT, SIGTERM] {
-        // Registered first, so it sees the flag as it was before this
-        // signal: set means this is the second one.
-        let _ = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, flag.clone());
-        let _ = signal_hook::flag::register_usize(sig, stop_signal().clone(), sig as usize);
-        let _ = signal_hook::flag::register(sig, flag.clone());
+        let flag = interrupt_flag().clone();
+        let first = stop_signal().clone();
+        let action = move || {
+            if first.compare_exchange(0, sig as usize, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                flag.store(true, Ordering::SeqCst);
+            } else {
+                signal_hook::low_level::exit(128 + sig);
+            }
+        };
+        // SAFETY: the action only does atomic operations on values it
+        // owns and `_exit(2)`, all async-signal-safe; it allocates nothing
+        // and takes no lock.
+        let _ = unsafe { signal_hook::low_level::register(sig, action) };
     }
 }
 
