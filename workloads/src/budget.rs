@@ -6,7 +6,7 @@
 //!   before each step inside one (a syscall, a batch of touches, a race
 //!   round): a `--seconds` budget overshoots by at most one step at any
 //!   CPU count, and an interrupt ends every thread at its next step.
-//! - `interrupt_flag()` is set once by the first SIGINT / SIGTERM (the CLI
+//! - `request_stop(sig)` records the first SIGINT / SIGTERM (the CLI
 //!   installs the handlers); nothing clears it: the process is ending.
 
 use std::time::{Duration, Instant};
@@ -21,18 +21,29 @@ pub enum Budget {
     Seconds(f64),
 }
 
-/// The process-wide stop request: the first SIGINT / SIGTERM sets it (the
-/// CLI installs the handlers), and every budget then ends at its next step.
-/// A std `Arc` so signal handlers can hold it.
-pub fn interrupt_flag() -> &'static std::sync::Arc<std::sync::atomic::AtomicBool> {
-    static FLAG: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
-    FLAG.get_or_init(Default::default)
+/// The process-wide stop request: the number of the first SIGINT / SIGTERM
+/// (0: none).  The CLI's handlers set it, and every budget then ends at its
+/// next step.
+static STOP_SIGNAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Record `sig` as the stop request if none was made yet: true for the
+/// first signal, false for a later one.  One compare-and-swap, so two
+/// signals taken at once by two threads are still a first and a second;
+/// async-signal-safe.
+pub fn request_stop(sig: usize) -> bool {
+    use std::sync::atomic::Ordering::SeqCst;
+    STOP_SIGNAL.compare_exchange(0, sig, SeqCst, SeqCst).is_ok()
 }
 
-/// Has a stop been requested (`interrupt_flag`)?  One relaxed load.
+/// The signal that requested the stop (0: none).
+pub fn stop_signal() -> usize {
+    STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Has a stop been requested (`request_stop`)?  One relaxed load.
 #[inline]
 pub fn interrupted() -> bool {
-    interrupt_flag().load(std::sync::atomic::Ordering::Relaxed)
+    STOP_SIGNAL.load(std::sync::atomic::Ordering::Relaxed) != 0
 }
 
 /// Decides when a thread stops (Copy: every task gets its own).

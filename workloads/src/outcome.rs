@@ -31,7 +31,7 @@ pub struct Outcome {
     pub overshoot: Option<Duration>,
     /// Exiting every mm, quiescing and the leak check.
     pub teardown: Duration,
-    /// The budget ended early on SIGINT / SIGTERM (`interrupt_flag`).
+    /// The budget ended early on SIGINT / SIGTERM (`budget::request_stop`).
     pub interrupted: bool,
     /// Digest of the choices the scenario drew from the seed (0: none).
     pub program_digest: u64,

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::args::{wait_name, BudgetArgs, MachineArgs, ReproArgs, RunArgs, StressArgs};
 use super::output::{emit, error_line_raw, print_json, side_by_side, CliError};
-use crate::budget::{interrupt_flag, interrupted, Budget};
+use crate::budget::{interrupted, request_stop, stop_signal, Budget};
 use crate::error::RunError;
 use crate::report::{BudgetJson, MemoryJson, Report, Setup, TraceInfo};
 use crate::scenarios::native::Rng;
@@ -151,36 +151,26 @@ fn plan_memory(spec: &RunSpec, ctx: &Ctx) -> Result<MemoryJson, CliError> {
 /// one error line.
 static RUN_ACTIVE: AtomicBool = AtomicBool::new(false);
 
-/// The signal that ended the budget early (0: none), for the exit status.
-fn stop_signal() -> &'static StdArc<std::sync::atomic::AtomicUsize> {
-    static SIG: std::sync::OnceLock<StdArc<std::sync::atomic::AtomicUsize>> = std::sync::OnceLock::new();
-    SIG.get_or_init(Default::default)
-}
-
 /// SIGINT / SIGTERM: the first one ends the budget (every thread stops at
 /// its next step, the run tears down, leak-checks and prints its report,
 /// marked `interrupted`, and writes its trace); a second one exits at once
 /// with status 128 + the signal's number, printing nothing more.
 ///
-/// One handler per signal decides "first or second" with a single
-/// compare-and-swap on the stop signal, so two signals taken at the same
-/// moment by two threads (a SIGINT and a SIGTERM are not merged like two
-/// SIGINTs) still count as one first and one second.
+/// The handler decides "first or second" with `request_stop`'s one
+/// compare-and-swap, so two signals taken at the same moment by two threads
+/// (a SIGINT and a SIGTERM are not merged like two SIGINTs) still count as
+/// one first and one second.
 pub fn install_signal_handlers() {
     use signal_hook::consts::{SIGINT, SIGTERM};
     for sig in [SIGINT, SIGTERM] {
-        let flag = interrupt_flag().clone();
-        let first = stop_signal().clone();
         let action = move || {
-            if first.compare_exchange(0, sig as usize, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-                flag.store(true, Ordering::SeqCst);
-            } else {
+            if !request_stop(sig as usize) {
                 signal_hook::low_level::exit(128 + sig);
             }
         };
-        // SAFETY: the action only does atomic operations on values it
-        // owns and `_exit(2)`, all async-signal-safe; it allocates nothing
-        // and takes no lock.
+        // SAFETY: the action only does one compare-and-swap on a static
+        // atomic and `_exit(2)`, both async-signal-safe; it allocates
+        // nothing and takes no lock.
         let _ = unsafe { signal_hook::low_level::register(sig, action) };
     }
 }
@@ -189,11 +179,11 @@ pub fn install_signal_handlers() {
 /// else 128 + the signal if one cut the budget short (130 SIGINT, 143
 /// SIGTERM); else 0.
 pub fn exit_status(failed: bool) -> i32 {
-    let sig = stop_signal().load(Ordering::SeqCst);
+    let sig = stop_signal();
     if failed {
         1
-    } else if sig != 0 || interrupted() {
-        128 + if sig == 0 { 2 } else { sig as i32 }
+    } else if sig != 0 {
+        128 + sig as i32
     } else {
         0
     }
