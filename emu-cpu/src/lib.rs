@@ -27,7 +27,8 @@
 //! - The crate root: `Machine` (CPUs as threads, `run_on` / `spawn_on`,
 //!   `jiffies`), `MachineConfig` and `WaitPolicy`, `MachineError` /
 //!   `CsdLockTimeout` (why a task gave no result), `TaskHandle`,
-//!   `MachineSmp` (the `Smp` a kernel owns), `System` (a machine with the
+//!   `MachineSmp` (the `Smp` a kernel owns), `Spawner` (queues tasks from
+//!   inside a task), `System` (a machine with the
 //!   kernel booted on it: user tasks, kernel threads, RCU in the idle loop
 //!   and the tick), `HZ` / `TICK` (the unit of `jiffies`) and
 //!   `HOST_BYTES_PER_CPU`.
@@ -210,6 +211,49 @@ pub struct TaskHandle<R> {
     shared: Arc<Shared>,
 }
 
+/// `Machine::spawn_on` for a holder of the machine's shared state.
+fn spawn_task<R, F>(shared: &Arc<Shared>, cpu: CpuId, f: F) -> TaskHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let (tx, rx) = crossbeam::channel::bounded(1);
+    if let Some(slot) = shared.cpus.get(cpu.idx()) {
+        let job = Box::new(move || {
+            let r = catch_unwind(AssertUnwindSafe(f)).map_err(TaskFailure::from_payload);
+            let _ = tx.send(r);
+        });
+        // If the CPU is gone the job (and `tx`) is dropped: join sees Stopped.
+        let _ = slot.task_tx.send(Task::Run(job));
+    }
+    TaskHandle { cpu, rx, shared: shared.clone() }
+}
+
+/// Queues tasks on a machine's CPUs (`Machine::spawner`): cloneable and
+/// `Send`, so a task can start another.  Tasks queued after the machine
+/// stopped are never run (their `join` says `Stopped`).
+#[derive(Clone)]
+pub struct Spawner {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Spawner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spawner").field("cpus", &self.shared.cpus.len()).finish()
+    }
+}
+
+impl Spawner {
+    /// `Machine::spawn_on`.
+    pub fn spawn_on<R, F>(&self, cpu: CpuId, f: F) -> TaskHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        spawn_task(&self.shared, cpu, f)
+    }
+}
+
 /// How often a joiner looks at the machine's progress.
 const JOIN_SLICE: Duration = Duration::from_millis(50);
 
@@ -341,16 +385,13 @@ impl Machine {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let (tx, rx) = crossbeam::channel::bounded(1);
-        if let Some(slot) = self.shared.cpus.get(cpu.idx()) {
-            let job = Box::new(move || {
-                let r = catch_unwind(AssertUnwindSafe(f)).map_err(TaskFailure::from_payload);
-                let _ = tx.send(r);
-            });
-            // If the CPU is gone the job (and `tx`) is dropped: join sees Stopped.
-            let _ = slot.task_tx.send(Task::Run(job));
-        }
-        TaskHandle { cpu, rx, shared: self.shared.clone() }
+        spawn_task(&self.shared, cpu, f)
+    }
+
+    /// A handle that queues tasks on this machine's CPUs from anywhere,
+    /// also from a task (a thread that starts another thread).
+    pub fn spawner(&self) -> Spawner {
+        Spawner { shared: self.shared.clone() }
     }
 
     /// Run `f` on `cpu` and wait for its result (a hang: no progress for

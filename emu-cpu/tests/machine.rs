@@ -408,3 +408,27 @@ fn hang_report_names_busy_cpus_and_counts_the_rest() {
         }
     }
 }
+
+#[test]
+fn a_task_starts_a_task_on_another_cpu_through_a_spawner() {
+    // A Spawner is Send: a task on CPU0 queues one on CPU1 and waits for
+    // it there; the inner task runs on CPU1, and a panic in it comes back
+    // with CPU1's id.
+    let m = Machine::new(2, cfg(WaitPolicy::Adaptive));
+    let (sp, smp) = (m.spawner(), Arc::new(m.smp()));
+    let s = smp.clone();
+    let inner_cpu = m
+        .run_on(CpuId(0), move || {
+            let s2 = s.clone();
+            sp.spawn_on(CpuId(1), move || s2.this_cpu()).join(Duration::from_secs(20))
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(inner_cpu, CpuId(1));
+    let sp = m.spawner();
+    let e = m
+        .run_on(CpuId(0), move || sp.spawn_on(CpuId(1), || panic!("inner task")).join(Duration::from_secs(20)))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e, MachineError::Panicked { cpu: CpuId(1), msg: "inner task".into() });
+}

@@ -105,6 +105,9 @@ impl ThreadWork {
     pub fn rounds(&self) -> u64 {
         self.w.rounds
     }
+    pub fn ops(&self) -> u64 {
+        self.w.ops
+    }
 }
 
 /// Join `hs` (every one, even after an error); the first machine error is

@@ -907,6 +907,12 @@ impl<'a> Checker<'a> {
                     )
                 }
             },
+            StepKind::Spin if env.in_spawn => {
+                return self.err(
+                    st.span,
+                    "found 'spin' in a spawned thread; allowed in declared threads only (a spawned thread ends with the block that spawned it)",
+                )
+            }
             StepKind::Exit { .. } | StepKind::Spin | StepKind::Sleep => {}
             StepKind::Start { thread } => match self.s.threads.iter().find(|t| t.name.text == thread.text) {
                 Some(t) if t.held => {

@@ -17,10 +17,12 @@
 //! off); `device` (an SVA device bound to the process on first use,
 //! `iommu_sva_bind_device`, DMA through its IOTLB, unbound at the thread's
 //! end); `held` threads (a kernel thread on their CPU, lazy, until `start`)
-//! and `start`; the header's knobs.  Every other step, kind or declaration
-//! (spawn / join, thp / hugetlb / anon-shared mmaps, truncate to a
-//! size) is refused before the machine boots, naming its line: the
-//! rest of issue 14.
+//! and `start`; `spawn` (a thread queued on its CPU's run queue, `runq`:
+//! run when the CPU's current thread blocks, or by a drainer task queued
+//! behind it) and `join` (a blocking wait: the CPU idles lazily); the
+//! header's knobs.  Every other step, kind or declaration (thp / hugetlb /
+//! anon-shared mmaps, truncate to a size) is refused before the machine
+//! boots, naming its line: the rest of issue 14.
 //!
 //! A barrier is a generation counter that its threads wait on with
 //! `cpu_relax` (an interrupt point: a waiting CPU still serves flush
@@ -84,7 +86,7 @@ pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
                 StepKind::Truncate { size: Some(_), .. } => Some("a truncate to a size".to_string()),
                 StepKind::Msync { .. } | StepKind::Fadvise { .. } | StepKind::Truncate { .. } => None,
                 StepKind::GupFast { .. } | StepKind::Collapse { .. } | StepKind::Device { .. } => None,
-                StepKind::Start { .. } => None,
+                StepKind::Start { .. } | StepKind::Join { .. } => None,
                 StepKind::Write { .. }
                 | StepKind::Read { .. }
                 | StepKind::Munmap { .. }
@@ -97,10 +99,10 @@ pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
                 | StepKind::Peek { .. } => None,
                 StepKind::Fork { body, .. }
                 | StepKind::Exec { body, .. }
+                | StepKind::Spawn { body, .. }
                 | StepKind::Repeat { body, .. }
                 | StepKind::RepeatUntilBudget { body }
                 | StepKind::For { body, .. } => return walk(body).or_else(|| walk_rest(b, st)),
-                k => Some(format!("step '{}'", k.keyword())),
             };
             if let Some(w) = bad {
                 return Some((st.span, w));
@@ -139,8 +141,10 @@ struct Barrier {
 
 impl Barrier {
     /// Wait for the other parties; false if the run was aborted meanwhile
-    /// (a hang elsewhere: the waiter must let its CPU stop).
-    fn wait(&self, k: &Kernel, abort: &AtomicBool) -> bool {
+    /// (a hang elsewhere: the waiter must let its CPU stop).  `idle` runs
+    /// a spawned thread queued on this CPU, if any (true if it ran one):
+    /// a blocked task lets the scheduler pick another.
+    fn wait(&self, k: &Kernel, abort: &AtomicBool, idle: &dyn Fn() -> bool) -> bool {
         let g = self.generation.load(Ordering::SeqCst);
         if self.arrived.fetch_add(1, Ordering::SeqCst) + 1 == self.parties {
             self.arrived.store(0, Ordering::SeqCst);
@@ -151,6 +155,9 @@ impl Barrier {
         while self.generation.load(Ordering::SeqCst) == g {
             if abort.load(Ordering::Relaxed) {
                 return false;
+            }
+            if idle() {
+                continue;
             }
             k.smp.cpu_relax();
             spins += 1;
@@ -189,6 +196,41 @@ struct Shared {
     abort: AtomicBool,
     /// Held threads: set by `start NAME`.
     started: BTreeMap<String, std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Per CPU: spawned threads waiting to run there.  The CPU runs one at
+    /// its current task's next blocking wait (`join`, a barrier, a held
+    /// thread's wait, `spin`: the scheduler picking a woken task), or the
+    /// task queued behind its current one does (`drainers`).
+    runq: Vec<Mutex<std::collections::VecDeque<Job>>>,
+    /// Queues the drainer tasks (from inside a task).
+    spawner: emu_cpu::Spawner,
+    /// One task per `spawn`, queued on its CPU: runs what is still queued
+    /// there when it gets the CPU.  Joined at the end of the run.
+    drainers: Mutex<Vec<emu_cpu::TaskHandle<()>>>,
+    /// Syscalls of spawned threads (declared threads count theirs in the
+    /// work log).
+    spawned_ops: AtomicU64,
+    /// The threads' error lines (a failed step), first first.
+    errors: Mutex<Vec<String>>,
+    seed: u64,
+}
+
+/// A spawned thread's program, run on its CPU with the kernel.
+type Job = Box<dyn FnOnce(&Arc<Kernel>) + Send>;
+
+/// Set when a spawned thread's program is over (also when it panicked:
+/// then the run is aborted, so that nobody waits for it in vain).
+struct DoneGuard {
+    done: std::sync::Arc<AtomicBool>,
+    sh: std::sync::Arc<Shared>,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.sh.abort.store(true, Ordering::SeqCst);
+        }
+        self.done.store(true, Ordering::SeqCst);
+    }
 }
 
 /// A stall point and the barriers met there.
@@ -214,6 +256,20 @@ fn point(name: &str) -> Option<Point> {
 }
 
 impl Shared {
+    /// Run one spawned thread queued on this CPU, if any (a context switch
+    /// to it and, after, back to `back`, or lazy when None): true if one ran.
+    fn schedule(&self, k: &Arc<Kernel>, back: Option<&Arc<MmStruct>>) -> bool {
+        let cpu = k.this_cpu().0 as usize;
+        let job = self.runq.get(cpu).and_then(|q| q.lock().expect("run queue lock").pop_front());
+        let Some(job) = job else { return false };
+        job(k);
+        match back {
+            Some(mm) => switch_mm(k, mm),
+            None => mm_core::tlb::enter_lazy_tlb(k),
+        }
+        true
+    }
+
     /// At a stall point on this CPU: meet the step's barriers (IRQs are
     /// off: a waiting walker serves no IPI, as in the kernel).
     fn stall(&self, k: &Kernel, p: Point) {
@@ -227,8 +283,9 @@ impl Shared {
             }
         };
         if let Some((_, bars)) = hit {
+            // IRQs are off: no scheduling here.
             for b in bars {
-                if !self.barriers[&b].wait(k, &self.abort) {
+                if !self.barriers[&b].wait(k, &self.abort, &|| false) {
                     return;
                 }
             }
@@ -238,7 +295,7 @@ impl Shared {
 
 /// One thread's interpreter state.
 struct Runner<'a> {
-    sh: &'a Shared,
+    sh: std::sync::Arc<Shared>,
     k: &'a Arc<Kernel>,
     cpu: u64,
     vars: Vec<(String, u64)>,
@@ -252,6 +309,14 @@ struct Runner<'a> {
     /// (process, region) -> (address, pages) this thread mapped itself:
     /// looked up before what other threads mapped under the same name.
     own: BTreeMap<(String, String), At>,
+    /// Per block being run: the threads it spawned and has not joined
+    /// (name, done).  They are joined when the block ends.
+    spawns: Vec<Vec<(String, std::sync::Arc<AtomicBool>)>>,
+    /// A declared thread (counted in `Shared::working` and the work log);
+    /// false for a spawned one.
+    declared: bool,
+    /// This thread no longer counts in `Shared::working`.
+    finished: bool,
 }
 
 /// Why a thread stopped before its end.
@@ -337,10 +402,64 @@ impl Runner<'_> {
     }
 
     fn body(&mut self, mm: &Arc<MmStruct>, process: &str, body: &[Step]) -> Flow {
+        self.spawns.push(Vec::new());
+        let mut r = Ok(());
         for st in body {
-            self.step(mm, process, st)?;
+            r = self.step(mm, process, st);
+            if r.is_err() {
+                break;
+            }
         }
-        Ok(())
+        // The threads this block spawned and did not join end with it,
+        // before the process they run in can exit.
+        for (_, done) in self.spawns.pop().unwrap_or_default() {
+            if !self.wait_done(&done, mm) && r.is_ok() {
+                r = Err(Stop::Error(format!("{}: the run was aborted while a spawned thread ran", self.sh.file)));
+            }
+        }
+        r
+    }
+
+    /// Wait until a spawned thread is done (pthread_join: a futex wait, so
+    /// the CPU idles lazily, with this mm still loaded, and runs what is
+    /// queued on it meanwhile, staying lazy in the last one's mm), then
+    /// switch back to `mm` (the waiter is woken); false if the run was
+    /// aborted.
+    fn wait_done(&self, done: &AtomicBool, mm: &Arc<MmStruct>) -> bool {
+        if done.load(Ordering::SeqCst) {
+            return true;
+        }
+        mm_core::tlb::enter_lazy_tlb(self.k);
+        let mut spins = 0u32;
+        while !done.load(Ordering::SeqCst) {
+            if self.sh.abort.load(Ordering::Relaxed) {
+                return false;
+            }
+            if self.sh.schedule(self.k, None) {
+                continue;
+            }
+            self.k.smp.cpu_relax();
+            spins += 1;
+            if spins.is_multiple_of(32) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        switch_mm(self.k, mm);
+        true
+    }
+
+    /// A thread's end: its devices unbound, its error kept, and it no
+    /// longer counts as working.
+    fn end(&mut self, r: Flow) {
+        for (_, d) in std::mem::take(&mut self.devices) {
+            d.iommu_sva_unbind_device();
+        }
+        if let Err(Stop::Error(e)) = r {
+            self.sh.errors.lock().expect("errors lock").push(e);
+        }
+        self.done_working();
     }
 
     /// Arm this CPU's stall slot for the next kernel call.
@@ -358,8 +477,48 @@ impl Runner<'_> {
         self.sh.stalls[self.cpu as usize].lock().expect("stall lock").take();
     }
 
-    fn done_working(&self) {
-        self.sh.working.fetch_sub(1, Ordering::SeqCst);
+    fn done_working(&mut self) {
+        if self.declared && !self.finished {
+            self.sh.working.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.finished = true;
+    }
+
+    /// A spawned thread's program: a thread of `mm` on CPU `cpu` that sees
+    /// this thread's variables and regions and draws from its own stream.
+    fn spawned(
+        &mut self,
+        mm: &Arc<MmStruct>,
+        process: &str,
+        cpu: u64,
+        body: &[Step],
+        done: std::sync::Arc<AtomicBool>,
+    ) -> Job {
+        let (sh, mm, process, body) = (self.sh.clone(), mm.clone(), process.to_string(), body.to_vec());
+        let (vars, own, until, me, stream) =
+            (self.vars.clone(), self.own.clone(), self.until, self.me, self.rng.next());
+        Box::new(move |k: &Arc<Kernel>| {
+            let _done = DoneGuard { done, sh: sh.clone() };
+            let mut th = Runner {
+                rng: Rng::new(sh.seed, stream),
+                sh,
+                k,
+                cpu,
+                vars,
+                work: WorkLog::new(1).thread(0),
+                until,
+                me,
+                devices: BTreeMap::new(),
+                own,
+                spawns: Vec::new(),
+                declared: false,
+                finished: false,
+            };
+            switch_mm(k, &mm);
+            let r = th.body(&mm, &process, &body);
+            th.sh.spawned_ops.fetch_add(th.work.ops(), Ordering::Relaxed);
+            th.end(r);
+        })
     }
 
     fn step(&mut self, mm: &Arc<MmStruct>, process: &str, st: &Step) -> Flow {
@@ -540,6 +699,9 @@ impl Runner<'_> {
                 mm_core::ops::writeback::invalidate_mapping_pages(k, &mapping, a, b);
                 self.work.op();
             }
+            StepKind::Truncate { size: Some(_), .. } => {
+                return Err(self.fail(st.span, "a truncate to a size is not run by the interpreter yet"));
+            }
             StepKind::Truncate { file, size: None } => {
                 let (_, mapping) = self.file(file)?;
                 let _t = syscall_entry(k, "truncate");
@@ -621,6 +783,10 @@ impl Runner<'_> {
                 self.done_working();
                 let mut spins = 0u32;
                 while self.sh.working.load(Ordering::SeqCst) > 0 && !self.sh.abort.load(Ordering::Relaxed) {
+                    // The tick would let a thread woken on this CPU run.
+                    if self.sh.schedule(k, Some(mm)) {
+                        continue;
+                    }
                     k.smp.cpu_relax();
                     spins += 1;
                     if spins.is_multiple_of(32) {
@@ -634,7 +800,8 @@ impl Runner<'_> {
                 return Err(Stop::Exit);
             }
             StepKind::Barrier { name } => {
-                if !self.sh.barriers[&name.text].wait(k, &self.sh.abort) {
+                let sh = self.sh.clone();
+                if !sh.barriers[&name.text].wait(k, &sh.abort, &|| sh.schedule(k, Some(mm))) {
                     return Err(self.fail(st.span, "the run was aborted while this thread waited at the barrier"));
                 }
             }
@@ -668,10 +835,39 @@ impl Runner<'_> {
                     r?;
                 }
             }
-            _ => {
-                return Err(
-                    self.fail(st.span, format!("step '{}' is not run by the interpreter yet", st.kind.keyword()))
-                )
+            StepKind::Spawn { thread, cpu, body } => {
+                let target = match cpu {
+                    Some(e) => self.eval(e)?,
+                    None => self.cpu,
+                };
+                if target >= self.sh.ncpus {
+                    return Err(self.fail(st.span, format!("spawn on CPU {target}; the run has {}", self.sh.ncpus)));
+                }
+                let done = std::sync::Arc::new(AtomicBool::new(false));
+                let job = self.spawned(mm, process, target, body, done.clone());
+                self.sh.runq[target as usize].lock().expect("run queue lock").push_back(job);
+                let (sh, kk) = (self.sh.clone(), k.clone());
+                let drainer = self.sh.spawner.spawn_on(CpuId(target as u32), move || {
+                    mm_core::tlb::enter_lazy_tlb(&kk);
+                    while sh.schedule(&kk, None) {}
+                });
+                self.sh.drainers.lock().expect("drainers lock").push(drainer);
+                if let Some(frame) = self.spawns.last_mut() {
+                    frame.push((thread.text.clone(), done));
+                }
+                self.work.op();
+            }
+            StepKind::Join { thread } => {
+                let i = self.spawns.last().and_then(|f| f.iter().position(|(n, _)| *n == thread.text));
+                let Some(i) = i else {
+                    return Err(
+                        self.fail(thread.span, format!("thread '{}' was not spawned in this block", thread.text))
+                    );
+                };
+                let (_, done) = self.spawns.last_mut().map(|f| f.remove(i)).expect("the frame just searched");
+                if !self.wait_done(&done, mm) {
+                    return Err(self.fail(st.span, "the run was aborted while this thread waited in join"));
+                }
             }
         }
         Ok(())
@@ -694,6 +890,7 @@ fn frames(s: &Script, c: &Checked, ncpus: u64) -> usize {
                 }
                 StepKind::Fork { body, .. } => 2 * walk(body, c, ncpus, cpu),
                 StepKind::Exec { body, .. }
+                | StepKind::Spawn { body, .. }
                 | StepKind::Repeat { body, .. }
                 | StepKind::RepeatUntilBudget { body }
                 | StepKind::For { body, .. } => walk(body, c, ncpus, cpu),
@@ -827,6 +1024,12 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         stalls: (0..n).map(|_| Mutex::new(None)).collect(),
         abort: AtomicBool::new(false),
         started: s.threads.iter().filter(|t| t.held).map(|t| (t.name.text.clone(), Default::default())).collect(),
+        runq: (0..n).map(|_| Mutex::new(Default::default())).collect(),
+        spawner: b.sys.machine.spawner(),
+        drainers: Mutex::new(Vec::new()),
+        spawned_ops: AtomicU64::new(0),
+        errors: Mutex::new(Vec::new()),
+        seed: ctx.seed,
     });
     {
         let (g, cl) = (sh.clone(), sh.clone());
@@ -839,7 +1042,6 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
             }
         }
     }
-    let errors: std::sync::Arc<Mutex<Vec<String>>> = Default::default();
     let log = WorkLog::new(inst.len());
     let until = b.until;
     // Seed streams: the threads that start together take 0, 1, … in
@@ -854,7 +1056,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         *n += 1;
     }
     let spawn = |i: usize, t: &Thread, cpu: u64| {
-        let (sh, errors, body, process) = (sh.clone(), errors.clone(), t.body.clone(), t.process.text.clone());
+        let (sh, body, process) = (sh.clone(), t.body.clone(), t.process.text.clone());
         let work = log.thread(i);
         let (seed, stream) = (ctx.seed, streams[i]);
         let held = t.held.then(|| sh.started[&t.name.text].clone());
@@ -862,7 +1064,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         let mm = mms[&t.process.text].clone();
         let job = move |k: &Arc<Kernel>, mm: &Arc<MmStruct>| {
             let mut th = Runner {
-                sh: &sh,
+                sh,
                 k,
                 cpu,
                 vars: Vec::new(),
@@ -872,19 +1074,12 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
                 me: i,
                 own: BTreeMap::new(),
                 devices: BTreeMap::new(),
+                spawns: Vec::new(),
+                declared: true,
+                finished: false,
             };
             let r = th.body(mm, &process, &body);
-            for (_, d) in std::mem::take(&mut th.devices) {
-                d.iommu_sva_unbind_device();
-            }
-            match r {
-                Ok(()) | Err(Stop::Budget) => th.done_working(),
-                Err(Stop::Exit) => {}
-                Err(Stop::Error(e)) => {
-                    th.done_working();
-                    errors.lock().expect("errors lock").push(e);
-                }
-            }
+            th.end(r);
         };
         match held {
             None => b.sys.spawn_user(CpuId(cpu as u32), &mm, job),
@@ -896,6 +1091,9 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
                 while !flag.load(Ordering::SeqCst) {
                     if abort.load(Ordering::Relaxed) {
                         return;
+                    }
+                    if abort_of.schedule(k, None) {
+                        continue;
                     }
                     k.smp.cpu_relax();
                     spins += 1;
@@ -927,8 +1125,18 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
     if err.is_some() {
         sh.abort.store(true, Ordering::SeqCst);
     }
+    // Every spawned thread ended with its block; their drainers end at once.
+    loop {
+        let hs = std::mem::take(&mut *sh.drainers.lock().expect("drainers lock"));
+        if hs.is_empty() {
+            break;
+        }
+        join_into(&b, hs, &mut err);
+    }
     let exit: Vec<Arc<MmStruct>> = mms.into_values().collect();
-    let mut outcome = finish(b, log.total(), err, move |k| {
+    let mut work = log.total();
+    work.ops += sh.spawned_ops.load(Ordering::SeqCst);
+    let mut outcome = finish(b, work, err, move |k| {
         for mm in &exit {
             sys::exit(k, mm);
         }
@@ -937,7 +1145,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
             mm_core::ops::writeback::truncate_inode_pages(k, f);
         }
     });
-    if let Some(e) = errors.lock().expect("errors lock").first() {
+    if let Some(e) = sh.errors.lock().expect("errors lock").first() {
         outcome.error.get_or_insert(RunError::Driver(e.clone()));
     }
     let reads_failed = sh.reads_failed.load(Ordering::SeqCst);
