@@ -4,9 +4,9 @@
 //! - `cli`: argument parsing, the subcommands and the exit status
 //!   (`src/bin/mmemu.rs` is thin).
 //! - `report`: an `Outcome` and its setup as a human summary or JSON.
-//! - `scenarios`: the registry `mmemu list` shows — native multi-CPU
-//!   programs (munmap-storm, mprotect-pingpong, madvise-dontneed,
-//!   exit-storm) and one adapter per race driver.
+//! - `scenarios`: the registry `mmemu list` shows — the storms
+//!   (munmap-storm, mprotect-pingpong, madvise-dontneed, exit-storm:
+//!   shipped scripts) and one adapter per race driver.
 //! - `races`: one stress driver per race of docs/RACES.md, all through
 //!   one harness (`races::harness`).  Each runs the racing kernel paths
 //!   concurrently on an emu-cpu `System` for a bounded number of rounds and

@@ -119,8 +119,9 @@ fn host_mem_available() -> Option<u64> {
 /// host has available, is refused with the parameters that asked for it.
 fn plan_memory(spec: &RunSpec, ctx: &Ctx) -> Result<MemoryJson, CliError> {
     let s = spec.scenario;
-    let frames = scenarios::ram_frames(ctx, (s.frames)(ctx))
-        .map_err(|e| CliError::Usage(format!("scenario {}: {e}", s.name)))?;
+    let wanted = s.frames(ctx).map_err(|e| CliError::Usage(e.to_string()))?;
+    let frames =
+        scenarios::ram_frames(ctx, wanted).map_err(|e| CliError::Usage(format!("scenario {}: {e}", s.name)))?;
     let kcfg = KernelConfig { ram_frames: frames, ..ctx.kcfg.clone() };
     let est = mm_core::kernel::HostMemory::of(&kcfg);
     let host = est.total() + spec.cpus as u64 * emu_cpu::HOST_BYTES_PER_CPU;
@@ -224,7 +225,7 @@ pub fn run_scenario(spec: &RunSpec) -> Result<Report, CliError> {
         emu_cpu::trace::start();
     }
     RUN_ACTIVE.store(true, Ordering::SeqCst);
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (spec.scenario.run)(&ctx)));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| spec.scenario.run(&ctx)));
     RUN_ACTIVE.store(false, Ordering::SeqCst);
     let traced = spec.trace.as_ref().map(|_| emu_cpu::trace::stop());
     let r = r.map_err(|p| {
@@ -292,7 +293,7 @@ pub(super) fn run(a: RunArgs) -> Result<i32, CliError> {
         crate::inject::arm(c, a.inject_panic_after);
     }
     // A script's header gives the defaults; every option overrides it.
-    let script = crate::script::loaded(s);
+    let script = s.script();
     let mut reverted = a.revert.clone();
     let mut run_budget = budget(&a.budget, s);
     if let Some(l) = script {
@@ -379,7 +380,7 @@ pub(super) fn reproduce(a: ReproArgs) -> Result<i32, CliError> {
     };
     let params = s.parse_params(&a.params).map_err(CliError::Usage)?;
     // A script: its header's CPUs and arch, and its own reverts in both runs.
-    let script = crate::script::loaded(s);
+    let script = s.script();
     let header_reverts: Vec<Fix> =
         script.map(|l| l.checked.reverts.iter().copied().filter(|f| *f != a.switch).collect()).unwrap_or_default();
     let mut spec = RunSpec {

@@ -3,29 +3,28 @@
 //! Contract:
 //! - A `Scenario` is a name, a one-line description, its parameters (each
 //!   an integer with a default and an allowed range), the fixes it exposes,
-//!   the arch it defaults to or requires, and a `run` function.
-//! - `run(&Ctx)` boots its own emu-cpu `System` from `ctx.kcfg` /
+//!   the arch it defaults to or requires, and its `Program`: Rust code or
+//!   a script.
+//! - `Scenario::run(&Ctx)` boots its own emu-cpu `System` from `ctx.kcfg` /
 //!   `ctx.machine`, runs user threads and syscalls on every CPU until
 //!   `ctx.budget` is spent, exits every mm, quiesces the machine and
 //!   returns an `Outcome`: counters, violations and leaked frames as a
 //!   `Measure`, plus a machine error (panic, hang) naming the CPU if one
 //!   ended the run early.  `Err` means the scenario could not start (bad
 //!   configuration); the message says what is wrong.
-//! - Native scenarios (munmap-storm, mprotect-pingpong, madvise-dontneed,
-//!   exit-storm: one file each) share `native`: boot, the work log, the
-//!   seed's generator, `finish` and the syscall wrappers (`native::sys`:
-//!   every syscall a trace span, free when no trace is recorded).  Race
-//!   scenarios (`races.rs`) are one small adapter each around a race driver
-//!   `races::<x>::run` (`race_adapter`: the budget in chunks, the sums).
+//! - The storms (munmap-storm, mprotect-pingpong, madvise-dontneed,
+//!   exit-storm: `SCRIPTED`) are shipped scripts, examples/scripts/NAME.mmemu
+//!   embedded in the binary, run by the script interpreter on `native`'s
+//!   machinery: boot, the work log, the seed's generator, `finish` and the
+//!   syscall wrappers (`native::sys`: every syscall a trace span, free when
+//!   no trace is recorded).  Race scenarios (`races.rs`) are one small
+//!   adapter each around a race driver `races::<x>::run` (`race_adapter`:
+//!   the budget in chunks, the sums).
 //!
 //! This file is the registry: `Scenario`, its parameters and arch,
 //! `Ctx`, every scenario (`all`, `find`), the switch → scenario table
 //! (`EXPOSERS`) and the emulated RAM a run asks for (`ram_frames`).
 
-mod exit_storm;
-mod madvise_dontneed;
-mod mprotect_pingpong;
-mod munmap_storm;
 pub(crate) mod native;
 pub mod race_adapter;
 mod races;
@@ -105,13 +104,49 @@ pub struct Scenario {
     pub min_cpus: usize,
     /// Rounds when neither `--iterations` nor `--seconds` is given.
     pub default_iterations: u64,
-    /// Emulated RAM (page frames) a run of this scenario asks for, before
-    /// rounding (`ram_frames`); the CLI checks it against the host first.
-    pub frames: fn(&Ctx) -> usize,
-    pub run: RunFn,
+    pub program: Program,
 }
 
-/// `Scenario::frames` of the race scenarios: the configuration's RAM.
+/// What a scenario runs.
+#[derive(Clone, Copy)]
+pub enum Program {
+    /// Rust code: `frames` is the emulated RAM (page frames) a run asks
+    /// for, before rounding (`ram_frames`; the CLI checks it against the
+    /// host first), and `run` the run.
+    Rust { frames: fn(&Ctx) -> usize, run: RunFn },
+    /// A script (docs/SCRIPTS.md), interpreted: a shipped one
+    /// (examples/scripts, embedded) or a user's file.
+    Script(&'static crate::script::Loaded),
+}
+
+impl Scenario {
+    /// Emulated RAM (page frames) a run asks for, before rounding
+    /// (`ram_frames`); the CLI checks it against the host first.
+    pub fn frames(&self, ctx: &Ctx) -> Result<usize, RunError> {
+        match self.program {
+            Program::Rust { frames, .. } => Ok(frames(ctx)),
+            Program::Script(l) => crate::script::frames(l, ctx),
+        }
+    }
+
+    /// Run it on a machine booted from `ctx`.
+    pub fn run(&self, ctx: &Ctx) -> Result<Outcome, RunError> {
+        match self.program {
+            Program::Rust { run, .. } => run(ctx),
+            Program::Script(l) => crate::script::run_loaded(l, ctx),
+        }
+    }
+
+    /// The script it interprets, if it is one.
+    pub fn script(&self) -> Option<&'static crate::script::Loaded> {
+        match self.program {
+            Program::Script(l) => Some(l),
+            Program::Rust { .. } => None,
+        }
+    }
+}
+
+/// `Program::Rust::frames` of the race scenarios: the configuration's RAM.
 pub fn config_frames(ctx: &Ctx) -> usize {
     ctx.kcfg.ram_frames
 }
@@ -164,9 +199,23 @@ impl Scenario {
     }
 }
 
-/// Every scenario, in `mmemu list` order.
+/// Every scenario, in `mmemu list` order: the scripted ones, then the
+/// races.
 pub fn all() -> &'static [Scenario] {
-    REGISTRY
+    static ALL: std::sync::OnceLock<Vec<Scenario>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        let mut v: Vec<Scenario> = SCRIPTED
+            .iter()
+            .map(|name| {
+                let (file, src) = crate::script::shipped::find(name)
+                    .unwrap_or_else(|| panic!("scenario {name}: no shipped script of that name (tests/scripts.rs)"));
+                *crate::script::load_source(&format!("examples/scripts/{file}"), src)
+                    .unwrap_or_else(|e| panic!("scenario {name}: its shipped script does not load: {e}"))
+            })
+            .collect();
+        v.extend_from_slice(RACES);
+        v
+    })
 }
 
 /// Look a scenario up by name; the error lists the names.
@@ -210,11 +259,11 @@ pub fn exposer(fix: Fix) -> &'static Exposer {
 /// `mm_core::types::NR_CPUS`: the largest `--cpus`.
 pub const MAX_CPUS: usize = mm_core::types::NR_CPUS;
 
-static REGISTRY: &[Scenario] = &[
-    munmap_storm::SCENARIO,
-    mprotect_pingpong::SCENARIO,
-    madvise_dontneed::SCENARIO,
-    exit_storm::SCENARIO,
+/// The scenarios that are shipped scripts (examples/scripts/NAME.mmemu),
+/// in `mmemu list` order, before the races.
+pub const SCRIPTED: &[&str] = &["munmap-storm", "mprotect-pingpong", "madvise-dontneed", "exit-storm"];
+
+static RACES: &[Scenario] = &[
     races::LAZY_TLB,
     races::GUP_TABLE_FREE,
     races::KHUGEPAGED_GUP,

@@ -1,4 +1,5 @@
-//! What the native scenarios share: boot (the machine, the leak-check
+//! What the script interpreter runs on (it was the Rust storm
+//! scenarios' shared code, hence the name): boot (the machine, the leak-check
 //! baseline, the budget), the work each thread publishes as it goes
 //! (`WorkLog`), the seed's generator (`Rng`), the end of a run (`finish`:
 //! exit every mm, quiesce, leak check) and the syscall wrappers (`sys`:

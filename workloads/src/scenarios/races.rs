@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use mm_core::config::{Arch, Fix};
 
 use super::race_adapter::{chunked, race_adapter};
-use super::{config_frames, ArchReq, Ctx, ParamSpec, Scenario};
+use super::{config_frames, ArchReq, Ctx, ParamSpec, Program, Scenario};
 use crate::error::RunError;
 use crate::outcome::Outcome;
 use crate::races::fork_exit_hugetlb::{self, Shape};
@@ -33,8 +33,7 @@ pub(super) const LAZY_TLB: Scenario = Scenario {
     arch: ArchReq::Requires(Arch::X86),
     min_cpus: 2,
     default_iterations: 60,
-    frames: config_frames,
-    run: |ctx| race_adapter(ctx, 20, lazy_tlb::run),
+    program: Program::Rust { frames: config_frames, run: |ctx| race_adapter(ctx, 20, lazy_tlb::run) },
 };
 
 pub(super) const GUP_TABLE_FREE: Scenario = Scenario {
@@ -51,12 +50,11 @@ pub(super) const GUP_TABLE_FREE: Scenario = Scenario {
     arch: ArchReq::Default(Arch::Arm64),
     min_cpus: 2,
     default_iterations: 300,
-    frames: config_frames,
-    run: |ctx| {
+    program: Program::Rust { frames: config_frames, run: |ctx| {
         let mut ctx = ctx.clone();
         ctx.kcfg.rcu_table_free = ctx.param("rcu-table-free") == 1;
         race_adapter(&ctx, 100, gup_table_free::run)
-    },
+    } },
 };
 
 fn khugepaged(ctx: &Ctx, sc: Khp, tweak: impl Fn(&mut mm_core::KernelConfig)) -> Result<Outcome, RunError> {
@@ -74,8 +72,7 @@ pub(super) const KHUGEPAGED_GUP: Scenario = Scenario {
     arch: ArchReq::Requires(Arch::Arm64),
     min_cpus: 2,
     default_iterations: 1000,
-    frames: config_frames,
-    run: |ctx| khugepaged(ctx, Khp::BAnon, |k| k.rcu_table_free = true),
+    program: Program::Rust { frames: config_frames, run: |ctx| khugepaged(ctx, Khp::BAnon, |k| k.rcu_table_free = true) },
 };
 
 pub(super) const KHUGEPAGED_GUP_FILE: Scenario = Scenario {
@@ -86,13 +83,12 @@ pub(super) const KHUGEPAGED_GUP_FILE: Scenario = Scenario {
     arch: ArchReq::Requires(Arch::Arm64),
     min_cpus: 2,
     default_iterations: 1000,
-    frames: config_frames,
-    run: |ctx| {
+    program: Program::Rust { frames: config_frames, run: |ctx| {
         khugepaged(ctx, Khp::BFile, |k| {
             k.rcu_table_free = true;
             k.pte_free_defer = false;
         })
-    },
+    } },
 };
 
 pub(super) const KHUGEPAGED_GUP_PIN: Scenario = Scenario {
@@ -106,8 +102,7 @@ pub(super) const KHUGEPAGED_GUP_PIN: Scenario = Scenario {
     default_iterations: 1000,
     // Either fix closes RACES.md “Stale pin of a collapsed page”: the sync IPI is switched off so the PMD
     // re-check is what the run measures.
-    frames: config_frames,
-    run: |ctx| khugepaged(ctx, Khp::A, |k| k.fixes.set(Fix::KhugepagedGupFastIpi, false)),
+    program: Program::Rust { frames: config_frames, run: |ctx| khugepaged(ctx, Khp::A, |k| k.fixes.set(Fix::KhugepagedGupFastIpi, false)) },
 };
 
 pub(super) const HUGETLB_UNSHARE_GUP: Scenario = Scenario {
@@ -118,8 +113,7 @@ pub(super) const HUGETLB_UNSHARE_GUP: Scenario = Scenario {
     arch: ArchReq::Default(Arch::Arm64),
     min_cpus: 3,
     default_iterations: 40,
-    frames: config_frames,
-    run: |ctx| race_adapter(ctx, 10, hugetlb_unshare_gup::run),
+    program: Program::Rust { frames: config_frames, run: |ctx| race_adapter(ctx, 10, hugetlb_unshare_gup::run) },
 };
 
 pub(super) const HUGETLB_UNSHARE_WALK: Scenario = Scenario {
@@ -130,8 +124,7 @@ pub(super) const HUGETLB_UNSHARE_WALK: Scenario = Scenario {
     arch: ArchReq::Default(Arch::Arm64),
     min_cpus: 3,
     default_iterations: 40,
-    frames: config_frames,
-    run: |ctx| race_adapter(ctx, 10, hugetlb_unshare_walk::run),
+    program: Program::Rust { frames: config_frames, run: |ctx| race_adapter(ctx, 10, hugetlb_unshare_walk::run) },
 };
 
 pub(super) const FORK_EXIT_HUGETLB: Scenario = Scenario {
@@ -165,8 +158,7 @@ pub(super) const FORK_EXIT_HUGETLB: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 2,
     default_iterations: 2,
-    frames: config_frames,
-    run: fork_exit,
+    program: Program::Rust { frames: config_frames, run: fork_exit },
 };
 
 /// fork-exit-hugetlb: a round is one parent with `children` children.
@@ -210,8 +202,7 @@ pub(super) const WRITEBACK_RACE: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 2,
     default_iterations: 300,
-    frames: config_frames,
-    run: |ctx| race_adapter(ctx, 50, writeback_race::run),
+    program: Program::Rust { frames: config_frames, run: |ctx| race_adapter(ctx, 50, writeback_race::run) },
 };
 
 pub(super) const IOMMU_SVA: Scenario = Scenario {
@@ -222,8 +213,7 @@ pub(super) const IOMMU_SVA: Scenario = Scenario {
     arch: ArchReq::Requires(Arch::Arm64),
     min_cpus: 2,
     default_iterations: 100,
-    frames: config_frames,
-    run: |ctx| race_adapter(ctx, 20, iommu_sva::run),
+    program: Program::Rust { frames: config_frames, run: |ctx| race_adapter(ctx, 20, iommu_sva::run) },
 };
 
 pub(super) const IOMMU_SVA_DMA: Scenario = Scenario {
@@ -238,8 +228,7 @@ pub(super) const IOMMU_SVA_DMA: Scenario = Scenario {
     // its rounds (on an oversubscribed host, 8 CPUs on 2 cores, CPU1's
     // thread may run only after a while), and 200 rounds of ~50 µs keep that
     // wait a small share of the run.
-    frames: config_frames,
-    run: |ctx| race_adapter(ctx, 200, iommu_sva::run_dma_vs_zap),
+    program: Program::Rust { frames: config_frames, run: |ctx| race_adapter(ctx, 200, iommu_sva::run_dma_vs_zap) },
 };
 
 pub(super) const NESTED_ZAP: Scenario = Scenario {
@@ -250,8 +239,7 @@ pub(super) const NESTED_ZAP: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 2,
     default_iterations: 300,
-    frames: config_frames,
-    run: |ctx| race_adapter(ctx, 50, nested_zap::run),
+    program: Program::Rust { frames: config_frames, run: |ctx| race_adapter(ctx, 50, nested_zap::run) },
 };
 
 pub(super) const LARGE_FOLIO_ZAP: Scenario = Scenario {
@@ -262,8 +250,7 @@ pub(super) const LARGE_FOLIO_ZAP: Scenario = Scenario {
     arch: ArchReq::Default(Arch::X86),
     min_cpus: 1,
     default_iterations: 20,
-    frames: config_frames,
-    run: |ctx| race_adapter(ctx, 5, large_folio_zap::run),
+    program: Program::Rust { frames: config_frames, run: |ctx| race_adapter(ctx, 5, large_folio_zap::run) },
 };
 
 pub(super) const PFNMAP_UNMAP: Scenario = Scenario {
@@ -274,6 +261,5 @@ pub(super) const PFNMAP_UNMAP: Scenario = Scenario {
     arch: ArchReq::Requires(Arch::GenericNoRange),
     min_cpus: 2,
     default_iterations: 40,
-    frames: config_frames,
-    run: |ctx| race_adapter(ctx, 10, pfnmap_unmap::run),
+    program: Program::Rust { frames: config_frames, run: |ctx| race_adapter(ctx, 10, pfnmap_unmap::run) },
 };

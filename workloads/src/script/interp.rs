@@ -26,10 +26,10 @@
 //!
 //! A barrier is a generation counter that its threads wait on with
 //! `cpu_relax` (an interrupt point: a waiting CPU still serves flush
-//! IPIs).  Threads that meet at barriers inside `repeat until budget`
-//! agree on the number of rounds only with a rounds budget; under a time
-//! budget one may stop a round early and its partners wait until the
-//! watchdog reports the hang.
+//! IPIs).  Threads whose `repeat until budget` meets barriers agree on the
+//! number of rounds (`Runner::lockstep_more`): under a time budget or a
+//! stop request every round someone started runs to its end everywhere,
+//! so no partner is left waiting at a barrier.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +53,10 @@ use crate::scenarios::Ctx;
 /// Device faults one SVA access retries before it gives up (a livelock):
 /// the race driver's bound (races/iommu_sva.rs).
 const DEVICE_RETRY_BOUND: u32 = 8;
+
+/// Pages a `write` / `read` of a range touches between two looks at the
+/// clock.
+const TOUCHES_PER_CHECK: u64 = 64;
 
 /// Where chosen addresses start (the user half, far above the examples'
 /// fixed ones), and the stride between two regions.
@@ -212,7 +216,14 @@ struct Shared {
     /// The threads' error lines (a failed step), first first.
     errors: Mutex<Vec<String>>,
     seed: u64,
+    /// `repeat until budget` loops that meet at barriers agree on their
+    /// last round (`Runner::lockstep_more`): the highest round any of them
+    /// started, plus one, and `GATE_CLOSED` once one saw the budget spent.
+    round_gate: AtomicU64,
 }
+
+/// `Shared::round_gate`: no round past the count in the other bits starts.
+const GATE_CLOSED: u64 = 1 << 63;
 
 /// A spawned thread's program, run on its CPU with the kernel.
 type Job = Box<dyn FnOnce(&Arc<Kernel>) + Send>;
@@ -317,6 +328,9 @@ struct Runner<'a> {
     declared: bool,
     /// This thread no longer counts in `Shared::working`.
     finished: bool,
+    /// Inside a `repeat until budget` whose body meets barriers: a round
+    /// is never cut short (its partners would wait at the next barrier).
+    lockstep: bool,
 }
 
 /// Why a thread stopped before its end.
@@ -484,6 +498,39 @@ impl Runner<'_> {
         self.finished = true;
     }
 
+    /// Inside a step over many pages: every `TOUCHES_PER_CHECK` pages, stop
+    /// the thread if the time is up (a round of a big region takes
+    /// seconds; `--seconds` is kept to within a step), unless the round
+    /// must run to its end (`lockstep`).
+    #[inline]
+    fn budget_check(&self, i: u64) -> Flow {
+        if i > 0 && i.is_multiple_of(TOUCHES_PER_CHECK) && !self.lockstep && self.until.expired() {
+            return Err(Stop::Budget);
+        }
+        Ok(())
+    }
+
+    /// Whether round `r` of a `repeat until budget` that meets barriers
+    /// runs.  Every such loop agrees: once one of them finds the budget
+    /// spent, the rounds someone already started still run everywhere
+    /// (their partners wait for them at the barriers) and no later one
+    /// starts.  Under a rounds budget that is the budget; under a time
+    /// budget (or a stop request) it overshoots by at most a round.
+    fn lockstep_more(&self, r: u64) -> bool {
+        let gate = &self.sh.round_gate;
+        let mut cur = gate.load(Ordering::SeqCst);
+        loop {
+            if cur & GATE_CLOSED != 0 {
+                return r < cur & !GATE_CLOSED;
+            }
+            let (next, go) = if self.until.more(r) { (cur.max(r + 1), true) } else { (cur | GATE_CLOSED, r < cur) };
+            match gate.compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return go,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
     /// A spawned thread's program: a thread of `mm` on CPU `cpu` that sees
     /// this thread's variables and regions and draws from its own stream.
     fn spawned(
@@ -513,6 +560,7 @@ impl Runner<'_> {
                 spawns: Vec::new(),
                 declared: false,
                 finished: false,
+                lockstep: false,
             };
             switch_mm(k, &mm);
             let r = th.body(&mm, &process, &body);
@@ -575,6 +623,7 @@ impl Runner<'_> {
                     None => 1,
                 };
                 for p in a..b {
+                    self.budget_check(p - a)?;
                     if k.write_user(mm, addr + p * PAGE, v).is_err() {
                         return Err(
                             self.fail(st.span, format!("write of page {p} of '{}' faulted (SIGSEGV)", loc.region.text))
@@ -591,6 +640,7 @@ impl Runner<'_> {
                     None => None,
                 };
                 for p in a..b {
+                    self.budget_check(p - a)?;
                     let got = k.read_user(mm, addr + p * PAGE).ok();
                     match want {
                         Some(w) if w != got => {
@@ -812,9 +862,24 @@ impl Runner<'_> {
                 }
             }
             StepKind::RepeatUntilBudget { body } => {
-                while self.until.more(self.work.rounds()) {
-                    self.body(mm, process, body)?;
-                    self.work.round(&self.rng);
+                let mut names = Vec::new();
+                barrier_names(body, &mut names);
+                if names.is_empty() || self.lockstep {
+                    while self.until.more(self.work.rounds()) {
+                        self.body(mm, process, body)?;
+                        self.work.round(&self.rng);
+                    }
+                } else {
+                    self.lockstep = true;
+                    let mut r = Ok(());
+                    while r.is_ok() && self.lockstep_more(self.work.rounds()) {
+                        r = self.body(mm, process, body);
+                        if r.is_ok() {
+                            self.work.round(&self.rng);
+                        }
+                    }
+                    self.lockstep = false;
+                    r?;
                 }
             }
             StepKind::For { var, shuffled, from, to, step, body } => {
@@ -826,7 +891,7 @@ impl Runner<'_> {
                 let n = b.saturating_sub(a).div_ceil(s.max(1));
                 let order: Vec<u64> = if *shuffled { self.rng.permutation(n) } else { (0..n).collect() };
                 for i in order {
-                    if self.until.expired() {
+                    if self.until.expired() && !self.lockstep {
                         return Err(Stop::Budget);
                     }
                     self.vars.push((var.text.clone(), a + i * s));
@@ -874,6 +939,13 @@ impl Runner<'_> {
     }
 }
 
+/// The emulated RAM (page frames) a run asks for: what the threads map,
+/// twice over (RCU-freed frames come back a tick later), and room for
+/// tables.  The CLI checks it against the host before the run.
+pub fn ram_frames(s: &Script, c: &Checked, ncpus: u64) -> usize {
+    frames(s, c, ncpus).saturating_mul(2).saturating_add(8192)
+}
+
 /// Pages the threads map at most at once (every mmap of every instance
 /// counted once: regions are remapped in loops, not piled up).
 fn frames(s: &Script, c: &Checked, ncpus: u64) -> usize {
@@ -899,7 +971,7 @@ fn frames(s: &Script, c: &Checked, ncpus: u64) -> usize {
             .sum()
     }
     let per: u64 = s.threads.iter().map(|t| walk(&t.body, c, ncpus, 0)).sum();
-    (per.saturating_mul(ncpus.max(1))).min(1 << 22) as usize
+    usize::try_from(per.saturating_mul(ncpus.max(1))).unwrap_or(usize::MAX)
 }
 
 /// Barrier names a body reaches (its fork / exec children's too).
@@ -977,9 +1049,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         }
     }
     let ctx = &ctx;
-    // Emulated RAM: what the script maps, twice over (RCU-freed frames
-    // come back a tick later), and room for tables.
-    let b = boot(ctx, frames(s, c, n) * 2 + 8192)?;
+    let b = boot(ctx, ram_frames(s, c, n))?;
     let files: Vec<(String, Arc<mm_core::mm::AddressSpace>)> = s
         .files
         .iter()
@@ -1030,6 +1100,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         spawned_ops: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
         seed: ctx.seed,
+        round_gate: AtomicU64::new(0),
     });
     {
         let (g, cl) = (sh.clone(), sh.clone());
@@ -1077,6 +1148,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
                 spawns: Vec::new(),
                 declared: true,
                 finished: false,
+                lockstep: false,
             };
             let r = th.body(mm, &process, &body);
             th.end(r);

@@ -43,36 +43,24 @@ pub fn check_source(file: &str, src: &str, params: &[(String, u64)]) -> Result<C
 
 // ---- `mmemu run FILE`: a script where a scenario name goes ----
 
-use std::sync::OnceLock;
-
 use crate::error::RunError;
 use crate::outcome::Outcome;
-use crate::scenarios::{ArchReq, Ctx, ParamSpec, Scenario};
+use crate::scenarios::{ArchReq, Ctx, ParamSpec, Program, Scenario};
 
-/// The script `mmemu run FILE` loaded (one per process).
+/// A script made a scenario (`Program::Script`).
 #[derive(Debug)]
 pub struct Loaded {
     pub file: String,
     pub script: ast::Script,
-    /// Checked with the parameters' defaults (the run re-checks with
+    /// Checked with the parameters' defaults (a run re-checks with
     /// `--param`).
     pub checked: Checked,
-    pub scenario: &'static Scenario,
 }
 
-static LOADED: OnceLock<Loaded> = OnceLock::new();
-
 /// Read, parse and check the script at `path` and make it a scenario
-/// (name, about, params and arch from its header; `run` interprets it).
-/// The error is the script's one line.
+/// (name, about, params and arch from its header; its program the
+/// script).  The error is the script's one line.
 pub fn load(path: &str) -> Result<&'static Scenario, String> {
-    if let Some(l) = LOADED.get() {
-        return if l.file == path {
-            Ok(l.scenario)
-        } else {
-            Err(format!("a second script '{path}'; allowed one per run"))
-        };
-    }
     let src =
         std::fs::read(path).map_err(|e| format!("cannot read script '{path}': {e}; allowed a readable .mmemu file"))?;
     let src = String::from_utf8(src)
@@ -81,15 +69,10 @@ pub fn load(path: &str) -> Result<&'static Scenario, String> {
 }
 
 /// `load` of a source already in memory (a shipped script), named `path`
-/// in errors and the report.
+/// in errors and the report.  Scenarios live as long as the process: each
+/// load is leaked once (a run loads one script; `scenarios::all` the
+/// shipped ones, once).
 pub fn load_source(path: &str, src: &str) -> Result<&'static Scenario, String> {
-    if let Some(l) = LOADED.get() {
-        return if l.file == path {
-            Ok(l.scenario)
-        } else {
-            Err(format!("a second script '{path}'; allowed one per run"))
-        };
-    }
     let script = parse(path, src).map_err(|e| e.to_string())?;
     let checked = check(path, &script, &[]).map_err(|e| e.to_string())?;
     if let Some(e) = interp::unsupported(path, &script) {
@@ -111,33 +94,37 @@ pub fn load_source(path: &str, src: &str) -> Result<&'static Scenario, String> {
         check::BudgetSpec::Rounds(n) => n,
         check::BudgetSpec::Millis(_) => check::DEFAULT_ROUNDS,
     };
-    let scenario: &'static Scenario = Box::leak(Box::new(Scenario {
-        name: leak(&checked.name),
-        about: leak(script.header.about.as_deref().unwrap_or("")),
+    let (name, about, arch) = (leak(&checked.name), leak(script.header.about.as_deref().unwrap_or("")), checked.arch);
+    let loaded: &'static Loaded = Box::leak(Box::new(Loaded { file: path.to_string(), script, checked }));
+    Ok(Box::leak(Box::new(Scenario {
+        name,
+        about,
         params: Box::leak(params.into_boxed_slice()),
         exposes: &[],
-        arch: ArchReq::Default(checked.arch),
+        arch: ArchReq::Default(arch),
         min_cpus: 1,
         default_iterations,
-        frames: crate::scenarios::config_frames,
-        run: run_loaded,
-    }));
-    let _ = LOADED.set(Loaded { file: path.to_string(), script, checked, scenario });
-    Ok(scenario)
+        program: Program::Script(loaded),
+    })))
 }
 
-/// The loaded script, if `s` is its scenario.
-pub fn loaded(s: &Scenario) -> Option<&'static Loaded> {
-    LOADED.get().filter(|l| std::ptr::eq(l.scenario, s))
-}
-
-/// `Scenario::run` of a loaded script: re-check with the run's
-/// parameters, interpret, and make the first failed expectation (or bad
-/// read) the run's error, so the report fails and the exit status is 1.
-fn run_loaded(ctx: &Ctx) -> Result<Outcome, RunError> {
-    let l = LOADED.get().ok_or_else(|| RunError::Config("no script loaded".into()))?;
+/// The script's check with the run's parameters.
+fn checked_for(l: &Loaded, ctx: &Ctx) -> Result<Checked, RunError> {
     let params: Vec<(String, u64)> = ctx.params.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    let checked = check(&l.file, &l.script, &params).map_err(|e| RunError::Config(e.to_string()))?;
+    check(&l.file, &l.script, &params).map_err(|e| RunError::Config(e.to_string()))
+}
+
+/// `Scenario::frames` of a script: what its threads map, with the run's
+/// parameters and CPUs.
+pub fn frames(l: &Loaded, ctx: &Ctx) -> Result<usize, RunError> {
+    Ok(interp::ram_frames(&l.script, &checked_for(l, ctx)?, ctx.nr_cpus() as u64))
+}
+
+/// `Scenario::run` of a script: re-check with the run's parameters,
+/// interpret, and make the first failed expectation (or bad read) the
+/// run's error, so the report fails and the exit status is 1.
+pub fn run_loaded(l: &Loaded, ctx: &Ctx) -> Result<Outcome, RunError> {
+    let checked = checked_for(l, ctx)?;
     let r = interp::run(&l.file, &l.script, &checked, ctx)?;
     let mut outcome = r.outcome;
     outcome.violations_expected =
