@@ -132,6 +132,38 @@ fn each_check_error_is_one_line_naming_what_and_what_is_allowed() {
             "t.mmemu:6:17: found unknown gup-fast stall point 'pmd-raed' (did you mean 'pmd-read'?); allowed pud-read, pmd-read, pte-read, grabbed",
         ),
         (
+            &thread("  mmap R anon 1 page\n  madvise R dontneed at pmd-read {\n    barrier x\n  }\n"),
+            "t.mmemu:6:25: found stall point 'pmd-read' on madvise, a gup-fast stall point; allowed pte-table-done",
+        ),
+        (
+            &thread("  mmap R anon 1 page\n  gup-fast R at pte-table-done {\n    barrier x\n  }\n"),
+            "t.mmemu:6:17: found stall point 'pte-table-done' on gup-fast, a madvise and munmap stall point; allowed pud-read, pmd-read, pte-read, grabbed",
+        ),
+        (
+            &thread("  mmap R anon 1 page\n  munmap R at pte-tabel-done {\n    barrier x\n  }\n"),
+            "t.mmemu:6:15: found unknown munmap stall point 'pte-tabel-done' (did you mean 'pte-table-done'?); allowed pte-table-done",
+        ),
+        (
+            &thread("  mmap R anon 1 page\n  madvise R dontneed at pte-table-done {\n  }\n"),
+            "t.mmemu:6:25: found a stall point without barriers; allowed one or more 'barrier NAME' lines in its block",
+        ),
+        (
+            &thread("  mmap R anon 1 page\n  madvise R dontneed at pte-table-done {\n    write R[0]\n  }\n"),
+            "t.mmemu:7:5: found step 'write' at a stall point; allowed only 'barrier NAME' lines (the kernel path waits there, mid-call)",
+        ),
+        (
+            &thread("  mmap R anon 1 page\n  madvise R dontneed now\n"),
+            "t.mmemu:6:22: found 'now'; allowed 'at POINT {' or the end of the line",
+        ),
+        (
+            &thread("  mmap R anon 1 page\n  munmap R at pte-table-done {\n    barrier x\n  }\n"),
+            "t.mmemu:7:13: found barrier 'x' that only thread T names; allowed a barrier at least two threads name (it would wait forever)",
+        ),
+        (
+            "thread A on cpu 0 in P {\n  mmap R anon 1 page\n  barrier a\n  madvise R dontneed at pte-table-done {\n    barrier b\n  }\n}\nthread B on cpu 1 in P {\n  barrier b\n  barrier a\n}\n",
+            "t.mmemu:12:11: found thread B waiting at barrier 'b' while thread A waits at 'a' (line 6); allowed shared barriers reached in the same order by every thread (this deadlocks)",
+        ),
+        (
             &thread("  mmap R anon 512 pages\n  collapse R[1..513]\n"),
             "t.mmemu:6:14: found pages 1..513 of region 'R'; allowed a..b with 0 <= a < b <= 512 (its pages)",
         ),
@@ -354,6 +386,7 @@ const LINES: &[&str] = &[
     "barrier b",
     "gup-fast R write pin at pmd-read {",
     "collapse X at after-isolate {",
+    "madvise R dontneed at pte-table-done {",
     "device write R[0] = 3 expect 3",
     "repeat 2 {",
     "repeat until budget {",
@@ -387,8 +420,8 @@ proptest! {
     }
 
     #[test]
-    fn random_thread_bodies_never_panic(lines in proptest::collection::vec(12..39usize, 0..30)) {
-        // Steps and blocks inside one thread (LINES[12..39]), closed.
+    fn random_thread_bodies_never_panic(lines in proptest::collection::vec(12..40usize, 0..30)) {
+        // Steps and blocks inside one thread (LINES[12..40]), closed.
         let mut src = vec!["script s", "cpus 2", "param n = 2 in 1..4", "process P", "file F size 8 pages", "thread T on cpu 0 in P {"];
         src.extend(lines.iter().map(|&i| LINES[i]));
         src.extend(["}"; 8]);
