@@ -474,13 +474,22 @@ fn every_example_checks() {
 
 /// Run an example; `rounds`: the budget (None: the header's).
 fn run_example(name: &str, rounds: Option<u64>) -> workloads::script::interp::ScriptRun {
+    run_example_reverting(name, rounds, &[])
+}
+
+/// Run an example with `revert` switched off besides its header's reverts.
+fn run_example_reverting(
+    name: &str,
+    rounds: Option<u64>,
+    revert: &[mm_core::Fix],
+) -> workloads::script::interp::ScriptRun {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts").join(name);
     let src = std::fs::read_to_string(&path).expect("read example");
     let file = format!("examples/scripts/{name}");
     let s = workloads::script::parse(&file, &src).unwrap_or_else(|e| panic!("{e}"));
     let c = workloads::script::check(&file, &s, &[]).unwrap_or_else(|e| panic!("{e}"));
     let mut kcfg = mm_core::KernelConfig { arch: c.arch, nr_cpus: c.cpus as usize, ..mm_core::KernelConfig::default() };
-    for f in &c.reverts {
+    for f in c.reverts.iter().chain(revert) {
         kcfg.fixes.set(*f, false);
     }
     let ctx = workloads::scenarios::Ctx {
@@ -630,6 +639,79 @@ fn a_race_written_as_a_script_reproduces_without_its_fix_and_is_clean_with_it() 
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json report");
     assert_eq!(v["verdict"], "ok");
     assert_eq!(v["violations"]["count"], 1, "{v}");
+}
+
+#[test]
+fn the_nested_zap_race_as_a_script_reproduces_without_its_fix_and_is_clean_with_it() {
+    // T1 (CPU0) stalls at pte-table-done after table A, S's PTEs cleared
+    // and unflushed; T2 (CPU1) MADV_DONTNEEDs S meanwhile and finds nothing.
+    let name = "nested-zap-stall.mmemu";
+    let per_cpu = |r: &workloads::script::interp::ScriptRun, c: &str| r.outcome.measure.per_cpu[c].clone();
+    // Fix off: T2's madvise returns with S (8 pages) still cached on both
+    // CPUs — one stale-after-zap per page per CPU, and nothing else.  The
+    // only flush IPI is T1's own final flush, to CPU1.
+    let off = run_example_reverting(name, None, &[mm_core::Fix::NestedFlushDetect]);
+    assert!(off.outcome.error.is_none(), "{:?}", off.outcome.error);
+    assert!(off.failed.is_empty(), "{}", off.failed.join("\n"));
+    let kinds: std::collections::BTreeSet<&str> = off.outcome.measure.records.iter().map(|r| r.kind.name()).collect();
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["stale-after-zap"]);
+    assert_eq!(off.outcome.measure.violations, 16, "8 pages of S x 2 CPUs");
+    let mut where_: Vec<(u32, u64)> =
+        off.outcome.measure.records.iter().map(|r| (r.cpu.expect("a CPU").0, r.va - 0x4000_0000)).collect();
+    where_.sort();
+    let want: Vec<(u32, u64)> = (0..2).flat_map(|c| (0..8).map(move |p| (c, p * 4096))).collect();
+    assert_eq!(where_, want, "(CPU, offset) of each stale entry: S on both CPUs");
+    assert_eq!(per_cpu(&off, "irq_tlb_count"), [0, 1]);
+    // Fix on: T2 sees mm_tlb_flush_nested and flushes the whole mm; its
+    // IPI reaches CPU0 while T1 waits at the barrier with IRQs on.  That
+    // is CPU0's only flush IPI; CPU1 gets T1's final one.
+    let on = run_example(name, None);
+    assert!(on.outcome.error.is_none(), "{:?}", on.outcome.error);
+    assert!(on.failed.is_empty(), "{}", on.failed.join("\n"));
+    assert_eq!(on.outcome.measure.violations, 0, "{:?}", on.outcome.measure.records);
+    assert_eq!(per_cpu(&on, "irq_tlb_count"), [1, 1]);
+    // The command line: fix off shows violations, fix on none.
+    let ex = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts").join(name);
+    let o = mmemu(&[
+        "reproduce",
+        "nested-flush-detect",
+        "--script",
+        ex.to_str().expect("utf-8 path"),
+        "--json",
+        "--no-pin",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["reproduced"], true, "{v}");
+    assert_eq!(v["scenario"], "nested-zap-stall");
+    assert_eq!(v["fix_off"]["violations"]["by_kind"], serde_json::json!({"stale-after-zap": 16}));
+    assert_eq!(v["fix_on"]["violations"]["count"], 0);
+    assert_eq!(v["fix_on"]["interrupts"]["TLB"][0], 1, "{}", v["fix_on"]["interrupts"]);
+}
+
+#[test]
+fn a_munmap_stalls_at_pte_table_done_with_its_gather_pending() {
+    // A's munmap stops after its first PTE table; B's MADV_DONTNEED of its
+    // own region meanwhile nests with that pending gather (mmap_lock read
+    // for both): it must force its flush (nested_flush_forced).  Were the
+    // stall never reached, B would wait at 'in' until the watchdog.
+    let src = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 1024 pages at 0x40000000\n  write R[0]\n  write R[512]\n  barrier mapped\n  munmap R at pte-table-done {\n    barrier in\n    barrier out\n  }\n}\n\
+               thread B on cpu 1 in P {\n  mmap Q anon 1 page at 0x50000000\n  write Q[0]\n  barrier mapped\n  barrier in\n  madvise Q dontneed\n  barrier out\n}\n\
+               expect counter nested_flush_forced == 1\nexpect violations == 0\nexpect leaked == 0\n";
+    let s = workloads::script::parse("t.mmemu", src).unwrap_or_else(|e| panic!("{e}"));
+    let c = workloads::script::check("t.mmemu", &s, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let machine = emu_cpu::MachineConfig { hang_timeout: std::time::Duration::from_secs(5), ..Default::default() };
+    let ctx = workloads::scenarios::Ctx {
+        kcfg: mm_core::KernelConfig { nr_cpus: 2, ..mm_core::KernelConfig::default() },
+        machine,
+        budget: workloads::budget::Budget::Iterations(1),
+        seed: 1,
+        params: Default::default(),
+        stop_on_violation: false,
+    };
+    let r = workloads::script::interp::run("t.mmemu", &s, &c, &ctx).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.outcome.error.is_none(), "{:?}", r.outcome.error);
+    assert!(r.failed.is_empty(), "{}", r.failed.join("\n"));
 }
 
 #[test]
