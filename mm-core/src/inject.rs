@@ -5,8 +5,9 @@
 //!
 //! - `faults` (`FaultInject`): injected GFP_NOWAIT allocation failures.
 //! - `hooks` (`TestHooks`): forced interleavings for deterministic tests.
-//! - `race` (`RaceHooks`): stall points inside gup_fast and
-//!   collapse_huge_page (tests, loom models, stress drivers).
+//! - `race` (`RaceHooks`): stall points inside gup_fast,
+//!   collapse_huge_page and zap_pte_range (tests, loom models, stress
+//!   drivers).
 //! - `panic` (`PanicInject`): a panic at a chosen syscall of one CPU.
 //! - `knobs` (`Knobs`): code placements no kernel had, kept so that a model
 //!   can show why the kernel does not do it that way.
@@ -32,7 +33,7 @@ pub struct Inject {
     pub faults: FaultInject,
     /// Forced interleavings for deterministic tests.
     pub hooks: TestHooks,
-    /// Stall points inside gup_fast and collapse_huge_page.
+    /// Stall points inside gup_fast, collapse_huge_page and zap_pte_range.
     pub race: RaceHooks,
     /// A panic at a chosen syscall of one CPU.
     pub panic: PanicInject,
@@ -108,8 +109,31 @@ pub enum CollapsePoint {
     AfterIsolate,
 }
 
+/// Where in the zap walk (`zap_pte_range`, mm/memory.c) a test / stress
+/// hook runs.  Unlike the gup-fast and collapse points, IRQs are on here:
+/// a CPU stalled at a zap point still takes flush IPIs while it waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZapPoint {
+    /// The end of one `zap_pte_range` call: the PTEs of its range in one
+    /// PTE table are cleared and handed to the gather, the table's PTL is
+    /// released (`pte_unmap_unlock`), and the gather's force-flush, if the
+    /// call needed one, is done.  Otherwise the TLB flush of those PTEs is
+    /// still pending (deferred to `tlb_end_vma` / `tlb_finish_mmu`).  In
+    /// the kernel the caller, `zap_pmd_range`, passes `cond_resched()`
+    /// right after (v6.12; with CONFIG_PT_RECLAIM, later, the retry loop
+    /// inside `zap_pte_range` calls it at the same unlocked place): the
+    /// zapper can be preempted or interrupted here with the cleared PTEs unflushed.
+    /// That is the window of 99baac21e458 — a second MADV_DONTNEED of the
+    /// same range finds every PTE none and, without `mm_tlb_flush_nested`,
+    /// returns with no flush.  Called once per call: once per PTE table
+    /// walked, twice or more when the gather filled up and the walk came
+    /// back to the same table; never for a table that is not there.
+    PteTableDone,
+}
+
 type GupFastHook = Box<dyn Fn(&Kernel, GupFastPoint, u64) + Send + Sync>;
 type CollapseHook = Box<dyn Fn(&Kernel, CollapsePoint, u64) + Send + Sync>;
+type ZapHook = Box<dyn Fn(&Kernel, ZapPoint, u64) + Send + Sync>;
 type KernelPointHook = Box<dyn Fn(&Kernel) + Send + Sync>;
 
 /// Injection points for tests and stress drivers (set once per kernel).
@@ -117,6 +141,7 @@ type KernelPointHook = Box<dyn Fn(&Kernel) + Send + Sync>;
 pub struct RaceHooks {
     gup_fast: HookCell<GupFastHook>,
     collapse: HookCell<CollapseHook>,
+    zap: HookCell<ZapHook>,
     after_free_pgtables: HookCell<KernelPointHook>,
 }
 
@@ -128,6 +153,12 @@ impl RaceHooks {
     /// Install the `collapse_huge_page` hook; false if one is already installed.
     pub fn set_collapse(&self, f: impl Fn(&Kernel, CollapsePoint, u64) + Send + Sync + 'static) -> bool {
         self.collapse.set(Box::new(f)).is_ok()
+    }
+    /// Install the zap-walk hook (`ZapPoint`); it gets the address the
+    /// `zap_pte_range` call started at (the start of its range in that PTE
+    /// table).  False if one is already installed.
+    pub fn set_zap(&self, f: impl Fn(&Kernel, ZapPoint, u64) + Send + Sync + 'static) -> bool {
+        self.zap.set(Box::new(f)).is_ok()
     }
     /// Install the hook run at the end of `free_pgtables` (every VMA of the
     /// call unlinked from i_mmap, the gather not finished: the
@@ -145,6 +176,12 @@ impl RaceHooks {
     #[inline]
     pub(crate) fn gup_fast(&self, k: &Kernel, p: GupFastPoint, va: u64) {
         if let Some(h) = self.gup_fast.get() {
+            h(k, p, va);
+        }
+    }
+    #[inline]
+    pub(crate) fn zap(&self, k: &Kernel, p: ZapPoint, va: u64) {
+        if let Some(h) = self.zap.get() {
             h(k, p, va);
         }
     }

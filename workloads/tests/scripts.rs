@@ -132,6 +132,38 @@ fn each_check_error_is_one_line_naming_what_and_what_is_allowed() {
             "t.mmemu:6:17: found unknown gup-fast stall point 'pmd-raed' (did you mean 'pmd-read'?); allowed pud-read, pmd-read, pte-read, grabbed",
         ),
         (
+            &thread("  mmap R anon 1 page\n  madvise R dontneed at pmd-read {\n    barrier x\n  }\n"),
+            "t.mmemu:6:25: found stall point 'pmd-read' on madvise, a gup-fast stall point; allowed pte-table-done",
+        ),
+        (
+            &thread("  mmap R anon 1 page\n  gup-fast R at pte-table-done {\n    barrier x\n  }\n"),
+            "t.mmemu:6:17: found stall point 'pte-table-done' on gup-fast, a madvise and munmap stall point; allowed pud-read, pmd-read, pte-read, grabbed",
+        ),
+        (
+            &thread("  mmap R anon 1 page\n  munmap R at pte-tabel-done {\n    barrier x\n  }\n"),
+            "t.mmemu:6:15: found unknown munmap stall point 'pte-tabel-done' (did you mean 'pte-table-done'?); allowed pte-table-done",
+        ),
+        (
+            &thread("  mmap R anon 1 page\n  madvise R dontneed at pte-table-done {\n  }\n"),
+            "t.mmemu:6:25: found a stall point without barriers; allowed one or more 'barrier NAME' lines in its block",
+        ),
+        (
+            &thread("  mmap R anon 1 page\n  madvise R dontneed at pte-table-done {\n    write R[0]\n  }\n"),
+            "t.mmemu:7:5: found step 'write' at a stall point; allowed only 'barrier NAME' lines (the kernel path waits there, mid-call)",
+        ),
+        (
+            &thread("  mmap R anon 1 page\n  madvise R dontneed now\n"),
+            "t.mmemu:6:22: found 'now'; allowed 'at POINT {' or the end of the line",
+        ),
+        (
+            &thread("  mmap R anon 1 page\n  munmap R at pte-table-done {\n    barrier x\n  }\n"),
+            "t.mmemu:7:13: found barrier 'x' that only thread T names; allowed a barrier at least two threads name (it would wait forever)",
+        ),
+        (
+            "thread A on cpu 0 in P {\n  mmap R anon 1 page\n  barrier a\n  madvise R dontneed at pte-table-done {\n    barrier b\n  }\n}\nthread B on cpu 1 in P {\n  barrier b\n  barrier a\n}\n",
+            "t.mmemu:12:11: found thread B waiting at barrier 'b' while thread A waits at 'a' (line 6); allowed shared barriers reached in the same order by every thread (this deadlocks)",
+        ),
+        (
             &thread("  mmap R anon 512 pages\n  collapse R[1..513]\n"),
             "t.mmemu:6:14: found pages 1..513 of region 'R'; allowed a..b with 0 <= a < b <= 512 (its pages)",
         ),
@@ -358,6 +390,7 @@ const LINES: &[&str] = &[
     "barrier b",
     "gup-fast R write pin at pmd-read {",
     "collapse X at after-isolate {",
+    "madvise R dontneed at pte-table-done {",
     "device write R[0] = 3 expect 3",
     "repeat 2 {",
     "repeat until budget {",
@@ -391,8 +424,8 @@ proptest! {
     }
 
     #[test]
-    fn random_thread_bodies_never_panic(lines in proptest::collection::vec(12..39usize, 0..30)) {
-        // Steps and blocks inside one thread (LINES[12..39]), closed.
+    fn random_thread_bodies_never_panic(lines in proptest::collection::vec(12..40usize, 0..30)) {
+        // Steps and blocks inside one thread (LINES[12..40]), closed.
         let mut src = vec!["script s", "cpus 2", "param n = 2 in 1..4", "process P", "file F size 8 pages", "thread T on cpu 0 in P {"];
         src.extend(lines.iter().map(|&i| LINES[i]));
         src.extend(["}"; 8]);
@@ -445,13 +478,22 @@ fn every_example_checks() {
 
 /// Run an example; `rounds`: the budget (None: the header's).
 fn run_example(name: &str, rounds: Option<u64>) -> workloads::script::interp::ScriptRun {
+    run_example_reverting(name, rounds, &[])
+}
+
+/// Run an example with `revert` switched off besides its header's reverts.
+fn run_example_reverting(
+    name: &str,
+    rounds: Option<u64>,
+    revert: &[mm_core::Fix],
+) -> workloads::script::interp::ScriptRun {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts").join(name);
     let src = std::fs::read_to_string(&path).expect("read example");
     let file = format!("examples/scripts/{name}");
     let s = workloads::script::parse(&file, &src).unwrap_or_else(|e| panic!("{e}"));
     let c = workloads::script::check(&file, &s, &[]).unwrap_or_else(|e| panic!("{e}"));
     let mut kcfg = mm_core::KernelConfig { arch: c.arch, nr_cpus: c.cpus as usize, ..mm_core::KernelConfig::default() };
-    for f in &c.reverts {
+    for f in c.reverts.iter().chain(revert) {
         kcfg.fixes.set(*f, false);
     }
     let ctx = workloads::scenarios::Ctx {
@@ -603,6 +645,83 @@ fn a_race_written_as_a_script_reproduces_without_its_fix_and_is_clean_with_it() 
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json report");
     assert_eq!(v["verdict"], "ok");
     assert_eq!(v["violations"]["count"], 1, "{v}");
+}
+
+#[test]
+fn the_nested_zap_race_as_a_script_reproduces_without_its_fix_and_is_clean_with_it() {
+    // T1 (CPU0) stalls at pte-table-done after table A, S's PTEs cleared
+    // and unflushed; T2 (CPU1) MADV_DONTNEEDs S meanwhile and finds nothing.
+    let name = "nested-zap-stall.mmemu";
+    let per_cpu = |r: &workloads::script::interp::ScriptRun, c: &str| r.outcome.measure.per_cpu[c].clone();
+    // Fix off: T2's madvise returns with S (8 pages) still cached on both
+    // CPUs — one stale-after-zap per page per CPU, and nothing else.  No
+    // flush IPI reaches CPU0: T2 sends none, T1's own flush and the final
+    // exit_mmap (a kthread on CPU0) are local there.  (CPU1's count is
+    // timing: T1's flush IPIs it only if T2 has not gone lazy yet.)
+    let off = run_example_reverting(name, None, &[mm_core::Fix::NestedFlushDetect]);
+    assert!(off.outcome.error.is_none(), "{:?}", off.outcome.error);
+    assert!(off.failed.is_empty(), "{}", off.failed.join("\n"));
+    let kinds: std::collections::BTreeSet<&str> = off.outcome.measure.records.iter().map(|r| r.kind.name()).collect();
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["stale-after-zap"]);
+    assert_eq!(off.outcome.measure.violations, 16, "8 pages of S x 2 CPUs");
+    let mut where_: Vec<(u32, u64)> =
+        off.outcome.measure.records.iter().map(|r| (r.cpu.expect("a CPU").0, r.va - 0x4000_0000)).collect();
+    where_.sort();
+    let want: Vec<(u32, u64)> = (0..2).flat_map(|c| (0..8).map(move |p| (c, p * 4096))).collect();
+    assert_eq!(where_, want, "(CPU, offset) of each stale entry: S on both CPUs");
+    assert_eq!(per_cpu(&off, "irq_tlb_count")[0], 0);
+    assert_eq!(off.outcome.measure.per_cpu["nested_flush_forced"].iter().sum::<u64>(), 0);
+    // Fix on: T2 sees mm_tlb_flush_nested and flushes the whole mm; its
+    // IPI reaches CPU0 while T1 waits at the barrier with IRQs on: CPU0's
+    // one flush IPI.
+    let on = run_example(name, None);
+    assert!(on.outcome.error.is_none(), "{:?}", on.outcome.error);
+    assert!(on.failed.is_empty(), "{}", on.failed.join("\n"));
+    assert_eq!(on.outcome.measure.violations, 0, "{:?}", on.outcome.measure.records);
+    assert_eq!(per_cpu(&on, "irq_tlb_count")[0], 1);
+    assert_eq!(on.outcome.measure.per_cpu["nested_flush_forced"].iter().sum::<u64>(), 1, "T2's, not T1's");
+    // The command line: fix off shows violations, fix on none.
+    let ex = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts").join(name);
+    let o = mmemu(&[
+        "reproduce",
+        "nested-flush-detect",
+        "--script",
+        ex.to_str().expect("utf-8 path"),
+        "--json",
+        "--no-pin",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["reproduced"], true, "{v}");
+    assert_eq!(v["scenario"], "nested-zap-stall");
+    assert_eq!(v["fix_off"]["violations"]["by_kind"], serde_json::json!({"stale-after-zap": 16}));
+    assert_eq!(v["fix_on"]["violations"]["count"], 0);
+    assert_eq!(v["fix_on"]["interrupts"]["TLB"][0], 1, "{}", v["fix_on"]["interrupts"]);
+}
+
+#[test]
+fn a_munmap_stalls_at_pte_table_done_with_its_gather_pending() {
+    // A's munmap stops after its first PTE table; B's MADV_DONTNEED of its
+    // own region meanwhile nests with that pending gather (mmap_lock read
+    // for both): it must force its flush (nested_flush_forced).  Were the
+    // stall never reached, B would wait at 'in' until the watchdog.
+    let src = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 1024 pages at 0x40000000\n  write R[0]\n  write R[512]\n  barrier mapped\n  munmap R at pte-table-done {\n    barrier in\n    barrier out\n  }\n}\n\
+               thread B on cpu 1 in P {\n  mmap Q anon 1 page at 0x50000000\n  write Q[0]\n  barrier mapped\n  barrier in\n  madvise Q dontneed\n  barrier out\n}\n\
+               expect counter nested_flush_forced == 1\nexpect violations == 0\nexpect leaked == 0\n";
+    let s = workloads::script::parse("t.mmemu", src).unwrap_or_else(|e| panic!("{e}"));
+    let c = workloads::script::check("t.mmemu", &s, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let machine = emu_cpu::MachineConfig { hang_timeout: std::time::Duration::from_secs(5), ..Default::default() };
+    let ctx = workloads::scenarios::Ctx {
+        kcfg: mm_core::KernelConfig { nr_cpus: 2, ..mm_core::KernelConfig::default() },
+        machine,
+        budget: workloads::budget::Budget::Iterations(1),
+        seed: 1,
+        params: Default::default(),
+        stop_on_violation: false,
+    };
+    let r = workloads::script::interp::run("t.mmemu", &s, &c, &ctx).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.outcome.error.is_none(), "{:?}", r.outcome.error);
+    assert!(r.failed.is_empty(), "{}", r.failed.join("\n"));
 }
 
 #[test]

@@ -20,6 +20,7 @@
 use crate::config::Fix;
 use crate::gather::MmuGather;
 use crate::hw::pte::{Level, Pte};
+use crate::inject::ZapPoint;
 use crate::kernel::Kernel;
 use crate::mm::Vma;
 use crate::page::flags;
@@ -121,6 +122,7 @@ pub fn zap_pte_range(tlb: &mut MmuGather<'_>, vma: &Vma, pte_table: Pfn, addr: u
     let ps = k.cfg.geometry.page_size();
     let mut force_flush = false;
     let mut rss: u64 = 0;
+    let start = addr;
     let ptl = pgtable::ptl(k, pte_table);
     let mut a = addr;
     while a < end {
@@ -159,6 +161,10 @@ pub fn zap_pte_range(tlb: &mut MmuGather<'_>, vma: &Vma, pte_table: Pfn, addr: u
     if force_flush {
         tlb.tlb_flush_mmu();
     }
+    // The PTL is dropped and IRQs are on: the zapper may be preempted here
+    // (zap_pmd_range's cond_resched) with this table's PTEs cleared and,
+    // unless force_flush, their TLB flush still pending.
+    k.inject.race.zap(k, ZapPoint::PteTableDone, start);
     a
 }
 

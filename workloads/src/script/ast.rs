@@ -250,6 +250,7 @@ pub enum StepKind {
     },
     Munmap {
         loc: Loc,
+        stall: Option<Stall>,
     },
     Mprotect {
         loc: Loc,
@@ -258,6 +259,7 @@ pub enum StepKind {
     Madvise {
         loc: Loc,
         advice: Name,
+        stall: Option<Stall>,
     },
     Msync {
         loc: Loc,

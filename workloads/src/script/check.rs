@@ -44,6 +44,8 @@ pub const ADVICES: &[&str] = &["dontneed"];
 pub const GUP_POINTS: &[&str] = &["pud-read", "pmd-read", "pte-read", "grabbed"];
 /// `CollapsePoint`s.
 pub const COLLAPSE_POINTS: &[&str] = &["after-collapse-flush", "after-isolate"];
+/// `ZapPoint`s (the zap walk of `madvise … dontneed` and `munmap`).
+pub const ZAP_POINTS: &[&str] = &["pte-table-done"];
 /// /proc/interrupts rows.
 pub const INTERRUPT_ROWS: &[&str] = &["TLB", "CAL"];
 /// `ViolationKind::name` of every kind (pinned by a test).
@@ -788,13 +790,22 @@ impl<'a> Checker<'a> {
                     self.eval(v, env)?;
                 }
             }
-            StepKind::Munmap { loc } | StepKind::Mprotect { loc, .. } => {
+            StepKind::Munmap { loc, stall } => {
+                self.loc(loc, env)?;
+                if let Some(s) = stall {
+                    self.stall(s, ZAP_POINTS, "munmap", env, ev)?;
+                }
+            }
+            StepKind::Mprotect { loc, .. } => {
                 self.loc(loc, env)?;
             }
-            StepKind::Madvise { loc, advice } => {
+            StepKind::Madvise { loc, advice, stall } => {
                 self.loc(loc, env)?;
                 if !ADVICES.contains(&advice.text.as_str()) {
                     return self.unknown(advice.span, "advice", &advice.text, ADVICES);
+                }
+                if let Some(s) = stall {
+                    self.stall(s, ZAP_POINTS, "madvise", env, ev)?;
                 }
             }
             StepKind::Msync { loc } => {
@@ -1053,6 +1064,19 @@ impl<'a> Checker<'a> {
 
     fn stall(&self, s: &Stall, points: &[&str], what: &str, env: &Env, ev: &mut Vec<Ev>) -> R<()> {
         if !points.contains(&s.point.text.as_str()) {
+            let owner = [("gup-fast", GUP_POINTS), ("collapse", COLLAPSE_POINTS), ("madvise and munmap", ZAP_POINTS)]
+                .into_iter()
+                .find(|(_, ps)| ps.contains(&s.point.text.as_str()));
+            if let Some((owner, _)) = owner {
+                return self.err(
+                    s.point.span,
+                    format!(
+                        "found stall point '{}' on {what}, a {owner} stall point; allowed {}",
+                        s.point.text,
+                        points.join(", ")
+                    ),
+                );
+            }
             return self.unknown(s.point.span, &format!("{what} stall point"), &s.point.text, points);
         }
         if s.barriers.is_empty() {

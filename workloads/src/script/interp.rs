@@ -14,7 +14,8 @@
 //! zero contents; `gup-fast` (`gup_fast`, pages released after) and
 //! `collapse` (`collapse_huge_page` per 2 MiB), with their RaceHooks stall
 //! points (`at POINT { barrier … }`: the hook meets the barriers with IRQs
-//! off); `device` (an SVA device bound to the process on first use,
+//! off), and `madvise` / `munmap` with the zap walk's (`pte-table-done`,
+//! met with IRQs on); `device` (an SVA device bound to the process on first use,
 //! `iommu_sva_bind_device`, DMA through its IOTLB, unbound at the thread's
 //! end); `held` threads (a kernel thread on their CPU, lazy, until `start`)
 //! and `start`; `spawn` (a thread queued on its CPU's run queue, `runq`:
@@ -35,7 +36,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use mm_core::inject::{CollapsePoint, GupFastPoint};
+use mm_core::inject::{CollapsePoint, GupFastPoint, ZapPoint};
 use mm_core::mm::MmStruct;
 use mm_core::ops::gup::{gup_fast, put_user_pages, unpin_user_pages, Foll};
 use mm_core::sync::Arc;
@@ -252,6 +253,7 @@ type Armed = (Point, Vec<String>);
 enum Point {
     Gup(GupFastPoint),
     Collapse(CollapsePoint),
+    Zap(ZapPoint),
 }
 
 fn point(name: &str) -> Option<Point> {
@@ -262,6 +264,7 @@ fn point(name: &str) -> Option<Point> {
         "grabbed" => Point::Gup(GupFastPoint::Grabbed),
         "after-collapse-flush" => Point::Collapse(CollapsePoint::AfterCollapseFlush),
         "after-isolate" => Point::Collapse(CollapsePoint::AfterIsolate),
+        "pte-table-done" => Point::Zap(ZapPoint::PteTableDone),
         _ => return None,
     })
 }
@@ -281,8 +284,10 @@ impl Shared {
         true
     }
 
-    /// At a stall point on this CPU: meet the step's barriers (IRQs are
-    /// off: a waiting walker serves no IPI, as in the kernel).
+    /// At a stall point on this CPU: meet the step's barriers.  At a
+    /// gup-fast or collapse point IRQs are off (a waiting walker serves no
+    /// IPI, as in the kernel); at a zap point they are on, and the barrier
+    /// wait's `cpu_relax` serves the flush IPIs other CPUs send meanwhile.
     fn stall(&self, k: &Kernel, p: Point) {
         let cpu = k.this_cpu().0 as usize;
         let Some(slot) = self.stalls.get(cpu) else { return };
@@ -294,7 +299,7 @@ impl Shared {
             }
         };
         if let Some((_, bars)) = hit {
-            // IRQs are off: no scheduling here.
+            // Mid-call in a kernel path: no other thread runs here.
             for b in bars {
                 if !self.barriers[&b].wait(k, &self.abort, &|| false) {
                     return;
@@ -669,10 +674,13 @@ impl Runner<'_> {
                 let a = self.eval(addr)?;
                 let _ = k.read_user(mm, a & !(PAGE - 1));
             }
-            StepKind::Munmap { loc } => {
+            StepKind::Munmap { loc, stall } => {
                 let (at, a, b) = self.loc(process, loc)?;
                 let addr = at.addr;
-                sys::munmap(k, mm, addr + a * PAGE, (b - a) * PAGE).map_err(|e| sys_err(self, e))?;
+                self.arm(stall)?;
+                let r = sys::munmap(k, mm, addr + a * PAGE, (b - a) * PAGE);
+                self.disarm();
+                r.map_err(|e| sys_err(self, e))?;
                 self.work.op();
             }
             StepKind::Mprotect { loc, prot } => {
@@ -687,10 +695,13 @@ impl Runner<'_> {
                 r.map_err(|e| sys_err(self, e))?;
                 self.work.op();
             }
-            StepKind::Madvise { loc, .. } => {
+            StepKind::Madvise { loc, stall, .. } => {
                 let (at, a, b) = self.loc(process, loc)?;
                 let addr = at.addr;
-                sys::madvise_dontneed(k, mm, addr + a * PAGE, (b - a) * PAGE).map_err(|e| sys_err(self, e))?;
+                self.arm(stall)?;
+                let r = sys::madvise_dontneed(k, mm, addr + a * PAGE, (b - a) * PAGE);
+                self.disarm();
+                r.map_err(|e| sys_err(self, e))?;
                 self.work.op();
             }
             StepKind::Fork { child, body } | StepKind::Exec { child, body } => {
@@ -979,7 +990,10 @@ fn barrier_names(body: &[Step], out: &mut Vec<String>) {
     for st in body {
         match &st.kind {
             StepKind::Barrier { name } if !out.contains(&name.text) => out.push(name.text.clone()),
-            StepKind::GupFast { stall: Some(st), .. } | StepKind::Collapse { stall: Some(st), .. } => {
+            StepKind::GupFast { stall: Some(st), .. }
+            | StepKind::Collapse { stall: Some(st), .. }
+            | StepKind::Munmap { stall: Some(st), .. }
+            | StepKind::Madvise { stall: Some(st), .. } => {
                 for b in &st.barriers {
                     if !out.contains(&b.text) {
                         out.push(b.text.clone());
@@ -1103,10 +1117,11 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         round_gate: AtomicU64::new(0),
     });
     {
-        let (g, cl) = (sh.clone(), sh.clone());
+        let (g, cl, z) = (sh.clone(), sh.clone(), sh.clone());
         let k = b.sys.kernel();
         k.inject.race.set_gup_fast(move |k, p, _va| g.stall(k, Point::Gup(p)));
         k.inject.race.set_collapse(move |k, p, _va| cl.stall(k, Point::Collapse(p)));
+        k.inject.race.set_zap(move |k, p, _va| z.stall(k, Point::Zap(p)));
         for (name, v) in &c.knobs {
             if let (&"hugetlb-unshare-sync-after-unlock", KnobSetting::Bool(on)) = (name, v) {
                 k.inject.knobs.hugetlb_unshare_sync_after_unlock.set(*on);

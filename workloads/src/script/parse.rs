@@ -604,10 +604,12 @@ impl<'f> Parser<'f> {
             }
             "munmap" => {
                 let loc = c.loc()?;
-                {
-                    c.end("nothing more")?;
-                    StepKind::Munmap { loc }
+                if c.word_if("at") {
+                    let stall = self.stall(&mut c, depth)?;
+                    return Ok(Step { kind: StepKind::Munmap { loc, stall: Some(stall) }, span });
                 }
+                c.end("'at POINT {'")?;
+                StepKind::Munmap { loc, stall: None }
             }
             "mprotect" => {
                 let loc = c.loc()?;
@@ -620,10 +622,12 @@ impl<'f> Parser<'f> {
             "madvise" => {
                 let loc = c.loc()?;
                 let advice = c.name("an advice (dontneed)")?;
-                {
-                    c.end("nothing more")?;
-                    StepKind::Madvise { loc, advice }
+                if c.word_if("at") {
+                    let stall = self.stall(&mut c, depth)?;
+                    return Ok(Step { kind: StepKind::Madvise { loc, advice, stall: Some(stall) }, span });
                 }
+                c.end("'at POINT {'")?;
+                StepKind::Madvise { loc, advice, stall: None }
             }
             "msync" => {
                 let loc = c.loc()?;
@@ -781,7 +785,7 @@ impl<'f> Parser<'f> {
 
     /// `POINT {` then `barrier NAME` lines and `}`.
     fn stall(&mut self, c: &mut Cur, depth: usize) -> R<Stall> {
-        let point = c.name("a stall point (gup-fast: pud-read, pmd-read, pte-read, grabbed; collapse: after-collapse-flush, after-isolate)")?;
+        let point = c.name("a stall point (gup-fast: pud-read, pmd-read, pte-read, grabbed; collapse: after-collapse-flush, after-isolate; madvise, munmap: pte-table-done)")?;
         let body = self.block(c, depth, "'{' at the end of the line")?;
         let mut barriers = Vec::new();
         for s in body {
@@ -790,7 +794,7 @@ impl<'f> Parser<'f> {
                 k => {
                     return self.err_at(
                         s.span,
-                        format!("found step '{}' at a stall point; allowed only 'barrier NAME' lines (the kernel path waits there with IRQs off)", k.keyword()),
+                        format!("found step '{}' at a stall point; allowed only 'barrier NAME' lines (the kernel path waits there, mid-call)", k.keyword()),
                     )
                 }
             }
@@ -974,7 +978,7 @@ mod tests {
         );
         assert_eq!(
             err(&format!("{HEAD}thread T on cpu 0 in P {{\n  gup-fast R at pmd-read {{\n    munmap R\n  }}\n}}\n")),
-            "t.mmemu:5:5: found step 'munmap' at a stall point; allowed only 'barrier NAME' lines (the kernel path waits there with IRQs off)"
+            "t.mmemu:5:5: found step 'munmap' at a stall point; allowed only 'barrier NAME' lines (the kernel path waits there, mid-call)"
         );
         assert_eq!(
             err(&format!("{HEAD}expect leaked = 0\n")),

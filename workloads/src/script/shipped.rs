@@ -18,6 +18,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("mprotect-pingpong.mmemu", include_str!("../../../examples/scripts/mprotect-pingpong.mmemu")),
     ("munmap-frees-table.mmemu", include_str!("../../../examples/scripts/munmap-frees-table.mmemu")),
     ("munmap-storm.mmemu", include_str!("../../../examples/scripts/munmap-storm.mmemu")),
+    ("nested-zap-stall.mmemu", include_str!("../../../examples/scripts/nested-zap-stall.mmemu")),
     ("sva-dontneed.mmemu", include_str!("../../../examples/scripts/sva-dontneed.mmemu")),
     ("tlb-flush1.mmemu", include_str!("../../../examples/scripts/tlb-flush1.mmemu")),
     ("tlb-flush2.mmemu", include_str!("../../../examples/scripts/tlb-flush2.mmemu")),

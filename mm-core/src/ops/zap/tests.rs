@@ -202,3 +202,54 @@ fn free_pgtables_groups_vmas_up_to_pmd_size_apart() {
         ]
     );
 }
+
+/// `RaceHooks::set_zap` (`ZapPoint::PteTableDone`): the hook runs once per
+/// `zap_pte_range` call — once per PTE table the walk finds — with the
+/// address that call started at, after the table's PTEs are cleared and
+/// its PTL dropped, with IRQs on and the gather's flush still pending.
+/// A PMD entry that is none has no table: no call, no hook.
+#[test]
+fn the_zap_hook_fires_once_per_pte_table_zapped_with_its_range_start() {
+    use crate::inject::ZapPoint;
+    use crate::ops::madvise_dontneed;
+    use std::sync::Mutex;
+    let k = Kernel::new_sync(KernelConfig::default(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 4 * M2, true).unwrap();
+    // Tables 0, 1 and 3; table 2 is never touched, so its PMD entry is none.
+    for va in [BASE + 8 * PS, BASE + 9 * PS, BASE + M2, BASE + 3 * M2 + 5 * PS] {
+        k.write_user(&mm, va, 1).unwrap();
+    }
+    /// (point, range start, IRQs off, flush pending, PTEs cleared).
+    type Seen = (ZapPoint, u64, bool, bool, bool);
+    let seen: Arc<Mutex<Vec<Seen>>> = Default::default();
+    let (s, m) = (seen.clone(), mm.clone());
+    assert!(k.inject.race.set_zap(move |k, p, va| {
+        let table = pgtable::lookup_table(k, &m, va, Level::Pte).expect("the table is still there");
+        // The PTL is free again (taking it here does not deadlock) and no
+        // PTE of the call's range is left.
+        let cleared = {
+            let _ptl = pgtable::ptl(k, table);
+            let table_end = (va & !(M2 - 1)) + M2;
+            (va..table_end).step_by(PS as usize).all(|a| !pgtable::read(k, table, Level::Pte, a).present())
+        };
+        s.lock().unwrap().push((p, va, k.smp.irqs_disabled(), m.mm_tlb_flush_pending(), cleared));
+    }));
+    assert!(!k.inject.race.set_zap(|_, _, _| {}), "set once");
+    madvise_dontneed(&k, &mm, BASE + 8 * PS, 4 * M2 - 8 * PS).unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let pt = ZapPoint::PteTableDone;
+    assert_eq!(
+        seen,
+        vec![
+            (pt, BASE + 8 * PS, false, true, true),
+            (pt, BASE + M2, false, true, true),
+            (pt, BASE + 3 * M2, false, true, true),
+        ],
+        "(point, range start, IRQs off, flush pending, PTE cleared) per zap_pte_range call"
+    );
+    exit_mm(&k, &mm);
+    assert_no_leaks(&k);
+    assert_eq!(k.san.count(), 0);
+}
