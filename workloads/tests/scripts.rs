@@ -512,40 +512,6 @@ fn run_example_reverting(
 }
 
 #[test]
-fn examples_with_basic_steps_run_clean_and_meet_their_expectations() {
-    // The small ones with their own budget, the storms on 3 rounds.
-    for (name, rounds) in [
-        ("tlb-flush1.mmemu", Some(2)),
-        ("tlb-flush2.mmemu", Some(3)),
-        ("tlb-flush3.mmemu", Some(2)),
-        ("dontneed-sibling-spins.mmemu", None),
-        ("dontneed-sibling-sleeps.mmemu", None),
-        ("mprotect-1.mmemu", None),
-        ("mprotect-64.mmemu", None),
-        ("munmap-frees-table.mmemu", None),
-        ("fork-cow.mmemu", None),
-        ("munmap-storm.mmemu", Some(3)),
-        ("madvise-dontneed.mmemu", Some(3)),
-        ("mprotect-pingpong.mmemu", Some(3)),
-        ("sva-dontneed.mmemu", None),
-        ("file-contents-cow.mmemu", None),
-        ("exit-storm.mmemu", Some(3)),
-    ] {
-        let r = run_example(name, rounds);
-        assert!(r.outcome.error.is_none(), "{name}: {:?}", r.outcome.error);
-        assert!(r.failed.is_empty(), "{name}:\n{}", r.failed.join("\n"));
-        assert!(r.outcome.iterations >= 3, "{name}: {} rounds", r.outcome.iterations);
-        eprintln!(
-            "{name}: rounds {} ops {} remote flushes {} TLB IPIs {:?}",
-            r.outcome.iterations,
-            r.outcome.ops,
-            r.outcome.measure.per_cpu["nr_tlb_remote_flush"].iter().sum::<u64>(),
-            r.outcome.measure.per_cpu["irq_tlb_count"]
-        );
-    }
-}
-
-#[test]
 fn a_failed_expectation_and_a_wrong_read_name_their_lines() {
     let src = "script s\ncpus 2\nbudget 2 rounds\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 2 pages\n  repeat until budget {\n    write R = 5\n    read R[1] expect 4\n  }\n}\nexpect violations == 1\nexpect reads failed == 0\nexpect counter pgfault >= 1\n";
     let s = workloads::script::parse("t.mmemu", src).unwrap_or_else(|e| panic!("{e}"));
@@ -941,5 +907,61 @@ fn threads_meeting_at_barriers_agree_on_the_last_round_under_a_time_budget() {
         assert!(r.failed.is_empty(), "{}", r.failed.join("\n"));
         assert_eq!(r.outcome.iterations % 2, 0, "both threads ran the same rounds: {}", r.outcome.iterations);
         assert!(r.outcome.iterations > 0);
+    }
+}
+
+#[test]
+fn anon_shared_hugetlb_and_thp_mappings_run() {
+    // MAP_SHARED|MAP_ANONYMOUS: a forked child writes what the parent then
+    // reads (one shmem object), and the object goes with its last unmap.
+    let shm = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon-shared 4 pages\n  write R[0] = 3\n  fork C {\n    read R[0] expect 3\n    write R[0] = 4\n  }\n  read R[0] expect 4\n  munmap R\n}\n\
+               expect reads failed == 0\nexpect violations == 0\nexpect leaked == 0\n";
+    // hugetlb: one 2 MiB page both CPUs read; its munmap, while B spins in
+    // the mm at a barrier, interrupts CPU1 exactly once.
+    let huge = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R hugetlb 512 pages at 0x40000000\n  write R[0] = 1\n  write R[511] = 2\n  barrier m\n  barrier r\n  munmap R\n  barrier u\n}\n\
+                thread B on cpu 1 in P {\n  barrier m\n  read R[0] expect 1\n  read R[511] expect 2\n  barrier r\n  barrier u\n  spin\n}\n\
+                expect reads failed == 0\nexpect violations == 0\nexpect leaked == 0\nexpect interrupts TLB on cpu 1 == 1\nexpect interrupts TLB on cpu 0 == 0\n";
+    // thp: base pages at fault, one PMD-mapped THP after the collapse (the
+    // holes read 0).
+    let thp = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R thp 512 pages at 0x40000000\n  write R[0..8] = 7\n  collapse R\n  read R[0] expect 7\n  read R[100] expect 0\n  munmap R\n}\n\
+               expect reads failed == 0\nexpect violations == 0\nexpect leaked == 0\nexpect counter thp_collapse_alloc == 1\nexpect counter pgfault == 8\n";
+    for (what, src) in [("anon-shared", shm), ("hugetlb", huge), ("thp", thp)] {
+        let r = run_source(src, 2);
+        assert!(r.outcome.error.is_none(), "{what}: {:?}", r.outcome.error);
+        assert!(r.failed.is_empty(), "{what}: {}", r.failed.join("\n"));
+    }
+}
+
+#[test]
+fn every_shipped_script_runs_clean_on_a_short_budget() {
+    // CI's run of every shipped script: its header's rounds budget up to
+    // 100 rounds (the expectations are written for it), 3 rounds of the
+    // storms; the
+    // header's CPUs, arch and reverts; no machine error, every expectation
+    // met (the race scripts' expected violations included).
+    for (file, src) in workloads::script::shipped::SHIPPED {
+        let name = format!("examples/scripts/{file}");
+        let s = workloads::script::parse(&name, src).unwrap_or_else(|e| panic!("{e}"));
+        let c = workloads::script::check(&name, &s, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let mut kcfg =
+            mm_core::KernelConfig { arch: c.arch, nr_cpus: c.cpus as usize, ..mm_core::KernelConfig::default() };
+        for f in &c.reverts {
+            kcfg.fixes.set(*f, false);
+        }
+        let rounds = match c.budget {
+            workloads::script::check::BudgetSpec::Rounds(n) if n <= 100 => n,
+            _ => 3,
+        };
+        let ctx = workloads::scenarios::Ctx {
+            kcfg,
+            machine: emu_cpu::MachineConfig::default(),
+            budget: workloads::budget::Budget::Iterations(rounds),
+            seed: 1,
+            params: Default::default(),
+            stop_on_violation: false,
+        };
+        let r = workloads::script::interp::run(&name, &s, &c, &ctx).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(r.outcome.error.is_none(), "{name}: {:?}", r.outcome.error);
+        assert!(r.failed.is_empty(), "{name}:\n{}", r.failed.join("\n"));
     }
 }

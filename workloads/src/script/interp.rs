@@ -3,9 +3,8 @@
 //! syscall wrappers `sys`, `WorkLog`, `Rng`, `finish`), and its
 //! expectations judged on the `Outcome`.
 //!
-//! Run today: anonymous private and file (`mmap_file`, private or shared)
-//! `mmap` (at a given or a chosen address; files with their contents on
-//! disk), `write`, `read` (with
+//! Run today: `mmap` of every kind (at a given or a chosen address; files
+//! with their contents on disk), `write`, `read` (with
 //! `expect`), `peek`, `munmap`, `mprotect`, `madvise … dontneed`, `msync`
 //! (`filemap_fdatawrite_range`), `fadvise … dontneed`
 //! (`invalidate_mapping_pages`), `truncate` to 0 (`truncate_inode_pages`),
@@ -21,9 +20,10 @@
 //! and `start`; `spawn` (a thread queued on its CPU's run queue, `runq`:
 //! run when the CPU's current thread blocks, or by a drainer task queued
 //! behind it) and `join` (a blocking wait: the CPU idles lazily); the
-//! header's knobs.  Every other step, kind or declaration (thp / hugetlb /
-//! anon-shared mmaps, truncate to a size) is refused before the machine
-//! boots, naming its line: the rest of issue 14.
+//! header's knobs; every mmap kind (anon-shared and hugetlb: an object of
+//! their own, `Shared::objects`, dropped with its last unmap).  A truncate
+//! to a size is refused before the machine boots, naming its line: the
+//! rest of issue 14.
 //!
 //! A barrier is a generation counter that its threads wait on with
 //! `cpu_relax` (an interrupt point: a waiting CPU still serves flush
@@ -86,8 +86,7 @@ pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
     fn walk(b: &[Step]) -> Option<(Span, String)> {
         for st in b {
             let bad = match &st.kind {
-                StepKind::Mmap { kind: MapKind::Anon | MapKind::FilePrivate(_) | MapKind::FileShared(_), .. } => None,
-                StepKind::Mmap { .. } => Some("an mmap of thp, hugetlb or anon-shared".to_string()),
+                StepKind::Mmap { .. } => None,
                 StepKind::Truncate { size: Some(_), .. } => Some("a truncate to a size".to_string()),
                 StepKind::Msync { .. } | StepKind::Fadvise { .. } | StepKind::Truncate { .. } => None,
                 StepKind::GupFast { .. } | StepKind::Collapse { .. } | StepKind::Device { .. } => None,
@@ -221,6 +220,9 @@ struct Shared {
     /// last round (`Runner::lockstep_more`): the highest round any of them
     /// started, plus one, and `GATE_CLOSED` once one saw the budget spent.
     round_gate: AtomicU64,
+    /// shmem and hugetlbfs objects of anon-shared and hugetlb mmaps, freed
+    /// once nothing maps them.
+    objects: Mutex<Vec<Arc<mm_core::mm::AddressSpace>>>,
 }
 
 /// `Shared::round_gate`: no round past the count in the other bits starts.
@@ -270,6 +272,20 @@ fn point(name: &str) -> Option<Point> {
 }
 
 impl Shared {
+    /// The last unmap of a shmem or hugetlbfs object of this run drops its
+    /// file (fput → evict_inode: shmem_evict_inode / hugetlbfs's
+    /// remove_inode_hugepages): its pages leave the page cache.
+    fn release_objects(&self, k: &Kernel) {
+        let mut objs = self.objects.lock().expect("objects lock");
+        objs.retain(|o| {
+            if !o.i_mmap.read().is_empty() {
+                return true;
+            }
+            mm_core::ops::writeback::truncate_inode_pages(k, o);
+            false
+        });
+    }
+
     /// Run one spawned thread queued on this CPU, if any (a context switch
     /// to it and, after, back to `back`, or lazy when None): true if one ran.
     fn schedule(&self, k: &Arc<Kernel>, back: Option<&Arc<MmStruct>>) -> bool {
@@ -607,7 +623,28 @@ impl Runner<'_> {
                             .map_err(|e| sys_err(self, e))?;
                         Some((i, pgoff))
                     }
-                    _ => {
+                    // MAP_SHARED|MAP_ANONYMOUS: a shmem object of its own
+                    // (shmem_zero_setup); MAP_HUGETLB: a hugetlbfs file of
+                    // its own (hugetlb_file_setup).  Freed when nothing
+                    // maps it any more (`Shared::release_objects`).
+                    MapKind::AnonShared | MapKind::Hugetlb => {
+                        let object = k.new_file(bytes / PAGE);
+                        let _t = syscall_entry(k, "mmap");
+                        let r = if matches!(kind, MapKind::Hugetlb) {
+                            mm_core::ops::mmap_hugetlb(k, mm, addr, bytes, *prot == Prot::Rw, &object, 0)
+                        } else {
+                            mm_core::ops::mmap_file(k, mm, addr, bytes, *prot == Prot::Rw, true, &object, 0)
+                        };
+                        r.map_err(|e| sys_err(self, e))?;
+                        self.sh.objects.lock().expect("objects lock").push(object);
+                        None
+                    }
+                    // Anonymous private; `thp` is the same VMA at a 2 MiB
+                    // aligned address: its faults map base pages (the model
+                    // has no do_huge_pmd_anonymous_page, as when the THP
+                    // allocation at fault time falls back), and `collapse`
+                    // makes it PMD-mapped, as khugepaged does.
+                    MapKind::Anon | MapKind::Thp => {
                         sys::mmap_anon(k, mm, addr, bytes).map_err(|e| sys_err(self, e))?;
                         if *prot != Prot::Rw {
                             sys::mprotect(k, mm, addr, bytes, false).map_err(|e| sys_err(self, e))?;
@@ -681,6 +718,7 @@ impl Runner<'_> {
                 let r = sys::munmap(k, mm, addr + a * PAGE, (b - a) * PAGE);
                 self.disarm();
                 r.map_err(|e| sys_err(self, e))?;
+                self.sh.release_objects(k);
                 self.work.op();
             }
             StepKind::Mprotect { loc, prot } => {
@@ -734,6 +772,7 @@ impl Runner<'_> {
                 switch_mm(k, &c);
                 let flow = self.body(&c, &child.text, body);
                 sys::exit(k, &c);
+                self.sh.release_objects(k);
                 self.work.op();
                 switch_mm(k, mm);
                 match flow {
@@ -1115,6 +1154,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         errors: Mutex::new(Vec::new()),
         seed: ctx.seed,
         round_gate: AtomicU64::new(0),
+        objects: Mutex::new(Vec::new()),
     });
     {
         let (g, cl, z) = (sh.clone(), sh.clone(), sh.clone());
@@ -1220,6 +1260,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         }
         join_into(&b, hs, &mut err);
     }
+    let last = sh.clone();
     let exit: Vec<Arc<MmStruct>> = mms.into_values().collect();
     let mut work = log.total();
     work.ops += sh.spawned_ops.load(Ordering::SeqCst);
@@ -1231,6 +1272,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         for (_, f) in &files {
             mm_core::ops::writeback::truncate_inode_pages(k, f);
         }
+        last.release_objects(k);
     });
     if let Some(e) = sh.errors.lock().expect("errors lock").first() {
         outcome.error.get_or_insert(RunError::Driver(e.clone()));
