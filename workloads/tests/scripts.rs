@@ -743,6 +743,11 @@ fn every_example_is_shipped_and_listed() {
     let exit_storm =
         v["scripts"].as_array().expect("scripts").iter().find(|s| s["name"] == "exit-storm").expect("exit-storm");
     assert_eq!(exit_storm["runs"], true);
+    // The storm scenarios say which script they run; the races are Rust.
+    let sc = v["scenarios"].as_array().expect("scenarios");
+    let script_of = |n: &str| sc.iter().find(|s| s["name"] == n).map(|s| s["script"].clone());
+    assert_eq!(script_of("exit-storm"), Some(serde_json::json!("examples/scripts/exit-storm.mmemu")));
+    assert_eq!(script_of("nested-zap"), Some(serde_json::Value::Null));
     // A shipped script runs by its name when no scenario has it.
     let o = mmemu(&["run", "tlb-flush2", "--iterations", "1", "--json", "--no-pin"]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");

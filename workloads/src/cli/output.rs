@@ -73,6 +73,8 @@ struct ScenarioJson {
     default_iterations: u64,
     exposes: Vec<&'static str>,
     params: Vec<ParamJson>,
+    /// The shipped script it runs (null: Rust code).
+    script: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -111,6 +113,7 @@ pub(super) fn list(json: bool) -> Result<i32, CliError> {
                     .iter()
                     .map(|p| ParamJson { key: p.key, default: p.default, min: p.min, max: p.max, help: p.help })
                     .collect(),
+                script: s.script().map(|l| l.file.as_str()),
             })
             .collect();
         let sw: Vec<_> = scenarios::EXPOSERS
@@ -146,7 +149,10 @@ pub(super) fn list(json: bool) -> Result<i32, CliError> {
             ArchReq::Requires(a) => format!("arch {} (required)", a.name()),
         };
         let ex = exposed_by(s);
-        let ex = if ex.is_empty() { String::new() } else { format!(", exposes {}", ex.join(", ")) };
+        let mut ex = if ex.is_empty() { String::new() } else { format!(", exposes {}", ex.join(", ")) };
+        if let Some(l) = s.script() {
+            ex.push_str(&format!(", script {}", l.file));
+        }
         let _ =
             writeln!(out, "  {:<22}{arch}, {}+ CPUs, {} rounds by default{ex}", "", s.min_cpus, s.default_iterations);
         for p in s.params {
