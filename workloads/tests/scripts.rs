@@ -511,20 +511,19 @@ fn run_example_reverting(
     workloads::script::interp::run(&file, &s, &c, &ctx).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+/// The rounds budget in a shipped script's header (0 if it has none).
+fn header_rounds(file: &str) -> u64 {
+    let src = workloads::script::shipped::SHIPPED.iter().find(|(f, _)| f == &file).map_or("", |(_, s)| s);
+    match workloads::script::check_source(file, src, &[]).map(|c| c.budget) {
+        Ok(workloads::script::check::BudgetSpec::Rounds(n)) => n,
+        _ => 0,
+    }
+}
+
 #[test]
 fn a_failed_expectation_and_a_wrong_read_name_their_lines() {
     let src = "script s\ncpus 2\nbudget 2 rounds\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 2 pages\n  repeat until budget {\n    write R = 5\n    read R[1] expect 4\n  }\n}\nexpect violations == 1\nexpect reads failed == 0\nexpect counter pgfault >= 1\n";
-    let s = workloads::script::parse("t.mmemu", src).unwrap_or_else(|e| panic!("{e}"));
-    let c = workloads::script::check("t.mmemu", &s, &[]).unwrap_or_else(|e| panic!("{e}"));
-    let ctx = workloads::scenarios::Ctx {
-        kcfg: mm_core::KernelConfig { nr_cpus: 2, ..mm_core::KernelConfig::default() },
-        machine: emu_cpu::MachineConfig::default(),
-        budget: workloads::budget::Budget::Iterations(2),
-        seed: 1,
-        params: Default::default(),
-        stop_on_violation: false,
-    };
-    let r = workloads::script::interp::run("t.mmemu", &s, &c, &ctx).unwrap_or_else(|e| panic!("{e}"));
+    let r = run_src(src, workloads::budget::Budget::Iterations(2), emu_cpu::MachineConfig::default());
     assert!(r.outcome.error.is_none(), "{:?}", r.outcome.error);
     assert_eq!(r.reads_failed, 2);
     assert_eq!(
@@ -674,18 +673,11 @@ fn a_munmap_stalls_at_pte_table_done_with_its_gather_pending() {
     let src = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 1024 pages at 0x40000000\n  write R[0]\n  write R[512]\n  barrier mapped\n  munmap R at pte-table-done {\n    barrier in\n    barrier out\n  }\n}\n\
                thread B on cpu 1 in P {\n  mmap Q anon 1 page at 0x50000000\n  write Q[0]\n  barrier mapped\n  barrier in\n  madvise Q dontneed\n  barrier out\n}\n\
                expect counter nested_flush_forced == 1\nexpect violations == 0\nexpect leaked == 0\n";
-    let s = workloads::script::parse("t.mmemu", src).unwrap_or_else(|e| panic!("{e}"));
-    let c = workloads::script::check("t.mmemu", &s, &[]).unwrap_or_else(|e| panic!("{e}"));
-    let machine = emu_cpu::MachineConfig { hang_timeout: std::time::Duration::from_secs(5), ..Default::default() };
-    let ctx = workloads::scenarios::Ctx {
-        kcfg: mm_core::KernelConfig { nr_cpus: 2, ..mm_core::KernelConfig::default() },
-        machine,
-        budget: workloads::budget::Budget::Iterations(1),
-        seed: 1,
-        params: Default::default(),
-        stop_on_violation: false,
-    };
-    let r = workloads::script::interp::run("t.mmemu", &s, &c, &ctx).unwrap_or_else(|e| panic!("{e}"));
+    let r = run_src(
+        src,
+        workloads::budget::Budget::Iterations(1),
+        emu_cpu::MachineConfig { hang_timeout: std::time::Duration::from_secs(5), ..Default::default() },
+    );
     assert!(r.outcome.error.is_none(), "{:?}", r.outcome.error);
     assert!(r.failed.is_empty(), "{}", r.failed.join("\n"));
 }
@@ -761,17 +753,7 @@ fn a_held_thread_runs_when_started() {
     // meet, B reads what A wrote, and A's MADV_DONTNEED must reach CPU1.
     let src = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 1 page\n  write R[0] = 9\n  start B\n  barrier in\n  barrier read\n  madvise R dontneed\n  barrier zapped\n}\n\
                thread B on cpu 1 in P held {\n  barrier in\n  read R[0] expect 9\n  barrier read\n  barrier zapped\n  read R[0] expect 0\n}\nexpect reads failed == 0\nexpect violations == 0\nexpect leaked == 0\n";
-    let s = workloads::script::parse("t.mmemu", src).unwrap_or_else(|e| panic!("{e}"));
-    let c = workloads::script::check("t.mmemu", &s, &[]).unwrap_or_else(|e| panic!("{e}"));
-    let ctx = workloads::scenarios::Ctx {
-        kcfg: mm_core::KernelConfig { nr_cpus: 2, ..mm_core::KernelConfig::default() },
-        machine: emu_cpu::MachineConfig::default(),
-        budget: workloads::budget::Budget::Iterations(1),
-        seed: 1,
-        params: Default::default(),
-        stop_on_violation: false,
-    };
-    let r = workloads::script::interp::run("t.mmemu", &s, &c, &ctx).unwrap_or_else(|e| panic!("{e}"));
+    let r = run_src(src, workloads::budget::Budget::Iterations(1), emu_cpu::MachineConfig::default());
     assert!(r.outcome.error.is_none(), "{:?}", r.outcome.error);
     assert!(r.failed.is_empty(), "{}", r.failed.join("\n"));
     assert_eq!(r.reads_failed, 0);
@@ -783,18 +765,11 @@ fn a_script_that_deadlocks_at_run_time_ends_as_the_watchdogs_error() {
     // A faults (its region is gone) before the barrier B waits at: no
     // static check sees it; the hang detector ends the run.
     let src = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 1 page\n  munmap R\n  write R[0]\n  barrier b\n}\nthread B on cpu 1 in P {\n  barrier b\n}\n";
-    let s = workloads::script::parse("t.mmemu", src).unwrap_or_else(|e| panic!("{e}"));
-    let c = workloads::script::check("t.mmemu", &s, &[]).unwrap_or_else(|e| panic!("{e}"));
-    let machine = emu_cpu::MachineConfig { hang_timeout: std::time::Duration::from_millis(300), ..Default::default() };
-    let ctx = workloads::scenarios::Ctx {
-        kcfg: mm_core::KernelConfig { nr_cpus: 2, ..mm_core::KernelConfig::default() },
-        machine,
-        budget: workloads::budget::Budget::Iterations(1),
-        seed: 1,
-        params: Default::default(),
-        stop_on_violation: false,
-    };
-    let r = workloads::script::interp::run("t.mmemu", &s, &c, &ctx).unwrap_or_else(|e| panic!("{e}"));
+    let r = run_src(
+        src,
+        workloads::budget::Budget::Iterations(1),
+        emu_cpu::MachineConfig { hang_timeout: std::time::Duration::from_millis(300), ..Default::default() },
+    );
     let e = r.outcome.error.expect("the run must end in an error");
     assert!(e.is_hang(), "{e}");
 }
@@ -836,19 +811,28 @@ fn mmemu_reproduce_with_a_script_runs_it_with_the_fix_off_and_on() {
     );
 }
 
-/// Run a script source on `cpus` CPUs for one round.
-fn run_source(src: &str, cpus: usize) -> workloads::script::interp::ScriptRun {
+/// Run the script source `src` (named t.mmemu) on 2 CPUs.
+fn run_src(
+    src: &str,
+    budget: workloads::budget::Budget,
+    machine: emu_cpu::MachineConfig,
+) -> workloads::script::interp::ScriptRun {
     let s = workloads::script::parse("t.mmemu", src).unwrap_or_else(|e| panic!("{e}"));
     let c = workloads::script::check("t.mmemu", &s, &[]).unwrap_or_else(|e| panic!("{e}"));
     let ctx = workloads::scenarios::Ctx {
-        kcfg: mm_core::KernelConfig { nr_cpus: cpus, ..mm_core::KernelConfig::default() },
-        machine: emu_cpu::MachineConfig::default(),
-        budget: workloads::budget::Budget::Iterations(1),
+        kcfg: mm_core::KernelConfig { nr_cpus: 2, ..mm_core::KernelConfig::default() },
+        machine,
+        budget,
         seed: 1,
         params: Default::default(),
         stop_on_violation: false,
     };
     workloads::script::interp::run("t.mmemu", &s, &c, &ctx).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `run_src` for one round.
+fn run_source(src: &str) -> workloads::script::interp::ScriptRun {
+    run_src(src, workloads::budget::Budget::Iterations(1), emu_cpu::MachineConfig::default())
 }
 
 #[test]
@@ -860,7 +844,7 @@ fn a_spawned_thread_runs_on_its_cpu_and_leaves_it_lazy_in_the_mm() {
     // not: exactly one IPI to CPU1.
     let src = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 1 page at 0x60000000\n  write R[0] = 7\n  spawn S on cpu 1 {\n    read R[0] expect 7\n    write R[0] = 8\n  }\n  join S\n  read R[0] expect 8\n  madvise R dontneed\n  read R[0] expect 0\n  munmap R\n}\n\
                expect interrupts TLB on cpu 1 == 1\nexpect interrupts TLB on cpu 0 == 0\nexpect reads failed == 0\nexpect violations == 0\nexpect leaked == 0\n";
-    let r = run_source(src, 2);
+    let r = run_source(src);
     assert!(r.outcome.error.is_none(), "{:?}", r.outcome.error);
     assert!(r.failed.is_empty(), "{}", r.failed.join("\n"));
     // mmap, spawn (clone), madvise, munmap.
@@ -874,7 +858,7 @@ fn a_spawned_thread_runs_while_its_cpus_thread_is_blocked() {
     // woken task), or the run hangs.
     let src = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 2 pages\n  write R = 1\n  spawn S on cpu 1 {\n    write R[1] = 5\n  }\n  join S\n  read R[1] expect 5\n  barrier b\n}\n\
                thread B on cpu 1 in P {\n  barrier b\n}\nexpect reads failed == 0\nexpect violations == 0\nexpect leaked == 0\n";
-    let r = run_source(src, 2);
+    let r = run_source(src);
     assert!(r.outcome.error.is_none(), "{:?}", r.outcome.error);
     assert!(r.failed.is_empty(), "{}", r.failed.join("\n"));
 }
@@ -883,7 +867,7 @@ fn a_spawned_thread_runs_while_its_cpus_thread_is_blocked() {
 fn an_unjoined_spawned_thread_ends_with_its_block() {
     // The exec'd process exits only after S, which still writes into it.
     let src = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  exec C {\n    mmap R anon 64 pages\n    spawn S on cpu 1 {\n      write R\n    }\n  }\n}\nexpect violations == 0\nexpect leaked == 0\nexpect counter pgfault == 64\n";
-    let r = run_source(src, 2);
+    let r = run_source(src);
     assert!(r.outcome.error.is_none(), "{:?}", r.outcome.error);
     assert!(r.failed.is_empty(), "{}", r.failed.join("\n"));
 }
@@ -896,18 +880,9 @@ fn threads_meeting_at_barriers_agree_on_the_last_round_under_a_time_budget() {
     // once with the same number of rounds on each, never as a hang.
     let src = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 64 pages\n  repeat until budget {\n    for i in 0..64 {\n      write R[$i]\n    }\n    barrier a\n    madvise R dontneed\n    barrier b\n  }\n}\n\
                thread B on cpu 1 in P {\n  repeat until budget {\n    barrier a\n    barrier b\n  }\n}\nexpect violations == 0\n";
-    let s = workloads::script::parse("t.mmemu", src).unwrap_or_else(|e| panic!("{e}"));
-    let c = workloads::script::check("t.mmemu", &s, &[]).unwrap_or_else(|e| panic!("{e}"));
     for _ in 0..10 {
-        let ctx = workloads::scenarios::Ctx {
-            kcfg: mm_core::KernelConfig { nr_cpus: 2, ..mm_core::KernelConfig::default() },
-            machine: emu_cpu::MachineConfig { hang_timeout: std::time::Duration::from_secs(3), ..Default::default() },
-            budget: workloads::budget::Budget::Seconds(0.03),
-            seed: 1,
-            params: Default::default(),
-            stop_on_violation: false,
-        };
-        let r = workloads::script::interp::run("t.mmemu", &s, &c, &ctx).unwrap_or_else(|e| panic!("{e}"));
+        let machine = emu_cpu::MachineConfig { hang_timeout: std::time::Duration::from_secs(3), ..Default::default() };
+        let r = run_src(src, workloads::budget::Budget::Seconds(0.03), machine);
         assert!(r.outcome.error.is_none(), "{:?}", r.outcome.error);
         assert!(r.failed.is_empty(), "{}", r.failed.join("\n"));
         assert_eq!(r.outcome.iterations % 2, 0, "both threads ran the same rounds: {}", r.outcome.iterations);
@@ -931,7 +906,7 @@ fn anon_shared_hugetlb_and_thp_mappings_run() {
     let thp = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R thp 512 pages at 0x40000000\n  write R[0..8] = 7\n  collapse R\n  read R[0] expect 7\n  read R[100] expect 0\n  munmap R\n}\n\
                expect reads failed == 0\nexpect violations == 0\nexpect leaked == 0\nexpect counter thp_collapse_alloc == 1\nexpect counter pgfault == 8\n";
     for (what, src) in [("anon-shared", shm), ("hugetlb", huge), ("thp", thp)] {
-        let r = run_source(src, 2);
+        let r = run_source(src);
         assert!(r.outcome.error.is_none(), "{what}: {:?}", r.outcome.error);
         assert!(r.failed.is_empty(), "{what}: {}", r.failed.join("\n"));
     }
@@ -941,31 +916,11 @@ fn anon_shared_hugetlb_and_thp_mappings_run() {
 fn every_shipped_script_runs_clean_on_a_short_budget() {
     // CI's run of every shipped script: its header's rounds budget up to
     // 100 rounds (the expectations are written for it), 3 rounds of the
-    // storms; the
-    // header's CPUs, arch and reverts; no machine error, every expectation
-    // met (the race scripts' expected violations included).
-    for (file, src) in workloads::script::shipped::SHIPPED {
+    // storms; the header's CPUs, arch and reverts; no machine error, every
+    // expectation met (the race scripts' expected violations included).
+    for (file, _) in workloads::script::shipped::SHIPPED {
         let name = format!("examples/scripts/{file}");
-        let s = workloads::script::parse(&name, src).unwrap_or_else(|e| panic!("{e}"));
-        let c = workloads::script::check(&name, &s, &[]).unwrap_or_else(|e| panic!("{e}"));
-        let mut kcfg =
-            mm_core::KernelConfig { arch: c.arch, nr_cpus: c.cpus as usize, ..mm_core::KernelConfig::default() };
-        for f in &c.reverts {
-            kcfg.fixes.set(*f, false);
-        }
-        let rounds = match c.budget {
-            workloads::script::check::BudgetSpec::Rounds(n) if n <= 100 => n,
-            _ => 3,
-        };
-        let ctx = workloads::scenarios::Ctx {
-            kcfg,
-            machine: emu_cpu::MachineConfig::default(),
-            budget: workloads::budget::Budget::Iterations(rounds),
-            seed: 1,
-            params: Default::default(),
-            stop_on_violation: false,
-        };
-        let r = workloads::script::interp::run(&name, &s, &c, &ctx).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let r = run_example(file, Some(3).filter(|_| header_rounds(file) > 100));
         assert!(r.outcome.error.is_none(), "{name}: {:?}", r.outcome.error);
         assert!(r.failed.is_empty(), "{name}:\n{}", r.failed.join("\n"));
     }
