@@ -216,7 +216,7 @@ impl Kernel {
                     });
                 }
             } else if let Some(e) = tlb
-                .leaf_entries_of(loaded)
+                .leaf_entries_over(loaded, pfn, nr)
                 .find(|e| within(e.pfn, if e.huge { hpn } else { 1 }) && e.gen == self.hw.ram.gen(e.pfn))
             {
                 let shift = if e.huge {
