@@ -103,7 +103,7 @@ impl Rig<'_> {
     pub fn truncate(&mut self, cpu: CpuId, file: &Arc<AddressSpace>) -> Result<usize, RunError> {
         self.files.retain(|f| !Arc::ptr_eq(f, file));
         let f = file.clone();
-        Ok(self.sys.run_kthread(cpu, move |k| mm_core::ops::truncate_inode_pages(k, &f))?)
+        Ok(self.sys.run_kthread(cpu, move |k| mm_core::ops::truncate_inode_pages(k, &f, 0))?)
     }
 
     /// Rounds 1..=`p.iterations` of `round(rig, n)`, which returns whether

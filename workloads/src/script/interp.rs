@@ -8,7 +8,8 @@
 //! disk), `write`, `read` (with
 //! `expect`), `peek`, `munmap`, `mprotect`, `madvise … dontneed`, `msync`
 //! (`filemap_fdatawrite_range`), `fadvise … dontneed`
-//! (`invalidate_mapping_pages`), `truncate` to 0 (`truncate_inode_pages`),
+//! (`invalidate_mapping_pages`), `truncate` (`ftruncate`: `do_sys_ftruncate`
+//! → `truncate_setsize` → `truncate_pagecache`, to SIZE or 0),
 //! `fork`, `exec`, `exit`, `spin`, `sleep`, `barrier`, `repeat`,
 //! `repeat until budget`, `for` (also `shuffled`) and `rand`; files with
 //! zero contents; `gup-fast` (`gup_fast`, pages released after) and
@@ -22,7 +23,7 @@
 //! run when the CPU's current thread blocks, or by a drainer task queued
 //! behind it) and `join` (a blocking wait: the CPU idles lazily); the
 //! header's knobs.  Every other step, kind or declaration (thp / hugetlb /
-//! anon-shared mmaps, truncate to a size) is refused before the machine
+//! anon-shared mmaps) is refused before the machine
 //! boots, naming its line: the rest of issue 14.
 //!
 //! A barrier is a generation counter that its threads wait on with
@@ -74,6 +75,17 @@ pub struct ScriptRun {
     pub failed: Vec<String>,
 }
 
+/// The signal a failed user access delivers: SIGBUS for a file page past
+/// EOF (`VM_FAULT_SIGBUS`), SIGSEGV otherwise.  `read … expect segv`
+/// accepts either.
+fn signal(e: &mm_core::ops::Segv) -> &'static str {
+    if e.sigbus {
+        "SIGBUS"
+    } else {
+        "SIGSEGV"
+    }
+}
+
 /// The first step the interpreter cannot run yet, as an error line.
 pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
     let e = |span: Span, what: &str| {
@@ -88,7 +100,6 @@ pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
             let bad = match &st.kind {
                 StepKind::Mmap { kind: MapKind::Anon | MapKind::FilePrivate(_) | MapKind::FileShared(_), .. } => None,
                 StepKind::Mmap { .. } => Some("an mmap of thp, hugetlb or anon-shared".to_string()),
-                StepKind::Truncate { size: Some(_), .. } => Some("a truncate to a size".to_string()),
                 StepKind::Msync { .. } | StepKind::Fadvise { .. } | StepKind::Truncate { .. } => None,
                 StepKind::GupFast { .. } | StepKind::Collapse { .. } | StepKind::Device { .. } => None,
                 StepKind::Start { .. } | StepKind::Join { .. } => None,
@@ -629,10 +640,11 @@ impl Runner<'_> {
                 };
                 for p in a..b {
                     self.budget_check(p - a)?;
-                    if k.write_user(mm, addr + p * PAGE, v).is_err() {
-                        return Err(
-                            self.fail(st.span, format!("write of page {p} of '{}' faulted (SIGSEGV)", loc.region.text))
-                        );
+                    if let Err(e) = k.write_user(mm, addr + p * PAGE, v) {
+                        return Err(self.fail(
+                            st.span,
+                            format!("write of page {p} of '{}' faulted ({})", loc.region.text, signal(&e)),
+                        ));
                     }
                 }
             }
@@ -646,7 +658,8 @@ impl Runner<'_> {
                 };
                 for p in a..b {
                     self.budget_check(p - a)?;
-                    let got = k.read_user(mm, addr + p * PAGE).ok();
+                    let r = k.read_user(mm, addr + p * PAGE);
+                    let got = r.as_ref().ok().copied();
                     match want {
                         Some(w) if w != got => {
                             self.sh.reads_failed.fetch_add(1, Ordering::Relaxed);
@@ -663,8 +676,9 @@ impl Runner<'_> {
                             self.sh.first_bad_read.lock().expect("read lock").get_or_insert(msg);
                         }
                         None if got.is_none() => {
+                            let sig = r.err().map_or("SIGSEGV", |e| signal(&e));
                             return Err(self
-                                .fail(st.span, format!("read of page {p} of '{}' faulted (SIGSEGV)", loc.region.text)))
+                                .fail(st.span, format!("read of page {p} of '{}' faulted ({sig})", loc.region.text)));
                         }
                         _ => {}
                     }
@@ -760,13 +774,23 @@ impl Runner<'_> {
                 mm_core::ops::writeback::invalidate_mapping_pages(k, &mapping, a, b);
                 self.work.op();
             }
-            StepKind::Truncate { size: Some(_), .. } => {
-                return Err(self.fail(st.span, "a truncate to a size is not run by the interpreter yet"));
-            }
-            StepKind::Truncate { file, size: None } => {
+            StepKind::Truncate { file, size } => {
+                // ftruncate(fd, SIZE) (0 without `size`): do_sys_ftruncate →
+                // truncate_setsize → truncate_pagecache.
                 let (_, mapping) = self.file(file)?;
-                let _t = syscall_entry(k, "truncate");
-                mm_core::ops::writeback::truncate_inode_pages(k, &mapping);
+                let bytes = match size {
+                    Some(sz) => {
+                        let n = self.eval(&sz.expr)?;
+                        if sz.pages {
+                            n * PAGE
+                        } else {
+                            n
+                        }
+                    }
+                    None => 0,
+                };
+                let _t = syscall_entry(k, "ftruncate");
+                mm_core::ops::truncate::do_sys_ftruncate(k, &mapping, bytes);
                 self.work.op();
             }
             StepKind::GupFast { loc, write, pin, stall } => {
@@ -1229,7 +1253,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         }
         // The page cache goes with the files (the leak check counts it).
         for (_, f) in &files {
-            mm_core::ops::writeback::truncate_inode_pages(k, f);
+            mm_core::ops::truncate::truncate_inode_pages(k, f, 0);
         }
     });
     if let Some(e) = sh.errors.lock().expect("errors lock").first() {
