@@ -51,6 +51,8 @@ fn truncate_setsize_unmaps_a_shared_mapping_on_both_cpus_with_one_flush() {
     assert_eq!(k.stats.get_cpu(CpuId(0), Stat::IrqTlbCount), 0);
     assert_eq!(k.stats.get_cpu(CpuId(1), Stat::NrTlbRemoteFlushReceived), 1);
     assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne) - local_one0, 7, "CPU 0 invalidates the 7 pages one by one");
+    assert_eq!(k.stats.get(Stat::NrTlbLocalFlushAll), 0);
+    assert_eq!(k.stats.get(Stat::TlbFlushFull), 0);
     assert_eq!(k.san.count(), 0, "no CPU kept a stale translation");
     // The page cache keeps page 0 only; the 7 others are freed.
     assert_eq!(cached(&file), [0]);
@@ -213,6 +215,9 @@ fn do_sys_ftruncate_drops_the_disk_blocks_past_the_end() {
     assert!(file.disk.lock().is_empty());
     assert!(cached(&file).is_empty());
     assert_eq!(mm.rss.load(crate::sync::Ordering::SeqCst), 0);
+    // As in the kernel, mmap past EOF succeeds; the fault is the SIGBUS.
+    mmap_file(&k, &mm, BASE + 16 * PS, 2 * PS, false, true, &file, 0).unwrap();
+    assert!(k.read_user(&mm, BASE + 16 * PS).unwrap_err().sigbus);
     exit_mm(&k, &mm);
     assert_no_leaks(&k);
     assert_eq!(k.san.count(), 0);
