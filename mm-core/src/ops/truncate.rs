@@ -136,6 +136,9 @@ fn unmap_mapping_range_vma(k: &Kernel, e: &IMmapEntry, vma: &Vma, start: u64, en
 /// (`truncate_cleanup_folio` → `unmap_mapping_folio`, COW copies kept),
 /// its dirtiness cancelled (`folio_cancel_dirty`: the data is gone), and
 /// removed (`filemap_remove_folio`: the page cache's reference dropped).
+/// The kernel's first pass only trylocks and skips folios locked or under
+/// writeback, its second pass waits for them; one pass with a waiting lock
+/// ends in the same state.
 ///
 /// Returns how many folios were still mapped when reached — and unmapped
 /// here.  0 after `truncate_pagecache`'s first unmap, and 0 at a teardown
