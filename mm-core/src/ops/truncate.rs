@@ -212,8 +212,9 @@ pub fn truncate_pagecache(k: &Kernel, mapping: &Arc<AddressSpace>, newsize: u64)
 
 /// `truncate_setsize(inode, newsize)`: write the new `i_size` (bytes, a page
 /// multiple) first — faults past it now fail — then `truncate_pagecache`.
-/// The model never grows a file (`pagecache_isize_extended` has nothing to
-/// do for a page-multiple size, and `mmap` refuses past `nr_pages`).
+/// A file grows back only up to `nr_pages` (`mmap` refuses past it), and
+/// `pagecache_isize_extended` has nothing to do for a page-multiple size:
+/// the pages regained read zeros (their cache and blocks were dropped).
 pub fn truncate_setsize(k: &Kernel, mapping: &Arc<AddressSpace>, newsize: u64) -> usize {
     let shift = k.cfg.geometry.page_shift;
     assert!(

@@ -218,7 +218,12 @@ fn do_sys_ftruncate_drops_the_disk_blocks_past_the_end() {
     // As in the kernel, mmap past EOF succeeds; the fault is the SIGBUS.
     mmap_file(&k, &mm, BASE + 16 * PS, 2 * PS, false, true, &file, 0).unwrap();
     assert!(k.read_user(&mm, BASE + 16 * PS).unwrap_err().sigbus);
+    // Growing it back: the pages regained read zeros, not the old data.
+    do_sys_ftruncate(&k, &file, 2 * PS);
+    assert_eq!(k.read_user(&mm, BASE + 17 * PS).unwrap(), 0);
+    assert!(k.read_user(&mm, BASE + 3 * PS).unwrap_err().sigbus, "page 3 is still past the end");
     exit_mm(&k, &mm);
+    assert_eq!(truncate_inode_pages(&k, &file, 0), 0);
     assert_no_leaks(&k);
     assert_eq!(k.san.count(), 0);
 }
