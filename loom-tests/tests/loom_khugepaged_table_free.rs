@@ -109,7 +109,7 @@ fn file(sync_ipi: bool, pte_free_defer: bool) -> Option<String> {
     let v = finish(&k, reused);
     // Break the mm ↔ file reference cycle (VMA → file, i_mmap → mm).
     exit_mm(&k, &mm);
-    truncate_inode_pages(&k, &f);
+    truncate_inode_pages(&k, &f, 0);
     v
 }
 

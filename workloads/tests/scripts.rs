@@ -533,18 +533,57 @@ fn a_failed_expectation_and_a_wrong_read_name_their_lines() {
             "t.mmemu:13:1: expectation failed: reads failed is 2; expected == 0",
         ]
     );
-    // Steps the interpreter does not run yet are refused before boot.
-    let s = workloads::script::parse("f.mmemu", TRUNCATE_TO_SIZE).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        workloads::script::interp::unsupported("f.mmemu", &s).map(|e| e.to_string()),
-        Some("f.mmemu:6:3: found a truncate to a size, which the interpreter does not run yet (issue 14); allowed by `mmemu check` only".to_string())
-    );
 }
 
-/// A script with a step the interpreter refuses (truncate to a size: the
-/// model has no `unmap_mapping_range` for the pages past the new end).
-const TRUNCATE_TO_SIZE: &str =
-    "script s\ncpus 2\nprocess P\nfile F size 4 pages\nthread A on cpu 0 in P {\n  truncate F size 1 page\n}\n";
+/// `truncate F size SIZE` is ftruncate: the pages past the new end are
+/// unmapped from every mapping (one flush, one IPI to the other CPU running
+/// the mm), the page cache there is dropped, and a read past the end fails
+/// (SIGBUS in the kernel) on either CPU; the pages before it keep the
+/// file's data.  `truncate F` is ftruncate(fd, 0): nothing is left.
+#[test]
+fn a_truncate_to_a_size_unmaps_past_the_end_and_later_reads_fail() {
+    let src = "script s\ncpus 2\nprocess P\nfile F size 4 pages contents index\n\
+        thread A on cpu 0 in P {\n  mmap S file-shared F 4 pages\n  read S[0..4]\n  barrier mapped\n  barrier touched\n\
+        truncate F size 1 page\n  barrier truncated\n  read S[0] expect 0\n  read S[1..4] expect segv\n  barrier checked\n\
+        truncate F\n  barrier emptied\n  read S[0] expect segv\n  barrier done\n}\n\
+        thread B on cpu 1 in P {\n  barrier mapped\n  read S[0..4]\n  barrier touched\n  barrier truncated\n\
+        read S[1..4] expect segv\n  read S[0] expect 0\n  barrier checked\n  barrier emptied\n\
+        read S[0] expect segv\n  barrier done\n}\n\
+        expect reads failed == 0\nexpect counter nr_tlb_local_flush_one on cpu 0 == 4\n\
+        expect counter nr_tlb_remote_flush on cpu 0 == 3\nexpect interrupts TLB on cpu 0 == 0\nexpect interrupts TLB on cpu 1 == 3\n\
+        expect violations == 0\nexpect leaked == 0\n";
+    let r = run_source(src);
+    assert!(r.outcome.error.is_none(), "{:?}", r.outcome.error);
+    assert!(r.failed.is_empty(), "{}", r.failed.join("\n"));
+    assert_eq!(r.reads_failed, 0);
+    // 3 pages past the 1-page end, flushed page by page on CPU 0 (and on
+    // CPU 1 by its IPI: it waits at a barrier in the mm); `truncate F` then
+    // takes page 0: one more page, one more IPI; exit_mmap's freed-tables
+    // flush is CPU 1's third (lazy by then: x86 v6.12 interrupts it when
+    // tables are freed).
+    assert_eq!(r.outcome.measure.per_cpu["irq_tlb_count"], [0, 3]);
+    // A read the truncate broke is named: the model's signal is SIGBUS.
+    let bad =
+        "script s\ncpus 2\nprocess P\nfile F size 2 pages\nthread A on cpu 0 in P {\n  mmap S file-shared F 2 pages\n\
+        read S[0..2]\n  truncate F size 1 page\n  read S[1]\n}\n";
+    let r = run_source(bad);
+    let err = r.outcome.error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("t.mmemu:9:3: read of page 1 of 'S' faulted (SIGBUS)"), "{err}");
+}
+
+/// The shipped example: exact counts (see its header), and the COW copy
+/// is gone only because truncate zaps with even_cows.
+#[test]
+fn the_truncate_mapped_example_meets_its_expectations() {
+    for _ in 0..3 {
+        let r = run_example("truncate-mapped.mmemu", None);
+        assert!(r.outcome.error.is_none(), "{:?}", r.outcome.error);
+        assert!(r.failed.is_empty(), "{}", r.failed.join("\n"));
+        assert_eq!(r.outcome.measure.per_cpu["irq_tlb_count"], [0, 3]);
+        assert_eq!(r.outcome.measure.per_cpu["nr_tlb_local_flush_one"], [7, 0]);
+        assert_eq!(r.outcome.measure.per_cpu["nr_tlb_remote_flush"], [3, 0]);
+    }
+}
 
 #[test]
 fn mmemu_run_file_gives_the_scenario_report_and_fails_on_an_expectation() {
@@ -579,14 +618,13 @@ fn mmemu_run_file_gives_the_scenario_report_and_fails_on_an_expectation() {
     let o = mmemu(&["run", k, "--json", "--kernel", "6.12"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json report");
     assert_eq!(v["kernel"], "6.12");
-    let file = temp_script("truncate.mmemu", TRUNCATE_TO_SIZE);
-    let f = file.to_str().expect("utf-8 path");
-    let o = mmemu(&["run", f]);
-    assert_eq!(o.status.code(), Some(2));
-    assert_eq!(
-        String::from_utf8_lossy(&o.stderr),
-        format!("error: {f}:6:3: found a truncate to a size, which the interpreter does not run yet (issue 14); allowed by `mmemu check` only\n")
-    );
+    // A truncate to a size runs: the shipped example, verdict ok.
+    let ex = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts/truncate-mapped.mmemu");
+    let o = mmemu(&["run", ex.to_str().expect("utf-8 path"), "--json", "--no-pin"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json report");
+    assert_eq!(v["verdict"], "ok", "{v}");
+    assert_eq!(v["interrupts"]["TLB"], serde_json::json!([0, 3]));
 }
 
 #[test]
@@ -740,7 +778,7 @@ fn every_example_is_shipped_and_listed() {
     assert!(names.contains(&"tlb-flush2"), "{names:?}");
     let exit_storm =
         v["scripts"].as_array().expect("scripts").iter().find(|s| s["name"] == "exit-storm").expect("exit-storm");
-    assert_eq!(exit_storm["runs"], true);
+    assert_eq!(exit_storm["file"], "examples/scripts/exit-storm.mmemu");
     // The storm scenarios say which script they run; the races are Rust.
     let sc = v["scenarios"].as_array().expect("scenarios");
     let script_of = |n: &str| sc.iter().find(|s| s["name"] == n).map(|s| s["script"].clone());

@@ -719,7 +719,7 @@ mod arm64_unshare {
         k.set_cpu(CpuId(1));
         switch_mm(&k, &p1);
         exit_mm(&k, &p1);
-        assert_eq!(truncate_inode_pages(&k, &f), 0);
+        assert_eq!(truncate_inode_pages(&k, &f, 0), 0);
         crate::ops::test_util::drop_lazy_mms(&k);
         k.rcu_barrier();
         assert_eq!(k.alloc.in_use().total(), 0, "leaked frames");
@@ -791,7 +791,7 @@ mod arm64_unshare {
         exit_mm(&k, &p1);
         k.set_cpu(CpuId(0));
         exit_mm(&k, &p2);
-        assert_eq!(truncate_inode_pages(&k, &f), 0);
+        assert_eq!(truncate_inode_pages(&k, &f, 0), 0);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::MmStruct;
 use crate::page::Folio;
-use crate::sync::{Arc, Mutex, RwLock};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
 use std::collections::BTreeMap;
 
 /// One mapping of the file: (mm, VMA start, VMA end, pgoff at start, and
@@ -28,8 +28,15 @@ pub struct AddressSpace {
     /// Unique id (`Kernel::next_id`, shared with mm ids): names the file in
     /// oracles and reports.
     pub id: u64,
-    /// File size in pages.
+    /// The file's size in pages when it was made: the most it ever holds
+    /// (the model never extends a file; `mmap` refuses a mapping past it).
     pub nr_pages: u64,
+    /// `inode->i_size >> PAGE_SHIFT`: the current size in pages (sizes are
+    /// page multiples here).  Starts at `nr_pages`; `truncate_setsize`
+    /// lowers it, and a fault at or past it is VM_FAULT_SIGBUS
+    /// (`filemap_fault`).  Read it with `i_size_read_pages`.
+    #[doc(alias = "i_size")]
+    pub i_size_pages: AtomicU64,
     /// `i_pages`: page index → folio (holding one reference).
     pub i_pages: Mutex<BTreeMap<u64, Folio>>,
     /// `i_mmap` under `i_mmap_rwsem`: this lock *is* the i_mmap_rwsem
@@ -50,10 +57,21 @@ impl AddressSpace {
         Self {
             id,
             nr_pages,
+            i_size_pages: AtomicU64::new(nr_pages),
             i_pages: Mutex::new(BTreeMap::new()),
             i_mmap: RwLock::new(Vec::new()),
             disk: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// `i_size_read(inode) >> PAGE_SHIFT`
+    pub fn i_size_read_pages(&self) -> u64 {
+        self.i_size_pages.load(Ordering::SeqCst)
+    }
+
+    /// `i_size_write(inode, pages << PAGE_SHIFT)`
+    pub fn i_size_write_pages(&self, pages: u64) {
+        self.i_size_pages.store(pages, Ordering::SeqCst);
     }
 
     /// `vma_interval_tree_insert`

@@ -23,6 +23,9 @@ use crate::sync::{Arc, Ordering};
 pub enum FaultError {
     /// No VMA, or the VMA does not allow the access.
     Segv,
+    /// `VM_FAULT_SIGBUS`: a file page at or past the file's end
+    /// (`filemap_fault` against `i_size`).
+    Sigbus,
     /// Out of memory.
     Oom,
     /// A mapping kind this model does not fault in through this path.
@@ -174,13 +177,20 @@ pub fn do_anonymous_page_mthp(k: &Kernel, mm: &Arc<MmStruct>, va: u64, order: u3
 }
 
 /// `filemap_fault`: find or read the page-cache folio for `pgoff`; returns
-/// it with an extra reference for the caller.
+/// it with an extra reference for the caller.  A page at or past EOF
+/// (`index >= DIV_ROUND_UP(i_size, PAGE_SIZE)`) is `VM_FAULT_SIGBUS`; the
+/// size is read under the `i_pages` lock, which `truncate_inode_pages_range`
+/// takes after `truncate_setsize` lowered it, so a fault either sees the new
+/// size or inserts a folio that truncation then removes.
 pub(crate) fn filemap_get_folio(
     k: &Kernel,
     mapping: &crate::mm::AddressSpace,
     pgoff: u64,
 ) -> Result<Folio, FaultError> {
     let mut pages = mapping.i_pages.lock();
+    if pgoff >= mapping.i_size_read_pages() {
+        return Err(FaultError::Sigbus);
+    }
     if let Some(f) = pages.get(&pgoff) {
         k.mem.folio_get(*f);
         return Ok(*f);

@@ -5,9 +5,8 @@
 //! must still flush if the other has not yet (mm_tlb_flush_nested).
 
 use super::mmap::{check_range, MmError};
-use super::zap::unmap_single_vma;
+use super::zap::zap_page_range_single;
 use crate::check::stale_after_zap::sanitize_stale_after_zap;
-use crate::gather::MmuGather;
 use crate::kernel::Kernel;
 use crate::mm::MmStruct;
 use crate::sync::Arc;
@@ -24,20 +23,11 @@ pub fn madvise_dontneed(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, len: u64) -> 
         if vma.is_hugetlb() {
             return Err(MmError::Inval("MADV_DONTNEED on hugetlb is handled by the hugetlb code".into()));
         }
-        zap_page_range_single(k, mm, vma, addr.max(vma.start), end.min(vma.end));
+        // madvise_dontneed_single_vma: v6.12 passes no details (zap all).
+        zap_page_range_single(k, mm, vma, addr.max(vma.start), end.min(vma.end), None);
     }
     // Post-syscall coherence: no CPU running mm may still reach a page
     // this call threw away (`stale-after-zap`).
     sanitize_stale_after_zap(k, mm, addr, end);
     Ok(())
-}
-
-/// `zap_page_range_single`
-pub fn zap_page_range_single(k: &Kernel, mm: &MmStruct, vma: &crate::mm::Vma, start: u64, end: u64) {
-    let mut tlb = MmuGather::tlb_gather_mmu(k, mm);
-    unmap_single_vma(&mut tlb, vma, start, end);
-    // Pre-6bbd42e2df8f: ->invalidate_range at the range_end (after the
-    // gather's own mmu_notifier_invalidate_range in tlb_flush_mmu_tlbonly).
-    crate::notifier::mmu_notifier_invalidate_range_end(k, mm, start, end);
-    tlb.tlb_finish_mmu();
 }

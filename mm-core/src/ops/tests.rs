@@ -175,7 +175,7 @@ fn shared_file_write_writeback_and_redirty() {
     exit_mm(&k, &mm2);
     run_on(&k, 0, &mm);
     exit_mm(&k, &mm);
-    assert_eq!(truncate_inode_pages(&k, &file), 0);
+    assert_eq!(truncate_inode_pages(&k, &file, 0), 0);
     assert_no_leaks(&k);
     assert_eq!(k.san.count(), 0);
 }
@@ -195,7 +195,7 @@ fn zap_of_dirty_file_page_delays_rmap_and_keeps_data() {
     assert_eq!(writeback_mapping(&k, &file), 1);
     assert_eq!(file.disk.lock().get(&2).unwrap()[0], 55);
     exit_mm(&k, &mm);
-    assert_eq!(truncate_inode_pages(&k, &file), 0);
+    assert_eq!(truncate_inode_pages(&k, &file, 0), 0);
     assert_no_leaks(&k);
     assert_eq!(k.san.count(), 0);
 }

@@ -93,7 +93,7 @@ fn writeback_race(delay_rmap: bool) -> (Arc<Kernel>, usize, bool) {
     exit_mm(&k, &mm);
     k.set_cpu(CpuId(1));
     crate::tlb::switch_to_init_mm(&k, CpuId(1));
-    truncate_inode_pages(&k, &file);
+    truncate_inode_pages(&k, &file, 0);
     assert_no_leaks(&k);
     (k, lost, waited)
 }
@@ -134,7 +134,7 @@ fn folio_mkclean_skips_unmapped_folio() {
     k.mem.add_rmap_ptes(folio.pfn(), 1);
     assert_eq!(folio_mkclean(&k, &file, folio), 1);
     exit_mm(&k, &mm);
-    truncate_inode_pages(&k, &file);
+    truncate_inode_pages(&k, &file, 0);
     assert_no_leaks(&k);
 }
 
@@ -157,7 +157,7 @@ fn dirty_oracle_flags_clean_page_with_unwritten_data() {
     assert_eq!(oracle.check(&k), 1);
     assert_eq!(k.san.count_kind(ViolationKind::LostDirtyData), 1);
     exit_mm(&k, &mm);
-    truncate_inode_pages(&k, &file);
+    truncate_inode_pages(&k, &file, 0);
     assert_no_leaks(&k);
 }
 
@@ -196,7 +196,7 @@ fn shared_write_fault_waits_for_the_folio_lock() {
     assert!(!k.mem.folio(folio).test(crate::page::flags::PG_LOCKED));
     assert_eq!(k.read_user(&mm, BASE).unwrap(), 7);
     exit_mm(&k, &mm);
-    truncate_inode_pages(&k, &file);
+    truncate_inode_pages(&k, &file, 0);
     assert_no_leaks(&k);
 }
 
@@ -225,7 +225,7 @@ fn nested_zap(arch: Arch, detect: bool) -> (Arc<Kernel>, bool) {
     let mut t1 = MmuGather::tlb_gather_mmu(&k, &mm);
     t1.tlb_start_vma(&vma);
     let table = pgtable::lookup_table(&k, &mm, BASE, Level::Pte).unwrap();
-    assert_eq!(zap::zap_pte_range(&mut t1, &vma, table, BASE, BASE + 4 * PS), BASE + 4 * PS);
+    assert_eq!(zap::zap_pte_range(&mut t1, &vma, table, BASE, BASE + 4 * PS, None), BASE + 4 * PS);
     // T2 on CPU1: the whole madvise, then the application reads.
     k.set_cpu(CpuId(1));
     madvise_dontneed(&k, &mm, BASE, 4 * PS).unwrap();
@@ -286,7 +286,7 @@ fn permission_upgrade(on: bool) -> (Arc<Kernel>, Result<u64, DmaError>, usize) {
     dev.iommu_sva_unbind_device();
     k.set_cpu(CpuId(0));
     exit_mm(&k, &mm);
-    truncate_inode_pages(&k, &file);
+    truncate_inode_pages(&k, &file, 0);
     assert_no_leaks(&k);
     (k, r, incoherent)
 }
@@ -431,7 +431,7 @@ fn folio_pages_batching_zap_of_2mib_folio_takes_2_slots_not_512() {
         let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
         tlb.tlb_start_vma(&vma);
         let table = pgtable::lookup_table(&k, &mm, BASE, Level::Pte).unwrap();
-        assert_eq!(zap::zap_pte_range(&mut tlb, &vma, table, BASE, BASE + pmd), BASE + pmd);
+        assert_eq!(zap::zap_pte_range(&mut tlb, &vma, table, BASE, BASE + pmd, None), BASE + pmd);
         if on {
             assert_eq!(tlb.nr_gathered(), 2);
             assert_eq!(

@@ -16,13 +16,17 @@ use crate::ops::fault::handle_mm_fault;
 use crate::stats::Stat;
 use crate::sync::Arc;
 
-/// A user access that could not be satisfied: SIGSEGV.
+/// A user access that could not be satisfied: SIGSEGV, or SIGBUS when
+/// `sigbus` (the fault was `VM_FAULT_SIGBUS`: a file page past EOF).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segv {
     /// The faulting user address (`si_addr`).
     pub va: u64,
     /// The MMU fault `handle_mm_fault` could not resolve.
     pub fault: Fault,
+    /// The kernel would send SIGBUS rather than SIGSEGV (`mm_fault_error`
+    /// with VM_FAULT_SIGBUS → `do_sigbus`).
+    pub sigbus: bool,
 }
 
 impl Kernel {
@@ -40,7 +44,11 @@ impl Kernel {
                 Err(fault) => {
                     self.stats.inc(cpu, Stat::PageFaults);
                     let write = matches!(op, Access::Write(_));
-                    handle_mm_fault(self, mm, va, write).map_err(|_| Segv { va, fault })?;
+                    handle_mm_fault(self, mm, va, write).map_err(|e| Segv {
+                        va,
+                        fault,
+                        sigbus: e == crate::ops::fault::FaultError::Sigbus,
+                    })?;
                 }
             }
         }

@@ -140,20 +140,3 @@ pub fn invalidate_mapping_pages(k: &Kernel, mapping: &AddressSpace, start: u64, 
     }
     evicted
 }
-
-/// `truncate_inode_pages`: drop every page-cache page of `mapping`.  Pages
-/// still mapped are a caller bug (returns their count and keeps them).
-pub fn truncate_inode_pages(k: &Kernel, mapping: &AddressSpace) -> usize {
-    let mut pages = mapping.i_pages.lock();
-    let mut still_mapped = 0;
-    let all: Vec<(u64, Folio)> = pages.iter().map(|(i, f)| (*i, *f)).collect();
-    for (i, f) in all {
-        if k.mem.folio_mapped(f) {
-            still_mapped += 1;
-            continue;
-        }
-        pages.remove(&i);
-        k.folio_put(f);
-    }
-    still_mapped
-}

@@ -28,10 +28,56 @@ use crate::pgtable;
 use crate::sync::Ordering;
 use crate::types::Pfn;
 
-/// `unmap_vmas(tlb, vmas, start, end)`
+/// `struct zap_details` (mm/memory.c, v6.12): what a zap may leave behind.
+/// `None` (a NULL `details`) zaps everything.  Only `even_cows` is
+/// modelled: `single_folio` serves the THP pmd-lock handshake in
+/// `zap_pmd_range` and `zap_flags` the uffd-wp markers, neither of which
+/// the model has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZapDetails {
+    /// Zap COWed private (anonymous) pages too?  `false` keeps them: the
+    /// callers that only want the file's own pages gone
+    /// (`unmap_mapping_folio`, `unmap_mapping_pages(.., false)`).
+    pub even_cows: bool,
+}
+
+/// `should_zap_cows`: no details, or `even_cows`.
+fn should_zap_cows(details: Option<&ZapDetails>) -> bool {
+    details.is_none_or(|d| d.even_cows)
+}
+
+/// `should_zap_folio`: unless COWs go too, only non-anonymous folios (the
+/// file's page-cache pages) are zapped; a private anon copy stays mapped.
+pub(crate) fn should_zap_folio(k: &Kernel, details: Option<&ZapDetails>, folio: crate::page::Folio) -> bool {
+    should_zap_cows(details) || !k.mem.folio(folio).test(flags::PG_ANON)
+}
+
+/// `zap_page_range_single(vma, address, size, details)`: its own gather on
+/// `vma`'s mm (`tlb_gather_mmu` … `tlb_finish_mmu`), so the flush — and the
+/// IPIs to the CPUs running that mm — happens before it returns.  The range
+/// must lie in one VMA.
+pub fn zap_page_range_single(
+    k: &Kernel,
+    mm: &crate::mm::MmStruct,
+    vma: &Vma,
+    start: u64,
+    end: u64,
+    details: Option<&ZapDetails>,
+) {
+    let mut tlb = MmuGather::tlb_gather_mmu(k, mm);
+    unmap_single_vma(&mut tlb, vma, start, end, details);
+    // Pre-6bbd42e2df8f: ->invalidate_range at the range_end (after the
+    // gather's own mmu_notifier_invalidate_range in tlb_flush_mmu_tlbonly).
+    crate::notifier::mmu_notifier_invalidate_range_end(k, mm, start, end);
+    tlb.tlb_finish_mmu();
+}
+
+/// `unmap_vmas(tlb, vmas, start, end)`: v6.12 zaps with
+/// `details = { .even_cows = true }` ("we need to zap private pages too").
 pub fn unmap_vmas<'v>(tlb: &mut MmuGather<'_>, vmas: impl IntoIterator<Item = &'v Vma>, start: u64, end: u64) {
+    let details = ZapDetails { even_cows: true };
     for vma in vmas {
-        unmap_single_vma(tlb, vma, start, end);
+        unmap_single_vma(tlb, vma, start, end, Some(&details));
     }
     // mmu_notifier_invalidate_range_end of the MMU_NOTIFY_UNMAP range: before
     // 6bbd42e2df8f it called every subscriber's ->invalidate_range.
@@ -40,7 +86,13 @@ pub fn unmap_vmas<'v>(tlb: &mut MmuGather<'_>, vmas: impl IntoIterator<Item = &'
 }
 
 /// `unmap_single_vma`
-pub fn unmap_single_vma(tlb: &mut MmuGather<'_>, vma: &Vma, start_addr: u64, end_addr: u64) {
+pub fn unmap_single_vma(
+    tlb: &mut MmuGather<'_>,
+    vma: &Vma,
+    start_addr: u64,
+    end_addr: u64,
+    details: Option<&ZapDetails>,
+) {
     let start = vma.start.max(start_addr);
     let end = vma.end.min(end_addr);
     if start >= end {
@@ -51,11 +103,11 @@ pub fn unmap_single_vma(tlb: &mut MmuGather<'_>, vma: &Vma, start_addr: u64, end
         super::hugetlb::unmap_hugepage_range(tlb, vma, start, end);
         return;
     }
-    unmap_page_range(tlb, vma, start, end);
+    unmap_page_range(tlb, vma, start, end, details);
 }
 
 /// `unmap_page_range`: the walk between `tlb_start_vma` and `tlb_end_vma`.
-pub fn unmap_page_range(tlb: &mut MmuGather<'_>, vma: &Vma, addr: u64, end: u64) {
+pub fn unmap_page_range(tlb: &mut MmuGather<'_>, vma: &Vma, addr: u64, end: u64, details: Option<&ZapDetails>) {
     let k = tlb.kernel();
     let mm = tlb.mm();
     tlb.tlb_start_vma(vma);
@@ -64,27 +116,41 @@ pub fn unmap_page_range(tlb: &mut MmuGather<'_>, vma: &Vma, addr: u64, end: u64)
         let next = pgtable::addr_end(k, Level::Pgd, a, end);
         let e = pgtable::read(k, mm.pgd, Level::Pgd, a);
         if e.present() {
-            zap_pud_range(tlb, vma, e.pfn(), a, next);
+            zap_pud_range(tlb, vma, e.pfn(), a, next, details);
         }
         a = next;
     }
     tlb.tlb_end_vma(vma);
 }
 
-fn zap_pud_range(tlb: &mut MmuGather<'_>, vma: &Vma, pud_table: Pfn, addr: u64, end: u64) {
+fn zap_pud_range(
+    tlb: &mut MmuGather<'_>,
+    vma: &Vma,
+    pud_table: Pfn,
+    addr: u64,
+    end: u64,
+    details: Option<&ZapDetails>,
+) {
     let k = tlb.kernel();
     let mut a = addr;
     while a < end {
         let next = pgtable::addr_end(k, Level::Pud, a, end);
         let e = pgtable::read(k, pud_table, Level::Pud, a);
         if e.present() {
-            zap_pmd_range(tlb, vma, e.pfn(), a, next);
+            zap_pmd_range(tlb, vma, e.pfn(), a, next, details);
         }
         a = next;
     }
 }
 
-fn zap_pmd_range(tlb: &mut MmuGather<'_>, vma: &Vma, pmd_table: Pfn, addr: u64, end: u64) {
+fn zap_pmd_range(
+    tlb: &mut MmuGather<'_>,
+    vma: &Vma,
+    pmd_table: Pfn,
+    addr: u64,
+    end: u64,
+    details: Option<&ZapDetails>,
+) {
     let k = tlb.kernel();
     let mut a = addr;
     while a < end {
@@ -106,7 +172,7 @@ fn zap_pmd_range(tlb: &mut MmuGather<'_>, vma: &Vma, pmd_table: Pfn, addr: u64, 
         if e.present() && !e.huge() {
             let mut at = a;
             while at < next {
-                at = zap_pte_range(tlb, vma, e.pfn(), at, next);
+                at = zap_pte_range(tlb, vma, e.pfn(), at, next, details);
                 k.smp.cond_resched();
             }
         }
@@ -116,7 +182,14 @@ fn zap_pmd_range(tlb: &mut MmuGather<'_>, vma: &Vma, pmd_table: Pfn, addr: u64, 
 
 /// `zap_pte_range`: returns the address it got to (less than `end` when
 /// the gather filled up and it stopped early, like the kernel).
-pub fn zap_pte_range(tlb: &mut MmuGather<'_>, vma: &Vma, pte_table: Pfn, addr: u64, end: u64) -> u64 {
+pub fn zap_pte_range(
+    tlb: &mut MmuGather<'_>,
+    vma: &Vma,
+    pte_table: Pfn,
+    addr: u64,
+    end: u64,
+    details: Option<&ZapDetails>,
+) -> u64 {
     let k = tlb.kernel();
     let mm = tlb.mm();
     let ps = k.cfg.geometry.page_size();
@@ -136,6 +209,12 @@ pub fn zap_pte_range(tlb: &mut MmuGather<'_>, vma: &Vma, pte_table: Pfn, addr: u
             // clear it and record the range; nothing goes in the batch.
             pgtable::get_and_clear(k, pte_table, Level::Pte, a);
             tlb.tlb_remove_tlb_entry(a);
+            a += ps;
+            continue;
+        }
+        // zap_present_ptes: `should_zap_folio` — a private COW copy the
+        // caller wants kept stays mapped, and counts as one PTE looked at.
+        if !should_zap_folio(k, details, k.mem.page_folio(ptent.pfn())) {
             a += ps;
             continue;
         }

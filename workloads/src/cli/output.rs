@@ -130,7 +130,7 @@ pub(super) fn list(json: bool) -> Result<i32, CliError> {
             .into_iter()
             .map(|r| {
                 serde_json::json!({"name": r.name, "file": r.file, "about": r.about, "arch": r.arch,
-                                   "cpus": r.cpus, "runs": r.runs.is_none(), "not_run_yet": r.runs})
+                                   "cpus": r.cpus})
             })
             .collect();
         let kernels: Vec<_> = mm_core::KernelVersion::ALL.iter().map(|v| v.name()).collect();
@@ -177,11 +177,7 @@ pub(super) fn list(json: bool) -> Result<i32, CliError> {
     );
     for r in shipped_rows() {
         let _ = writeln!(out, "  {:<26}{}", r.name, r.about);
-        let runs = match &r.runs {
-            None => "runs".to_string(),
-            Some(why) => format!("check only: {why}"),
-        };
-        let _ = writeln!(out, "  {:<26}{}, arch {}, {} CPUs, {runs}", "", r.file, r.arch, r.cpus);
+        let _ = writeln!(out, "  {:<26}{}, arch {}, {} CPUs", "", r.file, r.arch, r.cpus);
     }
     emit(&out)?;
     Ok(0)
@@ -194,8 +190,6 @@ struct ShippedRow {
     about: String,
     arch: &'static str,
     cpus: u64,
-    /// Why the interpreter does not run it yet (None: it runs).
-    runs: Option<String>,
 }
 
 fn shipped_rows() -> Vec<ShippedRow> {
@@ -205,15 +199,12 @@ fn shipped_rows() -> Vec<ShippedRow> {
             let path = format!("examples/scripts/{file}");
             let s = crate::script::parse(&path, src).ok()?;
             let c = crate::script::check(&path, &s, &[]).ok()?;
-            let runs = crate::script::interp::unsupported(&path, &s)
-                .map(|e| e.msg.split(',').next().unwrap_or("").to_string());
             Some(ShippedRow {
                 name: c.name.clone(),
                 file: path,
                 about: s.header.about.clone().unwrap_or_default(),
                 arch: c.arch.name(),
                 cpus: c.cpus,
-                runs,
             })
         })
         .collect()

@@ -98,12 +98,13 @@ impl Rig<'_> {
         Ok(())
     }
 
-    /// Truncate `file`'s page cache now, on `cpu`; returns the folios that
-    /// were still mapped (0 once every mm mapping it exited).
+    /// Truncate `file`'s page cache now, on `cpu` (`truncate_inode_pages`
+    /// from 0); returns the folios that were still mapped — which it
+    /// unmapped, as the kernel's does (0 once every mm mapping it exited).
     pub fn truncate(&mut self, cpu: CpuId, file: &Arc<AddressSpace>) -> Result<usize, RunError> {
         self.files.retain(|f| !Arc::ptr_eq(f, file));
         let f = file.clone();
-        Ok(self.sys.run_kthread(cpu, move |k| mm_core::ops::truncate_inode_pages(k, &f))?)
+        Ok(self.sys.run_kthread(cpu, move |k| mm_core::ops::truncate_inode_pages(k, &f, 0))?)
     }
 
     /// Rounds 1..=`p.iterations` of `round(rig, n)`, which returns whether

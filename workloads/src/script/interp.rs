@@ -7,7 +7,8 @@
 //! with their contents on disk), `write`, `read` (with
 //! `expect`), `peek`, `munmap`, `mprotect`, `madvise … dontneed`, `msync`
 //! (`filemap_fdatawrite_range`), `fadvise … dontneed`
-//! (`invalidate_mapping_pages`), `truncate` to 0 (`truncate_inode_pages`),
+//! (`invalidate_mapping_pages`), `truncate` (`ftruncate`: `do_sys_ftruncate`
+//! → `truncate_setsize` → `truncate_pagecache`, to SIZE or 0),
 //! `fork`, `exec`, `exit`, `spin`, `sleep`, `barrier`, `repeat`,
 //! `repeat until budget`, `for` (also `shuffled`) and `rand`; files with
 //! zero contents; `gup-fast` (`gup_fast`, pages released after) and
@@ -21,9 +22,7 @@
 //! run when the CPU's current thread blocks, or by a drainer task queued
 //! behind it) and `join` (a blocking wait: the CPU idles lazily); the
 //! header's knobs; every mmap kind (anon-shared and hugetlb: an object of
-//! their own, `Shared::objects`, dropped with its last unmap).  A truncate
-//! to a size is refused before the machine boots, naming its line: the
-//! rest of issue 14.
+//! their own, `Shared::objects`, dropped with its last unmap).
 //!
 //! A barrier is a generation counter that its threads wait on with
 //! `cpu_relax` (an interrupt point: a waiting CPU still serves flush
@@ -45,7 +44,6 @@ use mm_core::{CpuId, Kernel};
 
 use super::ast::*;
 use super::check::{Checked, KnobSetting, PAGE};
-use super::ScriptError;
 use crate::error::RunError;
 use crate::outcome::Outcome;
 use crate::scenarios::native::{boot, finish, join_into, sys, syscall_entry, Rng, WorkLog};
@@ -74,57 +72,15 @@ pub struct ScriptRun {
     pub failed: Vec<String>,
 }
 
-/// The first step the interpreter cannot run yet, as an error line.
-pub fn unsupported(file: &str, s: &Script) -> Option<ScriptError> {
-    let e = |span: Span, what: &str| {
-        Some(ScriptError::new(
-            file,
-            span,
-            format!("found {what}, which the interpreter does not run yet (issue 14); allowed by `mmemu check` only"),
-        ))
-    };
-    fn walk(b: &[Step]) -> Option<(Span, String)> {
-        for st in b {
-            let bad = match &st.kind {
-                StepKind::Mmap { .. } => None,
-                StepKind::Truncate { size: Some(_), .. } => Some("a truncate to a size".to_string()),
-                StepKind::Msync { .. } | StepKind::Fadvise { .. } | StepKind::Truncate { .. } => None,
-                StepKind::GupFast { .. } | StepKind::Collapse { .. } | StepKind::Device { .. } => None,
-                StepKind::Start { .. } | StepKind::Join { .. } => None,
-                StepKind::Write { .. }
-                | StepKind::Read { .. }
-                | StepKind::Munmap { .. }
-                | StepKind::Mprotect { .. }
-                | StepKind::Madvise { .. }
-                | StepKind::Exit { .. }
-                | StepKind::Spin
-                | StepKind::Sleep
-                | StepKind::Barrier { .. }
-                | StepKind::Peek { .. } => None,
-                StepKind::Fork { body, .. }
-                | StepKind::Exec { body, .. }
-                | StepKind::Spawn { body, .. }
-                | StepKind::Repeat { body, .. }
-                | StepKind::RepeatUntilBudget { body }
-                | StepKind::For { body, .. } => return walk(body).or_else(|| walk_rest(b, st)),
-            };
-            if let Some(w) = bad {
-                return Some((st.span, w));
-            }
-        }
-        None
+/// The signal a failed user access delivers: SIGBUS for a file page past
+/// EOF (`VM_FAULT_SIGBUS`), SIGSEGV otherwise.  `read … expect segv`
+/// accepts either.
+fn signal(e: &mm_core::ops::Segv) -> &'static str {
+    if e.sigbus {
+        "SIGBUS"
+    } else {
+        "SIGSEGV"
     }
-    // The steps after a block, once the block itself is clean.
-    fn walk_rest(b: &[Step], st: &Step) -> Option<(Span, String)> {
-        let i = b.iter().position(|x| std::ptr::eq(x, st))?;
-        walk(&b[i + 1..])
-    }
-    for t in &s.threads {
-        if let Some((span, what)) = walk(&t.body) {
-            return e(span, &what);
-        }
-    }
-    None
 }
 
 /// A mapped region: where, how many pages, and the file (index into
@@ -281,7 +237,7 @@ impl Shared {
             if !o.i_mmap.read().is_empty() {
                 return true;
             }
-            mm_core::ops::writeback::truncate_inode_pages(k, o);
+            mm_core::ops::truncate::truncate_inode_pages(k, o, 0);
             false
         });
     }
@@ -666,10 +622,11 @@ impl Runner<'_> {
                 };
                 for p in a..b {
                     self.budget_check(p - a)?;
-                    if k.write_user(mm, addr + p * PAGE, v).is_err() {
-                        return Err(
-                            self.fail(st.span, format!("write of page {p} of '{}' faulted (SIGSEGV)", loc.region.text))
-                        );
+                    if let Err(e) = k.write_user(mm, addr + p * PAGE, v) {
+                        return Err(self.fail(
+                            st.span,
+                            format!("write of page {p} of '{}' faulted ({})", loc.region.text, signal(&e)),
+                        ));
                     }
                 }
             }
@@ -683,7 +640,8 @@ impl Runner<'_> {
                 };
                 for p in a..b {
                     self.budget_check(p - a)?;
-                    let got = k.read_user(mm, addr + p * PAGE).ok();
+                    let r = k.read_user(mm, addr + p * PAGE);
+                    let got = r.as_ref().ok().copied();
                     match want {
                         Some(w) if w != got => {
                             self.sh.reads_failed.fetch_add(1, Ordering::Relaxed);
@@ -700,8 +658,9 @@ impl Runner<'_> {
                             self.sh.first_bad_read.lock().expect("read lock").get_or_insert(msg);
                         }
                         None if got.is_none() => {
+                            let sig = r.err().map_or("SIGSEGV", |e| signal(&e));
                             return Err(self
-                                .fail(st.span, format!("read of page {p} of '{}' faulted (SIGSEGV)", loc.region.text)))
+                                .fail(st.span, format!("read of page {p} of '{}' faulted ({sig})", loc.region.text)));
                         }
                         _ => {}
                     }
@@ -799,13 +758,23 @@ impl Runner<'_> {
                 mm_core::ops::writeback::invalidate_mapping_pages(k, &mapping, a, b);
                 self.work.op();
             }
-            StepKind::Truncate { size: Some(_), .. } => {
-                return Err(self.fail(st.span, "a truncate to a size is not run by the interpreter yet"));
-            }
-            StepKind::Truncate { file, size: None } => {
+            StepKind::Truncate { file, size } => {
+                // ftruncate(fd, SIZE) (0 without `size`): do_sys_ftruncate →
+                // truncate_setsize → truncate_pagecache.
                 let (_, mapping) = self.file(file)?;
-                let _t = syscall_entry(k, "truncate");
-                mm_core::ops::writeback::truncate_inode_pages(k, &mapping);
+                let bytes = match size {
+                    Some(sz) => {
+                        let n = self.eval(&sz.expr)?;
+                        if sz.pages {
+                            n * PAGE
+                        } else {
+                            n
+                        }
+                    }
+                    None => 0,
+                };
+                let _t = syscall_entry(k, "ftruncate");
+                mm_core::ops::truncate::do_sys_ftruncate(k, &mapping, bytes);
                 self.work.op();
             }
             StepKind::GupFast { loc, write, pin, stall } => {
@@ -1052,9 +1021,6 @@ fn barrier_names(body: &[Step], out: &mut Vec<String>) {
 /// Run the checked script `s` on a machine booted from `ctx` (whose
 /// `kcfg` already carries the header's arch, CPUs and reverts).
 pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, RunError> {
-    if let Some(e) = unsupported(file, s) {
-        return Err(RunError::Config(e.to_string()));
-    }
     let n = ctx.nr_cpus() as u64;
     // Instances: (thread, cpu).
     let mut inst: Vec<(&Thread, u64)> = Vec::new();
@@ -1270,7 +1236,7 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         }
         // The page cache goes with the files (the leak check counts it).
         for (_, f) in &files {
-            mm_core::ops::writeback::truncate_inode_pages(k, f);
+            mm_core::ops::truncate::truncate_inode_pages(k, f, 0);
         }
         last.release_objects(k);
     });

@@ -75,9 +75,6 @@ pub fn load(path: &str) -> Result<&'static Scenario, String> {
 pub fn load_source(path: &str, src: &str) -> Result<&'static Scenario, String> {
     let script = parse(path, src).map_err(|e| e.to_string())?;
     let checked = check(path, &script, &[]).map_err(|e| e.to_string())?;
-    if let Some(e) = interp::unsupported(path, &script) {
-        return Err(e.to_string());
-    }
     let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
     let params: Vec<ParamSpec> = script
         .params

@@ -23,6 +23,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("tlb-flush1.mmemu", include_str!("../../../examples/scripts/tlb-flush1.mmemu")),
     ("tlb-flush2.mmemu", include_str!("../../../examples/scripts/tlb-flush2.mmemu")),
     ("tlb-flush3.mmemu", include_str!("../../../examples/scripts/tlb-flush3.mmemu")),
+    ("truncate-mapped.mmemu", include_str!("../../../examples/scripts/truncate-mapped.mmemu")),
 ];
 
 /// The script name of a source (its `script NAME` line), if it parses.

@@ -54,7 +54,7 @@ fn teardown(k: &Kernel, mms: &[&Arc<MmStruct>], files: &[&Arc<AddressSpace>]) {
         exit_mm(k, mm);
     }
     for f in files {
-        assert_eq!(truncate_inode_pages(k, f), 0, "hugetlb pages still mapped after every exit");
+        assert_eq!(truncate_inode_pages(k, f, 0), 0, "hugetlb pages still mapped after every exit");
     }
     assert_no_leaks(k);
     assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
@@ -312,7 +312,7 @@ fn exit_unshares_and_the_last_exit_frees_everything() {
     run_on(&k, 2, &c);
     assert_eq!(k.read_user(&c, HBASE + 8).unwrap(), 0);
     exit_mm(&k, &c);
-    assert_eq!(truncate_inode_pages(&k, &f), 0);
+    assert_eq!(truncate_inode_pages(&k, &f, 0), 0);
     assert_no_leaks(&k);
     assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
 }
@@ -625,7 +625,7 @@ fn unshare_race_without_the_sync_lets_gup_fast_pin_another_process_page() {
     exit_mm(&k, &p1);
     run_on(&k, 0, &p2);
     exit_mm(&k, &p2);
-    assert_eq!(truncate_inode_pages(&k, &f), 0);
+    assert_eq!(truncate_inode_pages(&k, &f, 0), 0);
     assert_no_leaks(&k);
 }
 

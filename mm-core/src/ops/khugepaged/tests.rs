@@ -245,8 +245,8 @@ fn file_setup(k: &Kernel) -> (Arc<MmStruct>, Arc<AddressSpace>) {
     (mm, file)
 }
 
-fn drop_file(k: &Kernel, file: &AddressSpace) {
-    crate::ops::truncate_inode_pages(k, file);
+fn drop_file(k: &Kernel, file: &crate::sync::Arc<AddressSpace>) {
+    crate::ops::truncate_inode_pages(k, file, 0);
 }
 
 #[test]
