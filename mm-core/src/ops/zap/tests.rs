@@ -253,3 +253,127 @@ fn the_zap_hook_fires_once_per_pte_table_zapped_with_its_range_start() {
     assert_no_leaks(&k);
     assert_eq!(k.san.count(), 0);
 }
+
+/// `zap_pte_range` steps over a PFN mapping's special PTEs one page at a
+/// time, from `addr` up: it clears each one (nothing is gathered) and
+/// touches no PTE before `addr`, here the anonymous page of the VMA just
+/// below.
+#[test]
+fn zap_of_a_pfn_mapping_clears_each_special_pte_and_nothing_below_it() {
+    use crate::hw::pte::Level as L;
+    use crate::page::alloc::PageKind;
+    use crate::page::Folio;
+    let k = Kernel::new_sync(KernelConfig::default(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, PS, true).unwrap();
+    k.write_user(&mm, BASE, 5).unwrap();
+    let frames: Vec<_> = (0..3).map(|_| k.alloc_pages(0, PageKind::Kernel).unwrap()).collect();
+    crate::ops::mmap_pfnmap(&k, &mm, BASE + PS, &frames).unwrap();
+    let table = pgtable::lookup_table(&k, &mm, BASE, L::Pte).unwrap();
+    let present = |va: u64| pgtable::read(&k, table, L::Pte, va).present();
+    assert!((0..4).all(|i| present(BASE + i * PS)));
+    let vma = mm.mmap_lock.read().find(BASE + PS).cloned().unwrap();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    unmap_vmas(&mut tlb, [&vma], vma.start, vma.end);
+    assert_eq!(tlb.nr_gathered(), 0, "a PFN mapping gathers no page");
+    tlb.tlb_finish_mmu();
+    assert!((1..4).all(|i| !present(BASE + i * PS)), "every special PTE cleared");
+    assert!(present(BASE), "the page below the range stays mapped");
+    assert_eq!(k.read_user(&mm, BASE).unwrap(), 5);
+    for f in frames {
+        k.folio_put(Folio(f));
+    }
+    crate::ops::munmap(&k, &mm, BASE + PS, 3 * PS).unwrap();
+    finish(&k, &mm);
+}
+
+/// `folio_pte_batch` stops at the zap's end: MADV_DONTNEED of the first
+/// half of a PTE-mapped 8-page folio zaps 4 PTEs, one batch of 4, and the
+/// other half stays mapped (no refault when read).
+#[test]
+fn a_folio_batch_stops_at_the_end_of_the_zap() {
+    let k = Kernel::new_sync(KernelConfig::default(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, M2, true).unwrap();
+    let f = crate::ops::fault::do_anonymous_page_mthp(&k, &mm, BASE, 3).unwrap();
+    for i in 0..8 {
+        k.write_user(&mm, BASE + i * PS, 10 + i).unwrap();
+    }
+    let vma = mm.mmap_lock.read().iter().next().unwrap().clone();
+    let table = pgtable::lookup_table(&k, &mm, BASE, Level::Pte).unwrap();
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    tlb.tlb_start_vma(&vma);
+    assert_eq!(zap_pte_range(&mut tlb, &vma, table, BASE, BASE + 4 * PS, None), BASE + 4 * PS);
+    let e = tlb.local_entries().to_vec();
+    assert_eq!(e.len(), 2, "one fragment: {e:?}");
+    assert_eq!(crate::gather::encoded_page_ptr(e[0]), f.pfn());
+    assert_eq!(crate::gather::encoded_nr_pages(e[1]), 4);
+    tlb.tlb_end_vma(&vma);
+    tlb.tlb_finish_mmu();
+    let faults = k.stats.get(Stat::PageFaults);
+    for i in 4..8 {
+        assert!(pgtable::read(&k, table, Level::Pte, BASE + i * PS).present(), "page {i} past the end");
+        assert_eq!(k.read_user(&mm, BASE + i * PS).unwrap(), 10 + i);
+    }
+    assert_eq!(k.stats.get(Stat::PageFaults), faults, "no refault past the end");
+    assert_eq!(k.mem.folio_mapcount(f), 4);
+    finish(&k, &mm);
+}
+
+/// `folio_pte_batch` stops at the folio's last page and at a PTE that maps
+/// another page than the next one: two physically adjacent 4-page folios
+/// mapped back to back are two batches, and a folio whose pages 2 and 3
+/// are mapped swapped is three.
+#[test]
+fn a_folio_batch_ends_at_the_folio_and_at_a_pfn_out_of_order() {
+    use crate::hw::pte::Pte;
+    use crate::page::alloc::PageKind;
+    use crate::page::Folio;
+    let k = Kernel::new_sync(KernelConfig::default(), 1);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_anon(&k, &mm, BASE, 16 * PS, true).unwrap();
+    let vma = mm.mmap_lock.read().iter().next().unwrap().clone();
+    let table = pgtable::alloc_table(&k, &mm, BASE, Level::Pte).unwrap();
+    let folio = |k: &Kernel| {
+        let f = k.alloc_pages(2, PageKind::Anon).unwrap();
+        k.mem.folio_ref_add(Folio(f), 3);
+        k.mem.add_rmap_ptes(f, 4);
+        f
+    };
+    let (a, b, c) = (folio(&k), folio(&k), folio(&k));
+    assert_eq!(b, a.add(4), "the allocator hands out adjacent blocks on a fresh kernel");
+    let flags = Pte::PRESENT | Pte::USER | Pte::RW;
+    let pages = (0..4).map(|i| a.add(i)).chain((0..4).map(|i| b.add(i))).chain([c, c.add(1), c.add(3), c.add(2)]);
+    for (i, p) in pages.enumerate() {
+        pgtable::write(&k, table, Level::Pte, BASE + i as u64 * PS, Pte::new(p, flags));
+    }
+    mm.rss.fetch_add(12, Ordering::SeqCst);
+    let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+    unmap_vmas(&mut tlb, [&vma], vma.start, vma.end);
+    let frag: Vec<(Pfn, u64)> = {
+        let mut e = tlb.local_entries().to_vec();
+        if !tlb.active_is_local() {
+            e.extend_from_slice(tlb.active_entries());
+        }
+        let mut v = Vec::new();
+        let mut i = 0;
+        while i < e.len() {
+            let p = crate::gather::encoded_page_ptr(e[i]);
+            if e[i].nr_pages_next() {
+                v.push((p, crate::gather::encoded_nr_pages(e[i + 1])));
+                i += 2;
+            } else {
+                v.push((p, 1));
+                i += 1;
+            }
+        }
+        v
+    };
+    assert_eq!(frag, [(a, 4), (b, 4), (c, 2), (c.add(3), 1), (c.add(2), 1)]);
+    tlb.tlb_finish_mmu();
+    assert_eq!(mm.rss.load(Ordering::SeqCst), 0);
+    finish(&k, &mm);
+}
