@@ -42,6 +42,26 @@ pub(super) enum Cmd {
     Stress(StressArgs),
     /// Parse and validate a script (docs/SCRIPTS.md) without running it.
     Check(CheckArgs),
+    /// Run a script on the real host kernel (docs/HOST.md): real processes, pinned threads, /proc/interrupts.
+    Host(HostArgs),
+}
+
+#[derive(Args, Debug)]
+pub(super) struct HostArgs {
+    /// The script (a .mmemu file).
+    #[arg(value_name = "FILE")]
+    pub(super) file: PathBuf,
+    #[command(flatten)]
+    pub(super) budget: BudgetArgs,
+    /// Script parameter (repeatable, once per key; the script's `param` lines).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub(super) params: Vec<String>,
+    /// Seed of the script's rand() and shuffled loops (0..=18446744073709551615).
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_seed, allow_negative_numbers = true)]
+    pub(super) seed: u64,
+    /// Print one JSON report (the `mmemu run --json` shape) instead of the human summary.
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -1,6 +1,7 @@
 //! The `mmemu` command line.  `src/bin/mmemu.rs` only calls `main()`:
 //! parse (`args`: clap, the value parsers, one-line usage errors), run the
-//! subcommand (`output::list`, or `run`: run / reproduce / stress / check), and map
+//! subcommand (`output::list`, `run`: run / reproduce / stress / check, or
+//! `host`: a script on the host kernel), and map
 //! the result to the exit status.  `output` is everything written.
 //!
 //! Exit status: 0 success; 1 the run found something (violation, leak,
@@ -17,6 +18,7 @@
 //! write error); every report goes through `emit`.
 
 mod args;
+mod host;
 mod output;
 mod run;
 
@@ -55,6 +57,7 @@ pub fn main() -> i32 {
         Cmd::Reproduce(a) => run::reproduce(a),
         Cmd::Stress(a) => run::stress(a),
         Cmd::Check(a) => run::check(a),
+        Cmd::Host(a) => host::host(a),
     };
     match r {
         Ok(code) => code,

@@ -1,0 +1,137 @@
+//! The memory every process of a host run shares: one
+//! mmap(MAP_SHARED | MAP_ANONYMOUS) made before the first fork, so each
+//! process sees it at the same address.  It holds the futex words
+//! (barriers, the start gate, the count of working threads, held threads'
+//! start flags), the per-thread work and scheduling record the parent
+//! reports, and the first error line.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+/// Thread instances, barriers and held threads a host run has room for.
+pub const MAX_THREADS: usize = 256;
+pub const MAX_BARRIERS: usize = 256;
+pub const MAX_HELD: usize = 64;
+const MESSAGE: usize = 1000;
+
+/// A generation barrier: `generation` is the futex word.
+#[repr(C)]
+pub struct BarrierSlot {
+    pub parties: AtomicU32,
+    pub arrived: AtomicU32,
+    pub generation: AtomicU32,
+}
+
+/// One declared thread's record (its fork children add to it too).
+#[repr(C)]
+pub struct ThreadSlot {
+    pub rounds: AtomicU64,
+    pub ops: AtomicU64,
+    pub digest: AtomicU64,
+    /// Set once the thread no longer counts in `Arena::working`.
+    pub finished: AtomicU32,
+    /// 1 once it reached `spin`.
+    pub spun: AtomicU32,
+    /// While spinning: ns on its CPU (schedstat) and ns of wall time.
+    pub spin_run_ns: AtomicU64,
+    pub spin_wall_ns: AtomicU64,
+    /// Its whole run: ns on its CPU and of wall time, involuntary and
+    /// voluntary context switches.
+    pub run_ns: AtomicU64,
+    pub wall_ns: AtomicU64,
+    pub nivcsw: AtomicU64,
+    pub nvcsw: AtomicU64,
+    /// The step it is at, `line << 32 | column` (a fault names it).
+    pub step: AtomicU64,
+}
+
+/// A line of text written once (the first writer wins).
+#[repr(C)]
+pub struct Message {
+    claimed: AtomicU32,
+    len: AtomicU32,
+    bytes: [AtomicU8; MESSAGE],
+}
+
+impl Message {
+    /// Keep `s` if no line was kept yet.
+    pub fn set(&self, s: &str) {
+        if self.claimed.swap(1, Ordering::SeqCst) != 0 {
+            return;
+        }
+        let b = &s.as_bytes()[..s.len().min(MESSAGE)];
+        for (i, x) in b.iter().enumerate() {
+            self.bytes[i].store(*x, Ordering::Relaxed);
+        }
+        self.len.store(b.len() as u32, Ordering::SeqCst);
+    }
+
+    pub fn get(&self) -> Option<String> {
+        let n = self.len.load(Ordering::SeqCst) as usize;
+        if n == 0 {
+            return None;
+        }
+        let v: Vec<u8> = self.bytes[..n].iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        Some(String::from_utf8_lossy(&v).into_owned())
+    }
+}
+
+#[repr(C)]
+pub struct Arena {
+    /// Set when the run must end (a process died): every wait gives up.
+    pub abort: AtomicU32,
+    /// The start gate: 0 closed; `k` lets the k-th `first` thread run;
+    /// past them, everyone.
+    pub gate: AtomicU32,
+    /// Threads pinned and waiting at the gate.
+    pub ready: AtomicU32,
+    /// Declared threads that have not reached their end, `spin` or `sleep`.
+    pub working: AtomicU32,
+    /// `repeat until budget` loops that meet at barriers agree on their
+    /// last round (as the interpreter's round gate).
+    pub round_gate: AtomicU64,
+    pub reads_failed: AtomicU64,
+    /// Syscalls of spawned threads.
+    pub spawned_ops: AtomicU64,
+    /// 1 + the thread slot whose access faulted (SIGSEGV / SIGBUS), and the signal.
+    pub fault_thread: AtomicU32,
+    pub fault_signal: AtomicU32,
+    pub barriers: [BarrierSlot; MAX_BARRIERS],
+    pub held: [AtomicU32; MAX_HELD],
+    pub threads: [ThreadSlot; MAX_THREADS],
+    pub error: Message,
+    pub bad_read: Message,
+}
+
+impl Arena {
+    /// A zeroed arena in fresh shared anonymous memory (never unmapped: it
+    /// lives as long as the process, one per host run).
+    pub fn map() -> Result<&'static Arena, String> {
+        let len = std::mem::size_of::<Arena>() as u64;
+        let p =
+            super::sys::mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+                .map_err(|e| format!("cannot map the shared arena: {e}"))?;
+        // SAFETY: the mapping is fresh, page aligned, `len` bytes and
+        // zero-filled; every field of Arena is an atomic (or an array of
+        // them) for which all-zero bytes are a valid value; it is never
+        // unmapped, so the reference may be 'static.
+        Ok(unsafe { &*(p as *const Arena) })
+    }
+
+    /// The run must end: every waiter gives up.
+    pub fn abort(&self) {
+        self.abort.store(1, Ordering::SeqCst);
+        for w in [&self.gate, &self.working] {
+            super::sys::futex_wake(w);
+        }
+        for b in &self.barriers {
+            super::sys::futex_wake(&b.generation);
+        }
+        for h in &self.held {
+            super::sys::futex_wake(h);
+        }
+    }
+
+    pub fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed) != 0
+    }
+}
