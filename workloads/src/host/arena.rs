@@ -34,7 +34,7 @@ pub struct ThreadSlot {
     /// While spinning: ns on its CPU (schedstat) and ns of wall time.
     pub spin_run_ns: AtomicU64,
     pub spin_wall_ns: AtomicU64,
-    /// Its whole run: ns on its CPU and of wall time, involuntary and
+    /// From the gate's opening to its end: ns on its CPU and of wall time, involuntary and
     /// voluntary context switches.
     pub run_ns: AtomicU64,
     pub wall_ns: AtomicU64,
@@ -84,6 +84,8 @@ pub struct Arena {
     pub gate: AtomicU32,
     /// Threads pinned and waiting at the gate.
     pub ready: AtomicU32,
+    /// CLOCK_MONOTONIC ns when the gate opened (threads' wall time counts from it).
+    pub gate_open_ns: AtomicU64,
     /// Declared threads that have not reached their end, `spin` or `sleep`.
     pub working: AtomicU32,
     /// `repeat until budget` loops that meet at barriers agree on their

@@ -52,6 +52,14 @@ pub fn thread_cpu_ns() -> Option<u64> {
     (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
+/// CLOCK_MONOTONIC in ns (the clock of `Instant`, shared by processes).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// getrusage: (involuntary, voluntary) context switches and (minor, major)
 /// page faults of `who` (RUSAGE_THREAD, RUSAGE_CHILDREN).
 pub fn rusage(who: libc::c_int) -> (u64, u64, u64, u64) {

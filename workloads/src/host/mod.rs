@@ -332,6 +332,7 @@ fn execute(plan: &Arc<Plan>) -> Result<Measured, String> {
     let before = counters::interrupts()?;
     let vm0 = counters::vmstat_tlb();
     let t0 = Instant::now();
+    arena.gate_open_ns.store(counters::monotonic_ns(), Ordering::SeqCst);
     arena.gate.store(1, Ordering::SeqCst);
     sys::futex_wake(&arena.gate);
     let mut error = None;

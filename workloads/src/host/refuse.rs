@@ -182,11 +182,11 @@ fn walk(file: &str, b: &[Step], c: &Checked, top: bool, huge: &mut u64) -> Optio
                 );
             }
             StepKind::Exit { process: true } if top => {
-                return refuse(
+                return Some(ScriptError::new(
+                    file,
                     st.span,
-                    "exit process in a thread's own body",
-                    "it would end the other threads of the process mid-step; allowed inside a fork block",
-                );
+                    "found exit process in a thread's own body, which mmemu host does not run: it would end the process's other threads mid-step; allowed inside a fork block",
+                ));
             }
             StepKind::Mmap { kind: MapKind::Hugetlb, size, .. } => {
                 let n = const_eval(&size.expr, c, c.cpus, 0).unwrap_or(0);

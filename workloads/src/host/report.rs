@@ -6,9 +6,10 @@
 //!
 //! Trust: a spinning sibling that the host scheduler takes off its CPU
 //! stops receiving the flush IPIs the row counts, so the row would be
-//! wrong, not noisy.  Each spinning thread's share of its spin spent on
-//! its CPU (CLOCK_THREAD_CPUTIME_ID / wall time) must be at least
-//! `TRUST_SHARE`; below it the run is `trusted: false` with the share.
+//! wrong, not noisy.  Each spinning thread's share of the run (from the
+//! start gate's opening to the end of its spin) spent on its CPU
+//! (CLOCK_THREAD_CPUTIME_ID / wall time) must be at least `TRUST_SHARE`;
+//! below it the run is `trusted: false` with the share.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -42,9 +43,15 @@ pub struct ThreadRecord {
 }
 
 impl ThreadRecord {
-    /// Share of its spin (or of its whole run) it was on its CPU.
+    /// A spinning thread's share of the run (from the gate's opening to
+    /// the end of its spin) it was on its CPU: while it waits at barriers
+    /// it spins too, so every moment off its CPU is the scheduler's.
     pub fn spin_share(&self) -> Option<f64> {
-        (self.spun && self.spin_wall_ns > 0).then(|| (self.spin_run_ns as f64 / self.spin_wall_ns as f64).min(1.0))
+        if self.spun {
+            self.share()
+        } else {
+            None
+        }
     }
     pub fn share(&self) -> Option<f64> {
         (self.wall_ns > 0).then(|| (self.run_ns as f64 / self.wall_ns as f64).min(1.0))
@@ -202,7 +209,7 @@ impl HostReport {
         let min_share = worst.map(|(s, _)| s);
         let untrusted = worst.filter(|(s, _)| *s < TRUST_SHARE).map(|(s, t)| {
             format!(
-                "thread {} spun on CPU{} but was on it for {:.1}% of its spin (< {:.0}%): the host was too loaded to trust the rows",
+                "thread {} spun on CPU{} but was on it for {:.1}% of the run (< {:.0}%): the host was too loaded to trust the rows",
                 t.record.name,
                 t.record.cpu,
                 s * 100.0,
@@ -350,13 +357,14 @@ impl HostReport {
         let _ = writeln!(s, "  page faults: {} minor, {} major (the script's processes)", f.minor, f.major);
         for t in &self.host.threads {
             let r = &t.record;
-            let spin = match t.spin_on_cpu_share {
-                Some(x) => format!(", spun {:.1} ms on its CPU for {:.1}%", r.spin_wall_ns as f64 / 1e6, x * 100.0),
-                None => String::new(),
+            let spin = if r.spun {
+                format!(" (the last {:.1} ms spinning)", r.spin_wall_ns as f64 / 1e6)
+            } else {
+                String::new()
             };
             let _ = writeln!(
                 s,
-                "  thread {} (CPU{}): {:.1} ms, on its CPU {}{spin}; {} involuntary, {} voluntary switches",
+                "  thread {} (CPU{}): {:.1} ms{spin}, on its CPU {}; {} involuntary, {} voluntary switches",
                 r.name,
                 r.cpu,
                 r.wall_ns as f64 / 1e6,
@@ -372,7 +380,7 @@ impl HostReport {
             (None, Some(x)) => {
                 let _ = writeln!(
                     s,
-                    "  trusted: yes (every spinning thread on its CPU >= {:.0}% of its spin; lowest {:.1}%)",
+                    "  trusted: yes (every spinning thread on its CPU >= {:.0}% of the run; lowest {:.1}%)",
                     self.host.trust_share * 100.0,
                     x * 100.0
                 );

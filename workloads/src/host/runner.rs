@@ -159,14 +159,14 @@ fn thread_main(plan: Arc<Plan>, arena: &'static Arena, regions: Regions, i: usiz
             return;
         }
     };
+    let (run0, cs0) = (super::counters::thread_cpu_ns(), super::counters::rusage(libc::RUSAGE_THREAD));
     arena.ready.fetch_add(1, Ordering::SeqCst);
     let first = inst.first;
     let mut go = if first > 0 { wait_gate(arena, |g| g == first) } else { wait_gate(arena, |g| g > plan.nfirst) };
     if let (true, Some(h)) = (go, inst.held) {
         go = wait_held(arena, h);
     }
-    let (run0, t0, cs0) =
-        (super::counters::thread_cpu_ns(), Instant::now(), super::counters::rusage(libc::RUSAGE_THREAD));
+    let t0 = Instant::now();
     let body = plan.script.threads[inst.thread].body.clone();
     let mut r = Runner {
         until: Until::new(plan.budget),
@@ -189,10 +189,17 @@ fn thread_main(plan: Arc<Plan>, arena: &'static Arena, regions: Regions, i: usiz
     if let (Some(a), Some(b)) = (run0, super::counters::thread_cpu_ns()) {
         slot.run_ns.store(b.saturating_sub(a), Ordering::SeqCst);
     }
-    slot.wall_ns.store(t0.elapsed().as_nanos() as u64, Ordering::SeqCst);
+    // Wall time from when the gate let it run (a thread the scheduler kept
+    // off its CPU at the start is off it from then on); a `first` thread's
+    // from its own start.
+    let open = arena.gate_open_ns.load(Ordering::SeqCst);
+    let wall =
+        if first > 0 { t0.elapsed().as_nanos() as u64 } else { super::counters::monotonic_ns().saturating_sub(open) };
+    slot.wall_ns.store(wall, Ordering::SeqCst);
     slot.nivcsw.store(cs1.0.saturating_sub(cs0.0), Ordering::SeqCst);
     slot.nvcsw.store(cs1.1.saturating_sub(cs0.1), Ordering::SeqCst);
     if first > 0 {
+        arena.gate_open_ns.store(super::counters::monotonic_ns(), Ordering::SeqCst);
         arena.gate.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake(&arena.gate);
     }

@@ -1,0 +1,295 @@
+//! `mmemu host FILE` (docs/HOST.md): the host kernel's own behaviour that
+//! the emulator models, the refusals (exact text), failed expectations,
+//! faults, and that a run leaves no process or temporary file behind.
+//!
+//! Tests that need the host (Linux, a TLB row in /proc/interrupts, 2
+//! CPUs) print why and return when it lacks them.  Host runs are
+//! serialised (one lock): two at once would count each other's IPIs.
+
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+use serde_json::Value;
+use workloads::host::refuse::HostFacts;
+use workloads::host::{run_source, HostError, HostOptions};
+
+static HOST: Mutex<()> = Mutex::new(());
+
+const SPINS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/scripts/dontneed-sibling-spins.mmemu");
+const SLEEPS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/scripts/dontneed-sibling-sleeps.mmemu");
+
+/// Why this host cannot run the host tests, if it cannot.
+fn lacks() -> Option<String> {
+    let f = HostFacts::this_host();
+    if !f.linux {
+        return Some("not a Linux host".into());
+    }
+    if let Err(e) = f.rows {
+        return Some(e);
+    }
+    if !(f.cpus.contains(&0) && f.cpus.contains(&1)) {
+        return Some(format!("fewer than 2 CPUs usable (CPUs {:?})", f.cpus));
+    }
+    if f.arch != Some(mm_core::config::Arch::X86) {
+        return Some("not an x86 host (the sibling scripts say arch x86)".into());
+    }
+    None
+}
+
+macro_rules! need_host {
+    () => {
+        if let Some(why) = lacks() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+fn mmemu(args: &[&str], tmp: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mmemu")).args(args).env("TMPDIR", tmp).output().expect("run mmemu")
+}
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("mmemu-host-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn host_json(script: &str, iterations: u32, tmp: &std::path::Path) -> Value {
+    let n = iterations.to_string();
+    let o = mmemu(&["host", script, "--json", "--iterations", &n], tmp);
+    let out = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {out}\nstderr: {}", String::from_utf8_lossy(&o.stderr)))
+}
+
+fn tlb(v: &Value, cpu: usize) -> u64 {
+    v["interrupts"]["TLB"][cpu].as_u64().unwrap()
+}
+
+/// With a same-mm thread spinning on CPU1, each MADV_DONTNEED of a touched
+/// page on CPU0 interrupts CPU1 (x86 flush_tlb_mm_range: CPU1 has the mm
+/// loaded and is not lazy).  Judged on a trusted run only: a sibling the
+/// scheduler took off its CPU misses the IPIs.
+#[test]
+fn a_spinning_sibling_takes_a_tlb_interrupt_per_dontneed() {
+    need_host!();
+    let _g = HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tmpdir("spins");
+    let mut shares = Vec::new();
+    for _ in 0..20 {
+        let v = host_json(SPINS, 200, &tmp);
+        assert_eq!(v["mode"], "host");
+        assert_eq!(v["iterations"], 200);
+        if v["host"]["trusted"] != true {
+            shares.push(v["host"]["min_spin_share"].as_f64().unwrap_or(0.0));
+            continue;
+        }
+        let per = tlb(&v, 1) as f64 / 200.0;
+        assert!(per >= 0.8, "{per} TLB interrupts on CPU1 per MADV_DONTNEED; report: {v:#}");
+        return;
+    }
+    eprintln!("skipped: the host was too loaded in 20 runs (spinning sibling on its CPU for {shares:?} of the run)");
+}
+
+/// With the sibling asleep CPU1 is idle, lazy: the flushes skip it.  Other
+/// processes' flushes can only add interrupts, so the best of a few runs
+/// is judged.
+#[test]
+fn a_sleeping_sibling_takes_almost_none() {
+    need_host!();
+    let _g = HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tmpdir("sleeps");
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let v = host_json(SLEEPS, 200, &tmp);
+        assert_eq!(v["verdict"], "ok", "{v:#}");
+        let per = tlb(&v, 1) as f64 / 200.0;
+        seen.push(per);
+        if per <= 0.1 {
+            return;
+        }
+    }
+    panic!("TLB interrupts on CPU1 per MADV_DONTNEED with the sibling asleep, per run: {seen:?}; expected <= 0.1");
+}
+
+/// The report has the emulator's keys; what the host cannot give is null
+/// and says why; the expectations are listed one by one.
+#[test]
+fn the_report_has_the_emulators_shape_with_reasons_for_nulls() {
+    need_host!();
+    let _g = HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tmpdir("shape");
+    let v = host_json(SLEEPS, 20, &tmp);
+    let emu: Value = {
+        let o = mmemu(&["run", SLEEPS, "--json", "--iterations", "5"], &tmp);
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    for k in emu.as_object().unwrap().keys() {
+        assert!(v.get(k).is_some(), "host report lacks the key {k}");
+    }
+    assert_eq!(v["schema"], emu["schema"]);
+    assert!(v["violations"].is_null() && v["leaked_frames"].is_null());
+    assert_eq!(v["not_observable"]["violations"], "not observable on a host: no sanitizer watches the real TLB");
+    assert_eq!(
+        v["interrupts"]["TLB"].as_array().unwrap().len(),
+        v["host"]["interrupts_after"]["TLB"].as_array().unwrap().len()
+    );
+    let results: Vec<&str> =
+        v["expectations"].as_array().unwrap().iter().map(|e| e["result"].as_str().unwrap()).collect();
+    assert_eq!(results, ["held", "held", "not-observable", "not-observable"], "{v:#}");
+}
+
+fn write_script(dir: &std::path::Path, name: &str, src: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, src).unwrap();
+    p.display().to_string()
+}
+
+/// A failed expectation exits 1 and names its line.
+#[test]
+fn a_failed_expectation_exits_1_naming_its_line() {
+    need_host!();
+    let _g = HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tmpdir("expect");
+    let f = write_script(
+        &tmp,
+        "never.mmemu",
+        "script never\ncpus 1\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 1 page\n  write R[0] = 3\n  read R[0] expect 3\n}\nexpect reads failed == 0\nexpect interrupts TLB on cpu 0 >= 1000000000\n",
+    );
+    let o = mmemu(&["host", &f], &tmp);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains(&format!("{f}:10:1: expectation failed: interrupts TLB is ")), "{out}");
+    assert!(out.contains("verdict: expectation"), "{out}");
+}
+
+/// A write that faults kills its process: the run ends (its partner in
+/// another process, waiting at a barrier, gives up), naming the step, exit
+/// 1, and nothing is left behind: no process, no temporary file.
+#[test]
+fn a_fault_ends_the_run_naming_the_step_and_leaves_nothing_behind() {
+    need_host!();
+    let _g = HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tmpdir("fault");
+    let f = write_script(
+        &tmp,
+        "fault.mmemu",
+        "script fault\ncpus 2\nfile F size 4 pages contents index\nprocess P\nprocess Q\n\
+         thread A on cpu 0 in P {\n  mmap R file-shared F 4 pages prot ro\n  read R[2] expect 2\n  barrier mapped\n  write R[0] = 1\n  barrier done\n}\n\
+         thread B on cpu 1 in Q {\n  barrier mapped\n  barrier done\n}\n",
+    );
+    let t0 = std::time::Instant::now();
+    let o = mmemu(&["host", &f, "--json"], &tmp);
+    assert!(t0.elapsed().as_secs() < 20, "the partner did not give up");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{v:#}");
+    assert_eq!(v["verdict"], "panic");
+    assert_eq!(v["error"], format!("{f}:10:3: thread A: the access faulted (SIGSEGV) on the host"));
+    // No temporary file (the declared file was unlinked at once) ...
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("fault.mmemu")]);
+    // ... and no process of the run: every one was reaped by its parent
+    // before mmemu exited, so none is left with mmemu's binary.
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_mmemu")).unwrap();
+    let running: Vec<_> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter(|e| std::fs::read_link(e.path().join("exe")).is_ok_and(|p| p == exe))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(running.is_empty(), "mmemu processes still running: {running:?}");
+}
+
+// ---- refusals: exact text, whatever the host (its facts are given) ----
+
+fn facts() -> HostFacts {
+    HostFacts { linux: true, cpus: vec![0, 1], rows: Ok(()), hugepages: 0, arch: Some(mm_core::config::Arch::X86) }
+}
+
+fn refused(src: &str, f: HostFacts) -> String {
+    let o = HostOptions { file: "t.mmemu".into(), params: Vec::new(), budget: None, seed: 1 };
+    match run_source(&o, src, &f) {
+        Err(HostError::Refused(m)) => m,
+        Err(e) => panic!("not a refusal: {e:?}"),
+        Ok(_) => panic!("ran"),
+    }
+}
+
+const ONE: &str = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 1 page\n  write R[0]\n}\n";
+
+#[test]
+fn refusals_name_the_line_and_why() {
+    assert_eq!(
+        refused(ONE, HostFacts { linux: false, ..facts() }),
+        format!(
+            "t.mmemu:1:8: found a {} host; allowed a Linux host (mmemu host runs the script on its kernel)",
+            std::env::consts::OS
+        )
+    );
+    assert_eq!(
+        refused(ONE, HostFacts { rows: Err("/proc/interrupts has no TLB row (per-CPU TLB shootdowns)".into()), ..facts() }),
+        "t.mmemu:1:8: found /proc/interrupts has no TLB row (per-CPU TLB shootdowns); allowed a host whose /proc/interrupts has per-CPU TLB and CAL rows (x86)"
+    );
+    assert_eq!(
+        refused(&ONE.replace("cpus 2", "cpus 4"), facts()),
+        "t.mmemu:2:6: found cpus 4 but this host lets mmemu run on CPUs {0,1} only (CPU2 missing); allowed cpus <= 2 on this host (script CPU n runs on host CPU n)"
+    );
+    assert_eq!(
+        refused(&ONE.replace("cpus 2", "arch arm64\ncpus 2"), facts()),
+        "t.mmemu:2:6: found arch arm64, but the host is x86; allowed arch x86 (the host runs its own arch)"
+    );
+    assert_eq!(
+        refused(&ONE.replace("cpus 2", "cpus 2\nknob rcu-table-free off"), facts()),
+        "t.mmemu:3:6: found knob rcu-table-free: the host kernel's configuration is fixed; allowed no knob line"
+    );
+    assert_eq!(
+        refused(&ONE.replace("write R[0]", "gup-fast R[0]"), facts()),
+        "t.mmemu:6:3: found gup-fast, which mmemu host does not run: user space cannot call the kernel's lockless GUP-fast walk directly; allowed by mmemu run (the emulator) only"
+    );
+    assert_eq!(
+        refused(&ONE.replace("mmap R anon 1 page", "mmap R hugetlb 2M"), facts()),
+        "t.mmemu:5:3: found hugetlb mmaps of 1 2 MiB pages but the host reserves 0 (/proc/sys/vm/nr_hugepages); allowed at most that many (echo N > /proc/sys/vm/nr_hugepages)"
+    );
+}
+
+#[test]
+fn stall_points_exec_and_exit_process_are_refused() {
+    let stall = "script s\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 1 page\n  madvise R dontneed at pte-table-done {\n    barrier x\n  }\n}\nthread B on cpu 1 in P {\n  barrier x\n}\n";
+    assert_eq!(
+        refused(stall, facts()),
+        "t.mmemu:6:25: found a madvise stalled at pte-table-done, which mmemu host does not run: a race stall point is a hook inside the kernel path (RaceHooks); the host kernel has none; allowed by mmemu run (the emulator) only"
+    );
+    let exec = ONE.replace("write R[0]", "exec C {\n    mmap S anon 1 page\n  }");
+    assert_eq!(
+        refused(&exec, facts()),
+        "t.mmemu:6:3: found exec, which mmemu host does not run: a fresh mm needs an execve of a helper program, which the host runner does not have yet; allowed by mmemu run (the emulator) only"
+    );
+    let exit = ONE.replace("write R[0]", "exit process");
+    assert_eq!(
+        refused(&exit, facts()),
+        "t.mmemu:6:3: found exit process in a thread's own body, which mmemu host does not run: it would end the process's other threads mid-step; allowed inside a fork block"
+    );
+}
+
+/// The CLI: a refusal is exit 2 with the one line on stderr.
+#[test]
+fn the_cli_refuses_with_exit_2_and_one_line() {
+    let tmp = tmpdir("cli");
+    let f = write_script(&tmp, "g.mmemu", &ONE.replace("1 page", "2M").replace("write R[0]", "collapse R"));
+    let o = mmemu(&["host", &f], &tmp);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    if lacks().is_some() {
+        // The host's own refusal comes first (not Linux, no TLB row).
+        assert_eq!(err.lines().count(), 1, "{err}");
+        return;
+    }
+    assert_eq!(
+        err,
+        format!("error: {f}:6:3: found collapse, which mmemu host does not run: khugepaged's collapse_huge_page cannot be called on a chosen range; allowed by mmemu run (the emulator) only\n")
+    );
+    assert!(o.stdout.is_empty());
+}
