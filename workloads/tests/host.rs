@@ -141,6 +141,29 @@ fn the_report_has_the_emulators_shape_with_reasons_for_nulls() {
     assert_eq!(results, ["held", "held", "not-observable", "not-observable"], "{v:#}");
 }
 
+/// Every step the host runs, in one script (workloads/tests/host-steps.mmemu):
+/// a `first` thread, a file mapped shared and private in two processes,
+/// msync, a held thread started, spawn / join on the other CPU, fork with
+/// `exit process` in the child, mprotect none then `read … expect segv`
+/// (the probe), peek of an unmapped page, fadvise and truncate to a size.
+/// Every read sees what it expects.
+#[test]
+fn every_step_the_host_runs_runs() {
+    need_host!();
+    let _g = HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tmpdir("steps");
+    let f = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/host-steps.mmemu");
+    let v = host_json(f, 10, &tmp);
+    assert_eq!(v["verdict"], "ok", "{v:#}");
+    assert_eq!(v["iterations"], 10);
+    // setup: mmap, munmap; A: mmap, msync, then per round mmap, spawn,
+    // fork (the fork and the child's exit), mprotect, munmap; B: mmap,
+    // fadvise, truncate.
+    assert_eq!(v["ops"], 2 + 2 + 10 * 6 + 3, "{v:#}");
+    assert_eq!(v["expectations"][0]["result"], "held");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "temporary files left behind");
+}
+
 fn write_script(dir: &std::path::Path, name: &str, src: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, src).unwrap();
@@ -210,7 +233,7 @@ fn facts() -> HostFacts {
 }
 
 fn refused(src: &str, f: HostFacts) -> String {
-    let o = HostOptions { file: "t.mmemu".into(), params: Vec::new(), budget: None, seed: 1 };
+    let o = HostOptions { file: "t.mmemu".into(), params: Vec::new(), budget: None, seed: 1, cpus: None };
     match run_source(&o, src, &f) {
         Err(HostError::Refused(m)) => m,
         Err(e) => panic!("not a refusal: {e:?}"),
@@ -253,6 +276,19 @@ fn refusals_name_the_line_and_why() {
         refused(&ONE.replace("mmap R anon 1 page", "mmap R hugetlb 2M"), facts()),
         "t.mmemu:5:3: found hugetlb mmaps of 1 2 MiB pages but the host reserves 0 (/proc/sys/vm/nr_hugepages); allowed at most that many (echo N > /proc/sys/vm/nr_hugepages)"
     );
+}
+
+/// `--cpus N` replaces the header's CPUs; a thread placed past them is refused.
+#[test]
+fn cpus_override_refuses_a_thread_past_them() {
+    let src = "script s\ncpus 4\nprocess P\nthread A on cpu 3 in P {\n  mmap R anon 1 page\n}\n";
+    let o = HostOptions { file: "t.mmemu".into(), params: Vec::new(), budget: None, seed: 1, cpus: Some(2) };
+    match run_source(&o, src, &facts()) {
+        Err(HostError::Refused(m)) => {
+            assert_eq!(m, "t.mmemu:4:1: found thread A on CPU 3 with 2 CPUs (--cpus); allowed CPUs 0..1")
+        }
+        r => panic!("{r:?}"),
+    }
 }
 
 #[test]

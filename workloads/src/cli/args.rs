@@ -51,6 +51,9 @@ pub(super) struct HostArgs {
     /// The script (a .mmemu file).
     #[arg(value_name = "FILE")]
     pub(super) file: PathBuf,
+    /// The script's CPUs instead of its header's (`$ncpus`, `on each cpu`; script CPU n is host CPU n).
+    #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
+    pub(super) cpus: Option<usize>,
     #[command(flatten)]
     pub(super) budget: BudgetArgs,
     /// Script parameter (repeatable, once per key; the script's `param` lines).

@@ -18,6 +18,7 @@ pub(super) fn host(a: HostArgs) -> Result<i32, CliError> {
         params: super::run::script_params(&a.params)?,
         budget,
         seed: a.seed,
+        cpus: a.cpus.map(|n| n as u64),
     };
     let r = crate::host::run(&o).map_err(|e| match e {
         HostError::Refused(m) => CliError::Usage(m),

@@ -44,6 +44,9 @@ pub struct HostOptions {
     /// `--iterations` / `--seconds`; None: the header's budget.
     pub budget: Option<Budget>,
     pub seed: u64,
+    /// `--cpus N`: the script's CPUs (`$ncpus`, `on each cpu`) instead of
+    /// its header's.
+    pub cpus: Option<u64>,
 }
 
 /// Why a host run produced no report.
@@ -151,7 +154,10 @@ pub fn run(o: &HostOptions) -> Result<HostReport, HostError> {
 pub fn run_source(o: &HostOptions, src: &str, facts: &refuse::HostFacts) -> Result<HostReport, HostError> {
     let file = o.file.as_str();
     let script = crate::script::parse(file, src).map_err(|e| HostError::Refused(e.to_string()))?;
-    let checked = crate::script::check(file, &script, &o.params).map_err(|e| HostError::Refused(e.to_string()))?;
+    let mut checked = crate::script::check(file, &script, &o.params).map_err(|e| HostError::Refused(e.to_string()))?;
+    if let Some(n) = o.cpus {
+        checked.cpus = n;
+    }
     if let Some(e) = refuse::refusal(file, &script, &checked, facts) {
         return Err(HostError::Refused(e.to_string()));
     }
@@ -159,7 +165,7 @@ pub fn run_source(o: &HostOptions, src: &str, facts: &refuse::HostFacts) -> Resu
         BudgetSpec::Rounds(n) => Budget::Iterations(n),
         BudgetSpec::Millis(ms) => Budget::Seconds(ms as f64 / 1000.0),
     });
-    let plan = plan(file, script, checked, budget, o.seed).map_err(HostError::Failed)?;
+    let plan = plan(file, script, checked, budget, o.seed)?;
     let plan = Arc::new(plan);
     let m = execute(&plan).map_err(HostError::Failed)?;
     let mut expectations = Vec::new();
@@ -179,9 +185,9 @@ pub fn run_source(o: &HostOptions, src: &str, facts: &refuse::HostFacts) -> Resu
 
 /// Instances, barriers, held threads and files: everything fixed before
 /// the first fork.
-fn plan(file: &str, script: Script, checked: Checked, budget: Budget, seed: u64) -> Result<Plan, String> {
+fn plan(file: &str, script: Script, checked: Checked, budget: Budget, seed: u64) -> Result<Plan, HostError> {
     let n = checked.cpus;
-    let cfg = |e: crate::error::RunError| e.to_string();
+    let cfg = |e: crate::error::RunError| HostError::Refused(e.to_string());
     let mut insts = Vec::new();
     let mut held = BTreeMap::new();
     for (ti, t) in script.threads.iter().enumerate() {
@@ -201,15 +207,25 @@ fn plan(file: &str, script: Script, checked: Checked, budget: Budget, seed: u64)
             None
         };
         for cpu in cpus {
+            if cpu >= n {
+                return Err(HostError::Refused(format!(
+                    "{file}:{}:{}: found thread {} on CPU {cpu} with {n} CPUs (--cpus); allowed CPUs 0..{}",
+                    t.span.line,
+                    t.span.col,
+                    t.name.text,
+                    n - 1
+                )));
+            }
             let name = if each { format!("{}.{cpu}", t.name.text) } else { t.name.text.clone() };
             insts.push(Inst { thread: ti, name, cpu, process: t.process.text.clone(), first: 0, stream: 0, held: h });
         }
     }
     if insts.len() > arena::MAX_THREADS || held.len() > arena::MAX_HELD {
-        return Err(format!(
-            "{file}: more than {} threads; the host runner has room for that many",
-            arena::MAX_THREADS
-        ));
+        return Err(HostError::Refused(format!(
+            "{file}: found more than {} threads or {} held ones; allowed at most that many on the host",
+            arena::MAX_THREADS,
+            arena::MAX_HELD
+        )));
     }
     // Seed streams as the interpreter's: threads that start together take
     // 0, 1, … in declaration order, `first` threads the numbers after them;
@@ -237,7 +253,10 @@ fn plan(file: &str, script: Script, checked: Checked, budget: Budget, seed: u64)
         }
     }
     if barriers.len() > arena::MAX_BARRIERS {
-        return Err(format!("{file}: more than {} barriers", arena::MAX_BARRIERS));
+        return Err(HostError::Refused(format!(
+            "{file}: found more than {} barriers; allowed at most that many on the host",
+            arena::MAX_BARRIERS
+        )));
     }
     let mut files = Vec::new();
     for f in &script.files {
@@ -248,7 +267,11 @@ fn plan(file: &str, script: Script, checked: Checked, budget: Budget, seed: u64)
             Contents::Index => Some(None),
             Contents::Fill(e) => Some(Some(const_eval(e, &checked, n, 0).map_err(cfg)?)),
         };
-        files.push(HostFile { name: f.name.text.clone(), file: temp_file(pages, word)?, pages });
+        files.push(HostFile {
+            name: f.name.text.clone(),
+            file: temp_file(pages, word).map_err(HostError::Failed)?,
+            pages,
+        });
     }
     Ok(Plan { file: file.to_string(), script, checked, insts, nfirst: turn, barriers, held, files, budget, seed })
 }
