@@ -104,7 +104,8 @@ fn a_sleeping_sibling_takes_almost_none() {
     let mut seen = Vec::new();
     for _ in 0..5 {
         let v = host_json(SLEEPS, 200, &tmp);
-        assert_eq!(v["verdict"], "ok", "{v:#}");
+        // Not the verdict: the script's own `<= 3` can fail on host noise.
+        assert!(v["error"].is_null() || v["verdict"] == "expectation", "{v:#}");
         let per = tlb(&v, 1) as f64 / 200.0;
         seen.push(per);
         if per <= 0.1 {
@@ -162,6 +163,52 @@ fn every_step_the_host_runs_runs() {
     assert_eq!(v["ops"], 2 + 2 + 10 * 6 + 3, "{v:#}");
     assert_eq!(v["expectations"][0]["result"], "held");
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "temporary files left behind");
+}
+
+fn diff_json(script: &str, tmp: &std::path::Path) -> (Option<i32>, Value) {
+    let o = mmemu(&["diff", script, "--json", "--iterations", "200"], tmp);
+    let v = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}); stderr: {}", String::from_utf8_lossy(&o.stderr)));
+    (o.status.code(), v)
+}
+
+fn row<'a>(v: &'a Value, name: &str, cpu: u64) -> &'a Value {
+    v["rows"].as_array().unwrap().iter().find(|r| r["row"] == name && r["cpu"] == cpu).unwrap()
+}
+
+/// `mmemu diff`: the sleeping sibling's rows agree with the emulator's
+/// (all near zero).  The spinning sibling's CPU1 TLB row does not: the host
+/// takes about two IPIs per round, the emulator one (the zero-page COW
+/// after `read … expect 0`, docs/HOST.md).  This pins that gap; when the
+/// model gets the zero page, this row comes inside and the test must change.
+#[test]
+fn diff_of_the_sibling_scripts() {
+    need_host!();
+    let _g = HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tmpdir("diff");
+    let (code, v) = diff_json(SLEEPS, &tmp);
+    assert_eq!(v["schema"], "mmemu-diff/1");
+    assert_eq!(v["profile"], workloads::host::diff::profile_for(v["host_kernel"].as_str().unwrap()).0.name());
+    if v["verdict"] == "untrusted" {
+        eprintln!("skipped (sleeps): too few trusted host runs");
+    } else {
+        assert_eq!(v["verdict"], "inside", "{v:#}");
+        assert_eq!(code, Some(0));
+    }
+    let (code, v) = diff_json(SPINS, &tmp);
+    if v["verdict"] == "untrusted" {
+        assert_eq!(code, Some(1));
+        assert!(row(&v, "TLB", 1)["ratio"].is_null());
+        eprintln!("skipped (spins): too few trusted host runs of {}", v["host_runs"].as_array().unwrap().len());
+        return;
+    }
+    let r = row(&v, "TLB", 1);
+    assert!((r["emulator"].as_f64().unwrap() - 1.005).abs() < 1e-9, "{r:#}");
+    let ratio = r["ratio"].as_f64().unwrap();
+    assert!((1.7..=2.2).contains(&ratio), "host / emulator TLB on CPU1 {ratio}; {v:#}");
+    assert_eq!(r["status"], "outside");
+    assert_eq!(row(&v, "TLB", 0)["status"], "inside");
+    assert_eq!(code, Some(1));
 }
 
 fn write_script(dir: &std::path::Path, name: &str, src: &str) -> String {

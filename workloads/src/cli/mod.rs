@@ -1,7 +1,7 @@
 //! The `mmemu` command line.  `src/bin/mmemu.rs` only calls `main()`:
 //! parse (`args`: clap, the value parsers, one-line usage errors), run the
 //! subcommand (`output::list`, `run`: run / reproduce / stress / check, or
-//! `host`: a script on the host kernel), and map
+//! `host` / `diff`: a script on the host kernel, and beside the emulator), and map
 //! the result to the exit status.  `output` is everything written.
 //!
 //! Exit status: 0 success; 1 the run found something (violation, leak,
@@ -18,6 +18,7 @@
 //! write error); every report goes through `emit`.
 
 mod args;
+mod diff;
 mod host;
 mod output;
 mod run;
@@ -58,6 +59,7 @@ pub fn main() -> i32 {
         Cmd::Stress(a) => run::stress(a),
         Cmd::Check(a) => run::check(a),
         Cmd::Host(a) => host::host(a),
+        Cmd::Diff(a) => diff::diff(a),
     };
     match r {
         Ok(code) => code,

@@ -13,9 +13,11 @@
 //! - `counters`: /proc/interrupts, /proc/vmstat, schedstat, getrusage.
 //! - `sys`: the libc calls.
 //! - `report`: the report (the emulator's JSON shape) and the trust check.
+//! - `diff`: `mmemu diff`'s comparison (profiles, medians, tolerance, table).
 
 pub mod arena;
 pub mod counters;
+pub mod diff;
 pub mod refuse;
 pub mod report;
 mod runner;
