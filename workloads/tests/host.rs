@@ -82,15 +82,16 @@ fn a_spinning_sibling_takes_a_tlb_interrupt_per_dontneed() {
         let v = host_json(SPINS, 200, &tmp);
         assert_eq!(v["mode"], "host");
         assert_eq!(v["iterations"], 200);
-        if v["host"]["trusted"] != true {
-            shares.push(v["host"]["min_spin_share"].as_f64().unwrap_or(0.0));
+        // CPU1's row: trusted when the spinning sibling had CPU1 all along.
+        if v["host"]["trusted_cpus"][1] != true {
+            shares.push(v["host"]["min_share"].as_f64().unwrap_or(0.0));
             continue;
         }
         let per = tlb(&v, 1) as f64 / 200.0;
         assert!(per >= 0.8, "{per} TLB interrupts on CPU1 per MADV_DONTNEED; report: {v:#}");
         return;
     }
-    eprintln!("skipped: the host was too loaded in 20 runs (spinning sibling on its CPU for {shares:?} of the run)");
+    eprintln!("skipped: the host was too loaded in 20 runs (lowest share of the run a thread had its CPU: {shares:?})");
 }
 
 /// With the sibling asleep CPU1 is idle, lazy: the flushes skip it.  Other
@@ -190,25 +191,24 @@ fn diff_of_the_sibling_scripts() {
     assert_eq!(v["schema"], "mmemu-diff/1");
     assert_eq!(v["profile"], workloads::host::diff::profile_for(v["host_kernel"].as_str().unwrap()).0.name());
     if v["verdict"] == "untrusted" {
-        eprintln!("skipped (sleeps): too few trusted host runs");
+        eprintln!("skipped (sleeps): too few trusted host runs per CPU: {}", v["trusted_host_runs"]);
     } else {
         assert_eq!(v["verdict"], "inside", "{v:#}");
         assert_eq!(code, Some(0));
     }
     let (code, v) = diff_json(SPINS, &tmp);
-    if v["verdict"] == "untrusted" {
-        assert_eq!(code, Some(1));
-        assert!(row(&v, "TLB", 1)["ratio"].is_null());
-        eprintln!("skipped (spins): too few trusted host runs of {}", v["host_runs"].as_array().unwrap().len());
+    assert_eq!(code, Some(1), "{v:#}");
+    let r = row(&v, "TLB", 1);
+    if r["status"] == "untrusted" {
+        assert!(r["ratio"].is_null() && r["host"].is_null());
+        eprintln!("skipped (spins): too few trusted host runs on CPU1 of {}", v["host_runs"].as_array().unwrap().len());
         return;
     }
-    let r = row(&v, "TLB", 1);
     assert!((r["emulator"].as_f64().unwrap() - 1.005).abs() < 1e-9, "{r:#}");
     let ratio = r["ratio"].as_f64().unwrap();
     assert!((1.7..=2.2).contains(&ratio), "host / emulator TLB on CPU1 {ratio}; {v:#}");
     assert_eq!(r["status"], "outside");
-    assert_eq!(row(&v, "TLB", 0)["status"], "inside");
-    assert_eq!(code, Some(1));
+    assert_ne!(row(&v, "TLB", 0)["status"], "outside");
 }
 
 fn write_script(dir: &std::path::Path, name: &str, src: &str) -> String {

@@ -46,11 +46,12 @@ pub(super) fn diff(a: DiffArgs) -> Result<i32, CliError> {
         }
         host.push(HostRun {
             rows: RunRows::new(&r.interrupts.tlb, &r.interrupts.cal, r.iterations),
-            trusted: r.host.trusted,
-            min_spin_share: r.host.min_spin_share,
+            trusted: r.host.trusted_cpus.clone(),
+            min_share: r.host.min_share,
             untrusted_reason: r.host.untrusted_reason.clone(),
         });
-        if host.iter().filter(|h| h.trusted).count() >= a.runs {
+        let enough = |cpu: usize| host.iter().filter(|h| h.trusted.get(cpu) == Some(&true)).count() >= a.runs;
+        if (0..cpus).all(enough) {
             break;
         }
     }

@@ -40,6 +40,9 @@ pub struct ThreadSlot {
     pub wall_ns: AtomicU64,
     pub nivcsw: AtomicU64,
     pub nvcsw: AtomicU64,
+    /// ns runnable but off its CPU (run_delay), and 1 if that was measured.
+    pub delay_ns: AtomicU64,
+    pub delay_known: AtomicU32,
     /// The step it is at, `line << 32 | column` (a fault names it).
     pub step: AtomicU64,
 }

@@ -52,6 +52,16 @@ pub fn thread_cpu_ns() -> Option<u64> {
     (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
+/// How long this thread has waited on a run queue so far (ns): runnable,
+/// but another task had its CPU (/proc/thread-self/schedstat, second
+/// field, `run_delay`; brought up to date each time the thread gets its
+/// CPU back, so exact when the thread reads it itself).  None without
+/// CONFIG_SCHED_INFO.
+pub fn thread_run_delay_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// CLOCK_MONOTONIC in ns (the clock of `Instant`, shared by processes).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

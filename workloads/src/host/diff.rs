@@ -7,15 +7,19 @@
 //! A row is one /proc/interrupts row (TLB, CAL) on one CPU, per iteration
 //! (count / rounds), with the median taken over the runs on each side.  It
 //! is inside when |host - emulator| <= max(percent% of the emulator's,
-//! near_zero), so a row near zero is judged by the absolute bound.  Only
-//! trusted host runs are used (report.rs, `TRUST_SHARE`).  With fewer
-//! than the runs asked for, every row is `untrusted` and has no ratio:
-//! a wrong ratio is worse than none.
+//! near_zero), so a row near zero is judged by the absolute bound.  A
+//! CPU's rows use only the host runs in which that CPU was trusted
+//! (report.rs, `TRUST_SHARE`).  With fewer than the runs asked for, its
+//! rows are `untrusted` and have no ratio: a wrong ratio is worse than
+//! none.
 
 use std::fmt::Write as _;
 
 use mm_core::config::KernelVersion;
 use serde::Serialize;
+
+/// Host runs with an untrusted CPU the human table explains.
+const SHOWN_SET_ASIDE: usize = 3;
 
 /// JSON schema id of `mmemu diff --json`.
 pub const SCHEMA: &str = "mmemu-diff/1";
@@ -128,8 +132,9 @@ pub struct Row {
 #[derive(Clone, Debug, Serialize)]
 pub struct HostRun {
     pub rows: RunRows,
-    pub trusted: bool,
-    pub min_spin_share: Option<f64>,
+    /// Per CPU (report.rs `trusted_cpus`).
+    pub trusted: Vec<bool>,
+    pub min_share: Option<f64>,
     pub untrusted_reason: Option<String>,
 }
 
@@ -151,9 +156,11 @@ pub struct DiffReport {
     pub runs: usize,
     pub tolerance: Tolerance,
     pub rows: Vec<Row>,
-    /// Every host run made, trusted or not (untrusted ones are not in the rows).
+    /// Every host run made, trusted or not (a CPU's rows use the runs
+    /// trusted on it).
     pub host_runs: Vec<HostRun>,
-    pub trusted_host_runs: usize,
+    /// Per CPU: host runs trusted on it (used: at most `runs`).
+    pub trusted_host_runs: Vec<usize>,
     /// Rows outside the tolerance.
     pub outside: usize,
     /// inside | outside | untrusted
@@ -174,8 +181,10 @@ impl DiffReport {
         emulator: &[RunRows],
         host: Vec<HostRun>,
     ) -> DiffReport {
-        let trusted: Vec<&RunRows> = host.iter().filter(|h| h.trusted).map(|h| &h.rows).take(runs).collect();
-        let enough = trusted.len() >= runs;
+        let on = |cpu: usize| -> Vec<&RunRows> {
+            host.iter().filter(|h| h.trusted.get(cpu) == Some(&true)).map(|h| &h.rows).take(runs).collect()
+        };
+        let trusted_host_runs: Vec<usize> = (0..cpus).map(|c| on(c).len()).collect();
         let mut rows = Vec::new();
         for (name, pick) in
             [("TLB", (|r: &RunRows| r.tlb.clone()) as fn(&RunRows) -> Vec<f64>), ("CAL", |r| r.cal.clone())]
@@ -183,9 +192,10 @@ impl DiffReport {
             for cpu in 0..cpus {
                 let at = |r: &RunRows| pick(r).get(cpu).copied().unwrap_or(0.0);
                 let e_runs: Vec<f64> = emulator.iter().map(at).collect();
+                let trusted = on(cpu);
                 let h_runs: Vec<f64> = trusted.iter().map(|r| at(r)).collect();
                 let e = median(&e_runs);
-                let (h, ratio, status) = if enough {
+                let (h, ratio, status) = if trusted.len() >= runs {
                     let h = median(&h_runs);
                     let ratio = (e != 0.0).then(|| h / e);
                     (Some(h), ratio, if tolerance.inside(e, h) { "inside" } else { "outside" })
@@ -205,10 +215,10 @@ impl DiffReport {
             }
         }
         let outside = rows.iter().filter(|r| r.status == "outside").count();
-        let verdict = if !enough {
-            "untrusted"
-        } else if outside > 0 {
+        let verdict = if outside > 0 {
             "outside"
+        } else if rows.iter().any(|r| r.status == "untrusted") {
+            "untrusted"
         } else {
             "inside"
         };
@@ -225,7 +235,7 @@ impl DiffReport {
             profile_note: profile.2,
             runs,
             tolerance,
-            trusted_host_runs: trusted.len(),
+            trusted_host_runs,
             host_runs: host,
             rows,
             outside,
@@ -247,10 +257,10 @@ impl DiffReport {
         );
         let _ = writeln!(
             s,
-            "  medians of {} runs each ({} trusted host runs of {} made); tolerance ±{}% or ±{} per iteration near zero",
+            "  medians of {} runs each (host runs made {}, trusted per CPU {:?}); tolerance ±{}% or ±{} per iteration near zero",
             self.runs,
-            self.trusted_host_runs,
             self.host_runs.len(),
+            self.trusted_host_runs,
             self.tolerance.percent,
             self.tolerance.near_zero
         );
@@ -265,18 +275,27 @@ impl DiffReport {
             let status = if r.status == "outside" { "OUTSIDE" } else { r.status };
             let _ = writeln!(s, "  {:<5}{:>5}{:>16.3}{:>16}{:>10}   {status}", r.row, r.cpu, r.emulator, h, ratio);
         }
-        for (i, h) in self.host_runs.iter().enumerate().filter(|(_, h)| !h.trusted) {
+        let set_aside: Vec<_> =
+            self.host_runs.iter().enumerate().filter(|(_, h)| h.trusted.iter().any(|t| !t)).collect();
+        for (i, h) in set_aside.iter().take(SHOWN_SET_ASIDE) {
             if let Some(why) = &h.untrusted_reason {
-                let _ = writeln!(s, "  host run {}: not used: {why}", i + 1);
+                let _ = writeln!(s, "  host run {}: {why}", i + 1);
             }
+        }
+        if set_aside.len() > SHOWN_SET_ASIDE {
+            let _ = writeln!(
+                s,
+                "  … and {} more host runs with an untrusted CPU (--json has them all)",
+                set_aside.len() - SHOWN_SET_ASIDE
+            );
         }
         let _ = match self.verdict {
             "inside" => writeln!(s, "  verdict: inside (every row within the tolerance)"),
             "outside" => writeln!(s, "  verdict: outside ({} rows outside the tolerance)", self.outside),
             _ => writeln!(
                 s,
-                "  verdict: untrusted ({} trusted host runs of {} needed: the host was too loaded; no ratio printed)",
-                self.trusted_host_runs, self.runs
+                "  verdict: untrusted (CPUs with fewer than {} trusted host runs: the host was too loaded; no ratio printed for their rows)",
+                self.runs
             ),
         };
         s
@@ -310,10 +329,10 @@ mod tests {
     #[test]
     fn too_few_trusted_host_runs_give_no_ratio() {
         let e = RunRows::new(&[0, 200], &[0, 200], 200);
-        let h = |t| HostRun {
+        let h = |t: bool| HostRun {
             rows: RunRows::new(&[0, 390], &[0, 390], 200),
-            trusted: t,
-            min_spin_share: None,
+            trusted: vec![t, t],
+            min_share: None,
             untrusted_reason: None,
         };
         let d = DiffReport::new(

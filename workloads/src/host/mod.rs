@@ -422,6 +422,8 @@ fn execute(plan: &Arc<Plan>) -> Result<Measured, String> {
                 wall_ns: s.wall_ns.load(Ordering::SeqCst),
                 nivcsw: s.nivcsw.load(Ordering::SeqCst),
                 nvcsw: s.nvcsw.load(Ordering::SeqCst),
+                delay_ns: (s.delay_known.load(Ordering::SeqCst) != 0).then(|| s.delay_ns.load(Ordering::SeqCst)),
+                first: x.first > 0,
             }
         })
         .collect();

@@ -4,12 +4,19 @@
 //! object (the counters before and after, page faults, each thread's time
 //! on its CPU and the trust verdict) and the expectations one by one.
 //!
-//! Trust: a spinning sibling that the host scheduler takes off its CPU
-//! stops receiving the flush IPIs the row counts, so the row would be
-//! wrong, not noisy.  Each spinning thread's share of the run (from the
-//! start gate's opening to the end of its spin) spent on its CPU
-//! (CLOCK_THREAD_CPUTIME_ID / wall time) must be at least `TRUST_SHARE`;
-//! below it the run is `trusted: false` with the share.
+//! Trust, per CPU: a thread that the host scheduler keeps off its CPU
+//! while it is runnable (another task has the CPU) is not in its mm
+//! there, so the flushes skip that CPU and its row comes out low: wrong,
+//! not noisy.  For every thread but `first` ones, from the start gate's
+//! opening to its end, the share of the run it was not waiting on a run
+//! queue (1 - run_delay / wall time, /proc/thread-self/schedstat) must be
+//! at least `TRUST_SHARE`, and a spinning thread must also have been on
+//! its CPU (CLOCK_THREAD_CPUTIME_ID / wall time) for that share.  CPU n's
+//! rows are trusted when every judged thread pinned to CPU n passes
+//! (`trusted_cpus`); the run is `trusted` when every CPU is.  Time a
+//! thread blocks by itself (mmap_lock, a futex, waitpid) does not count
+//! against it, and a sender kept off its CPU only sends later: it does
+//! not make the other CPUs' rows wrong.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,8 +29,8 @@ use crate::report::{BudgetJson, SCHEMA};
 use crate::script::check::Checked;
 use crate::script::judge::Judged;
 
-/// A spinning thread must be on its CPU for at least this share of its
-/// spin for the run's rows to be trusted.
+/// Every thread must have had its CPU for at least this share of the run
+/// (not waiting on a run queue) for the run's rows to be trusted.
 pub const TRUST_SHARE: f64 = 0.95;
 
 /// One thread's time on its CPU.
@@ -40,9 +47,30 @@ pub struct ThreadRecord {
     /// Involuntary / voluntary context switches (getrusage RUSAGE_THREAD).
     pub nivcsw: u64,
     pub nvcsw: u64,
+    /// ns runnable but waiting for its CPU (schedstat run_delay); None
+    /// when the kernel keeps no schedstat.
+    pub delay_ns: Option<u64>,
+    /// A `first` thread (runs alone; not judged for trust).
+    pub first: bool,
 }
 
 impl ThreadRecord {
+    /// The share of the run it had its CPU when it wanted it (1 - the
+    /// share it waited on a run queue).
+    pub fn runnable_share(&self) -> Option<f64> {
+        let d = self.delay_ns?;
+        (self.wall_ns > 0).then(|| (1.0 - d as f64 / self.wall_ns as f64).clamp(0.0, 1.0))
+    }
+
+    /// What trust judges: the lower of `runnable_share` and, for a
+    /// spinning thread, `spin_share`.
+    pub fn trust_share(&self) -> Option<f64> {
+        match (self.runnable_share(), self.spin_share()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// A spinning thread's share of the run (from the gate's opening to
     /// the end of its spin) it was on its CPU: while it waits at barriers
     /// it spins too, so every moment off its CPU is the scheduler's.
@@ -82,6 +110,8 @@ pub struct ThreadJson {
     pub record: ThreadRecord,
     pub on_cpu_share: Option<f64>,
     pub spin_on_cpu_share: Option<f64>,
+    /// 1 - run_delay / wall: the share of the run it was not kept waiting.
+    pub runnable_share: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -100,11 +130,15 @@ pub struct HostJson {
     pub interrupts_after: Rows,
     /// Of the script's processes and their children (getrusage RUSAGE_CHILDREN).
     pub page_faults: PageFaults,
-    /// Every spinning thread was on its CPU for >= `trust_share` of its spin.
+    /// Every CPU's rows are trusted.
     pub trusted: bool,
+    /// Per CPU: every judged thread pinned there had its CPU for >=
+    /// `trust_share` of the run.
+    pub trusted_cpus: Vec<bool>,
     pub trust_share: f64,
-    /// The lowest share measured (None: no thread spun).
-    pub min_spin_share: Option<f64>,
+    /// The lowest share measured (None: nothing measured).
+    pub min_share: Option<f64>,
+    /// One sentence per untrusted CPU, naming its worst thread.
     pub untrusted_reason: Option<String>,
     pub threads: Vec<ThreadJson>,
 }
@@ -202,20 +236,42 @@ impl HostReport {
         let threads: Vec<ThreadJson> = m
             .threads
             .iter()
-            .map(|t| ThreadJson { record: t.clone(), on_cpu_share: t.share(), spin_on_cpu_share: t.spin_share() })
+            .map(|t| ThreadJson {
+                record: t.clone(),
+                on_cpu_share: t.share(),
+                spin_on_cpu_share: t.spin_share(),
+                runnable_share: t.runnable_share(),
+            })
             .collect();
-        let worst =
-            threads.iter().filter_map(|t| t.spin_on_cpu_share.map(|s| (s, t))).min_by(|a, b| a.0.total_cmp(&b.0));
-        let min_share = worst.map(|(s, _)| s);
-        let untrusted = worst.filter(|(s, _)| *s < TRUST_SHARE).map(|(s, t)| {
-            format!(
-                "thread {} spun on CPU{} but was on it for {:.1}% of the run (< {:.0}%): the host was too loaded to trust the rows",
-                t.record.name,
-                t.record.cpu,
-                s * 100.0,
-                TRUST_SHARE * 100.0
-            )
-        });
+        let judged = |t: &&ThreadJson| !t.record.first;
+        let min_share = threads.iter().filter(judged).filter_map(|t| t.record.trust_share()).min_by(f64::total_cmp);
+        let ncpus = m.after.tlb.len().max(c.cpus as usize);
+        let mut trusted_cpus = vec![true; ncpus];
+        let mut why = Vec::new();
+        for (cpu, ok) in trusted_cpus.iter_mut().enumerate() {
+            let worst = threads
+                .iter()
+                .filter(judged)
+                .filter(|t| t.record.cpu as usize == cpu)
+                .filter_map(|t| t.record.trust_share().map(|s| (s, t)))
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            if let Some((s, t)) = worst.filter(|(s, _)| *s < TRUST_SHARE) {
+                *ok = false;
+                let how = if t.record.runnable_share() == Some(s) {
+                    "had its CPU when it wanted it"
+                } else {
+                    "spun on its CPU"
+                };
+                why.push(format!(
+                    "CPU{cpu}: thread {} {how} for {:.1}% of the run (< {:.0}%; another task had the CPU)",
+                    t.record.name,
+                    s * 100.0,
+                    TRUST_SHARE * 100.0
+                ));
+            }
+        }
+        let untrusted =
+            (!why.is_empty()).then(|| format!("{}: the host was too loaded to trust those CPUs' rows", why.join("; ")));
         let verdict = if m.error.is_some() {
             "panic"
         } else if !failed.is_empty() {
@@ -286,9 +342,10 @@ impl HostReport {
                 interrupts_before: Rows { cal: m.before.cal.clone(), tlb: m.before.tlb.clone() },
                 interrupts_after: Rows { cal: m.after.cal.clone(), tlb: m.after.tlb.clone() },
                 page_faults: PageFaults { minor: m.minor_faults, major: m.major_faults },
-                trusted: untrusted.is_none(),
+                trusted: trusted_cpus.iter().all(|x| *x),
+                trusted_cpus,
                 trust_share: TRUST_SHARE,
-                min_spin_share: min_share,
+                min_share,
                 untrusted_reason: untrusted,
                 threads,
             },
@@ -364,29 +421,30 @@ impl HostReport {
             };
             let _ = writeln!(
                 s,
-                "  thread {} (CPU{}): {:.1} ms{spin}, on its CPU {}; {} involuntary, {} voluntary switches",
+                "  thread {} (CPU{}): {:.1} ms{spin}, running {}, kept waiting {}; {} involuntary, {} voluntary switches",
                 r.name,
                 r.cpu,
                 r.wall_ns as f64 / 1e6,
                 t.on_cpu_share.map_or("?".to_string(), |x| format!("{:.1}%", x * 100.0)),
+                t.runnable_share.map_or("?".to_string(), |x| format!("{:.1}%", (1.0 - x) * 100.0)),
                 r.nivcsw,
                 r.nvcsw
             );
         }
-        match (&self.host.untrusted_reason, self.host.min_spin_share) {
+        match (&self.host.untrusted_reason, self.host.min_share) {
             (Some(why), _) => {
                 let _ = writeln!(s, "  trusted: NO: {why}");
             }
             (None, Some(x)) => {
                 let _ = writeln!(
                     s,
-                    "  trusted: yes (every spinning thread on its CPU >= {:.0}% of the run; lowest {:.1}%)",
+                    "  trusted: yes (every thread had its CPU >= {:.0}% of the run; lowest {:.1}%)",
                     self.host.trust_share * 100.0,
                     x * 100.0
                 );
             }
             (None, None) => {
-                let _ = writeln!(s, "  trusted: yes (no thread spun)");
+                let _ = writeln!(s, "  trusted: yes (nothing measured: no schedstat and no thread spun)");
             }
         }
         let _ = writeln!(s, "  violations, leaked frames, gather, emulator counters: {NOT_OBSERVABLE}");

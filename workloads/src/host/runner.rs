@@ -160,6 +160,7 @@ fn thread_main(plan: Arc<Plan>, arena: &'static Arena, regions: Regions, i: usiz
         }
     };
     let (run0, cs0) = (super::counters::thread_cpu_ns(), super::counters::rusage(libc::RUSAGE_THREAD));
+    let delay0 = super::counters::thread_run_delay_ns();
     arena.ready.fetch_add(1, Ordering::SeqCst);
     let first = inst.first;
     let mut go = if first > 0 { wait_gate(arena, |g| g == first) } else { wait_gate(arena, |g| g > plan.nfirst) };
@@ -196,6 +197,10 @@ fn thread_main(plan: Arc<Plan>, arena: &'static Arena, regions: Regions, i: usiz
     let wall =
         if first > 0 { t0.elapsed().as_nanos() as u64 } else { super::counters::monotonic_ns().saturating_sub(open) };
     slot.wall_ns.store(wall, Ordering::SeqCst);
+    if let (Some(a), Some(b)) = (delay0, super::counters::thread_run_delay_ns()) {
+        slot.delay_ns.store(b.saturating_sub(a), Ordering::SeqCst);
+        slot.delay_known.store(1, Ordering::SeqCst);
+    }
     slot.nivcsw.store(cs1.0.saturating_sub(cs0.0), Ordering::SeqCst);
     slot.nvcsw.store(cs1.1.saturating_sub(cs0.1), Ordering::SeqCst);
     if first > 0 {
