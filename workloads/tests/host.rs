@@ -376,3 +376,25 @@ fn the_cli_refuses_with_exit_2_and_one_line() {
     );
     assert!(o.stdout.is_empty());
 }
+
+/// Bad usage of `host` and `diff` is one line and exit 2.
+#[test]
+fn host_and_diff_usage_errors_are_one_line() {
+    let tmp = tmpdir("usage");
+    for (args, want) in [
+        (&["host"][..], "error: mmemu host needs <FILE>; allowed: a script file (.mmemu, docs/SCRIPTS.md)\n"),
+        (
+            &["host", "x.mmemu", "--iterations", "5", "--seconds", "1"][..],
+            "error: --iterations cannot be used with --seconds; allowed: one of them\n",
+        ),
+        (&["diff", "x.mmemu", "--runs", "0"][..], "error: --runs: '0' is out of range; allowed 1..=100\n"),
+        (
+            &["diff", "x.mmemu", "--tolerance", "-1"][..],
+            "error: --tolerance: '-1' is not a decimal in 0..=1000; allowed 0..=1000\n",
+        ),
+    ] {
+        let o = mmemu(args, &tmp);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&o.stderr), want, "{args:?}");
+    }
+}
