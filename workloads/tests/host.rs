@@ -398,3 +398,33 @@ fn host_and_diff_usage_errors_are_one_line() {
         assert_eq!(String::from_utf8_lossy(&o.stderr), want, "{args:?}");
     }
 }
+
+/// SIGINT to mmemu alone (not its process group) still ends the run at
+/// the children's next step: the parent forwards it through the arena.
+/// The report says so, the exit status is 130, nothing is left behind.
+#[test]
+fn sigint_to_mmemu_alone_ends_the_run() {
+    need_host!();
+    let _g = HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tmpdir("sigint");
+    let f = write_script(
+        &tmp,
+        "loop.mmemu",
+        "script loop\ncpus 2\nprocess P\nthread A on cpu 0 in P {\n  mmap R anon 1 page\n  repeat until budget {\n    write R[0] = 1\n    madvise R[0] dontneed\n  }\n}\nthread B on cpu 1 in P {\n  sleep\n}\n",
+    );
+    let t0 = std::time::Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_mmemu"))
+        .args(["host", &f, "--json", "--seconds", "60"])
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // SAFETY: SIGINT to the mmemu process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert!(t0.elapsed().as_secs() < 20, "the run did not stop");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["interrupted"], true, "{v:#}");
+    assert_eq!(o.status.code(), Some(130), "{v:#}");
+}

@@ -1,6 +1,7 @@
 //! `mmemu host FILE`: the options made `host::HostOptions`, the run
 //! (`crate::host`), the report printed.  Exit 0 ok, 1 a failed
-//! expectation or step, 2 a refused script or bad usage.
+//! expectation or step, 2 a refused script or bad usage, 128 + the signal
+//! when SIGINT / SIGTERM cut the budget short (as `mmemu run`).
 
 use super::args::HostArgs;
 use super::output::{emit, print_json, CliError};
@@ -29,5 +30,5 @@ pub(super) fn host(a: HostArgs) -> Result<i32, CliError> {
     } else {
         emit(&r.human())?;
     }
-    Ok(if r.failed() { 1 } else { 0 })
+    Ok(super::run::exit_status(r.failed()))
 }

@@ -82,6 +82,12 @@ impl Message {
 pub struct Arena {
     /// Set when the run must end (a process died): every wait gives up.
     pub abort: AtomicU32,
+    /// Set by the parent when mmemu got SIGINT / SIGTERM (a signal sent
+    /// to mmemu alone, not to its process group): budgets end at the next
+    /// step, as `budget::interrupted` does in the process that got it.
+    pub stop: AtomicU32,
+    /// Steps started, over every thread (the parent's hang watchdog).
+    pub steps: AtomicU64,
     /// The start gate: 0 closed; `k` lets the k-th `first` thread run;
     /// past them, everyone.
     pub gate: AtomicU32,
@@ -134,6 +140,11 @@ impl Arena {
         for h in &self.held {
             super::sys::futex_wake(h);
         }
+    }
+
+    /// A stop was requested (here or in the parent).
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) != 0 || crate::budget::interrupted()
     }
 
     pub fn aborted(&self) -> bool {

@@ -360,6 +360,8 @@ fn execute(plan: &Arc<Plan>) -> Result<Measured, String> {
     arena.gate_open_ns.store(counters::monotonic_ns(), Ordering::SeqCst);
     arena.gate.store(1, Ordering::SeqCst);
     sys::futex_wake(&arena.gate);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dog = watchdog(arena, &pids, done.clone());
     let mut error = None;
     let mut left = pids.clone();
     while !left.is_empty() {
@@ -387,6 +389,14 @@ fn execute(plan: &Arc<Plan>) -> Result<Measured, String> {
         }
     }
     let elapsed = t0.elapsed();
+    done.store(true, Ordering::SeqCst);
+    let hung = dog.join().unwrap_or(false);
+    if hung {
+        error.get_or_insert(format!(
+            "no step started for {} s: the run hung; its processes were killed",
+            HANG_TIMEOUT.as_secs()
+        ));
+    }
     let after = counters::interrupts()?;
     let vm1 = counters::vmstat_tlb();
     let faults1 = counters::rusage(libc::RUSAGE_CHILDREN);
@@ -448,6 +458,50 @@ fn execute(plan: &Arc<Plan>) -> Result<Measured, String> {
         interrupted: crate::budget::interrupted(),
         digest,
         bad_read: arena.bad_read.get(),
+    })
+}
+
+/// A host run whose threads start no step for this long has hung (a
+/// partner that can never come): it is aborted, then killed.
+const HANG_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// While the parent waits for its processes: forward a SIGINT / SIGTERM
+/// that reached mmemu alone (`kill PID`, not Ctrl-C, which the whole
+/// process group gets) to the children through the arena, and end a run
+/// that makes no progress: abort it, and SIGKILL its processes if they do
+/// not end.  Wakes every 50 ms, off the script's CPUs' hot paths.  True
+/// if it found a hang.
+fn watchdog(
+    arena: &'static arena::Arena,
+    pids: &[(i32, String)],
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<bool> {
+    let pids: Vec<i32> = pids.iter().map(|(p, _)| *p).collect();
+    std::thread::spawn(move || {
+        let (mut last, mut since) = (arena.steps.load(Ordering::Relaxed), Instant::now());
+        let mut hung = false;
+        while !done.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+            if crate::budget::interrupted() {
+                arena.stop.store(1, Ordering::SeqCst);
+                sys::futex_wake(&arena.working);
+            }
+            let now = arena.steps.load(Ordering::Relaxed);
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if since.elapsed() > HANG_TIMEOUT && !hung {
+                hung = true;
+                arena.abort();
+            } else if hung && since.elapsed() > HANG_TIMEOUT + Duration::from_secs(5) {
+                for p in &pids {
+                    // SAFETY: SIGKILL to a process this run forked and has
+                    // not reaped (its pid cannot have been reused yet).
+                    unsafe { libc::kill(*p, libc::SIGKILL) };
+                }
+                since = Instant::now();
+            }
+        }
+        hung
     })
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::arena::Arena;
 use super::sys::{self, Probe};
-use crate::budget::{interrupted, Budget, Until};
+use crate::budget::{Budget, Until};
 use crate::scenarios::native::Rng;
 use crate::script::ast::*;
 use crate::script::check::{Checked, PAGE, PMD_PAGES};
@@ -318,6 +318,7 @@ impl Runner {
             self.arena.threads[self.slot]
                 .step
                 .store((st.span.line as u64) << 32 | st.span.col as u64, Ordering::Relaxed);
+            self.arena.steps.fetch_add(1, Ordering::Relaxed);
             r = self.step(process, st);
             if r.is_err() {
                 break;
@@ -349,9 +350,20 @@ impl Runner {
         self.done_working();
     }
 
+    /// The budget's time is up, or a stop was requested (SIGINT / SIGTERM
+    /// here or forwarded by the parent).
+    fn expired(&self) -> bool {
+        self.until.expired() || self.arena.stopped()
+    }
+
+    /// May round `r` start?
+    fn more(&self, r: u64) -> bool {
+        self.until.more(r) && !self.arena.stopped()
+    }
+
     #[inline]
     fn budget_check(&self, i: u64) -> Flow {
-        if i > 0 && i.is_multiple_of(TOUCHES_PER_CHECK) && !self.lockstep && self.until.expired() {
+        if i > 0 && i.is_multiple_of(TOUCHES_PER_CHECK) && !self.lockstep && self.expired() {
             return Err(Stop::Budget);
         }
         Ok(())
@@ -365,7 +377,7 @@ impl Runner {
             if cur & GATE_CLOSED != 0 {
                 return r < cur & !GATE_CLOSED;
             }
-            let (next, go) = if self.until.more(r) { (cur.max(r + 1), true) } else { (cur | GATE_CLOSED, r < cur) };
+            let (next, go) = if self.more(r) { (cur.max(r + 1), true) } else { (cur | GATE_CLOSED, r < cur) };
             match gate.compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => return go,
                 Err(now) => cur = now,
@@ -680,7 +692,7 @@ impl Runner {
                 let s = &self.arena.threads[self.slot];
                 s.spun.store(1, Ordering::SeqCst);
                 let (r0, t0) = (super::counters::thread_cpu_ns(), Instant::now());
-                while self.arena.working.load(Ordering::Relaxed) > 0 && !self.arena.aborted() && !interrupted() {
+                while self.arena.working.load(Ordering::Relaxed) > 0 && !self.arena.aborted() && !self.arena.stopped() {
                     std::hint::spin_loop();
                 }
                 if let (Some(a), Some(b)) = (r0, super::counters::thread_cpu_ns()) {
@@ -693,7 +705,7 @@ impl Runner {
                 self.done_working();
                 loop {
                     let w = self.arena.working.load(Ordering::SeqCst);
-                    if w == 0 || self.arena.aborted() || interrupted() {
+                    if w == 0 || self.arena.aborted() || self.arena.stopped() {
                         break;
                     }
                     sys::futex_wait(&self.arena.working, w, FUTEX_SLICE);
@@ -715,7 +727,7 @@ impl Runner {
                 let mut names = Vec::new();
                 barrier_names(body, &mut names);
                 if names.is_empty() || self.lockstep {
-                    while self.until.more(self.rounds()) {
+                    while self.more(self.rounds()) {
                         self.body(process, body)?;
                         self.round();
                     }
@@ -741,7 +753,7 @@ impl Runner {
                 let n = b.saturating_sub(a).div_ceil(s.max(1));
                 let order: Vec<u64> = if *shuffled { self.rng.permutation(n) } else { (0..n).collect() };
                 for i in order {
-                    if self.until.expired() && !self.lockstep {
+                    if self.expired() && !self.lockstep {
                         return Err(Stop::Budget);
                     }
                     self.vars.push((var.text.clone(), a + i * s));
