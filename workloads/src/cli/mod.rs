@@ -37,6 +37,10 @@ pub fn main() -> i32 {
     install_panic_hook();
     install_signal_handlers();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // An `exec` step's helper (docs/HOST.md), never typed by a user.
+    if args.get(1).is_some_and(|a| a == "__host-exec") {
+        crate::host::exec_helper();
+    }
     let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {

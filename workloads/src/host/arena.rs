@@ -1,6 +1,6 @@
-//! The memory every process of a host run shares: one
-//! mmap(MAP_SHARED | MAP_ANONYMOUS) made before the first fork, so each
-//! process sees it at the same address.  It holds the futex words
+//! The memory every process of a host run shares: a memfd mapped
+//! MAP_SHARED before the first fork, so each forked process sees it at
+//! the same address (and an `exec` helper maps the same memfd again).  It holds the futex words
 //! (barriers, the start gate, the count of working threads, held threads'
 //! start flags), the per-thread work and scheduling record the parent
 //! reports, and the first error line.
@@ -88,6 +88,8 @@ pub struct Arena {
     pub stop: AtomicU32,
     /// Steps started, over every thread (the parent's hang watchdog).
     pub steps: AtomicU64,
+    /// The arena's memfd (the same number in every process of the run).
+    pub fd: AtomicU32,
     /// The start gate: 0 closed; `k` lets the k-th `first` thread run;
     /// past them, everyone.
     pub gate: AtomicU32,
@@ -114,17 +116,34 @@ pub struct Arena {
 }
 
 impl Arena {
-    /// A zeroed arena in fresh shared anonymous memory (never unmapped: it
-    /// lives as long as the process, one per host run).
+    /// A zeroed arena in fresh shared memory: a memfd mapped MAP_SHARED
+    /// (never unmapped: it lives as long as the process, one per host
+    /// run).  The memfd's descriptor stays open, without close-on-exec
+    /// cleared only for an `exec` helper (`fd`), which maps it again.
     pub fn map() -> Result<&'static Arena, String> {
         let len = std::mem::size_of::<Arena>() as u64;
-        let p =
-            super::sys::mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
-                .map_err(|e| format!("cannot map the shared arena: {e}"))?;
-        // SAFETY: the mapping is fresh, page aligned, `len` bytes and
-        // zero-filled; every field of Arena is an atomic (or an array of
-        // them) for which all-zero bytes are a valid value; it is never
-        // unmapped, so the reference may be 'static.
+        // SAFETY: a NUL-terminated name; MFD_CLOEXEC keeps it from other programs.
+        let fd = unsafe { libc::memfd_create(c"mmemu-host-arena".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!("cannot create the shared arena (memfd_create): {}", super::sys::errno()));
+        }
+        // SAFETY: our own new descriptor.
+        super::sys::check(unsafe { libc::ftruncate(fd, len as libc::off_t) })
+            .map_err(|e| format!("cannot size the shared arena: {e}"))?;
+        let a = Arena::attach(fd)?;
+        a.fd.store(fd as u32, Ordering::SeqCst);
+        Ok(a)
+    }
+
+    /// The arena behind descriptor `fd` (an `exec` helper's, inherited).
+    pub fn attach(fd: i32) -> Result<&'static Arena, String> {
+        let len = std::mem::size_of::<Arena>() as u64;
+        let p = super::sys::mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+            .map_err(|e| format!("cannot map the shared arena: {e}"))?;
+        // SAFETY: the mapping is page aligned and `len` bytes of a memfd
+        // sized to `len` (zero-filled when new); every field of Arena is
+        // an atomic (or an array of them) for which all-zero bytes are a
+        // valid value; it is never unmapped, so the reference may be 'static.
         Ok(unsafe { &*(p as *const Arena) })
     }
 

@@ -167,7 +167,7 @@ pub fn run_source(o: &HostOptions, src: &str, facts: &refuse::HostFacts) -> Resu
         BudgetSpec::Rounds(n) => Budget::Iterations(n),
         BudgetSpec::Millis(ms) => Budget::Seconds(ms as f64 / 1000.0),
     });
-    let plan = plan(file, script, checked, budget, o.seed)?;
+    let plan = plan(file, script, checked, budget, o.seed, None)?;
     let plan = Arc::new(plan);
     let m = execute(&plan).map_err(HostError::Failed)?;
     let mut expectations = Vec::new();
@@ -187,7 +187,16 @@ pub fn run_source(o: &HostOptions, src: &str, facts: &refuse::HostFacts) -> Resu
 
 /// Instances, barriers, held threads and files: everything fixed before
 /// the first fork.
-fn plan(file: &str, script: Script, checked: Checked, budget: Budget, seed: u64) -> Result<Plan, HostError> {
+/// `adopt`: an `exec` helper's files, the descriptors it inherited (in
+/// declaration order), instead of new temporary files.
+fn plan(
+    file: &str,
+    script: Script,
+    checked: Checked,
+    budget: Budget,
+    seed: u64,
+    mut adopt: Option<Vec<std::fs::File>>,
+) -> Result<Plan, HostError> {
     let n = checked.cpus;
     let cfg = |e: crate::error::RunError| HostError::Refused(e.to_string());
     let mut insts = Vec::new();
@@ -269,11 +278,12 @@ fn plan(file: &str, script: Script, checked: Checked, budget: Budget, seed: u64)
             Contents::Index => Some(None),
             Contents::Fill(e) => Some(Some(const_eval(e, &checked, n, 0).map_err(cfg)?)),
         };
-        files.push(HostFile {
-            name: f.name.text.clone(),
-            file: temp_file(pages, word).map_err(HostError::Failed)?,
-            pages,
-        });
+        let file = match adopt.as_mut() {
+            Some(fds) if !fds.is_empty() => fds.remove(0),
+            Some(_) => return Err(HostError::Failed(format!("{file}: the exec helper lacks file {}", f.name.text))),
+            None => temp_file(pages, word).map_err(HostError::Failed)?,
+        };
+        files.push(HostFile { name: f.name.text.clone(), file, pages });
     }
     Ok(Plan { file: file.to_string(), script, checked, insts, nfirst: turn, barriers, held, files, budget, seed })
 }
@@ -459,6 +469,38 @@ fn execute(plan: &Arc<Plan>) -> Result<Measured, String> {
         digest,
         bad_read: arena.bad_read.get(),
     })
+}
+
+/// `mmemu __host-exec` (never typed by a user): the helper an `exec C { … }`
+/// step execve's, so that C has a fresh mm.  Its state comes in the
+/// environment (`runner::EXEC_ENV`); it runs C's block and _exits.
+pub fn exec_helper() -> ! {
+    let st = std::env::var(runner::EXEC_ENV).unwrap_or_default();
+    let fail = |m: String| -> ! {
+        let _ = writeln!(std::io::stderr(), "mmemu __host-exec: {m}");
+        // SAFETY: ends this helper process at once.
+        unsafe { libc::_exit(1) }
+    };
+    let e = runner::ExecState::decode(&st).unwrap_or_else(|| fail("no or bad exec state".into()));
+    let arena = arena::Arena::attach(e.arena_fd).unwrap_or_else(|m| fail(m));
+    let src = std::fs::read_to_string(&e.file).unwrap_or_else(|x| fail(format!("{}: {x}", e.file)));
+    let r = (|| -> Result<Plan, HostError> {
+        let script = crate::script::parse(&e.file, &src).map_err(|x| HostError::Failed(x.to_string()))?;
+        let mut checked =
+            crate::script::check(&e.file, &script, &e.params).map_err(|x| HostError::Failed(x.to_string()))?;
+        checked.cpus = e.cpus;
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: descriptors the parent left open across execve for us, each owned once here.
+        let files = e.file_fds.iter().map(|fd| unsafe { std::fs::File::from_raw_fd(*fd) }).collect();
+        plan(&e.file, script, checked, e.budget, e.seed, Some(files))
+    })();
+    match r {
+        Ok(plan) => runner::exec_main(Arc::new(plan), arena, e),
+        Err(HostError::Failed(m) | HostError::Refused(m)) => {
+            arena.error.set(&m);
+            fail(m)
+        }
+    }
 }
 
 /// A host run whose threads start no step for this long has hung (a

@@ -174,13 +174,6 @@ fn walk(file: &str, b: &[Step], c: &Checked, top: bool, huge: &mut u64) -> Optio
             StepKind::Device { .. } => {
                 return refuse(st.span, "device", "there is no SVA device to bind");
             }
-            StepKind::Exec { .. } => {
-                return refuse(
-                    st.span,
-                    "exec",
-                    "a fresh mm needs an execve of a helper program, which the host runner does not have yet",
-                );
-            }
             StepKind::Exit { process: true } if top => {
                 return Some(ScriptError::new(
                     file,
@@ -193,7 +186,7 @@ fn walk(file: &str, b: &[Step], c: &Checked, top: bool, huge: &mut u64) -> Optio
                 let pages = if size.pages { n } else { n / crate::script::check::PAGE };
                 *huge += pages.div_ceil(PMD_PAGES);
             }
-            StepKind::Fork { body, .. } => {
+            StepKind::Fork { body, .. } | StepKind::Exec { body, .. } => {
                 if let Some(e) = walk(file, body, c, false, huge) {
                     return Some(e);
                 }

@@ -626,7 +626,8 @@ impl Runner {
                 self.op();
             }
             StepKind::Fork { child, body } => return self.fork(process, st, child, body),
-            StepKind::Exec { .. } | StepKind::GupFast { .. } | StepKind::Collapse { .. } | StepKind::Device { .. } => {
+            StepKind::Exec { child, .. } => return self.exec(st, child),
+            StepKind::GupFast { .. } | StepKind::Collapse { .. } | StepKind::Device { .. } => {
                 return Err(self.fail(st.span, format!("{} is not run on the host", st.kind.keyword())));
             }
             StepKind::Spawn { thread, cpu, body } => {
@@ -824,6 +825,232 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// `exec C { … }`: fork, and the child execve's mmemu as the helper
+    /// (`host::exec_helper`), which runs the block in a fresh mm and
+    /// _exits; this thread waits for it.  The helper draws from a stream of
+    /// its own (as a spawned thread does).
+    fn exec(&mut self, st: &Step, child: &Name) -> Flow {
+        let budget = match self.until.deadline() {
+            Some(d) => Budget::Seconds(d.saturating_duration_since(Instant::now()).as_secs_f64().max(1e-3)),
+            None => self.plan.budget,
+        };
+        use std::os::fd::AsRawFd as _;
+        let e = ExecState {
+            file: self.plan.file.clone(),
+            params: self.plan.checked.params.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            seed: self.plan.seed,
+            cpus: self.plan.checked.cpus,
+            budget,
+            slot: self.slot,
+            declared: self.declared,
+            line: st.span.line,
+            col: st.span.col,
+            child: child.text.clone(),
+            vars: self.vars.clone(),
+            stream: self.rng.next(),
+            arena_fd: self.arena.fd.load(Ordering::SeqCst) as i32,
+            file_fds: self.plan.files.iter().map(|f| f.file.as_raw_fd()).collect(),
+        };
+        let env = std::ffi::CString::new(format!("{EXEC_ENV}={}", e.encode()))
+            .map_err(|_| self.fail(st.span, "exec: the helper's state holds a NUL"))?;
+        let exe = c"/proc/self/exe";
+        let argv = [c"mmemu".as_ptr(), c"__host-exec".as_ptr(), std::ptr::null()];
+        let envp = [env.as_ptr(), std::ptr::null()];
+        let fds: Vec<i32> = std::iter::once(e.arena_fd).chain(e.file_fds.iter().copied()).collect();
+        self.op();
+        // SAFETY: fork in a threaded process; the child only clears
+        // close-on-exec on descriptors we own, calls execve (everything it
+        // needs was built before the fork) or _exit.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(self.fail(st.span, format!("fork: {}", sys::errno())));
+        }
+        if pid == 0 {
+            // SAFETY: as above: async-signal-safe calls only, then execve or _exit.
+            unsafe {
+                for fd in &fds {
+                    libc::fcntl(*fd, libc::F_SETFD, 0);
+                }
+                libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                libc::_exit(126);
+            }
+        }
+        let ended = sys::wait_for(pid).map_err(|e| self.fail(st.span, e))?;
+        self.op();
+        match ended {
+            sys::Ended::Code(0) => Ok(()),
+            sys::Ended::Code(3) => Err(Stop::Budget),
+            sys::Ended::Code(126) => Err(self.fail(st.span, "exec: execve of /proc/self/exe failed")),
+            sys::Ended::Code(_) => Err(Stop::Reported),
+            sys::Ended::Signal(s) => {
+                Err(self.fail(st.span, format!("exec child {} was killed by {}", child.text, sys::signal_name(s))))
+            }
+        }
+    }
+}
+
+/// The environment variable that carries an `exec` helper's state.
+pub const EXEC_ENV: &str = "MMEMU_HOST_EXEC";
+
+/// What an `exec` helper needs: the script and its options, where the
+/// step is (its line and column: one step per place), whose thread slot
+/// it counts in, the loop variables, a seed stream, and the descriptors
+/// of the arena and the files.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecState {
+    pub file: String,
+    pub params: Vec<(String, u64)>,
+    pub seed: u64,
+    pub cpus: u64,
+    pub budget: Budget,
+    pub slot: usize,
+    pub declared: bool,
+    pub line: u32,
+    pub col: u32,
+    pub child: String,
+    pub vars: Vec<(String, u64)>,
+    pub stream: u64,
+    pub arena_fd: i32,
+    pub file_fds: Vec<i32>,
+}
+
+impl ExecState {
+    /// One line per field, `key=value`; the file path last (it may hold `=`).
+    pub fn encode(&self) -> String {
+        let kv = |v: &[(String, u64)]| v.iter().map(|(k, x)| format!("{k}:{x}")).collect::<Vec<_>>().join(",");
+        let budget = match self.budget {
+            Budget::Iterations(n) => format!("rounds:{n}"),
+            Budget::Seconds(s) => format!("seconds:{s}"),
+        };
+        let fds = self.file_fds.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",");
+        format!(
+            "params={}\u{1f}seed={}\u{1f}cpus={}\u{1f}budget={budget}\u{1f}slot={}\u{1f}declared={}\u{1f}at={}:{}\u{1f}child={}\u{1f}vars={}\u{1f}stream={}\u{1f}arena={}\u{1f}files={fds}\u{1f}file={}",
+            kv(&self.params),
+            self.seed,
+            self.cpus,
+            self.slot,
+            self.declared as u8,
+            self.line,
+            self.col,
+            self.child,
+            kv(&self.vars),
+            self.stream,
+            self.arena_fd,
+            self.file
+        )
+    }
+
+    pub fn decode(s: &str) -> Option<ExecState> {
+        let mut m = BTreeMap::new();
+        for part in s.split('\u{1f}') {
+            let (k, v) = part.split_once('=')?;
+            m.insert(k, v);
+        }
+        let kv = |v: &str| -> Option<Vec<(String, u64)>> {
+            v.split(',')
+                .filter(|x| !x.is_empty())
+                .map(|x| x.split_once(':').and_then(|(k, n)| Some((k.to_string(), n.parse().ok()?))))
+                .collect()
+        };
+        let (bk, bv) = m.get("budget")?.split_once(':')?;
+        let budget = match bk {
+            "rounds" => Budget::Iterations(bv.parse().ok()?),
+            _ => Budget::Seconds(bv.parse().ok()?),
+        };
+        let (line, col) = m.get("at")?.split_once(':')?;
+        Some(ExecState {
+            file: m.get("file")?.to_string(),
+            params: kv(m.get("params")?)?,
+            seed: m.get("seed")?.parse().ok()?,
+            cpus: m.get("cpus")?.parse().ok()?,
+            budget,
+            slot: m.get("slot")?.parse().ok()?,
+            declared: *m.get("declared")? == "1",
+            line: line.parse().ok()?,
+            col: col.parse().ok()?,
+            child: m.get("child")?.to_string(),
+            vars: kv(m.get("vars")?)?,
+            stream: m.get("stream")?.parse().ok()?,
+            arena_fd: m.get("arena")?.parse().ok()?,
+            file_fds: m
+                .get("files")?
+                .split(',')
+                .filter(|x| !x.is_empty())
+                .map(|x| x.parse().ok())
+                .collect::<Option<_>>()?,
+        })
+    }
+}
+
+/// The `exec` step at `line:col` of the script, and its block.
+fn find_exec(b: &[Step], line: u32, col: u32) -> Option<&[Step]> {
+    b.iter().find_map(|st| match &st.kind {
+        StepKind::Exec { body, .. } if st.span.line == line && st.span.col == col => Some(body.as_slice()),
+        StepKind::Fork { body, .. }
+        | StepKind::Exec { body, .. }
+        | StepKind::Spawn { body, .. }
+        | StepKind::Repeat { body, .. }
+        | StepKind::RepeatUntilBudget { body }
+        | StepKind::For { body, .. } => find_exec(body, line, col),
+        _ => None,
+    })
+}
+
+/// The helper's work: C's block in this fresh process, then _exit (0 done,
+/// 3 the budget ran out, 1 an error, in the arena).
+pub fn exec_main(plan: Arc<Plan>, arena: &'static Arena, e: ExecState) -> ! {
+    ARENA.store(arena as *const Arena as *mut Arena, Ordering::SeqCst);
+    SLOT.with(|s| s.set(e.slot));
+    // SAFETY: installing a handler that only stores to atomics and calls _exit.
+    unsafe {
+        libc::signal(libc::SIGSEGV, on_fault as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGBUS, on_fault as *const () as libc::sighandler_t);
+    }
+    let body = plan.script.threads.iter().find_map(|t| find_exec(&t.body, e.line, e.col)).map(|b| b.to_vec());
+    let Some(body) = body else {
+        arena.error.set(&format!("{}:{}:{}: the exec helper found no exec step here", plan.file, e.line, e.col));
+        // SAFETY: ends the helper.
+        unsafe { libc::_exit(1) }
+    };
+    let probe = match Probe::new() {
+        Ok(p) => p,
+        Err(m) => {
+            arena.error.set(&m);
+            // SAFETY: ends the helper.
+            unsafe { libc::_exit(1) }
+        }
+    };
+    // SAFETY: sched_getcpu takes no arguments (the affinity came through fork and execve).
+    let cpu = unsafe { libc::sched_getcpu() }.max(0) as u64;
+    let mut r = Runner {
+        until: Until::new(e.budget),
+        rng: Rng::new(e.seed, e.stream),
+        plan: plan.clone(),
+        arena,
+        slot: e.slot,
+        cpu,
+        vars: e.vars.clone(),
+        regions: Arc::default(),
+        own: BTreeMap::new(),
+        spawns: Vec::new(),
+        declared: e.declared,
+        lockstep: false,
+        probe,
+    };
+    let code = match r.body(&e.child, &body) {
+        Ok(()) | Err(Stop::Exit) => 0,
+        Err(Stop::Budget) => 3,
+        Err(Stop::Error(m)) => {
+            arena.error.set(&m);
+            1
+        }
+        Err(Stop::Reported) => 1,
+    };
+    // SAFETY: the helper ends here.
+    unsafe { libc::_exit(code) }
+}
+
 /// Barrier names a body reaches (its fork children's too).
 pub fn barrier_names(body: &[Step], out: &mut Vec<String>) {
     for st in body {
@@ -848,4 +1075,33 @@ pub fn wait_held(arena: &Arena, h: usize) -> bool {
         sys::futex_wait(&arena.held[h], 0, FUTEX_SLICE);
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_state_survives_the_environment() {
+        let e = ExecState {
+            file: "a=b/c.mmemu".into(),
+            params: vec![("pages".into(), 64), ("fork".into(), 1)],
+            seed: u64::MAX,
+            cpus: 2,
+            budget: Budget::Seconds(0.25),
+            slot: 3,
+            declared: true,
+            line: 25,
+            col: 5,
+            child: "C".into(),
+            vars: vec![("k".into(), 7)],
+            stream: 99,
+            arena_fd: 5,
+            file_fds: vec![6, 7],
+        };
+        assert_eq!(ExecState::decode(&e.encode()), Some(e.clone()));
+        let none = ExecState { params: vec![], vars: vec![], file_fds: vec![], budget: Budget::Iterations(4), ..e };
+        assert_eq!(ExecState::decode(&none.encode()), Some(none));
+        assert_eq!(ExecState::decode("garbage"), None);
+    }
 }
