@@ -799,7 +799,18 @@ impl Runner {
                 .collect();
             self.regions = Arc::new(Mutex::new(mine));
             self.own = own;
-            self.spawns = Vec::new();
+            // The parent's spawned threads do not exist here: forget their
+            // handles (dropping one would detach a thread of the parent's).
+            std::mem::forget(std::mem::take(&mut self.spawns));
+            // A pipe of its own: the parent's is its thread's.
+            match Probe::new() {
+                Ok(p) => self.probe = p,
+                Err(e) => {
+                    self.arena.error.set(&format!("{}: fork child: {e}", self.plan.file));
+                    // SAFETY: the forked child ends here.
+                    unsafe { libc::_exit(1) };
+                }
+            }
             let code = match self.body(&child.text, body) {
                 Ok(()) | Err(Stop::Exit) => 0,
                 Err(Stop::Budget) => 3,
