@@ -361,7 +361,7 @@ fn stall_points_and_exit_process_are_refused() {
     let exit = ONE.replace("write R[0]", "exit process");
     assert_eq!(
         refused(&exit, facts()),
-        "t.mmemu:6:3: found exit process in a thread's own body, which mmemu host does not run: it would end the process's other threads mid-step; allowed inside a fork block"
+        "t.mmemu:6:3: found exit process in a thread's own body, which mmemu host does not run: it would end the process's other threads mid-step; allowed inside a fork or exec block"
     );
 }
 

@@ -178,7 +178,7 @@ fn walk(file: &str, b: &[Step], c: &Checked, top: bool, huge: &mut u64) -> Optio
                 return Some(ScriptError::new(
                     file,
                     st.span,
-                    "found exit process in a thread's own body, which mmemu host does not run: it would end the process's other threads mid-step; allowed inside a fork block",
+                    "found exit process in a thread's own body, which mmemu host does not run: it would end the process's other threads mid-step; allowed inside a fork or exec block",
                 ));
             }
             StepKind::Mmap { kind: MapKind::Hugetlb, size, .. } => {
