@@ -18,12 +18,15 @@
 //! - `trace_json`: Chrome trace-event JSON for ui.perfetto.dev.
 //! - `budget`: rounds or seconds, and the SIGINT / SIGTERM stop request.
 //! - `input`: names with "did you mean", decimal integers in a range.
+//! - `host`: `mmemu host FILE`, a script run on the real host kernel
+//!   (forked processes, pinned threads, /proc/interrupts before and after).
 //! - `script`: `.mmemu` scripts (docs/SCRIPTS.md): parser and checker.
 //! - `inject`: `--inject-panic`, the error path's test hook.
 
 pub mod budget;
 pub mod cli;
 pub mod error;
+pub mod host;
 pub mod inject;
 pub mod input;
 pub mod outcome;

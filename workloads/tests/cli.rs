@@ -423,7 +423,7 @@ fn exit_2_is_bad_usage_only_and_a_run_that_fails_is_1() {
 }
 
 const RUN_OPTIONS: &str = "--cpus, --arch, --revert, --seconds, --iterations, --wait, --no-pin, --seed, --hang-timeout, --no-debug-vm, --kernel, --param, --json, --trace, --help";
-const SUBCOMMANDS: &str = "list, run, reproduce, stress, check, help";
+const SUBCOMMANDS: &str = "list, run, reproduce, stress, check, host, diff, help";
 
 /// Every bad input: exit 2, nothing on stdout, and exactly one line on
 /// stderr: `error: ` + the expected text, where `{scenarios}`,
@@ -525,7 +525,7 @@ fn near_misses_suggest_the_name() {
         (&["run", "munmap-storm", "--param", "PAGES=8"], "scenario munmap-storm has no parameter 'PAGES' (did you mean 'pages'?); allowed: {params:munmap-storm}".into()),
         (&["run", "munmap-storm", "--seeds", "3"], "unknown option '--seeds' for mmemu run (did you mean '--seed'?); allowed: {run-options}".into()),
         (&["run", "munmap-storm", "--Cpus", "3"], "unknown option '--Cpus' for mmemu run (did you mean '--cpus'?); allowed: {run-options}".into()),
-        (&["lst"], format!("unknown subcommand 'lst' (did you mean 'list'?); {sub}")),
+        (&["lst"], format!("unknown subcommand 'lst' (did you mean 'host' or 'list'?); {sub}")),
         (&["Run", "munmap-storm"], format!("unknown subcommand 'Run' (did you mean 'run'?); {sub}")),
         (&["repro", "delay-rmap"], format!("unknown subcommand 'repro' (did you mean 'reproduce'?); {sub}")),
     ];

@@ -42,6 +42,74 @@ pub(super) enum Cmd {
     Stress(StressArgs),
     /// Parse and validate a script (docs/SCRIPTS.md) without running it.
     Check(CheckArgs),
+    /// Run a script on the real host kernel (docs/HOST.md): real processes, pinned threads, /proc/interrupts.
+    Host(HostArgs),
+    /// Run a script on the emulator and on the host N times each and compare TLB / CAL per iteration (docs/HOST.md).
+    Diff(DiffArgs),
+}
+
+#[derive(Args, Debug)]
+pub(super) struct DiffArgs {
+    /// The script (a .mmemu file).
+    #[arg(value_name = "FILE")]
+    pub(super) file: PathBuf,
+    /// The script's CPUs instead of its header's (both sides).
+    #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
+    pub(super) cpus: Option<usize>,
+    /// Rounds per run on both sides (1..=1000000000; default the header's budget in rounds, else 100).
+    #[arg(long, value_name = "N", value_parser = parse_iterations, allow_negative_numbers = true)]
+    pub(super) iterations: Option<u64>,
+    /// Runs on each side; the rows are their medians (1..=100).
+    #[arg(long, value_name = "N", default_value = "3", value_parser = parse_runs, allow_negative_numbers = true)]
+    pub(super) runs: usize,
+    /// Tolerance in percent of the emulator's row (0..=1000).
+    #[arg(long, value_name = "PCT", default_value = "5", value_parser = parse_percent, allow_negative_numbers = true)]
+    pub(super) tolerance: f64,
+    /// Absolute tolerance per iteration, the bound where counts are near zero (0..=1000).
+    #[arg(long, value_name = "X", default_value = "0.02", value_parser = parse_percent, allow_negative_numbers = true)]
+    pub(super) near_zero: f64,
+    /// Script parameter (repeatable, once per key).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub(super) params: Vec<String>,
+    /// Seed of the script's rand() and shuffled loops (both sides).
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_seed, allow_negative_numbers = true)]
+    pub(super) seed: u64,
+    /// Print the comparison as JSON (schema mmemu-diff/1).
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+fn parse_runs(s: &str) -> Result<usize, String> {
+    parse_int_arg(s, 1, 100).map(|n| n as usize)
+}
+
+/// A non-negative decimal up to 1000 (a tolerance).
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && (0.0..=1000.0).contains(&x) && !s.starts_with('+') => Ok(x),
+        _ => Err(format!("'{s}' is not a decimal in 0..=1000; allowed 0..=1000")),
+    }
+}
+
+#[derive(Args, Debug)]
+pub(super) struct HostArgs {
+    /// The script (a .mmemu file).
+    #[arg(value_name = "FILE")]
+    pub(super) file: PathBuf,
+    /// The script's CPUs instead of its header's (`$ncpus`, `on each cpu`; script CPU n is host CPU n).
+    #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
+    pub(super) cpus: Option<usize>,
+    #[command(flatten)]
+    pub(super) budget: BudgetArgs,
+    /// Script parameter (repeatable, once per key; the script's `param` lines).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub(super) params: Vec<String>,
+    /// Seed of the script's rand() and shuffled loops (0..=18446744073709551615).
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_seed, allow_negative_numbers = true)]
+    pub(super) seed: u64,
+    /// Print one JSON report (the `mmemu run --json` shape) instead of the human summary.
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -292,6 +360,8 @@ fn value_allowed(flag: &str) -> String {
         "--trace" => "a file path in a writable directory".to_string(),
         "--script" => "a script file (.mmemu, docs/SCRIPTS.md)".to_string(),
         "--inject-panic" => format!("0..={}", MAX_CPUS - 1),
+        "--runs" => "1..=100".to_string(),
+        "--tolerance" | "--near-zero" => "0..=1000".to_string(),
         _ => "see --help".to_string(),
     }
 }

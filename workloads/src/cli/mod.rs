@@ -1,6 +1,7 @@
 //! The `mmemu` command line.  `src/bin/mmemu.rs` only calls `main()`:
 //! parse (`args`: clap, the value parsers, one-line usage errors), run the
-//! subcommand (`output::list`, or `run`: run / reproduce / stress / check), and map
+//! subcommand (`output::list`, `run`: run / reproduce / stress / check, or
+//! `host` / `diff`: a script on the host kernel, and beside the emulator), and map
 //! the result to the exit status.  `output` is everything written.
 //!
 //! Exit status: 0 success; 1 the run found something (violation, leak,
@@ -17,6 +18,8 @@
 //! write error); every report goes through `emit`.
 
 mod args;
+mod diff;
+mod host;
 mod output;
 mod run;
 
@@ -34,6 +37,10 @@ pub fn main() -> i32 {
     install_panic_hook();
     install_signal_handlers();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // An `exec` step's helper (docs/HOST.md), never typed by a user.
+    if args.get(1).is_some_and(|a| a == "__host-exec") {
+        crate::host::exec_helper();
+    }
     let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {
@@ -55,6 +62,8 @@ pub fn main() -> i32 {
         Cmd::Reproduce(a) => run::reproduce(a),
         Cmd::Stress(a) => run::stress(a),
         Cmd::Check(a) => run::check(a),
+        Cmd::Host(a) => host::host(a),
+        Cmd::Diff(a) => diff::diff(a),
     };
     match r {
         Ok(code) => code,

@@ -606,7 +606,7 @@ pub(super) fn check(a: super::args::CheckArgs) -> Result<i32, CliError> {
 
 /// `--param KEY=VALUE` of a script: split and read (the checker knows the
 /// keys and ranges).
-fn script_params(raw: &[String]) -> Result<Vec<(String, u64)>, CliError> {
+pub(super) fn script_params(raw: &[String]) -> Result<Vec<(String, u64)>, CliError> {
     let mut out: Vec<(String, u64)> = Vec::new();
     for p in raw {
         let Some((k, v)) = p.split_once('=') else {

@@ -1246,7 +1246,8 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
     let reads_failed = sh.reads_failed.load(Ordering::SeqCst);
     let mut failed = Vec::new();
     for e in &s.expects {
-        if let Some(f) = judge(file, e, &outcome, reads_failed, n, c)? {
+        let obs = super::judge::Emulated { outcome: &outcome, reads_failed };
+        if let super::judge::Judged::Failed(f) = super::judge::judge(file, e, &obs, n, c)? {
             failed.push(f);
         }
     }
@@ -1258,7 +1259,9 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
     Ok(ScriptRun { outcome, reads_failed, failed })
 }
 
-fn const_eval(e: &Expr, c: &Checked, ncpus: u64, cpu: u64) -> Result<u64, RunError> {
+/// An expression's value before the run (parameters, `$cpu`, `$ncpus`;
+/// no `rand`): thread placements and expectations' CPUs.
+pub(crate) fn const_eval(e: &Expr, c: &Checked, ncpus: u64, cpu: u64) -> Result<u64, RunError> {
     let v = match &e.kind {
         ExprKind::Int(n) => Some(*n),
         ExprKind::Var(v) => match v.as_str() {
@@ -1277,71 +1280,4 @@ fn const_eval(e: &Expr, c: &Checked, ncpus: u64, cpu: u64) -> Result<u64, RunErr
         ExprKind::Rand(_) => None,
     };
     v.ok_or_else(|| RunError::Config(format!("line {}: the expression has no value before the run", e.span.line)))
-}
-
-/// One expectation against the outcome: `Some(line)` when it fails.
-fn judge(
-    file: &str,
-    e: &Expect,
-    o: &Outcome,
-    reads_failed: u64,
-    ncpus: u64,
-    c: &Checked,
-) -> Result<Option<String>, RunError> {
-    let m = &o.measure;
-    let cpu_of = |x: &Option<Expr>| -> Result<Option<usize>, RunError> {
-        x.as_ref().map(|x| const_eval(x, c, ncpus, 0).map(|v| v as usize)).transpose()
-    };
-    let counter = |name: &str, cpu: Option<usize>| -> f64 {
-        let v: Vec<u64> =
-            if name == "irq_call_count" { m.cal.clone() } else { m.per_cpu.get(name).cloned().unwrap_or_default() };
-        match cpu {
-            Some(i) => v.get(i).copied().unwrap_or(0) as f64,
-            None => v.iter().sum::<u64>() as f64,
-        }
-    };
-    let (what, got) = match &e.target {
-        Target::Violations(None) => ("violations".to_string(), m.violations as f64),
-        Target::Violations(Some(kind)) => {
-            let n = m.records.iter().filter(|r| r.kind.name() == kind.text).count();
-            (format!("violations {}", kind.text), n as f64)
-        }
-        Target::Leaked => {
-            let l = m.leaked.unwrap_or_default();
-            ("leaked".to_string(), (l.anon + l.file + l.page_table + l.kernel + l.hugetlb) as f64)
-        }
-        Target::Counter { name, cpu } => {
-            let cpu = cpu_of(cpu)?;
-            (format!("counter {}", name.text), counter(&name.text, cpu))
-        }
-        Target::Interrupts { row, cpu } => {
-            let cpu = cpu_of(cpu)?;
-            let name = if row.text == "TLB" { "irq_tlb_count" } else { "irq_call_count" };
-            (format!("interrupts {}", row.text), counter(name, cpu))
-        }
-        Target::Rate { counter: n, per_op } => {
-            let d = if *per_op { o.ops } else { o.iterations }.max(1) as f64;
-            (format!("rate {}", n.text), counter(&n.text, None) / d)
-        }
-        Target::ReadsFailed => ("reads failed".to_string(), reads_failed as f64),
-    };
-    let want = e.cmp.value;
-    let ok = match (e.cmp.op, e.cmp.tolerance) {
-        (CmpOp::Eq, Some(Tolerance::Abs(t))) => (got - want).abs() <= t,
-        (CmpOp::Eq, Some(Tolerance::Percent(p))) => (got - want).abs() <= want.abs() * p / 100.0,
-        (CmpOp::Eq, None) => got == want,
-        (CmpOp::Ne, _) => got != want,
-        (CmpOp::Lt, _) => got < want,
-        (CmpOp::Le, _) => got <= want,
-        (CmpOp::Gt, _) => got > want,
-        (CmpOp::Ge, _) => got >= want,
-    };
-    Ok((!ok).then(|| {
-        format!(
-            "{file}:{}:{}: expectation failed: {what} is {got}; expected {} {want}",
-            e.span.line,
-            e.span.col,
-            e.cmp.op.symbol()
-        )
-    }))
 }

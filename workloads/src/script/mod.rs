@@ -8,6 +8,7 @@
 pub mod ast;
 pub mod check;
 pub mod interp;
+pub mod judge;
 mod lex;
 mod parse;
 pub mod shipped;
