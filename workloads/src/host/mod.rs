@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use crate::budget::Budget;
 use crate::script::ast::{Contents, Placement, Script, Target};
+use crate::script::check::const_eval;
 use crate::script::check::{BudgetSpec, Checked, PAGE};
-use crate::script::interp::const_eval;
 use crate::script::judge::{judge, Judged, Observed};
 
 pub use report::HostReport;

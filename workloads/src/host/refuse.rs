@@ -5,8 +5,8 @@
 use mm_core::config::Arch;
 
 use crate::script::ast::*;
+use crate::script::check::const_eval;
 use crate::script::check::{Checked, PMD_PAGES};
-use crate::script::interp::const_eval;
 use crate::script::ScriptError;
 
 /// What the refusals look at on the host (a test passes its own).

@@ -6,6 +6,7 @@
 //! a `Checked` (the resolved header and a count of what the script holds)
 //! or one `ScriptError`.
 
+use crate::error::RunError;
 use std::collections::{BTreeMap, BTreeSet};
 
 use mm_core::config::{Arch, Fix};
@@ -1364,6 +1365,29 @@ fn flatten<'e>(ev: &'e [Ev], shared: &BTreeSet<&str>, out: &mut Vec<(&'e str, Sp
             }
         }
     }
+}
+
+/// An expression's value before the run (parameters, `$cpu`, `$ncpus`;
+/// no `rand`): thread placements and expectations' CPUs.
+pub(crate) fn const_eval(e: &Expr, c: &Checked, ncpus: u64, cpu: u64) -> Result<u64, RunError> {
+    let v = match &e.kind {
+        ExprKind::Int(n) => Some(*n),
+        ExprKind::Var(v) => match v.as_str() {
+            "ncpus" => Some(ncpus),
+            "cpu" => Some(cpu),
+            _ => c.params.get(v).copied(),
+        },
+        ExprKind::Bin(op, a, b) => {
+            let (x, y) = (const_eval(a, c, ncpus, cpu)?, const_eval(b, c, ncpus, cpu)?);
+            op.apply(x, y)
+        }
+        ExprKind::Call(f, a, b) => {
+            let (x, y) = (const_eval(a, c, ncpus, cpu)?, const_eval(b, c, ncpus, cpu)?);
+            f.apply(x, y)
+        }
+        ExprKind::Rand(_) => None,
+    };
+    v.ok_or_else(|| RunError::Config(format!("line {}: the expression has no value before the run", e.span.line)))
 }
 
 #[cfg(test)]

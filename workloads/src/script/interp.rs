@@ -43,7 +43,7 @@ use mm_core::tlb::switch_mm;
 use mm_core::{CpuId, Kernel};
 
 use super::ast::*;
-use super::check::{Checked, KnobSetting, PAGE};
+use super::check::{const_eval, Checked, KnobSetting, PAGE};
 use crate::error::RunError;
 use crate::outcome::Outcome;
 use crate::scenarios::native::{boot, finish, join_into, sys, syscall_entry, Rng, WorkLog};
@@ -1257,27 +1257,4 @@ pub fn run(file: &str, s: &Script, c: &Checked, ctx: &Ctx) -> Result<ScriptRun, 
         }
     }
     Ok(ScriptRun { outcome, reads_failed, failed })
-}
-
-/// An expression's value before the run (parameters, `$cpu`, `$ncpus`;
-/// no `rand`): thread placements and expectations' CPUs.
-pub(crate) fn const_eval(e: &Expr, c: &Checked, ncpus: u64, cpu: u64) -> Result<u64, RunError> {
-    let v = match &e.kind {
-        ExprKind::Int(n) => Some(*n),
-        ExprKind::Var(v) => match v.as_str() {
-            "ncpus" => Some(ncpus),
-            "cpu" => Some(cpu),
-            _ => c.params.get(v).copied(),
-        },
-        ExprKind::Bin(op, a, b) => {
-            let (x, y) = (const_eval(a, c, ncpus, cpu)?, const_eval(b, c, ncpus, cpu)?);
-            op.apply(x, y)
-        }
-        ExprKind::Call(f, a, b) => {
-            let (x, y) = (const_eval(a, c, ncpus, cpu)?, const_eval(b, c, ncpus, cpu)?);
-            f.apply(x, y)
-        }
-        ExprKind::Rand(_) => None,
-    };
-    v.ok_or_else(|| RunError::Config(format!("line {}: the expression has no value before the run", e.span.line)))
 }

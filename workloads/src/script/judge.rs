@@ -7,8 +7,8 @@
 //! observe is `Judged::NotObservable` with the reason, never a pass.
 
 use super::ast::*;
+use super::check::const_eval;
 use super::check::Checked;
-use super::interp::const_eval;
 use crate::error::RunError;
 use crate::outcome::Outcome;
 
