@@ -17,8 +17,9 @@ use super::ast::*;
 use super::ScriptError;
 use crate::input::{did_you_mean, suggest};
 
-/// Emulated CPUs a script may ask for (`scenarios::MAX_CPUS`).
-pub const MAX_CPUS: u64 = crate::scenarios::MAX_CPUS as u64;
+/// Emulated CPUs a script may ask for (`mm_core::types::NR_CPUS`, as
+/// `scenarios::MAX_CPUS`).
+pub const MAX_CPUS: u64 = mm_core::types::NR_CPUS as u64;
 /// Page size of the emulated geometry (x86-64 and arm64 4K both).
 pub const PAGE: u64 = mm_core::Geometry::X86_64.page_size();
 /// A PMD-sized (2 MiB) range in pages: THP, hugetlb, khugepaged collapse.
