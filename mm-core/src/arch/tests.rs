@@ -1284,7 +1284,7 @@ mod x86_versions {
             switch_mm(&k, a);
             assert_eq!(switches(&ev).last(), Some(&TLB_FLUSH_ALL), "{kernel}");
             assert!(!cached(&k, 0, a, BASE), "{kernel}: the stale entry is gone");
-            assert_eq!(k.read_user(a, BASE).unwrap(), 0, "{kernel}: a fresh zero page, not the old 3");
+            assert_eq!(k.read_user(a, BASE).unwrap(), 0, "{kernel}: the shared zero page, not the old 3");
             assert_eq!(k.san.count(), 0);
         }
     }
