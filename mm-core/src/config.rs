@@ -25,6 +25,15 @@ pub enum Arch {
 impl Arch {
     /// Every profile, in CLI order.
     pub const ALL: [Arch; 3] = [Arch::X86, Arch::Arm64, Arch::GenericNoRange];
+    /// The profile of the machine this program runs on (`x86_64` is x86,
+    /// `aarch64` arm64), or None: what `mmemu host` may run on the host.
+    pub fn of_host() -> Option<Arch> {
+        match std::env::consts::ARCH {
+            "x86_64" => Some(Arch::X86),
+            "aarch64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
     /// The CLI / report name (`--arch x86|arm64|generic`); `FromStr` parses it.
     pub fn name(self) -> &'static str {
         match self {

@@ -25,11 +25,7 @@ pub struct HostFacts {
 
 impl HostFacts {
     pub fn this_host() -> HostFacts {
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => Some(Arch::X86),
-            "aarch64" => Some(Arch::Arm64),
-            _ => None,
-        };
+        let arch = Arch::of_host();
         HostFacts {
             linux: cfg!(target_os = "linux"),
             cpus: super::counters::allowed_cpus(),
@@ -73,19 +69,16 @@ pub fn refusal(file: &str, s: &Script, c: &Checked, h: &HostFacts) -> Option<Scr
             ),
         );
     }
-    match (h.arch, c.arch) {
-        (Some(a), b) if a == b => {}
-        (host, b) => {
-            let span = s.header.arch.as_ref().map_or(top, |n| n.span);
-            let host = host.map_or(std::env::consts::ARCH, |a| a.name());
-            return at(
-                span,
-                format!(
-                    "found arch {}, but the host is {host}; allowed arch {host} (the host runs its own arch)",
-                    b.name()
-                ),
-            );
-        }
+    if h.arch != Some(c.arch) {
+        let span = s.header.arch.as_ref().map_or(top, |n| n.span);
+        let host = h.arch.map_or(std::env::consts::ARCH, |a| a.name());
+        return at(
+            span,
+            format!(
+                "found arch {}, but the host is {host}; allowed arch {host} (the host runs its own arch)",
+                c.arch.name()
+            ),
+        );
     }
     if let Some(r) = s.header.reverts.first() {
         return at(

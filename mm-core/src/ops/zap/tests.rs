@@ -377,3 +377,36 @@ fn a_folio_batch_ends_at_the_folio_and_at_a_pfn_out_of_order() {
     assert_eq!(mm.rss.load(Ordering::SeqCst), 0);
     finish(&k, &mm);
 }
+
+/// A dirty shared file page forces the flush inside `zap_pte_range`,
+/// before its PTL is dropped, with delayed rmaps (5df397dec7c4) and
+/// without them (the reverted form flushes there too, its rmap went
+/// earlier): when it returns, this CPU's TLB no longer maps the page and
+/// the gather is empty.
+#[test]
+fn a_dirty_shared_file_page_forces_the_flush_before_the_ptl_is_dropped() {
+    use crate::config::Fix;
+    for delay in [true, false] {
+        let mut cfg = KernelConfig::default();
+        cfg.fixes.set(Fix::DelayRmap, delay);
+        let k = Kernel::new_sync(cfg, 1);
+        let mm = k.mm_alloc();
+        run_on(&k, 0, &mm);
+        let file = k.new_file(1);
+        crate::ops::mmap_file(&k, &mm, BASE, PS, true, true, &file, 0).unwrap();
+        k.write_user(&mm, BASE, 3).unwrap();
+        assert!(k.hw.tlb(crate::types::CpuId(0)).lookup(mm.id, BASE).is_some());
+        let vma = mm.mmap_lock.read().iter().next().unwrap().clone();
+        let table = pgtable::lookup_table(&k, &mm, BASE, Level::Pte).unwrap();
+        let mut tlb = MmuGather::tlb_gather_mmu(&k, &mm);
+        tlb.tlb_start_vma(&vma);
+        zap_pte_range(&mut tlb, &vma, table, BASE, BASE + PS, None);
+        assert!(k.hw.tlb(crate::types::CpuId(0)).lookup(mm.id, BASE).is_none(), "delay_rmap {delay}: flushed");
+        assert_eq!(tlb.nr_gathered(), 0, "delay_rmap {delay}: the batch went with the flush");
+        tlb.tlb_end_vma(&vma);
+        tlb.tlb_finish_mmu();
+        crate::ops::munmap(&k, &mm, BASE, PS).unwrap();
+        crate::ops::truncate::truncate_inode_pages(&k, &file, 0);
+        finish(&k, &mm);
+    }
+}
