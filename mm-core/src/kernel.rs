@@ -86,10 +86,14 @@ impl Kernel {
             return Err(format!("config says {} CPUs but the machine has {}", cfg.nr_cpus, smp.nr_cpus()));
         }
         let n = cfg.nr_cpus;
+        let mem = MemMap::new(cfg.ram_frames);
+        // The shared zero page is pfn 0, which the allocator never manages
+        // (its RAM is zero from boot and nothing writes it).
+        mem.init_zero_pfn();
         Ok(Arc::new(Kernel {
             arch: crate::arch::arch_ops(&cfg),
             hw: Hw::new(cfg.geometry, cfg.tlb, cfg.ram_frames, n),
-            mem: MemMap::new(cfg.ram_frames),
+            mem,
             alloc: PageAllocator::new(cfg.ram_frames, n).with_debug_vm(cfg.debug_vm),
             san: Sanitizer::new(),
             stats: Stats::new(n),
@@ -153,6 +157,7 @@ impl Kernel {
     /// caches it (strict mode), and return it to the allocator.
     pub fn free_folio(&self, folio: Folio) {
         let pfn = folio.pfn();
+        assert!(!crate::page::is_zero_folio(folio), "freeing the shared zero page");
         let nr = self.mem.folio_nr_pages(folio);
         let is_table = self.mem.page(pfn).test(crate::page::flags::PG_TABLE);
         if self.cfg.strict_free_check {

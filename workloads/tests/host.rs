@@ -180,49 +180,66 @@ fn row<'a>(v: &'a Value, name: &str, cpu: u64) -> &'a Value {
     v["rows"].as_array().unwrap().iter().find(|r| r["row"] == name && r["cpu"] == cpu).unwrap()
 }
 
-/// `mmemu diff`: the sleeping sibling's rows agree with the emulator's
-/// (all near zero).  The spinning sibling's CPU1 TLB row does not: the host
-/// takes about two IPIs per round, the emulator one (the zero-page COW
-/// after `read … expect 0`, docs/HOST.md).  This pins that gap; when the
-/// model gets the zero page, this row comes inside and the test must change.
+/// Run `mmemu diff SCRIPT` up to 5 times and stop at the first run whose
+/// rows on `cpus` are all inside (other processes' flushes only add
+/// interrupts: 0.01-0.025 per iteration on a loaded 2-CPU host, near the
+/// 0.02 bound, so the best of 5 is judged).  `Some(report)` of that run;
+/// `None` (skipped, said on stderr) when every run had an untrusted row
+/// there; a panic when a trusted run was never inside.
+fn diff_inside_on(script: &str, tag: &str, cpus: &[u64], tmp: &std::path::Path) -> Option<Value> {
+    let judged = |v: &Value| -> Vec<Value> {
+        v["rows"].as_array().unwrap().iter().filter(|r| cpus.iter().any(|c| r["cpu"] == *c)).cloned().collect()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let (code, v) = diff_json(script, tmp);
+        assert_eq!(v["schema"], "mmemu-diff/1");
+        assert_eq!(v["profile"], workloads::host::diff::profile_for(v["host_kernel"].as_str().unwrap()).0.name());
+        let rows = judged(&v);
+        assert!(!rows.is_empty(), "no rows on CPUs {cpus:?}: {v:#}");
+        if rows.iter().all(|r| r["status"] == "inside") {
+            if v["verdict"] == "inside" {
+                assert_eq!(code, Some(0));
+            }
+            return Some(v);
+        }
+        seen.push(v);
+    }
+    let untrusted = |v: &Value| judged(v).iter().any(|r| r["status"] == "untrusted");
+    if seen.iter().all(untrusted) {
+        eprintln!("skipped ({tag}): too few trusted host runs per CPU: {}", seen[0]["trusted_host_runs"]);
+        return None;
+    }
+    let first = seen.iter().find(|v| !untrusted(v)).unwrap();
+    panic!("the {tag} sibling's diff was never inside on CPUs {cpus:?} in 5 tries; the first trusted one: {first:#}");
+}
+
+/// `mmemu diff`: both sibling scripts' rows are inside the tolerance
+/// (issue 15 item 4).  The sleeping sibling's are all near zero (every
+/// row judged, as before).  The spinning sibling's CPU1 rows are about
+/// two per round on both sides: the MADV_DONTNEED and the COW from the
+/// shared zero page that the loop's `read … expect 0` mapped
+/// (`wp_page_copy` → `ptep_clear_flush`; the emulator maps the zero page
+/// since issue 15, docs/FIDELITY.md).  Its CPU0 rows are not judged: other
+/// processes' shootdowns on a busy host land there too (CI saw CPU0
+/// outside while the tests ran, 3d8b4b3).
 #[test]
 fn diff_of_the_sibling_scripts() {
     need_host!();
     let _g = HOST.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tmpdir("diff");
-    // Other processes' flushes only add interrupts (0.01-0.025 per
-    // iteration on a loaded 2-CPU host, near the 0.02 bound): the best of 5.
-    let mut seen = Vec::new();
-    for _ in 0..5 {
-        let (code, v) = diff_json(SLEEPS, &tmp);
-        assert_eq!(v["schema"], "mmemu-diff/1");
-        assert_eq!(v["profile"], workloads::host::diff::profile_for(v["host_kernel"].as_str().unwrap()).0.name());
-        if v["verdict"] == "inside" {
-            assert_eq!(code, Some(0));
-            seen.clear();
-            break;
+    if let Some(v) = diff_inside_on(SLEEPS, "sleeps", &[0, 1], &tmp) {
+        assert_eq!(v["verdict"], "inside", "{v:#}");
+    }
+    if let Some(v) = diff_inside_on(SPINS, "spins", &[1], &tmp) {
+        for name in ["TLB", "CAL"] {
+            let r = row(&v, name, 1);
+            assert_eq!(r["status"], "inside", "{r:#}");
+            assert!((r["emulator"].as_f64().unwrap() - 2.0).abs() < 1e-9, "{r:#}");
+            let ratio = r["ratio"].as_f64().unwrap();
+            assert!((0.95..=1.05).contains(&ratio), "host / emulator {name} on CPU1 {ratio}; {v:#}");
         }
-        seen.push(v);
     }
-    if seen.iter().all(|v| v["verdict"] == "untrusted") && !seen.is_empty() {
-        eprintln!("skipped (sleeps): too few trusted host runs per CPU: {}", seen[0]["trusted_host_runs"]);
-    } else if let Some(v) = seen.first() {
-        panic!("the sleeping sibling's diff was never inside in 5 tries; the first: {v:#}");
-    }
-    let (code, v) = diff_json(SPINS, &tmp);
-    assert_eq!(code, Some(1), "{v:#}");
-    let r = row(&v, "TLB", 1);
-    if r["status"] == "untrusted" {
-        assert!(r["ratio"].is_null() && r["host"].is_null());
-        eprintln!("skipped (spins): too few trusted host runs on CPU1 of {}", v["host_runs"].as_array().unwrap().len());
-        return;
-    }
-    assert!((r["emulator"].as_f64().unwrap() - 1.005).abs() < 1e-9, "{r:#}");
-    let ratio = r["ratio"].as_f64().unwrap();
-    assert!((1.7..=2.2).contains(&ratio), "host / emulator TLB on CPU1 {ratio}; {v:#}");
-    assert_eq!(r["status"], "outside");
-    // CPU0's row is not asserted: other processes' shootdowns on a busy
-    // host land there too (CI saw it outside while the tests ran).
 }
 
 fn write_script(dir: &std::path::Path, name: &str, src: &str) -> String {

@@ -827,8 +827,11 @@ fn pte_needs_flush_x86_flag_rules_and_the_generic_default() {
     assert!(!f(U | W, P | U | W));
     // A changed pfn always flushes.
     assert!(x86.arch.pte_needs_flush(Pte::new(Pfn(7), P | U), Pte::new(Pfn(8), P | U)));
-    // A bit outside the known sets (the CONFIG_DEBUG_VM branch) flushes.
-    assert!(f(P | U, P | U | (1 << 9)));
+    // A bit outside the known sets (the CONFIG_DEBUG_VM branch) flushes;
+    // a software bit (_PAGE_SPECIAL = _PAGE_SOFTW1, bit 9) never does.
+    assert!(f(P | U, P | U | (1 << 8)));
+    assert!(!f(P | U, P | U | Pte::SPECIAL), "_PAGE_SPECIAL set");
+    assert!(!f(P | U | Pte::SPECIAL, P | U), "_PAGE_SPECIAL cleared");
     // arm64 and the no-range profile: the asm-generic default, always true.
     for arch in [Arch::Arm64, Arch::GenericNoRange] {
         let k = Kernel::new_sync(KernelConfig { arch, ..KernelConfig::default() }, 1);
@@ -1281,7 +1284,7 @@ mod x86_versions {
             switch_mm(&k, a);
             assert_eq!(switches(&ev).last(), Some(&TLB_FLUSH_ALL), "{kernel}");
             assert!(!cached(&k, 0, a, BASE), "{kernel}: the stale entry is gone");
-            assert_eq!(k.read_user(a, BASE).unwrap(), 0, "{kernel}: a fresh zero page, not the old 3");
+            assert_eq!(k.read_user(a, BASE).unwrap(), 0, "{kernel}: the shared zero page, not the old 3");
             assert_eq!(k.san.count(), 0);
         }
     }

@@ -199,13 +199,15 @@ impl ArchOps for X86 {
         ///   the modelled bits; the kernel's list also has PWT, PCD, GLOBAL,
         ///   PAT, PAT_LARGE, PKEY0..3 and NX, which model entries never carry).
         /// - Software bits (`_PAGE_SOFTW1..4`, `_PAGE_SAVED_DIRTY`) never
-        ///   flush; the model has none.
+        ///   flush; the model's one is `_PAGE_SPECIAL` (`_PAGE_SOFTW1`).
         /// - Any other changed bit flushes (the CONFIG_DEBUG_VM branch, which
         ///   also WARNs once).
         fn pte_flags_need_flush(oldflags: u64, newflags: u64, ignore_access: bool) -> bool {
             const FLUSH_ON_CLEAR: u64 = Pte::DIRTY | Pte::PRESENT | Pte::ACCESSED;
             const FLUSH_ON_CHANGE: u64 = Pte::RW | Pte::USER | Pte::HUGE;
             let mut diff = oldflags ^ newflags;
+            const SOFTWARE: u64 = Pte::SPECIAL;
+            diff &= !SOFTWARE;
             if ignore_access {
                 diff &= !Pte::ACCESSED;
             }

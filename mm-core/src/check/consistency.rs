@@ -65,6 +65,10 @@ pub fn check_consistency(k: &Kernel, mms: &[&Arc<MmStruct>], files: &[&Arc<Addre
     for mm in mms {
         let mut rss = 0;
         for_each_pte(k, mm, |_, pte| {
+            // The shared zero page: no rss, mapcount or reference per PTE.
+            if crate::page::is_zero_pfn(pte.pfn()) {
+                return;
+            }
             rss += 1;
             *maps.entry(pte.pfn()).or_default() += 1;
         });

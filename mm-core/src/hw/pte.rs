@@ -46,6 +46,10 @@ impl Pte {
     pub const DIRTY: u64 = 1 << 6;
     /// _PAGE_PSE: a leaf at PMD level (2 MiB page)
     pub const HUGE: u64 = 1 << 7;
+    /// _PAGE_SPECIAL (_PAGE_SOFTW1, bit 9): a software bit the MMU ignores;
+    /// `pte_mkspecial` marks an entry whose frame has no `struct page` the
+    /// core mm manages for it (the shared zero page, `remap_pfn_range`).
+    pub const SPECIAL: u64 = 1 << 9;
     const PFN_SHIFT: u32 = 12;
     const PFN_MASK: u64 = ((1u64 << 52) - 1) & !((1u64 << 12) - 1);
 
@@ -124,6 +128,15 @@ impl Pte {
     /// `pte_mkold`
     pub fn mkold(self) -> Pte {
         Pte(self.0 & !Self::ACCESSED)
+    }
+    /// `pte_special`
+    #[inline]
+    pub fn special(self) -> bool {
+        self.0 & Self::SPECIAL != 0
+    }
+    /// `pte_mkspecial`
+    pub fn mkspecial(self) -> Pte {
+        Pte(self.0 | Self::SPECIAL)
     }
 }
 

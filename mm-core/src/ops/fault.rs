@@ -4,10 +4,14 @@
 //! / `wp_page_shared`), and write-protect faults (`do_wp_page`: reuse an
 //! exclusive anon page, or copy — `wp_page_copy` with `ptep_clear_flush`).
 //!
-//! Every present PTE holds one folio reference and one mapcount.  Runs with
-//! `mmap_lock` held for read and the PTE table's PTL held around the PTE
-//! update.  A read fault on anonymous memory maps a fresh zeroed page (no
-//! shared zero page in this model).
+//! Every present PTE holds one folio reference and one mapcount, except a
+//! PTE of the shared zero page.  Runs with `mmap_lock` held for read and the
+//! PTE table's PTL held around the PTE update.  A read fault on private
+//! anonymous memory maps the shared zero page read-only (`do_anonymous_page`:
+//! `pte_mkspecial(pfn_pte(my_zero_pfn(addr), vma->vm_page_prot))`: no rmap,
+//! no reference, no rss); the first write to it is a copy-on-write from the
+//! zero page (`wp_page_copy` with `is_zero_pfn(pte_pfn(orig_pte))`: a new
+//! zeroed folio, `ptep_clear_flush` of the zero-page entry).
 
 use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
@@ -95,7 +99,7 @@ pub(crate) fn handle_pte_fault(
     }
     drop(ptl);
     match vma.mapping() {
-        None => do_anonymous_page(k, mm, table, va, vma.writable()),
+        None => do_anonymous_page(k, mm, vma, table, va, write),
         Some(_) if !write => do_read_fault(k, mm, vma, table, va),
         Some(_) if vma.is_shared() => do_shared_fault(k, mm, vma, table, va),
         Some(_) => do_cow_fault(k, mm, vma, table, va),
@@ -114,14 +118,30 @@ fn install(k: &Kernel, mm: &MmStruct, table: crate::types::Pfn, va: u64, new: Pt
     true
 }
 
-/// `do_anonymous_page`
+/// `do_anonymous_page`: a read fault (`!FAULT_FLAG_WRITE`, and no
+/// `mm_forbids_zeropage`: s390 only) maps the shared zero page with the
+/// VMA's read-only private protection, special, under the PTL if the PTE is
+/// still none (`update_mmu_tlb` otherwise: nothing on x86): no rmap, no
+/// reference, no rss.  A write fault maps a new zeroed page, writable and
+/// dirty.  (The model's shared anonymous VMAs have no shmem backing: they
+/// keep the fresh page on a read too.)
 fn do_anonymous_page(
     k: &Kernel,
     mm: &MmStruct,
+    vma: &Vma,
     table: crate::types::Pfn,
     va: u64,
-    writable: bool,
+    write: bool,
 ) -> Result<(), FaultError> {
+    if !write && !vma.is_shared() {
+        let entry = user_pte(crate::page::my_zero_pfn(va), false, false).mkspecial();
+        let _ptl = pgtable::ptl(k, table);
+        if pgtable::read(k, table, Level::Pte, va).is_none() {
+            pgtable::write(k, table, Level::Pte, va, entry);
+        }
+        return Ok(());
+    }
+    let writable = vma.writable();
     let pfn = k.alloc_zeroed(0, PageKind::Anon).ok_or(FaultError::Oom)?;
     let page = k.mem.page(pfn);
     page.mapping.store(mm.id, Ordering::SeqCst);
@@ -279,6 +299,11 @@ fn do_wp_page(
     pte: Pte,
     ptl: crate::sync::MutexGuard<'_, ()>,
 ) -> Result<(), FaultError> {
+    if crate::page::is_zero_pfn(pte.pfn()) {
+        // vm_normal_page is NULL: no folio to reuse, straight to wp_page_copy.
+        drop(ptl);
+        return wp_page_copy_zero(k, mm, table, va, pte);
+    }
     let old = k.mem.page_folio(pte.pfn());
     if vma.is_shared() {
         // wp_page_shared → finish_mkwrite_fault → wp_page_reuse: dirty
@@ -324,5 +349,30 @@ fn do_wp_page(
     k.mem.remove_rmap_ptes(pte.pfn(), 1);
     drop(ptl);
     k.folio_put(old);
+    Ok(())
+}
+
+/// `wp_page_copy` of a zero-page PTE (`is_zero_pfn(pte_pfn(vmf->orig_pte))`):
+/// a new zeroed folio (`vma_alloc_zeroed_movable_folio`) instead of a copy;
+/// under the PTL, if the PTE is still the one that faulted,
+/// `ptep_clear_flush` (on x86 `flush_tlb_page`: an IPI to every other CPU
+/// running the mm), `folio_add_new_anon_rmap`, the writable dirty entry,
+/// and `inc_mm_counter(MM_ANONPAGES)` (there is no old folio: nothing to
+/// un-rmap or put).
+fn wp_page_copy_zero(k: &Kernel, mm: &MmStruct, table: crate::types::Pfn, va: u64, pte: Pte) -> Result<(), FaultError> {
+    let new = k.alloc_zeroed(0, PageKind::Anon).ok_or(FaultError::Oom)?;
+    k.mem.page(new).mapping.store(mm.id, Ordering::SeqCst);
+    k.mem.page(new).index.store(va >> k.cfg.geometry.page_shift, Ordering::SeqCst);
+    let ptl = pgtable::ptl(k, table);
+    if pgtable::read(k, table, Level::Pte, va) != pte {
+        drop(ptl);
+        k.folio_put(Folio(new));
+        return Ok(());
+    }
+    k.stats.inc(k.this_cpu(), Stat::CowFaults);
+    crate::notifier::ptep_clear_flush_notify(k, mm, table, va);
+    k.mem.add_rmap_ptes(new, 1);
+    pgtable::write(k, table, Level::Pte, va, user_pte(new, true, true));
+    mm.rss.fetch_add(1, Ordering::SeqCst);
     Ok(())
 }

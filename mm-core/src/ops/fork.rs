@@ -105,7 +105,13 @@ fn copy_pte_range(
     let mut a = addr;
     while a < end {
         let pte = pgtable::read(k, src_table, Level::Pte, a);
-        if pte.present() {
+        if pte.present() && super::pfnmap::vm_normal_page(vma, pte).is_none() {
+            // copy_present_ptes without a page (the shared zero page):
+            // __copy_present_ptes copies the entry as is (old; it is never
+            // writable, so nothing to write-protect): no reference, no
+            // rmap, no rss.
+            pgtable::write(k, dst_table, Level::Pte, a, pte.mkold());
+        } else if pte.present() {
             let folio = k.mem.page_folio(pte.pfn());
             k.mem.folio_get(folio);
             k.mem.add_rmap_ptes(pte.pfn(), 1);

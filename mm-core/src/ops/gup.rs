@@ -120,8 +120,14 @@ fn folio_ref_try_add(k: &Kernel, folio: Folio, refs: i32) -> bool {
     }
 }
 
-/// References a grab of `refs` pages of `folio` takes with `flags`.
+/// References a grab of `refs` pages of `folio` takes with `flags`: none
+/// for a `FOLL_PIN` of the shared zero page (`try_grab_folio` / `gup_put_folio`:
+/// "Don't take a pin on the zero page - it's not going anywhere"); a
+/// `FOLL_GET` of it takes a plain reference.
 fn grab_refs(k: &Kernel, folio: Folio, refs: i32, flags: Foll) -> i32 {
+    if flags.has(Foll::PIN) && crate::page::is_zero_folio(folio) {
+        return 0;
+    }
     if flags.has(Foll::PIN) && k.mem.folio_nr_pages(folio) == 1 {
         refs * GUP_PIN_COUNTING_BIAS
     } else {
@@ -384,6 +390,11 @@ fn gup_fast_pte_range(w: &mut Walker<'_>, pmd: Pte, pmdp: (Pfn, u64), pte_gen: u
         if !access_permitted(pte, write) || !w.pfn_valid(pte.pfn()) {
             return false;
         }
+        // pte_special (the shared zero page, a PFN mapping): no struct page
+        // to grab locklessly; the slow path handles it.
+        if pte.special() {
+            return false;
+        }
         k.inject.race.gup_fast(k, GupFastPoint::PteRead, a);
         let page = pte.pfn();
         let t = w.tick();
@@ -461,6 +472,9 @@ pub(crate) fn follow_page_mask(k: &Kernel, mm: &MmStruct, va: u64, flags: Foll) 
     if !access_permitted(pte, write) {
         return None;
     }
+    // vm_normal_page is NULL for the zero page, and follow_page_pte takes
+    // it anyway (`is_zero_pfn(pte_pfn(pte))` → `pte_page(pte)`); a write
+    // never gets here with it (it is never writable: faultin_page COWs).
     try_grab_folio(k, k.mem.page_folio(pte.pfn()), 1, flags);
     Some(pte.pfn())
 }

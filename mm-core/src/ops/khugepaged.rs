@@ -92,7 +92,9 @@ fn __collapse_huge_page_isolate(k: &Kernel, pte_table: Pfn, haddr: u64) -> ScanR
     let mut none = 0;
     for i in 0..g.hpage_pmd_nr() {
         let pte = pgtable::read(k, pte_table, Level::Pte, haddr + (i << g.page_shift));
-        if pte.is_none() {
+        // A zero-page PTE counts like pte_none toward max_ptes_none
+        // (`none_or_zero`).
+        if pte.is_none() || (pte.present() && crate::page::is_zero_pfn(pte.pfn())) {
             none += 1;
             if none > max_ptes_none(k) {
                 return ScanResult::ExceedNonePte;
@@ -117,14 +119,16 @@ fn __collapse_huge_page_isolate(k: &Kernel, pte_table: Pfn, haddr: u64) -> ScanR
 }
 
 /// `__collapse_huge_page_copy` + `__collapse_huge_page_copy_succeeded`:
-/// copy every page into `hpage` (zero-fill holes), clear the PTEs and drop
-/// the small pages.  Returns the number of holes (they add to rss).
+/// copy every page into `hpage` (zero-fill holes and zero-page PTEs), clear
+/// the PTEs and drop the small pages.  Returns the number of holes and
+/// zero-page PTEs (they add to rss).
 fn __collapse_huge_page_copy(k: &Kernel, pte_table: Pfn, haddr: u64, hpage: Pfn) -> u64 {
     let g = k.cfg.geometry;
     let mut holes = 0;
     for i in 0..g.hpage_pmd_nr() {
         let pte = pgtable::read(k, pte_table, Level::Pte, haddr + (i << g.page_shift));
-        if pte.is_none() {
+        if pte.is_none() || crate::page::is_zero_pfn(pte.pfn()) {
+            // clear_user_highpage
             k.hw.ram.clear_frame(hpage.add(i));
         } else {
             k.hw.ram.copy_frame(hpage.add(i), pte.pfn());
@@ -134,7 +138,9 @@ fn __collapse_huge_page_copy(k: &Kernel, pte_table: Pfn, haddr: u64, hpage: Pfn)
         let va = haddr + (i << g.page_shift);
         let ptl = pgtable::ptl(k, pte_table);
         let pte = pgtable::get_and_clear(k, pte_table, Level::Pte, va);
-        if pte.is_none() {
+        // __collapse_huge_page_copy_succeeded: a hole or a zero-page PTE
+        // (ptep_clear; no rmap, no reference) adds one to MM_ANONPAGES.
+        if pte.is_none() || crate::page::is_zero_pfn(pte.pfn()) {
             holes += 1;
             continue;
         }

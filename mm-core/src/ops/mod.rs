@@ -35,3 +35,5 @@ pub(crate) mod test_util;
 mod tests;
 #[cfg(all(test, not(mmemu_loom)))]
 mod tests_race_features;
+#[cfg(all(test, not(mmemu_loom)))]
+mod tests_zero_page;

@@ -97,11 +97,16 @@ fn change_protection_range(k: &Kernel, tlb: &mut MmuGather<'_>, mm: &MmStruct, v
 }
 
 /// `can_change_pte_writable`: an exclusive anon page, or a dirty shared page.
+/// Never the shared zero page (`vm_normal_page` is NULL for it: "page &&
+/// PageAnon(page) && PageAnonExclusive(page)").
 fn can_change_pte_writable(k: &Kernel, vma: &Vma, pte: Pte) -> bool {
     if vma.is_shared() {
         return pte.dirty();
     }
-    let folio = k.mem.page_folio(pte.pfn());
+    let Some(page) = super::pfnmap::vm_normal_page(vma, pte) else {
+        return false;
+    };
+    let folio = k.mem.page_folio(page);
     let page = k.mem.folio(folio);
     page.test(flags::PG_ANON) && k.mem.folio_mapcount(folio) == 1 && page.refcount() == 1
 }

@@ -49,9 +49,13 @@ pub fn mmap_pfnmap(k: &Kernel, mm: &Arc<MmStruct>, addr: u64, frames: &[Pfn]) ->
 /// `vm_normal_page`: the struct page the core mm manages behind a PTE, or
 /// `None` for a PFN mapping's special PTE (VM_PFNMAP; VM_MIXEDMAP entries
 /// inserted by `vm_insert_pfn` are special too — the model's MIXEDMAP VMAs
-/// have only those).
+/// have only those) and for the shared zero page (`is_zero_pfn`: special,
+/// never refcounted, mapcounted or in rss).
 pub(crate) fn vm_normal_page(vma: &Vma, pte: Pte) -> Option<Pfn> {
     if vma.flags & (vm::VM_PFNMAP | vm::VM_MIXEDMAP) != 0 {
+        return None;
+    }
+    if crate::page::is_zero_pfn(pte.pfn()) {
         return None;
     }
     Some(pte.pfn())

@@ -119,7 +119,7 @@ fn madvise_dontneed_drops_pages_keeps_tables() {
     k.write_user(&mm, BASE, 5).unwrap();
     madvise_dontneed(&k, &mm, BASE, 4 * PS).unwrap();
     assert_eq!(k.alloc.in_use().anon, 0);
-    assert_eq!(k.read_user(&mm, BASE).unwrap(), 0, "after DONTNEED a fresh zero page");
+    assert_eq!(k.read_user(&mm, BASE).unwrap(), 0, "after DONTNEED the shared zero page");
     assert_eq!(k.san.count(), 0);
     exit_mm(&k, &mm);
     assert_no_leaks(&k);

@@ -257,7 +257,7 @@ fn nested_flush_detect_on_flushes_for_the_other_zapper() {
     for arch in [Arch::X86, Arch::Arm64] {
         let (k, stale_read) = nested_zap(arch, true);
         assert_eq!(k.san.count(), 0, "{arch:?}: {:?}", k.san.violations());
-        assert!(!stale_read, "{arch:?}: the read faulted in a fresh zero page");
+        assert!(!stale_read, "{arch:?}: the read faulted in the shared zero page");
         assert_eq!(k.stats.get(Stat::NestedFlushForced), 1, "{arch:?}: T2 saw T1's gather; T1 then finished alone");
     }
 }

@@ -205,8 +205,9 @@ pub fn zap_pte_range(
             continue;
         }
         if super::pfnmap::vm_normal_page(vma, ptent).is_none() {
-            // zap_present_ptes without a page (a PFN mapping's special PTE):
-            // clear it and record the range; nothing goes in the batch.
+            // zap_present_ptes without a page (a PFN mapping's special PTE,
+            // or the shared zero page): clear it and record the range;
+            // nothing goes in the batch, no rmap, no rss.
             pgtable::get_and_clear(k, pte_table, Level::Pte, a);
             tlb.tlb_remove_tlb_entry(a);
             a += ps;

@@ -9,7 +9,9 @@
 //!   bumped the frame generations (see `Kernel::free_folio`).
 //! - Frames sitting on per-CPU lists count as free; `in_use()` is what a run
 //!   leaked if it is non-zero after every mm exited.
-//! - pfn 0 is reserved, so a zero page-table entry never names a real frame.
+//! - pfn 0 is reserved, so a zero page-table entry never names a frame the
+//!   allocator hands out; it is the shared zero page (`page::ZERO_PFN`),
+//!   which is why it never shows in `in_use()`.
 
 use super::{flags, MemMap};
 use crate::debug_vm::vm_bug_on;

@@ -43,6 +43,38 @@ pub mod flags {
     pub const PG_ANON: u64 = 1 << 9;
     /// hugetlb folio.
     pub const PG_HUGETLB: u64 = 1 << 10;
+    /// `PG_reserved`: a frame the page allocator never manages (the
+    /// shared zero page, `empty_zero_page`).
+    pub const PG_RESERVED: u64 = 1 << 11;
+}
+
+/// The shared zero page's frame (`zero_pfn`, x86's `empty_zero_page`: one
+/// page for every address, no colouring).  It is pfn 0, the frame the
+/// allocator reserves and never hands out, so it is outside `in_use`
+/// accounting and never freed: its generation never changes.  Its
+/// `struct page` holds one reference for ever (`PG_reserved`, set up by
+/// `Kernel::new` → `init_zero_pfn`); a `FOLL_GET` adds to it, a
+/// `FOLL_PIN` does not (`try_grab_folio`: "Don't take a pin on the zero
+/// page").
+pub const ZERO_PFN: Pfn = Pfn(0);
+
+/// `my_zero_pfn(addr)`: the zero page to map at `addr` (x86: the same one
+/// everywhere).
+#[inline]
+pub fn my_zero_pfn(_addr: u64) -> Pfn {
+    ZERO_PFN
+}
+
+/// `is_zero_pfn(pfn)`
+#[inline]
+pub fn is_zero_pfn(pfn: Pfn) -> bool {
+    pfn == ZERO_PFN
+}
+
+/// `is_zero_folio(folio)`
+#[inline]
+pub fn is_zero_folio(folio: Folio) -> bool {
+    is_zero_pfn(folio.pfn())
 }
 
 /// `struct page` (+ the `struct ptdesc` fields when the frame is a table).
@@ -235,6 +267,15 @@ impl MemMap {
     pub fn remove_rmap_pmd(&self, f: Folio) {
         let old = self.folio(f).entire_mapcount.fetch_sub(1, Ordering::SeqCst);
         assert!(old > 0, "entire mapcount underflow on {:?}", f.0);
+    }
+
+    /// `init_zero_pfn`: make pfn 0's `struct page` the shared zero page's:
+    /// reserved, one reference that is never dropped, no mapping.
+    pub fn init_zero_pfn(&self) {
+        let p = self.page(ZERO_PFN);
+        p.flags.store(flags::PG_RESERVED, Ordering::SeqCst);
+        p.head.store(ZERO_PFN.0, Ordering::SeqCst);
+        p.refcount.store(1, Ordering::SeqCst);
     }
 
     /// Frames of emulated RAM (`max_pfn`).

@@ -481,7 +481,9 @@ fn partial_results_are_returned_and_the_fallback_asks_for_the_rest() {
     put_user_pages(&k, &got);
     let t = pgtable::lookup_table(&k, &mm, va, Level::Pte).unwrap();
     assert!(pgtable::read(&k, t, Level::Pte, va + 2 * PS).is_none(), "page 2 not faulted in");
-    assert_eq!(mm.rss.load(Ordering::SeqCst), 3);
+    // The read fault of page 1 mapped the shared zero page: not in rss.
+    assert_eq!(pte_pfn(&k, &mm, va + PS), crate::page::ZERO_PFN);
+    assert_eq!(mm.rss.load(Ordering::SeqCst), 2);
     exit_mm(&k, &mm);
     assert_no_leaks(&k);
     assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
@@ -504,7 +506,8 @@ fn get_user_pages_on_prot_none_is_efault() {
 }
 
 /// `faultin_page`: VM_FAULT_OOM becomes -ENOMEM (`vm_fault_to_errno`), and
-/// `__get_user_pages` returns it when no page was got.
+/// `__get_user_pages` returns it when no page was got.  A write GUP must
+/// allocate; a read one maps the shared zero page, which needs no memory.
 #[test]
 fn get_user_pages_out_of_memory_is_enomem() {
     let k = Kernel::new_sync(cfg(), 1);
@@ -516,7 +519,10 @@ fn get_user_pages_out_of_memory_is_enomem() {
     while let Some(p) = k.alloc_pages(0, crate::page::alloc::PageKind::Anon) {
         hog.push(p);
     }
-    assert_eq!(get_user_pages(&k, &mm, BASE + PS, 1, Foll::GET), Err(GupError::NoMem));
+    assert_eq!(get_user_pages(&k, &mm, BASE + PS, 1, Foll::GET | Foll::WRITE), Err(GupError::NoMem));
+    let got = get_user_pages(&k, &mm, BASE + PS, 1, Foll::GET).unwrap();
+    assert_eq!(got, vec![crate::page::ZERO_PFN], "a read fault maps the zero page, out of memory or not");
+    put_user_pages(&k, &got);
     for p in hog {
         k.folio_put(Folio(p));
     }
