@@ -302,7 +302,7 @@ fn do_wp_page(
     if crate::page::is_zero_pfn(pte.pfn()) {
         // vm_normal_page is NULL: no folio to reuse, straight to wp_page_copy.
         drop(ptl);
-        return wp_page_copy_zero(k, mm, table, va, pte);
+        return wp_page_copy(k, mm, table, va, pte);
     }
     let old = k.mem.page_folio(pte.pfn());
     if vma.is_shared() {
@@ -328,10 +328,27 @@ fn do_wp_page(
         pgtable::ptep_set_access_flags(k, mm, table, va, entry, true);
         return Ok(());
     }
-    // wp_page_copy
     drop(ptl);
-    let new = k.alloc_pages(0, PageKind::Anon).ok_or(FaultError::Oom)?;
-    k.hw.ram.copy_frame(new, pte.pfn());
+    wp_page_copy(k, mm, table, va, pte)
+}
+
+/// `wp_page_copy`: a new anonymous page for the faulting address — zeroed
+/// (`vma_alloc_zeroed_movable_folio`) when the PTE maps the zero page
+/// (`is_zero_pfn(pte_pfn(vmf->orig_pte))`), else a copy of the old page —
+/// installed under the PTL if the PTE is still the one that faulted:
+/// `ptep_clear_flush` (x86 `flush_tlb_page`: an IPI to every other CPU
+/// running the mm), `folio_add_new_anon_rmap`, the writable dirty entry;
+/// then the old page's rmap and reference go, or for the zero page (no
+/// rmap, no reference) `inc_mm_counter(MM_ANONPAGES)`.
+fn wp_page_copy(k: &Kernel, mm: &MmStruct, table: crate::types::Pfn, va: u64, pte: Pte) -> Result<(), FaultError> {
+    let zero = crate::page::is_zero_pfn(pte.pfn());
+    let new = if zero {
+        k.alloc_zeroed(0, PageKind::Anon).ok_or(FaultError::Oom)?
+    } else {
+        let new = k.alloc_pages(0, PageKind::Anon).ok_or(FaultError::Oom)?;
+        k.hw.ram.copy_frame(new, pte.pfn());
+        new
+    };
     k.mem.page(new).mapping.store(mm.id, Ordering::SeqCst);
     k.mem.page(new).index.store(va >> k.cfg.geometry.page_shift, Ordering::SeqCst);
     let ptl = pgtable::ptl(k, table);
@@ -346,33 +363,12 @@ fn do_wp_page(
     crate::notifier::ptep_clear_flush_notify(k, mm, table, va);
     k.mem.add_rmap_ptes(new, 1);
     pgtable::write(k, table, Level::Pte, va, user_pte(new, true, true));
-    k.mem.remove_rmap_ptes(pte.pfn(), 1);
-    drop(ptl);
-    k.folio_put(old);
-    Ok(())
-}
-
-/// `wp_page_copy` of a zero-page PTE (`is_zero_pfn(pte_pfn(vmf->orig_pte))`):
-/// a new zeroed folio (`vma_alloc_zeroed_movable_folio`) instead of a copy;
-/// under the PTL, if the PTE is still the one that faulted,
-/// `ptep_clear_flush` (on x86 `flush_tlb_page`: an IPI to every other CPU
-/// running the mm), `folio_add_new_anon_rmap`, the writable dirty entry,
-/// and `inc_mm_counter(MM_ANONPAGES)` (there is no old folio: nothing to
-/// un-rmap or put).
-fn wp_page_copy_zero(k: &Kernel, mm: &MmStruct, table: crate::types::Pfn, va: u64, pte: Pte) -> Result<(), FaultError> {
-    let new = k.alloc_zeroed(0, PageKind::Anon).ok_or(FaultError::Oom)?;
-    k.mem.page(new).mapping.store(mm.id, Ordering::SeqCst);
-    k.mem.page(new).index.store(va >> k.cfg.geometry.page_shift, Ordering::SeqCst);
-    let ptl = pgtable::ptl(k, table);
-    if pgtable::read(k, table, Level::Pte, va) != pte {
-        drop(ptl);
-        k.folio_put(Folio(new));
+    if zero {
+        mm.rss.fetch_add(1, Ordering::SeqCst);
         return Ok(());
     }
-    k.stats.inc(k.this_cpu(), Stat::CowFaults);
-    crate::notifier::ptep_clear_flush_notify(k, mm, table, va);
-    k.mem.add_rmap_ptes(new, 1);
-    pgtable::write(k, table, Level::Pte, va, user_pte(new, true, true));
-    mm.rss.fetch_add(1, Ordering::SeqCst);
+    k.mem.remove_rmap_ptes(pte.pfn(), 1);
+    drop(ptl);
+    k.folio_put(k.mem.page_folio(pte.pfn()));
     Ok(())
 }
