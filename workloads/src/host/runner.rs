@@ -14,7 +14,7 @@ use super::sys::{self, Probe};
 use crate::budget::{Budget, Until};
 use crate::scenarios::native::Rng;
 use crate::script::ast::*;
-use crate::script::check::{Checked, PAGE, PMD_PAGES};
+use crate::script::check::{eval_in, Checked, Scope, PAGE, PMD_PAGES};
 
 /// Pages a `write` / `read` of a range touches between two looks at the clock.
 const TOUCHES_PER_CHECK: u64 = 64;
@@ -228,6 +228,22 @@ struct Runner {
     probe: Probe,
 }
 
+impl Scope for Runner {
+    fn var(&self, name: &str) -> Option<u64> {
+        match self.vars.iter().rev().find(|(n, _)| n == name) {
+            Some((_, x)) => Some(*x),
+            None => match name {
+                "cpu" => Some(self.cpu),
+                "ncpus" => Some(self.plan.checked.cpus),
+                _ => self.plan.checked.params.get(name).copied(),
+            },
+        }
+    }
+    fn rand(&mut self, n: u64) -> Option<u64> {
+        Some(self.rng.below(n))
+    }
+}
+
 impl Runner {
     fn fail(&self, span: Span, msg: impl std::fmt::Display) -> Stop {
         Stop::Error(format!("{}:{}:{}: {msg}", self.plan.file, span.line, span.col))
@@ -242,31 +258,8 @@ impl Runner {
     }
 
     fn eval(&mut self, e: &Expr) -> Result<u64, Stop> {
-        let v = match &e.kind {
-            ExprKind::Int(n) => Some(*n),
-            ExprKind::Var(v) => match self.vars.iter().rev().find(|(n, _)| n == v) {
-                Some((_, x)) => Some(*x),
-                None => match v.as_str() {
-                    "cpu" => Some(self.cpu),
-                    "ncpus" => Some(self.plan.checked.cpus),
-                    _ => self.plan.checked.params.get(v).copied(),
-                },
-            },
-            ExprKind::Bin(op, a, b) => {
-                let (x, y) = (self.eval(a)?, self.eval(b)?);
-                op.apply(x, y)
-            }
-            ExprKind::Call(f, a, b) => {
-                let (x, y) = (self.eval(a)?, self.eval(b)?);
-                f.apply(x, y)
-            }
-            ExprKind::Rand(a) => {
-                let n = self.eval(a)?;
-                (n != 0).then(|| self.rng.below(n))
-            }
-        };
-        v.ok_or_else(|| {
-            self.fail(e.span, "the expression has no value here (an overflow, a division by zero or rand(0))")
+        eval_in(e, self).map_err(|span| {
+            self.fail(span, "the expression has no value here (an overflow, a division by zero or rand(0))")
         })
     }
 

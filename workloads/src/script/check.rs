@@ -1368,27 +1368,69 @@ fn flatten<'e>(ev: &'e [Ev], shared: &BTreeSet<&str>, out: &mut Vec<(&'e str, Sp
     }
 }
 
-/// An expression's value before the run (parameters, `$cpu`, `$ncpus`;
-/// no `rand`): thread placements and expectations' CPUs.
-pub(crate) fn const_eval(e: &Expr, c: &Checked, ncpus: u64, cpu: u64) -> Result<u64, RunError> {
+/// Where an expression finds its variables and random numbers (the
+/// interpreter's and the host runner's threads, or the values known
+/// before the run).
+pub(crate) trait Scope {
+    fn var(&self, name: &str) -> Option<u64>;
+    /// A number below `n` (> 0) drawn from the thread's stream; None where
+    /// there is none.
+    fn rand(&mut self, n: u64) -> Option<u64>;
+}
+
+/// The value of `e` in `scope`, or the span of the (innermost)
+/// sub-expression that has none: an overflow, a division by zero,
+/// `rand(0)`, an unknown variable.
+pub(crate) fn eval_in(e: &Expr, scope: &mut impl Scope) -> Result<u64, Span> {
     let v = match &e.kind {
         ExprKind::Int(n) => Some(*n),
-        ExprKind::Var(v) => match v.as_str() {
-            "ncpus" => Some(ncpus),
-            "cpu" => Some(cpu),
-            _ => c.params.get(v).copied(),
-        },
+        ExprKind::Var(v) => scope.var(v),
         ExprKind::Bin(op, a, b) => {
-            let (x, y) = (const_eval(a, c, ncpus, cpu)?, const_eval(b, c, ncpus, cpu)?);
+            let (x, y) = (eval_in(a, scope)?, eval_in(b, scope)?);
             op.apply(x, y)
         }
         ExprKind::Call(f, a, b) => {
-            let (x, y) = (const_eval(a, c, ncpus, cpu)?, const_eval(b, c, ncpus, cpu)?);
+            let (x, y) = (eval_in(a, scope)?, eval_in(b, scope)?);
             f.apply(x, y)
         }
-        ExprKind::Rand(_) => None,
+        ExprKind::Rand(a) => {
+            let n = eval_in(a, scope)?;
+            if n == 0 {
+                None
+            } else {
+                scope.rand(n)
+            }
+        }
     };
-    v.ok_or_else(|| RunError::Config(format!("line {}: the expression has no value before the run", e.span.line)))
+    v.ok_or(e.span)
+}
+
+/// The values known before the run: parameters, `$cpu`, `$ncpus`; no
+/// `rand`.
+struct BeforeRun<'a> {
+    c: &'a Checked,
+    ncpus: u64,
+    cpu: u64,
+}
+
+impl Scope for BeforeRun<'_> {
+    fn var(&self, name: &str) -> Option<u64> {
+        match name {
+            "ncpus" => Some(self.ncpus),
+            "cpu" => Some(self.cpu),
+            _ => self.c.params.get(name).copied(),
+        }
+    }
+    fn rand(&mut self, _n: u64) -> Option<u64> {
+        None
+    }
+}
+
+/// An expression's value before the run (parameters, `$cpu`, `$ncpus`;
+/// no `rand`): thread placements and expectations' CPUs.
+pub(crate) fn const_eval(e: &Expr, c: &Checked, ncpus: u64, cpu: u64) -> Result<u64, RunError> {
+    eval_in(e, &mut BeforeRun { c, ncpus, cpu })
+        .map_err(|span| RunError::Config(format!("line {}: the expression has no value before the run", span.line)))
 }
 
 #[cfg(test)]

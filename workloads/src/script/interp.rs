@@ -43,7 +43,7 @@ use mm_core::tlb::switch_mm;
 use mm_core::{CpuId, Kernel};
 
 use super::ast::*;
-use super::check::{const_eval, Checked, KnobSetting, PAGE};
+use super::check::{const_eval, eval_in, Checked, KnobSetting, Scope, PAGE};
 use crate::error::RunError;
 use crate::outcome::Outcome;
 use crate::scenarios::native::{boot, finish, join_into, sys, syscall_entry, Rng, WorkLog};
@@ -321,37 +321,30 @@ enum Stop {
 
 type Flow = Result<(), Stop>;
 
+impl Scope for Runner<'_> {
+    fn var(&self, name: &str) -> Option<u64> {
+        match self.vars.iter().rev().find(|(n, _)| n == name) {
+            Some((_, x)) => Some(*x),
+            None => match name {
+                "cpu" => Some(self.cpu),
+                "ncpus" => Some(self.sh.ncpus),
+                _ => self.sh.params.get(name).copied(),
+            },
+        }
+    }
+    fn rand(&mut self, n: u64) -> Option<u64> {
+        Some(self.rng.below(n))
+    }
+}
+
 impl Runner<'_> {
     fn fail(&self, span: Span, msg: impl std::fmt::Display) -> Stop {
         Stop::Error(format!("{}:{}:{}: {msg}", self.sh.file, span.line, span.col))
     }
 
     fn eval(&mut self, e: &Expr) -> Result<u64, Stop> {
-        let v = match &e.kind {
-            ExprKind::Int(n) => Some(*n),
-            ExprKind::Var(v) => match self.vars.iter().rev().find(|(n, _)| n == v) {
-                Some((_, x)) => Some(*x),
-                None => match v.as_str() {
-                    "cpu" => Some(self.cpu),
-                    "ncpus" => Some(self.sh.ncpus),
-                    _ => self.sh.params.get(v).copied(),
-                },
-            },
-            ExprKind::Bin(op, a, b) => {
-                let (x, y) = (self.eval(a)?, self.eval(b)?);
-                op.apply(x, y)
-            }
-            ExprKind::Call(f, a, b) => {
-                let (x, y) = (self.eval(a)?, self.eval(b)?);
-                f.apply(x, y)
-            }
-            ExprKind::Rand(a) => {
-                let n = self.eval(a)?;
-                (n != 0).then(|| self.rng.below(n))
-            }
-        };
-        v.ok_or_else(|| {
-            self.fail(e.span, "the expression has no value here (an overflow, a division by zero or rand(0))")
+        eval_in(e, self).map_err(|span| {
+            self.fail(span, "the expression has no value here (an overflow, a division by zero or rand(0))")
         })
     }
 
