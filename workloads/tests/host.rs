@@ -186,10 +186,9 @@ const NOISY_TLB_PER_SEC: f64 = 10.0;
 /// TLB shootdowns per second on the busiest CPU over 300 ms in which this
 /// test runs nothing: what other processes cause.
 fn background_tlb_per_sec() -> f64 {
-    let Ok(a) = workloads::host::counters::interrupts() else { return 0.0 };
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let Ok(b) = workloads::host::counters::interrupts() else { return 0.0 };
-    a.tlb.iter().zip(&b.tlb).map(|(x, y)| y.saturating_sub(*x) as f64 / 0.3).fold(0.0, f64::max)
+    workloads::host::counters::background_tlb_per_sec(std::time::Duration::from_millis(300))
+        .into_iter()
+        .fold(0.0, f64::max)
 }
 
 /// Run `mmemu diff SCRIPT` up to 5 times and stop at the first run whose

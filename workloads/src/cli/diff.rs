@@ -17,6 +17,13 @@ use crate::host::{HostError, HostOptions};
 /// Host attempts per run asked for (untrusted runs are retried).
 const ATTEMPTS_PER_RUN: usize = 10;
 
+/// A CPU that takes more TLB shootdowns per second than this from other
+/// processes, in `NOISE_WINDOW` just before a host run, is not trusted in
+/// that run: the noise would be counted as the script's (a row near zero
+/// is judged to ±0.02 per iteration).
+const NOISY_TLB_PER_SEC: f64 = 10.0;
+const NOISE_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
+
 pub(super) fn diff(a: DiffArgs) -> Result<i32, CliError> {
     let path = a.file.display().to_string();
     let s = crate::script::load(&path).map_err(CliError::Usage)?;
@@ -35,6 +42,7 @@ pub(super) fn diff(a: DiffArgs) -> Result<i32, CliError> {
     };
     let mut host = Vec::new();
     for _ in 0..a.runs * ATTEMPTS_PER_RUN {
+        let noise = crate::host::counters::background_tlb_per_sec(NOISE_WINDOW);
         let r = crate::host::run(&opts).map_err(|e| match e {
             HostError::Refused(m) => CliError::Usage(m),
             HostError::Failed(m) => CliError::Failed(m),
@@ -44,11 +52,21 @@ pub(super) fn diff(a: DiffArgs) -> Result<i32, CliError> {
                 return Err(CliError::Failed(format!("host run: {e}")));
             }
         }
+        let (mut trusted, mut why) = (r.host.trusted_cpus.clone(), r.host.untrusted_reason.clone());
+        for (cpu, rate) in noise.iter().enumerate() {
+            if *rate > NOISY_TLB_PER_SEC && trusted.get(cpu) == Some(&true) {
+                trusted[cpu] = false;
+                why.get_or_insert(format!(
+                    "CPU{cpu} took {rate:.0} TLB shootdowns/s from other processes just before the run \
+                     (more than {NOISY_TLB_PER_SEC}: a noisy host)"
+                ));
+            }
+        }
         host.push(HostRun {
             rows: RunRows::new(&r.interrupts.tlb, &r.interrupts.cal, r.iterations),
-            trusted: r.host.trusted_cpus.clone(),
+            trusted,
             min_share: r.host.min_share,
-            untrusted_reason: r.host.untrusted_reason.clone(),
+            untrusted_reason: why,
         });
         let enough = |cpu: usize| host.iter().filter(|h| h.trusted.get(cpu) == Some(&true)).count() >= a.runs;
         if (0..cpus).all(enough) {

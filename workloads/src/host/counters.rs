@@ -31,6 +31,17 @@ pub fn interrupts() -> Result<Interrupts, String> {
     Ok(Interrupts { tlb, cal })
 }
 
+/// TLB shootdowns per second on each CPU over `window` in which the caller
+/// runs nothing: what other processes (and the kernel's own kernel-range
+/// flushes) cause on this host.  Empty when there is no TLB row.
+pub fn background_tlb_per_sec(window: std::time::Duration) -> Vec<f64> {
+    let Ok(a) = interrupts() else { return Vec::new() };
+    std::thread::sleep(window);
+    let Ok(b) = interrupts() else { return Vec::new() };
+    let secs = window.as_secs_f64().max(1e-3);
+    a.tlb.iter().zip(&b.tlb).map(|(x, y)| y.saturating_sub(*x) as f64 / secs).collect()
+}
+
 /// The `nr_tlb_*` counters of /proc/vmstat (empty when the kernel keeps
 /// none: they need CONFIG_DEBUG_TLBFLUSH).
 pub fn vmstat_tlb() -> BTreeMap<String, u64> {
