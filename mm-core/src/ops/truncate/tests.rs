@@ -154,6 +154,8 @@ fn unmap_mapping_pages_without_even_cows_keeps_private_cow_copies() {
     mmap_file(&k, &mm, BASE, 4 * PS, true, false, &file, 0).unwrap();
     k.read_user(&mm, BASE + PS).unwrap();
     k.write_user(&mm, BASE + 2 * PS, 7).unwrap();
+    // A file page after the kept copy: the zap goes on past the copy.
+    k.read_user(&mm, BASE + 3 * PS).unwrap();
     unmap_mapping_pages(&k, &file, 0, 0, false);
     assert_eq!(mm.rss.load(crate::sync::Ordering::SeqCst), 1, "only the COW copy is left");
     assert_eq!(k.alloc.in_use().anon, 1);
