@@ -1039,3 +1039,43 @@ fn a_partial_munmap_zaps_no_page_past_its_end() {
     assert!(k.read_user(&a, HBASE + 8).is_err(), "the unmapped page is gone");
     teardown(&k, &[&a], &[&f]);
 }
+
+/// `hugetlb_split` unshares the one PUD region around the boundary and no
+/// other (`hugetlb_unshare_pmds(floor, floor + PUD_SIZE)`), in each of the
+/// three unshare forms (before 1013af4f585f, with it, and with
+/// 8ce720d5bd91's gather): b shares both of a's PMD tables; a munmap of one
+/// huge page inside b's first GiB leaves b's second GiB shared.  A
+/// boundary that is not a multiple of the huge page size is refused
+/// (`hugetlb_vm_op_split`), at either end, and changes nothing.
+#[test]
+fn a_split_unshares_only_the_pud_region_around_its_boundary() {
+    use crate::config::Fix;
+    for (sync, batched) in [(false, false), (true, false), (true, true)] {
+        let mut fixes = Fixes::default();
+        fixes.set(Fix::HugetlbUnshareSync, sync);
+        fixes.set(Fix::HugetlbUnshareBatched, batched);
+        let k = kernel_with(2, fixes, Arch::X86);
+        let f = hfile(&k, 2);
+        let a = k.mm_alloc();
+        run_on(&k, 0, &a);
+        map_and_touch(&k, &a, &f, 2, 40);
+        let b = fork_and_fault(&k, &a);
+        let (t0, t1) = (pmd_table(&k, &a, HBASE).unwrap(), pmd_table(&k, &a, HBASE + GIB).unwrap());
+        assert_eq!((ptdesc_pmd_pts_count(&k, t0), ptdesc_pmd_pts_count(&k, t1)), (1, 1), "b shares both");
+        run_on(&k, 1, &b);
+        for (start, len) in [(HBASE + 4 * MIB2 + 4096, MIB2), (HBASE + 4 * MIB2, MIB2 + 4096)] {
+            assert!(matches!(munmap(&k, &b, start, len), Err(MmError::Inval(_))), "{start:#x}+{len:#x}");
+        }
+        assert_eq!(
+            (ptdesc_pmd_pts_count(&k, t0), ptdesc_pmd_pts_count(&k, t1)),
+            (1, 1),
+            "a refused split unshares nothing"
+        );
+        munmap(&k, &b, HBASE + 4 * MIB2, MIB2).unwrap();
+        assert_eq!(ptdesc_pmd_pts_count(&k, t0), 0, "sync {sync} batched {batched}: the split's region unshared");
+        assert_eq!(ptdesc_pmd_pts_count(&k, t1), 1, "sync {sync} batched {batched}: the next region still shared");
+        assert_eq!(pmd_table(&k, &b, HBASE + GIB), Some(t1));
+        assert_eq!(k.read_user(&b, HBASE + GIB + 8).unwrap(), 41);
+        teardown(&k, &[&a, &b], &[&f]);
+    }
+}
