@@ -1079,3 +1079,47 @@ fn a_split_unshares_only_the_pud_region_around_its_boundary() {
         teardown(&k, &[&a, &b], &[&f]);
     }
 }
+
+/// Before 8ce720d5bd91 a munmap that unshares a PMD table flushes the
+/// whole PUD region right away (`flush_hugetlb_tlb_range` of
+/// `address & PUD_MASK`, PUD_SIZE): on arm64 (range TLBIs, no full-mm
+/// fallback for 1 GiB at PMD stride) the sharer's CPU then caches nothing
+/// of the region, and the walk goes on from the next region, never back
+/// below the range (b's anonymous page at 1 GiB, in another PGD entry's
+/// range, is not touched).  b's neighbour mapping keeps its PUD table, so
+/// no table-freeing flush hides a wrong range.
+#[test]
+fn a_pre_gather_unshare_flushes_its_pud_region_and_walks_on_from_the_next() {
+    use crate::config::Fix;
+    for sync in [false, true] {
+        let mut fixes = Fixes::default();
+        fixes.set(Fix::HugetlbUnshareSync, sync);
+        fixes.set(Fix::HugetlbUnshareBatched, false);
+        let k = kernel_with(2, fixes, Arch::Arm64);
+        let f = hfile(&k, 2);
+        let a = k.mm_alloc();
+        run_on(&k, 0, &a);
+        map_and_touch(&k, &a, &f, 2, 50);
+        let b = fork_and_fault(&k, &a);
+        run_on(&k, 1, &b);
+        mmap_anon(&k, &b, GIB, 4096, true).unwrap();
+        k.write_user(&b, GIB, 3).unwrap();
+        // Keeps b's PUD table: the munmap frees no table, so no later
+        // flush covers the region but the unshare's own.
+        mmap_anon(&k, &b, NEIGHBOUR, 4096, true).unwrap();
+        k.write_user(&b, NEIGHBOUR, 4).unwrap();
+        for i in 0..2 {
+            assert_eq!(k.read_user(&b, HBASE + i * GIB + 8).unwrap(), 50 + i);
+            assert!(k.hw.tlb(CpuId(1)).lookup(b.id, HBASE + i * GIB).is_some(), "CPU1 caches b's region {i}");
+        }
+        munmap(&k, &b, HBASE, 2 * GIB).unwrap();
+        for i in 0..2 {
+            assert!(
+                k.hw.tlb(CpuId(1)).lookup(b.id, HBASE + i * GIB).is_none(),
+                "sync {sync}: region {i} flushed from CPU1's TLB"
+            );
+        }
+        assert_eq!(k.read_user(&b, GIB).unwrap(), 3, "the page below the range is still mapped");
+        teardown(&k, &[&a, &b], &[&f]);
+    }
+}
