@@ -1123,3 +1123,34 @@ fn a_pre_gather_unshare_flushes_its_pud_region_and_walks_on_from_the_next() {
         teardown(&k, &[&a, &b], &[&f]);
     }
 }
+
+/// `hugetlb_change_protection` rewrites the huge entries of [start, end)
+/// and stops at `end`: mprotect read-only of the first of two adjacent
+/// hugetlb VMAs leaves the second's first entry writable; PROT_NONE takes
+/// the USER bit away (a read faults), and read-write gives both back.
+#[test]
+fn hugetlb_change_protection_stops_at_the_end_and_prot_none_takes_user_away() {
+    use crate::hw::pte::Pte;
+    let k = kernel(1);
+    let (f, g) = (hfile(&k, 1), hfile(&k, 1));
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_hugetlb(&k, &mm, HBASE, GIB, true, &f, 0).unwrap();
+    mmap_hugetlb(&k, &mm, HBASE + GIB, GIB, true, &g, 0).unwrap();
+    k.write_user(&mm, HBASE, 1).unwrap();
+    k.write_user(&mm, HBASE + GIB, 2).unwrap();
+    let entry = |va: u64| {
+        let t = pmd_table(&k, &mm, va).unwrap();
+        pgtable::read(&k, t, Level::Pmd, va)
+    };
+    mprotect(&k, &mm, HBASE, GIB, true, false).unwrap();
+    assert!(!entry(HBASE).write(), "the range's entry is read-only");
+    assert!(entry(HBASE + GIB).write(), "the next VMA's entry, at `end`, is untouched");
+    mprotect(&k, &mm, HBASE, GIB, false, false).unwrap();
+    assert_eq!(entry(HBASE).0 & Pte::USER, 0, "PROT_NONE: no USER bit");
+    assert!(k.read_user(&mm, HBASE).is_err(), "PROT_NONE faults");
+    mprotect(&k, &mm, HBASE, GIB, true, true).unwrap();
+    assert_ne!(entry(HBASE).0 & Pte::USER, 0);
+    assert_eq!(k.read_user(&mm, HBASE).unwrap(), 1);
+    teardown(&k, &[&mm], &[&f, &g]);
+}
