@@ -1112,7 +1112,16 @@ fn a_pre_gather_unshare_flushes_its_pud_region_and_walks_on_from_the_next() {
             assert_eq!(k.read_user(&b, HBASE + i * GIB + 8).unwrap(), 50 + i);
             assert!(k.hw.tlb(CpuId(1)).lookup(b.id, HBASE + i * GIB).is_some(), "CPU1 caches b's region {i}");
         }
+        // Flushed inside __unmap_hugepage_range (its tlb_end_vma, then the
+        // unshare's force flush), before i_mmap_rwsem is dropped: done by
+        // the end of free_pgtables, not left to tlb_finish_mmu.
+        let seen = Arc::new(crate::sync::Mutex::new(None));
+        let (seen2, id) = (seen.clone(), b.id);
+        assert!(k.inject.race.set_after_free_pgtables(move |k| {
+            *seen2.lock() = Some(k.hw.tlb(CpuId(1)).lookup(id, HBASE).is_some());
+        }));
         munmap(&k, &b, HBASE, 2 * GIB).unwrap();
+        assert_eq!(*seen.lock(), Some(false), "sync {sync}: flushed before the gather finished");
         for i in 0..2 {
             assert!(
                 k.hw.tlb(CpuId(1)).lookup(b.id, HBASE + i * GIB).is_none(),
