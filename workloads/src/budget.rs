@@ -95,3 +95,31 @@ impl Until {
         self.deadline.filter(|d| now >= *d).map(|d| now - d)
     }
 }
+
+/// A round gate's "no round past the count in the other bits starts".
+const GATE_CLOSED: u64 = 1 << 63;
+
+/// Whether round `r` of a `repeat until budget` that meets barriers runs,
+/// decided on `gate` (the highest round any such loop started, plus one,
+/// and `GATE_CLOSED` once one found the budget spent; starts at 0) with
+/// `more`, this thread's look at its budget.  Every loop on one gate
+/// agrees: once one of them finds the budget spent, the rounds someone
+/// already started still run everywhere (their partners wait for them at
+/// the barriers) and no later one starts.  Under a rounds budget that is
+/// the budget; under a time budget (or a stop request) it overshoots by at
+/// most a round.  The script interpreter's threads and the host runner's
+/// (a gate in shared memory) use it.
+pub fn round_gate_pass(gate: &std::sync::atomic::AtomicU64, r: u64, more: impl Fn(u64) -> bool) -> bool {
+    use std::sync::atomic::Ordering;
+    let mut cur = gate.load(Ordering::SeqCst);
+    loop {
+        if cur & GATE_CLOSED != 0 {
+            return r < cur & !GATE_CLOSED;
+        }
+        let (next, go) = if more(r) { (cur.max(r + 1), true) } else { (cur | GATE_CLOSED, r < cur) };
+        match gate.compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return go,
+            Err(now) => cur = now,
+        }
+    }
+}

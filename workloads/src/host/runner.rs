@@ -23,8 +23,6 @@ const TOUCHES_PER_CHECK: u64 = 64;
 const BARRIER_SPIN: Duration = Duration::from_millis(20);
 /// Longest single futex sleep (waiters look at the abort flag between).
 const FUTEX_SLICE: Duration = Duration::from_millis(20);
-/// `GATE_CLOSED` of the round gate, as in the interpreter.
-const GATE_CLOSED: u64 = 1 << 63;
 
 /// One thread instance of the script: which thread, its CPU, its slot.
 #[derive(Clone, Debug)]
@@ -362,20 +360,9 @@ impl Runner {
         Ok(())
     }
 
-    /// The interpreter's `lockstep_more` on the shared round gate.
+    /// `budget::round_gate_pass` on the shared round gate.
     fn lockstep_more(&self, r: u64) -> bool {
-        let gate = &self.arena.round_gate;
-        let mut cur = gate.load(Ordering::SeqCst);
-        loop {
-            if cur & GATE_CLOSED != 0 {
-                return r < cur & !GATE_CLOSED;
-            }
-            let (next, go) = if self.more(r) { (cur.max(r + 1), true) } else { (cur | GATE_CLOSED, r < cur) };
-            match gate.compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => return go,
-                Err(now) => cur = now,
-            }
-        }
+        crate::budget::round_gate_pass(&self.arena.round_gate, r, |r| self.more(r))
     }
 
     fn rounds(&self) -> u64 {

@@ -174,15 +174,13 @@ struct Shared {
     seed: u64,
     /// `repeat until budget` loops that meet at barriers agree on their
     /// last round (`Runner::lockstep_more`): the highest round any of them
-    /// started, plus one, and `GATE_CLOSED` once one saw the budget spent.
+    /// started, plus one, closed once one saw the budget spent
+    /// (`budget::round_gate_pass`).
     round_gate: AtomicU64,
     /// shmem and hugetlbfs objects of anon-shared and hugetlb mmaps, freed
     /// once nothing maps them.
     objects: Mutex<Vec<Arc<mm_core::mm::AddressSpace>>>,
 }
-
-/// `Shared::round_gate`: no round past the count in the other bits starts.
-const GATE_CLOSED: u64 = 1 << 63;
 
 /// A spawned thread's program, run on its CPU with the kernel.
 type Job = Box<dyn FnOnce(&Arc<Kernel>) + Send>;
@@ -481,24 +479,9 @@ impl Runner<'_> {
     }
 
     /// Whether round `r` of a `repeat until budget` that meets barriers
-    /// runs.  Every such loop agrees: once one of them finds the budget
-    /// spent, the rounds someone already started still run everywhere
-    /// (their partners wait for them at the barriers) and no later one
-    /// starts.  Under a rounds budget that is the budget; under a time
-    /// budget (or a stop request) it overshoots by at most a round.
+    /// runs: `budget::round_gate_pass` on the run's round gate.
     fn lockstep_more(&self, r: u64) -> bool {
-        let gate = &self.sh.round_gate;
-        let mut cur = gate.load(Ordering::SeqCst);
-        loop {
-            if cur & GATE_CLOSED != 0 {
-                return r < cur & !GATE_CLOSED;
-            }
-            let (next, go) = if self.until.more(r) { (cur.max(r + 1), true) } else { (cur | GATE_CLOSED, r < cur) };
-            match gate.compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => return go,
-                Err(now) => cur = now,
-            }
-        }
+        crate::budget::round_gate_pass(&self.sh.round_gate, r, |r| self.until.more(r))
     }
 
     /// A spawned thread's program: a thread of `mm` on CPU `cpu` that sees
