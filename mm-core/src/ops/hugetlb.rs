@@ -608,8 +608,9 @@ pub(crate) fn copy_hugetlb_page_range(k: &Kernel, dst: &MmStruct, src: &MmStruct
 /// `hugetlb_change_protection`: apply the VMA's (new) protection to its
 /// huge leaves, unsharing shared PMD tables first (their other sharers keep
 /// the old protection).  i_mmap_rwsem is taken for write around the walk and
-/// the flush.  Returns the number of huge pages (and unshared tables)
-/// touched.
+/// the flush.  Returns the number of base pages touched: each rewritten
+/// huge leaf and each unshared table counts one huge page, shifted by the
+/// hstate's order (`pages << h->order`, mm/hugetlb.c v6.12).
 ///
 /// With 8ce720d5bd91 it runs **its own gather**, `tlb_gather_mmu_vma`
 /// (VMA flags and the huge page size set up front; no `tlb_start_vma`),
@@ -694,7 +695,7 @@ pub(crate) fn hugetlb_change_protection(k: &Kernel, mm: &MmStruct, vma: &Vma) ->
     if let Some(tlb) = tlb {
         tlb.tlb_finish_mmu();
     }
-    pages
+    pages << k.cfg.geometry.hpage_pmd_order()
 }
 
 // ---- VMA split ----------------------------------------------------------------

@@ -1163,3 +1163,140 @@ fn hugetlb_change_protection_stops_at_the_end_and_prot_none_takes_user_away() {
     assert_eq!(k.read_user(&mm, HBASE).unwrap(), 1);
     teardown(&k, &[&mm], &[&f, &g]);
 }
+
+/// `hugetlb_mask_last_page` for a PMD-sized hstate is PUD_SIZE - PMD_SIZE
+/// (mm/hugetlb.c v6.12): `addr | mask` is the last huge page of the PUD
+/// region, so `+ sz` is the first of the next.  On both geometries.
+#[test]
+fn hugetlb_mask_last_page_is_pud_size_minus_pmd_size() {
+    let k = kernel(1);
+    assert_eq!(hugetlb_mask_last_page(&k), GIB - MIB2);
+    assert_eq!((HBASE + 3 * MIB2) | hugetlb_mask_last_page(&k), HBASE + GIB - MIB2);
+    let s = Kernel::new_sync(KernelConfig::small(), 1);
+    assert_eq!(hugetlb_mask_last_page(&s), (64 << 10) - (16 << 10), "small geometry: 64 KiB PUD, 16 KiB PMD");
+}
+
+/// `adjust_range_if_pmd_sharing_possible` (mm/hugetlb.c v6.12): for a
+/// VM_MAYSHARE VMA spanning at least one aligned PUD region, a range that
+/// meets [ALIGN(vm_start), ALIGN_DOWN(vm_end)) is widened to whole PUD
+/// regions (start down, end up); otherwise it is left alone.
+#[test]
+fn adjust_range_widens_to_whole_pud_regions_only_where_sharing_is_possible() {
+    let k = kernel(1);
+    let f = hfile(&k, 4);
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    // [HBASE + 1 GiB - 2 MiB, HBASE + 3 GiB + 2 MiB): aligned part [1, 3) GiB.
+    let (vs, ve) = (HBASE + GIB - MIB2, HBASE + 3 * GIB + MIB2);
+    mmap_hugetlb(&k, &mm, vs, ve - vs, true, &f, 0).unwrap();
+    let vma = mm.mmap_lock.read().find(vs).unwrap().clone();
+    let adj = |vma: &Vma, s: u64, e: u64| {
+        let (mut s2, mut e2) = (s, e);
+        adjust_range_if_pmd_sharing_possible(&k, vma, &mut s2, &mut e2);
+        (s2, e2)
+    };
+    let (g1, g2, g3) = (HBASE + GIB, HBASE + 2 * GIB, HBASE + 3 * GIB);
+    // Inside one region: both ends widened.
+    assert_eq!(adj(&vma, g1 + MIB2, g1 + 4 * MIB2), (g1, g2));
+    // Already aligned: unchanged.
+    assert_eq!(adj(&vma, g1, g2), (g1, g2));
+    // Start before the aligned part stays; the end is rounded up.
+    assert_eq!(adj(&vma, vs, g2 + MIB2), (vs, g3));
+    // End past the aligned part stays; the start is rounded down.
+    assert_eq!(adj(&vma, g2 + MIB2, ve), (g2, ve));
+    // Ranges that only touch the unaligned edges: unchanged.
+    assert_eq!(adj(&vma, vs, g1), (vs, g1), "end == v_start");
+    assert_eq!(adj(&vma, g3, ve), (g3, ve), "start == v_end");
+    // A private VMA, or one that spans no whole PUD region: unchanged.
+    let mut private = vma.clone();
+    private.flags &= !vm::VM_SHARED;
+    assert_eq!(adj(&private, g1 + MIB2, g1 + 4 * MIB2), (g1 + MIB2, g1 + 4 * MIB2));
+    let mut small = vma.clone();
+    small.start = g1 + MIB2;
+    small.end = g2 - MIB2;
+    assert_eq!(adj(&small, g1 + 2 * MIB2, g1 + 4 * MIB2), (g1 + 2 * MIB2, g1 + 4 * MIB2));
+    let mut one = vma.clone();
+    one.start = g1;
+    one.end = g2;
+    assert_eq!(adj(&one, g1 + MIB2, g1 + 4 * MIB2), (g1, g2), "exactly one region");
+    drop(vma);
+    munmap(&k, &mm, vs, ve - vs).unwrap();
+    teardown(&k, &[&mm], &[&f]);
+}
+
+/// `hugetlb_change_protection` returns the base pages it touched: each
+/// rewritten huge leaf and each unshared table is one huge page, shifted
+/// by the hstate's order (`pages << h->order`).
+#[test]
+fn hugetlb_change_protection_returns_base_pages_touched() {
+    let k = kernel(2);
+    let f = hfile(&k, 2);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, 2, 1);
+    k.write_user(&a, HBASE + MIB2, 9).unwrap(); // a third leaf, region 0
+    let b = fork_and_fault(&k, &a);
+    run_on(&k, 1, &b);
+    let nr = k.cfg.geometry.hpage_pmd_nr();
+    let vma_of = |mm: &Arc<MmStruct>| mm.mmap_lock.read().find(HBASE).unwrap().clone();
+    // b shares both of a's tables: each region is one unshare.
+    let vb = vma_of(&b);
+    assert_eq!(hugetlb_change_protection(&k, &b, &vb), 2 * nr, "two unshared tables");
+    // a owns both tables now: three leaves rewritten.
+    run_on(&k, 0, &a);
+    let va = vma_of(&a);
+    assert_eq!(hugetlb_change_protection(&k, &a, &va), 3 * nr, "three huge leaves");
+    teardown(&k, &[&a, &b], &[&f]);
+}
+
+/// `hugetlb_unshare_pmds(vma, start, end)` unshares every shared PMD table
+/// of its PUD-aligned range and no other, in every unshare mode; and
+/// `hugetlb_split` at a non-PUD-aligned address unshares the region
+/// around it, while an aligned address or a region the VMA does not
+/// cover whole does nothing.
+#[test]
+fn hugetlb_unshare_pmds_and_split_unshare_exactly_their_regions() {
+    use crate::config::Fix;
+    for (sync, batched) in [(true, true), (true, false), (false, false)] {
+        let mut fixes = Fixes::default();
+        fixes.set(Fix::HugetlbUnshareSync, sync);
+        fixes.set(Fix::HugetlbUnshareBatched, batched);
+        let k = kernel_with(2, fixes, Arch::X86);
+        let f = hfile(&k, 3);
+        let a = k.mm_alloc();
+        run_on(&k, 0, &a);
+        map_and_touch(&k, &a, &f, 3, 1);
+        let b = fork_and_fault(&k, &a);
+        run_on(&k, 1, &b);
+        let region = |i: u64| HBASE + i * GIB;
+        let shared = |i: u64| {
+            pmd_table(&k, &b, region(i)).is_some() && pmd_table(&k, &a, region(i)) == pmd_table(&k, &b, region(i))
+        };
+        assert!((0..3).all(shared), "b shares all three tables");
+        let vb = b.mmap_lock.read().find(HBASE).unwrap().clone();
+        // An empty range does nothing.
+        hugetlb_unshare_pmds(&k, &b, &vb, region(1), region(1));
+        assert!((0..3).all(shared), "mode ({sync}, {batched}): empty range");
+        // Region 1 only.
+        hugetlb_unshare_pmds(&k, &b, &vb, region(1), region(2));
+        assert!(shared(0) && !shared(1) && shared(2), "mode ({sync}, {batched}): only region 1 unshared");
+        assert!(pmd_table(&k, &b, region(1)).is_none(), "b's PUD entry for region 1 is cleared");
+        assert_eq!(ptdesc_pmd_pts_count(&k, pmd_table(&k, &a, region(1)).unwrap()), 0, "a's table is exclusive again");
+        // Splits: at an aligned address, nothing; inside region 2, region 2.
+        hugetlb_split(&k, &b, &vb, region(2));
+        assert!(shared(0) && shared(2), "mode ({sync}, {batched}): aligned split unshares nothing");
+        hugetlb_split(&k, &b, &vb, region(2) + MIB2);
+        assert!(shared(0) && !shared(2), "mode ({sync}, {batched}): split inside region 2 unshares it");
+        // A VMA that does not cover region 0 whole: the split does nothing.
+        let mut part = vb.clone();
+        part.start = region(0) + MIB2;
+        hugetlb_split(&k, &b, &part, region(0) + 2 * MIB2);
+        assert!(shared(0), "mode ({sync}, {batched}): no whole region, no unshare");
+        part.start = region(0);
+        part.end = region(1) - MIB2;
+        hugetlb_split(&k, &b, &part, region(0) + 2 * MIB2);
+        assert!(shared(0), "mode ({sync}, {batched}): region past the VMA's end, no unshare");
+        assert_eq!(k.read_user(&b, region(1) + 8).unwrap(), 2, "b refaults region 1 from the file");
+        teardown(&k, &[&a, &b], &[&f]);
+    }
+}
