@@ -73,6 +73,7 @@ pub fn zap_huge_pmd(tlb: &mut MmuGather<'_>, _vma: &Vma, pmd_table: Pfn, addr: u
     let k = tlb.kernel();
     let mm = tlb.mm();
     let hpn = k.cfg.geometry.hpage_pmd_nr();
+    tlb.tlb_change_page_size(k.cfg.geometry.pmd_size());
     // __pmd_trans_huge_lock
     let ptl = pgtable::ptl(k, pmd_table);
     if !pgtable::read(k, pmd_table, Level::Pmd, addr).huge() {

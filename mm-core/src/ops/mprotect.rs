@@ -115,6 +115,7 @@ fn can_change_pte_writable(k: &Kernel, vma: &Vma, pte: Pte) -> bool {
 /// bits atomically (ptep_modify_prot_start/commit keep the A/D bits).
 fn change_pte_range(k: &Kernel, tlb: &mut MmuGather<'_>, vma: &Vma, table: crate::types::Pfn, addr: u64, end: u64) {
     let ps = k.cfg.geometry.page_size();
+    tlb.tlb_change_page_size(ps);
     let _ptl = pgtable::ptl(k, table);
     let user = vma.flags & vm::VM_READ != 0;
     let mut a = addr;

@@ -196,6 +196,7 @@ pub fn zap_pte_range(
     let mut force_flush = false;
     let mut rss: u64 = 0;
     let start = addr;
+    tlb.tlb_change_page_size(ps);
     let ptl = pgtable::ptl(k, pte_table);
     let mut a = addr;
     while a < end {

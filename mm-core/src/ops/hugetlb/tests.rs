@@ -1300,3 +1300,65 @@ fn hugetlb_unshare_pmds_and_split_unshare_exactly_their_regions() {
         teardown(&k, &[&a, &b], &[&f]);
     }
 }
+
+/// Before 8ce720d5bd91 (`HugetlbUnshareBatched` off) `__unmap_hugepage_range`
+/// flushes an unshared table's PUD region itself (`flush_hugetlb_tlb_range`
+/// of `address & PUD_MASK`, PUD_SIZE) and forces the flush before
+/// i_mmap_rwsem is dropped.  Pinned on arm64 (FEAT_TLBIRANGE): a munmap of
+/// the shared region is one range TLBI (last-level: no table is freed)
+/// of exactly that region, not a
+/// whole-ASID flush; in an exit (a fullmm gather, whose `tlb_end_vma`
+/// flushes nothing) the unshare costs one ASID flush of its own, and an
+/// exit that unshared nothing has none.
+#[test]
+fn pre_gather_unshare_flushes_its_pud_region_by_range_and_forces_a_flush_in_exit() {
+    use crate::config::Fix;
+    const WATCH: [Stat; 3] = [Stat::Arm64TlbiRvae1is, Stat::Arm64TlbiRvale1is, Stat::Arm64TlbiAside1is];
+    let counts = |k: &Kernel| WATCH.map(|s| k.stats.get(s));
+    let delta = |a: [u64; 3], b: [u64; 3]| [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
+    let mut fixes = Fixes::default();
+    fixes.set(Fix::HugetlbUnshareBatched, false);
+    let setup = |arch| {
+        let k = kernel_with(2, fixes, arch);
+        let f = hfile(&k, 1);
+        let a = k.mm_alloc();
+        run_on(&k, 0, &a);
+        map_and_touch(&k, &a, &f, 1, 1);
+        let b = fork_and_fault(&k, &a);
+        run_on(&k, 1, &b);
+        // b's PUD table outlives the munmap: no table is freed.
+        mmap_anon(&k, &b, NEIGHBOUR, 4096, true).unwrap();
+        k.write_user(&b, NEIGHBOUR, 4).unwrap();
+        assert_eq!(pmd_table(&k, &a, HBASE), pmd_table(&k, &b, HBASE), "b shares a's table");
+        (k, f, a, b)
+    };
+    // munmap: the PUD region by range.
+    let (k, f, a, b) = setup(Arch::Arm64);
+    let c0 = counts(&k);
+    munmap(&k, &b, HBASE, GIB).unwrap();
+    assert_eq!(
+        delta(c0, counts(&k)),
+        [0, 1, 0],
+        "munmap: one last-level TLBI RVALE1IS (no table freed), no ASID flush"
+    );
+    teardown(&k, &[&a, &b], &[&f]);
+    // exit (x86: a fullmm tlb_flush is always a full flush; arm64's
+    // flushes nothing unless tables were freed): the sharer's unshare is
+    // flushed at once, then the final flush; the last owner, who unshares
+    // nothing, has the final flush only.
+    let (k, f, a, b) = setup(Arch::X86);
+    let full = |k: &Kernel| k.stats.get(Stat::TlbFlushFull);
+    let c0 = full(&k);
+    exit_mm(&k, &b);
+    let sharer = full(&k) - c0;
+    run_on(&k, 0, &a);
+    let c1 = full(&k);
+    exit_mm(&k, &a);
+    let owner = full(&k) - c1;
+    assert_eq!((sharer, owner), (2, 1), "exit: the unshare's forced flush, then the final one");
+    for fl in [&f] {
+        assert_eq!(truncate_inode_pages(&k, fl, 0), 0);
+    }
+    assert_no_leaks(&k);
+    assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
+}
