@@ -42,11 +42,11 @@ pub fn dup_mmap(k: &Kernel, oldmm: &Arc<MmStruct>) -> Result<Arc<MmStruct>, MmEr
             if !vma_needs_copy(vma) {
                 continue;
             }
-            if vma.is_hugetlb() {
-                super::hugetlb::copy_hugetlb_page_range(k, &mm, oldmm, vma)?;
-            } else {
-                copy_page_range(k, &mm, oldmm, vma)?;
-            }
+            // Every hugetlb VMA is MAP_SHARED (`mmap_hugetlb`; private
+            // hugetlb mappings, whose fork is `copy_hugetlb_page_range`, are
+            // not modelled), so it never needs a copy.
+            assert!(!vma.is_hugetlb(), "a hugetlb VMA that vma_needs_copy: MAP_PRIVATE hugetlb is not modelled");
+            copy_page_range(k, &mm, oldmm, vma)?;
         }
     }
     // The parent's writable entries were write-protected: flush them.

@@ -64,10 +64,10 @@
 //! v6.0).  The child becomes a sharer of the parent's PMD table on its
 //! first fault in each PUD region (`hugetlb_fault` → `huge_pte_alloc` →
 //! `huge_pmd_share`); a region it never touches stays unshared, and its
-//! exit has nothing to unshare there.  `copy_hugetlb_page_range` (sharing
-//! through `huge_pte_alloc`, copying leaves it cannot share) is reached
-//! only for a hugetlb VMA that needs copying, which `mmap_hugetlb`
-//! (MAP_SHARED only) never makes.
+//! exit has nothing to unshare there.  `copy_hugetlb_page_range` is
+//! reached only for a hugetlb VMA that needs copying (MAP_PRIVATE), which
+//! `mmap_hugetlb` (MAP_SHARED only) never makes, so it is not ported:
+//! `dup_mmap` asserts no hugetlb VMA needs a copy.
 
 use super::fault::FaultError;
 use super::mmap::{check_range, insert_vma, MmError};
@@ -563,44 +563,6 @@ pub(crate) fn unmap_hugepage_range(tlb: &mut MmuGather<'_>, vma: &Vma, start: u6
     let i_mmap = i_mmap_lock_write(tlb.kernel(), &mapping);
     __unmap_hugepage_range(tlb, vma, start, end, &i_mmap);
     drop(i_mmap);
-}
-
-// ---- fork -------------------------------------------------------------------
-
-/// `copy_hugetlb_page_range` for a hugetlb VMA that `vma_needs_copy`: every
-/// PUD region the parent has a table for is shared with the child through
-/// `huge_pte_alloc`; regions that cannot be shared (VMA not covering the
-/// whole PUD region) get their leaves copied, each taking a folio reference
-/// and an entire mapcount.
-pub(crate) fn copy_hugetlb_page_range(k: &Kernel, dst: &MmStruct, src: &MmStruct, vma: &Vma) -> Result<(), MmError> {
-    let sz = hsz(k);
-    let last_addr_mask = hugetlb_mask_last_page(k);
-    let mut addr = vma.start;
-    while addr < vma.end {
-        let Some(src_pmd) = huge_pte_offset(k, src, addr) else {
-            addr = (addr | last_addr_mask) + sz;
-            continue;
-        };
-        let dst_pmd = huge_pte_alloc(k, dst, vma, addr).ok_or(MmError::NoMem)?;
-        // If the page tables are shared, don't copy or take references
-        // (dst_pmd == src_pmd is the common case of src/dst sharing).
-        if ptdesc_pmd_is_shared(k, dst_pmd) {
-            addr = (addr | last_addr_mask) + sz;
-            continue;
-        }
-        assert_ne!(src_pmd, dst_pmd, "an unshared table reached from two mms");
-        let _dst_ptl = pgtable::ptl(k, dst_pmd);
-        let _src_ptl = pgtable::ptl(k, src_pmd);
-        let e = pgtable::read(k, src_pmd, Level::Pmd, addr);
-        if e.present() && pgtable::read(k, dst_pmd, Level::Pmd, addr).is_none() {
-            let folio = k.mem.page_folio(e.pfn());
-            k.mem.folio_get(folio);
-            k.mem.add_rmap_pmd(folio);
-            pgtable::write(k, dst_pmd, Level::Pmd, addr, e);
-        }
-        addr += sz;
-    }
-    Ok(())
 }
 
 // ---- mprotect ---------------------------------------------------------------
