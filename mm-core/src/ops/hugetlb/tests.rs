@@ -1362,3 +1362,29 @@ fn pre_gather_unshare_flushes_its_pud_region_by_range_and_forces_a_flush_in_exit
     assert_no_leaks(&k);
     assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
 }
+
+/// After mprotect the file's i_mmap sees the VMA's new flags (the kernel
+/// reads `svma->vm_flags`; the model re-registers the pieces,
+/// `hugetlb_update_i_mmap_flags`): a read-write mapping of the same file
+/// faulting after another mm made its mapping read-only must not share
+/// that mm's table (`page_table_shareable` wants equal flags), and its
+/// write succeeds.
+#[test]
+fn a_mapping_made_read_only_is_not_shared_with_a_read_write_one() {
+    let k = kernel(2);
+    let f = hfile(&k, 1);
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    map_and_touch(&k, &a, &f, 1, 1);
+    mprotect(&k, &a, HBASE, GIB, true, false).unwrap();
+    let b = k.mm_alloc();
+    run_on(&k, 1, &b);
+    mmap_hugetlb(&k, &b, HBASE, GIB, true, &f, 0).unwrap();
+    k.write_user(&b, HBASE + 8, 7).unwrap();
+    assert_ne!(pmd_table(&k, &a, HBASE), pmd_table(&k, &b, HBASE), "different flags: not shared");
+    assert_eq!(ptdesc_pmd_pts_count(&k, pmd_table(&k, &a, HBASE).unwrap()), 0);
+    run_on(&k, 0, &a);
+    assert_eq!(k.read_user(&a, HBASE + 8).unwrap(), 7, "the same file page");
+    assert!(k.write_user(&a, HBASE + 8, 8).is_err(), "a is read-only");
+    teardown(&k, &[&a, &b], &[&f]);
+}
