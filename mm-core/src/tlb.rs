@@ -6,7 +6,7 @@
 //! cpu_tlbstate), `arch/arm64.rs` (broadcast TLBI), `arch/generic.rs`
 //! (MMU_GATHER_NO_RANGE flush_tlb_mm).
 //!
-//! Contract: when `flush_tlb_mm_range` (or `flush_tlb_mm`) returns, no CPU
+//! Contract: when a flush (`flush_tlb_range`, `flush_tlb_mm`, x86's `flush_tlb_mm_range`) returns, no CPU
 //! that may run the mm can use a translation of the range any more — with
 //! one arch-specific exception that is the point of the x86 lazy-TLB rule:
 //! a lazy CPU (running a kernel thread with the mm still loaded) is skipped
@@ -80,13 +80,6 @@ pub(crate) fn switch_to_init_mm(k: &Kernel, cpu: CpuId) {
 #[inline]
 pub fn enter_lazy_tlb(k: &Kernel) {
     k.arch.enter_lazy_tlb(k);
-}
-
-/// `flush_tlb_mm_range(mm, start, end, stride_shift, freed_tables)` for the
-/// configured arch.
-#[inline]
-pub fn flush_tlb_mm_range(k: &Kernel, mm: &MmStruct, start: u64, end: u64, stride_shift: u32, freed_tables: bool) {
-    k.arch.flush_tlb_mm_range(k, mm, start, end, stride_shift, freed_tables);
 }
 
 /// `flush_tlb_mm(mm)`: the whole address space (x86 passes freed_tables).

@@ -277,13 +277,6 @@ impl ArchOps for Arm64 {
         true
     }
 
-    /// x86's entry point, reached only by code that names it: the arm64
-    /// equivalent is `__flush_tlb_range` at that stride, all levels when
-    /// tables were freed.
-    fn flush_tlb_mm_range(&self, k: &Kernel, mm: &MmStruct, start: u64, end: u64, stride: u32, freed_tables: bool) {
-        __flush_tlb_range(k, mm, start, end, 1 << stride, !freed_tables, None);
-    }
-
     /// arm64 `flush_tlb_mm`: TLBI ASIDE1IS.
     fn flush_tlb_mm(&self, k: &Kernel, mm: &MmStruct) {
         flush_tlb_mm(k, mm);

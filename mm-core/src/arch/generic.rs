@@ -100,9 +100,6 @@ impl ArchOps for GenericNoRange {
         true
     }
 
-    fn flush_tlb_mm_range(&self, k: &Kernel, mm: &MmStruct, _start: u64, _end: u64, _stride: u32, _freed: bool) {
-        generic_flush_tlb_mm(k, mm);
-    }
     fn flush_tlb_mm(&self, k: &Kernel, mm: &MmStruct) {
         generic_flush_tlb_mm(k, mm);
     }

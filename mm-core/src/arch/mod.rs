@@ -64,16 +64,6 @@ pub trait ArchOps: Send + Sync {
 
     // ---- asm/tlbflush.h ---------------------------------------------------
 
-    /// `flush_tlb_mm_range(mm, start, end, stride_shift, freed_tables)`.
-    fn flush_tlb_mm_range(
-        &self,
-        k: &Kernel,
-        mm: &MmStruct,
-        start: u64,
-        end: u64,
-        stride_shift: u32,
-        freed_tables: bool,
-    );
     /// `flush_tlb_mm(mm)`: the whole address space.
     fn flush_tlb_mm(&self, k: &Kernel, mm: &MmStruct);
     /// `flush_tlb_range(vma, start, end)`: `huge` is the VMA's VM_HUGETLB.

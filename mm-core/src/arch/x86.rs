@@ -225,18 +225,6 @@ impl ArchOps for X86 {
         pte_flags_need_flush(oldpte.flags(), newpte.flags(), true)
     }
 
-    fn flush_tlb_mm_range(
-        &self,
-        k: &Kernel,
-        mm: &MmStruct,
-        start: u64,
-        end: u64,
-        stride_shift: u32,
-        freed_tables: bool,
-    ) {
-        flush_tlb_mm_range(k, mm, start, end, stride_shift, freed_tables);
-    }
-
     /// x86 `flush_tlb_mm`: `flush_tlb_mm_range(mm, 0, TLB_FLUSH_ALL, 0UL, true)`.
     fn flush_tlb_mm(&self, k: &Kernel, mm: &MmStruct) {
         flush_tlb_mm_range(k, mm, 0, FLUSH_ALL, k.cfg.geometry.page_shift, true);

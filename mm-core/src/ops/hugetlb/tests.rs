@@ -1356,9 +1356,7 @@ fn pre_gather_unshare_flushes_its_pud_region_by_range_and_forces_a_flush_in_exit
     exit_mm(&k, &a);
     let owner = full(&k) - c1;
     assert_eq!((sharer, owner), (2, 1), "exit: the unshare's forced flush, then the final one");
-    for fl in [&f] {
-        assert_eq!(truncate_inode_pages(&k, fl, 0), 0);
-    }
+    assert_eq!(truncate_inode_pages(&k, &f, 0), 0);
     assert_no_leaks(&k);
     assert_eq!(k.san.count(), 0, "{:?}", k.san.violations());
 }
