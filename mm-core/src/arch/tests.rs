@@ -268,8 +268,8 @@ fn ptep_set_access_flags_of_each_profile() {
     }
 }
 
-/// NO_RANGE: every flush entry point — of a range, a page, a PMD range,
-/// x86's `flush_tlb_mm_range` name — is one `flush_tlb_mm`: an IPI to
+/// NO_RANGE: every flush entry point — of a range, a page, a PMD range —
+/// is one `flush_tlb_mm`: an IPI to
 /// the other CPU of mm_cpumask, the whole ASID flushed on both, entries
 /// outside the range included.
 #[test]
@@ -277,8 +277,7 @@ fn generic_every_flush_is_flush_tlb_mm() {
     let k = Kernel::new_sync(KernelConfig { arch: Arch::GenericNoRange, ..KernelConfig::default() }, 2);
     let a = k.mm_alloc();
     let pmd = k.cfg.geometry.pmd_size();
-    let flushes: [&dyn Fn(); 5] = [
-        &|| k.arch.flush_tlb_mm_range(&k, &a, BASE, BASE + PS, 12, false),
+    let flushes: [&dyn Fn(); 4] = [
         &|| k.arch.flush_tlb_range(&k, &a, BASE, BASE + PS, false),
         &|| k.arch.flush_tlb_page(&k, &a, BASE),
         &|| k.arch.flush_pmd_tlb_range(&k, &a, BASE, BASE + pmd),
@@ -622,6 +621,49 @@ mod arm64_switch {
         on(&k, 1, &keep);
         exit_mm(&k, &keep);
         on(&k, 0, &m);
+        exit_mm(&k, &m);
+        k.rcu_barrier();
+        assert_eq!(k.san.count(), 0);
+    }
+
+    /// arch/arm64/mm/context.c (v6.12) after a rollover: a CPU the rollover
+    /// caught (its `active_asids` swapped to 0) takes the slow path at its
+    /// next switch even to an mm already of the new generation, and does
+    /// its pending `local_flush_tlb_all`; `new_context` keeps an mm's old
+    /// ASID when it is reserved (it was running) or still free in the new
+    /// generation (`!__test_and_set_bit(asid, asid_map)`).
+    #[test]
+    fn after_a_rollover_each_cpu_flushes_once_and_old_asids_are_kept_where_free_or_reserved() {
+        let k = arm64(2, 8);
+        let keep = k.mm_alloc();
+        on(&k, 1, &keep);
+        let mms: Vec<_> = (0..254)
+            .map(|_| {
+                let m = k.mm_alloc();
+                on(&k, 0, &m);
+                m
+            })
+            .collect();
+        assert_eq!(mms[10].context_id.load(Ordering::SeqCst), (1 << 8) | 12);
+        let m = k.mm_alloc();
+        on(&k, 0, &m); // no free ASID: CPU0 rolls over
+        assert_eq!(k.stats.get(Stat::Arm64AsidRollover), 1);
+        assert_eq!(m.context_id.load(Ordering::SeqCst), (2 << 8) | 2);
+        // CPU1 switches to m, already of generation 2: still the slow path.
+        on(&k, 1, &m);
+        assert_eq!(k.stats.get_cpu(CpuId(1), Stat::Arm64TlbiVmalle1), 1, "CPU1's pending flush");
+        assert_eq!(m.context_id.load(Ordering::SeqCst), (2 << 8) | 2, "m's context unchanged");
+        // ASID 12 is free in generation 2: mms[10] keeps it.
+        on(&k, 0, &mms[10]);
+        assert_eq!(mms[10].context_id.load(Ordering::SeqCst), (2 << 8) | 12, "old ASID, still free");
+        // ASID 255 was running on CPU0 at the rollover: reserved, kept.
+        on(&k, 0, &mms[253]);
+        assert_eq!(mms[253].context_id.load(Ordering::SeqCst), (2 << 8) | 255, "reserved ASID");
+        assert_eq!(k.stats.get(Stat::Arm64TlbiVmalle1), 2, "one local flush per CPU, no more");
+        for mm in mms.iter().chain([&keep]) {
+            crate::ops::mmdrop(&k, mm);
+        }
+        on(&k, 1, &m);
         exit_mm(&k, &m);
         k.rcu_barrier();
         assert_eq!(k.san.count(), 0);
@@ -1185,13 +1227,13 @@ mod x86_versions {
             k.write_user(&a, BASE + p * PS, p).unwrap();
         }
         ev.lock().clear();
-        k.arch.flush_tlb_mm_range(&k, &a, BASE, BASE + 33 * PS, 12, false);
+        crate::arch::x86::flush_tlb_mm_range(&k, &a, BASE, BASE + 33 * PS, 12, false);
         assert!((0..33).all(|p| !cached(&k, 0, &a, BASE + p * PS)), "each of the 33 pages");
         assert!(cached(&k, 0, &a, BASE + 33 * PS), "not the page at end");
         assert_eq!(*ev.lock(), vec![(0, "TLB_LOCAL_MM_SHOOTDOWN", 33)]);
         assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 33);
         ev.lock().clear();
-        k.arch.flush_tlb_mm_range(&k, &a, BASE, BASE + 34 * PS, 12, false);
+        crate::arch::x86::flush_tlb_mm_range(&k, &a, BASE, BASE + 34 * PS, 12, false);
         assert_eq!(*ev.lock(), vec![(0, "TLB_LOCAL_MM_SHOOTDOWN", TLB_FLUSH_ALL)]);
         assert_eq!(k.stats.get(Stat::NrTlbLocalFlushAll), 1);
         assert_eq!(k.stats.get(Stat::NrTlbLocalFlushOne), 33);
