@@ -404,6 +404,43 @@ mod arm64_flush {
         // More than MAX_TLBI_RANGE_PAGES pages: flush_tlb_mm.
         arm64::__flush_tlb_range(&k, &mm, 0, (MAX_TLBI_RANGE_PAGES + 1) * PS, PS, true, None);
         assert_eq!(tlbis(&k), [1, 0, 2, 1, 1, 3]);
+        // Exactly MAX_TLBI_RANGE_PAGES (`pages > MAX_TLBI_RANGE_PAGES`
+        // falls back, not `>=`): one range TLBI of scale 3, num 31.
+        let mut ops = Vec::new();
+        arm64::flush_tlb_range_op(&k, 0, MAX_TLBI_RANGE_PAGES, PS, |op| ops.push(op));
+        assert_eq!(ops, [arm64::Tlbi::Range { start: 0, pages: MAX_TLBI_RANGE_PAGES }]);
+        arm64::__flush_tlb_range(&k, &mm, 0, MAX_TLBI_RANGE_PAGES * PS, PS, true, None);
+        assert_eq!(tlbis(&k), [1, 0, 3, 1, 1, 4]);
+    }
+
+    /// arm64 `flush_tlb_page` (v6.12 `__flush_tlb_page_nosync`): one TLBI
+    /// VALE1IS of the page holding `uaddr` (rounded down to PAGE_SIZE), no
+    /// neighbour, and the secondary TLBs are told exactly that page
+    /// (`mmu_notifier_arch_invalidate_secondary_tlbs(mm, addr, addr +
+    /// PAGE_SIZE)`).
+    #[test]
+    fn flush_tlb_page_invalidates_the_page_holding_the_address_and_tells_secondary_tlbs_that_page() {
+        struct Record(std::sync::Arc<crate::sync::Mutex<Vec<(u64, u64)>>>);
+        impl crate::notifier::MmuNotifierOps for Record {
+            fn arch_invalidate_secondary_tlbs(&self, _k: &Kernel, _mm: u64, start: u64, end: u64) {
+                self.0.lock().push((start, end));
+            }
+        }
+        let (k, mm) = arm64_kernel(Arm64Cpu::V8_4);
+        let seen = std::sync::Arc::new(crate::sync::Mutex::new(Vec::new()));
+        crate::notifier::mmu_notifier_register(&mm, Box::new(Record(seen.clone())));
+        mmap_anon(&k, &mm, BASE, 4 * PS, true).unwrap();
+        for p in 0..3 {
+            k.write_user(&mm, BASE + p * PS, p + 1).unwrap();
+        }
+        let cached = |va: u64| k.hw.tlb(CpuId(0)).lookup(mm.id, va).is_some();
+        let before = tlbis(&k);
+        arm64::flush_tlb_page(&k, &mm, BASE + PS + 8);
+        assert!(!cached(BASE + PS), "the page holding the address");
+        assert!(cached(BASE) && cached(BASE + 2 * PS), "its neighbours stay");
+        let after = tlbis(&k);
+        assert_eq!([after[0] - before[0], after[4] - before[4], after[5] - before[5]], [1, 0, 1], "one VALE1IS");
+        assert_eq!(*seen.lock(), [(BASE + PS, BASE + 2 * PS)], "the secondary TLBs: exactly that page");
     }
 
     #[test]
