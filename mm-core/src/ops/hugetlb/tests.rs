@@ -1186,8 +1186,8 @@ fn adjust_range_widens_to_whole_pud_regions_only_where_sharing_is_possible() {
     let f = hfile(&k, 4);
     let mm = k.mm_alloc();
     run_on(&k, 0, &mm);
-    // [HBASE + 1 GiB - 2 MiB, HBASE + 3 GiB + 2 MiB): aligned part [1, 3) GiB.
-    let (vs, ve) = (HBASE + GIB - MIB2, HBASE + 3 * GIB + MIB2);
+    // [HBASE + 1 GiB - 8 MiB, HBASE + 3 GiB + 8 MiB): aligned part [1, 3) GiB.
+    let (vs, ve) = (HBASE + GIB - 4 * MIB2, HBASE + 3 * GIB + 4 * MIB2);
     mmap_hugetlb(&k, &mm, vs, ve - vs, true, &f, 0).unwrap();
     let vma = mm.mmap_lock.read().find(vs).unwrap().clone();
     let adj = |vma: &Vma, s: u64, e: u64| {
@@ -1207,6 +1207,8 @@ fn adjust_range_widens_to_whole_pud_regions_only_where_sharing_is_possible() {
     // Ranges that only touch the unaligned edges: unchanged.
     assert_eq!(adj(&vma, vs, g1), (vs, g1), "end == v_start");
     assert_eq!(adj(&vma, g3, ve), (g3, ve), "start == v_end");
+    assert_eq!(adj(&vma, vs, vs + MIB2), (vs, vs + MIB2), "wholly below v_start");
+    assert_eq!(adj(&vma, g3 + MIB2, ve), (g3 + MIB2, ve), "wholly above v_end");
     // A private VMA, or one that spans no whole PUD region: unchanged.
     let mut private = vma.clone();
     private.flags &= !vm::VM_SHARED;
@@ -1385,4 +1387,43 @@ fn a_mapping_made_read_only_is_not_shared_with_a_read_write_one() {
     assert_eq!(k.read_user(&a, HBASE + 8).unwrap(), 7, "the same file page");
     assert!(k.write_user(&a, HBASE + 8, 8).is_err(), "a is read-only");
     teardown(&k, &[&a, &b], &[&f]);
+}
+
+/// `hugetlb_change_protection` over a VMA that starts inside a PUD region
+/// with no PMD table skips to the next region (`(address |
+/// last_addr_mask) + sz`), and after unsharing a table walks on from the
+/// next region only: a PMD table of an anonymous mapping elsewhere in the
+/// mm is never visited (its table entry keeps RW, the page stays writable).
+#[test]
+fn hugetlb_change_protection_walks_on_from_the_next_region_only() {
+    let k = kernel(2);
+    let f = hfile(&k, 2);
+    // Unaligned start, first region empty.
+    let mm = k.mm_alloc();
+    run_on(&k, 0, &mm);
+    mmap_hugetlb(&k, &mm, HBASE + MIB2, 2 * GIB - MIB2, true, &f, 1 << 9).unwrap();
+    k.write_user(&mm, HBASE + GIB, 5).unwrap();
+    assert!(pmd_table(&k, &mm, HBASE + MIB2).is_none(), "region 0 has no PMD table");
+    mprotect(&k, &mm, HBASE + MIB2, 2 * GIB - MIB2, true, false).unwrap();
+    assert!(k.write_user(&mm, HBASE + GIB, 6).is_err(), "region 1 is read-only");
+    assert_eq!(k.read_user(&mm, HBASE + GIB).unwrap(), 5);
+    // A shared table unshared by mprotect, an anonymous page at 1 GiB.
+    let a = k.mm_alloc();
+    run_on(&k, 0, &a);
+    let g = hfile(&k, 1);
+    map_and_touch(&k, &a, &g, 1, 1);
+    let b = fork_and_fault(&k, &a);
+    run_on(&k, 1, &b);
+    mmap_anon(&k, &b, GIB, 4096, true).unwrap();
+    k.write_user(&b, GIB, 3).unwrap();
+    let anon_pmd = || {
+        let t = pgtable::lookup_table(&k, &b, GIB, Level::Pmd).unwrap();
+        pgtable::read(&k, t, Level::Pmd, GIB)
+    };
+    let before = anon_pmd();
+    mprotect(&k, &b, HBASE, GIB, true, false).unwrap();
+    assert_ne!(pmd_table(&k, &a, HBASE), pmd_table(&k, &b, HBASE), "unshared");
+    assert_eq!(anon_pmd(), before, "the anonymous mapping's PMD entry is untouched");
+    k.write_user(&b, GIB, 4).unwrap();
+    teardown(&k, &[&mm, &a, &b], &[&f, &g]);
 }
