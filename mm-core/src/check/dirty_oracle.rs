@@ -55,17 +55,15 @@ impl DirtyDataOracle {
             return true;
         }
         let shift = k.cfg.geometry.page_shift;
-        self.mapping.i_mmap.read().iter().any(|e| {
-            let pages = (e.end - e.start) >> shift;
-            if pgoff < e.pgoff || pgoff >= e.pgoff + pages {
-                return false;
-            }
-            let va = e.start + ((pgoff - e.pgoff) << shift);
+        let i_mmap = self.mapping.i_mmap.read();
+        let dirty = crate::mm::vma_interval_tree_foreach(&i_mmap, pgoff, pgoff, shift).any(|e| {
+            let va = e.address_of(pgoff, shift);
             pgtable::lookup_table(k, &e.mm, va, Level::Pte).is_some_and(|t| {
                 let p = pgtable::read(k, t, Level::Pte, va);
                 p.present() && p.pfn() == pfn && p.dirty()
             })
-        })
+        });
+        dirty
     }
 
     /// Compare every recorded store with disk and the dirty page cache.

@@ -23,6 +23,30 @@ pub struct IMmapEntry {
     pub flags: u64,
 }
 
+impl IMmapEntry {
+    /// The last file page the mapping maps (`vma_last_pgoff`).
+    pub fn last_pgoff(&self, page_shift: u32) -> u64 {
+        self.pgoff + ((self.end - self.start) >> page_shift) - 1
+    }
+
+    /// The user address of file page `pgoff` in this mapping
+    /// (`vma_address`); the caller found the mapping by that page.
+    pub fn address_of(&self, pgoff: u64, page_shift: u32) -> u64 {
+        self.start + ((pgoff - self.pgoff) << page_shift)
+    }
+}
+
+/// `vma_interval_tree_foreach(vma, &mapping->i_mmap, first, last)`
+/// (mm/interval_tree.c): the mappings of a file page in [first, last].
+pub fn vma_interval_tree_foreach(
+    i_mmap: &[IMmapEntry],
+    first: u64,
+    last: u64,
+    page_shift: u32,
+) -> impl Iterator<Item = &IMmapEntry> {
+    i_mmap.iter().filter(move |e| e.pgoff <= last && e.last_pgoff(page_shift) >= first)
+}
+
 /// `struct address_space` of one file (`inode->i_mapping`).
 pub struct AddressSpace {
     /// Unique id (`Kernel::next_id`, shared with mm ids): names the file in

@@ -14,7 +14,7 @@
 pub(crate) mod address_space;
 
 pub use crate::notifier::MmuNotifierSubscriptions;
-pub use address_space::{AddressSpace, IMmapEntry};
+pub use address_space::{vma_interval_tree_foreach, AddressSpace, IMmapEntry};
 
 use crate::sync::{Arc, AtomicI32, AtomicU64, Mutex, Ordering, RwLock};
 use crate::types::{AtomicCpuMask, Pfn};

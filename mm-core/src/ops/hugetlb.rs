@@ -77,7 +77,7 @@ use crate::gather::{tlb_remove_table_sync_one, MmuGather};
 use crate::hw::pte::{Level, Pte};
 use crate::kernel::Kernel;
 use crate::mm::address_space::IMmapEntry;
-use crate::mm::{vm, AddressSpace, Backing, MmStruct, Vma, VmaTree};
+use crate::mm::{vm, vma_interval_tree_foreach, AddressSpace, Backing, MmStruct, Vma, VmaTree};
 use crate::page::alloc::PageKind;
 use crate::page::{flags, Folio};
 use crate::pgtable;
@@ -251,13 +251,9 @@ pub fn huge_pte_offset(k: &Kernel, mm: &MmStruct, addr: u64) -> Option<Pfn> {
 pub(crate) fn huge_pmd_share(k: &Kernel, mm: &MmStruct, vma: &Vma, addr: u64, pud_table: Pfn) -> Option<Pfn> {
     let mapping = vma.mapping().expect("hugetlb VMAs are file mappings");
     let idx = vma.pgoff_of(addr, k.cfg.geometry.page_shift);
-    let pages = |e: &IMmapEntry| (e.end - e.start) >> k.cfg.geometry.page_shift;
     let i_mmap = i_mmap_lock_read(k, mapping);
     let mut spte = None;
-    for svma in i_mmap.iter() {
-        if idx < svma.pgoff || idx >= svma.pgoff + pages(svma) {
-            continue;
-        }
+    for svma in vma_interval_tree_foreach(&i_mmap, idx, idx, k.cfg.geometry.page_shift) {
         if svma.mm.id == mm.id && svma.start == vma.start {
             continue; // svma == vma
         }

@@ -256,8 +256,8 @@ pub fn retract_page_tables(k: &Kernel, mapping: &AddressSpace, pgoff: u64) -> us
     let g = k.cfg.geometry;
     let mut retracted = 0;
     let i_mmap = mapping.i_mmap.read();
-    for e in i_mmap.iter().filter(|e| e.pgoff <= pgoff && pgoff < e.pgoff + ((e.end - e.start) >> g.page_shift)) {
-        let addr = e.start + ((pgoff - e.pgoff) << g.page_shift);
+    for e in crate::mm::vma_interval_tree_foreach(&i_mmap, pgoff, pgoff, g.page_shift) {
+        let addr = e.address_of(pgoff, g.page_shift);
         if addr & (g.pmd_size() - 1) != 0 || e.end < addr + g.pmd_size() {
             continue;
         }

@@ -32,7 +32,7 @@
 use super::zap::{zap_page_range_single, ZapDetails};
 use crate::check::stale_after_zap::sanitize_stale_after_zap;
 use crate::kernel::Kernel;
-use crate::mm::{vm, AddressSpace, Backing, IMmapEntry, Vma};
+use crate::mm::{vm, vma_interval_tree_foreach, AddressSpace, Backing, IMmapEntry, Vma};
 use crate::page::{flags, Folio};
 use crate::sync::Arc;
 
@@ -91,12 +91,8 @@ fn unmap_mapping_range_tree(
     details: &ZapDetails,
 ) {
     let shift = k.cfg.geometry.page_shift;
-    for e in i_mmap {
-        let vba = e.pgoff;
-        let vea = vba + ((e.end - e.start) >> shift) - 1;
-        if vba > last_index || vea < first_index {
-            continue;
-        }
+    for e in vma_interval_tree_foreach(i_mmap, first_index, last_index, shift) {
+        let (vba, vea) = (e.pgoff, e.last_pgoff(shift));
         assert!(
             e.flags & vm::VM_HUGETLB == 0,
             "unmap_mapping_range of a hugetlbfs file: hugetlbfs truncates through hugetlb_vmtruncate (not modelled)"
@@ -238,13 +234,10 @@ pub fn do_sys_ftruncate(k: &Kernel, mapping: &Arc<AddressSpace>, length: u64) {
     mapping.disk.lock().retain(|pgoff, _| *pgoff < from);
     // Post-syscall coherence, as madvise's: no CPU running an mm that maps
     // the file may still reach a page past the new end (`stale-after-zap`).
-    let past_eof: Vec<(Arc<crate::mm::MmStruct>, u64, u64)> = mapping
-        .i_mmap
-        .read()
-        .iter()
-        .filter(|e| e.pgoff + ((e.end - e.start) >> shift) > from)
-        .map(|e| (e.mm.clone(), e.start + (from.saturating_sub(e.pgoff) << shift), e.end))
-        .collect();
+    let past_eof: Vec<(Arc<crate::mm::MmStruct>, u64, u64)> =
+        vma_interval_tree_foreach(&mapping.i_mmap.read(), from, u64::MAX, shift)
+            .map(|e| (e.mm.clone(), e.start + (from.saturating_sub(e.pgoff) << shift), e.end))
+            .collect();
     for (mm, start, end) in past_eof {
         sanitize_stale_after_zap(k, &mm, start, end);
     }

@@ -31,12 +31,8 @@ pub fn folio_mkclean(k: &Kernel, mapping: &AddressSpace, folio: Folio) -> usize 
     let shift = k.cfg.geometry.page_shift;
     let mut cleaned = 0;
     let i_mmap = mapping.i_mmap.read();
-    for e in i_mmap.iter() {
-        let pages = (e.end - e.start) >> shift;
-        if pgoff < e.pgoff || pgoff >= e.pgoff + pages {
-            continue;
-        }
-        let va = e.start + ((pgoff - e.pgoff) << shift);
+    for e in crate::mm::vma_interval_tree_foreach(&i_mmap, pgoff, pgoff, shift) {
+        let va = e.address_of(pgoff, shift);
         cleaned += page_vma_mkclean_one(k, &e.mm, folio, va);
     }
     cleaned
