@@ -286,7 +286,7 @@ fn unwritable_trace_is_refused_before_the_run() {
 /// (tests/races_*.rs) and the release-build numbers are in the README.
 #[test]
 fn reproduce_every_switch() {
-    const ALWAYS_ROUND_1: [&str; 2] = ["hugetlb-unshare-sync", "secondary-tlb-on-flush"];
+    const ALWAYS_ROUND_1: [&str; 3] = ["hugetlb-unshare-sync", "secondary-tlb-on-flush", "lazy-tlb-freed-tables"];
     let list = json(&["list", "--json"]);
     for sw in list["switches"].as_array().unwrap() {
         let name = sw["name"].as_str().unwrap();
