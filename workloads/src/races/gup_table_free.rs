@@ -42,8 +42,15 @@ pub const NR_PAGES: u64 = 4;
 /// Passes of the other actor per round (one round = one walker task).
 pub const CYCLES: u64 = 4;
 
+/// Clock reads between two host yields of a stalled walker.
+const STALL_YIELD_EVERY: u32 = 16;
+
 /// A pseudo-random stall inside `gup_fast` at `point`: up to `max` long,
-/// busy-waiting with IRQs off.
+/// busy-waiting with IRQs off.  The stalled CPU takes no IPI and makes no
+/// progress until the time is up, but its host thread yields its core now
+/// and then: emulated CPUs that share that core (more emulated CPUs than
+/// host cores) run meanwhile, as other CPUs of a real machine would, instead
+/// of waiting for the host scheduler to preempt the spinning one.
 pub(crate) fn install_stall(k: &Kernel, point: GupFastPoint, max: Duration, seed: u64) {
     let state = AtomicU64::new(seed | 1);
     let max_ns = max.as_nanos().max(1) as u64;
@@ -58,8 +65,13 @@ pub(crate) fn install_stall(k: &Kernel, point: GupFastPoint, max: Duration, seed
         x ^= x << 17;
         state.store(x, Ordering::Relaxed);
         let until = Instant::now() + Duration::from_nanos(x % max_ns);
+        let mut spins = 0u32;
         while Instant::now() < until {
             std::hint::spin_loop();
+            spins += 1;
+            if spins.is_multiple_of(STALL_YIELD_EVERY) {
+                mm_core::sync::yield_now();
+            }
         }
     });
 }
