@@ -52,6 +52,20 @@ const STALL_YIELD_EVERY: u32 = 16;
 /// host cores) run meanwhile, as other CPUs of a real machine would, instead
 /// of waiting for the host scheduler to preempt the spinning one.
 pub(crate) fn install_stall(k: &Kernel, point: GupFastPoint, max: Duration, seed: u64) {
+    install_stall_until(k, point, max, seed, None);
+}
+
+/// `install_stall`, and with `event` the stall also ends as soon as
+/// `event` moved on from its value at the stall's start (another CPU
+/// reached the point of its own path the race is about: e.g. khugepaged's
+/// `CollapsePoint::AfterIsolate`).
+pub(crate) fn install_stall_until(
+    k: &Kernel,
+    point: GupFastPoint,
+    max: Duration,
+    seed: u64,
+    event: Option<Arc<AtomicU64>>,
+) {
     let state = AtomicU64::new(seed | 1);
     let max_ns = max.as_nanos().max(1) as u64;
     k.inject.race.set_gup_fast(move |_k, p, _va| {
@@ -65,8 +79,9 @@ pub(crate) fn install_stall(k: &Kernel, point: GupFastPoint, max: Duration, seed
         x ^= x << 17;
         state.store(x, Ordering::Relaxed);
         let until = Instant::now() + Duration::from_nanos(x % max_ns);
+        let seen = event.as_ref().map(|e| e.load(Ordering::SeqCst));
         let mut spins = 0u32;
-        while Instant::now() < until {
+        while Instant::now() < until && event.as_ref().map(|e| e.load(Ordering::SeqCst)) == seen {
             std::hint::spin_loop();
             spins += 1;
             if spins.is_multiple_of(STALL_YIELD_EVERY) {
