@@ -41,6 +41,11 @@ pub struct Outcome {
     pub error: Option<RunError>,
     /// Race scenarios: 1-based round of the first violation.
     pub first_violation_at: Option<u64>,
+    /// Race scenarios: wall-clock time of the rounds until the end of the
+    /// round that showed the first violation — from the start of round 1
+    /// on the machine that found it, plus every earlier machine's rounds
+    /// (a chunked run; boots, drivers' setups and teardowns not counted).
+    pub first_violation_after: Option<Duration>,
     /// Scenario-specific numbers (e.g. sync broadcasts per exiting child),
     /// reported as `metrics`.
     pub metrics: BTreeMap<String, f64>,

@@ -75,6 +75,10 @@ pub struct Violations {
     pub by_kind: BTreeMap<String, u64>,
     /// Race scenarios: 1-based round of the first violation.
     pub first_violation_at: Option<u64>,
+    /// Race scenarios: seconds of rounds until the end of that round, from
+    /// the start of round 1 (a run in chunks: every earlier machine's
+    /// rounds too; boots and teardowns not counted); null without one.
+    pub first_violation_s: Option<f64>,
     /// The first few records.
     pub records: Vec<Violation>,
 }
@@ -275,6 +279,7 @@ impl Report {
                 count: m.violations,
                 by_kind,
                 first_violation_at: o.first_violation_at,
+                first_violation_s: o.first_violation_after.map(|d| d.as_secs_f64()),
                 records: m.records.iter().take(SHOWN_RECORDS).cloned().collect(),
             },
             leaked_frames: m.leaked.map(|l| Leaked {
@@ -402,6 +407,9 @@ impl Report {
         }
         if let Some(r) = self.violations.first_violation_at {
             let _ = write!(s, ", first in round {r}");
+            if let Some(t) = self.violations.first_violation_s {
+                let _ = write!(s, " after {:.1} ms of rounds", t * 1e3);
+            }
         }
         let _ = writeln!(s);
         // Identical records (the same stale entry used again and again)

@@ -119,6 +119,10 @@ fn run_json_schema() {
     assert_eq!(v["violations"]["count"], 0);
     assert!(v["violations"]["by_kind"].is_object());
     assert!(v["violations"]["records"].is_array());
+    for key in ["first_violation_at", "first_violation_s"] {
+        let o = v["violations"].as_object().unwrap();
+        assert!(o.contains_key(key) && o[key].is_null(), "violations.{key} on a clean run: {}", v["violations"]);
+    }
     assert_eq!(v["leaked_frames"]["total"], 0);
     assert!(v["leak_not_checked"].is_null());
     assert!(v["error"].is_null());
@@ -282,7 +286,7 @@ fn unwritable_trace_is_refused_before_the_run() {
 /// (tests/races_*.rs) and the release-build numbers are in the README.
 #[test]
 fn reproduce_every_switch() {
-    const ALWAYS_ROUND_1: [&str; 2] = ["hugetlb-unshare-sync", "secondary-tlb-on-flush"];
+    const ALWAYS_ROUND_1: [&str; 3] = ["hugetlb-unshare-sync", "secondary-tlb-on-flush", "lazy-tlb-freed-tables"];
     let list = json(&["list", "--json"]);
     for sw in list["switches"].as_array().unwrap() {
         let name = sw["name"].as_str().unwrap();
@@ -297,9 +301,19 @@ fn reproduce_every_switch() {
         assert!(v["fix_on"]["reverted"].as_array().unwrap().is_empty());
         assert_eq!(v["fix_on"]["verdict"], "ok", "reproduce {name}: fix on must be clean: {v}");
         assert_eq!(o.status.code(), Some(if v["reproduced"] == true { 0 } else { 1 }), "reproduce {name}");
+        // The clean run has neither a first violating round nor a time to it.
+        for key in ["first_violation_at", "first_violation_s"] {
+            let o = v["fix_on"]["violations"].as_object().unwrap();
+            assert!(o.contains_key(key) && o[key].is_null(), "reproduce {name}: fix_on violations.{key}: {v}");
+        }
         if v["correctness"] == true {
             let found = v["fix_off"]["violations"]["count"].as_u64().unwrap() > 0;
             assert_eq!(v["reproduced"], found, "reproduce {name}: {v}");
+            if found {
+                // The rounds' time until the end of the first violating round.
+                let first = &v["fix_off"]["violations"]["first_violation_s"];
+                assert!(first.as_f64().is_some_and(|t| t > 0.0), "reproduce {name}: first_violation_s {first}: {v}");
+            }
             if !found {
                 assert!(!ALWAYS_ROUND_1.contains(&name), "reproduce {name}: no violation with the fix off");
                 eprintln!("reproduce {name}: not found within {secs} s in this debug run");
@@ -319,6 +333,22 @@ fn reproduce_every_switch() {
             assert_eq!(on["syncs_per_other_exit"].as_f64(), Some(0.0), "{on}");
         }
     }
+}
+
+/// The time to the first violation, in the human output of `run` and
+/// `reproduce` (pfnmap-unmap's window is forced: round 1 every time).
+#[test]
+fn the_time_to_the_first_violation_is_shown() {
+    let o = mmemu(&["run", "pfnmap-unmap", "--revert", "no-range-vma-pfn", "--cpus", "2", "--no-pin"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(out.contains(", first in round 1 after ") && out.contains(" ms of rounds"), "{out}");
+    let out = ok(&["reproduce", "no-range-vma-pfn", "--cpus", "2", "--no-pin"]);
+    let row = out.lines().find(|l| l.contains("first violation after (ms)")).unwrap_or_else(|| panic!("{out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells.last(), Some(&"-"), "fix on: no violation, no time: {row}");
+    let off: f64 = cells[cells.len() - 2].parse().unwrap_or_else(|e| panic!("{row}: {e}"));
+    assert!(off >= 0.0, "{row}");
 }
 
 #[test]

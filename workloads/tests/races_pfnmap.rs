@@ -21,6 +21,10 @@ fn no_range_vma_pfn_off_frees_frames_a_cpu_still_caches() {
     assert_eq!(o.first_violation_at, Some(1), "the window is forced: the first round shows it");
     assert!(o.kinds.contains(&ViolationKind::FreedBeforeFlush), "{:?}", o.kinds);
     assert_eq!(o.kernel.stats.get(Stat::NoRangeFlushTlbMm), 1, "one flush, at tlb_finish_mmu");
+    // The harness timed the rounds up to the end of the violating one (it
+    // stopped there, so that is all of them).
+    let after = o.timing.first_violation_after.expect("a time to the first violation");
+    assert!(after > std::time::Duration::ZERO && after <= o.timing.rounds, "{:?}", o.timing);
 }
 
 #[test]
@@ -30,4 +34,6 @@ fn no_range_vma_pfn_on_is_clean() {
     assert_eq!(o.iterations, 20);
     assert_eq!(o.kernel.san.count(), 0, "{:?}", o.kernel.san.violations());
     assert_eq!(o.leaked.map(|l| l.total()), Some(0));
+    assert_eq!(o.timing.first_violation_after, None, "no violation, no time to one");
+    assert!(o.timing.rounds > std::time::Duration::ZERO);
 }

@@ -241,6 +241,8 @@ pub fn side_by_side(fix: Fix, e: &scenarios::Exposer, off: &Report, on: &Report,
     }
     let fv = |r: &Report| r.violations.first_violation_at.map_or("-".to_string(), |x| x.to_string());
     row("first violation in round", fv(off), fv(on));
+    let ft = |r: &Report| r.violations.first_violation_s.map_or("-".to_string(), |t| format!("{:.1}", t * 1e3));
+    row("first violation after (ms)", ft(off), ft(on));
     row("rounds", off.iterations.to_string(), on.iterations.to_string());
     let sum = |v: &[u64]| v.iter().sum::<u64>().to_string();
     row("IPIs sent", sum(&off.interrupts.sent), sum(&on.interrupts.sent));

@@ -42,9 +42,30 @@ pub const NR_PAGES: u64 = 4;
 /// Passes of the other actor per round (one round = one walker task).
 pub const CYCLES: u64 = 4;
 
+/// Clock reads between two host yields of a stalled walker.
+const STALL_YIELD_EVERY: u32 = 16;
+
 /// A pseudo-random stall inside `gup_fast` at `point`: up to `max` long,
-/// busy-waiting with IRQs off.
+/// busy-waiting with IRQs off.  The stalled CPU takes no IPI and makes no
+/// progress until the time is up, but its host thread yields its core now
+/// and then: emulated CPUs that share that core (more emulated CPUs than
+/// host cores) run meanwhile, as other CPUs of a real machine would, instead
+/// of waiting for the host scheduler to preempt the spinning one.
 pub(crate) fn install_stall(k: &Kernel, point: GupFastPoint, max: Duration, seed: u64) {
+    install_stall_until(k, point, max, seed, None);
+}
+
+/// `install_stall`, and with `event` the stall also ends as soon as
+/// `event` moved on from its value at the stall's start (another CPU
+/// reached the point of its own path the race is about: e.g. khugepaged's
+/// `CollapsePoint::AfterIsolate`).
+pub(crate) fn install_stall_until(
+    k: &Kernel,
+    point: GupFastPoint,
+    max: Duration,
+    seed: u64,
+    event: Option<Arc<AtomicU64>>,
+) {
     let state = AtomicU64::new(seed | 1);
     let max_ns = max.as_nanos().max(1) as u64;
     k.inject.race.set_gup_fast(move |_k, p, _va| {
@@ -58,8 +79,14 @@ pub(crate) fn install_stall(k: &Kernel, point: GupFastPoint, max: Duration, seed
         x ^= x << 17;
         state.store(x, Ordering::Relaxed);
         let until = Instant::now() + Duration::from_nanos(x % max_ns);
-        while Instant::now() < until {
+        let seen = event.as_ref().map(|e| e.load(Ordering::SeqCst));
+        let mut spins = 0u32;
+        while Instant::now() < until && event.as_ref().map(|e| e.load(Ordering::SeqCst)) == seen {
             std::hint::spin_loop();
+            spins += 1;
+            if spins.is_multiple_of(STALL_YIELD_EVERY) {
+                mm_core::sync::yield_now();
+            }
         }
     });
 }

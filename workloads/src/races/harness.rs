@@ -8,7 +8,11 @@
 //! - `Rig::rounds` runs rounds 1..=`p.iterations`: before each it asks
 //!   `p.stop.expired()` (the run's time is up, or it was interrupted); after
 //!   each it keeps the first round that showed the race
-//!   (`first_violation_at`) and, with `p.stop_on_violation`, stops there.
+//!   (`first_violation_at`, and `first_violation_after`: the time from the
+//!   start of round 1 to the end of that round) and, with
+//!   `p.stop_on_violation`, stops there.  The time spent in rounds is
+//!   `rounds_time` (the driver's setup before them and the teardown after
+//!   them are not in it).
 //! - The teardown runs after `body` whether it succeeded or not: every mm
 //!   the rig made or adopted and did not exit yet exits (last thread, on
 //!   CPU0), every file it made and did not truncate yet is truncated, and
@@ -19,14 +23,14 @@
 //!   hung machine makes progress, so every teardown step would only wait out
 //!   the hang timeout again; dropping the `System` detaches its CPUs.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use emu_cpu::System;
 use mm_core::mm::{AddressSpace, MmStruct};
 use mm_core::sync::Arc;
 use mm_core::{CpuId, Kernel, KernelConfig};
 
-use super::{RaceOutcome, RaceParams};
+use super::{RaceOutcome, RaceParams, RoundTiming};
 use crate::error::RunError;
 
 /// How long the teardown waits for the machine to drain.
@@ -42,6 +46,13 @@ pub struct Rig<'p> {
     files: Vec<Arc<AddressSpace>>,
     rounds: u64,
     first: Option<u64>,
+    /// When round 1 started, and how long the rounds took (both set by
+    /// `rounds`).
+    rounds_started: Option<Instant>,
+    rounds_time: Duration,
+    /// From the start of round 1 to the end of the first round that
+    /// showed the race.
+    first_after: Option<Duration>,
 }
 
 /// Boot, run `body`, tear down (see the module comment).  `body`'s value
@@ -54,7 +65,18 @@ pub fn run<'p, X>(
     let sys = System::new(kcfg, p.machine).map_err(RunError::Config)?;
     let k = sys.kernel().clone();
     crate::inject::attach(&k);
-    let mut rig = Rig { p, sys, k, mms: Vec::new(), files: Vec::new(), rounds: 0, first: None };
+    let mut rig = Rig {
+        p,
+        sys,
+        k,
+        mms: Vec::new(),
+        files: Vec::new(),
+        rounds: 0,
+        first: None,
+        rounds_started: None,
+        rounds_time: Duration::ZERO,
+        first_after: None,
+    };
     let details = match body(&mut rig) {
         Ok(x) => x,
         Err(e) if e.is_hang() => return Err(e),
@@ -65,7 +87,8 @@ pub fn run<'p, X>(
     };
     rig.teardown()?;
     let leaked = (rig.k.rcu.pending() == 0).then(|| rig.k.alloc.in_use());
-    Ok(RaceOutcome::new(rig.k, rig.rounds, rig.first, leaked, details))
+    let timing = RoundTiming { rounds: rig.rounds_time, first_violation_after: rig.first_after };
+    Ok(RaceOutcome::new(rig.k, rig.rounds, rig.first, timing, leaked, details))
 }
 
 impl Rig<'_> {
@@ -110,9 +133,22 @@ impl Rig<'_> {
     /// Rounds 1..=`p.iterations` of `round(rig, n)`, which returns whether
     /// round `n` showed the race (usually `Rig::violated`).  Before each
     /// round: stop if `p.stop.expired()`.  After one that showed it: the
-    /// first such is `first_violation_at`; with `p.stop_on_violation` the
-    /// rounds end there.  A round's error ends them (the teardown follows).
+    /// first such is `first_violation_at`, and the time from the start of
+    /// round 1 to its end `first_violation_after`; with
+    /// `p.stop_on_violation` the rounds end there.  A round's error ends
+    /// them (the teardown follows).
     pub fn rounds(&mut self, mut round: impl FnMut(&mut Self, u64) -> Result<bool, RunError>) -> Result<(), RunError> {
+        let t0 = *self.rounds_started.get_or_insert_with(Instant::now);
+        let r = self.rounds_from(t0, &mut round);
+        self.rounds_time = t0.elapsed();
+        r
+    }
+
+    fn rounds_from(
+        &mut self,
+        t0: Instant,
+        round: &mut impl FnMut(&mut Self, u64) -> Result<bool, RunError>,
+    ) -> Result<(), RunError> {
         for n in 1..=self.p.iterations {
             if self.p.stop.expired() {
                 break;
@@ -121,6 +157,7 @@ impl Rig<'_> {
             self.injection_point(n)?;
             if round(self, n)? && self.first.is_none() {
                 self.first = Some(n);
+                self.first_after = Some(t0.elapsed());
             }
             if self.first.is_some() && self.p.stop_on_violation {
                 break;
@@ -140,6 +177,7 @@ impl Rig<'_> {
     pub fn late_violations(&mut self) {
         if self.first.is_none() && self.violated() {
             self.first = Some(self.rounds);
+            self.first_after = self.rounds_started.map(|t0| t0.elapsed());
         }
     }
 

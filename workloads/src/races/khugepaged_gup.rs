@@ -26,14 +26,14 @@
 
 use std::time::Duration;
 
-use mm_core::inject::GupFastPoint;
+use mm_core::inject::{CollapsePoint, GupFastPoint};
 use mm_core::mm::MmStruct;
 use mm_core::ops::khugepaged::{collapse_huge_page, retract_page_tables, ScanResult};
 use mm_core::ops::{madvise_dontneed, mmap_anon, mmap_file, munmap};
-use mm_core::sync::Arc;
+use mm_core::sync::{Arc, AtomicU64, Ordering};
 use mm_core::{Arch, Kernel};
 
-use super::gup_table_free::{gup_kcfg, gup_round, install_stall};
+use super::gup_table_free::{gup_kcfg, gup_round, install_stall, install_stall_until};
 use super::{harness, RaceOutcome, RaceParams};
 use crate::error::RunError;
 
@@ -71,7 +71,25 @@ pub fn run_scenario(p: &RaceParams, sc: Scenario) -> Result<RaceOutcome, RunErro
             // Long enough to span K's collapse + munmap (or retract).
             Scenario::BAnon | Scenario::BFile => (GupFastPoint::PmdRead, Duration::from_micros(600)),
         };
-        install_stall(&k, point, stall, h.p.seed);
+        if sc == Scenario::A {
+            // W's stall after reading a PTE ends at the latest after
+            // `stall`, and as soon as K's `__collapse_huge_page_isolate`
+            // has checked the small pages' refcounts (K cleared the PMD
+            // before): W then grabs the page right after the check it
+            // had to miss.  Only W's timing is chosen; K runs as always.
+            let isolated = Arc::new(AtomicU64::new(0));
+            let i = isolated.clone();
+            if !k.inject.race.set_collapse(move |_k, p, _va| {
+                if p == CollapsePoint::AfterIsolate {
+                    i.fetch_add(1, Ordering::SeqCst);
+                }
+            }) {
+                return Err(RunError::Driver("khugepaged_gup: the collapse hook is already taken".into()));
+            }
+            install_stall_until(&k, point, stall, h.p.seed, Some(isolated));
+        } else {
+            install_stall(&k, point, stall, h.p.seed);
+        }
         let mm = h.mm()?;
         let file = h.file(hpage / ps);
         match sc {

@@ -7,8 +7,15 @@
 //! loaded — performs speculative hardware walks of the next page (never
 //! faulted, so no leaf TLB entry: every walk starts from the cached
 //! paging-structure entry), each with IRQs off, interrupt points between.
-//! Meanwhile CPU0 unmaps the whole table's range (free_pgtables frees the
-//! table) and reuses the freed frames.
+//! Meanwhile CPU0 unmaps the whole table's range (free_pgtables queues the
+//! table for RCU), waits for the grace period to end (`rcu_barrier`: the
+//! table is freed) and reuses the freed frames; the walker keeps walking
+//! until CPU0 is done, so its last walks always come after the free.
+//! (Without the `rcu_barrier` whether the RCU callback had freed the table
+//! before the walker's last walk was up to the host scheduler: in two
+//! batches of 10 seeded `mmemu reproduce lazy-tlb-freed-tables` runs, 2
+//! and 8 found nothing in 60 rounds; docs/PERFORMANCE.md, "Time to find
+//! each reverted fix".)
 //!
 //! With the rule, the flush IPIs the lazy CPU (tables were freed) and it
 //! switches to init_mm before the table can be freed: its later walks find
@@ -25,10 +32,12 @@ use mm_core::page::alloc::PageKind;
 use mm_core::page::Folio;
 use mm_core::sync::{Arc, AtomicBool, Ordering};
 use mm_core::CpuId;
+use std::time::{Duration, Instant};
 
 const BASE: u64 = 0x4000_0000;
-/// Speculative walks per round, at most (the walker stops once CPU0 is done).
-const MAX_WALKS: u32 = 20_000;
+/// How long the walker walks at most when CPU0 never says it is done (a
+/// bound, not a pause: it stops two walks after CPU0 is done).
+const WALK_BOUND: Duration = Duration::from_secs(1);
 
 pub fn run(p: &RaceParams) -> Result<RaceOutcome, RunError> {
     if p.kcfg.nr_cpus < 2 {
@@ -52,23 +61,28 @@ pub fn run(p: &RaceParams) -> Result<RaceOutcome, RunError> {
             let done = Arc::new(AtomicBool::new(false));
             let d = done.clone();
             let walker = h.sys.spawn_kthread(CpuId(1), move |k| {
-                // Walk while CPU0 unmaps, and once more after it is done: a
-                // lazy CPU may walk speculatively at any later time.
-                let mut n = 0;
+                // Walk while CPU0 unmaps and waits for the free, and twice
+                // more after it is done: a lazy CPU may walk speculatively
+                // at any later time.
+                let t0 = Instant::now();
                 let mut after = 0;
-                while n < MAX_WALKS && after < 2 {
+                while after < 2 && t0.elapsed() < WALK_BOUND {
                     if d.load(Ordering::SeqCst) {
                         after += 1;
                     }
                     let irq = k.local_irq_save();
                     let _ = k.hw.access(CpuId(1), BASE + ps, Access::Read, &k.san);
                     drop(irq); // interrupt point: a pending flush IPI lands here
-                    n += 1;
                 }
             });
             let d = done.clone();
             let freer = h.sys.spawn_user(CpuId(0), &mm, move |k, mm| {
                 munmap(k, mm, BASE, pmd).expect("munmap");
+                // The grace period ends and the RCU callback frees the
+                // table (CPU1's walks are short IRQs-off sections, so they
+                // do not hold it up); with the rule, CPU1 left the mm at
+                // the munmap's flush IPI, before the table was queued.
+                k.rcu_barrier();
                 // Reuse what was freed (the table frames among them).
                 let pages: Vec<_> = (0..4).filter_map(|_| k.alloc_pages(0, PageKind::Kernel)).collect();
                 for p in pages {

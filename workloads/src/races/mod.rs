@@ -78,12 +78,26 @@ impl RaceParams {
     }
 }
 
+/// Wall-clock time of a driver's rounds (`harness::Rig::rounds`): its
+/// setup before round 1 and the teardown are not counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoundTiming {
+    /// From the start of round 1 to the end of the last round run.
+    pub rounds: std::time::Duration,
+    /// From the start of round 1 to the end of the round that showed the
+    /// first violation (`first_violation_at`).
+    pub first_violation_after: Option<std::time::Duration>,
+}
+
 /// What a driver found.
 pub struct RaceOutcome<X = ()> {
     /// Rounds actually run.
     pub iterations: u64,
     /// 1-based round in which the first violation appeared.
     pub first_violation_at: Option<u64>,
+    /// How long the rounds took, and how long from the start of round 1
+    /// to the end of that round (`None` with no violation).
+    pub timing: RoundTiming,
     /// Every kind of violation recorded, in order of first appearance.
     pub kinds: Vec<ViolationKind>,
     /// The kernel after the run (counters, sanitizer records).
@@ -100,6 +114,7 @@ impl<X: std::fmt::Debug> std::fmt::Debug for RaceOutcome<X> {
         f.debug_struct("RaceOutcome")
             .field("iterations", &self.iterations)
             .field("first_violation_at", &self.first_violation_at)
+            .field("timing", &self.timing)
             .field("kinds", &self.kinds)
             .field("violations", &self.kernel.san.count())
             .field("details", &self.details)
@@ -113,6 +128,7 @@ impl<X> RaceOutcome<X> {
         kernel: Arc<Kernel>,
         iterations: u64,
         first_violation_at: Option<u64>,
+        timing: RoundTiming,
         leaked: Option<InUse>,
         details: X,
     ) -> Self {
@@ -122,13 +138,13 @@ impl<X> RaceOutcome<X> {
                 kinds.push(v.kind);
             }
         }
-        RaceOutcome { iterations, first_violation_at, kinds, kernel, leaked, details }
+        RaceOutcome { iterations, first_violation_at, timing, kinds, kernel, leaked, details }
     }
 
     /// The same outcome without the driver's own numbers.
     pub fn plain(self) -> RaceOutcome {
-        let RaceOutcome { iterations, first_violation_at, kinds, kernel, leaked, .. } = self;
-        RaceOutcome { iterations, first_violation_at, kinds, kernel, leaked, details: () }
+        let RaceOutcome { iterations, first_violation_at, timing, kinds, kernel, leaked, .. } = self;
+        RaceOutcome { iterations, first_violation_at, timing, kinds, kernel, leaked, details: () }
     }
 }
 

@@ -153,6 +153,7 @@ where
         measure,
         error: err.map(RunError::Machine),
         first_violation_at: None,
+        first_violation_after: None,
         metrics: BTreeMap::new(),
         leak_not_checked,
         violations_expected: false,

@@ -46,12 +46,15 @@ pub fn chunked(
         measure: Measure::empty(ctx.nr_cpus()),
         error: None,
         first_violation_at: None,
+        first_violation_after: None,
         metrics: BTreeMap::new(),
         leak_not_checked: None,
         violations_expected: false,
     };
     let until = Until::new(ctx.budget);
     let mut call = 0u64;
+    // Rounds' time of the calls before the one that found the race.
+    let mut rounds_before = Duration::ZERO;
     loop {
         let iterations = match ctx.budget {
             Budget::Iterations(n) => n,
@@ -70,6 +73,8 @@ pub fn chunked(
             Ok(c) => {
                 if out.first_violation_at.is_none() {
                     out.first_violation_at = c.first_violation_at.map(|r| r + out.iterations);
+                    out.first_violation_after = c.timing.first_violation_after.map(|t| t + rounds_before);
+                    rounds_before += c.timing.rounds;
                 }
                 out.iterations += c.iterations;
                 out.ops += c.iterations;

@@ -180,7 +180,9 @@ fn fork_exit(ctx: &Ctx) -> Result<Outcome, RunError> {
         }
         parent += o.details.parent_exit_syncs;
         // A count workload: no round is "the first violation".
-        Ok(RaceOutcome { first_violation_at: None, ..o.plain() })
+        let o = o.plain();
+        let timing = crate::races::RoundTiming { first_violation_after: None, ..o.timing };
+        Ok(RaceOutcome { first_violation_at: None, timing, ..o })
     })?;
     let avg = |s: u64, n: u64| if n == 0 { 0.0 } else { s as f64 / n as f64 };
     out.metrics = BTreeMap::from([
