@@ -169,10 +169,12 @@ fn a_handler_panic_reaches_the_sender_and_does_not_leak_into_its_next_call() {
 }
 
 /// The watchdog with several targets, one of them stuck with IRQs off:
-/// it names that one only, the others ran the call, the cancelled call
-/// never runs on the stuck CPU once its IRQs are back on (its pending bit
-/// is stale), and the sender's next call, from the same slot, reaches
-/// every target exactly once.
+/// it names that one only and the others ran the call.  The sender's next
+/// calls, from the same slot while the stuck CPU still has the cancelled
+/// call's bit pending, reach only their own targets; once its IRQs are
+/// back on that stale bit runs nothing (neither the cancelled call nor a
+/// later one it was not a target of); and a call to every CPU then reaches
+/// each exactly once.
 #[test]
 fn the_watchdog_names_only_the_stuck_target_and_the_slot_is_reused() {
     let m = Machine::new(4, MachineConfig { watchdog: Duration::from_millis(500), ..cfg(WaitPolicy::Adaptive) });
@@ -194,7 +196,7 @@ fn the_watchdog_names_only_the_stuck_target_and_the_slot_is_reused() {
         assert!(Instant::now() < deadline, "CPU2 never started");
         std::thread::sleep(Duration::from_millis(1));
     }
-    let hits = matrix(4);
+    let hits = matrix(4); // rows: the timed-out call, the call to all, the calls to 1 and 3
     let (s, h) = (smp.clone(), hits.clone());
     let err = m
         .run_on(CpuId(0), move || {
@@ -207,10 +209,23 @@ fn the_watchdog_names_only_the_stuck_target_and_the_slot_is_reused() {
     assert!(matches!(&err, MachineError::CsdTimeout { cpu: CpuId(0), targets, .. } if targets == &[CpuId(2)]), "{msg}");
     assert!(msg.contains("CPU2 (IRQs off, running a task)"), "{msg}");
     assert!(!msg.contains("CPU1") && !msg.contains("CPU3"), "only the stuck target is named: {msg}");
+    // CPU2 is still stuck, its bit for CPU0 still set: calls to CPU1 and
+    // CPU3 from the same slot.
+    let (s, h) = (smp.clone(), hits.clone());
+    m.run_on(CpuId(0), move || {
+        for _ in 0..10 {
+            s.smp_call_function_many(&mask_of(&[1, 3]), &|c| {
+                h[8 + c.idx()].fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    })
+    .unwrap();
     release.store(true, Ordering::SeqCst);
     stuck.join(Duration::from_secs(10)).unwrap();
     let got: Vec<u64> = hits[..4].iter().map(|a| a.load(Ordering::SeqCst)).collect();
     assert_eq!(got, [0, 1, 0, 1], "the cancelled call never runs on CPU2");
+    let got: Vec<u64> = hits[8..12].iter().map(|a| a.load(Ordering::SeqCst)).collect();
+    assert_eq!(got, [0, 10, 0, 10], "the calls to CPU1 and CPU3 never run on CPU2");
     assert_eq!(smp.call_interrupts(CpuId(2)), 0);
     // The same sender again: every target exactly once, and CPU2's
     // leftover bit from the cancelled call does not make it run twice.
