@@ -68,6 +68,11 @@ use crate::WaitPolicy;
 const ADAPTIVE_SPINS: u32 = 200;
 /// Longest single park; waiters re-check their state at least this often.
 const MAX_PARK: Duration = Duration::from_millis(50);
+/// Spin policy: pauses per `idle_wait`, each followed by a look at the
+/// pending bitmap and the waiter's condition (so a call is seen within a
+/// pause, not after the caller's whole loop: its task-channel poll, its
+/// idle hook).  Tasks are then looked at every ~1 µs.
+const SPIN_BATCH: u32 = 64;
 
 thread_local! {
     /// (machine id, cpu) of the emulated CPU this OS thread plays.
@@ -245,6 +250,16 @@ pub const HZ: u64 = mm_core::smp::HZ;
 /// The period of the machine's timer tick.
 pub const TICK: Duration = Duration::from_micros(1_000_000 / HZ);
 
+/// `c += n` for a counter only its own CPU's thread writes (`cal`, `sent`,
+/// `progress`): a load and a store instead of a locked RMW on the IPI path.
+/// Other threads only read it; what happens-after the writer (a sender
+/// that saw the handler's decrement of `remaining`, a joined task) sees
+/// the new value.
+#[inline]
+fn owner_add(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed) + n, Ordering::Release);
+}
+
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(t) = p.downcast_ref::<crate::CsdLockTimeout>() {
         t.msg.clone()
@@ -317,10 +332,11 @@ impl Shared {
         self.cpus.iter().map(|s| s.progress.load(Ordering::Relaxed)).sum()
     }
 
-    /// Work done on `me` (see `CpuSlot::progress`).
+    /// Work done on `me` (see `CpuSlot::progress`).  Called on `me`'s own
+    /// thread only.
     #[inline]
     pub(crate) fn note_progress(&self, me: CpuId) {
-        self.cpus[me.idx()].progress.fetch_add(1, Ordering::Relaxed);
+        owner_add(&self.cpus[me.idx()].progress, 1);
     }
 
     /// `user_irq_window`'s slow path: something was flagged for `me`.
@@ -448,6 +464,13 @@ impl Shared {
         }
     }
 
+    /// A spinner's look at `me`'s pending bitmap (the poll that follows
+    /// takes the bits with the ordering it needs).
+    #[inline]
+    fn pending_hint(&self, me: CpuId) -> bool {
+        self.cpus[me.idx()].pending[..self.pending_words].iter().any(|w| w.load(Ordering::Relaxed) != 0)
+    }
+
     /// Is a sender's bit set in `me`'s pending bitmap?  SeqCst: the
     /// waiter's half of the Dekker handshake in `idle_wait`.
     fn has_pending(&self, me: CpuId) -> bool {
@@ -468,8 +491,11 @@ impl Shared {
         }
         let trace_id = call.trace_id.load(Ordering::Relaxed);
         let slot = &self.cpus[i];
-        let was_off = slot.irq_off.swap(true, Ordering::SeqCst);
-        slot.cal.fetch_add(1, Ordering::SeqCst);
+        // `irq_off` is written only by its own CPU's thread (others read it
+        // for reports), so plain stores keep it exact here.
+        let was_off = slot.irq_off.load(Ordering::Relaxed);
+        slot.irq_off.store(true, Ordering::Relaxed);
+        owner_add(&slot.cal, 1);
         let traced = (trace_id != 0 && trace::enabled()).then(|| {
             let t0 = trace::now_us();
             trace::emit(trace::Event {
@@ -500,13 +526,12 @@ impl Shared {
         if let Some(t0) = traced {
             trace::slice(me.0, "IPI: call_function", trace::Cat::Irq, t0, trace::Args::From(from));
         }
-        slot.irq_off.store(was_off, Ordering::SeqCst);
+        slot.irq_off.store(was_off, Ordering::Relaxed);
         if let Err(p) = r {
             *call.panic.lock() = Some(format!("IPI handler panicked on {me}: {}", panic_message(&*p)));
             // Published to the sender by the decrement below.
             call.panicked.store(true, Ordering::Relaxed);
         }
-        self.note_progress(me);
         call.state[i].store(DONE, Ordering::Release);
         // The last touch of the slot: once this decrement is counted the
         // sender may return (the borrow of `func` ends) and reuse the slot.
@@ -514,6 +539,7 @@ impl Shared {
         if call.remaining.fetch_sub(1, Ordering::SeqCst) == 1 && self.wait != WaitPolicy::Spin {
             self.wake_if_parked(from);
         }
+        self.note_progress(me);
     }
 
     /// Wake `cpu` if it is parked or about to park.  The caller has already
@@ -550,16 +576,23 @@ impl Shared {
         max: Duration,
     ) {
         if self.spins_next(*spins) {
-            *spins = spins.wrapping_add(1);
             // Oversubscribed: yield every 64 spins.  Otherwise only every
             // 4096 (a few µs), in case the host is busy with other work
             // (parallel test threads, other machines): then the CPU we wait
             // for may be queued behind us.
             let every = if self.oversubscribed { 63 } else { 4095 };
-            if *spins & every == 0 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
+            // Adaptive counts single spins before it parks: one per call.
+            let batch = if self.wait == WaitPolicy::Spin { SPIN_BATCH } else { 1 };
+            for _ in 0..batch {
+                *spins = spins.wrapping_add(1);
+                if *spins & every == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+                if batch > 1 && (self.pending_hint(me) || done()) {
+                    break;
+                }
             }
             return;
         }
@@ -605,7 +638,8 @@ impl Shared {
         if nr_targets == 0 {
             return;
         }
-        let prev_act = my.activity.swap(ACT_CSD_WAIT, Ordering::SeqCst);
+        // `activity` and `sent` are written only by this CPU's thread.
+        let prev_act = my.activity.load(Ordering::Relaxed);
         assert!(
             prev_act != ACT_CSD_WAIT,
             "smp_call_function_many on {me} from inside its own wait for a cross call: one call per sender"
@@ -635,7 +669,6 @@ impl Shared {
         let trace_id = if t0.is_some() { trace::next_id() } else { 0 };
         call.trace_id.store(trace_id, Ordering::Relaxed);
         call.remaining.store(nr_targets, Ordering::Relaxed);
-        my.sent.fetch_add(nr_targets as u64, Ordering::SeqCst);
         let (word, bit) = (me.idx() / 64, 1u64 << (me.idx() % 64));
         for i in (0..n).filter(|&i| is_target(i)) {
             if let Some(ts_us) = t0 {
@@ -664,6 +697,9 @@ impl Shared {
                 self.wake_if_parked(CpuId(i as u32));
             }
         }
+        // Off the targets' critical path: they are already on their way.
+        owner_add(&my.sent, nr_targets as u64);
+        my.activity.store(ACT_CSD_WAIT, Ordering::Release);
         let done = || call.remaining.load(Ordering::SeqCst) == 0;
         let deadline = Instant::now() + self.watchdog;
         let mut left = self.watchdog;
@@ -681,14 +717,14 @@ impl Shared {
             if polls & 63 == 0 || !self.spins_next(spins) {
                 let now = Instant::now();
                 if now >= deadline {
-                    my.activity.store(prev_act, Ordering::SeqCst);
+                    my.activity.store(prev_act, Ordering::Release);
                     self.watchdog_fire(me, call);
                 }
                 left = deadline - now;
             }
             self.idle_wait(me, &mut spins, None, done, left);
         }
-        my.activity.store(prev_act, Ordering::SeqCst);
+        my.activity.store(prev_act, Ordering::Release);
         if let Some(t0) = t0 {
             trace::slice(me.0, "smp_call_function_many", trace::Cat::Ipi, t0, trace::Args::Targets { call: trace_id });
         }
