@@ -322,8 +322,7 @@ impl Shared {
     pub(crate) fn timer_tick(&self) {
         self.jiffies.fetch_add(1, Ordering::SeqCst);
         for slot in self.cpus.iter() {
-            // An RMW, like every setter's (see `smp_call_function_many`).
-            slot.attention.swap(true, Ordering::SeqCst);
+            slot.attention.store(true, Ordering::SeqCst);
         }
     }
 
@@ -346,10 +345,9 @@ impl Shared {
         if slot.irq_off.load(Ordering::SeqCst) {
             return; // not user mode after all: keep the flag for later
         }
-        // An RMW: it reads the last setter's swap, and every write of
-        // `attention` is an RMW, so it synchronizes with every setter
-        // before it; the poll below then sees each of their pending bits.
-        slot.attention.swap(false, Ordering::SeqCst);
+        // SeqCst, like the poll's loads: a sender whose bit the poll misses
+        // sets the flag again (see `smp_call_function_many`).
+        slot.attention.store(false, Ordering::SeqCst);
         self.poll_ipis(me);
         let j = self.jiffies.load(Ordering::SeqCst);
         if slot.seen_jiffies.swap(j, Ordering::SeqCst) != j {
@@ -444,7 +442,8 @@ impl Shared {
         while !slot.irq_off.load(Ordering::SeqCst) {
             let mut ran = false;
             for (w, word) in slot.pending[..self.pending_words].iter().enumerate() {
-                if word.load(Ordering::Acquire) == 0 {
+                // SeqCst: the `attention` argument in `smp_call_function_many`.
+                if word.load(Ordering::SeqCst) == 0 {
                     continue;
                 }
                 // Acquire (of the senders' SeqCst fetch_or): each sender's
@@ -688,10 +687,15 @@ impl Shared {
             // Queue after the state, so a target that takes the bit finds
             // the call.  SeqCst: the Dekker pair with the target's `parked`.
             t.pending[word].fetch_or(bit, Ordering::SeqCst);
-            // An RMW, like every other write of `attention` but its owner's
-            // clearing swap: the owner's swap then synchronizes with every
-            // earlier setter, so its poll sees each of their bits.
-            t.attention.swap(true, Ordering::SeqCst);
+            // Flag it for the target's next user-mode boundary.  Already set
+            // (an idle CPU never clears it): leave the line alone.  No bit
+            // is missed: if the owner's poll after its clearing store does
+            // not see our bit, that poll comes before our fetch_or in the
+            // SeqCst order, so our load comes after the clear and sees it
+            // (we set the flag again) or a later setter's true.
+            if !t.attention.load(Ordering::SeqCst) {
+                t.attention.store(true, Ordering::SeqCst);
+            }
             // A Spin CPU never parks.
             if self.wait != WaitPolicy::Spin {
                 self.wake_if_parked(CpuId(i as u32));
