@@ -435,8 +435,10 @@ impl Shared {
 
     /// Interrupt point: run every pending IPI if this CPU's IRQs are on.
     /// With nothing pending this is the IRQ flag and one load per 64 CPUs.
-    pub(crate) fn poll_ipis(&self, me: CpuId) {
+    /// Returns whether it took any pending bit.
+    pub(crate) fn poll_ipis(&self, me: CpuId) -> bool {
         let slot = &self.cpus[me.idx()];
+        let mut took = false;
         // A handler leaves IRQs as it found them (on), so one look at the
         // flag per pass is enough.
         while !slot.irq_off.load(Ordering::SeqCst) {
@@ -460,7 +462,9 @@ impl Shared {
             if !ran {
                 break;
             }
+            took = true;
         }
+        took
     }
 
     /// A spinner's look at `me`'s pending bitmap (the poll that follows
@@ -872,7 +876,13 @@ pub(crate) fn cpu_main(shared: Arc<Shared>, me: CpuId) {
     let slot = &shared.cpus[me.idx()];
     let mut spins = 0;
     loop {
-        shared.poll_ipis(me);
+        // Adaptive: a CPU that just took a cross call spins again before
+        // it parks, so a stream of calls finds it awake — unless the
+        // machine is oversubscribed, where spinners take the cores from
+        // the CPUs they wait for.
+        if shared.poll_ipis(me) && !shared.oversubscribed {
+            spins = 0;
+        }
         match slot.task_rx.try_recv() {
             Ok(Task::Run(f)) => {
                 spins = 0;
