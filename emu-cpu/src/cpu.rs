@@ -709,7 +709,9 @@ impl Shared {
         owner_add(&my.sent, nr_targets as u64);
         my.activity.store(ACT_CSD_WAIT, Ordering::Release);
         let done = || call.remaining.load(Ordering::SeqCst) == 0;
-        let deadline = Instant::now() + self.watchdog;
+        // The watchdog's deadline is set at the first look at the clock,
+        // so a call that completes while spinning never reads it.
+        let mut deadline: Option<Instant> = None;
         let mut left = self.watchdog;
         let mut spins = 0;
         let mut polls = 0u32;
@@ -719,11 +721,13 @@ impl Shared {
                 break;
             }
             // Reading the clock costs about as much as a poll: while
-            // spinning look at it every 64 polls only, and always before
-            // parking (so the park never outlasts the watchdog).
+            // spinning look at it every 64 polls only (the deadline then
+            // starts at most 64 polls late), and always before parking
+            // (so the park never outlasts the watchdog).
             polls = polls.wrapping_add(1);
             if polls & 63 == 0 || !self.spins_next(spins) {
                 let now = Instant::now();
+                let deadline = *deadline.get_or_insert(now + self.watchdog);
                 if now >= deadline {
                     my.activity.store(prev_act, Ordering::Release);
                     self.watchdog_fire(me, call);
