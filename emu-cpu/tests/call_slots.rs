@@ -87,7 +87,9 @@ fn every_cpu_of_4_shoots_down_all_others_at_once_spinning() {
 /// One sender, calls back to back with masks and closures that change
 /// each time: each call runs its own closure on exactly its own targets.
 /// A target that ran a call through a state left over from the previous
-/// one, or the previous call's closure, breaks the counts.
+/// one, or the previous call's closure (the three are alive at once, at
+/// three addresses, so a slot that kept an old function pointer would
+/// run it), breaks the counts.
 #[test]
 fn back_to_back_calls_from_one_sender_see_only_their_own_targets() {
     const ROUNDS: u64 = 500;
@@ -100,12 +102,20 @@ fn back_to_back_calls_from_one_sender_see_only_their_own_targets() {
         let (s, h) = (smp.clone(), hits.clone());
         m.run_on(CpuId(0), move || {
             let masks = [mask_of(&[1, 2, 3]), mask_of(&[1]), mask_of(&[3])];
+            // Three closures alive at once (three addresses, three types).
+            let f0 = |c: CpuId| {
+                h[c.idx()].fetch_add(1, Ordering::SeqCst);
+            };
+            let f1 = |c: CpuId| {
+                h[4 + c.idx()].fetch_add(1, Ordering::SeqCst);
+            };
+            let f2 = |c: CpuId| {
+                h[8 + c.idx()].fetch_add(1, Ordering::SeqCst);
+            };
+            let calls: [&(dyn Fn(CpuId) + Sync); 3] = [&f0, &f1, &f2];
             for _ in 0..ROUNDS {
-                for (kind, mask) in masks.iter().enumerate() {
-                    let h = &h;
-                    s.smp_call_function_many(mask, &move |c| {
-                        h[kind * 4 + c.idx()].fetch_add(1, Ordering::SeqCst);
-                    });
+                for (mask, f) in masks.iter().zip(calls) {
+                    s.smp_call_function_many(mask, f);
                 }
             }
         })
