@@ -1,14 +1,17 @@
 #![warn(missing_docs)]
 
-//! The machine: emulated CPUs as OS threads, IPI mailboxes, interrupt masking.
+//! The machine: emulated CPUs as OS threads, cross calls on per-CPU call
+//! slots, interrupt masking.
 //!
 //! Contract (ARCHITECTURE.md, “Invariants”: interrupts really are masked):
 //! - `Machine::new(n, cfg)` spawns one OS thread per emulated CPU (pinned
 //!   round-robin to host cores when `cfg.pin`; any number of CPUs works).
 //! - `Machine::smp()` is the `mm_core::smp::Smp` the kernel owns.  Cross
 //!   calls are serviced by targets only at interrupt points with IRQs on; a
-//!   waiting sender keeps servicing its own mailbox, so mutual shootdowns
-//!   never deadlock; waiting with IRQs off panics; a target that does not
+//!   waiting sender keeps servicing the calls pending for it, so mutual
+//!   shootdowns never deadlock; a call allocates nothing and sends no
+//!   message (one fixed slot per sender, a pending bitmap per target, as
+//!   in kernel/smp.c; cpu.rs has the protocol); waiting with IRQs off panics; a target that does not
 //!   acknowledge within `cfg.watchdog` makes the sender panic naming sender,
 //!   target and the target's IRQ state (CSD-lock timeout: the panic's
 //!   payload is a `CsdLockTimeout`, and the task's error
@@ -35,8 +38,8 @@
 //! - `trace` — the Perfetto trace recorder: IRQs-off regions, IPIs,
 //!   tlb_flush events, syscalls (`start`, `stop`, `syscall`).
 //!
-//! Internal modules: `cpu` (a CPU's main loop, mailboxes, the watchdog and
-//! hang detection) and `system` (re-exported as `System`).
+//! Internal modules: `cpu` (a CPU's main loop, the call slots and pending
+//! bitmaps, the watchdog and hang detection) and `system` (re-exported as `System`).
 
 mod cpu;
 
@@ -59,11 +62,12 @@ pub use system::System;
 /// How an idle CPU (or a sender waiting for acknowledgements) waits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitPolicy {
-    /// Busy-poll the mailbox (lowest latency, burns a host core per CPU).
+    /// Busy-poll for pending calls (lowest latency, burns a host core per CPU).
     Spin,
-    /// Block on the mailbox.
+    /// Block until woken (a call queued, a task, a call completed).
     Park,
-    /// Spin briefly, then block.
+    /// Spin briefly, then block (an idle CPU that just took a call spins
+    /// again, unless the machine has more CPUs than the host has cores).
     Adaptive,
 }
 
@@ -73,7 +77,7 @@ pub enum WaitPolicy {
 pub struct MachineConfig {
     /// Pin CPU threads round-robin to host cores.
     pub pin: bool,
-    /// How idle CPUs and waiting senders wait for their mailbox.
+    /// How idle CPUs and waiting senders wait for calls and completions.
     pub wait: WaitPolicy,
     /// CSD-lock timeout: how long a sender waits for each cross call.
     pub watchdog: Duration,
@@ -292,8 +296,10 @@ impl<R> TaskHandle<R> {
 static NEXT_MACHINE: AtomicU64 = AtomicU64::new(1);
 
 /// Host memory one emulated CPU costs beyond the kernel's per-CPU state
-/// (`mm_core::kernel::HostMemory`): its thread's stack as touched, the
-/// mailboxes and the slot.  Measured: the peak RSS of `mmemu run lazy-tlb
+/// (`mm_core::kernel::HostMemory`): its thread's stack as touched, its
+/// channels and its two slots (`CpuSlot`, and `CallSlot` with a state per
+/// possible target: 1.1 KiB).  Measured before the call slots existed
+/// (per-call allocations then): the peak RSS of `mmemu run lazy-tlb
 /// --iterations 1` at 256 CPUs minus that at 2, divided by 254, is 27 KiB
 /// (12.2 MB vs 5.3 MB); the estimate leaves room for deeper stacks.
 pub const HOST_BYTES_PER_CPU: u64 = 64 << 10;
@@ -301,8 +307,8 @@ pub const HOST_BYTES_PER_CPU: u64 = 64 << 10;
 /// Grace period for CPU threads to exit at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// An emulated SMP machine: one OS thread per CPU, a timer thread, IPI
-/// mailboxes (see the crate doc for the contract).  Dropping it shuts it
+/// An emulated SMP machine: one OS thread per CPU, a timer thread, the
+/// cross-call slots (see the crate doc for the contract).  Dropping it shuts it
 /// down.
 pub struct Machine {
     shared: Arc<Shared>,
