@@ -520,7 +520,9 @@ fn native_flush_tlb_multi(k: &Kernel, mm: &MmStruct, mask: &CpuMask, info: &Flus
     let all = info.freed_tables && k.cfg.fixes.on(Fix::LazyTlbFreedTables);
     let v6_18 = lazy_cpumask(k);
     let mut targets = CpuMask::new();
-    for c in mask.iter().filter(|c| c.idx() < k.hw.nr_cpus()) {
+    // for_each_cpu(cpu, mask): mm_cpumask only ever holds CPUs that ran
+    // the mm (`switch_mm_irqs_off`), all below nr_cpu_ids.
+    for c in mask.iter() {
         let cond = if v6_18 { should_flush_tlb(k, c, info) } else { tlb_is_not_lazy(k, c) };
         if all || cond {
             targets.set(c);
