@@ -123,3 +123,62 @@ impl AddressSpace {
         *v = out;
     }
 }
+
+#[cfg(all(test, not(mmemu_loom)))]
+mod tests {
+    use super::*;
+    use crate::config::KernelConfig;
+    use crate::kernel::Kernel;
+
+    const PS: u64 = 4096;
+    const SHIFT: u32 = 12;
+
+    fn entry(mm: &Arc<MmStruct>, start_page: u64, pages: u64, pgoff: u64) -> IMmapEntry {
+        IMmapEntry { mm: mm.clone(), start: start_page * PS, end: (start_page + pages) * PS, pgoff, flags: 0 }
+    }
+
+    fn spans(v: &[IMmapEntry]) -> Vec<(u64, u64, u64)> {
+        v.iter().map(|e| (e.start / PS, e.end / PS, e.pgoff)).collect()
+    }
+
+    /// `vma_last_pgoff`, `vma_address` and the interval query: a mapping of
+    /// file pages [pgoff, pgoff + n) at `start` matches a query [first,
+    /// last] exactly when the two overlap, its boundary pages included.
+    #[test]
+    fn the_interval_query_matches_exactly_the_mappings_of_the_pages_asked_for() {
+        let k = Kernel::new_sync(KernelConfig::default(), 1);
+        let mm = k.mm_alloc();
+        // Pages 100..110 of the file at page 16 of the address space.
+        let e = entry(&mm, 16, 10, 100);
+        assert_eq!(e.last_pgoff(SHIFT), 109);
+        assert_eq!(e.address_of(100, SHIFT), 16 * PS);
+        assert_eq!(e.address_of(107, SHIFT), 23 * PS);
+        let other = entry(&mm, 64, 4, 0); // file pages 0..4
+        let i_mmap = [e, other];
+        let hits =
+            |first, last| vma_interval_tree_foreach(&i_mmap, first, last, SHIFT).map(|e| e.pgoff).collect::<Vec<_>>();
+        assert_eq!(hits(100, 100), [100], "its first page");
+        assert_eq!(hits(109, 109), [100], "its last page");
+        assert_eq!(hits(110, 200), [] as [u64; 0], "just past it");
+        assert_eq!(hits(4, 99), [] as [u64; 0], "between the two");
+        assert_eq!(hits(3, 100), [100, 0], "a range over both ends");
+        assert_eq!(hits(0, u64::MAX), [100, 0]);
+    }
+
+    /// `vma_interval_tree_remove` of part of a mapping (a munmap of its
+    /// middle): the pieces left keep their own start, end and file offset.
+    #[test]
+    fn removing_the_middle_of_a_mapping_leaves_both_ends_with_their_offsets() {
+        let k = Kernel::new_sync(KernelConfig::default(), 1);
+        let (mm, other) = (k.mm_alloc(), k.mm_alloc());
+        let f = AddressSpace::new(1, 64);
+        f.i_mmap_insert(entry(&mm, 16, 16, 8));
+        f.i_mmap_insert(entry(&other, 16, 16, 8));
+        f.i_mmap_remove(mm.id, 20 * PS, 24 * PS, SHIFT);
+        let v = f.i_mmap.read();
+        let mine: Vec<_> = v.iter().filter(|e| e.mm.id == mm.id).cloned().collect();
+        assert_eq!(spans(&mine), [(16, 20, 8), (24, 32, 16)]);
+        let theirs: Vec<_> = v.iter().filter(|e| e.mm.id == other.id).cloned().collect();
+        assert_eq!(spans(&theirs), [(16, 32, 8)], "another mm's mapping is not touched");
+    }
+}
