@@ -217,7 +217,7 @@ fn range_in(start: u64, end: u64, vstart: u64, vend: u64) -> bool {
 /// `svma` covering the whole PUD region).
 pub(crate) fn page_table_shareable(k: &Kernel, svma: &IMmapEntry, vma: &Vma, addr: u64, idx: u64) -> Option<u64> {
     let shift = k.cfg.geometry.page_shift;
-    let saddr = ((idx - svma.pgoff) << shift) + svma.start;
+    let saddr = svma.address_of(idx, shift);
     let sbase = saddr & !(pud_size(k) - 1);
     let s_end = sbase + pud_size(k);
     let pmd_index = |a: u64| pgtable::index(k, Level::Pmd, a);

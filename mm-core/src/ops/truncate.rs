@@ -107,14 +107,7 @@ fn unmap_mapping_range_tree(
             flags: e.flags,
             backing: Backing::File { mapping: mapping.clone(), pgoff: e.pgoff },
         };
-        unmap_mapping_range_vma(
-            k,
-            e,
-            &vma,
-            ((zba - vba) << shift) + e.start,
-            ((zea - vba + 1) << shift) + e.start,
-            details,
-        );
+        unmap_mapping_range_vma(k, e, &vma, e.address_of(zba, shift), e.address_of(zea + 1, shift), details);
     }
 }
 
@@ -236,7 +229,7 @@ pub fn do_sys_ftruncate(k: &Kernel, mapping: &Arc<AddressSpace>, length: u64) {
     // the file may still reach a page past the new end (`stale-after-zap`).
     let past_eof: Vec<(Arc<crate::mm::MmStruct>, u64, u64)> =
         vma_interval_tree_foreach(&mapping.i_mmap.read(), from, u64::MAX, shift)
-            .map(|e| (e.mm.clone(), e.start + (from.saturating_sub(e.pgoff) << shift), e.end))
+            .map(|e| (e.mm.clone(), e.address_of(from.max(e.pgoff), shift), e.end))
             .collect();
     for (mm, start, end) in past_eof {
         sanitize_stale_after_zap(k, &mm, start, end);
